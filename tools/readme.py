@@ -1,0 +1,25 @@
+"""Render nbs/index.ipynb to README.md offline (nbdev_readme needs Quarto, which needs the network).
+
+`python tools/readme.py` writes README.md; `python tools/readme.py --check` exits 1 if it is stale.
+"""
+import sys
+from pathlib import Path
+import nbformat
+from nbconvert import MarkdownExporter
+
+root = Path(__file__).resolve().parents[1]
+
+def render() -> str:
+    nb = nbformat.read(root/'nbs'/'index.ipynb', as_version=4)
+    nb.cells = [c for c in nb.cells if not c.source.lstrip().startswith('#| hide')]
+    body, _ = MarkdownExporter(exclude_output_prompt=True, exclude_input_prompt=True).from_notebook_node(nb)
+    note = '<!-- WARNING: generated from nbs/index.ipynb by tools/readme.py; edit the notebook, not this file -->\n\n'
+    return note + body.strip() + '\n'
+
+if __name__ == '__main__':
+    text, readme = render(), root/'README.md'
+    if '--check' in sys.argv:
+        ok = readme.exists() and readme.read_text(encoding='utf-8') == text
+        if not ok: print('check_readme: README.md is out of date with nbs/index.ipynb (run python tools/readme.py)', file=sys.stderr)
+        sys.exit(0 if ok else 1)
+    readme.write_text(text, encoding='utf-8')
