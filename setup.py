@@ -1,7 +1,17 @@
 """Packaging from settings.ini (nbdev 2 classic layout), without pkg_resources."""
 from configparser import ConfigParser
+import shutil
+from pathlib import Path
 import setuptools
 from packaging.version import Version
+from setuptools.command.build_py import build_py
+
+class BuildPyWithDemo(build_py):
+    "Ship data/demo (our own demo pools and questions) inside the package, as lion_nb/assets/demo."
+    def run(self):
+        super().run()
+        dst = Path(self.build_lib)/'lion_nb'/'assets'/'demo'; dst.mkdir(parents=True, exist_ok=True)
+        for f in sorted(Path('data/demo').glob('*.jsonl')): shutil.copy(f, dst/f.name)
 
 cfg = ConfigParser(delimiters=['='])
 cfg.read('settings.ini', encoding='utf-8')
@@ -36,6 +46,7 @@ setuptools.setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     zip_safe=False,
+    cmdclass={'build_py': BuildPyWithDemo},
     entry_points={'console_scripts': console_scripts, 'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
     author=cfg['author'], author_email=cfg['author_email'], description=cfg['description'],
     keywords=cfg['keywords'],
