@@ -1,0 +1,347 @@
+"""Discrimination: the score parser on real-world referee shapes, swap-and-average, unscored accounting,
+and the whole stage against a real local OpenAI-compatible server with scripted referee replies."""
+import json, os, re, sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+sys.path.insert(0, str(Path(__file__).parent))
+from openai_server import serve  # noqa: E402
+
+from lion_nb.core import Answer, Instruction, Review, RunDir, parse_config, read_log, read_json, write_jsonl  # noqa: E402
+from lion_nb.discrimination import (ScoreParseError, parse_score_value, parse_scores, swap_average, is_hard,  # noqa: E402
+                                    position_consistency, position_means, score_items, Pair, latest_student,
+                                    run_discrimination, referee_messages, REPAIR_PROMPT)
+
+# ---------------------------------------------------------------- the parser
+
+GOOD = [
+    ('Assistant 1 is precise, Assistant 2 vague.\nAssistant 1: 8\nAssistant 2: 4', (8, 4)),
+    ('Reasoning.\n\nAssistant 1: 7\nAssistant 2: 9\n\n\n  \n', (7, 9)),                   # trailing blank lines
+    ('**Assistant 1:** 8/10\n**Assistant 2:** 6/10', (8, 6)),                              # markdown + /10
+    ('Assistant 1: 8 / 10\nAssistant 2: 6 out of 10', (8, 6)),
+    ('Both explain the loop. In 2019 there were 3 releases.\n7 9', (7, 9)),               # other numbers in reasoning
+    ('Scores: 7, 8', (7, 8)),
+    ('Final scores: 7 and 8.', (7, 8)),
+    ('Explanation.\n8\n9', (8, 9)),
+    ('Explanation.\nScore: 8.5\nScore: 6', (8.5, 6)),
+    ('Explanation\n**8**\n**9**', (8, 9)),
+    ('| Assistant | Score |\n|---|---|\n| Assistant 1 | 8 |\n| Assistant 2 | 9 |', (8, 9)),
+    ('| | Assistant 1 | Assistant 2 |\n|---|---|---|\n| Score | 8 | 6 |', (8, 6)),
+    ('| Criterion | Assistant 1 | Assistant 2 |\n|--|--|--|\n| Accuracy | 9 | 5 |\n| Overall | 8.5 | 5 |', (8.5, 5)),
+    ('## Final scores\n- Assistant 1: **9**\n- Assistant 2: **5**', (9, 5)),
+    ('Assistant 1 gets 3 points for style. Assistant 1 receives a score of 8 while Assistant 2 scored 6.', (8, 6)),
+    ('Assistant 1 - 7\nAssistant 2 - 5', (7, 5)),
+    ('assistant_1: 8\nassistant_2: 7', (8, 7)),
+    ('Assistant #1: 10\nAssistant #2: 1', (10, 1)),
+    ('Answer 1: 6 (correct but terse)\nAnswer 2: 9 (complete)', (6, 9)),
+    ('{"reasoning": "Answer 1 lists 12 steps, answer 2 only 3", "assistant_1": 9, "assistant_2": 3}', (9, 3)),
+    ('```json\n{"Assistant 1": "9/10", "Assistant 2": "7/10"}\n```', (9, 7)),
+    ('{"scores": [7, 9]}', (7, 9)),
+    ('Assistant 1 scored 10 out of 10, Assistant 2 scored 1 out of 10.', (10, 1)),
+    ('Assistant 1: 7\nAssistant 2: 9\n', (7, 9)),
+    ('<assistant_1_answer> 3 steps, <assistant_2_answer> 2 steps.\nAssistant 1: 8\nAssistant 2: 6', (8, 6)),  # quoted tags
+]
+
+BAD = [
+    ('', 'empty'),
+    ('   \n\n', 'empty'),
+    ('8', 'only one score'),                                                  # a lone score is not a pair
+    ('8/10', 'only one score'),
+    ('Assistant 1 is more detailed and accurate than Assistant 2.', 'no scores'),
+    ('Assistant 1: 8\nAssistant 2: 11', 'outside'),
+    ('Assistant 1: 0\nAssistant 2: 5', 'outside'),
+    ('Assistant 1: -1\nAssistant 2: -1', 'outside'),                          # the original code's failure marker
+    ('Scores: 7, 8, 9', '3 numbers'),
+    ('Scores: 4/5 and 3/5', 'scale'),
+    ('Scores: 80/100, 60/100', 'scale'),
+    ('Assistant 1: 7-8\nAssistant 2: 6', 'range'),
+    ('Score: 7 or 8', 'no scores'),
+    ('Overall I would give them 7 and 9.', 'no scores'),                     # prose: refuse to guess
+    ('Assistant 1: 8\nAssistant 2 is better because it has 2 examples.', 'Assistant 1 only'),
+    ('| | Assistant 1 | Assistant 2 |\n|-|-|-|\n| Accuracy | 9 | 5 |\n| Detail | 7 | 6 |', 'no overall row'),
+    ('{"assistant_1": 8, "assistant_2": 12}', 'outside'),
+    ('{"assistant_1": 8}', 'assistant 1 only'),
+    ('Assistant 1: 8\nAssistant 2: ten', 'Assistant 1 only'),
+    ('<assistant_1_answer>\n5\n</assistant_1_answer>', 'no scores'),
+]
+
+
+@pytest.mark.parametrize('text,want', GOOD)
+def test_parser_accepts_real_world_shapes(text, want):
+    assert parse_scores(text) == tuple(map(float, want))
+
+
+@pytest.mark.parametrize('text,why', BAD)
+def test_parser_rejects_unclear_output(text, why):
+    with pytest.raises(ScoreParseError, match=re.escape(why)):
+        parse_scores(text)
+
+
+def test_parser_distrusts_replies_cut_at_max_tokens():
+    # the last line may be half a score ("1" of "10"): ignored, and bare numbers are not trusted
+    with pytest.raises(ScoreParseError, match='cut at max_tokens'):
+        parse_scores('Long reasoning...\nAssistant 1: 8\nAssistant 2: 1', finish_reason='length')
+    with pytest.raises(ScoreParseError, match='cut at max_tokens'):
+        parse_scores('The first answer covers 3 cases and the second 4\n7', finish_reason='length')
+    assert parse_scores('Assistant 1: 8\nAssistant 2: 7\nMore explanation that was cu', finish_reason='length') == (8.0, 7.0)
+    assert parse_scores('Assistant 1: 8\nAssistant 2: 1', finish_reason='stop') == (8.0, 1.0)
+
+
+def test_single_score_values():
+    for s, v in [('8', 8), ('8/10', 8), ('Score: 8.5', 8.5), ('**8**', 8), (' 10 ', 10)]:
+        assert parse_score_value(s) == v
+    for s in ['0', '10.5', '7-8', 'eight', '3/5']:
+        with pytest.raises(ScoreParseError): parse_score_value(s)
+
+
+# ---------------------------------------------------------------- arithmetic
+
+def test_swap_and_average():
+    assert swap_average([8, 6], [6, 8]) == (8.0, 6.0, 2.0)        # consistent referee
+    assert swap_average([9, 6], [8, 7]) == (8.0, 7.0, 1.0)        # +1 for the first position cancels out
+    assert swap_average([7, 5], [7, 5]) == (6.0, 6.0, 0.0)        # pure position preference: no gap
+    t, s, d = swap_average([8.3, 7.3], [7.3, 8.3])
+    assert d == 1.0 and is_hard(d, 1.0)                            # no float noise at the threshold
+    assert not is_hard(0.999, 1.0) and is_hard(1.0, 1.0)
+
+
+def test_unscored_items_are_excluded_and_counted():
+    pairs = [Pair(x, f'q {x}', '', f'T{x}', f'S{x}') for x in 'abcd']
+    R = lambda i, o, sc=None, err=None: Review(id=i, order=o, scores=sc, status='done' if sc else 'unscored', error=err)
+    reviews = {('a', 'teacher_first'): R('a', 'teacher_first', [9, 5]), ('a', 'student_first'): R('a', 'student_first', [5, 9]),
+               ('b', 'teacher_first'): R('b', 'teacher_first', err='unparseable after 3 attempt(s): no scores'),
+               ('b', 'student_first'): R('b', 'student_first', [2, 2]),
+               ('c', 'teacher_first'): R('c', 'teacher_first', [6, 6])}              # c: one review missing
+    scored, unscored = score_items(pairs, reviews, tau=1.0)
+    assert [x['id'] for x in scored] == ['a'] and scored[0]['d'] == 4.0 and scored[0]['hard']
+    assert [x['id'] for x in unscored] == ['b', 'c', 'd']
+    assert 'teacher_first review unscored: unparseable' in unscored[0]['reason']
+    assert unscored[1]['reason'] == 'student_first review missing'
+    assert all(x.get('d') is None for x in unscored)                                  # never a d, never "easy"
+
+
+def test_position_statistics():
+    it = lambda tf, sf: {'scores': {'teacher_first': {'teacher': tf[0], 'student': tf[1]},
+                                    'student_first': {'student': sf[0], 'teacher': sf[1]}}}
+    pc = position_consistency([it([8, 6], [6, 8]), it([8, 6], [8, 6]), it([5, 5], [5, 5]), it([7, 7], [6, 8])])
+    assert (pc['items'], pc['consistent'], pc['consistent_ties'], pc['inconsistent']) == (4, 2, 1, 2)
+    pm = position_means([Review(id='a', order='teacher_first', scores=[9, 5]), Review(id='a', order='student_first', scores=[7, 7])])
+    assert (pm['first_mean'], pm['second_mean'], pm['first_wins'], pm['second_wins'], pm['ties']) == (8.0, 6.0, 1, 0, 1)
+
+
+def test_latest_student_prefers_newest_trained_checkpoint(tmp_path):
+    cfg = parse_config(_cfg_dict('http://127.0.0.1:9/v1'))
+    run = RunDir(tmp_path)
+    assert latest_student(cfg, run, 2)[0].model == 'S'
+    ckpt = run.stage_dir(1, 'imitation')/'model'; ckpt.mkdir(parents=True); (ckpt/'config.json').write_text('{}')
+    spec, which = latest_student(cfg, run, 2)
+    assert spec.backend == 'hf' and Path(spec.model) == ckpt.resolve() and which == 'iter_1/imitation/model'
+
+
+# ---------------------------------------------------------------- the whole stage against a scripted server
+
+# id: (teacher score, student score, how the referee behaves)
+SCRIPT = {
+    'q0': (9, 5, 'plain'),       # hard, d = 4
+    'q1': (6, 6, 'plain'),       # easy, tie in both orders
+    'q2': (7, 6, 'bias'),        # +1 for whoever is first: [8,6] and [7,7] -> d = 1.0 exactly: hard
+    'q3': (8, 7.5, 'slash'),     # "**Assistant 1:** 8/10": easy, d = 0.5
+    'q4': (7, 3, 'repair'),      # first reply has no scores; the repair request gets them: hard
+    'q5': (6, 4, 'never_sf'),    # student-first review never parseable: unscored
+    'q6': (6, 4, 'oob'),         # always out of range (12): unscored
+    'q7': (8, 2, 'plain'),       # the student's answer fails (empty response): unscored
+    'q8': (9, 10, 'truncated'),  # first reply cut at max_tokens; repaired: easy, d = -1
+    'q9': (5, 8, 'table'),       # markdown table: easy, d = -3
+}
+CATS = {'q0': 'math', 'q1': 'writing', 'q2': 'coding', 'q3': 'writing', 'q4': 'math', 'q5': 'generic',
+        'q6': 'generic', 'q7': 'coding', 'q8': 'writing', 'q9': 'generic'}
+HARD, EASY, UNSCORED = {'q0', 'q2', 'q4'}, {'q1', 'q3', 'q8', 'q9'}, {'q5', 'q6', 'q7'}
+
+
+def _id_of(text):
+    return re.search(r'\[(q\d+)\]', text).group(1)
+
+
+def scripted_reply(calls: Counter):
+    def reply(body):
+        model, msgs = body['model'], body['messages']
+        users = [m['content'] for m in msgs if m['role'] == 'user']
+        qid = _id_of(users[0])
+        calls[(model, qid)] += 1
+        if model == 'T': return f'TEACHER answer for [{qid}]: a careful, complete answer.'
+        if model == 'S': return '' if qid == 'q7' else f'STUDENT answer for [{qid}]: short.'
+        assert model == 'R'
+        t, s, how = SCRIPT[qid]
+        first_is_teacher = re.search(r'<assistant_1_answer>\nTEACHER', users[0]) is not None
+        a, b = (t, s) if first_is_teacher else (s, t)
+        if how == 'bias': a, b = a + 1, b
+        repair = len(users) > 1
+        if repair: assert users[-1].startswith('I could not read your scores')
+        if 'response_format' in body:
+            return json.dumps({'reasoning': 'Compared; answer 1 has 3 steps.', 'assistant_1': a, 'assistant_2': b})
+        lines = f'Assistant 1: {a:g}\nAssistant 2: {b:g}'
+        if how == 'slash': return f'Both are relevant; one has 2 more details.\n\n**Assistant 1:** {a:g}/10\n**Assistant 2:** {b:g}/10\n'
+        if how == 'table': return f'Comparison done.\n\n| | Assistant 1 | Assistant 2 |\n|---|---|---|\n| Score | {a:g} | {b:g} |'
+        if how == 'repair' and not repair: return 'Both answers are reasonable; it is hard to say which is better.'
+        if how == 'never_sf' and not first_is_teacher: return 'I would rather not give numbers here.'
+        if how == 'oob': return 'Assistant 1: 12\nAssistant 2: 3'
+        if how == 'truncated' and not repair: return (f'The first answer covers 4 points in depth, the second', 'length')
+        return f'The first answer is compared with the second on 4 criteria.\n{lines}'
+    return reply
+
+
+def _cfg_dict(base_url, structured=False):
+    m = lambda name, **kw: {'backend': 'openai', 'model': name, 'base_url': base_url, 'max_retries': 0, 'timeout_s': 10, **kw}
+    return {'name': 'disc-test', 'seed': 7,
+            'models': {'T': m('T'), 'S': m('S'), 'R': m('R', structured_output=structured)},
+            'roles': {'teacher': 'T', 'student': 'S', 'referee': 'R', 'generator': 'R', 'judge': 'R'},
+            'loop': {'tau': 1.0}, 'sampling': {'repair_retries': 2, 'referee_max_tokens': 256, 'max_new_tokens': 64}}
+
+
+def _pool(ids):
+    return [Instruction(id=q, instruction=f'Task [{q}]: explain topic {q}.', input='some input' if q == 'q3' else '',
+                        category=CATS.get(q, 'generic')) for q in ids]
+
+
+def _ids(path):
+    return {o['id'] for o in read_log(path)}
+
+
+def test_whole_stage_against_scripted_server(tmp_path):
+    calls = Counter()
+    with serve(scripted_reply(calls)) as srv:
+        cfg = parse_config(_cfg_dict(srv.base_url))
+        run = RunDir(tmp_path/'run')
+        write_jsonl(run.pool(1, 'cache'), _pool(SCRIPT))
+        s = run_discrimination(cfg, run, 1, progress=None)
+        out = run.stage_dir(1, 'discrimination')
+
+        # the split is exactly the scripted one; unscored items are counted, with their reasons
+        assert _ids(out/'hard.jsonl') == HARD and _ids(out/'easy.jsonl') == EASY and _ids(out/'unscored.jsonl') == UNSCORED
+        assert (s['pool'], s['scored'], s['hard'], s['easy'], s['unscored']) == (10, 7, 3, 4, 3)
+        reasons = {o['id']: o['reason'] for o in read_log(out/'unscored.jsonl')}
+        assert reasons['q7'].startswith('student answer failed')
+        assert 'student_first review unscored: unparseable after 3 attempt(s)' in reasons['q5'] and 'teacher_first' not in reasons['q5']
+        assert 'outside 1-10' in reasons['q6'] and 'teacher_first' in reasons['q6'] and 'student_first' in reasons['q6']
+        assert s['unscored_reasons'] == {'answer failed': 1, 'unparseable': 2}
+
+        # the records the generation stage reads, with both answers, the four scores, both reviews and d
+        hard = {o['id']: o for o in read_log(out/'hard.jsonl')}
+        q2 = hard['q2']
+        assert q2['scores'] == {'teacher_first': {'teacher': 8.0, 'student': 6.0}, 'student_first': {'student': 7.0, 'teacher': 7.0}}
+        assert (q2['teacher_score'], q2['student_score'], q2['d'], q2['category']) == (7.5, 6.5, 1.0, 'coding')
+        assert q2['teacher_answer'].startswith('TEACHER') and q2['student_answer'].startswith('STUDENT')
+        assert 'Assistant 1: 8' in q2['review_teacher_first'] and 'Assistant 1: 7' in q2['review_student_first']
+        assert '[scores given on repair request 1]' in hard['q4']['review_teacher_first']
+        easy = {o['id']: o for o in read_log(out/'easy.jsonl')}
+        assert easy['q3']['input'] == 'some input' and easy['q3']['d'] == 0.5 and easy['q9']['d'] == -3.0 and easy['q8']['d'] == -1.0
+
+        # referee accounting: 9 pairs x 2 orders + repairs (q4: 2, q5: 2, q6: 4, q8: 2)
+        r = s['referee']
+        assert r['referee_calls'] == 28 and r['repair_requests'] == 10
+        assert r['parse_failures'] == 2 + 3 + 6 + 2
+        assert (r['reviews_needing_repair'], r['repair_successes']) == (7, 4)
+        assert (r['reviews_scored'], r['reviews_unscored']) == (15, 3)
+        assert sum(n for (m, _), n in calls.items() if m == 'R') == 28
+
+        # position bias: q2 is the only item whose orders disagree
+        pc = s['position_consistency']
+        assert (pc['items'], pc['consistent'], pc['consistent_ties']) == (7, 6, 1)
+        done = [[9, 5], [5, 9], [6, 6], [6, 6], [8, 6], [7, 7], [8, 7.5], [7.5, 8], [7, 3], [3, 7], [6, 4], [9, 10], [10, 9], [5, 8], [8, 5]]
+        assert s['position_means']['reviews'] == 15
+        assert s['position_means']['first_mean'] == pytest.approx(sum(x[0] for x in done) / 15)
+        assert s['position_means']['second_mean'] == pytest.approx(sum(x[1] for x in done) / 15)
+
+        # files, plots, done marker, categories
+        for f in ('summary.json', 'reviews.jsonl', 'referee_calls.jsonl', 'gaps.png', 'scores.png', 'categories.png'):
+            assert (out/f).stat().st_size > 0, f
+        assert read_json(run.done_file(1, 'discrimination'))['hard'] == 3
+        assert s['categories']['hard'] == {'math': 2, 'coding': 1} and s['categories']['pool']['writing'] == 3
+        assert len(read_log(out/'reviews.jsonl', Review)) == 18
+
+        # done already: nothing is asked again
+        n = srv.n_chat
+        assert run_discrimination(cfg, run, 1, progress=None)['hard'] == 3 and srv.n_chat == n
+
+        # iteration 2: the Cache Pool grew by two; old teacher answers, student answers (same base student)
+        # and reviews come from the cache, only the new instructions cost requests
+        write_jsonl(run.pool(2, 'cache'), _pool(list(SCRIPT) + ['q10', 'q11']))
+        SCRIPT.update(q10=(9, 2, 'plain'), q11=(4, 4, 'plain'))
+        try:
+            before = Counter(calls)
+            s2 = run_discrimination(cfg, run, 2, progress=None)
+        finally:
+            del SCRIPT['q10'], SCRIPT['q11']
+        new = calls - before
+        assert {q for (m, q) in new if m == 'T'} == {'q10', 'q11'}
+        assert all(calls[('T', q)] == 1 for q in SCRIPT if q != 'q7')
+        assert new[('T', 'q10')] == 1 and new[('R', 'q10')] == 2
+        assert _ids(run.stage_dir(2, 'discrimination')/'hard.jsonl') == HARD | {'q10'} and s2['unscored'] == 3
+
+
+def test_reviews_resume_after_a_crash(tmp_path):
+    "A stage interrupted after its reviews were logged picks them up without asking the referee again."
+    calls = Counter()
+    with serve(scripted_reply(calls)) as srv:
+        cfg = parse_config(_cfg_dict(srv.base_url))
+        run = RunDir(tmp_path/'run')
+        ids = ['q0', 'q4', 'q9']
+        write_jsonl(run.pool(1, 'cache'), _pool(ids))
+        s = run_discrimination(cfg, run, 1, progress=None)
+        out = run.stage_dir(1, 'discrimination')
+        for f in ('DONE.json', 'hard.jsonl', 'easy.jsonl', 'summary.json'): (out/f).unlink()
+        (tmp_path/'run'/'cache').rename(tmp_path/'run'/'cache.gone')   # no LLM cache either: only the logs can help
+        n = srv.n_chat
+        s2 = run_discrimination(cfg, run, 1, progress=None)
+        assert srv.n_chat == n and (s2['hard'], s2['easy']) == (s['hard'], s['easy']) == (2, 1)
+
+        # a changed answer is reviewed afresh (the logged review's fingerprint no longer matches)
+        from lion_nb.core import JsonlLog
+        with JsonlLog(out/'answers_student.jsonl') as log:
+            log.append(Answer(id='q0', instruction='Task [q0]: explain topic q0.', role='student', model='S', output='STUDENT answer for [q0]: revised.'))
+        for f in ('DONE.json', 'hard.jsonl', 'easy.jsonl', 'summary.json'): (out/f).unlink()
+        before = Counter(calls)
+        s3 = run_discrimination(cfg, run, 1, progress=None)
+        assert calls - before == Counter({('R', 'q0'): 2}) and s3['referee']['referee_calls'] == 8   # q4: 2 + repairs 2; q9: 2; q0: 2
+        assert 'revised' in {o['id']: o for o in read_log(out/'hard.jsonl')}['q0']['student_answer']
+
+
+def test_structured_output_referee(tmp_path):
+    "On a structured-output endpoint the referee request carries the JSON schema and the JSON reply is used."
+    calls, bodies = Counter(), []
+    base = scripted_reply(calls)
+    def reply(body):
+        if body['model'] == 'R': bodies.append(body)
+        return base(body)
+    with serve(reply) as srv:
+        cfg = parse_config(_cfg_dict(srv.base_url, structured=True))
+        run = RunDir(tmp_path/'run')
+        write_jsonl(run.pool(1, 'cache'), _pool(['q0', 'q1']))
+        s = run_discrimination(cfg, run, 1, progress=None)
+    assert len(bodies) == 4 and all(b['response_format']['json_schema']['name'] == 'referee_scores' for b in bodies)
+    assert '"assistant_1"' in bodies[0]['messages'][1]['content']
+    assert (s['hard'], s['easy'], s['referee']['parse_failures']) == (1, 1, 0)
+
+
+def test_referee_and_discriminate_commands(tmp_path, capsys):
+    from lion_nb.cli import main
+    calls = Counter()
+    with serve(scripted_reply(calls)) as srv:
+        cfg_path = tmp_path/'config.yaml'; cfg_path.write_text(yaml.safe_dump(_cfg_dict(srv.base_url)))
+        pool = _pool(['q0', 'q1', 'q6'])
+        T = [Answer(id=i.id, instruction=i.instruction, role='teacher', model='T', output=f'TEACHER answer for [{i.id}]') for i in pool]
+        S = [Answer(id=i.id, instruction=i.instruction, role='student', model='S', output=f'STUDENT answer for [{i.id}]') for i in pool]
+        write_jsonl(tmp_path/'t.jsonl', T); write_jsonl(tmp_path/'s.jsonl', S)
+        rc = main(['referee', '--config', str(cfg_path), '--teacher', str(tmp_path/'t.jsonl'), '--student', str(tmp_path/'s.jsonl'),
+                   '--out', str(tmp_path/'ref'), '--no-plots'])
+        assert rc == 0 and _ids(tmp_path/'ref'/'hard.jsonl') == {'q0'} and _ids(tmp_path/'ref'/'unscored.jsonl') == {'q6'}
+        assert '1 hard, 1 easy' in capsys.readouterr().out
+        run = tmp_path/'run'; write_jsonl(RunDir(run).pool(1, 'cache'), pool)
+        rc = main(['discriminate', '--config', str(cfg_path), '--run-dir', str(run), '--iteration', '1'])
+        assert rc == 0 and 'position consistency: 2/2' in capsys.readouterr().out
+        assert main(['referee', '--config', str(cfg_path), '--teacher', str(tmp_path/'missing.jsonl'),
+                     '--student', str(tmp_path/'s.jsonl'), '--out', str(tmp_path/'x')]) == 2
