@@ -1,0 +1,242 @@
+"""Evaluation end to end against a scripted local judge (tests/openai_server.py, real HTTP, real `openai`
+client): every candidate and the teacher answer through the LLM layer, the judge's replies follow fixed
+rules, so relative scores, win/tie/lose, position consistency, unscored counts and reasoning accuracy are
+known exactly. Also: the loaders on the public data ($LION_DATA_DIR) and on small BBH files we write."""
+import json, os, re, sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from openai_server import last_user_text, serve  # noqa: E402
+
+from lion_nb.core import RunDir, parse_config, user_message, write_json
+from lion_nb.evaluation import (category_table, closing_note, evaluate_cli, reasoning_table, wtl_table, load_eval_set, metrics_history, run_evaluation, sample_items,
+                                score_reasoning, summary_table)
+
+os.environ.setdefault('TQDM_DISABLE', '1')
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get('LION_DATA_DIR') or ROOT.parent/'shared'/'data')
+pytestmark = pytest.mark.skipif(not (DATA/'eval'/'vicuna80'/'question.jsonl').exists(), reason='public data not found ($LION_DATA_DIR)')
+
+# ---------------------------------------------------------------------------------------------- data
+BBH_FILES = {
+    'boolean_expressions': [{'input': 'not ( True ) and ( True ) is', 'target': 'False'},
+                            {'input': 'True and not not ( not False ) is', 'target': 'True'},
+                            {'input': 'not True or ( False and True ) is', 'target': 'False'}],
+    'date_understanding': [{'input': f'Question {i}?\nOptions:\n(A) 01/0{i}/2020\n(B) 02/0{i}/2020\n(C) 03/0{i}/2020', 'target': t}
+                           for i, t in enumerate(['(A)', '(B)', '(A)', '(C)'], 1)],
+}
+
+@pytest.fixture
+def data_root(tmp_path):
+    "A data folder: the public eval files (a symlink, nothing copied) plus two small BBH task files we write."
+    root = tmp_path/'data'; (root/'bbh').mkdir(parents=True)
+    (root/'eval').symlink_to(DATA/'eval', target_is_directory=True)
+    for t, ex in BBH_FILES.items(): (root/'bbh'/f'{t}.json').write_text(json.dumps({'examples': ex}))
+    return root
+
+
+def test_loaders_on_public_data(data_root):
+    v = load_eval_set('vicuna80', data_root)
+    assert len(v) == 80 and len({x.category for x in v}) == 9
+    u = load_eval_set('user252', data_root)
+    assert len(u) == 252 and len({x.category for x in u}) == 71 and sum(bool(x.input) for x in u) > 100
+    a = load_eval_set('agieval', data_root)
+    assert {x.task for x in a} == {'aqua-rat', 'logiqa-en', 'lsat-ar', 'lsat-lr', 'lsat-rc', 'sat-math', 'sat-en', 'sat-en-without-passage'}
+    assert all(x.kind == 'mc' for x in a) and len(a) > 2500
+    b = load_eval_set('bbh', data_root)
+    assert [(x.task, x.kind, x.answer) for x in b][:4] == [('boolean_expressions', 'free', 'False'), ('boolean_expressions', 'free', 'True'),
+                                                           ('boolean_expressions', 'free', 'False'), ('date_understanding', 'mc', 'A')]
+    assert score_reasoning(b[3], 'Looking at it, the answer is (A).') == ('A', True)
+    assert score_reasoning(b[4], 'A') == ('A', False)
+    assert score_reasoning(b[0], 'So the answer is False.') == ('false', True)
+    assert len(load_eval_set('demo')) == 20
+
+
+# ------------------------------------------------------------------------------------ scripted server
+T_ANS, G_ANS, B_ANS = 'T-ANS alpha beta gamma delta', 'G-ANS one two three four five six seven', 'B-ANS meh'
+ANSWER = {'teacher': T_ANS, 'good': G_ANS, 'bad': B_ANS}
+MC_REPLY = {'teacher': 'B', 'good': 'Let me see. The answer is (A).', 'bad': '???'}
+FREE_REPLY = {'teacher': 'False', 'good': 'The answer is True.', 'bad': '???'}
+VICUNA_CAT: dict = {}          # question text -> category (filled by the test)
+
+
+def who(text: str) -> str:
+    return {'T-ANS': 'teacher', 'G-ANS': 'good', 'B-ANS': 'bad'}[text]
+
+
+def shown(prompt: str) -> tuple[str, str]:
+    "Which models' answers the judge sees, first and second."
+    pos = sorted((prompt.index(m), m) for m in ('T-ANS', 'G-ANS', 'B-ANS') if m in prompt)
+    return who(pos[0][1]), who(pos[1][1])
+
+
+def score_of(model: str, cat: str, first: bool) -> int:
+    "The scripted judge's score: teacher 8; good 6 (9 on coding; 8 on writing when shown first); bad 4."
+    if model == 'teacher': return 8
+    if model == 'good': return 9 if cat == 'coding' else 8 if (cat == 'writing' and first) else 6
+    return 4
+
+
+def score_reply(prompt: str) -> str:
+    q = prompt.split('[Question]\n', 1)[1].split('\n\n[Answer 1]', 1)[0]
+    cat = VICUNA_CAT.get(q, 'demo')
+    a, b = shown(prompt)
+    if cat == 'fermi' and a == 'bad': return 'Both answers have merit, hard to say.'       # unreadable: never scored
+    return f'Answer 1 is ... Answer 2 is ...\nScores: {score_of(a, cat, True)} {score_of(b, cat, False)}'
+
+
+def pair_question(prompt: str) -> str:
+    return prompt.split('[Instruction]\n', 1)[1].split('\n\n[Response A]', 1)[0]
+
+
+def pair_reply(prompt: str) -> str:
+    q = pair_question(prompt)
+    a, b = shown(prompt)
+    cand = a if a != 'teacher' else b
+    if cand == 'good':   # good wins outright on even-length questions, else the judge just picks the first shown
+        return f"Verdict: [[{'A' if a == 'good' else 'B'}]]" if len(q) % 2 == 0 else 'Response A reads better. [[A]]'
+    if len(q) % 7 == 0 and b == 'bad': return 'Both responses are acceptable in their own way.'   # unreadable
+    return f"[[{'A' if a == 'teacher' else 'B'}]]"
+
+
+def reply(body: dict) -> str:
+    text = last_user_text(body)
+    model = body['model']
+    if model == 'judge':
+        return score_reply(text) if text.startswith('Here is a question and two answers') else pair_reply(text)
+    if 'Answer with the letter of the correct option' in text: return MC_REPLY[model]
+    if 'Give only the final answer' in text: return FREE_REPLY[model]
+    return ANSWER[model]
+
+
+def make_cfg(srv, data_root, samples) -> dict:
+    m = lambda name: {'backend': 'openai', 'model': name, 'base_url': srv.base_url, 'concurrency': 16, 'timeout_s': 10, 'max_retries': 1}
+    return {'name': 't', 'seed': 3, 'data_dir': str(data_root),
+            'models': {'judge': m('judge'), 'teacher': m('teacher'), 'good': m('good'), 'bad': m('bad'),
+                       'student': {'backend': 'hf', 'model': 'not-used-here'}},
+            'roles': {'teacher': 'teacher', 'referee': 'judge', 'generator': 'judge', 'judge': 'judge', 'student': 'student'},
+            'eval': {'sets': ['vicuna80', 'user252', 'agieval', 'bbh'], 'samples': samples, 'reference': 'teacher', 'max_new_tokens': 64}}
+
+
+def expected_relative(items, cand: str) -> tuple[float, dict, int]:
+    "Relative score, per category, and unscored reviews, straight from the scripted rules."
+    c_sum, r_sum, unscored = {}, {}, 0
+    for it in items:
+        cat = it.category
+        for cand_first in (True, False):
+            if cand == 'bad' and cat == 'fermi' and cand_first: unscored += 1; continue
+            c_sum[cat] = c_sum.get(cat, 0) + score_of(cand, cat, cand_first)
+            r_sum[cat] = r_sum.get(cat, 0) + 8
+    overall = round(100 * sum(c_sum.values()) / sum(r_sum.values()), 2)
+    return overall, {c: round(100 * c_sum[c] / r_sum[c], 2) for c in sorted(c_sum)}, unscored
+
+
+def test_scripted_judge_exact_metrics(tmp_path, data_root):
+    samples = {'vicuna80': 48, 'user252': 30, 'agieval': 2}
+    with serve(reply) as srv:
+        cfg = parse_config(make_cfg(srv, data_root, samples))
+        vic = sample_items(load_eval_set('vicuna80', data_root), 48, 3, 'vicuna80')
+        VICUNA_CAT.clear(); VICUNA_CAT.update({user_message(x.instruction, x.input): x.category for x in vic})
+        run = tmp_path/'run'
+        m = run_evaluation(cfg, run, 1, models={'bad': 'bad', 'good': 'good'})
+        n_first = srv.n_chat
+
+        # --- Vicuna-80: relative score, per category, unscored reviews, position consistency
+        for cand in ('good', 'bad'):
+            overall, per_cat, unscored = expected_relative(vic, cand)
+            got = m['models'][cand]['vicuna80']
+            assert got['relative_score'] == overall and got['per_category'] == per_cat, cand
+            assert got['unscored'] == unscored and got['reviews_scored'] == 96 - unscored and got['failed'] == 0
+        n_writing = sum(x.category == 'writing' for x in vic)
+        good = m['models']['good']['vicuna80']
+        # good vs teacher: lose on every order, except coding (win) and writing when shown first (tie)
+        assert good['position_consistency'] == round((48 - n_writing) / 48, 4)
+        assert m['models']['bad']['vicuna80']['pairs_read'] == 48 - sum(x.category == 'fermi' for x in vic)
+        assert m['final_model'] == 'good' and m['vicuna80'] == good        # the last candidate is the final model
+
+        # --- 252: win/tie/lose with both orders, disagreement = tie, unreadable items counted apart
+        u = sample_items(load_eval_set('user252', data_root), 30, 3, 'user252')
+        qs = [user_message(x.instruction, x.input) for x in u]
+        even = sum(len(q) % 2 == 0 for q in qs)
+        g = m['models']['good']['user252']
+        assert (g['win'], g['tie'], g['lose'], g['n']) == (even, 30 - even, 0, 30)
+        assert g['position_consistency'] == round(even / 30, 4)
+        assert g['first_position_win_rate'] == round((even + 2 * (30 - even)) / 60, 4)
+        assert g['win_rate'] == round((even + 0.5 * (30 - even)) / 30, 4)
+        sevens = sum(len(q) % 7 == 0 for q in qs)
+        b = m['models']['bad']['user252']
+        assert (b['win'], b['tie'], b['lose'], b['unscored_items'], b['unscored']) == (0, 0, 30 - sevens, sevens, sevens)
+        assert m['user252']['win'] == even and sum(sum(c.values()) for c in g['per_category'].values()) == 30
+        # every good answer is 3 words longer than the teacher's: one bucket; no length spread, so LC ~ raw
+        lv = g['length']
+        assert lv['buckets']['-10..10']['n'] == 60 and lv['mean_length_diff'] == 3.0
+        assert abs(lv['lc_win_rate'] - lv['raw_win_rate']) < 0.01
+
+        # --- reasoning: fixed replies, so accuracy is the share of gold answers equal to the reply
+        ag = sample_items(load_eval_set('agieval', data_root), 2, 3, 'agieval')
+        bb = load_eval_set('bbh', data_root)
+        def acc(items, want_mc, want_free):
+            out = {}
+            for t in sorted({x.task for x in items}):
+                xs = [x for x in items if x.task == t]
+                out[t] = round(100 * sum(x.answer == (want_mc if x.kind == 'mc' else want_free) for x in xs) / len(xs), 2)
+            return out
+        for cand, mc, free in (('good', 'A', 'True'), ('teacher', 'B', 'False')):
+            r = m['models'][cand]['reasoning']
+            assert r['agieval'] == acc(ag, mc, free) and r['bbh'] == acc(bb, mc, free), cand
+            tasks = list(r['agieval'].values()) + list(r['bbh'].values())
+            assert r['average'] == round(sum(tasks) / len(tasks), 2) and r['unextracted'] == {'agieval': 0, 'bbh': 0}
+        r = m['models']['bad']['reasoning']
+        assert r['average'] == 0.0 and r['unextracted'] == {'agieval': 16, 'bbh': 7}
+        assert len(r['agieval']) == 8 and m['reasoning'] == m['models']['good']['reasoning']
+
+        # --- honesty: lengths in words, judge totals
+        assert m['models']['good']['mean_length'] == {'vicuna80': 8.0, 'user252': 8.0}
+        assert m['models']['teacher']['mean_length'] == {'vicuna80': 5.0, 'user252': 5.0}
+        assert m['judge']['verdicts'] == 2 * 2 * (48 + 30)
+        assert m['judge']['unscored'] == expected_relative(vic, 'bad')[2] + sevens
+
+        # --- files: metrics.json (the shape the model card reads), plots, verdicts, answers, DONE
+        ev = RunDir(run).stage_dir(1, 'evaluation')
+        saved = json.loads((ev/'metrics.json').read_text())
+        assert set(saved) >= {'vicuna80', 'user252', 'reasoning', 'models'}
+        assert isinstance(saved['vicuna80']['relative_score'], float) and set(saved['user252']) >= {'win', 'tie', 'lose'}
+        assert set(saved['reasoning']) >= {'agieval', 'bbh', 'average'}
+        for png in ('relative_score.png', 'win_tie_lose.png', 'reasoning.png', 'history.png'):
+            assert (ev/png).stat().st_size > 5000, png
+        assert sum(1 for _ in open(ev/'verdicts.jsonl')) == 312 and RunDir(run).is_done(1, 'evaluation')
+        assert list(summary_table(m).index) == ['bad', 'good', 'teacher']
+        ct = category_table(m)
+        assert list(ct.columns) == ['bad', 'good'] and ct.loc['overall', 'good'] == good['relative_score']
+        assert wtl_table(m).loc['good', 'win'] == even and reasoning_table(m).loc['average', 'teacher'] == m['models']['teacher']['reasoning']['average']
+        note = closing_note(m)
+        assert f"relative score **{good['relative_score']}%**" in note and f"**{even} win / {30 - even} tie / 0 lose**" in note
+
+        # --- a re-run is answered from the cache: no request reaches the server, same metrics
+        m2 = run_evaluation(cfg, run, 1, models={'bad': 'bad', 'good': 'good'}, plots=False)
+        assert srv.n_chat == n_first and m2 == m
+
+        # --- across iterations and runs
+        m3 = run_evaluation(cfg, run, 2, models={'base': 'bad', 'iter_2': 'good'}, sets=['user252'], samples={'user252': 10}, plots=False)
+        hist = metrics_history(run)
+        assert [k for k, _ in hist] == [1, 2] and hist[1][1]['win_rate'] == m3['user252']['win_rate']
+        other = tmp_path/'random_arm'
+        write_json(RunDir(other).stage_dir(1, 'evaluation')/'metrics.json', m)
+        out = tmp_path/'cmp.png'
+        assert evaluate_cli(['--compare', str(run), str(other), '--out', str(out)]) == 0 and out.stat().st_size > 5000
+
+
+def test_cli_runs_an_evaluation(tmp_path, data_root, capsys):
+    import yaml
+    with serve(reply) as srv:
+        cfg_path = tmp_path/'cfg.yaml'
+        cfg_path.write_text(yaml.safe_dump(make_cfg(srv, data_root, {})))
+        rc = evaluate_cli(['--config', str(cfg_path), '--run-dir', str(tmp_path/'run'), '--iteration', '1', '--sets', 'bbh', 'demo',
+                           '--model', 'cand=good', '--no-plots'])
+        assert rc == 0
+        m = json.loads((RunDir(tmp_path/'run').stage_dir(1, 'evaluation')/'metrics.json').read_text())
+        assert m['sets'] == {'bbh': 7, 'demo': 20} and m['final_model'] == 'cand'
+        assert m['reasoning']['bbh'] == {'boolean_expressions': 33.33, 'date_understanding': 50.0}
+        assert 'cand' in capsys.readouterr().out
