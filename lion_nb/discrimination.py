@@ -562,33 +562,28 @@ def latest_student(cfg: Config, run: RunDir, k: int) -> tuple[ModelSpec, str]:
     spec = cfg.model_for('student')
     return spec, f'base student {spec.model}'
 
-def _budget(cfg: Config, run: RunDir):
-    if cfg.budget_usd is None: return None
-    from lion_nb.llm import Budget
-    return Budget.from_usage_log(cfg.budget_usd, run.usage)
-
 def run_discrimination(cfg: Config, run_dir, iteration: int, progress=print) -> dict:
     "Discrimination for iteration `iteration`: answers, reviews in both orders, the hard/easy split; returns the summary."
-    from lion_nb.llm import answer_pool, make_client
+    from lion_nb.llm import answer_pool, run_client
     run, k = (run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)), iteration
     out = run.stage_dir(k, 'discrimination')
     if run.is_done(k, 'discrimination'):
         if progress: progress(f"discrimination of iteration {k} is done already ({run.done_file(k, 'discrimination')})")
         return read_json(out/'summary.json')
     pool = read_pool(run.pool(k, 'cache'))
-    common = dict(stage='discrimination', iteration=k, cache_dir=run.cache, usage_log=run.usage, budget=_budget(cfg, run))
+    common = dict(stage='discrimination', iteration=k)
     s = cfg.sampling
     if progress: progress(f"iteration {k}: {len(pool)} Cache Pool instructions")
-    teacher = make_client(cfg.model_for('teacher'), role='teacher', **common)
+    teacher = run_client(cfg, run, 'teacher', **common)
     t_ans = answer_pool(pool, teacher, out/'answers_teacher.jsonl', role='teacher', temperature=s.teacher_temperature,
                         max_tokens=s.max_new_tokens, seed=cfg.seed, iteration=k, stage='discrimination')
     sspec, which = latest_student(cfg, run, k)
     if progress: progress(f"student: {which}")
-    student = make_client(sspec, role='student', **common)
+    student = run_client(cfg, run, 'student', spec=sspec, **common)
     s_ans = answer_pool(pool, student, out/'answers_student.jsonl', role='student', temperature=s.student_temperature,
                         max_tokens=s.max_new_tokens, seed=cfg.seed, iteration=k, stage='discrimination')
     del student   # a local student's weights can go before the referee starts
-    referee = make_client(cfg.model_for('referee'), role='referee', **common)
+    referee = run_client(cfg, run, 'referee', **common)
     summary = referee_and_split(pool, t_ans, s_ans, referee, RefereeSettings.from_config(cfg, k), out, cfg.loop.tau, progress=progress)
     summary.update(iteration=k, student=which, teacher=cfg.model_for('teacher').model)
     write_json(out/'summary.json', summary)
@@ -633,13 +628,10 @@ def referee_cli(argv: list[str]) -> int:
             if x.id not in seen: seen.add(x.id); pool.append(Instruction(id=x.id, instruction=x.instruction, input=x.input))
         if not pool: raise InputError(a.teacher, None, "no teacher answers")
     out = Path(a.out)
-    from lion_nb.llm import make_client
-    budget = None
-    if cfg.budget_usd is not None:
-        from lion_nb.llm import Budget
-        budget = Budget.from_usage_log(cfg.budget_usd, out/'usage.jsonl')
+    from lion_nb.llm import make_client, run_budget
     client = make_client(cfg.model_for('referee'), role='referee', stage='discrimination',
-                         cache_dir=Path(a.cache_dir) if a.cache_dir else out/'cache', usage_log=out/'usage.jsonl', budget=budget)
+                         cache_dir=Path(a.cache_dir) if a.cache_dir else out/'cache', usage_log=out/'usage.jsonl',
+                         budget=run_budget(cfg, out/'usage.jsonl'))
     s = referee_and_split(pool, teacher, student, client, RefereeSettings.from_config(cfg), out,
                           cfg.loop.tau if a.tau is None else a.tau, plots=not a.no_plots,
                           progress=lambda m: print(m, file=sys.stderr))

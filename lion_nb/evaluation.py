@@ -21,11 +21,11 @@ __all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'SCORE_SYSTE
            'PAIR_TEMPLATE', 'LENGTH_BUCKETS', 'HISTORY_METRICS', 'bbh_tasks_present', 'load_eval_set', 'as_instruction',
            'sample_items', 'extract_choice', 'extract_free', 'option_map', 'score_reasoning', 'parse_pair_verdict',
            'word_len', 'make_verdict', 'position_stats', 'relative_scores', 'combine_orders', 'win_tie_lose',
-           'fit_length_logit', 'length_view', 'model_spec', 'spec_summary', 'make_budget', 'answer_items',
-           'judge_messages', 'judge_jobs', 'run_judge', 'reasoning_metrics', 'plot_relative_scores',
-           'plot_win_tie_lose', 'plot_reasoning', 'headline', 'metrics_history', 'plot_runs', 'plot_history',
-           'trained_student', 'default_models', 'run_evaluation', 'write_plots', 'summary_table', 'category_table',
-           'wtl_table', 'reasoning_table', 'closing_note', 'evaluate_cli']
+           'fit_length_logit', 'length_view', 'model_spec', 'spec_summary', 'answer_items', 'judge_messages',
+           'judge_jobs', 'run_judge', 'reasoning_metrics', 'plot_relative_scores', 'plot_win_tie_lose',
+           'plot_reasoning', 'headline', 'metrics_history', 'plot_runs', 'plot_history', 'trained_student',
+           'default_models', 'run_evaluation', 'write_plots', 'summary_table', 'category_table', 'wtl_table',
+           'reasoning_table', 'closing_note', 'evaluate_cli']
 
 # %% ../nbs/06_evaluation.ipynb #93c9c78c
 from . import data as lion_data
@@ -314,9 +314,6 @@ def spec_summary(spec: ModelSpec) -> dict:
     "What the metrics say about a model (never a key)."
     return {'backend': spec.backend, 'model': spec.model}
 
-def make_budget(cfg: Config, run: RunDir):
-    "The run's budget cap, counting what its usage log says was already spent (None without a cap)."
-    return _llm().Budget.from_usage_log(cfg.budget_usd, run.usage) if cfg.budget_usd is not None else None
 
 def answer_items(label: str, spec: ModelSpec, items: list[Instruction], out_path, *, role: str, max_tokens: int,
                  seed: int, iteration: int, run: RunDir, budget=None, template: str = 'chat') -> dict[str, Answer]:
@@ -557,7 +554,7 @@ def run_evaluation(cfg: Config, run_dir, iteration: int, *, models: Optional[dic
         trained = spec.backend == 'hf' and Path(spec.model).is_dir() and spec.model != cfg.model_for('student').model
         answers[lab] = answer_items(lab, spec, mine, out_dir/'answers'/f'{lab}.jsonl', role=role,
                                     max_tokens=cfg.eval.max_new_tokens, seed=derive_seed(cfg.seed, 'evaluation', lab),
-                                    iteration=iteration, run=run, budget=make_budget(cfg, run),
+                                    iteration=iteration, run=run, budget=_llm().run_budget(cfg, run.usage),
                                     template=cfg.train.template if trained else 'chat')
 
     # 2. the judge, both orders, every candidate at once
@@ -567,8 +564,7 @@ def run_evaluation(cfg: Config, run_dir, iteration: int, *, models: Optional[dic
     verdicts = []
     if jobs:
         llm = _llm()
-        judge = llm.make_client(cfg.model_for('judge'), role='judge', stage='evaluation', iteration=iteration,
-                                cache_dir=run.cache, usage_log=run.usage, budget=make_budget(cfg, run))
+        judge = llm.run_client(cfg, run, 'judge', stage='evaluation', iteration=iteration)
         try: verdicts = run_judge(jobs, kinds, judge, max_tokens=cfg.sampling.referee_max_tokens,
                                   seed=derive_seed(cfg.seed, 'evaluation', 'judge'), log_path=out_dir/'verdicts.jsonl')
         finally:

@@ -331,10 +331,6 @@ def describe_summary(s: dict) -> str:
     lines.append(f"  pools of iteration {s['iteration'] + 1}: Train {p['train_next']}, Cache {p['cache_before']} + {p['train_next']} = {p['cache_next']}")
     return '\n'.join(lines)
 
-def _budget(cfg: Config, run: RunDir):
-    if cfg.budget_usd is None: return None
-    from lion_nb.llm import Budget
-    return Budget.from_usage_log(cfg.budget_usd, run.usage)
 
 def _inputs(run: RunDir, k: int):
     disc = run.stage_dir(k, 'discrimination')
@@ -344,7 +340,7 @@ def _inputs(run: RunDir, k: int):
 
 def run_generation(cfg: Config, run_dir, iteration: int, progress: Optional[Callable] = print, plots: bool = True) -> dict:
     "Generation for iteration `iteration`: new hard and long-tail instructions, then the pools of iteration k+1; returns the summary."
-    from lion_nb.llm import make_client
+    from lion_nb.llm import run_client
     run, k = (run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)), iteration
     out = run.stage_dir(k, 'generation')
     if run.is_done(k, 'generation'):
@@ -354,7 +350,7 @@ def run_generation(cfg: Config, run_dir, iteration: int, progress: Optional[Call
     spec = cfg.model_for('generator')
     s = GenerationSettings.from_config(cfg, k)
     if progress: progress(f"iteration {k}: {len(hard)} hard and {len(easy)} easy seeds, Cache Pool {len(cache)}; generator {spec.model}")
-    client = make_client(spec, role='generator', stage='generation', iteration=k, cache_dir=run.cache, usage_log=run.usage, budget=_budget(cfg, run))
+    client = run_client(cfg, run, 'generator', stage='generation', iteration=k)
     res = generate_instructions(hard, easy, cache, client, s, model=spec.model, progress=progress,
                                 on_round=lambda rows: write_jsonl(out/'candidates.jsonl', rows))
     write_jsonl(out/'candidates.jsonl', res.rows)

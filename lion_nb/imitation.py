@@ -63,20 +63,14 @@ def heldout_nll(model, records: Sequence[dict], cfg: Config) -> Optional[dict]:
     return {**r, 'ppl': math.exp(r['nll'])}
 
 # %% ../nbs/03_imitation.ipynb #d984846d
-def _budget(cfg: Config, run: RunDir):
-    if cfg.budget_usd is None: return None
-    from lion_nb.llm import Budget
-    return Budget.from_usage_log(cfg.budget_usd, run.usage)
-
 def teacher_answers(cfg: Config, run: RunDir, iteration: int) -> list[Answer]:
     "The teacher's answer to every Train Pool instruction (resumable; appended to teacher_answers.jsonl)."
-    from lion_nb.llm import answer_pool, make_client
+    from lion_nb.llm import answer_pool, run_client
     pool = read_pool(run.pool(iteration, 'train'))
     if cfg.model_for('teacher').backend == 'embedded':       # start (or reuse) the local llama.cpp server up front
         from lion_nb.models import ensure_server
         ensure_server()
-    client = make_client(cfg.model_for('teacher'), role='teacher', stage='imitation', iteration=iteration,
-                         cache_dir=run.cache, usage_log=run.usage, budget=_budget(cfg, run))
+    client = run_client(cfg, run, 'teacher', stage='imitation', iteration=iteration)
     return answer_pool(pool, client, run.stage_dir(iteration, 'imitation')/'teacher_answers.jsonl', role='teacher',
                        temperature=cfg.sampling.teacher_temperature, max_tokens=cfg.sampling.max_new_tokens,
                        seed=cfg.seed, iteration=iteration, stage='imitation', desc=f'iter {iteration}: teacher answers')

@@ -19,8 +19,8 @@ __all__ = ['CHARS_PER_TOKEN', 'WORST_CHARS_PER_TOKEN', 'USAGE_COLUMNS', 'MAX_BAC
            'request_body', 'cache_key', 'ResponseCache', 'prompt_chars', 'estimate_prompt_tokens', 'cost_usd',
            'worst_case_cost', 'UsageLog', 'summarise_usage', 'spent_usd', 'Budget', 'run_sync', 'RateLimiter',
            'retry_after_s', 'backoff_s', 'classify_error', 'OpenAIClient', 'BatchRunner', 'alpaca_prompt',
-           'render_prompt', 'checkpoint_fingerprint', 'resolve_checkpoint', 'HFClient', 'make_client',
-           'answer_requests', 'answer_pool', 'answer_cli']
+           'render_prompt', 'checkpoint_fingerprint', 'resolve_checkpoint', 'HFClient', 'make_client', 'run_budget',
+           'run_client', 'answer_requests', 'answer_pool', 'answer_cli']
 
 # %% ../nbs/01_llm.ipynb #a781a68c
 @dataclass
@@ -714,6 +714,19 @@ def make_client(spec: ModelSpec, *, role: str, stage: str = '', iteration: int =
                             **{k: v for k, v in own.items() if k != 'base_url'})
     if spec.backend == 'hf': return HFClient(spec, **common, **own)
     raise LionError(f"unknown backend {spec.backend!r}")
+
+def run_budget(cfg, usage_log) -> Optional[Budget]:
+    "The configured budget cap, counting what `usage_log` says was already spent (None when the config sets no cap)."
+    return Budget.from_usage_log(cfg.budget_usd, usage_log) if cfg.budget_usd is not None else None
+
+def run_client(cfg, run, role: str, *, stage: str, iteration: int, spec: Optional[ModelSpec] = None, **kw) -> _Client:
+    """The client that plays `role` in a run: the run's LLM cache, usage log and budget. A local student is
+    prompted with the template it is trained with (`cfg.train.template`). `spec` overrides the role's model
+    (e.g. a later iteration's student checkpoint); other keywords go to `make_client`."""
+    spec = spec or cfg.model_for(role)
+    kw.setdefault('template', cfg.train.template)
+    return make_client(spec, role=role, stage=stage, iteration=iteration, cache_dir=run.cache, usage_log=run.usage,
+                       budget=run_budget(cfg, run.usage), **kw)
 
 # %% ../nbs/01_llm.ipynb #b394ae8d
 def answer_requests(instructions: Sequence[Instruction], *, role: str, temperature: float, max_tokens: int, seed: Optional[int] = None) -> list[ChatRequest]:
