@@ -434,6 +434,7 @@ def call_stats(calls: Iterable[dict], reviews: dict) -> dict:
     calls = [c for c in calls if (c['id'], c['order']) in reviews]
     last_fp = {(c['id'], c['order']): c.get('fingerprint') for c in calls}    # calls about older answers do not count
     calls = [c for c in calls if c.get('fingerprint') == last_fp[(c['id'], c['order'])]]
+    calls = list({(c['id'], c['order'], c['attempt'], c.get('fingerprint')): c for c in calls}.values())   # a resumed run logs a round's calls again: count each once
     unparsed = {(c['id'], c['order']) for c in calls if c['outcome'] == 'unparsed'}
     return {'referee_calls': len(calls),
             'parse_failures': sum(c['outcome'] == 'unparsed' for c in calls),
