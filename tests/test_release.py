@@ -242,9 +242,11 @@ def test_web_chat_in_headless_chromium(tmp_path):
 
         cdp('Page.navigate', url=url)
         until("document.readyState === 'complete' && !!document.getElementById('q')")
-        # count every update of the reply as it streams in
-        js("window.updates = []; new MutationObserver(() => { const r = document.getElementById('reply-0');"
-           " if (r) window.updates.push(r.textContent); }).observe(document.getElementById('log'), {subtree: true, childList: true, characterData: true}); true")
+        # record every update of the reply as it streams in: each SSE frame replaces the reply's text node, and a
+        # replaced node keeps the text it had, so the mutation records show every step even when frames arrive together
+        js("window.updates = []; new MutationObserver((recs) => { for (const rec of recs) if (rec.target.id === 'reply-0')"
+           " for (const n of rec.addedNodes) window.updates.push(n.textContent); })"
+           ".observe(document.getElementById('log'), {subtree: true, childList: true, characterData: true}); true")
         js("document.getElementById('q').focus()")
         cdp('Input.insertText', text='Tell me about lions')
         for kind in ('keyDown', 'keyUp'):
