@@ -568,9 +568,7 @@ def run_discrimination(cfg: Config, run_dir, iteration: int, progress=print) -> 
     from lion_nb.llm import answer_pool, run_client
     run, k = (run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)), iteration
     out = run.stage_dir(k, 'discrimination')
-    if run.is_done(k, 'discrimination'):
-        if progress: progress(f"discrimination of iteration {k} is done already ({run.done_file(k, 'discrimination')})")
-        return read_json(out/'summary.json')
+    if (done := run.finished_summary(k, 'discrimination', progress)) is not None: return done
     pool = read_pool(run.pool(k, 'cache'))
     common = dict(stage='discrimination', iteration=k)
     s = cfg.sampling

@@ -343,9 +343,7 @@ def run_generation(cfg: Config, run_dir, iteration: int, progress: Optional[Call
     from lion_nb.llm import run_client
     run, k = (run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)), iteration
     out = run.stage_dir(k, 'generation')
-    if run.is_done(k, 'generation'):
-        if progress: progress(f"generation of iteration {k} is done already ({run.done_file(k, 'generation')})")
-        return read_json(out/'summary.json')
+    if (done := run.finished_summary(k, 'generation', progress)) is not None: return done
     hard, easy, cache = _inputs(run, k)
     spec = cfg.model_for('generator')
     s = GenerationSettings.from_config(cfg, k)
