@@ -22,8 +22,6 @@ def _user(p: Pair, order: str) -> str:
     return referee_messages(p.instruction, p.input, *p.shown(order))[-1]['content']
 
 
-
-
 def blind(body):
     return 'Both are fine.\nAssistant 1: 5\nAssistant 2: 5'
 
