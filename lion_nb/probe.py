@@ -10,11 +10,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .core import LionError, write_json
+from .core import LionError, iter_jsonl, write_json
+from .data import demo_dir, demo_instructions
 from .discrimination import Pair, position_consistency, review_pairs, score_items
 
 # %% auto #0
-__all__ = ['PROBE_KINDS', 'truncate_words', 'probe_pairs', 'probe_metrics', 'probe_verdict', 'duel_metrics', 'run_probe']
+__all__ = ['PROBE_KINDS', 'truncate_words', 'probe_pairs', 'demo_probe_items', 'probe_metrics', 'probe_verdict', 'duel_metrics',
+           'run_probe']
 
 # %% ../nbs/04a_probe.ipynb #c58852d6
 PROBE_KINDS = ('other', 'truncated', 'empty')
@@ -47,6 +49,12 @@ def probe_pairs(items: Sequence[tuple], n: int = 6, seed: int = 0,
             pairs.append(Pair(id=f'probe-{kind}-{iid}', instruction=text, input=inp or '', teacher=right,
                               student=_wrong(kind, right, other), category=kind))
     return pairs
+
+# %% ../nbs/04a_probe.ipynb #e07d39e2
+def demo_probe_items() -> list[tuple]:
+    "(id, instruction, input, reference answer) for the demo instructions we wrote reference answers for."
+    refs = {r['id']: r['answer'] for _, r in iter_jsonl(demo_dir()/'probe_answers.jsonl')}
+    return [(x.id, x.instruction, x.input or '', refs[x.id]) for x in demo_instructions() if x.id in refs]
 
 # %% ../nbs/04a_probe.ipynb #4770004c
 def _share(xs) -> Optional[float]:
