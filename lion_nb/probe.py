@@ -57,9 +57,12 @@ def demo_probe_items() -> list[tuple]:
     return [(x.id, x.instruction, x.input or '', refs[x.id]) for x in demo_instructions() if x.id in refs]
 
 # %% ../nbs/04a_probe.ipynb #4770004c
+def _round(x: Optional[float]) -> Optional[float]:
+    return None if x is None else round(x, 4)
+
 def _share(xs) -> Optional[float]:
     xs = list(xs)
-    return round(sum(xs) / len(xs), 4) if xs else None
+    return _round(sum(xs) / len(xs)) if xs else None
 
 # %% ../nbs/04a_probe.ipynb #2c987c01
 def probe_metrics(scored: Sequence[dict], unscored: Sequence[dict], margin: float = 1.0) -> dict:
@@ -72,7 +75,7 @@ def probe_metrics(scored: Sequence[dict], unscored: Sequence[dict], margin: floa
                 per_kind={k: _share(v) for k, v in sorted(kinds.items())},
                 tie_share=_share(x['d'] == 0 for x in scored),
                 mean_gap=round(statistics.fmean(x['d'] for x in scored), 3) if scored else None,
-                position_consistency=position_consistency(scored)['consistent_share'])
+                position_consistency=_round(position_consistency(scored)['consistent_share']))
 
 # %% ../nbs/04a_probe.ipynb #8ec406c7
 def probe_verdict(metrics: dict, min_accuracy: float = 0.8) -> tuple[bool, str]:
