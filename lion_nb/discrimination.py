@@ -13,7 +13,7 @@ from typing import Iterable, Literal, Optional, Sequence, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .core import (Answer, Config, InputError, Instruction, JsonlLog, LionError, ModelSpec, Provenance, Review,
+from .core import (ROLES, Answer, Config, InputError, Instruction, JsonlLog, LionError, ModelSpec, Provenance, Review,
                           RunDir, derive_seed, load_config, read_json, read_log, read_pool, read_records, user_message,
                           write_json, write_jsonl)
 
@@ -22,10 +22,11 @@ __all__ = ['JUDGE_ROLES', 'SCORE_PARSERS', 'JUDGE_PARSERS', 'ORDERS', 'SCORE_MIN
            'REPAIR_PROMPT_JSON', 'REPAIR_MAX_TOKENS', 'REQUEST_FAILED', 'JudgeConfig', 'judges_root', 'judge_sets',
            'render', 'Judge', 'load_judge', 'judge_for', 'for_category', 'referee_messages', 'referee_response_format',
            'repair_response_format', 'ScoreParseError', 'parse_score_value', 'parse_scores', 'repair_messages',
-           'swap_average', 'is_hard', 'verdict', 'position_consistency', 'position_means', 'Pair', 'RefereeSettings',
-           'review_pairs', 'pairs_from_answers', 'score_items', 'category_of', 'call_stats', 'summarize',
-           'describe_summary', 'plot_gaps', 'plot_scores', 'plot_categories', 'save_plots', 'referee_and_split',
-           'latest_student', 'run_discrimination', 'discriminate_cli', 'referee_cli']
+           'swap_average', 'is_hard', 'verdict', 'position_consistency', 'position_means', 'Pair', 'sampling_setting',
+           'RefereeSettings', 'review_pairs', 'pairs_from_answers', 'score_items', 'category_of', 'call_stats',
+           'summarize', 'describe_summary', 'plot_gaps', 'plot_scores', 'plot_categories', 'save_plots',
+           'referee_and_split', 'discrimination_seed', 'latest_student', 'run_discrimination', 'discriminate_cli',
+           'referee_cli']
 
 # %% ../nbs/04_discrimination.ipynb #737cc933
 JUDGE_ROLES = ('referee', 'review', 'pairwise', 'generator_hard', 'generator_easy')
@@ -475,9 +476,13 @@ class Pair:
         if order not in ORDERS: raise ValueError(f"order is one of {ORDERS}, not {order!r}")
         return (self.teacher, self.student) if order == 'teacher_first' else (self.student, self.teacher)
 
+def sampling_setting(cfg: Config, name: str, judge_value):
+    "A judge's own sampling value, unless the run configuration sets `sampling.<name>` explicitly (an override)."
+    return getattr(cfg.sampling, name) if name in cfg.sampling.model_fields_set else judge_value
+
 @dataclass
 class RefereeSettings:
-    "How the referee is called: sampling, seeds, repairs and structured output."
+    "How the referee is called: its judge (prompt, parser), sampling, seeds, repairs and structured output."
     temperature: float = 0.2
     max_tokens: int = 512
     seed: int = 0
@@ -486,14 +491,20 @@ class RefereeSettings:
     model: str = ''
     iteration: int = 0
     stage: str = 'discrimination'
+    judge: Optional[Judge] = None          # None: lion_nb/referee
+
+    def __post_init__(self):
+        if self.judge is None: self.judge = load_judge('lion_nb/referee')
 
     @classmethod
     def from_config(cls, cfg: Config, iteration: int = 0, stage: str = 'discrimination') -> 'RefereeSettings':
-        "The referee settings of a run configuration."
-        spec = cfg.model_for('referee')
-        return cls(temperature=cfg.sampling.referee_temperature, max_tokens=cfg.sampling.referee_max_tokens, seed=cfg.seed,
-                   repair_retries=cfg.sampling.repair_retries, structured=spec.structured_output, model=spec.model,
-                   iteration=iteration, stage=stage)
+        """The referee settings of a run configuration: the `referee` judge's temperature and max_tokens, unless
+        `sampling.referee_temperature` / `referee_max_tokens` are set explicitly."""
+        spec, judge = cfg.model_for('referee'), judge_for(cfg, 'referee')
+        return cls(temperature=sampling_setting(cfg, 'referee_temperature', judge.config.temperature),
+                   max_tokens=sampling_setting(cfg, 'referee_max_tokens', judge.config.max_tokens), seed=cfg.seed,
+                   repair_retries=cfg.sampling.repair_retries, structured=judge.wants_structured(spec.structured_output),
+                   model=spec.model, iteration=iteration, stage=stage, judge=judge)
 
 REQUEST_FAILED = 'referee request failed'
 
@@ -515,7 +526,8 @@ def review_pairs(pairs: Sequence[Pair], client, settings: RefereeSettings, log_p
     "Review every pair in both orders with `client`; return {(id, order): Review}. Resumes from `log_path`."
     from lion_nb.llm import ChatRequest
     log_path = Path(log_path); calls_path = Path(calls_path) if calls_path else log_path.with_name('referee_calls.jsonl')
-    first = {(p.id, o): referee_messages(p.instruction, p.input, *p.shown(o), settings.structured) for p in pairs for o in ORDERS}
+    first = {(p.id, o): referee_messages(p.instruction, p.input, *p.shown(o), settings.structured, settings.judge)
+             for p in pairs for o in ORDERS}
     fps = {k: _fingerprint(m) for k, m in first.items()}
     logged_fp = {(c['id'], c['order']): c.get('fingerprint') for c in read_log(calls_path)}
     have = {k: r for k, r in _latest(read_log(log_path, Review)).items()
@@ -531,7 +543,8 @@ def review_pairs(pairs: Sequence[Pair], client, settings: RefereeSettings, log_p
             fmt = (referee_response_format() if attempt == 0 else repair_response_format()) if settings.structured else None
             reqs = [ChatRequest(key=f'referee:{p.id}:{o}:{attempt}', messages=msgs, temperature=settings.temperature,
                                 max_tokens=settings.max_tokens if attempt == 0 else min(REPAIR_MAX_TOKENS, settings.max_tokens),
-                                seed=derive_seed(settings.seed, 'referee', p.id, o, attempt), response_format=fmt)
+                                seed=derive_seed(settings.seed, 'referee', p.id, o, attempt), response_format=fmt,
+                                extra=settings.judge.extra())
                     for p, o, msgs, _ in active]
             if progress: progress(f"referee round {attempt}: {len(reqs)} request(s)")
             results = client.run(reqs, desc=f'referee (round {attempt})')
@@ -547,7 +560,7 @@ def review_pairs(pairs: Sequence[Pair], client, settings: RefereeSettings, log_p
                 text = res.text or ''
                 all_texts = texts + [text if attempt == 0 else f"[scores given on repair request {attempt}]\n{text}"]
                 try:
-                    scores = parse_scores(text, res.finish_reason)
+                    scores = parse_scores(text, res.finish_reason, 'json' if settings.structured else settings.judge.parser)
                 except ScoreParseError as e:
                     calls.append({**call, 'outcome': 'unparsed', 'error': str(e), 'text': text})
                     if attempt < settings.repair_retries:
@@ -737,6 +750,13 @@ def referee_and_split(pool: Sequence[Instruction], teacher: Sequence[Answer], st
     return summary
 
 # %% ../nbs/04_discrimination.ipynb #f44ef3d0
+def discrimination_seed(cfg: Config) -> int:
+    """The seed of discrimination's teacher (and student) answers: imitation's (`cfg.seed`) when reusing its answers,
+    else one of discrimination's own. It does not change with the iteration: an instruction kept in the Cache Pool is
+    answered by the teacher once, and later iterations read that answer from the cache."""
+    return cfg.seed if cfg.sampling.reuse_imitation_answers else derive_seed(cfg.seed, 'discrimination')
+
+# %% ../nbs/04_discrimination.ipynb #e16651a1
 def latest_student(cfg: Config, run: RunDir, k: int) -> tuple[ModelSpec, str]:
     "The student spec to use in iteration `k`: the newest trained checkpoint up to `k`, else the configured student."
     for j in range(k, 0, -1):
@@ -759,15 +779,19 @@ def run_discrimination(cfg: Config, run_dir, iteration: int, progress=print) -> 
     if progress: progress(f"iteration {k}: {len(pool)} Cache Pool instructions")
     teacher = run_client(cfg, run, 'teacher', **common)
     t_ans = answer_pool(pool, teacher, out/'answers_teacher.jsonl', role='teacher', temperature=s.teacher_temperature,
-                        max_tokens=s.max_new_tokens, seed=cfg.seed, iteration=k, stage='discrimination')
+                        max_tokens=s.max_new_tokens, seed=discrimination_seed(cfg), iteration=k,
+                        stage='discrimination')
     sspec, which = latest_student(cfg, run, k)
     if progress: progress(f"student: {which}")
     student = run_client(cfg, run, 'student', spec=sspec, **common)
     s_ans = answer_pool(pool, student, out/'answers_student.jsonl', role='student', temperature=s.student_temperature,
-                        max_tokens=s.max_new_tokens, seed=cfg.seed, iteration=k, stage='discrimination')
+                        max_tokens=s.max_new_tokens, seed=discrimination_seed(cfg), iteration=k,
+                        stage='discrimination')
     del student   # a local student's weights can go before the referee starts
     referee = run_client(cfg, run, 'referee', **common)
-    summary = referee_and_split(pool, t_ans, s_ans, referee, RefereeSettings.from_config(cfg, k), out, cfg.loop.tau, progress=progress)
+    settings = RefereeSettings.from_config(cfg, k)
+    if progress: progress(settings.judge.describe())
+    summary = referee_and_split(pool, t_ans, s_ans, referee, settings, out, cfg.loop.tau, progress=progress)
     summary.update(iteration=k, student=which, teacher=cfg.model_for('teacher').model)
     write_json(out/'summary.json', summary)
     run.mark_done(k, 'discrimination', hard=summary['hard'], easy=summary['easy'], unscored=summary['unscored'],
