@@ -250,6 +250,8 @@ _LABEL = re.compile(
     re.I)
 _AFTER_OK = re.compile(r"\s*(?:$|[.,;:)(|\-–—]|\b(?:points?|because|since|as|for|due|and|while|whereas|but)\b)", re.I)
 _PARTIAL = re.compile(r"\s*points?\s+(?:for|in|on|lower|higher|more|less|fewer|behind|ahead|above|below|better|worse)\b", re.I)
+_SCORE_TO = re.compile(r"\b(?:score|rating)\s+of\s+(-)?(\d+(?:\.\d+)?)(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?\s+(?:to|for)\s+"
+                       r"(?:the\s+)?(?:assistant|answer|response)[ \t]*([12])\b", re.I)
 
 def _labelled_scores(text: str) -> dict:
     """{'1': [scores], '2': [scores]}: every labelled score in prose, in order ("Assistant 1 receives a 7").
@@ -266,6 +268,9 @@ def _labelled_scores(text: str) -> dict:
         if not _AFTER_OK.match(rest) or _PARTIAL.match(rest): continue
         try: found.setdefault(m.group(1), []).append(_to_score(*tok.groups()))
         except ScoreParseError as e: raise ScoreParseError(f"Assistant {m.group(1)}: {e}") from None
+    for m in _SCORE_TO.finditer(text):                   # "a score of 5 to Assistant 1"
+        try: found.setdefault(m.group(4), []).append(_to_score(*m.groups()[:3]))
+        except ScoreParseError as e: raise ScoreParseError(f"Assistant {m.group(4)}: {e}") from None
     return found
 
 # %% ../nbs/04_discrimination.ipynb #38e230f9

@@ -46,6 +46,9 @@ GOOD = [
     ('Assistant 1 scored 10 out of 10, Assistant 2 scored 1 out of 10.', (10, 1)),
     ('Assistant 1: 7\nAssistant 2: 9\n', (7, 9)),
     ('<assistant_1_answer> 3 steps, <assistant_2_answer> 2 steps.\nAssistant 1: 8\nAssistant 2: 6', (8, 6)),  # quoted tags
+    ('First, solve it: x = 10.\nAssistant 1 gets x = 8.\nSo we can give a score of 4 to Assistant 1 and a score of 9 to Assistant 2.', (4, 9)),
+    ('Scores:\nAssistant 1: 10\nAssistant 2: 4\n\nAssistant 1 performed better.', (10, 4)),            # FastChat math review shape
+    ('The tuple is (10, 1), since Assistant 2 is wrong.', (10, 1)),
 ]
 
 BAD = [
