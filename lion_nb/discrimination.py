@@ -94,9 +94,10 @@ class Judge:
     def parser(self) -> str: return self.config.parser
 
     def wants_structured(self, endpoint_supports: bool) -> bool:
-        "Whether requests ask for a JSON schema: `structured: true`, or `auto` on an endpoint that supports it."
+        """Whether requests ask for a JSON schema: `structured: true`, or `auto` on an endpoint that supports it
+        (the `prompt_structured` template is used then, where the judge has one)."""
         s = self.config.structured
-        return bool(self.prompt_structured) and (s is True or (s == 'auto' and endpoint_supports))
+        return s is True or (s == 'auto' and endpoint_supports)
 
     def messages(self, structured: bool = False, **fields) -> list[dict]:
         "The chat messages of one request, the template's placeholders filled from `fields`."

@@ -340,6 +340,8 @@ def run_generation(cfg: Config, run_dir, iteration: int, progress: Optional[Call
     spec = cfg.model_for('generator')
     s = GenerationSettings.from_config(cfg, k)
     if progress: progress(f"iteration {k}: {len(hard)} hard and {len(easy)} easy seeds, Cache Pool {len(cache)}; generator {spec.model}")
+    if progress:
+        for kind in KINDS: progress(s.judges[kind].describe())          # the prompts this run uses
     client = run_client(cfg, run, 'generator', stage='generation', iteration=k)
     res = generate_instructions(hard, easy, cache, client, s, model=spec.model, progress=progress,
                                 on_round=lambda rows: write_jsonl(out/'candidates.jsonl', rows))
