@@ -150,7 +150,7 @@ def for_category(judge: Judge, category: Optional[str]) -> Judge:
     "The sibling judge the judge's `by_category` names for `category`, else the judge itself."
     other = judge.config.by_category.get(category or '')
     if not other: return judge
-    return load_judge(str(judge.folder.parent/other))
+    return load_judge(str(Path(judge.name).parent/other))       # 'lion/review' -> 'lion/review_math'; folders alike
 
 # %% ../nbs/04_discrimination.ipynb #83d7f73a
 ORDERS = ('teacher_first', 'student_first')

@@ -308,8 +308,8 @@ def test_lion_review_judges_by_category():
              Instruction(id='v3', instruction='Solve 3x + 10 = 5(x - 2).', category='math')]
     ans = lambda who: {i.id: Answer(id=i.id, instruction=i.instruction, output=f'{who} answer', role='x', model=who) for i in items}
     jobs = judge_jobs('vicuna80', 'score', items, 'cand', ans('cand'), 'ref', ans('ref'), load_judge('lion/review'))
-    names = {j['id']: j['judge'].name.rsplit('/', 1)[-1] for j in jobs}
-    assert names == {'v1': 'review', 'v2': 'review_coding', 'v3': 'review_math'}
+    names = {j['id']: j['judge'].name for j in jobs}
+    assert names == {'v1': 'lion/review', 'v2': 'lion/review_coding', 'v3': 'lion/review_math'}
     prompts = {j['id']: j['messages'][1]['content'] for j in jobs if j['order'] == 'cand_first'}
     assert 'single line containing only two values' in prompts['v1'] and 'coding abilities' in prompts['v2']
     assert 'Python tuple' in prompts['v3'] and "[The Start of Assistant 1's Answer]\ncand answer\n" in prompts['v1']
