@@ -9,8 +9,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 # %% auto #0
-__all__ = ['Interval', 'resample_indices', 'bootstrap', 'mean_ci', 'ratio_ci', 'paired_diff_ci', 'align', 'verdict', 'spread',
-           'yerr']
+__all__ = ['Interval', 'resample_indices', 'bootstrap', 'mean_ci', 'ratio_ci', 'stratified_mean_ci', 'paired_diff_ci', 'align',
+           'verdict', 'spread', 'yerr']
 
 # %% ../nbs/06a_stats.ipynb #d1ca8056
 @dataclass(frozen=True)
@@ -80,6 +80,19 @@ def _ratio(scale: float):
 def ratio_ci(num: Sequence[float], den: Sequence[float], scale: float = 100.0, **kw) -> Interval:
     "Bootstrap interval of `scale` x sum(`num`) / sum(`den`), resampling the (num, den) pairs together."
     return bootstrap(_ratio(scale), num, den, **kw)
+
+# %% ../nbs/06a_stats.ipynb #7966a4ca
+def stratified_mean_ci(groups: dict, scale: float = 1.0, rounds: int = 2000, seed: int = 0,
+                       level: float = 0.95) -> Interval:
+    "Interval of the unweighted mean over groups of each group's mean, resampling within groups."
+    groups = {g: np.asarray(v, dtype=float) for g, v in groups.items() if len(v)}
+    if not groups: return Interval(None, None, None, level, 0)
+    point = scale * float(np.mean([v.mean() for v in groups.values()]))
+    per = [v[resample_indices(len(v), rounds, seed + i)].mean(axis=1) for i, v in enumerate(groups.values())]
+    vals = scale * np.mean(per, axis=0)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(vals, [tail, 100 - tail], method='inverted_cdf')
+    return Interval(point, float(lo), float(hi), level, sum(len(v) for v in groups.values()))
 
 # %% ../nbs/06a_stats.ipynb #984d9458
 def paired_diff_ci(stat: Callable, a_cols: Sequence, b_cols: Sequence, rounds: int = 2000,
