@@ -13,6 +13,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from .discrimination import Judge, ScoreParseError, for_category, judge_for, load_judge, parse_scores
+from .stats import Interval, mean_ci, ratio_ci, stratified_mean_ci
 from .core import (Answer, Config, InputError, Instruction, LionError, ModelSpec, RunDir, derive_seed,
                           iter_jsonl, load_config, read_json, read_log, write_json, write_jsonl)
 
@@ -20,12 +21,12 @@ from .core import (Answer, Config, InputError, Instruction, LionError, ModelSpec
 __all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'BBH_FREE_FORM', 'BBH_23', 'LENGTH_BUCKETS',
            'HISTORY_METRICS', 'bbh_tasks_present', 'load_eval_set', 'as_instruction', 'sample_items', 'extract_choice',
            'extract_free', 'option_map', 'bbh_official_answer', 'score_bbh', 'score_reasoning', 'parse_pair_verdict',
-           'word_len', 'make_verdict', 'position_stats', 'relative_scores', 'combine_orders', 'win_tie_lose',
-           'fit_length_logit', 'length_view', 'model_spec', 'spec_summary', 'answer_items', 'judge_messages',
-           'judge_jobs', 'run_judge', 'reasoning_metrics', 'plot_relative_scores', 'plot_win_tie_lose',
-           'plot_reasoning', 'headline', 'metrics_history', 'plot_runs', 'plot_history', 'trained_student',
-           'default_models', 'run_evaluation', 'write_plots', 'summary_table', 'category_table', 'wtl_table',
-           'reasoning_table', 'closing_note', 'evaluate_cli']
+           'word_len', 'make_verdict', 'position_stats', 'item_score_sums', 'relative_interval', 'relative_scores',
+           'combine_orders', 'win_tie_lose', 'fit_length_logit', 'length_view', 'model_spec', 'spec_summary',
+           'answer_items', 'judge_messages', 'judge_jobs', 'run_judge', 'reasoning_metrics', 'plot_relative_scores',
+           'plot_win_tie_lose', 'plot_reasoning', 'headline', 'metrics_history', 'plot_runs', 'plot_history',
+           'trained_student', 'default_models', 'run_evaluation', 'write_plots', 'ci_text', 'summary_table',
+           'category_table', 'wtl_table', 'reasoning_table', 'closing_note', 'evaluate_cli']
 
 # %% ../nbs/06_evaluation.ipynb #93c9c78c
 from . import data as lion_data
@@ -228,8 +229,22 @@ def position_stats(verdicts: list[dict]) -> dict:
     return {'pairs_read': len(both), 'position_consistency': round(agree / len(both), 4) if both else None,
             'first_position_win_rate': round(first_won / len(decisive), 4) if decisive else None}
 
+def item_score_sums(verdicts: list[dict]) -> dict:
+    "Per item id: (candidate's, reference's) score summed over its read reviews: the units a bootstrap resamples."
+    sums = defaultdict(lambda: [0.0, 0.0])
+    for v in verdicts:
+        if v['status'] == 'done':
+            sums[v['id']][0] += v['cand_score']
+            sums[v['id']][1] += v['opp_score']
+    return {i: tuple(s) for i, s in sums.items()}
+
+def relative_interval(verdicts: list[dict]) -> dict:
+    "95% bootstrap interval over items of the relative score (the items' two orders stay together)."
+    sums = list(item_score_sums(verdicts).values())
+    return ratio_ci([c for c, _ in sums], [o for _, o in sums]).as_dict() if sums else Interval(None, None, None).as_dict()
+
 def relative_scores(verdicts: list[dict]) -> dict:
-    "Relative score (candidate / reference x 100) overall and per category, from 'score' verdicts."
+    "Relative score (candidate / reference x 100) overall and per category with intervals, from 'score' verdicts."
     done = [v for v in verdicts if v['status'] == 'done']
     def ratio(vs):
         ref = sum(v['opp_score'] for v in vs)
@@ -237,6 +252,8 @@ def relative_scores(verdicts: list[dict]) -> dict:
     cats = defaultdict(list)
     for v in done: cats[v.get('category') or 'all'].append(v)
     return {'relative_score': ratio(done), 'per_category': {c: ratio(vs) for c, vs in sorted(cats.items())},
+            'interval': relative_interval(done),
+            'per_category_interval': {c: relative_interval(vs) for c, vs in sorted(cats.items())},
             'candidate_total': sum(v['cand_score'] for v in done), 'reference_total': sum(v['opp_score'] for v in done),
             'items': len({v['id'] for v in verdicts}), 'reviews_scored': len(done),
             'unscored': sum(v['status'] == 'unscored' for v in verdicts), 'failed': sum(v['status'] == 'failed' for v in verdicts),
@@ -265,6 +282,8 @@ def win_tie_lose(verdicts: list[dict]) -> dict:
     for i, r in res.items():
         if r: per[cat[i]].append(r)
     out = _wtl([r for r in res.values() if r])
+    prefs = [{'win': 1.0, 'tie': 0.5, 'lose': 0.0}[r] for r in res.values() if r]
+    out['win_rate_interval'] = mean_ci(prefs).as_dict(digits=4) if prefs else Interval(None, None, None).as_dict()
     out['unscored_items'] = sum(r is None for r in res.values())
     out['unscored'] = sum(v['status'] == 'unscored' for v in verdicts)
     out['failed'] = sum(v['status'] == 'failed' for v in verdicts)
@@ -406,6 +425,9 @@ def reasoning_metrics(items: list[ReasoningItem], answers: dict) -> dict:
         out[f'{s}_average'] = round(sum(out[s].values()) / len(out[s]), 2)
     sub = [a for t, a in out.get('bbh', {}).items() if t in BBH_23]
     if sub: out['bbh_23_average'] = round(sum(sub) / len(sub), 2)
+    out['intervals'] = {f'{s}_average': stratified_mean_ci(per[s], scale=100).as_dict() for s in per}
+    if sub: out['intervals']['bbh_23_average'] = stratified_mean_ci(
+        {t: v for t, v in per['bbh'].items() if t in BBH_23}, scale=100).as_dict()
     out['unextracted'] = dict(unext); out['failed'] = dict(failed)
     out['items'] = {s: sum(len(v) for v in per[s].values()) for s in per}
     return out
@@ -424,6 +446,12 @@ def _save(fig, path) -> Path:
     _plt().close(fig)
     return path
 
+def _bar_err(vals: list, ivs: list) -> np.ndarray:
+    "Error bars (below, above) of bar values from their interval dicts; 0 where there is no interval."
+    below = [max(0, v - iv['lo']) if v is not None and iv and iv.get('lo') is not None else 0 for v, iv in zip(vals, ivs)]
+    above = [max(0, iv['hi'] - v) if v is not None and iv and iv.get('hi') is not None else 0 for v, iv in zip(vals, ivs)]
+    return np.array([below, above])
+
 def plot_relative_scores(metrics: dict, path, set_name: Optional[str] = None) -> Optional[Path]:
     "Bars of relative score (%) per category, one bar group per category and one bar per candidate model."
     plt = _plt()
@@ -436,7 +464,9 @@ def plot_relative_scores(metrics: dict, path, set_name: Optional[str] = None) ->
     w = 0.8 / len(rows)
     for i, (lab, r) in enumerate(rows.items()):
         vals = [r['relative_score']] + [r['per_category'].get(c) for c in cats]
-        ax.bar([x + i * w for x in range(len(cats_all))], [v if v is not None else 0 for v in vals], w, label=lab)
+        ivs = [r.get('interval')] + [(r.get('per_category_interval') or {}).get(c) for c in cats]
+        ax.bar([x + i * w for x in range(len(cats_all))], [v if v is not None else 0 for v in vals], w, label=lab,
+               yerr=_bar_err(vals, ivs), capsize=2)
     ax.axhline(100, color='grey', ls='--', lw=1)
     ax.set_xticks([x + w * (len(rows) - 1) / 2 for x in range(len(cats_all))], cats_all, rotation=30, ha='right')
     ax.set_ylabel(f"% of the reference ({metrics.get('reference', 'teacher')})"); ax.set_title(f'{set_name}: relative score')
@@ -489,11 +519,14 @@ def headline(m: dict) -> dict:
     open_set = next((s for s in OPEN_SETS if m.get(s)), None)
     u = m.get('user252') or {}
     lens = m.get('mean_length') or {}
+    r = m.get('reasoning') or {}
+    ivs = {'relative_score': (m[open_set].get('interval') if open_set else None), 'win_rate': u.get('win_rate_interval'),
+           **{k: (r.get('intervals') or {}).get(k) for k in ('agieval_average', 'bbh_average')}}
     return {'relative_score': m[open_set]['relative_score'] if open_set else None,
             'win_rate': u.get('win_rate'), 'lc_win_rate': (u.get('length') or {}).get('lc_win_rate'),
-            'agieval_average': (m.get('reasoning') or {}).get('agieval_average'),
-            'bbh_average': (m.get('reasoning') or {}).get('bbh_average'),
-            'mean_length': round(sum(lens.values()) / len(lens), 1) if lens else None}
+            'agieval_average': r.get('agieval_average'), 'bbh_average': r.get('bbh_average'),
+            'mean_length': round(sum(lens.values()) / len(lens), 1) if lens else None,
+            'intervals': {k: (iv['lo'], iv['hi']) for k, iv in ivs.items() if iv and iv.get('lo') is not None}}
 
 def metrics_history(run_dir) -> list[tuple[int, dict]]:
     "(iteration, headline figures of the final student) for each evaluated iteration; iteration 0 is the base student."
@@ -517,8 +550,11 @@ def plot_runs(run_dirs, path, labels=None) -> Optional[Path]:
     fig, axes = plt.subplots(1, len(shown), figsize=(3.6 * len(shown), 3.2), squeeze=False)
     for ax, (k, title) in zip(axes[0], shown):
         for lab, hs in hists.items():
-            pts = [(i, h[k]) for i, h in hs if h[k] is not None]
-            if pts: ax.plot(*zip(*pts), marker='o', label=lab)
+            pts = [(i, h[k], h.get('intervals', {}).get(k)) for i, h in hs if h[k] is not None]
+            if not pts: continue
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            err = _bar_err(ys, [dict(lo=p[2][0], hi=p[2][1]) if p[2] else None for p in pts])
+            ax.errorbar(xs, ys, yerr=err, marker='o', capsize=3, label=lab)
         ax.set_title(title, fontsize=9); ax.set_xlabel('iteration (0 = base student)')
         ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0][0].legend(fontsize=8)
@@ -630,6 +666,10 @@ def write_plots(metrics: dict, out_dir, run_dir=None) -> list[Path]:
     return [p for p in made if p]
 
 # %% ../nbs/06_evaluation.ipynb #c7595c73
+def ci_text(iv: Optional[dict]) -> str:
+    "' [lo, hi]' for an interval dict, or '' when there is none."
+    return f" [{iv['lo']:g}, {iv['hi']:g}]" if iv and iv.get('lo') is not None else ''
+
 def summary_table(metrics: dict):
     "A pandas DataFrame: one row per model, the headline figures as columns."
     import pandas as pd
@@ -637,7 +677,9 @@ def summary_table(metrics: dict):
     for lab, m in metrics['models'].items():
         r = {}
         for s in OPEN_SETS:
-            if m.get(s): r[f'{s} rel. score %'] = m[s]['relative_score']
+            if m.get(s):
+                r[f'{s} rel. score %'] = m[s]['relative_score']
+                r[f'{s} 95% CI'] = ci_text(m[s].get('interval')).strip()
         if m.get('user252'):
             u = m['user252']; r.update({'252 win': u['win'], '252 tie': u['tie'], '252 lose': u['lose'],
                                         '252 win rate': u['win_rate'], '252 LC win rate': u['length']['lc_win_rate']})
@@ -693,16 +735,18 @@ def closing_note(metrics: dict) -> str:
             r = m[s]
             fp = r['first_position_win_rate']
             bias = 'no review was decisive' if fp is None else f"the answer shown first won {fp:.0%} of decisive reviews"
-            lines.append(f"- {s}: relative score **{r['relative_score']}%** of {ref} over {r['reviews_scored']} scored reviews "
+            lines.append(f"- {s}: relative score **{r['relative_score']}%**{ci_text(r.get('interval'))} of {ref} over {r['reviews_scored']} scored reviews "
                          f"({r['unscored']} unscored, {r['failed']} failed); judge position consistency {r['position_consistency']}, {bias}.")
     if m.get('user252'):
         u = m['user252']
         lines.append(f"- user-oriented: **{u['win']} win / {u['tie']} tie / {u['lose']} lose** ({u['unscored_items']} items unscored); "
-                     f"win rate {u['win_rate']}, length-controlled {u['length']['lc_win_rate']} "
+                     f"win rate {u['win_rate']}{ci_text(u.get('win_rate_interval'))}, length-controlled {u['length']['lc_win_rate']} "
                      f"(mean length difference {u['length'].get('mean_length_diff')} words); position consistency {u['position_consistency']}.")
     if m.get('reasoning'):
         r = m['reasoning']
-        per = [f"{s} **{r[s + '_average']}%** over {len(r.get(s) or {})} tasks" for s in REASONING_SETS if s + '_average' in r]
+        ivs = r.get('intervals') or {}
+        per = [f"{s} **{r[s + '_average']}%**{ci_text(ivs.get(s + '_average'))} over {len(r.get(s) or {})} tasks"
+               for s in REASONING_SETS if s + '_average' in r]
         if 'bbh_23_average' in r: per.append(f"BBH's 23-task subset (Orca, Lion) {r['bbh_23_average']}%")
         lines.append(f"- reasoning (exact match, each benchmark averaged over its own tasks): {'; '.join(per)}; "
                      f"{sum(r['unextracted'].values())} replies had no extractable answer.")
