@@ -17,10 +17,11 @@ from .dedup import RougeIndex, rouge_tokenize
 from .discrimination import Judge, judge_for, load_judge, sampling_setting
 
 # %% auto #0
-__all__ = ['KINDS', 'NO_INPUT', 'ECHO_MARKERS', 'REASONS', 'Seed', 'read_seeds', 'generation_messages', 'Parsed',
+__all__ = ['KINDS', 'NO_INPUT', 'ECHO_MARKERS', 'REASONS', 'SEED_SOURCES', 'Seed', 'read_seeds', 'generation_messages', 'Parsed',
            'parse_generation', 'FilterSettings', 'unwrap', 'post_filter', 'plan_targets', 'pick_parent', 'request_seed',
            'new_id', 'GenerationSettings', 'build_requests', 'GenerationResult', 'generate_instructions',
-           'plot_nn_rouge', 'examples', 'describe_summary', 'run_generation', 'generate_cli']
+           'plot_nn_rouge', 'examples', 'describe_summary', 'check_seed_source', 'random_seeds', 'generation_inputs',
+           'run_generation', 'generate_cli']
 
 # %% ../nbs/05_generation.ipynb #b1246d35
 @dataclass(frozen=True)
@@ -324,19 +325,38 @@ def describe_summary(s: dict) -> str:
     return '\n'.join(lines)
 
 
-def _inputs(run: RunDir, k: int):
+SEED_SOURCES = ('referee', 'random')
+
+def check_seed_source(seeds: str) -> str:
+    "`seeds` if it names a known seed source, else a clear error."
+    if seeds not in SEED_SOURCES: raise LionError(f"seeds come from {' or '.join(SEED_SOURCES)}, not {seeds!r}")
+    return seeds
+
+def random_seeds(cache: Sequence[Instruction]) -> list[Seed]:
+    "The referee-blind control's seeds: every Cache Pool instruction, a possible parent for either prompt."
+    return [Seed(r.id, r.instruction, r.input or '', r.category) for r in cache]
+
+def generation_inputs(run: RunDir, k: int, seeds: str = 'referee'):
+    "(hard seeds, easy seeds, Cache Pool) of iteration `k`: the referee's split, or random parents for both."
+    check_seed_source(seeds)
+    cache = read_pool(run.pool(k, 'cache'))
+    if seeds == 'random': return random_seeds(cache), random_seeds(cache), cache
     disc = run.stage_dir(k, 'discrimination')
     for name in ('hard.jsonl', 'easy.jsonl'):
-        if not (disc/name).exists(): raise InputError(disc/name, None, "file not found (run the discrimination stage of this iteration first)")
-    return read_seeds(disc/'hard.jsonl'), read_seeds(disc/'easy.jsonl'), read_pool(run.pool(k, 'cache'))
+        if not (disc/name).exists():
+            raise InputError(disc/name, None, "file not found (run the discrimination stage of this iteration first)")
+    return read_seeds(disc/'hard.jsonl'), read_seeds(disc/'easy.jsonl'), cache
 
-def run_generation(cfg: Config, run_dir, iteration: int, progress: Optional[Callable] = print, plots: bool = True) -> dict:
-    "Generation for iteration `iteration`: new hard and long-tail instructions, then the pools of iteration k+1; returns the summary."
+def run_generation(cfg: Config, run_dir, iteration: int, progress: Optional[Callable] = print, plots: bool = True,
+                   seeds: str = 'referee') -> dict:
+    """Generation for iteration `iteration`: new hard and long-tail instructions, then the pools of iteration k+1.
+    `seeds='random'` is the referee-blind control: the same prompts and N, parents drawn from the whole Cache Pool."""
     from lion_nb.llm import run_client
     run, k = (run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)), iteration
     out = run.stage_dir(k, 'generation')
+    check_seed_source(seeds)
     if (done := run.finished_summary(k, 'generation', progress)) is not None: return done
-    hard, easy, cache = _inputs(run, k)
+    hard, easy, cache = generation_inputs(run, k, seeds)
     spec = cfg.model_for('generator')
     s = GenerationSettings.from_config(cfg, k)
     if progress: progress(f"iteration {k}: {len(hard)} hard and {len(easy)} easy seeds, Cache Pool {len(cache)}; generator {spec.model}")
@@ -351,7 +371,8 @@ def run_generation(cfg: Config, run_dir, iteration: int, progress: Optional[Call
     write_jsonl(out/'new.jsonl', res.new)
     write_jsonl(run.pool(k + 1, 'train'), res.new)
     write_jsonl(run.pool(k + 1, 'cache'), list(cache) + res.new)
-    summary = {'iteration': k, 'generator': spec.model, 'threshold': s.threshold, 'seeds': {'hard': len(hard), 'easy': len(easy)},
+    summary = {'iteration': k, 'generator': spec.model, 'threshold': s.threshold, 'seed_source': seeds,
+               'seeds': {'hard': len(hard), 'easy': len(easy)},
                'rounds': res.rounds, **res.counts(),
                'pools': {'cache_before': len(cache), 'train_next': len(res.new), 'cache_next': len(cache) + len(res.new),
                          'train_path': str(run.pool(k + 1, 'train')), 'cache_path': str(run.pool(k + 1, 'cache'))}}
@@ -372,15 +393,17 @@ def generate_cli(argv: Optional[list[str]] = None) -> int:
     p.add_argument('--run-dir', required=True, help='the run folder (holds iter_k/discrimination/{hard,easy}.jsonl and iter_k/pools)')
     p.add_argument('--iteration', type=int, default=1)
     p.add_argument('--dry-run', action='store_true', help="estimate the first round's calls and cost; send nothing")
+    p.add_argument('--seeds', choices=SEED_SOURCES, default='referee',
+                   help="parents: the referee's hard/easy split, or random Cache Pool instructions (the control)")
     a = p.parse_args(argv)
     cfg = load_config(a.config); run = RunDir(a.run_dir)
     if a.dry_run:
         from lion_nb.llm import make_client
-        hard, easy, _ = _inputs(run, a.iteration)
+        hard, easy, _ = generation_inputs(run, a.iteration, a.seeds)
         s = GenerationSettings.from_config(cfg, a.iteration); t = plan_targets(s.n_new, s.hard_fraction, len(hard), len(easy))
         reqs = [x[-1] for kind, seeds in (('hard', hard), ('easy', easy)) for x in build_requests(seeds, kind, 0, _round_size(t[kind], 0, 0, s), s)]
         client = make_client(cfg.model_for('generator'), role='generator', stage='generation', iteration=a.iteration, cache_dir=run.cache)
         print(client.estimate(reqs)); return 0
-    s = run_generation(cfg, run, a.iteration, progress=lambda m: print(m, file=sys.stderr))
+    s = run_generation(cfg, run, a.iteration, progress=lambda m: print(m, file=sys.stderr), seeds=a.seeds)
     print(describe_summary(s))
     return 0

@@ -212,6 +212,21 @@ def test_seeded_and_ratio_follows_config(tmp_path):
         assert [r.to_json() for r in read_pool(run2.pool(2, 'train'))] == first
 
 
+def test_referee_blind_control_draws_parents_from_the_whole_cache_pool(tmp_path):
+    "seeds='random': no discrimination files needed; the same prompts and N; parents from anywhere in the Cache Pool."
+    run, pool = make_run(tmp_path)
+    for f in ('hard.jsonl', 'easy.jsonl'): (run.stage_dir(1, 'discrimination')/f).unlink()
+    with serve(scripted_generator) as srv:
+        cfg = parse_config(cfg_dict(srv.base_url, n_new=10))
+        s = run_generation(cfg, run, 1, progress=None, plots=False, seeds='random')
+    assert s['seed_source'] == 'random' and s['seeds'] == {'hard': len(pool), 'easy': len(pool)}
+    assert s['kept'] == 10 and (s['hard']['kept'], s['easy']['kept']) == (5, 5)
+    parents = {r.prov.parent_id for r in read_pool(run.pool(2, 'train'))}
+    assert parents <= {p.id for p in pool} and parents - {p.id for p in pool[:10]}   # some outside the old split
+    with pytest.raises(LionError, match="not 'both'"):
+        run_generation(cfg, run, 1, progress=None, seeds='both')
+
+
 def test_no_hard_instructions_means_all_easy(tmp_path):
     run, _ = make_run(tmp_path, n_hard=0, n_easy=5)
     with serve(scripted_generator) as srv:
