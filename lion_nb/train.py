@@ -410,6 +410,8 @@ def export_complete(out_dir, step: Optional[int] = None) -> bool:
         if not p.exists() or p.stat().st_size != size or _safetensors_names(p) != set(m['tensors'][f]): return False
     return True
 
+
+
 # %% ../nbs/03a_train.ipynb #3eefe4c5
 def _truncate_log(path, step: int):
     "Drop log records after `step` (a resumed run redoes those steps), rewriting the log atomically."
