@@ -353,18 +353,19 @@ class TrainConfig(Section):
     lora: bool = False
     template: Literal['chat', 'alpaca'] = 'chat'
     device: Literal['auto', 'cuda', 'cpu'] = Field('auto', description=(
-        "cuda: fail before launching when no GPU is visible; cpu: gloo; auto: cuda if visible, else cpu (said loudly)"))
+        "cuda: fail before launching when no GPU is visible; cpu: gloo; auto: cuda if visible, else cpu "
+        "(said loudly)"))
     batch_unit: Literal['examples', 'tokens'] = Field('examples', description=(
         "what effective_batch counts per optimizer step (never packed rows)"))
-    save_every: int = Field(0, ge=0, description="a sharded checkpoint every this many optimizer steps (0: at the end)")
+    save_every: int = Field(0, ge=0, description="a sharded checkpoint every this many steps (0: at the end)")
     keep: int = Field(2, ge=1, description="checkpoints kept (the newest)")
-    nnodes: Optional[int] = Field(None, ge=1, description="nodes of one training job (else SLURM_NNODES, NNODES, or 1)")
-    node_rank: Optional[int] = Field(None, ge=0, description="this node's rank (else from SLURM_NODEID / NODE_RANK)")
+    nnodes: Optional[int] = Field(None, ge=1, description="nodes of the job (else SLURM_NNODES, NNODES, or 1)")
+    node_rank: Optional[int] = Field(None, ge=0, description="this node's rank (else SLURM_NODEID, NODE_RANK)")
     rdzv_endpoint: Optional[str] = Field(None, description=(
         "host:port of the rendezvous (else MASTER_ADDR:MASTER_PORT, or SLURM's first node)"))
     pg_timeout_min: float = Field(120, gt=0, description=(
         "process-group timeout, minutes: covers gathering and writing a 7B export"))
-    export_shard_gb: float = Field(2.0, gt=0, description="largest safetensors shard of the exported model, GB")
+    export_shard_gb: float = Field(2.0, gt=0, description="largest safetensors shard of the export, GB")
 
 class EvalConfig(Section):
     sets: list[Literal['vicuna80', 'user252', 'agieval', 'bbh', 'demo']] = ['demo']
@@ -400,11 +401,12 @@ class Config(Section):
 
     @model_validator(mode='after')
     def _student_template(self):
-        "The student's `prompt_template` (unless `auto`) sets `train.template`, so it trains and answers in one layout."
+        "The student's `prompt_template` (unless `auto`) sets `train.template`: it trains and answers in one layout."
         want = self.model_for('student').prompt_template
         if want == 'auto': return self
         if 'template' in self.train.model_fields_set and self.train.template != want:
-            raise ValueError(f"train.template {self.train.template!r} contradicts the student's prompt_template {want!r}")
+            raise ValueError(f"train.template {self.train.template!r} contradicts the student's "
+                             f"prompt_template {want!r}")
         self.train.template = want
         return self
 

@@ -598,7 +598,7 @@ def alpaca_prompt(messages) -> str:
     return (sys_ + '\n\n' if sys_ else '') + body
 
 def resolve_template(tokenizer, template: str = 'auto') -> str:
-    "'alpaca', or 'chat' only when the tokenizer has a chat template ('chat' and 'auto' fall back to 'alpaca')."
+    "'alpaca', or 'chat' only when the tokenizer has a chat template ('chat' and 'auto' else fall back)."
     if template not in ('auto', 'chat', 'alpaca'): raise LionError(f"unknown prompt template {template!r}")
     if template == 'alpaca' or not getattr(tokenizer, 'chat_template', None): return 'alpaca'
     return 'chat'

@@ -34,8 +34,9 @@ _TINY_TEXT = ["Write a short answer to the question below.", "Repeat the words o
               "Explain why the sky is blue in one sentence.", "def add(a, b): return a + b"]
 
 def make_tiny_llama(folder, *, layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 384,
-                    max_positions: int = 2048, tie: bool = False, seed: int = 0, chat_template: bool = True) -> Path:
-    "Save a random tiny Llama and a byte-level BPE tokenizer (with a chat template, or none like a base model) in `folder`."
+                    max_positions: int = 2048, tie: bool = False, seed: int = 0,
+                    chat_template: bool = True) -> Path:
+    "Save a random tiny Llama and a byte-level BPE tokenizer (with a chat template, or none) in `folder`."
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
@@ -163,7 +164,7 @@ def token_loss_sum(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 # %% ../nbs/03a_train.ipynb #6d838fac
 def step_examples(lengths: Sequence[int], cfg: TrainConfig, *, seed: int) -> list[list[int]]:
     """The whole run's optimizer steps, each a list of example indices: `effective_batch` examples each
-    (or, with `batch_unit: tokens`, as many examples as fit in `effective_batch` tokens). Never packed rows."""
+    (or, with `batch_unit: tokens`, as many examples as fit in `effective_batch` tokens); never packed rows."""
     n = len(lengths)
     want, order, epoch = max(1, round(cfg.epochs * n)), [], 0     # examples seen in the whole run
     while len(order) < want:
@@ -202,11 +203,11 @@ def lr_factor(step: int, total: int, warmup_ratio: float, schedule: str = 'cosin
 
 # %% ../nbs/03a_train.ipynb #b46d822e
 def pick_device(want: str = 'auto', local_rank: int = 0) -> torch.device:
-    "This rank's device for `TrainConfig.device`; 'cuda' with no visible GPU fails loudly, never runs on the CPU."
+    "This rank's device for `TrainConfig.device`; 'cuda' with no visible GPU fails loudly, never uses the CPU."
     n = torch.cuda.device_count()
     if want == 'cuda' and n == 0:
-        raise LionError("train.device is 'cuda' but no GPU is visible (check CUDA_VISIBLE_DEVICES, the driver, and that "
-                        "torch was built with CUDA); set train.device: cpu to train on the CPU with gloo")
+        raise LionError("train.device is 'cuda' but no GPU is visible (check CUDA_VISIBLE_DEVICES, the driver, "
+                        "and that torch was built with CUDA); set train.device: cpu to train on the CPU with gloo")
     if want == 'cpu' or n == 0: return torch.device('cpu')
     return torch.device('cuda', local_rank)
 
@@ -218,8 +219,9 @@ def setup_distributed(device: str = 'auto', timeout_min: float = 120) -> tuple[i
     dev = pick_device(device, int(os.environ.get('LOCAL_RANK', 0)))
     if dev.type == 'cuda': torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group(backend='nccl' if dev.type == 'cuda' else 'gloo', timeout=timedelta(minutes=timeout_min),
-                                device_id=dev if dev.type == 'cuda' else None)
+        cuda = dev.type == 'cuda'
+        dist.init_process_group(backend='nccl' if cuda else 'gloo', timeout=timedelta(minutes=timeout_min),
+                                device_id=dev if cuda else None)
     return dist.get_rank(), dist.get_world_size(), dev
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -246,7 +248,7 @@ def local_numel(model) -> int:
 # %% ../nbs/03a_train.ipynb #ddf6ec0b
 def load_sharded_model(model_path, cfg: TrainConfig, device: torch.device, *, rank: int, attn: str = 'sdpa',
                        lora_r: int = 16) -> tuple[torch.nn.Module, dict]:
-    "The FSDP2-sharded model of `model_path`, read from disk by rank 0 only; also what each rank built it from."
+    "The FSDP2-sharded model of `model_path`, read from disk by rank 0 only; and how each rank built it."
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -265,7 +267,8 @@ def load_sharded_model(model_path, cfg: TrainConfig, device: torch.device, *, ra
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
     model = shard_model(model, device)
     model.to_empty(device=device)
-    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full, options=opts)
     for name, b in model.named_buffers():
         if rank == 0: b.copy_(bufs[name])
         dist.broadcast(b, src=0)
@@ -323,7 +326,7 @@ def load_checkpoint(ckpt, model, optimizer, scheduler, *, rank: int) -> int:
 
 # %% ../nbs/03a_train.ipynb #3c916d62
 def export_entries(model, tie: bool) -> dict[str, tuple[tuple, list[str]]]:
-    "Exported tensor name -> (shape, the `model.state_dict()` keys it is made of: a weight, or a LoRA triple)."
+    "Exported tensor name -> (shape, the `model.state_dict()` keys it is made of: a weight or a LoRA triple)."
     sd, out = model.state_dict(), {}
     for k, t in sd.items():
         name = k.removeprefix('base_model.model.').replace('.base_layer.', '.')
@@ -334,7 +337,7 @@ def export_entries(model, tie: bool) -> dict[str, tuple[tuple, list[str]]]:
     return out
 
 def shard_plan(entries: dict, max_bytes: int, bytes_per: int = 2) -> list[list[str]]:
-    "Tensor names grouped into consecutive shards of at most `max_bytes` (a bigger tensor gets a shard alone)."
+    "Tensor names grouped into consecutive shards of at most `max_bytes` (a bigger tensor: a shard alone)."
     shards, cur, size = [], [], 0
     for name, (shape, _) in entries.items():
         n = math.prod(shape) * bytes_per
@@ -347,7 +350,7 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/03a_train.ipynb #160dad57
 def _gather_merged(model, sd: dict, keys: list[str]) -> torch.Tensor:
-    "One exported tensor, gathered on every rank (a collective): the weight, or the weight with its LoRA merged."
+    "One exported tensor, gathered on every rank (a collective): a weight, or a weight with its LoRA merged."
     w = _full(sd[keys[0]]).float()
     if len(keys) == 1: return w
     a, b = _full(sd[keys[1]]).float(), _full(sd[keys[2]]).float()
@@ -407,7 +410,8 @@ def export_complete(out_dir, step: Optional[int] = None) -> bool:
     if step is not None and m.get('step') != step: return False
     for f, size in m['files'].items():
         p = Path(out_dir)/f
-        if not p.exists() or p.stat().st_size != size or _safetensors_names(p) != set(m['tensors'][f]): return False
+        if not p.exists() or p.stat().st_size != size: return False
+        if _safetensors_names(p) != set(m['tensors'][f]): return False
     return True
 
 
@@ -454,7 +458,8 @@ def train(data, model_path, out, cfg: TrainConfig, *, seed: int = 0, max_steps: 
     steps = plan_steps([len(e['input_ids']) for e in examples], cfg, world=world, rank=rank, seed=seed, max_length=max_len)
     total = len(steps) if max_steps is None else min(max_steps, len(steps))
     if _agree(export_complete(out/'model', total), rank):
-        say(f"[train] {out/'model'} already holds the finished export of step {total}: nothing to do"); return out/'model'
+        say(f"[train] {out/'model'} already holds the finished export of step {total}: nothing to do")
+        return out/'model'
     say(f"[train] {stats['kept']} examples ({stats['truncated']} truncated, {stats['dropped_prompt_too_long']} dropped) "
         f"max_length {max_len}, packing {cfg.packing}, prompt {cfg.template}; world {world} on {device.type}; "
         f"{cfg.effective_batch} {cfg.batch_unit} per step in micro-batches of {cfg.micro_batch} rows; {total} steps")
@@ -481,8 +486,8 @@ def train(data, model_path, out, cfg: TrainConfig, *, seed: int = 0, max_steps: 
     model.train(); t_run, t_steps, tokens_run = time.perf_counter(), 0.0, 0
     for step in range(start, total):
         t0 = time.perf_counter()
-        batches = [collate([[examples[i] for i in row] for row in mb], tok.pad_token_id) if mb else _idle_batch(tok.pad_token_id)
-                   for mb in steps[step]]
+        batches = [collate([[examples[i] for i in row] for row in mb], tok.pad_token_id) if mb
+                   else _idle_batch(tok.pad_token_id) for mb in steps[step]]
         counts = torch.tensor([float(sum((b['labels'][:, 1:] != IGNORE).sum() for b in batches)), float(sum(b['n_real'] for b in batches))], device=device)
         dist.all_reduce(counts)                        # response tokens and real tokens in the whole effective batch
         loss_sum = torch.zeros((), device=device)
@@ -576,26 +581,29 @@ def rendezvous(cfg: TrainConfig, env: Optional[dict] = None) -> dict:
     MASTER_PORT). One node and no endpoint means a standalone launch."""
     env = os.environ if env is None else env
     pick = lambda *vals: next((v for v in vals if v not in (None, '')), None)
-    nnodes = int(pick(cfg.nnodes, env.get('SLURM_NNODES'), env.get('SLURM_JOB_NUM_NODES'), env.get('NNODES'), 1))
+    nnodes = int(pick(cfg.nnodes, env.get('SLURM_NNODES'), env.get('SLURM_JOB_NUM_NODES'), env.get('NNODES'),
+                      1))
     node_rank = int(pick(cfg.node_rank, env.get('SLURM_NODEID'), env.get('NODE_RANK'), 0))
     port = env.get('MASTER_PORT') or '29500'
-    host = pick(env.get('MASTER_ADDR'), first_slurm_host(env['SLURM_JOB_NODELIST']) if env.get('SLURM_JOB_NODELIST') else None)
+    nodelist = env.get('SLURM_JOB_NODELIST')
+    host = pick(env.get('MASTER_ADDR'), first_slurm_host(nodelist) if nodelist else None)
     endpoint = pick(cfg.rdzv_endpoint, f'{host}:{port}' if host and nnodes > 1 else None)
     if nnodes > 1 and not endpoint:
-        raise LionError(f"{nnodes} nodes need a rendezvous endpoint: set train.rdzv_endpoint (host:port) or MASTER_ADDR")
+        raise LionError(f"{nnodes} nodes need a rendezvous endpoint: set train.rdzv_endpoint (host:port) "
+                        "or MASTER_ADDR")
     if not 0 <= node_rank < nnodes: raise LionError(f"node rank {node_rank} is not in 0..{nnodes - 1}")
     return {'nnodes': nnodes, 'node_rank': node_rank, 'endpoint': endpoint,
             'id': env.get('SLURM_JOB_ID') or 'lion_nb'}
 
 def torchrun_command(data, model, out, cfg: TrainConfig, nproc: int = 1, *, seed: int = 0, max_steps: Optional[int] = None,
                      attn: str = 'sdpa', lora_r: int = 16, env: Optional[dict] = None) -> list[str]:
-    "The `python -m torch.distributed.run ... -m lion_nb.train ...` command line (standalone, or one node of several)."
+    "The `python -m torch.distributed.run ... -m lion_nb.train ...` command (standalone, or one node of several)."
     rz = rendezvous(cfg, env)
     where = ['--standalone'] if rz['nnodes'] == 1 and not rz['endpoint'] else [
         '--nnodes', str(rz['nnodes']), '--node_rank', str(rz['node_rank']), '--rdzv_backend', 'c10d',
         '--rdzv_endpoint', rz['endpoint'], '--rdzv_id', rz['id']]
-    cmd = [sys.executable, '-m', 'torch.distributed.run', *where, '--nproc_per_node', str(nproc), '-m', 'lion_nb.train',
-           '--data', str(data), '--model', str(model), '--out', str(out), '--train-config', cfg.model_dump_json(),
+    cmd = [sys.executable, '-m', 'torch.distributed.run', *where, '--nproc_per_node', str(nproc),
+           '-m', 'lion_nb.train', '--data', str(data), '--model', str(model), '--out', str(out), '--train-config', cfg.model_dump_json(),
            '--seed', str(seed), '--attn', attn, '--lora-r', str(lora_r)]
     return cmd + (['--max-steps', str(max_steps)] if max_steps is not None else [])
 
@@ -603,7 +611,8 @@ def check_devices(cfg: TrainConfig, nproc: int, echo: Callable[[str], None] = pr
     "Before launching: 'cuda' or 'cpu'; fails when GPUs are expected and none (or too few) are visible."
     dev, n = pick_device(cfg.device).type, torch.cuda.device_count()
     if dev == 'cuda' and nproc > n: raise LionError(f"nproc {nproc} is more than the {n} visible GPU(s)")
-    if dev == 'cpu' and cfg.device == 'auto': echo("[train] no GPU visible: training on the CPU with gloo (train.device: auto)")
+    if dev == 'cpu' and cfg.device == 'auto':
+        echo("[train] no GPU visible: training on the CPU with gloo (train.device: auto)")
     return dev
 
 def launch_training(data, model, out, cfg: TrainConfig, nproc: int = 1, *, seed: int = 0, max_steps: Optional[int] = None,
@@ -617,7 +626,8 @@ def launch_training(data, model, out, cfg: TrainConfig, nproc: int = 1, *, seed:
     cfg = cfg.model_copy(update=over) if over else cfg
     check_devices(cfg, nproc, echo)
     full_env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'TOKENIZERS_PARALLELISM': 'false', **(env or {})}
-    cmd = torchrun_command(data, model, out, cfg, nproc, seed=seed, max_steps=max_steps, attn=attn, lora_r=lora_r, env=full_env)
+    cmd = torchrun_command(data, model, out, cfg, nproc, seed=seed, max_steps=max_steps, attn=attn, lora_r=lora_r,
+                           env=full_env)
     echo('$ ' + shlex.join(cmd))
     run_streaming(cmd, env=full_env, echo=echo, check=True)
     return out/'model'
@@ -647,7 +657,8 @@ def train_cli(argv: list[str]) -> int:
     p.add_argument('--seed', type=int); p.add_argument('--max-steps', type=int)
     for f, t in [('save-every', int), ('keep', int), ('nnodes', int), ('node-rank', int), ('rdzv-endpoint', str)]:
         p.add_argument(f'--{f}', type=t)
-    p.add_argument('--device', choices=['auto', 'cuda', 'cpu']); p.add_argument('--batch-unit', choices=['examples', 'tokens'])
+    p.add_argument('--device', choices=['auto', 'cuda', 'cpu'])
+    p.add_argument('--batch-unit', choices=['examples', 'tokens'])
     a = p.parse_args(argv)
     run_cfg = load_config(a.config) if a.config else None
     base = run_cfg.train.model_dump() if run_cfg else {}
