@@ -272,8 +272,7 @@ def load_sharded_model(model_path, cfg: TrainConfig, device: torch.device, *, ra
     for name, b in model.named_buffers():
         if rank == 0: b.copy_(bufs[name])
         dist.broadcast(b, src=0)
-    if getattr(config, 'tie_word_embeddings', False): model.tie_weights()
-    return model, built
+    return model, built                  # tied embeddings stay one parameter through fully_shard and to_empty
 
 # %% ../nbs/03a_train.ipynb #86ff35dd
 def latest_checkpoint(out) -> Optional[Path]:
