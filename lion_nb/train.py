@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_train.ipynb #f024835d
 from __future__ import annotations
-import argparse, bisect, json, math, os, random, re, resource, shlex, shutil, subprocess, sys, time
+import argparse, bisect, hashlib, json, math, os, random, re, resource, shlex, shutil, subprocess, sys, time
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -16,13 +16,13 @@ from .core import (InputError, JsonlLog, LionError, TrainConfig, derive_seed, it
                           read_json, read_log, seed_everything, user_message, write_json, write_jsonl)
 
 # %% auto #0
-__all__ = ['TINY_CHAT_TEMPLATE', 'IGNORE', 'make_tiny_llama', 'toy_sft_records', 'read_sft', 'prompt_and_response',
+__all__ = ['TINY_CHAT_TEMPLATE', 'IGNORE', 'RUN_FREE', 'make_tiny_llama', 'toy_sft_records', 'read_sft', 'prompt_and_response',
            'effective_max_length', 'tokenize_example', 'build_examples', 'pack', 'collate', 'token_loss_sum',
            'step_examples', 'plan_steps', 'lr_factor', 'pick_device', 'setup_distributed', 'decoder_layers',
            'shard_model', 'local_numel', 'load_sharded_model', 'latest_checkpoint', 'save_checkpoint',
            'load_checkpoint', 'export_entries', 'shard_plan', 'export_hf_model', 'export_complete', 'train',
            'lora_config', 'add_lora', 'worker_parser', 'main', 'run_streaming', 'first_slurm_host', 'rendezvous',
-           'torchrun_command', 'check_devices', 'launch_training', 'train_cli', 'plot_loss', 'mean_nll']
+           'torchrun_command', 'run_key', 'check_devices', 'launch_training', 'train_cli', 'plot_loss', 'mean_nll']
 
 # %% ../nbs/03a_train.ipynb #615e85da
 TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -356,7 +356,8 @@ def _gather_merged(model, sd: dict, keys: list[str]) -> torch.Tensor:
     scale = model.get_submodule(keys[0].removesuffix('.base_layer.weight')).scaling['default']
     return w + scale * (b @ a)
 
-def export_hf_model(model, tok, model_path, out_dir, *, rank: int, step: int, shard_gb: float = 2.0) -> Path:
+def export_hf_model(model, tok, model_path, out_dir, *, rank: int, step: int, shard_gb: float = 2.0,
+                    run_key: Optional[str] = None) -> Path:
     "Stream the sharded `model` to `out_dir` as bfloat16 safetensors shards that `from_pretrained` loads."
     import torch.distributed as dist
     from safetensors.torch import save_file
@@ -376,12 +377,12 @@ def export_hf_model(model, tok, model_path, out_dir, *, rank: int, step: int, sh
             del t
         if rank == 0: save_file(tensors, tmp/fname, metadata={'format': 'pt'})
         del tensors
-    if rank == 0: _finish_export(tmp, out_dir, config, tok, model_path, dict(zip(names, plan)), step)
+    if rank == 0: _finish_export(tmp, out_dir, config, tok, model_path, dict(zip(names, plan)), step, run_key)
     dist.barrier()
     return out_dir
 
 # %% ../nbs/03a_train.ipynb #e2e310ce
-def _finish_export(tmp: Path, out_dir: Path, config, tok, model_path, files: dict, step: int):
+def _finish_export(tmp: Path, out_dir: Path, config, tok, model_path, files: dict, step: int, run_key=None):
     "Config, generation config, tokenizer, index and manifest next to the shards; then rename into place."
     from transformers import GenerationConfig
     config.dtype = torch.bfloat16
@@ -392,7 +393,8 @@ def _finish_export(tmp: Path, out_dir: Path, config, tok, model_path, files: dic
     if len(files) > 1:
         write_json(tmp/'model.safetensors.index.json', {'metadata': {'total_size': sum(sizes.values())},
                    'weight_map': {n: f for f, ns in files.items() for n in ns}})
-    write_json(tmp/'lion_export.json', {'step': step, 'dtype': 'bfloat16', 'files': sizes, 'tensors': files})
+    write_json(tmp/'lion_export.json', {'step': step, 'run_key': run_key, 'dtype': 'bfloat16', 'files': sizes,
+                                        'tensors': files})
     shutil.rmtree(out_dir, ignore_errors=True); os.replace(tmp, out_dir)
 
 def _safetensors_names(path: Path) -> set:
@@ -401,12 +403,12 @@ def _safetensors_names(path: Path) -> set:
         n = int.from_bytes(f.read(8), 'little')
         return set(json.loads(f.read(n))) - {'__metadata__'}
 
-def export_complete(out_dir, step: Optional[int] = None) -> bool:
-    "True when `out_dir` holds a finished export (of `step`, if given): every file of its manifest, whole."
+def export_complete(out_dir, step: Optional[int] = None, run_key: Optional[str] = None) -> bool:
+    "True when `out_dir` holds a finished export (of `step` and `run_key`, if given): every file of its manifest, whole."
     man = Path(out_dir)/'lion_export.json'
     if not man.exists() or not (Path(out_dir)/'config.json').exists(): return False
     m = read_json(man)
-    if step is not None and m.get('step') != step: return False
+    if (step is not None and m.get('step') != step) or (run_key is not None and m.get('run_key') != run_key): return False
     for f, size in m['files'].items():
         p = Path(out_dir)/f
         if not p.exists() or p.stat().st_size != size: return False
@@ -436,7 +438,7 @@ def _agree(value, rank: int):
     return box[0]
 
 def train(data, model_path, out, cfg: TrainConfig, *, seed: int = 0, max_steps: Optional[int] = None,
-          max_grad_norm: float = 1.0, attn: str = 'sdpa', lora_r: int = 16) -> Optional[Path]:
+          max_grad_norm: float = 1.0, attn: str = 'sdpa', lora_r: int = 16, run_key: Optional[str] = None) -> Optional[Path]:
     "The torchrun worker: SFT of `model_path` on `data` with FSDP2; saves checkpoints, a loss log and the final model in `out`."
     import torch.distributed as dist
     from transformers import AutoConfig, AutoTokenizer
@@ -456,7 +458,7 @@ def train(data, model_path, out, cfg: TrainConfig, *, seed: int = 0, max_steps: 
     if not examples: raise LionError(f"{data}: no example has a response token within {max_len} tokens")
     steps = plan_steps([len(e['input_ids']) for e in examples], cfg, world=world, rank=rank, seed=seed, max_length=max_len)
     total = len(steps) if max_steps is None else min(max_steps, len(steps))
-    if _agree(export_complete(out/'model', total), rank):
+    if _agree(export_complete(out/'model', total, run_key), rank):
         say(f"[train] {out/'model'} already holds the finished export of step {total}: nothing to do")
         return out/'model'
     say(f"[train] {stats['kept']} examples ({stats['truncated']} truncated, {stats['dropped_prompt_too_long']} dropped) "
@@ -509,7 +511,7 @@ def train(data, model_path, out, cfg: TrainConfig, *, seed: int = 0, max_steps: 
 
     # the final model: streamed, bfloat16, Hugging Face format
     wall, t_exp = time.perf_counter() - t_run, time.perf_counter()
-    export_hf_model(model, tok, model_path, out/'model', rank=rank, step=total, shard_gb=cfg.export_shard_gb)
+    export_hf_model(model, tok, model_path, out/'model', rank=rank, step=total, shard_gb=cfg.export_shard_gb, run_key=run_key)
     if rank == 0:
         write_json(out/'train_summary.json', {**stats, 'steps': total, 'resumed_from': start, 'world': world, 'device': device.type,
                    'trained_tokens': tokens_run, 'wall_s': round(wall, 2), 'step_s': round(t_steps, 2),
@@ -540,6 +542,7 @@ def worker_parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, default=0); p.add_argument('--max-steps', type=int)
     p.add_argument('--attn', default='sdpa', help="attention implementation (sdpa, eager, flash_attention_2)")
     p.add_argument('--lora-r', type=int, default=16, help="LoRA rank (with lora in the train config)")
+    p.add_argument('--run-key', help="what the export depends on (recorded in its manifest)")
     return p
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -547,7 +550,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import torch.distributed as dist
     a = worker_parser().parse_args(argv)
     cfg = TrainConfig.model_validate_json(a.train_config)
-    try: train(a.data, a.model, a.out, cfg, seed=a.seed, max_steps=a.max_steps, attn=a.attn, lora_r=a.lora_r)
+    try: train(a.data, a.model, a.out, cfg, seed=a.seed, max_steps=a.max_steps, attn=a.attn, lora_r=a.lora_r, run_key=a.run_key)
     finally:
         if dist.is_initialized(): dist.destroy_process_group()
     return 0
@@ -595,7 +598,7 @@ def rendezvous(cfg: TrainConfig, env: Optional[dict] = None) -> dict:
             'id': env.get('SLURM_JOB_ID') or 'lion_nb'}
 
 def torchrun_command(data, model, out, cfg: TrainConfig, nproc: int = 1, *, seed: int = 0, max_steps: Optional[int] = None,
-                     attn: str = 'sdpa', lora_r: int = 16, env: Optional[dict] = None) -> list[str]:
+                     attn: str = 'sdpa', lora_r: int = 16, env: Optional[dict] = None, run_key: Optional[str] = None) -> list[str]:
     "The `python -m torch.distributed.run ... -m lion_nb.train ...` command (standalone, or one node of several)."
     rz = rendezvous(cfg, env)
     where = ['--standalone'] if rz['nnodes'] == 1 and not rz['endpoint'] else [
@@ -604,7 +607,19 @@ def torchrun_command(data, model, out, cfg: TrainConfig, nproc: int = 1, *, seed
     cmd = [sys.executable, '-m', 'torch.distributed.run', *where, '--nproc_per_node', str(nproc),
            '-m', 'lion_nb.train', '--data', str(data), '--model', str(model), '--out', str(out), '--train-config', cfg.model_dump_json(),
            '--seed', str(seed), '--attn', attn, '--lora-r', str(lora_r)]
-    return cmd + (['--max-steps', str(max_steps)] if max_steps is not None else [])
+    return cmd + (['--max-steps', str(max_steps)] if max_steps is not None else []) + (['--run-key', run_key] if run_key else [])
+
+RUN_FREE = {'save_every', 'keep', 'node_rank', 'rdzv_endpoint', 'pg_timeout_min'}   # do not change the trained model
+
+def run_key(data, model, cfg: TrainConfig, *, seed: int, max_steps: Optional[int], nproc: int) -> str:
+    "SHA256 of what a training run's result depends on: the data's bytes, the model folder, settings, seed, steps."
+    from lion_nb.llm import checkpoint_fingerprint
+    h = hashlib.sha256()
+    with open(data, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+    ident = {'data': h.hexdigest(), 'model': checkpoint_fingerprint(model), 'cfg': cfg.model_dump(exclude=RUN_FREE),
+             'seed': seed, 'max_steps': max_steps, 'nproc': nproc}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 def check_devices(cfg: TrainConfig, nproc: int, echo: Callable[[str], None] = print) -> str:
     "Before launching: 'cuda' or 'cpu'; fails when GPUs are expected and none (or too few) are visible."
@@ -623,10 +638,14 @@ def launch_training(data, model, out, cfg: TrainConfig, nproc: int = 1, *, seed:
     if not (model/'config.json').exists(): raise InputError(model, None, "not a Hugging Face model folder (no config.json)")
     over = {k: v for k, v in {'save_every': save_every, 'keep': keep}.items() if v is not None}
     cfg = cfg.model_copy(update=over) if over else cfg
+    key = run_key(data, model, cfg, seed=seed, max_steps=max_steps, nproc=nproc)
+    if export_complete(out/'model', run_key=key):
+        echo(f"[train] {out/'model'} is this run's finished export (verified): not launching")
+        return out/'model'
     check_devices(cfg, nproc, echo)
     full_env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'TOKENIZERS_PARALLELISM': 'false', **(env or {})}
     cmd = torchrun_command(data, model, out, cfg, nproc, seed=seed, max_steps=max_steps, attn=attn, lora_r=lora_r,
-                           env=full_env)
+                           env=full_env, run_key=key)
     echo('$ ' + shlex.join(cmd))
     run_streaming(cmd, env=full_env, echo=echo, check=True)
     return out/'model'

@@ -11,7 +11,7 @@ os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 from lion_nb.core import Instruction, LionError, ModelSpec, TrainConfig, load_config, read_json, read_log, write_jsonl
 from lion_nb.train import (IGNORE, build_examples, collate, export_complete, launch_training, latest_checkpoint,
                            make_tiny_llama, mean_nll, plan_steps, prompt_and_response, step_examples, token_loss_sum,
-                           tokenize_example, torchrun_command, toy_sft_records, train_cli)
+                           run_key, tokenize_example, torchrun_command, toy_sft_records, train_cli)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,7 +201,10 @@ def test_kill9_resume_then_export_skipped(full_run, tiny_base, sft, tmp_path):
     stamp = {p.name: p.stat().st_mtime_ns for p in (out / 'model').iterdir()}
     lines = []
     launch_training(sft, tiny_base, out, cfg, 2, seed=7, echo=lines.append)   # done already: the export is kept
-    assert any('already holds the finished export' in l for l in lines)
+    assert any("this run's finished export (verified): not launching" in l for l in lines), lines
+    key = lambda c: run_key(sft, tiny_base, c, seed=7, max_steps=None, nproc=2)
+    assert key(cfg) == key(cfg.model_copy(update={'save_every': 5, 'keep': 1}))   # bookkeeping settings: same run
+    assert key(cfg) != key(cfg.model_copy(update={'lr': 1e-3}))                   # a setting of the result: not
     assert stamp == {p.name: p.stat().st_mtime_ns for p in (out / 'model').iterdir()}
     shard = next((out / 'model').glob('*.safetensors'))                      # a damaged export is not "done"
     shard.write_bytes(shard.read_bytes()[:-10])
