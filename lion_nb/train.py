@@ -21,8 +21,9 @@ __all__ = ['TINY_CHAT_TEMPLATE', 'IGNORE', 'RUN_FREE', 'make_tiny_llama', 'toy_s
            'step_examples', 'plan_steps', 'lr_factor', 'pick_device', 'setup_distributed', 'decoder_layers',
            'shard_model', 'local_numel', 'load_sharded_model', 'latest_checkpoint', 'save_checkpoint',
            'load_checkpoint', 'export_entries', 'shard_plan', 'export_hf_model', 'export_complete', 'train',
-           'lora_config', 'add_lora', 'worker_parser', 'main', 'run_streaming', 'first_slurm_host', 'rendezvous',
-           'torchrun_command', 'run_key', 'check_devices', 'launch_training', 'train_cli', 'plot_loss', 'mean_nll']
+           'lora_config', 'add_lora', 'worker_parser', 'die_with_parent', 'main', 'run_streaming', 'first_slurm_host',
+           'rendezvous', 'torchrun_command', 'run_key', 'check_devices', 'launch_training', 'train_cli', 'plot_loss',
+           'mean_nll']
 
 # %% ../nbs/03a_train.ipynb #615e85da
 TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -545,9 +546,20 @@ def worker_parser() -> argparse.ArgumentParser:
     p.add_argument('--run-key', help="what the export depends on (recorded in its manifest)")
     return p
 
+def die_with_parent() -> Callable[[], None]:
+    """Linux: a function that makes the calling process get SIGKILL when its parent dies (prctl PDEATHSIG), so
+    a killed launcher or torchrun agent never leaves training running; elsewhere it does nothing. Resolved here,
+    so that it is safe to run between fork and exec (`preexec_fn`)."""
+    if not sys.platform.startswith('linux'): return lambda: None
+    import ctypes, signal
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(1, signal.SIGKILL)          # 1 = PR_SET_PDEATHSIG
+
 def main(argv: Optional[list[str]] = None) -> int:
     "Entry point of each torchrun worker."
     import torch.distributed as dist
+    die_with_parent()()
+    if os.getppid() == 1: return 1                   # the agent died before that took effect
     a = worker_parser().parse_args(argv)
     cfg = TrainConfig.model_validate_json(a.train_config)
     try: train(a.data, a.model, a.out, cfg, seed=a.seed, max_steps=a.max_steps, attn=a.attn, lora_r=a.lora_r, run_key=a.run_key)
@@ -559,7 +571,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 def run_streaming(cmd: Sequence[str], *, env: Optional[dict] = None, echo: Callable[[str], None] = print,
                   check: bool = True) -> int:
     "Run `cmd`, echo its output line by line as it arrives; with `check=True` raise CalledProcessError on failure."
-    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env,
+                            preexec_fn=die_with_parent())   # killing the launcher ends torchrun (and so its workers)
     try:
         for line in proc.stdout: echo(line.rstrip('\n'))
         rc = proc.wait()
