@@ -15,12 +15,12 @@ from .core import (Answer, Instruction, LionError, ModelSpec, Provenance, InputE
 
 # %% auto #0
 __all__ = ['CHARS_PER_TOKEN', 'WORST_CHARS_PER_TOKEN', 'USAGE_COLUMNS', 'MAX_BACKOFF_S', 'MAX_RETRY_AFTER_S', 'NO_KEY',
-           'BATCH_DONE', 'ALPACA_TEMPLATE', 'ChatRequest', 'ChatResult', 'BudgetExceeded', 'canonical_json',
-           'request_body', 'cache_key', 'ResponseCache', 'prompt_chars', 'estimate_prompt_tokens', 'cost_usd',
-           'worst_case_cost', 'UsageLog', 'summarise_usage', 'spent_usd', 'Budget', 'run_sync', 'RateLimiter',
-           'retry_after_s', 'backoff_s', 'classify_error', 'OpenAIClient', 'BatchRunner', 'alpaca_prompt',
-           'render_prompt', 'checkpoint_fingerprint', 'resolve_checkpoint', 'HFClient', 'make_client', 'run_budget',
-           'run_client', 'answer_requests', 'answer_pool', 'answer_cli']
+           'BATCH_DONE', 'ALPACA_TEMPLATE', 'ALPACA_INPUT_TEMPLATE', 'ChatRequest', 'ChatResult', 'BudgetExceeded',
+           'canonical_json', 'request_body', 'cache_key', 'ResponseCache', 'prompt_chars', 'estimate_prompt_tokens',
+           'cost_usd', 'worst_case_cost', 'UsageLog', 'summarise_usage', 'spent_usd', 'Budget', 'run_sync',
+           'RateLimiter', 'retry_after_s', 'backoff_s', 'classify_error', 'OpenAIClient', 'BatchRunner',
+           'alpaca_prompt', 'resolve_template', 'render_prompt', 'checkpoint_fingerprint', 'resolve_checkpoint',
+           'HFClient', 'make_client', 'run_budget', 'run_client', 'answer_requests', 'answer_pool', 'answer_cli']
 
 # %% ../nbs/01_llm.ipynb #a781a68c
 @dataclass
@@ -578,18 +578,34 @@ class BatchRunner:
         return total
 
 # %% ../nbs/01_llm.ipynb #dd44bbb4
-ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-                   "### Instruction:\n{prompt}\n\n### Response:\n")
+ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes "
+                   "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+ALPACA_INPUT_TEMPLATE = ("Below is an instruction that describes a task, paired with an input that provides further "
+                         "context. Write a response that appropriately completes the request.\n\n"
+                         "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
 
 def alpaca_prompt(messages) -> str:
-    "The Alpaca-style prompt for a conversation (system text, if any, goes first)."
+    """The paper's (Alpaca's) prompt for a conversation; system text, if any, goes first.
+
+    The user text is `core.user_message(instruction, input)`: the instruction, a blank line, the input. Its
+    first blank line is read as that boundary, and the rest goes in the `### Input:` block. Training and
+    inference both render through here, so they agree even for an instruction that holds a blank line."""
     sys_ = '\n\n'.join(m['content'] for m in messages if m['role'] == 'system')
     user = '\n\n'.join(m['content'] for m in messages if m['role'] == 'user')
-    return (sys_ + '\n\n' if sys_ else '') + ALPACA_TEMPLATE.format(prompt=user)
+    instruction, _, input = user.partition('\n\n')
+    body = (ALPACA_INPUT_TEMPLATE.format(instruction=instruction, input=input.strip()) if input.strip()
+            else ALPACA_TEMPLATE.format(instruction=instruction))
+    return (sys_ + '\n\n' if sys_ else '') + body
+
+def resolve_template(tokenizer, template: str = 'auto') -> str:
+    "'alpaca', or 'chat' only when the tokenizer has a chat template ('chat' and 'auto' else fall back)."
+    if template not in ('auto', 'chat', 'alpaca'): raise LionError(f"unknown prompt template {template!r}")
+    if template == 'alpaca' or not getattr(tokenizer, 'chat_template', None): return 'alpaca'
+    return 'chat'
 
 def render_prompt(tokenizer, messages, template: str = 'chat') -> str:
-    "The text a causal LM continues: the tokenizer's chat template, or the Alpaca layout."
-    if template == 'chat' and getattr(tokenizer, 'chat_template', None):
+    "The text a local student continues, in training and at inference alike: its chat template, or Alpaca's."
+    if resolve_template(tokenizer, template) == 'chat':
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return alpaca_prompt(messages)
 

@@ -4,7 +4,8 @@
 
 # %% ../nbs/03a_train.ipynb #f024835d
 from __future__ import annotations
-import argparse, bisect, json, math, os, random, resource, shlex, shutil, subprocess, sys, time
+import argparse, bisect, hashlib, json, math, os, random, re, resource, shlex, shutil, subprocess, sys, time
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -15,12 +16,14 @@ from .core import (InputError, JsonlLog, LionError, TrainConfig, derive_seed, it
                           read_json, read_log, seed_everything, user_message, write_json, write_jsonl)
 
 # %% auto #0
-__all__ = ['TINY_CHAT_TEMPLATE', 'IGNORE', 'make_tiny_llama', 'toy_sft_records', 'read_sft', 'prompt_and_response',
+__all__ = ['TINY_CHAT_TEMPLATE', 'IGNORE', 'RUN_FREE', 'make_tiny_llama', 'toy_sft_records', 'read_sft', 'prompt_and_response',
            'effective_max_length', 'tokenize_example', 'build_examples', 'pack', 'collate', 'token_loss_sum',
-           'grad_accum_steps', 'plan_steps', 'lr_factor', 'setup_distributed', 'decoder_layers', 'shard_model',
-           'local_numel', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'save_hf_model', 'train',
-           'lora_config', 'add_lora', 'worker_parser', 'main', 'run_streaming', 'torchrun_command', 'launch_training',
-           'train_cli', 'plot_loss', 'mean_nll']
+           'step_examples', 'plan_steps', 'lr_factor', 'pick_device', 'setup_distributed', 'decoder_layers',
+           'shard_model', 'local_numel', 'load_sharded_model', 'latest_checkpoint', 'save_checkpoint',
+           'load_checkpoint', 'export_entries', 'shard_plan', 'export_hf_model', 'export_complete', 'train',
+           'lora_config', 'add_lora', 'worker_parser', 'die_with_parent', 'main', 'run_streaming', 'first_slurm_host',
+           'rendezvous', 'torchrun_command', 'run_key', 'check_devices', 'launch_training', 'train_cli', 'plot_loss',
+           'mean_nll']
 
 # %% ../nbs/03a_train.ipynb #615e85da
 TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -32,8 +35,9 @@ _TINY_TEXT = ["Write a short answer to the question below.", "Repeat the words o
               "Explain why the sky is blue in one sentence.", "def add(a, b): return a + b"]
 
 def make_tiny_llama(folder, *, layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 384,
-                    max_positions: int = 2048, tie: bool = False, seed: int = 0) -> Path:
-    "Save a random tiny Llama and a byte-level BPE tokenizer with a chat template in `folder` (offline)."
+                    max_positions: int = 2048, tie: bool = False, seed: int = 0,
+                    chat_template: bool = True) -> Path:
+    "Save a random tiny Llama and a byte-level BPE tokenizer (with a chat template, or none) in `folder`."
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
@@ -45,7 +49,7 @@ def make_tiny_llama(folder, *, layers: int = 2, hidden: int = 64, heads: int = 4
         vocab_size=vocab, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token='<pad>', bos_token='<|im_start|>', eos_token='<|im_end|>',
                                   model_max_length=max_positions)
-    tok.chat_template = TINY_CHAT_TEMPLATE
+    if chat_template: tok.chat_template = TINY_CHAT_TEMPLATE
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                       num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=max_positions,
@@ -84,16 +88,14 @@ def read_sft(path) -> list[dict]:
 # %% ../nbs/03a_train.ipynb #7f129cf8
 def prompt_and_response(tok, rec: dict, template: str = 'chat') -> tuple[str, str]:
     "Split one SFT record into the prompt text (given) and the response text (learned), in `template`."
-    from lion_nb.llm import render_prompt     # the student is prompted exactly so at inference
-    if template not in ('chat', 'alpaca'): raise LionError(f"unknown template {template!r}: use 'chat' or 'alpaca'")
-    if template == 'chat' and not getattr(tok, 'chat_template', None):
-        raise LionError(f"the tokenizer of {getattr(tok, 'name_or_path', '?')} has no chat template; use template 'alpaca'")
+    from lion_nb.llm import render_prompt, resolve_template     # one rule, shared with inference
     msgs = [{'role': 'user', 'content': user_message(rec['instruction'], rec.get('input', ''))}]
     prompt = render_prompt(tok, msgs, template)
-    if template == 'alpaca': return prompt, rec['output'] + (tok.eos_token or '')
+    if resolve_template(tok, template) == 'alpaca': return prompt, rec['output'] + (tok.eos_token or '')
     full = tok.apply_chat_template(msgs + [{'role': 'assistant', 'content': rec['output']}], tokenize=False)
     if not full.startswith(prompt):
-        raise LionError("the chat template does not render the prompt as a prefix of the full conversation; use template 'alpaca'")
+        raise LionError("the chat template does not render the prompt as a prefix of the full conversation; "
+                        "use prompt_template: alpaca")
     return prompt, full[len(prompt):]
 
 # %% ../nbs/03a_train.ipynb #a3c0ba4c
@@ -107,7 +109,8 @@ def effective_max_length(tok, max_length: int, model_config=None) -> int:
 def tokenize_example(tok, rec: dict, max_length: int, template: str = 'chat') -> Optional[dict]:
     "Token ids and labels of one record (prompt labels -100); `None` when truncation leaves no response token."
     prompt, response = prompt_and_response(tok, rec, template)
-    p = tok(prompt, add_special_tokens=(template == 'alpaca'))['input_ids']
+    from lion_nb.llm import resolve_template
+    p = tok(prompt, add_special_tokens=(resolve_template(tok, template) == 'alpaca'))['input_ids']
     r = tok(response, add_special_tokens=False)['input_ids']
     ids, labels = (p + r)[:max_length], ([IGNORE] * len(p) + r)[:max_length]
     if all(l == IGNORE for l in labels): return None
@@ -160,22 +163,35 @@ def token_loss_sum(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return loss, (labels != IGNORE).sum()
 
 # %% ../nbs/03a_train.ipynb #6d838fac
-def grad_accum_steps(cfg: TrainConfig, world: int) -> int:
-    "Micro-batches per optimizer step and rank, so that micro_batch x accum x world ~ effective_batch."
-    return max(1, round(cfg.effective_batch / (cfg.micro_batch * world)))
+def step_examples(lengths: Sequence[int], cfg: TrainConfig, *, seed: int) -> list[list[int]]:
+    """The whole run's optimizer steps, each a list of example indices: `effective_batch` examples each
+    (or, with `batch_unit: tokens`, as many examples as fit in `effective_batch` tokens); never packed rows."""
+    n = len(lengths)
+    want, order, epoch = max(1, round(cfg.epochs * n)), [], 0     # examples seen in the whole run
+    while len(order) < want:
+        perm = list(range(n)); random.Random(derive_seed(seed, 'epoch', epoch)).shuffle(perm)
+        order += perm; epoch += 1
+    order, eb = order[:want], cfg.effective_batch
+    if cfg.batch_unit == 'examples': return [order[i:i + eb] for i in range(0, want, eb)]
+    steps, cur, toks = [], [], 0
+    for i in order:
+        if cur and toks + lengths[i] > eb: steps.append(cur); cur, toks = [], 0
+        cur.append(i); toks += lengths[i]
+    return steps + [cur]
 
-def plan_steps(lengths: Sequence[int], cfg: TrainConfig, *, world: int, rank: int, seed: int, max_length: int) -> list[list[list[int]]]:
-    "This rank's optimizer steps for the whole run: each a list of micro-batches, each a list of rows of example indices."
-    rows_once = pack(lengths, max_length) if cfg.packing else [[i] for i in range(len(lengths))]
-    per_epoch = math.ceil(math.ceil(len(rows_once) / cfg.micro_batch) / world)   # micro-batches per rank and epoch
-    want, mine, epoch = max(1, math.ceil(cfg.epochs * per_epoch)), [], 0
-    while len(mine) < want:
-        rows = list(rows_once); random.Random(derive_seed(seed, 'epoch', epoch)).shuffle(rows)
-        mbs = [rows[i:i + cfg.micro_batch] for i in range(0, len(rows), cfg.micro_batch)]
-        mbs += mbs[:per_epoch * world - len(mbs)]           # wrap around: equal counts on every rank
-        mine += mbs[rank::world]; epoch += 1
-    mine, accum = mine[:want], grad_accum_steps(cfg, world)
-    return [mine[i:i + accum] for i in range(0, len(mine), accum)]
+def plan_steps(lengths: Sequence[int], cfg: TrainConfig, *, world: int, rank: int, seed: int,
+               max_length: int) -> list[list[list[list[int]]]]:
+    """This rank's optimizer steps: each a list of micro-batches, each a list of rows of example indices.
+    A step's examples are packed (or one per row), dealt to the ranks, and cut into micro-batches; every rank
+    gets the same number of micro-batches (FSDP's collectives need that): `[]` is an idle one."""
+    plan = []
+    for ex in step_examples(lengths, cfg, seed=seed):
+        rows = ([[ex[j] for j in r] for r in pack([lengths[i] for i in ex], max_length)] if cfg.packing
+                else [[i] for i in ex])
+        mine, n_mb = rows[rank::world], math.ceil(math.ceil(len(rows) / world) / cfg.micro_batch)
+        mbs = [mine[k:k + cfg.micro_batch] for k in range(0, len(mine), cfg.micro_batch)]
+        plan.append(mbs + [[]] * (n_mb - len(mbs)))
+    return plan
 
 # %% ../nbs/03a_train.ipynb #ab9ab7a6
 def lr_factor(step: int, total: int, warmup_ratio: float, schedule: str = 'cosine') -> float:
@@ -187,17 +203,27 @@ def lr_factor(step: int, total: int, warmup_ratio: float, schedule: str = 'cosin
     return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == 'cosine' else max(0.0, 1 - progress)
 
 # %% ../nbs/03a_train.ipynb #b46d822e
-def setup_distributed() -> tuple[int, int, torch.device]:
+def pick_device(want: str = 'auto', local_rank: int = 0) -> torch.device:
+    "This rank's device for `TrainConfig.device`; 'cuda' with no visible GPU fails loudly, never uses the CPU."
+    n = torch.cuda.device_count()
+    if want == 'cuda' and n == 0:
+        raise LionError("train.device is 'cuda' but no GPU is visible (check CUDA_VISIBLE_DEVICES, the driver, "
+                        "and that torch was built with CUDA); set train.device: cpu to train on the CPU with gloo")
+    if want == 'cpu' or n == 0: return torch.device('cpu')
+    return torch.device('cuda', local_rank)
+
+def setup_distributed(device: str = 'auto', timeout_min: float = 120) -> tuple[int, int, torch.device]:
     "Join the torchrun process group (nccl on GPU, gloo on CPU); returns rank, world size and this rank's device."
     import torch.distributed as dist
-    local = int(os.environ.get('LOCAL_RANK', 0))
-    if torch.cuda.is_available():
-        device = torch.device('cuda', local); torch.cuda.set_device(device); backend = 'nccl'
-    else: device, backend = torch.device('cpu'), 'gloo'
+    if not dist.is_initialized() and 'RANK' not in os.environ:
+        raise LionError("run under torchrun: python -m torch.distributed.run --nproc_per_node N -m lion_nb.train ...")
+    dev = pick_device(device, int(os.environ.get('LOCAL_RANK', 0)))
+    if dev.type == 'cuda': torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        if 'RANK' not in os.environ: raise LionError("run under torchrun: python -m torch.distributed.run --nproc_per_node N -m lion_nb.train ...")
-        dist.init_process_group(backend=backend, device_id=device if backend == 'nccl' else None)
-    return dist.get_rank(), dist.get_world_size(), device
+        cuda = dev.type == 'cuda'
+        dist.init_process_group(backend='nccl' if cuda else 'gloo', timeout=timedelta(minutes=timeout_min),
+                                device_id=dev if cuda else None)
+    return dist.get_rank(), dist.get_world_size(), dev
 
 def decoder_layers(model) -> torch.nn.ModuleList:
     "The list of decoder blocks (`model.model.layers` for Llama-like models, also inside a peft wrapper)."
@@ -219,6 +245,35 @@ def shard_model(model, device: torch.device):
 def local_numel(model) -> int:
     "Parameters this rank actually stores (the local shards of FSDP's DTensors)."
     return sum((p.to_local() if hasattr(p, 'to_local') else p).numel() for p in model.parameters())
+
+# %% ../nbs/03a_train.ipynb #ddf6ec0b
+def load_sharded_model(model_path, cfg: TrainConfig, device: torch.device, *, rank: int, attn: str = 'sdpa',
+                       lora_r: int = 16) -> tuple[torch.nn.Module, dict]:
+    "The FSDP2-sharded model of `model_path`, read from disk by rank 0 only; and how each rank built it."
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from transformers import AutoConfig, AutoModelForCausalLM
+    config, full, bufs = AutoConfig.from_pretrained(model_path), {}, {}
+    if rank == 0:
+        src = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation=attn)
+        src = add_lora(src, lora_r) if cfg.lora else src
+        full, bufs = src.state_dict(), dict(src.named_buffers())
+    with torch.device('meta'):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attn)
+        model = add_lora(model, lora_r) if cfg.lora else model
+    built = {'rank': rank, 'read_weights': rank == 0, 'materialised_before_broadcast': sum(
+        p.numel() for p in model.parameters() if not p.is_meta)}
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
+    model = shard_model(model, device)
+    model.to_empty(device=device)
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full, options=opts)
+    for name, b in model.named_buffers():
+        if rank == 0: b.copy_(bufs[name])
+        dist.broadcast(b, src=0)
+    return model, built                  # tied embeddings stay one parameter through fully_shard and to_empty
 
 # %% ../nbs/03a_train.ipynb #86ff35dd
 def latest_checkpoint(out) -> Optional[Path]:
@@ -270,29 +325,98 @@ def load_checkpoint(ckpt, model, optimizer, scheduler, *, rank: int) -> int:
     return int(state['step'])
 
 # %% ../nbs/03a_train.ipynb #3c916d62
-def save_hf_model(model, tok, model_path, out_dir, *, rank: int, lora_r: Optional[int] = None) -> Path:
-    "Gather the full state dict on rank 0 and save a Hugging Face checkpoint (model + tokenizer) in `out_dir`; LoRA adapters are merged."
+def export_entries(model, tie: bool) -> dict[str, tuple[tuple, list[str]]]:
+    "Exported tensor name -> (shape, the `model.state_dict()` keys it is made of: a weight or a LoRA triple)."
+    sd, out = model.state_dict(), {}
+    for k, t in sd.items():
+        name = k.removeprefix('base_model.model.').replace('.base_layer.', '.')
+        if '.lora_' in k or (tie and name == 'lm_head.weight'): continue
+        base = k.removesuffix('.base_layer.weight')
+        lora = [f'{base}.lora_A.default.weight', f'{base}.lora_B.default.weight']
+        out[name] = (tuple(t.shape), [k] + (lora if base != k and lora[0] in sd else []))
+    return out
+
+def shard_plan(entries: dict, max_bytes: int, bytes_per: int = 2) -> list[list[str]]:
+    "Tensor names grouped into consecutive shards of at most `max_bytes` (a bigger tensor: a shard alone)."
+    shards, cur, size = [], [], 0
+    for name, (shape, _) in entries.items():
+        n = math.prod(shape) * bytes_per
+        if cur and size + n > max_bytes: shards.append(cur); cur, size = [], 0
+        cur.append(name); size += n
+    return shards + ([cur] if cur else [])
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, 'full_tensor') else t
+
+# %% ../nbs/03a_train.ipynb #160dad57
+def _gather_merged(model, sd: dict, keys: list[str]) -> torch.Tensor:
+    "One exported tensor, gathered on every rank (a collective): a weight, or a weight with its LoRA merged."
+    w = _full(sd[keys[0]]).float()
+    if len(keys) == 1: return w
+    a, b = _full(sd[keys[1]]).float(), _full(sd[keys[2]]).float()
+    scale = model.get_submodule(keys[0].removesuffix('.base_layer.weight')).scaling['default']
+    return w + scale * (b @ a)
+
+def export_hf_model(model, tok, model_path, out_dir, *, rank: int, step: int, shard_gb: float = 2.0,
+                    run_key: Optional[str] = None) -> Path:
+    "Stream the sharded `model` to `out_dir` as bfloat16 safetensors shards that `from_pretrained` loads."
     import torch.distributed as dist
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    out_dir = Path(out_dir)
-    if rank == 0:
-        config = AutoConfig.from_pretrained(model_path)
-        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        target = add_lora(fresh, lora_r) if lora_r else fresh
-        missing, unexpected = target.load_state_dict({k: v.float() for k, v in full.items()}, strict=False)
-        missing = [k for k in missing if not k.endswith('lm_head.weight') or not getattr(config, 'tie_word_embeddings', False)]
-        if missing or unexpected: raise LionError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
-        if lora_r: fresh = target.merge_and_unload()
-        if getattr(config, 'tie_word_embeddings', False): fresh.tie_weights()
-        try: fresh.generation_config = GenerationConfig.from_pretrained(model_path)
-        except (OSError, ValueError): pass
-        tmp = out_dir.with_name(out_dir.name + '.tmp'); shutil.rmtree(tmp, ignore_errors=True)
-        fresh.save_pretrained(tmp); tok.save_pretrained(tmp)
-        shutil.rmtree(out_dir, ignore_errors=True); os.replace(tmp, out_dir)
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(model_path)
+    entries, sd = export_entries(model, getattr(config, 'tie_word_embeddings', False)), model.state_dict()
+    plan, out_dir = shard_plan(entries, int(shard_gb * 2**30)), Path(out_dir)
+    names = ['model.safetensors'] if len(plan) == 1 else [
+        f'model-{i + 1:05d}-of-{len(plan):05d}.safetensors' for i in range(len(plan))]
+    tmp = out_dir.with_name(out_dir.name + '.tmp')
+    if rank == 0: shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    for fname, shard in zip(names, plan):
+        tensors = {}
+        for name in shard:
+            t = _gather_merged(model, sd, entries[name][1])
+            if rank == 0: tensors[name] = t.to('cpu', torch.bfloat16).contiguous()
+            del t
+        if rank == 0: save_file(tensors, tmp/fname, metadata={'format': 'pt'})
+        del tensors
+    if rank == 0: _finish_export(tmp, out_dir, config, tok, model_path, dict(zip(names, plan)), step, run_key)
     dist.barrier()
     return out_dir
+
+# %% ../nbs/03a_train.ipynb #e2e310ce
+def _finish_export(tmp: Path, out_dir: Path, config, tok, model_path, files: dict, step: int, run_key=None):
+    "Config, generation config, tokenizer, index and manifest next to the shards; then rename into place."
+    from transformers import GenerationConfig
+    config.dtype = torch.bfloat16
+    config.save_pretrained(tmp); tok.save_pretrained(tmp)
+    try: GenerationConfig.from_pretrained(model_path).save_pretrained(tmp)
+    except (OSError, ValueError): pass
+    sizes = {f: (tmp/f).stat().st_size for f in files}
+    if len(files) > 1:
+        write_json(tmp/'model.safetensors.index.json', {'metadata': {'total_size': sum(sizes.values())},
+                   'weight_map': {n: f for f, ns in files.items() for n in ns}})
+    write_json(tmp/'lion_export.json', {'step': step, 'run_key': run_key, 'dtype': 'bfloat16', 'files': sizes,
+                                        'tensors': files})
+    shutil.rmtree(out_dir, ignore_errors=True); os.replace(tmp, out_dir)
+
+def _safetensors_names(path: Path) -> set:
+    "Tensor names in a safetensors file's header (the file's first 8 bytes give the header's length)."
+    with open(path, 'rb') as f:
+        n = int.from_bytes(f.read(8), 'little')
+        return set(json.loads(f.read(n))) - {'__metadata__'}
+
+def export_complete(out_dir, step: Optional[int] = None, run_key: Optional[str] = None) -> bool:
+    "True when `out_dir` holds a finished export (of `step` and `run_key`, if given): every file of its manifest, whole."
+    man = Path(out_dir)/'lion_export.json'
+    if not man.exists() or not (Path(out_dir)/'config.json').exists(): return False
+    m = read_json(man)
+    if (step is not None and m.get('step') != step) or (run_key is not None and m.get('run_key') != run_key): return False
+    for f, size in m['files'].items():
+        p = Path(out_dir)/f
+        if not p.exists() or p.stat().st_size != size: return False
+        if _safetensors_names(p) != set(m['tensors'][f]): return False
+    return True
+
+
 
 # %% ../nbs/03a_train.ipynb #3eefe4c5
 def _truncate_log(path, step: int):
@@ -304,15 +428,25 @@ def _peak_mem_gb(device) -> float:
     if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20    # Linux: KiB
 
+def _idle_batch(pad_id: int) -> dict:
+    "A micro-batch with nothing to learn, for a rank with no rows left in a step (its collectives still run)."
+    return {**collate([[{'input_ids': [pad_id], 'labels': [IGNORE]}]], pad_id), 'n_real': 0}
+
+def _agree(value, rank: int):
+    "Rank 0's `value`, on every rank."
+    import torch.distributed as dist
+    box = [value if rank == 0 else None]; dist.broadcast_object_list(box, src=0)
+    return box[0]
+
 def train(data, model_path, out, cfg: TrainConfig, *, seed: int = 0, max_steps: Optional[int] = None,
-          save_every: int = 0, keep: int = 2, max_grad_norm: float = 1.0, attn: str = 'sdpa', lora_r: int = 16) -> Optional[Path]:
+          max_grad_norm: float = 1.0, attn: str = 'sdpa', lora_r: int = 16, run_key: Optional[str] = None) -> Optional[Path]:
     "The torchrun worker: SFT of `model_path` on `data` with FSDP2; saves checkpoints, a loss log and the final model in `out`."
     import torch.distributed as dist
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     if cfg.lora: lora_config(lora_r)                   # refuse early when peft is missing
-    rank, world, device = setup_distributed()
+    rank, world, device = setup_distributed(cfg.device, cfg.pg_timeout_min)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     say = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
     seed_everything(derive_seed(seed, 'train', rank))
@@ -320,26 +454,25 @@ def train(data, model_path, out, cfg: TrainConfig, *, seed: int = 0, max_steps: 
     # data: records -> examples -> this rank's plan of optimizer steps
     tok = AutoTokenizer.from_pretrained(model_path)
     if tok.pad_token_id is None: tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation=attn)
-    max_len = effective_max_length(tok, cfg.max_length, model.config)
+    max_len = effective_max_length(tok, cfg.max_length, AutoConfig.from_pretrained(model_path))
     examples, stats = build_examples(tok, read_sft(data), max_len, cfg.template)
     if not examples: raise LionError(f"{data}: no example has a response token within {max_len} tokens")
     steps = plan_steps([len(e['input_ids']) for e in examples], cfg, world=world, rank=rank, seed=seed, max_length=max_len)
     total = len(steps) if max_steps is None else min(max_steps, len(steps))
-    accum = grad_accum_steps(cfg, world)
+    if _agree(export_complete(out/'model', total, run_key), rank):
+        say(f"[train] {out/'model'} already holds the finished export of step {total}: nothing to do")
+        return out/'model'
     say(f"[train] {stats['kept']} examples ({stats['truncated']} truncated, {stats['dropped_prompt_too_long']} dropped) "
-        f"max_length {max_len}, packing {cfg.packing}; world {world} on {device.type}; micro_batch {cfg.micro_batch} x accum {accum} "
-        f"x world {world} = {cfg.micro_batch * accum * world} rows per step; {total} steps")
+        f"max_length {max_len}, packing {cfg.packing}, prompt {cfg.template}; world {world} on {device.type}; "
+        f"{cfg.effective_batch} {cfg.batch_unit} per step in micro-batches of {cfg.micro_batch} rows; {total} steps")
 
-    # model: optional gradient checkpointing and LoRA, then FSDP2
-    model.config.use_cache = False
-    if cfg.gradient_checkpointing: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
-    if cfg.lora: model = add_lora(model, lora_r)
+    # model: meta-device build, rank 0's weights broadcast, FSDP2 (gradient checkpointing and LoRA first)
+    model, built = load_sharded_model(model_path, cfg, device, rank=rank, attn=attn, lora_r=lora_r)
     n_total, n_train = sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.parameters() if p.requires_grad)
-    model = shard_model(model, device)
-    shards = [None] * world; dist.all_gather_object(shards, local_numel(model))
+    shards, builds = [None] * world, [None] * world
+    dist.all_gather_object(shards, local_numel(model)); dist.all_gather_object(builds, built)
     say(f"[train] parameters {n_total:,} ({n_train:,} trainable); held per rank {shards}")
-    if rank == 0: write_json(out/'shards.json', {'world': world, 'total': n_total, 'trainable': n_train, 'local': shards})
+    if rank == 0: write_json(out/'shards.json', {'world': world, 'total': n_total, 'trainable': n_train, 'local': shards, 'built': builds})
 
     # optimizer, schedule, resume
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
@@ -351,11 +484,12 @@ def train(data, model_path, out, cfg: TrainConfig, *, seed: int = 0, max_steps: 
     if rank == 0: _truncate_log(out/'train_log.jsonl', start)   # steps after the checkpoint are redone
     log = JsonlLog(out/'train_log.jsonl') if rank == 0 else None
 
-    # the loop: one optimizer step = `accum` micro-batches on every rank
+    # the loop: one optimizer step = the same number of micro-batches on every rank
     model.train(); t_run, t_steps, tokens_run = time.perf_counter(), 0.0, 0
     for step in range(start, total):
         t0 = time.perf_counter()
-        batches = [collate([[examples[i] for i in row] for row in mb], tok.pad_token_id) for mb in steps[step]]
+        batches = [collate([[examples[i] for i in row] for row in mb], tok.pad_token_id) if mb
+                   else _idle_batch(tok.pad_token_id) for mb in steps[step]]
         counts = torch.tensor([float(sum((b['labels'][:, 1:] != IGNORE).sum() for b in batches)), float(sum(b['n_real'] for b in batches))], device=device)
         dist.all_reduce(counts)                        # response tokens and real tokens in the whole effective batch
         loss_sum = torch.zeros((), device=device)
@@ -373,16 +507,16 @@ def train(data, model_path, out, cfg: TrainConfig, *, seed: int = 0, max_steps: 
                'grad_norm': round(float(gnorm), 4), 'tokens': int(counts[1]), 'tokens_per_s': round(counts[1].item() / dt, 1), 'time_s': round(dt, 3)}
         if log: log.append(rec)
         say(f"[train] step {rec['step']}/{total} loss {rec['loss']:.4f} lr {rec['lr']:.2e} {rec['tokens_per_s']:.0f} tok/s")
-        if (save_every and (step + 1) % save_every == 0) or step + 1 == total:
-            save_checkpoint(out, step + 1, model, opt, sched, rank=rank, world=world, keep=keep, info={'loss': rec['loss']})
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
+            save_checkpoint(out, step + 1, model, opt, sched, rank=rank, world=world, keep=cfg.keep, info={'loss': rec['loss']})
 
-    # the final model, gathered, in Hugging Face format
-    wall = time.perf_counter() - t_run
-    if start < total or not (out/'model'/'config.json').exists():
-        save_hf_model(model, tok, model_path, out/'model', rank=rank, lora_r=lora_r if cfg.lora else None)
-    if rank == 0 and start < total:
+    # the final model: streamed, bfloat16, Hugging Face format
+    wall, t_exp = time.perf_counter() - t_run, time.perf_counter()
+    export_hf_model(model, tok, model_path, out/'model', rank=rank, step=total, shard_gb=cfg.export_shard_gb, run_key=run_key)
+    if rank == 0:
         write_json(out/'train_summary.json', {**stats, 'steps': total, 'resumed_from': start, 'world': world, 'device': device.type,
                    'trained_tokens': tokens_run, 'wall_s': round(wall, 2), 'step_s': round(t_steps, 2),
+                   'export_s': round(time.perf_counter() - t_exp, 2),
                    'tokens_per_s': round(tokens_run / t_steps, 1) if t_steps else None,   # training steps only, not checkpoint I/O
                    'peak_mem_gb_rank0': round(_peak_mem_gb(device), 2), 'cfg': cfg.model_dump()})
     if log: log.close()
@@ -407,17 +541,28 @@ def worker_parser() -> argparse.ArgumentParser:
     p.add_argument('--data', required=True); p.add_argument('--model', required=True); p.add_argument('--out', required=True)
     p.add_argument('--train-config', default='{}', help="TrainConfig as JSON")
     p.add_argument('--seed', type=int, default=0); p.add_argument('--max-steps', type=int)
-    p.add_argument('--save-every', type=int, default=0); p.add_argument('--keep', type=int, default=2)
     p.add_argument('--attn', default='sdpa', help="attention implementation (sdpa, eager, flash_attention_2)")
     p.add_argument('--lora-r', type=int, default=16, help="LoRA rank (with lora in the train config)")
+    p.add_argument('--run-key', help="what the export depends on (recorded in its manifest)")
     return p
+
+def die_with_parent() -> Callable[[], None]:
+    """Linux: a function that makes the calling process get SIGKILL when its parent dies (prctl PDEATHSIG), so
+    a killed launcher or torchrun agent never leaves training running; elsewhere it does nothing. Resolved here,
+    so that it is safe to run between fork and exec (`preexec_fn`)."""
+    if not sys.platform.startswith('linux'): return lambda: None
+    import ctypes, signal
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(1, signal.SIGKILL)          # 1 = PR_SET_PDEATHSIG
 
 def main(argv: Optional[list[str]] = None) -> int:
     "Entry point of each torchrun worker."
     import torch.distributed as dist
+    die_with_parent()()
+    if os.getppid() == 1: return 1                   # the agent died before that took effect
     a = worker_parser().parse_args(argv)
     cfg = TrainConfig.model_validate_json(a.train_config)
-    try: train(a.data, a.model, a.out, cfg, seed=a.seed, max_steps=a.max_steps, save_every=a.save_every, keep=a.keep, attn=a.attn, lora_r=a.lora_r)
+    try: train(a.data, a.model, a.out, cfg, seed=a.seed, max_steps=a.max_steps, attn=a.attn, lora_r=a.lora_r, run_key=a.run_key)
     finally:
         if dist.is_initialized(): dist.destroy_process_group()
     return 0
@@ -426,7 +571,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 def run_streaming(cmd: Sequence[str], *, env: Optional[dict] = None, echo: Callable[[str], None] = print,
                   check: bool = True) -> int:
     "Run `cmd`, echo its output line by line as it arrives; with `check=True` raise CalledProcessError on failure."
-    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env,
+                            preexec_fn=die_with_parent())   # killing the launcher ends torchrun (and so its workers)
     try:
         for line in proc.stdout: echo(line.rstrip('\n'))
         rc = proc.wait()
@@ -438,23 +584,81 @@ def run_streaming(cmd: Sequence[str], *, env: Optional[dict] = None, echo: Calla
     if check and rc: raise subprocess.CalledProcessError(rc, list(cmd))
     return rc
 
+def first_slurm_host(nodelist: str) -> str:
+    "The first host of a SLURM node list: 'gpu[03-04,07],cpu1' -> 'gpu03'."
+    m = re.match(r'([^,\[]+)(?:\[([^\],\-]+))?', nodelist.strip())
+    if not m: raise LionError(f"cannot read the SLURM node list {nodelist!r}")
+    return m.group(1) + (m.group(2) or '')
+
+def rendezvous(cfg: TrainConfig, env: Optional[dict] = None) -> dict:
+    """Nodes, this node's rank and the rendezvous endpoint: the config's values, else the scheduler's
+    (SLURM_NNODES, SLURM_NODEID, SLURM_JOB_NODELIST) or torchrun-style variables (NNODES, NODE_RANK, MASTER_ADDR,
+    MASTER_PORT). One node and no endpoint means a standalone launch."""
+    env = os.environ if env is None else env
+    pick = lambda *vals: next((v for v in vals if v not in (None, '')), None)
+    nnodes = int(pick(cfg.nnodes, env.get('SLURM_NNODES'), env.get('SLURM_JOB_NUM_NODES'), env.get('NNODES'),
+                      1))
+    node_rank = int(pick(cfg.node_rank, env.get('SLURM_NODEID'), env.get('NODE_RANK'), 0))
+    port = env.get('MASTER_PORT') or '29500'
+    nodelist = env.get('SLURM_JOB_NODELIST')
+    host = pick(env.get('MASTER_ADDR'), first_slurm_host(nodelist) if nodelist else None)
+    endpoint = pick(cfg.rdzv_endpoint, f'{host}:{port}' if host and nnodes > 1 else None)
+    if nnodes > 1 and not endpoint:
+        raise LionError(f"{nnodes} nodes need a rendezvous endpoint: set train.rdzv_endpoint (host:port) "
+                        "or MASTER_ADDR")
+    if not 0 <= node_rank < nnodes: raise LionError(f"node rank {node_rank} is not in 0..{nnodes - 1}")
+    return {'nnodes': nnodes, 'node_rank': node_rank, 'endpoint': endpoint,
+            'id': env.get('SLURM_JOB_ID') or 'lion_nb'}
+
 def torchrun_command(data, model, out, cfg: TrainConfig, nproc: int = 1, *, seed: int = 0, max_steps: Optional[int] = None,
-                     save_every: int = 0, keep: int = 2, attn: str = 'sdpa', lora_r: int = 16) -> list[str]:
-    "The `python -m torch.distributed.run ... -m lion_nb.train ...` command line."
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc), '-m', 'lion_nb.train',
-           '--data', str(data), '--model', str(model), '--out', str(out), '--train-config', cfg.model_dump_json(),
-           '--seed', str(seed), '--save-every', str(save_every), '--keep', str(keep), '--attn', attn, '--lora-r', str(lora_r)]
-    return cmd + (['--max-steps', str(max_steps)] if max_steps is not None else [])
+                     attn: str = 'sdpa', lora_r: int = 16, env: Optional[dict] = None, run_key: Optional[str] = None) -> list[str]:
+    "The `python -m torch.distributed.run ... -m lion_nb.train ...` command (standalone, or one node of several)."
+    rz = rendezvous(cfg, env)
+    where = ['--standalone'] if rz['nnodes'] == 1 and not rz['endpoint'] else [
+        '--nnodes', str(rz['nnodes']), '--node_rank', str(rz['node_rank']), '--rdzv_backend', 'c10d',
+        '--rdzv_endpoint', rz['endpoint'], '--rdzv_id', rz['id']]
+    cmd = [sys.executable, '-m', 'torch.distributed.run', *where, '--nproc_per_node', str(nproc),
+           '-m', 'lion_nb.train', '--data', str(data), '--model', str(model), '--out', str(out), '--train-config', cfg.model_dump_json(),
+           '--seed', str(seed), '--attn', attn, '--lora-r', str(lora_r)]
+    return cmd + (['--max-steps', str(max_steps)] if max_steps is not None else []) + (['--run-key', run_key] if run_key else [])
+
+RUN_FREE = {'save_every', 'keep', 'node_rank', 'rdzv_endpoint', 'pg_timeout_min'}   # do not change the trained model
+
+def run_key(data, model, cfg: TrainConfig, *, seed: int, max_steps: Optional[int], nproc: int) -> str:
+    "SHA256 of what a training run's result depends on: the data's bytes, the model folder, settings, seed, steps."
+    from lion_nb.llm import checkpoint_fingerprint
+    h = hashlib.sha256()
+    with open(data, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+    ident = {'data': h.hexdigest(), 'model': checkpoint_fingerprint(model), 'cfg': cfg.model_dump(exclude=RUN_FREE),
+             'seed': seed, 'max_steps': max_steps, 'nproc': nproc}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+def check_devices(cfg: TrainConfig, nproc: int, echo: Callable[[str], None] = print) -> str:
+    "Before launching: 'cuda' or 'cpu'; fails when GPUs are expected and none (or too few) are visible."
+    dev, n = pick_device(cfg.device).type, torch.cuda.device_count()
+    if dev == 'cuda' and nproc > n: raise LionError(f"nproc {nproc} is more than the {n} visible GPU(s)")
+    if dev == 'cpu' and cfg.device == 'auto':
+        echo("[train] no GPU visible: training on the CPU with gloo (train.device: auto)")
+    return dev
 
 def launch_training(data, model, out, cfg: TrainConfig, nproc: int = 1, *, seed: int = 0, max_steps: Optional[int] = None,
-                    save_every: int = 0, keep: int = 2, attn: str = 'sdpa', lora_r: int = 16, env: Optional[dict] = None,
-                    echo: Callable[[str], None] = print) -> Path:
+                    save_every: Optional[int] = None, keep: Optional[int] = None, attn: str = 'sdpa', lora_r: int = 16,
+                    env: Optional[dict] = None, echo: Callable[[str], None] = print) -> Path:
     "Fine-tune `model` on SFT `data` with torchrun (`nproc` workers); resumes from `out`'s checkpoints; returns the saved model folder."
     data, model, out = Path(data), Path(model), Path(out)
     if not data.exists(): raise InputError(data, None, "SFT data not found")
     if not (model/'config.json').exists(): raise InputError(model, None, "not a Hugging Face model folder (no config.json)")
-    cmd = torchrun_command(data, model, out, cfg, nproc, seed=seed, max_steps=max_steps, save_every=save_every, keep=keep, attn=attn, lora_r=lora_r)
+    over = {k: v for k, v in {'save_every': save_every, 'keep': keep}.items() if v is not None}
+    cfg = cfg.model_copy(update=over) if over else cfg
+    key = run_key(data, model, cfg, seed=seed, max_steps=max_steps, nproc=nproc)
+    if export_complete(out/'model', run_key=key):
+        echo(f"[train] {out/'model'} is this run's finished export (verified): not launching")
+        return out/'model'
+    check_devices(cfg, nproc, echo)
     full_env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'TOKENIZERS_PARALLELISM': 'false', **(env or {})}
+    cmd = torchrun_command(data, model, out, cfg, nproc, seed=seed, max_steps=max_steps, attn=attn, lora_r=lora_r,
+                           env=full_env, run_key=key)
     echo('$ ' + shlex.join(cmd))
     run_streaming(cmd, env=full_env, echo=echo, check=True)
     return out/'model'
@@ -482,16 +686,20 @@ def train_cli(argv: list[str]) -> int:
     p.add_argument('--gradient-checkpointing', action=argparse.BooleanOptionalAction, default=None)
     p.add_argument('--lora', action=argparse.BooleanOptionalAction, default=None); p.add_argument('--lora-r', type=int, default=16)
     p.add_argument('--seed', type=int); p.add_argument('--max-steps', type=int)
-    p.add_argument('--save-every', type=int, default=0); p.add_argument('--keep', type=int, default=2)
+    for f, t in [('save-every', int), ('keep', int), ('nnodes', int), ('node-rank', int), ('rdzv-endpoint', str)]:
+        p.add_argument(f'--{f}', type=t)
+    p.add_argument('--device', choices=['auto', 'cuda', 'cpu'])
+    p.add_argument('--batch-unit', choices=['examples', 'tokens'])
     a = p.parse_args(argv)
     run_cfg = load_config(a.config) if a.config else None
     base = run_cfg.train.model_dump() if run_cfg else {}
     over = {k.replace('-', '_'): getattr(a, k.replace('-', '_')) for k in ['epochs', 'lr', 'max-length', 'micro-batch', 'effective-batch',
-            'warmup-ratio', 'schedule', 'template', 'packing', 'gradient-checkpointing', 'lora']}
+            'warmup-ratio', 'schedule', 'template', 'packing', 'gradient-checkpointing', 'lora', 'save-every', 'keep',
+            'nnodes', 'node-rank', 'rdzv-endpoint', 'device', 'batch-unit']}
     cfg = TrainConfig.model_validate({**base, **{k: v for k, v in over.items() if v is not None}})
     nproc = a.nproc or cfg.nproc
     seed = a.seed if a.seed is not None else (run_cfg.seed if run_cfg else 0)
-    launch_training(a.data, _resolve_model(a.model), a.out, cfg, nproc, seed=seed, max_steps=a.max_steps, save_every=a.save_every, keep=a.keep, lora_r=a.lora_r)
+    launch_training(a.data, _resolve_model(a.model), a.out, cfg, nproc, seed=seed, max_steps=a.max_steps, lora_r=a.lora_r)
     return 0
 
 # %% ../nbs/03a_train.ipynb #461f206c
