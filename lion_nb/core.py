@@ -16,9 +16,9 @@ __all__ = ['MAX_RECORD_BYTES', 'R', 'STAGES', 'ROLES', 'LionError', 'InputError'
            'Review', 'user_message', 'iter_jsonl', 'describe_validation_error', 'read_records', 'read_pool',
            'atomic_write_bytes', 'atomic_write_text', 'to_jsonable', 'dumps_line', 'write_jsonl', 'write_json',
            'read_json', 'repair_tail', 'JsonlLog', 'read_log', 'derive_seed', 'seed_everything', 'RunDir', 'Section',
-           'ModelSpec', 'PoolsConfig', 'LoopConfig', 'SamplingConfig', 'TrainConfig', 'EvalConfig', 'Config',
-           'parse_config', 'load_config', 'config_hash', 'api_key_for', 'configured_secrets', 'redact', 'cache_root',
-           'sha256_file']
+           'ModelSpec', 'PoolsConfig', 'LoopConfig', 'SamplingConfig', 'TrainConfig', 'EvalConfig', 'ProbeConfig',
+           'Config', 'parse_config', 'load_config', 'config_hash', 'api_key_for', 'configured_secrets', 'redact',
+           'cache_root', 'sha256_file']
 
 # %% ../nbs/00_core.ipynb #b52ff624
 class LionError(Exception):
@@ -374,6 +374,14 @@ class EvalConfig(Section):
     reference: str = Field('teacher', description="role whose answers are the reference")
     max_new_tokens: int = Field(256, ge=1)
 
+class ProbeConfig(Section):
+    "The referee probe: known-better pairs reviewed before discrimination spends anything on the Cache Pool."
+    enabled: bool = True
+    iterations: list[int] = Field([1], description="the iterations whose discrimination starts with the probe")
+    items: int = Field(6, ge=2, description="instructions probed; each gives 3 known-better pairs")
+    min_accuracy: float = Field(0.8, ge=0, le=1, description="the share of pairs the referee must get right")
+    action: Literal['warn', 'stop'] = Field('warn', description="what a failed probe does")
+
 class Config(Section):
     "One run's configuration."
     name: str = 'run'
@@ -402,6 +410,7 @@ class Config(Section):
     judge_set: str = Field('lion_nb', description="judge set (lion_nb/judges/<set>) of the roles `judges` omits")
     judges: dict[Literal['referee', 'review', 'pairwise', 'generator_hard', 'generator_easy'], str] = Field(
         default_factory=dict, description="per judging role: 'set/judge', or the path of a judge folder")
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
 
     @model_validator(mode='after')
     def _student_template(self):

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .core import (ROLES, Answer, Config, InputError, Instruction, JsonlLog, LionError, ModelSpec, Provenance, Review,
                           RunDir, derive_seed, load_config, read_json, read_log, read_pool, read_records, user_message,
                           write_json, write_jsonl)
+from .probe import KnownPair, probe_metrics, probe_pairs, probe_verdict
 
 # %% auto #0
 __all__ = ['JUDGE_ROLES', 'SCORE_PARSERS', 'JUDGE_PARSERS', 'ORDERS', 'SCORE_MIN', 'SCORE_MAX', 'REPAIR_PROMPT',
@@ -25,8 +26,8 @@ __all__ = ['JUDGE_ROLES', 'SCORE_PARSERS', 'JUDGE_PARSERS', 'ORDERS', 'SCORE_MIN
            'swap_average', 'is_hard', 'verdict', 'position_consistency', 'position_means', 'Pair', 'sampling_setting',
            'RefereeSettings', 'review_pairs', 'pairs_from_answers', 'score_items', 'category_of', 'call_stats',
            'summarize', 'describe_summary', 'plot_gaps', 'plot_scores', 'plot_categories', 'save_plots',
-           'referee_and_split', 'discrimination_seed', 'latest_student', 'run_discrimination', 'discriminate_cli',
-           'referee_cli']
+           'referee_and_split', 'known_pair', 'run_probe', 'referee_probe', 'discrimination_seed', 'latest_student',
+           'run_discrimination', 'discriminate_cli', 'referee_cli']
 
 # %% ../nbs/04_discrimination.ipynb #737cc933
 JUDGE_ROLES = ('referee', 'review', 'pairwise', 'generator_hard', 'generator_easy')
@@ -755,6 +756,41 @@ def referee_and_split(pool: Sequence[Instruction], teacher: Sequence[Answer], st
     write_json(out_dir/'summary.json', summary)
     return summary
 
+# %% ../nbs/04_discrimination.ipynb #2bff331f
+def known_pair(kp: KnownPair) -> Pair:
+    "A probe pair as a review `Pair`: the better answer in the teacher's slot, the kind as its category."
+    return Pair(id=kp.id, instruction=kp.instruction, input=kp.input, teacher=kp.better, student=kp.worse,
+                category=kp.kind)
+
+# %% ../nbs/04_discrimination.ipynb #41c9c4ca
+def run_probe(pairs: Sequence[KnownPair], client, settings: RefereeSettings, out_dir, min_accuracy: float = 0.8,
+              action: str = 'warn', progress=None) -> dict:
+    "Review the probe pairs in both orders; write and return `probe.json` (raises with `action='stop'` on a fail)."
+    if action not in ('warn', 'stop'): raise ValueError(f"probe action is 'warn' or 'stop', not {action!r}")
+    out_dir = Path(out_dir)
+    pairs = [known_pair(kp) for kp in pairs]
+    reviews = review_pairs(pairs, client, settings, out_dir/'probe_reviews.jsonl', out_dir/'probe_calls.jsonl',
+                           progress=progress)
+    scored, unscored = score_items(pairs, reviews, tau=1.0)
+    metrics = probe_metrics(scored, unscored, consistency=position_consistency(scored)['consistent_share'])
+    ok, message = probe_verdict(metrics, min_accuracy)
+    summary = dict(probe=metrics, passed=ok, message=message, min_accuracy=min_accuracy, referee=settings.model)
+    write_json(out_dir/'probe.json', summary)
+    if progress: progress(message)
+    if not ok and action == 'stop': raise LionError(message)
+    return summary
+
+# %% ../nbs/04_discrimination.ipynb #0f727918
+def referee_probe(cfg: Config, run: RunDir, k: int, teacher_answers: Sequence[Answer], progress=None) -> Optional[dict]:
+    "The stage's probe (when `cfg.probe` asks for one in iteration `k`), with the teacher's answers as right ones."
+    if not (cfg.probe.enabled and k in cfg.probe.iterations): return None
+    from lion_nb.llm import run_client
+    items = [(a.id, a.instruction, a.input, a.output) for a in teacher_answers if a.status == 'done']
+    pairs = probe_pairs(items, n=cfg.probe.items, seed=derive_seed(cfg.seed, 'probe', k))
+    client = run_client(cfg, run, 'referee', stage='discrimination', iteration=k)
+    return run_probe(pairs, client, RefereeSettings.from_config(cfg, k), run.stage_dir(k, 'discrimination'),
+                     cfg.probe.min_accuracy, cfg.probe.action, progress)
+
 # %% ../nbs/04_discrimination.ipynb #f44ef3d0
 def discrimination_seed(cfg: Config) -> int:
     """The seed of discrimination's teacher (and student) answers: imitation's (`cfg.seed`) when reusing its answers,
@@ -787,6 +823,7 @@ def run_discrimination(cfg: Config, run_dir, iteration: int, progress=print) -> 
     t_ans = answer_pool(pool, teacher, out/'answers_teacher.jsonl', role='teacher', temperature=s.teacher_temperature,
                         max_tokens=s.max_new_tokens, seed=discrimination_seed(cfg), iteration=k,
                         stage='discrimination')
+    probe = referee_probe(cfg, run, k, t_ans, progress)
     sspec, which = latest_student(cfg, run, k)
     if progress: progress(f"student: {which}")
     student = run_client(cfg, run, 'student', spec=sspec, **common)
@@ -798,7 +835,7 @@ def run_discrimination(cfg: Config, run_dir, iteration: int, progress=print) -> 
     settings = RefereeSettings.from_config(cfg, k)
     if progress: progress(settings.judge.describe())
     summary = referee_and_split(pool, t_ans, s_ans, referee, settings, out, cfg.loop.tau, progress=progress)
-    summary.update(iteration=k, student=which, teacher=cfg.model_for('teacher').model)
+    summary.update(iteration=k, student=which, teacher=cfg.model_for('teacher').model, probe=probe)
     write_json(out/'summary.json', summary)
     run.mark_done(k, 'discrimination', hard=summary['hard'], easy=summary['easy'], unscored=summary['unscored'],
                   parse_failures=summary['referee']['parse_failures'],
@@ -825,15 +862,18 @@ def referee_cli(argv: list[str]) -> int:
                                 'parse the scores robustly, and split into hard (d >= tau) and easy.')
     p.add_argument('--config', required=True, help="run configuration (YAML): the referee model, sampling, tau")
     p.add_argument('--teacher', required=True, help='teacher answers (JSONL of Answer records)')
-    p.add_argument('--student', required=True, help='student answers (JSONL of Answer records)')
+    p.add_argument('--student', help='student answers (JSONL of Answer records); not needed with --probe')
     p.add_argument('--pool', help='the instructions (JSONL); default: those of the teacher answers')
     p.add_argument('--out', required=True, help='folder for reviews, split, summary and plots')
     p.add_argument('--tau', type=float, help='hard threshold (default: the config loop.tau)')
     p.add_argument('--cache-dir', help='LLM cache folder (default: OUT/cache)')
     p.add_argument('--no-plots', action='store_true')
+    p.add_argument('--probe', action='store_true', help="only the referee probe: the teacher's answers against wrong, "
+                   "truncated and empty ones, both orders; writes OUT/probe.json")
     a = p.parse_args(argv)
     cfg = load_config(a.config)
-    teacher, student = read_records(a.teacher, Answer), read_records(a.student, Answer)
+    if not (a.probe or a.student): p.error('--student is required (unless --probe)')
+    teacher = read_records(a.teacher, Answer)
     if a.pool: pool = read_pool(a.pool)
     else:
         seen, pool = set(), []
@@ -845,6 +885,13 @@ def referee_cli(argv: list[str]) -> int:
     client = make_client(cfg.model_for('referee'), role='referee', stage='discrimination',
                          cache_dir=Path(a.cache_dir) if a.cache_dir else out/'cache', usage_log=out/'usage.jsonl',
                          budget=run_budget(cfg, out/'usage.jsonl'))
+    if a.probe:
+        items = [(x.id, x.instruction, x.input, x.output) for x in teacher if x.status == 'done']
+        s = run_probe(probe_pairs(items, n=cfg.probe.items, seed=cfg.seed), client, RefereeSettings.from_config(cfg),
+                      out, cfg.probe.min_accuracy, progress=lambda m: print(m, file=sys.stderr))
+        print(json.dumps(s['probe'], indent=1))
+        return 0 if s['passed'] else 1
+    student = read_records(a.student, Answer)
     s = referee_and_split(pool, teacher, student, client, RefereeSettings.from_config(cfg), out,
                           cfg.loop.tau if a.tau is None else a.tau, plots=not a.no_plots,
                           progress=lambda m: print(m, file=sys.stderr))

@@ -7,16 +7,16 @@ from __future__ import annotations
 import random
 import statistics
 from collections import defaultdict
-from pathlib import Path
 from typing import Optional, Sequence
 
-from .core import LionError, iter_jsonl, write_json
+from typing import NamedTuple
+
+from .core import LionError, iter_jsonl
 from .data import demo_dir, demo_instructions
-from .discrimination import Pair, position_consistency, review_pairs, score_items
 
 # %% auto #0
-__all__ = ['PROBE_KINDS', 'truncate_words', 'probe_pairs', 'demo_probe_items', 'probe_metrics', 'probe_verdict', 'duel_metrics',
-           'run_probe']
+__all__ = ['PROBE_KINDS', 'truncate_words', 'KnownPair', 'probe_pairs', 'demo_probe_items', 'probe_metrics', 'probe_verdict',
+           'duel_metrics']
 
 # %% ../nbs/04a_probe.ipynb #c58852d6
 PROBE_KINDS = ('other', 'truncated', 'empty')
@@ -33,9 +33,19 @@ def _wrong(kind: str, right: str, other: str) -> str:
     return ''
 
 # %% ../nbs/04a_probe.ipynb #4a5b18a5
+class KnownPair(NamedTuple):
+    "A probe pair: the `better` answer to the instruction against a `worse` one made by `kind`."
+    id: str
+    instruction: str
+    input: str
+    better: str
+    worse: str
+    kind: str
+
+# %% ../nbs/04a_probe.ipynb #9b86687d
 def probe_pairs(items: Sequence[tuple], n: int = 6, seed: int = 0,
-                kinds: Sequence[str] = PROBE_KINDS) -> list[Pair]:
-    "Known-better `Pair`s (the right answer in the teacher's slot) for `n` items and each probe kind."
+                kinds: Sequence[str] = PROBE_KINDS) -> list[KnownPair]:
+    "`KnownPair`s for `n` of the `(id, instruction, input, right answer)` items, one per probe kind."
     usable = [it for it in items if len(it[3].split()) >= 5]
     if len(usable) < 2: raise LionError("the referee probe needs at least 2 answers of 5 words or more")
     order = list(range(len(usable)))
@@ -46,8 +56,7 @@ def probe_pairs(items: Sequence[tuple], n: int = 6, seed: int = 0,
         iid, text, inp, right = usable[i]
         other = usable[order[(j + 1) % len(order)]][3]
         for kind in kinds:
-            pairs.append(Pair(id=f'probe-{kind}-{iid}', instruction=text, input=inp or '', teacher=right,
-                              student=_wrong(kind, right, other), category=kind))
+            pairs.append(KnownPair(f'probe-{kind}-{iid}', text, inp or '', right, _wrong(kind, right, other), kind))
     return pairs
 
 # %% ../nbs/04a_probe.ipynb #e07d39e2
@@ -65,7 +74,8 @@ def _share(xs) -> Optional[float]:
     return _round(sum(xs) / len(xs)) if xs else None
 
 # %% ../nbs/04a_probe.ipynb #2c987c01
-def probe_metrics(scored: Sequence[dict], unscored: Sequence[dict], margin: float = 1.0) -> dict:
+def probe_metrics(scored: Sequence[dict], unscored: Sequence[dict], margin: float = 1.0,
+                  consistency: Optional[float] = None) -> dict:
     "Probe accuracy (overall and per kind), tie share, mean gap, position consistency and unscored count."
     right = [x['d'] >= margin for x in scored] + [False] * len(unscored)
     kinds = defaultdict(list)
@@ -75,7 +85,7 @@ def probe_metrics(scored: Sequence[dict], unscored: Sequence[dict], margin: floa
                 per_kind={k: _share(v) for k, v in sorted(kinds.items())},
                 tie_share=_share(x['d'] == 0 for x in scored),
                 mean_gap=round(statistics.fmean(x['d'] for x in scored), 3) if scored else None,
-                position_consistency=_round(position_consistency(scored)['consistent_share']))
+                position_consistency=_round(consistency))
 
 # %% ../nbs/04a_probe.ipynb #8ec406c7
 def probe_verdict(metrics: dict, min_accuracy: float = 0.8) -> tuple[bool, str]:
@@ -93,22 +103,3 @@ def duel_metrics(scored: Sequence[dict], unscored: Sequence[dict] = (), margin: 
     return dict(items=len(scored) + len(unscored), unscored=len(unscored),
                 teacher_ahead=_share(x['d'] >= margin for x in scored),
                 mean_gap=round(statistics.fmean(x['d'] for x in scored), 3) if scored else None)
-
-# %% ../nbs/04a_probe.ipynb #4a4f8af3
-def run_probe(pairs: Sequence[Pair], client, settings, out_dir, duel: Sequence[Pair] = (),
-              min_accuracy: float = 0.8, action: str = 'warn', progress=None) -> dict:
-    "Review the probe (and duel) pairs in both orders; write and return `probe.json`'s summary."
-    if action not in ('warn', 'stop'): raise ValueError(f"probe action is 'warn' or 'stop', not {action!r}")
-    out_dir = Path(out_dir)
-    allp = list(pairs) + list(duel)
-    reviews = review_pairs(allp, client, settings, out_dir/'probe_reviews.jsonl',
-                           out_dir/'probe_calls.jsonl', progress=progress)
-    scored, unscored = score_items(allp, reviews, tau=1.0)
-    is_duel = {p.id for p in duel}
-    pm = probe_metrics([x for x in scored if x['id'] not in is_duel], [x for x in unscored if x['id'] not in is_duel])
-    dm = duel_metrics([x for x in scored if x['id'] in is_duel], [x for x in unscored if x['id'] in is_duel])
-    ok, message = probe_verdict(pm, min_accuracy)
-    summary = dict(probe=pm, teacher_vs_student=dm, passed=ok, message=message, min_accuracy=min_accuracy)
-    write_json(out_dir/'probe.json', summary)
-    if not ok and action == 'stop': raise LionError(message)
-    return summary

@@ -277,9 +277,9 @@ def scripted_reply(calls: Counter):
     return reply
 
 
-def _cfg_dict(base_url, structured=False):
+def _cfg_dict(base_url, structured=False, probe=False):
     m = lambda name, **kw: {'backend': 'openai', 'model': name, 'base_url': base_url, 'max_retries': 0, 'timeout_s': 10, **kw}
-    return {'name': 'disc-test', 'seed': 7,
+    return {'name': 'disc-test', 'seed': 7, 'probe': {'enabled': probe},
             'models': {'T': m('T'), 'S': m('S'), 'R': m('R', structured_output=structured)},
             'roles': {'teacher': 'T', 'student': 'S', 'referee': 'R', 'generator': 'R', 'judge': 'R'},
             'loop': {'tau': 1.0}, 'sampling': {'repair_retries': 2, 'referee_max_tokens': 256, 'max_new_tokens': 64}}
@@ -364,6 +364,27 @@ def test_whole_stage_against_scripted_server(tmp_path):
         assert all(calls[('T', q)] == 1 for q in SCRIPT if q != 'q7')
         assert new[('T', 'q10')] == 1 and new[('R', 'q10')] == 2
         assert _ids(run.stage_dir(2, 'discrimination')/'hard.jsonl') == HARD | {'q10'} and s2['unscored'] == 3
+
+
+def test_the_stage_probes_the_referee_before_the_student_answers(tmp_path):
+    "With the probe on (the default), iteration 1 reviews known-better pairs first; the split is unchanged."
+    calls, order = Counter(), []
+    reply = scripted_reply(calls)
+    def logged(body):
+        order.append(body['model'])
+        return reply(body)
+    with serve(logged) as srv:
+        cfg = parse_config(_cfg_dict(srv.base_url, probe=True))
+        run = RunDir(tmp_path/'run')
+        write_jsonl(run.pool(1, 'cache'), _pool(SCRIPT))
+        s = run_discrimination(cfg, run, 1, progress=None)
+    out = run.stage_dir(1, 'discrimination')
+    probe = read_json(out/'probe.json')
+    assert probe == s['probe'] and probe['probe']['pairs'] == 18                  # 6 items x 3 kinds
+    assert set(probe['probe']['per_kind']) == {'other', 'truncated', 'empty'}
+    first_student = order.index('S')
+    assert order[first_student - 1] == 'R' and 'R' not in order[:order.index('T')]  # T, then the probe (R), then S
+    assert _ids(out/'hard.jsonl') == HARD and s['referee']['referee_calls'] == 28     # the probe is counted apart
 
 
 def test_reviews_resume_after_a_crash(tmp_path):
