@@ -18,9 +18,9 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 from lion_nb import models  # noqa: E402
 from lion_nb.core import ModelSpec  # noqa: E402
 from lion_nb.data import demo_instructions  # noqa: E402
-from lion_nb.discrimination import RefereeSettings, pairs_from_answers, review_pairs, score_items  # noqa: E402
+from lion_nb.discrimination import RefereeSettings, pairs_from_answers, review_pairs, run_probe, score_items  # noqa: E402
 from lion_nb.llm import answer_pool, make_client  # noqa: E402
-from lion_nb.probe import demo_probe_items, duel_metrics, probe_pairs, run_probe  # noqa: E402
+from lion_nb.probe import demo_probe_items, duel_metrics, probe_pairs  # noqa: E402
 
 
 def probe_model(name: str, n: int, out: Path, max_tokens: int) -> dict:
