@@ -5,14 +5,16 @@
 # %% ../nbs/03_imitation.ipynb #0a406d56
 from __future__ import annotations
 import gc, random, shutil, time
+import numpy as np
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .core import (Answer, Config, LionError, RunDir, derive_seed, read_json, read_pool, write_json, write_jsonl)
+from .stats import paired_diff_ci
 from .train import launch_training, mean_nll, plot_loss
 
 # %% auto #0
-__all__ = ['usable_answers', 'sft_record', 'split_heldout', 'resolve_student', 'starting_student', 'heldout_nll',
+__all__ = ['usable_answers', 'sft_record', 'split_heldout', 'resolve_student', 'starting_student', 'heldout_nll', 'nll_change',
            'teacher_answers', 'run_imitation', 'describe_summary', 'plot_nll']
 
 # %% ../nbs/03_imitation.ipynb #a98ede72
@@ -62,6 +64,14 @@ def heldout_nll(model, records: Sequence[dict], cfg: Config) -> Optional[dict]:
     gc.collect()
     return {**r, 'ppl': math.exp(r['nll'])}
 
+# %% ../nbs/03_imitation.ipynb #0a0b19b5
+def nll_change(before: Optional[dict], after: Optional[dict]) -> Optional[dict]:
+    "Paired 95% bootstrap interval of the held-out NLL change (after - before) over the same examples."
+    if not (before and after and before.get('per_example') and after.get('per_example')): return None
+    b, a = np.array(before['per_example'], dtype=float), np.array(after['per_example'], dtype=float)
+    ratio = lambda s, c: s.sum(axis=1) / c.sum(axis=1)
+    return paired_diff_ci(ratio, [a[:, 0], a[:, 1]], [b[:, 0], b[:, 1]]).as_dict(digits=4)
+
 # %% ../nbs/03_imitation.ipynb #d984846d
 def teacher_answers(cfg: Config, run: RunDir, iteration: int) -> list[Answer]:
     "The teacher's answer to every Train Pool instruction (resumable; appended to teacher_answers.jsonl)."
@@ -110,6 +120,7 @@ def run_imitation(cfg: Config, run_dir, iteration: int, *, heldout_fraction: flo
     summary = {'iteration': iteration, 'student_from': origin, 'model': str(model), **counts,
                'train_examples': len(train), 'heldout_examples': len(held),
                'nll_before': nll['before'] and nll['before']['nll'], 'nll_after': nll['after'] and nll['after']['nll'],
+               'nll_change': nll_change(nll['before'], nll['after']),
                'train_tokens_per_s': train_summary.get('tokens_per_s'), 'train_steps': train_summary.get('steps'),
                'train_wall_s': round(t_train, 1), 'stage_wall_s': round(time.time() - t0, 1)}
     write_json(out/'summary.json', summary)
@@ -124,7 +135,10 @@ def describe_summary(s: dict) -> str:
              f"teacher answers: {s['usable']} usable of {s['answers']} ({s['failed']} failed, {s['blank']} blank, {s['cut_at_max_tokens']} cut at max_tokens)",
              f"trained on {s['train_examples']}, held out {s['heldout_examples']}; {s.get('train_steps')} steps at {f(s.get('train_tokens_per_s'), 0)} tokens/s"]
     if s.get('nll_before') is not None:
-        lines.append(f"held-out NLL per answer token: {f(s['nll_before'])} -> {f(s['nll_after'])} ({f(s['nll_after'] - s['nll_before'], 3)})")
+        ch = s.get('nll_change') or {}
+        ci = f" [{ch['lo']:+.3f}, {ch['hi']:+.3f}]" if ch.get('lo') is not None else ''
+        lines.append(f"held-out NLL per answer token: {f(s['nll_before'])} -> {f(s['nll_after'])} "
+                     f"({f(s['nll_after'] - s['nll_before'], 3)}{ci}, paired 95% interval)")
     return '\n'.join(lines)
 
 def plot_nll(s: dict, ax=None):

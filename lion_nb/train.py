@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from .stats import ratio_ci
 from .core import (InputError, JsonlLog, LionError, TrainConfig, derive_seed, iter_jsonl, load_config,
                           read_json, read_log, seed_everything, user_message, write_json, write_jsonl)
 
@@ -715,19 +716,23 @@ def plot_loss(log_path, ax=None, label: Optional[str] = None):
 
 # %% ../nbs/03a_train.ipynb #2a7c1340
 @torch.no_grad()
-def mean_nll(model, tok, records: Sequence[dict], *, max_length: int = 1024, template: str = 'chat', batch_size: int = 4) -> dict:
-    "Mean NLL per response token of `model` on `records` (SFT records); `model` and `tok` may be folders."
+def mean_nll(model, tok, records: Sequence[dict], *, max_length: int = 1024, template: str = 'chat') -> dict:
+    """Mean NLL per response token of `model` on `records` (SFT records), with its 95% bootstrap interval over
+    examples (each example's loss and token count resampled together); `model` and `tok` may be folders."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if isinstance(tok, (str, Path)): tok = AutoTokenizer.from_pretrained(tok)
     if isinstance(model, (str, Path)): model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
     model.eval()
     exs, _ = build_examples(tok, records, effective_max_length(tok, max_length, model.config), template)
-    exs.sort(key=lambda e: len(e['input_ids']))
-    total, n = 0.0, 0
-    for i in range(0, len(exs), batch_size):
-        s, c = token_loss_sum(model, collate([[e] for e in exs[i:i + batch_size]], tok.pad_token_id or 0))
-        total += s.item(); n += int(c)
-    return {'nll': total / max(n, 1), 'tokens': n, 'examples': len(exs)}
+    sums, counts = [], []
+    for e in exs:
+        s, c = token_loss_sum(model, collate([[e]], tok.pad_token_id or 0))
+        sums.append(s.item())
+        counts.append(int(c))
+    n = sum(counts)
+    return {'nll': sum(sums) / max(n, 1), 'tokens': n, 'examples': len(exs),
+            'interval': ratio_ci(sums, counts, scale=1.0).as_dict(digits=4) if exs else None,
+            'per_example': [[s, c] for s, c in zip(sums, counts)]}
 
 # %% ../nbs/03a_train.ipynb #3b098082
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # torchrun worker (not in a notebook)
