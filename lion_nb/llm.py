@@ -562,11 +562,15 @@ class BatchRunner:
         return canonical_json({'custom_id': key, 'method': 'POST', 'url': url, 'body': self.c._wire(body)})
 
     def open_jobs(self, todo: dict) -> list[dict]:
-        "Batches planned or submitted earlier (not yet collected) that hold some of `todo`'s keys."
+        """Batches submitted earlier (not yet collected) that hold some of `todo`'s keys. A plan whose file was
+        never uploaded sent nothing: it is dropped, and its requests are planned again."""
         jobs, taken = [], set()
         for p in sorted(self.folder.glob('*.json')):
             if p.name.endswith('.collected.json'): continue
-            st = read_json(p); mine = [k for k in st.get('keys', []) if k in todo and k not in taken]
+            st = read_json(p)
+            if 'input_file_id' not in st: p.unlink(); continue
+            keys = st.get('keys') or (list(todo) if st.get('job') == self.job_name(todo) else [])   # older files: one batch
+            mine = [k for k in keys if k in todo and k not in taken]
             if mine: jobs.append({'path': p, 'state': st, 'keys': mine, 'reserved': 0.0}); taken.update(mine)
         return jobs
 
@@ -579,7 +583,7 @@ class BatchRunner:
             worst = sum(worst_case_cost(sp, todo[k], batch=True) for k in chunk)
             if unsent or (budget is not None and not budget.reserve(worst)): unsent += len(chunk); continue
             job = self.job_name(chunk)
-            st = {'job': job, 'model': sp.model, 'requests': len(chunk), 'keys': chunk}
+            st = {'job': job, 'model': sp.model, 'url': json.loads(lines[chunk[0]])['url'], 'requests': len(chunk), 'keys': chunk}
             jobs.append({'path': self.folder/f'{job}.json', 'state': st, 'keys': chunk, 'reserved': worst,
                          'data': ('\n'.join(lines[k] for k in chunk) + '\n').encode('utf-8')})
             write_json(jobs[-1]['path'], st)   # the plan is on disk before anything is sent
@@ -612,19 +616,18 @@ class BatchRunner:
         page = await self._retrying(lambda: sdk.batches.list(limit=100), 'listing batches')
         return next((b.id for b in page.data if (b.metadata or {}).get('lion_job') == job), None)
 
-    async def _submit(self, sdk, j: dict, todo: dict) -> dict:
+    async def _submit(self, sdk, j: dict) -> dict:
         "Upload the request file and create the batch, recording each id durably as soon as it exists."
         st, path = j['state'], j['path']
         if 'batch_id' in st: return st
-        if 'input_file_id' in st and (bid := await self._find_batch(sdk, st['job'])):
-            st['batch_id'] = bid; write_json(path, st); return st
-        if 'data' not in j:   # planned before a crash, never created: send what is still missing
-            st['keys'] = j['keys']; j['data'] = ('\n'.join(self.line(k, todo[k]) for k in j['keys']) + '\n').encode('utf-8')
-        f = await self._retrying(lambda: sdk.files.create(file=(f"lion_{st['job']}.jsonl", j['data'], 'application/jsonl'),
-                                                          purpose='batch'), 'uploading the request file')
-        st['input_file_id'] = f.id; write_json(path, st)
-        url = json.loads(j['data'].split(b'\n', 1)[0])['url']
-        b = await self._retrying(lambda: sdk.batches.create(input_file_id=st['input_file_id'], endpoint=url,
+        if 'input_file_id' in st:   # uploaded before a crash: the batch may exist already
+            if bid := await self._find_batch(sdk, st['job']):
+                st['batch_id'] = bid; write_json(path, st); return st
+        else:
+            f = await self._retrying(lambda: sdk.files.create(file=(f"lion_{st['job']}.jsonl", j['data'], 'application/jsonl'),
+                                                              purpose='batch'), 'uploading the request file')
+            st['input_file_id'] = f.id; write_json(path, st)
+        b = await self._retrying(lambda: sdk.batches.create(input_file_id=st['input_file_id'], endpoint=st.get('url', '/v1/chat/completions'),
                                                             completion_window='24h', metadata={'lion_job': st['job']}),
                                  'creating the batch')
         st['batch_id'] = b.id; st['submitted'] = time.time(); write_json(path, st)
@@ -634,7 +637,7 @@ class BatchRunner:
         sdk = self.c._sdk()
         bar = _progress(len(todo), (desc or 'requests') + ' [batch]', n_hits)
         try:
-            for j in jobs: await self._submit(sdk, j, todo)
+            for j in jobs: await self._submit(sdk, j)
             waiting = list(jobs)
             while waiting:
                 for j in list(waiting):
