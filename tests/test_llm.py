@@ -517,7 +517,8 @@ def test_endpoint_student_never_gets_a_previous_checkpoints_answers(tmp_path):
 
 def test_endpoint_student_with_a_named_checkpoint_is_keyed_by_its_fingerprint(tmp_path):
     "With `checkpoint:` the cache works again, keyed by the weights; prompts go to /v1/completions, rendered as trained."
-    a, b = tiny_llama(tmp_path/'a'), tiny_llama(tmp_path/'b')
+    import shutil
+    a = tiny_llama(tmp_path/'a'); b = Path(shutil.copytree(a, tmp_path/'b'))   # another folder: another fingerprint
     serving = {'ckpt': 'A'}
     with serve(lambda body: f"student {serving['ckpt']} answers") as srv:
         run = lambda ckpt: make_client(spec_for(srv, model='student', checkpoint=str(ckpt)), role='student', cache_dir=tmp_path).run(reqs(2))
