@@ -14,8 +14,8 @@ from .llm import HFClient, OpenAIClient, checkpoint_fingerprint, render_prompt, 
 
 # %% auto #0
 __all__ = ['VLLM_LAUNCH', 'SERVED_NAME', 'NO_CHAT_TEMPLATE', 'visible_gpus', 'parallel_sizes', 'launch_command', 'free_port',
-           'log_tail', 'http_json', 'EngineServer', 'stop_group', 'default_engine_dir', 'EngineClient', 'HFServer',
-           'serve_hf', 'engine_cli']
+           'log_tail', 'http_json', 'stop_group', 'supervise', 'await_health', 'EngineServer', 'default_engine_dir',
+           'EngineClient', 'HFServer', 'serve_hf', 'engine_cli']
 
 # %% ../nbs/01b_engine.ipynb #926ff90e
 VLLM_LAUNCH = ('vllm serve {checkpoint} --host {host} --port {port} --served-model-name {name} --dtype bfloat16 '
@@ -66,6 +66,47 @@ def http_json(url: str, timeout: float = 5.0) -> tuple[int, Optional[dict]]:
     except ValueError: return status, None
 
 # %% ../nbs/01b_engine.ipynb #af51ea1b
+def stop_group(p: subprocess.Popen, grace_s: float = 30.0):
+    "SIGTERM the process group led by `p`, wait up to `grace_s`, then SIGKILL it (and reap `p`)."
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try: os.killpg(p.pid, sig)
+        except ProcessLookupError: pass
+        try: p.wait(wait); break
+        except subprocess.TimeoutExpired: continue
+    try: os.killpg(p.pid, signal.SIGKILL)   # workers left behind by a leader that did exit
+    except ProcessLookupError: pass
+
+def supervise(parent: int, cmd: list[str], poll_s: float = 0.5) -> int:
+    """Run `cmd` in our process group and wait for it; stop the whole group when process `parent` is gone
+    (we were re-parented) or when we get SIGTERM. Returns the command's exit code."""
+    child = subprocess.Popen(cmd)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    while child.poll() is None and not stop.is_set() and os.getppid() == parent: time.sleep(poll_s)
+    if child.poll() is None:
+        child.terminate()
+        try: child.wait(30)
+        except subprocess.TimeoutExpired: child.kill(); child.wait()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN); os.killpg(0, signal.SIGTERM)   # workers the command left
+    return child.returncode
+
+# %% ../nbs/01b_engine.ipynb #394f41f4
+def await_health(proc: subprocess.Popen, base_url: str, timeout_s: float, log_path, what: str) -> str:
+    "Poll /health and /v1/models until both answer; the first served model name, or a clear error with the log's tail."
+    t0, root = time.monotonic(), base_url[:-len('/v1')]
+    while True:
+        if proc.poll() is not None:
+            raise LionError(f"the server for {what} exited with code {proc.returncode} before it was healthy; "
+                            f"the end of {log_path}:\n{log_tail(log_path)}")
+        health, _ = http_json(root + '/health', 2)
+        status, models = http_json(base_url + '/models', 2) if health in (200, 404) else (0, None)
+        if status == 200 and (models or {}).get('data'): return models['data'][0]['id']
+        if time.monotonic() - t0 > timeout_s:
+            raise LionError(f"the server for {what} was not healthy after {timeout_s:.0f} s (startup_timeout_s); "
+                            f"the end of {log_path}:\n{log_tail(log_path)}")
+        time.sleep(0.25)
+
+# %% ../nbs/01b_engine.ipynb #e42ff569
 class EngineServer:
     "One server process on one checkpoint: `start()` (returns once healthy), `stop()`; a context manager."
     def __init__(self, spec: ModelSpec, checkpoint, log_dir, host: str = '127.0.0.1'):
@@ -80,7 +121,7 @@ class EngineServer:
     def base_url(self) -> str: return f'http://{self.host}:{self.port}/v1'
 
     def start(self) -> 'EngineServer':
-        "Launch the command, record it, and wait until the server is healthy."
+        "Launch the command (supervised), record it, and wait until the server is healthy."
         self.port = free_port(self.host)
         cmd = launch_command(self.spec, self.checkpoint, self.port, self.host)
         if shutil.which(cmd[0]) is None:
@@ -88,30 +129,16 @@ class EngineServer:
                             + (" (install the engine: pip install 'lion_nb[gpu]')" if cmd[0] == 'vllm' else ''))
         self.record = {'command': cmd, 'checkpoint': str(self.checkpoint.resolve()), 'port': self.port,
                        'fingerprint': checkpoint_fingerprint(self.checkpoint), 'log': self.log_path.name, 'started': time.time()}
+        sup = [sys.executable, '-m', 'lion_nb.engine', 'supervise', '--parent', str(os.getpid()), '--']
         with open(self.log_path, 'ab') as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(sup + cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self.record['pid'] = self.proc.pid; write_json(self.record_path, self.record)
-        try: self.wait_healthy()
+        try:
+            what = f'{self.checkpoint} (command in {self.record_path})'
+            self.served_name = await_health(self.proc, self.base_url, self.spec.startup_timeout_s, self.log_path, what)
         except BaseException: self.stop(); raise
+        self.record.update(healthy=time.time(), served_name=self.served_name); write_json(self.record_path, self.record)
         return self
-
-    def wait_healthy(self):
-        "Poll /health and /v1/models until both answer; a clear error (with the log's tail) when it exits or times out."
-        t0, root = time.monotonic(), self.base_url[:-len('/v1')]
-        while True:
-            if self.proc.poll() is not None:
-                raise LionError(f"the server for {self.checkpoint} exited with code {self.proc.returncode} before it was healthy "
-                                f"(command in {self.record_path}); the end of {self.log_path}:\n{log_tail(self.log_path)}")
-            health, _ = http_json(root + '/health', 2)
-            status, models = http_json(self.base_url + '/models', 2) if health in (200, 404) else (0, None)
-            if status == 200 and (models or {}).get('data'):
-                self.served_name = models['data'][0]['id']
-                self.record.update(healthy=time.time(), served_name=self.served_name); write_json(self.record_path, self.record)
-                return
-            if time.monotonic() - t0 > self.spec.startup_timeout_s:
-                raise LionError(f"the server for {self.checkpoint} was not healthy after {self.spec.startup_timeout_s:.0f} s "
-                                f"(startup_timeout_s; command in {self.record_path}); the end of {self.log_path}:\n{log_tail(self.log_path)}")
-            time.sleep(0.25)
 
     def stop(self, grace_s: float = 30.0):
         "Stop the whole process group (SIGTERM, then SIGKILL after `grace_s`); safe to call twice."
@@ -122,16 +149,6 @@ class EngineServer:
 
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.stop()
-
-def stop_group(p: subprocess.Popen, grace_s: float = 30.0):
-    "SIGTERM the process group led by `p`, wait up to `grace_s`, then SIGKILL it (and reap `p`)."
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-        try: os.killpg(p.pid, sig)
-        except ProcessLookupError: pass
-        try: p.wait(wait); break
-        except subprocess.TimeoutExpired: continue
-    try: os.killpg(p.pid, signal.SIGKILL)   # workers left behind by a leader that did exit
-    except ProcessLookupError: pass
 
 # %% ../nbs/01b_engine.ipynb #6051e5e8
 def default_engine_dir(cache_dir, iteration: int, stage: str) -> Path:
@@ -162,10 +179,10 @@ class EngineClient(OpenAIClient):
 
     @property
     def server(self) -> Optional[EngineServer]: return self._held[0]
-    @property
-    def served_name(self) -> Optional[str]: return self.server.served_name if self.server else None
-    @served_name.setter
-    def served_name(self, value): pass   # the server says its name
+
+    def _wire(self, body: dict) -> dict:
+        "The request as sent: to the model name the server reported (the cache key keeps the checkpoint's)."
+        return {**super()._wire(body), 'model': self.server.served_name}
 
     def close(self):
         "Stop the server (if it started), then close the cache and usage log."
@@ -243,13 +260,17 @@ def serve_hf(checkpoint, host: str = '127.0.0.1', port: int = 0, name: str = SER
 
 # %% ../nbs/01b_engine.ipynb #c01ab830
 def engine_cli(argv: list[str]) -> int:
-    "`python -m lion_nb.engine serve-hf CHECKPOINT [--host H] [--port P] [--name N]`: serve until killed."
+    """`python -m lion_nb.engine serve-hf CHECKPOINT [--host H] [--port P] [--name N]`: serve until killed;
+    `python -m lion_nb.engine supervise --parent PID -- CMD...`: run CMD, stopped when PID is gone."""
     ap = argparse.ArgumentParser(prog='python -m lion_nb.engine', description='Serve a checkpoint over an OpenAI-compatible API.')
     sub = ap.add_subparsers(dest='cmd', required=True)
     p = sub.add_parser('serve-hf', help='a small server over transformers (the stand-in for vLLM)')
     p.add_argument('checkpoint'); p.add_argument('--host', default='127.0.0.1'); p.add_argument('--port', type=int, default=0)
     p.add_argument('--name', default=SERVED_NAME, help='the served model name')
+    sv = sub.add_parser('supervise', help='run a command; stop its process group when the parent process is gone')
+    sv.add_argument('--parent', type=int, required=True); sv.add_argument('command', nargs=argparse.REMAINDER)
     a = ap.parse_args(argv)
+    if a.cmd == 'supervise': return supervise(a.parent, a.command[1:] if a.command[:1] == ['--'] else a.command)
     httpd = serve_hf(a.checkpoint, a.host, a.port, a.name)
     print(f'serving {a.checkpoint} as {a.name!r} on http://{a.host}:{httpd.server_address[1]}/v1', flush=True)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=httpd.shutdown, daemon=True).start())

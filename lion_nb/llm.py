@@ -416,7 +416,6 @@ class OpenAIClient(_Client):
         self.limiter = RateLimiter(spec.rpm, spec.tpm)
         self.rng = random.Random()
         self.checkpoint, self.template, self._tok = (Path(checkpoint) if checkpoint else None), template, None
-        self.served_name: Optional[str] = None   # the name the server knows the model by, when it differs
         if self.checkpoint is None and self.role == 'student' and endpoint is None and self.cache is not None:
             self.cache.close(); self.cache = None   # unknown weights behind a URL: never replay another student's answers
 
@@ -450,8 +449,8 @@ class OpenAIClient(_Client):
         return b
 
     def _wire(self, body: dict) -> dict:
-        "The SDK's keywords for `body`: the served model name, and the server's own extensions in `extra_body`."
-        kw = {**body, 'model': self.served_name or body['model']}
+        "The SDK's keywords for `body`: the server's own extensions (vLLM's `add_special_tokens`) go in `extra_body`."
+        kw = dict(body)
         if 'add_special_tokens' in kw: kw['extra_body'] = {'add_special_tokens': kw.pop('add_special_tokens')}
         return kw
 
@@ -559,7 +558,7 @@ class BatchRunner:
         "The request file's line for one request."
         body = self.c.body(req)
         url = '/v1/completions' if 'prompt' in body else '/v1/chat/completions'
-        return canonical_json({'custom_id': key, 'method': 'POST', 'url': url, 'body': self.c._wire(body)})
+        return canonical_json({'custom_id': key, 'method': 'POST', 'url': url, 'body': body})
 
     def open_jobs(self, todo: dict) -> list[dict]:
         """Batches submitted earlier (not yet collected) that hold some of `todo`'s keys. A plan whose file was

@@ -1,7 +1,7 @@
 """The student on an engine (lion_nb.engine): each new checkpoint is served, used through the LLM layer and
 stopped. The launch command is our own `serve-hf` (an OpenAI-compatible server over transformers), started,
 health-checked and stopped exactly as `vllm serve` would be, so all of it runs without a GPU."""
-import json, os, shutil, sys, urllib.error, urllib.request
+import json, os, shutil, signal, subprocess, sys, time, urllib.error, urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from lion_nb.train import make_tiny_llama
 
 os.environ.setdefault('TQDM_DISABLE', '1')
 LAUNCH = '{python} -m lion_nb.engine serve-hf {checkpoint} --host {host} --port {port} --name {name}'
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
@@ -118,3 +119,29 @@ def test_vllm_without_a_gpu_or_without_vllm_fails_before_anything_starts(tmp_pat
         with pytest.raises(LionError, match=r"pip install 'lion_nb\[gpu\]'"):
             EngineServer(c.spec, ckpt, tmp_path/'engine').start()
     assert not list((tmp_path/'engine').glob('launch-*.json'))
+
+
+KILLED_STAGE = """
+import sys, time
+from lion_nb.core import ModelSpec
+from lion_nb.engine import EngineServer
+srv = EngineServer(ModelSpec(backend='vllm', model=sys.argv[1], launch=sys.argv[2], startup_timeout_s=60), sys.argv[1], sys.argv[3]).start()
+print(srv.record['pid'], srv.base_url, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_stage_killed_with_sigkill_leaves_no_server_behind(tmp_path):
+    "The supervisor stops the engine's process group when the process that started it is gone."
+    ckpt = tmp_path/'ckpt'; ckpt.mkdir(); (ckpt/'config.json').write_text('{}')
+    launch = f'{{python}} {ROOT}/tests/openai_server.py --port {{port}}'     # any OpenAI-compatible server
+    p = subprocess.Popen([sys.executable, '-c', KILLED_STAGE, str(ckpt), launch, str(tmp_path/'engine')], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pid, url = p.stdout.readline().split()
+        assert http_json(url + '/models')[0] == 200 and not gone(int(pid))
+    finally:
+        os.kill(p.pid, signal.SIGKILL); p.wait()
+    t0 = time.monotonic()
+    while not gone(int(pid)) and time.monotonic() - t0 < 20: time.sleep(0.1)
+    assert gone(int(pid)) and http_json(url + '/models', 1)[0] == 0
