@@ -562,3 +562,23 @@ def test_hf_batch_out_of_memory_is_split_and_retried_not_failed(tmp_path):
     d.generate = one_too_long
     res = d.run(rs)
     assert [r.status for r in res] == ['done']*3 + ['failed'] + ['done']*3 and 'OutOfMemoryError' in res[3].error
+
+
+def test_hf_batches_are_shared_between_replicas(tmp_path):
+    "With several replicas (one per GPU; here two handles on one CPU model) each batch runs on one of them, once."
+    ckpt = tiny_llama(tmp_path/'ckpt')
+    spec = ModelSpec(backend='hf', model=str(ckpt), concurrency=2)
+    rs = [ChatRequest(f'q{i}', [{'role': 'user', 'content': f'Explain item {i}' + ' more'*i}], max_tokens=4) for i in range(7)]
+    c = make_client(spec, role='student').load()
+    c.replicas = [c.model, c.model]
+    real, used = c.generate, []
+    def gen(prompts, n, temp=0.0, seed=None, replica=0):
+        used.append((replica, len(prompts))); return real(prompts, n, temp, seed, replica)
+    c.generate = gen
+    out = c.run(rs)
+    ref = make_client(spec, role='student', batch_size=1)
+    ref.model, ref.tokenizer, ref.eos_ids = c.model, c.tokenizer, c.eos_ids
+    assert [r.text for r in out] == [r.text for r in ref.run(rs)]
+    assert sum(n for _, n in used) == 7 and {r for r, _ in used} <= {0, 1} and len(used) == 4
+    lens = [len(c.tokenizer(p, add_special_tokens=False)['input_ids']) for _, _, p in sum(c.batches({r.key: r for r in rs}), [])]
+    assert lens == sorted(lens, reverse=True)                       # longest first
