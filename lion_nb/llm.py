@@ -18,9 +18,10 @@ __all__ = ['REASONING_MODEL', 'CHARS_PER_TOKEN', 'WORST_CHARS_PER_TOKEN', 'USAGE
            'NO_KEY', 'BATCH_DONE', 'ALPACA_TEMPLATE', 'ChatRequest', 'ChatResult', 'BudgetExceeded', 'canonical_json',
            'request_body', 'api_params', 'cache_key', 'ResponseCache', 'prompt_chars', 'estimate_prompt_tokens',
            'cost_usd', 'worst_case_cost', 'UsageLog', 'summarise_usage', 'spent_usd', 'Budget', 'run_sync',
-           'RateLimiter', 'retry_after_s', 'backoff_s', 'classify_error', 'auth_hint', 'OpenAIClient', 'split_batches',
-           'BatchRunner', 'alpaca_prompt', 'render_prompt', 'checkpoint_fingerprint', 'resolve_checkpoint', 'HFClient',
-           'make_client', 'student_spec', 'run_budget', 'run_client', 'answer_requests', 'answer_pool', 'answer_cli']
+           'RateLimiter', 'retry_after_s', 'backoff_s', 'classify_error', 'auth_hint', 'served_weights', 'OpenAIClient',
+           'split_batches', 'BatchRunner', 'alpaca_prompt', 'render_prompt', 'checkpoint_fingerprint',
+           'resolve_checkpoint', 'HFClient', 'make_client', 'student_spec', 'run_budget', 'run_client',
+           'answer_requests', 'answer_pool', 'answer_cli']
 
 # %% ../nbs/01_llm.ipynb #a781a68c
 @dataclass
@@ -404,6 +405,21 @@ def auth_hint(spec: ModelSpec, reason: str) -> str:
             f"one and name it: `api_key_env: OPENAI_API_KEY` in the config's model entry, or `--api-key-env OPENAI_API_KEY`")
 
 # %% ../nbs/01_llm.ipynb #aa731aa2
+def served_weights(base_url: str, api_key: str, timeout_s: float = 30.0) -> Optional[str]:
+    """A fingerprint of the weights an endpoint serves, from its `/v1/models` listing: vLLM (and SGLang) list the
+    served checkpoint folder as `root`; a local one is fingerprinted (`checkpoint_fingerprint`), another is taken
+    by name. None when the listing names no `root` or cannot be read (then only the URL identifies the endpoint)."""
+    import urllib.request
+    req = urllib.request.Request(base_url.rstrip('/') + '/models', headers={'Authorization': f'Bearer {api_key}'})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r: data = json.loads(r.read()).get('data')
+    except (OSError, ValueError, AttributeError): return None
+    roots = sorted({m['root'] for m in data or [] if isinstance(m, dict) and isinstance(m.get('root'), str)})
+    if not roots: return None
+    sig = [checkpoint_fingerprint(r) if Path(r).is_dir() else r for r in roots]
+    return hashlib.sha256(canonical_json([base_url.rstrip('/'), sig]).encode()).hexdigest()
+
+# %% ../nbs/01_llm.ipynb #ac2f807c
 class OpenAIClient(_Client):
     "Any OpenAI-compatible chat endpoint: async, rate-limited, retried, cached, accounted, budgeted."
     backend = 'openai'
@@ -416,8 +432,7 @@ class OpenAIClient(_Client):
         self.limiter = RateLimiter(spec.rpm, spec.tpm)
         self.rng = random.Random()
         self.checkpoint, self.template, self._tok = (Path(checkpoint) if checkpoint else None), template, None
-        if self.checkpoint is None and self.role == 'student' and endpoint is None and self.cache is not None:
-            self.cache.close(); self.cache = None   # unknown weights behind a URL: never replay another student's answers
+        self._served: Optional[str] = None
 
     @property
     def base_url(self) -> str:
@@ -425,10 +440,13 @@ class OpenAIClient(_Client):
         if callable(self._base_url): self._base_url = self._base_url()
         return self._base_url.rstrip('/')
     def endpoint_id(self) -> str:
-        "The cache's name for this endpoint: the weights' fingerprint when we know the checkpoint, else the URL."
+        """The cache's name for this endpoint: the weights' fingerprint when we know the checkpoint; for a student
+        endpoint, what the server says it serves (`served_weights`); else the URL."""
         if self._endpoint: return self._endpoint
         if self.checkpoint is not None: return f'checkpoint:{checkpoint_fingerprint(self.checkpoint)}'
-        return self.base_url
+        if self.role != 'student': return self.base_url
+        if self._served is None: self._served = served_weights(self.base_url, api_key_for(self.spec) or NO_KEY) or ''
+        return f'served:{self._served}' if self._served else self.base_url
 
     def tokenizer(self):
         "The checkpoint's tokenizer (loaded once): it renders the prompts of the completions route."

@@ -27,6 +27,8 @@ Scripting (all attributes of `FakeOpenAI`, changeable while it runs):
                                                      validation (status 'failed', errors listed)
     upload_latency_s                                 sleep after counting an upload, before answering it
     api_key                                          when set, requests without `Authorization: Bearer <it>` get 401
+    models_root                                      when set, /v1/models lists it as the model's `root` (as vLLM
+                                                     lists the checkpoint folder it serves)
 
 Faults: '429' (with Retry-After: `retry_after_s`, and retry-after-ms when `retry_after_ms` is set),
 '500', '503', 'reset' (connection dropped with a TCP reset, no response), 'hang' (no response for
@@ -92,14 +94,14 @@ class FakeOpenAI:
                  rpm: Optional[int] = None, window_s: float = 60.0, batch_polls: int = 0,
                  batch_fail_ids=(), host: str = '127.0.0.1', port: int = 0, batch_gate=None,
                  batch_max_requests: int = 50_000, batch_max_file_bytes: int = 200*1024*1024, upload_latency_s: float = 0.0,
-                 api_key: Optional[str] = None):
+                 api_key: Optional[str] = None, models_root: Optional[str] = None):
         self.reply, self.latency_s, self.schedule = reply, latency_s, dict(schedule or {})
         self.fault_rate, self.fault_fn, self.rng = dict(fault_rate or {}), fault_fn, random.Random(seed)
         self.retry_after_s, self.retry_after_ms, self.hang_s = retry_after_s, retry_after_ms, hang_s
         self.rpm, self.window_s, self.batch_polls, self.batch_fail_ids = rpm, window_s, batch_polls, set(batch_fail_ids)
         self.host, self.port = host, port
         self.batch_gate, self.batch_max_requests, self.batch_max_file_bytes = batch_gate, batch_max_requests, batch_max_file_bytes
-        self.upload_latency_s, self.api_key = upload_latency_s, api_key
+        self.upload_latency_s, self.api_key, self.models_root = upload_latency_s, api_key, models_root
         self.lock, self.stopping = threading.Lock(), threading.Event()
         self.reset_counters()
         self.files: dict[str, dict] = {}
@@ -287,7 +289,9 @@ class _Handler(BaseHTTPRequestHandler):
             data = [{k: v for k, v in b.items() if not k.startswith('_')} for b in reversed(list(s.batches.values()))]
             return self._send(200, {'object': 'list', 'data': data, 'has_more': False,
                                     'first_id': data[0]['id'] if data else None, 'last_id': data[-1]['id'] if data else None})
-        if p == '/v1/models': return self._send(200, {'object': 'list', 'data': [{'id': 'fake', 'object': 'model', 'created': 0, 'owned_by': 'tests'}]})
+        if p == '/v1/models':
+            m = {'id': 'fake', 'object': 'model', 'created': int(time.time()), 'owned_by': 'tests'}
+            return self._send(200, {'object': 'list', 'data': [{**m, 'root': s.models_root} if s.models_root else m]})
         parts = p.split('/')
         if p.startswith('/v1/files/') and len(parts) in (4, 5):
             f = s.files.get(parts[3])

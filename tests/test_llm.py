@@ -504,15 +504,28 @@ def test_401_without_a_key_variable_says_that_no_key_was_sent(tmp_path, monkeypa
 # ---------------------------------------------------------------- endpoint students are cached by their weights (issue 14)
 
 def test_endpoint_student_never_gets_a_previous_checkpoints_answers(tmp_path):
-    "Same URL, same model name, a restarted server on a new checkpoint: fresh answers (the old cache replayed the old ones)."
+    """Same URL, same model name, a server restarted on a new checkpoint (its /v1/models `root`, as vLLM lists it):
+    fresh answers. The cache used to be keyed by URL and model name, and replayed the previous student's answers."""
+    ckpt = tiny_llama(tmp_path/'local')
     serving = {'ckpt': 'A'}
-    with serve(lambda body: f"student {serving['ckpt']} answers") as srv:
+    with serve(lambda body: f"student {serving['ckpt']} answers", models_root='/ckpts/A') as srv:
         spec = spec_for(srv, model='student')
-        first = make_client(spec, role='student', cache_dir=tmp_path).run(reqs(2))
-        serving['ckpt'] = 'B'
-        second = make_client(spec, role='student', cache_dir=tmp_path).run(reqs(2))
+        run = lambda: make_client(spec, role='student', cache_dir=tmp_path).run(reqs(2))
+        first = run()
+        serving['ckpt'], srv.models_root = 'B', '/ckpts/B'
+        second = run()
+        serving['ckpt'], srv.models_root = 'A', '/ckpts/A'
+        third = run()
+        serving['ckpt'], srv.models_root = 'L', str(ckpt)                 # a local folder: fingerprinted
+        fourth = run()
+        time.sleep(0.01); (ckpt/'config.json').write_text((ckpt/'config.json').read_text())   # retrained in place
+        serving['ckpt'] = 'L2'; fifth = run()
+        teacher = make_client(spec, role='teacher', cache_dir=tmp_path)    # other roles: the URL, as before
+        assert teacher.endpoint_id() == srv.base_url
     assert [r.text for r in first] == ['student A answers']*2
     assert [r.text for r in second] == ['student B answers']*2 and not any(r.cached for r in second)
+    assert all(r.cached for r in third) and [r.text for r in third] == ['student A answers']*2
+    assert [r.text for r in fourth] == ['student L answers']*2 and [r.text for r in fifth] == ['student L2 answers']*2
 
 
 def test_endpoint_student_with_a_named_checkpoint_is_keyed_by_its_fingerprint(tmp_path):
