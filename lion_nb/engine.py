@@ -15,7 +15,7 @@ from .llm import HFClient, OpenAIClient, checkpoint_fingerprint, render_prompt, 
 # %% auto #0
 __all__ = ['VLLM_LAUNCH', 'SERVED_NAME', 'NO_CHAT_TEMPLATE', 'visible_gpus', 'parallel_sizes', 'launch_command', 'free_port',
            'log_tail', 'http_json', 'stop_group', 'supervise', 'await_health', 'EngineServer', 'default_engine_dir',
-           'EngineClient', 'HFServer', 'serve_hf', 'engine_cli']
+           'EngineClient', 'error_body', 'HFServer', 'serve_hf', 'engine_cli']
 
 # %% ../nbs/01b_engine.ipynb #926ff90e
 VLLM_LAUNCH = ('vllm serve {checkpoint} --host {host} --port {port} --served-model-name {name} --dtype bfloat16 '
@@ -147,8 +147,7 @@ class EngineServer:
         stop_group(p, grace_s)
         self.record.update(stopped=time.time(), exit_code=p.returncode); write_json(self.record_path, self.record)
 
-    def __enter__(self): return self.start()
-    def __exit__(self, *exc): self.stop()
+EngineServer.__enter__, EngineServer.__exit__ = EngineServer.start, lambda self, *exc: self.stop()
 
 # %% ../nbs/01b_engine.ipynb #6051e5e8
 def default_engine_dir(cache_dir, iteration: int, stage: str) -> Path:
@@ -193,6 +192,8 @@ class EngineClient(OpenAIClient):
 NO_CHAT_TEMPLATE = ("the tokenizer has no chat template: default chat templates are no longer allowed, so a chat "
                     "request needs a model with a chat template (send a rendered prompt to /v1/completions instead)")
 
+def error_body(code: int, msg: str) -> dict: return {'object': 'error', 'message': msg, 'type': 'BadRequestError', 'code': code}
+
 class HFServer:
     "The state of a `serve-hf` server: one checkpoint, generated with `HFClient.generate`, one request at a time."
     def __init__(self, checkpoint, name: str = SERVED_NAME):
@@ -200,17 +201,33 @@ class HFServer:
         self.gen = HFClient(ModelSpec(backend='hf', model=str(checkpoint)), role='student').load()
         self.lock, self.counts = threading.Lock(), {'chat': 0, 'completions': 0, 'rejected_chat': 0}
 
-    def complete(self, prompt: str, body: dict) -> dict:
-        "One generation for `prompt` with the body's limits, as a completion choice plus usage."
+    def complete(self, prompt: str, body: dict) -> tuple[str, str, dict]:
+        "(text, finish reason, usage) of one generation for `prompt` with the body's limits."
         temp = float(body.get('temperature') or 0.0)
         limit = int(body.get('max_tokens') or body.get('max_completion_tokens') or 16)
         with self.lock: out = self.gen.generate([prompt], limit, temp, body.get('seed'))[0]
-        usage = {'prompt_tokens': out['prompt_tokens'], 'completion_tokens': out['completion_tokens'],
-                 'total_tokens': out['prompt_tokens'] + out['completion_tokens']}
-        return {'text': out['text'], 'finish_reason': out['finish_reason'], 'usage': usage}
+        pt, ct = out['prompt_tokens'], out['completion_tokens']
+        return out['text'], out['finish_reason'], {'prompt_tokens': pt, 'completion_tokens': ct, 'total_tokens': pt + ct}
 
     def models(self) -> dict:
         return {'object': 'list', 'data': [{'id': self.name, 'object': 'model', 'owned_by': 'lion_nb', 'root': str(self.checkpoint)}]}
+
+    def respond(self, route: str, body: dict) -> tuple[int, dict]:
+        "(HTTP status, JSON body) for a POST of `body` to `route`."
+        if body.get('model') != self.name: return 404, error_body(404, f"the model {body.get('model')!r} does not exist; this server has {self.name!r}")
+        head = {'id': f'cmpl-{time.time_ns()}', 'created': int(time.time()), 'model': self.name}
+        if route == '/v1/completions' and isinstance(body.get('prompt'), str):
+            self.counts['completions'] += 1; text, finish, usage = self.complete(body['prompt'], body)
+            choice = {'index': 0, 'text': text, 'finish_reason': finish, 'logprobs': None}
+            return 200, {**head, 'object': 'text_completion', 'choices': [choice], 'usage': usage}
+        if route == '/v1/chat/completions' and isinstance(body.get('messages'), list):
+            tok = self.gen.tokenizer
+            if not getattr(tok, 'chat_template', None): self.counts['rejected_chat'] += 1; return 400, error_body(400, NO_CHAT_TEMPLATE)
+            self.counts['chat'] += 1; text, finish, usage = self.complete(render_prompt(tok, body['messages'], 'chat'), body)
+            choice = {'index': 0, 'message': {'role': 'assistant', 'content': text}, 'finish_reason': finish, 'logprobs': None}
+            return 200, {**head, 'object': 'chat.completion', 'choices': [choice], 'usage': usage}
+        code = 400 if route in ('/v1/completions', '/v1/chat/completions') else 404
+        return code, error_body(code, f'bad request to {route}')
 
 # %% ../nbs/01b_engine.ipynb #906e2b1b
 class _HFHandler(BaseHTTPRequestHandler):
@@ -223,34 +240,17 @@ class _HFHandler(BaseHTTPRequestHandler):
         self.send_response(code); self.send_header('Content-Type', 'application/json')
         self.send_header('Content-Length', str(len(data))); self.end_headers(); self.wfile.write(data)
 
-    def _error(self, code: int, msg: str): self._send(code, {'object': 'error', 'message': msg, 'type': 'BadRequestError', 'code': code})
-
     def do_GET(self):
         p = self.path.split('?')[0].rstrip('/')
         if p == '/health': return self._send(200, {})
         if p == '/v1/models': return self._send(200, self.state.models())
         if p == '/_stats': return self._send(200, self.state.counts)
-        self._error(404, f'unknown route GET {p}')
+        self._send(404, error_body(404, f'unknown route GET {p}'))
 
     def do_POST(self):
-        p, s = self.path.split('?')[0].rstrip('/'), self.state
         try: body = json.loads(self.rfile.read(int(self.headers.get('Content-Length') or 0)) or b'{}')
-        except ValueError: return self._error(400, 'request body is not JSON')
-        if body.get('model') != s.name: return self._error(404, f"the model {body.get('model')!r} does not exist; this server has {s.name!r}")
-        if p == '/v1/completions' and isinstance(body.get('prompt'), str):
-            s.counts['completions'] += 1; out = s.complete(body['prompt'], body)
-            choice = {'index': 0, 'text': out['text'], 'finish_reason': out['finish_reason'], 'logprobs': None}
-            return self._send(200, {'id': f'cmpl-{time.time_ns()}', 'object': 'text_completion', 'created': int(time.time()),
-                                    'model': s.name, 'choices': [choice], 'usage': out['usage']})
-        if p == '/v1/chat/completions' and isinstance(body.get('messages'), list):
-            tok = s.gen.tokenizer
-            if not getattr(tok, 'chat_template', None): s.counts['rejected_chat'] += 1; return self._error(400, NO_CHAT_TEMPLATE)
-            s.counts['chat'] += 1
-            out = s.complete(render_prompt(tok, body['messages'], 'chat'), body)
-            choice = {'index': 0, 'message': {'role': 'assistant', 'content': out['text']}, 'finish_reason': out['finish_reason'], 'logprobs': None}
-            return self._send(200, {'id': f'chatcmpl-{time.time_ns()}', 'object': 'chat.completion', 'created': int(time.time()),
-                                    'model': s.name, 'choices': [choice], 'usage': out['usage']})
-        self._error(400 if p in ('/v1/completions', '/v1/chat/completions') else 404, f'bad request to {p}')
+        except ValueError: return self._send(400, error_body(400, 'request body is not JSON'))
+        self._send(*self.state.respond(self.path.split('?')[0].rstrip('/'), body))
 
 def serve_hf(checkpoint, host: str = '127.0.0.1', port: int = 0, name: str = SERVED_NAME) -> ThreadingHTTPServer:
     "A started-up (not yet serving) `serve-hf` HTTP server; call `serve_forever()` on it."
