@@ -4,7 +4,8 @@
 
 # %% ../nbs/01b_engine.ipynb #ff49185e
 from __future__ import annotations
-import argparse, json, os, shlex, shutil, signal, socket, subprocess, sys, threading, time, urllib.error, urllib.request, weakref
+import argparse, json, os, shlex, shutil, signal, socket, subprocess, sys, threading, time, weakref
+import urllib.error, urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Optional
@@ -30,14 +31,17 @@ def visible_gpus() -> int:
 def parallel_sizes(spec: ModelSpec, n_gpus: int) -> tuple[int, int]:
     "(data-parallel replicas, GPUs per replica) for `n_gpus` visible GPUs and the spec's `tensor_parallel`."
     tp = spec.tensor_parallel
-    if n_gpus < tp: raise LionError(f"model {spec.model!r} needs {tp} GPU(s) per replica (tensor_parallel), {n_gpus} visible")
+    if n_gpus < tp:
+        raise LionError(f"model {spec.model!r} needs {tp} GPU(s) per replica (tensor_parallel), {n_gpus} visible")
     return n_gpus//tp, tp
 
-def launch_command(spec: ModelSpec, checkpoint, port: int, host: str = '127.0.0.1', n_gpus: Optional[int] = None) -> list[str]:
+def launch_command(spec: ModelSpec, checkpoint, port: int, host: str = '127.0.0.1',
+                   n_gpus: Optional[int] = None) -> list[str]:
     "The argv that serves `checkpoint` for `spec` on host:port (placeholders filled one argument at a time)."
     template = spec.launch or VLLM_LAUNCH
     uses_gpus = '{dp}' in template or '{tp}' in template
-    dp, tp = parallel_sizes(spec, visible_gpus() if n_gpus is None else n_gpus) if uses_gpus else (1, spec.tensor_parallel)
+    n_gpus = (visible_gpus() if n_gpus is None else n_gpus) if uses_gpus else None
+    dp, tp = parallel_sizes(spec, n_gpus) if uses_gpus else (1, spec.tensor_parallel)
     values = dict(checkpoint=str(checkpoint), host=host, port=port, name=SERVED_NAME, python=sys.executable, dp=dp, tp=tp)
     try: return [arg.format(**values) for arg in shlex.split(template)]
     except (KeyError, IndexError, ValueError) as e:
@@ -128,10 +132,12 @@ class EngineServer:
             raise LionError(f"model {self.spec.model!r}: launch command {cmd[0]!r} not found"
                             + (" (install the engine: pip install 'lion_nb[gpu]')" if cmd[0] == 'vllm' else ''))
         self.record = {'command': cmd, 'checkpoint': str(self.checkpoint.resolve()), 'port': self.port,
-                       'fingerprint': checkpoint_fingerprint(self.checkpoint), 'log': self.log_path.name, 'started': time.time()}
+                       'fingerprint': checkpoint_fingerprint(self.checkpoint), 'log': self.log_path.name,
+                       'started': time.time()}
         sup = [sys.executable, '-m', 'lion_nb.engine', 'supervise', '--parent', str(os.getpid()), '--']
         with open(self.log_path, 'ab') as log:
-            self.proc = subprocess.Popen(sup + cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(sup + cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
         self.record['pid'] = self.proc.pid; write_json(self.record_path, self.record)
         try:
             what = f'{self.checkpoint} (command in {self.record_path})'
@@ -169,10 +175,12 @@ class EngineClient(OpenAIClient):
     backend = 'vllm'
     def __init__(self, spec: ModelSpec, *, engine_dir=None, template: str = 'chat', **kw):
         ckpt = resolve_checkpoint(spec.model)
-        log_dir = Path(engine_dir) if engine_dir is not None else default_engine_dir(kw.get('cache_dir'), kw.get('iteration', 0), kw.get('stage', ''))
+        log_dir = (Path(engine_dir) if engine_dir is not None else
+                   default_engine_dir(kw.get('cache_dir'), kw.get('iteration', 0), kw.get('stage', '')))
         self._held: list = [None]
         held = self._held
-        super().__init__(spec, base_url=lambda: _start_into(held, spec, ckpt, log_dir), checkpoint=ckpt, template=template, **kw)
+        start = lambda: _start_into(held, spec, ckpt, log_dir)
+        super().__init__(spec, base_url=start, checkpoint=ckpt, template=template, **kw)
         self.engine_dir = log_dir
         self._finalizer = weakref.finalize(self, _stop_held, held)
 
@@ -192,7 +200,8 @@ class EngineClient(OpenAIClient):
 NO_CHAT_TEMPLATE = ("the tokenizer has no chat template: default chat templates are no longer allowed, so a chat "
                     "request needs a model with a chat template (send a rendered prompt to /v1/completions instead)")
 
-def error_body(code: int, msg: str) -> dict: return {'object': 'error', 'message': msg, 'type': 'BadRequestError', 'code': code}
+def error_body(code: int, msg: str) -> dict:
+    return {'object': 'error', 'message': msg, 'type': 'BadRequestError', 'code': code}
 
 class HFServer:
     "The state of a `serve-hf` server: one checkpoint, generated with `HFClient.generate`, one request at a time."
@@ -210,11 +219,13 @@ class HFServer:
         return out['text'], out['finish_reason'], {'prompt_tokens': pt, 'completion_tokens': ct, 'total_tokens': pt + ct}
 
     def models(self) -> dict:
-        return {'object': 'list', 'data': [{'id': self.name, 'object': 'model', 'owned_by': 'lion_nb', 'root': str(self.checkpoint)}]}
+        model = {'id': self.name, 'object': 'model', 'owned_by': 'lion_nb', 'root': str(self.checkpoint)}
+        return {'object': 'list', 'data': [model]}
 
     def respond(self, route: str, body: dict) -> tuple[int, dict]:
         "(HTTP status, JSON body) for a POST of `body` to `route`."
-        if body.get('model') != self.name: return 404, error_body(404, f"the model {body.get('model')!r} does not exist; this server has {self.name!r}")
+        if body.get('model') != self.name:
+            return 404, error_body(404, f"the model {body.get('model')!r} does not exist; this server has {self.name!r}")
         head = {'id': f'cmpl-{time.time_ns()}', 'created': int(time.time()), 'model': self.name}
         if route == '/v1/completions' and isinstance(body.get('prompt'), str):
             self.counts['completions'] += 1; text, finish, usage = self.complete(body['prompt'], body)
@@ -222,8 +233,10 @@ class HFServer:
             return 200, {**head, 'object': 'text_completion', 'choices': [choice], 'usage': usage}
         if route == '/v1/chat/completions' and isinstance(body.get('messages'), list):
             tok = self.gen.tokenizer
-            if not getattr(tok, 'chat_template', None): self.counts['rejected_chat'] += 1; return 400, error_body(400, NO_CHAT_TEMPLATE)
-            self.counts['chat'] += 1; text, finish, usage = self.complete(render_prompt(tok, body['messages'], 'chat'), body)
+            if not getattr(tok, 'chat_template', None):
+                self.counts['rejected_chat'] += 1; return 400, error_body(400, NO_CHAT_TEMPLATE)
+            self.counts['chat'] += 1
+            text, finish, usage = self.complete(render_prompt(tok, body['messages'], 'chat'), body)
             choice = {'index': 0, 'message': {'role': 'assistant', 'content': text}, 'finish_reason': finish, 'logprobs': None}
             return 200, {**head, 'object': 'chat.completion', 'choices': [choice], 'usage': usage}
         code = 400 if route in ('/v1/completions', '/v1/chat/completions') else 404
@@ -262,7 +275,7 @@ def serve_hf(checkpoint, host: str = '127.0.0.1', port: int = 0, name: str = SER
 def engine_cli(argv: list[str]) -> int:
     """`python -m lion_nb.engine serve-hf CHECKPOINT [--host H] [--port P] [--name N]`: serve until killed;
     `python -m lion_nb.engine supervise --parent PID -- CMD...`: run CMD, stopped when PID is gone."""
-    ap = argparse.ArgumentParser(prog='python -m lion_nb.engine', description='Serve a checkpoint over an OpenAI-compatible API.')
+    ap = argparse.ArgumentParser(prog='python -m lion_nb.engine', description='Serve a checkpoint over an OpenAI API.')
     sub = ap.add_subparsers(dest='cmd', required=True)
     p = sub.add_parser('serve-hf', help='a small server over transformers (the stand-in for vLLM)')
     p.add_argument('checkpoint'); p.add_argument('--host', default='127.0.0.1'); p.add_argument('--port', type=int, default=0)
@@ -277,4 +290,4 @@ def engine_cli(argv: list[str]) -> int:
     httpd.serve_forever(poll_interval=0.2)
     return 0
 
-if __name__ == '__main__' and Path(sys.argv[0]).stem == 'engine': sys.exit(engine_cli(sys.argv[1:]))   # python -m lion_nb.engine
+if __name__ == '__main__' and Path(sys.argv[0]).stem == 'engine': sys.exit(engine_cli(sys.argv[1:]))   # python -m
