@@ -13,7 +13,7 @@ from pathlib import Path
 
 from openai import OpenAI
 
-from lion_nb.models import TEACHER_NAME, ServerSettings, server_healthy, start_server, stop_server, teacher_gguf
+from lion_nb.models import TEACHER_NAME, ServerSettings, server_healthy, start_server, stop_server, packaged_gguf
 
 PROMPTS = ["Write a Python function that checks whether a string is a palindrome.",
            "Explain the difference between a list and a tuple in Python.",
@@ -51,7 +51,7 @@ def main():
     for f, v in vars(ServerSettings()).items(): ap.add_argument('--' + f.replace('_', '-'), type=type(v) if not isinstance(v, bool) else int, default=v)
     a = ap.parse_args()
     st = ServerSettings(**{f: (bool(getattr(a, f)) if isinstance(v, bool) else getattr(a, f)) for f, v in vars(ServerSettings()).items()})
-    gguf = teacher_gguf()
+    gguf = packaged_gguf()
     with tempfile.TemporaryDirectory() as d:
         if a.backend == 'xllamacpp':
             t0 = time.time(); info = start_server(gguf, st, state=Path(d)/'server.json'); startup = time.time() - t0

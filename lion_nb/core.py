@@ -343,6 +343,7 @@ class SamplingConfig(Section):
     max_new_tokens: int = Field(256, ge=1)
     referee_max_tokens: int = Field(512, ge=16)
     repair_retries: int = Field(2, ge=0, le=10)
+    reuse_imitation_answers: bool = Field(False, description="discrimination reuses imitation's teacher answers")
 
 class TrainConfig(Section):
     epochs: float = Field(3, gt=0)
@@ -389,6 +390,9 @@ class Config(Section):
     def model_for(self, role: str) -> ModelSpec:
         "The registry entry that plays `role`."
         return self.models[self.roles[role]]
+    judge_set: str = Field('lion_nb', description="judge set (lion_nb/judges/<set>) of the roles `judges` omits")
+    judges: dict[Literal['referee', 'review', 'pairwise', 'generator_hard', 'generator_easy'], str] = Field(
+        default_factory=dict, description="per judging role: 'set/judge', or the path of a judge folder")
 
 # %% ../nbs/00_core.ipynb #d536c349
 def parse_config(obj: dict, path='<config>') -> Config:

@@ -16,10 +16,10 @@ from .core import (Config, InputError, Instruction, LionError, Record, atomic_wr
 
 # %% auto #0
 __all__ = ['DATA_ENV', 'AGIEVAL_MC', 'AGIEVAL_CLOZE', 'AGIEVAL_SUBSETS', 'BBH_TASKS', 'DATA_FILES', 'VICUNA_CATEGORIES',
-           'data_root', 'DataFile', 'data_names', 'data_path', 'expected_sha256', 'fetch', 'iter_json_array',
-           'load_alpaca', 'load_seed_tasks', 'load_vicuna80', 'load_user252', 'ReasoningItem', 'option_letters',
-           'format_options', 'mc_prompt', 'cloze_prompt', 'load_agieval', 'bbh_options', 'load_bbh', 'demo_dir',
-           'demo_instructions', 'demo_eval_questions', 'data_status', 'data_cli']
+           'REVIEWERS', 'data_root', 'DataFile', 'data_names', 'data_path', 'expected_sha256', 'fetch',
+           'iter_json_array', 'load_alpaca', 'load_seed_tasks', 'load_vicuna80', 'load_user252', 'ReasoningItem',
+           'option_letters', 'format_options', 'mc_prompt', 'cloze_prompt', 'load_agieval', 'bbh_options', 'load_bbh',
+           'demo_dir', 'demo_instructions', 'demo_eval_questions', 'data_status', 'data_cli', 'load_review_sample']
 
 # %% ../nbs/00b_data.ipynb #75ca0ed5
 DATA_ENV = 'LION_DATA_DIR'
@@ -432,3 +432,21 @@ def data_cli(argv: list[str]) -> int:
     for n in a.names:
         for p in fetch(n, a.data_dir, force=a.force): print(p)
     return 0
+
+# %% ../nbs/00b_data.ipynb #52e44ad1
+REVIEWERS = {1: 'general', 2: 'coding', 3: 'math'}     # FastChat's reviewer.jsonl order
+
+def load_review_sample(root=None, *, cfg: Optional[Config] = None) -> list[dict]:
+    "The real reviews in `eval/vicuna80/reviews_sample/*.jsonl`: file, line, question id, prompt kind, text, scores."
+    folder = data_root(root, cfg)/'eval'/'vicuna80'/'reviews_sample'
+    files = sorted(folder.glob('review_*.jsonl'))
+    if not files: raise InputError(folder, None, "no review_*.jsonl files here")
+    out = []
+    for path in files:
+        for line, obj in iter_jsonl(path):
+            score = _need(obj, 'score', path, line, kind=list)
+            if len(score) != 2: raise InputError(path, line, f"field 'score' holds {len(score)} values, not 2")
+            out.append({'file': path.name, 'line': line, 'question_id': _need(obj, 'question_id', path, line, kind=int),
+                        'prompt': REVIEWERS.get(obj.get('reviewer_id'), 'general'),
+                        'text': _need(obj, 'text', path, line), 'score': tuple(float(x) for x in score)})
+    return out

@@ -4,57 +4,164 @@
 
 # %% ../nbs/04_discrimination.ipynb #273789b1
 from __future__ import annotations
-import argparse, hashlib, json, math, re, statistics, sys
+import argparse, hashlib, importlib.resources, json, math, re, statistics, sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Literal, Optional, Sequence, Union
 
-from .core import (Answer, Config, InputError, Instruction, JsonlLog, LionError, ModelSpec, Provenance, Review,
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .core import (ROLES, Answer, Config, InputError, Instruction, JsonlLog, LionError, ModelSpec, Provenance, Review,
                           RunDir, derive_seed, load_config, read_json, read_log, read_pool, read_records, user_message,
                           write_json, write_jsonl)
 
 # %% auto #0
-__all__ = ['ORDERS', 'SCORE_MIN', 'SCORE_MAX', 'REFEREE_SYSTEM', 'REFEREE_TASK', 'REFEREE_TASK_JSON', 'REPAIR_PROMPT',
-           'REPAIR_PROMPT_JSON', 'REPAIR_MAX_TOKENS', 'REQUEST_FAILED', 'referee_messages', 'referee_response_format',
+__all__ = ['JUDGE_ROLES', 'SCORE_PARSERS', 'JUDGE_PARSERS', 'ORDERS', 'SCORE_MIN', 'SCORE_MAX', 'REPAIR_PROMPT',
+           'REPAIR_PROMPT_JSON', 'REPAIR_MAX_TOKENS', 'REQUEST_FAILED', 'JudgeConfig', 'judges_root', 'judge_sets',
+           'render', 'Judge', 'load_judge', 'judge_for', 'for_category', 'referee_messages', 'referee_response_format',
            'repair_response_format', 'ScoreParseError', 'parse_score_value', 'parse_scores', 'repair_messages',
-           'swap_average', 'is_hard', 'verdict', 'position_consistency', 'position_means', 'Pair', 'RefereeSettings',
-           'review_pairs', 'pairs_from_answers', 'score_items', 'category_of', 'call_stats', 'summarize',
-           'describe_summary', 'plot_gaps', 'plot_scores', 'plot_categories', 'save_plots', 'referee_and_split',
-           'latest_student', 'run_discrimination', 'discriminate_cli', 'referee_cli']
+           'swap_average', 'is_hard', 'verdict', 'position_consistency', 'position_means', 'Pair', 'sampling_setting',
+           'RefereeSettings', 'review_pairs', 'pairs_from_answers', 'score_items', 'category_of', 'call_stats',
+           'summarize', 'describe_summary', 'plot_gaps', 'plot_scores', 'plot_categories', 'save_plots',
+           'referee_and_split', 'discrimination_seed', 'latest_student', 'run_discrimination', 'discriminate_cli',
+           'referee_cli']
 
 # %% ../nbs/04_discrimination.ipynb #737cc933
+JUDGE_ROLES = ('referee', 'review', 'pairwise', 'generator_hard', 'generator_easy')
+SCORE_PARSERS = ('scores_first', 'scores_last', 'json')
+JUDGE_PARSERS = SCORE_PARSERS + ('verdict_abc', 'sections', 'plain')
+
+class JudgeConfig(BaseModel):
+    "The `config.yaml` of one judge."
+    model_config = ConfigDict(extra='forbid')
+    description: str = ''
+    system: Optional[str] = None                 # file of the system message
+    prompt: str                                  # file of the user message template
+    prompt_structured: Optional[str] = None      # template used when the reply is constrained to a JSON schema
+    parser: Literal[JUDGE_PARSERS]
+    structured: Union[bool, Literal['auto']] = False
+    logprobs: bool = False
+    temperature: float = Field(ge=0)
+    max_tokens: int = Field(ge=1)
+    by_category: dict[str, str] = Field(default_factory=dict)
+
+def judges_root() -> Path:
+    "The folder of the judge sets shipped with the package."
+    return Path(str(importlib.resources.files('lion_nb')/'judges'))
+
+def judge_sets() -> dict[str, list[str]]:
+    "{set: [judge, ...]} of the shipped judge sets."
+    root = judges_root()
+    return {s.name: sorted(j.name for j in s.iterdir() if (j/'config.yaml').exists())
+            for s in sorted(root.iterdir()) if s.is_dir()}
+
+# %% ../nbs/04_discrimination.ipynb #66c3b8eb
+_FIELDS = re.compile(r'\{(question|answer_1|answer_2|instruction|input)\}')
+
+def _needs(parser: str) -> set:
+    "The placeholders a template of a judge with `parser` must hold."
+    return {'instruction'} if parser in ('sections', 'plain') else {'question', 'answer_1', 'answer_2'}
+
+def _template(folder: Path, name: Optional[str], needs: set = frozenset()) -> Optional[str]:
+    "A template file's text (its final newline is not part of the prompt), checked for the placeholders it `needs`."
+    if name is None: return None
+    p = folder/name
+    if not p.is_file(): raise InputError(folder/'config.yaml', None, f"prompt file {name!r} does not exist in {folder}")
+    text = p.read_text(encoding='utf-8')
+    text = text[:-1] if text.endswith('\n') else text
+    missing = set(needs) - set(_FIELDS.findall(text))
+    if missing: raise InputError(p, None, f"the template lacks {', '.join('{' + m + '}' for m in sorted(missing))}")
+    return text
+
+def render(template: str, **fields) -> str:
+    "`template` with its `{question}`, `{answer_1}`, ... filled in; any other braces are left as they are."
+    return _FIELDS.sub(lambda m: str(fields[m.group(1)]) if m.group(1) in fields else m.group(0), template)
+
+# %% ../nbs/04_discrimination.ipynb #3bf5b5ed
+@dataclass(frozen=True)
+class Judge:
+    "One judge: its name, folder, configuration and prompt templates."
+    name: str
+    folder: Path
+    config: JudgeConfig
+    system: Optional[str]
+    prompt: str
+    prompt_structured: Optional[str] = None
+
+    @property
+    def parser(self) -> str: return self.config.parser
+
+    def wants_structured(self, endpoint_supports: bool) -> bool:
+        """Whether requests ask for a JSON schema: `structured: true`, or `auto` on an endpoint that supports it
+        (the `prompt_structured` template is used then, where the judge has one)."""
+        s = self.config.structured
+        return s is True or (s == 'auto' and endpoint_supports)
+
+    def messages(self, structured: bool = False, **fields) -> list[dict]:
+        "The chat messages of one request, the template's placeholders filled from `fields`."
+        user = render(self.prompt_structured if structured and self.prompt_structured else self.prompt, **fields)
+        return ([{'role': 'system', 'content': self.system}] if self.system else []) + [{'role': 'user', 'content': user}]
+
+    def extra(self) -> dict:
+        "Extra request parameters the judge wants (token logprobs)."
+        return {'logprobs': True, 'top_logprobs': 5} if self.config.logprobs else {}
+
+    def describe(self) -> str:
+        "The judge and its prompt as a notebook prints them."
+        c = self.config
+        head = (f"judge {self.name} ({self.folder}): {c.description}\nparser {c.parser}, temperature {c.temperature:g}, "
+                f"max_tokens {c.max_tokens}, structured {c.structured}, logprobs {c.logprobs}")
+        return head + (f"\n--- system ---\n{self.system}" if self.system else '') + f"\n--- prompt ---\n{self.prompt}"
+
+# %% ../nbs/04_discrimination.ipynb #3d89e863
+def _judge_folder(name: str) -> Path:
+    "A judge's folder: 'set/judge' in the package, else a folder path."
+    p = Path(name).expanduser()
+    if (p/'config.yaml').exists(): return p
+    q = judges_root()/name
+    if re.fullmatch(r'[\w.-]+/[\w.-]+', name) and (q/'config.yaml').exists(): return q
+    known = ', '.join(f'{s}/{j}' for s, js in judge_sets().items() for j in js)
+    raise LionError(f"no judge {name!r}: neither a shipped judge ({known}) nor a folder with a config.yaml")
+
+def load_judge(name: str) -> Judge:
+    "The judge `name` ('set/judge', or a folder holding config.yaml and its prompt files)."
+    folder = _judge_folder(name)
+    path = folder/'config.yaml'
+    try: raw = yaml.safe_load(path.read_text(encoding='utf-8'))
+    except yaml.YAMLError as e:
+        raise InputError(path, getattr(getattr(e, 'problem_mark', None), 'line', -1) + 1 or None, f"not valid YAML: {e}")
+    try: cfg = JudgeConfig.model_validate(raw if isinstance(raw, dict) else {})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise InputError(path, None, f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}")
+    needs = _needs(cfg.parser)
+    return Judge(name=name, folder=folder, config=cfg, system=_template(folder, cfg.system),
+                 prompt=_template(folder, cfg.prompt, needs), prompt_structured=_template(folder, cfg.prompt_structured, needs))
+
+def judge_for(cfg: Optional[Config], role: str) -> Judge:
+    "The judge a run configuration names for `role` (its `judges` entry, else `<judge_set>/<role>`)."
+    if role not in JUDGE_ROLES: raise LionError(f"no judging role {role!r}; roles are {', '.join(JUDGE_ROLES)}")
+    if cfg is None: return load_judge(f'lion_nb/{role}')
+    return load_judge(cfg.judges.get(role) or f'{cfg.judge_set}/{role}')
+
+def for_category(judge: Judge, category: Optional[str]) -> Judge:
+    "The sibling judge the judge's `by_category` names for `category`, else the judge itself."
+    other = judge.config.by_category.get(category or '')
+    if not other: return judge
+    return load_judge(str(Path(judge.name).parent/other))       # 'lion/review' -> 'lion/review_math'; folders alike
+
+# %% ../nbs/04_discrimination.ipynb #83d7f73a
 ORDERS = ('teacher_first', 'student_first')
 SCORE_MIN, SCORE_MAX = 1.0, 10.0
 
-REFEREE_SYSTEM = ("You are an impartial referee. You compare two AI assistants' answers to the same user request "
-                  "and score each answer on its merits.")
-
-_CRITERIA = """\
-Judge the two answers on helpfulness, relevance, accuracy and level of detail.
-- The answers are shown in an arbitrary order. The order must not influence you.
-- Length is no merit in itself: a longer answer is better only where what it adds is correct and useful.
-- Score each answer from 1 (useless or wrong) to 10 (excellent). Equal scores are allowed."""
-
-REFEREE_TASK = _CRITERIA + """
-
-First write a brief explanation comparing the two answers. Then end your reply with exactly these two lines, \
-and nothing after them:
-Assistant 1: <score>
-Assistant 2: <score>"""
-
-REFEREE_TASK_JSON = _CRITERIA + """
-
-Reply with one JSON object: first "reasoning" (your brief explanation comparing the two answers), then \
-"assistant_1" and "assistant_2" (the two scores, whole numbers from 1 to 10)."""
-
-def referee_messages(instruction: str, input: str, answer_1: str, answer_2: str, structured: bool = False) -> list[dict]:
-    "The chat messages asking the referee to score `answer_1` (shown first) and `answer_2` (shown second)."
-    user = (f"Here is a user's request and two answers to it.\n\n<request>\n{user_message(instruction, input)}\n</request>\n\n"
-            f"<assistant_1_answer>\n{answer_1.strip()}\n</assistant_1_answer>\n\n"
-            f"<assistant_2_answer>\n{answer_2.strip()}\n</assistant_2_answer>\n\n"
-            + (REFEREE_TASK_JSON if structured else REFEREE_TASK))
-    return [{'role': 'system', 'content': REFEREE_SYSTEM}, {'role': 'user', 'content': user}]
+def referee_messages(instruction: str, input: str, answer_1: str, answer_2: str, structured: bool = False,
+                     judge: Optional[Judge] = None) -> list[dict]:
+    "The chat messages asking the referee `judge` to score `answer_1` (shown first) and `answer_2` (shown second)."
+    judge = judge or load_judge('lion_nb/referee')
+    return judge.messages(structured, question=user_message(instruction, input), answer_1=answer_1.strip(),
+                          answer_2=answer_2.strip())
 
 # %% ../nbs/04_discrimination.ipynb #03cbffb3
 def _schema(name: str, props: dict) -> dict:
@@ -139,26 +246,32 @@ def _json_scores(text: str) -> Optional[tuple[float, float]]:
 
 # %% ../nbs/04_discrimination.ipynb #292c13dc
 _LABEL = re.compile(
-    r"\b(?:assistant|answer|response)\s*(?:#|no\.?)?\s*([12])\b(?:'s)?"
-    r"(?:[\s:=|,()\[\]]|[\-–—](?!\d)|\b(?:final|overall|total|scores?|scored|rating|rated|gets|got|receives|deserves|earns|is|a|of|answer|response)\b)*",
+    r"\b(?:assistant|answer|response)[ \t]*(?:#|no\.?)?[ \t]*([12])\b(?:'s)?"
+    r"(?:[ \t:=|,()\[\]]|[\-–—](?!\d)|\b(?:final|overall|total|scores?|scored|rating|rated|gets|got|receives|deserves|earns|is|a|of|answer|response)\b)*",
     re.I)
 _AFTER_OK = re.compile(r"\s*(?:$|[.,;:)(|\-–—]|\b(?:points?|because|since|as|for|due|and|while|whereas|but)\b)", re.I)
+_PARTIAL = re.compile(r"\s*points?\s+(?:for|in|on|lower|higher|more|less|fewer|behind|ahead|above|below|better|worse)\b", re.I)
+_SCORE_TO = re.compile(r"\b(?:score|rating)\s+of\s+(-)?(\d+(?:\.\d+)?)(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?\s+(?:to|for)\s+"
+                       r"(?:the\s+)?(?:assistant|answer|response)[ \t]*([12])\b", re.I)
 
 def _labelled_scores(text: str) -> dict:
-    "{'1': score, '2': score} from labelled scores (the last per label); a bad labelled score is an error."
+    """{'1': [scores], '2': [scores]}: every labelled score in prose, in order ("Assistant 1 receives a 7").
+    A label's number counts only where what follows cannot make it something else: "Assistant 1 has 3 errors",
+    "Assistant 2 is 2 points lower" and "Answer 1 scored 3 points for accuracy" (a partial score) are no scores.
+    A bad labelled score (a range, off the scale) is an error."""
     found = {}
     for m in _LABEL.finditer(text):
         tok = _TOKEN.match(text, m.end())
         if not tok: continue
         rest = text[tok.end():].split('\n', 1)[0]
         if re.match(r'\s*(?:-|–|—|~|\bto\b|\bor\b)\s*-?\d', rest, re.I):
-            found[m.group(1)] = ScoreParseError(f"a range, not a score, for Assistant {m.group(1)}: {text[m.start():tok.end()] + rest!r}")
-            continue
-        if not _AFTER_OK.match(rest): continue
-        try: found[m.group(1)] = _to_score(*tok.groups())
-        except ScoreParseError as e: found[m.group(1)] = e
-    for k, v in found.items():
-        if isinstance(v, ScoreParseError): raise ScoreParseError(f"Assistant {k}: {v}")
+            raise ScoreParseError(f"Assistant {m.group(1)}: a range, not a score: {text[m.start():tok.end()] + rest!r}")
+        if not _AFTER_OK.match(rest) or _PARTIAL.match(rest): continue
+        try: found.setdefault(m.group(1), []).append(_to_score(*tok.groups()))
+        except ScoreParseError as e: raise ScoreParseError(f"Assistant {m.group(1)}: {e}") from None
+    for m in _SCORE_TO.finditer(text):                   # "a score of 5 to Assistant 1"
+        try: found.setdefault(m.group(4), []).append(_to_score(*m.groups()[:3]))
+        except ScoreParseError as e: raise ScoreParseError(f"Assistant {m.group(4)}: {e}") from None
     return found
 
 # %% ../nbs/04_discrimination.ipynb #38e230f9
@@ -185,46 +298,124 @@ def _table_scores(text: str) -> Optional[tuple[float, float]]:
     return None
 
 # %% ../nbs/04_discrimination.ipynb #4d0d5a2f
-_SCORE_WORDS = re.compile(r'\b(?:final|overall|total|scores?|ratings?|and|vs|versus|respectively|are|is|my|the)\b', re.I)
+_SCORE_WORDS = re.compile(r'\b(?:final|overall|total|scores?|ratings?|and|vs|versus|respectively|are|is|my|the|of|for)\b',
+                          re.I)
+_LINE_LABEL = re.compile(r"\b(?:score\s+(?:of|for)\s+(?:the\s+)?)?(?:assistant|answer|response)[ \t]*(?:#|no\.?)?[ \t]*"
+                         r"([12])\b(?:'s)?", re.I)
+_MARKS = {'\x01': '1', '\x02': '2'}
+_TAIL = re.compile(r'\bscores?\s*[:=]', re.I)
 
-def _score_line(line: str) -> Optional[list]:
-    "The score tokens of a line that holds nothing but scores and score words, else None."
-    if _RANGE.search(line): return None
-    rest = _SCORE_WORDS.sub(' ', _TOKEN.sub(' ', line))
-    if re.sub(r'[\s:=|,;.()\[\]\-–—]+', '', rest): return None
-    return _TOKEN.findall(line)
+def _pure_scores(part: str) -> Optional[list]:
+    "[(label, token), ...] of a text holding nothing but scores, 'Assistant N' labels and score words, else None."
+    masked = _LINE_LABEL.sub(lambda m: ' \x01 ' if m.group(1) == '1' else ' \x02 ', part)
+    if _RANGE.search(masked): return None
+    rest = _SCORE_WORDS.sub(' ', _TOKEN.sub(' ', masked))
+    if re.sub(r'[\s:=|,;.()\[\]\-–—\x01\x02]+', '', rest): return None
+    marks = [(m.start(), _MARKS[m.group(0)]) for m in re.finditer('[\x01\x02]', masked)]
+    toks = [(m.start(), m.groups()) for m in _TOKEN.finditer(masked)]
+    out, label = [], None
+    for _, x in sorted(marks + toks, key=lambda p: p[0]):
+        if isinstance(x, str): label = x
+        else: out.append((label, x))
+    labels = [lab for lab, _ in out if lab]
+    return out if len(labels) == len(set(labels)) else None     # "Assistant 1: 8 9" is no score line
 
-def _bare_scores(lines: list[str]) -> tuple[float, float]:
-    "Scores from the closing line(s): two scores on the last line, or one on each of the last two."
-    if not lines: raise ScoreParseError("the reply is empty")
-    last = _score_line(lines[-1])
-    if last is None: raise ScoreParseError(f"no scores at the end of the reply (last line: {lines[-1][:80]!r})")
-    if len(last) == 2: return _to_score(*last[0]), _to_score(*last[1])
-    if len(last) > 2: raise ScoreParseError(f"{len(last)} numbers on the last line, expected 2: {lines[-1][:80]!r}")
-    if len(last) == 1:
-        prev = _score_line(lines[-2]) if len(lines) > 1 else None
-        if prev is not None and len(prev) == 1: return _to_score(*prev[0]), _to_score(*last[0])
-        raise ScoreParseError(f"only one score at the end of the reply: {lines[-1][:80]!r}")
-    raise ScoreParseError(f"no scores at the end of the reply (last line: {lines[-1][:80]!r})")
-
-# %% ../nbs/04_discrimination.ipynb #cec0cc5c
-def parse_scores(text: str, finish_reason: Optional[str] = None) -> tuple[float, float]:
-    "The referee's two scores (first shown, second shown) from its reply; `ScoreParseError` when unclear."
-    if text is None or not text.strip(): raise ScoreParseError("the reply is empty")
-    truncated = finish_reason == 'length'
-    got = _json_scores(text)
+def _line_scores(line: str) -> Optional[list]:
+    """The scores of a score line ("7 9", "Assistant 1: 8/10", "Score of the Assistant 2: 6", "Scores: 7, 8"),
+    or of the closing "Scores: 8 6" of a line of prose; None for any other line."""
+    got = _pure_scores(line)
     if got is not None: return got
-    clean = _clean(text)
-    lines = [l.strip() for l in clean.splitlines() if l.strip()]
-    if truncated: lines = lines[:-1]               # the cut line may be half a score
+    tails = list(_TAIL.finditer(line))
+    return _pure_scores(line[tails[-1].end():]) if tails else None
+
+def _pair(items: list) -> Optional[tuple]:
+    "The two score tokens (Assistant 1's, Assistant 2's) of two score items, by their labels or their order."
+    labels = [lab for lab, _ in items]
+    if labels in ([None, None], ['1', '2']): return items[0][1], items[1][1]
+    if labels == ['2', '1']: return items[1][1], items[0][1]
+    return None
+
+# %% ../nbs/04_discrimination.ipynb #a0656569
+def _designated(lines: list[str], first: bool, truncated: bool) -> tuple[Optional[tuple], str]:
+    """The scores on the line(s) the prompt asked for, the first or the last: two scores on that line, or one on it and
+    one on its neighbour. (None, why not) when they are not there; a score line with a bad score is an error."""
+    where = 'first' if first else 'last'
+    order = list(range(len(lines))) if first else list(range(len(lines) - 1, -1, -1))
+    scored = [(i, _line_scores(lines[i])) for i in order]
+    while scored and scored[0][1] == [] and not _LINE_LABEL.search(lines[scored[0][0]]):
+        scored.pop(0)                                  # a bare "Scores:" or "---" at that end
+    if not scored: return None, f"no scores at the {'start' if first else 'end'} of the reply"
+    i, a = scored[0]
+    if a is None or not a: return None, f"no scores on the {where} line of the reply ({lines[i][:80]!r})"
+    if len(a) > 2: raise ScoreParseError(f"{len(a)} numbers on the {where} line, expected 2: {lines[i][:80]!r}")
+    if len(a) == 1:
+        b = scored[1][1] if len(scored) > 1 else None
+        if not b or len(b) != 1: return None, f"only one score on the {where} line of the reply: {lines[i][:80]!r}"
+        a = a + b if first else b + a
+    pair = _pair(a)
+    if pair is None: return None, f"the {where} lines do not label the two scores clearly: {lines[i][:80]!r}"
+    if truncated and all(lab is None for lab, _ in a):
+        return None, "bare numbers in a reply cut at max_tokens are not trusted"
+    return (_to_score(*pair[0]), _to_score(*pair[1])), ''
+
+# %% ../nbs/04_discrimination.ipynb #7cfd4c3b
+_TUPLE = re.compile(r'\b(?:tuple|scores?)\b[^()\n]{0,30}\(\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*\)', re.I)
+
+def _candidates(text: str, lines: list[str]) -> list[tuple[str, tuple]]:
+    """Every clear statement of both scores anywhere in the reply, with where it was found: a JSON object, score
+    lines that label both assistants (unlabelled ones only as the reply's first or last line), a score table, a
+    'tuple (8, 6)'. Labelled numbers in prose are not among them."""
+    out = []
+    js = _json_scores(text)
+    if js is not None: out.append(('JSON', js))
+    ls = [_line_scores(l) for l in lines]
+    for i, a in enumerate(ls):
+        if not a or len(a) > 2: continue
+        end = i
+        if len(a) == 1:
+            if i + 1 >= len(ls) or not ls[i + 1] or len(ls[i + 1]) != 1: continue
+            a, end = a + ls[i + 1], i + 1
+        pair = _pair(a)
+        if pair is None or not (all(lab for lab, _ in a) or i == 0 or end == len(lines) - 1): continue
+        out.append((f'line {i + 1}', (_to_score(*pair[0]), _to_score(*pair[1]))))
     body = '\n'.join(lines)
-    lab = _labelled_scores(body)
-    if set(lab) == {'1', '2'}: return lab['1'], lab['2']
     tab = _table_scores(body)
-    if tab is not None: return tab
+    if tab is not None: out.append(('table', tab))
+    out += [('tuple', (_to_score(None, m.group(1), None), _to_score(None, m.group(2), None))) for m in _TUPLE.finditer(body)]
+    return out
+
+def _fallback(text: str, lines: list[str], truncated: bool, why: str) -> tuple[float, float]:
+    "The scores when the designated line does not hold them: one clear, unanimous statement, else an error."
+    cands = _candidates(text, lines)
+    values = list(dict.fromkeys(v for _, v in cands))
+    if len(values) == 1: return values[0]
+    if values: raise ScoreParseError("conflicting scores: " + '; '.join(f'{a:g} {b:g} ({w})' for w, (a, b) in cands))
+    lab = _labelled_scores('\n'.join(lines))
+    mixed = {k: v for k, v in lab.items() if len(set(v)) > 1}
+    if mixed: raise ScoreParseError("conflicting scores: " + '; '.join(f"Assistant {k}: {' vs '.join(f'{x:g}' for x in v)}"
+                                                                        for k, v in sorted(mixed.items())))
+    if set(lab) == {'1', '2'}: return lab['1'][0], lab['2'][0]
     if truncated: raise ScoreParseError("the reply was cut at max_tokens before both scores were given")
     if lab: raise ScoreParseError(f"a score for Assistant {next(iter(lab))} only")
-    return _bare_scores(lines)
+    raise ScoreParseError(why)
+
+# %% ../nbs/04_discrimination.ipynb #888fb930
+def parse_scores(text: str, finish_reason: Optional[str] = None, parser: str = 'scores_last') -> tuple[float, float]:
+    """The judge's two scores (first shown, second shown) from its reply; `ScoreParseError` when unclear.
+    `parser` is the judge's: 'scores_last' (the prompt asks for the scores at the end), 'scores_first' (on the first
+    line) or 'json' (a JSON object). The line the prompt asked for wins; failing that, the reply must state both scores
+    clearly and only once (the same values wherever they appear); conflicting candidates leave it unparsed."""
+    if parser not in SCORE_PARSERS: raise LionError(f"unknown score parser {parser!r}; parsers are {', '.join(SCORE_PARSERS)}")
+    if text is None or not text.strip(): raise ScoreParseError("the reply is empty")
+    truncated = finish_reason == 'length'
+    if parser == 'json':
+        got = _json_scores(text)
+        if got is not None: return got
+    lines = [l.strip() for l in _clean(text).splitlines() if l.strip()]
+    if truncated: lines = lines[:-1]               # the cut line may be half a score
+    pair, why = _designated(lines, parser == 'scores_first', truncated)
+    if pair is not None: return pair
+    return _fallback(text, lines, truncated, why)
 
 # %% ../nbs/04_discrimination.ipynb #b0d491da
 REPAIR_PROMPT = ("I could not read your scores ({why}). Reply now with only these two lines and nothing else, "
@@ -291,9 +482,13 @@ class Pair:
         if order not in ORDERS: raise ValueError(f"order is one of {ORDERS}, not {order!r}")
         return (self.teacher, self.student) if order == 'teacher_first' else (self.student, self.teacher)
 
+def sampling_setting(cfg: Config, name: str, judge_value):
+    "A judge's own sampling value, unless the run configuration sets `sampling.<name>` explicitly (an override)."
+    return getattr(cfg.sampling, name) if name in cfg.sampling.model_fields_set else judge_value
+
 @dataclass
 class RefereeSettings:
-    "How the referee is called: sampling, seeds, repairs and structured output."
+    "How the referee is called: its judge (prompt, parser), sampling, seeds, repairs and structured output."
     temperature: float = 0.2
     max_tokens: int = 512
     seed: int = 0
@@ -302,14 +497,20 @@ class RefereeSettings:
     model: str = ''
     iteration: int = 0
     stage: str = 'discrimination'
+    judge: Optional[Judge] = None          # None: lion_nb/referee
+
+    def __post_init__(self):
+        if self.judge is None: self.judge = load_judge('lion_nb/referee')
 
     @classmethod
     def from_config(cls, cfg: Config, iteration: int = 0, stage: str = 'discrimination') -> 'RefereeSettings':
-        "The referee settings of a run configuration."
-        spec = cfg.model_for('referee')
-        return cls(temperature=cfg.sampling.referee_temperature, max_tokens=cfg.sampling.referee_max_tokens, seed=cfg.seed,
-                   repair_retries=cfg.sampling.repair_retries, structured=spec.structured_output, model=spec.model,
-                   iteration=iteration, stage=stage)
+        """The referee settings of a run configuration: the `referee` judge's temperature and max_tokens, unless
+        `sampling.referee_temperature` / `referee_max_tokens` are set explicitly."""
+        spec, judge = cfg.model_for('referee'), judge_for(cfg, 'referee')
+        return cls(temperature=sampling_setting(cfg, 'referee_temperature', judge.config.temperature),
+                   max_tokens=sampling_setting(cfg, 'referee_max_tokens', judge.config.max_tokens), seed=cfg.seed,
+                   repair_retries=cfg.sampling.repair_retries, structured=judge.wants_structured(spec.structured_output),
+                   model=spec.model, iteration=iteration, stage=stage, judge=judge)
 
 REQUEST_FAILED = 'referee request failed'
 
@@ -331,7 +532,8 @@ def review_pairs(pairs: Sequence[Pair], client, settings: RefereeSettings, log_p
     "Review every pair in both orders with `client`; return {(id, order): Review}. Resumes from `log_path`."
     from lion_nb.llm import ChatRequest
     log_path = Path(log_path); calls_path = Path(calls_path) if calls_path else log_path.with_name('referee_calls.jsonl')
-    first = {(p.id, o): referee_messages(p.instruction, p.input, *p.shown(o), settings.structured) for p in pairs for o in ORDERS}
+    first = {(p.id, o): referee_messages(p.instruction, p.input, *p.shown(o), settings.structured, settings.judge)
+             for p in pairs for o in ORDERS}
     fps = {k: _fingerprint(m) for k, m in first.items()}
     logged_fp = {(c['id'], c['order']): c.get('fingerprint') for c in read_log(calls_path)}
     have = {k: r for k, r in _latest(read_log(log_path, Review)).items()
@@ -347,7 +549,8 @@ def review_pairs(pairs: Sequence[Pair], client, settings: RefereeSettings, log_p
             fmt = (referee_response_format() if attempt == 0 else repair_response_format()) if settings.structured else None
             reqs = [ChatRequest(key=f'referee:{p.id}:{o}:{attempt}', messages=msgs, temperature=settings.temperature,
                                 max_tokens=settings.max_tokens if attempt == 0 else min(REPAIR_MAX_TOKENS, settings.max_tokens),
-                                seed=derive_seed(settings.seed, 'referee', p.id, o, attempt), response_format=fmt)
+                                seed=derive_seed(settings.seed, 'referee', p.id, o, attempt), response_format=fmt,
+                                extra=settings.judge.extra())
                     for p, o, msgs, _ in active]
             if progress: progress(f"referee round {attempt}: {len(reqs)} request(s)")
             results = client.run(reqs, desc=f'referee (round {attempt})')
@@ -363,7 +566,7 @@ def review_pairs(pairs: Sequence[Pair], client, settings: RefereeSettings, log_p
                 text = res.text or ''
                 all_texts = texts + [text if attempt == 0 else f"[scores given on repair request {attempt}]\n{text}"]
                 try:
-                    scores = parse_scores(text, res.finish_reason)
+                    scores = parse_scores(text, res.finish_reason, 'json' if settings.structured else settings.judge.parser)
                 except ScoreParseError as e:
                     calls.append({**call, 'outcome': 'unparsed', 'error': str(e), 'text': text})
                     if attempt < settings.repair_retries:
@@ -553,6 +756,13 @@ def referee_and_split(pool: Sequence[Instruction], teacher: Sequence[Answer], st
     return summary
 
 # %% ../nbs/04_discrimination.ipynb #f44ef3d0
+def discrimination_seed(cfg: Config) -> int:
+    """The seed of discrimination's teacher (and student) answers: imitation's (`cfg.seed`) when reusing its answers,
+    else one of discrimination's own. It does not change with the iteration: an instruction kept in the Cache Pool is
+    answered by the teacher once, and later iterations read that answer from the cache."""
+    return cfg.seed if cfg.sampling.reuse_imitation_answers else derive_seed(cfg.seed, 'discrimination')
+
+# %% ../nbs/04_discrimination.ipynb #e16651a1
 def latest_student(cfg: Config, run: RunDir, k: int) -> tuple[ModelSpec, str]:
     "The student spec to use in iteration `k`: the newest trained checkpoint up to `k`, else the configured student."
     for j in range(k, 0, -1):
@@ -576,15 +786,19 @@ def run_discrimination(cfg: Config, run_dir, iteration: int, progress=print) -> 
     if progress: progress(f"iteration {k}: {len(pool)} Cache Pool instructions")
     teacher = run_client(cfg, run, 'teacher', **common)
     t_ans = answer_pool(pool, teacher, out/'answers_teacher.jsonl', role='teacher', temperature=s.teacher_temperature,
-                        max_tokens=s.max_new_tokens, seed=cfg.seed, iteration=k, stage='discrimination')
+                        max_tokens=s.max_new_tokens, seed=discrimination_seed(cfg), iteration=k,
+                        stage='discrimination')
     sspec, which = latest_student(cfg, run, k)
     if progress: progress(f"student: {which}")
     student = run_client(cfg, run, 'student', spec=sspec, **common)
     s_ans = answer_pool(pool, student, out/'answers_student.jsonl', role='student', temperature=s.student_temperature,
-                        max_tokens=s.max_new_tokens, seed=cfg.seed, iteration=k, stage='discrimination')
+                        max_tokens=s.max_new_tokens, seed=discrimination_seed(cfg), iteration=k,
+                        stage='discrimination')
     del student   # a local student's weights can go before the referee starts
     referee = run_client(cfg, run, 'referee', **common)
-    summary = referee_and_split(pool, t_ans, s_ans, referee, RefereeSettings.from_config(cfg, k), out, cfg.loop.tau, progress=progress)
+    settings = RefereeSettings.from_config(cfg, k)
+    if progress: progress(settings.judge.describe())
+    summary = referee_and_split(pool, t_ans, s_ans, referee, settings, out, cfg.loop.tau, progress=progress)
     summary.update(iteration=k, student=which, teacher=cfg.model_for('teacher').model)
     write_json(out/'summary.json', summary)
     run.mark_done(k, 'discrimination', hard=summary['hard'], easy=summary['easy'], unscored=summary['unscored'],

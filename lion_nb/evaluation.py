@@ -12,20 +12,21 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from .discrimination import ScoreParseError, parse_scores
+from .discrimination import Judge, ScoreParseError, for_category, judge_for, load_judge, parse_scores
+from .stats import Interval, mean_ci, ratio_ci, stratified_mean_ci
 from .core import (Answer, Config, InputError, Instruction, LionError, ModelSpec, RunDir, derive_seed,
                           iter_jsonl, load_config, read_json, read_log, write_json, write_jsonl)
 
 # %% auto #0
-__all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'SCORE_SYSTEM', 'SCORE_TEMPLATE', 'PAIR_SYSTEM',
-           'PAIR_TEMPLATE', 'LENGTH_BUCKETS', 'HISTORY_METRICS', 'bbh_tasks_present', 'load_eval_set', 'as_instruction',
-           'sample_items', 'extract_choice', 'extract_free', 'option_map', 'score_reasoning', 'parse_pair_verdict',
-           'word_len', 'make_verdict', 'position_stats', 'relative_scores', 'combine_orders', 'win_tie_lose',
-           'fit_length_logit', 'length_view', 'model_spec', 'spec_summary', 'answer_items', 'judge_messages',
-           'judge_jobs', 'run_judge', 'reasoning_metrics', 'plot_relative_scores', 'plot_win_tie_lose',
-           'plot_reasoning', 'headline', 'metrics_history', 'plot_runs', 'plot_history', 'trained_student',
-           'default_models', 'run_evaluation', 'write_plots', 'summary_table', 'category_table', 'wtl_table',
-           'reasoning_table', 'closing_note', 'evaluate_cli']
+__all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'BBH_FREE_FORM', 'BBH_23', 'LENGTH_BUCKETS',
+           'HISTORY_METRICS', 'bbh_tasks_present', 'load_eval_set', 'as_instruction', 'sample_items', 'extract_choice',
+           'extract_free', 'option_map', 'bbh_official_answer', 'score_bbh', 'score_reasoning', 'parse_pair_verdict',
+           'word_len', 'make_verdict', 'position_stats', 'item_score_sums', 'relative_interval', 'relative_scores',
+           'combine_orders', 'win_tie_lose', 'fit_length_logit', 'length_view', 'model_spec', 'spec_summary',
+           'answer_items', 'judge_messages', 'judge_jobs', 'run_judge', 'reasoning_metrics', 'plot_relative_scores',
+           'plot_win_tie_lose', 'plot_reasoning', 'headline', 'metrics_history', 'plot_runs', 'plot_history',
+           'trained_student', 'default_models', 'run_evaluation', 'write_plots', 'ci_text', 'summary_table',
+           'category_table', 'wtl_table', 'reasoning_table', 'closing_note', 'evaluate_cli']
 
 # %% ../nbs/06_evaluation.ipynb #93c9c78c
 from . import data as lion_data
@@ -77,6 +78,8 @@ def sample_items(items: list, n: Optional[int], seed: int, name: str) -> list:
 # %% ../nbs/06_evaluation.ipynb #7bd3eb50
 _ANS_STRONG = re.compile(r'(?i:answer)\**\s*(?i:is|:|=)?\s*\**\s*(?i:option\s*|choice\s*)?[:\s]*\**\(?([A-R])\)?\**(?![A-Za-z])')
 _ANS_WEAK = re.compile(r'(?i:correct|right|best)\s+(?i:option|choice)\s*(?i:is|:)?\s*\**\(?([A-R])\)?(?![A-Za-z])')
+_ANS_IS_RIGHT = re.compile(r'(?:(?i:option|choice)\s*)?\(?\b([A-R])\)?\s+(?i:is)\s+(?i:the\s+)?(?i:correct|right|best|true)\b')
+_LEADING = re.compile(r'\s*\**\s*\(?([A-R])(?:\)|\.|:)(?:\s|$)')
 
 def _norm(s: str) -> str:
     s = s.strip().lower().replace('*', '')
@@ -86,12 +89,20 @@ def _norm(s: str) -> str:
     if len(s) > 2 and s[0] in '([' and s[-1] in ')]': s = s[1:-1].strip()
     return s
 
-def extract_choice(text: str, options: dict) -> Optional[str]:
-    "The option letter a reply chose (rules 1-4 above), or None."
-    letters = set(options)
-    for pat in (_ANS_STRONG, _ANS_WEAK):
+def _stated_choice(text: str, letters: set) -> Optional[str]:
+    "The letter of the last explicit statement: 'the answer is (B)', 'the correct option is B', 'Option B is correct'."
+    for pat in (_ANS_STRONG, _ANS_WEAK, _ANS_IS_RIGHT):
         hits = [m.group(1) for m in pat.finditer(text) if m.group(1) in letters]
         if hits: return hits[-1]
+    return None
+
+def extract_choice(text: str, options: dict) -> Optional[str]:
+    "The option letter a reply chose (rules 1-5 above), or None."
+    letters = set(options)
+    if (got := _stated_choice(text, letters)) is not None: return got
+    m = _LEADING.match(text)                                   # "A. Because ...", "(B) two", "C: ..."
+    others = {x for x in re.findall(r'\(([A-R])\)', text) if x in letters} - {m.group(1) if m else None}
+    if m and m.group(1) in letters and not others: return m.group(1)
     m = re.fullmatch(r'\s*\(?([A-R])(?:\)|\.|:|\s|$)(.*)', text.strip(), re.S)
     if m and m.group(1) in letters and len(text.strip()) <= 3 + len(options.get(m.group(1), '')) + 2: return m.group(1)
     low = text.lower()
@@ -103,10 +114,14 @@ def extract_choice(text: str, options: dict) -> Optional[str]:
     if len(paren) == 1: return paren.pop()
     return None
 
+# %% ../nbs/06_evaluation.ipynb #5b12fb37
 _BINARY = {'true', 'false', 'yes', 'no', 'valid', 'invalid'}
+_NUMBER = re.compile(r'-?\d+(?:\.\d+)?')
 
 def extract_free(text: str, target: str = '') -> Optional[str]:
-    "The final answer of a free-form reply (normalised), or None for an empty reply."
+    """The final answer of a free-form reply (normalised), or None for an empty reply. An answer made only of
+    brackets (BBH's dyck_languages: "] ) }") is an answer; for a numeric target the last number of the answer counts
+    ("There are 6 objects." -> "6")."""
     hits = re.findall(r'answer\s*is\s*:?\s*(.+)', text, re.I)
     lines = [l for l in text.strip().splitlines() if l.strip()]
     if hits: ans = hits[-1]
@@ -114,10 +129,12 @@ def extract_free(text: str, target: str = '') -> Optional[str]:
     elif lines: ans = lines[-1]
     else: return None
     ans = _norm(ans)
-    if not re.search(r'\w', ans): return None          # nothing but punctuation: no answer
-    if _norm(target) in _BINARY and ans not in _BINARY:
+    if not re.search(r'[\w()\[\]{}<>]', ans): return None       # nothing but punctuation: no answer
+    gold = _norm(target)
+    if gold in _BINARY and ans not in _BINARY:
         words = [w for w in re.findall(r'[a-z]+', ans) if w in _BINARY]
         if words: ans = words[-1]
+    if _NUMBER.fullmatch(gold) and not _NUMBER.fullmatch(ans) and (nums := _NUMBER.findall(ans)): ans = nums[-1]
     return ans
 
 def option_map(options: list[str]) -> dict:
@@ -130,51 +147,41 @@ def option_map(options: list[str]) -> dict:
         out[L] = (m.group(1) if m else o).strip()
     return out
 
+# %% ../nbs/06_evaluation.ipynb #1c8a2e7b
+BBH_FREE_FORM = ('dyck_languages', 'multistep_arithmetic_two', 'object_counting', 'word_sorting')
+BBH_23 = tuple(t for t in lion_data.BBH_TASKS if t not in BBH_FREE_FORM)   # the subset Orca (and Lion) report
+_SO = 'So the answer is'
+
+def bbh_official_answer(text: str) -> str:
+    """A reply's answer as BBH's official evaluation reads it: the text after the last "So the answer is" (chain of
+    thought), else the whole reply (direct); its first line, stripped, without a final period."""
+    i = text.rfind(_SO)
+    ans = (text[i + len(_SO):] if i >= 0 else text).strip().split('\n')[0].strip()
+    return ans[:-1].rstrip() if ans.endswith('.') else ans
+
+def score_bbh(item: ReasoningItem, text: str) -> tuple[Optional[str], bool]:
+    """(prediction, correct) for a BBH reply. The official exact match first (target "(A)", "True", "] ) }").
+    A reply without "So the answer is" that misses it (a zero-shot model rarely says "So the answer is") is read as
+    the other sets are: a short one (up to 3 lines) with every rule, a longer one only by an explicit statement."""
+    gold = f'({item.answer})' if item.kind == 'mc' else item.answer.strip()
+    pred = bbh_official_answer(text)
+    if pred == gold or _SO in text: return pred or None, pred == gold
+    short = len([l for l in text.splitlines() if l.strip()]) <= 3
+    if item.kind == 'mc':
+        opts = option_map(item.options)
+        got = extract_choice(text, opts) if short else _stated_choice(text, set(opts))
+        return got, got == item.answer.strip()
+    got = extract_free(text, item.answer) if short or re.search(r'answer\s*is', text, re.I) else None
+    return got, got is not None and got == _norm(item.answer)
+
 def score_reasoning(item: ReasoningItem, text: str) -> tuple[Optional[str], bool]:
     "(prediction, correct) for one reply; a None prediction is wrong."
+    if item.benchmark == 'bbh': return score_bbh(item, text)
     if item.kind == 'mc': pred, gold = extract_choice(text, option_map(item.options)), item.answer.strip().strip('()')
     else: pred, gold = extract_free(text, item.answer), _norm(item.answer)
     return pred, pred is not None and pred == gold
 
 # %% ../nbs/06_evaluation.ipynb #e078c6c6
-SCORE_SYSTEM = "You are a careful, impartial judge of AI assistants' answers."
-SCORE_TEMPLATE = """Here is a question and two answers to it.
-
-[Question]
-{question}
-
-[Answer 1]
-{first}
-[End of Answer 1]
-
-[Answer 2]
-{second}
-[End of Answer 2]
-
-Rate each answer's helpfulness, relevance, accuracy and level of detail on a scale of 1 to 10 (10 is best).
-Do not let the order of the answers or their length sway you. First explain your assessment in a few
-sentences. Then write the last line in exactly this form:
-Scores: <score of Answer 1> <score of Answer 2>"""
-
-PAIR_SYSTEM = "You are an impartial judge of AI assistants. You judge by three criteria: helpful, honest and harmless."
-PAIR_TEMPLATE = """A user gave this instruction to two AI assistants.
-
-[Instruction]
-{question}
-
-[Response A]
-{first}
-[End of Response A]
-
-[Response B]
-{second}
-[End of Response B]
-
-Which response is better? A better response is more helpful (it follows the instruction and solves the
-task), more honest (accurate, no invented facts) and harmless. The order of the responses and their length
-must not matter. Explain briefly, then end with your verdict: [[A]] if Response A is better, [[B]] if
-Response B is better, or [[C]] for a tie."""
-
 def parse_pair_verdict(text: str) -> Optional[str]:
     "'first', 'second' or 'tie' from a pairwise verdict ([[A]]/[[B]]/[[C]] or 'Verdict: A'); None when unreadable."
     if not text: return None
@@ -190,14 +197,14 @@ def word_len(text: str) -> int:
     return len((text or '').split())
 
 def make_verdict(kind: str, order: str, text: Optional[str], *, status: str = 'done', error: Optional[str] = None,
-                 finish_reason: Optional[str] = None, **meta) -> dict:
+                 finish_reason: Optional[str] = None, parser: str = 'scores_last', **meta) -> dict:
     "One verdict record from a judge reply (`kind` 'score' or 'pair', `order` 'cand_first' or 'opp_first')."
     v = dict(meta, kind=kind, order=order, text=text or '', status=status)
     if status != 'done':
         v['error'] = error or 'the judge call failed'; return v
     cand_first = order == 'cand_first'
     if kind == 'score':
-        try: pair = parse_scores(text, finish_reason)
+        try: pair = parse_scores(text, finish_reason, parser)
         except ScoreParseError as e: return dict(v, status='unscored', error=str(e))
         c, o = pair if cand_first else pair[::-1]
         return dict(v, cand_score=c, opp_score=o, outcome='win' if c > o else 'lose' if c < o else 'tie')
@@ -222,8 +229,22 @@ def position_stats(verdicts: list[dict]) -> dict:
     return {'pairs_read': len(both), 'position_consistency': round(agree / len(both), 4) if both else None,
             'first_position_win_rate': round(first_won / len(decisive), 4) if decisive else None}
 
+def item_score_sums(verdicts: list[dict]) -> dict:
+    "Per item id: (candidate's, reference's) score summed over its read reviews: the units a bootstrap resamples."
+    sums = defaultdict(lambda: [0.0, 0.0])
+    for v in verdicts:
+        if v['status'] == 'done':
+            sums[v['id']][0] += v['cand_score']
+            sums[v['id']][1] += v['opp_score']
+    return {i: tuple(s) for i, s in sums.items()}
+
+def relative_interval(verdicts: list[dict]) -> dict:
+    "95% bootstrap interval over items of the relative score (the items' two orders stay together)."
+    sums = list(item_score_sums(verdicts).values())
+    return ratio_ci([c for c, _ in sums], [o for _, o in sums]).as_dict() if sums else Interval(None, None, None).as_dict()
+
 def relative_scores(verdicts: list[dict]) -> dict:
-    "Relative score (candidate / reference x 100) overall and per category, from 'score' verdicts."
+    "Relative score (candidate / reference x 100) overall and per category with intervals, from 'score' verdicts."
     done = [v for v in verdicts if v['status'] == 'done']
     def ratio(vs):
         ref = sum(v['opp_score'] for v in vs)
@@ -231,6 +252,8 @@ def relative_scores(verdicts: list[dict]) -> dict:
     cats = defaultdict(list)
     for v in done: cats[v.get('category') or 'all'].append(v)
     return {'relative_score': ratio(done), 'per_category': {c: ratio(vs) for c, vs in sorted(cats.items())},
+            'interval': relative_interval(done),
+            'per_category_interval': {c: relative_interval(vs) for c, vs in sorted(cats.items())},
             'candidate_total': sum(v['cand_score'] for v in done), 'reference_total': sum(v['opp_score'] for v in done),
             'items': len({v['id'] for v in verdicts}), 'reviews_scored': len(done),
             'unscored': sum(v['status'] == 'unscored' for v in verdicts), 'failed': sum(v['status'] == 'failed' for v in verdicts),
@@ -259,6 +282,8 @@ def win_tie_lose(verdicts: list[dict]) -> dict:
     for i, r in res.items():
         if r: per[cat[i]].append(r)
     out = _wtl([r for r in res.values() if r])
+    prefs = [{'win': 1.0, 'tie': 0.5, 'lose': 0.0}[r] for r in res.values() if r]
+    out['win_rate_interval'] = mean_ci(prefs).as_dict(digits=4) if prefs else Interval(None, None, None).as_dict()
     out['unscored_items'] = sum(r is None for r in res.values())
     out['unscored'] = sum(v['status'] == 'unscored' for v in verdicts)
     out['failed'] = sum(v['status'] == 'failed' for v in verdicts)
@@ -329,13 +354,13 @@ def answer_items(label: str, spec: ModelSpec, items: list[Instruction], out_path
         if callable(close): close()
     return {a.id: a for a in answers}
 
-def judge_messages(kind: str, question: str, first: str, second: str) -> list[dict]:
-    "The chat messages of one judge pass."
-    system, template = (SCORE_SYSTEM, SCORE_TEMPLATE) if kind == 'score' else (PAIR_SYSTEM, PAIR_TEMPLATE)
-    return [{'role': 'system', 'content': system},
-            {'role': 'user', 'content': template.format(question=question, first=first, second=second)}]
+def judge_messages(kind: str, question: str, first: str, second: str, judge: Optional[Judge] = None) -> list[dict]:
+    "The chat messages of one judge pass (`judge` default: lion_nb's review judge for 'score', pairwise for 'pair')."
+    judge = judge or load_judge('lion_nb/review' if kind == 'score' else 'lion_nb/pairwise')
+    return judge.messages(question=question, answer_1=first, answer_2=second)
 
-def judge_jobs(set_name: str, kind: str, items: list[Instruction], cand: str, cand_ans: dict, opp: str, opp_ans: dict) -> list[dict]:
+def judge_jobs(set_name: str, kind: str, items: list[Instruction], cand: str, cand_ans: dict, opp: str, opp_ans: dict,
+               judge: Optional[Judge] = None) -> list[dict]:
     "The judge passes for one candidate on one set: two orders per item whose two answers both exist."
     from lion_nb.core import user_message
     jobs = []
@@ -346,34 +371,45 @@ def judge_jobs(set_name: str, kind: str, items: list[Instruction], cand: str, ca
             jobs += [dict(meta, order=o, missing=True) for o in ('cand_first', 'opp_first')]; continue
         meta.update(cand_len=word_len(a.output), opp_len=word_len(b.output))
         q = user_message(it.instruction, it.input)
-        jobs.append(dict(meta, order='cand_first', messages=judge_messages(kind, q, a.output, b.output)))
-        jobs.append(dict(meta, order='opp_first', messages=judge_messages(kind, q, b.output, a.output)))
+        j = for_category(judge, it.category) if judge else None
+        jobs.append(dict(meta, order='cand_first', messages=judge_messages(kind, q, a.output, b.output, j), judge=j))
+        jobs.append(dict(meta, order='opp_first', messages=judge_messages(kind, q, b.output, a.output, j), judge=j))
     return jobs
+
+def _judge_request(llm, key: str, j: dict, max_tokens: int, seed: int):
+    "The request of one judge pass: its judge's temperature and max_tokens (else greedy, `max_tokens`)."
+    jd = j.get('judge')
+    if jd is None: return llm.ChatRequest(key=key, messages=j['messages'], temperature=0.0, max_tokens=max_tokens, seed=seed)
+    return llm.ChatRequest(key=key, messages=j['messages'], temperature=jd.config.temperature,
+                           max_tokens=jd.config.max_tokens, seed=seed, extra=jd.extra())
 
 def run_judge(jobs: list[dict], kinds: dict, client, *, max_tokens: int, seed: int, log_path=None) -> list[dict]:
     "Run the judge passes in `jobs` through `client`; return one verdict per job (missing answers -> 'failed')."
     llm = _llm()
     key = lambda j: f"{j['set']}|{j['candidate']}|{j['opponent']}|{j['id']}|{j['order']}"
     todo = [j for j in jobs if not j.get('missing')]
-    reqs = [llm.ChatRequest(key=key(j), messages=j['messages'], temperature=0.0, max_tokens=max_tokens, seed=seed) for j in todo]
+    reqs = [_judge_request(llm, key(j), j, max_tokens, seed) for j in todo]
     results = {r.key: r for r in client.run(reqs, desc='judge')} if reqs else {}
     out = []
     for j in jobs:
-        meta = {k: v for k, v in j.items() if k not in ('messages', 'missing')}
+        meta = {k: v for k, v in j.items() if k not in ('messages', 'missing', 'judge', 'order')}
+        if j.get('judge') is not None: meta['judge'] = j['judge'].name
         kind = kinds[j['set']]
         if j.get('missing'):
-            out.append(make_verdict(kind, j['order'], None, status='failed', error='an answer is missing or failed', **{k: v for k, v in meta.items() if k != 'order'}))
+            out.append(make_verdict(kind, j['order'], None, status='failed', error='an answer is missing or failed', **meta))
             continue
         r = results[key(j)]
         ok = r.status == 'done'
+        parser = j['judge'].parser if j.get('judge') is not None and kind == 'score' else 'scores_last'
         out.append(make_verdict(kind, j['order'], r.text if ok else None, status='done' if ok else 'failed',
-                                error=None if ok else r.error, finish_reason=r.finish_reason, **{k: v for k, v in meta.items() if k != 'order'}))
+                                error=None if ok else r.error, finish_reason=r.finish_reason, parser=parser, **meta))
     if log_path is not None: write_jsonl(log_path, out)
     return out
 
 # %% ../nbs/06_evaluation.ipynb #5c0ac8d1
 def reasoning_metrics(items: list[ReasoningItem], answers: dict) -> dict:
-    "Accuracy (%) per task for each reasoning set, the unweighted average over all tasks, and unextracted counts."
+    """Accuracy (%) per task for each reasoning set, each set's unweighted average over its tasks (AGIEval and BBH
+    apart: never pooled), BBH's average over the 23 tasks Orca and Lion report, and unextracted counts."""
     per = defaultdict(lambda: defaultdict(list)); unext = Counter(); failed = Counter()
     for it in items:
         a = answers.get(it.id)
@@ -385,10 +421,13 @@ def reasoning_metrics(items: list[ReasoningItem], answers: dict) -> dict:
     out = {}
     for s in REASONING_SETS:
         if s in per: out[s] = {t: round(100 * sum(v) / len(v), 2) for t, v in sorted(per[s].items())}
-    accs = [a for s in out for a in out[s].values()]
-    out['average'] = round(sum(accs) / len(accs), 2) if accs else None
     for s in list(per):
         out[f'{s}_average'] = round(sum(out[s].values()) / len(out[s]), 2)
+    sub = [a for t, a in out.get('bbh', {}).items() if t in BBH_23]
+    if sub: out['bbh_23_average'] = round(sum(sub) / len(sub), 2)
+    out['intervals'] = {f'{s}_average': stratified_mean_ci(per[s], scale=100).as_dict() for s in per}
+    if sub: out['intervals']['bbh_23_average'] = stratified_mean_ci(
+        {t: v for t, v in per['bbh'].items() if t in BBH_23}, scale=100).as_dict()
     out['unextracted'] = dict(unext); out['failed'] = dict(failed)
     out['items'] = {s: sum(len(v) for v in per[s].values()) for s in per}
     return out
@@ -407,6 +446,12 @@ def _save(fig, path) -> Path:
     _plt().close(fig)
     return path
 
+def _bar_err(vals: list, ivs: list) -> np.ndarray:
+    "Error bars (below, above) of bar values from their interval dicts; 0 where there is no interval."
+    below = [max(0, v - iv['lo']) if v is not None and iv and iv.get('lo') is not None else 0 for v, iv in zip(vals, ivs)]
+    above = [max(0, iv['hi'] - v) if v is not None and iv and iv.get('hi') is not None else 0 for v, iv in zip(vals, ivs)]
+    return np.array([below, above])
+
 def plot_relative_scores(metrics: dict, path, set_name: Optional[str] = None) -> Optional[Path]:
     "Bars of relative score (%) per category, one bar group per category and one bar per candidate model."
     plt = _plt()
@@ -419,7 +464,9 @@ def plot_relative_scores(metrics: dict, path, set_name: Optional[str] = None) ->
     w = 0.8 / len(rows)
     for i, (lab, r) in enumerate(rows.items()):
         vals = [r['relative_score']] + [r['per_category'].get(c) for c in cats]
-        ax.bar([x + i * w for x in range(len(cats_all))], [v if v is not None else 0 for v in vals], w, label=lab)
+        ivs = [r.get('interval')] + [(r.get('per_category_interval') or {}).get(c) for c in cats]
+        ax.bar([x + i * w for x in range(len(cats_all))], [v if v is not None else 0 for v in vals], w, label=lab,
+               yerr=_bar_err(vals, ivs), capsize=2)
     ax.axhline(100, color='grey', ls='--', lw=1)
     ax.set_xticks([x + w * (len(rows) - 1) / 2 for x in range(len(cats_all))], cats_all, rotation=30, ha='right')
     ax.set_ylabel(f"% of the reference ({metrics.get('reference', 'teacher')})"); ax.set_title(f'{set_name}: relative score')
@@ -447,21 +494,24 @@ def plot_win_tie_lose(metrics: dict, path) -> Optional[Path]:
 def plot_reasoning(metrics: dict, path) -> Optional[Path]:
     "Accuracy (%) per reasoning task, one bar per model."
     plt = _plt()
-    rows = {lab: m['reasoning'] for lab, m in metrics['models'].items() if m.get('reasoning', {}).get('average') is not None}
+    rows = {lab: m['reasoning'] for lab, m in metrics['models'].items()
+            if any(f'{s}_average' in m.get('reasoning', {}) for s in REASONING_SETS)}
     if not rows: return None
     tasks = sorted({f'{s}/{t}' for r in rows.values() for s in REASONING_SETS for t in r.get(s, {})})
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(tasks) * len(rows) + 2), 4))
     w = 0.8 / len(rows)
     for i, (lab, r) in enumerate(rows.items()):
         vals = [r.get(t.split('/')[0], {}).get(t.split('/', 1)[1], 0) for t in tasks]
-        ax.bar([x + i * w for x in range(len(tasks))], vals, w, label=f"{lab} (avg {r['average']:.1f})")
+        avg = ', '.join(f"{s} {r[s + '_average']:.1f}" for s in REASONING_SETS if s + '_average' in r)
+        ax.bar([x + i * w for x in range(len(tasks))], vals, w, label=f"{lab} ({avg})")
     ax.set_xticks([x + w * (len(rows) - 1) / 2 for x in range(len(tasks))], tasks, rotation=35, ha='right', fontsize=8)
     ax.set_ylabel('accuracy (%)'); ax.set_title('zero-shot reasoning, exact match'); ax.legend(fontsize=8)
     return _save(fig, path)
 
 # %% ../nbs/06_evaluation.ipynb #17c31235
 HISTORY_METRICS = (('relative_score', 'relative score (%)'), ('win_rate', 'win rate vs opponent (ties 1/2)'),
-                   ('lc_win_rate', 'length-controlled win rate'), ('reasoning_average', 'reasoning accuracy (%)'),
+                   ('lc_win_rate', 'length-controlled win rate'), ('agieval_average', 'AGIEval accuracy (%)'),
+                   ('bbh_average', 'BBH accuracy (%, all tasks run)'),
                    ('mean_length', 'mean answer length (words)'))
 
 def headline(m: dict) -> dict:
@@ -469,10 +519,14 @@ def headline(m: dict) -> dict:
     open_set = next((s for s in OPEN_SETS if m.get(s)), None)
     u = m.get('user252') or {}
     lens = m.get('mean_length') or {}
+    r = m.get('reasoning') or {}
+    ivs = {'relative_score': (m[open_set].get('interval') if open_set else None), 'win_rate': u.get('win_rate_interval'),
+           **{k: (r.get('intervals') or {}).get(k) for k in ('agieval_average', 'bbh_average')}}
     return {'relative_score': m[open_set]['relative_score'] if open_set else None,
             'win_rate': u.get('win_rate'), 'lc_win_rate': (u.get('length') or {}).get('lc_win_rate'),
-            'reasoning_average': (m.get('reasoning') or {}).get('average'),
-            'mean_length': round(sum(lens.values()) / len(lens), 1) if lens else None}
+            'agieval_average': r.get('agieval_average'), 'bbh_average': r.get('bbh_average'),
+            'mean_length': round(sum(lens.values()) / len(lens), 1) if lens else None,
+            'intervals': {k: (iv['lo'], iv['hi']) for k, iv in ivs.items() if iv and iv.get('lo') is not None}}
 
 def metrics_history(run_dir) -> list[tuple[int, dict]]:
     "(iteration, headline figures of the final student) for each evaluated iteration; iteration 0 is the base student."
@@ -496,8 +550,11 @@ def plot_runs(run_dirs, path, labels=None) -> Optional[Path]:
     fig, axes = plt.subplots(1, len(shown), figsize=(3.6 * len(shown), 3.2), squeeze=False)
     for ax, (k, title) in zip(axes[0], shown):
         for lab, hs in hists.items():
-            pts = [(i, h[k]) for i, h in hs if h[k] is not None]
-            if pts: ax.plot(*zip(*pts), marker='o', label=lab)
+            pts = [(i, h[k], h.get('intervals', {}).get(k)) for i, h in hs if h[k] is not None]
+            if not pts: continue
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            err = _bar_err(ys, [dict(lo=p[2][0], hi=p[2][1]) if p[2] else None for p in pts])
+            ax.errorbar(xs, ys, yerr=err, marker='o', capsize=3, label=lab)
         ax.set_title(title, fontsize=9); ax.set_xlabel('iteration (0 = base student)')
         ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0][0].legend(fontsize=8)
@@ -559,8 +616,9 @@ def run_evaluation(cfg: Config, run_dir, iteration: int, *, models: Optional[dic
 
     # 2. the judge, both orders, every candidate at once
     kinds = {s: ('score' if s in OPEN_SETS else 'pair') for s in judged}
+    judges = {'score': judge_for(cfg, 'review'), 'pair': judge_for(cfg, 'pairwise')}
     jobs = [j for lab in cands if lab != ref_label for s in judged
-            for j in judge_jobs(s, kinds[s], instr[s], lab, answers[lab], ref_label, answers[ref_label])]
+            for j in judge_jobs(s, kinds[s], instr[s], lab, answers[lab], ref_label, answers[ref_label], judges[kinds[s]])]
     verdicts = []
     if jobs:
         llm = _llm()
@@ -608,6 +666,10 @@ def write_plots(metrics: dict, out_dir, run_dir=None) -> list[Path]:
     return [p for p in made if p]
 
 # %% ../nbs/06_evaluation.ipynb #c7595c73
+def ci_text(iv: Optional[dict]) -> str:
+    "' [lo, hi]' for an interval dict, or '' when there is none."
+    return f" [{iv['lo']:g}, {iv['hi']:g}]" if iv and iv.get('lo') is not None else ''
+
 def summary_table(metrics: dict):
     "A pandas DataFrame: one row per model, the headline figures as columns."
     import pandas as pd
@@ -615,14 +677,16 @@ def summary_table(metrics: dict):
     for lab, m in metrics['models'].items():
         r = {}
         for s in OPEN_SETS:
-            if m.get(s): r[f'{s} rel. score %'] = m[s]['relative_score']
+            if m.get(s):
+                r[f'{s} rel. score %'] = m[s]['relative_score']
+                r[f'{s} 95% CI'] = ci_text(m[s].get('interval')).strip()
         if m.get('user252'):
             u = m['user252']; r.update({'252 win': u['win'], '252 tie': u['tie'], '252 lose': u['lose'],
                                         '252 win rate': u['win_rate'], '252 LC win rate': u['length']['lc_win_rate']})
         rs = m.get('reasoning') or {}
         for s in REASONING_SETS:
             if f'{s}_average' in rs: r[f'{s} acc %'] = rs[f'{s}_average']
-        if rs.get('average') is not None: r['reasoning avg %'] = rs['average']
+        if rs.get('bbh_23_average') is not None: r['bbh-23 acc %'] = rs['bbh_23_average']
         for s, l in (m.get('mean_length') or {}).items(): r[f'len {s}'] = l
         rows[lab] = r
     return pd.DataFrame.from_dict(rows, orient='index')
@@ -649,7 +713,7 @@ def wtl_table(metrics: dict):
     return pd.DataFrame.from_dict(rows, orient='index')
 
 def reasoning_table(metrics: dict):
-    "Accuracy (%) per reasoning task (rows) for every model (columns), with each benchmark's average and the overall one."
+    "Accuracy (%) per reasoning task (rows) for every model (columns), with each benchmark's average (and BBH's 23-task one)."
     import pandas as pd
     cols = {}
     for lab, m in metrics['models'].items():
@@ -657,7 +721,8 @@ def reasoning_table(metrics: dict):
         if not r: continue
         col = {f'{s}/{t}': a for s in REASONING_SETS for t, a in (r.get(s) or {}).items()}
         col.update({f'{s} average': r[f'{s}_average'] for s in REASONING_SETS if f'{s}_average' in r})
-        col['average'] = r['average']; cols[lab] = col
+        if 'bbh_23_average' in r: col['bbh 23-task average'] = r['bbh_23_average']
+        cols[lab] = col
     return pd.DataFrame(cols)
 
 def closing_note(metrics: dict) -> str:
@@ -670,18 +735,21 @@ def closing_note(metrics: dict) -> str:
             r = m[s]
             fp = r['first_position_win_rate']
             bias = 'no review was decisive' if fp is None else f"the answer shown first won {fp:.0%} of decisive reviews"
-            lines.append(f"- {s}: relative score **{r['relative_score']}%** of {ref} over {r['reviews_scored']} scored reviews "
+            lines.append(f"- {s}: relative score **{r['relative_score']}%**{ci_text(r.get('interval'))} of {ref} over {r['reviews_scored']} scored reviews "
                          f"({r['unscored']} unscored, {r['failed']} failed); judge position consistency {r['position_consistency']}, {bias}.")
     if m.get('user252'):
         u = m['user252']
         lines.append(f"- user-oriented: **{u['win']} win / {u['tie']} tie / {u['lose']} lose** ({u['unscored_items']} items unscored); "
-                     f"win rate {u['win_rate']}, length-controlled {u['length']['lc_win_rate']} "
+                     f"win rate {u['win_rate']}{ci_text(u.get('win_rate_interval'))}, length-controlled {u['length']['lc_win_rate']} "
                      f"(mean length difference {u['length'].get('mean_length_diff')} words); position consistency {u['position_consistency']}.")
     if m.get('reasoning'):
         r = m['reasoning']
-        per = ', '.join(f"{s} {r[s + '_average']}%" for s in REASONING_SETS if s + '_average' in r)
-        n_tasks = sum(len(r.get(s) or {}) for s in REASONING_SETS)
-        lines.append(f"- reasoning: average **{r['average']}%** over {n_tasks} tasks ({per}); {sum(r['unextracted'].values())} replies had no extractable answer.")
+        ivs = r.get('intervals') or {}
+        per = [f"{s} **{r[s + '_average']}%**{ci_text(ivs.get(s + '_average'))} over {len(r.get(s) or {})} tasks"
+               for s in REASONING_SETS if s + '_average' in r]
+        if 'bbh_23_average' in r: per.append(f"BBH's 23-task subset (Orca, Lion) {r['bbh_23_average']}%")
+        lines.append(f"- reasoning (exact match, each benchmark averaged over its own tasks): {'; '.join(per)}; "
+                     f"{sum(r['unextracted'].values())} replies had no extractable answer.")
     lens = {lab: mm.get('mean_length') for lab, mm in metrics['models'].items() if mm.get('mean_length')}
     if lens: lines.append('- mean answer length (words): ' + '; '.join(f"{lab} {', '.join(f'{s} {v}' for s, v in l.items())}" for lab, l in lens.items()))
     return '\n'.join(lines)
@@ -715,6 +783,6 @@ def evaluate_cli(argv: list[str]) -> int:
     m = run_evaluation(cfg, a.run_dir, a.iteration, models=dict(a.model) if a.model else None, sets=a.sets,
                        samples=samples, plots=not a.no_plots)
     print(summary_table(m).to_string())
-    print(json.dumps({k: m[k] for k in ('vicuna80', 'demo', 'user252') if k in m and m[k]} | {'reasoning_average': (m.get('reasoning') or {}).get('average')},
+    print(json.dumps({k: m[k] for k in ('vicuna80', 'demo', 'user252') if k in m and m[k]} | {k: (m.get('reasoning') or {}).get(k) for k in ('agieval_average', 'bbh_average', 'bbh_23_average')},
                      default=str)[:2000])
     return 0

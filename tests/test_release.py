@@ -122,7 +122,8 @@ def test_card_from_a_finished_run(tmp_path, capsys):
               '| 2 | 4 | 10 | yes | imitation: examples=4; discrimination: hard=3, easy=7 |',
               'Training examples over all iterations: 8.', '| lr | 2e-05 |', '| epochs | 3.0 |',
               '| **overall** | 81.25 |', '| math | 40.00 |', '| teacher | 55 | 126 | 71 | 0.47 |',
-              '| bbh | date_understanding | 44.00 |', '| **average** |  | 31.83 |', '| base student | 60.00 | 20 / 100 / 132 |',
+              '| bbh | date_understanding | 44.00 |', '| **AGIEval average** |  | 25.75 |',
+              '| **BBH average, all tasks** |  | 44.00 |', '| base student | 60.00 | 20 / 100 / 132 |',
               'Research use only', 'CC BY-NC 4.0', "OpenAI's terms of use", 'Judge: gpt-4'):
         assert s in text, s
     # a second run: our demo data, a local teacher, nothing evaluated but Vicuna-80 without reasoning

@@ -1,0 +1,108 @@
+"""How well does each embedded model referee? The probe (`lion_nb.probe`) on our own reference answers.
+
+For each packaged GGUF, the real llama.cpp server reviews known-better pairs (the reference answer against an
+answer to another instruction, its own first fifth, and an empty answer) in both orders, through the real LLM
+layer and the discrimination stage's prompt, parser and repairs. Prints a table, then one JSON line.
+
+    python bench/referee_probe.py [--models qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct] [--n 6]
+
+With `--duel REFEREE`, it measures instead whether REFEREE prefers each model's answers (as teacher, sampled at
+0.7) to the untrained embedded student's (SmolLM2-135M, greedy) on `--n` demo instructions, both orders.
+"""
+import argparse, json, os, sys, tempfile, time
+from pathlib import Path
+
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+
+from lion_nb import models  # noqa: E402
+from lion_nb.core import ModelSpec  # noqa: E402
+from lion_nb.data import demo_instructions  # noqa: E402
+from lion_nb.discrimination import RefereeSettings, pairs_from_answers, review_pairs, score_items  # noqa: E402
+from lion_nb.llm import answer_pool, make_client  # noqa: E402
+from lion_nb.probe import demo_probe_items, duel_metrics, probe_pairs, run_probe  # noqa: E402
+
+
+def probe_model(name: str, n: int, out: Path, max_tokens: int) -> dict:
+    gguf = models.packaged_gguf(name)
+    t0 = time.time()
+    url = models.ensure_server(gguf)
+    spec = ModelSpec(backend='openai', model=name, base_url=url, concurrency=4, timeout_s=1800, max_retries=1)
+    client = make_client(spec, role='referee', stage='probe', cache_dir=out/'cache', usage_log=out/'usage.jsonl')
+    settings = RefereeSettings(temperature=0.2, max_tokens=max_tokens, repair_retries=1, model=name)
+    pairs = probe_pairs(demo_probe_items(), n=n, seed=0)
+    try:
+        s = run_probe(pairs, client, settings, out, progress=lambda m: print(f'  {name}: {m}', file=sys.stderr))
+    finally:
+        models.stop_server(models.state_for(gguf))
+    s['seconds'] = round(time.time() - t0, 1)
+    s['reviews'] = 2 * len(pairs)
+    return s
+
+
+def served_client(name: str, role: str, out: Path):
+    "A client for the packaged GGUF `name` behind its own local server (started if needed)."
+    url = models.ensure_server(models.packaged_gguf(name))
+    spec = ModelSpec(backend='openai', model=name, base_url=url, concurrency=4, timeout_s=1800, max_retries=1)
+    return make_client(spec, role=role, stage='probe', cache_dir=out/'cache', usage_log=out/'usage.jsonl')
+
+
+def duel(teacher: str, referee: str, n: int, out: Path, max_tokens: int) -> dict:
+    "The referee on `teacher` vs the untrained student, over `n` demo instructions."
+    import random
+    pool = random.Random(0).sample(demo_instructions(), n)
+    t0 = time.time()
+    t_ans = answer_pool(pool, served_client(teacher, 'teacher', out), out/'teacher.jsonl', role='teacher',
+                        temperature=0.7, max_tokens=128, seed=0)
+    student = make_client(ModelSpec(backend='hf', model=models.STUDENT_NAME, concurrency=8), role='student',
+                          cache_dir=out/'cache')
+    s_ans = answer_pool(pool, student, out/'student.jsonl', role='student', temperature=0.0, max_tokens=128)
+    pairs, _ = pairs_from_answers(pool, t_ans, s_ans, categorize=lambda r: r.category)
+    settings = RefereeSettings(temperature=0.2, max_tokens=max_tokens, repair_retries=1, model=referee)
+    reviews = review_pairs(pairs, served_client(referee, 'referee', out), settings, out/'reviews.jsonl')
+    scored, unscored = score_items(pairs, reviews, tau=1.0)
+    return {**duel_metrics(scored, unscored), 'seconds': round(time.time() - t0, 1),
+            'teacher_words': sum(len(a.output.split()) for a in t_ans) / n,
+            'student_words': sum(len(a.output.split()) for a in s_ans) / n}
+
+
+def main_duel(a):
+    rows = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name in a.models:
+            rows[name] = duel(name, a.duel, a.n, Path(d)/name, a.max_tokens)
+        models.stop_all_servers()
+    print(f"referee {a.duel}: teacher vs the untrained student on {a.n} demo instructions")
+    print(f"{'teacher':<30} {'teacher ahead':>13} {'mean gap':>8} {'unscored':>8} {'words T/S':>10}")
+    for name, s in rows.items():
+        print(f"{name:<30} {s['teacher_ahead']!s:>13} {s['mean_gap']!s:>8} {s['unscored']:>8} "
+              f"{s['teacher_words']:>5.0f}/{s['student_words']:<4.0f}")
+    print(json.dumps({'bench': 'referee_duel', 'referee': a.duel, 'n': a.n, 'results': rows}))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--models', nargs='+', default=list(models.GGUFS))
+    ap.add_argument('--n', type=int, default=6, help='instructions (each gives 3 known-better pairs)')
+    ap.add_argument('--max-tokens', type=int, default=320)
+    ap.add_argument('--duel', metavar='REFEREE', choices=list(models.GGUFS),
+                    help='measure teacher-vs-student preference with this referee instead of the probe')
+    a = ap.parse_args()
+    if a.duel: return main_duel(a)
+    rows = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name in a.models:
+            rows[name] = probe_model(name, a.n, Path(d)/name, a.max_tokens)
+    print(f"{'referee':<30} {'accuracy':>8} {'other':>6} {'trunc':>6} {'empty':>6} {'ties':>6} "
+          f"{'consist':>7} {'gap':>6} {'unscored':>8} {'s/review':>8}")
+    for name, s in rows.items():
+        p, k = s['probe'], s['probe']['per_kind']
+        print(f"{name:<30} {p['accuracy']:>8} {k.get('other')!s:>6} {k.get('truncated')!s:>6} {k.get('empty')!s:>6} "
+              f"{p['tie_share']!s:>6} {p['position_consistency']!s:>7} {p['mean_gap']!s:>6} {p['unscored']:>8} "
+              f"{s['seconds'] / s['reviews']:>8.1f}")
+    print(json.dumps({'bench': 'referee_probe', 'n': a.n,
+                      'results': {k: {**v['probe'], 'seconds': v['seconds'], 'passed': v['passed']} for k, v in rows.items()}}))
+
+
+if __name__ == '__main__':
+    main()
