@@ -64,7 +64,7 @@ def main():
     ap.add_argument('--checkpoint', required=True); ap.add_argument('--prompts', type=int, default=500)
     ap.add_argument('--max-tokens', type=int, default=256); ap.add_argument('--concurrency', type=int, default=256)
     ap.add_argument('--hf-prompts', type=int, default=64, help='prompts for the transformers comparison (0: skip)')
-    ap.add_argument('--hf-batch', type=int, default=64); ap.add_argument('--tensor-parallel', type=int, default=1)
+    ap.add_argument('--hf-batch', type=int, default=64); ap.add_argument('--tensor-parallel', type=int, default=0, help='0: auto')
     ap.add_argument('--vllm', default='vllm', help='the vllm executable (another environment is fine)')
     ap.add_argument('--out', help='folder for the launch record and server log (default: a temporary folder)')
     a = ap.parse_args()

@@ -306,7 +306,7 @@ class ModelSpec(Section):
     batch_api: bool = Field(False, description="use the OpenAI Batch API (half price, hours of latency)")
     structured_output: bool = Field(False, description="the endpoint supports response_format json_schema")
     launch: Optional[str] = Field(None, description="backend vllm: the command that serves the checkpoint, with {checkpoint} {host} {port} {name} {python} {dp} {tp} placeholders (default: `vllm serve`)")
-    tensor_parallel: int = Field(1, ge=1, description="backend vllm: GPUs per replica; the visible GPUs are split into data-parallel replicas of this size")
+    tensor_parallel: int = Field(0, ge=0, description="backend vllm: GPUs per replica (0: the fewest whose memory holds the bfloat16 weights); the visible GPUs are split into data-parallel replicas of this size")
     startup_timeout_s: float = Field(1800.0, gt=0, description="backend vllm: how long to wait for the server to answer /health")
     checkpoint: Optional[str] = Field(None, description="an endpoint student: the checkpoint the endpoint serves; its fingerprint keys the response cache")
     token_param: Literal['auto', 'max_tokens', 'max_completion_tokens'] = Field('auto', description="the name the length limit is sent under; auto: max_completion_tokens for o-series and gpt-5 models")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01b_engine.ipynb #ff49185e
 from __future__ import annotations
-import argparse, json, os, shlex, shutil, signal, socket, subprocess, sys, threading, time, weakref
+import argparse, json, math, os, shlex, shutil, signal, socket, struct, subprocess, sys, threading, time, weakref
 import urllib.error, urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,9 +14,10 @@ from .core import STAGES, LionError, ModelSpec, RunDir, write_json
 from .llm import HFClient, OpenAIClient, checkpoint_fingerprint, render_prompt, resolve_checkpoint
 
 # %% auto #0
-__all__ = ['VLLM_LAUNCH', 'SERVED_NAME', 'NO_CHAT_TEMPLATE', 'visible_gpus', 'parallel_sizes', 'launch_command', 'free_port',
-           'log_tail', 'http_json', 'stop_group', 'supervise', 'await_health', 'EngineServer', 'default_engine_dir',
-           'EngineClient', 'error_body', 'HFServer', 'serve_hf', 'engine_cli']
+__all__ = ['VLLM_LAUNCH', 'SERVED_NAME', 'NO_CHAT_TEMPLATE', 'visible_gpus', 'gpu_memory_bytes', 'weight_bytes_bf16',
+           'auto_tensor_parallel', 'parallel_sizes', 'launch_command', 'free_port', 'log_tail', 'http_json',
+           'stop_group', 'supervise', 'await_health', 'EngineServer', 'default_engine_dir', 'EngineClient',
+           'error_body', 'HFServer', 'serve_hf', 'engine_cli']
 
 # %% ../nbs/01b_engine.ipynb #926ff90e
 VLLM_LAUNCH = ('vllm serve {checkpoint} --host {host} --port {port} --served-model-name {name} --dtype bfloat16 '
@@ -28,9 +29,35 @@ def visible_gpus() -> int:
     import torch
     return torch.cuda.device_count()
 
-def parallel_sizes(spec: ModelSpec, n_gpus: int) -> tuple[int, int]:
-    "(data-parallel replicas, GPUs per replica) for `n_gpus` visible GPUs and the spec's `tensor_parallel`."
+def gpu_memory_bytes() -> int:
+    "Memory of the first visible GPU."
+    import torch
+    return torch.cuda.get_device_properties(0).total_memory
+
+def weight_bytes_bf16(checkpoint) -> int:
+    "Bytes of a checkpoint's weights in bfloat16 (2 per parameter), counted from its safetensors headers."
+    n = 0
+    for f in sorted(Path(checkpoint).glob('*.safetensors')):
+        with open(f, 'rb') as fh:
+            header = json.loads(fh.read(struct.unpack('<Q', fh.read(8))[0]))
+        n += sum(math.prod(v['shape']) for k, v in header.items() if k != '__metadata__')
+    return 2*n
+
+def auto_tensor_parallel(weight_bytes: int, gpu_bytes: int, n_gpus: int, share: float = 0.6) -> int:
+    """The fewest GPUs per replica (a power of two, at most `n_gpus`) whose memory holds the weights in `share` of it
+    (the rest is for the KV cache); a clear error when even all of them cannot."""
+    tp = 1
+    while tp*2 <= n_gpus and weight_bytes > share*tp*gpu_bytes: tp *= 2
+    if weight_bytes > share*tp*gpu_bytes:
+        raise LionError(f"the bfloat16 weights ({weight_bytes/1e9:.1f} GB) need more than {tp} GPU(s) of "
+                        f"{gpu_bytes/1e9:.0f} GB at {share:.0%} for weights; set tensor_parallel, or use more GPUs")
+    return tp
+
+def parallel_sizes(spec: ModelSpec, n_gpus: int, checkpoint=None) -> tuple[int, int]:
+    """(data-parallel replicas, GPUs per replica) for `n_gpus` visible GPUs: the spec's `tensor_parallel`, or with
+    0 the fewest GPUs that hold the checkpoint's weights (`auto_tensor_parallel`)."""
     tp = spec.tensor_parallel
+    if tp == 0: tp = auto_tensor_parallel(weight_bytes_bf16(checkpoint), gpu_memory_bytes(), n_gpus) if n_gpus else 1
     if n_gpus < tp:
         raise LionError(f"model {spec.model!r} needs {tp} GPU(s) per replica (tensor_parallel), {n_gpus} visible")
     return n_gpus//tp, tp
@@ -41,7 +68,7 @@ def launch_command(spec: ModelSpec, checkpoint, port: int, host: str = '127.0.0.
     template = spec.launch or VLLM_LAUNCH
     uses_gpus = '{dp}' in template or '{tp}' in template
     n_gpus = (visible_gpus() if n_gpus is None else n_gpus) if uses_gpus else None
-    dp, tp = parallel_sizes(spec, n_gpus) if uses_gpus else (1, spec.tensor_parallel)
+    dp, tp = parallel_sizes(spec, n_gpus, checkpoint) if uses_gpus else (1, max(1, spec.tensor_parallel))
     values = dict(checkpoint=str(checkpoint), host=host, port=port, name=SERVED_NAME, python=sys.executable, dp=dp, tp=tp)
     try: return [arg.format(**values) for arg in shlex.split(template)]
     except (KeyError, IndexError, ValueError) as e:

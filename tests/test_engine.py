@@ -115,6 +115,7 @@ def test_vllm_without_a_gpu_or_without_vllm_fails_before_anything_starts(tmp_pat
     with pytest.raises(LionError, match=r'needs 1 GPU\(s\) per replica.*0 visible'):
         EngineServer(c.spec, ckpt, tmp_path/'engine').start()
     monkeypatch.setattr('lion_nb.engine.visible_gpus', lambda: 8)
+    monkeypatch.setattr('lion_nb.engine.gpu_memory_bytes', lambda: 80*10**9)
     if shutil.which('vllm') is None:
         with pytest.raises(LionError, match=r"pip install 'lion_nb\[gpu\]'"):
             EngineServer(c.spec, ckpt, tmp_path/'engine').start()
