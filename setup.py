@@ -41,7 +41,7 @@ setuptools.setup(
     include_package_data=True,
     package_data={'lion_nb': ['assets/*', 'assets/**/*', 'judges/*', 'judges/**/*']},
     install_requires=requirements,
-    extras_require={'dev': dev_requirements, 'lora': ['peft'], 'server': ['xllamacpp']},
+    extras_require={'dev': dev_requirements, 'lora': ['peft'], 'server': ['xllamacpp'], 'gpu': ['vllm']},
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

@@ -292,7 +292,7 @@ class Section(BaseModel):
 
 class ModelSpec(Section):
     "One model in the registry, and how to call it."
-    backend: Literal['embedded', 'openai', 'hf'] = Field(description="embedded: the bundled llama.cpp server; openai: any OpenAI-compatible endpoint; hf: a local Hugging Face checkpoint")
+    backend: Literal['embedded', 'openai', 'hf', 'vllm'] = Field(description="embedded: the bundled llama.cpp server; openai: any OpenAI-compatible endpoint; hf: a local Hugging Face checkpoint; vllm: a checkpoint served by an engine we start (lion_nb.engine)")
     model: str = Field(description="the model name at the endpoint, the embedded model's name, or the checkpoint folder")
     base_url: Optional[str] = None
     api_key_env: Optional[str] = Field(None, description="name of the environment variable holding the API key")
@@ -305,6 +305,14 @@ class ModelSpec(Section):
     price_out_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens")
     batch_api: bool = Field(False, description="use the OpenAI Batch API (half price, hours of latency)")
     structured_output: bool = Field(False, description="the endpoint supports response_format json_schema")
+    launch: Optional[str] = Field(None, description="backend vllm: the command that serves the checkpoint, with {checkpoint} {host} {port} {name} {python} {dp} {tp} placeholders (default: `vllm serve`)")
+    tensor_parallel: int = Field(0, ge=0, description="backend vllm: GPUs per replica (0: the fewest whose memory holds the bfloat16 weights); the visible GPUs are split into data-parallel replicas of this size")
+    startup_timeout_s: float = Field(1800.0, gt=0, description="backend vllm: how long to wait for the server to answer /health")
+    checkpoint: Optional[str] = Field(None, description="an endpoint student: the checkpoint the endpoint serves; its fingerprint keys the response cache")
+    token_param: Literal['auto', 'max_tokens', 'max_completion_tokens'] = Field('auto', description="the name the length limit is sent under; auto: max_completion_tokens for o-series and gpt-5 models")
+    sends_temperature: Optional[bool] = Field(None, description="whether requests carry a temperature; None: not for o-series and gpt-5 models, yes otherwise")
+    batch_max_requests: int = Field(50_000, ge=1, description="Batch API: at most this many requests per batch (OpenAI's limit: 50,000)")
+    batch_max_bytes: int = Field(190_000_000, ge=1024, description="Batch API: at most this many bytes per input file (OpenAI's limit: 200 MB)")
 
     @field_validator('api_key_env')
     @classmethod

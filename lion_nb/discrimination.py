@@ -805,7 +805,8 @@ def latest_student(cfg: Config, run: RunDir, k: int) -> tuple[ModelSpec, str]:
         ckpt = run.stage_dir(j, 'imitation')/'model'
         if (ckpt/'config.json').exists():
             base = cfg.model_for('student')
-            return ModelSpec(backend='hf', model=str(ckpt.resolve()), concurrency=base.concurrency if base.backend == 'hf' else 8), f'iter_{j}/imitation/model'
+            from lion_nb.llm import student_spec   # served like the configured student (an engine, or transformers)
+            return student_spec(base, ckpt.resolve()), f'iter_{j}/imitation/model'
     spec = cfg.model_for('student')
     return spec, f'base student {spec.model}'
 

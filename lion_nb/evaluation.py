@@ -345,7 +345,7 @@ def answer_items(label: str, spec: ModelSpec, items: list[Instruction], out_path
     "Answers of one model to `items` (resumable JSONL at `out_path`), by id; a local student uses prompt `template`."
     llm = _llm()
     client = llm.make_client(spec, role=role, stage='evaluation', iteration=iteration, cache_dir=run.cache,
-                             usage_log=run.usage, budget=budget, **({'template': template} if spec.backend == 'hf' else {}))
+                             usage_log=run.usage, budget=budget, **({'template': template} if spec.backend in ('hf', 'vllm') else {}))
     try:
         answers = llm.answer_pool(items, client, out_path, role=role, temperature=0.0, max_tokens=max_tokens,
                                   seed=seed, iteration=iteration, stage='evaluation')
@@ -574,7 +574,7 @@ def default_models(cfg: Config, run_dir, iteration: int) -> dict[str, ModelSpec]
     "The candidates by default: the base student and, when it exists, this iteration's trained student."
     out = {'base': cfg.model_for('student')}
     if iteration > 0 and (p := trained_student(run_dir, iteration)):
-        out[f'iter_{iteration}'] = ModelSpec(backend='hf', model=str(p))
+        out[f'iter_{iteration}'] = _llm().student_spec(cfg.model_for('student'), p)
     return out
 
 def _mean_lengths(answers: dict, items_by_set: dict) -> dict:
@@ -608,7 +608,7 @@ def run_evaluation(cfg: Config, run_dir, iteration: int, *, models: Optional[dic
     for lab, spec in [(ref_label, ref_spec)] + [(k, v) for k, v in cands.items() if k != ref_label]:
         mine = [x for s in (judged + reasoning) for x in instr[s]]
         role = 'teacher' if lab == ref_label else 'student'
-        trained = spec.backend == 'hf' and Path(spec.model).is_dir() and spec.model != cfg.model_for('student').model
+        trained = spec.backend in ('hf', 'vllm') and Path(spec.model).is_dir() and spec.model != cfg.model_for('student').model
         answers[lab] = answer_items(lab, spec, mine, out_dir/'answers'/f'{lab}.jsonl', role=role,
                                     max_tokens=cfg.eval.max_new_tokens, seed=derive_seed(cfg.seed, 'evaluation', lab),
                                     iteration=iteration, run=run, budget=_llm().run_budget(cfg, run.usage),

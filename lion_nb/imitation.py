@@ -52,7 +52,8 @@ def starting_student(cfg: Config, run: RunDir, iteration: int) -> tuple[Path, st
         prev = run.stage_dir(j, 'imitation')/'model'
         if (prev/'config.json').exists(): return prev, f'iter_{j}/imitation/model'
     spec = cfg.model_for('student')
-    if spec.backend != 'hf': raise LionError(f"the student must be a local checkpoint (backend 'hf') to be fine-tuned, not {spec.backend!r}")
+    if spec.backend not in ('hf', 'vllm'):   # vllm: a local checkpoint too, served by an engine for generation
+        raise LionError(f"the student must be a local checkpoint (backend 'hf' or 'vllm') to be fine-tuned, not {spec.backend!r}")
     return resolve_student(spec.model), f'base student {spec.model}'
 
 # %% ../nbs/03_imitation.ipynb #2583d5c5

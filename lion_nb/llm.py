@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_llm.ipynb #ade705f6
 from __future__ import annotations
-import argparse, asyncio, concurrent.futures, email.utils, hashlib, json, math, os, random, sqlite3, sys, threading, time
+import argparse, asyncio, concurrent.futures, email.utils, hashlib, json, math, os, random, re, sqlite3, sys, threading, time
 from collections import deque
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -14,13 +14,14 @@ from .core import (Answer, Instruction, LionError, ModelSpec, Provenance, InputE
                           derive_seed, load_config, read_log, read_pool, user_message, write_json, read_json)
 
 # %% auto #0
-__all__ = ['CHARS_PER_TOKEN', 'WORST_CHARS_PER_TOKEN', 'USAGE_COLUMNS', 'MAX_BACKOFF_S', 'MAX_RETRY_AFTER_S', 'NO_KEY',
-           'BATCH_DONE', 'ALPACA_TEMPLATE', 'ALPACA_INPUT_TEMPLATE', 'ChatRequest', 'ChatResult', 'BudgetExceeded',
-           'canonical_json', 'request_body', 'cache_key', 'ResponseCache', 'prompt_chars', 'estimate_prompt_tokens',
-           'cost_usd', 'worst_case_cost', 'UsageLog', 'summarise_usage', 'spent_usd', 'Budget', 'run_sync',
-           'RateLimiter', 'retry_after_s', 'backoff_s', 'classify_error', 'OpenAIClient', 'BatchRunner',
-           'alpaca_prompt', 'resolve_template', 'render_prompt', 'checkpoint_fingerprint', 'resolve_checkpoint',
-           'HFClient', 'make_client', 'run_budget', 'run_client', 'answer_requests', 'answer_pool', 'answer_cli']
+__all__ = ['REASONING_MODEL', 'CHARS_PER_TOKEN', 'WORST_CHARS_PER_TOKEN', 'USAGE_COLUMNS', 'MAX_BACKOFF_S', 'MAX_RETRY_AFTER_S',
+           'NO_KEY', 'BATCH_DONE', 'ALPACA_TEMPLATE', 'ALPACA_INPUT_TEMPLATE', 'ChatRequest', 'ChatResult',
+           'BudgetExceeded', 'canonical_json', 'request_body', 'api_params', 'cache_key', 'ResponseCache',
+           'prompt_chars', 'estimate_prompt_tokens', 'cost_usd', 'worst_case_cost', 'UsageLog', 'summarise_usage',
+           'spent_usd', 'Budget', 'run_sync', 'RateLimiter', 'retry_after_s', 'backoff_s', 'classify_error',
+           'auth_hint', 'served_weights', 'OpenAIClient', 'split_batches', 'BatchRunner', 'alpaca_prompt',
+           'resolve_template', 'render_prompt', 'checkpoint_fingerprint', 'resolve_checkpoint', 'HFClient',
+           'make_client', 'student_spec', 'run_budget', 'run_client', 'answer_requests', 'answer_pool', 'answer_cli']
 
 # %% ../nbs/01_llm.ipynb #a781a68c
 @dataclass
@@ -55,13 +56,27 @@ def canonical_json(obj) -> str:
     "JSON with sorted keys and no spaces: equal objects give equal strings."
     return json.dumps(obj, sort_keys=True, separators=(',', ':'), ensure_ascii=False, default=str)
 
-def request_body(model: str, req: ChatRequest, structured_output: bool = False) -> dict:
-    "The body of the chat-completions call for `req`: only the parameters actually sent."
-    body = {'model': model, 'messages': req.messages, 'temperature': req.temperature, 'max_tokens': req.max_tokens}
+def request_body(model: str, req: ChatRequest, structured_output: bool = False, token_param: str = 'max_tokens',
+                 temperature: bool = True) -> dict:
+    """The body of the chat-completions call for `req`: only the parameters actually sent. `token_param` names
+    the length limit (`max_completion_tokens` for reasoning models); `temperature=False` leaves it out."""
+    body = {'model': model, 'messages': req.messages, token_param: req.max_tokens}
+    if temperature: body['temperature'] = req.temperature
     if req.seed is not None: body['seed'] = req.seed
     if req.response_format is not None and structured_output: body['response_format'] = req.response_format
     body.update(req.extra)
     return body
+
+REASONING_MODEL = re.compile(r'^(?:[\w.-]+/)?(?:o\d|gpt-5)')   # o1, o3-mini, o4-mini, gpt-5, gpt-5-mini, ...
+
+def api_params(spec: ModelSpec) -> tuple[str, bool]:
+    """(length parameter, sends temperature?) for a model: the spec's `token_param` and `sends_temperature`;
+    'auto'/None means `max_completion_tokens` and no temperature for o-series and gpt-5 names, else the classic
+    `max_tokens` with a temperature. Local backends keep the classic form (vLLM and llama.cpp read it)."""
+    reasoning = spec.backend == 'openai' and bool(REASONING_MODEL.match(spec.model))
+    param = spec.token_param if spec.token_param != 'auto' else ('max_completion_tokens' if reasoning else 'max_tokens')
+    temp = spec.sends_temperature if spec.sends_temperature is not None else not reasoning
+    return param, temp
 
 def cache_key(endpoint: str, body: dict) -> str:
     "SHA256 of the endpoint identity and the request body."
@@ -317,7 +332,8 @@ class _Client:
         if hasattr(self, 'model'): self.model = self.tokenizer = None
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
-    def body(self, req: ChatRequest) -> dict: return request_body(self.spec.model, req, self.spec.structured_output)
+    def body(self, req: ChatRequest) -> dict:
+        return request_body(self.spec.model, req, self.spec.structured_output, *api_params(self.spec))
     def key(self, req: ChatRequest) -> str: return cache_key(self.endpoint_id(), self.body(req))
 
     def _event(self, **counts):
@@ -382,25 +398,79 @@ class _Client:
 def _with_key(res: ChatResult, key: str) -> ChatResult:
     return res if res.key == key else ChatResult(**{**asdict(res), 'key': key})
 
-# %% ../nbs/01_llm.ipynb #8dad0cd6
+def auth_hint(spec: ModelSpec, reason: str) -> str:
+    "`reason`, plus what to do when an endpoint answered 401 and no key was sent (the spec names no key variable)."
+    if not reason.startswith('HTTP 401') or spec.api_key_env: return reason
+    return (f"{reason} -- no API key was sent: model {spec.model!r} names no environment variable for its key. Put the key in "
+            f"one and name it: `api_key_env: OPENAI_API_KEY` in the config's model entry, or `--api-key-env OPENAI_API_KEY`")
+
+# %% ../nbs/01_llm.ipynb #aa731aa2
+def served_weights(base_url: str, api_key: str, timeout_s: float = 30.0) -> Optional[str]:
+    """A fingerprint of the weights an endpoint serves, from its `/v1/models` listing: vLLM (and SGLang) list the
+    served checkpoint folder as `root`; a local one is fingerprinted (`checkpoint_fingerprint`), another is taken
+    by name. None when the listing names no `root` or cannot be read (then only the URL identifies the endpoint)."""
+    import urllib.request
+    req = urllib.request.Request(base_url.rstrip('/') + '/models', headers={'Authorization': f'Bearer {api_key}'})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r: data = json.loads(r.read()).get('data')
+    except (OSError, ValueError, AttributeError): return None
+    roots = sorted({m['root'] for m in data or [] if isinstance(m, dict) and isinstance(m.get('root'), str)})
+    if not roots: return None
+    sig = [checkpoint_fingerprint(r) if Path(r).is_dir() else r for r in roots]
+    return hashlib.sha256(canonical_json([base_url.rstrip('/'), sig]).encode()).hexdigest()
+
+# %% ../nbs/01_llm.ipynb #ac2f807c
 class OpenAIClient(_Client):
     "Any OpenAI-compatible chat endpoint: async, rate-limited, retried, cached, accounted, budgeted."
     backend = 'openai'
     def __init__(self, spec: ModelSpec, *, base_url: Optional[str] = None, endpoint: Optional[str] = None,
-                 retry_base_s: float = 1.0, batch_poll_s: float = 30.0, **kw):
+                 retry_base_s: float = 1.0, batch_poll_s: float = 30.0, checkpoint=None, template: str = 'chat', **kw):
         super().__init__(spec, **kw)
         self._base_url = base_url if base_url is not None else (spec.base_url or 'https://api.openai.com/v1')
         self._endpoint = endpoint
         self.retry_base_s, self.batch_poll_s = retry_base_s, batch_poll_s
         self.limiter = RateLimiter(spec.rpm, spec.tpm)
         self.rng = random.Random()
+        self.checkpoint, self.template, self._tok = (Path(checkpoint) if checkpoint else None), template, None
+        self._served: Optional[str] = None
 
     @property
     def base_url(self) -> str:
         "The endpoint's URL (a callable given as `base_url` is called once, when first needed)."
         if callable(self._base_url): self._base_url = self._base_url()
         return self._base_url.rstrip('/')
-    def endpoint_id(self) -> str: return self._endpoint or self.base_url
+    def endpoint_id(self) -> str:
+        """The cache's name for this endpoint: the weights' fingerprint when we know the checkpoint; for a student
+        endpoint, what the server says it serves (`served_weights`); else the URL."""
+        if self._endpoint: return self._endpoint
+        if self.checkpoint is not None: return f'checkpoint:{checkpoint_fingerprint(self.checkpoint)}'
+        if self.role != 'student': return self.base_url
+        if self._served is None: self._served = served_weights(self.base_url, api_key_for(self.spec) or NO_KEY) or ''
+        return f'served:{self._served}' if self._served else self.base_url
+
+    def tokenizer(self):
+        "The checkpoint's tokenizer (loaded once): it renders the prompts of the completions route."
+        if self._tok is None:
+            from transformers import AutoTokenizer
+            self._tok = AutoTokenizer.from_pretrained(self.checkpoint)
+        return self._tok
+
+    def body(self, req: ChatRequest) -> dict:
+        """A known checkpoint is prompted as it was trained: `render_prompt` through /v1/completions, so a base
+        model without a chat template never meets a chat route. Other endpoints get the chat body."""
+        if self.checkpoint is None: return super().body(req)
+        tok = self.tokenizer(); prompt = render_prompt(tok, req.messages, self.template)
+        b = {'model': self.spec.model, 'prompt': prompt, 'max_tokens': req.max_tokens, 'temperature': req.temperature}
+        if req.seed is not None and req.temperature > 0: b['seed'] = req.seed
+        if tok.bos_token and prompt.startswith(tok.bos_token): b['add_special_tokens'] = False   # no second BOS
+        b.update(req.extra)
+        return b
+
+    def _wire(self, body: dict) -> dict:
+        "The SDK's keywords for `body`: the server's own extensions (vLLM's `add_special_tokens`) go in `extra_body`."
+        kw = dict(body)
+        if 'add_special_tokens' in kw: kw['extra_body'] = {'add_special_tokens': kw.pop('add_special_tokens')}
+        return kw
 
     def _sdk(self):
         "A fresh AsyncOpenAI client (it binds to the running event loop) without SDK retries."
@@ -444,11 +514,13 @@ class OpenAIClient(_Client):
         err, retries = 'not attempted', 0
         for attempt in range(self.spec.max_retries + 1):
             entry = await self.limiter.acquire(est)
+            create = sdk.completions.create if 'prompt' in body else sdk.chat.completions.create
             try:
-                resp = await sdk.chat.completions.create(**body)
+                resp = await create(**self._wire(body))
             except Exception as e:
                 self.limiter.reconcile(entry, 0)
                 retryable, err, wait = classify_error(e)
+                err = auth_hint(self.spec, err)
                 if not retryable or attempt == self.spec.max_retries: break
                 retries += 1
                 if wait is not None and err.startswith('HTTP 429'): self.limiter.pause(min(wait, MAX_RETRY_AFTER_S))
@@ -471,7 +543,7 @@ class OpenAIClient(_Client):
         pt = u.get('prompt_tokens') or estimate_prompt_tokens(req.messages)
         choices = d.get('choices') or []
         if not choices: return ChatResult(req.key, 'failed', error='response has no choices', prompt_tokens=pt, model=d.get('model') or self.spec.model)
-        ch = choices[0]; text = (ch.get('message') or {}).get('content')
+        ch = choices[0]; text = (ch.get('message') or {}).get('content') if 'text' not in ch else ch['text']
         ct = u.get('completion_tokens') or (math.ceil(len(text or '')/CHARS_PER_TOKEN))
         if not text or not text.strip():
             return ChatResult(req.key, 'failed', '', ch.get('finish_reason'), 'empty response', pt, ct, False, d.get('model') or self.spec.model)
@@ -480,30 +552,70 @@ class OpenAIClient(_Client):
 # %% ../nbs/01_llm.ipynb #4e4ad835
 BATCH_DONE = ('completed', 'failed', 'expired', 'cancelled')
 
+def split_batches(lines: dict, max_requests: int, max_bytes: int) -> list[list]:
+    "Split request lines (key -> JSONL line) in order into chunks of at most `max_requests` lines and `max_bytes` bytes."
+    chunks, cur, size = [], [], 0
+    for k, line in lines.items():
+        n = len(line.encode('utf-8')) + 1
+        if cur and (len(cur) >= max_requests or size + n > max_bytes): chunks.append(cur); cur, size = [], 0
+        cur.append(k); size += n
+    return chunks + ([cur] if cur else [])
+
+# %% ../nbs/01_llm.ipynb #7e92e25e
 class BatchRunner:
-    "Send a client's uncached requests through the OpenAI Batch API, resumably."
+    "Send a client's uncached requests through the OpenAI Batch API: split to its limits, collected as they end, resumable."
     def __init__(self, client: 'OpenAIClient'):
-        if client.cache is None: raise LionError("Batch API mode needs a cache_dir (it keeps the batch id there to resume)")
+        if client.cache is None: raise LionError("Batch API mode needs a cache_dir (it keeps the batch ids there to resume)")
         self.c = client; self.folder = client.cache.folder/'batches'
 
     def job_name(self, keys) -> str:
         "A name for the batch of these requests: the same set of keys gives the same name."
         return hashlib.sha256(canonical_json(sorted(keys)).encode()).hexdigest()[:24]
 
+    def line(self, key: str, req: ChatRequest) -> str:
+        "The request file's line for one request."
+        body = self.c.body(req)
+        url = '/v1/completions' if 'prompt' in body else '/v1/chat/completions'
+        return canonical_json({'custom_id': key, 'method': 'POST', 'url': url, 'body': body})
+
+    def open_jobs(self, todo: dict) -> list[dict]:
+        """Batches submitted earlier (not yet collected) that hold some of `todo`'s keys. A plan whose file was
+        never uploaded sent nothing: it is dropped, and its requests are planned again."""
+        jobs, taken = [], set()
+        for p in sorted(self.folder.glob('*.json')):
+            if p.name.endswith('.collected.json'): continue
+            st = read_json(p)
+            if 'input_file_id' not in st: p.unlink(); continue
+            keys = st.get('keys') or (list(todo) if st.get('job') == self.job_name(todo) else [])   # older files: one batch
+            mine = [k for k in keys if k in todo and k not in taken]
+            if mine: jobs.append({'path': p, 'state': st, 'keys': mine, 'reserved': 0.0}); taken.update(mine)
+        return jobs
+
+    def plan(self, todo: dict) -> tuple[list[dict], int]:
+        "(batches to wait for, requests left unsent by the budget): open batches first, new ones for the rest."
+        jobs = self.open_jobs(todo); taken = {k for j in jobs for k in j['keys']}
+        lines = {k: self.line(k, r) for k, r in todo.items() if k not in taken}
+        sp, budget, unsent = self.c.spec, self.c.budget, 0
+        for chunk in split_batches(lines, sp.batch_max_requests, sp.batch_max_bytes):
+            worst = sum(worst_case_cost(sp, todo[k], batch=True) for k in chunk)
+            if unsent or (budget is not None and not budget.reserve(worst)): unsent += len(chunk); continue
+            job = self.job_name(chunk)
+            st = {'job': job, 'model': sp.model, 'url': json.loads(lines[chunk[0]])['url'], 'requests': len(chunk), 'keys': chunk}
+            jobs.append({'path': self.folder/f'{job}.json', 'state': st, 'keys': chunk, 'reserved': worst,
+                         'data': ('\n'.join(lines[k] for k in chunk) + '\n').encode('utf-8')})
+            write_json(jobs[-1]['path'], st)   # the plan is on disk before anything is sent
+        return jobs, unsent
+
     def fetch(self, todo: dict, desc, deliver, n_hits) -> Optional[BudgetExceeded]:
-        job = self.job_name(todo); state_path = self.folder/f'{job}.json'
-        worst = sum(worst_case_cost(self.c.spec, r, batch=True) for r in todo.values())
-        budget = self.c.budget
-        if budget is not None and not budget.reserve(worst):
-            if not state_path.exists():   # an already-submitted batch is paid for anyway: collect it
-                return BudgetExceeded(f"budget cap of ${budget.limit:.4f} reached: ${budget.spent:.4f} spent, this batch of {len(todo)} "
-                                      f"request(s) could cost up to ${worst:.4f}; nothing was submitted")
-            worst = 0.0
-        try: cost = run_sync(lambda: self._fetch_async(todo, job, state_path, desc, deliver, n_hits))
-        except BaseException:
-            if budget is not None: budget.settle(worst, 0.0)
-            raise
-        if budget is not None: budget.settle(worst, cost)
+        jobs, unsent = self.plan(todo)
+        try: run_sync(lambda: self._fetch_async(jobs, todo, desc, deliver, n_hits))
+        finally:
+            for j in jobs:   # a batch not collected (an error) gives back its reservation
+                if self.c.budget is not None and j['reserved']: self.c.budget.settle(j['reserved'], 0.0)
+        if unsent:
+            b = self.c.budget
+            return BudgetExceeded(f"budget cap of ${b.limit:.4f} reached: ${b.spent:.4f} spent; {unsent} request(s) not "
+                                  f"submitted (the {sum(len(j['keys']) for j in jobs)} in submitted batches are collected)")
         return None
 
     async def _retrying(self, fn, what: str):
@@ -512,45 +624,58 @@ class BatchRunner:
             try: return await fn()
             except Exception as e:
                 retryable, err, wait = classify_error(e)
-                if not retryable or attempt == self.c.spec.max_retries: raise LionError(f"Batch API: {what} failed: {err}") from e
+                if not retryable or attempt == self.c.spec.max_retries:
+                    raise LionError(f"Batch API: {what} failed: {auth_hint(self.c.spec, err)}") from e
                 await asyncio.sleep(min(wait, MAX_RETRY_AFTER_S) if wait is not None else backoff_s(attempt, self.c.retry_base_s))
 
-    async def _submit(self, sdk, todo: dict, job: str, state_path: Path) -> dict:
+    async def _find_batch(self, sdk, job: str) -> Optional[str]:
+        "The id of a batch the server already has for `job` (created just before a crash), or None."
+        page = await self._retrying(lambda: sdk.batches.list(limit=100), 'listing batches')
+        return next((b.id for b in page.data if (b.metadata or {}).get('lion_job') == job), None)
+
+    async def _submit(self, sdk, j: dict) -> dict:
         "Upload the request file and create the batch, recording each id durably as soon as it exists."
-        st = read_json(state_path) if state_path.exists() else {'job': job, 'requests': len(todo), 'model': self.c.spec.model}
-        if 'input_file_id' not in st:
-            lines = [canonical_json({'custom_id': k, 'method': 'POST', 'url': '/v1/chat/completions', 'body': self.c.body(r)}) for k, r in todo.items()]
-            data = ('\n'.join(lines) + '\n').encode('utf-8')
-            f = await self._retrying(lambda: sdk.files.create(file=(f'lion_{job}.jsonl', data, 'application/jsonl'), purpose='batch'),
-                                     'uploading the request file')
-            st['input_file_id'] = f.id; write_json(state_path, st)
-        if 'batch_id' not in st:
-            b = await self._retrying(lambda: sdk.batches.create(input_file_id=st['input_file_id'], endpoint='/v1/chat/completions',
-                                                                completion_window='24h', metadata={'lion_job': job}), 'creating the batch')
-            st['batch_id'] = b.id; st['submitted'] = time.time(); write_json(state_path, st)
+        st, path = j['state'], j['path']
+        if 'batch_id' in st: return st
+        if 'input_file_id' in st:   # uploaded before a crash: the batch may exist already
+            if bid := await self._find_batch(sdk, st['job']):
+                st['batch_id'] = bid; write_json(path, st); return st
+        else:
+            f = await self._retrying(lambda: sdk.files.create(file=(f"lion_{st['job']}.jsonl", j['data'], 'application/jsonl'),
+                                                              purpose='batch'), 'uploading the request file')
+            st['input_file_id'] = f.id; write_json(path, st)
+        b = await self._retrying(lambda: sdk.batches.create(input_file_id=st['input_file_id'], endpoint=st.get('url', '/v1/chat/completions'),
+                                                            completion_window='24h', metadata={'lion_job': st['job']}),
+                                 'creating the batch')
+        st['batch_id'] = b.id; st['submitted'] = time.time(); write_json(path, st)
         return st
 
-    async def _fetch_async(self, todo, job, state_path, desc, deliver, n_hits) -> float:
-        sdk = self.c._sdk(); bar = _progress(len(todo), (desc or 'requests') + ' [batch]', n_hits)
+    async def _fetch_async(self, jobs: list, todo: dict, desc, deliver, n_hits):
+        sdk = self.c._sdk()
+        bar = _progress(len(todo), (desc or 'requests') + ' [batch]', n_hits)
         try:
-            st = await self._submit(sdk, todo, job, state_path)
-            while True:
-                b = await self._retrying(lambda: sdk.batches.retrieve(st['batch_id']), 'polling the batch')
-                rc = getattr(b, 'request_counts', None)
-                if rc is not None: bar.n = rc.completed + rc.failed; bar.set_postfix(status=b.status); bar.refresh()
-                if b.status in BATCH_DONE: break
-                await asyncio.sleep(self.c.batch_poll_s)
-            lines = []
-            for fid in (b.output_file_id, b.error_file_id):
-                if fid:
-                    content = await self._retrying(lambda: sdk.files.content(fid), 'downloading results')
-                    lines += [json.loads(x) for x in content.text.splitlines() if x.strip()]
-            cost = self._collect(todo, lines, b, deliver)
-            bar.n = len(todo); bar.refresh()
-            os.replace(state_path, state_path.with_suffix('.collected.json'))
-            return cost
+            for j in jobs: await self._submit(sdk, j)
+            waiting = list(jobs)
+            while waiting:
+                for j in list(waiting):
+                    b = await self._retrying(lambda: sdk.batches.retrieve(j['state']['batch_id']), 'polling the batch')
+                    if b.status not in BATCH_DONE: continue
+                    await self._collect_job(sdk, j, b, todo, deliver); waiting.remove(j); bar.update(len(j['keys']))
+                if waiting: await asyncio.sleep(self.c.batch_poll_s)
         finally:
             bar.close(); await sdk.close()
+
+    async def _collect_job(self, sdk, j: dict, b, todo: dict, deliver):
+        "Download one ended batch's results, collect them, settle its budget and mark it collected."
+        lines = []
+        for fid in (b.output_file_id, b.error_file_id):
+            if fid:
+                content = await self._retrying(lambda: sdk.files.content(fid), 'downloading results')
+                lines += [json.loads(x) for x in content.text.splitlines() if x.strip()]
+        cost = self._collect({k: todo[k] for k in j['keys']}, lines, b, deliver)
+        if self.c.budget is not None: self.c.budget.settle(j['reserved'], cost)
+        j['reserved'] = 0.0
+        os.replace(j['path'], j['path'].with_suffix('.collected.json'))
 
     def _collect(self, todo: dict, lines: list, b, deliver) -> float:
         "Turn output/error lines into results (cached, accounted, delivered); missing ones are failures."
@@ -642,32 +767,39 @@ class HFClient(_Client):
         return b
 
     def load(self):
-        "Load the tokenizer (left padding) and the model (float32, eval mode), once."
-        if self.model is not None: return self
+        """Load the tokenizer (left padding) and one model replica per device, once: every visible GPU in bfloat16
+        (or the `device` asked for), else the CPU in float32."""
+        if self.model is not None:   # already loaded (or a model handed over: it is the one replica)
+            if not getattr(self, 'replicas', None): self.replicas, self.devices = [self.model], [self.model.device]
+            return self
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         tok = AutoTokenizer.from_pretrained(self.path); tok.padding_side = 'left'
         if tok.pad_token is None: tok.pad_token = tok.eos_token
         self.tokenizer = tok
-        self.device = self._device or ('cuda' if torch.cuda.is_available() else 'cpu')
-        self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32).to(self.device).eval()
+        gpus = [f'cuda:{i}' for i in range(torch.cuda.device_count())]
+        self.devices = [self._device] if self._device else (gpus or ['cpu'])
+        dtype = lambda d: torch.bfloat16 if str(d).startswith('cuda') else torch.float32
+        self.replicas = [AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype(d)).to(d).eval() for d in self.devices]
+        self.model, self.device = self.replicas[0], self.devices[0]
         eos = self.model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
         if tok.eos_token_id is not None: eos.add(tok.eos_token_id)
         self.eos_ids = sorted(eos)
         return self
 
-    def generate(self, prompts: list[str], max_new_tokens: int, temperature: float = 0.0, seed: Optional[int] = None) -> list[dict]:
-        "Generate for a batch of rendered prompts; one dict per prompt (text, finish_reason, token counts)."
+    def generate(self, prompts: list[str], max_new_tokens: int, temperature: float = 0.0, seed: Optional[int] = None,
+                 replica: int = 0) -> list[dict]:
+        "Generate for a batch of rendered prompts on one replica; one dict per prompt (text, finish_reason, token counts)."
         import torch
         from transformers import GenerationConfig
-        self.load(); tok = self.tokenizer
-        enc = tok(prompts, return_tensors='pt', padding=True, add_special_tokens=not getattr(tok, 'chat_template', None) or self.template != 'chat').to(self.model.device)
+        self.load(); tok = self.tokenizer; model = self.replicas[replica]
+        enc = tok(prompts, return_tensors='pt', padding=True, add_special_tokens=not getattr(tok, 'chat_template', None) or self.template != 'chat').to(model.device)
         sample = temperature > 0
         gc = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample, use_cache=True, pad_token_id=tok.pad_token_id,
                               eos_token_id=self.eos_ids or None, **({'temperature': temperature, 'top_k': 0, 'top_p': 1.0} if sample else {}))
         if sample: torch.manual_seed(seed if seed is not None else 0)
-        with torch.inference_mode(): out = self.model.generate(**enc, generation_config=gc)
+        with torch.inference_mode(): out = model.generate(**enc, generation_config=gc)
         gen = out[:, enc['input_ids'].shape[1]:].tolist()
         res = []
         for row, mask in zip(gen, enc['attention_mask'].sum(1).tolist()):
@@ -677,28 +809,64 @@ class HFClient(_Client):
                         'prompt_tokens': int(mask), 'completion_tokens': len(toks) + (cut is not None)})
         return res
 
-    def _fetch(self, todo: dict, desc, deliver, n_hits):
+    def generate_or_split(self, prompts: list[str], max_new_tokens: int, temperature: float = 0.0,
+                          seed: Optional[int] = None, replica: int = 0) -> list[dict]:
+        """`generate`, but a batch that runs out of memory is halved and each half retried (and later batches are
+        made no bigger than the half); only a single prompt that does not fit fails, alone, with the reason."""
+        import torch
+        try: return self.generate(prompts, max_new_tokens, temperature, seed, replica)
+        except torch.OutOfMemoryError as e:
+            if torch.cuda.is_available(): torch.cuda.empty_cache()
+            if len(prompts) == 1: return [{'error': f'OutOfMemoryError on a single prompt: {e}'}]
+            h = len(prompts)//2; self.batch_size = min(self.batch_size, h); self.stats['retries'] += 1
+            return (self.generate_or_split(prompts[:h], max_new_tokens, temperature, seed, replica)
+                    + self.generate_or_split(prompts[h:], max_new_tokens, temperature, seed, replica))
+
+    def batches(self, todo: dict) -> list[list]:
+        """The requests as batches of (key, request, prompt): grouped by sampling settings and sorted by expected
+        length (prompt tokens plus the token limit), longest first, so that a batch pads little and the slowest
+        batches start first."""
         self.load()
         items = [(k, r, render_prompt(self.tokenizer, r.messages, self.template)) for k, r in todo.items()]
-        lens = {k: len(self.tokenizer(p, add_special_tokens=False)['input_ids']) for k, r, p in items}
+        lens = {k: len(self.tokenizer(p, add_special_tokens=False)['input_ids']) + r.max_tokens for k, r, p in items}
         groups: dict = {}
-        for it in items: groups.setdefault((it[1].temperature, it[1].max_tokens), []).append(it)
-        bar = _progress(len(items), desc, n_hits)
+        for it in sorted(items, key=lambda it: -lens[it[0]]): groups.setdefault((it[1].temperature, it[1].max_tokens), []).append(it)
+        return [its[i:i+self.batch_size] for its in groups.values() for i in range(0, len(its), self.batch_size)]
+
+    def _run_batch(self, chunk: list, replica: int) -> list:
+        "Outputs for one batch (in pieces of the current batch size, which shrinks after an out-of-memory error)."
+        r0, out = chunk[0][1], []
+        seed = derive_seed(r0.seed or 0, *[k for k, _, _ in chunk]) if r0.temperature > 0 else None
+        for i in range(0, len(chunk), self.batch_size):
+            piece = [p for _, _, p in chunk[i:i+self.batch_size]]
+            try: out += self.generate_or_split(piece, r0.max_tokens, r0.temperature, seed, replica)
+            except (RuntimeError, ValueError) as e:   # anything else: record, do not hide
+                out += [{'error': f'{type(e).__name__}: {e}'}]*len(piece)
+        return out
+
+    def _fetch(self, todo: dict, desc, deliver, n_hits):
+        chunks = self.batches(todo); lock = threading.Lock()
+        bar = _progress(len(todo), desc, n_hits)
+        def one(chunk: list, replica: int):
+            outs = self._run_batch(chunk, replica)
+            with lock:
+                for (k, r, _), o in zip(chunk, outs):
+                    if 'error' in o: res = ChatResult(r.key, 'failed', error=o['error'], model=self.spec.model)
+                    else: res = ChatResult(r.key, 'done', o['text'], o['finish_reason'], None, o['prompt_tokens'], o['completion_tokens'], False, self.spec.model)
+                    self._event(calls=1, prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens, failures=int(res.status == 'failed'),
+                                cost_usd=cost_usd(self.spec, res.prompt_tokens, res.completion_tokens))
+                    self._store(k, res); deliver(k, res); bar.update(1)
         try:
-            for (temp, mt), its in groups.items():
-                its.sort(key=lambda it: -lens[it[0]])        # longest first: similar lengths share a batch
-                for i in range(0, len(its), self.batch_size):
-                    chunk = its[i:i+self.batch_size]
-                    seed = derive_seed(chunk[0][1].seed or 0, *[k for k, _, _ in chunk]) if temp > 0 else None
-                    try: outs = self.generate([p for _, _, p in chunk], mt, temp, seed)
-                    except (RuntimeError, ValueError) as e:   # e.g. out of memory: record, do not hide
-                        outs = [{'error': f'{type(e).__name__}: {e}'}]*len(chunk)
-                    for (k, r, _), o in zip(chunk, outs):
-                        if 'error' in o: res = ChatResult(r.key, 'failed', error=o['error'], model=self.spec.model)
-                        else: res = ChatResult(r.key, 'done', o['text'], o['finish_reason'], None, o['prompt_tokens'], o['completion_tokens'], False, self.spec.model)
-                        self._event(calls=1, prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens, failures=int(res.status == 'failed'),
-                                    cost_usd=cost_usd(self.spec, res.prompt_tokens, res.completion_tokens))
-                        self._store(k, res); deliver(k, res); bar.update(1)
+            if len(self.replicas) == 1:
+                for c in chunks: one(c, 0)
+            else:   # one worker thread per replica; each takes the next batch when it is free
+                q, qlock = iter(chunks), threading.Lock()
+                def worker(replica: int):
+                    while True:
+                        with qlock: c = next(q, None)
+                        if c is None: return
+                        one(c, replica)
+                with concurrent.futures.ThreadPoolExecutor(len(self.replicas)) as ex: list(ex.map(worker, range(len(self.replicas))))
         finally: bar.close()
         return None
 
@@ -714,22 +882,31 @@ def _embedded_base_url(model: str) -> str:
 
 def make_client(spec: ModelSpec, *, role: str, stage: str = '', iteration: int = 0, cache_dir=None, usage_log=None,
                 budget: Optional[Budget] = None, **kw) -> _Client:
-    """The client for `spec`: OpenAI-compatible endpoint, the embedded server, or a local checkpoint.
+    """The client for `spec`: OpenAI-compatible endpoint, the embedded server, a local checkpoint, or an engine.
 
     Optional keywords, each used only by the backends it concerns (so callers can pass them regardless):
     `template` ('chat' or 'alpaca'; use the one the student was trained with), `batch_size`, `device` (hf);
-    `retry_base_s` (backoff base), `batch_poll_s` (Batch API polling interval), `base_url` (openai)."""
+    `retry_base_s` (backoff base), `batch_poll_s` (Batch API polling interval), `base_url` (openai);
+    `engine_dir` (vllm: where the launch record and the server's log go)."""
     common = dict(role=role, stage=stage, iteration=iteration, cache_dir=cache_dir, usage_log=usage_log, budget=budget)
-    remote_kw, local_kw = {'retry_base_s', 'batch_poll_s', 'base_url'}, {'template', 'batch_size', 'device'}
-    unknown = set(kw) - remote_kw - local_kw
+    accepts = {'openai': {'retry_base_s', 'batch_poll_s', 'base_url', 'template'}, 'embedded': {'retry_base_s', 'batch_poll_s'},
+               'hf': {'template', 'batch_size', 'device'}, 'vllm': {'retry_base_s', 'template', 'engine_dir'}}
+    unknown = set(kw) - set().union(*accepts.values())
     if unknown: raise TypeError(f"make_client() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-    own = {k: v for k, v in kw.items() if k in (local_kw if spec.backend == 'hf' else remote_kw)}  # the others do not apply
-    if spec.backend == 'openai': return OpenAIClient(spec, **common, **own)
+    if spec.backend not in accepts: raise LionError(f"unknown backend {spec.backend!r}")
+    own = {k: v for k, v in kw.items() if k in accepts[spec.backend]}  # the others do not apply
+    if spec.backend == 'openai': return OpenAIClient(spec, checkpoint=spec.checkpoint, **common, **own)
     if spec.backend == 'embedded':
-        return OpenAIClient(spec, base_url=lambda: _embedded_base_url(spec.model), endpoint=f'embedded:{spec.model}', **common,
-                            **{k: v for k, v in own.items() if k != 'base_url'})
+        return OpenAIClient(spec, base_url=lambda: _embedded_base_url(spec.model), endpoint=f'embedded:{spec.model}', **common, **own)
     if spec.backend == 'hf': return HFClient(spec, **common, **own)
-    raise LionError(f"unknown backend {spec.backend!r}")
+    from lion_nb import engine   # imported here: lion_nb.engine builds on this module
+    return engine.EngineClient(spec, **common, **own)
+
+def student_spec(base: ModelSpec, checkpoint) -> ModelSpec:
+    """The spec of a trained student `checkpoint`: served like the configured student `base` when that is an
+    engine (`vllm`: same launch command and parallelism), else generated locally with transformers (`hf`)."""
+    if base.backend == 'vllm': return base.model_copy(update={'model': str(checkpoint)})
+    return ModelSpec(backend='hf', model=str(checkpoint), concurrency=base.concurrency if base.backend == 'hf' else 8)
 
 def run_budget(cfg, usage_log) -> Optional[Budget]:
     "The configured budget cap, counting what `usage_log` says was already spent (None when the config sets no cap)."
@@ -741,6 +918,7 @@ def run_client(cfg, run, role: str, *, stage: str, iteration: int, spec: Optiona
     (e.g. a later iteration's student checkpoint); other keywords go to `make_client`."""
     spec = spec or cfg.model_for(role)
     kw.setdefault('template', cfg.train.template)
+    if spec.backend == 'vllm' and stage: kw.setdefault('engine_dir', run.stage_dir(iteration, stage)/'engine')
     return make_client(spec, role=role, stage=stage, iteration=iteration, cache_dir=run.cache, usage_log=run.usage,
                        budget=run_budget(cfg, run.usage), **kw)
 
@@ -784,7 +962,7 @@ def _answer_parser() -> argparse.ArgumentParser:
     p.add_argument('--config', help="run configuration (YAML); the role's model is used")
     p.add_argument('--base-url', help='an OpenAI-compatible endpoint (instead of --config)')
     p.add_argument('--model', help='model name at the endpoint, or checkpoint folder with --backend hf')
-    p.add_argument('--backend', choices=['openai', 'embedded', 'hf'], help='default: openai with --base-url, else from the config')
+    p.add_argument('--backend', choices=['openai', 'embedded', 'hf', 'vllm'], help='default: openai with --base-url, else from the config')
     p.add_argument('--api-key-env', help='environment variable holding the API key')
     p.add_argument('--concurrency', type=int); p.add_argument('--rpm', type=int); p.add_argument('--tpm', type=int)
     p.add_argument('--max-retries', type=int); p.add_argument('--timeout', type=float)

@@ -4,9 +4,10 @@ It speaks real HTTP on 127.0.0.1 (a free port), so the real `openai` client talk
 to a provider. It implements:
 
     POST /v1/chat/completions      replies from a function of the request, with `usage`
+    POST /v1/completions           the same for a `prompt` (the reply function sees it as the last user message)
     GET  /v1/models
     POST /v1/files                 multipart upload (purpose 'batch'); GET /v1/files/{id}[/content]
-    POST /v1/batches               GET /v1/batches/{id}; POST /v1/batches/{id}/cancel
+    POST /v1/batches               GET /v1/batches[/{id}]; POST /v1/batches/{id}/cancel
     GET  /_stats                   the counters below, as JSON (for a server in another process)
 
 Scripting (all attributes of `FakeOpenAI`, changeable while it runs):
@@ -19,6 +20,15 @@ Scripting (all attributes of `FakeOpenAI`, changeable while it runs):
     rpm, window_s                                    an enforced rate limit: 429 + Retry-After when exceeded
     batch_polls                                      retrieves a batch answers 'in_progress' before it completes
     batch_fail_ids                                   custom_ids that go to the batch's error file
+    batch_gate                                       None: batches end after `batch_polls` polls; else the set of
+                                                     batch numbers (1-based, in creation order) allowed to end
+    batch_max_requests, batch_max_file_bytes         OpenAI's limits (50,000 requests; 200 MB per batch input file):
+                                                     a bigger upload gets HTTP 400, a batch with more lines fails
+                                                     validation (status 'failed', errors listed)
+    upload_latency_s                                 sleep after counting an upload, before answering it
+    api_key                                          when set, requests without `Authorization: Bearer <it>` get 401
+    models_root                                      when set, /v1/models lists it as the model's `root` (as vLLM
+                                                     lists the checkpoint folder it serves)
 
 Faults: '429' (with Retry-After: `retry_after_s`, and retry-after-ms when `retry_after_ms` is set),
 '500', '503', 'reset' (connection dropped with a TCP reset, no response), 'hang' (no response for
@@ -82,12 +92,16 @@ class FakeOpenAI:
                  fault_rate: Optional[dict] = None, fault_fn: Optional[Callable] = None, seed: int = 0,
                  retry_after_s: Optional[float] = 1.0, retry_after_ms: Optional[float] = None, hang_s: float = 30.0,
                  rpm: Optional[int] = None, window_s: float = 60.0, batch_polls: int = 0,
-                 batch_fail_ids=(), host: str = '127.0.0.1', port: int = 0):
+                 batch_fail_ids=(), host: str = '127.0.0.1', port: int = 0, batch_gate=None,
+                 batch_max_requests: int = 50_000, batch_max_file_bytes: int = 200*1024*1024, upload_latency_s: float = 0.0,
+                 api_key: Optional[str] = None, models_root: Optional[str] = None):
         self.reply, self.latency_s, self.schedule = reply, latency_s, dict(schedule or {})
         self.fault_rate, self.fault_fn, self.rng = dict(fault_rate or {}), fault_fn, random.Random(seed)
         self.retry_after_s, self.retry_after_ms, self.hang_s = retry_after_s, retry_after_ms, hang_s
         self.rpm, self.window_s, self.batch_polls, self.batch_fail_ids = rpm, window_s, batch_polls, set(batch_fail_ids)
         self.host, self.port = host, port
+        self.batch_gate, self.batch_max_requests, self.batch_max_file_bytes = batch_gate, batch_max_requests, batch_max_file_bytes
+        self.upload_latency_s, self.api_key, self.models_root = upload_latency_s, api_key, models_root
         self.lock, self.stopping = threading.Lock(), threading.Event()
         self.reset_counters()
         self.files: dict[str, dict] = {}
@@ -171,11 +185,28 @@ class FakeOpenAI:
                 'usage': {'prompt_tokens': prompt, 'completion_tokens': 0 if not text else n_tokens(text),
                           'total_tokens': prompt + (0 if not text else n_tokens(text))}}
 
+    def text_completion(self, body: dict, fault: Optional[str] = None) -> dict:
+        "A text_completion object for a /v1/completions `body`: the chat reply to its prompt, as `text`."
+        chat = self.completion({**body, 'messages': [{'role': 'user', 'content': body['prompt']}]}, fault)
+        ch = chat['choices'][0]
+        return {**chat, 'id': chat['id'].replace('chatcmpl', 'cmpl'), 'object': 'text_completion',
+                'choices': [{'index': 0, 'text': ch['message']['content'], 'finish_reason': ch['finish_reason'], 'logprobs': None}]}
+
     # ---- batches
+    def may_end(self, b: dict) -> bool:
+        "Whether batch `b` may end now (its polls are done and the gate, if any, lets it through)."
+        return b['_polls'] > self.batch_polls and (self.batch_gate is None or b['_n'] in self.batch_gate)
+
     def run_batch(self, b: dict):
-        "Answer every line of a batch's input file; write its output and error files."
+        "Answer every line of a batch's input file; write its output and error files (or fail it over the limit)."
         out, err = [], []
-        for line in self.files[b['input_file_id']]['data'].decode('utf-8').splitlines():
+        lines = [x for x in self.files[b['input_file_id']]['data'].decode('utf-8').splitlines() if x.strip()]
+        if len(lines) > self.batch_max_requests:
+            msg = f'The batch input file has {len(lines)} requests; a batch can have at most {self.batch_max_requests}.'
+            b['errors'] = {'object': 'list', 'data': [{'code': 'too_many_requests', 'message': msg, 'param': None, 'line': None}]}
+            b['status'], b['failed_at'] = 'failed', int(time.time())
+            return
+        for line in lines:
             if not line.strip(): continue
             req = json.loads(line); cid = req['custom_id']
             if cid in self.batch_fail_ids:
@@ -184,7 +215,8 @@ class FakeOpenAI:
                 continue
             with self.lock: self.batch_counts[request_key(req['body'])] += 1
             out.append({'id': f'batch_req_{uuid.uuid4().hex[:10]}', 'custom_id': cid, 'error': None,
-                        'response': {'status_code': 200, 'request_id': uuid.uuid4().hex, 'body': self.completion(req['body'])}})
+                        'response': {'status_code': 200, 'request_id': uuid.uuid4().hex,
+                                     'body': self.text_completion(req['body']) if 'prompt' in req['body'] else self.completion(req['body'])}})
         b['output_file_id'] = self.add_file(out, 'batch_output') if out else None
         b['error_file_id'] = self.add_file(err, 'batch_output') if err else None
         b['request_counts'] = {'total': len(out) + len(err), 'completed': len(out), 'failed': len(err)}
@@ -253,7 +285,13 @@ class _Handler(BaseHTTPRequestHandler):
         s, p = self.server_state, self.path.split('?')[0].rstrip('/')
         self._count()
         if p == '/_stats': return self._send(200, s.stats())
-        if p == '/v1/models': return self._send(200, {'object': 'list', 'data': [{'id': 'fake', 'object': 'model', 'created': 0, 'owned_by': 'tests'}]})
+        if p == '/v1/batches':
+            data = [{k: v for k, v in b.items() if not k.startswith('_')} for b in reversed(list(s.batches.values()))]
+            return self._send(200, {'object': 'list', 'data': data, 'has_more': False,
+                                    'first_id': data[0]['id'] if data else None, 'last_id': data[-1]['id'] if data else None})
+        if p == '/v1/models':
+            m = {'id': 'fake', 'object': 'model', 'created': int(time.time()), 'owned_by': 'tests'}
+            return self._send(200, {'object': 'list', 'data': [{**m, 'root': s.models_root} if s.models_root else m]})
         parts = p.split('/')
         if p.startswith('/v1/files/') and len(parts) in (4, 5):
             f = s.files.get(parts[3])
@@ -265,7 +303,7 @@ class _Handler(BaseHTTPRequestHandler):
             if b is None: return self._error(404, f'no batch {parts[3]}')
             with s.lock:
                 b['_polls'] += 1
-                ready = b['status'] in ('validating', 'in_progress') and b['_polls'] > s.batch_polls
+                ready = b['status'] in ('validating', 'in_progress') and s.may_end(b)
                 if b['status'] == 'validating': b['status'] = 'in_progress'
             if ready: s.run_batch(b)
             return self._send(200, {k: v for k, v in b.items() if not k.startswith('_')})
@@ -275,7 +313,10 @@ class _Handler(BaseHTTPRequestHandler):
         s, p = self.server_state, self.path.split('?')[0].rstrip('/')
         self._count()
         raw = self._body()
+        if s.api_key is not None and self.headers.get('Authorization') != f'Bearer {s.api_key}':
+            return self._error(401, 'Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.')
         if p == '/v1/chat/completions': return self._chat(raw)
+        if p == '/v1/completions': return self._chat(raw, completions=True)
         if p == '/v1/files': return self._upload(raw)
         if p == '/v1/batches':
             body = json.loads(raw or b'{}')
@@ -285,7 +326,7 @@ class _Handler(BaseHTTPRequestHandler):
                  'completion_window': body.get('completion_window', '24h'), 'status': 'validating', 'created_at': int(time.time()),
                  'output_file_id': None, 'error_file_id': None, 'errors': None, 'metadata': body.get('metadata'),
                  'request_counts': {'total': 0, 'completed': 0, 'failed': 0}, '_polls': 0}
-            with s.lock: s.batches[bid] = b; s.batches_created += 1
+            with s.lock: s.batches_created += 1; b['_n'] = s.batches_created; s.batches[bid] = b
             return self._send(200, {k: v for k, v in b.items() if not k.startswith('_')})
         parts = p.split('/')
         if p.startswith('/v1/batches/') and p.endswith('/cancel') and len(parts) == 5 and parts[3] in s.batches:
@@ -303,15 +344,20 @@ class _Handler(BaseHTTPRequestHandler):
             if part.get_filename(): data, filename = part.get_payload(decode=True), part.get_filename()
             else: fields[name] = part.get_payload(decode=True).decode()
         if data is None: return self._error(400, 'no file in the upload')
+        if fields.get('purpose', 'batch') == 'batch' and len(data) > s.batch_max_file_bytes:
+            return self._error(400, f'File is too large: {len(data)} bytes. Files for the Batch API can be at most '
+                                    f'{s.batch_max_file_bytes} bytes.')
         with s.lock: s.files_uploaded += 1
+        if s.upload_latency_s: time.sleep(s.upload_latency_s)
         fid = s.add_file(data, fields.get('purpose', 'batch'), filename)
         self._send(200, _file_obj(s.files[fid]))
 
-    def _chat(self, raw: bytes):
+    def _chat(self, raw: bytes, completions: bool = False):
         s = self.server_state
         try: body = json.loads(raw)
         except json.JSONDecodeError: return self._error(400, 'request body is not JSON')
-        if not isinstance(body.get('messages'), list): return self._error(400, "'messages' is required")
+        if completions and not isinstance(body.get('prompt'), str): return self._error(400, "'prompt' is required")
+        if not completions and not isinstance(body.get('messages'), list): return self._error(400, "'messages' is required")
         key = request_key(body)
         with s.lock:
             s.n_chat += 1; n = s.n_chat; seen = s.counts[key]; s.counts[key] += 1
@@ -334,7 +380,7 @@ class _Handler(BaseHTTPRequestHandler):
             s.stopping.wait(s.hang_s); return self._reset()
         if fault == 'badjson': return self._send(200, raw=b'{"id": "chatcmpl-broken", "choices": [', ctype='application/json')
         with s.lock: s.served[key] += 1
-        self._send(200, s.completion(body, fault))
+        self._send(200, s.text_completion(body, fault) if completions else s.completion(body, fault))
 
 
 @contextmanager

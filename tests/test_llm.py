@@ -381,3 +381,217 @@ def test_cache_is_safe_with_several_processes(tmp_path):
     from lion_nb.llm import ResponseCache
     c = ResponseCache(tmp_path)
     assert len(c) == 300 and c.get('a-149') == {'text': '149'} and c.get('b-0') == {'text': '0'}
+
+
+# ---------------------------------------------------------------- Batch API at scale (issue 13)
+
+BATCH_SCRIPT = '''
+import json, sys
+from lion_nb.core import ModelSpec
+from lion_nb.llm import ChatRequest, make_client
+a = json.loads(sys.argv[1])
+rs = [ChatRequest(f'q{i}', [{'role': 'user', 'content': f'q number {i}'}], max_tokens=32) for i in range(a['n'])]
+out = make_client(ModelSpec(**a['spec']), role='teacher', cache_dir=a['cache'], batch_poll_s=0.02).run(rs)
+print(json.dumps([r.status for r in out]))
+'''
+
+
+def test_batch_run_is_split_to_the_request_and_size_limits(tmp_path):
+    from lion_nb.llm import BatchRunner
+    with serve() as srv:
+        spec = spec_for(srv, batch_api=True, batch_max_requests=4)
+        rs = reqs(10)
+        out = make_client(spec, role='teacher', cache_dir=tmp_path/'a', batch_poll_s=0.01).run(rs)
+        assert [r.key for r in out] == [r.key for r in rs] and all(r.status == 'done' for r in out)
+        assert srv.batches_created == 3 and srv.files_uploaded == 3
+        assert sorted(b['request_counts']['total'] for b in srv.batches.values()) == [2, 4, 4]
+        assert all(srv.batch_counts[skey(spec, r)] == 1 for r in rs)
+        # by size: room for three lines per file
+        c = make_client(spec_for(srv, batch_api=True), role='teacher', cache_dir=tmp_path/'b', batch_poll_s=0.01)
+        line = max(len(BatchRunner(c).line(c.key(r), r)) + 1 for r in rs)
+        c.spec = c.spec.model_copy(update={'batch_max_bytes': 3*line + 2}); before = set(srv.files)
+        assert all(r.status == 'done' for r in c.run(rs)) and srv.batches_created == 3 + 4
+        assert max(f['bytes'] for i, f in srv.files.items() if f['purpose'] == 'batch' and i not in before) <= 3*line + 2
+
+
+def test_server_enforces_the_batch_limits(tmp_path):
+    "The stand-in refuses what OpenAI refuses: more lines than allowed (the batch fails), a file too big (HTTP 400)."
+    from lion_nb.core import LionError
+    with serve(batch_max_requests=3) as srv:
+        out = make_client(spec_for(srv, batch_api=True), role='teacher', cache_dir=tmp_path/'a', batch_poll_s=0.01).run(reqs(5))
+        assert all(r.status == 'failed' for r in out) and 'at most 3' in out[0].error
+        ok = make_client(spec_for(srv, batch_api=True, batch_max_requests=3), role='teacher', cache_dir=tmp_path/'a',
+                         batch_poll_s=0.01).run(reqs(5))
+        assert all(r.status == 'done' for r in ok)          # within the limit: split, and the failures retried
+    with serve(batch_max_file_bytes=2000) as srv:
+        with pytest.raises(LionError, match='too large'):
+            make_client(spec_for(srv, batch_api=True), role='teacher', cache_dir=tmp_path/'b', batch_poll_s=0.01).run(reqs(20))
+        assert srv.batches_created == 0
+        out = make_client(spec_for(srv, batch_api=True, batch_max_bytes=2000), role='teacher', cache_dir=tmp_path/'b',
+                          batch_poll_s=0.01).run(reqs(20))
+        assert all(r.status == 'done' for r in out) and srv.batches_created >= 2
+
+
+@pytest.mark.parametrize('kill_at', ['between_collections', 'between_submissions'])
+def test_batch_run_killed_between_batches_resumes_without_resubmitting(tmp_path, kill_at):
+    "kill -9 with batches submitted (one collected) or half submitted; the re-run submits no request twice."
+    n, folder = 10, tmp_path/'batches'
+    with serve(batch_gate=set(), upload_latency_s=1.0 if kill_at == 'between_submissions' else 0.0) as srv:
+        spec = spec_for(srv, batch_api=True, batch_max_requests=4)
+        arg = json.dumps({'spec': spec.model_dump(), 'n': n, 'cache': str(tmp_path)})
+        p = subprocess.Popen([sys.executable, '-c', BATCH_SCRIPT, arg], cwd=ROOT, env={**os.environ, 'TQDM_DISABLE': '1'},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if kill_at == 'between_collections':
+            wait_until(lambda: srv.batches_created == 3, proc=p)
+            srv.batch_gate = {1}                                   # the provider finishes the first batch only
+            wait_until(lambda: len(list(folder.glob('*.collected.json'))) == 1, proc=p)
+        else:                                                      # batch 1 created, file 2 uploading
+            wait_until(lambda: srv.batches_created == 1 and srv.files_uploaded == 2, proc=p)
+        os.kill(p.pid, signal.SIGKILL); p.wait()
+        assert srv.batches_created == (3 if kill_at == 'between_collections' else 1)
+        srv.batch_gate, srv.upload_latency_s = None, 0.0
+        c = make_client(spec, role='teacher', cache_dir=tmp_path, batch_poll_s=0.02)
+        rs = reqs(n)
+        out = c.run(rs)
+        assert all(r.status == 'done' for r in out) and [r.text for r in out] == [f'Answer to: q number {i}' for i in range(n)]
+        assert srv.batches_created == 3, 'no batch was submitted twice'
+        assert all(srv.batch_counts[skey(spec, r)] == 1 for r in rs), 'no request was answered twice'
+        assert c.stats['cache_hits'] == (4 if kill_at == 'between_collections' else 0)
+        assert len(list(folder.glob('*.collected.json'))) == 3 and not [f for f in folder.glob('*.json') if 'collected' not in f.name]
+        assert make_client(spec, role='teacher', cache_dir=tmp_path).run(rs) and srv.batches_created == 3
+
+
+# ---------------------------------------------------------------- newer OpenAI models, keys (issue 13)
+
+def test_reasoning_models_get_max_completion_tokens_and_no_temperature(tmp_path):
+    seen = []
+    def reply(body):
+        seen.append(body); return 'ok'
+    r = ChatRequest('k', [{'role': 'user', 'content': 'hi'}], temperature=0.7, max_tokens=50)
+    cases = [('o3-mini', {}), ('gpt-5-mini', {}), ('gpt-4o', {}),
+             ('house-reasoner', {'token_param': 'max_completion_tokens', 'sends_temperature': False}), ('o1', {'sends_temperature': True})]
+    with serve(reply) as srv:
+        for model, kw in cases:
+            make_client(spec_for(srv, model=model, **kw), role='teacher', cache_dir=tmp_path).run([r])
+        make_client(spec_for(srv, model='o4-mini', batch_api=True), role='teacher', cache_dir=tmp_path, batch_poll_s=0.01).run([r])
+        batch_line = json.loads(next(f['data'] for f in srv.files.values() if f['purpose'] == 'batch'))['body']
+    got = [(b['model'], b.get('max_tokens'), b.get('max_completion_tokens'), b.get('temperature')) for b in seen]
+    assert got[:5] == [('o3-mini', None, 50, None), ('gpt-5-mini', None, 50, None), ('gpt-4o', 50, None, 0.7),
+                       ('house-reasoner', None, 50, None), ('o1', None, 50, 0.7)]
+    assert batch_line['max_completion_tokens'] == 50 and 'max_tokens' not in batch_line and 'temperature' not in batch_line
+
+
+def test_401_without_a_key_variable_says_that_no_key_was_sent(tmp_path, monkeypatch, capsys):
+    from lion_nb.core import LionError
+    write_jsonl(tmp_path/'pool.jsonl', pool(2))
+    with serve(api_key='sk-right') as srv:
+        out = make_client(spec_for(srv), role='teacher', cache_dir=tmp_path/'c').run(reqs(1))
+        assert out[0].status == 'failed' and 'HTTP 401' in out[0].error and 'no API key was sent' in out[0].error
+        assert 'api_key_env' in out[0].error and '--api-key-env' in out[0].error
+        assert srv.counts == {} or sum(srv.counts.values()) == 0   # refused before any chat was counted: one try, no retries
+        rc = answer_cli(['--role', 'teacher', '--pool', str(tmp_path/'pool.jsonl'), '--out', str(tmp_path/'a.jsonl'),
+                         '--base-url', srv.base_url, '--model', 'm'])
+        assert rc == 1 and 'no API key was sent' in capsys.readouterr().err
+        with pytest.raises(LionError, match='no API key was sent'):
+            make_client(spec_for(srv, batch_api=True), role='teacher', cache_dir=tmp_path/'b').run(reqs(1))
+        monkeypatch.setenv('LION_TEST_KEY', 'sk-wrong')       # a key was named and sent: a plain 401
+        out = make_client(spec_for(srv, api_key_env='LION_TEST_KEY'), role='teacher', cache_dir=tmp_path/'c').run(reqs(1))
+        assert 'HTTP 401' in out[0].error and 'no API key was sent' not in out[0].error
+        monkeypatch.setenv('LION_TEST_KEY', 'sk-right')
+        assert make_client(spec_for(srv, api_key_env='LION_TEST_KEY'), role='teacher', cache_dir=tmp_path/'c').run(reqs(1))[0].status == 'done'
+
+
+# ---------------------------------------------------------------- endpoint students are cached by their weights (issue 14)
+
+def test_endpoint_student_never_gets_a_previous_checkpoints_answers(tmp_path):
+    """Same URL, same model name, a server restarted on a new checkpoint (its /v1/models `root`, as vLLM lists it):
+    fresh answers. The cache used to be keyed by URL and model name, and replayed the previous student's answers."""
+    ckpt = tiny_llama(tmp_path/'local')
+    serving = {'ckpt': 'A'}
+    with serve(lambda body: f"student {serving['ckpt']} answers", models_root='/ckpts/A') as srv:
+        spec = spec_for(srv, model='student')
+        run = lambda: make_client(spec, role='student', cache_dir=tmp_path).run(reqs(2))
+        first = run()
+        serving['ckpt'], srv.models_root = 'B', '/ckpts/B'
+        second = run()
+        serving['ckpt'], srv.models_root = 'A', '/ckpts/A'
+        third = run()
+        serving['ckpt'], srv.models_root = 'L', str(ckpt)                 # a local folder: fingerprinted
+        fourth = run()
+        time.sleep(0.01); (ckpt/'config.json').write_text((ckpt/'config.json').read_text())   # retrained in place
+        serving['ckpt'] = 'L2'; fifth = run()
+        teacher = make_client(spec, role='teacher', cache_dir=tmp_path)    # other roles: the URL, as before
+        assert teacher.endpoint_id() == srv.base_url
+    assert [r.text for r in first] == ['student A answers']*2
+    assert [r.text for r in second] == ['student B answers']*2 and not any(r.cached for r in second)
+    assert all(r.cached for r in third) and [r.text for r in third] == ['student A answers']*2
+    assert [r.text for r in fourth] == ['student L answers']*2 and [r.text for r in fifth] == ['student L2 answers']*2
+
+
+def test_endpoint_student_with_a_named_checkpoint_is_keyed_by_its_fingerprint(tmp_path):
+    "With `checkpoint:` the cache works again, keyed by the weights; prompts go to /v1/completions, rendered as trained."
+    import shutil
+    a = tiny_llama(tmp_path/'a'); b = Path(shutil.copytree(a, tmp_path/'b'))   # another folder: another fingerprint
+    serving = {'ckpt': 'A'}
+    with serve(lambda body: f"student {serving['ckpt']} answers") as srv:
+        run = lambda ckpt: make_client(spec_for(srv, model='student', checkpoint=str(ckpt)), role='student', cache_dir=tmp_path).run(reqs(2))
+        first = run(a)
+        serving['ckpt'] = 'B'; second = run(b)
+        serving['ckpt'] = 'A'; third = run(a)
+        assert srv.paths['POST /v1/completions'] == 4 and srv.paths['POST /v1/chat/completions'] == 0
+        time.sleep(0.01); (b/'config.json').write_text((b/'config.json').read_text())   # b retrained in place
+        serving['ckpt'] = 'B2'; fourth = run(b)
+    assert [r.text for r in second] == ['student B answers']*2 and not any(r.cached for r in second)
+    assert all(r.cached for r in third) and [r.text for r in third] == [r.text for r in first]
+    assert [r.text for r in fourth] == ['student B2 answers']*2
+
+
+# ---------------------------------------------------------------- the HF student: out of memory (issue 14)
+
+def test_hf_batch_out_of_memory_is_split_and_retried_not_failed(tmp_path):
+    import torch
+    ckpt = tiny_llama(tmp_path/'ckpt')
+    spec = ModelSpec(backend='hf', model=str(ckpt), concurrency=8)
+    rs = [ChatRequest(f'q{i}', [{'role': 'user', 'content': f'Explain item {i}'}], max_tokens=4) for i in range(7)]
+    c = make_client(spec, role='student', cache_dir=tmp_path/'c')
+    real, sizes = c.generate, []
+    def small_gpu(prompts, *a, **kw):
+        sizes.append(len(prompts))
+        if len(prompts) > 2: raise torch.OutOfMemoryError('CUDA out of memory (injected for batches above 2)')
+        return real(prompts, *a, **kw)
+    c.generate = small_gpu
+    out = c.run(rs)
+    assert all(r.status == 'done' for r in out) and sizes[0] == 7 and c.batch_size <= 3 and c.stats['retries'] >= 1
+    ref = make_client(spec, role='student', batch_size=1)
+    ref.model, ref.tokenizer, ref.eos_ids = c.model, c.tokenizer, c.eos_ids
+    assert [r.text for r in out] == [r.text for r in ref.run(rs)]      # greedy: the split changes nothing
+    # a single prompt that does not fit fails alone, with the reason
+    d = make_client(spec, role='student')
+    d.model, d.tokenizer, d.eos_ids = c.model, c.tokenizer, c.eos_ids
+    real_d = d.generate
+    def one_too_long(prompts, *a, **kw):
+        if any('item 3' in p for p in prompts): raise torch.OutOfMemoryError('CUDA out of memory (injected)')
+        return real_d(prompts, *a, **kw)
+    d.generate = one_too_long
+    res = d.run(rs)
+    assert [r.status for r in res] == ['done']*3 + ['failed'] + ['done']*3 and 'OutOfMemoryError' in res[3].error
+
+
+def test_hf_batches_are_shared_between_replicas(tmp_path):
+    "With several replicas (one per GPU; here two handles on one CPU model) each batch runs on one of them, once."
+    ckpt = tiny_llama(tmp_path/'ckpt')
+    spec = ModelSpec(backend='hf', model=str(ckpt), concurrency=2)
+    rs = [ChatRequest(f'q{i}', [{'role': 'user', 'content': f'Explain item {i}' + ' more'*i}], max_tokens=4) for i in range(7)]
+    c = make_client(spec, role='student').load()
+    c.replicas = [c.model, c.model]
+    real, used = c.generate, []
+    def gen(prompts, n, temp=0.0, seed=None, replica=0):
+        used.append((replica, len(prompts))); return real(prompts, n, temp, seed, replica)
+    c.generate = gen
+    out = c.run(rs)
+    ref = make_client(spec, role='student', batch_size=1)
+    ref.model, ref.tokenizer, ref.eos_ids = c.model, c.tokenizer, c.eos_ids
+    assert [r.text for r in out] == [r.text for r in ref.run(rs)]
+    assert sum(n for _, n in used) == 7 and {r for r, _ in used} <= {0, 1} and len(used) == 4
+    lens = [len(c.tokenizer(p, add_special_tokens=False)['input_ids']) for _, _, p in sum(c.batches({r.key: r for r in rs}), [])]
+    assert lens == sorted(lens, reverse=True)                       # longest first
