@@ -786,7 +786,10 @@ def referee_probe(cfg: Config, run: RunDir, k: int, teacher_answers: Sequence[An
     if not (cfg.probe.enabled and k in cfg.probe.iterations): return None
     from lion_nb.llm import run_client
     items = [(a.id, a.instruction, a.input, a.output) for a in teacher_answers if a.status == 'done']
-    pairs = probe_pairs(items, n=cfg.probe.items, seed=derive_seed(cfg.seed, 'probe', k))
+    try: pairs = probe_pairs(items, n=cfg.probe.items, seed=derive_seed(cfg.seed, 'probe', k))
+    except LionError as e:                       # too few usable teacher answers: say so, never fail the stage
+        if progress: progress(f"referee probe skipped: {e}")
+        return {'skipped': str(e)}
     client = run_client(cfg, run, 'referee', stage='discrimination', iteration=k)
     return run_probe(pairs, client, RefereeSettings.from_config(cfg, k), run.stage_dir(k, 'discrimination'),
                      cfg.probe.min_accuracy, cfg.probe.action, progress)
