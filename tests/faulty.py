@@ -109,7 +109,7 @@ def tree_hash(root) -> dict[str, str]:
 
 
 APPEND_LOGS = ('usage.jsonl', 'teacher_answers.jsonl', 'answers_teacher.jsonl', 'answers_student.jsonl', 'reviews.jsonl',
-               'referee_calls.jsonl', 'answers.jsonl')
+               'referee_calls.jsonl', 'answers.jsonl', 'probe_reviews.jsonl', 'probe_calls.jsonl')
 
 
 def check_files_whole(root, allow_torn_logs: bool = False) -> list[str]:

@@ -63,7 +63,7 @@ def faulty(tmp_path_factory):
     with serve(reply=reply, fault_fn=plan, retry_after_s=0.2, hang_s=4) as srv:
         d = tmp_path_factory.mktemp('faulty')
         cfg_path = make_config(d/'cfg.yaml', srv.base_url, pools=dict(train_size=16, cache_size=16, reserve_size=0),
-                               loop=dict(n_new=8))
+                               loop=dict(n_new=8), probe=dict(enabled=False))   # the probe: under kills, below
         cfg = load_config(cfg_path); run = RunDir(d/'run'); run_pools(cfg, run.root)
         for w in ('train', 'cache'): doomed_texts.update(user_message(r.instruction, r.input) for r in read_pool(run.pool(1, w))[-2:])
         yield dict(srv=srv, plan=plan, reply=reply, cfg=cfg, cfg_path=cfg_path, run=run)
@@ -208,9 +208,10 @@ def outputs(run: RunDir, stage: str) -> dict:
         return {k: v.to_json() for k, v in latest(run.stage_dir(1, 'imitation')/'teacher_answers.jsonl', Answer).items()}
     d = run.stage_dir(1, stage); res = {}
     for p in sorted(d.iterdir()):
-        if p.name in ('reviews.jsonl',): res[p.name] = {f"{r['id']}:{r['order']}": r for r in read_log(p)}
+        if p.name in ('reviews.jsonl', 'probe_reviews.jsonl'):
+            res[p.name] = {f"{r['id']}:{r['order']}": r for r in read_log(p)}
         elif p.name in ('answers_teacher.jsonl', 'answers_student.jsonl'): res[p.name] = latest(p)
-        elif p.name == 'referee_calls.jsonl': continue    # a log of attempts: a kill may add a line (see the report)
+        elif p.name in ('referee_calls.jsonl', 'probe_calls.jsonl'): continue    # logs of attempts: a kill may add a line
         elif p.suffix == '.jsonl': res[p.name] = read_log(p)
         elif p.suffix == '.json': res[p.name] = json.loads(p.read_text().replace(str(run.root), '<run>'))  # paths name the run
     if stage == 'generation':
