@@ -12,13 +12,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # %% auto #0
-__all__ = ['MAX_RECORD_BYTES', 'R', 'STAGES', 'ROLES', 'LionError', 'InputError', 'Record', 'Provenance', 'Instruction', 'Answer',
-           'Review', 'user_message', 'iter_jsonl', 'describe_validation_error', 'read_records', 'read_pool',
-           'atomic_write_bytes', 'atomic_write_text', 'to_jsonable', 'dumps_line', 'write_jsonl', 'write_json',
-           'read_json', 'repair_tail', 'JsonlLog', 'read_log', 'derive_seed', 'seed_everything', 'RunDir', 'Section',
-           'ModelSpec', 'PoolsConfig', 'LoopConfig', 'SamplingConfig', 'TrainConfig', 'EvalConfig', 'Config',
-           'parse_config', 'load_config', 'config_hash', 'api_key_for', 'configured_secrets', 'redact', 'cache_root',
-           'sha256_file']
+__all__ = ['MAX_RECORD_BYTES', 'R', 'STAGES', 'ROLES', 'OPERATIONAL_FIELDS', 'OPERATIONAL_MODEL_FIELDS', 'LionError',
+           'InputError', 'Record', 'Provenance', 'Instruction', 'Answer', 'Review', 'user_message', 'iter_jsonl',
+           'describe_validation_error', 'read_records', 'read_pool', 'atomic_write_bytes', 'atomic_write_text',
+           'to_jsonable', 'dumps_line', 'write_jsonl', 'write_json', 'read_json', 'repair_tail', 'JsonlLog', 'read_log',
+           'derive_seed', 'seed_everything', 'RunDir', 'Section', 'ModelSpec', 'PoolsConfig', 'LoopConfig',
+           'SamplingConfig', 'TrainConfig', 'EvalConfig', 'Config', 'parse_config', 'load_config', 'config_hash',
+           'resolve_config_paths', 'config_identity', 'identity_diff', 'identity_hash', 'api_key_for',
+           'configured_secrets', 'redact', 'cache_root', 'sha256_file']
 
 # %% ../nbs/00_core.ipynb #301f8c4e
 class LionError(Exception):
@@ -369,6 +370,7 @@ class Config(Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    cache_dir: Optional[str] = Field(None, description="an LLM cache folder several runs share (default <run>/cache); operational")
 
     @model_validator(mode='after')
     def _roles_known(self):
@@ -390,18 +392,60 @@ def parse_config(obj: dict, path='<config>') -> Config:
     except ValidationError as e: raise InputError(path, None, describe_validation_error(e)) from None
 
 def load_config(path) -> Config:
-    "Read and validate a run configuration file."
+    "Read and validate a run configuration file; its relative paths are resolved against the file's folder."
     path = Path(path)
     if not path.exists(): raise InputError(path, None, "configuration file not found")
     try: obj = yaml.safe_load(path.read_text(encoding='utf-8'))
     except yaml.YAMLError as e:
         line = getattr(getattr(e, 'problem_mark', None), 'line', None)
         raise InputError(path, None if line is None else line + 1, f"not valid YAML: {getattr(e, 'problem', e)}") from None
-    return parse_config(obj, path)
+    return resolve_config_paths(parse_config(obj, path), path.resolve().parent)
 
 def config_hash(cfg: Config) -> str:
     "SHA256 of the configuration's canonical JSON (the run manifest records it)."
     return hashlib.sha256(json.dumps(cfg.model_dump(mode='json'), sort_keys=True).encode()).hexdigest()
+
+# %% ../nbs/00_core.ipynb #ad57a496
+def _is_pathlike(s: str) -> bool: return s.startswith(('.', '~', '/')) or '/' in s or os.sep in s
+
+def _resolve(value: Optional[str], base: Path) -> Optional[str]:
+    if value is None: return None
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base/p).resolve())
+
+def resolve_config_paths(cfg: Config, base) -> Config:
+    "`cfg` with its relative paths (data_dir, cache_dir, a dataset file, local checkpoints) made absolute against `base`."
+    base = Path(base)
+    upd = {'data_dir': _resolve(cfg.data_dir, base), 'cache_dir': _resolve(cfg.cache_dir, base)}
+    if Path(cfg.pools.dataset).suffix in ('.json', '.jsonl'):
+        upd['pools'] = cfg.pools.model_copy(update={'dataset': _resolve(cfg.pools.dataset, base)})
+    models = {n: s.model_copy(update={'model': _resolve(s.model, base)}) if s.backend == 'hf' and _is_pathlike(s.model) else s
+              for n, s in cfg.models.items()}
+    return cfg.model_copy(update={**upd, 'models': models})
+
+# %% ../nbs/00_core.ipynb #2086befe
+OPERATIONAL_FIELDS = ('name', 'data_dir', 'cache_dir', 'budget_usd', 'loop.iterations')
+OPERATIONAL_MODEL_FIELDS = ('base_url', 'api_key_env', 'concurrency', 'rpm', 'tpm', 'timeout_s', 'max_retries',
+                            'price_in_per_mtok', 'price_out_per_mtok', 'batch_api')
+
+def _flatten(obj, pre: str = '') -> dict:
+    if not isinstance(obj, dict) or not obj: return {pre: obj}
+    return {k: v for key, val in obj.items() for k, v in _flatten(val, f"{pre}.{key}" if pre else str(key)).items()}
+
+def config_identity(cfg: Config) -> dict:
+    "The settings that change a run's results, flattened to dotted names (operational settings left out)."
+    flat = _flatten(cfg.model_dump(mode='json'))
+    drop = lambda k: k in OPERATIONAL_FIELDS or (k.startswith('models.') and k.split('.')[-1] in OPERATIONAL_MODEL_FIELDS)
+    return {k: v for k, v in flat.items() if not drop(k)}
+
+def identity_diff(a: Config, b: Config) -> list[str]:
+    "The result-changing fields in which `a` and `b` differ, as `field: old -> new`."
+    x, y = config_identity(a), config_identity(b)
+    return [f"{k}: {x.get(k, '(absent)')!r} -> {y.get(k, '(absent)')!r}" for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)]
+
+def identity_hash(cfg: Config) -> str:
+    "SHA256 of `config_identity(cfg)`: equal for two configurations that give the same results."
+    return hashlib.sha256(json.dumps(config_identity(cfg), sort_keys=True).encode()).hexdigest()
 
 # %% ../nbs/00_core.ipynb #8883af71
 def api_key_for(spec: ModelSpec) -> Optional[str]:
