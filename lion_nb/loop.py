@@ -16,10 +16,11 @@ from .core import (Config, InputError, LionError, ModelSpec, RunDir, api_key_for
 # %% auto #0
 __all__ = ['STAGE_NOTEBOOKS', 'PACKAGES', 'EST', 'EVAL_SIZES', 'EVAL_TASKS', 'iteration_plan', 'trained_instructions',
            'check_parameters', 'files_containing', 'check_no_secrets', 'notebooks_dir', 'render_html', 'run_stage',
-           'package_versions', 'git_commit', 'file_hashes', 'count_parameters', 'prompt_layout', 'check_checkpoint',
-           'eval_data_names', 'check_data', 'check_reserve', 'check_devices', 'checkpoint_bytes', 'check_disk',
-           'check_keys', 'preflight', 'link_cache', 'prepare_run_dir', 'run_loop', 'stage_hashes', 'usage_summary',
-           'estimate_run', 'print_estimate', 'repo_root', 'print_summary', 'run_cli', 'demo_cli']
+           'package_versions', 'git_commit', 'file_hashes', 'count_parameters', 'prompt_layout',
+           'load_checkpoint_parts', 'check_checkpoint', 'eval_data_names', 'check_data', 'check_reserve',
+           'check_devices', 'checkpoint_bytes', 'check_disk', 'check_keys', 'preflight', 'link_cache',
+           'prepare_run_dir', 'run_loop', 'stage_hashes', 'usage_summary', 'estimate_run', 'print_estimate',
+           'repo_root', 'print_summary', 'run_cli', 'demo_cli']
 
 # %% ../nbs/07_loop.ipynb #5a3d4130
 STAGE_NOTEBOOKS = {'pools': '02_pools.ipynb', 'imitation': '03_imitation.ipynb',
@@ -150,15 +151,20 @@ def prompt_layout(spec: ModelSpec, tokenizer, cfg: Config) -> str:
     raise LionError("its tokenizer has no chat template, so its prompt layout is unknown: give it a chat template, "
                     "or set the model's prompt_template: alpaca (train.template: alpaca)")
 
-def check_checkpoint(spec: ModelSpec, cfg: Config) -> tuple[str, int]:
-    "Load a local model's config and tokenizer; return a description and its parameter count."
+def load_checkpoint_parts(spec: ModelSpec) -> tuple[Path, object, str, int]:
+    "A local model's folder, tokenizer, architecture and parameter count (its config and tokenizer must load)."
     from transformers import AutoTokenizer
     from lion_nb.llm import resolve_checkpoint
-    folder = resolve_checkpoint(spec.model)
-    if not (Path(folder)/'config.json').exists(): raise LionError(f"{folder}: no config.json, so not a Hugging Face checkpoint folder")
+    folder = Path(resolve_checkpoint(spec.model))
+    if not (folder/'config.json').exists(): raise LionError(f"{folder}: no config.json, so not a Hugging Face checkpoint folder")
     try: tok = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as e: raise LionError(f"{folder}: its tokenizer does not load: {e}") from None
-    arch, n = count_parameters(folder)
+    return (folder, tok, *count_parameters(folder))
+
+def check_checkpoint(spec: ModelSpec, cfg: Config, sizes: Optional[dict] = None) -> tuple[str, int]:
+    "Load a local model's config and tokenizer and check its prompt layout; its size goes to `sizes[spec.model]` first."
+    folder, tok, arch, n = load_checkpoint_parts(spec)
+    if sizes is not None: sizes[spec.model] = n
     return f"{folder} ({arch}, {n / 1e6:,.1f}M parameters), prompts: {prompt_layout(spec, tok, cfg)}", n
 
 # %% ../nbs/07_loop.ipynb #1b5051ce
@@ -237,7 +243,7 @@ def check_keys(cfg: Config) -> str:
 def preflight(config_path, run_root, baseline: Optional[str] = None, rounds: Optional[int] = None, progress=print) -> list[dict]:
     "Check the whole run before anything is paid for; print one line per check; raise listing every failure."
     cfg = load_config(config_path); K = rounds or cfg.loop.iterations
-    results, n_params = [], 0
+    results, sizes = [], {}
     def check(name, fn):
         try: detail, ok = fn(), True
         except (LionError, InputError, OSError, ValueError) as e: detail, ok = str(e), False
@@ -245,12 +251,8 @@ def preflight(config_path, run_root, baseline: Optional[str] = None, rounds: Opt
         progress(f"[check] {'ok  ' if ok else 'FAIL'} {name:<18} {detail}")
     progress(f"[check] {config_path}: {K} round(s) + the final imitation, {trained_instructions(cfg, K):,} training instructions")
     for name in sorted({n for n in cfg.roles.values() if cfg.models[n].backend == 'hf'}):
-        def local(name=name):
-            nonlocal n_params
-            desc, n = check_checkpoint(cfg.models[name], cfg)
-            if name == cfg.roles['student']: n_params = n
-            return desc
-        check(f"model {name}", local)
+        check(f"model {name}", lambda name=name: check_checkpoint(cfg.models[name], cfg, sizes)[0])
+    n_params = sizes.get(cfg.model_for('student').model, 0)
     check('data', lambda: check_data(cfg))
     check('baseline reserve', lambda: check_reserve(cfg, baseline, K))
     check('devices', lambda: check_devices(cfg, n_params))
