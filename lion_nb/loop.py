@@ -184,10 +184,14 @@ def check_data(cfg: Config) -> str:
     else:
         names = []
         if not Path(cfg.pools.dataset).exists(): missing.append(f"{cfg.pools.dataset}: dataset file not found (pools.dataset)")
-    for n in names + eval_data_names(cfg):
-        try: data.data_path(n, cfg=cfg)
-        except (InputError, LionError) as e: missing.append(str(e))
-    if missing: raise LionError(f"{len(missing)} data file(s) missing: " + ' | '.join(missing[:4]) + (' | ...' if len(missing) > 4 else ''))
+    root = data.data_root(cfg=cfg)
+    absent = [n for n in names + eval_data_names(cfg) if not (root/data.DATA_FILES[n].rel).exists()]
+    if absent:
+        groups = ' '.join(dict.fromkeys(n.split('/')[0] for n in absent))
+        files = ', '.join(data.DATA_FILES[n].rel for n in absent[:3]) + (f" and {len(absent) - 3} more" if len(absent) > 3 else '')
+        missing.append(f"{len(absent)} file(s) missing in {root}: {files}; put them there, or when online run "
+                       f"`lion_nb data fetch {groups} --data-dir {root}` (data_dir in the config, else $LION_DATA_DIR)")
+    if missing: raise LionError('; '.join(missing))
     return f"pools: {cfg.pools.dataset}; evaluation: {', '.join(cfg.eval.sets)} ({len(names) + len(eval_data_names(cfg))} files)"
 
 def check_reserve(cfg: Config, baseline: Optional[str], rounds: int) -> str:
@@ -219,6 +223,7 @@ def checkpoint_bytes(n_params: int, rounds: int) -> int:
 
 def check_disk(run_root, n_params: int, rounds: int) -> str:
     "The run's disk can hold its checkpoints."
+    if not n_params: return "not estimated: the student's checkpoint did not load"
     d = Path(run_root).resolve()
     while not d.exists(): d = d.parent
     need, free = checkpoint_bytes(n_params, rounds), shutil.disk_usage(d).free
@@ -259,7 +264,9 @@ def preflight(config_path, run_root, baseline: Optional[str] = None, rounds: Opt
     check('disk', lambda: check_disk(run_root, n_params, K))
     check('keys', lambda: check_keys(cfg))
     bad = [r for r in results if not r['ok']]
-    if bad: raise LionError(f"preflight: {len(bad)} problem(s), nothing was run or paid for: " + ' || '.join(f"{r['check']}: {r['detail']}" for r in bad))
+    if bad:
+        raise LionError(f"preflight: {len(bad)} problem(s) ({', '.join(r['check'] for r in bad)}; see the [check] FAIL lines), "
+                        "nothing was run or paid for")
     return results
 
 # %% ../nbs/07_loop.ipynb #ee4579e1

@@ -74,12 +74,13 @@ def test_check_names_every_problem_in_seconds(tmp_path):
     assert len(fails) == 6, r.stdout
     out = r.stdout
     assert 'model student' in out and 'no chat template' in out and 'prompt_template: alpaca' in out
-    assert f"{tmp_path/'empty'/'alpaca_data.json'}" in out and 'lion_nb data fetch alpaca' in out
+    assert f"2 file(s) missing in {tmp_path/'empty'}: alpaca_data.json, eval/vicuna80/question.jsonl" in out
+    assert f"lion_nb data fetch alpaca vicuna80 --data-dir {tmp_path/'empty'}" in out
     assert 'set pools.reserve_size: 8' in out                            # n_new 4 x 2 rounds
     assert 'no GPU is visible, and the student has 987.8B parameters' in out      # a ~1,000B-parameter student on CPU
     assert 'the checkpoints need about' in out and 'GB free' in out
     assert '$LION_UNSET_KEY, which is not set' in out
-    assert 'preflight: 6 problem(s), nothing was run or paid for' in r.stderr
+    assert 'preflight: 6 problem(s) (model student, data, baseline reserve, devices, disk, keys;' in r.stderr and 'nothing was run' in r.stderr
     assert not (tmp_path/'run').exists() and took < 60, took
 
 def test_check_passes_for_a_good_run(tmp_path):
