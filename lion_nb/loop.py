@@ -14,13 +14,13 @@ from .core import (Config, InputError, LionError, ModelSpec, RunDir, api_key_for
                           parse_config, read_json, sha256_file, write_json)
 
 # %% auto #0
-__all__ = ['STAGE_NOTEBOOKS', 'PACKAGES', 'EST', 'EVAL_SIZES', 'EVAL_TASKS', 'iteration_plan', 'trained_instructions',
-           'check_parameters', 'files_containing', 'check_no_secrets', 'notebooks_dir', 'render_html', 'run_stage',
-           'package_versions', 'git_commit', 'file_hashes', 'count_parameters', 'prompt_layout',
-           'load_checkpoint_parts', 'check_checkpoint', 'eval_data_names', 'check_data', 'check_reserve',
-           'check_devices', 'checkpoint_bytes', 'check_disk', 'check_keys', 'preflight', 'link_cache',
-           'prepare_run_dir', 'run_loop', 'stage_hashes', 'usage_summary', 'estimate_run', 'print_estimate',
-           'repo_root', 'print_summary', 'run_cli', 'demo_cli']
+__all__ = ['STAGE_NOTEBOOKS', 'WEIGHT_SUFFIXES', 'PACKAGES', 'EST', 'EVAL_SIZES', 'EVAL_TASKS', 'iteration_plan',
+           'trained_instructions', 'check_parameters', 'file_contains', 'files_containing', 'check_no_secrets',
+           'notebooks_dir', 'render_html', 'run_stage', 'package_versions', 'git_commit', 'file_hashes',
+           'count_parameters', 'prompt_layout', 'load_checkpoint_parts', 'check_checkpoint', 'eval_data_names',
+           'check_data', 'check_reserve', 'check_devices', 'checkpoint_bytes', 'check_disk', 'check_keys', 'preflight',
+           'link_cache', 'prepare_run_dir', 'run_loop', 'stage_hashes', 'usage_summary', 'estimate_run',
+           'print_estimate', 'repo_root', 'print_summary', 'run_cli', 'demo_cli']
 
 # %% ../nbs/07_loop.ipynb #5a3d4130
 STAGE_NOTEBOOKS = {'pools': '02_pools.ipynb', 'imitation': '03_imitation.ipynb',
@@ -59,16 +59,25 @@ def check_parameters(params: dict, secrets: list[str] = ()) -> dict:
     return params
 
 # %% ../nbs/07_loop.ipynb #f93cf8cf
+WEIGHT_SUFFIXES = ('.safetensors', '.bin', '.pt', '.pth', '.distcp', '.gguf')   # tensors: no text gets in
+
+def file_contains(path, needles: list[bytes], chunk: int = 1 << 22) -> bool:
+    "Whether the file holds any of `needles`, read in chunks (overlapping, so no needle is cut in two)."
+    keep = max(map(len, needles)) - 1
+    with open(path, 'rb') as f:
+        tail = b''
+        while block := f.read(chunk):
+            data = tail + block
+            if any(n in data for n in needles): return True
+            tail = data[-keep:] if keep else b''
+    return False
+
 def files_containing(root, needles: list[str]) -> list[Path]:
-    "Files below `root` whose bytes contain any of `needles`."
+    "Files below `root` whose bytes contain any of `needles` (model weights and optimizer shards are not read)."
     needles = [n.encode() for n in needles if n]
     if not needles: return []
-    hits = []
-    for p in sorted(Path(root).rglob('*')):
-        if p.is_file():
-            data = p.read_bytes()
-            if any(n in data for n in needles): hits.append(p)
-    return hits
+    files = (p for p in sorted(Path(root).rglob('*')) if p.is_file() and p.suffix not in WEIGHT_SUFFIXES)
+    return [p for p in files if file_contains(p, needles)]
 
 def check_no_secrets(root, secrets: list[str]):
     "Raise if any file below `root` holds one of `secrets`."
