@@ -56,9 +56,11 @@ def referee_reply(msgs: list, user: str) -> str:
 
 _VOCAB = make_words(random.Random(1))     # pseudo-words, as in the synthetic pool
 
-def generator_reply(user: str) -> str:
-    "A new Alpaca-like instruction: novel for ~92% of requests, one of 40 recurring near-duplicates for the rest."
-    rng = random.Random(_h(user))
+def generator_reply(body: dict) -> str:
+    """A new Alpaca-like instruction: novel for ~92% of requests, one of 40 recurring near-duplicates for the rest.
+    Drawn from the whole request (its sampling seed included), as a generator at temperature 1 answers the same
+    seed instruction differently each time it is asked."""
+    rng = random.Random(_h(json.dumps(body, sort_keys=True)))
     if rng.random() < 0.08:
         j = rng.randrange(40)
         text = f"Describe how a {_VOCAB[j]} and a {_VOCAB[j + 40]} differ in everyday use, with {j % 5 + 2} examples."
@@ -72,7 +74,7 @@ def rehearsal_reply(body: dict) -> str:
     system = msgs[0]['content'] if msgs and msgs[0].get('role') == 'system' else ''
     user = last_user_text(body)
     if 'impartial referee' in system: return referee_reply(msgs, user)
-    if system.startswith('You write instructions'): return generator_reply(user)
+    if system.startswith('You write instructions'): return generator_reply(body)
     if 'judge' in system or 'helpful, honest and harmless' in system: return lion_reply(body)
     return f"Answer to: {' '.join(user.split())[:120]}"
 

@@ -419,8 +419,8 @@ def resolve_config_paths(cfg: Config, base) -> Config:
     upd = {'data_dir': _resolve(cfg.data_dir, base), 'cache_dir': _resolve(cfg.cache_dir, base)}
     if Path(cfg.pools.dataset).suffix in ('.json', '.jsonl'):
         upd['pools'] = cfg.pools.model_copy(update={'dataset': _resolve(cfg.pools.dataset, base)})
-    models = {n: s.model_copy(update={'model': _resolve(s.model, base)}) if s.backend == 'hf' and _is_pathlike(s.model) else s
-              for n, s in cfg.models.items()}
+    local = lambda s: s.backend == 'hf' and _is_pathlike(s.model)
+    models = {n: s.model_copy(update={'model': _resolve(s.model, base)}) if local(s) else s for n, s in cfg.models.items()}
     return cfg.model_copy(update={**upd, 'models': models})
 
 # %% ../nbs/00_core.ipynb #2086befe
@@ -435,13 +435,15 @@ def _flatten(obj, pre: str = '') -> dict:
 def config_identity(cfg: Config) -> dict:
     "The settings that change a run's results, flattened to dotted names (operational settings left out)."
     flat = _flatten(cfg.model_dump(mode='json'))
-    drop = lambda k: k in OPERATIONAL_FIELDS or (k.startswith('models.') and k.split('.')[-1] in OPERATIONAL_MODEL_FIELDS)
+    model_op = lambda k: k.startswith('models.') and k.split('.')[-1] in OPERATIONAL_MODEL_FIELDS
+    drop = lambda k: k in OPERATIONAL_FIELDS or model_op(k)
     return {k: v for k, v in flat.items() if not drop(k)}
 
 def identity_diff(a: Config, b: Config) -> list[str]:
     "The result-changing fields in which `a` and `b` differ, as `field: old -> new`."
     x, y = config_identity(a), config_identity(b)
-    return [f"{k}: {x.get(k, '(absent)')!r} -> {y.get(k, '(absent)')!r}" for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)]
+    changed = [k for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)]
+    return [f"{k}: {x.get(k, '(absent)')!r} -> {y.get(k, '(absent)')!r}" for k in changed]
 
 def identity_hash(cfg: Config) -> str:
     "SHA256 of `config_identity(cfg)`: equal for two configurations that give the same results."

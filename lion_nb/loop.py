@@ -142,7 +142,7 @@ def file_hashes(paths) -> dict:
 
 # %% ../nbs/07_loop.ipynb #4990cc82
 def count_parameters(folder) -> tuple[str, int]:
-    "The architecture and parameter count of a checkpoint, from its config alone (on the meta device: no weights are read)."
+    "The architecture and parameter count of a checkpoint, from its config alone (on the meta device: no weights read)."
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     conf = AutoConfig.from_pretrained(folder)
@@ -197,29 +197,34 @@ def check_data(cfg: Config) -> str:
     absent = [n for n in names + eval_data_names(cfg) if not (root/data.DATA_FILES[n].rel).exists()]
     if absent:
         groups = ' '.join(dict.fromkeys(n.split('/')[0] for n in absent))
-        files = ', '.join(data.DATA_FILES[n].rel for n in absent[:3]) + (f" and {len(absent) - 3} more" if len(absent) > 3 else '')
+        files = ', '.join(data.DATA_FILES[n].rel for n in absent[:3])
+        if len(absent) > 3: files += f" and {len(absent) - 3} more"
         missing.append(f"{len(absent)} file(s) missing in {root}: {files}; put them there, or when online run "
                        f"`lion_nb data fetch {groups} --data-dir {root}` (data_dir in the config, else $LION_DATA_DIR)")
     if missing: raise LionError('; '.join(missing))
-    return f"pools: {cfg.pools.dataset}; evaluation: {', '.join(cfg.eval.sets)} ({len(names) + len(eval_data_names(cfg))} files)"
+    n_files = len(names) + len(eval_data_names(cfg))
+    return f"pools: {cfg.pools.dataset}; evaluation: {', '.join(cfg.eval.sets)} ({n_files} files)"
 
 def check_reserve(cfg: Config, baseline: Optional[str], rounds: int) -> str:
     "A random-baseline run draws `n_new` per round from the reserve: it must hold `n_new x rounds`."
     if baseline != 'random': return 'not needed (no baseline)'
     need = cfg.loop.n_new * rounds
     if cfg.pools.reserve_size < need:
-        raise LionError(f"--baseline random draws n_new x iterations = {cfg.loop.n_new} x {rounds} = {need} instructions from the reserve, "
-                        f"but pools.reserve_size is {cfg.pools.reserve_size}; set pools.reserve_size: {need} (it is held back from the dataset)")
+        raise LionError(f"--baseline random draws n_new x iterations = {cfg.loop.n_new} x {rounds} = {need} instructions "
+                        f"from the reserve, but pools.reserve_size is {cfg.pools.reserve_size}; "
+                        f"set pools.reserve_size: {need} (it is held back from the dataset)")
     return f"{cfg.pools.reserve_size} reserved, {need} needed"
 
 # %% ../nbs/07_loop.ipynb #7d261d9d
 def check_devices(cfg: Config, n_params: int) -> str:
-    "`train.nproc` processes fit the visible GPUs; without a GPU, a student over 1B parameters is refused (CPU training would take weeks)."
+    "`train.nproc` fits the visible GPUs; without a GPU, a student over 1B parameters is refused (CPU training: weeks)."
     import torch
     nproc = cfg.train.nproc
     if torch.cuda.is_available():
         n = torch.cuda.device_count()
-        if nproc > n: raise LionError(f"train.nproc is {nproc}, but {n} GPU(s) are visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); set train.nproc: {n}")
+        if nproc > n:
+            seen = os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')
+            raise LionError(f"train.nproc is {nproc}, but {n} GPU(s) are visible (CUDA_VISIBLE_DEVICES={seen}); set train.nproc: {n}")
         return f"{nproc} process(es) on {n} visible GPU(s)"
     if n_params > 1e9:
         raise LionError(f"no GPU is visible, and the student has {n_params / 1e9:.1f}B parameters: training it on CPU is not practical "
@@ -227,7 +232,7 @@ def check_devices(cfg: Config, n_params: int) -> str:
     return f"no GPU visible: training runs on CPU in {nproc} process(es) on {os.cpu_count()} core(s)"
 
 def checkpoint_bytes(n_params: int, rounds: int) -> int:
-    "Disk for a run's checkpoints: K+1 trained students (float32), plus one training's resumable state (2 x weights and Adam moments)."
+    "Disk for a run's checkpoints: K+1 trained students (float32) and one training's resumable state (2 x weights + Adam)."
     return 4 * n_params * (rounds + 1) + 2 * 12 * n_params
 
 def check_disk(run_root, n_params: int, rounds: int) -> str:
@@ -254,7 +259,8 @@ def check_keys(cfg: Config) -> str:
     return '; '.join(named) or 'no remote models'
 
 # %% ../nbs/07_loop.ipynb #1de2a1a8
-def preflight(config_path, run_root, baseline: Optional[str] = None, rounds: Optional[int] = None, progress=print) -> list[dict]:
+def preflight(config_path, run_root, baseline: Optional[str] = None, rounds: Optional[int] = None,
+              progress=print) -> list[dict]:
     "Check the whole run before anything is paid for; print one line per check; raise listing every failure."
     cfg = load_config(config_path); K = rounds or cfg.loop.iterations
     results, sizes = [], {}
@@ -386,8 +392,8 @@ def estimate_run(cfg: Config, iterations: Optional[int] = None) -> list[dict]:
     K, s, rows = iterations or cfg.loop.iterations, cfg.sampling, []
     train, cache = cfg.pools.train_size, max(cfg.pools.cache_size, cfg.pools.train_size)
     ans, rev_p = s.max_new_tokens, EST['review_prompt'] + EST['instr'] + 2 * s.max_new_tokens
-    n_items = {x: min(EVAL_SIZES.get(x, 0), cfg.eval.samples[x] * EVAL_TASKS.get(x, 1)) if x in cfg.eval.samples else EVAL_SIZES.get(x, 0)
-               for x in cfg.eval.sets}
+    full = {x: EVAL_SIZES.get(x, 0) for x in cfg.eval.sets}
+    n_items = {x: min(n, cfg.eval.samples[x] * EVAL_TASKS.get(x, 1)) if x in cfg.eval.samples else n for x, n in full.items()}
     judged = sum(n for x, n in n_items.items() if x in ('vicuna80', 'user252', 'demo'))
     for k in range(1, K + 2):
         rows.append(_row(cfg, k, 'imitation', 'teacher', train, EST['instr'], ans))
@@ -398,7 +404,8 @@ def estimate_run(cfg: Config, iterations: Optional[int] = None) -> list[dict]:
         if 'generation' in plan:
             rows.append(_row(cfg, k, 'generation', 'generator', cfg.loop.n_new * EST['gen_oversample'], EST['gen_prompt'], EST['gen_out']))
         rows.append(_row(cfg, k, 'evaluation', 'teacher', sum(n_items.values()) if k == 1 else 0, EST['instr'], ans))
-        rows.append(_row(cfg, k, 'evaluation', 'judge', 2 * judged * (2 if k == 1 else 1), rev_p, EST['review_out']))   # k = 1: the base student too
+        students = 2 if k == 1 else 1                               # iteration 1 also judges the base student
+        rows.append(_row(cfg, k, 'evaluation', 'judge', 2 * judged * students, rev_p, EST['review_out']))
         train, cache = cfg.loop.n_new, cache + cfg.loop.n_new
     return [r for r in rows if r['calls']]
 
