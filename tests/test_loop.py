@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lion_nb.core import LionError, RunDir, load_config
+from lion_nb.core import LionError, RunDir, load_config, read_pool
 from lion_nb.loop import STAGE_NOTEBOOKS, prepare_run_dir, run_loop, run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,3 +96,17 @@ def test_secret_in_outputs_is_caught(nbs_dir, tmp_path, monkeypatch):
     nbformat.write(stage_nb(leak), nbs_dir/STAGE_NOTEBOOKS['evaluation'])
     with pytest.raises(LionError, match=r'API key was found in 1 output file\(s\): .*leak.txt'):
         run_loop(cfg, tmp_path/'run', iterations=1, check=False, progress=lambda *_: None)
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path):
+    "A config's relative dataset path works in the real pools notebook, which papermill runs from nbs/."
+    (tmp_path/'data').mkdir(); (tmp_path/'configs').mkdir()
+    rows = [{'id': f'p{i}', 'instruction': f'Name {i} colours of the {w} kind.'} for i, w in enumerate('abcdefgh')]
+    (tmp_path/'data'/'mine.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    cfg = tmp_path/'configs'/'c.yaml'
+    cfg.write_text((ROOT/'configs'/'demo.yaml').read_text().replace('dataset: demo ', 'dataset: ../data/mine.jsonl ')
+                   .replace('train_size: 12', 'train_size: 4').replace('cache_size: 24', 'cache_size: 6').replace('reserve_size: 8', 'reserve_size: 2'))
+    run = RunDir(tmp_path/'run')
+    _, saved = prepare_run_dir(cfg, run)
+    assert load_config(saved).pools.dataset == str((tmp_path/'data'/'mine.jsonl').resolve())
+    run_stage('pools', run, 1, saved)
+    assert run.is_done(1, 'pools') and len(read_pool(run.pool(1, 'cache'))) == 6
