@@ -81,7 +81,7 @@ def rehearsal_reply(body: dict) -> str:
 def brief_student(folder: Path) -> Path:
     """A tiny random Llama whose tokenizer has no chat template (built once per folder).
 
-    Its final norm's weights are set to 1e-4: the greedy answer depends only on the direction of the normalised
+    Its final norm's weights are set to 1e-6: the greedy answer depends only on the direction of the normalised
     hidden state, and Adam moves each weight by about the learning rate per step, so even a few steps at the
     paper's 2e-5 change the student's answers, as training changes a real student's (a tiny random model with
     the usual weights would answer as before, and the referee's requests would repeat and hit the cache)."""
@@ -91,7 +91,7 @@ def brief_student(folder: Path) -> Path:
     if (folder/'config.json').exists(): return folder
     make_tiny_llama(folder)
     m = AutoModelForCausalLM.from_pretrained(folder)
-    with torch.no_grad(): m.model.norm.weight.fill_(1e-4)
+    with torch.no_grad(): m.model.norm.weight.fill_(1e-6)
     m.save_pretrained(folder)
     (folder/'chat_template.jinja').unlink(missing_ok=True)
     tc = json.loads((folder/'tokenizer_config.json').read_text()); tc.pop('chat_template', None)
