@@ -67,7 +67,7 @@ _AGIEVAL_SHA = {
 }
 
 DATA_FILES: dict[str, DataFile] = {
-    'alpaca': DataFile('alpaca/alpaca_data.json', f'{_GH}/tatsu-lab/stanford_alpaca/main/alpaca_data.json',
+    'alpaca': DataFile('alpaca_data.json', f'{_GH}/tatsu-lab/stanford_alpaca/main/alpaca_data.json',
                        None, 'Alpaca 52K'),
     'seed': DataFile('seed/self_instruct_seed_tasks.jsonl', f'{_GH}/tatsu-lab/stanford_alpaca/main/seed_tasks.jsonl',
                      '7779004fa198fdf27cf70a159363879d8a26c53329e11b436af17b3941875f48', 'the Self-Instruct seed tasks'),
@@ -82,7 +82,7 @@ DATA_FILES: dict[str, DataFile] = {
         '81d60a117db495cecedecd9193504fd07c5b5a42f6699ef6b0f9da10fc22f42e', 'the 252 user-oriented instructions'),
     **{f'agieval/{s}': DataFile(f'eval/agieval/{s}.jsonl', f'{_GH}/ruixiangcui/AGIEval/main/data/v1/{s}.jsonl',
                                 _AGIEVAL_SHA[s], f'AGIEval {s}') for s in AGIEVAL_SUBSETS},
-    **{f'bbh/{t}': DataFile(f'bbh/{t}.json', f'{_GH}/suzgun/BIG-Bench-Hard/main/bbh/{t}.json',
+    **{f'bbh/{t}': DataFile(f'eval/bbh/{t}.json', f'{_GH}/suzgun/BIG-Bench-Hard/main/bbh/{t}.json',
                             None, f'BIG-Bench Hard {t}') for t in BBH_TASKS},
 }
 
@@ -105,7 +105,7 @@ def data_path(name: str, root=None, cfg: Optional[Config] = None) -> Path:
     path = root/df.rel
     if not path.exists():
         raise InputError(path, None, f"{df.title} not found. Put the file at this path (download it from {df.url}), "
-                         f"or, when online, run `lion_nb.data.fetch({_fetch_hint(name)!r}, {str(root)!r})`")
+                         f"or, when online, run `lion_nb data fetch {_fetch_hint(name)} --data-dir {root}`")
     return path
 
 # %% ../nbs/00b_data.ipynb #150c42e1
@@ -142,7 +142,9 @@ def fetch(name: str, dest=None, *, cfg: Optional[Config] = None, force: bool = F
         want, origin = expected_sha256(n, path)
         if path.exists() and not force and want and sha256_file(path) == want:
             out.append(path); continue
-        tmp = _download(url or df.url, path, timeout)
+        try: tmp = _download(url or df.url, path, timeout)
+        except LionError as e:
+            raise LionError(f"{e}. Offline? Download {df.title} elsewhere from {df.url} and put it at {path}") from None
         got = sha256_file(tmp)
         if want and got != want:
             tmp.unlink()
@@ -422,15 +424,20 @@ def data_cli(argv: list[str]) -> int:
     st = sub.add_parser('status', help='list the datasets in the data folder and check their hashes')
     fe = sub.add_parser('fetch', help='download datasets (alpaca, seed, vicuna80, user252, agieval, bbh, all)')
     fe.add_argument('names', nargs='+'); fe.add_argument('--force', action='store_true', help='download again even if present')
-    for p in (st, fe): p.add_argument('--data-dir', help=f'the data folder (default ${DATA_ENV})')
+    fe.add_argument('--url', help='download from this address instead (one file only; for mirrors)')
+    for p in (st, fe):
+        p.add_argument('--data-dir', help=f'the data folder (default: the config\'s data_dir, else ${DATA_ENV})')
+        p.add_argument('--config', help='take the data folder from this run configuration (its data_dir)')
     a = ap.parse_args(argv)
+    from lion_nb.core import load_config
+    cfg = load_config(a.config) if a.config else None
     if a.cmd == 'status':
-        rows = data_status(a.data_dir)
+        rows = data_status(a.data_dir, cfg)
         w = max(len(r['name']) for r in rows)
         for r in rows: print(f"{r['name']:<{w}}  {r['state']:<9}  {r['path']}")
         return 0
     for n in a.names:
-        for p in fetch(n, a.data_dir, force=a.force): print(p)
+        for p in fetch(n, a.data_dir, cfg=cfg, force=a.force, url=a.url): print(p)
     return 0
 
 # %% ../nbs/00b_data.ipynb #52e44ad1

@@ -8,31 +8,41 @@ import argparse, importlib.metadata, json, os, platform, re, shutil, subprocess,
 from pathlib import Path
 from typing import Optional
 
-from .core import (Config, InputError, LionError, RunDir, config_hash, configured_secrets, load_config,
+from .core import (Config, InputError, LionError, ModelSpec, RunDir, api_key_for, atomic_write_text, config_hash,
+                          configured_secrets,
+                          identity_diff, identity_hash, load_config,
                           parse_config, read_json, sha256_file, write_json)
 
 # %% auto #0
-__all__ = ['STAGE_NOTEBOOKS', 'PACKAGES', 'EST', 'iteration_plan', 'check_parameters', 'files_containing', 'check_no_secrets',
+__all__ = ['STAGE_NOTEBOOKS', 'WEIGHT_SUFFIXES', 'PACKAGES', 'EST', 'EVAL_SIZES', 'EVAL_TASKS', 'iteration_plan',
+           'trained_instructions', 'check_parameters', 'file_contains', 'files_containing', 'check_no_secrets',
            'notebooks_dir', 'render_html', 'run_stage', 'package_versions', 'git_commit', 'file_hashes',
-           'prepare_run_dir', 'run_loop', 'stage_hashes', 'usage_summary', 'estimate_run', 'print_estimate',
-           'repo_root', 'print_summary', 'run_cli', 'demo_cli']
+           'count_parameters', 'prompt_layout', 'load_checkpoint_parts', 'check_checkpoint', 'eval_data_names',
+           'check_data', 'check_reserve', 'check_devices', 'checkpoint_bytes', 'check_disk', 'check_keys', 'preflight',
+           'link_cache', 'prepare_run_dir', 'run_loop', 'stage_hashes', 'usage_summary', 'estimate_run',
+           'print_estimate', 'repo_root', 'print_summary', 'run_cli', 'demo_cli']
 
 # %% ../nbs/07_loop.ipynb #5a3d4130
 STAGE_NOTEBOOKS = {'pools': '02_pools.ipynb', 'imitation': '03_imitation.ipynb',
                    'discrimination': '04_discrimination.ipynb', 'generation': '05_generation.ipynb',
                    'selection': '05b_selection.ipynb', 'evaluation': '06_evaluation.ipynb'}
 
-def iteration_plan(k: int, iterations: int, baseline: Optional[str] = None, discriminate_last: bool = False) -> list[str]:
-    "The stages iteration `k` of `iterations` runs, in order."
+def iteration_plan(k: int, rounds: int, baseline: Optional[str] = None, discriminate_last: bool = False) -> list[str]:
+    "The stages iteration `k` runs, for `rounds` full rounds (k = 1..rounds) and the final imitation (k = rounds + 1)."
+    if not 1 <= k <= rounds + 1: raise ValueError(f"a run of {rounds} round(s) has iterations 1..{rounds + 1}, not {k}")
     stages = ['pools'] if k == 1 else []
     stages.append('imitation')
-    last = k == iterations
+    final = k == rounds + 1
     if baseline == 'random':
-        if not last: stages.append('selection')
+        if not final: stages.append('selection')
     else:
-        if not last or discriminate_last: stages.append('discrimination')
-        if not last: stages.append('generation')
+        if not final or discriminate_last: stages.append('discrimination')
+        if not final: stages.append('generation')
     return stages + ['evaluation']
+
+def trained_instructions(cfg: Config, rounds: Optional[int] = None) -> int:
+    "How many instructions the students are trained on over a whole run: the Train Pool, then `n_new` per round."
+    return cfg.pools.train_size + (rounds or cfg.loop.iterations) * cfg.loop.n_new
 
 # %% ../nbs/07_loop.ipynb #0c6cb03b
 _SECRET_NAME = re.compile(r'(key|token|secret|password|passwd|credential)', re.I)
@@ -49,16 +59,25 @@ def check_parameters(params: dict, secrets: list[str] = ()) -> dict:
     return params
 
 # %% ../nbs/07_loop.ipynb #f93cf8cf
+WEIGHT_SUFFIXES = ('.safetensors', '.bin', '.pt', '.pth', '.distcp', '.gguf')   # tensors: no text gets in
+
+def file_contains(path, needles: list[bytes], chunk: int = 1 << 22) -> bool:
+    "Whether the file holds any of `needles`, read in chunks (overlapping, so no needle is cut in two)."
+    keep = max(map(len, needles)) - 1
+    with open(path, 'rb') as f:
+        tail = b''
+        while block := f.read(chunk):
+            data = tail + block
+            if any(n in data for n in needles): return True
+            tail = data[-keep:] if keep else b''
+    return False
+
 def files_containing(root, needles: list[str]) -> list[Path]:
-    "Files below `root` whose bytes contain any of `needles`."
+    "Files below `root` whose bytes contain any of `needles` (model weights and optimizer shards are not read)."
     needles = [n.encode() for n in needles if n]
     if not needles: return []
-    hits = []
-    for p in sorted(Path(root).rglob('*')):
-        if p.is_file():
-            data = p.read_bytes()
-            if any(n in data for n in needles): hits.append(p)
-    return hits
+    files = (p for p in sorted(Path(root).rglob('*')) if p.is_file() and p.suffix not in WEIGHT_SUFFIXES)
+    return [p for p in files if file_contains(p, needles)]
 
 def check_no_secrets(root, secrets: list[str]):
     "Raise if any file below `root` holds one of `secrets`."
@@ -121,39 +140,204 @@ def file_hashes(paths) -> dict:
     "SHA256 of each existing file in `paths`, by path."
     return {str(p): sha256_file(p) for p in paths if p and Path(p).is_file()}
 
+# %% ../nbs/07_loop.ipynb #4990cc82
+def count_parameters(folder) -> tuple[str, int]:
+    "The architecture and parameter count of a checkpoint, from its config alone (on the meta device: no weights read)."
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    conf = AutoConfig.from_pretrained(folder)
+    with torch.device('meta'): model = AutoModelForCausalLM.from_config(conf)
+    return type(model).__name__, sum(p.numel() for p in model.parameters())
+
+def prompt_layout(spec: ModelSpec, tokenizer, cfg: Config) -> str:
+    "How prompts for a local model are laid out ('chat' or 'alpaca'), or an error that says what is missing."
+    has_chat = bool(getattr(tokenizer, 'chat_template', None))
+    asked = spec.prompt_template                             # auto | chat | alpaca
+    if asked == 'chat' and not has_chat:
+        raise LionError("prompt_template is 'chat', but its tokenizer has no chat template: give it one, "
+                        "or set prompt_template: alpaca (or auto)")
+    if asked == 'alpaca': return 'alpaca'
+    return 'chat' if has_chat else 'alpaca (no chat template)'   # auto: the one rule, llm.resolve_template
+
+def load_checkpoint_parts(spec: ModelSpec) -> tuple[Path, object, str, int]:
+    "A local model's folder, tokenizer, architecture and parameter count (its config and tokenizer must load)."
+    from transformers import AutoTokenizer
+    from lion_nb.llm import resolve_checkpoint
+    folder = Path(resolve_checkpoint(spec.model))
+    if not (folder/'config.json').exists(): raise LionError(f"{folder}: no config.json, so not a Hugging Face checkpoint folder")
+    try: tok = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as e: raise LionError(f"{folder}: its tokenizer does not load: {e}") from None
+    return (folder, tok, *count_parameters(folder))
+
+def check_checkpoint(spec: ModelSpec, cfg: Config, sizes: Optional[dict] = None) -> tuple[str, int]:
+    "Load a local model's config and tokenizer and check its prompt layout; its size goes to `sizes[spec.model]` first."
+    folder, tok, arch, n = load_checkpoint_parts(spec)
+    if sizes is not None: sizes[spec.model] = n
+    return f"{folder} ({arch}, {n / 1e6:,.1f}M parameters), prompts: {prompt_layout(spec, tok, cfg)}", n
+
+# %% ../nbs/07_loop.ipynb #1b5051ce
+def eval_data_names(cfg: Config) -> list[str]:
+    "The data-table entries the configured evaluation sets read (AGIEval: the multiple-choice subsets)."
+    from lion_nb import data
+    groups = {'vicuna80': ['vicuna80/questions'], 'user252': ['user252'],
+              'agieval': [f'agieval/{s}' for s in data.AGIEVAL_MC], 'bbh': data.data_names('bbh')}
+    return [n for s in cfg.eval.sets for n in groups.get(s, [])]
+
+def check_data(cfg: Config) -> str:
+    "Every data file the run reads is present (the pools' dataset, each evaluation set); errors say where to get them."
+    from lion_nb import data
+    missing = []
+    if cfg.pools.dataset == 'alpaca': names = ['alpaca']
+    elif cfg.pools.dataset == 'demo': names = []
+    else:
+        names = []
+        if not Path(cfg.pools.dataset).exists(): missing.append(f"{cfg.pools.dataset}: dataset file not found (pools.dataset)")
+    root = data.data_root(cfg=cfg)
+    absent = [n for n in names + eval_data_names(cfg) if not (root/data.DATA_FILES[n].rel).exists()]
+    if absent:
+        groups = ' '.join(dict.fromkeys(n.split('/')[0] for n in absent))
+        files = ', '.join(data.DATA_FILES[n].rel for n in absent[:3])
+        if len(absent) > 3: files += f" and {len(absent) - 3} more"
+        missing.append(f"{len(absent)} file(s) missing in {root}: {files}; put them there, or when online run "
+                       f"`lion_nb data fetch {groups} --data-dir {root}` (data_dir in the config, else $LION_DATA_DIR)")
+    if missing: raise LionError('; '.join(missing))
+    n_files = len(names) + len(eval_data_names(cfg))
+    return f"pools: {cfg.pools.dataset}; evaluation: {', '.join(cfg.eval.sets)} ({n_files} files)"
+
+def check_reserve(cfg: Config, baseline: Optional[str], rounds: int) -> str:
+    "A random-baseline run draws `n_new` per round from the reserve: it must hold `n_new x rounds`."
+    if baseline != 'random': return 'not needed (no baseline)'
+    need = cfg.loop.n_new * rounds
+    if cfg.pools.reserve_size < need:
+        raise LionError(f"--baseline random draws n_new x iterations = {cfg.loop.n_new} x {rounds} = {need} instructions "
+                        f"from the reserve, but pools.reserve_size is {cfg.pools.reserve_size}; "
+                        f"set pools.reserve_size: {need} (it is held back from the dataset)")
+    return f"{cfg.pools.reserve_size} reserved, {need} needed"
+
+# %% ../nbs/07_loop.ipynb #7d261d9d
+def check_devices(cfg: Config, n_params: int) -> str:
+    "`train.nproc` fits the visible GPUs; without a GPU, a student over 1B parameters is refused (CPU training: weeks)."
+    import torch
+    nproc = cfg.train.nproc
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        if nproc > n:
+            seen = os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')
+            raise LionError(f"train.nproc is {nproc}, but {n} GPU(s) are visible (CUDA_VISIBLE_DEVICES={seen}); set train.nproc: {n}")
+        return f"{nproc} process(es) on {n} visible GPU(s)"
+    if n_params > 1e9:
+        raise LionError(f"no GPU is visible, and the student has {n_params / 1e9:.1f}B parameters: training it on CPU is not practical "
+                        "(check the driver and CUDA_VISIBLE_DEVICES, or run on a GPU node)")
+    return f"no GPU visible: training runs on CPU in {nproc} process(es) on {os.cpu_count()} core(s)"
+
+def checkpoint_bytes(n_params: int, rounds: int) -> int:
+    "Disk for a run's checkpoints: K+1 trained students (float32) and one training's resumable state (2 x weights + Adam)."
+    return 4 * n_params * (rounds + 1) + 2 * 12 * n_params
+
+def check_disk(run_root, n_params: int, rounds: int) -> str:
+    "The run's disk can hold its checkpoints."
+    if not n_params: return "not estimated: the student's checkpoint did not load"
+    d = Path(run_root).resolve()
+    while not d.exists(): d = d.parent
+    need, free = checkpoint_bytes(n_params, rounds), shutil.disk_usage(d).free
+    if free < need:
+        raise LionError(f"the checkpoints need about {need / 1e9:,.1f} GB ({rounds + 1} students of {n_params / 1e9:.2f}B parameters and "
+                        f"one training's resumable state), but {d} has {free / 1e9:,.1f} GB free")
+    return f"about {need / 1e9:,.2f} GB needed, {free / 1e9:,.1f} GB free at {d}"
+
+def check_keys(cfg: Config) -> str:
+    "Each remote model's key variable is set (its value is never shown); OpenAI's endpoint without a named key is refused."
+    named = []
+    for name in sorted(set(cfg.roles.values())):
+        spec = cfg.models[name]
+        if spec.backend != 'openai': continue
+        if spec.api_key_env: api_key_for(spec); named.append(f"{name}: ${spec.api_key_env} set")
+        elif 'api.openai.com' in (spec.base_url or 'https://api.openai.com/v1'):
+            raise LionError(f"model {name!r} calls api.openai.com but names no key variable: set api_key_env: OPENAI_API_KEY")
+        else: named.append(f"{name}: no key (endpoint {spec.base_url})")
+    return '; '.join(named) or 'no remote models'
+
+# %% ../nbs/07_loop.ipynb #1de2a1a8
+def preflight(config_path, run_root, baseline: Optional[str] = None, rounds: Optional[int] = None,
+              progress=print) -> list[dict]:
+    "Check the whole run before anything is paid for; print one line per check; raise listing every failure."
+    cfg = load_config(config_path); K = rounds or cfg.loop.iterations
+    results, sizes = [], {}
+    def check(name, fn):
+        try: detail, ok = fn(), True
+        except (LionError, InputError, OSError, ValueError) as e: detail, ok = str(e), False
+        results.append({'check': name, 'ok': ok, 'detail': detail})
+        progress(f"[check] {'ok  ' if ok else 'FAIL'} {name:<18} {detail}")
+    progress(f"[check] {config_path}: {K} round(s) + the final imitation, {trained_instructions(cfg, K):,} training instructions")
+    for name in sorted({n for n in cfg.roles.values() if cfg.models[n].backend == 'hf'}):
+        check(f"model {name}", lambda name=name: check_checkpoint(cfg.models[name], cfg, sizes)[0])
+    n_params = sizes.get(cfg.model_for('student').model, 0)
+    check('data', lambda: check_data(cfg))
+    check('baseline reserve', lambda: check_reserve(cfg, baseline, K))
+    check('devices', lambda: check_devices(cfg, n_params))
+    check('disk', lambda: check_disk(run_root, n_params, K))
+    check('keys', lambda: check_keys(cfg))
+    bad = [r for r in results if not r['ok']]
+    if bad:
+        raise LionError(f"preflight: {len(bad)} problem(s) ({', '.join(r['check'] for r in bad)}; see the [check] FAIL lines), "
+                        "nothing was run or paid for")
+    return results
+
 # %% ../nbs/07_loop.ipynb #ee4579e1
-def prepare_run_dir(config_path, run: RunDir) -> tuple[Config, Path]:
-    "Validate the config, copy it to `<run>/config.yaml` (first time) or check it matches (resume)."
+def link_cache(run: RunDir, cache_dir: Optional[str]) -> Path:
+    "Make `<run>/cache` a link to the shared `cache_dir` (created if needed); without one, the run's own folder."
+    if not cache_dir: return run.cache
+    target = Path(cache_dir).expanduser().resolve(); target.mkdir(parents=True, exist_ok=True)
+    if run.cache.is_symlink():
+        if run.cache.resolve() == target: return target
+        run.cache.unlink()
+    elif run.cache.exists():
+        raise LionError(f"{run.cache} is this run's own cache; to share it, move it to {target} (or point cache_dir at it)")
+    run.cache.symlink_to(target, target_is_directory=True)
+    return target
+
+def prepare_run_dir(config_path, run: RunDir, cache_dir: Optional[str] = None) -> tuple[Config, Path]:
+    "Validate the config, check a resumed run's identity, write the resolved config to `<run>/config.yaml`."
     cfg = load_config(config_path)
+    if cache_dir: cfg = cfg.model_copy(update={'cache_dir': str(Path(cache_dir).expanduser().resolve())})
     run.root.mkdir(parents=True, exist_ok=True)
     saved = run.root/'config.yaml'
     if saved.exists():
-        prev = load_config(saved)
-        if config_hash(prev) != config_hash(cfg):
-            raise LionError(f"{run.root} holds a run with a different configuration ({saved}); use a new --run-dir, or resume with that config")
-    else:
-        shutil.copyfile(config_path, saved)
+        diff = identity_diff(load_config(saved), cfg)
+        if diff:
+            raise LionError(f"{run.root} holds a run with a different configuration ({saved}); these settings change results: "
+                            f"{'; '.join(diff)}. Use a new --run-dir, or resume with that config")
+    import yaml
+    head = f"# the configuration of this run, from {Path(config_path).resolve()}, with its paths made absolute\n"
+    atomic_write_text(saved, head + yaml.safe_dump(cfg.model_dump(mode='json'), sort_keys=False))
+    link_cache(run, cfg.cache_dir)
     return cfg, saved
 
+# %% ../nbs/07_loop.ipynb #5b7414f5
 def _fmt_s(s: float) -> str: return f"{s:6.1f}s" if s < 120 else f"{s/60:5.1f}m"
 
 def run_loop(config_path, run_dir, baseline: Optional[str] = None, iterations: Optional[int] = None,
-             log_output: bool = False, progress=print) -> dict:
-    "Run (or resume) iterations 1..K of the loop; return the manifest."
+             log_output: bool = False, progress=print, check: bool = True, cache_dir: Optional[str] = None) -> dict:
+    "Run (or resume) K rounds and the final imitation (iterations 1..K+1), after the preflight checks; return the manifest."
     run = RunDir(run_dir)
-    cfg, saved = prepare_run_dir(config_path, run)
+    cfg, saved = prepare_run_dir(config_path, run, cache_dir)     # a refused resume fails here, at once
     K = iterations or cfg.loop.iterations
+    if check: preflight(saved, run.root, baseline, K, progress=progress)
     secrets = configured_secrets(cfg)
     manifest = read_json(run.manifest) if run.manifest.exists() else {}
-    manifest.update(name=cfg.name, baseline=baseline, iterations=K, config=cfg.model_dump(mode='json'),
-                    config_hash=config_hash(cfg), packages=package_versions(),
+    manifest.update(name=cfg.name, baseline=baseline, iterations=K, trained_students=K + 1,
+                    trained_instructions=trained_instructions(cfg, K),
+                    plan=f"{K} round(s) of imitation and {'selection' if baseline else 'discrimination and generation'}, "
+                         f"then a final imitation (iteration {K + 1}); every trained student is evaluated",
+                    config=cfg.model_dump(mode='json'), config_hash=config_hash(cfg), identity_hash=identity_hash(cfg),
+                    packages=package_versions(),
                     git_commit=git_commit(Path(__file__).resolve().parents[1]))
     manifest.setdefault('stages', {})
     write_json(run.manifest, manifest)
     t_run = time.time()
-    for k in range(1, K + 1):
+    for k in range(1, K + 2):
         for stage in iteration_plan(k, K, baseline, cfg.loop.discriminate_last):
-            tag = f"iter {k}/{K} {stage:<14}"
+            tag = f"iter {k}/{K + 1} {stage:<14}"
             if run.is_done(k, stage):
                 progress(f"[lion_nb] {tag} done already, skipped"); continue
             progress(f"[lion_nb] {tag} running {STAGE_NOTEBOOKS[stage]} ...")
@@ -191,7 +375,9 @@ def usage_summary(run: RunDir) -> list[dict]:
     return df.groupby(keys, dropna=False)[nums].sum().reset_index().to_dict('records')
 
 # %% ../nbs/07_loop.ipynb #a01cb415
-EST = dict(instr=40, review_prompt=150, review_out=200, gen_prompt=250, gen_out=60, gen_oversample=1.3, repair=0.1)
+EST = dict(instr=40, review_prompt=150, review_out=200, gen_prompt=250, gen_out=60, gen_oversample=1.3, repair=0.02)
+EVAL_SIZES = {'vicuna80': 80, 'user252': 252, 'demo': 20, 'agieval': 2546, 'bbh': 6511}   # items in full; AGIEval: its 8 MC subsets
+EVAL_TASKS = {'agieval': 8, 'bbh': 27}   # `eval.samples` counts per task for these
 
 def _row(cfg: Config, k, stage, role, calls, p_tok, c_tok) -> dict:
     spec = cfg.model_for(role)
@@ -201,11 +387,14 @@ def _row(cfg: Config, k, stage, role, calls, p_tok, c_tok) -> dict:
                 prompt_tokens=round(calls * p_tok), completion_tokens=round(calls * c_tok), cost_usd=round(cost, 2))
 
 def estimate_run(cfg: Config, iterations: Optional[int] = None) -> list[dict]:
-    "Estimated calls, tokens and cost per iteration, stage and role of a whole run (nothing is sent)."
+    "Estimated calls, tokens and cost per iteration, stage and role of K rounds and the final imitation (nothing is sent)."
     K, s, rows = iterations or cfg.loop.iterations, cfg.sampling, []
     train, cache = cfg.pools.train_size, max(cfg.pools.cache_size, cfg.pools.train_size)
     ans, rev_p = s.max_new_tokens, EST['review_prompt'] + EST['instr'] + 2 * s.max_new_tokens
-    for k in range(1, K + 1):
+    full = {x: EVAL_SIZES.get(x, 0) for x in cfg.eval.sets}
+    n_items = {x: min(n, cfg.eval.samples[x] * EVAL_TASKS.get(x, 1)) if x in cfg.eval.samples else n for x, n in full.items()}
+    judged = sum(n for x, n in n_items.items() if x in ('vicuna80', 'user252', 'demo'))
+    for k in range(1, K + 2):
         rows.append(_row(cfg, k, 'imitation', 'teacher', train, EST['instr'], ans))
         plan = iteration_plan(k, K, None, cfg.loop.discriminate_last)
         if 'discrimination' in plan:   # the Train Pool's answers are reused; only iteration 1 has Cache Pool items outside it
@@ -213,9 +402,9 @@ def estimate_run(cfg: Config, iterations: Optional[int] = None) -> list[dict]:
             rows.append(_row(cfg, k, 'discrimination', 'referee', 2 * cache * (1 + EST['repair']), rev_p, EST['review_out']))
         if 'generation' in plan:
             rows.append(_row(cfg, k, 'generation', 'generator', cfg.loop.n_new * EST['gen_oversample'], EST['gen_prompt'], EST['gen_out']))
-        n_eval = sum(cfg.eval.samples.get(x, {'vicuna80': 80, 'user252': 252, 'demo': 20}.get(x, 0)) for x in cfg.eval.sets if x in ('vicuna80', 'user252', 'demo'))
-        rows.append(_row(cfg, k, 'evaluation', 'teacher', n_eval if k == 1 else 0, EST['instr'], ans))
-        rows.append(_row(cfg, k, 'evaluation', 'judge', 2 * n_eval, rev_p, EST['review_out']))
+        rows.append(_row(cfg, k, 'evaluation', 'teacher', sum(n_items.values()) if k == 1 else 0, EST['instr'], ans))
+        students = 2 if k == 1 else 1                               # iteration 1 also judges the base student
+        rows.append(_row(cfg, k, 'evaluation', 'judge', 2 * judged * students, rev_p, EST['review_out']))
         train, cache = cfg.loop.n_new, cache + cfg.loop.n_new
     return [r for r in rows if r['calls']]
 
@@ -253,15 +442,22 @@ def run_cli(argv=None) -> int:
     ap.add_argument('--config', required=True, help='the run configuration (YAML)')
     ap.add_argument('--run-dir', help='where outputs go (default outputs/<config name>[-random])')
     ap.add_argument('--baseline', choices=['random'], help='run the random-selection baseline arm instead of discrimination + generation')
-    ap.add_argument('--iterations', type=int, help='override loop.iterations')
+    ap.add_argument('--iterations', type=int, help='override loop.iterations (full rounds; the final imitation follows)')
+    ap.add_argument('--check', action='store_true', help='run only the preflight checks (models, data, reserve, GPUs, disk, keys)')
+    ap.add_argument('--cache-dir', help='an LLM cache folder shared by several runs (overrides cache_dir)')
     ap.add_argument('--dry-run', action='store_true', help='estimate calls, tokens and cost; run nothing')
     ap.add_argument('--log-output', action='store_true', help="stream the notebooks' cell output to the console")
     a = ap.parse_args(argv)
     cfg = load_config(a.config)
     run_dir = a.run_dir or str(repo_root()/'outputs'/(cfg.name + ('-random' if a.baseline else '')))
+    K = a.iterations or cfg.loop.iterations
     if a.dry_run:
-        print_estimate(cfg, a.iterations or cfg.loop.iterations); return 0
-    m = run_loop(a.config, run_dir, a.baseline, a.iterations, a.log_output)
+        print(f"{K} round(s) of imitation, discrimination and generation, then a final imitation: "
+              f"{trained_instructions(cfg, K):,} training instructions")
+        print_estimate(cfg, K); return 0
+    if a.check:
+        preflight(a.config, run_dir, a.baseline, K); print("[check] all checks passed; nothing was run"); return 0
+    m = run_loop(a.config, run_dir, a.baseline, a.iterations, a.log_output, cache_dir=a.cache_dir)
     print_summary(m)
     print(f"[lion_nb] outputs in {run_dir}")
     return 0

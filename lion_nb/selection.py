@@ -19,7 +19,7 @@ def reserve_path(run: RunDir, k: int) -> Path:
 def draw_random(reserve: list, n: int, seed: int) -> tuple[list, list]:
     "Split `reserve` into `n` drawn records (in reserve order) and the rest, with a seeded draw."
     if n > len(reserve):
-        raise LionError(f"the reserve holds {len(reserve)} instructions but {n} are needed; raise pools.reserve_size to at least n_new x (iterations - 1)")
+        raise LionError(f"the reserve holds {len(reserve)} instructions but {n} are needed; raise pools.reserve_size to at least n_new x iterations")
     picked = set(random.Random(seed).sample(range(len(reserve)), n))
     return [r for i, r in enumerate(reserve) if i in picked], [r for i, r in enumerate(reserve) if i not in picked]
 

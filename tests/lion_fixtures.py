@@ -81,7 +81,7 @@ def tiny_config(path, base_url: str, student: Path, **over) -> Path:
                models={'remote': remote, 'student': dict(backend='hf', model=str(student), concurrency=8)},
                roles=dict(teacher='remote', referee='remote', generator='remote', judge='remote', student='student'),
                pools=dict(dataset='demo', train_size=6, cache_size=10, reserve_size=4),
-               loop=dict(iterations=2, n_new=4),
+               loop=dict(iterations=1, n_new=4),     # 1 round, then the final imitation: 2 trained students
                sampling=dict(max_new_tokens=64, referee_max_tokens=64, repair_retries=1),
                train=dict(epochs=1, lr=1e-3, max_length=128, effective_batch=4, micro_batch=2, nproc=1),
                eval=dict(sets=['demo'], samples={'demo': 4}, max_new_tokens=24))

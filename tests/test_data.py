@@ -66,20 +66,21 @@ def test_agieval():
 def test_hash_table_matches_the_public_files():
     states = {r['name']: r['state'] for r in data.data_status(SHARED)}
     present = {k: v for k, v in states.items() if v != 'missing'}
-    assert len(present) == 13 and set(present.values()) == {'ok'}
+    assert [k for k, v in present.items() if v == 'ok'] == [k for k in data.DATA_FILES if data.DATA_FILES[k].sha256 and k != 'alpaca']
+    assert len(present) == 13 + 27 and set(present.values()) == {'ok', 'unchecked'}   # BBH has no published hash
 
 
 @needs_shared
 def test_data_cli_status(capsys):
     assert data.data_cli(['status', '--data-dir', str(SHARED)]) == 0
     out = capsys.readouterr().out
-    assert out.count(' ok ') == 13 and 'bbh/navigate' in out and 'missing' in out
+    assert out.count(' ok ') == 13 and 'bbh/navigate' in out and 'missing' in out and 'alpaca_data.json' in out
 
 
 # --- formats we have no copy of, and bad input ---------------------------------------------------
 
 def test_alpaca_format_and_errors(tmp_path):
-    f = tmp_path/'alpaca'/'alpaca_data.json'; f.parent.mkdir()
+    f = tmp_path/'alpaca_data.json'
     entries = [{'instruction': 'Add the two numbers.', 'input': '4 and 9', 'output': '13'},
                {'instruction': 'Suggest a name for a cat.', 'input': '', 'output': 'Pepper'},
                {'instruction': 'Say hello in French.', 'output': 'Bonjour'}]
@@ -99,21 +100,21 @@ def test_alpaca_format_and_errors(tmp_path):
 
 
 def test_bbh_format(tmp_path):
-    (tmp_path/'bbh').mkdir()
-    (tmp_path/'bbh'/'date_understanding.json').write_text(json.dumps({'canary': 'a note', 'examples': [
+    (tmp_path/'eval'/'bbh').mkdir(parents=True)
+    (tmp_path/'eval'/'bbh'/'date_understanding.json').write_text(json.dumps({'canary': 'a note', 'examples': [
         {'input': 'Today is 3 May. What date is tomorrow?\nOptions:\n(A) 4 May\n(B) 2 May', 'target': '(A)'},
         {'input': 'Yesterday was Monday. What is today?\nOptions:\n(A) Sunday\n(B) Tuesday', 'target': '(B)'}]}, indent=1))
-    (tmp_path/'bbh'/'object_counting.json').write_text(json.dumps({'examples': [
+    (tmp_path/'eval'/'bbh'/'object_counting.json').write_text(json.dumps({'examples': [
         {'input': 'I have two pens and a cup. How many objects do I have?', 'target': '3'}]}))
     items = data.load_bbh(tmp_path, tasks=['date_understanding', 'object_counting'])
     assert [(x.id, x.kind, x.answer, len(x.options)) for x in items] == [
         ('bbh-date_understanding-0', 'mc', 'A', 2), ('bbh-date_understanding-1', 'mc', 'B', 2), ('bbh-object_counting-0', 'free', '3', 0)]
     assert items[0].prompt.startswith('Today is 3 May') and 'letter' in items[0].prompt
-    (tmp_path/'bbh'/'navigate.json').write_text('{"examples": [\n{"input": "Go left.", "target": "No"},\n{"input": "Go right."}]}')
+    (tmp_path/'eval'/'bbh'/'navigate.json').write_text('{"examples": [\n{"input": "Go left.", "target": "No"},\n{"input": "Go right."}]}')
     with pytest.raises(InputError, match=r"navigate.json:3: example 1: missing field 'target'"):
         data.load_bbh(tmp_path, tasks='navigate')
     with pytest.raises(InputError) as e: data.load_bbh(tmp_path)       # all 27 asked for; most are missing
-    assert 'bbh/boolean_expressions.json' in str(e.value) and 'suzgun/BIG-Bench-Hard' in str(e.value)
+    assert 'eval/bbh/boolean_expressions.json' in str(e.value) and 'suzgun/BIG-Bench-Hard' in str(e.value)
 
 
 def test_bad_jsonl_names_file_and_line(tmp_path):
@@ -133,7 +134,7 @@ def test_missing_file_says_where_to_put_it(tmp_path, monkeypatch):
     with pytest.raises(InputError) as e: data.load_vicuna80(tmp_path)
     msg = str(e.value)
     assert str(tmp_path/'eval'/'vicuna80'/'question.jsonl') in msg
-    assert 'https://raw.githubusercontent.com/lm-sys/FastChat' in msg and "fetch('vicuna80'" in msg
+    assert 'https://raw.githubusercontent.com/lm-sys/FastChat' in msg and 'lion_nb data fetch vicuna80 --data-dir' in msg
     monkeypatch.delenv('LION_DATA_DIR', raising=False)
     with pytest.raises(LionError, match='LION_DATA_DIR'): data.load_seed_tasks()
     assert data.data_root(cfg=config().model_copy(update={'data_dir': str(tmp_path)})) == tmp_path
@@ -182,7 +183,7 @@ def test_fetch_trust_on_first_use(tmp_path, http_folder, capsys):
     assert data.load_bbh(dest, tasks='boolean_expressions')[0].answer == 'False'    # the first file is kept
     with pytest.raises(LionError, match='could not download'):
         data.fetch('bbh/navigate', dest, url=f'{base}/nothing-here.json')
-    assert not list((dest/'bbh').glob('.*.part'))
+    assert not list((dest/'eval'/'bbh').glob('.*.part'))
 
 
 # --- demo data and pools -------------------------------------------------------------------------
@@ -240,7 +241,7 @@ def test_pools_drop_exact_duplicates(tmp_path):
 
 
 def test_pools_from_alpaca_get_rule_categories(tmp_path):
-    f = tmp_path/'alpaca'/'alpaca_data.json'; f.parent.mkdir()
+    f = tmp_path/'alpaca_data.json'
     f.write_text(json.dumps([{'instruction': 'Write a haiku about tea.', 'input': '', 'output': '...'},
                              {'instruction': 'Calculate 12 * 7.', 'input': '', 'output': '84'},
                              {'instruction': 'Write a Python function that adds two numbers.', 'input': '', 'output': 'def add'}]))
@@ -274,3 +275,35 @@ def test_pools_cli_and_papermill(tmp_path, capsys):
     assert rd.is_done(1, 'pools') and len(read_pool(rd.pool(1, 'train'))) == 7
     assert (rd.stage_dir(1, 'pools')/'categories.png').exists()
     assert 'Train Pool 7' in out.read_text()
+
+
+# --- `lion_nb data fetch alpaca`: where the README says, online from a local server, offline with a clear message ---
+
+def _lion(*args, **kw):
+    import subprocess
+    env = {**os.environ, **kw.pop('env', {})}
+    return subprocess.run([sys.executable, '-c', 'import sys; from lion_nb.cli import main; sys.exit(main())', *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120, env=env, **kw)
+
+def test_fetch_alpaca_into_the_configs_data_dir(tmp_path, http_folder):
+    site = tmp_path/'site'; site.mkdir()
+    entries = [{'instruction': 'Name a colour.', 'input': '', 'output': 'Blue'}, {'instruction': 'Add.', 'input': '2 and 3', 'output': '5'}]
+    (site/'alpaca_data.json').write_text(json.dumps(entries))
+    (tmp_path/'configs').mkdir()
+    cfgf = tmp_path/'configs'/'p.yaml'
+    cfgf.write_text((ROOT/'configs'/'demo.yaml').read_text() + 'data_dir: ../data/external\n')
+    r = _lion('data', 'fetch', 'alpaca', '--config', str(cfgf), '--url', f"{http_folder(site)}/alpaca_data.json")
+    assert r.returncode == 0, r.stderr
+    f = tmp_path/'data'/'external'/'alpaca_data.json'                 # relative to the config file, as the README says
+    assert r.stdout.strip().splitlines()[-1] == str(f) and f.with_name('alpaca_data.json.sha256').exists()
+    from lion_nb.core import load_config
+    assert [x.input for x in data.load_alpaca(cfg=load_config(cfgf))] == ['', '2 and 3']
+    assert [x.id for x in data.load_alpaca(f.parent)] == ['alpaca-0', 'alpaca-1']
+
+def test_fetch_alpaca_offline_says_where_to_put_it(tmp_path):
+    import socket
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]     # nothing listens here
+    r = _lion('data', 'fetch', 'alpaca', '--url', f'http://127.0.0.1:{port}/alpaca_data.json', env={'LION_DATA_DIR': str(tmp_path)})
+    assert r.returncode == 2 and 'Traceback' not in r.stderr
+    assert 'could not download' in r.stderr and f"put it at {tmp_path/'alpaca_data.json'}" in r.stderr
+    assert not list(tmp_path.iterdir())                                                   # nothing half-written

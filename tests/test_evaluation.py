@@ -30,10 +30,11 @@ BBH_FILES = {
 
 @pytest.fixture
 def data_root(tmp_path):
-    "A data folder: the public eval files (a symlink, nothing copied) plus two small BBH task files we write."
-    root = tmp_path/'data'; (root/'bbh').mkdir(parents=True)
-    (root/'eval').symlink_to(DATA/'eval', target_is_directory=True)
-    for t, ex in BBH_FILES.items(): (root/'bbh'/f'{t}.json').write_text(json.dumps({'examples': ex}))
+    "A data folder: the public eval files (symlinks, nothing copied) but BBH: two small task files we write."
+    root = tmp_path/'data'; (root/'eval'/'bbh').mkdir(parents=True)
+    for d in (DATA/'eval').iterdir():                    # every public set but BBH, whose two tasks are ours
+        if d.is_dir() and d.name != 'bbh': (root/'eval'/d.name).symlink_to(d, target_is_directory=True)
+    for t, ex in BBH_FILES.items(): (root/'eval'/'bbh'/f'{t}.json').write_text(json.dumps({'examples': ex}))
     return root
 
 

@@ -3,7 +3,7 @@
 Every remote role is played by the local OpenAI-compatible server (tests/openai_server.py) scripted by
 `faulty.scripted_reply`. In parts 1-3 the student is played by the same server (a distinct, deterministic "student"
 voice), so those stages never load torch and the killed subprocesses start in about a second; part 4 runs the whole
-loop (`lion_nb run`, 2 iterations, papermill, torchrun, the tiny random student). Training's kill and resume is tested
+loop (`lion_nb run`, 1 round and the final imitation, papermill, torchrun, the tiny random student). Training's kill and resume is tested
 in tests/test_train.py (test_resume_after_kill); the whole loop's in tests/test_e2e.py.
 """
 from __future__ import annotations
@@ -432,7 +432,7 @@ def files_with(root, needle: str) -> list[str]:
 
 @pytest.fixture(scope='module')
 def keyed(tmp_path_factory):
-    "A demo-shaped run (2 iterations, `lion_nb run`) whose remote model reads a recognisable fake key from $LION_FAKE_KEY."
+    "A demo-shaped run (1 round and the final imitation, `lion_nb run`) whose remote model reads a recognisable fake key from $LION_FAKE_KEY."
     from lion_fixtures import lion_reply, tiny_student
     key = f'sk-lionfake-{pysecrets.token_hex(12)}'
     env = {**os.environ, 'LION_FAKE_KEY': key, 'HF_HUB_OFFLINE': '1'}

@@ -1,0 +1,259 @@
+"""The paper profile at full size, on this machine, without a GPU or an API: a rehearsal of `configs/paper.yaml`.
+
+It runs the real paper configuration, changed only where a rehearsal must:
+- every remote role (teacher, referee, generator, judge) points at a local OpenAI-compatible stand-in on 127.0.0.1
+  (tests/openai_server.py: chat, files and batches endpoints), with the Batch API on for every API role. Its
+  scripted answers take milliseconds: the teacher answers briefly; the referee finds about 30% of instructions hard
+  and, like a real model, writes an unreadable verdict about 2% of the time (the referee stage repairs those);
+  the generator writes new instructions, about 8% of them near-duplicates of each other;
+- the student is a tiny random Llama whose tokenizer has NO chat template (as LLaMA-7B's has none), and all
+  answers are kept brief (`max_new_tokens` 48): the student stands in for the code path, not for quality;
+- the data folder holds a synthetic Alpaca-shaped file of 52,002 instructions (bench/synth_alpaca.py) and links
+  the public evaluation sets from $LION_DATA_DIR (read, never copied).
+Everything else is the paper's size: 52,002 seed instructions, 6,000 new per round, 3 rounds and the final
+imitation, Vicuna-80, the 252, AGIEval and BBH in full. `--scale` shrinks pools, rounds' size and evaluation
+samples together (tests/test_rehearsal.py runs `--scale 0.05` in `make test`).
+
+It reports per stage: wall time, requests and batches counted at the server, the dry run's estimate, the LLM
+cache's size on disk, and the peak memory of the run's process tree; then the dedup time against the growing
+Cache Pool per round; compares the server's count with `lion_nb run --dry-run` (they must agree within 5%), and
+runs the same command a second time, which must send 0 requests. A readable table, then one JSON line.
+
+    python bench/paper_rehearsal.py [--scale 1.0] [--work outputs/rehearsal] [--fresh]
+"""
+from __future__ import annotations
+import argparse, hashlib, json, os, random, re, shutil, subprocess, sys, threading, time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT/'tests'))
+from openai_server import last_user_text, serve          # noqa: E402  (the test suite's stand-in server)
+from lion_fixtures import lion_reply                      # noqa: E402  (its scripted judge)
+from synth_alpaca import OBJECTS, VERBS, make_words, synth_alpaca, write_alpaca   # noqa: E402
+from lion_nb.core import STAGES                            # noqa: E402
+
+LION = [sys.executable, '-c', 'import sys; from lion_nb.cli import main; sys.exit(main())']
+STAGE_LINE = re.compile(r'\[lion_nb\] iter (\d+)/(\d+) (\w+)\s+(running|finished|done already)')
+PAPER = dict(pool=52_002, n_new=6_000, eval={'vicuna80': 80, 'user252': 252, 'agieval': 2546 // 8, 'bbh': 6511 // 27})
+
+def _h(text: str) -> int: return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16)
+
+def _between(text: str, start: str, end: str) -> str:
+    m = re.search(re.escape(start) + r'(.*?)' + re.escape(end), text, re.S)
+    return m.group(1).strip() if m else ''
+
+def referee_reply(msgs: list, user: str) -> str:
+    "Scores in the referee's format: hard (teacher ahead by 3) for ~30% of requests, unreadable ~2% of first asks."
+    first = next(m['content'] for m in msgs if m['role'] == 'user')
+    request = _between(first, '<request>', '</request>')
+    if '<request>' in user and _h(request + 'x') % 50 == 0: return "Both answers have merits; it is hard to say."
+    teacher_first = _between(first, '<assistant_1_answer>', '</assistant_1_answer>').startswith('Answer to:')
+    t, s = (8, 5) if _h(request) % 10 < 3 else (8, 8)
+    a, b = (t, s) if teacher_first else (s, t)
+    return f"Assistant 1 is clear; Assistant 2 is comparable.\nAssistant 1: {a}\nAssistant 2: {b}"
+
+_VOCAB = make_words(random.Random(1))     # pseudo-words, as in the synthetic pool
+
+def generator_reply(body: dict) -> str:
+    """A new Alpaca-like instruction: novel for ~92% of requests, one of 40 recurring near-duplicates for the rest.
+    Drawn from the whole request (its sampling seed included), as a generator at temperature 1 answers the same
+    seed instruction differently each time it is asked."""
+    rng = random.Random(_h(json.dumps(body, sort_keys=True)))
+    if rng.random() < 0.08:
+        j = rng.randrange(40)
+        text = f"Describe how a {_VOCAB[j]} and a {_VOCAB[j + 40]} differ in everyday use, with {j % 5 + 2} examples."
+    else:
+        text = f"{rng.choice(VERBS)} {rng.choice(OBJECTS)} {' '.join(rng.choice(_VOCAB) for _ in range(rng.randint(5, 14)))}."
+    return f"### New instruction\n{text}\n### New input\nnone"
+
+def rehearsal_reply(body: dict) -> str:
+    "What the scripted teacher, referee, generator or judge says to one chat request."
+    msgs = body.get('messages') or []
+    system = msgs[0]['content'] if msgs and msgs[0].get('role') == 'system' else ''
+    user = last_user_text(body)
+    if 'impartial referee' in system: return referee_reply(msgs, user)
+    if system.startswith('You write instructions'): return generator_reply(body)
+    if 'judge' in system or 'helpful, honest and harmless' in system: return lion_reply(body)
+    return f"Answer to: {' '.join(user.split())[:120]}"
+
+def brief_student(folder: Path) -> Path:
+    """A tiny random Llama whose tokenizer has no chat template (built once per folder).
+
+    Its final norm's weights are set to 1e-6: the greedy answer depends only on the direction of the normalised
+    hidden state, and Adam moves each weight by about the learning rate per step, so even a few steps at the
+    paper's 2e-5 change the student's answers, as training changes a real student's (a tiny random model with
+    the usual weights would answer as before, and the referee's requests would repeat and hit the cache)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from lion_nb.train import make_tiny_llama
+    if (folder/'config.json').exists(): return folder
+    make_tiny_llama(folder)
+    m = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad(): m.model.norm.weight.fill_(1e-6)
+    m.save_pretrained(folder)
+    (folder/'chat_template.jinja').unlink(missing_ok=True)
+    tc = json.loads((folder/'tokenizer_config.json').read_text()); tc.pop('chat_template', None)
+    (folder/'tokenizer_config.json').write_text(json.dumps(tc))
+    return folder
+
+def scaled(n: int, scale: float, lo: int = 1) -> int: return max(lo, round(n * scale))
+
+def rehearsal_config(work: Path, base_url: str, student: Path, scale: float, iterations=None, nproc=None) -> Path:
+    "configs/paper.yaml with the stand-in endpoints, the tiny student, brief answers and the local data folder."
+    from lion_nb.core import ModelSpec
+    cfg = yaml.safe_load((ROOT/'configs'/'paper.yaml').read_text())
+    for spec in cfg['models'].values():
+        if spec['backend'] == 'openai': spec.update(base_url=base_url, batch_api=True)
+    cfg['models'][cfg['roles']['student']]['model'] = str(student)
+    cfg['data_dir'] = str(work/'data')
+    cfg['sampling']['max_new_tokens'] = cfg['eval']['max_new_tokens'] = 48
+    if 'prompt_template' not in ModelSpec.model_fields:   # until ModelSpec.prompt_template (auto) lands: say it
+        cfg['train']['template'] = 'alpaca'
+    if iterations: cfg['loop']['iterations'] = iterations
+    if nproc: cfg['train']['nproc'] = nproc
+    if scale != 1:
+        cfg['pools'].update(train_size=scaled(PAPER['pool'], scale), cache_size=scaled(PAPER['pool'], scale))
+        cfg['loop']['n_new'] = scaled(PAPER['n_new'], scale, 2)
+        cfg['eval']['samples'] = {s: scaled(n, scale) for s, n in PAPER['eval'].items()}
+    path = work/'paper_rehearsal.yaml'
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+def prepare_data(work: Path, scale: float) -> Path:
+    "The data folder: the synthetic Alpaca file, and a link to the public evaluation sets."
+    d = work/'data'; d.mkdir(parents=True, exist_ok=True)
+    f = d/'alpaca_data.json'
+    if not f.exists(): write_alpaca(f, synth_alpaca(scaled(PAPER['pool'], scale)))
+    shared = Path(os.environ.get('LION_DATA_DIR', ROOT.parent/'shared'/'data'))/'eval'
+    if not (d/'eval').exists(): (d/'eval').symlink_to(shared.resolve(), target_is_directory=True)
+    return d
+
+def server_counts(srv) -> dict:
+    st = srv.stats()
+    return {'requests': st['n_chat'] + sum(st['batch_counts'].values()), 'batches': st['batches_created'],
+            'chat': st['n_chat']}
+
+def dir_bytes(path: Path) -> int:
+    path = Path(path)
+    if not path.exists(): return 0
+    return sum(p.stat().st_size for p in path.resolve().rglob('*') if p.is_file())
+
+class TreeMemory:
+    "Samples the resident memory of a process and all its children; `take()` returns the peak since the last take."
+    def __init__(self, pid: int, every: float = 0.5):
+        import psutil
+        self.proc, self.every, self.peak, self.stop = psutil.Process(pid), every, 0, threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+    def _run(self):
+        import psutil
+        while not self.stop.is_set():
+            try:
+                procs = [self.proc] + self.proc.children(recursive=True)
+                rss = sum(p.memory_info().rss for p in procs if p.is_running())
+                self.peak = max(self.peak, rss)
+            except psutil.Error: pass
+            self.stop.wait(self.every)
+    def take(self) -> int:
+        p, self.peak = self.peak, 0
+        return p
+
+def run_lion(config: Path, run_dir: Path, srv, log_path: Path) -> tuple[list[dict], float, int]:
+    "Run `lion_nb run` to the end; per stage: wall time, server requests and batches, cache size, peak memory."
+    env = {**os.environ, 'OPENAI_API_KEY': 'sk-rehearsal-local-stand-in'}
+    t0 = time.time(); stages, cur = [], None
+    p = subprocess.Popen(LION + ['run', '--config', str(config), '--run-dir', str(run_dir)], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    mem = TreeMemory(p.pid)
+    with open(log_path, 'a') as log:
+        for line in p.stdout:
+            log.write(line); log.flush()
+            m = STAGE_LINE.search(line)
+            if not m: continue
+            k, K, stage, what = int(m[1]), int(m[2]), m[3], m[4]
+            if what == 'running':
+                mem.take(); cur = {'iteration': k, 'stage': stage, 't0': time.time(), 'c0': server_counts(srv)}
+            elif what == 'finished' and cur:
+                c = server_counts(srv)
+                stages.append({'iteration': k, 'stage': stage, 'seconds': round(time.time() - cur['t0'], 1),
+                               'requests': c['requests'] - cur['c0']['requests'], 'batches': c['batches'] - cur['c0']['batches'],
+                               'cache_mb': round(dir_bytes(run_dir/'cache') / 1e6, 1), 'peak_rss_gb': round(mem.take() / 2**30, 2)})
+                print(f"  {k}/{K} {stage:<15} {stages[-1]['seconds']:>8.1f}s {stages[-1]['requests']:>8,} requests", flush=True)
+    rc = p.wait(); mem.stop.set()
+    if rc != 0: raise SystemExit(f"lion_nb run failed (exit {rc}); see {log_path}")
+    return stages, round(time.time() - t0, 1), rc
+
+def dry_run(config: Path) -> tuple[dict, int, str]:
+    "The dry run's estimated calls per (iteration, stage), its total, and its text."
+    r = subprocess.run(LION + ['run', '--config', str(config), '--dry-run'], cwd=ROOT, capture_output=True, text=True, check=True)
+    per = {}
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 8 and parts[0].isdigit() and parts[1] in STAGES:
+            key = (int(parts[0]), parts[1]); per[key] = per.get(key, 0) + int(parts[-4].replace(',', ''))
+    total = int(next(l for l in r.stdout.splitlines() if l.startswith('total')).split()[1].replace(',', ''))
+    return per, total, r.stdout
+
+def dedup_times(run_dir: Path, threshold: float) -> list[dict]:
+    "Per round: the exact ROUGE-L filter's time over that round's generated candidates against its Cache Pool."
+    from lion_nb.core import RunDir, read_log, read_pool
+    from lion_nb.dedup import RougeIndex
+    run, out = RunDir(run_dir), []
+    for cand in sorted(run.root.glob('iter_*/generation/candidates.jsonl')):
+        k = int(cand.parts[-3].split('_')[1])
+        pool = [r.instruction for r in read_pool(run.pool(k, 'cache'))]
+        texts = [r['instruction'] for r in read_log(cand) if r.get('instruction')]
+        t0 = time.time(); index = RougeIndex(pool); built = time.time() - t0; kept = 0
+        for t in texts:
+            ids = index.token_ids(t)
+            if index.nearest(ids=ids, threshold=threshold).score < threshold: index.add(t, ids); kept += 1
+        out.append({'round': k, 'cache_pool': len(pool), 'candidates': len(texts), 'kept_by_filter': kept,
+                    'index_s': round(built, 2), 'seconds': round(time.time() - t0, 2)})
+    return out
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description='Rehearse configs/paper.yaml at full size against local stand-ins.')
+    ap.add_argument('--scale', type=float, default=1.0, help='shrink pools, new instructions and evaluation samples (1 = the paper)')
+    ap.add_argument('--work', default=str(ROOT/'outputs'/'rehearsal'), help='work folder (data, student, config, run)')
+    ap.add_argument('--fresh', action='store_true', help='delete the work folder first')
+    ap.add_argument('--iterations', type=int, help="rounds (default: the paper's 3)")
+    ap.add_argument('--nproc', type=int, help="training processes (default: the paper's 8)")
+    a = ap.parse_args(argv)
+    work = Path(a.work).resolve()
+    if a.fresh: shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    t_all = time.time()
+    prepare_data(work, a.scale); student = brief_student(work/'student')
+    with serve(reply=rehearsal_reply) as srv:
+        config = rehearsal_config(work, srv.base_url, student, a.scale, a.iterations, a.nproc)
+        per_est, est_total, est_text = dry_run(config)
+        print(est_text)
+        run_dir = work/'run'
+        stages, wall, _ = run_lion(config, run_dir, srv, work/'run1.log')
+        before = server_counts(srv)['requests']
+        _, wall2, _ = run_lion(config, run_dir, srv, work/'run2.log')
+        second = server_counts(srv)['requests'] - before
+    served = sum(s['requests'] for s in stages)
+    from lion_nb.core import load_config
+    dd = dedup_times(run_dir, load_config(config).loop.rouge_threshold)
+    print(f"\n{'stage':<22} {'wall s':>9} {'requests':>10} {'dry run':>10} {'batches':>8} {'cache MB':>9} {'peak GB':>8}")
+    for s in stages:
+        est = per_est.get((s['iteration'], s['stage']), 0)
+        print(f"iter {s['iteration']} {s['stage']:<15} {s['seconds']:>9.1f} {s['requests']:>10,} {est:>10,} {s['batches']:>8} "
+              f"{s['cache_mb']:>9.1f} {s['peak_rss_gb']:>8.2f}")
+    print(f"{'total':<22} {wall:>9.1f} {served:>10,} {est_total:>10,} {sum(s['batches'] for s in stages):>8}")
+    for d in dd:
+        print(f"dedup round {d['round']}: {d['candidates']:,} candidates vs a Cache Pool of {d['cache_pool']:,}: "
+              f"{d['seconds']:.2f}s (index {d['index_s']:.2f}s)")
+    ratio = served / est_total if est_total else float('nan')
+    print(f"server requests / dry-run estimate: {ratio:.4f} ({'within' if abs(ratio - 1) <= 0.05 else 'OUTSIDE'} 5%); "
+          f"second run: {second} requests in {wall2:.1f}s; whole rehearsal {time.time() - t_all:.0f}s")
+    print(json.dumps({'scale': a.scale, 'wall_s': wall, 'requests': served, 'dry_run_calls': est_total, 'ratio': round(ratio, 4),
+                      'batches': sum(s['batches'] for s in stages), 'second_run_requests': second, 'second_run_s': wall2,
+                      'peak_rss_gb': max([s['peak_rss_gb'] for s in stages] or [0]), 'stages': stages, 'dedup': dd,
+                      'total_s': round(time.time() - t_all, 1)}))
+    return 0 if abs(ratio - 1) <= 0.05 and second == 0 else 1
+
+if __name__ == '__main__':
+    sys.exit(main())
