@@ -14,18 +14,21 @@ from .core import (Config, InputError, LionError, ModelSpec, RunDir, api_key_for
                           parse_config, read_json, sha256_file, write_json)
 
 # %% auto #0
-__all__ = ['STAGE_NOTEBOOKS', 'WEIGHT_SUFFIXES', 'PACKAGES', 'EST', 'EVAL_SIZES', 'EVAL_TASKS', 'iteration_plan',
+__all__ = ['STAGE_NOTEBOOKS', 'BASELINES', 'WEIGHT_SUFFIXES', 'PACKAGES', 'EST', 'EVAL_SIZES', 'EVAL_TASKS', 'iteration_plan',
            'trained_instructions', 'check_parameters', 'file_contains', 'files_containing', 'check_no_secrets',
-           'notebooks_dir', 'render_html', 'run_stage', 'package_versions', 'git_commit', 'file_hashes',
-           'count_parameters', 'prompt_layout', 'load_checkpoint_parts', 'check_checkpoint', 'eval_data_names',
-           'check_data', 'check_reserve', 'check_devices', 'checkpoint_bytes', 'check_disk', 'check_keys', 'preflight',
-           'link_cache', 'prepare_run_dir', 'run_loop', 'stage_hashes', 'usage_summary', 'estimate_run',
-           'print_estimate', 'repo_root', 'print_summary', 'run_cli', 'demo_cli']
+           'notebooks_dir', 'render_html', 'stage_parameters', 'run_stage', 'package_versions', 'git_commit',
+           'file_hashes', 'count_parameters', 'prompt_layout', 'load_checkpoint_parts', 'check_checkpoint',
+           'eval_data_names', 'check_data', 'check_reserve', 'check_devices', 'checkpoint_bytes', 'check_disk',
+           'check_keys', 'preflight', 'link_cache', 'prepare_run_dir', 'fork_run', 'run_loop', 'stage_hashes',
+           'usage_summary', 'estimate_run', 'print_estimate', 'repo_root', 'print_summary', 'run_cli', 'demo_cli']
 
 # %% ../nbs/07_loop.ipynb #5a3d4130
 STAGE_NOTEBOOKS = {'pools': '02_pools.ipynb', 'imitation': '03_imitation.ipynb',
                    'discrimination': '04_discrimination.ipynb', 'generation': '05_generation.ipynb',
                    'selection': '05b_selection.ipynb', 'evaluation': '06_evaluation.ipynb'}
+
+BASELINES = {'random-seeds': 'generation from random Cache Pool seeds (no referee)',
+             'random': 'random selection from the reserve'}
 
 def iteration_plan(k: int, rounds: int, baseline: Optional[str] = None, discriminate_last: bool = False) -> list[str]:
     "The stages iteration `k` runs, for `rounds` full rounds (k = 1..rounds) and the final imitation (k = rounds + 1)."
@@ -33,8 +36,12 @@ def iteration_plan(k: int, rounds: int, baseline: Optional[str] = None, discrimi
     stages = ['pools'] if k == 1 else []
     stages.append('imitation')
     final = k == rounds + 1
+    if baseline is not None and baseline not in BASELINES:
+        raise LionError(f"unknown baseline {baseline!r}; known: {', '.join(BASELINES)}")
     if baseline == 'random':
         if not final: stages.append('selection')
+    elif baseline == 'random-seeds':
+        if not final: stages.append('generation')
     else:
         if not final or discriminate_last: stages.append('discrimination')
         if not final: stages.append('generation')
@@ -100,13 +107,19 @@ def render_html(nb_path: Path) -> Path:
     out = nb_path.with_suffix('.html'); out.write_text(body, encoding='utf-8')
     return out
 
-def run_stage(stage: str, run: RunDir, k: int, config_path: Path, secrets: list[str] = (), log_output: bool = False) -> Path:
+def stage_parameters(stage: str, baseline: Optional[str]) -> dict:
+    "Papermill parameters a stage takes beyond run_dir, iteration and config: the control arm's seed source."
+    return {'seeds': 'random'} if stage == 'generation' and baseline == 'random-seeds' else {}
+
+def run_stage(stage: str, run: RunDir, k: int, config_path: Path, secrets: list[str] = (), log_output: bool = False,
+              extra: Optional[dict] = None) -> Path:
     "Execute stage `stage` of iteration `k` as a papermill notebook; return the executed notebook's path."
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
     src = notebooks_dir()/STAGE_NOTEBOOKS[stage]
     out = run.iter_dir(k)/STAGE_NOTEBOOKS[stage]; out.parent.mkdir(parents=True, exist_ok=True)
-    params = check_parameters({'run_dir': str(run.root.resolve()), 'iteration': k, 'config': str(Path(config_path).resolve())}, secrets)
+    params = check_parameters({'run_dir': str(run.root.resolve()), 'iteration': k,
+                               'config': str(Path(config_path).resolve()), **(extra or {})}, secrets)
     try:
         pm.execute_notebook(str(src), str(out), parameters=params, kernel_name='python3', language='python', progress_bar=False,
                             log_output=log_output, cwd=str(src.parent))
@@ -316,18 +329,43 @@ def prepare_run_dir(config_path, run: RunDir, cache_dir: Optional[str] = None) -
 # %% ../nbs/07_loop.ipynb #5b7414f5
 def _fmt_s(s: float) -> str: return f"{s:6.1f}s" if s < 120 else f"{s/60:5.1f}m"
 
+def _link_or_copy(src, dst):
+    "Hard-link `src` to `dst` (a fork shares its weights' bytes), or copy it where links cannot be made."
+    try: os.link(src, dst)
+    except OSError: shutil.copy2(src, dst)
+
+def fork_run(src, run: RunDir, progress=print) -> list[str]:
+    "Start `run` from run `src`'s iteration 1: its pools, imitation (teacher answers, student) and LLM cache."
+    src = RunDir(src)
+    if not src.is_done(1, 'imitation'): raise LionError(f"{src.root}: iteration 1's imitation is not done; nothing to fork")
+    copied = []
+    for rel in ('iter_1/pools', 'iter_1/imitation'):
+        if not (run.root/rel).exists():
+            shutil.copytree(src.root/rel, run.root/rel, copy_function=_link_or_copy)
+            copied.append(rel)
+    if run.cache.is_symlink() or src.cache.is_symlink() or not src.cache.exists(): pass   # a shared cache serves both
+    elif not any(run.cache.glob('*')):
+        shutil.rmtree(run.cache, ignore_errors=True)
+        shutil.copytree(src.cache, run.cache, copy_function=shutil.copy2)
+        copied.append('cache')
+    if copied: progress(f"[lion_nb] forked from {src.root}: {', '.join(copied)}")
+    return copied
+
 def run_loop(config_path, run_dir, baseline: Optional[str] = None, iterations: Optional[int] = None,
-             log_output: bool = False, progress=print, check: bool = True, cache_dir: Optional[str] = None) -> dict:
+             log_output: bool = False, progress=print, check: bool = True, cache_dir: Optional[str] = None,
+             fork_from=None) -> dict:
     "Run (or resume) K rounds and the final imitation (iterations 1..K+1), after the preflight checks; return the manifest."
     run = RunDir(run_dir)
     cfg, saved = prepare_run_dir(config_path, run, cache_dir)     # a refused resume fails here, at once
+    if fork_from: fork_run(fork_from, run, progress)
     K = iterations or cfg.loop.iterations
     if check: preflight(saved, run.root, baseline, K, progress=progress)
     secrets = configured_secrets(cfg)
     manifest = read_json(run.manifest) if run.manifest.exists() else {}
-    manifest.update(name=cfg.name, baseline=baseline, iterations=K, trained_students=K + 1,
+    manifest.update(name=cfg.name, baseline=baseline, forked_from=str(fork_from) if fork_from else None,
+                    iterations=K, trained_students=K + 1,
                     trained_instructions=trained_instructions(cfg, K),
-                    plan=f"{K} round(s) of imitation and {'selection' if baseline else 'discrimination and generation'}, "
+                    plan=f"{K} round(s) of imitation and {BASELINES[baseline] if baseline else 'discrimination and generation'}, "
                          f"then a final imitation (iteration {K + 1}); every trained student is evaluated",
                     config=cfg.model_dump(mode='json'), config_hash=config_hash(cfg), identity_hash=identity_hash(cfg),
                     packages=package_versions(),
@@ -342,7 +380,7 @@ def run_loop(config_path, run_dir, baseline: Optional[str] = None, iterations: O
                 progress(f"[lion_nb] {tag} done already, skipped"); continue
             progress(f"[lion_nb] {tag} running {STAGE_NOTEBOOKS[stage]} ...")
             t0 = time.time()
-            out = run_stage(stage, run, k, saved, secrets, log_output)
+            out = run_stage(stage, run, k, saved, secrets, log_output, stage_parameters(stage, baseline))
             if not run.is_done(k, stage):
                 raise LionError(f"stage {stage!r} of iteration {k} ran without writing {run.done_file(k, stage)}; see {out}")
             dt = time.time() - t0
@@ -441,7 +479,9 @@ def run_cli(argv=None) -> int:
     ap = argparse.ArgumentParser(prog='lion_nb run', description='Run (or resume) the Lion loop, one papermill batch per iteration.')
     ap.add_argument('--config', required=True, help='the run configuration (YAML)')
     ap.add_argument('--run-dir', help='where outputs go (default outputs/<config name>[-random])')
-    ap.add_argument('--baseline', choices=['random'], help='run the random-selection baseline arm instead of discrimination + generation')
+    ap.add_argument('--baseline', choices=list(BASELINES), help="a control arm: 'random-seeds' (the generator on random "
+                    "Cache Pool seeds, no referee) or 'random' (random selection from the reserve)")
+    ap.add_argument('--fork-from', help="start from this run's iteration 1 (pools, teacher answers, student, cache)")
     ap.add_argument('--iterations', type=int, help='override loop.iterations (full rounds; the final imitation follows)')
     ap.add_argument('--check', action='store_true', help='run only the preflight checks (models, data, reserve, GPUs, disk, keys)')
     ap.add_argument('--cache-dir', help='an LLM cache folder shared by several runs (overrides cache_dir)')
@@ -449,7 +489,7 @@ def run_cli(argv=None) -> int:
     ap.add_argument('--log-output', action='store_true', help="stream the notebooks' cell output to the console")
     a = ap.parse_args(argv)
     cfg = load_config(a.config)
-    run_dir = a.run_dir or str(repo_root()/'outputs'/(cfg.name + ('-random' if a.baseline else '')))
+    run_dir = a.run_dir or str(repo_root()/'outputs'/(cfg.name + (f'-{a.baseline}' if a.baseline else '')))
     K = a.iterations or cfg.loop.iterations
     if a.dry_run:
         print(f"{K} round(s) of imitation, discrimination and generation, then a final imitation: "
@@ -457,7 +497,7 @@ def run_cli(argv=None) -> int:
         print_estimate(cfg, K); return 0
     if a.check:
         preflight(a.config, run_dir, a.baseline, K); print("[check] all checks passed; nothing was run"); return 0
-    m = run_loop(a.config, run_dir, a.baseline, a.iterations, a.log_output, cache_dir=a.cache_dir)
+    m = run_loop(a.config, run_dir, a.baseline, a.iterations, a.log_output, cache_dir=a.cache_dir, fork_from=a.fork_from)
     print_summary(m)
     print(f"[lion_nb] outputs in {run_dir}")
     return 0
@@ -465,7 +505,9 @@ def run_cli(argv=None) -> int:
 def demo_cli(argv=None) -> int:
     "lion_nb demo: the demo profile on the embedded default models."
     ap = argparse.ArgumentParser(prog='lion_nb demo', description='Run the demo profile (configs/demo.yaml) into outputs/demo.')
-    ap.add_argument('--baseline', choices=['random'])
+    ap.add_argument('--baseline', choices=list(BASELINES))
+    ap.add_argument('--fork-from', help="start from this run's iteration 1 (e.g. outputs/demo)")
     a = ap.parse_args(argv)
     args = ['--config', str(repo_root()/'configs'/'demo.yaml')] + (['--baseline', a.baseline] if a.baseline else [])
+    args += ['--fork-from', a.fork_from] if a.fork_from else []
     return run_cli(args)

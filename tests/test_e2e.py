@@ -95,3 +95,25 @@ def test_kill_and_resume_ends_like_an_uninterrupted_run(full_run, config, server
     # The resumed run sends exactly what the killed one had not finished (requests in flight at the kill included):
     # a finished request sent again would make this larger.
     assert served_total(server) - before == uninterrupted - finished, (served_total(server) - before, uninterrupted, finished)
+
+def tree_digest(root: Path) -> dict:
+    import hashlib
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob('*')) if p.is_file()}
+
+def test_referee_blind_arm_forks_from_the_lion_run(full_run, config, server, tmp_path):
+    "--baseline random-seeds --fork-from: iteration 1 shared byte for byte; no referee; random parents; no resent answers."
+    lion, _ = full_run
+    arm = RunDir(tmp_path/'arm')
+    before = served_total(server)
+    p = subprocess.run(LION + ['run', '--config', str(config), '--run-dir', str(arm.root), '--baseline', 'random-seeds',
+                               '--fork-from', str(lion.root)], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    for rel in ('iter_1/pools', 'iter_1/imitation'):
+        assert tree_digest(arm.root/rel) == tree_digest(lion.root/rel), rel
+    assert not arm.stage_dir(1, 'discrimination').exists() and arm.is_done(2, 'evaluation')
+    s = read_json(arm.stage_dir(1, 'generation')/'summary.json')
+    assert s['seed_source'] == 'random' and s['kept'] > 0
+    m = read_json(arm.manifest)
+    assert m['baseline'] == 'random-seeds' and m['forked_from'] == str(lion.root)
+    assert 'iter_1/imitation' not in m['stages']                    # the fork's stage, not re-run
+    assert served_total(server) - before > 0                        # its own generation and evaluation were sent
