@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 export OMP_WAIT_POLICY := PASSIVE
 export LION_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup models demo test check nbtest pytest bench clean-venv
+.PHONY: setup models demo test test-slow check nbtest pytest bench rehearsal clean-venv
 
 setup: $(STAMP)
 
@@ -40,12 +40,21 @@ nbtest: setup
 	$(BIN)/nbdev_test --n_workers 2 --timing
 
 pytest: models
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# Minutes-long end-to-end checks (the scaled paper rehearsal): CI runs them after `make test`.
+test-slow: models
+	$(BIN)/python -m pytest -q -m slow tests
 
 test: check nbtest pytest
 
+# Every benchmark but the full-size paper rehearsal (about 3.5 hours on 2 cores: `make rehearsal`) and the
+# GPU checks (bench/gpu_*, for a GPU machine).
 bench: models
-	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+	for b in $$(ls bench/*.py | grep -v -e paper_rehearsal -e synth_alpaca -e gpu_); do $(BIN)/python $$b || exit 1; done
+
+rehearsal: models
+	$(BIN)/python bench/paper_rehearsal.py
 
 clean-venv:
 	rm -rf $(VENV)

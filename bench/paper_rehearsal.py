@@ -7,7 +7,9 @@ It runs the real paper configuration, changed only where a rehearsal must:
   and, like a real model, writes an unreadable verdict about 2% of the time (the referee stage repairs those);
   the generator writes new instructions, about 8% of them near-duplicates of each other;
 - the student is a tiny random Llama whose tokenizer has NO chat template (as LLaMA-7B's has none), and all
-  answers are kept brief (`max_new_tokens` 48): the student stands in for the code path, not for quality;
+  answers are kept brief (`max_new_tokens` 48): the student stands in for the code path, not for quality. It keeps
+  the profile's `prompt_template: alpaca`, but runs under transformers (the profile's vLLM engine and
+  `train.device: cuda` need a GPU; the engine's orchestration is tested in tests/test_engine.py);
 - the data folder holds a synthetic Alpaca-shaped file of 52,002 instructions (bench/synth_alpaca.py) and links
   the public evaluation sets from $LION_DATA_DIR (read, never copied).
 Everything else is the paper's size: 52,002 seed instructions, 6,000 new per round, 3 rounds and the final
@@ -44,15 +46,28 @@ def _between(text: str, start: str, end: str) -> str:
     m = re.search(re.escape(start) + r'(.*?)' + re.escape(end), text, re.S)
     return m.group(1).strip() if m else ''
 
+def _referee_parts(user: str) -> tuple[str, str]:
+    "(the request, the first answer) of a referee prompt, in lion_nb's tags or Lion's brackets."
+    if '<request>' in user:
+        return _between(user, '<request>', '</request>'), _between(user, '<assistant_1_answer>', '</assistant_1_answer>')
+    return (_between(user, '[Instruction]', "[The Start of Assistant 1's Answer]"),
+            _between(user, "[The Start of Assistant 1's Answer]", "[The End of Assistant 1's Answer]"))
+
 def referee_reply(msgs: list, user: str) -> str:
-    "Scores in the referee's format: hard (teacher ahead by 3) for ~30% of requests, unreadable ~2% of first asks."
+    """Scores in the asked format (lion_nb's closing lines, or Lion's 'Score of the Assistant N'): hard (teacher ahead
+    by 3) for ~30% of requests, unreadable for ~2% of first asks."""
     first = next(m['content'] for m in msgs if m['role'] == 'user')
-    request = _between(first, '<request>', '</request>')
-    if '<request>' in user and _h(request + 'x') % 50 == 0: return "Both answers have merits; it is hard to say."
-    teacher_first = _between(first, '<assistant_1_answer>', '</assistant_1_answer>').startswith('Answer to:')
+    request, answer_1 = _referee_parts(first)
+    if len(msgs) <= 2 and _h(request + 'x') % 50 == 0: return "Both answers have merits; it is hard to say."
     t, s = (8, 5) if _h(request) % 10 < 3 else (8, 8)
-    a, b = (t, s) if teacher_first else (s, t)
-    return f"Assistant 1 is clear; Assistant 2 is comparable.\nAssistant 1: {a}\nAssistant 2: {b}"
+    a, b = (t, s) if answer_1.startswith('Answer to:') else (s, t)
+    if '<request>' in first: return f"Assistant 1 is clear; Assistant 2 is comparable.\nAssistant 1: {a}\nAssistant 2: {b}"
+    return f"Evaluation evidence: both are relevant.\nScore of the Assistant 1: {a}\nScore of the Assistant 2: {b}"
+
+def review_reply(user: str) -> str:
+    "FastChat's Vicuna-80 review: scores on the first line (general, coding), a Python tuple last (math)."
+    if 'Python tuple' in user: return "Both solve it step by step.\n(8, 7)"
+    return "8 7\nAssistant 1 is more detailed."
 
 _VOCAB = make_words(random.Random(1))     # pseudo-words, as in the synthetic pool
 
@@ -69,12 +84,15 @@ def generator_reply(body: dict) -> str:
     return f"### New instruction\n{text}\n### New input\nnone"
 
 def rehearsal_reply(body: dict) -> str:
-    "What the scripted teacher, referee, generator or judge says to one chat request."
+    "What the scripted teacher, referee, generator or judge says to one chat request (either judge set's prompts)."
     msgs = body.get('messages') or []
     system = msgs[0]['content'] if msgs and msgs[0].get('role') == 'system' else ''
     user = last_user_text(body)
-    if 'impartial referee' in system: return referee_reply(msgs, user)
+    first = next((m['content'] for m in msgs if m['role'] == 'user'), '')
+    if 'impartial referee' in system or '[Instruction]' in first: return referee_reply(msgs, user)
+    if '[Question]' in first: return review_reply(first)
     if system.startswith('You write instructions'): return generator_reply(body)
+    if 'Instruction Creator' in first: return generator_reply(body).split('\n')[1]   # Lion's: the instruction alone
     if 'judge' in system or 'helpful, honest and harmless' in system: return lion_reply(body)
     return f"Answer to: {' '.join(user.split())[:120]}"
 
@@ -102,15 +120,15 @@ def scaled(n: int, scale: float, lo: int = 1) -> int: return max(lo, round(n * s
 
 def rehearsal_config(work: Path, base_url: str, student: Path, scale: float, iterations=None, nproc=None) -> Path:
     "configs/paper.yaml with the stand-in endpoints, the tiny student, brief answers and the local data folder."
-    from lion_nb.core import ModelSpec
     cfg = yaml.safe_load((ROOT/'configs'/'paper.yaml').read_text())
     for spec in cfg['models'].values():
         if spec['backend'] == 'openai': spec.update(base_url=base_url, batch_api=True)
-    cfg['models'][cfg['roles']['student']]['model'] = str(student)
+    # the student: the tiny Llama, run by transformers on the CPU (the profile's vLLM engine needs a GPU), still with
+    # the profile's prompt_template (alpaca); training on the CPU, where the profile expects cuda
+    cfg['models'][cfg['roles']['student']].update(backend='hf', model=str(student), concurrency=64)
+    cfg['train']['device'] = 'cpu'
     cfg['data_dir'] = str(work/'data')
     cfg['sampling']['max_new_tokens'] = cfg['eval']['max_new_tokens'] = 48
-    if 'prompt_template' not in ModelSpec.model_fields:   # until ModelSpec.prompt_template (auto) lands: say it
-        cfg['train']['template'] = 'alpaca'
     if iterations: cfg['loop']['iterations'] = iterations
     if nproc: cfg['train']['nproc'] = nproc
     if scale != 1:

@@ -438,6 +438,8 @@ def estimate_run(cfg: Config, iterations: Optional[int] = None) -> list[dict]:
         if 'discrimination' in plan:   # the Train Pool's answers are reused; only iteration 1 has Cache Pool items outside it
             rows.append(_row(cfg, k, 'discrimination', 'teacher', cache - train if k == 1 else 0, EST['instr'], ans))
             rows.append(_row(cfg, k, 'discrimination', 'referee', 2 * cache * (1 + EST['repair']), rev_p, EST['review_out']))
+            if cfg.probe.enabled and k in cfg.probe.iterations:      # the referee probe: 3 pairs per item, both orders
+                rows.append(_row(cfg, k, 'discrimination', 'referee', 6 * cfg.probe.items, rev_p, EST['review_out']))
         if 'generation' in plan:
             rows.append(_row(cfg, k, 'generation', 'generator', cfg.loop.n_new * EST['gen_oversample'], EST['gen_prompt'], EST['gen_out']))
         rows.append(_row(cfg, k, 'evaluation', 'teacher', sum(n_items.values()) if k == 1 else 0, EST['instr'], ans))

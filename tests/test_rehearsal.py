@@ -8,8 +8,11 @@ run again must send nothing.
 import json, subprocess, sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
+@pytest.mark.slow          # about 3.5 minutes: `make test-slow` (CI runs it after `make test`)
 def test_scaled_rehearsal_matches_the_dry_run_and_resends_nothing(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT/'bench'/'paper_rehearsal.py'), '--scale', '0.01', '--iterations', '1',
                         '--nproc', '1', '--work', str(tmp_path/'rehearsal')], capture_output=True, text=True, timeout=900)
