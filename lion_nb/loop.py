@@ -20,7 +20,8 @@ __all__ = ['STAGE_NOTEBOOKS', 'BASELINES', 'WEIGHT_SUFFIXES', 'PACKAGES', 'EST',
            'file_hashes', 'count_parameters', 'prompt_layout', 'load_checkpoint_parts', 'check_checkpoint',
            'eval_data_names', 'check_data', 'check_reserve', 'check_devices', 'checkpoint_bytes', 'check_disk',
            'check_keys', 'preflight', 'link_cache', 'prepare_run_dir', 'fork_run', 'run_loop', 'stage_hashes',
-           'usage_summary', 'estimate_run', 'print_estimate', 'repo_root', 'print_summary', 'run_cli', 'demo_cli']
+           'usage_summary', 'discrimination_teacher_calls', 'estimate_run', 'print_estimate', 'repo_root',
+           'print_summary', 'run_cli', 'demo_cli']
 
 # %% ../nbs/07_loop.ipynb #5a3d4130
 STAGE_NOTEBOOKS = {'pools': '02_pools.ipynb', 'imitation': '03_imitation.ipynb',
@@ -424,6 +425,13 @@ def _row(cfg: Config, k, stage, role, calls, p_tok, c_tok) -> dict:
     return dict(iteration=k, stage=stage, role=role, model=spec.model, calls=round(calls),
                 prompt_tokens=round(calls * p_tok), completion_tokens=round(calls * c_tok), cost_usd=round(cost, 2))
 
+def discrimination_teacher_calls(cfg: Config, k: int, train: int, cache: int) -> int:
+    """Teacher answers discrimination pays for in iteration `k`. A fresh sample (the default) answers the whole Cache
+    Pool once (iteration 1) and then each round's new instructions; reusing imitation's answers pays only for the
+    Cache Pool outside the first Train Pool."""
+    if cfg.sampling.reuse_imitation_answers: return cache - train if k == 1 else 0
+    return cache if k == 1 else train
+
 def estimate_run(cfg: Config, iterations: Optional[int] = None) -> list[dict]:
     "Estimated calls, tokens and cost per iteration, stage and role of K rounds and the final imitation (nothing is sent)."
     K, s, rows = iterations or cfg.loop.iterations, cfg.sampling, []
@@ -435,8 +443,9 @@ def estimate_run(cfg: Config, iterations: Optional[int] = None) -> list[dict]:
     for k in range(1, K + 2):
         rows.append(_row(cfg, k, 'imitation', 'teacher', train, EST['instr'], ans))
         plan = iteration_plan(k, K, None, cfg.loop.discriminate_last)
-        if 'discrimination' in plan:   # the Train Pool's answers are reused; only iteration 1 has Cache Pool items outside it
-            rows.append(_row(cfg, k, 'discrimination', 'teacher', cache - train if k == 1 else 0, EST['instr'], ans))
+        if 'discrimination' in plan:
+            rows.append(_row(cfg, k, 'discrimination', 'teacher', discrimination_teacher_calls(cfg, k, train, cache),
+                             EST['instr'], ans))
             rows.append(_row(cfg, k, 'discrimination', 'referee', 2 * cache * (1 + EST['repair']), rev_p, EST['review_out']))
             if cfg.probe.enabled and k in cfg.probe.iterations:      # the referee probe: 3 pairs per item, both orders
                 rows.append(_row(cfg, k, 'discrimination', 'referee', 6 * cfg.probe.items, rev_p, EST['review_out']))
