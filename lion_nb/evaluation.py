@@ -25,8 +25,8 @@ __all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'BBH_FREE_FO
            'combine_orders', 'win_tie_lose', 'fit_length_logit', 'length_view', 'model_spec', 'spec_summary',
            'answer_items', 'judge_messages', 'judge_jobs', 'run_judge', 'reasoning_metrics', 'plot_relative_scores',
            'plot_win_tie_lose', 'plot_reasoning', 'headline', 'metrics_history', 'plot_runs', 'plot_history',
-           'trained_student', 'default_models', 'run_evaluation', 'write_plots', 'ci_text', 'summary_table',
-           'category_table', 'wtl_table', 'reasoning_table', 'closing_note', 'evaluate_cli']
+           'mechanism', 'plot_mechanism', 'trained_student', 'default_models', 'run_evaluation', 'write_plots',
+           'ci_text', 'summary_table', 'category_table', 'wtl_table', 'reasoning_table', 'closing_note', 'evaluate_cli']
 
 # %% ../nbs/06_evaluation.ipynb #93c9c78c
 from . import data as lion_data
@@ -564,6 +564,60 @@ def plot_history(run_dir, path) -> Optional[Path]:
     "Every headline metric of one run across its iterations."
     return plot_runs([run_dir], path, labels=[Path(run_dir).name])
 
+# %% ../nbs/06_evaluation.ipynb #03338f1d
+def _scored(run: RunDir, k: int) -> Optional[dict]:
+    "Round k's scored Cache Pool items as {id: d}, or None when it has no discrimination."
+    d = run.stage_dir(k, 'discrimination')
+    if not (d/'hard.jsonl').exists(): return None
+    return {x['id']: x['d'] for name in ('hard', 'easy') for x in read_log(d/f'{name}.jsonl')}
+
+# %% ../nbs/06_evaluation.ipynb #e0ede0d9
+def mechanism(run_dir) -> list[dict]:
+    "Per round: share of hard items, mean gap, gap on the previous round's hard items, held-out NLL (with intervals)."
+    run, rows, prev_hard = RunDir(run_dir), [], None
+    ks = sorted(int(p.name.split('_')[1]) for p in run.root.glob('iter_*') if p.name.split('_')[1].isdigit())
+    for k in ks:
+        gaps = _scored(run, k)
+        imit = run.stage_dir(k, 'imitation')/'summary.json'
+        nll = read_json(imit) if imit.exists() else {}
+        row = {'iteration': k, 'nll_after': nll.get('nll_after'), 'nll_change': nll.get('nll_change')}
+        if gaps:
+            hard = {x['id'] for x in read_log(run.stage_dir(k, 'discrimination')/'hard.jsonl')}
+            row.update(items=len(gaps), hard_share=round(len(hard) / len(gaps), 4),
+                       mean_gap=mean_ci(list(gaps.values())).as_dict(digits=3))
+            again = [gaps[i] for i in (prev_hard or ()) if i in gaps]
+            row['previous_hard_gap'] = mean_ci(again).as_dict(digits=3) if again else None
+            prev_hard = hard
+        rows.append(row)
+    return rows
+
+# %% ../nbs/06_evaluation.ipynb #9836d431
+def plot_mechanism(run_dir, path) -> Optional[Path]:
+    "Share of hard items, mean gap (all and previous round's hard items) and held-out NLL across rounds."
+    rows = [r for r in mechanism(run_dir) if 'items' in r or r.get('nll_after') is not None]
+    if not rows: return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    pts = [r for r in rows if 'items' in r]
+    axes[0].plot([r['iteration'] for r in pts], [r['hard_share'] for r in pts], marker='o')
+    axes[0].set_title('share of hard Cache Pool items', fontsize=9)
+    for key, label in (('mean_gap', 'whole Cache Pool'), ('previous_hard_gap', "previous round's hard items")):
+        ok = [r for r in pts if r.get(key) and r[key].get('value') is not None]
+        if not ok: continue
+        ivs = [r[key] for r in ok]
+        axes[1].errorbar([r['iteration'] for r in ok], [iv['value'] for iv in ivs], capsize=3, marker='o', label=label,
+                         yerr=_bar_err([iv['value'] for iv in ivs], ivs))
+    axes[1].axhline(0, color='grey', lw=0.8)
+    axes[1].set_title('referee gap, teacher - student (95% CI)', fontsize=9)
+    axes[1].legend(fontsize=7)
+    nl = [r for r in rows if r.get('nll_after') is not None]
+    axes[2].plot([r['iteration'] for r in nl], [r['nll_after'] for r in nl], marker='o')
+    axes[2].set_title('held-out NLL after training', fontsize=9)
+    for ax in axes:
+        ax.set_xlabel('iteration')
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return _save(fig, path)
+
 # %% ../nbs/06_evaluation.ipynb #2d1737b0
 def trained_student(run_dir, iteration: int) -> Optional[Path]:
     "The student fine-tuned in `iteration` (`iter_<k>/imitation/model`), if it exists."
@@ -648,7 +702,7 @@ def run_evaluation(cfg: Config, run_dir, iteration: int, *, models: Optional[dic
                                       for lab in per_model for s in judged if s in per_model[lab]}},
                'sets': {s: len(xs) for s, xs in items.items()}, 'samples': {s: samples.get(s) for s in sets},
                **{k: top[k] for k in (*OPEN_SETS, 'user252', 'reasoning') if k in top},
-               'models': per_model}
+               'models': per_model, 'mechanism': mechanism(run.root)}
     write_json(out_dir/'metrics.json', metrics)
     if plots: write_plots(metrics, out_dir, run_dir)
     run.mark_done(iteration, 'evaluation', final_model=final, sets=sets)
@@ -662,7 +716,9 @@ def write_plots(metrics: dict, out_dir, run_dir=None) -> list[Path]:
     if 'vicuna80' in metrics and 'demo' in metrics:       # the second open-ended set gets its own picture
         made.append(plot_relative_scores(metrics, out_dir/'relative_score_demo.png', 'demo'))
     else: (out_dir/'relative_score_demo.png').unlink(missing_ok=True)   # never show a stale picture
-    if run_dir is not None: made.append(plot_history(run_dir, out_dir/'history.png'))
+    if run_dir is not None:
+        made.append(plot_history(run_dir, out_dir/'history.png'))
+        made.append(plot_mechanism(run_dir, out_dir/'mechanism.png'))
     return [p for p in made if p]
 
 # %% ../nbs/06_evaluation.ipynb #c7595c73
