@@ -29,7 +29,9 @@ def test_paper_dry_run_estimates_cost():
     assert r.returncode == 0, r.stderr
     total = [l for l in r.stdout.splitlines() if l.startswith('total')][0].split()
     calls, cost = int(total[1].replace(',', '')), float(total[-1].replace(',', ''))
-    assert 200_000 < calls < 500_000 and 100 < cost < 2_000   # the paper: ~360K calls, ~$500
+    assert 200_000 < calls < 600_000 and 100 < cost < 2_000   # the paper: ~360K calls, ~$500 (we add eval references)
+    fresh = [l.split() for l in r.stdout.splitlines() if l.split()[1:3] == ['discrimination', 'teacher']]
+    assert [int(f[4].replace(',', '')) for f in fresh] == [52_002, 6_000, 6_000]   # fresh teacher samples, paid once each
     assert '3 round(s) of imitation, discrimination and generation, then a final imitation: 70,002 training instructions' in r.stdout
     assert max(int(l.split()[0]) for l in r.stdout.splitlines() if l.split() and l.split()[0].isdigit()) == 4   # iteration 4: the final imitation
 
@@ -55,14 +57,17 @@ def huge_checkpoint(folder: Path, tokenizer_from: Path) -> Path:
 
 def check_config(tmp_path, student: Path, **over) -> Path:
     from lion_fixtures import tiny_config
+    over.setdefault('loop', {'iterations': 2, 'n_new': 4})
     return tiny_config(tmp_path/'cfg.yaml', 'http://127.0.0.1:9/v1', student, **over)
 
 def test_check_names_every_problem_in_seconds(tmp_path):
     from lion_fixtures import tiny_student
     base = tiny_student(tmp_path/'tiny')
     big = no_chat_template(huge_checkpoint(tmp_path/'big', base))
+    # the student asks for its chat template, which this base model lacks (with 'auto' it would fall back to Alpaca)
+    student = dict(backend='hf', model=str(big), concurrency=8, prompt_template='chat')
     cfg = check_config(tmp_path, big, data_dir=str(tmp_path/'empty'), pools={'dataset': 'alpaca', 'reserve_size': 0},
-                       eval={'sets': ['vicuna80']})
+                       eval={'sets': ['vicuna80']}, models={'student': student})
     text = cfg.read_text().replace("model: scripted\n", "model: scripted\n    api_key_env: LION_UNSET_KEY\n")
     cfg.write_text(text)
     t0 = time.time()
