@@ -111,7 +111,9 @@ def test_discrimination_under_faults(faulty, quick_retries):
         for o in ('teacher_first', 'student_first'):
             assert reviews[(x['id'], o)]['status'] == 'done' and reviews[(x['id'], o)]['scores']
         assert not reply.unscorable(user_message(x['instruction'], x['input']))
-        assert x['hard'] == is_hard(user_message(x['instruction'], x['input'])), x   # the split the scripted referee implies
+        if x['teacher_answer'].startswith('Answer to:'):   # a fault can garble a (fresh) teacher answer the referee then misplaces
+            assert x['hard'] == is_hard(user_message(x['instruction'], x['input'])), x   # the split the scripted referee implies
+    assert sum(x['teacher_answer'].startswith('Answer to:') for x in hard + easy) >= 0.8 * len(hard + easy)
     bad = {k[0] for k, r in reviews.items() if r['status'] != 'done'}
     assert bad and not bad & {x['id'] for x in hard + easy}
     assert s['referee']['parse_failures'] >= 1 and s['referee']['reviews_unscored'] == sum(r['status'] != 'done' for r in reviews.values())
