@@ -13,7 +13,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from .discrimination import Judge, ScoreParseError, for_category, judge_for, load_judge, parse_scores
-from .stats import Interval, mean_ci, ratio_ci, stratified_mean_ci
+from .stats import Interval, mean_ci, ratio_ci, stratified_mean_ci, yerr
 from .core import (Answer, Config, InputError, Instruction, LionError, ModelSpec, RunDir, derive_seed,
                           iter_jsonl, load_config, read_json, read_log, write_json, write_jsonl)
 
@@ -446,12 +446,6 @@ def _save(fig, path) -> Path:
     _plt().close(fig)
     return path
 
-def _bar_err(vals: list, ivs: list) -> np.ndarray:
-    "Error bars (below, above) of bar values from their interval dicts; 0 where there is no interval."
-    below = [max(0, v - iv['lo']) if v is not None and iv and iv.get('lo') is not None else 0 for v, iv in zip(vals, ivs)]
-    above = [max(0, iv['hi'] - v) if v is not None and iv and iv.get('hi') is not None else 0 for v, iv in zip(vals, ivs)]
-    return np.array([below, above])
-
 def plot_relative_scores(metrics: dict, path, set_name: Optional[str] = None) -> Optional[Path]:
     "Bars of relative score (%) per category, one bar group per category and one bar per candidate model."
     plt = _plt()
@@ -466,7 +460,7 @@ def plot_relative_scores(metrics: dict, path, set_name: Optional[str] = None) ->
         vals = [r['relative_score']] + [r['per_category'].get(c) for c in cats]
         ivs = [r.get('interval')] + [(r.get('per_category_interval') or {}).get(c) for c in cats]
         ax.bar([x + i * w for x in range(len(cats_all))], [v if v is not None else 0 for v in vals], w, label=lab,
-               yerr=_bar_err(vals, ivs), capsize=2)
+               yerr=yerr(vals, ivs), capsize=2)
     ax.axhline(100, color='grey', ls='--', lw=1)
     ax.set_xticks([x + w * (len(rows) - 1) / 2 for x in range(len(cats_all))], cats_all, rotation=30, ha='right')
     ax.set_ylabel(f"% of the reference ({metrics.get('reference', 'teacher')})"); ax.set_title(f'{set_name}: relative score')
@@ -553,7 +547,7 @@ def plot_runs(run_dirs, path, labels=None) -> Optional[Path]:
             pts = [(i, h[k], h.get('intervals', {}).get(k)) for i, h in hs if h[k] is not None]
             if not pts: continue
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-            err = _bar_err(ys, [dict(lo=p[2][0], hi=p[2][1]) if p[2] else None for p in pts])
+            err = yerr(ys, [dict(lo=p[2][0], hi=p[2][1]) if p[2] else None for p in pts])
             ax.errorbar(xs, ys, yerr=err, marker='o', capsize=3, label=lab)
         ax.set_title(title, fontsize=9); ax.set_xlabel('iteration (0 = base student)')
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -606,7 +600,7 @@ def plot_mechanism(run_dir, path) -> Optional[Path]:
         if not ok: continue
         ivs = [r[key] for r in ok]
         axes[1].errorbar([r['iteration'] for r in ok], [iv['value'] for iv in ivs], capsize=3, marker='o', label=label,
-                         yerr=_bar_err([iv['value'] for iv in ivs], ivs))
+                         yerr=yerr([iv['value'] for iv in ivs], ivs))
     axes[1].axhline(0, color='grey', lw=0.8)
     axes[1].set_title('referee gap, teacher - student (95% CI)', fontsize=9)
     axes[1].legend(fontsize=7)

@@ -127,8 +127,16 @@ def spread(values: Sequence[float]) -> dict:
     return dict(n=len(x), mean=float(x.mean()), sd=sd, min=float(x.min()), max=float(x.max()))
 
 # %% ../nbs/06a_stats.ipynb #9fb137b1
-def yerr(intervals: Sequence[Interval]) -> np.ndarray:
-    "Matplotlib's `yerr` for `intervals`: distances below and above each value (0 where unknown)."
-    lo = [0.0 if i.lo is None else i.value - i.lo for i in intervals]
-    hi = [0.0 if i.hi is None else i.hi - i.value for i in intervals]
-    return np.array([lo, hi])
+def _bounds(iv) -> tuple[Optional[float], Optional[float]]:
+    if iv is None: return None, None
+    return (iv.get('lo'), iv.get('hi')) if isinstance(iv, dict) else (iv.lo, iv.hi)
+
+# %% ../nbs/06a_stats.ipynb #36c79b24
+def yerr(values: Sequence[Optional[float]], intervals: Sequence) -> np.ndarray:
+    "Matplotlib's `yerr` for `values` and their intervals (`Interval`s or dicts): distances below and above."
+    below, above = [], []
+    for v, iv in zip(values, intervals):
+        lo, hi = _bounds(iv)
+        below.append(max(0.0, v - lo) if v is not None and lo is not None else 0.0)
+        above.append(max(0.0, hi - v) if v is not None and hi is not None else 0.0)
+    return np.array([below, above])
