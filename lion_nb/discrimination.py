@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .core import (ROLES, Answer, Config, InputError, Instruction, JsonlLog, LionError, ModelSpec, Provenance, Review,
                           RunDir, derive_seed, load_config, read_json, read_log, read_pool, read_records, user_message,
                           write_json, write_jsonl)
-from .probe import KnownPair, probe_metrics, probe_pairs, probe_verdict
+from .probe import KnownPair, probe_metrics, probe_pairs, probe_verdict, right_answers
 
 # %% auto #0
 __all__ = ['JUDGE_ROLES', 'SCORE_PARSERS', 'JUDGE_PARSERS', 'ORDERS', 'SCORE_MIN', 'SCORE_MAX', 'REPAIR_PROMPT',
@@ -785,8 +785,8 @@ def referee_probe(cfg: Config, run: RunDir, k: int, teacher_answers: Sequence[An
     "The stage's probe (when `cfg.probe` asks for one in iteration `k`), with the teacher's answers as right ones."
     if not (cfg.probe.enabled and k in cfg.probe.iterations): return None
     from lion_nb.llm import run_client
-    items = [(a.id, a.instruction, a.input, a.output) for a in teacher_answers if a.status == 'done']
-    try: pairs = probe_pairs(items, n=cfg.probe.items, seed=derive_seed(cfg.seed, 'probe', k))
+    seed = derive_seed(cfg.seed, 'probe', k)
+    try: pairs = probe_pairs(right_answers(teacher_answers), n=cfg.probe.items, seed=seed)
     except LionError as e:                       # too few usable teacher answers: say so, never fail the stage
         if progress: progress(f"referee probe skipped: {e}")
         return {'skipped': str(e)}
@@ -890,9 +890,9 @@ def referee_cli(argv: list[str]) -> int:
                          cache_dir=Path(a.cache_dir) if a.cache_dir else out/'cache', usage_log=out/'usage.jsonl',
                          budget=run_budget(cfg, out/'usage.jsonl'))
     if a.probe:
-        items = [(x.id, x.instruction, x.input, x.output) for x in teacher if x.status == 'done']
-        s = run_probe(probe_pairs(items, n=cfg.probe.items, seed=cfg.seed), client, RefereeSettings.from_config(cfg),
-                      out, cfg.probe.min_accuracy, progress=lambda m: print(m, file=sys.stderr))
+        pairs = probe_pairs(right_answers(teacher), n=cfg.probe.items, seed=cfg.seed)
+        s = run_probe(pairs, client, RefereeSettings.from_config(cfg), out, cfg.probe.min_accuracy,
+                      progress=lambda m: print(m, file=sys.stderr))
         print(json.dumps(s['probe'], indent=1))
         return 0 if s['passed'] else 1
     student = read_records(a.student, Answer)

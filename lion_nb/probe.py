@@ -15,8 +15,8 @@ from .core import LionError, iter_jsonl
 from .data import demo_dir, demo_instructions
 
 # %% auto #0
-__all__ = ['PROBE_KINDS', 'truncate_words', 'KnownPair', 'probe_pairs', 'demo_probe_items', 'probe_metrics', 'probe_verdict',
-           'duel_metrics']
+__all__ = ['PROBE_KINDS', 'truncate_words', 'KnownPair', 'probe_pairs', 'right_answers', 'demo_probe_items', 'probe_metrics',
+           'probe_verdict', 'duel_metrics']
 
 # %% ../nbs/04a_probe.ipynb #c58852d6
 PROBE_KINDS = ('other', 'truncated', 'empty')
@@ -58,6 +58,11 @@ def probe_pairs(items: Sequence[tuple], n: int = 6, seed: int = 0,
         for kind in kinds:
             pairs.append(KnownPair(f'probe-{kind}-{iid}', text, inp or '', right, _wrong(kind, right, other), kind))
     return pairs
+
+# %% ../nbs/04a_probe.ipynb #aa54c62c
+def right_answers(answers: Sequence) -> list[tuple]:
+    "(id, instruction, input, answer) of the finished answers in `answers`: the right side of probe pairs."
+    return [(a.id, a.instruction, a.input, a.output) for a in answers if a.status == 'done']
 
 # %% ../nbs/04a_probe.ipynb #e07d39e2
 def demo_probe_items() -> list[tuple]:
