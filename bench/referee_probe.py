@@ -23,12 +23,17 @@ from lion_nb.llm import answer_pool, make_client  # noqa: E402
 from lion_nb.probe import demo_probe_items, duel_metrics, probe_pairs  # noqa: E402
 
 
+def served_client(name: str, role: str, out: Path):
+    "A client for the packaged GGUF `name` behind its own local server (started if needed)."
+    url = models.ensure_server(models.packaged_gguf(name))
+    spec = ModelSpec(backend='openai', model=name, base_url=url, concurrency=4, timeout_s=1800, max_retries=1)
+    return make_client(spec, role=role, stage='probe', cache_dir=out/'cache', usage_log=out/'usage.jsonl')
+
+
 def probe_model(name: str, n: int, out: Path, max_tokens: int) -> dict:
     gguf = models.packaged_gguf(name)
     t0 = time.time()
-    url = models.ensure_server(gguf)
-    spec = ModelSpec(backend='openai', model=name, base_url=url, concurrency=4, timeout_s=1800, max_retries=1)
-    client = make_client(spec, role='referee', stage='probe', cache_dir=out/'cache', usage_log=out/'usage.jsonl')
+    client = served_client(name, 'referee', out)
     settings = RefereeSettings(temperature=0.2, max_tokens=max_tokens, repair_retries=1, model=name)
     pairs = probe_pairs(demo_probe_items(), n=n, seed=0)
     try:
@@ -38,13 +43,6 @@ def probe_model(name: str, n: int, out: Path, max_tokens: int) -> dict:
     s['seconds'] = round(time.time() - t0, 1)
     s['reviews'] = 2 * len(pairs)
     return s
-
-
-def served_client(name: str, role: str, out: Path):
-    "A client for the packaged GGUF `name` behind its own local server (started if needed)."
-    url = models.ensure_server(models.packaged_gguf(name))
-    spec = ModelSpec(backend='openai', model=name, base_url=url, concurrency=4, timeout_s=1800, max_retries=1)
-    return make_client(spec, role=role, stage='probe', cache_dir=out/'cache', usage_log=out/'usage.jsonl')
 
 
 def duel(teacher: str, referee: str, n: int, out: Path, max_tokens: int) -> dict:
