@@ -223,7 +223,13 @@ class JsonlLog:
 
     def append(self, rec):
         "Append one record (or dict) and sync it to disk."
-        self._f.write(dumps_line(rec)); self._f.flush(); os.fsync(self._f.fileno())
+        self.extend([rec])
+
+    def extend(self, recs):
+        "Append several records and sync them to disk once: durable together before returning."
+        recs = list(recs)
+        if not recs: return
+        self._f.write(''.join(dumps_line(r) for r in recs)); self._f.flush(); os.fsync(self._f.fileno())
 
     def close(self): self._f.close()
     def __enter__(self): return self

@@ -542,9 +542,9 @@ def review_pairs(pairs: Sequence[Pair], client, settings: RefereeSettings, log_p
     active = [(p, o, first[(p.id, o)], []) for p in pairs for o in ORDERS if (p.id, o) not in have]  # (pair, order, messages, texts so far)
     prov = lambda p, o: Provenance(iteration=settings.iteration, stage=settings.stage, role='referee', model=settings.model or None,
                                    seed=derive_seed(settings.seed, 'referee', p.id, o, 0))
-    with JsonlLog(log_path) as log, JsonlLog(calls_path) as calls:
+    with JsonlLog(log_path) as log, JsonlLog(calls_path) as calls_log:
         def finish(rev: Review):
-            log.append(rev); have[(rev.id, rev.order)] = rev
+            reviews.append(rev); have[(rev.id, rev.order)] = rev
         attempt = 0
         while active:
             fmt = (referee_response_format() if attempt == 0 else repair_response_format()) if settings.structured else None
@@ -555,7 +555,7 @@ def review_pairs(pairs: Sequence[Pair], client, settings: RefereeSettings, log_p
                     for p, o, msgs, _ in active]
             if progress: progress(f"referee round {attempt}: {len(reqs)} request(s)")
             results = client.run(reqs, desc=f'referee (round {attempt})')
-            nxt = []
+            nxt, reviews, calls = [], [], []   # written once per round: the replies are in the LLM cache already
             for (p, o, msgs, texts), res in zip(active, results):
                 call = {'id': p.id, 'order': o, 'attempt': attempt, 'fingerprint': fps[(p.id, o)],
                         'finish_reason': res.finish_reason, 'cached': res.cached}
@@ -578,6 +578,7 @@ def review_pairs(pairs: Sequence[Pair], client, settings: RefereeSettings, log_p
                     continue
                 calls.append({**call, 'outcome': 'scored', 'scores': list(scores), 'text': text})
                 finish(Review(id=p.id, order=o, text='\n\n'.join(all_texts), scores=list(scores), prov=prov(p, o)))
+            log.extend(reviews); calls_log.extend(calls)
             active, attempt = nxt, attempt + 1
     return {k: r for k, r in have.items() if k in fps}
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_llm.ipynb #ade705f6
 from __future__ import annotations
-import argparse, asyncio, concurrent.futures, email.utils, hashlib, json, math, os, random, re, sqlite3, sys, threading, time
+import argparse, asyncio, concurrent.futures, email.utils, hashlib, json, math, os, random, re, sqlite3, sys, threading, time, warnings
 from collections import deque
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -112,8 +112,17 @@ class ResponseCache:
 
     def put(self, key: str, value: dict):
         "Store `value` under `key`, durably (committed with a full sync) before returning."
+        self.put_many([(key, value)])
+
+    def put_many(self, items: Iterable[tuple[str, dict]]):
+        "Store (key, value) pairs in one transaction: durable together before returning, for one sync in all."
+        rows = [(k, canonical_json(v), time.time()) for k, v in items]
+        if not rows: return
         with self._lock:
-            self._db.execute('INSERT OR REPLACE INTO responses VALUES (?, ?, ?)', (key, canonical_json(value), time.time()))
+            self._db.execute('BEGIN')
+            try: self._db.executemany('INSERT OR REPLACE INTO responses VALUES (?, ?, ?)', rows)
+            except BaseException: self._db.execute('ROLLBACK'); raise
+            self._db.execute('COMMIT')
 
     def __len__(self):
         with self._lock: return self._db.execute('SELECT COUNT(*) FROM responses').fetchone()[0]
@@ -348,16 +357,32 @@ class _Client:
     def _lookup(self, requests: Sequence[ChatRequest]):
         "Split requests into cached results and the unique keys still to fetch."
         keys = [self.key(r) for r in requests]
-        hits = self.cache.get_many(keys) if self.cache is not None else {}
+        hits = self.cache.get_many(keys) if self.cache is not None and self.cacheable() else {}
         todo = {}
         for r, k in zip(requests, keys):
             if k not in hits and k not in todo: todo[k] = r
         return keys, hits, todo
 
-    def _store(self, key: str, res: ChatResult):
-        if self.cache is not None and res.status == 'done':
-            self.cache.put(key, {'text': res.text, 'finish_reason': res.finish_reason, 'prompt_tokens': res.prompt_tokens,
-                                 'completion_tokens': res.completion_tokens, 'model': res.model})
+    def cacheable(self) -> bool:
+        "Whether this client's answers may be cached and served from the cache (a backend may say no)."
+        return True
+
+    def _store(self, done: Sequence[tuple[str, ChatResult]]):
+        "Cache the successes among `done`, (key, result) pairs, in one transaction."
+        if self.cache is None or not self.cacheable(): return
+        self.cache.put_many([(k, {'text': r.text, 'finish_reason': r.finish_reason, 'prompt_tokens': r.prompt_tokens,
+                                  'completion_tokens': r.completion_tokens, 'model': r.model})
+                             for k, r in done if r.status == 'done'])
+
+    def _settle(self, done: list, deliver, *, cost: float = 0.0, calls: Optional[int] = None, batch: bool = False):
+        """Account for, cache and deliver a group of finished (key, result) pairs: one usage event and one cache
+        transaction for the whole group (a batch's results, a local model's batch), so that collecting 50,000
+        results costs a few syncs, not three per result. `calls`: how many of them were sent (default: all)."""
+        if not done: return
+        self._event(calls=len(done) if calls is None else calls, prompt_tokens=sum(r.prompt_tokens for _, r in done),
+                    completion_tokens=sum(r.completion_tokens for _, r in done),
+                    failures=sum(r.status == 'failed' for _, r in done), cost_usd=cost, batch=batch)
+        self._store(done); deliver(done)
 
     def estimate(self, requests: Sequence[ChatRequest]) -> dict:
         "Dry run: calls, tokens and cost that `run(requests)` would spend (cache hits cost nothing)."
@@ -371,8 +396,10 @@ class _Client:
                 'model': self.spec.model, 'batch_api': batch}
 
     def run(self, requests: Sequence[ChatRequest], desc: Optional[str] = None,
-            on_result: Optional[Callable[[ChatResult], Any]] = None) -> list[ChatResult]:
-        "Complete every request; results in input order. Failures come back as `status='failed'`."
+            on_results: Optional[Callable[[list[ChatResult]], Any]] = None) -> list[ChatResult]:
+        """Complete every request; results in input order. Failures come back as `status='failed'`.
+        `on_results` is called with each group of results as it is stored (cache hits first, then per call, per
+        local batch or per Batch API batch): write them down there, and a crash loses no finished group."""
         requests = list(requests)
         keys, hits, todo = self._lookup(requests)
         got: dict[str, ChatResult] = {}
@@ -380,13 +407,12 @@ class _Client:
         for r, k in zip(requests, keys): by_key.setdefault(k, []).append(r)
         n_hits = sum(k in hits for k in keys)
         if n_hits: self._event(cache_hits=n_hits)
-        for r, k in zip(requests, keys):
-            if k in hits and on_result is not None: on_result(_result_from_cache(r, hits[k]))
+        if n_hits and on_results is not None:
+            on_results([_result_from_cache(r, hits[k]) for r, k in zip(requests, keys) if k in hits])
 
-        def deliver(k: str, res: ChatResult):
-            got[k] = res
-            if on_result is not None:
-                for r in by_key[k]: on_result(_with_key(res, r.key))
+        def deliver(done: list):
+            got.update(done)
+            if on_results is not None: on_results([_with_key(res, r.key) for k, res in done for r in by_key[k]])
         stopped = self._fetch(todo, desc, deliver, n_hits) if todo else None
         out = [_result_from_cache(r, hits[k]) if k in hits else _with_key(got[k], r.key) for r, k in zip(requests, keys) if k in hits or k in got]
         if stopped is not None: raise stopped
@@ -433,6 +459,7 @@ class OpenAIClient(_Client):
         self.rng = random.Random()
         self.checkpoint, self.template, self._tok = (Path(checkpoint) if checkpoint else None), template, None
         self._served: Optional[str] = None
+        self._warned_uncached = False
 
     @property
     def base_url(self) -> str:
@@ -447,6 +474,17 @@ class OpenAIClient(_Client):
         if self.role != 'student': return self.base_url
         if self._served is None: self._served = served_weights(self.base_url, api_key_for(self.spec) or NO_KEY) or ''
         return f'served:{self._served}' if self._served else self.base_url
+
+    def cacheable(self) -> bool:
+        """Not for a student endpoint whose weights cannot be told apart: no `checkpoint` named, and the server lists
+        no `root`. Its URL would key the cache, and a server restarted on new weights would be served the previous
+        student's answers; so it is asked every time (name its `checkpoint:` in the model entry to cache it)."""
+        if self.role != 'student' or self.endpoint_id() != self.base_url: return True
+        if not self._warned_uncached:
+            warnings.warn(f"student endpoint {self.base_url}: its weights are unknown (no `checkpoint:` in its model entry, "
+                          "no `root` in its /v1/models), so its answers are not cached", stacklevel=2)
+            self._warned_uncached = True
+        return False
 
     def tokenizer(self):
         "The checkpoint's tokenizer (loaded once): it renders the prompts of the completions route."
@@ -495,8 +533,7 @@ class OpenAIClient(_Client):
                     state['stop'] = worst; state['unsent'] += 1; return
                 res, cost = await self._call(sdk, req)
                 if self.budget is not None: self.budget.settle(worst, cost)
-                self._store(k, res)
-                deliver(k, res)
+                self._store([(k, res)]); deliver([(k, res)])   # a paid call is durable on its own
                 bar.update(1)
                 if res.status == 'failed': bar.set_postfix(cached=n_hits, failed=self.stats['failures'])
         try: await asyncio.gather(*(one(k, r) for k, r in todo.items()))
@@ -671,36 +708,35 @@ class BatchRunner:
         for fid in (b.output_file_id, b.error_file_id):
             if fid:
                 content = await self._retrying(lambda: sdk.files.content(fid), 'downloading results')
-                lines += [json.loads(x) for x in content.text.splitlines() if x.strip()]
+                lines += [json.loads(x) for x in content.text.split('\n') if x.strip()]   # not splitlines(): U+2028 is text
         cost = self._collect({k: todo[k] for k in j['keys']}, lines, b, deliver)
         if self.c.budget is not None: self.c.budget.settle(j['reserved'], cost)
         j['reserved'] = 0.0
         os.replace(j['path'], j['path'].with_suffix('.collected.json'))
 
     def _collect(self, todo: dict, lines: list, b, deliver) -> float:
-        "Turn output/error lines into results (cached, accounted, delivered); missing ones are failures."
-        total, seen = 0.0, set()
+        "Turn output/error lines into results (cached, accounted, delivered as one group); missing ones are failures."
+        done, total = {}, 0.0
         for line in lines:
             k = line.get('custom_id')
-            if k not in todo or k in seen: continue
-            seen.add(k); req = todo[k]; resp = line.get('response') or {}
-            if resp.get('status_code') == 200 and isinstance(resp.get('body'), dict):
-                res = self.c._parse(req, resp['body'])
-            else:
-                err = line.get('error') or (resp.get('body') or {}).get('error') or {}
-                msg = err.get('message', err) if isinstance(err, dict) else err
-                res = ChatResult(req.key, 'failed', error=f"batch request failed (HTTP {resp.get('status_code')}): {msg}", model=self.c.spec.model)
-            cost = cost_usd(self.c.spec, res.prompt_tokens, res.completion_tokens, batch=True) if res.prompt_tokens or res.completion_tokens else 0.0
-            total += cost
-            self.c._event(calls=1, prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
-                          failures=int(res.status == 'failed'), cost_usd=cost, batch=True)
-            self.c._store(k, res); deliver(k, res)
+            if k not in todo or k in done: continue
+            res = self._line_result(todo[k], line)
+            total += cost_usd(self.c.spec, res.prompt_tokens, res.completion_tokens, batch=True)
+            done[k] = res
         why = f"batch {b.id} ended '{b.status}'" + (f": {b.errors}" if getattr(b, 'errors', None) else '')
-        for k, req in todo.items():
-            if k not in seen:
-                self.c._event(calls=0, failures=1, batch=True)
-                deliver(k, ChatResult(req.key, 'failed', error=f'no result in the batch output ({why})', model=self.c.spec.model))
+        missing = [(k, ChatResult(req.key, 'failed', error=f'no result in the batch output ({why})', model=self.c.spec.model))
+                   for k, req in todo.items() if k not in done]
+        self.c._settle(list(done.items()) + missing, deliver, cost=total, calls=len(done), batch=True)
         return total
+
+    def _line_result(self, req: ChatRequest, line: dict) -> ChatResult:
+        "The result in one line of a batch's output or error file."
+        resp = line.get('response') or {}
+        if resp.get('status_code') == 200 and isinstance(resp.get('body'), dict): return self.c._parse(req, resp['body'])
+        err = line.get('error') or (resp.get('body') or {}).get('error') or {}
+        msg = err.get('message', err) if isinstance(err, dict) else err
+        return ChatResult(req.key, 'failed', error=f"batch request failed (HTTP {resp.get('status_code')}): {msg}",
+                          model=self.c.spec.model)
 
 # %% ../nbs/01_llm.ipynb #dd44bbb4
 ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes "
@@ -844,18 +880,20 @@ class HFClient(_Client):
                 out += [{'error': f'{type(e).__name__}: {e}'}]*len(piece)
         return out
 
+    def _result(self, req: ChatRequest, out: dict) -> ChatResult:
+        "The result of one generated output (or its error)."
+        if 'error' in out: return ChatResult(req.key, 'failed', error=out['error'], model=self.spec.model)
+        return ChatResult(req.key, 'done', out['text'], out['finish_reason'], None, out['prompt_tokens'],
+                          out['completion_tokens'], False, self.spec.model)
+
     def _fetch(self, todo: dict, desc, deliver, n_hits):
         chunks = self.batches(todo); lock = threading.Lock()
         bar = _progress(len(todo), desc, n_hits)
         def one(chunk: list, replica: int):
             outs = self._run_batch(chunk, replica)
-            with lock:
-                for (k, r, _), o in zip(chunk, outs):
-                    if 'error' in o: res = ChatResult(r.key, 'failed', error=o['error'], model=self.spec.model)
-                    else: res = ChatResult(r.key, 'done', o['text'], o['finish_reason'], None, o['prompt_tokens'], o['completion_tokens'], False, self.spec.model)
-                    self._event(calls=1, prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens, failures=int(res.status == 'failed'),
-                                cost_usd=cost_usd(self.spec, res.prompt_tokens, res.completion_tokens))
-                    self._store(k, res); deliver(k, res); bar.update(1)
+            done = [(k, self._result(r, o)) for (k, r, _), o in zip(chunk, outs)]
+            cost = cost_usd(self.spec, sum(r.prompt_tokens for _, r in done), sum(r.completion_tokens for _, r in done))
+            with lock: self._settle(done, deliver, cost=cost); bar.update(len(done))
         try:
             if len(self.replicas) == 1:
                 for c in chunks: one(c, 0)
@@ -942,15 +980,15 @@ def answer_pool(instructions: Sequence[Instruction], client: _Client, out_path, 
     fresh: dict[str, Answer] = {}
     prov = dict(iteration=iteration, stage=stage or None, role=role, model=client.model_name)
     with JsonlLog(out_path) as log:
-        def on_result(res: ChatResult):
-            i = by_id[res.key]
-            a = Answer(id=i.id, instruction=i.instruction, input=i.input, output=res.text, role=role, model=client.model_name,
-                       status='done' if res.status == 'done' else 'failed', error=res.error, finish_reason=res.finish_reason,
-                       prov=Provenance(**prov, seed=seed))
-            log.append(a); fresh[i.id] = a
+        def on_results(results: list[ChatResult]):
+            new = [Answer(id=res.key, instruction=by_id[res.key].instruction, input=by_id[res.key].input, output=res.text,
+                          role=role, model=client.model_name, status='done' if res.status == 'done' else 'failed',
+                          error=res.error, finish_reason=res.finish_reason, prov=Provenance(**prov, seed=seed))
+                   for res in results]
+            log.extend(new); fresh.update((a.id, a) for a in new)
         if todo:
             client.run(answer_requests(todo, role=role, temperature=temperature, max_tokens=max_tokens, seed=seed),
-                       desc=desc or f'{role} answers', on_result=on_result)
+                       desc=desc or f'{role} answers', on_results=on_results)
     return [fresh.get(i.id) or prior[i.id] for i in instructions]
 
 # %% ../nbs/01_llm.ipynb #bb3eb931

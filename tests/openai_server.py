@@ -200,7 +200,7 @@ class FakeOpenAI:
     def run_batch(self, b: dict):
         "Answer every line of a batch's input file; write its output and error files (or fail it over the limit)."
         out, err = [], []
-        lines = [x for x in self.files[b['input_file_id']]['data'].decode('utf-8').splitlines() if x.strip()]
+        lines = [x for x in self.files[b['input_file_id']]['data'].decode('utf-8').split('\n') if x.strip()]   # as OpenAI: U+2028 is text
         if len(lines) > self.batch_max_requests:
             msg = f'The batch input file has {len(lines)} requests; a batch can have at most {self.batch_max_requests}.'
             b['errors'] = {'object': 'list', 'data': [{'code': 'too_many_requests', 'message': msg, 'param': None, 'line': None}]}

@@ -170,7 +170,7 @@ def test_budget_cap_stops_before_exceeding(tmp_path):
         assert est['calls'] == 20 and est['worst_case_usd'] > limit
         seen = []
         with pytest.raises(BudgetExceeded, match='budget cap'):
-            c.run(reqs(20), on_result=seen.append)
+            c.run(reqs(20), on_results=seen.extend)
         assert 0 < srv.n_chat < 20 and len(seen) == srv.n_chat          # in-flight ones finished and were delivered
         assert 0 < spent_usd(usage) <= limit and budget.reserved < 1e-12
         # the spend is persisted in the usage log: a new budget starts from it and refuses at once, sending nothing
@@ -246,12 +246,28 @@ def test_batch_api_round_trip_and_resume_after_crash(tmp_path):
         # half price in the usage log
         rows = read_log(tmp_path/'usage.jsonl')
         paid = [r for r in rows if r['calls']]
-        assert len(paid) == n and all(r['batch'] for r in paid)
+        assert len(paid) == 1 and paid[0]['calls'] == n and paid[0]['batch']   # one event for the collected batch
         r0 = paid[0]
-        assert abs(r0['cost_usd'] - (r0['prompt_tokens']*10 + r0['completion_tokens']*20)/1e6/2) < 1e-12
+        assert abs(r0['cost_usd'] - (r0['prompt_tokens']*10 + r0['completion_tokens']*20)/1e6/2) < 1e-9
         # everything is cached now: a third run submits nothing
         out.unlink()
         assert answer_cli([str(x) for x in args[1:]]) == 0 and srv.batches_created == 1
+
+
+def test_batch_results_keep_unicode_line_separators_and_are_stored_as_one_group(tmp_path):
+    """An answer holding U+2028, U+0085 or U+001E is one JSONL line of the output file: split on newlines only, as
+    str.splitlines() would cut it and fail the whole batch. The batch's results go to the cache in one transaction
+    and the usage log as one event."""
+    text = 'line one\u2028line two\x85three\x1efour'
+    with serve(lambda body: text, batch_polls=0) as srv:
+        c = make_client(spec_for(srv, batch_api=True), role='teacher', cache_dir=tmp_path/'cache', usage_log=tmp_path/'u.jsonl',
+                        batch_poll_s=0.05)
+        groups = []
+        out = c.run(reqs(30), on_results=groups.append)
+        again = make_client(spec_for(srv, batch_api=True), role='teacher', cache_dir=tmp_path/'cache').run(reqs(30))
+    assert [r.text for r in out] == [text]*30 and all(r.status == 'done' for r in out)
+    assert [len(g) for g in groups] == [30] and all(r.cached for r in again) and srv.batches_created == 1
+    assert [e['calls'] for e in read_log(tmp_path/'u.jsonl')] == [30]
 
 
 def test_batch_line_failures_are_reported_and_retried(tmp_path):
@@ -526,6 +542,23 @@ def test_endpoint_student_never_gets_a_previous_checkpoints_answers(tmp_path):
     assert [r.text for r in second] == ['student B answers']*2 and not any(r.cached for r in second)
     assert all(r.cached for r in third) and [r.text for r in third] == ['student A answers']*2
     assert [r.text for r in fourth] == ['student L answers']*2 and [r.text for r in fifth] == ['student L2 answers']*2
+
+
+def test_endpoint_student_with_unknown_weights_is_never_served_from_the_cache(tmp_path):
+    """No `checkpoint:` and no `root` in /v1/models: nothing tells one student's weights from the next one's behind
+    the same URL, so its answers are asked for every time (with a warning saying how to cache them)."""
+    serving = {'ckpt': 'A'}
+    with serve(lambda body: f"student {serving['ckpt']} answers") as srv:
+        run = lambda: make_client(spec_for(srv, model='student'), role='student', cache_dir=tmp_path).run(reqs(2))
+        with pytest.warns(UserWarning, match='not cached'): first = run()
+        serving['ckpt'] = 'B'
+        with pytest.warns(UserWarning, match='checkpoint'): second = run()
+        assert srv.n_chat == 4
+        teacher = lambda: make_client(spec_for(srv, model='student'), role='teacher', cache_dir=tmp_path).run(reqs(2))
+        teacher(); teacher()
+        assert srv.n_chat == 6                                          # other roles are cached by URL, as before
+    assert [r.text for r in first] == ['student A answers']*2
+    assert [r.text for r in second] == ['student B answers']*2 and not any(r.cached for r in second)
 
 
 def test_endpoint_student_with_a_named_checkpoint_is_keyed_by_its_fingerprint(tmp_path):

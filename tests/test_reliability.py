@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from lion_nb import llm
-from lion_nb.core import Answer, LionError, RunDir, read_json, read_log, read_pool, user_message
+from lion_nb.core import Answer, LionError, ModelSpec, RunDir, read_json, read_log, read_pool, user_message
 from openai_server import serve
 from lion_fixtures import ROOT, is_hard, tiny_config
-from faulty import (LION, NO_SCORES, FaultPlan, Recorder, cache_keys, check_files_whole, kill_and_resume, leftover_temps,
-                    reply_without_scores, scripted_reply, tree_hash)
+from faulty import (LION, NO_SCORES, FaultPlan, Recorder, cache_keys, check_files_whole, is_student, kill_and_resume,
+                    leftover_temps, reply_without_scores, scripted_reply, tree_hash)
 
 REPORT: dict = {}            # figures for the closing note (printed by test_zz_report)
 NO_STUDENT = Path('/nonexistent/student')   # the student role is played by the server in these tests
@@ -60,7 +60,7 @@ def faulty(tmp_path_factory):
         m = body['messages']
         return (len(m) == 1 and m[0]['content'] in doomed_texts) or (m[0]['content'].startswith('You write') and body.get('seed') in doomed_seeds)
     plan, reply = FaultPlan(rate=0.2, doomed=0.04, seed=1, doom=doom), reply_without_scores(0.2, 0.1, seed=1)
-    with serve(reply=reply, fault_fn=plan, retry_after_s=0.2, hang_s=4) as srv:
+    with serve(reply=reply, fault_fn=plan, retry_after_s=0.2, hang_s=4, models_root='scripted-student-weights') as srv:
         d = tmp_path_factory.mktemp('faulty')
         cfg_path = make_config(d/'cfg.yaml', srv.base_url, pools=dict(train_size=16, cache_size=16, reserve_size=0),
                                loop=dict(n_new=8), probe=dict(enabled=False))   # the probe: under kills, below
@@ -159,7 +159,8 @@ KILLS = 5
 @pytest.fixture(scope='module')
 def slow_server():
     rec = Recorder()
-    with serve(reply=scripted_reply, fault_fn=rec, latency_s=0.1) as srv:
+    # the student's weights are named in /v1/models, as vLLM lists them: a student endpoint is cached only then
+    with serve(reply=scripted_reply, fault_fn=rec, latency_s=0.1, models_root='scripted-student-weights') as srv:
         srv.recorder = rec; yield srv
 
 
@@ -227,7 +228,8 @@ def check_kill_resume(stage, cmd, run, reference, srv, seed):
     assert len(killed) >= KILLS, f"only {len(killed)} kill(s) landed before the stage finished; make the stage longer"
     assert runs[-1]['rc'] == 0, runs[-1]['out'][-3000:]
     base = srv.base_url.rstrip('/')
-    key = lambda k: llm.cache_key(base, srv.recorder.bodies[k])
+    student = llm.make_client(ModelSpec(**remote(srv.base_url)), role='student').endpoint_id()   # keyed by its weights
+    key = lambda k: llm.cache_key(student if is_student(srv.recorder.bodies[k]) else base, srv.recorder.bodies[k])
     # the bookkeeping is right: an uninterrupted run caches exactly the requests it sends
     assert {key(k) for k in reference['sent'][stage]} == cache_keys(reference['runs'][stage].root)
     # no run re-sends a request whose response was already cached (finished) when it started
