@@ -99,6 +99,8 @@ def rehearsal_reply(body: dict) -> str:
 def brief_student(folder: Path) -> Path:
     """A tiny random Llama whose tokenizer has no chat template (built once per folder).
 
+    Its tokenizer learns its merges from Alpaca-shaped text in the paper's prompt layout (2,048 tokens): byte-level
+    merges learnt from other text would make every training example about twice as long.
     Its final norm's weights are set to 1e-6: the greedy answer depends only on the direction of the normalised
     hidden state, and Adam moves each weight by about the learning rate per step, so even a few steps at the
     paper's 2e-5 change the student's answers, as training changes a real student's (a tiny random model with
@@ -107,7 +109,7 @@ def brief_student(folder: Path) -> Path:
     from transformers import AutoModelForCausalLM
     from lion_nb.train import make_tiny_llama
     if (folder/'config.json').exists(): return folder
-    make_tiny_llama(folder)
+    make_tiny_llama(folder, vocab=2048, corpus=alpaca_texts(synth_alpaca(2_000, seed=7)))
     m = AutoModelForCausalLM.from_pretrained(folder)
     with torch.no_grad(): m.model.norm.weight.fill_(1e-6)
     m.save_pretrained(folder)
@@ -115,6 +117,13 @@ def brief_student(folder: Path) -> Path:
     tc = json.loads((folder/'tokenizer_config.json').read_text()); tc.pop('chat_template', None)
     (folder/'tokenizer_config.json').write_text(json.dumps(tc))
     return folder
+
+def alpaca_texts(entries: list[dict]) -> list[str]:
+    "Entries rendered as the student will see them: the Alpaca prompt, then the answer."
+    from lion_nb.llm import alpaca_prompt
+    from lion_nb.core import user_message
+    return [alpaca_prompt([{'role': 'user', 'content': user_message(e['instruction'], e['input'])}]) + e['output']
+            for e in entries]
 
 def scaled(n: int, scale: float, lo: int = 1) -> int: return max(lo, round(n * scale))
 

@@ -37,8 +37,10 @@ _TINY_TEXT = ["Write a short answer to the question below.", "Repeat the words o
 
 def make_tiny_llama(folder, *, layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 384,
                     max_positions: int = 2048, tie: bool = False, seed: int = 0,
-                    chat_template: bool = True) -> Path:
-    "Save a random tiny Llama and a byte-level BPE tokenizer (with a chat template, or none) in `folder`."
+                    chat_template: bool = True, corpus: Optional[Sequence[str]] = None) -> Path:
+    """Save a random tiny Llama and a byte-level BPE tokenizer (with a chat template, or none) in `folder`.
+    The tokenizer learns its merges from `corpus` (default: a few sentences of ours): text like the data to come
+    gives shorter sequences."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
@@ -46,7 +48,7 @@ def make_tiny_llama(folder, *, layers: int = 2, hidden: int = 64, heads: int = 4
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(_TINY_TEXT * 4, trainers.BpeTrainer(
+    bpe.train_from_iterator(list(corpus) if corpus else _TINY_TEXT * 4, trainers.BpeTrainer(
         vocab_size=vocab, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token='<pad>', bos_token='<|im_start|>', eos_token='<|im_end|>',
                                   model_max_length=max_positions)
