@@ -11,23 +11,24 @@ from pathlib import Path
 from typing import Iterable, Literal, Optional, Sequence, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .core import (ROLES, Answer, Config, InputError, Instruction, JsonlLog, LionError, ModelSpec, Provenance, Review,
                           RunDir, derive_seed, load_config, read_json, read_log, read_pool, read_records, user_message,
                           write_json, write_jsonl)
+from .logprob import expected_scores
 from .probe import KnownPair, probe_metrics, probe_pairs, probe_verdict, right_answers
 
 # %% auto #0
 __all__ = ['JUDGE_ROLES', 'SCORE_PARSERS', 'JUDGE_PARSERS', 'ORDERS', 'SCORE_MIN', 'SCORE_MAX', 'REPAIR_PROMPT',
-           'REPAIR_PROMPT_JSON', 'REPAIR_MAX_TOKENS', 'REQUEST_FAILED', 'JudgeConfig', 'judges_root', 'judge_sets',
-           'render', 'Judge', 'load_judge', 'judge_for', 'for_category', 'referee_messages', 'referee_response_format',
-           'repair_response_format', 'ScoreParseError', 'parse_score_value', 'parse_scores', 'repair_messages',
-           'swap_average', 'is_hard', 'verdict', 'position_consistency', 'position_means', 'Pair', 'sampling_setting',
-           'RefereeSettings', 'review_pairs', 'pairs_from_answers', 'score_items', 'category_of', 'call_stats',
-           'summarize', 'describe_summary', 'plot_gaps', 'plot_scores', 'plot_categories', 'save_plots',
-           'referee_and_split', 'known_pair', 'run_probe', 'referee_probe', 'discrimination_seed', 'latest_student',
-           'run_discrimination', 'discriminate_cli', 'referee_cli']
+           'REPAIR_PROMPT_JSON', 'REPAIR_MAX_TOKENS', 'REQUEST_FAILED', 'SCORE_LINE', 'JudgeConfig', 'judges_root',
+           'judge_sets', 'render', 'Judge', 'load_judge', 'judge_for', 'for_category', 'referee_messages',
+           'referee_response_format', 'repair_response_format', 'ScoreParseError', 'parse_score_value', 'parse_scores',
+           'repair_messages', 'swap_average', 'is_hard', 'verdict', 'position_consistency', 'position_means', 'Pair',
+           'sampling_setting', 'RefereeSettings', 'judge_scores', 'review_pairs', 'pairs_from_answers', 'score_items',
+           'category_of', 'call_stats', 'summarize', 'describe_summary', 'plot_gaps', 'plot_scores', 'plot_categories',
+           'save_plots', 'referee_and_split', 'known_pair', 'run_probe', 'referee_probe', 'discrimination_seed',
+           'latest_student', 'run_discrimination', 'discriminate_cli', 'referee_cli']
 
 # %% ../nbs/04_discrimination.ipynb #737cc933
 JUDGE_ROLES = ('referee', 'review', 'pairwise', 'generator_hard', 'generator_easy')
@@ -43,10 +44,16 @@ class JudgeConfig(BaseModel):
     prompt_structured: Optional[str] = None      # template used when the reply is constrained to a JSON schema
     parser: Literal[JUDGE_PARSERS]
     structured: Union[bool, Literal['auto']] = False
-    logprobs: bool = False
+    logprobs: bool = False                       # ask for token logprobs (top 5)
+    scorer: Literal['text', 'logprob'] = 'text'  # logprob: scores are expectations over the score tokens' top_logprobs
     temperature: float = Field(ge=0)
     max_tokens: int = Field(ge=1)
     by_category: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode='after')
+    def _logprob_scorer_needs_logprobs(self):
+        if self.scorer == 'logprob' and not self.logprobs: raise ValueError("scorer 'logprob' needs `logprobs: true`")
+        return self
 
 def judges_root() -> Path:
     "The folder of the judge sets shipped with the package."
@@ -113,7 +120,7 @@ class Judge:
         "The judge and its prompt as a notebook prints them."
         c = self.config
         head = (f"judge {self.name} ({self.folder}): {c.description}\nparser {c.parser}, temperature {c.temperature:g}, "
-                f"max_tokens {c.max_tokens}, structured {c.structured}, logprobs {c.logprobs}")
+                f"max_tokens {c.max_tokens}, structured {c.structured}, logprobs {c.logprobs}, scorer {c.scorer}")
         return head + (f"\n--- system ---\n{self.system}" if self.system else '') + f"\n--- prompt ---\n{self.prompt}"
 
 # %% ../nbs/04_discrimination.ipynb #3d89e863
@@ -516,6 +523,15 @@ class RefereeSettings:
 REQUEST_FAILED = 'referee request failed'
 
 # %% ../nbs/04_discrimination.ipynb #c46e4e4b
+SCORE_LINE = {'scores_first': 'first', 'scores_last': 'last', 'json': 'last'}
+
+def judge_scores(text_scores: tuple[float, float], res, judge: Judge) -> tuple[tuple[float, float], str]:
+    "The review's scores and how they were read ('logprob' or 'text'): `res`'s logprobs where the judge wants them."
+    if judge.config.scorer != 'logprob' or not res.logprobs: return tuple(text_scores), 'text'
+    try: return tuple(expected_scores(res.logprobs, SCORE_LINE[judge.config.parser], 2)), 'logprob'
+    except LionError: return tuple(text_scores), 'text'
+
+# %% ../nbs/04_discrimination.ipynb #63446b62
 def _latest(records: Iterable[Review]) -> dict:
     "The last review per (id, order) in a review log."
     return {(r.id, r.order): r for r in records}
@@ -576,7 +592,8 @@ def review_pairs(pairs: Sequence[Pair], client, settings: RefereeSettings, log_p
                         finish(Review(id=p.id, order=o, text='\n\n'.join(all_texts), status='unscored',
                                       error=f"unparseable after {attempt + 1} attempt(s): {e}", prov=prov(p, o)))
                     continue
-                calls.append({**call, 'outcome': 'scored', 'scores': list(scores), 'text': text})
+                scores, scorer = judge_scores(scores, res, settings.judge)
+                calls.append({**call, 'outcome': 'scored', 'scores': list(scores), 'scorer': scorer, 'text': text})
                 finish(Review(id=p.id, order=o, text='\n\n'.join(all_texts), scores=list(scores), prov=prov(p, o)))
             log.extend(reviews); calls_log.extend(calls)
             active, attempt = nxt, attempt + 1

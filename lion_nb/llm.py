@@ -47,6 +47,7 @@ class ChatResult:
     completion_tokens: int = 0
     cached: bool = False
     model: str = ''
+    logprobs: Optional[list] = None    # `choices[0].logprobs.content` (token, logprob, top_logprobs), when asked for
 
 class BudgetExceeded(LionError):
     "The run stopped because its next request could push spending over the budget cap."
@@ -311,7 +312,7 @@ NO_KEY = 'sk-no-key-required'   # a placeholder for endpoints without authentica
 
 def _result_from_cache(req: ChatRequest, v: dict) -> ChatResult:
     return ChatResult(req.key, 'done', v.get('text', ''), v.get('finish_reason'), None,
-                      v.get('prompt_tokens', 0), v.get('completion_tokens', 0), True, v.get('model', ''))
+                      v.get('prompt_tokens', 0), v.get('completion_tokens', 0), True, v.get('model', ''), v.get('logprobs'))
 
 def _progress(total: int, desc: Optional[str], hits: int = 0):
     from tqdm import tqdm   # the plain text bar: works in terminals, notebooks and papermill alike
@@ -371,7 +372,8 @@ class _Client:
         "Cache the successes among `done`, (key, result) pairs, in one transaction."
         if self.cache is None or not self.cacheable(): return
         self.cache.put_many([(k, {'text': r.text, 'finish_reason': r.finish_reason, 'prompt_tokens': r.prompt_tokens,
-                                  'completion_tokens': r.completion_tokens, 'model': r.model})
+                                  'completion_tokens': r.completion_tokens, 'model': r.model,
+                                  **({'logprobs': r.logprobs} if r.logprobs else {})})
                              for k, r in done if r.status == 'done'])
 
     def _settle(self, done: list, deliver, *, cost: float = 0.0, calls: Optional[int] = None, batch: bool = False):
@@ -584,7 +586,9 @@ class OpenAIClient(_Client):
         ct = u.get('completion_tokens') or (math.ceil(len(text or '')/CHARS_PER_TOKEN))
         if not text or not text.strip():
             return ChatResult(req.key, 'failed', '', ch.get('finish_reason'), 'empty response', pt, ct, False, d.get('model') or self.spec.model)
-        return ChatResult(req.key, 'done', text, ch.get('finish_reason'), None, pt, ct, False, d.get('model') or self.spec.model)
+        lp = ch.get('logprobs')
+        lp = lp.get('content') if isinstance(lp, dict) else None   # token logprobs, when the request asked for them
+        return ChatResult(req.key, 'done', text, ch.get('finish_reason'), None, pt, ct, False, d.get('model') or self.spec.model, lp)
 
 # %% ../nbs/01_llm.ipynb #4e4ad835
 BATCH_DONE = ('completed', 'failed', 'expired', 'cancelled')

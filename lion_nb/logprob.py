@@ -38,17 +38,28 @@ def _lines(text: str):
         start += len(line) + 1
 
 # %% ../nbs/04b_logprob.ipynb #dc02476c
+def _score_lines(text: str, which: str, n: int) -> list[tuple[int, str, int]]:
+    """(start, line, how many numbers to read) of the score line(s): the first (or last) line holding `n` numbers;
+    else `n` labelled lines in a row at the start (or end) of the numbered lines, one number each ('Assistant 1: 8'
+    and 'Assistant 2: 6' on their own lines)."""
+    labelled = {s for s, line in _lines(text) if LABEL.search(line)}
+    numbered = [(s, line) for s, line in _lines(_unlabelled(text)) if NUMBER.search(line)]
+    full = [(s, line, n) for s, line in numbered if len(NUMBER.findall(line)) >= n]
+    if full: return [full[0] if which == 'first' else full[-1]]
+    run = numbered[:n] if which == 'first' else numbered[-n:]
+    if len(run) == n and all(len(NUMBER.findall(line)) == 1 and s in labelled for s, line in run):
+        return [(s, line, 1) for s, line in run]
+    raise LionError(f"no line of the reply holds {n} scores, nor do {n} lines of one score each")
+
 def score_positions(content: Sequence[dict], which: str = 'first', n: int = 2) -> list[list[int]]:
-    "Token indices of the first `n` numbers on the first (or last) line of the reply holding `n` numbers."
+    "Token indices of the `n` numbers on the reply's first (or last) score line(s) (see `_score_lines`)."
     if which not in ('first', 'last'): raise ValueError(f"which is 'first' or 'last', not {which!r}")
     text, spans = token_spans(content)
-    lines = [(s, line) for s, line in _lines(_unlabelled(text)) if len(NUMBER.findall(line)) >= n]
-    if not lines: raise LionError(f"no line of the reply holds {n} scores")
-    start, line = lines[0] if which == 'first' else lines[-1]
     found = []
-    for m in list(NUMBER.finditer(line))[:n]:
-        a, b = start + m.start(1), start + m.end(1)
-        found.append([i for i, (s, e) in enumerate(spans) if s < b and e > a])
+    for start, line, k in _score_lines(text, which, n):
+        for m in list(NUMBER.finditer(line))[:k]:
+            a, b = start + m.start(1), start + m.end(1)
+            found.append([i for i, (s, e) in enumerate(spans) if s < b and e > a])
     return found
 
 # %% ../nbs/04b_logprob.ipynb #ccbd513c

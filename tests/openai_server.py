@@ -12,7 +12,11 @@ to a provider. It implements:
 
 Scripting (all attributes of `FakeOpenAI`, changeable while it runs):
 
-    reply(body) -> text | (text, finish_reason)     what the "model" says (default: echoes the last user message)
+    reply(body) -> text | (text, finish_reason)     what the "model" says (default: echoes the last user message);
+                | (text, finish_reason, alternatives)  with `logprobs: true` in the request, `choices[0].logprobs.content`
+                                                     lists the reply's tokens (digits one per token), each certain,
+                                                     except the n-th digit token when `alternatives[n]` gives its
+                                                     `top_logprobs` as {token: probability}
     latency_s                                        sleep before answering each chat request
     schedule = {n: fault}                            fault for the n-th chat request received (1-based)
     fault_rate = {fault: p}                          each request gets `fault` with probability p (seeded RNG)
@@ -51,7 +55,7 @@ or the `openai_server` pytest fixture (import it into a test module), or from a 
     python tests/openai_server.py --latency-s 0.3 --rpm 600      # prints "READY <base_url>", serves until killed
 """
 from __future__ import annotations
-import argparse, email.parser, email.policy, hashlib, json, math, random, socket, struct, sys, threading, time, uuid
+import argparse, email.parser, email.policy, hashlib, json, math, random, re, socket, struct, sys, threading, time, uuid
 from collections import Counter, deque
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -83,6 +87,21 @@ def default_reply(body: dict) -> str:
 def n_tokens(text: str) -> int:
     "The server's token count: one token per 4 characters, at least one."
     return max(1, math.ceil(len(text)/4))
+
+
+TOKEN = re.compile(r'\d|\n| ?[^\d\n ]+| ')
+
+def token_logprobs(text: str, alternatives: Optional[dict] = None) -> list[dict]:
+    """`logprobs.content` for a reply: its tokens (each digit one token, as in Llama and Qwen vocabularies), each
+    certain unless `alternatives[n]` gives the n-th digit token's top_logprobs as {token: probability}."""
+    out, digit = [], 0
+    for tok in TOKEN.findall(text):
+        alts = {tok: 1.0}
+        if tok.isdigit():
+            alts = (alternatives or {}).get(digit, alts); digit += 1
+        top = [{'token': t, 'logprob': math.log(p), 'bytes': list(t.encode())} for t, p in alts.items() if p > 0]
+        out.append({'token': tok, 'logprob': math.log(alts.get(tok, 1e-9) or 1e-9), 'bytes': list(tok.encode()), 'top_logprobs': top})
+    return out
 
 
 class FakeOpenAI:
@@ -172,7 +191,7 @@ class FakeOpenAI:
     def completion(self, body: dict, fault: Optional[str] = None) -> dict:
         "A chat.completion object for `body` (honouring max_tokens), shaped by a content fault if any."
         out = self.reply(body)
-        text, finish = (out if isinstance(out, tuple) else (out, 'stop'))
+        text, finish, alternatives = (tuple(out) + (None,))[:3] if isinstance(out, tuple) else (out, 'stop', None)
         limit = body.get('max_completion_tokens') or body.get('max_tokens')
         if limit and n_tokens(text) > limit: text, finish = text[:4*limit], 'length'
         if fault == 'length': text, finish = text[:max(1, len(text)//2)], 'length'
@@ -181,7 +200,8 @@ class FakeOpenAI:
         prompt = sum(n_tokens(m.get('content') or '') if isinstance(m.get('content'), str) else 1 for m in body.get('messages') or [])
         return {'id': f'chatcmpl-{uuid.uuid4().hex[:12]}', 'object': 'chat.completion', 'created': int(time.time()),
                 'model': body.get('model', 'fake'), 'system_fingerprint': 'fake',
-                'choices': [{'index': 0, 'message': {'role': 'assistant', 'content': text}, 'finish_reason': finish, 'logprobs': None}],
+                'choices': [{'index': 0, 'message': {'role': 'assistant', 'content': text}, 'finish_reason': finish,
+                             'logprobs': {'content': token_logprobs(text, alternatives)} if body.get('logprobs') else None}],
                 'usage': {'prompt_tokens': prompt, 'completion_tokens': 0 if not text else n_tokens(text),
                           'total_tokens': prompt + (0 if not text else n_tokens(text))}}
 

@@ -15,7 +15,7 @@ from lion_nb.core import Answer, Instruction, Review, RunDir, parse_config, read
 from lion_nb.discrimination import (ScoreParseError, parse_score_value, parse_scores, swap_average, is_hard,  # noqa: E402
                                     position_consistency, position_means, score_items, Pair, latest_student,
                                     run_discrimination, referee_messages, REPAIR_PROMPT, SCORE_PARSERS,
-                                    judge_for, load_judge, judge_sets)
+                                    judge_for, load_judge, judge_sets, judges_root)
 from lion_nb.data import load_review_sample  # noqa: E402
 
 # ---------------------------------------------------------------- the parser
@@ -169,8 +169,11 @@ def test_judge_files_ship_with_the_package(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     (whl,) = tmp_path.glob('*.whl')
     names = set(zipfile.ZipFile(whl).namelist())
+    import os, yaml
     for s, judges in judge_sets().items():
-        for j in judges: assert f'lion_nb/judges/{s}/{j}/config.yaml' in names and f'lion_nb/judges/{s}/{j}/prompt.txt' in names
+        for j in judges:   # the config and the prompt file it names (a judge may share its sibling's prompts: ../x)
+            prompt = yaml.safe_load((judges_root()/s/j/'config.yaml').read_text())['prompt']
+            assert f'lion_nb/judges/{s}/{j}/config.yaml' in names and os.path.normpath(f'lion_nb/judges/{s}/{j}/{prompt}') in names
     assert 'lion_nb/judges/lion/README.md' in names
 
 
@@ -449,3 +452,36 @@ def test_referee_and_discriminate_commands(tmp_path, capsys):
         assert rc == 0 and 'position consistency: 2/2' in capsys.readouterr().out
         assert main(['referee', '--config', str(cfg_path), '--teacher', str(tmp_path/'missing.jsonl'),
                      '--student', str(tmp_path/'s.jsonl'), '--out', str(tmp_path/'x')]) == 2
+
+
+def test_logprob_scorer_finds_the_lean_that_text_scores_hide(tmp_path):
+    """A referee that always writes 'Assistant 1: 5 / Assistant 2: 5' but weighs 8 at the right answer's score token
+    (60%) and 3 at the wrong one's (30%): the text scorer sees ties only, the logprob scorer (the shipped
+    `lion_nb/referee_logprob` judge, through the real openai client and a server that returns `logprobs.content`)
+    puts the right answer ahead in both orders, so every pair is hard at tau 1. The probe reads it the same way."""
+    from lion_nb.discrimination import Pair, RefereeSettings, review_pairs
+    from lion_nb.core import ModelSpec
+    from lion_nb.llm import make_client
+    def reply(body):
+        user = body['messages'][-1]['content']
+        right_first = user.index('RIGHT') < user.index('WRONG')
+        lean = {'5': 0.4, '8': 0.6}, {'5': 0.7, '3': 0.3}          # (right answer's token, wrong answer's token)
+        alts = {1: lean[0], 3: lean[1]} if right_first else {1: lean[1], 3: lean[0]}   # digits: '1', score, '2', score
+        return 'Both are relevant.\nAssistant 1: 5\nAssistant 2: 5', 'stop', alts
+    pairs = [Pair(f'q{i}', f'Explain topic {i}.', '', f'RIGHT answer {i}', f'WRONG answer {i}') for i in range(4)]
+    out = {}
+    with serve(reply) as srv:
+        spec = ModelSpec(backend='openai', model='referee', base_url=srv.base_url, concurrency=4)
+        for judge in ('lion_nb/referee', 'lion_nb/referee_logprob'):
+            st = RefereeSettings(judge=load_judge(judge), temperature=0.0)
+            d = tmp_path/judge.replace('/', '_')
+            reviews = review_pairs(pairs, make_client(spec, role='referee', cache_dir=d/'cache'), st, d/'reviews.jsonl')
+            out[judge] = score_items(pairs, reviews, tau=1.0)[0]
+            again = review_pairs(pairs, make_client(spec, role='referee', cache_dir=d/'cache2'), st, d/'reviews.jsonl')
+            assert again == reviews                                              # resumed from the log as read
+        assert srv.paths['POST /v1/chat/completions'] == 16                     # 2 judges x 4 pairs x 2 orders
+    text, lp = out['lion_nb/referee'], out['lion_nb/referee_logprob']
+    assert all(r['d'] == 0 for r in text)
+    assert all(abs(r['teacher_score'] - 6.8) < 1e-9 and abs(r['student_score'] - 4.4) < 1e-9 and r['d'] > 1 for r in lp)
+    calls = read_log(tmp_path/'lion_nb_referee_logprob'/'referee_calls.jsonl')
+    assert {c['scorer'] for c in calls} == {'logprob'}
