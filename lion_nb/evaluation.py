@@ -13,7 +13,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from .discrimination import Judge, ScoreParseError, for_category, judge_for, load_judge, parse_scores
-from .stats import Interval, mean_ci, ratio_ci, stratified_mean_ci, yerr
+from .stats import Interval, align, mean_ci, paired_diff_ci, ratio_ci, stratified_mean_ci, verdict, yerr
 from .core import (Answer, Config, InputError, Instruction, LionError, ModelSpec, RunDir, derive_seed,
                           iter_jsonl, load_config, read_json, read_log, write_json, write_jsonl)
 
@@ -26,7 +26,8 @@ __all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'BBH_FREE_FO
            'answer_items', 'judge_messages', 'judge_jobs', 'run_judge', 'reasoning_metrics', 'plot_relative_scores',
            'plot_win_tie_lose', 'plot_reasoning', 'headline', 'metrics_history', 'plot_runs', 'plot_history',
            'mechanism', 'plot_mechanism', 'trained_student', 'default_models', 'run_evaluation', 'write_plots',
-           'ci_text', 'summary_table', 'category_table', 'wtl_table', 'reasoning_table', 'closing_note', 'evaluate_cli']
+           'ci_text', 'summary_table', 'category_table', 'wtl_table', 'reasoning_table', 'closing_note',
+           'final_evaluation', 'arm_items', 'compare_arms', 'arm_budget', 'print_arms', 'evaluate_cli']
 
 # %% ../nbs/06_evaluation.ipynb #93c9c78c
 from . import data as lion_data
@@ -805,9 +806,66 @@ def closing_note(metrics: dict) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/06_evaluation.ipynb #bbe357e0
+def final_evaluation(run_dir) -> tuple[Optional[int], list[dict]]:
+    "A run's last evaluated iteration k and the verdicts on its student of that iteration (candidate `iter_<k>`)."
+    run = RunDir(run_dir)
+    done = sorted(int(p.parts[-3].split('_')[1]) for p in run.root.glob('iter_*/evaluation/verdicts.jsonl'))
+    if not done: return None, []
+    k = done[-1]
+    return k, [v for v in read_log(run.stage_dir(k, 'evaluation')/'verdicts.jsonl') if v['candidate'] == f'iter_{k}']
+
+def arm_items(verdicts: list[dict], set_name: str) -> dict:
+    "{item id: unit} of one set: (candidate's, teacher's) summed scores when scored, 1/0.5/0 when pairwise."
+    vs = [v for v in verdicts if v['set'] == set_name]
+    if set_name in PAIR_SETS:
+        res = {i: combine_orders(d) for i, d in _by_item(vs).items()}
+        return {i: {'win': 1.0, 'tie': 0.5, 'lose': 0.0}[r] for i, r in res.items() if r}
+    return item_score_sums(vs)
+
+# %% ../nbs/06_evaluation.ipynb #a7845392
+def _paired(set_name: str, a: dict, b: dict) -> Interval:
+    "The paired bootstrap interval of arm a minus arm b on one set (relative score in points, or win rate in %)."
+    ids, xa, xb = align(a, b)
+    if not ids: return Interval(None, None, None, n=0)
+    if set_name in PAIR_SETS: return paired_diff_ci(lambda p: 100 * p.mean(axis=1), [xa], [xb])   # rows: resamples
+    cols = lambda xs: [[c for c, _ in xs], [o for _, o in xs]]
+    return paired_diff_ci(lambda c, o: 100 * c.sum(axis=1) / o.sum(axis=1), cols(xa), cols(xb))
+
+def compare_arms(run_a, run_b, labels: tuple[str, str] = ('lion', 'control')) -> dict:
+    "Arm a minus arm b on every judged set both final evaluations share: difference, interval, verdict."
+    (ka, va), (kb, vb) = final_evaluation(run_a), final_evaluation(run_b)
+    if ka is None or kb is None: raise LionError(f"no evaluated iteration in {run_a if ka is None else run_b}")
+    out = {'iterations': {labels[0]: ka, labels[1]: kb}, 'sets': {}}
+    for s in sorted({v['set'] for v in va} & {v['set'] for v in vb}):
+        iv = _paired(s, arm_items(va, s), arm_items(vb, s))
+        unit = ' points of win rate' if s in PAIR_SETS else ' points of relative score'
+        out['sets'][s] = {'diff': iv.as_dict(), 'verdict': verdict(*labels, iv, unit)}
+    return out
+
+# %% ../nbs/06_evaluation.ipynb #3088bef2
+def arm_budget(run_dir) -> list[dict]:
+    "What a run spent per role: calls, prompt and completion tokens, cache hits and cost (its usage log)."
+    path = RunDir(run_dir).usage
+    if not path.exists(): return []
+    df = _llm().summarise_usage(path, by=('role',))
+    return df.to_dict('records')
+
+# %% ../nbs/06_evaluation.ipynb #ded59296
 def _kv(s: str) -> tuple[str, str]:
     if '=' not in s: raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {s!r}")
     k, v = s.split('=', 1); return k.strip(), v.strip()
+
+def print_arms(runs, labels) -> int:
+    "Print `compare_arms` (one verdict per set) and each arm's budget per role; then the figures as one JSON line."
+    cmp = compare_arms(*runs, labels=tuple(labels))
+    for s, c in cmp['sets'].items(): print(f"{s}: {c['verdict']}")
+    budgets = {lab: arm_budget(r) for lab, r in zip(labels, runs)}
+    for lab, rows in budgets.items():
+        print(f"\n{lab} ({runs[labels.index(lab)]}): budget per role")
+        for r in rows: print(f"  {str(r['role']):<10} {int(r['calls']):>9,} calls {int(r['prompt_tokens']):>13,} prompt tok "
+                             f"{int(r['completion_tokens']):>12,} completion tok  ${r['cost_usd']:.4f}")
+    print(json.dumps({**cmp, 'budgets': budgets}, default=str))
+    return 0 if cmp['sets'] else 1
 
 def evaluate_cli(argv: list[str]) -> int:
     "Entry point of `lion_nb evaluate`."
@@ -822,7 +880,11 @@ def evaluate_cli(argv: list[str]) -> int:
     p.add_argument('--no-plots', action='store_true')
     p.add_argument('--compare', nargs='+', metavar='RUN_DIR', help='plot these runs across iterations instead of evaluating')
     p.add_argument('--out', default='compare.png', help='with --compare: the PNG to write')
+    p.add_argument('--arms', nargs=2, metavar=('RUN_A', 'RUN_B'),
+                   help='compare two arms\' final students, paired on the same items, and their budgets')
+    p.add_argument('--labels', nargs=2, default=('lion', 'control'), metavar=('A', 'B'), help='with --arms: their names')
     a = p.parse_args(argv)
+    if a.arms: return print_arms(a.arms, a.labels)
     if a.compare:
         made = plot_runs(a.compare, a.out)
         print(made or 'no evaluated iterations in these runs'); return 0 if made else 1

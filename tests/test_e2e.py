@@ -117,3 +117,14 @@ def test_referee_blind_arm_forks_from_the_lion_run(full_run, config, server, tmp
     assert m['baseline'] == 'random-seeds' and m['forked_from'] == str(lion.root)
     assert 'iter_1/imitation' not in m['stages']                    # the fork's stage, not re-run
     assert served_total(server) - before > 0                        # its own generation and evaluation were sent
+    # the two arms compared: paired on the items both final students were judged on, with each arm's budget
+    p = subprocess.run(LION + ['evaluate', '--arms', str(lion.root), str(arm.root), '--labels', 'lion', 'random-seeds'],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    for name, c in out['sets'].items():
+        assert c['verdict'].startswith('lion - random-seeds') and c['diff']['n'] > 0, (name, c)
+        assert c['diff']['lo'] <= c['diff']['value'] <= c['diff']['hi']
+    roles = {lab: {r['role'] for r in rows} for lab, rows in out['budgets'].items()}
+    assert 'referee' in roles['lion'] and 'referee' not in roles['random-seeds']     # the control asks no referee
+    assert {'teacher', 'generator'} <= roles['random-seeds']
