@@ -396,6 +396,8 @@ class ProbeConfig(Section):
     items: int = Field(6, ge=2, description="instructions probed; each gives 3 known-better pairs")
     min_accuracy: float = Field(0.8, ge=0, le=1, description="the share of pairs the referee must get right")
     action: Literal['warn', 'stop'] = Field('warn', description="what a failed probe does")
+    judge_items: int = Field(3, ge=0, description="instructions probed for the evaluation judge in the same iterations "
+                                                   "(teacher answers on the judged sets; 0: no judge probe)")
 
 class Config(Section):
     "One run's configuration."

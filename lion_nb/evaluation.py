@@ -8,11 +8,12 @@ import argparse, json, math, os, random, re, sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
 from .discrimination import Judge, ScoreParseError, for_category, judge_for, load_judge, parse_scores
+from .probe import KnownPair, probe_metrics, probe_pairs, probe_verdict, right_answers
 from .stats import Interval, align, mean_ci, paired_diff_ci, ratio_ci, stratified_mean_ci, verdict, yerr
 from .core import (Answer, Config, InputError, Instruction, LionError, ModelSpec, RunDir, derive_seed,
                           iter_jsonl, load_config, read_json, read_log, write_json, write_jsonl)
@@ -25,9 +26,10 @@ __all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'BBH_FREE_FO
            'combine_orders', 'win_tie_lose', 'fit_length_logit', 'length_view', 'model_spec', 'spec_summary',
            'answer_items', 'judge_messages', 'judge_jobs', 'run_judge', 'reasoning_metrics', 'plot_relative_scores',
            'plot_win_tie_lose', 'plot_reasoning', 'headline', 'metrics_history', 'plot_runs', 'plot_history',
-           'mechanism', 'plot_mechanism', 'trained_student', 'default_models', 'run_evaluation', 'write_plots',
-           'ci_text', 'summary_table', 'category_table', 'wtl_table', 'reasoning_table', 'closing_note',
-           'final_evaluation', 'arm_items', 'compare_arms', 'arm_budget', 'print_arms', 'evaluate_cli']
+           'mechanism', 'plot_mechanism', 'probe_items', 'judge_probe', 'evaluation_probe', 'trained_student',
+           'default_models', 'run_evaluation', 'write_plots', 'ci_text', 'summary_table', 'category_table', 'wtl_table',
+           'reasoning_table', 'closing_note', 'final_evaluation', 'arm_items', 'compare_arms', 'arm_budget',
+           'print_arms', 'evaluate_cli']
 
 # %% ../nbs/06_evaluation.ipynb #93c9c78c
 from . import data as lion_data
@@ -613,6 +615,52 @@ def plot_mechanism(run_dir, path) -> Optional[Path]:
         ax.xaxis.get_major_locator().set_params(integer=True)
     return _save(fig, path)
 
+# %% ../nbs/06_evaluation.ipynb #490b5a07
+def _probe_answers(pairs: Sequence[KnownPair], side: str) -> dict:
+    return {p.id: Answer(id=p.id, instruction=p.instruction, input=p.input, output=getattr(p, side), role='probe',
+                         model=side) for p in pairs}
+
+def probe_items(verdicts: list[dict]) -> tuple[list[dict], list[dict]]:
+    "Probe pairs read in both orders (d: the better answer's mean score minus the worse one's) and the others."
+    scored, unscored = [], []
+    for i, d in _by_item(verdicts).items():
+        vs = [d.get(o) for o in ('cand_first', 'opp_first')]
+        kind = next(v for v in vs if v).get('category')
+        if all(v and v['status'] == 'done' for v in vs):
+            scored.append({'id': i, 'category': kind, 'd': sum(v['cand_score'] - v['opp_score'] for v in vs) / 2})
+        else: unscored.append({'id': i, 'category': kind})
+    return scored, unscored
+
+def judge_probe(pairs: Sequence[KnownPair], client, judge: Judge, *, max_tokens: int, seed: int, log_path=None,
+                min_accuracy: float = 0.8) -> dict:
+    "The evaluation judge on known-better pairs, both orders: probe metrics, pass or fail, and why."
+    items = [Instruction(id=p.id, instruction=p.instruction, input=p.input, category=p.kind) for p in pairs]
+    jobs = judge_jobs('probe', 'score', items, 'better', _probe_answers(pairs, 'better'), 'worse',
+                      _probe_answers(pairs, 'worse'), judge)
+    verdicts = run_judge(jobs, {'probe': 'score'}, client, max_tokens=max_tokens, seed=seed, log_path=log_path)
+    metrics = probe_metrics(*probe_items(verdicts), consistency=position_stats(verdicts)['position_consistency'])
+    ok, message = probe_verdict(metrics, min_accuracy)
+    return dict(probe=metrics, passed=ok, message=message.replace('the referee', 'the judge', 1), judge=judge.name)
+
+# %% ../nbs/06_evaluation.ipynb #44bcf30a
+def evaluation_probe(cfg: Config, run: RunDir, iteration: int, ref_answers: Sequence[Answer], out_dir) -> Optional[dict]:
+    """The judge's probe when `cfg.probe` asks for one in `iteration` (`probe.judge_items` instructions), with the
+    reference's answers on the scored sets as the right ones; written to `judge_probe.json`."""
+    p = cfg.probe
+    if not (p.enabled and p.judge_items and iteration in p.iterations): return None
+    try: pairs = probe_pairs(right_answers(ref_answers), n=p.judge_items, seed=derive_seed(cfg.seed, 'judge probe', iteration))
+    except LionError as e: return {'skipped': str(e)}
+    client = _llm().run_client(cfg, run, 'judge', stage='evaluation', iteration=iteration)
+    try: res = judge_probe(pairs, client, judge_for(cfg, 'review'), max_tokens=cfg.sampling.referee_max_tokens,
+                           seed=derive_seed(cfg.seed, 'judge probe'), log_path=Path(out_dir)/'judge_probe_verdicts.jsonl',
+                           min_accuracy=p.min_accuracy)
+    finally:
+        if callable(getattr(client, 'close', None)): client.close()
+    write_json(Path(out_dir)/'judge_probe.json', res)
+    print(res['message'])
+    if not res['passed'] and p.action == 'stop': raise LionError(res['message'])
+    return res
+
 # %% ../nbs/06_evaluation.ipynb #2d1737b0
 def trained_student(run_dir, iteration: int) -> Optional[Path]:
     "The student fine-tuned in `iteration` (`iter_<k>/imitation/model`), if it exists."
@@ -663,8 +711,10 @@ def run_evaluation(cfg: Config, run_dir, iteration: int, *, models: Optional[dic
                                     iteration=iteration, run=run, budget=_llm().run_budget(cfg, run.usage),
                                     template=cfg.train.template if trained else 'chat')
 
-    # 2. the judge, both orders, every candidate at once
+    # 2. the judge: first its probe (in the probe's iterations), then both orders, every candidate at once
     kinds = {s: ('score' if s in OPEN_SETS else 'pair') for s in judged}
+    scored_ids = {x.id for s in judged if kinds[s] == 'score' for x in instr[s]}
+    jprobe = evaluation_probe(cfg, run, iteration, [a for i, a in answers[ref_label].items() if i in scored_ids], out_dir)
     judges = {'score': judge_for(cfg, 'review'), 'pair': judge_for(cfg, 'pairwise')}
     jobs = [j for lab in cands if lab != ref_label for s in judged
             for j in judge_jobs(s, kinds[s], instr[s], lab, answers[lab], ref_label, answers[ref_label], judges[kinds[s]])]
@@ -697,7 +747,7 @@ def run_evaluation(cfg: Config, run_dir, iteration: int, *, models: Optional[dic
                                       for lab in per_model for s in judged if s in per_model[lab]}},
                'sets': {s: len(xs) for s, xs in items.items()}, 'samples': {s: samples.get(s) for s in sets},
                **{k: top[k] for k in (*OPEN_SETS, 'user252', 'reasoning') if k in top},
-               'models': per_model, 'mechanism': mechanism(run.root)}
+               'models': per_model, 'mechanism': mechanism(run.root), 'judge_probe': jprobe}
     write_json(out_dir/'metrics.json', metrics)
     if plots: write_plots(metrics, out_dir, run_dir)
     run.mark_done(iteration, 'evaluation', final_model=final, sets=sets)
@@ -781,6 +831,7 @@ def closing_note(metrics: dict) -> str:
     f, ref = metrics['final_model'], metrics['reference']
     m = metrics['models'].get(f, {})
     lines = [f"**Final model `{f}`** (iteration {metrics['iteration']}), against `{ref}`:"]
+    if (jp := metrics.get('judge_probe')) and jp.get('message'): lines.append(f"- judge probe: {jp['message']}")
     for s in OPEN_SETS:
         if m.get(s):
             r = m[s]

@@ -118,7 +118,8 @@ def make_cfg(srv, data_root, samples) -> dict:
             'models': {'judge': m('judge'), 'teacher': m('teacher'), 'good': m('good'), 'bad': m('bad'),
                        'student': {'backend': 'hf', 'model': 'not-used-here'}},
             'roles': {'teacher': 'teacher', 'referee': 'judge', 'generator': 'judge', 'judge': 'judge', 'student': 'student'},
-            'eval': {'sets': ['vicuna80', 'user252', 'agieval', 'bbh'], 'samples': samples, 'reference': 'teacher', 'max_new_tokens': 64}}
+            'eval': {'sets': ['vicuna80', 'user252', 'agieval', 'bbh'], 'samples': samples, 'reference': 'teacher', 'max_new_tokens': 64},
+            'probe': {'judge_items': 0}}   # the judge's probe has its own test below
 
 
 def expected_relative(items, cand: str) -> tuple[float, dict, int]:
@@ -317,3 +318,33 @@ def test_lion_review_judges_by_category():
     assert all(j['judge'].config.temperature == 0.2 and j['judge'].config.max_tokens == 1024 for j in jobs)
     v = make_verdict('score', 'opp_first', '9 6\nAssistant 2 gave 3 examples; Assistant 1: 10 steps.', parser='scores_first')
     assert (v['cand_score'], v['opp_score'], v['outcome']) == (6.0, 9.0, 'lose')
+
+
+def probe_aware(body: dict) -> str:
+    "`reply`, and a judge that scores a probe pair (one model's answers only) by length: 1 + words // 2."
+    text = last_user_text(body)
+    if body['model'] == 'judge' and text.startswith('Here is a question') and sum(m in text for m in ('G-ANS', 'B-ANS')) == 0:
+        a, b = (re.search(rf"\[Answer {n}\]\n(.*?)\n\[End of Answer {n}\]", text, re.S).group(1) for n in (1, 2))
+        return f"Judged by length.\nScores: {min(10, 1 + len(a.split()) // 2)} {min(10, 1 + len(b.split()) // 2)}"
+    return reply(body)
+
+
+def test_evaluation_judge_probe_is_run_and_reported(tmp_path, data_root):
+    """In the probe's iterations the evaluation judge first reviews known-better pairs made from the teacher's
+    answers: right vs truncated and vs empty it gets right; vs another question's (identical) answer it ties. Below
+    80% it is flagged in judge_probe.json, metrics.json and the closing note; in other iterations it is not run."""
+    with serve(probe_aware) as srv:
+        d = make_cfg(srv, data_root, {'vicuna80': 6, 'user252': 2, 'agieval': 1})
+        d['eval']['sets'] = ['vicuna80', 'user252']; d['probe'] = {'judge_items': 2}
+        cfg = parse_config(d)
+        m = run_evaluation(cfg, tmp_path/'run', 1, models={'good': 'good'})
+        jp = m['judge_probe']
+        assert jp['probe']['pairs'] == 6 and jp['probe']['unscored'] == 0
+        assert jp['probe']['per_kind'] == {'empty': 1.0, 'other': 0.0, 'truncated': 1.0}
+        assert jp['passed'] is False and jp['message'].startswith('the judge cannot reliably tell') and jp['judge'] == 'lion_nb/review'
+        out = RunDir(tmp_path/'run').stage_dir(1, 'evaluation')
+        assert json.loads((out/'judge_probe.json').read_text()) == jp
+        assert json.loads((out/'metrics.json').read_text())['judge_probe'] == jp
+        assert 'judge probe: the judge cannot' in closing_note(m)
+        m2 = run_evaluation(cfg, tmp_path/'run', 2, models={'good': 'good'})
+        assert m2['judge_probe'] is None                                   # iteration 2 is not a probe iteration
