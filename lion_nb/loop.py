@@ -454,6 +454,8 @@ def estimate_run(cfg: Config, iterations: Optional[int] = None) -> list[dict]:
         rows.append(_row(cfg, k, 'evaluation', 'teacher', sum(n_items.values()) if k == 1 else 0, EST['instr'], ans))
         students = 2 if k == 1 else 1                               # iteration 1 also judges the base student
         rows.append(_row(cfg, k, 'evaluation', 'judge', 2 * judged * students, rev_p, EST['review_out']))
+        if cfg.probe.enabled and k in cfg.probe.iterations and judged:   # the judge's probe: 3 pairs per item, both orders
+            rows.append(_row(cfg, k, 'evaluation', 'judge', 6 * cfg.probe.judge_items, rev_p, EST['review_out']))
         train, cache = cfg.loop.n_new, cache + cfg.loop.n_new
     return [r for r in rows if r['calls']]
 
