@@ -91,9 +91,17 @@ class ResponseCache:
         self.path = self.folder/'llm_cache.sqlite'
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        self._db.execute('PRAGMA journal_mode=WAL')
-        self._db.execute('PRAGMA synchronous=FULL')
-        self._db.execute('CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL)')
+        for sql in ('PRAGMA journal_mode=WAL', 'PRAGMA synchronous=FULL',
+                    'CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL)'):
+            self._retry_locked(sql)
+
+    def _retry_locked(self, sql: str, tries: int = 600):
+        "Run `sql`, waiting while another process sets the file up (switching to WAL skips the busy timeout)."
+        for i in range(tries):
+            try: return self._db.execute(sql)
+            except sqlite3.OperationalError as e:
+                if 'locked' not in str(e) or i == tries - 1: raise
+                time.sleep(0.1)
 
     def get(self, key: str) -> Optional[dict]:
         "The stored response for `key`, or None."
@@ -120,7 +128,7 @@ class ResponseCache:
         rows = [(k, canonical_json(v), time.time()) for k, v in items]
         if not rows: return
         with self._lock:
-            self._db.execute('BEGIN')
+            self._db.execute('BEGIN IMMEDIATE')   # take the write lock now (waiting on the busy timeout), not mid-way
             try: self._db.executemany('INSERT OR REPLACE INTO responses VALUES (?, ?, ?)', rows)
             except BaseException: self._db.execute('ROLLBACK'); raise
             self._db.execute('COMMIT')

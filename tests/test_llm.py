@@ -389,14 +389,16 @@ def test_api_key_is_sent_but_never_stored(tmp_path, monkeypatch):
 
 
 def test_cache_is_safe_with_several_processes(tmp_path):
-    "Two processes writing the same cache at once lose nothing."
-    code = ('import sys; from lion_nb.llm import ResponseCache; c = ResponseCache(sys.argv[1]); '
-            '[c.put(f"{sys.argv[2]}-{i}", {"text": str(i)}) for i in range(150)]')
-    ps = [subprocess.Popen([sys.executable, '-c', code, str(tmp_path), tag], cwd=ROOT) for tag in 'ab']
-    assert [p.wait(timeout=120) for p in ps] == [0, 0]
+    """Four processes creating and writing the same cache at once lose nothing (one at a time, and in groups); the
+    first ones race to switch the new file to WAL, which SQLite refuses without waiting: they wait and retry."""
+    code = ('import sys; from lion_nb.llm import ResponseCache; c = ResponseCache(sys.argv[1]); t = sys.argv[2]; '
+            '[c.put(f"{t}-{i}", {"text": str(i)}) for i in range(100)]; '
+            'c.put_many([(f"{t}-{i}", {"text": str(i)}) for i in range(100, 150)])')
+    ps = [subprocess.Popen([sys.executable, '-c', code, str(tmp_path), tag], cwd=ROOT) for tag in 'abcd']
+    assert [p.wait(timeout=120) for p in ps] == [0, 0, 0, 0]
     from lion_nb.llm import ResponseCache
     c = ResponseCache(tmp_path)
-    assert len(c) == 300 and c.get('a-149') == {'text': '149'} and c.get('b-0') == {'text': '0'}
+    assert len(c) == 600 and c.get('a-149') == {'text': '149'} and c.get('d-0') == {'text': '0'}
 
 
 # ---------------------------------------------------------------- Batch API at scale (issue 13)
