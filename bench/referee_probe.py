@@ -5,6 +5,9 @@ answer to another instruction, its own first fifth, and an empty answer) in both
 layer and the discrimination stage's prompt, parser and repairs. Prints a table, then one JSON line.
 
     python bench/referee_probe.py [--models qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct] [--n 6]
+                                  [--judges lion_nb/referee lion_nb/referee_logprob]
+
+Each `--judges` entry is measured on the same pairs (the text scorer, and the scores read from top_logprobs).
 
 With `--duel REFEREE`, it measures instead whether REFEREE prefers each model's answers (as teacher, sampled at
 0.7) to the untrained embedded student's (SmolLM2-135M, greedy) on `--n` demo instructions, both orders.
@@ -18,7 +21,7 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 from lion_nb import models  # noqa: E402
 from lion_nb.core import ModelSpec  # noqa: E402
 from lion_nb.data import demo_instructions  # noqa: E402
-from lion_nb.discrimination import RefereeSettings, pairs_from_answers, review_pairs, run_probe, score_items  # noqa: E402
+from lion_nb.discrimination import RefereeSettings, load_judge, pairs_from_answers, review_pairs, run_probe, score_items  # noqa: E402
 from lion_nb.llm import answer_pool, make_client  # noqa: E402
 from lion_nb.probe import demo_probe_items, duel_metrics, probe_pairs  # noqa: E402
 
@@ -30,11 +33,11 @@ def served_client(name: str, role: str, out: Path):
     return make_client(spec, role=role, stage='probe', cache_dir=out/'cache', usage_log=out/'usage.jsonl')
 
 
-def probe_model(name: str, n: int, out: Path, max_tokens: int) -> dict:
+def probe_model(name: str, n: int, out: Path, max_tokens: int, judge: str = 'lion_nb/referee') -> dict:
     gguf = models.packaged_gguf(name)
     t0 = time.time()
     client = served_client(name, 'referee', out)
-    settings = RefereeSettings(temperature=0.2, max_tokens=max_tokens, repair_retries=1, model=name)
+    settings = RefereeSettings(temperature=0.2, max_tokens=max_tokens, repair_retries=1, model=name, judge=load_judge(judge))
     pairs = probe_pairs(demo_probe_items(), n=n, seed=0)
     try:
         s = run_probe(pairs, client, settings, out, progress=lambda m: print(f'  {name}: {m}', file=sys.stderr))
@@ -83,6 +86,7 @@ def main():
     ap.add_argument('--models', nargs='+', default=list(models.GGUFS))
     ap.add_argument('--n', type=int, default=6, help='instructions (each gives 3 known-better pairs)')
     ap.add_argument('--max-tokens', type=int, default=320)
+    ap.add_argument('--judges', nargs='+', default=['lion_nb/referee'], help='referee judges to probe (set/judge)')
     ap.add_argument('--duel', metavar='REFEREE', choices=list(models.GGUFS),
                     help='measure teacher-vs-student preference with this referee instead of the probe')
     a = ap.parse_args()
@@ -90,12 +94,13 @@ def main():
     rows = {}
     with tempfile.TemporaryDirectory() as d:
         for name in a.models:
-            rows[name] = probe_model(name, a.n, Path(d)/name, a.max_tokens)
-    print(f"{'referee':<30} {'accuracy':>8} {'other':>6} {'trunc':>6} {'empty':>6} {'ties':>6} "
+            for j in a.judges:
+                rows[f'{name} {j}'] = probe_model(name, a.n, Path(d)/name/j.replace('/', '_'), a.max_tokens, j)
+    print(f"{'referee and judge':<55} {'accuracy':>8} {'other':>6} {'trunc':>6} {'empty':>6} {'ties':>6} "
           f"{'consist':>7} {'gap':>6} {'unscored':>8} {'s/review':>8}")
     for name, s in rows.items():
         p, k = s['probe'], s['probe']['per_kind']
-        print(f"{name:<30} {p['accuracy']:>8} {k.get('other')!s:>6} {k.get('truncated')!s:>6} {k.get('empty')!s:>6} "
+        print(f"{name:<55} {p['accuracy']:>8} {k.get('other')!s:>6} {k.get('truncated')!s:>6} {k.get('empty')!s:>6} "
               f"{p['tie_share']!s:>6} {p['position_consistency']!s:>7} {p['mean_gap']!s:>6} {p['unscored']:>8} "
               f"{s['seconds'] / s['reviews']:>8.1f}")
     print(json.dumps({'bench': 'referee_probe', 'n': a.n,
