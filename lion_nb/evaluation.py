@@ -639,8 +639,8 @@ def judge_probe(pairs: Sequence[KnownPair], client, judge: Judge, *, max_tokens:
                       _probe_answers(pairs, 'worse'), judge)
     verdicts = run_judge(jobs, {'probe': 'score'}, client, max_tokens=max_tokens, seed=seed, log_path=log_path)
     metrics = probe_metrics(*probe_items(verdicts), consistency=position_stats(verdicts)['position_consistency'])
-    ok, message = probe_verdict(metrics, min_accuracy)
-    return dict(probe=metrics, passed=ok, message=message.replace('the referee', 'the judge', 1), judge=judge.name)
+    ok, message = probe_verdict(metrics, min_accuracy, role='judge')
+    return dict(probe=metrics, passed=ok, message=message, judge=judge.name)
 
 # %% ../nbs/06_evaluation.ipynb #44bcf30a
 def evaluation_probe(cfg: Config, run: RunDir, iteration: int, ref_answers: Sequence[Answer], out_dir) -> Optional[dict]:

@@ -15,8 +15,8 @@ from .core import LionError, iter_jsonl
 from .data import demo_dir, demo_instructions
 
 # %% auto #0
-__all__ = ['PROBE_KINDS', 'truncate_words', 'KnownPair', 'probe_pairs', 'right_answers', 'demo_probe_items', 'probe_metrics',
-           'probe_verdict', 'duel_metrics']
+__all__ = ['PROBE_KINDS', 'CONSEQUENCE', 'truncate_words', 'KnownPair', 'probe_pairs', 'right_answers', 'demo_probe_items',
+           'probe_metrics', 'probe_verdict', 'duel_metrics']
 
 # %% ../nbs/04a_probe.ipynb #c58852d6
 PROBE_KINDS = ('other', 'truncated', 'empty')
@@ -93,14 +93,17 @@ def probe_metrics(scored: Sequence[dict], unscored: Sequence[dict], margin: floa
                 position_consistency=_round(consistency))
 
 # %% ../nbs/04a_probe.ipynb #8ec406c7
-def probe_verdict(metrics: dict, min_accuracy: float = 0.8) -> tuple[bool, str]:
-    "Whether the referee passes the probe, and a sentence saying why."
+CONSEQUENCE = {'referee': "Hard/easy splits from it carry little signal; use a stronger referee.",
+               'judge': "Relative scores and win rates from it carry little signal; use a stronger judge."}
+
+def probe_verdict(metrics: dict, min_accuracy: float = 0.8, role: str = 'referee') -> tuple[bool, str]:
+    "Whether the `role` ('referee' or the evaluation 'judge') passes the probe, and a sentence saying why."
     acc = metrics.get('accuracy')
     facts = (f"probe accuracy {acc if acc is None else f'{acc:.0%}'} on {metrics.get('pairs', 0)} known-better pairs "
              f"(ties {metrics.get('tie_share')}, position consistency {metrics.get('position_consistency')})")
-    if acc is not None and acc >= min_accuracy: return True, f"referee passes: {facts}"
-    return False, (f"the referee cannot reliably tell a right answer from a wrong one: {facts}, below "
-                   f"{min_accuracy:.0%}. Hard/easy splits from it carry little signal; use a stronger referee.")
+    if acc is not None and acc >= min_accuracy: return True, f"{role} passes: {facts}"
+    return False, (f"the {role} cannot reliably tell a right answer from a wrong one: {facts}, below "
+                   f"{min_accuracy:.0%}. {CONSEQUENCE[role]}")
 
 # %% ../nbs/04a_probe.ipynb #1e2e2f50
 def duel_metrics(scored: Sequence[dict], unscored: Sequence[dict] = (), margin: float = 1.0) -> dict:

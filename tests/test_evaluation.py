@@ -342,6 +342,7 @@ def test_evaluation_judge_probe_is_run_and_reported(tmp_path, data_root):
         assert jp['probe']['pairs'] == 6 and jp['probe']['unscored'] == 0
         assert jp['probe']['per_kind'] == {'empty': 1.0, 'other': 0.0, 'truncated': 1.0}
         assert jp['passed'] is False and jp['message'].startswith('the judge cannot reliably tell') and jp['judge'] == 'lion_nb/review'
+        assert 'use a stronger judge' in jp['message'] and 'referee' not in jp['message']
         out = RunDir(tmp_path/'run').stage_dir(1, 'evaluation')
         assert json.loads((out/'judge_probe.json').read_text()) == jp
         assert json.loads((out/'metrics.json').read_text())['judge_probe'] == jp
