@@ -19,7 +19,7 @@ from .core import (Answer, Config, InputError, Instruction, LionError, ModelSpec
                           iter_jsonl, load_config, read_json, read_log, write_json, write_jsonl)
 
 # %% auto #0
-__all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'BBH_FREE_FORM', 'BBH_23', 'LENGTH_BUCKETS',
+__all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'BBH_FREE_FORM', 'BBH_23', 'PREF', 'LENGTH_BUCKETS',
            'HISTORY_METRICS', 'bbh_tasks_present', 'load_eval_set', 'as_instruction', 'sample_items', 'extract_choice',
            'extract_free', 'option_map', 'bbh_official_answer', 'score_bbh', 'score_reasoning', 'parse_pair_verdict',
            'word_len', 'make_verdict', 'position_stats', 'item_score_sums', 'relative_interval', 'relative_scores',
@@ -268,6 +268,8 @@ def combine_orders(d: dict) -> Optional[str]:
     if not (a and b and a['status'] == 'done' and b['status'] == 'done'): return None
     return a['outcome'] if a['outcome'] == b['outcome'] else 'tie'
 
+PREF = {'win': 1.0, 'tie': 0.5, 'lose': 0.0}   # an outcome as a preference for the candidate (ties count half)
+
 def _wtl(outcomes) -> dict:
     c = Counter(outcomes); n = sum(c.values())
     out = {k: c.get(k, 0) for k in ('win', 'tie', 'lose')}
@@ -285,7 +287,7 @@ def win_tie_lose(verdicts: list[dict]) -> dict:
     for i, r in res.items():
         if r: per[cat[i]].append(r)
     out = _wtl([r for r in res.values() if r])
-    prefs = [{'win': 1.0, 'tie': 0.5, 'lose': 0.0}[r] for r in res.values() if r]
+    prefs = [PREF[r] for r in res.values() if r]
     out['win_rate_interval'] = mean_ci(prefs).as_dict(digits=4) if prefs else Interval(None, None, None).as_dict()
     out['unscored_items'] = sum(r is None for r in res.values())
     out['unscored'] = sum(v['status'] == 'unscored' for v in verdicts)
@@ -296,7 +298,7 @@ def win_tie_lose(verdicts: list[dict]) -> dict:
 # %% ../nbs/06_evaluation.ipynb #6a983a6a
 LENGTH_BUCKETS = ((-math.inf, -51, '< -50'), (-50, -11, '-50..-11'), (-10, 10, '-10..10'), (11, 50, '11..50'), (51, math.inf, '> 50'))
 
-def _pref(v) -> float: return {'win': 1.0, 'tie': 0.5, 'lose': 0.0}[v['outcome']]
+def _pref(v) -> float: return PREF[v['outcome']]
 
 def fit_length_logit(diffs, prefs, ridge: float = 1e-3, iters: int = 100) -> tuple[float, float, float]:
     "Fit P(win) = sigmoid(a + b*tanh(diff/s)) to fractional preferences; return (a, b, s)."
@@ -870,7 +872,7 @@ def arm_items(verdicts: list[dict], set_name: str) -> dict:
     vs = [v for v in verdicts if v['set'] == set_name]
     if set_name in PAIR_SETS:
         res = {i: combine_orders(d) for i, d in _by_item(vs).items()}
-        return {i: {'win': 1.0, 'tie': 0.5, 'lose': 0.0}[r] for i, r in res.items() if r}
+        return {i: PREF[r] for i, r in res.items() if r}
     return item_score_sums(vs)
 
 # %% ../nbs/06_evaluation.ipynb #a7845392
