@@ -34,6 +34,7 @@ def available_commands() -> dict:
     "The subcommands whose module is part of this installation."
     return {k: v for k, v in COMMANDS.items() if importlib.util.find_spec(v[0]) is not None}
 
+# %% ../nbs/09_cli.ipynb #540d78b0
 def usage() -> str:
     "The text of `lion_nb --help`."
     cmds = available_commands(); w = max(map(len, cmds), default=0)

@@ -25,6 +25,7 @@ __all__ = ['MAX_RECORD_BYTES', 'R', 'STAGES', 'ROLES', 'OPERATIONAL_FIELDS', 'OP
 class LionError(Exception):
     "Base class of the errors lion_nb raises on purpose (bad input, bad config, refused actions)."
 
+# %% ../nbs/00_core.ipynb #dd0f8c7c
 class InputError(LionError, ValueError):
     "Bad input, reported as `file:line: what is wrong` (the line is left out when it does not apply)."
     def __init__(self, path, line: Optional[int], msg: str):
@@ -40,6 +41,7 @@ class Record(BaseModel):
         "The record as a JSON-ready dict, without fields left at `None`."
         return self.model_dump(mode='json', exclude_none=True)
 
+# %% ../nbs/00_core.ipynb #06058e84
 class Provenance(Record):
     "Where a record came from."
     iteration: int = 0
@@ -50,10 +52,12 @@ class Provenance(Record):
     parent_id: Optional[str] = None   # the instruction a generated one was made from
     kind: Optional[Literal['seed', 'hard', 'easy', 'random']] = None
 
+# %% ../nbs/00_core.ipynb #5f2b8590
 def _nonblank(v: str, name: str) -> str:
     if not v.strip(): raise ValueError(f"{name} is empty")
     return v
 
+# %% ../nbs/00_core.ipynb #24f00ac1
 class Instruction(Record):
     "An Alpaca-style instruction: `instruction` plus an optional `input`, never dropped."
     id: str
@@ -71,6 +75,7 @@ class Instruction(Record):
     @classmethod
     def _instr(cls, v): return _nonblank(v, 'instruction')
 
+# %% ../nbs/00_core.ipynb #512f104c
 class Answer(Record):
     "One model's answer to one instruction; `status` is 'failed' (with `error`) when no answer came."
     id: str
@@ -84,6 +89,7 @@ class Answer(Record):
     finish_reason: Optional[str] = None
     prov: Provenance = Field(default_factory=Provenance)
 
+# %% ../nbs/00_core.ipynb #3c0db5a4
 class Review(Record):
     "One referee pass over a pair of answers in one order; 'unscored' reviews carry the reason."
     id: str
@@ -112,6 +118,7 @@ def _decode_line(path, n: int, raw: bytes, max_bytes: int) -> Optional[dict]:
     if not isinstance(obj, dict): raise InputError(path, n, f"expected a JSON object, got {type(obj).__name__}")
     return obj
 
+# %% ../nbs/00_core.ipynb #6efd7ca7
 def iter_jsonl(path, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[tuple[int, dict]]:
     "Yield `(line_number, object)` for each non-blank line of the JSONL file at `path`."
     path = Path(path)
@@ -133,6 +140,7 @@ def describe_validation_error(e: ValidationError) -> str:
         parts.append(f"field '{field}': {msg}")
     return '; '.join(parts)
 
+# %% ../nbs/00_core.ipynb #82f2dd5a
 def read_records(path, model: Type[R], max_bytes: int = MAX_RECORD_BYTES) -> list[R]:
     "Read the JSONL file at `path` as records of type `model`; errors name the file, line and field."
     out = []
@@ -161,9 +169,11 @@ def _fsync_dir(d: Path):
         finally: os.close(fd)
     except OSError: pass
 
+# %% ../nbs/00_core.ipynb #bc2fd6a3
 def _umask() -> int:
     m = os.umask(0); os.umask(m); return m
 
+# %% ../nbs/00_core.ipynb #9b2905f1
 def atomic_write_bytes(path, data: bytes) -> Path:
     "Write `data` to `path` atomically and durably."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,22 +187,28 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     _fsync_dir(path.parent)
     return path
 
+# %% ../nbs/00_core.ipynb #774c1803
 def atomic_write_text(path, text: str) -> Path: return atomic_write_bytes(path, text.encode('utf-8'))
 
+# %% ../nbs/00_core.ipynb #9df2147b
 def to_jsonable(rec) -> dict: return rec.to_json() if isinstance(rec, Record) else rec
 
+# %% ../nbs/00_core.ipynb #6dc31859
 def dumps_line(rec) -> str:
     "One JSONL line (with its newline) for a record or dict."
     return json.dumps(to_jsonable(rec), ensure_ascii=False) + '\n'
 
+# %% ../nbs/00_core.ipynb #bf22737e
 def write_jsonl(path, records: Iterable) -> Path:
     "Write `records` (records or dicts) to `path` as JSONL, atomically."
     return atomic_write_text(path, ''.join(dumps_line(r) for r in records))
 
+# %% ../nbs/00_core.ipynb #78a3258e
 def write_json(path, obj, indent: int = 2) -> Path:
     "Write `obj` to `path` as JSON, atomically."
     return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=str) + '\n')
 
+# %% ../nbs/00_core.ipynb #a47fd60d
 def read_json(path):
     "Read a JSON file; errors name the file and line."
     path = Path(path)
@@ -214,6 +230,7 @@ def repair_tail(path) -> int:
         f.truncate(keep); f.flush(); os.fsync(f.fileno())
         return len(data) - keep
 
+# %% ../nbs/00_core.ipynb #0ae61864
 class JsonlLog:
     "An append-only JSONL file whose every appended record is durable before `append` returns."
     def __init__(self, path):
@@ -235,6 +252,7 @@ class JsonlLog:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
+# %% ../nbs/00_core.ipynb #e61abdbf
 def read_log(path, model: Optional[Type[R]] = None) -> list:
     "The records of a `JsonlLog` (dicts, or `model` instances); a missing log is empty."
     path = Path(path)
@@ -248,6 +266,7 @@ def derive_seed(seed: int, *names) -> int:
     h = hashlib.sha256(repr((seed,) + tuple(names)).encode()).digest()
     return int.from_bytes(h[:4], 'little') & 0x7FFFFFFF
 
+# %% ../nbs/00_core.ipynb #bbe1410d
 def seed_everything(seed: int) -> int:
     "Seed Python's `random`, NumPy and (if imported) torch with `seed`; return it."
     random.seed(seed)
@@ -297,6 +316,7 @@ class Section(BaseModel):
     "A configuration section: unknown keys and wrong values are errors."
     model_config = ConfigDict(extra='forbid')
 
+# %% ../nbs/00_core.ipynb #eb09744d
 class ModelSpec(Section):
     "One model in the registry, and how to call it."
     backend: Literal['embedded', 'openai', 'hf', 'vllm'] = Field(description="embedded: the bundled llama.cpp server; openai: any OpenAI-compatible endpoint; hf: a local Hugging Face checkpoint; vllm: a checkpoint served by an engine we start (lion_nb.engine)")
@@ -331,12 +351,14 @@ class ModelSpec(Section):
         "a local student's prompt layout: chat = its tokenizer's chat template; alpaca = the paper's layout "
         "(with an Input block); auto = chat when the tokenizer has a chat template, else alpaca"))
 
+# %% ../nbs/00_core.ipynb #0f36e6b4
 class PoolsConfig(Section):
     dataset: str = Field('demo', description="'demo' (shipped), 'alpaca' (Alpaca 52K), or a path to a JSONL/JSON pool")
     train_size: int = Field(16, ge=1)
     cache_size: int = Field(32, ge=1)
     reserve_size: int = Field(0, ge=0, description="instructions held back for the random-selection baseline")
 
+# %% ../nbs/00_core.ipynb #068b422e
 class LoopConfig(Section):
     iterations: int = Field(2, ge=1)
     n_new: int = Field(8, ge=2, description="new instructions generated per iteration")
@@ -345,6 +367,7 @@ class LoopConfig(Section):
     rouge_threshold: float = Field(0.7, gt=0, le=1)
     discriminate_last: bool = Field(False, description="also measure the teacher-student gap after the last imitation")
 
+# %% ../nbs/00_core.ipynb #871c2e94
 class SamplingConfig(Section):
     teacher_temperature: float = Field(0.7, ge=0)
     referee_temperature: float = Field(0.2, ge=0)
@@ -355,6 +378,7 @@ class SamplingConfig(Section):
     repair_retries: int = Field(2, ge=0, le=10)
     reuse_imitation_answers: bool = Field(False, description="discrimination reuses imitation's teacher answers")
 
+# %% ../nbs/00_core.ipynb #d88ba685
 class TrainConfig(Section):
     epochs: float = Field(3, gt=0)
     lr: float = Field(2e-5, gt=0)
@@ -383,12 +407,14 @@ class TrainConfig(Section):
         "process-group timeout, minutes: covers gathering and writing a 7B export"))
     export_shard_gb: float = Field(2.0, gt=0, description="largest safetensors shard of the export, GB")
 
+# %% ../nbs/00_core.ipynb #4b81491d
 class EvalConfig(Section):
     sets: list[Literal['vicuna80', 'user252', 'agieval', 'bbh', 'demo']] = ['demo']
     samples: dict[str, int] = Field(default_factory=dict, description="per set, how many items to sample (absent: all)")
     reference: str = Field('teacher', description="role whose answers are the reference")
     max_new_tokens: int = Field(256, ge=1)
 
+# %% ../nbs/00_core.ipynb #c3d6e6f8
 class ProbeConfig(Section):
     "The referee probe: known-better pairs reviewed before discrimination spends anything on the Cache Pool."
     enabled: bool = True
@@ -399,6 +425,7 @@ class ProbeConfig(Section):
     judge_items: int = Field(3, ge=0, description="instructions probed for the evaluation judge in the same iterations "
                                                    "(teacher answers on the judged sets; 0: no judge probe)")
 
+# %% ../nbs/00_core.ipynb #a704d31d
 class Config(Section):
     "One run's configuration."
     name: str = 'run'
@@ -448,6 +475,7 @@ def parse_config(obj: dict, path='<config>') -> Config:
     try: return Config.model_validate(obj)
     except ValidationError as e: raise InputError(path, None, describe_validation_error(e)) from None
 
+# %% ../nbs/00_core.ipynb #d9a10deb
 def load_config(path) -> Config:
     "Read and validate a run configuration file; its relative paths are resolved against the file's folder."
     path = Path(path)
@@ -458,6 +486,7 @@ def load_config(path) -> Config:
         raise InputError(path, None if line is None else line + 1, f"not valid YAML: {getattr(e, 'problem', e)}") from None
     return resolve_config_paths(parse_config(obj, path), path.resolve().parent)
 
+# %% ../nbs/00_core.ipynb #27637d2a
 def config_hash(cfg: Config) -> str:
     "SHA256 of the configuration's canonical JSON (the run manifest records it)."
     return hashlib.sha256(json.dumps(cfg.model_dump(mode='json'), sort_keys=True).encode()).hexdigest()
@@ -465,11 +494,13 @@ def config_hash(cfg: Config) -> str:
 # %% ../nbs/00_core.ipynb #1883fb2f
 def _is_pathlike(s: str) -> bool: return s.startswith(('.', '~', '/')) or '/' in s or os.sep in s
 
+# %% ../nbs/00_core.ipynb #123e33b5
 def _resolve(value: Optional[str], base: Path) -> Optional[str]:
     if value is None: return None
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else (base/p).resolve())
 
+# %% ../nbs/00_core.ipynb #43e653ae
 def resolve_config_paths(cfg: Config, base) -> Config:
     "`cfg` with its relative paths (data_dir, cache_dir, a dataset file, local checkpoints) made absolute against `base`."
     base = Path(base)
@@ -489,6 +520,7 @@ def _flatten(obj, pre: str = '') -> dict:
     if not isinstance(obj, dict) or not obj: return {pre: obj}
     return {k: v for key, val in obj.items() for k, v in _flatten(val, f"{pre}.{key}" if pre else str(key)).items()}
 
+# %% ../nbs/00_core.ipynb #3818b234
 def config_identity(cfg: Config) -> dict:
     "The settings that change a run's results, flattened to dotted names (operational settings left out)."
     flat = _flatten(cfg.model_dump(mode='json'))
@@ -496,12 +528,14 @@ def config_identity(cfg: Config) -> dict:
     drop = lambda k: k in OPERATIONAL_FIELDS or model_op(k)
     return {k: v for k, v in flat.items() if not drop(k)}
 
+# %% ../nbs/00_core.ipynb #7c2ca5fe
 def identity_diff(a: Config, b: Config) -> list[str]:
     "The result-changing fields in which `a` and `b` differ, as `field: old -> new`."
     x, y = config_identity(a), config_identity(b)
     changed = [k for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)]
     return [f"{k}: {x.get(k, '(absent)')!r} -> {y.get(k, '(absent)')!r}" for k in changed]
 
+# %% ../nbs/00_core.ipynb #03fc0f4b
 def identity_hash(cfg: Config) -> str:
     "SHA256 of `config_identity(cfg)`: equal for two configurations that give the same results."
     return hashlib.sha256(json.dumps(config_identity(cfg), sort_keys=True).encode()).hexdigest()
@@ -514,10 +548,12 @@ def api_key_for(spec: ModelSpec) -> Optional[str]:
     if not key: raise LionError(f"model {spec.model!r} needs an API key in ${spec.api_key_env}, which is not set")
     return key
 
+# %% ../nbs/00_core.ipynb #229941c5
 def configured_secrets(cfg: Config) -> list[str]:
     "The values of every API key the configuration refers to (those that are set)."
     return sorted({os.environ[s.api_key_env] for s in cfg.models.values() if s.api_key_env and os.environ.get(s.api_key_env)})
 
+# %% ../nbs/00_core.ipynb #24ba6e4e
 def redact(text: str, secrets: Iterable[str]) -> str:
     "`text` with every secret replaced by `***`."
     for s in secrets:
@@ -529,6 +565,7 @@ def cache_root() -> Path:
     "The folder for converted models and other large caches."
     return Path(os.environ.get('LION_CACHE', Path.home()/'.cache'/'lion_nb')).expanduser()
 
+# %% ../nbs/00_core.ipynb #f2a268f5
 def sha256_file(path, chunk: int = 1 << 20) -> str:
     "SHA256 of a file, read in chunks."
     h = hashlib.sha256()

@@ -40,6 +40,7 @@ class DataFile:
     sha256: Optional[str]
     title: str
 
+# %% ../nbs/00b_data.ipynb #0b01215a
 _GH = 'https://raw.githubusercontent.com'
 AGIEVAL_MC = ('aqua-rat', 'logiqa-en', 'lsat-ar', 'lsat-lr', 'lsat-rc', 'sat-math', 'sat-en', 'sat-en-without-passage')
 AGIEVAL_CLOZE = ('math',)
@@ -99,6 +100,7 @@ def data_names(name: str) -> list[str]:
 # %% ../nbs/00b_data.ipynb #ee89e682
 def _fetch_hint(name: str) -> str: return 'vicuna80' if name.startswith('vicuna80/') else name
 
+# %% ../nbs/00b_data.ipynb #46fdc755
 def data_path(name: str, root=None, cfg: Optional[Config] = None) -> Path:
     "Path of table entry `name` in the data folder; a clear error, saying where to get it, when missing."
     df, root = DATA_FILES[name], data_root(root, cfg)
@@ -123,6 +125,7 @@ def _download(url: str, dest: Path, timeout: float) -> Path:
         raise
     return Path(tmp)
 
+# %% ../nbs/00b_data.ipynb #ce207f26
 def expected_sha256(name: str, path: Path) -> tuple[Optional[str], str]:
     "The hash `path` must have, and where that hash comes from ('table', 'recorded', or 'none yet')."
     df = DATA_FILES[name]
@@ -131,6 +134,7 @@ def expected_sha256(name: str, path: Path) -> tuple[Optional[str], str]:
     if rec.exists(): return rec.read_text().split()[0], 'recorded'
     return None, 'none yet'
 
+# %% ../nbs/00b_data.ipynb #805a4c53
 def fetch(name: str, dest=None, *, cfg: Optional[Config] = None, force: bool = False,
           url: Optional[str] = None, timeout: float = 60.0) -> list[Path]:
     "Download dataset `name` (an entry or a group) into data folder `dest`, checking SHA256; return the paths."
@@ -164,8 +168,10 @@ def _read_text(path: Path) -> str:
     try: return path.read_text(encoding='utf-8')
     except UnicodeDecodeError as e: raise InputError(path, None, f"not UTF-8 (byte offset {e.start})") from None
 
+# %% ../nbs/00b_data.ipynb #c434df75
 def _line_at(text: str, pos: int) -> int: return text.count('\n', 0, pos) + 1
 
+# %% ../nbs/00b_data.ipynb #2a79de54
 def iter_json_array(path, text: Optional[str] = None, key: Optional[str] = None) -> Iterator[tuple[int, int, object]]:
     "Yield `(index, line, element)` for the JSON list in `path` (or in `text[key]` when `key` names a field holding it)."
     path = Path(path)
@@ -184,6 +190,7 @@ def iter_json_array(path, text: Optional[str] = None, key: Optional[str] = None)
         raise InputError(path, _line_at(text, i), "expected a JSON list of entries")
     yield from _walk_array(path, text, i)
 
+# %% ../nbs/00b_data.ipynb #dc035903
 def _walk_array(path: Path, text: str, i: int) -> Iterator[tuple[int, int, object]]:
     dec, ws = json.JSONDecoder(), re.compile(r'\s*')
     i = ws.match(text, i + 1).end(); idx, line, last = 0, 1, 0
@@ -212,6 +219,7 @@ def _need(obj, key: str, path, line: int, *, kind=str, where: str = '', nonblank
     if nonblank and isinstance(v, str) and not v.strip(): raise InputError(path, line, f"{pre}field '{key}' is empty")
     return v
 
+# %% ../nbs/00b_data.ipynb #0ee646e7
 def _instruction(path, line, **kw) -> Instruction:
     try: return Instruction(**{k: v for k, v in kw.items() if v is not None})
     except ValidationError as e: raise InputError(path, line, describe_validation_error(e)) from None
@@ -261,6 +269,7 @@ def _vicuna_references(path: Path) -> dict[int, str]:
         refs[qid] = turns[0]
     return refs
 
+# %% ../nbs/00b_data.ipynb #4046bb16
 def load_vicuna80(root=None, *, cfg: Optional[Config] = None, references: bool = True) -> list[Instruction]:
     "The Vicuna-80 questions (9 categories), with GPT-4 reference answers where the benchmark has them."
     path = data_path('vicuna80/questions', root, cfg)
@@ -305,12 +314,14 @@ class ReasoningItem(Record):
     options: list[str] = []
     answer: str
 
+# %% ../nbs/00b_data.ipynb #bb04c5df
 _OPT = re.compile(r'^\s*\(([A-Z])\)\s*(.*)$', re.S)
 
 def option_letters(options: list[str]) -> list[str]:
     "The letters of the options: by position, A, B, C … (the files are not consistent about '(A)' prefixes)."
     return [chr(65 + i) for i in range(len(options))]
 
+# %% ../nbs/00b_data.ipynb #5516d437
 def format_options(options: list[str]) -> str:
     "Options one per line as '(A) text'; a '(X)' prefix already there is replaced by the positional letter."
     out = []
@@ -319,6 +330,7 @@ def format_options(options: list[str]) -> str:
         out.append(f'({letter}) {(m.group(2) if m and m.group(1) == letter else o).strip()}')
     return '\n'.join(out)
 
+# %% ../nbs/00b_data.ipynb #d7415d69
 def mc_prompt(question: str, options: list[str], passage: Optional[str] = None) -> str:
     "A zero-shot multiple-choice prompt: passage, question, options, and how to answer."
     parts = [f'Passage: {passage.strip()}'] if passage and passage.strip() else []
@@ -326,6 +338,7 @@ def mc_prompt(question: str, options: list[str], passage: Optional[str] = None) 
               'Answer with the letter of the correct option only.']
     return '\n\n'.join(parts)
 
+# %% ../nbs/00b_data.ipynb #0df2e865
 def cloze_prompt(question: str, passage: Optional[str] = None) -> str:
     "A zero-shot prompt for a question whose answer is a short text or number."
     parts = [f'Passage: {passage.strip()}'] if passage and passage.strip() else []
@@ -348,6 +361,7 @@ def _agieval_item(path, line, idx, subset, obj) -> ReasoningItem:
     return ReasoningItem(id=iid, benchmark='agieval', task=subset, kind='mc', prompt=mc_prompt(question, options, passage),
                          question=question, passage=passage, options=options, answer=label)
 
+# %% ../nbs/00b_data.ipynb #852e5dae
 def load_agieval(root=None, *, cfg: Optional[Config] = None, subsets=None) -> list[ReasoningItem]:
     "AGIEval English subsets (all nine by default) as reasoning items."
     subsets = AGIEVAL_SUBSETS if subsets is None else ((subsets,) if isinstance(subsets, str) else tuple(subsets))
@@ -365,6 +379,7 @@ def bbh_options(text: str) -> list[str]:
     _, sep, tail = text.partition('Options:')
     return [l.strip() for l in tail.splitlines() if _OPT.match(l)] if sep else []
 
+# %% ../nbs/00b_data.ipynb #84225e44
 def load_bbh(root=None, *, cfg: Optional[Config] = None, tasks=None) -> list[ReasoningItem]:
     "BIG-Bench Hard tasks (all 27 by default) as reasoning items."
     tasks = BBH_TASKS if tasks is None else ((tasks,) if isinstance(tasks, str) else tuple(tasks))
@@ -398,10 +413,12 @@ def demo_dir() -> Path:
     raise LionError("the demo data is missing from this installation (looked in " + ', '.join(map(str, cands[:2])) +
                     "); reinstall lion_nb, or run from a checkout that has data/demo")
 
+# %% ../nbs/00b_data.ipynb #3e9b62ce
 def demo_instructions() -> list[Instruction]:
     "The project's own ~100 demo instructions, each with a Vicuna category."
     return read_pool(demo_dir()/'instructions.jsonl')
 
+# %% ../nbs/00b_data.ipynb #7b014e4c
 def demo_eval_questions() -> list[Instruction]:
     "The project's own 20 demo evaluation questions."
     return read_pool(demo_dir()/'eval_questions.jsonl')
@@ -417,6 +434,7 @@ def data_status(root=None, cfg: Optional[Config] = None, names=None) -> list[dic
         rows.append({'name': n, 'path': str(p), 'state': state})
     return rows
 
+# %% ../nbs/00b_data.ipynb #fbd6ab9d
 def data_cli(argv: list[str]) -> int:
     "`lion_nb data`: show the state of a data folder, or download datasets into it."
     ap = argparse.ArgumentParser(prog='lion_nb data', description='Public datasets: where they are, and downloading them.')

@@ -26,10 +26,12 @@ def rouge_tokenize(text: str) -> list[str]:
     "The tokens `rouge_score.rouge_scorer.RougeScorer(['rougeL'])` sees in `text` (its own tokenizer, no stemming)."
     return _TOKENIZER.tokenize(text)
 
+# %% ../nbs/05a_dedup.ipynb #7b529d79
 def reference_rouge_l(target: str, prediction: str) -> float:
     "ROUGE-L F-measure from `rouge_score` itself: the slow reference we must agree with."
     return _reference_scorer().score(target, prediction)['rougeL'].fmeasure
 
+# %% ../nbs/05a_dedup.ipynb #9ad232f0
 _SCORER = None
 def _reference_scorer():
     global _SCORER
@@ -43,6 +45,7 @@ def rouge_l_fmeasure(lcs: int, m: int, n: int) -> float:
     precision, recall = lcs / n, lcs / m
     return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
 
+# %% ../nbs/05a_dedup.ipynb #dfc761c9
 def rouge_l_fmeasures(lcs: np.ndarray, m: np.ndarray, n: int) -> np.ndarray:
     "`rouge_l_fmeasure` for many pool items at once (float64, the same IEEE operations, so the same bits)."
     lcs = np.asarray(lcs, np.float64)
@@ -72,6 +75,7 @@ def candidate_masks(cand: Sequence[int], vocab_size: int) -> np.ndarray:
     for i, t in enumerate(cand): masks[i >> 6, t] |= np.uint64(1 << (i & 63))
     return masks
 
+# %% ../nbs/05a_dedup.ipynb #860afc0f
 def lcs_many(masks: np.ndarray, n: int, tokens: np.ndarray, lens: np.ndarray) -> np.ndarray:
     """LCS length of one candidate (`masks` from `candidate_masks`, `n` tokens) with each row of `tokens`.
 
@@ -122,6 +126,7 @@ class Nearest:
     score: float
     index: int
 
+# %% ../nbs/05a_dedup.ipynb #927db90a
 class RougeIndex:
     "Instructions as token ids, with postings, for exact maximum ROUGE-L queries."
     def __init__(self, texts: Iterable[str] = (), dense_min_items: int = 1024, dense_share: float = 1 / 16,
@@ -173,6 +178,7 @@ def _extend(self: RougeIndex, texts: Iterable[str]) -> None:
             if t not in self.dense and p.n > total * self.dense_share:
                 row = np.zeros(total, np.int32); row[p.view()] = self.post_counts[t].view(); self.dense[t] = _Grow(np.int32, row)
 
+# %% ../nbs/05a_dedup.ipynb #48e7e479
 def _add(self: RougeIndex, text: str, ids: Optional[list[int]] = None) -> int:
     "Add one instruction (its token ids if already known); return its index."
     if ids is None: ids = self.token_ids(text)
@@ -200,6 +206,7 @@ def _overlap(self: RougeIndex, ids: Sequence[int]) -> np.ndarray:
             ov[self.post_items[t].view()] += np.minimum(self.post_counts[t].view(), c)
     return ov
 
+# %% ../nbs/05a_dedup.ipynb #972d0334
 def _exact(self: RougeIndex, ids: Sequence[int], masks: np.ndarray, items: np.ndarray) -> np.ndarray:
     "Exact ROUGE-L F of `ids` against `items` (bit-parallel LCS in chunks of at most `cell_budget` tokens)."
     out = np.zeros(len(items), np.float64)
@@ -250,6 +257,7 @@ def _nearest(self: RougeIndex, text: Optional[str] = None, ids: Optional[Sequenc
     items, scores = np.concatenate(items), np.concatenate(scores)
     return Nearest(best, int(items[scores == best].min()))
 
+# %% ../nbs/05a_dedup.ipynb #f45f4395
 RougeIndex.nearest = _nearest
 
 def _reference_nearest_scan(pool: list[str], text: str) -> Nearest:
@@ -266,6 +274,7 @@ class Decision:
     score: float      # the exact maximum ROUGE-L F against the pool and the candidates accepted before it
     nearest: int      # index in the filter's index of the first item with that score (-1: nothing shared)
 
+# %% ../nbs/05a_dedup.ipynb #f734a140
 def rouge_filter(candidates: Iterable[str], pool: Iterable[str] | RougeIndex = (), threshold: float = 0.7) -> list[Decision]:
     "Decide each candidate in order: kept iff its max ROUGE-L F is below `threshold`; kept ones join the pool."
     if not 0 < threshold <= 1: raise ValueError(f"threshold must be in (0, 1], not {threshold}")
@@ -279,6 +288,7 @@ def rouge_filter(candidates: Iterable[str], pool: Iterable[str] | RougeIndex = (
         out.append(Decision(kept, near.score, near.index))
     return out
 
+# %% ../nbs/05a_dedup.ipynb #282309a4
 def reference_filter(candidates: Iterable[str], pool: Iterable[str] = (), threshold: float = 0.7) -> list[Decision]:
     "The same filter by brute force with `rouge_score` (slow: for tests and benchmarks)."
     pool, out = list(pool), []
@@ -299,10 +309,12 @@ def read_instruction_rows(path, field: str = 'instruction') -> list[tuple[int, d
         rows.append((n, obj))
     return rows
 
+# %% ../nbs/05a_dedup.ipynb #34da9c80
 def _describe(kind: str, row: tuple[int, dict]) -> dict:
     n, obj = row
     return {'from': kind, 'line': n, 'id': obj.get('id'), 'instruction': obj['instruction']}
 
+# %% ../nbs/05a_dedup.ipynb #951b381b
 def dedup_rows(pool_rows: list[tuple[int, dict]], cand_rows: list[tuple[int, dict]], threshold: float = 0.7):
     "Filter candidate rows against pool rows; return `(kept records, report rows)`."
     index = RougeIndex([o['instruction'] for _, o in pool_rows])
@@ -314,6 +326,7 @@ def dedup_rows(pool_rows: list[tuple[int, dict]], cand_rows: list[tuple[int, dic
                        'nearest': _describe(*sources[d.nearest]) if d.nearest >= 0 else None})
     return kept, report
 
+# %% ../nbs/05a_dedup.ipynb #8a3b2d9c
 def dedup_cli(argv: Optional[list[str]] = None) -> int:
     "`lion_nb dedup`: keep the candidates whose ROUGE-L F to the pool (and to earlier kept ones) is below a threshold."
     p = argparse.ArgumentParser(prog='lion_nb dedup', description=dedup_cli.__doc__.split(': ', 1)[1])

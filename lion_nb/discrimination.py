@@ -55,10 +55,12 @@ class JudgeConfig(BaseModel):
         if self.scorer == 'logprob' and not self.logprobs: raise ValueError("scorer 'logprob' needs `logprobs: true`")
         return self
 
+# %% ../nbs/04_discrimination.ipynb #96c8f24f
 def judges_root() -> Path:
     "The folder of the judge sets shipped with the package."
     return Path(str(importlib.resources.files('lion_nb')/'judges'))
 
+# %% ../nbs/04_discrimination.ipynb #6ef57933
 def judge_sets() -> dict[str, list[str]]:
     "{set: [judge, ...]} of the shipped judge sets."
     root = judges_root()
@@ -72,6 +74,7 @@ def _needs(parser: str) -> set:
     "The placeholders a template of a judge with `parser` must hold."
     return {'instruction'} if parser in ('sections', 'plain') else {'question', 'answer_1', 'answer_2'}
 
+# %% ../nbs/04_discrimination.ipynb #163be918
 def _template(folder: Path, name: Optional[str], needs: set = frozenset()) -> Optional[str]:
     "A template file's text (its final newline is not part of the prompt), checked for the placeholders it `needs`."
     if name is None: return None
@@ -83,6 +86,7 @@ def _template(folder: Path, name: Optional[str], needs: set = frozenset()) -> Op
     if missing: raise InputError(p, None, f"the template lacks {', '.join('{' + m + '}' for m in sorted(missing))}")
     return text
 
+# %% ../nbs/04_discrimination.ipynb #64ee41e0
 def render(template: str, **fields) -> str:
     "`template` with its `{question}`, `{answer_1}`, ... filled in; any other braces are left as they are."
     return _FIELDS.sub(lambda m: str(fields[m.group(1)]) if m.group(1) in fields else m.group(0), template)
@@ -133,6 +137,7 @@ def _judge_folder(name: str) -> Path:
     known = ', '.join(f'{s}/{j}' for s, js in judge_sets().items() for j in js)
     raise LionError(f"no judge {name!r}: neither a shipped judge ({known}) nor a folder with a config.yaml")
 
+# %% ../nbs/04_discrimination.ipynb #a06f4ab9
 def load_judge(name: str) -> Judge:
     "The judge `name` ('set/judge', or a folder holding config.yaml and its prompt files)."
     folder = _judge_folder(name)
@@ -148,12 +153,14 @@ def load_judge(name: str) -> Judge:
     return Judge(name=name, folder=folder, config=cfg, system=_template(folder, cfg.system),
                  prompt=_template(folder, cfg.prompt, needs), prompt_structured=_template(folder, cfg.prompt_structured, needs))
 
+# %% ../nbs/04_discrimination.ipynb #6f26e1d4
 def judge_for(cfg: Optional[Config], role: str) -> Judge:
     "The judge a run configuration names for `role` (its `judges` entry, else `<judge_set>/<role>`)."
     if role not in JUDGE_ROLES: raise LionError(f"no judging role {role!r}; roles are {', '.join(JUDGE_ROLES)}")
     if cfg is None: return load_judge(f'lion_nb/{role}')
     return load_judge(cfg.judges.get(role) or f'{cfg.judge_set}/{role}')
 
+# %% ../nbs/04_discrimination.ipynb #976ba78f
 def for_category(judge: Judge, category: Optional[str]) -> Judge:
     "The sibling judge the judge's `by_category` names for `category`, else the judge itself."
     other = judge.config.by_category.get(category or '')
@@ -176,12 +183,14 @@ def _schema(name: str, props: dict) -> dict:
     return {'type': 'json_schema', 'json_schema': {'name': name, 'strict': True, 'schema': {
         'type': 'object', 'properties': props, 'required': list(props), 'additionalProperties': False}}}
 
+# %% ../nbs/04_discrimination.ipynb #bf0b1a7f
 _SCORE_SCHEMA = {'type': 'integer', 'minimum': 1, 'maximum': 10}
 
 def referee_response_format() -> dict:
     "The `response_format` asking for `{reasoning, assistant_1, assistant_2}` (reasoning first, whole scores 1-10)."
     return _schema('referee_scores', {'reasoning': {'type': 'string'}, 'assistant_1': _SCORE_SCHEMA, 'assistant_2': _SCORE_SCHEMA})
 
+# %% ../nbs/04_discrimination.ipynb #c0a05abd
 def repair_response_format() -> dict:
     "The `response_format` of a repair request: only the two scores."
     return _schema('referee_scores_only', {'assistant_1': _SCORE_SCHEMA, 'assistant_2': _SCORE_SCHEMA})
@@ -190,6 +199,7 @@ def repair_response_format() -> dict:
 class ScoreParseError(LionError, ValueError):
     "The referee's reply does not hold two clean 1-10 scores; the message says why."
 
+# %% ../nbs/04_discrimination.ipynb #f814ce84
 _TOKEN = re.compile(r'(?<![\w.])(-)?(\d+(?:\.\d+)?)(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?(?!\.?\d)(?![A-Za-z])', re.I)
 _RANGE = re.compile(r'\d\s*(?:-|–|—|~|\bto\b|\bor\b)\s*-?\d', re.I)
 
@@ -199,6 +209,7 @@ def _clean(text: str) -> str:
     text = re.sub(r'[*_`]+', '', text)
     return re.sub(r'(?m)^\s*(?:#+|>+)\s*', '', text)
 
+# %% ../nbs/04_discrimination.ipynb #14986547
 def _to_score(neg: Optional[str], value: str, scale: Optional[str]) -> float:
     if scale and float(scale) != 10:
         raise ScoreParseError(f"score {value}/{scale} is not on the 1-10 scale")
@@ -206,6 +217,7 @@ def _to_score(neg: Optional[str], value: str, scale: Optional[str]) -> float:
     if not (SCORE_MIN <= x <= SCORE_MAX): raise ScoreParseError(f"score {x:g} is outside {SCORE_MIN:g}-{SCORE_MAX:g}")
     return x
 
+# %% ../nbs/04_discrimination.ipynb #2703de4f
 def parse_score_value(text: str) -> float:
     "One score from a short text such as `8`, `8/10`, `Score: 8.5` or `**8**`; anything else is an error."
     text = _clean(str(text)).strip()
@@ -217,6 +229,7 @@ def parse_score_value(text: str) -> float:
 # %% ../nbs/04_discrimination.ipynb #06471516
 def _norm_key(k: str) -> str: return re.sub(r'[^a-z0-9]', '', str(k).lower())
 
+# %% ../nbs/04_discrimination.ipynb #aa8af8ae
 def _json_value(v) -> float:
     if isinstance(v, bool): raise ScoreParseError(f"score {v!r} is not a number")
     if isinstance(v, (int, float)):
@@ -225,6 +238,7 @@ def _json_value(v) -> float:
     if isinstance(v, str): return parse_score_value(v)
     raise ScoreParseError(f"score {v!r} is not a number")
 
+# %% ../nbs/04_discrimination.ipynb #1515f3b4
 def _scores_from_obj(obj: dict) -> Optional[tuple[float, float]]:
     "The two scores held by a JSON object, None when it has no score keys (bad values are errors)."
     found = {}
@@ -241,6 +255,7 @@ def _scores_from_obj(obj: dict) -> Optional[tuple[float, float]]:
     if set(found) != {'1', '2'}: raise ScoreParseError(f"the JSON gives a score for assistant {', '.join(found)} only")
     return _json_value(found['1']), _json_value(found['2'])
 
+# %% ../nbs/04_discrimination.ipynb #c8a30d76
 def _json_scores(text: str) -> Optional[tuple[float, float]]:
     "Scores from the last JSON object in `text` that has score keys, or None."
     dec = json.JSONDecoder()
@@ -328,6 +343,7 @@ def _pure_scores(part: str) -> Optional[list]:
     labels = [lab for lab, _ in out if lab]
     return out if len(labels) == len(set(labels)) else None     # "Assistant 1: 8 9" is no score line
 
+# %% ../nbs/04_discrimination.ipynb #618f2d55
 def _line_scores(line: str) -> Optional[list]:
     """The scores of a score line ("7 9", "Assistant 1: 8/10", "Score of the Assistant 2: 6", "Scores: 7, 8"),
     or of the closing "Scores: 8 6" of a line of prose; None for any other line."""
@@ -336,6 +352,7 @@ def _line_scores(line: str) -> Optional[list]:
     tails = list(_TAIL.finditer(line))
     return _pure_scores(line[tails[-1].end():]) if tails else None
 
+# %% ../nbs/04_discrimination.ipynb #162c4413
 def _pair(items: list) -> Optional[tuple]:
     "The two score tokens (Assistant 1's, Assistant 2's) of two score items, by their labels or their order."
     labels = [lab for lab, _ in items]
@@ -392,6 +409,7 @@ def _candidates(text: str, lines: list[str]) -> list[tuple[str, tuple]]:
     out += [('tuple', (_to_score(None, m.group(1), None), _to_score(None, m.group(2), None))) for m in _TUPLE.finditer(body)]
     return out
 
+# %% ../nbs/04_discrimination.ipynb #a38db00b
 def _fallback(text: str, lines: list[str], truncated: bool, why: str) -> tuple[float, float]:
     "The scores when the designated line does not hold them: one clear, unanimous statement, else an error."
     cands = _candidates(text, lines)
@@ -444,6 +462,7 @@ def swap_average(teacher_first: Sequence[float], student_first: Sequence[float])
     s = (teacher_first[1] + student_first[0]) / 2
     return t, s, round(t - s, 6)
 
+# %% ../nbs/04_discrimination.ipynb #89f5429c
 def is_hard(d: float, tau: float) -> bool:
     "An instruction is hard when the teacher beats the student by at least `tau`."
     return d >= tau
@@ -453,6 +472,7 @@ def verdict(teacher: float, student: float) -> str:
     "'teacher', 'student' or 'tie': which answer a review preferred."
     return 'teacher' if teacher > student else 'student' if student > teacher else 'tie'
 
+# %% ../nbs/04_discrimination.ipynb #3550d83f
 def position_consistency(items: Iterable[dict]) -> dict:
     "How often both orders agree on the better answer, over items with scores in both orders."
     n = agree = ties = 0
@@ -463,6 +483,7 @@ def position_consistency(items: Iterable[dict]) -> dict:
     return {'items': n, 'consistent': agree, 'consistent_share': agree / n if n else None,
             'consistent_ties': ties, 'inconsistent': n - agree}
 
+# %% ../nbs/04_discrimination.ipynb #d58f84ad
 def position_means(reviews: Iterable[Review]) -> dict:
     "Mean score of the first-shown and second-shown answers over scored reviews, and who won how often."
     firsts, seconds = [], []
@@ -490,10 +511,12 @@ class Pair:
         if order not in ORDERS: raise ValueError(f"order is one of {ORDERS}, not {order!r}")
         return (self.teacher, self.student) if order == 'teacher_first' else (self.student, self.teacher)
 
+# %% ../nbs/04_discrimination.ipynb #14c8cf80
 def sampling_setting(cfg: Config, name: str, judge_value):
     "A judge's own sampling value, unless the run configuration sets `sampling.<name>` explicitly (an override)."
     return getattr(cfg.sampling, name) if name in cfg.sampling.model_fields_set else judge_value
 
+# %% ../nbs/04_discrimination.ipynb #b02ebbf2
 @dataclass
 class RefereeSettings:
     "How the referee is called: its judge (prompt, parser), sampling, seeds, repairs and structured output."
@@ -536,14 +559,17 @@ def _latest(records: Iterable[Review]) -> dict:
     "The last review per (id, order) in a review log."
     return {(r.id, r.order): r for r in records}
 
+# %% ../nbs/04_discrimination.ipynb #ea2b8553
 def _reusable(r: Review) -> bool:
     "A logged review is kept on a re-run unless its request itself failed (that one is worth another try)."
     return r.status == 'done' or not (r.error or '').startswith(REQUEST_FAILED)
 
+# %% ../nbs/04_discrimination.ipynb #2e3123a1
 def _fingerprint(messages: list[dict]) -> str:
     "A short hash of a review's first request: a logged review is reused only for the very same question and answers."
     return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
+# %% ../nbs/04_discrimination.ipynb #c5787d68
 def review_pairs(pairs: Sequence[Pair], client, settings: RefereeSettings, log_path, calls_path=None,
                  progress=None) -> dict:
     "Review every pair in both orders with `client`; return {(id, order): Review}. Resumes from `log_path`."
@@ -617,6 +643,7 @@ def pairs_from_answers(pool: Sequence[Instruction], teacher: Sequence[Answer], s
         else: pairs.append(Pair(rec.id, rec.instruction, rec.input, by_t[rec.id].output, by_s[rec.id].output, base['category']))
     return pairs, unscored
 
+# %% ../nbs/04_discrimination.ipynb #b36a4d6e
 def score_items(pairs: Sequence[Pair], reviews: dict, tau: float) -> tuple[list[dict], list[dict]]:
     "Scored items (both orders scored; swap-averaged, with d and hard/easy) and unscored ones (with the reason)."
     scored, unscored = [], []
@@ -644,6 +671,7 @@ def _keyword_rule():
         except (ImportError, AttributeError): continue
     return None
 
+# %% ../nbs/04_discrimination.ipynb #3fb50c68
 def category_of(rec: Instruction) -> str:
     "The task category of `rec`: its own, else the pools stage's keyword rule, else 'uncategorized'."
     if rec.category: return rec.category
@@ -667,16 +695,19 @@ def call_stats(calls: Iterable[dict], reviews: dict) -> dict:
             'reviews_scored': sum(r.status == 'done' for r in reviews.values()),
             'reviews_unscored': sum(r.status != 'done' for r in reviews.values())}
 
+# %% ../nbs/04_discrimination.ipynb #564533f4
 def _describe(xs: list[float]) -> dict:
     if not xs: return {'n': 0}
     return {'n': len(xs), 'mean': statistics.fmean(xs), 'median': statistics.median(xs), 'min': min(xs), 'max': max(xs)}
 
+# %% ../nbs/04_discrimination.ipynb #b29de72f
 def _reason_kind(reason: str) -> str:
     "A short class for an unscored item's reason, for counting."
     for key in ('answer failed', 'no teacher answer', 'no student answer', REQUEST_FAILED, 'unparseable', 'missing'):
         if key in reason: return key
     return 'other'
 
+# %% ../nbs/04_discrimination.ipynb #1e16a337
 def summarize(pool_size: int, scored: list[dict], unscored: list[dict], reviews: dict, calls: Iterable[dict], tau: float,
               pool_categories: Optional[Counter] = None) -> dict:
     "The stage's numbers: counts, parse failures and repairs, position bias, score and gap statistics."
@@ -692,6 +723,7 @@ def summarize(pool_size: int, scored: list[dict], unscored: list[dict], reviews:
             'd': _describe([x['d'] for x in scored]),
             'categories': {'pool': dict(pool_categories or {}), 'hard': dict(hard_cats)}}
 
+# %% ../nbs/04_discrimination.ipynb #151d3e38
 def describe_summary(s: dict) -> str:
     "A few readable lines of the stage's numbers."
     r, pc, pm = s['referee'], s['position_consistency'], s['position_means']
@@ -720,6 +752,7 @@ def plot_gaps(scored: Sequence[dict], tau: float):
     ax.set_xlim(-9.5, 9.5); ax.legend(loc='upper left')
     return fig
 
+# %% ../nbs/04_discrimination.ipynb #5e9b6098
 def plot_scores(scored: Sequence[dict]):
     "The distributions of the teacher's and the student's (swap-averaged) scores."
     import seaborn as sns, pandas as pd
@@ -731,6 +764,7 @@ def plot_scores(scored: Sequence[dict]):
     ax.set(xlabel='score (mean of both orders)', ylabel='instructions', title='Referee scores: teacher vs student', xlim=(0.5, 10.5))
     return fig
 
+# %% ../nbs/04_discrimination.ipynb #6c258c51
 def plot_categories(scored: Sequence[dict], pool_categories: Counter):
     "Share of each task category among hard instructions vs the whole Cache Pool."
     import seaborn as sns, pandas as pd
@@ -745,6 +779,7 @@ def plot_categories(scored: Sequence[dict], pool_categories: Counter):
     ax.set(xlabel='share of instructions', ylabel='', title='Task categories: hard instructions vs the Cache Pool')
     return fig
 
+# %% ../nbs/04_discrimination.ipynb #aebf1163
 def save_plots(scored: Sequence[dict], pool_categories: Counter, tau: float, out_dir) -> dict:
     "Draw the three plots and save them as PNG files in `out_dir`; return {name: path}."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
@@ -831,6 +866,7 @@ def latest_student(cfg: Config, run: RunDir, k: int) -> tuple[ModelSpec, str]:
     spec = cfg.model_for('student')
     return spec, f'base student {spec.model}'
 
+# %% ../nbs/04_discrimination.ipynb #cd46eb7e
 def run_discrimination(cfg: Config, run_dir, iteration: int, progress=print) -> dict:
     "Discrimination for iteration `iteration`: answers, reviews in both orders, the hard/easy split; returns the summary."
     from lion_nb.llm import answer_pool, run_client
@@ -878,6 +914,7 @@ def discriminate_cli(argv: list[str]) -> int:
     print(describe_summary(s))
     return 0
 
+# %% ../nbs/04_discrimination.ipynb #d1ba071e
 def referee_cli(argv: list[str]) -> int:
     "`lion_nb referee`: review existing teacher/student answers in both orders and write the hard/easy split."
     p = argparse.ArgumentParser(prog='lion_nb referee', description='Review teacher/student answer pairs in both orders, '

@@ -29,11 +29,13 @@ def visible_gpus() -> int:
     import torch
     return torch.cuda.device_count()
 
+# %% ../nbs/01b_engine.ipynb #80d124eb
 def gpu_memory_bytes() -> int:
     "Memory of the first visible GPU."
     import torch
     return torch.cuda.get_device_properties(0).total_memory
 
+# %% ../nbs/01b_engine.ipynb #2f6bf19f
 def weight_bytes_bf16(checkpoint) -> int:
     "Bytes of a checkpoint's weights in bfloat16 (2 per parameter), counted from its safetensors headers."
     n = 0
@@ -43,6 +45,7 @@ def weight_bytes_bf16(checkpoint) -> int:
         n += sum(math.prod(v['shape']) for k, v in header.items() if k != '__metadata__')
     return 2*n
 
+# %% ../nbs/01b_engine.ipynb #bc4a3c94
 def auto_tensor_parallel(weight_bytes: int, gpu_bytes: int, n_gpus: int, share: float = 0.6) -> int:
     """The fewest GPUs per replica (a power of two, at most `n_gpus`) whose memory holds the weights in `share` of it
     (the rest is for the KV cache); a clear error when even all of them cannot."""
@@ -53,6 +56,7 @@ def auto_tensor_parallel(weight_bytes: int, gpu_bytes: int, n_gpus: int, share: 
                         f"{gpu_bytes/1e9:.0f} GB at {share:.0%} for weights; set tensor_parallel, or use more GPUs")
     return tp
 
+# %% ../nbs/01b_engine.ipynb #510544a3
 def parallel_sizes(spec: ModelSpec, n_gpus: int, checkpoint=None) -> tuple[int, int]:
     """(data-parallel replicas, GPUs per replica) for `n_gpus` visible GPUs: the spec's `tensor_parallel`, or with
     0 the fewest GPUs that hold the checkpoint's weights (`auto_tensor_parallel`)."""
@@ -62,6 +66,7 @@ def parallel_sizes(spec: ModelSpec, n_gpus: int, checkpoint=None) -> tuple[int, 
         raise LionError(f"model {spec.model!r} needs {tp} GPU(s) per replica (tensor_parallel), {n_gpus} visible")
     return n_gpus//tp, tp
 
+# %% ../nbs/01b_engine.ipynb #2177b10d
 def launch_command(spec: ModelSpec, checkpoint, port: int, host: str = '127.0.0.1',
                    n_gpus: Optional[int] = None) -> list[str]:
     "The argv that serves `checkpoint` for `spec` on host:port (placeholders filled one argument at a time)."
@@ -81,11 +86,13 @@ def free_port(host: str = '127.0.0.1') -> int:
     with socket.socket() as s:
         s.bind((host, 0)); return s.getsockname()[1]
 
+# %% ../nbs/01b_engine.ipynb #1021a8f8
 def log_tail(path, n_chars: int = 3000) -> str:
     "The last `n_chars` characters of a log file ('' when there is none)."
     try: return Path(path).read_bytes()[-n_chars:].decode('utf-8', 'replace')
     except OSError: return ''
 
+# %% ../nbs/01b_engine.ipynb #0f5db515
 def http_json(url: str, timeout: float = 5.0) -> tuple[int, Optional[dict]]:
     "(status, JSON body or None) of a GET; status 0 when nothing answered."
     try:
@@ -107,6 +114,7 @@ def stop_group(p: subprocess.Popen, grace_s: float = 30.0):
     try: os.killpg(p.pid, signal.SIGKILL)   # workers left behind by a leader that did exit
     except ProcessLookupError: pass
 
+# %% ../nbs/01b_engine.ipynb #92491366
 def supervise(parent: int, cmd: list[str], poll_s: float = 0.5) -> int:
     """Run `cmd` in our process group and wait for it; stop the whole group when process `parent` is gone
     (we were re-parented) or when we get SIGTERM. Returns the command's exit code."""
@@ -189,14 +197,17 @@ def default_engine_dir(cache_dir, iteration: int, stage: str) -> Path:
         return RunDir(Path(cache_dir).parent).stage_dir(iteration, stage)/'engine'
     return (Path(cache_dir) if cache_dir is not None else Path.cwd())/'engine'
 
+# %% ../nbs/01b_engine.ipynb #4726b0ca
 def _start_into(holder: list, spec: ModelSpec, checkpoint: Path, log_dir: Path) -> str:
     "Start a server and keep it in `holder` (so that a finalizer can stop it without holding the client)."
     holder[0] = EngineServer(spec, checkpoint, log_dir).start()
     return holder[0].base_url
 
+# %% ../nbs/01b_engine.ipynb #71ff2050
 def _stop_held(holder: list):
     if holder[0] is not None: holder[0].stop()
 
+# %% ../nbs/01b_engine.ipynb #a352e243
 class EngineClient(OpenAIClient):
     "A student checkpoint served by an engine we start on first use and stop on `close()`."
     backend = 'vllm'
@@ -230,6 +241,7 @@ NO_CHAT_TEMPLATE = ("the tokenizer has no chat template: default chat templates 
 def error_body(code: int, msg: str) -> dict:
     return {'object': 'error', 'message': msg, 'type': 'BadRequestError', 'code': code}
 
+# %% ../nbs/01b_engine.ipynb #6826f9c9
 class HFServer:
     "The state of a `serve-hf` server: one checkpoint, generated with `HFClient.generate`, one request at a time."
     def __init__(self, checkpoint, name: str = SERVED_NAME):
@@ -292,6 +304,7 @@ class _HFHandler(BaseHTTPRequestHandler):
         except ValueError: return self._send(400, error_body(400, 'request body is not JSON'))
         self._send(*self.state.respond(self.path.split('?')[0].rstrip('/'), body))
 
+# %% ../nbs/01b_engine.ipynb #1581b7ae
 def serve_hf(checkpoint, host: str = '127.0.0.1', port: int = 0, name: str = SERVED_NAME) -> ThreadingHTTPServer:
     "A started-up (not yet serving) `serve-hf` HTTP server; call `serve_forever()` on it."
     handler = type('Handler', (_HFHandler,), {'state': HFServer(checkpoint, name)})

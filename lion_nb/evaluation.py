@@ -44,6 +44,7 @@ def bbh_tasks_present(root) -> list[str]:
     "The BBH tasks whose file is in the data folder."
     return [t for t in lion_data.BBH_TASKS if (Path(root)/lion_data.DATA_FILES[f'bbh/{t}'].rel).exists()]
 
+# %% ../nbs/06_evaluation.ipynb #d687e591
 def load_eval_set(name: str, root=None) -> list:
     "Every item of evaluation set `name`: 'vicuna80', 'demo', 'user252' (Instructions), 'agieval', 'bbh' (ReasoningItems)."
     if name == 'demo': return lion_data.demo_eval_questions()
@@ -56,16 +57,20 @@ def load_eval_set(name: str, root=None) -> list:
     if not tasks: raise InputError(Path(root)/'bbh', None, "no BIG-Bench Hard task files (<task>.json) here; fetch them with lion_nb.data.fetch('bbh')")
     return lion_data.load_bbh(root, tasks=tasks)
 
+# %% ../nbs/06_evaluation.ipynb #8279a4f0
 def as_instruction(x) -> Instruction:
     "What a model is asked: an Instruction as is; a reasoning item's zero-shot prompt (its gold answer rides in `output`)."
     if isinstance(x, Instruction): return x
     return Instruction(id=x.id, instruction=x.prompt, output=x.answer, category=x.task, source=x.benchmark)
 
+# %% ../nbs/06_evaluation.ipynb #28124276
 def _task_of(x) -> str: return x.task if isinstance(x, ReasoningItem) else (x.category or '')
 
+# %% ../nbs/06_evaluation.ipynb #93b11a61
 def _shuffled(idx: list, seed: int, *names) -> list:
     idx = list(idx); random.Random(derive_seed(seed, 'evaluation', *names)).shuffle(idx); return idx
 
+# %% ../nbs/06_evaluation.ipynb #6d902e72
 def sample_items(items: list, n: Optional[int], seed: int, name: str) -> list:
     """A reproducible sample of `n` items (per task for reasoning sets), kept in the original order; all if n is None.
     Samples are nested: the first n of one seeded shuffle, so a larger n keeps every item of a smaller one (and
@@ -92,6 +97,7 @@ def _norm(s: str) -> str:
     if len(s) > 2 and s[0] in '([' and s[-1] in ')]': s = s[1:-1].strip()
     return s
 
+# %% ../nbs/06_evaluation.ipynb #1218b73e
 def _stated_choice(text: str, letters: set) -> Optional[str]:
     "The letter of the last explicit statement: 'the answer is (B)', 'the correct option is B', 'Option B is correct'."
     for pat in (_ANS_STRONG, _ANS_WEAK, _ANS_IS_RIGHT):
@@ -99,6 +105,7 @@ def _stated_choice(text: str, letters: set) -> Optional[str]:
         if hits: return hits[-1]
     return None
 
+# %% ../nbs/06_evaluation.ipynb #00340c47
 def extract_choice(text: str, options: dict) -> Optional[str]:
     "The option letter a reply chose (rules 1-5 above), or None."
     letters = set(options)
@@ -140,6 +147,7 @@ def extract_free(text: str, target: str = '') -> Optional[str]:
     if _NUMBER.fullmatch(gold) and not _NUMBER.fullmatch(ans) and (nums := _NUMBER.findall(ans)): ans = nums[-1]
     return ans
 
+# %% ../nbs/06_evaluation.ipynb #490e5e92
 def option_map(options: list[str]) -> dict:
     """Options as {letter: text}. The i-th option is letter A+i (AGIEval and BBH list them in order; some
     AGIEval options are written '(A)text', some 'A text', 'A? text', and a few carry no label at all)."""
@@ -162,6 +170,7 @@ def bbh_official_answer(text: str) -> str:
     ans = (text[i + len(_SO):] if i >= 0 else text).strip().split('\n')[0].strip()
     return ans[:-1].rstrip() if ans.endswith('.') else ans
 
+# %% ../nbs/06_evaluation.ipynb #afc60f53
 def score_bbh(item: ReasoningItem, text: str) -> tuple[Optional[str], bool]:
     """(prediction, correct) for a BBH reply. The official exact match first (target "(A)", "True", "] ) }").
     A reply without "So the answer is" that misses it (a zero-shot model rarely says "So the answer is") is read as
@@ -177,6 +186,7 @@ def score_bbh(item: ReasoningItem, text: str) -> tuple[Optional[str], bool]:
     got = extract_free(text, item.answer) if short or re.search(r'answer\s*is', text, re.I) else None
     return got, got is not None and got == _norm(item.answer)
 
+# %% ../nbs/06_evaluation.ipynb #2a7c8630
 def score_reasoning(item: ReasoningItem, text: str) -> tuple[Optional[str], bool]:
     "(prediction, correct) for one reply; a None prediction is wrong."
     if item.benchmark == 'bbh': return score_bbh(item, text)
@@ -199,6 +209,7 @@ def word_len(text: str) -> int:
     "Answer length in words (whitespace-separated): the unit of every length figure here."
     return len((text or '').split())
 
+# %% ../nbs/06_evaluation.ipynb #c31030d6
 def make_verdict(kind: str, order: str, text: Optional[str], *, status: str = 'done', error: Optional[str] = None,
                  finish_reason: Optional[str] = None, parser: str = 'scores_last', **meta) -> dict:
     "One verdict record from a judge reply (`kind` 'score' or 'pair', `order` 'cand_first' or 'opp_first')."
@@ -222,6 +233,7 @@ def _by_item(verdicts) -> dict:
     for v in verdicts: items[v['id']][v['order']] = v
     return items
 
+# %% ../nbs/06_evaluation.ipynb #f60a8fec
 def position_stats(verdicts: list[dict]) -> dict:
     "Position consistency of the judge and how often the first-shown answer won (decisive, read verdicts only)."
     items = _by_item(verdicts)
@@ -232,6 +244,7 @@ def position_stats(verdicts: list[dict]) -> dict:
     return {'pairs_read': len(both), 'position_consistency': round(agree / len(both), 4) if both else None,
             'first_position_win_rate': round(first_won / len(decisive), 4) if decisive else None}
 
+# %% ../nbs/06_evaluation.ipynb #2f10abba
 def item_score_sums(verdicts: list[dict]) -> dict:
     "Per item id: (candidate's, reference's) score summed over its read reviews: the units a bootstrap resamples."
     sums = defaultdict(lambda: [0.0, 0.0])
@@ -241,11 +254,13 @@ def item_score_sums(verdicts: list[dict]) -> dict:
             sums[v['id']][1] += v['opp_score']
     return {i: tuple(s) for i, s in sums.items()}
 
+# %% ../nbs/06_evaluation.ipynb #aac819eb
 def relative_interval(verdicts: list[dict]) -> dict:
     "95% bootstrap interval over items of the relative score (the items' two orders stay together)."
     sums = list(item_score_sums(verdicts).values())
     return ratio_ci([c for c, _ in sums], [o for _, o in sums]).as_dict() if sums else Interval(None, None, None).as_dict()
 
+# %% ../nbs/06_evaluation.ipynb #66b3928b
 def relative_scores(verdicts: list[dict]) -> dict:
     "Relative score (candidate / reference x 100) overall and per category with intervals, from 'score' verdicts."
     done = [v for v in verdicts if v['status'] == 'done']
@@ -262,12 +277,14 @@ def relative_scores(verdicts: list[dict]) -> dict:
             'unscored': sum(v['status'] == 'unscored' for v in verdicts), 'failed': sum(v['status'] == 'failed' for v in verdicts),
             **position_stats(verdicts)}
 
+# %% ../nbs/06_evaluation.ipynb #e689b7cc
 def combine_orders(d: dict) -> Optional[str]:
     "An item's outcome from its two orders: agreement keeps it, disagreement is a tie; None unless both were read."
     a, b = d.get('cand_first'), d.get('opp_first')
     if not (a and b and a['status'] == 'done' and b['status'] == 'done'): return None
     return a['outcome'] if a['outcome'] == b['outcome'] else 'tie'
 
+# %% ../nbs/06_evaluation.ipynb #9fdb864f
 PREF = {'win': 1.0, 'tie': 0.5, 'lose': 0.0}   # an outcome as a preference for the candidate (ties count half)
 
 def _wtl(outcomes) -> dict:
@@ -278,6 +295,7 @@ def _wtl(outcomes) -> dict:
     out['win_rate'] = round((out['win'] + 0.5 * out['tie']) / n, 4) if n else None   # ties count half
     return out
 
+# %% ../nbs/06_evaluation.ipynb #6ac74a17
 def win_tie_lose(verdicts: list[dict]) -> dict:
     "Win/tie/lose counts and rates of the candidate, overall and per category (motivation app)."
     items = _by_item(verdicts)
@@ -300,6 +318,7 @@ LENGTH_BUCKETS = ((-math.inf, -51, '< -50'), (-50, -11, '-50..-11'), (-10, 10, '
 
 def _pref(v) -> float: return PREF[v['outcome']]
 
+# %% ../nbs/06_evaluation.ipynb #5c1d6ed1
 def fit_length_logit(diffs, prefs, ridge: float = 1e-3, iters: int = 100) -> tuple[float, float, float]:
     "Fit P(win) = sigmoid(a + b*tanh(diff/s)) to fractional preferences; return (a, b, s)."
     d = np.asarray(diffs, float); y = np.asarray(prefs, float)
@@ -315,6 +334,7 @@ def fit_length_logit(diffs, prefs, ridge: float = 1e-3, iters: int = 100) -> tup
         if np.max(np.abs(step)) < 1e-10: break
     return float(w[0]), float(w[1]), s
 
+# %% ../nbs/06_evaluation.ipynb #f68b7e41
 def length_view(verdicts: list[dict]) -> dict:
     "Win rate per length-difference bucket and the length-controlled win rate, from read reviews."
     done = [v for v in verdicts if v['status'] == 'done' and v.get('cand_len') is not None]
@@ -334,17 +354,19 @@ def _llm():
     from lion_nb import llm
     return llm
 
+# %% ../nbs/06_evaluation.ipynb #16995692
 def model_spec(name_or_path: str, cfg: Config) -> ModelSpec:
     "A model named in the config's registry, or a local checkpoint folder (an 'hf' student)."
     if name_or_path in cfg.models: return cfg.models[name_or_path]
     if Path(name_or_path).exists(): return ModelSpec(backend='hf', model=str(name_or_path))
     raise LionError(f"model {name_or_path!r} is neither in the config's models ({', '.join(cfg.models)}) nor an existing folder")
 
+# %% ../nbs/06_evaluation.ipynb #9e0564d9
 def spec_summary(spec: ModelSpec) -> dict:
     "What the metrics say about a model (never a key)."
     return {'backend': spec.backend, 'model': spec.model}
 
-
+# %% ../nbs/06_evaluation.ipynb #d04c1f40
 def answer_items(label: str, spec: ModelSpec, items: list[Instruction], out_path, *, role: str, max_tokens: int,
                  seed: int, iteration: int, run: RunDir, budget=None, template: str = 'chat') -> dict[str, Answer]:
     "Answers of one model to `items` (resumable JSONL at `out_path`), by id; a local student uses prompt `template`."
@@ -359,11 +381,13 @@ def answer_items(label: str, spec: ModelSpec, items: list[Instruction], out_path
         if callable(close): close()
     return {a.id: a for a in answers}
 
+# %% ../nbs/06_evaluation.ipynb #9bf0d342
 def judge_messages(kind: str, question: str, first: str, second: str, judge: Optional[Judge] = None) -> list[dict]:
     "The chat messages of one judge pass (`judge` default: lion_nb's review judge for 'score', pairwise for 'pair')."
     judge = judge or load_judge('lion_nb/review' if kind == 'score' else 'lion_nb/pairwise')
     return judge.messages(question=question, answer_1=first, answer_2=second)
 
+# %% ../nbs/06_evaluation.ipynb #2c94f8b3
 def judge_jobs(set_name: str, kind: str, items: list[Instruction], cand: str, cand_ans: dict, opp: str, opp_ans: dict,
                judge: Optional[Judge] = None) -> list[dict]:
     "The judge passes for one candidate on one set: two orders per item whose two answers both exist."
@@ -381,6 +405,7 @@ def judge_jobs(set_name: str, kind: str, items: list[Instruction], cand: str, ca
         jobs.append(dict(meta, order='opp_first', messages=judge_messages(kind, q, b.output, a.output, j), judge=j))
     return jobs
 
+# %% ../nbs/06_evaluation.ipynb #74051741
 def _judge_request(llm, key: str, j: dict, max_tokens: int, seed: int):
     "The request of one judge pass: its judge's temperature and max_tokens (else greedy, `max_tokens`)."
     jd = j.get('judge')
@@ -388,6 +413,7 @@ def _judge_request(llm, key: str, j: dict, max_tokens: int, seed: int):
     return llm.ChatRequest(key=key, messages=j['messages'], temperature=jd.config.temperature,
                            max_tokens=jd.config.max_tokens, seed=seed, extra=jd.extra())
 
+# %% ../nbs/06_evaluation.ipynb #6d218e60
 def run_judge(jobs: list[dict], kinds: dict, client, *, max_tokens: int, seed: int, log_path=None) -> list[dict]:
     "Run the judge passes in `jobs` through `client`; return one verdict per job (missing answers -> 'failed')."
     llm = _llm()
@@ -444,6 +470,7 @@ def _plt():
     import matplotlib.pyplot as plt
     return plt
 
+# %% ../nbs/06_evaluation.ipynb #61aa0df8
 def _save(fig, path) -> Path:
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.stem}.tmp.png')
@@ -451,6 +478,7 @@ def _save(fig, path) -> Path:
     _plt().close(fig)
     return path
 
+# %% ../nbs/06_evaluation.ipynb #d160cb9b
 def plot_relative_scores(metrics: dict, path, set_name: Optional[str] = None) -> Optional[Path]:
     "Bars of relative score (%) per category, one bar group per category and one bar per candidate model."
     plt = _plt()
@@ -472,6 +500,7 @@ def plot_relative_scores(metrics: dict, path, set_name: Optional[str] = None) ->
     ax.legend(fontsize=8)
     return _save(fig, path)
 
+# %% ../nbs/06_evaluation.ipynb #93f421f7
 def plot_win_tie_lose(metrics: dict, path) -> Optional[Path]:
     "Stacked horizontal bars of win / tie / lose (share of items) per candidate model."
     plt = _plt()
@@ -490,6 +519,7 @@ def plot_win_tie_lose(metrics: dict, path) -> Optional[Path]:
     ax.legend(ncol=3, fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.3))
     return _save(fig, path)
 
+# %% ../nbs/06_evaluation.ipynb #95cbabe0
 def plot_reasoning(metrics: dict, path) -> Optional[Path]:
     "Accuracy (%) per reasoning task, one bar per model."
     plt = _plt()
@@ -527,6 +557,7 @@ def headline(m: dict) -> dict:
             'mean_length': round(sum(lens.values()) / len(lens), 1) if lens else None,
             'intervals': {k: (iv['lo'], iv['hi']) for k, iv in ivs.items() if iv and iv.get('lo') is not None}}
 
+# %% ../nbs/06_evaluation.ipynb #73fc75ba
 def metrics_history(run_dir) -> list[tuple[int, dict]]:
     "(iteration, headline figures of the final student) for each evaluated iteration; iteration 0 is the base student."
     run = RunDir(run_dir); out = []
@@ -539,6 +570,7 @@ def metrics_history(run_dir) -> list[tuple[int, dict]]:
         out.append((k, headline(m['models'][final] if final in m.get('models', {}) else m)))
     return out
 
+# %% ../nbs/06_evaluation.ipynb #89f640df
 def plot_runs(run_dirs, path, labels=None) -> Optional[Path]:
     "Every headline metric across iterations, one line per run (e.g. the Lion arm and the random baseline)."
     plt = _plt()
@@ -559,6 +591,7 @@ def plot_runs(run_dirs, path, labels=None) -> Optional[Path]:
     axes[0][0].legend(fontsize=8)
     return _save(fig, path)
 
+# %% ../nbs/06_evaluation.ipynb #f044132b
 def plot_history(run_dir, path) -> Optional[Path]:
     "Every headline metric of one run across its iterations."
     return plot_runs([run_dir], path, labels=[Path(run_dir).name])
@@ -622,6 +655,7 @@ def _probe_answers(pairs: Sequence[KnownPair], side: str) -> dict:
     return {p.id: Answer(id=p.id, instruction=p.instruction, input=p.input, output=getattr(p, side), role='probe',
                          model=side) for p in pairs}
 
+# %% ../nbs/06_evaluation.ipynb #eb96412b
 def probe_items(verdicts: list[dict]) -> tuple[list[dict], list[dict]]:
     "Probe pairs read in both orders (d: the better answer's mean score minus the worse one's) and the others."
     scored, unscored = [], []
@@ -633,6 +667,7 @@ def probe_items(verdicts: list[dict]) -> tuple[list[dict], list[dict]]:
         else: unscored.append({'id': i, 'category': kind})
     return scored, unscored
 
+# %% ../nbs/06_evaluation.ipynb #f976ea8f
 def judge_probe(pairs: Sequence[KnownPair], client, judge: Judge, *, max_tokens: int, seed: int, log_path=None,
                 min_accuracy: float = 0.8) -> dict:
     "The evaluation judge on known-better pairs, both orders: probe metrics, pass or fail, and why."
@@ -669,6 +704,7 @@ def trained_student(run_dir, iteration: int) -> Optional[Path]:
     p = RunDir(run_dir).stage_dir(iteration, 'imitation')/'model'
     return p if p.is_dir() else None
 
+# %% ../nbs/06_evaluation.ipynb #c559e90a
 def default_models(cfg: Config, run_dir, iteration: int) -> dict[str, ModelSpec]:
     "The candidates by default: the base student and, when it exists, this iteration's trained student."
     out = {'base': cfg.model_for('student')}
@@ -676,6 +712,7 @@ def default_models(cfg: Config, run_dir, iteration: int) -> dict[str, ModelSpec]
         out[f'iter_{iteration}'] = _llm().student_spec(cfg.model_for('student'), p)
     return out
 
+# %% ../nbs/06_evaluation.ipynb #6b412915
 def _mean_lengths(answers: dict, items_by_set: dict) -> dict:
     out = {}
     for s, items in items_by_set.items():
@@ -683,6 +720,7 @@ def _mean_lengths(answers: dict, items_by_set: dict) -> dict:
         if ls: out[s] = round(sum(ls) / len(ls), 1)
     return out
 
+# %% ../nbs/06_evaluation.ipynb #eb1b00a4
 def run_evaluation(cfg: Config, run_dir, iteration: int, *, models: Optional[dict] = None, sets=None, samples=None,
                    data_dir=None, plots: bool = True) -> dict:
     "Evaluate the candidates of `iteration` on the configured sets; write metrics.json and plots; return the metrics."
@@ -755,6 +793,7 @@ def run_evaluation(cfg: Config, run_dir, iteration: int, *, models: Optional[dic
     run.mark_done(iteration, 'evaluation', final_model=final, sets=sets)
     return metrics
 
+# %% ../nbs/06_evaluation.ipynb #7cbc9f9c
 def write_plots(metrics: dict, out_dir, run_dir=None) -> list[Path]:
     "Write the evaluation's PNGs next to its metrics.json; return the files written."
     out_dir = Path(out_dir)
@@ -773,6 +812,7 @@ def ci_text(iv: Optional[dict]) -> str:
     "' [lo, hi]' for an interval dict, or '' when there is none."
     return f" [{iv['lo']:g}, {iv['hi']:g}]" if iv and iv.get('lo') is not None else ''
 
+# %% ../nbs/06_evaluation.ipynb #ba9b8045
 def summary_table(metrics: dict):
     "A pandas DataFrame: one row per model, the headline figures as columns."
     import pandas as pd
@@ -802,6 +842,7 @@ def category_table(metrics: dict, set_name: str = 'vicuna80'):
             for lab, m in metrics['models'].items() if m.get(set_name)}
     return pd.DataFrame(cols)
 
+# %% ../nbs/06_evaluation.ipynb #c084bc82
 def wtl_table(metrics: dict):
     "Win / tie / lose counts and rates of every model against the opponent, with the judge's consistency."
     import pandas as pd
@@ -815,6 +856,7 @@ def wtl_table(metrics: dict):
                      'LC win rate': u['length']['lc_win_rate'], 'position consistency': u['position_consistency']}
     return pd.DataFrame.from_dict(rows, orient='index')
 
+# %% ../nbs/06_evaluation.ipynb #29ebb60b
 def reasoning_table(metrics: dict):
     "Accuracy (%) per reasoning task (rows) for every model (columns), with each benchmark's average (and BBH's 23-task one)."
     import pandas as pd
@@ -828,6 +870,7 @@ def reasoning_table(metrics: dict):
         cols[lab] = col
     return pd.DataFrame(cols)
 
+# %% ../nbs/06_evaluation.ipynb #309747c6
 def closing_note(metrics: dict) -> str:
     "A short Markdown account of the final model's results and of how far the judge can be trusted."
     f, ref = metrics['final_model'], metrics['reference']
@@ -867,6 +910,7 @@ def final_evaluation(run_dir) -> tuple[Optional[int], list[dict]]:
     k = done[-1]
     return k, [v for v in read_log(run.stage_dir(k, 'evaluation')/'verdicts.jsonl') if v['candidate'] == f'iter_{k}']
 
+# %% ../nbs/06_evaluation.ipynb #b9e52a77
 def arm_items(verdicts: list[dict], set_name: str) -> dict:
     "{item id: unit} of one set: (candidate's, teacher's) summed scores when scored, 1/0.5/0 when pairwise."
     vs = [v for v in verdicts if v['set'] == set_name]
@@ -884,6 +928,7 @@ def _paired(set_name: str, a: dict, b: dict) -> Interval:
     cols = lambda xs: [[c for c, _ in xs], [o for _, o in xs]]
     return paired_diff_ci(lambda c, o: 100 * c.sum(axis=1) / o.sum(axis=1), cols(xa), cols(xb))
 
+# %% ../nbs/06_evaluation.ipynb #59f9f489
 def compare_arms(run_a, run_b, labels: tuple[str, str] = ('lion', 'control')) -> dict:
     "Arm a minus arm b on every judged set both final evaluations share: difference, interval, verdict."
     (ka, va), (kb, vb) = final_evaluation(run_a), final_evaluation(run_b)
@@ -908,6 +953,7 @@ def _kv(s: str) -> tuple[str, str]:
     if '=' not in s: raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {s!r}")
     k, v = s.split('=', 1); return k.strip(), v.strip()
 
+# %% ../nbs/06_evaluation.ipynb #b4bdf470
 def print_arms(runs, labels) -> int:
     "Print `compare_arms` (one verdict per set) and each arm's budget per role; then the figures as one JSON line."
     cmp = compare_arms(*runs, labels=tuple(labels))
@@ -920,6 +966,7 @@ def print_arms(runs, labels) -> int:
     print(json.dumps({**cmp, 'budgets': budgets}, default=str))
     return 0 if cmp['sets'] else 1
 
+# %% ../nbs/06_evaluation.ipynb #99b1b3a2
 def evaluate_cli(argv: list[str]) -> int:
     "Entry point of `lion_nb evaluate`."
     p = argparse.ArgumentParser(prog='lion_nb evaluate', description='Vicuna-80, user-oriented 252, AGIEval and BBH evaluation of students against the teacher.')

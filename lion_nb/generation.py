@@ -32,6 +32,7 @@ class Seed:
     input: str = ''
     category: Optional[str] = None
 
+# %% ../nbs/05_generation.ipynb #e6a8cdc7
 def read_seeds(path) -> list[Seed]:
     "The seed instructions in a hard/easy JSONL file (an empty file is an empty list)."
     seeds = []
@@ -66,6 +67,7 @@ class Parsed:
     headers: bool
     input_started: bool
 
+# %% ../nbs/05_generation.ipynb #382c54da
 def _header(line: str):
     m = _HEADER.match(line)
     if not m: return None
@@ -73,6 +75,7 @@ def _header(line: str):
     if not (hashes or new or colon): return None
     return which.lower(), rest
 
+# %% ../nbs/05_generation.ipynb #7627e74a
 _CREATED = re.compile(r'^\s*\**\s*#?\s*created\s+instruction\s*#?\s*\**\s*:?\s*\**', re.I)
 
 def parse_generation(text: str) -> Parsed:
@@ -106,6 +109,7 @@ class FilterSettings:
     min_words: int = 3
     max_words: int = 150
 
+# %% ../nbs/05_generation.ipynb #e34db6cf
 _WRAPPERS = (('<', '>'), ('"', '"'), ('\u201c', '\u201d'), ("'", "'"), ('**', '**'), ('`', '`'))
 
 def unwrap(text: str) -> str:
@@ -119,6 +123,7 @@ def unwrap(text: str) -> str:
         else: return text
     return text
 
+# %% ../nbs/05_generation.ipynb #a8e61f45
 def post_filter(text: str, finish_reason: Optional[str], status: str = 'done', error: Optional[str] = None,
                 settings: FilterSettings = FilterSettings()) -> tuple[Optional[str], Parsed]:
     "`(reason, parsed)`: why a generator reply is rejected (None if it passes), and what it parsed to."
@@ -150,14 +155,17 @@ def plan_targets(n_new: int, hard_fraction: float, n_hard_seeds: int, n_easy_see
     if n_easy_seeds == 0: hard = n_new
     return {'hard': hard, 'easy': n_new - hard}
 
+# %% ../nbs/05_generation.ipynb #9317cfef
 def pick_parent(seeds: Sequence[Seed], seed: int, iteration: int, kind: str, j: int) -> Seed:
     "The seed instruction of request `j` of `kind` (a seeded draw, with replacement)."
     return seeds[random.Random(derive_seed(seed, iteration, 'generation', 'parent', kind, j)).randrange(len(seeds))]
 
+# %% ../nbs/05_generation.ipynb #102064cd
 def request_seed(seed: int, iteration: int, kind: str, j: int) -> int:
     "The sampling seed sent with request `j` of `kind`."
     return derive_seed(seed, iteration, 'generation', 'sample', kind, j)
 
+# %% ../nbs/05_generation.ipynb #c5986f0b
 def new_id(iteration: int, kind: str, j: int) -> str:
     "The id of the instruction made by request `j` of `kind` in `iteration`."
     return f"gen{iteration}-{kind}-{j:05d}"
@@ -192,6 +200,7 @@ class GenerationSettings:
                    iteration=iteration, judges=judges, temperature_by_kind=temps,
                    max_tokens_by_kind={k: j.config.max_tokens for k, j in judges.items()})
 
+# %% ../nbs/05_generation.ipynb #d4c625d4
 def build_requests(seeds: Sequence[Seed], kind: str, start: int, n: int, s: GenerationSettings) -> list[tuple]:
     "Requests `start .. start+n-1` of `kind`, as `(kind, j, parent, sampling seed, ChatRequest)`."
     from lion_nb.llm import ChatRequest
@@ -205,12 +214,14 @@ def build_requests(seeds: Sequence[Seed], kind: str, start: int, n: int, s: Gene
                                                      s.max_tokens_by_kind.get(kind, s.max_tokens), rs, extra=extra)))
     return out
 
+# %% ../nbs/05_generation.ipynb #c38811c6
 def _round_size(need: int, asked: int, kept: int, s: GenerationSettings) -> int:
     if need <= 0: return 0
     if asked == 0: return math.ceil(need * s.oversample)
     rate = kept / asked
     return min(math.ceil(need * s.max_factor), math.ceil(need / rate * 1.1) if rate > 0 else math.ceil(need * s.max_factor))
 
+# %% ../nbs/05_generation.ipynb #fe6bf674
 def _interleave(a: list, b: list) -> list:
     "a0 b0 a1 b1 ... spreading the shorter list evenly over the longer one."
     if not a or not b: return a + b
@@ -238,6 +249,7 @@ class GenerationResult:
         out['shortfall'] = sum(self.targets.values()) - len(self.new)
         return out
 
+# %% ../nbs/05_generation.ipynb #50544f07
 def generate_instructions(hard: Sequence[Seed], easy: Sequence[Seed], cache_pool: Sequence[Instruction], client,
                           s: GenerationSettings, model: str = '', progress: Optional[Callable] = None,
                           on_round: Optional[Callable[[list[dict]], None]] = None) -> GenerationResult:
@@ -308,11 +320,13 @@ def plot_nn_rouge(rows: Sequence[dict], threshold: float):
     ax.legend(loc='upper left', fontsize=8); fig.tight_layout()
     return fig
 
+# %% ../nbs/05_generation.ipynb #82e9e61b
 def examples(rows: Sequence[dict], kind: str, n: int = 5) -> list[dict]:
     "Up to `n` kept generations of `kind` next to the seeds they came from."
     return [{'seed instruction': r['parent_instruction'], 'new instruction': r['instruction'], 'new input': r['input'],
              'ROUGE-L to nearest': round(r['rouge_l'], 3)} for r in rows if r['kept'] and r['kind'] == kind][:n]
 
+# %% ../nbs/05_generation.ipynb #2befcf12
 def describe_summary(s: dict) -> str:
     "A short text account of a generation summary."
     lines = [f"iteration {s['iteration']}: generator {s['generator']}, {s['requested']} replies in {s['rounds']} round(s), "
@@ -324,7 +338,7 @@ def describe_summary(s: dict) -> str:
     lines.append(f"  pools of iteration {s['iteration'] + 1}: Train {p['train_next']}, Cache {p['cache_before']} + {p['train_next']} = {p['cache_next']}")
     return '\n'.join(lines)
 
-
+# %% ../nbs/05_generation.ipynb #94b78735
 SEED_SOURCES = ('referee', 'random')
 
 def check_seed_source(seeds: str) -> str:
@@ -332,10 +346,12 @@ def check_seed_source(seeds: str) -> str:
     if seeds not in SEED_SOURCES: raise LionError(f"seeds come from {' or '.join(SEED_SOURCES)}, not {seeds!r}")
     return seeds
 
+# %% ../nbs/05_generation.ipynb #211237b4
 def random_seeds(cache: Sequence[Instruction]) -> list[Seed]:
     "The referee-blind control's seeds: every Cache Pool instruction, a possible parent for either prompt."
     return [Seed(r.id, r.instruction, r.input or '', r.category) for r in cache]
 
+# %% ../nbs/05_generation.ipynb #f5528a35
 def generation_inputs(run: RunDir, k: int, seeds: str = 'referee'):
     "(hard seeds, easy seeds, Cache Pool) of iteration `k`: the referee's split, or random parents for both."
     check_seed_source(seeds)
@@ -347,6 +363,7 @@ def generation_inputs(run: RunDir, k: int, seeds: str = 'referee'):
             raise InputError(disc/name, None, "file not found (run the discrimination stage of this iteration first)")
     return read_seeds(disc/'hard.jsonl'), read_seeds(disc/'easy.jsonl'), cache
 
+# %% ../nbs/05_generation.ipynb #db658ecd
 def run_generation(cfg: Config, run_dir, iteration: int, progress: Optional[Callable] = print, plots: bool = True,
                    seeds: str = 'referee') -> dict:
     """Generation for iteration `iteration`: new hard and long-tail instructions, then the pools of iteration k+1.

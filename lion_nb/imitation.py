@@ -25,6 +25,7 @@ def usable_answers(answers: Sequence[Answer]) -> tuple[list[Answer], dict]:
                 'blank': sum(a.status == 'done' and not a.output.strip() for a in answers),
                 'cut_at_max_tokens': sum(a.finish_reason == 'length' for a in ok)}
 
+# %% ../nbs/03_imitation.ipynb #8db19e9d
 def sft_record(a: Answer) -> dict:
     "The SFT record of one teacher answer: `{id, instruction, input, output}`."
     return {'id': a.id, 'instruction': a.instruction, 'input': a.input, 'output': a.output}
@@ -46,6 +47,7 @@ def resolve_student(name_or_path) -> Path:
     except ImportError: raise LionError(f"student {name_or_path!r} is not a checkpoint folder (and lion_nb.models is not available)") from None
     return Path(resolve_hf_model(name_or_path))
 
+# %% ../nbs/03_imitation.ipynb #7aa84f36
 def starting_student(cfg: Config, run: RunDir, iteration: int) -> tuple[Path, str]:
     "The checkpoint iteration `iteration` fine-tunes, and where it comes from."
     for j in range(iteration - 1, 0, -1):
@@ -86,6 +88,7 @@ def teacher_answers(cfg: Config, run: RunDir, iteration: int) -> list[Answer]:
                        temperature=cfg.sampling.teacher_temperature, max_tokens=cfg.sampling.max_new_tokens,
                        seed=cfg.seed, iteration=iteration, stage='imitation', desc=f'iter {iteration}: teacher answers')
 
+# %% ../nbs/03_imitation.ipynb #d51b8c93
 def run_imitation(cfg: Config, run_dir, iteration: int, *, heldout_fraction: float = 0.25, heldout_max: int = 64,
                   nproc: Optional[int] = None, max_steps: Optional[int] = None, keep_checkpoints: bool = False,
                   echo=print) -> dict:
@@ -142,6 +145,7 @@ def describe_summary(s: dict) -> str:
                      f"({f(s['nll_after'] - s['nll_before'], 3)}{ci}, paired 95% interval)")
     return '\n'.join(lines)
 
+# %% ../nbs/03_imitation.ipynb #ca133ea0
 def plot_nll(s: dict, ax=None):
     "Bar chart of the held-out NLL before and after training."
     import matplotlib.pyplot as plt

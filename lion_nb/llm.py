@@ -35,6 +35,7 @@ class ChatRequest:
     response_format: Optional[dict] = None   # sent only when the model spec says `structured_output`
     extra: dict = field(default_factory=dict)  # other sampling parameters (top_p, stop, ...)
 
+# %% ../nbs/01_llm.ipynb #94a15cbe
 @dataclass
 class ChatResult:
     "The outcome of one `ChatRequest`: `status` is 'done' (with `text`) or 'failed' (with `error`)."
@@ -49,6 +50,7 @@ class ChatResult:
     model: str = ''
     logprobs: Optional[list] = None    # `choices[0].logprobs.content` (token, logprob, top_logprobs), when asked for
 
+# %% ../nbs/01_llm.ipynb #721175ad
 class BudgetExceeded(LionError):
     "The run stopped because its next request could push spending over the budget cap."
 
@@ -57,6 +59,7 @@ def canonical_json(obj) -> str:
     "JSON with sorted keys and no spaces: equal objects give equal strings."
     return json.dumps(obj, sort_keys=True, separators=(',', ':'), ensure_ascii=False, default=str)
 
+# %% ../nbs/01_llm.ipynb #89b51c1b
 def request_body(model: str, req: ChatRequest, structured_output: bool = False, token_param: str = 'max_tokens',
                  temperature: bool = True) -> dict:
     """The body of the chat-completions call for `req`: only the parameters actually sent. `token_param` names
@@ -68,6 +71,7 @@ def request_body(model: str, req: ChatRequest, structured_output: bool = False, 
     body.update(req.extra)
     return body
 
+# %% ../nbs/01_llm.ipynb #3d442109
 REASONING_MODEL = re.compile(r'^(?:[\w.-]+/)?(?:o\d|gpt-5)')   # o1, o3-mini, o4-mini, gpt-5, gpt-5-mini, ...
 
 def api_params(spec: ModelSpec) -> tuple[str, bool]:
@@ -79,6 +83,7 @@ def api_params(spec: ModelSpec) -> tuple[str, bool]:
     temp = spec.sends_temperature if spec.sends_temperature is not None else not reasoning
     return param, temp
 
+# %% ../nbs/01_llm.ipynb #2614c0ce
 def cache_key(endpoint: str, body: dict) -> str:
     "SHA256 of the endpoint identity and the request body."
     return hashlib.sha256(canonical_json({'endpoint': endpoint, 'body': body}).encode('utf-8')).hexdigest()
@@ -149,15 +154,18 @@ def prompt_chars(messages) -> int:
         n += len(c) if isinstance(c, str) else sum(len(p.get('text', '')) for p in c if isinstance(p, dict))
     return n
 
+# %% ../nbs/01_llm.ipynb #575c83d6
 def estimate_prompt_tokens(messages, chars_per_token: float = CHARS_PER_TOKEN) -> int:
     "A tokenizer-free estimate of a prompt's tokens (plus a few per message for the chat format)."
     return math.ceil(prompt_chars(messages)/chars_per_token) + 4*len(messages)
 
+# %% ../nbs/01_llm.ipynb #9c67bb56
 def cost_usd(spec: ModelSpec, prompt_tokens: int, completion_tokens: int, batch: bool = False) -> float:
     "What a call costs under `spec`'s price table; the Batch API is half price."
     c = (prompt_tokens*spec.price_in_per_mtok + completion_tokens*spec.price_out_per_mtok)/1e6
     return c/2 if batch else c
 
+# %% ../nbs/01_llm.ipynb #0669df31
 def worst_case_cost(spec: ModelSpec, req: ChatRequest, batch: bool = False) -> float:
     "The most `req` should cost: a pessimistic prompt estimate plus all of `max_tokens`."
     return cost_usd(spec, estimate_prompt_tokens(req.messages, WORST_CHARS_PER_TOKEN), req.max_tokens, batch)
@@ -177,6 +185,7 @@ class UsageLog:
     def close(self):
         if self._log is not None: self._log.close(); self._log = None
 
+# %% ../nbs/01_llm.ipynb #f105965a
 USAGE_COLUMNS = ['calls', 'prompt_tokens', 'completion_tokens', 'cache_hits', 'failures', 'retries', 'cost_usd']
 
 def summarise_usage(path, by=('role', 'stage', 'iteration', 'model')):
@@ -193,10 +202,12 @@ def summarise_usage(path, by=('role', 'stage', 'iteration', 'model')):
     t['cost_usd'] = t['cost_usd'].astype(float).round(6)
     return t
 
+# %% ../nbs/01_llm.ipynb #8c73445d
 def spent_usd(path) -> float:
     "Total cost recorded in a usage log (0 when it does not exist)."
     return float(sum(r.get('cost_usd', 0.0) for r in read_log(path)))
 
+# %% ../nbs/01_llm.ipynb #945b06af
 class Budget:
     "A spending cap shared by every client of a run; spending so far is read from the run's usage log."
     def __init__(self, limit_usd: Optional[float], spent_usd: float = 0.0):
@@ -298,11 +309,13 @@ def retry_after_s(headers) -> Optional[float]:
     try: return max(0.0, email.utils.parsedate_to_datetime(ra).timestamp() - time.time())
     except (TypeError, ValueError): return None
 
+# %% ../nbs/01_llm.ipynb #79d4a464
 def backoff_s(attempt: int, base: float = 1.0, cap: float = MAX_BACKOFF_S, rng=random) -> float:
     "Exponential backoff with jitter for retry number `attempt` (0-based)."
     d = min(cap, base*2**attempt)
     return d/2 + rng.uniform(0, d/2)
 
+# %% ../nbs/01_llm.ipynb #b45e35d6
 def classify_error(e: BaseException) -> tuple[bool, str, Optional[float]]:
     "(retryable?, reason, server-requested wait) for an exception raised by the openai client."
     import openai
@@ -322,12 +335,14 @@ def _result_from_cache(req: ChatRequest, v: dict) -> ChatResult:
     return ChatResult(req.key, 'done', v.get('text', ''), v.get('finish_reason'), None,
                       v.get('prompt_tokens', 0), v.get('completion_tokens', 0), True, v.get('model', ''), v.get('logprobs'))
 
+# %% ../nbs/01_llm.ipynb #e745e37e
 def _progress(total: int, desc: Optional[str], hits: int = 0):
     from tqdm import tqdm   # the plain text bar: works in terminals, notebooks and papermill alike
     bar = tqdm(total=total, desc=desc or 'requests', unit='req', mininterval=0.5, dynamic_ncols=True, leave=True)
     if hits: bar.set_postfix(cached=hits)
     return bar
 
+# %% ../nbs/01_llm.ipynb #66a0bd05
 class _Client:
     "What every backend shares: cache lookup, usage events, budget checks and result ordering."
     backend = 'base'
@@ -431,9 +446,11 @@ class _Client:
     def _fetch(self, todo: dict, desc, deliver, n_hits) -> Optional[BudgetExceeded]:
         raise NotImplementedError
 
+# %% ../nbs/01_llm.ipynb #e282d276
 def _with_key(res: ChatResult, key: str) -> ChatResult:
     return res if res.key == key else ChatResult(**{**asdict(res), 'key': key})
 
+# %% ../nbs/01_llm.ipynb #fab0494d
 def auth_hint(spec: ModelSpec, reason: str) -> str:
     "`reason`, plus what to do when an endpoint answered 401 and no key was sent (the spec names no key variable)."
     if not reason.startswith('HTTP 401') or spec.api_key_env: return reason
@@ -771,18 +788,21 @@ def alpaca_prompt(messages) -> str:
             else ALPACA_TEMPLATE.format(instruction=instruction))
     return (sys_ + '\n\n' if sys_ else '') + body
 
+# %% ../nbs/01_llm.ipynb #9d640be5
 def resolve_template(tokenizer, template: str = 'auto') -> str:
     "'alpaca', or 'chat' only when the tokenizer has a chat template ('chat' and 'auto' else fall back)."
     if template not in ('auto', 'chat', 'alpaca'): raise LionError(f"unknown prompt template {template!r}")
     if template == 'alpaca' or not getattr(tokenizer, 'chat_template', None): return 'alpaca'
     return 'chat'
 
+# %% ../nbs/01_llm.ipynb #f40bc7c1
 def render_prompt(tokenizer, messages, template: str = 'chat') -> str:
     "The text a local student continues, in training and at inference alike: its chat template, or Alpaca's."
     if resolve_template(tokenizer, template) == 'chat':
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return alpaca_prompt(messages)
 
+# %% ../nbs/01_llm.ipynb #235d3927
 def checkpoint_fingerprint(path) -> str:
     "SHA256 of a checkpoint folder's resolved path and each file's name, size and mtime."
     path = Path(path).resolve()
@@ -790,6 +810,7 @@ def checkpoint_fingerprint(path) -> str:
     sig = [str(path)] + [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     return hashlib.sha256(canonical_json(sig).encode()).hexdigest()
 
+# %% ../nbs/01_llm.ipynb #7f517039
 def resolve_checkpoint(name_or_path) -> Path:
     "A checkpoint folder: the embedded student's name maps to its converted checkpoint (lion_nb.models)."
     p = Path(name_or_path).expanduser()
@@ -931,6 +952,7 @@ def _embedded_base_url(model: str) -> str:
     raise LionError(f"backend 'embedded' serves {models.TEACHER_NAME!r} (or a .gguf file), not {model!r}; "
                     f"for the student use backend 'hf'")
 
+# %% ../nbs/01_llm.ipynb #f9bf3420
 def make_client(spec: ModelSpec, *, role: str, stage: str = '', iteration: int = 0, cache_dir=None, usage_log=None,
                 budget: Optional[Budget] = None, **kw) -> _Client:
     """The client for `spec`: OpenAI-compatible endpoint, the embedded server, a local checkpoint, or an engine.
@@ -953,16 +975,19 @@ def make_client(spec: ModelSpec, *, role: str, stage: str = '', iteration: int =
     from lion_nb import engine   # imported here: lion_nb.engine builds on this module
     return engine.EngineClient(spec, **common, **own)
 
+# %% ../nbs/01_llm.ipynb #e486ee98
 def student_spec(base: ModelSpec, checkpoint) -> ModelSpec:
     """The spec of a trained student `checkpoint`: served like the configured student `base` when that is an
     engine (`vllm`: same launch command and parallelism), else generated locally with transformers (`hf`)."""
     if base.backend == 'vllm': return base.model_copy(update={'model': str(checkpoint)})
     return ModelSpec(backend='hf', model=str(checkpoint), concurrency=base.concurrency if base.backend == 'hf' else 8)
 
+# %% ../nbs/01_llm.ipynb #81b80157
 def run_budget(cfg, usage_log) -> Optional[Budget]:
     "The configured budget cap, counting what `usage_log` says was already spent (None when the config sets no cap)."
     return Budget.from_usage_log(cfg.budget_usd, usage_log) if cfg.budget_usd is not None else None
 
+# %% ../nbs/01_llm.ipynb #85416f27
 def run_client(cfg, run, role: str, *, stage: str, iteration: int, spec: Optional[ModelSpec] = None, **kw) -> _Client:
     """The client that plays `role` in a run: the run's LLM cache, usage log and budget. A local student is
     prompted with the template it is trained with (`cfg.train.template`). `spec` overrides the role's model
@@ -979,6 +1004,7 @@ def answer_requests(instructions: Sequence[Instruction], *, role: str, temperatu
     return [ChatRequest(i.id, [{'role': 'user', 'content': user_message(i.instruction, i.input)}], temperature, max_tokens,
                         derive_seed(seed, role, i.id) if seed is not None and temperature > 0 else None) for i in instructions]
 
+# %% ../nbs/01_llm.ipynb #c8f3de53
 def answer_pool(instructions: Sequence[Instruction], client: _Client, out_path, *, role: str, temperature: float, max_tokens: int,
                 seed: Optional[int] = None, iteration: int = 0, stage: str = '', desc: Optional[str] = None) -> list[Answer]:
     "Answer every instruction with `client`, appending to `out_path` as answers finish; resumes from it."
@@ -1029,6 +1055,7 @@ def _answer_parser() -> argparse.ArgumentParser:
     p.add_argument('--dry-run', action='store_true', help='estimate calls, tokens and cost; send nothing')
     return p
 
+# %% ../nbs/01_llm.ipynb #82878185
 def _cli_spec(a, cfg) -> ModelSpec:
     "The model spec from the config's role and/or the command line."
     if cfg is not None and a.base_url is None and a.model is None: spec = cfg.model_for(a.role)
@@ -1041,6 +1068,7 @@ def _cli_spec(a, cfg) -> ModelSpec:
     if a.batch_api: over['batch_api'] = True
     return spec.model_copy(update=over) if over else spec
 
+# %% ../nbs/01_llm.ipynb #c453906c
 def answer_cli(argv: list[str]) -> int:
     "`lion_nb answer`: answer a pool with the teacher or the student; resumable; `--dry-run` estimates cost."
     a = _answer_parser().parse_args(argv)

@@ -31,6 +31,7 @@ def _unlabelled(text: str) -> str:
     "`text` with answer labels such as 'Assistant 1' blanked out (same length), so their digits are not scores."
     return LABEL.sub(lambda m: ' ' * len(m.group(0)), text)
 
+# %% ../nbs/04b_logprob.ipynb #ba420a69
 def _lines(text: str):
     start = 0
     for line in text.split('\n'):
@@ -51,6 +52,7 @@ def _score_lines(text: str, which: str, n: int) -> list[tuple[int, str, int]]:
         return [(s, line, 1) for s, line in run]
     raise LionError(f"no line of the reply holds {n} scores, nor do {n} lines of one score each")
 
+# %% ../nbs/04b_logprob.ipynb #d4c598b3
 def score_positions(content: Sequence[dict], which: str = 'first', n: int = 2) -> list[list[int]]:
     "Token indices of the `n` numbers on the reply's first (or last) score line(s) (see `_score_lines`)."
     if which not in ('first', 'last'): raise ValueError(f"which is 'first' or 'last', not {which!r}")

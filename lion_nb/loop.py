@@ -48,6 +48,7 @@ def iteration_plan(k: int, rounds: int, baseline: Optional[str] = None, discrimi
         if not final: stages.append('generation')
     return stages + ['evaluation']
 
+# %% ../nbs/07_loop.ipynb #7d319aeb
 def trained_instructions(cfg: Config, rounds: Optional[int] = None) -> int:
     "How many instructions the students are trained on over a whole run: the Train Pool, then `n_new` per round."
     return cfg.pools.train_size + (rounds or cfg.loop.iterations) * cfg.loop.n_new
@@ -80,6 +81,7 @@ def file_contains(path, needles: list[bytes], chunk: int = 1 << 22) -> bool:
             tail = data[-keep:] if keep else b''
     return False
 
+# %% ../nbs/07_loop.ipynb #e3db2a82
 def files_containing(root, needles: list[str]) -> list[Path]:
     "Files below `root` whose bytes contain any of `needles` (model weights and optimizer shards are not read)."
     needles = [n.encode() for n in needles if n]
@@ -87,6 +89,7 @@ def files_containing(root, needles: list[str]) -> list[Path]:
     files = (p for p in sorted(Path(root).rglob('*')) if p.is_file() and p.suffix not in WEIGHT_SUFFIXES)
     return [p for p in files if file_contains(p, needles)]
 
+# %% ../nbs/07_loop.ipynb #73604c4f
 def check_no_secrets(root, secrets: list[str]):
     "Raise if any file below `root` holds one of `secrets`."
     hits = files_containing(root, secrets)
@@ -100,6 +103,7 @@ def notebooks_dir() -> Path:
         raise LionError(f"stage notebooks not found in {d}; run from a source checkout (pip install -e .) or set $LION_NBS_DIR")
     return d
 
+# %% ../nbs/07_loop.ipynb #b750ece8
 def render_html(nb_path: Path) -> Path:
     "Render an executed notebook to HTML next to it (offline)."
     import nbformat
@@ -108,10 +112,12 @@ def render_html(nb_path: Path) -> Path:
     out = nb_path.with_suffix('.html'); out.write_text(body, encoding='utf-8')
     return out
 
+# %% ../nbs/07_loop.ipynb #16707719
 def stage_parameters(stage: str, baseline: Optional[str]) -> dict:
     "Papermill parameters a stage takes beyond run_dir, iteration and config: the control arm's seed source."
     return {'seeds': 'random'} if stage == 'generation' and baseline == 'random-seeds' else {}
 
+# %% ../nbs/07_loop.ipynb #18c3fbd8
 def run_stage(stage: str, run: RunDir, k: int, config_path: Path, secrets: list[str] = (), log_output: bool = False,
               extra: Optional[dict] = None) -> Path:
     "Execute stage `stage` of iteration `k` as a papermill notebook; return the executed notebook's path."
@@ -142,6 +148,7 @@ def package_versions() -> dict:
         except importlib.metadata.PackageNotFoundError: out[p] = None
     return out
 
+# %% ../nbs/07_loop.ipynb #41c45589
 def git_commit(path='.') -> Optional[str]:
     "The commit of the checkout at `path` (with '+dirty' when it has changes), or None outside git."
     try:
@@ -150,6 +157,7 @@ def git_commit(path='.') -> Optional[str]:
         return sha + ('+dirty' if dirty else '')
     except (OSError, subprocess.CalledProcessError): return None
 
+# %% ../nbs/07_loop.ipynb #38660dd5
 def file_hashes(paths) -> dict:
     "SHA256 of each existing file in `paths`, by path."
     return {str(p): sha256_file(p) for p in paths if p and Path(p).is_file()}
@@ -163,6 +171,7 @@ def count_parameters(folder) -> tuple[str, int]:
     with torch.device('meta'): model = AutoModelForCausalLM.from_config(conf)
     return type(model).__name__, sum(p.numel() for p in model.parameters())
 
+# %% ../nbs/07_loop.ipynb #cb3516e3
 def prompt_layout(spec: ModelSpec, tokenizer, cfg: Config) -> str:
     "How prompts for a local model are laid out ('chat' or 'alpaca'), or an error that says what is missing."
     has_chat = bool(getattr(tokenizer, 'chat_template', None))
@@ -173,6 +182,7 @@ def prompt_layout(spec: ModelSpec, tokenizer, cfg: Config) -> str:
     if asked == 'alpaca': return 'alpaca'
     return 'chat' if has_chat else 'alpaca (no chat template)'   # auto: the one rule, llm.resolve_template
 
+# %% ../nbs/07_loop.ipynb #50f7563e
 def load_checkpoint_parts(spec: ModelSpec) -> tuple[Path, object, str, int]:
     "A local model's folder, tokenizer, architecture and parameter count (its config and tokenizer must load)."
     from transformers import AutoTokenizer
@@ -183,6 +193,7 @@ def load_checkpoint_parts(spec: ModelSpec) -> tuple[Path, object, str, int]:
     except (OSError, ValueError) as e: raise LionError(f"{folder}: its tokenizer does not load: {e}") from None
     return (folder, tok, *count_parameters(folder))
 
+# %% ../nbs/07_loop.ipynb #972b12d8
 def check_checkpoint(spec: ModelSpec, cfg: Config, sizes: Optional[dict] = None) -> tuple[str, int]:
     "Load a local model's config and tokenizer and check its prompt layout; its size goes to `sizes[spec.model]` first."
     folder, tok, arch, n = load_checkpoint_parts(spec)
@@ -197,6 +208,7 @@ def eval_data_names(cfg: Config) -> list[str]:
               'agieval': [f'agieval/{s}' for s in data.AGIEVAL_MC], 'bbh': data.data_names('bbh')}
     return [n for s in cfg.eval.sets for n in groups.get(s, [])]
 
+# %% ../nbs/07_loop.ipynb #24d9b72f
 def check_data(cfg: Config) -> str:
     "Every data file the run reads is present (the pools' dataset, each evaluation set); errors say where to get them."
     from lion_nb import data
@@ -218,6 +230,7 @@ def check_data(cfg: Config) -> str:
     n_files = len(names) + len(eval_data_names(cfg))
     return f"pools: {cfg.pools.dataset}; evaluation: {', '.join(cfg.eval.sets)} ({n_files} files)"
 
+# %% ../nbs/07_loop.ipynb #ffe235ee
 def check_reserve(cfg: Config, baseline: Optional[str], rounds: int) -> str:
     "A random-baseline run draws `n_new` per round from the reserve: it must hold `n_new x rounds`."
     if baseline != 'random': return 'not needed (no baseline)'
@@ -244,10 +257,12 @@ def check_devices(cfg: Config, n_params: int) -> str:
                         "(check the driver and CUDA_VISIBLE_DEVICES, or run on a GPU node)")
     return f"no GPU visible: training runs on CPU in {nproc} process(es) on {os.cpu_count()} core(s)"
 
+# %% ../nbs/07_loop.ipynb #41c9c63c
 def checkpoint_bytes(n_params: int, rounds: int) -> int:
     "Disk for a run's checkpoints: K+1 trained students (float32) and one training's resumable state (2 x weights + Adam)."
     return 4 * n_params * (rounds + 1) + 2 * 12 * n_params
 
+# %% ../nbs/07_loop.ipynb #dfd4f023
 def check_disk(run_root, n_params: int, rounds: int) -> str:
     "The run's disk can hold its checkpoints."
     if not n_params: return "not estimated: the student's checkpoint did not load"
@@ -259,6 +274,7 @@ def check_disk(run_root, n_params: int, rounds: int) -> str:
                         f"one training's resumable state), but {d} has {free / 1e9:,.1f} GB free")
     return f"about {need / 1e9:,.2f} GB needed, {free / 1e9:,.1f} GB free at {d}"
 
+# %% ../nbs/07_loop.ipynb #d3945dd2
 def check_keys(cfg: Config) -> str:
     "Each remote model's key variable is set (its value is never shown); OpenAI's endpoint without a named key is refused."
     named = []
@@ -310,6 +326,7 @@ def link_cache(run: RunDir, cache_dir: Optional[str]) -> Path:
     run.cache.symlink_to(target, target_is_directory=True)
     return target
 
+# %% ../nbs/07_loop.ipynb #ef61c9b3
 def prepare_run_dir(config_path, run: RunDir, cache_dir: Optional[str] = None) -> tuple[Config, Path]:
     "Validate the config, check a resumed run's identity, write the resolved config to `<run>/config.yaml`."
     cfg = load_config(config_path)
@@ -330,11 +347,13 @@ def prepare_run_dir(config_path, run: RunDir, cache_dir: Optional[str] = None) -
 # %% ../nbs/07_loop.ipynb #5b7414f5
 def _fmt_s(s: float) -> str: return f"{s:6.1f}s" if s < 120 else f"{s/60:5.1f}m"
 
+# %% ../nbs/07_loop.ipynb #39079960
 def _link_or_copy(src, dst):
     "Hard-link `src` to `dst` (a fork shares its weights' bytes), or copy it where links cannot be made."
     try: os.link(src, dst)
     except OSError: shutil.copy2(src, dst)
 
+# %% ../nbs/07_loop.ipynb #cb42bff0
 def fork_run(src, run: RunDir, progress=print) -> list[str]:
     "Start `run` from run `src`'s iteration 1: its pools, imitation (teacher answers, student) and LLM cache."
     src = RunDir(src)
@@ -352,6 +371,7 @@ def fork_run(src, run: RunDir, progress=print) -> list[str]:
     if copied: progress(f"[lion_nb] forked from {src.root}: {', '.join(copied)}")
     return copied
 
+# %% ../nbs/07_loop.ipynb #5ca5bcbd
 def run_loop(config_path, run_dir, baseline: Optional[str] = None, iterations: Optional[int] = None,
              log_output: bool = False, progress=print, check: bool = True, cache_dir: Optional[str] = None,
              fork_from=None) -> dict:
@@ -402,6 +422,7 @@ def stage_hashes(run: RunDir) -> dict:
     pats = ['iter_*/pools/*.jsonl', 'iter_*/discrimination/*.jsonl', 'iter_*/imitation/model/*.safetensors']
     return {str(p.relative_to(run.root)): sha256_file(p) for pat in pats for p in sorted(run.root.glob(pat))}
 
+# %% ../nbs/07_loop.ipynb #d435da0c
 def usage_summary(run: RunDir) -> list[dict]:
     "Calls, tokens, cache hits, failures and cost per iteration, stage and role, from the run's usage log."
     if not run.usage.exists(): return []
@@ -425,6 +446,7 @@ def _row(cfg: Config, k, stage, role, calls, p_tok, c_tok) -> dict:
     return dict(iteration=k, stage=stage, role=role, model=spec.model, calls=round(calls),
                 prompt_tokens=round(calls * p_tok), completion_tokens=round(calls * c_tok), cost_usd=round(cost, 2))
 
+# %% ../nbs/07_loop.ipynb #c4e3a8c6
 def discrimination_teacher_calls(cfg: Config, k: int, train: int, cache: int) -> int:
     """Teacher answers discrimination pays for in iteration `k`. A fresh sample (the default) answers the whole Cache
     Pool once (iteration 1) and then each round's new instructions; reusing imitation's answers pays only for the
@@ -432,6 +454,7 @@ def discrimination_teacher_calls(cfg: Config, k: int, train: int, cache: int) ->
     if cfg.sampling.reuse_imitation_answers: return cache - train if k == 1 else 0
     return cache if k == 1 else train
 
+# %% ../nbs/07_loop.ipynb #ded9dd8c
 def estimate_run(cfg: Config, iterations: Optional[int] = None) -> list[dict]:
     "Estimated calls, tokens and cost per iteration, stage and role of K rounds and the final imitation (nothing is sent)."
     K, s, rows = iterations or cfg.loop.iterations, cfg.sampling, []
@@ -459,6 +482,7 @@ def estimate_run(cfg: Config, iterations: Optional[int] = None) -> list[dict]:
         train, cache = cfg.loop.n_new, cache + cfg.loop.n_new
     return [r for r in rows if r['calls']]
 
+# %% ../nbs/07_loop.ipynb #2e96fcf3
 def print_estimate(cfg: Config, iterations: Optional[int] = None, progress=print) -> dict:
     "Print the dry-run table and totals; return the totals."
     rows = estimate_run(cfg, iterations)
@@ -474,6 +498,7 @@ def print_estimate(cfg: Config, iterations: Optional[int] = None, progress=print
 # %% ../nbs/07_loop.ipynb #b65a8ad9
 def repo_root() -> Path: return Path(__file__).resolve().parents[1]
 
+# %% ../nbs/07_loop.ipynb #4dc653b3
 def print_summary(manifest: dict, progress=print):
     "Time per stage, then usage per stage and role."
     progress("\n[lion_nb] time per stage")
@@ -487,6 +512,7 @@ def print_summary(manifest: dict, progress=print):
                      f"{r.get('cache_hits', 0):>6} {r.get('failures', 0):>4} ${r.get('cost_usd', 0):.4f}")
     progress(f"[lion_nb] total {_fmt_s(manifest.get('seconds', 0))}")
 
+# %% ../nbs/07_loop.ipynb #9429b505
 def run_cli(argv=None) -> int:
     "lion_nb run: run or resume the loop."
     ap = argparse.ArgumentParser(prog='lion_nb run', description='Run (or resume) the Lion loop, one papermill batch per iteration.')
@@ -515,6 +541,7 @@ def run_cli(argv=None) -> int:
     print(f"[lion_nb] outputs in {run_dir}")
     return 0
 
+# %% ../nbs/07_loop.ipynb #c65457d9
 def demo_cli(argv=None) -> int:
     "lion_nb demo: the demo profile on the embedded default models."
     ap = argparse.ArgumentParser(prog='lion_nb demo', description='Run the demo profile (configs/demo.yaml) into outputs/demo.')

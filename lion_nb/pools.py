@@ -74,6 +74,7 @@ def is_fermi(text: str) -> bool:
     "A Fermi question: asks how many/much (or to estimate) of a large or vague quantity, and gives no numbers."
     return bool(_FERMI[0].search(text) and _FERMI[1].search(text) and not re.search(r'\d', _UNIT_ONE.sub('', text)))
 
+# %% ../nbs/02_pools.ipynb #980270dc
 def categorize(instruction: str, input: str = '') -> str:
     "One of the nine Vicuna categories for an instruction, by the ordered keyword rules above (fallback 'generic')."
     text = ' '.join(instruction.split())
@@ -105,10 +106,12 @@ def normalize_text(s: str) -> str:
     "Unicode NFKC, case-folded, whitespace collapsed: the form in which two texts count as the same."
     return ' '.join(unicodedata.normalize('NFKC', s).casefold().split())
 
+# %% ../nbs/02_pools.ipynb #bca46289
 def dedup_key(rec: Instruction) -> tuple[str, str]:
     "What makes two instructions duplicates: the normalised instruction and input."
     return normalize_text(rec.instruction), normalize_text(rec.input)
 
+# %% ../nbs/02_pools.ipynb #efe5773b
 def drop_duplicates(recs: list[Instruction]) -> tuple[list[Instruction], list[tuple[str, str]]]:
     "Keep the first of each group of exact duplicates; return the kept records and `(dropped id, kept id)` pairs."
     first, kept, dropped = {}, [], []
@@ -143,11 +146,13 @@ def with_overrides(cfg: Config, *, dataset=None, train_size=None, cache_size=Non
     if data_dir is not None: obj['data_dir'] = str(data_dir)
     return parse_config(obj, '<overrides>')
 
+# %% ../nbs/02_pools.ipynb #24bc75f7
 def _settings(cfg: Config) -> dict:
     p = cfg.pools
     return {'dataset': p.dataset, 'train_size': p.train_size, 'cache_size': p.cache_size,
             'reserve_size': p.reserve_size, 'seed': derive_seed(cfg.seed, 'pools')}
 
+# %% ../nbs/02_pools.ipynb #61319e83
 def _stamp(recs: list[Instruction], seed: int, cats: dict[str, str]) -> list[Instruction]:
     "Records with iteration-1 provenance, and a category from the keyword rule (memoised in `cats` by id) where they had none."
     out = []
@@ -159,6 +164,7 @@ def _stamp(recs: list[Instruction], seed: int, cats: dict[str, str]) -> list[Ins
         out.append(r.model_copy(update=upd))
     return out
 
+# %% ../nbs/02_pools.ipynb #c802dd65
 def run_pools(cfg: Config, run_dir, iteration: int = 1, *, force: bool = False) -> dict:
     "Build iteration 1's Train and Cache Pools (and reserve) under `run_dir`; return the summary it records."
     if iteration != 1:
@@ -213,6 +219,7 @@ def pools_table(summary: dict) -> str:
         lines.append(f"{c:<{w}}  " + '  '.join(f"{s['categories'].get(k, {}).get(c, 0):>7,}" for k in ('train', 'cache', 'reserve')))
     return '\n'.join(lines)
 
+# %% ../nbs/02_pools.ipynb #2cdd98af
 def plot_categories(summary: dict, path=None):
     "Horizontal bars: each category's share (%) of the Train Pool, Cache Pool and reserve; saved to `path` if given."
     from matplotlib.figure import Figure

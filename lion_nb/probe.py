@@ -74,6 +74,7 @@ def demo_probe_items() -> list[tuple]:
 def _round(x: Optional[float]) -> Optional[float]:
     return None if x is None else round(x, 4)
 
+# %% ../nbs/04a_probe.ipynb #8391e5a8
 def _share(xs) -> Optional[float]:
     xs = list(xs)
     return _round(sum(xs) / len(xs)) if xs else None

@@ -30,6 +30,7 @@ def _torch():
     import torch   # imported lazily: `lion_nb card` should not pay for torch
     return torch
 
+# %% ../nbs/08_release.ipynb #a274cc2b
 def st_dtypes() -> dict:
     "The safetensors dtype names and their torch dtypes (those this torch build has)."
     torch = _torch()
@@ -39,6 +40,7 @@ def st_dtypes() -> dict:
              'C64': 'complex64'}
     return {k: getattr(torch, v) for k, v in names.items() if hasattr(torch, v)}
 
+# %% ../nbs/08_release.ipynb #dde241c1
 def bits_dtype(dtype):
     "The integer dtype of the same width, used to compare or XOR the raw bits of a tensor."
     torch = _torch()
@@ -51,6 +53,7 @@ def as_tensor(buf: bytearray, dtype: str):
     if not buf: return torch.empty(0, dtype=dt)
     return torch.frombuffer(buf, dtype=torch.uint8).view(dt)
 
+# %% ../nbs/08_release.ipynb #beb02c3a
 @dataclass
 class TensorInfo:
     "Where one tensor lives in a safetensors file."
@@ -62,6 +65,7 @@ class TensorInfo:
     @property
     def numel(self) -> int: return math.prod(self.shape)
 
+# %% ../nbs/08_release.ipynb #a403b618
 class SafeTensorsFile:
     "Read a safetensors file's header, and any range of elements of any tensor, without loading the rest."
     def __init__(self, path):
@@ -117,6 +121,7 @@ def make_header(specs: Iterable[tuple[str, str, list]], metadata: Optional[dict]
     raw = json.dumps(hdr, separators=(',', ':')).encode()
     return raw + b' ' * (-len(raw) % 8)
 
+# %% ../nbs/08_release.ipynb #67c98dd6
 class StreamWriter:
     "Write a safetensors file whose header is known, one chunk at a time, atomically."
     def __init__(self, path, header: bytes):
@@ -186,18 +191,22 @@ def checkpoint_files(folder) -> dict[str, Path]:
                          "save_pretrained(..., safe_serialization=True)")
     raise InputError(folder, None, f"no {SINGLE_NAME} or {INDEX_NAME} in this folder")
 
+# %% ../nbs/08_release.ipynb #850c8da8
 def open_checkpoint(folder) -> dict[str, SafeTensorsFile]:
     "One open `SafeTensorsFile` per weight file of the checkpoint in `folder`."
     return {p.name: SafeTensorsFile(p) for p in sorted(set(checkpoint_files(folder).values()))}
 
+# %% ../nbs/08_release.ipynb #a9974137
 def tensor_index(files: dict[str, SafeTensorsFile]) -> dict[str, SafeTensorsFile]:
     "Tensor name -> the open file that holds it."
     return {n: f for f in files.values() for n in f.tensors}
 
+# %% ../nbs/08_release.ipynb #8396fdb7
 def chunks(numel: int, per: int) -> Iterator[tuple[int, int]]:
     "Element ranges `(start, stop)` of at most `per` elements covering `0:numel`."
     for s in range(0, numel, max(1, per)): yield s, min(numel, s + per)
 
+# %% ../nbs/08_release.ipynb #17230ca5
 def tensor_sha256(f: SafeTensorsFile, name: str, chunk_bytes: int = 16 << 20) -> str:
     "SHA256 of one tensor's raw bytes, read chunk by chunk."
     t, h = f.tensors[name], hashlib.sha256()
@@ -224,6 +233,7 @@ def plan_tensor(t: TensorInfo, b: Optional[TensorInfo]) -> dict:
     shared = min(t.shape[0], b.shape[0])
     return {'encoding': enc, 'shared_rows': shared, 'extra_rows': t.shape[0] - shared}
 
+# %% ../nbs/08_release.ipynb #0ea5b69a
 def _row_elems(shape) -> int: return math.prod(shape[1:]) if shape else 1
 
 # %% ../nbs/08_release.ipynb #fb1ecfc1
@@ -238,6 +248,7 @@ def decode_chunk(enc: str, base, diff, fix_idx=None, fix_val=None):
     if fix_idx is not None and fix_idx.numel(): out[fix_idx] = fix_val
     return out
 
+# %% ../nbs/08_release.ipynb #8c24ca7e
 def encode_chunk(enc: str, base, tuned):
     "Diff elements for a chunk, plus the positions (within the chunk) that `decode_chunk` gets wrong."
     torch = _torch(); bits = bits_dtype(tuned.dtype)
@@ -257,21 +268,25 @@ def _fresh_out(out) -> Path:
     umask = os.umask(0); os.umask(umask); os.chmod(tmp, 0o777 & ~umask)   # mkdtemp makes it private
     return tmp
 
+# %% ../nbs/08_release.ipynb #5e7d6d63
 def _publish(tmp: Path, out: Path) -> Path:
     "Move the finished work folder to `out`."
     if out.exists(): out.rmdir()
     os.replace(tmp, out); return out
 
+# %% ../nbs/08_release.ipynb #c0d45a0b
 def _side_files(folder: Path) -> list[str]:
     "The files of a model folder that are not weights: config, tokenizer, chat template, generation config…"
     return sorted(p.name for p in folder.iterdir()
                   if p.is_file() and not p.name.endswith(WEIGHT_SUFFIXES) and p.name != INDEX_NAME)
 
+# %% ../nbs/08_release.ipynb #76f3654c
 def _lion_version() -> str:
     try:
         import lion_nb; return getattr(lion_nb, '__version__', '?')
     except Exception: return '?'
 
+# %% ../nbs/08_release.ipynb #89f64b20
 def _diff_tensor(name, t_file, b_file, plan, writer, chunk_bytes, file_hash):
     "Stream one tensor into the diff; return its manifest entry and its fixes."
     torch = _torch(); t = t_file.tensors[name]
@@ -298,6 +313,7 @@ def _diff_tensor(name, t_file, b_file, plan, writer, chunk_bytes, file_hash):
         entry['base'] = {'dtype': bt.dtype, 'shape': bt.shape, 'sha256': bh.hexdigest()}
     return entry, fixes
 
+# %% ../nbs/08_release.ipynb #a32fa725
 def _diff_specs(t_file: SafeTensorsFile, plans: dict) -> list:
     "The tensors of one diff file, in the tuned file's order: diffs, then extra rows where there are any."
     specs = []
@@ -308,6 +324,7 @@ def _diff_specs(t_file: SafeTensorsFile, plans: dict) -> list:
         if p['extra_rows']: specs.append((EXTRA + t.name, t.dtype, [p['extra_rows'], *rest]))
     return specs
 
+# %% ../nbs/08_release.ipynb #9ae3f7fa
 def make_diff(base, tuned, out, chunk_mb: float = 4, progress: Optional[Callable[[str], None]] = None) -> dict:
     "Write `tuned - base` for every tensor of `tuned` (safetensors), its side files and a manifest to `out`."
     from safetensors.torch import save_file
@@ -365,6 +382,7 @@ def read_manifest(diff) -> dict:
     if man.get('version') != 1: raise InputError(diff/MANIFEST_NAME, None, f"unsupported version {man.get('version')!r}")
     return man
 
+# %% ../nbs/08_release.ipynb #c995e108
 def verify_base(base, man: dict, chunk_mb: float = 4, progress: Optional[Callable[[str], None]] = None) -> int:
     "Check that `base` holds every base tensor the diff was made against, bit for bit; return how many."
     base = Path(base); files = open_checkpoint(base); idx = tensor_index(files)
@@ -386,12 +404,14 @@ def verify_base(base, man: dict, chunk_mb: float = 4, progress: Optional[Callabl
     finally:
         for f in files.values(): f.close()
 
+# %% ../nbs/08_release.ipynb #e6b92ca4
 def _load_fixes(path: Optional[Path]) -> dict:
     "Fix tensors of one diff file (small), loaded with safetensors."
     if path is None: return {}
     from safetensors.torch import load_file
     return load_file(str(path))
 
+# %% ../nbs/08_release.ipynb #2dd516ae
 def _recover_tensor(name, e, diff_f, base_f, fixes, writer, chunk_bytes, file_hash):
     "Rebuild one tensor into `writer`, checking its SHA256."
     torch = _torch(); h = hashlib.sha256()
@@ -411,6 +431,7 @@ def _recover_tensor(name, e, diff_f, base_f, fixes, writer, chunk_bytes, file_ha
     if h.hexdigest() != e['sha256']:
         raise LionError(f"recovered tensor {name!r} has SHA256 {h.hexdigest()[:16]}…, expected {e['sha256'][:16]}…")
 
+# %% ../nbs/08_release.ipynb #43011433
 def recover(base, diff, out, chunk_mb: float = 4, progress: Optional[Callable[[str], None]] = None) -> dict:
     "Rebuild the tuned model in `out` from `base` and the weight diff in `diff`, verified tensor by tensor."
     base, diff, out = Path(base), Path(diff), Path(out)
@@ -476,6 +497,7 @@ def tiny_checkpoint(folder, seed: int = 0, vocab: int = 32, dim: int = 8, shards
     (folder/'tokenizer_config.json').write_text('{"chat_template": "{{ messages }}"}\n')
     return sd
 
+# %% ../nbs/08_release.ipynb #7d404707
 def load_checkpoint(folder) -> dict:
     "Every tensor of a safetensors checkpoint (for tests of small models)."
     from safetensors.torch import load_file
@@ -483,6 +505,7 @@ def load_checkpoint(folder) -> dict:
     for p in sorted(set(checkpoint_files(folder).values())): out.update(load_file(str(p)))
     return out
 
+# %% ../nbs/08_release.ipynb #e7f12152
 def same_tensors(a: dict, b: dict) -> bool:
     "Whether two state dicts hold the same names, dtypes, shapes and bits."
     torch = _torch()
@@ -491,10 +514,12 @@ def same_tensors(a: dict, b: dict) -> bool:
 # %% ../nbs/08_release.ipynb #a42f3f2c
 def _mb(n: int) -> str: return f"{n / 1e6:,.1f} MB"
 
+# %% ../nbs/08_release.ipynb #abb51870
 def folder_size(folder) -> int:
     "Total size of the files in a folder."
     return sum(p.stat().st_size for p in Path(folder).rglob('*') if p.is_file())
 
+# %% ../nbs/08_release.ipynb #399fe788
 def weights_cli(argv: list[str]) -> int:
     "`lion_nb weights diff|recover`: write a weight diff against a base model, or rebuild the tuned model from one."
     p = argparse.ArgumentParser(prog='lion_nb weights', description="Release a fine-tuned model as a diff against its base "
@@ -562,9 +587,11 @@ def _count_lines(path: Path) -> Optional[int]:
     if not path.exists(): return None
     with open(path, 'rb') as f: return sum(1 for line in f if line.strip())
 
+# %% ../nbs/08_release.ipynb #1bcbac0e
 def _iterations(run: RunDir) -> list[int]:
     return sorted(int(p.name.split('_')[1]) for p in run.root.glob('iter_*') if re.fullmatch(r'iter_\d+', p.name) and p.is_dir())
 
+# %% ../nbs/08_release.ipynb #2d673e2c
 def _read_config(run: RunDir) -> tuple[dict, Optional[str]]:
     "The run's config as a plain dict (validated when possible), and a warning when it could not be validated."
     path = run.root/'config.yaml'
@@ -575,11 +602,13 @@ def _read_config(run: RunDir) -> tuple[dict, Optional[str]]:
         except yaml.YAMLError: raw = None
         return (raw if isinstance(raw, dict) else {}), f"config not validated: {e}"
 
+# %% ../nbs/08_release.ipynb #d60d910b
 def _stage_notes(info: dict) -> str:
     "The scalar facts a stage recorded in its DONE marker, as `key=value` pairs."
     skip = {'stage', 'iteration', 'seconds', 'notebook'}
     return ', '.join(f"{k}={v}" for k, v in info.items() if k not in skip and isinstance(v, (int, float, str, bool)) and len(str(v)) < 40)
 
+# %% ../nbs/08_release.ipynb #155e5183
 def run_facts(run_dir) -> dict:
     "Everything a model card says about a run, read from the run's files (missing parts are None)."
     run = RunDir(run_dir)
@@ -616,6 +645,7 @@ def run_facts(run_dir) -> dict:
 # %% ../nbs/08_release.ipynb #70d9817e
 def _and(xs: list) -> str: return ', '.join(xs[:-1]) + ' and ' + xs[-1] if len(xs) > 1 else ''.join(xs)
 
+# %% ../nbs/08_release.ipynb #cab11930
 def licence_facts(facts: dict) -> dict:
     "The licences that apply to a run's student, whether it is research-only, and the card's `license` value."
     lines, research_only, reasons = [], False, []
@@ -662,11 +692,13 @@ def md_table(headers: list, rows: list[list]) -> str:
     out = ['| ' + ' | '.join(map(str, headers)) + ' |', '|' + '---|' * len(headers)]
     return '\n'.join(out + ['| ' + ' | '.join(cell(v) for v in r) + ' |' for r in rows])
 
+# %% ../nbs/08_release.ipynb #d8f037fb
 def _final_metrics(m: dict) -> dict:
     "The final candidate's results from a metrics.json (top level, else `models[final_model]`)."
     if any(k in m for k in ('vicuna80', 'user252', 'reasoning', 'demo')): return m
     return (m.get('models') or {}).get(m.get('final_model'), {}) or {}
 
+# %% ../nbs/08_release.ipynb #58271c94
 REASONING_AVERAGES = (('agieval_average', 'AGIEval average'), ('bbh_average', 'BBH average, all tasks'),
                       ('bbh_23_average', 'BBH average, the 23-task subset'))
 
@@ -696,6 +728,7 @@ def eval_sections(metrics: Optional[dict]) -> str:
     else: out.append(NOT_EVALUATED)
     return '\n\n'.join(out)
 
+# %% ../nbs/08_release.ipynb #3152b09a
 def history_table(evals: dict[int, dict]) -> str:
     "Headline figures of each evaluated iteration (and of the base student, when it was evaluated)."
     rows = []
@@ -706,6 +739,7 @@ def history_table(evals: dict[int, dict]) -> str:
     heads = ['model', 'relative score %', 'win / tie / lose', 'AGIEval avg %', 'BBH avg %']
     return md_table(heads, rows) if rows else NOT_EVALUATED
 
+# %% ../nbs/08_release.ipynb #7d659bad
 def _headline(m: dict) -> list:
     rel = next((m[s].get('relative_score') for s in ('vicuna80', 'demo') if isinstance(m.get(s), dict)), None)
     u = m.get('user252') if isinstance(m.get('user252'), dict) else None
@@ -721,6 +755,7 @@ def _judge_name(m: dict, roles: dict) -> str:
     if isinstance(j, dict): j = j.get('model', j.get('name'))
     return str(j) if j else (roles.get('judge') or {}).get('name', '?')
 
+# %% ../nbs/08_release.ipynb #c2c3b89c
 def render_card(facts: dict) -> str:
     "The model card (YAML front matter + Markdown) of a run's final student."
     cfg, roles = facts['config'], facts['roles']; lic = licence_facts(facts)
@@ -782,6 +817,7 @@ def render_card(facts: dict) -> str:
                      "lion_nb weights recover --base BASE --diff DIFF --out TUNED   # what users run\n```")
     return head + '\n' + '\n\n'.join(parts) + '\n'
 
+# %% ../nbs/08_release.ipynb #7db624af
 def write_card(run_dir, out=None, force: bool = False) -> Path:
     "Write the model card of a run's final student: to `out`, else into the student's folder, else the run folder."
     facts = run_facts(run_dir)
@@ -790,6 +826,7 @@ def write_card(run_dir, out=None, force: bool = False) -> Path:
         raise LionError(f"{out} exists and was not written by lion_nb card; refusing to overwrite it (use --force or --out)")
     return atomic_write_text(out, render_card(facts))
 
+# %% ../nbs/08_release.ipynb #0f35c9cd
 def card_cli(argv: list[str]) -> int:
     "`lion_nb card`: write a Hugging Face model card (README.md) for a run's final student."
     p = argparse.ArgumentParser(prog='lion_nb card', description="Write a model card for a run's final student, from the run's config, manifest and evaluations.")
@@ -866,6 +903,7 @@ def resolve_model_path(name_or_path) -> Path:
     if not (p/'config.json').exists(): raise InputError(p, None, "not a model folder (no config.json)")
     return p
 
+# %% ../nbs/08_release.ipynb #33ae4302
 def load_chat_model(path):
     "Load a causal LM and its tokenizer from local files only (no hub access), ready for generation."
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -876,6 +914,7 @@ def load_chat_model(path):
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
     return model, tok
 
+# %% ../nbs/08_release.ipynb #4121d926
 class ChatSession:
     "A multi-turn conversation with a local model; `reply` streams the answer and keeps it in the history."
     def __init__(self, model, tok, system: Optional[str] = None, max_new_tokens: int = 256, temperature: float = 0.0):
@@ -999,6 +1038,7 @@ def sse(data: dict, event: Optional[str] = None) -> bytes:
     "One server-sent-events frame."
     return ((f"event: {event}\n" if event else '') + f"data: {json.dumps(data)}\n\n").encode('utf-8')
 
+# %% ../nbs/08_release.ipynb #61b3e7c8
 def make_chat_server(session: ChatSession, host: str = '127.0.0.1', port: int = 0, name: str = 'model'):
     "An HTTP server (not yet serving) with the chat page at / and the streaming API at /api/chat."
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

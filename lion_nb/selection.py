@@ -16,6 +16,7 @@ def reserve_path(run: RunDir, k: int) -> Path:
     "The reserve that iteration `k` draws from."
     return run.iter_dir(k)/'pools'/'reserve.jsonl'
 
+# %% ../nbs/05b_selection.ipynb #faaa97b9
 def draw_random(reserve: list, n: int, seed: int) -> tuple[list, list]:
     "Split `reserve` into `n` drawn records (in reserve order) and the rest, with a seeded draw."
     if n > len(reserve):

@@ -62,6 +62,7 @@ def make_tiny_llama(folder, *, layers: int = 2, hidden: int = 64, heads: int = 4
     tok.save_pretrained(folder)
     return folder
 
+# %% ../nbs/03a_train.ipynb #189bbc24
 def toy_sft_records(n: int, seed: int = 0) -> list[dict]:
     "`n` SFT records whose answers follow from their instructions (reverse the words), so a model can learn them."
     rng, words = random.Random(seed), 'red green blue fox dog sky teacher student answer number'.split()
@@ -109,6 +110,7 @@ def effective_max_length(tok, max_length: int, model_config=None) -> int:
     caps = [max_length, getattr(tok, 'model_max_length', None), getattr(model_config, 'max_position_embeddings', None)]
     return int(min(c for c in caps if c and c < 1e9))
 
+# %% ../nbs/03a_train.ipynb #6386a2e5
 def tokenize_example(tok, rec: dict, max_length: int, template: str = 'chat') -> Optional[dict]:
     "Token ids and labels of one record (prompt labels -100); `None` when truncation leaves no response token."
     prompt, response = prompt_and_response(tok, rec, template)
@@ -119,6 +121,7 @@ def tokenize_example(tok, rec: dict, max_length: int, template: str = 'chat') ->
     if all(l == IGNORE for l in labels): return None
     return {'id': rec['id'], 'input_ids': ids, 'labels': labels, 'truncated': len(p) + len(r) > max_length}
 
+# %% ../nbs/03a_train.ipynb #69ffcd7c
 def build_examples(tok, records: Sequence[dict], max_length: int, template: str = 'chat') -> tuple[list[dict], dict]:
     "Tokenise every record; returns the examples and counts (kept, truncated, dropped because the prompt fills the limit)."
     exs = [tokenize_example(tok, r, max_length, template) for r in records]
@@ -157,6 +160,7 @@ def collate(rows: Sequence[Sequence[dict]], pad_id: int, pad_to: Optional[int] =
     return {'input_ids': t(ids), 'labels': t(labels), 'position_ids': t(pos),
             'n_real': sum(len(e['input_ids']) for row in rows for e in row)}
 
+# %% ../nbs/03a_train.ipynb #00e7eff7
 def token_loss_sum(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     "Sum of next-token cross-entropy over the labelled tokens of `batch`, and how many there are."
     dev = next(model.parameters()).device
@@ -182,6 +186,7 @@ def step_examples(lengths: Sequence[int], cfg: TrainConfig, *, seed: int) -> lis
         cur.append(i); toks += lengths[i]
     return steps + [cur]
 
+# %% ../nbs/03a_train.ipynb #b6d47afe
 def plan_steps(lengths: Sequence[int], cfg: TrainConfig, *, world: int, rank: int, seed: int,
                max_length: int) -> list[list[list[list[int]]]]:
     """This rank's optimizer steps: each a list of micro-batches, each a list of rows of example indices.
@@ -215,6 +220,7 @@ def pick_device(want: str = 'auto', local_rank: int = 0) -> torch.device:
     if want == 'cpu' or n == 0: return torch.device('cpu')
     return torch.device('cuda', local_rank)
 
+# %% ../nbs/03a_train.ipynb #c0cab001
 def setup_distributed(device: str = 'auto', timeout_min: float = 120) -> tuple[int, int, torch.device]:
     "Join the torchrun process group (nccl on GPU, gloo on CPU); returns rank, world size and this rank's device."
     import torch.distributed as dist
@@ -228,12 +234,14 @@ def setup_distributed(device: str = 'auto', timeout_min: float = 120) -> tuple[i
                                 device_id=dev if cuda else None)
     return dist.get_rank(), dist.get_world_size(), dev
 
+# %% ../nbs/03a_train.ipynb #8faa6666
 def decoder_layers(model) -> torch.nn.ModuleList:
     "The list of decoder blocks (`model.model.layers` for Llama-like models, also inside a peft wrapper)."
     for name, m in model.named_modules():
         if name.split('.')[-1] in ('layers', 'h', 'blocks') and isinstance(m, torch.nn.ModuleList) and len(m): return m
     raise LionError(f"{type(model).__name__}: no list of decoder layers found to shard")
 
+# %% ../nbs/03a_train.ipynb #1f0897fd
 def shard_model(model, device: torch.device):
     "FSDP2: `fully_shard` every decoder layer, then the root; bf16 compute with fp32 reductions on GPU."
     import torch.distributed as dist
@@ -245,6 +253,7 @@ def shard_model(model, device: torch.device):
     fully_shard(model, mesh=mesh, mp_policy=mp)
     return model
 
+# %% ../nbs/03a_train.ipynb #0aa6af02
 def local_numel(model) -> int:
     "Parameters this rank actually stores (the local shards of FSDP's DTensors)."
     return sum((p.to_local() if hasattr(p, 'to_local') else p).numel() for p in model.parameters())
@@ -284,17 +293,20 @@ def latest_checkpoint(out) -> Optional[Path]:
     done = sorted(p for p in (Path(out)/'checkpoints').glob('step_*') if (p/'trainer_state.json').exists())
     return done[-1] if done else None
 
+# %% ../nbs/03a_train.ipynb #f3ca7bb5
 def _rng_state() -> dict:
     import numpy as np
     st = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
     if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state()
     return st
 
+# %% ../nbs/03a_train.ipynb #65bb6f53
 def _set_rng_state(st: dict):
     import numpy as np
     random.setstate(st['python']); np.random.set_state(st['numpy']); torch.set_rng_state(st['torch'])
     if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state(st['cuda'])
 
+# %% ../nbs/03a_train.ipynb #f576c09c
 def save_checkpoint(out, step: int, model, optimizer, scheduler, *, rank: int, world: int, keep: int = 2, info: dict = {}) -> Path:
     "Save model, optimizer, scheduler, step and RNG (all ranks call this); returns the checkpoint folder."
     import torch.distributed as dist, torch.distributed.checkpoint as dcp
@@ -314,6 +326,7 @@ def save_checkpoint(out, step: int, model, optimizer, scheduler, *, rank: int, w
     dist.barrier()
     return final
 
+# %% ../nbs/03a_train.ipynb #914a8124
 def load_checkpoint(ckpt, model, optimizer, scheduler, *, rank: int) -> int:
     "Restore a checkpoint saved by `save_checkpoint` (any world size for the shards); returns its step."
     import torch.distributed.checkpoint as dcp
@@ -339,6 +352,7 @@ def export_entries(model, tie: bool) -> dict[str, tuple[tuple, list[str]]]:
         out[name] = (tuple(t.shape), [k] + (lora if base != k and lora[0] in sd else []))
     return out
 
+# %% ../nbs/03a_train.ipynb #3cedd42b
 def shard_plan(entries: dict, max_bytes: int, bytes_per: int = 2) -> list[list[str]]:
     "Tensor names grouped into consecutive shards of at most `max_bytes` (a bigger tensor: a shard alone)."
     shards, cur, size = [], [], 0
@@ -348,6 +362,7 @@ def shard_plan(entries: dict, max_bytes: int, bytes_per: int = 2) -> list[list[s
         cur.append(name); size += n
     return shards + ([cur] if cur else [])
 
+# %% ../nbs/03a_train.ipynb #63964811
 def _full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, 'full_tensor') else t
 
@@ -360,6 +375,7 @@ def _gather_merged(model, sd: dict, keys: list[str]) -> torch.Tensor:
     scale = model.get_submodule(keys[0].removesuffix('.base_layer.weight')).scaling['default']
     return w + scale * (b @ a)
 
+# %% ../nbs/03a_train.ipynb #7ef52217
 def export_hf_model(model, tok, model_path, out_dir, *, rank: int, step: int, shard_gb: float = 2.0,
                     run_key: Optional[str] = None) -> Path:
     "Stream the sharded `model` to `out_dir` as bfloat16 safetensors shards that `from_pretrained` loads."
@@ -401,12 +417,14 @@ def _finish_export(tmp: Path, out_dir: Path, config, tok, model_path, files: dic
                                         'tensors': files})
     shutil.rmtree(out_dir, ignore_errors=True); os.replace(tmp, out_dir)
 
+# %% ../nbs/03a_train.ipynb #edc0ae2b
 def _safetensors_names(path: Path) -> set:
     "Tensor names in a safetensors file's header (the file's first 8 bytes give the header's length)."
     with open(path, 'rb') as f:
         n = int.from_bytes(f.read(8), 'little')
         return set(json.loads(f.read(n))) - {'__metadata__'}
 
+# %% ../nbs/03a_train.ipynb #a1e3d706
 def export_complete(out_dir, step: Optional[int] = None, run_key: Optional[str] = None) -> bool:
     "True when `out_dir` holds a finished export (of `step` and `run_key`, if given): every file of its manifest, whole."
     man = Path(out_dir)/'lion_export.json'
@@ -419,28 +437,30 @@ def export_complete(out_dir, step: Optional[int] = None, run_key: Optional[str] 
         if _safetensors_names(p) != set(m['tensors'][f]): return False
     return True
 
-
-
 # %% ../nbs/03a_train.ipynb #3eefe4c5
 def _truncate_log(path, step: int):
     "Drop log records after `step` (a resumed run redoes those steps), rewriting the log atomically."
     recs = read_log(path)
     if any(r.get('step', 0) > step for r in recs): write_jsonl(path, [r for r in recs if r.get('step', 0) <= step])
 
+# %% ../nbs/03a_train.ipynb #0b0c1a57
 def _peak_mem_gb(device) -> float:
     if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20    # Linux: KiB
 
+# %% ../nbs/03a_train.ipynb #0cddef8d
 def _idle_batch(pad_id: int) -> dict:
     "A micro-batch with nothing to learn, for a rank with no rows left in a step (its collectives still run)."
     return {**collate([[{'input_ids': [pad_id], 'labels': [IGNORE]}]], pad_id), 'n_real': 0}
 
+# %% ../nbs/03a_train.ipynb #d5607785
 def _agree(value, rank: int):
     "Rank 0's `value`, on every rank."
     import torch.distributed as dist
     box = [value if rank == 0 else None]; dist.broadcast_object_list(box, src=0)
     return box[0]
 
+# %% ../nbs/03a_train.ipynb #677fda86
 def train(data, model_path, out, cfg: TrainConfig, *, seed: int = 0, max_steps: Optional[int] = None,
           max_grad_norm: float = 1.0, attn: str = 'sdpa', lora_r: int = 16, run_key: Optional[str] = None) -> Optional[Path]:
     "The torchrun worker: SFT of `model_path` on `data` with FSDP2; saves checkpoints, a loss log and the final model in `out`."
@@ -533,6 +553,7 @@ def lora_config(r: int = 16):
     except ImportError: raise LionError("train.lora needs peft: pip install peft") from None
     return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules='all-linear', task_type='CAUSAL_LM')
 
+# %% ../nbs/03a_train.ipynb #e4cb97f5
 def add_lora(model, r: int = 16):
     "Wrap `model` with LoRA adapters (peft); only the adapters require gradients."
     from peft import get_peft_model
@@ -549,6 +570,7 @@ def worker_parser() -> argparse.ArgumentParser:
     p.add_argument('--run-key', help="what the export depends on (recorded in its manifest)")
     return p
 
+# %% ../nbs/03a_train.ipynb #74c4ec33
 def die_with_parent() -> Callable[[], None]:
     """Linux: a function that makes the calling process get SIGKILL when its parent dies (prctl PDEATHSIG), so
     a killed launcher or torchrun agent never leaves training running; elsewhere it does nothing. Resolved here,
@@ -558,6 +580,7 @@ def die_with_parent() -> Callable[[], None]:
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     return lambda: prctl(1, signal.SIGKILL)          # 1 = PR_SET_PDEATHSIG
 
+# %% ../nbs/03a_train.ipynb #c752bde7
 def main(argv: Optional[list[str]] = None) -> int:
     "Entry point of each torchrun worker."
     import torch.distributed as dist
@@ -587,12 +610,14 @@ def run_streaming(cmd: Sequence[str], *, env: Optional[dict] = None, echo: Calla
     if check and rc: raise subprocess.CalledProcessError(rc, list(cmd))
     return rc
 
+# %% ../nbs/03a_train.ipynb #26598625
 def first_slurm_host(nodelist: str) -> str:
     "The first host of a SLURM node list: 'gpu[03-04,07],cpu1' -> 'gpu03'."
     m = re.match(r'([^,\[]+)(?:\[([^\],\-]+))?', nodelist.strip())
     if not m: raise LionError(f"cannot read the SLURM node list {nodelist!r}")
     return m.group(1) + (m.group(2) or '')
 
+# %% ../nbs/03a_train.ipynb #1498a8c8
 def rendezvous(cfg: TrainConfig, env: Optional[dict] = None) -> dict:
     """Nodes, this node's rank and the rendezvous endpoint: the config's values, else the scheduler's
     (SLURM_NNODES, SLURM_NODEID, SLURM_JOB_NODELIST) or torchrun-style variables (NNODES, NODE_RANK, MASTER_ADDR,
@@ -613,6 +638,7 @@ def rendezvous(cfg: TrainConfig, env: Optional[dict] = None) -> dict:
     return {'nnodes': nnodes, 'node_rank': node_rank, 'endpoint': endpoint,
             'id': env.get('SLURM_JOB_ID') or 'lion_nb'}
 
+# %% ../nbs/03a_train.ipynb #6b6f54c7
 def torchrun_command(data, model, out, cfg: TrainConfig, nproc: int = 1, *, seed: int = 0, max_steps: Optional[int] = None,
                      attn: str = 'sdpa', lora_r: int = 16, env: Optional[dict] = None, run_key: Optional[str] = None) -> list[str]:
     "The `python -m torch.distributed.run ... -m lion_nb.train ...` command (standalone, or one node of several)."
@@ -625,6 +651,7 @@ def torchrun_command(data, model, out, cfg: TrainConfig, nproc: int = 1, *, seed
            '--seed', str(seed), '--attn', attn, '--lora-r', str(lora_r)]
     return cmd + (['--max-steps', str(max_steps)] if max_steps is not None else []) + (['--run-key', run_key] if run_key else [])
 
+# %% ../nbs/03a_train.ipynb #ed80388c
 RUN_FREE = {'save_every', 'keep', 'node_rank', 'rdzv_endpoint', 'pg_timeout_min'}   # do not change the trained model
 
 def run_key(data, model, cfg: TrainConfig, *, seed: int, max_steps: Optional[int], nproc: int) -> str:
@@ -637,6 +664,7 @@ def run_key(data, model, cfg: TrainConfig, *, seed: int, max_steps: Optional[int
              'seed': seed, 'max_steps': max_steps, 'nproc': nproc}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
+# %% ../nbs/03a_train.ipynb #cc0e777d
 def check_devices(cfg: TrainConfig, nproc: int, echo: Callable[[str], None] = print) -> str:
     "Before launching: 'cuda' or 'cpu'; fails when GPUs are expected and none (or too few) are visible."
     dev, n = pick_device(cfg.device).type, torch.cuda.device_count()
@@ -645,6 +673,7 @@ def check_devices(cfg: TrainConfig, nproc: int, echo: Callable[[str], None] = pr
         echo("[train] no GPU visible: training on the CPU with gloo (train.device: auto)")
     return dev
 
+# %% ../nbs/03a_train.ipynb #05ebc2b2
 def launch_training(data, model, out, cfg: TrainConfig, nproc: int = 1, *, seed: int = 0, max_steps: Optional[int] = None,
                     save_every: Optional[int] = None, keep: Optional[int] = None, attn: str = 'sdpa', lora_r: int = 16,
                     env: Optional[dict] = None, echo: Callable[[str], None] = print) -> Path:
@@ -675,6 +704,7 @@ def _resolve_model(name_or_path) -> Path:
     if not p.exists(): raise InputError(p, None, "model folder not found")
     return p
 
+# %% ../nbs/03a_train.ipynb #b6a02dac
 def train_cli(argv: list[str]) -> int:
     "`lion_nb train --data SFT.jsonl --model PATH --out DIR --nproc N ...`"
     p = argparse.ArgumentParser(prog='lion_nb train', description="Fine-tune a student on SFT data (JSONL of id, instruction, input, output) with FSDP under torchrun.")
