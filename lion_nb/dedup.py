@@ -4,12 +4,15 @@
 
 # %% ../nbs/05a_dedup.ipynb #18fd45d0
 from __future__ import annotations
-import argparse, sys, time
+import argparse
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
+from fastcore.basics import patch
 from rouge_score import rouge_scorer, tokenizers
 
 from .core import InputError, LionError, iter_jsonl, write_jsonl
@@ -23,24 +26,25 @@ __all__ = ['MARGIN', 'rouge_tokenize', 'reference_rouge_l', 'rouge_l_fmeasure', 
 _TOKENIZER = tokenizers.DefaultTokenizer(use_stemmer=False)
 
 def rouge_tokenize(text: str) -> list[str]:
-    "The tokens `rouge_score.rouge_scorer.RougeScorer(['rougeL'])` sees in `text` (its own tokenizer, no stemming)."
+    "The tokens `rouge_score`'s `RougeScorer(['rougeL'])` sees in `text` (its own tokenizer, no stemming)."
     return _TOKENIZER.tokenize(text)
+
+# %% ../nbs/05a_dedup.ipynb #9ad232f0
+_SCORER = None
+
+def _reference_scorer():
+    global _SCORER
+    if _SCORER is None: _SCORER = rouge_scorer.RougeScorer(['rougeL'])
+    return _SCORER
 
 # %% ../nbs/05a_dedup.ipynb #7b529d79
 def reference_rouge_l(target: str, prediction: str) -> float:
     "ROUGE-L F-measure from `rouge_score` itself: the slow reference we must agree with."
     return _reference_scorer().score(target, prediction)['rougeL'].fmeasure
 
-# %% ../nbs/05a_dedup.ipynb #9ad232f0
-_SCORER = None
-def _reference_scorer():
-    global _SCORER
-    if _SCORER is None: _SCORER = rouge_scorer.RougeScorer(['rougeL'])
-    return _SCORER
-
 # %% ../nbs/05a_dedup.ipynb #bd9f2e2e
 def rouge_l_fmeasure(lcs: int, m: int, n: int) -> float:
-    "ROUGE-L F from an LCS length and the two token counts, with `rouge_score`'s arithmetic (0 if either is empty)."
+    "ROUGE-L F from an LCS length and two token counts, with `rouge_score`'s arithmetic (0 if one is empty)."
     if not m or not n: return 0.0
     precision, recall = lcs / n, lcs / m
     return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
@@ -60,206 +64,310 @@ def lcs_length(a: Sequence, b: Sequence) -> int:
     if not a or not b: return 0
     match: dict = {}
     for i, t in enumerate(a): match[t] = match.get(t, 0) | (1 << i)
-    full = (1 << len(a)) - 1; v = full
+    full = (1 << len(a)) - 1
+    v = full
     for t in b:
         u = v & match.get(t, 0)
         v = ((v + u) | (v - u)) & full
     return len(a) - v.bit_count()
 
 # %% ../nbs/05a_dedup.ipynb #8923a983
-_ONES = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
-
 def candidate_masks(cand: Sequence[int], vocab_size: int) -> np.ndarray:
-    "Bit masks `(words, vocab_size + 1)`: where each token id occurs in `cand`; the last column (padding) is 0."
+    "Bit masks `(words, vocab_size + 1)` of where each token id occurs in `cand`; the last (padding) is 0."
     masks = np.zeros(((len(cand) + 63) // 64, vocab_size + 1), np.uint64)
     for i, t in enumerate(cand): masks[i >> 6, t] |= np.uint64(1 << (i & 63))
     return masks
 
-# %% ../nbs/05a_dedup.ipynb #860afc0f
-def lcs_many(masks: np.ndarray, n: int, tokens: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """LCS length of one candidate (`masks` from `candidate_masks`, `n` tokens) with each row of `tokens`.
+# %% ../nbs/05a_dedup.ipynb #d19badd0
+_ONES = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 
-    `tokens` is `(rows, width)`, padded with the padding id `masks.shape[1] - 1`; rows must be sorted by `lens`."""
-    rows, width = tokens.shape
-    if n == 0 or rows == 0: return np.zeros(rows, np.int64)
-    words = masks.shape[0]
-    starts = np.searchsorted(lens, np.arange(width), side='right')   # rows longer than j start at starts[j]
-    v = np.full((words, rows), _ONES, np.uint64)
-    for j in range(width):
-        s = starts[j]; col = tokens[s:, j]
-        if words == 1:
-            vw = v[0, s:]; u = vw & masks[0, col]
-            v[0, s:] = (vw + u) | (vw ^ u)
-        else:
-            carry = np.zeros(rows - s, np.uint64)
-            for w in range(words):
-                vw = v[w, s:]; u = vw & masks[w, col]
-                s1 = vw + u; s2 = s1 + carry
-                carry = ((s1 < vw) | (s2 < s1)).astype(np.uint64)
-                v[w, s:] = s2 | (vw ^ u)
-    zeros = np.zeros(rows, np.int64)
-    for w in range(words):
+def _lcs_step(v: np.ndarray, masks: np.ndarray, col: np.ndarray, s: int) -> None:
+    "Advance `v` (words x rows) in place by the tokens `col` of rows `s:`."
+    if len(v) == 1:
+        vw = v[0, s:]
+        u = vw & masks[0, col]
+        v[0, s:] = (vw + u) | (vw ^ u)
+        return
+    carry = np.zeros(v.shape[1] - s, np.uint64)
+    for w in range(len(v)):
+        vw = v[w, s:]
+        u = vw & masks[w, col]
+        s1 = vw + u
+        s2 = s1 + carry
+        carry = ((s1 < vw) | (s2 < s1)).astype(np.uint64)
+        v[w, s:] = s2 | (vw ^ u)
+
+# %% ../nbs/05a_dedup.ipynb #deee8f02
+def _zero_bits(v: np.ndarray, n: int) -> np.ndarray:
+    "Per row of `v` (words x rows), its zero bits among the first `n` bit positions."
+    zeros = np.zeros(v.shape[1], np.int64)
+    for w in range(len(v)):
         bits = min(64, n - 64 * w)
         low = _ONES if bits == 64 else np.uint64((1 << bits) - 1)
         zeros += bits - np.bitwise_count(v[w] & low).astype(np.int64)
     return zeros
 
+# %% ../nbs/05a_dedup.ipynb #e50cca3c
+def lcs_many(masks: np.ndarray, # the candidate's `candidate_masks`
+             n: int, # the candidate's number of tokens
+             tokens: np.ndarray, # `(rows, width)` pool item tokens, padded with id `masks.shape[1] - 1`
+             lens: np.ndarray, # each row's number of tokens; rows must be sorted by it
+            ) -> np.ndarray:
+    "LCS length of one candidate (`masks` from `candidate_masks`, `n` tokens) with each row of `tokens`."
+    rows, width = tokens.shape
+    if n == 0 or rows == 0: return np.zeros(rows, np.int64)
+    starts = np.searchsorted(lens, np.arange(width), side='right')   # rows longer than j start at starts[j]
+    v = np.full((masks.shape[0], rows), _ONES, np.uint64)
+    for j in range(width): _lcs_step(v, masks, tokens[starts[j]:, j], starts[j])
+    return _zero_bits(v, n)
+
 # %% ../nbs/05a_dedup.ipynb #79f1b588
 class _Grow:
     "A 1-d NumPy array that grows by doubling; `view()` is its filled part."
     __slots__ = ('a', 'n')
-    def __init__(self, dtype, init=()): self.a = np.array(init, dtype); self.n = len(self.a)
-    def _reserve(self, need):
-        if need > len(self.a):
-            b = np.empty(max(need, 2 * len(self.a), 4), self.a.dtype); b[:self.n] = self.a[:self.n]; self.a = b
-    def append(self, x):
-        self._reserve(self.n + 1); self.a[self.n] = x; self.n += 1
-    def extend(self, xs):
-        xs = np.asarray(xs, self.a.dtype); self._reserve(self.n + len(xs))
-        self.a[self.n:self.n + len(xs)] = xs; self.n += len(xs)
+    def __init__(self, dtype, init=()):
+        self.a = np.array(init, dtype)
+        self.n = len(self.a)
+
     def view(self) -> np.ndarray: return self.a[:self.n]
 
+    def _reserve(self, need):
+        if need <= len(self.a): return
+        b = np.empty(max(need, 2 * len(self.a), 4), self.a.dtype)
+        b[:self.n] = self.a[:self.n]
+        self.a = b
+
 # %% ../nbs/05a_dedup.ipynb #14e01a64
+@patch
+def append(self: _Grow, x):
+    self._reserve(self.n + 1)
+    self.a[self.n] = x
+    self.n += 1
+
+@patch
+def extend(self: _Grow, xs):
+    xs = np.asarray(xs, self.a.dtype)
+    self._reserve(self.n + len(xs))
+    self.a[self.n:self.n + len(xs)] = xs
+    self.n += len(xs)
+
+# %% ../nbs/05a_dedup.ipynb #07babd90
 @dataclass(frozen=True)
 class Nearest:
-    "The highest ROUGE-L F-measure of a text against an index, and the first item that reaches it (-1 if none)."
+    "The highest ROUGE-L F of a text against an index, and the first item that reaches it (-1 if none)."
     score: float
     index: int
 
-# %% ../nbs/05a_dedup.ipynb #927db90a
+# %% ../nbs/05a_dedup.ipynb #48e7e479
 class RougeIndex:
     "Instructions as token ids, with postings, for exact maximum ROUGE-L queries."
-    def __init__(self, texts: Iterable[str] = (), dense_min_items: int = 1024, dense_share: float = 1 / 16,
-                 cell_budget: int = 1 << 20):
+    def __init__(self,
+                 texts: Iterable[str] = (), # the pool's instructions
+                 dense_min_items: int = 1024, # from this many items on, frequent tokens get dense rows
+                 dense_share: float = 1 / 16, # a token in more than this share of the items is frequent
+                 cell_budget: int = 1 << 20, # the most token cells one exact LCS pass holds
+                ):
         self.vocab: dict[str, int] = {}
         self.texts: list[str] = []
         self.lens, self.flat, self.offs = _Grow(np.int64), _Grow(np.int32), _Grow(np.int64, [0])
-        self.post_items: list[_Grow] = []; self.post_counts: list[_Grow] = []
+        self.post_items: list[_Grow] = []
+        self.post_counts: list[_Grow] = []
         self.dense: dict[int, _Grow] = {}      # frequent token id -> its count in every item
         self.dense_min_items, self.dense_share, self.cell_budget = dense_min_items, dense_share, cell_budget
-        self.extend(texts)
+        texts = list(texts)
+        if texts: self.extend(texts)     # `extend`, below, builds the postings
 
     def __len__(self): return len(self.texts)
 
-    def token_ids(self, text: str) -> list[int]:
-        "`text`'s ROUGE tokens as ids (new tokens get new ids)."
-        v = self.vocab
-        return [v.setdefault(t, len(v)) for t in rouge_tokenize(text)]
+# %% ../nbs/05a_dedup.ipynb #0e07acd7
+@patch
+def token_ids(self: RougeIndex, text: str) -> list[int]:
+    "`text`'s ROUGE tokens as ids (new tokens get new ids)."
+    v = self.vocab
+    return [v.setdefault(t, len(v)) for t in rouge_tokenize(text)]
 
-    def _grow_postings(self):
-        while len(self.post_items) < len(self.vocab):
-            self.post_items.append(_Grow(np.int32)); self.post_counts.append(_Grow(np.int32))
+# %% ../nbs/05a_dedup.ipynb #972d0334
+@patch
+def _grow_postings(self: RougeIndex):
+    while len(self.post_items) < len(self.vocab):
+        self.post_items.append(_Grow(np.int32))
+        self.post_counts.append(_Grow(np.int32))
 
-# %% ../nbs/05a_dedup.ipynb #07babd90
-def _extend(self: RougeIndex, texts: Iterable[str]) -> None:
-    "Add many instructions at once (vectorised postings build)."
-    texts = list(texts)
-    if not texts: return
-    seqs = [self.token_ids(t) for t in texts]
-    first = len(self.texts); self.texts.extend(texts)
-    lens = np.fromiter(map(len, seqs), np.int64, len(seqs))
-    flat = np.fromiter((t for s in seqs for t in s), np.int64, int(lens.sum()))
-    self.lens.extend(lens); self.flat.extend(flat); self.offs.extend(self.offs.view()[-1] + np.cumsum(lens))
-    total, vocab = first + len(seqs), len(self.vocab)
+# %% ../nbs/05a_dedup.ipynb #f64282a5
+def _sorted_postings(flat: np.ndarray, lens: np.ndarray, first: int, vocab: int):
+    "(items, counts) of the new items' tokens, sorted by token; token t's are `bounds[t]:bounds[t + 1]`."
+    total = first + len(lens)
     items = np.repeat(np.arange(first, total, dtype=np.int64), lens)
     keys, counts = np.unique(flat * total + items, return_counts=True)      # sorted by token, then item
     toks, its = keys // total, (keys % total).astype(np.int32)
     bounds = np.searchsorted(toks, np.arange(vocab + 1))
-    self._grow_postings()
+    return its, counts, bounds
+
+# %% ../nbs/05a_dedup.ipynb #dd2c21ea
+@patch
+def _extend_postings(self: RougeIndex, its: np.ndarray, counts: np.ndarray, bounds: np.ndarray):
+    "Append the new items to the postings of the tokens they hold."
     for t in np.flatnonzero(np.diff(bounds)):
         a, b = bounds[t], bounds[t + 1]
-        self.post_items[t].extend(its[a:b]); self.post_counts[t].extend(counts[a:b])
-    for t, row in self.dense.items():                     # dense rows cover the new items too
-        new = np.zeros(len(seqs), np.int32)
-        if t < vocab: a, b = bounds[t], bounds[t + 1]; new[its[a:b] - first] = counts[a:b]
-        row.extend(new)
-    if total >= self.dense_min_items:
-        for t, p in enumerate(self.post_items):
-            if t not in self.dense and p.n > total * self.dense_share:
-                row = np.zeros(total, np.int32); row[p.view()] = self.post_counts[t].view(); self.dense[t] = _Grow(np.int32, row)
+        self.post_items[t].extend(its[a:b])
+        self.post_counts[t].extend(counts[a:b])
 
-# %% ../nbs/05a_dedup.ipynb #48e7e479
-def _add(self: RougeIndex, text: str, ids: Optional[list[int]] = None) -> int:
+# %% ../nbs/05a_dedup.ipynb #39981a82
+@patch
+def _extend_dense(self: RougeIndex, its: np.ndarray, counts: np.ndarray, bounds: np.ndarray, first: int,
+                  added: int):
+    "Dense rows cover the new items too."
+    vocab = len(bounds) - 1
+    for t, row in self.dense.items():
+        new = np.zeros(added, np.int32)
+        if t < vocab:
+            a, b = bounds[t], bounds[t + 1]
+            new[its[a:b] - first] = counts[a:b]
+        row.extend(new)
+
+# %% ../nbs/05a_dedup.ipynb #85406d16
+@patch
+def _densify(self: RougeIndex):
+    "A dense row for every token held by more than `dense_share` of the items, once there are enough of them."
+    total = len(self)
+    if total < self.dense_min_items: return
+    for t, p in enumerate(self.post_items):
+        if t not in self.dense and p.n > total * self.dense_share:
+            row = np.zeros(total, np.int32)
+            row[p.view()] = self.post_counts[t].view()
+            self.dense[t] = _Grow(np.int32, row)
+
+# %% ../nbs/05a_dedup.ipynb #d3124051
+@patch
+def extend(self: RougeIndex, texts: Iterable[str]) -> None:
+    "Add many instructions at once (vectorised postings build)."
+    texts = list(texts)
+    if not texts: return
+    seqs = [self.token_ids(t) for t in texts]
+    first = len(self.texts)
+    self.texts.extend(texts)
+    lens = np.fromiter(map(len, seqs), np.int64, len(seqs))
+    flat = np.fromiter((t for s in seqs for t in s), np.int64, int(lens.sum()))
+    self.lens.extend(lens)
+    self.flat.extend(flat)
+    self.offs.extend(self.offs.view()[-1] + np.cumsum(lens))
+    its, counts, bounds = _sorted_postings(flat, lens, first, len(self.vocab))
+    self._grow_postings()
+    self._extend_postings(its, counts, bounds)
+    self._extend_dense(its, counts, bounds, first, len(seqs))
+    self._densify()
+
+# %% ../nbs/05a_dedup.ipynb #4da17c88
+@patch
+def add(self: RougeIndex, text: str, ids: Optional[list[int]] = None) -> int:
     "Add one instruction (its token ids if already known); return its index."
     if ids is None: ids = self.token_ids(text)
-    i = len(self.texts); self.texts.append(text)
-    self.lens.append(len(ids)); self.flat.extend(ids); self.offs.append(self.flat.n)
+    i = len(self.texts)
+    self.texts.append(text)
+    self.lens.append(len(ids))
+    self.flat.extend(ids)
+    self.offs.append(self.flat.n)
     self._grow_postings()
-    counts: dict[int, int] = {}
-    for t in ids: counts[t] = counts.get(t, 0) + 1
-    for t, c in counts.items(): self.post_items[t].append(i); self.post_counts[t].append(c)
+    counts = Counter(ids)
+    for t, c in counts.items():
+        self.post_items[t].append(i)
+        self.post_counts[t].append(c)
     for t, row in self.dense.items(): row.append(counts.get(t, 0))
     return i
 
-RougeIndex.extend, RougeIndex.add = _extend, _add
-
-# %% ../nbs/05a_dedup.ipynb #0e07acd7
-def _overlap(self: RougeIndex, ids: Sequence[int]) -> np.ndarray:
+# %% ../nbs/05a_dedup.ipynb #2a4c96f2
+@patch
+def overlap(self: RougeIndex, ids: Sequence[int]) -> np.ndarray:
     "Multiset token overlap of `ids` with every item: an upper bound on each item's LCS with `ids`."
     ov = np.zeros(len(self), np.int64)
-    counts: dict[int, int] = {}
-    for t in ids: counts[t] = counts.get(t, 0) + 1
-    for t, c in counts.items():
+    for t, c in Counter(ids).items():
         if t in self.dense:
-            row = self.dense[t].view(); ov += np.minimum(row, c)
+            ov += np.minimum(self.dense[t].view(), c)
         elif t < len(self.post_items) and self.post_items[t].n:
             ov[self.post_items[t].view()] += np.minimum(self.post_counts[t].view(), c)
     return ov
 
-# %% ../nbs/05a_dedup.ipynb #972d0334
-def _exact(self: RougeIndex, ids: Sequence[int], masks: np.ndarray, items: np.ndarray) -> np.ndarray:
+# %% ../nbs/05a_dedup.ipynb #478168f2
+def _chunk_stop(lens: np.ndarray, start: int, budget: int) -> int:
+    "The end of the chunk of rows from `start` that fits in `budget` cells (at least one row); `lens` sorted."
+    # rows are sorted by length, so a chunk of k rows from `start` is k * lens[start + k - 1] cells
+    cells = np.arange(1, len(lens) - start + 1) * lens[start:]
+    return start + max(1, int(np.searchsorted(cells, budget, side='right')))
+
+# %% ../nbs/05a_dedup.ipynb #25973bfd
+def _padded(flat: np.ndarray, offs: np.ndarray, lens: np.ndarray, pad: int) -> np.ndarray:
+    "The token rows of the items at `offs` (with `lens` tokens) in `flat`, padded with `pad` to the longest."
+    width = int(lens.max())
+    pos = offs[:, None] + np.arange(width)[None, :]
+    return np.where(np.arange(width)[None, :] < lens[:, None], flat[np.minimum(pos, len(flat) - 1)], pad)
+
+# %% ../nbs/05a_dedup.ipynb #0c591178
+@patch
+def exact(self: RougeIndex, ids: Sequence[int], masks: np.ndarray, items: np.ndarray) -> np.ndarray:
     "Exact ROUGE-L F of `ids` against `items` (bit-parallel LCS in chunks of at most `cell_budget` tokens)."
     out = np.zeros(len(items), np.float64)
     if not len(items) or not ids: return out
-    lens_all, offs_all, flat = self.lens.view(), self.offs.view(), self.flat.view()
-    order = np.argsort(lens_all[items], kind='stable'); items = items[order]
-    lens, offs = lens_all[items], offs_all[items]
-    pad = masks.shape[1] - 1; start = 0
+    order = np.argsort(self.lens.view()[items], kind='stable')
+    items = items[order]
+    lens, offs = self.lens.view()[items], self.offs.view()[items]
+    pad = masks.shape[1] - 1
+    start = 0
     while start < len(items):
-        # rows are sorted by length, so a chunk of k rows from `start` is k * lens[start + k - 1] cells
-        cells = np.arange(1, len(items) - start + 1) * lens[start:]
-        stop = start + max(1, int(np.searchsorted(cells, self.cell_budget, side='right')))
-        l, o = lens[start:stop], offs[start:stop]; width = int(l.max())
-        pos = o[:, None] + np.arange(width)[None, :]
-        tokens = np.where(np.arange(width)[None, :] < l[:, None], flat[np.minimum(pos, len(flat) - 1)], pad)
-        lcs = lcs_many(masks, len(ids), tokens, l)
-        out[order[start:stop]] = rouge_l_fmeasures(lcs, l, len(ids))
+        stop = _chunk_stop(lens, start, self.cell_budget)
+        l = lens[start:stop]
+        tokens = _padded(self.flat.view(), offs[start:stop], l, pad)
+        out[order[start:stop]] = rouge_l_fmeasures(lcs_many(masks, len(ids), tokens, l), l, len(ids))
         start = stop
     return out
 
-RougeIndex.overlap, RougeIndex.exact = _overlap, _exact
-
 # %% ../nbs/05a_dedup.ipynb #5e8ef04b
+@patch
+def _f_bounds(self: RougeIndex, ids: Sequence[int]) -> np.ndarray:
+    "An upper bound on every item's ROUGE-L F with `ids`; -1 where no token is shared."
+    ov = self.overlap(ids)
+    return np.where(ov > 0, 2.0 * ov / (len(ids) + self.lens.view()), -1.0)
+
+# %% ../nbs/05a_dedup.ipynb #a48fea18
 MARGIN = 1e-9
 
-def _nearest(self: RougeIndex, text: Optional[str] = None, ids: Optional[Sequence[int]] = None,
-             threshold: float = 0.7, step: float = 0.05) -> Nearest:
-    "The exact maximum ROUGE-L F of `text` (or its token `ids`) against every item, and the first item reaching it."
-    if ids is None: ids = self.token_ids(text)
-    n = len(ids)
-    if not n or not len(self): return Nearest(0.0, -1)
-    ov = self.overlap(ids)
-    bound = np.where(ov > 0, 2.0 * ov / (n + self.lens.view()), -1.0)
-    top = float(bound.max())
-    if top <= 0: return Nearest(0.0, -1)                 # no token in common with anything
+@patch
+def _descend(self: RougeIndex, ids: Sequence[int], bound: np.ndarray, threshold: float, step: float):
+    "The best exact score, and the bands of items scored with their scores, from `threshold` down."
     masks = candidate_masks(ids, len(self.vocab))
     best, items, scores = 0.0, [], []
-    level, upper = min(threshold, top), None             # no item can score above `top`: start there
+    level, upper = min(threshold, float(bound.max())), None     # no item can score above its bound
     while True:
         sel = bound >= level - MARGIN
         if upper is not None: sel &= bound < upper - MARGIN
         band = np.flatnonzero(sel)
         if len(band):
-            f = self.exact(ids, masks, band); items.append(band); scores.append(f); best = max(best, float(f.max()))
+            f = self.exact(ids, masks, band)
+            items.append(band)
+            scores.append(f)
+            best = max(best, float(f.max()))
         if best >= level or level <= 0: break
         upper, level = level, max(level - step, best, 0.0)
+    return best, items, scores
+
+# %% ../nbs/05a_dedup.ipynb #97cdd6be
+@patch
+def nearest(self: RougeIndex,
+            text: Optional[str] = None, # the query
+            ids: Optional[Sequence[int]] = None, # or its token ids, from `token_ids`
+            threshold: float = 0.7, # where the descent starts: scores at or above it are found at once
+            step: float = 0.05, # how far the level goes down per round
+           ) -> Nearest:
+    "The exact maximum ROUGE-L F of `text` (or its token `ids`) against every item, and the first item at it."
+    if ids is None: ids = self.token_ids(text)
+    if not len(ids) or not len(self): return Nearest(0.0, -1)
+    bound = self._f_bounds(ids)
+    if float(bound.max()) <= 0: return Nearest(0.0, -1)                 # no token in common with anything
+    best, items, scores = self._descend(ids, bound, threshold, step)
     if best <= 0: return Nearest(0.0, -1)
     items, scores = np.concatenate(items), np.concatenate(scores)
     return Nearest(best, int(items[scores == best].min()))
 
-# %% ../nbs/05a_dedup.ipynb #f45f4395
-RougeIndex.nearest = _nearest
-
+# %% ../nbs/05a_dedup.ipynb #7314451d
 def _reference_nearest_scan(pool: list[str], text: str) -> Nearest:
     "The same query by brute force with `rouge_score` (slow)."
     scores = [reference_rouge_l(p, text) for p in pool]
@@ -275,8 +383,11 @@ class Decision:
     nearest: int      # index in the filter's index of the first item with that score (-1: nothing shared)
 
 # %% ../nbs/05a_dedup.ipynb #f734a140
-def rouge_filter(candidates: Iterable[str], pool: Iterable[str] | RougeIndex = (), threshold: float = 0.7) -> list[Decision]:
-    "Decide each candidate in order: kept iff its max ROUGE-L F is below `threshold`; kept ones join the pool."
+def rouge_filter(candidates: Iterable[str], # the new instructions, decided in this order
+                 pool: Iterable[str] | RougeIndex = (), # the instructions already kept, or their index
+                 threshold: float = 0.7, # a candidate scoring this or more against any of them is out
+                ) -> list[Decision]:
+    "Decide each candidate in turn: kept iff its max ROUGE-L F is below `threshold`; kept ones join the pool."
     if not 0 < threshold <= 1: raise ValueError(f"threshold must be in (0, 1], not {threshold}")
     index = pool if isinstance(pool, RougeIndex) else RougeIndex(list(pool))
     out = []
@@ -288,8 +399,11 @@ def rouge_filter(candidates: Iterable[str], pool: Iterable[str] | RougeIndex = (
         out.append(Decision(kept, near.score, near.index))
     return out
 
-# %% ../nbs/05a_dedup.ipynb #282309a4
-def reference_filter(candidates: Iterable[str], pool: Iterable[str] = (), threshold: float = 0.7) -> list[Decision]:
+# %% ../nbs/05a_dedup.ipynb #c3931319
+def reference_filter(candidates: Iterable[str], # the new instructions, decided in this order
+                     pool: Iterable[str] = (), # the instructions already kept
+                     threshold: float = 0.7, # a candidate scoring this or more against any of them is out
+                    ) -> list[Decision]:
     "The same filter by brute force with `rouge_score` (slow: for tests and benchmarks)."
     pool, out = list(pool), []
     for text in candidates:
@@ -301,11 +415,12 @@ def reference_filter(candidates: Iterable[str], pool: Iterable[str] = (), thresh
 
 # %% ../nbs/05a_dedup.ipynb #0c82eea2
 def read_instruction_rows(path, field: str = 'instruction') -> list[tuple[int, dict]]:
-    "The `(line, record)` pairs of a JSONL file whose records all have a string `field`; errors name file and line."
+    "The `(line, record)` pairs of a JSONL file whose records all have a string `field`; errors name lines."
     rows = []
     for n, obj in iter_jsonl(path):
         if field not in obj: raise InputError(path, n, f"field '{field}' is missing")
-        if not isinstance(obj[field], str): raise InputError(path, n, f"field '{field}' must be a string, not {type(obj[field]).__name__}")
+        if not isinstance(obj[field], str):
+            raise InputError(path, n, f"field '{field}' must be a string, not {type(obj[field]).__name__}")
         rows.append((n, obj))
     return rows
 
@@ -314,37 +429,58 @@ def _describe(kind: str, row: tuple[int, dict]) -> dict:
     n, obj = row
     return {'from': kind, 'line': n, 'id': obj.get('id'), 'instruction': obj['instruction']}
 
-# %% ../nbs/05a_dedup.ipynb #951b381b
+# %% ../nbs/05a_dedup.ipynb #8a3b2d9c
 def dedup_rows(pool_rows: list[tuple[int, dict]], cand_rows: list[tuple[int, dict]], threshold: float = 0.7):
     "Filter candidate rows against pool rows; return `(kept records, report rows)`."
     index = RougeIndex([o['instruction'] for _, o in pool_rows])
     sources = [('pool', r) for r in pool_rows]
     kept, report = [], []
     for row, d in zip(cand_rows, rouge_filter((o['instruction'] for _, o in cand_rows), index, threshold)):
-        if d.kept: kept.append(row[1]); sources.append(('candidates', row))
+        if d.kept:
+            kept.append(row[1])
+            sources.append(('candidates', row))
         report.append({'line': row[0], 'id': row[1].get('id'), 'kept': d.kept, 'rouge_l': d.score,
                        'nearest': _describe(*sources[d.nearest]) if d.nearest >= 0 else None})
     return kept, report
 
-# %% ../nbs/05a_dedup.ipynb #8a3b2d9c
-def dedup_cli(argv: Optional[list[str]] = None) -> int:
-    "`lion_nb dedup`: keep the candidates whose ROUGE-L F to the pool (and to earlier kept ones) is below a threshold."
-    p = argparse.ArgumentParser(prog='lion_nb dedup', description=dedup_cli.__doc__.split(': ', 1)[1])
-    p.add_argument('--pool', type=Path, required=True, help="JSONL of instructions already kept (may be empty)")
-    p.add_argument('--candidates', type=Path, required=True, help="JSONL of new instructions, decided in this order")
-    p.add_argument('--threshold', type=float, default=0.7, help="reject at this ROUGE-L F-measure or above (default 0.7)")
-    p.add_argument('--out', type=Path, required=True, help="where to write the kept candidates (JSONL, input order)")
+# %% ../nbs/05a_dedup.ipynb #7f27f9bb
+def _dedup_parser(description: str) -> argparse.ArgumentParser:
+    "The arguments of `lion_nb dedup`."
+    p = argparse.ArgumentParser(prog='lion_nb dedup', description=description)
+    p.add_argument('--pool', type=Path, required=True,
+                   help="JSONL of instructions already kept (may be empty)")
+    p.add_argument('--candidates', type=Path, required=True,
+                   help="JSONL of new instructions, decided in this order")
+    p.add_argument('--threshold', type=float, default=0.7,
+                   help="reject at this ROUGE-L F-measure or above (default 0.7)")
+    p.add_argument('--out', type=Path, required=True,
+                   help="where to write the kept candidates (JSONL, input order)")
     p.add_argument('--report', type=Path, help="per-candidate report (default: OUT with .report.jsonl)")
-    a = p.parse_args(argv)
-    if not 0 < a.threshold <= 1: p.error(f"--threshold must be in (0, 1], not {a.threshold}")
+    return p
+
+# %% ../nbs/05a_dedup.ipynb #ea6c555a
+def _output_paths(a: argparse.Namespace) -> tuple[Path, Path]:
+    "The kept-candidates file and the report file of parsed arguments `a`; neither may be an input file."
     report = a.report or a.out.with_name(a.out.name.removesuffix('.jsonl') + '.report.jsonl')
     inputs = {a.pool.resolve(), a.candidates.resolve()}
     for out in (a.out, report):
         if out.resolve() in inputs: raise LionError(f"refusing to overwrite the input file {out}")
+    return a.out, report
+
+# %% ../nbs/05a_dedup.ipynb #f3316eeb
+def dedup_cli(argv: Optional[list[str]] = None, # the command line after `lion_nb dedup` (default: sys.argv)
+             ) -> int:
+    """`lion_nb dedup`: keep the candidates whose ROUGE-L F to the pool (and to earlier kept ones) is below a
+    threshold."""
+    p = _dedup_parser(dedup_cli.__doc__.split(': ', 1)[1])
+    a = p.parse_args(argv)
+    if not 0 < a.threshold <= 1: p.error(f"--threshold must be in (0, 1], not {a.threshold}")
+    out, report = _output_paths(a)
     t0 = time.perf_counter()
     pool, cands = read_instruction_rows(a.pool), read_instruction_rows(a.candidates)
     kept, rows = dedup_rows(pool, cands, a.threshold)
-    write_jsonl(a.out, kept); write_jsonl(report, rows)
+    write_jsonl(out, kept)
+    write_jsonl(report, rows)
     print(f"lion_nb dedup: kept {len(kept):,} of {len(cands):,} candidates (ROUGE-L < {a.threshold}) against "
-          f"{len(pool):,} pool instructions in {time.perf_counter() - t0:.1f} s; wrote {a.out} and {report}")
+          f"{len(pool):,} pool instructions in {time.perf_counter() - t0:.1f} s; wrote {out} and {report}")
     return 0
