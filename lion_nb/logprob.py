@@ -11,10 +11,11 @@ from typing import Optional, Sequence
 from .core import LionError
 
 # %% auto #0
-__all__ = ['NUMBER', 'LABEL', 'token_spans', 'score_positions', 'expected_value', 'expected_scores']
+__all__ = ['LABEL', 'NUMBER', 'token_spans', 'score_positions', 'expected_value', 'expected_scores']
 
 # %% ../nbs/04b_logprob.ipynb #b3c86e71
-def token_spans(content: Sequence[dict]) -> tuple[str, list[tuple[int, int]]]:
+def token_spans(content: Sequence[dict], # the reply's `logprobs.content`, one entry per token
+               ) -> tuple[str, list[tuple[int, int]]]:
     "The reply text rebuilt from its tokens, and each token's (start, end) character span."
     spans, pos = [], 0
     for entry in content:
@@ -23,12 +24,10 @@ def token_spans(content: Sequence[dict]) -> tuple[str, list[tuple[int, int]]]:
     return ''.join(e['token'] for e in content), spans
 
 # %% ../nbs/04b_logprob.ipynb #e475f4cd
-NUMBER = re.compile(r'(?<![\d.])(10|[1-9])(?:\.\d+)?(?![\d])')
-
 LABEL = re.compile(r'(?i)\b(?:assistant|answer|response|output|model)\s*#?\s*[12]\b')
 
 def _unlabelled(text: str) -> str:
-    "`text` with answer labels such as 'Assistant 1' blanked out (same length), so their digits are not scores."
+    "`text` with answer labels such as 'Assistant 1' blanked out (same length): their digits aren't scores."
     return LABEL.sub(lambda m: ' ' * len(m.group(0)), text)
 
 # %% ../nbs/04b_logprob.ipynb #ba420a69
@@ -38,11 +37,13 @@ def _lines(text: str):
         yield start, line
         start += len(line) + 1
 
-# %% ../nbs/04b_logprob.ipynb #dc02476c
+# %% ../nbs/04b_logprob.ipynb #d4c598b3
+NUMBER = re.compile(r'(?<![\d.])(10|[1-9])(?:\.\d+)?(?![\d])')
+
 def _score_lines(text: str, which: str, n: int) -> list[tuple[int, str, int]]:
-    """(start, line, how many numbers to read) of the score line(s): the first (or last) line holding `n` numbers;
-    else `n` labelled lines in a row at the start (or end) of the numbered lines, one number each ('Assistant 1: 8'
-    and 'Assistant 2: 6' on their own lines)."""
+    """(start, line, how many numbers to read) of the score line(s): the first (or last) line holding `n`
+    numbers; else `n` labelled lines in a row at the start (or end) of the numbered lines, one number each
+    ('Assistant 1: 8' and 'Assistant 2: 6' on their own lines)."""
     labelled = {s for s, line in _lines(text) if LABEL.search(line)}
     numbered = [(s, line) for s, line in _lines(_unlabelled(text)) if NUMBER.search(line)]
     full = [(s, line, n) for s, line in numbered if len(NUMBER.findall(line)) >= n]
@@ -52,8 +53,11 @@ def _score_lines(text: str, which: str, n: int) -> list[tuple[int, str, int]]:
         return [(s, line, 1) for s, line in run]
     raise LionError(f"no line of the reply holds {n} scores, nor do {n} lines of one score each")
 
-# %% ../nbs/04b_logprob.ipynb #d4c598b3
-def score_positions(content: Sequence[dict], which: str = 'first', n: int = 2) -> list[list[int]]:
+# %% ../nbs/04b_logprob.ipynb #ccbd513c
+def score_positions(content: Sequence[dict], # the reply's `logprobs.content`, one entry per token
+                    which: str = 'first', # read the 'first' or the 'last' score line
+                    n: int = 2, # how many scores the line holds
+                   ) -> list[list[int]]:
     "Token indices of the `n` numbers on the reply's first (or last) score line(s) (see `_score_lines`)."
     if which not in ('first', 'last'): raise ValueError(f"which is 'first' or 'last', not {which!r}")
     text, spans = token_spans(content)
@@ -64,8 +68,10 @@ def score_positions(content: Sequence[dict], which: str = 'first', n: int = 2) -
             found.append([i for i, (s, e) in enumerate(spans) if s < b and e > a])
     return found
 
-# %% ../nbs/04b_logprob.ipynb #ccbd513c
-def expected_value(entry: dict, ten_split: bool = False) -> Optional[float]:
+# %% ../nbs/04b_logprob.ipynb #f2d80371
+def expected_value(entry: dict, # one token's entry of `logprobs.content`, with its `top_logprobs`
+                   ten_split: bool = False, # the token is the "1" of a "10" written in two tokens
+                  ) -> Optional[float]:
     "Expected score over one position's integer alternatives 1-10; None when there are none."
     probs = {}
     for alt in entry.get('top_logprobs') or []:
@@ -78,9 +84,13 @@ def expected_value(entry: dict, ten_split: bool = False) -> Optional[float]:
     return sum(v * p for v, p in probs.items()) / total if total > 0 else None
 
 # %% ../nbs/04b_logprob.ipynb #e7b34f2d
-def expected_scores(content: Sequence[dict], which: str = 'first', n: int = 2) -> list[float]:
+def expected_scores(content: Sequence[dict], # the reply's `logprobs.content`, one entry per token
+                    which: str = 'first', # read the 'first' or the 'last' score line
+                    n: int = 2, # how many scores the line holds
+                   ) -> list[float]:
     "The `n` scores of a reply as expectations over their tokens' `top_logprobs`."
-    if not content: raise LionError("the reply has no logprobs: ask the endpoint for logprobs and top_logprobs")
+    if not content:
+        raise LionError("the reply has no logprobs: ask the endpoint for logprobs and top_logprobs")
     out = []
     for idx in score_positions(content, which, n):
         ten = len(idx) == 2 and ''.join(content[i]['token'].strip() for i in idx) == '10'

@@ -7,9 +7,7 @@ from __future__ import annotations
 import random
 import statistics
 from collections import defaultdict
-from typing import Optional, Sequence
-
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Sequence
 
 from .core import LionError, iter_jsonl
 from .data import demo_dir, demo_instructions
@@ -19,8 +17,6 @@ __all__ = ['PROBE_KINDS', 'CONSEQUENCE', 'truncate_words', 'KnownPair', 'probe_p
            'probe_metrics', 'probe_verdict', 'duel_metrics']
 
 # %% ../nbs/04a_probe.ipynb #c58852d6
-PROBE_KINDS = ('other', 'truncated', 'empty')
-
 def truncate_words(text: str, share: float = 0.2) -> str:
     "The first `share` of `text`'s words (at least one word), as an answer cut off early."
     words = text.split()
@@ -42,21 +38,26 @@ class KnownPair(NamedTuple):
     worse: str
     kind: str
 
-# %% ../nbs/04a_probe.ipynb #9b86687d
-def probe_pairs(items: Sequence[tuple], n: int = 6, seed: int = 0,
-                kinds: Sequence[str] = PROBE_KINDS) -> list[KnownPair]:
+# %% ../nbs/04a_probe.ipynb #a8ee0042
+PROBE_KINDS = ('other', 'truncated', 'empty')
+
+def probe_pairs(items: Sequence[tuple], # `(id, instruction, input, right answer)` tuples
+                n: int = 6, # how many items to pick
+                seed: int = 0, # the seed of the shuffle that picks them
+                kinds: Sequence[str] = PROBE_KINDS, # the kinds of worse answers, one pair each
+               ) -> list[KnownPair]:
     "`KnownPair`s for `n` of the `(id, instruction, input, right answer)` items, one per probe kind."
     usable = [it for it in items if len(it[3].split()) >= 5]
     if len(usable) < 2: raise LionError("the referee probe needs at least 2 answers of 5 words or more")
     order = list(range(len(usable)))
     random.Random(seed).shuffle(order)
-    picked = order[:n]
     pairs = []
-    for j, i in enumerate(picked):
+    for j, i in enumerate(order[:n]):
         iid, text, inp, right = usable[i]
         other = usable[order[(j + 1) % len(order)]][3]
         for kind in kinds:
-            pairs.append(KnownPair(f'probe-{kind}-{iid}', text, inp or '', right, _wrong(kind, right, other), kind))
+            worse = _wrong(kind, right, other)
+            pairs.append(KnownPair(f'probe-{kind}-{iid}', text, inp or '', right, worse, kind))
     return pairs
 
 # %% ../nbs/04a_probe.ipynb #aa54c62c
@@ -79,9 +80,12 @@ def _share(xs) -> Optional[float]:
     xs = list(xs)
     return _round(sum(xs) / len(xs)) if xs else None
 
-# %% ../nbs/04a_probe.ipynb #2c987c01
-def probe_metrics(scored: Sequence[dict], unscored: Sequence[dict], margin: float = 1.0,
-                  consistency: Optional[float] = None) -> dict:
+# %% ../nbs/04a_probe.ipynb #2586c45f
+def probe_metrics(scored: Sequence[dict], # scored items: `d` (better minus worse) and `category` (the kind)
+                  unscored: Sequence[dict], # items the referee's replies could not be read for
+                  margin: float = 1.0, # the gap, in points, that makes a pair right
+                  consistency: Optional[float] = None, # the position consistency, from the caller
+                 ) -> dict:
     "Probe accuracy (overall and per kind), tie share, mean gap, position consistency and unscored count."
     right = [x['d'] >= margin for x in scored] + [False] * len(unscored)
     kinds = defaultdict(list)
@@ -97,17 +101,24 @@ def probe_metrics(scored: Sequence[dict], unscored: Sequence[dict], margin: floa
 CONSEQUENCE = {'referee': "Hard/easy splits from it carry little signal; use a stronger referee.",
                'judge': "Relative scores and win rates from it carry little signal; use a stronger judge."}
 
-def probe_verdict(metrics: dict, min_accuracy: float = 0.8, role: str = 'referee') -> tuple[bool, str]:
+def probe_verdict(metrics: dict, # the output of `probe_metrics`
+                  min_accuracy: float = 0.8, # the accuracy the role must reach to pass
+                  role: str = 'referee', # 'referee', or the evaluation's 'judge'
+                 ) -> tuple[bool, str]:
     "Whether the `role` ('referee' or the evaluation 'judge') passes the probe, and a sentence saying why."
     acc = metrics.get('accuracy')
-    facts = (f"probe accuracy {acc if acc is None else f'{acc:.0%}'} on {metrics.get('pairs', 0)} known-better pairs "
+    shown = acc if acc is None else f'{acc:.0%}'
+    facts = (f"probe accuracy {shown} on {metrics.get('pairs', 0)} known-better pairs "
              f"(ties {metrics.get('tie_share')}, position consistency {metrics.get('position_consistency')})")
     if acc is not None and acc >= min_accuracy: return True, f"{role} passes: {facts}"
     return False, (f"the {role} cannot reliably tell a right answer from a wrong one: {facts}, below "
                    f"{min_accuracy:.0%}. {CONSEQUENCE[role]}")
 
 # %% ../nbs/04a_probe.ipynb #1e2e2f50
-def duel_metrics(scored: Sequence[dict], unscored: Sequence[dict] = (), margin: float = 1.0) -> dict:
+def duel_metrics(scored: Sequence[dict], # scored items, `d` being teacher minus student
+                 unscored: Sequence[dict] = (), # items the referee's replies could not be read for
+                 margin: float = 1.0, # the gap, in points, that puts the teacher ahead
+                ) -> dict:
     "Share of teacher-vs-student items with the teacher ahead by `margin` or more, and the mean gap."
     return dict(items=len(scored) + len(unscored), unscored=len(unscored),
                 teacher_ahead=_share(x['d'] >= margin for x in scored),

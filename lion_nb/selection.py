@@ -11,26 +11,42 @@ from .core import Config, LionError, RunDir, derive_seed, load_config, read_pool
 # %% auto #0
 __all__ = ['reserve_path', 'draw_random', 'run_selection']
 
-# %% ../nbs/05b_selection.ipynb #a917119c
-def reserve_path(run: RunDir, k: int) -> Path:
+# %% ../nbs/05b_selection.ipynb #faaa97b9
+def reserve_path(run: RunDir, # the run's directory layout
+                 k: int, # the iteration
+                ) -> Path:
     "The reserve that iteration `k` draws from."
     return run.iter_dir(k)/'pools'/'reserve.jsonl'
 
-# %% ../nbs/05b_selection.ipynb #faaa97b9
-def draw_random(reserve: list, n: int, seed: int) -> tuple[list, list]:
+# %% ../nbs/05b_selection.ipynb #2bd9040f
+def draw_random(reserve: list, # the records to draw from
+                n: int, # how many to draw
+                seed: int, # the seed of the draw
+               ) -> tuple[list, list]:
     "Split `reserve` into `n` drawn records (in reserve order) and the rest, with a seeded draw."
     if n > len(reserve):
-        raise LionError(f"the reserve holds {len(reserve)} instructions but {n} are needed; raise pools.reserve_size to at least n_new x iterations")
+        raise LionError(f"the reserve holds {len(reserve)} instructions but {n} are needed; "
+                        "raise pools.reserve_size to at least n_new x iterations")
     picked = set(random.Random(seed).sample(range(len(reserve)), n))
-    return [r for i, r in enumerate(reserve) if i in picked], [r for i, r in enumerate(reserve) if i not in picked]
+    drawn = [r for i, r in enumerate(reserve) if i in picked]
+    rest = [r for i, r in enumerate(reserve) if i not in picked]
+    return drawn, rest
 
-# %% ../nbs/05b_selection.ipynb #2bd9040f
-def run_selection(cfg: Config, run_dir, iteration: int) -> dict:
+# %% ../nbs/05b_selection.ipynb #3e5d2b6c
+def _chosen_at_random(records: list, k: int) -> list:
+    "`records` with their provenance saying they were drawn at random for iteration `k`."
+    how = {'iteration': k, 'stage': 'selection', 'kind': 'random'}
+    return [r.model_copy(update={'prov': r.prov.model_copy(update=how)}) for r in records]
+
+# %% ../nbs/05b_selection.ipynb #1eba776a
+def run_selection(cfg: Config, # the run's configuration (`loop.n_new`, `seed`)
+                  run: RunDir, # the run's directory layout
+                  k: int, # this iteration: it draws from iteration k's reserve
+                 ) -> dict:
     "Draw the next Train Pool at random from the reserve; write iteration k+1's pools and reserve."
-    run, k = RunDir(run_dir), iteration
     reserve = read_pool(reserve_path(run, k))
     drawn, rest = draw_random(reserve, cfg.loop.n_new, derive_seed(cfg.seed, k, 'selection'))
-    drawn = [r.model_copy(update={'prov': r.prov.model_copy(update={'iteration': k + 1, 'stage': 'selection', 'kind': 'random'})}) for r in drawn]
+    drawn = _chosen_at_random(drawn, k + 1)
     cache = read_pool(run.pool(k, 'cache'))
     write_jsonl(run.pool(k + 1, 'train'), drawn)
     write_jsonl(run.pool(k + 1, 'cache'), cache + drawn)

@@ -6,7 +6,9 @@
 from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
+
 import numpy as np
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['Interval', 'resample_indices', 'bootstrap', 'mean_ci', 'ratio_ci', 'stratified_mean_ci', 'paired_diff_ci', 'align',
@@ -16,24 +18,30 @@ __all__ = ['Interval', 'resample_indices', 'bootstrap', 'mean_ci', 'ratio_ci', '
 @dataclass(frozen=True)
 class Interval:
     "A point estimate `value` with a `level` bootstrap interval [`lo`, `hi`] over `n` items."
-    value: Optional[float]
-    lo: Optional[float]
-    hi: Optional[float]
-    level: float = 0.95
-    n: int = 0
+    value: Optional[float] # the point estimate, on all the items
+    lo: Optional[float] # the lower bound
+    hi: Optional[float] # the upper bound
+    level: float = 0.95 # the confidence level
+    n: int = 0 # the number of items
 
-    def excludes(self, x: float = 0.0) -> bool:
-        "True when the whole interval lies on one side of `x`."
-        return self.lo is not None and (self.lo > x or self.hi < x)
+# %% ../nbs/06a_stats.ipynb #73905df8
+@patch
+def __str__(self: Interval) -> str:
+    if self.value is None: return 'n/a'
+    return f"{self.value:.2f} [{self.lo:.2f}, {self.hi:.2f}]"
 
-    def as_dict(self, digits: int = 2) -> dict:
-        "A JSON-friendly dict, rounded."
-        r = lambda v: None if v is None else round(float(v), digits)
-        return dict(value=r(self.value), lo=r(self.lo), hi=r(self.hi), level=self.level, n=self.n)
+# %% ../nbs/06a_stats.ipynb #a6d3349a
+@patch
+def excludes(self: Interval, x: float = 0.0) -> bool:
+    "True when the whole interval lies on one side of `x`."
+    return self.lo is not None and (self.lo > x or self.hi < x)
 
-    def __str__(self) -> str:
-        if self.value is None: return 'n/a'
-        return f"{self.value:.2f} [{self.lo:.2f}, {self.hi:.2f}]"
+# %% ../nbs/06a_stats.ipynb #996fe1bb
+@patch
+def as_dict(self: Interval, digits: int = 2) -> dict:
+    "A JSON-friendly dict, rounded."
+    r = lambda v: None if v is None else round(float(v), digits)
+    return dict(value=r(self.value), lo=r(self.lo), hi=r(self.hi), level=self.level, n=self.n)
 
 # %% ../nbs/06a_stats.ipynb #e3679af6
 def resample_indices(n: int, rounds: int = 2000, seed: int = 0) -> np.ndarray:
@@ -47,9 +55,21 @@ def _as_columns(cols) -> list[np.ndarray]:
     if len({len(a) for a in arrs}) != 1: raise ValueError("all columns must have one value per item")
     return arrs
 
-# %% ../nbs/06a_stats.ipynb #984967b6
-def bootstrap(stat: Callable, *cols: Sequence[float], rounds: int = 2000, seed: int = 0,
-              level: float = 0.95, idx: Optional[np.ndarray] = None) -> Interval:
+# %% ../nbs/06a_stats.ipynb #d3c69e10
+def _percentiles(vals: np.ndarray, level: float) -> tuple[float, float]:
+    "The lower and upper bounds of the `level` percentile interval of `vals`."
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(vals, [tail, 100 - tail], method='inverted_cdf')
+    return float(lo), float(hi)
+
+# %% ../nbs/06a_stats.ipynb #f9b28c01
+def bootstrap(stat: Callable, # maps `(rounds, n)` arrays, one per column, to one value per round
+              *cols: Sequence[float], # the item columns, one value per item each
+              rounds: int = 2000, # how many resamples
+              seed: int = 0, # the seed of the draw
+              level: float = 0.95, # the confidence level
+              idx: Optional[np.ndarray] = None, # a draw from `resample_indices` to reuse
+             ) -> Interval:
     "Percentile bootstrap `Interval` of `stat` over items; `idx` reuses a draw (paired comparisons)."
     arrs = _as_columns(cols)
     n = len(arrs[0])
@@ -59,12 +79,13 @@ def bootstrap(stat: Callable, *cols: Sequence[float], rounds: int = 2000, seed: 
     vals = np.asarray(stat(*[a[idx] for a in arrs]), dtype=float)
     vals = vals[np.isfinite(vals)]
     if not len(vals): return Interval(point, None, None, level, n)
-    tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(vals, [tail, 100 - tail], method='inverted_cdf')
-    return Interval(point, float(lo), float(hi), level, n)
+    return Interval(point, *_percentiles(vals, level), level, n)
 
 # %% ../nbs/06a_stats.ipynb #4a0f811c
-def mean_ci(values: Sequence[float], scale: float = 1.0, **kw) -> Interval:
+def mean_ci(values: Sequence[float], # one value per item
+            scale: float = 1.0, # a factor on the mean (100 for a percentage)
+            **kw, # passed to `bootstrap`: `rounds`, `seed`, `level`, `idx`
+           ) -> Interval:
     "Bootstrap interval of `scale` x the mean of `values` (accuracy: 0/1 values and `scale=100`)."
     return bootstrap(lambda x: scale * x.mean(axis=1), values, **kw)
 
@@ -76,8 +97,12 @@ def _ratio(scale: float):
             return np.where(d > 0, scale * num.sum(axis=1) / np.where(d > 0, d, 1), np.nan)
     return stat
 
-# %% ../nbs/06a_stats.ipynb #df0e2f85
-def ratio_ci(num: Sequence[float], den: Sequence[float], scale: float = 100.0, **kw) -> Interval:
+# %% ../nbs/06a_stats.ipynb #6af06a09
+def ratio_ci(num: Sequence[float], # the numerator's value per item (the candidate's score)
+             den: Sequence[float], # the denominator's value per item (the reference's score)
+             scale: float = 100.0, # a factor on the ratio
+             **kw, # passed to `bootstrap`: `rounds`, `seed`, `level`, `idx`
+            ) -> Interval:
     "Bootstrap interval of `scale` x sum(`num`) / sum(`den`), resampling the (num, den) pairs together."
     return bootstrap(_ratio(scale), num, den, **kw)
 
@@ -90,13 +115,16 @@ def stratified_mean_ci(groups: dict, scale: float = 1.0, rounds: int = 2000, see
     point = scale * float(np.mean([v.mean() for v in groups.values()]))
     per = [v[resample_indices(len(v), rounds, seed + i)].mean(axis=1) for i, v in enumerate(groups.values())]
     vals = scale * np.mean(per, axis=0)
-    tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(vals, [tail, 100 - tail], method='inverted_cdf')
-    return Interval(point, float(lo), float(hi), level, sum(len(v) for v in groups.values()))
+    return Interval(point, *_percentiles(vals, level), level, sum(len(v) for v in groups.values()))
 
 # %% ../nbs/06a_stats.ipynb #984d9458
-def paired_diff_ci(stat: Callable, a_cols: Sequence, b_cols: Sequence, rounds: int = 2000,
-                   seed: int = 0, level: float = 0.95) -> Interval:
+def paired_diff_ci(stat: Callable, # the statistic of one side, as in `bootstrap`
+                   a_cols: Sequence, # system A's item columns
+                   b_cols: Sequence, # system B's item columns, the same items in the same order
+                   rounds: int = 2000, # how many resamples
+                   seed: int = 0, # the seed of the draw
+                   level: float = 0.95, # the confidence level
+                  ) -> Interval:
     "Paired bootstrap `Interval` of `stat(*a_cols) - stat(*b_cols)` over the items both sides share."
     a, b = _as_columns(a_cols), _as_columns(b_cols)
     k = len(a)
@@ -110,10 +138,15 @@ def align(a: dict, b: dict) -> tuple[list, list, list]:
     return ids, [a[i] for i in ids], [b[i] for i in ids]
 
 # %% ../nbs/06a_stats.ipynb #b5026956
-def verdict(a: str, b: str, diff: Interval, unit: str = '') -> str:
+def verdict(a: str, # the first system's name
+            b: str, # the second system's name
+            diff: Interval, # the interval of a - b, from `paired_diff_ci`
+            unit: str = '', # written after the difference ('%', ' points')
+           ) -> str:
     "A sentence such as 'lion - random = +2.10 [0.40, 3.90]: lion is better' derived from `diff`."
     if diff.value is None or diff.lo is None: return f"{a} - {b}: no items in common"
-    head = f"{a} - {b} = {diff.value:+.2f}{unit} [{diff.lo:+.2f}, {diff.hi:+.2f}] ({diff.level:.0%}, n={diff.n})"
+    head = (f"{a} - {b} = {diff.value:+.2f}{unit} [{diff.lo:+.2f}, {diff.hi:+.2f}] "
+            f"({diff.level:.0%}, n={diff.n})")
     if diff.lo > 0: return f"{head}: {a} is better"
     if diff.hi < 0: return f"{head}: {b} is better"
     return f"{head}: no difference shown (the interval holds 0)"
