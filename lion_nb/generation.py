@@ -23,9 +23,9 @@ from .llm import ChatRequest, make_client, run_client
 __all__ = ['KINDS', 'NO_INPUT', 'REASONS', 'ECHO_MARKERS', 'SEED_SOURCES', 'Seed', 'read_seeds', 'generation_messages', 'Parsed',
            'parse_generation', 'FilterSettings', 'unwrap', 'post_filter', 'plan_targets', 'pick_parent', 'request_seed',
            'new_id', 'GenerationSettings', 'build_requests', 'GenerationResult', 'reply_row', 'generated_instruction',
-           'GenerationPass', 'check_round', 'generate_instructions', 'plot_nn_rouge', 'examples', 'describe_summary',
-           'check_seed_source', 'random_seeds', 'generation_inputs', 'write_pools', 'generation_summary',
-           'save_nn_rouge', 'run_generation', 'estimate_first_round', 'generate_cli']
+           'GenerationPass', 'check_round', 'generate_instructions', 'plot_nn_rouge', 'examples', 'check_seed_source',
+           'random_seeds', 'generation_inputs', 'write_pools', 'generation_summary', 'save_nn_rouge', 'run_generation',
+           'describe_summary', 'estimate_first_round', 'generate_cli']
 
 # %% ../nbs/05_generation.ipynb #b1246d35
 @dataclass(frozen=True)
@@ -480,22 +480,6 @@ def examples(rows: Sequence[dict], kind: str, n: int = 5) -> list[dict]:
     return [{'seed instruction': r['parent_instruction'], 'new instruction': r['instruction'],
              'new input': r['input'], 'ROUGE-L to nearest': round(r['rouge_l'], 3)} for r in kept]
 
-# %% ../nbs/05_generation.ipynb #140071f6
-def describe_summary(s: dict) -> str:
-    "A short text account of a generation summary."
-    lines = [f"iteration {s['iteration']}: generator {s['generator']}, {s['requested']} replies in "
-             f"{s['rounds']} round(s), kept {s['kept']} of the {s['kept'] + s['shortfall']} wanted "
-             f"(ROUGE-L < {s['threshold']})"]
-    for kind in KINDS:
-        k = s[kind]
-        rej = ', '.join(f"{r} {n}" for r, n in sorted(k['rejected'].items(), key=lambda x: -x[1])) or 'none'
-        lines.append(f"  {kind:<4}: {k['kept']}/{k['target']} kept of {k['requested']} replies from "
-                     f"{s['seeds'][kind]} seeds; rejected: {rej}")
-    p = s['pools']
-    lines.append(f"  pools of iteration {s['iteration'] + 1}: Train {p['train_next']}, "
-                 f"Cache {p['cache_before']} + {p['train_next']} = {p['cache_next']}")
-    return '\n'.join(lines)
-
 # %% ../nbs/05_generation.ipynb #94b78735
 SEED_SOURCES = ('referee', 'random')
 
@@ -582,6 +566,22 @@ def run_generation(cfg: Config, # the run configuration
     run.mark_done(k, 'generation', kept=len(res.new), requested=len(res.rows), shortfall=summary['shortfall'],
                   rejected=summary['rejected'])
     return summary
+
+# %% ../nbs/05_generation.ipynb #140071f6
+def describe_summary(s: dict) -> str:
+    "A short text account of a generation summary."
+    lines = [f"iteration {s['iteration']}: generator {s['generator']}, {s['requested']} replies in "
+             f"{s['rounds']} round(s), kept {s['kept']} of the {s['kept'] + s['shortfall']} wanted "
+             f"(ROUGE-L < {s['threshold']})"]
+    for kind in KINDS:
+        k = s[kind]
+        rej = ', '.join(f"{r} {n}" for r, n in sorted(k['rejected'].items(), key=lambda x: -x[1])) or 'none'
+        lines.append(f"  {kind:<4}: {k['kept']}/{k['target']} kept of {k['requested']} replies from "
+                     f"{s['seeds'][kind]} seeds; rejected: {rej}")
+    p = s['pools']
+    lines.append(f"  pools of iteration {s['iteration'] + 1}: Train {p['train_next']}, "
+                 f"Cache {p['cache_before']} + {p['train_next']} = {p['cache_next']}")
+    return '\n'.join(lines)
 
 # %% ../nbs/05_generation.ipynb #ea7b22ce
 def estimate_first_round(cfg: Config, run: RunDir, k: int, seeds: str = 'referee') -> dict:
