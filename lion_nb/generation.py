@@ -6,22 +6,26 @@
 from __future__ import annotations
 import argparse, math, random, re, sys
 from collections import Counter
-from dataclasses import dataclass, field, replace
-from itertools import zip_longest
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .core import (Config, Instruction, InputError, LionError, Provenance, RunDir, derive_seed, iter_jsonl,
-                          load_config, read_json, read_pool, write_json, write_jsonl)
+from fastcore.basics import patch
+from matplotlib.figure import Figure
+
+from .core import (Config, GenerationConfig, Instruction, InputError, LionError, Provenance, RunDir,
+                          derive_seed, iter_jsonl, load_config, read_pool, write_json, write_jsonl)
 from .dedup import RougeIndex, rouge_tokenize
 from .discrimination import Judge, judge_for, load_judge, sampling_setting
+from .llm import ChatRequest, make_client, run_client
 
 # %% auto #0
-__all__ = ['KINDS', 'NO_INPUT', 'ECHO_MARKERS', 'REASONS', 'SEED_SOURCES', 'Seed', 'read_seeds', 'generation_messages', 'Parsed',
+__all__ = ['KINDS', 'NO_INPUT', 'REASONS', 'ECHO_MARKERS', 'SEED_SOURCES', 'Seed', 'read_seeds', 'generation_messages', 'Parsed',
            'parse_generation', 'FilterSettings', 'unwrap', 'post_filter', 'plan_targets', 'pick_parent', 'request_seed',
-           'new_id', 'GenerationSettings', 'build_requests', 'GenerationResult', 'generate_instructions',
-           'plot_nn_rouge', 'examples', 'describe_summary', 'check_seed_source', 'random_seeds', 'generation_inputs',
-           'run_generation', 'generate_cli']
+           'new_id', 'GenerationSettings', 'build_requests', 'GenerationResult', 'reply_row', 'generated_instruction',
+           'GenerationPass', 'check_round', 'generate_instructions', 'plot_nn_rouge', 'examples', 'check_seed_source',
+           'random_seeds', 'generation_inputs', 'write_pools', 'generation_summary', 'save_nn_rouge', 'run_generation',
+           'describe_summary', 'estimate_first_round', 'generate_cli']
 
 # %% ../nbs/05_generation.ipynb #b1246d35
 @dataclass(frozen=True)
@@ -41,7 +45,8 @@ def read_seeds(path) -> list[Seed]:
             if not isinstance(obj.get(name), str) or not obj[name].strip():
                 raise InputError(path, n, f"field '{name}' is missing or not a non-empty string")
         inp = obj.get('input') or ''
-        if not isinstance(inp, str): raise InputError(path, n, f"field 'input' must be a string, not {type(inp).__name__}")
+        if not isinstance(inp, str):
+            raise InputError(path, n, f"field 'input' must be a string, not {type(inp).__name__}")
         seeds.append(Seed(obj['id'], obj['instruction'], inp, obj.get('category')))
     return seeds
 
@@ -49,25 +54,25 @@ def read_seeds(path) -> list[Seed]:
 KINDS = ('hard', 'easy')
 
 def generation_messages(seed: Seed, kind: str, judge: Optional[Judge] = None) -> list[dict]:
-    """The chat messages asking the generator for one new instruction of `kind` ('hard' or 'easy') from `seed`,
-    with the prompt of `judge` (default: lion_nb's `generator_<kind>`)."""
+    """The chat messages asking the generator for one new instruction of `kind` ('hard' or 'easy') from
+    `seed`, with the prompt of `judge` (default: lion_nb's `generator_<kind>`)."""
     if kind not in KINDS: raise ValueError(f"kind is 'hard' or 'easy', not {kind!r}")
     judge = judge or load_judge(f'lion_nb/generator_{kind}')
     return judge.messages(instruction=seed.instruction.strip(), input=seed.input.strip() or 'none')
 
 # %% ../nbs/05_generation.ipynb #e68ac816
-_HEADER = re.compile(r'^\s*(#{1,6}\s*)?\**\s*(new\s+)?(instruction|input)\s*\**\s*(:)?\s*\**\s*(.*)$', re.I)
-NO_INPUT = {'', 'none', '(none)', 'none.', 'n/a', 'na', 'no input', 'no input.', '<noinput>', 'null', '-', 'empty', 'nothing'}
-
 @dataclass(frozen=True)
 class Parsed:
-    "A generator reply, split: `headers` says whether the format was followed; `input_closed` that the input started."
+    "A generator reply, split; `headers`: the format was followed; `input_started`: an input section began."
     instruction: str
     input: str
     headers: bool
     input_started: bool
 
 # %% ../nbs/05_generation.ipynb #382c54da
+_HEADER = re.compile(r'^\s*(#{1,6}\s*)?\**\s*(new\s+)?(instruction|input)\s*\**\s*(:)?\s*\**\s*(.*)$',
+                     re.I)
+
 def _header(line: str):
     m = _HEADER.match(line)
     if not m: return None
@@ -75,81 +80,137 @@ def _header(line: str):
     if not (hashes or new or colon): return None
     return which.lower(), rest
 
-# %% ../nbs/05_generation.ipynb #7627e74a
-_CREATED = re.compile(r'^\s*\**\s*#?\s*created\s+instruction\s*#?\s*\**\s*:?\s*\**', re.I)
-
-def parse_generation(text: str) -> Parsed:
-    """Split a generator reply into the new instruction and its input (no-input placeholders become ''). A reply
-    without section headers is the instruction itself (Lion's prompt: its "#Created Instruction#:" label dropped)."""
-    text = re.sub(r'^\s*```[\w-]*\s*$', '', text or '', flags=re.M)
-    text = _CREATED.sub('', text, count=1)
+# %% ../nbs/05_generation.ipynb #cc985d33
+def _sections(text: str) -> dict[str, list[str]]:
+    "The lines of a reply by section ('instruction', 'input'; '_pre' before the first header)."
     parts: dict[str, list[str]] = {}
-    current, seen = None, False
+    current = None
     for line in text.splitlines():
         h = _header(line)
         if h is not None and h[0] not in parts:
-            current, seen = h[0], True; parts[current] = [h[1]] if h[1].strip() else []
+            current = h[0]
+            parts[current] = [h[1]] if h[1].strip() else []
         elif current is not None: parts[current].append(line)
         else: parts.setdefault('_pre', []).append(line)
-    if not seen: return Parsed(text.strip(), '', False, False)
+    return parts
+
+# %% ../nbs/05_generation.ipynb #17d14262
+NO_INPUT = {'', 'none', '(none)', 'none.', 'n/a', 'na', 'no input', 'no input.', '<noinput>', 'null', '-',
+            'empty', 'nothing'}
+
+def _no_input(text: str) -> bool:
+    "Whether `text` is one of the ways of saying there is no input."
+    return text.lower().strip('*_ ') in NO_INPUT
+
+# %% ../nbs/05_generation.ipynb #7095a6cc
+_CREATED = re.compile(r'^\s*\**\s*#?\s*created\s+instruction\s*#?\s*\**\s*:?\s*\**', re.I)
+
+def parse_generation(text: str, # a generator reply, as the model wrote it
+                    ) -> Parsed:
+    """Split a generator reply into the new instruction and its input (no-input placeholders become '').
+    A reply without section headers is the instruction itself (Lion's prompt: its "#Created Instruction#:"
+    label dropped)."""
+    text = re.sub(r'^\s*```[\w-]*\s*$', '', text or '', flags=re.M)
+    text = _CREATED.sub('', text, count=1)
+    parts = _sections(text)
+    if not parts.keys() & {'instruction', 'input'}: return Parsed(text.strip(), '', False, False)
     instr = '\n'.join(parts.get('instruction', [])).strip()
     inp = '\n'.join(parts.get('input', [])).strip()
-    if inp.lower().strip('*_ ') in NO_INPUT: inp = ''
+    if _no_input(inp): inp = ''
     return Parsed(instr, inp, True, 'input' in parts)
 
 # %% ../nbs/05_generation.ipynb #8fba67c2
-ECHO_MARKERS = ('###', '<the new instruction>', '<its input', 'example instruction', 'example input',
-                'new instruction:', 'new input:', 'same domain and the same task type', 'long tail of that domain',
-                '#given instruction#', '#created instruction#')
-REASONS = ('failed', 'truncated', 'empty', 'echo', 'punctuation', 'too_short', 'too_long', 'similar', 'surplus')
+REASONS = ('failed', 'truncated', 'empty', 'echo', 'punctuation', 'too_short', 'too_long', 'similar',
+           'surplus')
 
 @dataclass(frozen=True)
 class FilterSettings:
-    "Post-filter limits (in ROUGE tokens)."
-    min_words: int = 3
-    max_words: int = 150
+    "Post-filter limits (in ROUGE tokens): `generation.min_words` and `generation.max_words`."
+    min_words: int
+    max_words: int
 
-# %% ../nbs/05_generation.ipynb #e34db6cf
-_WRAPPERS = (('<', '>'), ('"', '"'), ('\u201c', '\u201d'), ("'", "'"), ('**', '**'), ('`', '`'))
-
-def unwrap(text: str) -> str:
-    "`text` without wrappers around the whole of it: `<...>` (our placeholder's shape), quotes, bold, backticks."
-    text = text.strip()
-    for _ in range(3):
-        for a, b in _WRAPPERS:
-            inner = text[len(a):-len(b)] if len(text) > len(a) + len(b) and text.startswith(a) and text.endswith(b) else None
-            if inner is not None and a not in inner and b not in inner:   # one pair around everything, not "a" and "b"
-                text = inner.strip(); break
-        else: return text
-    return text
+    @classmethod
+    def from_config(cls, cfg: Optional[Config] = None) -> FilterSettings:
+        "The limits of `cfg.generation` (no `cfg`: the defaults of the `generation` section)."
+        gen = cfg.generation if cfg is not None else GenerationConfig()
+        return cls(min_words=gen.min_words, max_words=gen.max_words)
 
 # %% ../nbs/05_generation.ipynb #a8e61f45
-def post_filter(text: str, finish_reason: Optional[str], status: str = 'done', error: Optional[str] = None,
-                settings: FilterSettings = FilterSettings()) -> tuple[Optional[str], Parsed]:
+_WRAPPERS = (('<', '>'), ('"', '"'), ('\u201c', '\u201d'), ("'", "'"), ('**', '**'), ('`', '`'))
+
+def _unwrap_once(text: str) -> Optional[str]:
+    "`text` without the first of `_WRAPPERS` that wraps the whole of it; None when none does."
+    for a, b in _WRAPPERS:
+        if len(text) <= len(a) + len(b) or not (text.startswith(a) and text.endswith(b)): continue
+        inner = text[len(a):-len(b)]
+        if a not in inner and b not in inner:   # one pair around everything, not "a" and "b"
+            return inner.strip()
+    return None
+
+# %% ../nbs/05_generation.ipynb #81940f44
+def unwrap(text: str) -> str:
+    "`text` without wrappers around the whole of it: `<...>` (our placeholder's shape), quotes, bold, code."
+    text = text.strip()
+    for _ in range(3):
+        inner = _unwrap_once(text)
+        if inner is None: return text
+        text = inner
+    return text
+
+# %% ../nbs/05_generation.ipynb #0e6c32fb
+def _complete(p: Parsed) -> bool:
+    "A reply cut at the length limit is whole when its instruction is done and its input is 'none'."
+    return bool(p.headers and p.input_started and p.instruction and not p.input)
+
+# %% ../nbs/05_generation.ipynb #e8cd9d43
+ECHO_MARKERS = ('###', '<the new instruction>', '<its input', 'example instruction', 'example input',
+                'new instruction:', 'new input:', 'same domain and the same task type',
+                'long tail of that domain', '#given instruction#', '#created instruction#')
+
+def _echoes(p: Parsed) -> bool:
+    "Whether the reply repeats a marker of our prompt instead of writing a new task."
+    low = f"{p.instruction}\n{p.input}".lower()
+    return any(m in low for m in ECHO_MARKERS)
+
+# %% ../nbs/05_generation.ipynb #b8b0d06e
+def _unwrapped(p: Parsed) -> Parsed:
+    "`p` with both parts unwrapped (an input that unwraps to 'none' is no input)."
+    inp = unwrap(p.input)
+    return replace(p, instruction=unwrap(p.instruction), input='' if _no_input(inp) else inp)
+
+# %% ../nbs/05_generation.ipynb #fa0e88fb
+def _shape_reason(instr: str, settings: FilterSettings) -> Optional[str]:
+    "Why an (unwrapped) instruction is rejected for its shape: empty, punctuation first, or its length."
+    if not instr: return 'empty'
+    if not instr[0].isalnum(): return 'punctuation'
+    n = len(rouge_tokenize(instr))
+    if n < settings.min_words: return 'too_short'
+    if n > settings.max_words: return 'too_long'
+    return None
+
+# %% ../nbs/05_generation.ipynb #c56184a5
+def post_filter(text: str, # the reply's text
+                finish_reason: Optional[str], # why the model stopped ('length': at the max_tokens limit)
+                status: str = 'done', # the LLM layer's status of the call ('done' or 'failed')
+                error: Optional[str] = None, # the LLM layer's error, for a failed call
+                settings: Optional[FilterSettings] = None, # word limits (default: the `generation` defaults)
+               ) -> tuple[Optional[str], Parsed]:
     "`(reason, parsed)`: why a generator reply is rejected (None if it passes), and what it parsed to."
+    settings = settings or FilterSettings.from_config()
     p = parse_generation(text if status == 'done' else '')
     if status != 'done':   # the LLM layer reports an empty reply as a failed call: count it as empty
         return ('empty' if (error or '').startswith('empty') else 'failed'), p
-    if finish_reason == 'length':
-        complete = p.headers and p.input_started and p.instruction and not p.input
-        if not complete: return 'truncated', p
+    if finish_reason == 'length' and not _complete(p): return 'truncated', p
     if not p.instruction.strip(): return 'empty', p
-    low = f"{p.instruction}\n{p.input}".lower()
-    if any(m in low for m in ECHO_MARKERS): return 'echo', p
-    inp = unwrap(p.input)
-    p = replace(p, instruction=unwrap(p.instruction), input='' if inp.lower().strip('*_ ') in NO_INPUT else inp)
-    instr = p.instruction
-    if not instr: return 'empty', p
-    if not instr[0].isalnum(): return 'punctuation', p
-    n = len(rouge_tokenize(instr))
-    if n < settings.min_words: return 'too_short', p
-    if n > settings.max_words: return 'too_long', p
-    return None, p
+    if _echoes(p): return 'echo', p
+    p = _unwrapped(p)
+    return _shape_reason(p.instruction, settings), p
 
 # %% ../nbs/05_generation.ipynb #4fa67d4c
 def plan_targets(n_new: int, hard_fraction: float, n_hard_seeds: int, n_easy_seeds: int) -> dict[str, int]:
     "How many new instructions to keep of each kind."
-    if n_hard_seeds == 0 and n_easy_seeds == 0: raise LionError("discrimination left no hard and no easy instruction to generate from")
+    if n_hard_seeds == 0 and n_easy_seeds == 0:
+        raise LionError("discrimination left no hard and no easy instruction to generate from")
     hard = round(n_new * hard_fraction)
     if n_hard_seeds == 0: hard = 0
     if n_easy_seeds == 0: hard = n_new
@@ -158,7 +219,8 @@ def plan_targets(n_new: int, hard_fraction: float, n_hard_seeds: int, n_easy_see
 # %% ../nbs/05_generation.ipynb #9317cfef
 def pick_parent(seeds: Sequence[Seed], seed: int, iteration: int, kind: str, j: int) -> Seed:
     "The seed instruction of request `j` of `kind` (a seeded draw, with replacement)."
-    return seeds[random.Random(derive_seed(seed, iteration, 'generation', 'parent', kind, j)).randrange(len(seeds))]
+    rng = random.Random(derive_seed(seed, iteration, 'generation', 'parent', kind, j))
+    return seeds[rng.randrange(len(seeds))]
 
 # %% ../nbs/05_generation.ipynb #102064cd
 def request_seed(seed: int, iteration: int, kind: str, j: int) -> int:
@@ -173,53 +235,62 @@ def new_id(iteration: int, kind: str, j: int) -> str:
 # %% ../nbs/05_generation.ipynb #84e59075
 @dataclass
 class GenerationSettings:
-    "How the stage asks, filters and stops."
-    n_new: int = 8
-    hard_fraction: float = 0.5
-    threshold: float = 0.7
-    temperature: float = 1.0
-    max_tokens: int = 256
-    seed: int = 0
-    iteration: int = 1
-    oversample: float = 1.3
-    max_rounds: int = 4
-    max_factor: float = 8.0        # never ask for more than this many times what is missing, per round
-    filter: FilterSettings = field(default_factory=FilterSettings)
-    judges: dict = field(default_factory=dict)    # kind -> Judge; absent: lion_nb/generator_<kind>
-    max_tokens_by_kind: dict = field(default_factory=dict)
-    temperature_by_kind: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_config(cls, cfg: Config, iteration: int) -> 'GenerationSettings':
-        """The settings of a run configuration: the `generator_hard` / `generator_easy` judges, with their own
-        temperature and max_tokens (`sampling.generator_temperature`, when set explicitly, overrides the temperature)."""
-        judges = {k: judge_for(cfg, f'generator_{k}') for k in KINDS}
-        temps = {k: sampling_setting(cfg, 'generator_temperature', j.config.temperature) for k, j in judges.items()}
-        return cls(n_new=cfg.loop.n_new, hard_fraction=cfg.loop.hard_fraction, threshold=cfg.loop.rouge_threshold,
-                   temperature=temps['hard'], max_tokens=judges['hard'].config.max_tokens, seed=cfg.seed,
-                   iteration=iteration, judges=judges, temperature_by_kind=temps,
-                   max_tokens_by_kind={k: j.config.max_tokens for k, j in judges.items()})
+    "How the stage asks, filters and stops; `from_config` builds it from a run configuration."
+    n_new: int
+    hard_fraction: float
+    threshold: float
+    seed: int
+    iteration: int
+    oversample: float
+    max_rounds: int
+    max_factor: float              # never ask for more than this many times what is missing, per round
+    filter: FilterSettings
+    judges: dict                   # kind -> Judge
+    temperature_by_kind: dict      # kind -> the sampling temperature
+    max_tokens_by_kind: dict       # kind -> the reply's length limit
 
 # %% ../nbs/05_generation.ipynb #d4c625d4
-def build_requests(seeds: Sequence[Seed], kind: str, start: int, n: int, s: GenerationSettings) -> list[tuple]:
+@patch(cls_method=True)
+def from_config(cls: GenerationSettings,
+                cfg: Config, # the run configuration
+                iteration: int, # the iteration the requests belong to (part of every seed)
+               ) -> GenerationSettings:
+    """The settings of a run configuration: the `generator_hard` / `generator_easy` judges, with their own
+    temperature and max_tokens (`sampling.generator_temperature`, when set explicitly, overrides the
+    temperature)."""
+    judges = {k: judge_for(cfg, f'generator_{k}') for k in KINDS}
+    temps = {k: sampling_setting(cfg, 'generator_temperature', j.config.temperature)
+             for k, j in judges.items()}
+    gen = cfg.generation
+    return cls(n_new=cfg.loop.n_new, hard_fraction=cfg.loop.hard_fraction, threshold=cfg.loop.rouge_threshold,
+               seed=cfg.seed, iteration=iteration, oversample=gen.oversample, max_rounds=gen.max_rounds,
+               max_factor=gen.max_factor, filter=FilterSettings.from_config(cfg), judges=judges,
+               temperature_by_kind=temps,
+               max_tokens_by_kind={k: j.config.max_tokens for k, j in judges.items()})
+
+# %% ../nbs/05_generation.ipynb #9e6142e9
+def build_requests(seeds: Sequence[Seed], kind: str, start: int, n: int,
+                   s: GenerationSettings) -> list[tuple]:
     "Requests `start .. start+n-1` of `kind`, as `(kind, j, parent, sampling seed, ChatRequest)`."
-    from lion_nb.llm import ChatRequest
+    judge = s.judges[kind]
     out = []
     for j in range(start, start + n):
         parent = pick_parent(seeds, s.seed, s.iteration, kind, j)
         rs = request_seed(s.seed, s.iteration, kind, j)
-        msgs = generation_messages(parent, kind, s.judges.get(kind))
-        extra = s.judges[kind].extra() if kind in s.judges else {}
-        out.append((kind, j, parent, rs, ChatRequest(f'{kind}-{j:05d}', msgs, s.temperature_by_kind.get(kind, s.temperature),
-                                                     s.max_tokens_by_kind.get(kind, s.max_tokens), rs, extra=extra)))
+        msgs = generation_messages(parent, kind, judge)
+        req = ChatRequest(f'{kind}-{j:05d}', msgs, s.temperature_by_kind[kind], s.max_tokens_by_kind[kind],
+                          rs, extra=judge.extra())
+        out.append((kind, j, parent, rs, req))
     return out
 
-# %% ../nbs/05_generation.ipynb #c38811c6
+# %% ../nbs/05_generation.ipynb #05d6c0b6
 def _round_size(need: int, asked: int, kept: int, s: GenerationSettings) -> int:
+    "How many replies of a kind to ask for, when `need` are still missing after `asked` replies kept `kept`."
     if need <= 0: return 0
     if asked == 0: return math.ceil(need * s.oversample)
-    rate = kept / asked
-    return min(math.ceil(need * s.max_factor), math.ceil(need / rate * 1.1) if rate > 0 else math.ceil(need * s.max_factor))
+    cap = math.ceil(need * s.max_factor)
+    if kept == 0: return cap
+    return min(cap, math.ceil(need / (kept / asked) * 1.1))
 
 # %% ../nbs/05_generation.ipynb #fe6bf674
 def _interleave(a: list, b: list) -> list:
@@ -229,6 +300,11 @@ def _interleave(a: list, b: list) -> list:
     return [x for *_, x in sorted(tagged, key=lambda t: (t[0], t[1]))]
 
 # %% ../nbs/05_generation.ipynb #b27366d0
+def _rejected(rows: Sequence[dict]) -> dict[str, int]:
+    "Rejected rows, counted by reason."
+    return dict(Counter(r['reason'] for r in rows if not r['kept']))
+
+# %% ../nbs/05_generation.ipynb #50544f07
 @dataclass
 class GenerationResult:
     "What a generation pass produced."
@@ -242,108 +318,175 @@ class GenerationResult:
         out = {}
         for kind in KINDS:
             rows = [r for r in self.rows if r['kind'] == kind]
-            out[kind] = {'target': self.targets[kind], 'requested': len(rows), 'kept': sum(r['kept'] for r in rows),
-                         'rejected': dict(Counter(r['reason'] for r in rows if not r['kept']))}
-        out['requested'] = len(self.rows); out['kept'] = len(self.new)
-        out['rejected'] = {k: v for k, v in Counter(r['reason'] for r in self.rows if not r['kept']).items()}
+            out[kind] = {'target': self.targets[kind], 'requested': len(rows),
+                         'kept': sum(r['kept'] for r in rows), 'rejected': _rejected(rows)}
+        out['requested'] = len(self.rows)
+        out['kept'] = len(self.new)
+        out['rejected'] = _rejected(self.rows)
         out['shortfall'] = sum(self.targets.values()) - len(self.new)
         return out
 
-# %% ../nbs/05_generation.ipynb #50544f07
-def generate_instructions(hard: Sequence[Seed], easy: Sequence[Seed], cache_pool: Sequence[Instruction], client,
-                          s: GenerationSettings, model: str = '', progress: Optional[Callable] = None,
-                          on_round: Optional[Callable[[list[dict]], None]] = None) -> GenerationResult:
-    "Ask `client` for new hard and long-tail instructions, post-filter them, and keep those ROUGE-L-novel to the pool."
-    seeds = {'hard': list(hard), 'easy': list(easy)}
-    targets = plan_targets(s.n_new, s.hard_fraction, len(hard), len(easy))
-    taken = {r.id for r in cache_pool}
-    index = RougeIndex([r.instruction for r in cache_pool])
-    origin = ['pool'] * len(index)                       # what each index item is: 'pool' or a new id
-    new: list[Instruction] = []; rows: list[dict] = []
-    kept = {k: 0 for k in KINDS}; asked = {k: 0 for k in KINDS}
+# %% ../nbs/05_generation.ipynb #d57792c4
+def reply_row(request: tuple, res, settings: FilterSettings) -> dict:
+    "The row of one reply to `request` (`(kind, j, parent, sampling seed, ChatRequest)`), post-filtered."
+    kind, _, parent, rs, req = request
+    reason, p = post_filter(res.text, res.finish_reason, res.status, res.error, settings)
+    return {'key': req.key, 'kind': kind, 'parent_id': parent.id, 'parent_instruction': parent.instruction,
+            'seed': rs, 'instruction': p.instruction, 'input': p.input, 'raw': res.text,
+            'finish_reason': res.finish_reason, 'error': res.error, 'rouge_l': None, 'nearest': None,
+            'nearest_from': None, 'kept': False, 'reason': reason, 'id': None}
+
+# %% ../nbs/05_generation.ipynb #e534ee50
+def generated_instruction(row: dict, iteration: int, model: Optional[str]) -> Instruction:
+    "The new instruction of a kept row, with its provenance (parent, kind, sampling seed, model)."
+    prov = Provenance(iteration=iteration, stage='generation', role='generator', model=model,
+                      seed=row['seed'], parent_id=row['parent_id'], kind=row['kind'])
+    return Instruction(id=row['id'], instruction=row['instruction'], input=row['input'], source='generated',
+                       prov=prov)
+
+# %% ../nbs/05_generation.ipynb #0ecdc4bd
+class GenerationPass:
+    "The state of one generation pass over the rounds."
+    def __init__(self, hard: Sequence[Seed], easy: Sequence[Seed], cache_pool: Sequence[Instruction],
+                 s: GenerationSettings):
+        self.s = s
+        self.seeds = {'hard': list(hard), 'easy': list(easy)}
+        self.targets = plan_targets(s.n_new, s.hard_fraction, len(hard), len(easy))
+        self.taken = {r.id for r in cache_pool}
+        self.index = RougeIndex([r.instruction for r in cache_pool])
+        self.origin = ['pool'] * len(self.index)        # what each index item is: 'pool' or a new id
+        self.new: list[Instruction] = []
+        self.rows: list[dict] = []
+        self.kept = {k: 0 for k in KINDS}
+        self.asked = {k: 0 for k in KINDS}
+
+# %% ../nbs/05_generation.ipynb #489d3e99
+@patch
+def next_requests(self: GenerationPass) -> list[tuple]:
+    "The next round's requests, hard and easy interleaved (none when every kind has what it needs)."
+    batch = {}
+    for kind in KINDS:
+        n = _round_size(self.targets[kind] - self.kept[kind], self.asked[kind], self.kept[kind], self.s)
+        batch[kind] = build_requests(self.seeds[kind], kind, self.asked[kind], n, self.s)
+        self.asked[kind] += n
+    return _interleave(batch['hard'], batch['easy'])
+
+# %% ../nbs/05_generation.ipynb #025bc337
+@patch
+def keep(self: GenerationPass, row: dict, rid: str, ids, model: Optional[str]):
+    "Keep `row` as new instruction `rid` (`ids`: its ROUGE token ids)."
+    if rid in self.taken: raise LionError(f"id {rid!r} is already in the Cache Pool")
+    self.index.add(row['instruction'], ids)
+    self.origin.append(rid)
+    self.taken.add(rid)
+    self.kept[row['kind']] += 1
+    row.update(kept=True, id=rid)
+    self.new.append(generated_instruction(row, self.s.iteration, model))
+
+# %% ../nbs/05_generation.ipynb #f2dcc91c
+@patch
+def decide(self: GenerationPass, row: dict, j: int, model: Optional[str]):
+    "Record `row`'s nearest neighbour by ROUGE-L, then keep it or name why not (`similar`, `surplus`)."
+    ids = self.index.token_ids(row['instruction'])
+    near = self.index.nearest(ids=ids, threshold=self.s.threshold)
+    row['rouge_l'] = near.score
+    if near.index >= 0:
+        row['nearest'], row['nearest_from'] = self.index.texts[near.index], self.origin[near.index]
+    kind = row['kind']
+    if near.score >= self.s.threshold: row['reason'] = 'similar'
+    elif self.kept[kind] >= self.targets[kind]: row['reason'] = 'surplus'
+    else: self.keep(row, new_id(self.s.iteration, kind, j), ids, model)
+
+# %% ../nbs/05_generation.ipynb #ec5a7baf
+@patch
+def take(self: GenerationPass, todo: Sequence[tuple], results: Sequence, model: str = ''):
+    "Post-filter and ROUGE-L-filter one round's replies (`results`, in `todo`'s order); the rows join `rows`."
+    for request, res in zip(todo, results):
+        row = reply_row(request, res, self.s.filter)
+        if row['reason'] is None: self.decide(row, request[1], model or res.model or None)
+        self.rows.append(row)
+
+# %% ../nbs/05_generation.ipynb #4a0320df
+@patch
+def done(self: GenerationPass) -> bool:
+    "Whether every kind has kept what it needs."
+    return all(self.kept[k] >= self.targets[k] for k in KINDS)
+
+# %% ../nbs/05_generation.ipynb #aaa28b8b
+@patch
+def describe(self: GenerationPass, rounds: int) -> str:
+    "The progress line after round `rounds`."
+    return (f"round {rounds}: kept {self.kept['hard']}/{self.targets['hard']} hard and "
+            f"{self.kept['easy']}/{self.targets['easy']} easy")
+
+# %% ../nbs/05_generation.ipynb #39750e8d
+def check_round(results: Sequence, rounds: int):
+    "Raise when every request of round `rounds` failed."
+    if all(r.status != 'done' for r in results):
+        raise LionError(f"all {len(results)} generation requests of round {rounds} failed; "
+                        f"the first error: {results[0].error}")
+
+# %% ../nbs/05_generation.ipynb #f6fa6aa6
+def generate_instructions(hard: Sequence[Seed], # the hard seeds: parents of "same task type" requests
+                          easy: Sequence[Seed], # the easy seeds: parents of long-tail requests
+                          cache_pool: Sequence[Instruction], # what a new instruction must be ROUGE-L-novel to
+                          client, # anything with `run(requests, desc=...)`: an LLM client or a stand-in
+                          s: GenerationSettings, # how to ask, filter and stop
+                          model: str = '', # the generator's name in the provenance (default: the reply's)
+                          progress: Optional[Callable] = None, # where progress lines go
+                          on_round: Optional[Callable[[list[dict]], None]] = None, # all rows, every round
+                         ) -> GenerationResult:
+    "Ask `client` for new hard and long-tail instructions, post-filter them, keep the ROUGE-L-novel ones."
+    gp = GenerationPass(hard, easy, cache_pool, s)
     rounds = 0
     for rounds in range(1, s.max_rounds + 1):
-        batch = {}
-        for kind in KINDS:
-            n = _round_size(targets[kind] - kept[kind], asked[kind], kept[kind], s)
-            batch[kind] = build_requests(seeds[kind], kind, asked[kind], n, s); asked[kind] += n
-        todo = _interleave(batch['hard'], batch['easy'])
+        todo = gp.next_requests()
         if not todo: break
-        if progress: progress(f"round {rounds}: asking for {len(batch['hard'])} hard and {len(batch['easy'])} easy instructions")
+        n_hard = sum(t[0] == 'hard' for t in todo)
+        if progress:
+            progress(f"round {rounds}: asking for {n_hard} hard and {len(todo) - n_hard} easy instructions")
         results = client.run([t[-1] for t in todo], desc=f'generation round {rounds}')
-        if all(r.status != 'done' for r in results):
-            raise LionError(f"all {len(results)} generation requests of round {rounds} failed; the first error: {results[0].error}")
-        round_rows = []
-        for (kind, j, parent, rs, req), res in zip(todo, results):
-            reason, p = post_filter(res.text, res.finish_reason, res.status, res.error, s.filter)
-            row = {'key': req.key, 'kind': kind, 'parent_id': parent.id, 'parent_instruction': parent.instruction,
-                   'seed': rs, 'instruction': p.instruction, 'input': p.input, 'raw': res.text,
-                   'finish_reason': res.finish_reason, 'error': res.error, 'rouge_l': None, 'nearest': None,
-                   'nearest_from': None, 'kept': False, 'reason': reason, 'id': None}
-            if reason is None:
-                ids = index.token_ids(p.instruction)
-                near = index.nearest(ids=ids, threshold=s.threshold)
-                row['rouge_l'] = near.score
-                if near.index >= 0: row['nearest'], row['nearest_from'] = index.texts[near.index], origin[near.index]
-                if near.score >= s.threshold: row['reason'] = 'similar'
-                elif kept[kind] >= targets[kind]: row['reason'] = 'surplus'
-                else:
-                    rid = new_id(s.iteration, kind, j)
-                    if rid in taken: raise LionError(f"id {rid!r} is already in the Cache Pool")
-                    index.add(p.instruction, ids); origin.append(rid); taken.add(rid)
-                    kept[kind] += 1; row.update(kept=True, id=rid)
-                    new.append(Instruction(id=rid, instruction=p.instruction, input=p.input, source='generated',
-                                           prov=Provenance(iteration=s.iteration, stage='generation', role='generator', model=model or res.model or None,
-                                                           seed=rs, parent_id=parent.id, kind=kind)))
-            round_rows.append(row)
-        rows += round_rows
-        if on_round: on_round(rows)
-        if progress: progress(f"round {rounds}: kept {kept['hard']}/{targets['hard']} hard and {kept['easy']}/{targets['easy']} easy")
-        if all(kept[k] >= targets[k] for k in KINDS): break
-    return GenerationResult(new, rows, targets, rounds)
+        check_round(results, rounds)
+        gp.take(todo, results, model)
+        if on_round: on_round(gp.rows)
+        if progress: progress(gp.describe(rounds))
+        if gp.done(): break
+    return GenerationResult(gp.new, gp.rows, gp.targets, rounds)
 
 # %% ../nbs/05_generation.ipynb #d3be3056
-def plot_nn_rouge(rows: Sequence[dict], threshold: float):
+_NN_GROUPS = (('kept', lambda r: r['kept'], '#4c72b0'),
+              ('rejected: similar', lambda r: r['reason'] == 'similar', '#c44e52'),
+              ('not needed (surplus)', lambda r: r['reason'] == 'surplus', '#bbbbbb'))
+
+def plot_nn_rouge(rows: Sequence[dict], threshold: float) -> Figure:
     "Histogram of each candidate's nearest-neighbour ROUGE-L, by what became of it, with the threshold."
-    import matplotlib
-    if 'ipykernel' not in sys.modules: matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
-    bins = [i / 40 for i in range(41)]
-    groups = [('kept', lambda r: r['kept'], '#4c72b0'), ('rejected: similar', lambda r: r['reason'] == 'similar', '#c44e52'),
-              ('not needed (surplus)', lambda r: r['reason'] == 'surplus', '#bbbbbb')]
-    data = [[r['rouge_l'] for r in rows if r['rouge_l'] is not None and f(r)] for _, f, _ in groups]
-    ax.hist(data, bins=bins, stacked=True, label=[f"{n} ({len(d)})" for (n, _, _), d in zip(groups, data)], color=[c for *_, c in groups])
-    ax.axvline(threshold, color='k', ls='--', lw=1); ax.text(threshold, ax.get_ylim()[1] * 0.95, f' threshold {threshold}', va='top')
-    ax.set(xlabel='ROUGE-L F to the nearest instruction (Cache Pool + earlier new ones)', ylabel='candidates', xlim=(0, 1),
-           title='How close each generated instruction came to one we already had')
-    ax.legend(loc='upper left', fontsize=8); fig.tight_layout()
+    fig = Figure(figsize=(7.5, 3.6))
+    ax = fig.subplots()
+    data = [[r['rouge_l'] for r in rows if r['rouge_l'] is not None and f(r)] for _, f, _ in _NN_GROUPS]
+    ax.hist(data, bins=[i / 40 for i in range(41)], stacked=True, color=[c for *_, c in _NN_GROUPS],
+            label=[f"{n} ({len(d)})" for (n, _, _), d in zip(_NN_GROUPS, data)])
+    ax.axvline(threshold, color='k', ls='--', lw=1)
+    ax.text(threshold, ax.get_ylim()[1] * 0.95, f' threshold {threshold}', va='top')
+    ax.set(xlabel='ROUGE-L F to the nearest instruction (Cache Pool + earlier new ones)', ylabel='candidates',
+           xlim=(0, 1), title='How close each generated instruction came to one we already had')
+    ax.legend(loc='upper left', fontsize=8)
+    fig.tight_layout()
     return fig
 
 # %% ../nbs/05_generation.ipynb #82e9e61b
 def examples(rows: Sequence[dict], kind: str, n: int = 5) -> list[dict]:
     "Up to `n` kept generations of `kind` next to the seeds they came from."
-    return [{'seed instruction': r['parent_instruction'], 'new instruction': r['instruction'], 'new input': r['input'],
-             'ROUGE-L to nearest': round(r['rouge_l'], 3)} for r in rows if r['kept'] and r['kind'] == kind][:n]
-
-# %% ../nbs/05_generation.ipynb #2befcf12
-def describe_summary(s: dict) -> str:
-    "A short text account of a generation summary."
-    lines = [f"iteration {s['iteration']}: generator {s['generator']}, {s['requested']} replies in {s['rounds']} round(s), "
-             f"kept {s['kept']} of the {s['kept'] + s['shortfall']} wanted (ROUGE-L < {s['threshold']})"]
-    for kind in KINDS:
-        k = s[kind]; rej = ', '.join(f"{r} {n}" for r, n in sorted(k['rejected'].items(), key=lambda x: -x[1])) or 'none'
-        lines.append(f"  {kind:<4}: {k['kept']}/{k['target']} kept of {k['requested']} replies from {s['seeds'][kind]} seeds; rejected: {rej}")
-    p = s['pools']
-    lines.append(f"  pools of iteration {s['iteration'] + 1}: Train {p['train_next']}, Cache {p['cache_before']} + {p['train_next']} = {p['cache_next']}")
-    return '\n'.join(lines)
+    kept = [r for r in rows if r['kept'] and r['kind'] == kind][:n]
+    return [{'seed instruction': r['parent_instruction'], 'new instruction': r['instruction'],
+             'new input': r['input'], 'ROUGE-L to nearest': round(r['rouge_l'], 3)} for r in kept]
 
 # %% ../nbs/05_generation.ipynb #94b78735
 SEED_SOURCES = ('referee', 'random')
 
 def check_seed_source(seeds: str) -> str:
     "`seeds` if it names a known seed source, else a clear error."
-    if seeds not in SEED_SOURCES: raise LionError(f"seeds come from {' or '.join(SEED_SOURCES)}, not {seeds!r}")
+    if seeds not in SEED_SOURCES:
+        raise LionError(f"seeds come from {' or '.join(SEED_SOURCES)}, not {seeds!r}")
     return seeds
 
 # %% ../nbs/05_generation.ipynb #211237b4
@@ -360,67 +503,122 @@ def generation_inputs(run: RunDir, k: int, seeds: str = 'referee'):
     disc = run.stage_dir(k, 'discrimination')
     for name in ('hard.jsonl', 'easy.jsonl'):
         if not (disc/name).exists():
-            raise InputError(disc/name, None, "file not found (run the discrimination stage of this iteration first)")
+            raise InputError(disc/name, None,
+                             "file not found (run the discrimination stage of this iteration first)")
     return read_seeds(disc/'hard.jsonl'), read_seeds(disc/'easy.jsonl'), cache
 
-# %% ../nbs/05_generation.ipynb #db658ecd
-def run_generation(cfg: Config, run_dir, iteration: int, progress: Optional[Callable] = print, plots: bool = True,
-                   seeds: str = 'referee') -> dict:
-    """Generation for iteration `iteration`: new hard and long-tail instructions, then the pools of iteration k+1.
-    `seeds='random'` is the referee-blind control: the same prompts and N, parents drawn from the whole Cache Pool."""
-    from lion_nb.llm import run_client
-    run, k = (run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)), iteration
+# %% ../nbs/05_generation.ipynb #6a9dd960
+def write_pools(run: RunDir, k: int, cache: Sequence[Instruction], new: Sequence[Instruction]):
+    "`new.jsonl`, Train Pool(k+1) = the new instructions, and Cache Pool(k+1) = Cache Pool(k) + the new ones."
+    out = run.stage_dir(k, 'generation')
+    if not new:
+        raise LionError(f"no generated instruction survived the filters (see {out/'candidates.jsonl'}); "
+                        f"the pools of iteration {k + 1} were not written")
+    write_jsonl(out/'new.jsonl', new)
+    write_jsonl(run.pool(k + 1, 'train'), new)
+    write_jsonl(run.pool(k + 1, 'cache'), list(cache) + list(new))
+
+# %% ../nbs/05_generation.ipynb #63d9608f
+def generation_summary(run: RunDir, k: int, model: str, s: GenerationSettings, seeds: str,
+                       hard: Sequence[Seed], easy: Sequence[Seed], cache: Sequence[Instruction],
+                       res: GenerationResult) -> dict:
+    "The counts of a generation pass, as `summary.json` keeps them."
+    n_new = len(res.new)
+    pools = {'cache_before': len(cache), 'train_next': n_new, 'cache_next': len(cache) + n_new,
+             'train_path': str(run.pool(k + 1, 'train')), 'cache_path': str(run.pool(k + 1, 'cache'))}
+    return {'iteration': k, 'generator': model, 'threshold': s.threshold, 'seed_source': seeds,
+            'seeds': {'hard': len(hard), 'easy': len(easy)}, 'rounds': res.rounds, **res.counts(),
+            'pools': pools}
+
+# %% ../nbs/05_generation.ipynb #ad0821f9
+def save_nn_rouge(rows: Sequence[dict], threshold: float, out: Path) -> dict:
+    "Draw `plot_nn_rouge` into `out/nn_rouge.png`; the summary's `plots` entry."
+    plot_nn_rouge(rows, threshold).savefig(out/'nn_rouge.png', dpi=110)
+    return {'nn_rouge': 'nn_rouge.png'}
+
+# %% ../nbs/05_generation.ipynb #0e7a7a7a
+def run_generation(cfg: Config, # the run configuration
+                   run: RunDir, # the run folder
+                   k: int, # the iteration: reads its split and Cache Pool, writes the pools of iteration k+1
+                   seeds: str = 'referee', # 'random': the referee-blind control (parents: all the Cache Pool)
+                   progress: Optional[Callable] = print, # where progress lines go (None: nowhere)
+                   plots: bool = True, # also draw `nn_rouge.png`
+                  ) -> dict:
+    "Generation for iteration `k`: new hard and long-tail instructions, then the pools of iteration k+1."
     out = run.stage_dir(k, 'generation')
     check_seed_source(seeds)
     if (done := run.finished_summary(k, 'generation', progress)) is not None: return done
     hard, easy, cache = generation_inputs(run, k, seeds)
     spec = cfg.model_for('generator')
     s = GenerationSettings.from_config(cfg, k)
-    if progress: progress(f"iteration {k}: {len(hard)} hard and {len(easy)} easy seeds, Cache Pool {len(cache)}; generator {spec.model}")
     if progress:
+        progress(f"iteration {k}: {len(hard)} hard and {len(easy)} easy seeds, Cache Pool {len(cache)}; "
+                 f"generator {spec.model}")
         for kind in KINDS: progress(s.judges[kind].describe())          # the prompts this run uses
     client = run_client(cfg, run, 'generator', stage='generation', iteration=k)
     res = generate_instructions(hard, easy, cache, client, s, model=spec.model, progress=progress,
                                 on_round=lambda rows: write_jsonl(out/'candidates.jsonl', rows))
     write_jsonl(out/'candidates.jsonl', res.rows)
-    if not res.new:
-        raise LionError(f"no generated instruction survived the filters (see {out/'candidates.jsonl'}); the pools of iteration {k + 1} were not written")
-    write_jsonl(out/'new.jsonl', res.new)
-    write_jsonl(run.pool(k + 1, 'train'), res.new)
-    write_jsonl(run.pool(k + 1, 'cache'), list(cache) + res.new)
-    summary = {'iteration': k, 'generator': spec.model, 'threshold': s.threshold, 'seed_source': seeds,
-               'seeds': {'hard': len(hard), 'easy': len(easy)},
-               'rounds': res.rounds, **res.counts(),
-               'pools': {'cache_before': len(cache), 'train_next': len(res.new), 'cache_next': len(cache) + len(res.new),
-                         'train_path': str(run.pool(k + 1, 'train')), 'cache_path': str(run.pool(k + 1, 'cache'))}}
-    if plots:
-        fig = plot_nn_rouge(res.rows, s.threshold); fig.savefig(out/'nn_rouge.png', dpi=110)
-        import matplotlib.pyplot as plt; plt.close(fig)
-        summary['plots'] = {'nn_rouge': 'nn_rouge.png'}
+    write_pools(run, k, cache, res.new)
+    summary = generation_summary(run, k, spec.model, s, seeds, hard, easy, cache, res)
+    if plots: summary['plots'] = save_nn_rouge(res.rows, s.threshold, out)
     write_json(out/'summary.json', summary)
-    run.mark_done(k, 'generation', kept=len(res.new), requested=len(res.rows), shortfall=summary['shortfall'], rejected=summary['rejected'])
+    run.mark_done(k, 'generation', kept=len(res.new), requested=len(res.rows), shortfall=summary['shortfall'],
+                  rejected=summary['rejected'])
     return summary
 
+# %% ../nbs/05_generation.ipynb #140071f6
+def describe_summary(s: dict) -> str:
+    "A short text account of a generation summary."
+    lines = [f"iteration {s['iteration']}: generator {s['generator']}, {s['requested']} replies in "
+             f"{s['rounds']} round(s), kept {s['kept']} of the {s['kept'] + s['shortfall']} wanted "
+             f"(ROUGE-L < {s['threshold']})"]
+    for kind in KINDS:
+        k = s[kind]
+        rej = ', '.join(f"{r} {n}" for r, n in sorted(k['rejected'].items(), key=lambda x: -x[1])) or 'none'
+        lines.append(f"  {kind:<4}: {k['kept']}/{k['target']} kept of {k['requested']} replies from "
+                     f"{s['seeds'][kind]} seeds; rejected: {rej}")
+    p = s['pools']
+    lines.append(f"  pools of iteration {s['iteration'] + 1}: Train {p['train_next']}, "
+                 f"Cache {p['cache_before']} + {p['train_next']} = {p['cache_next']}")
+    return '\n'.join(lines)
+
 # %% ../nbs/05_generation.ipynb #ea7b22ce
+def estimate_first_round(cfg: Config, run: RunDir, k: int, seeds: str = 'referee') -> dict:
+    "What the first round of iteration `k` would send and cost (the LLM client's estimate; nothing is sent)."
+    hard, easy, _ = generation_inputs(run, k, seeds)
+    s = GenerationSettings.from_config(cfg, k)
+    requests = [t[-1] for t in GenerationPass(hard, easy, [], s).next_requests()]
+    client = make_client(cfg.model_for('generator'), role='generator', stage='generation', iteration=k,
+                         cache_dir=run.cache)
+    return client.estimate(requests)
+
+# %% ../nbs/05_generation.ipynb #27baebba
+def _generate_parser() -> argparse.ArgumentParser:
+    "The arguments of `lion_nb generate`."
+    about = ("Generate new instructions from the hard and easy ones discrimination found, filter them "
+             "(exact ROUGE-L), and write the next iteration's pools.")
+    p = argparse.ArgumentParser(prog='lion_nb generate', description=about)
+    p.add_argument('--config', required=True, help='run configuration (YAML)')
+    p.add_argument('--run-dir', required=True,
+                   help='the run folder (holds iter_k/discrimination/{hard,easy}.jsonl and iter_k/pools)')
+    p.add_argument('--iteration', type=int, default=1)
+    p.add_argument('--dry-run', action='store_true',
+                   help="estimate the first round's calls and cost; send nothing")
+    p.add_argument('--seeds', choices=SEED_SOURCES, default='referee',
+                   help="parents: the referee's hard/easy split, or random Cache Pool instructions "
+                        "(the control)")
+    return p
+
+# %% ../nbs/05_generation.ipynb #b32593fa
 def generate_cli(argv: Optional[list[str]] = None) -> int:
     "`lion_nb generate`: new hard and long-tail instructions for iteration k, and the pools of iteration k+1."
-    p = argparse.ArgumentParser(prog='lion_nb generate', description='Generate new instructions from the hard and easy ones '
-                                'discrimination found, filter them (exact ROUGE-L), and write the next iteration\'s pools.')
-    p.add_argument('--config', required=True, help='run configuration (YAML)')
-    p.add_argument('--run-dir', required=True, help='the run folder (holds iter_k/discrimination/{hard,easy}.jsonl and iter_k/pools)')
-    p.add_argument('--iteration', type=int, default=1)
-    p.add_argument('--dry-run', action='store_true', help="estimate the first round's calls and cost; send nothing")
-    p.add_argument('--seeds', choices=SEED_SOURCES, default='referee',
-                   help="parents: the referee's hard/easy split, or random Cache Pool instructions (the control)")
-    a = p.parse_args(argv)
-    cfg = load_config(a.config); run = RunDir(a.run_dir)
+    a = _generate_parser().parse_args(argv)
+    cfg = load_config(a.config)
+    run = RunDir(a.run_dir)
     if a.dry_run:
-        from lion_nb.llm import make_client
-        hard, easy, _ = generation_inputs(run, a.iteration, a.seeds)
-        s = GenerationSettings.from_config(cfg, a.iteration); t = plan_targets(s.n_new, s.hard_fraction, len(hard), len(easy))
-        reqs = [x[-1] for kind, seeds in (('hard', hard), ('easy', easy)) for x in build_requests(seeds, kind, 0, _round_size(t[kind], 0, 0, s), s)]
-        client = make_client(cfg.model_for('generator'), role='generator', stage='generation', iteration=a.iteration, cache_dir=run.cache)
-        print(client.estimate(reqs)); return 0
-    s = run_generation(cfg, run, a.iteration, progress=lambda m: print(m, file=sys.stderr), seeds=a.seeds)
+        print(estimate_first_round(cfg, run, a.iteration, a.seeds))
+        return 0
+    s = run_generation(cfg, run, a.iteration, seeds=a.seeds, progress=lambda m: print(m, file=sys.stderr))
     print(describe_summary(s))
     return 0
