@@ -142,7 +142,7 @@ def test_scripted_judge_exact_metrics(tmp_path, data_root):
         vic = sample_items(load_eval_set('vicuna80', data_root), 48, 3, 'vicuna80')
         VICUNA_CAT.clear(); VICUNA_CAT.update({user_message(x.instruction, x.input): x.category for x in vic})
         run = tmp_path/'run'
-        m = run_evaluation(cfg, run, 1, models={'bad': 'bad', 'good': 'good'})
+        m = run_evaluation(cfg, RunDir(run), 1, models={'bad': 'bad', 'good': 'good'})
         n_first = srv.n_chat
 
         # --- Vicuna-80: relative score, per category, unscored reviews, position consistency
@@ -218,11 +218,11 @@ def test_scripted_judge_exact_metrics(tmp_path, data_root):
         assert f"relative score **{good['relative_score']}%**" in note and f"**{even} win / {30 - even} tie / 0 lose**" in note
 
         # --- a re-run is answered from the cache: no request reaches the server, same metrics
-        m2 = run_evaluation(cfg, run, 1, models={'bad': 'bad', 'good': 'good'}, plots=False)
+        m2 = run_evaluation(cfg, RunDir(run), 1, models={'bad': 'bad', 'good': 'good'}, plots=False)
         assert srv.n_chat == n_first and m2 == m
 
         # --- across iterations and runs
-        m3 = run_evaluation(cfg, run, 2, models={'base': 'bad', 'iter_2': 'good'}, sets=['user252'], samples={'user252': 10}, plots=False)
+        m3 = run_evaluation(cfg, RunDir(run), 2, models={'base': 'bad', 'iter_2': 'good'}, sets=['user252'], samples={'user252': 10}, plots=False)
         hist = metrics_history(run)
         assert [k for k, _ in hist] == [1, 2] and hist[1][1]['win_rate'] == m3['user252']['win_rate']
         other = tmp_path/'random_arm'
@@ -337,7 +337,7 @@ def test_evaluation_judge_probe_is_run_and_reported(tmp_path, data_root):
         d = make_cfg(srv, data_root, {'vicuna80': 6, 'user252': 2, 'agieval': 1})
         d['eval']['sets'] = ['vicuna80', 'user252']; d['probe'] = {'judge_items': 2}
         cfg = parse_config(d)
-        m = run_evaluation(cfg, tmp_path/'run', 1, models={'good': 'good'})
+        m = run_evaluation(cfg, RunDir(tmp_path/'run'), 1, models={'good': 'good'})
         jp = m['judge_probe']
         assert jp['probe']['pairs'] == 6 and jp['probe']['unscored'] == 0
         assert jp['probe']['per_kind'] == {'empty': 1.0, 'other': 0.0, 'truncated': 1.0}
@@ -347,5 +347,25 @@ def test_evaluation_judge_probe_is_run_and_reported(tmp_path, data_root):
         assert json.loads((out/'judge_probe.json').read_text()) == jp
         assert json.loads((out/'metrics.json').read_text())['judge_probe'] == jp
         assert 'judge probe: the judge cannot' in closing_note(m)
-        m2 = run_evaluation(cfg, tmp_path/'run', 2, models={'good': 'good'})
+        m2 = run_evaluation(cfg, RunDir(tmp_path/'run'), 2, models={'good': 'good'})
         assert m2['judge_probe'] is None                                   # iteration 2 is not a probe iteration
+
+
+def test_judge_settings_are_the_judge_folders_unless_the_config_sets_them(tmp_path, data_root):
+    """The judge's requests carry its judge folder's temperature and max_tokens (not the referee's), unless the
+    run configuration sets `sampling.judge_temperature` / `judge_max_tokens` explicitly."""
+    seen = []
+    def recording(body: dict) -> str:
+        if body['model'] == 'judge': seen.append((body.get('temperature'), body.get('max_tokens')))
+        return reply(body)
+    with serve(recording) as srv:
+        d = make_cfg(srv, data_root, {'demo': 2})
+        d['eval']['sets'] = ['demo']
+        d['judges'] = {'review': 'lion/review'}                       # its own: temperature 0.2, 1024 tokens
+        d['sampling'] = {'referee_max_tokens': 300}                   # the referee's: not the judge's
+        run_evaluation(parse_config(d), RunDir(tmp_path/'a'), 1, models={'good': 'good'}, plots=False)
+        assert seen and set(seen) == {(0.2, 1024)}
+        seen.clear()
+        d['sampling'] = {'judge_temperature': 0.0, 'judge_max_tokens': 200}
+        run_evaluation(parse_config(d), RunDir(tmp_path/'b'), 1, models={'good': 'good'}, plots=False)
+        assert seen and set(seen) == {(0.0, 200)}
