@@ -17,9 +17,9 @@ __all__ = ['MAX_RECORD_BYTES', 'R', 'STAGES', 'ROLES', 'OPERATIONAL_FIELDS', 'OP
            'describe_validation_error', 'read_records', 'read_pool', 'atomic_write_bytes', 'atomic_write_text',
            'to_jsonable', 'dumps_line', 'write_jsonl', 'write_json', 'read_json', 'repair_tail', 'JsonlLog', 'read_log',
            'derive_seed', 'seed_everything', 'RunDir', 'Section', 'ModelSpec', 'PoolsConfig', 'LoopConfig',
-           'SamplingConfig', 'TrainConfig', 'EvalConfig', 'ProbeConfig', 'Config', 'parse_config', 'load_config',
-           'config_hash', 'resolve_config_paths', 'config_identity', 'identity_diff', 'identity_hash', 'api_key_for',
-           'configured_secrets', 'redact', 'cache_root', 'sha256_file']
+           'SamplingConfig', 'TrainConfig', 'GenerationConfig', 'EvalConfig', 'ProbeConfig', 'Config', 'parse_config',
+           'load_config', 'config_hash', 'resolve_config_paths', 'config_identity', 'identity_diff', 'identity_hash',
+           'api_key_for', 'configured_secrets', 'redact', 'cache_root', 'sha256_file']
 
 # %% ../nbs/00_core.ipynb #6cb87795
 class LionError(Exception):
@@ -298,6 +298,12 @@ class RunDir:
         "The Train or Cache Pool that iteration `k` starts with."
         if which not in ('train', 'cache'): raise ValueError(f"pool is 'train' or 'cache', not {which!r}")
         return self.iter_dir(k)/'pools'/f'{which}.jsonl'
+    def reserve(self, k: int) -> Path:
+        "The reserve (held-back instructions of the random-selection baseline) that iteration `k` draws from."
+        return self.iter_dir(k)/'pools'/'reserve.jsonl'
+    def student(self, k: int) -> Path:
+        "The student that iteration `k`'s imitation trained (a Hugging Face checkpoint folder)."
+        return self.stage_dir(k, 'imitation')/'model'
     def done_file(self, k: int, stage: str) -> Path: return self.stage_dir(k, stage)/'DONE.json'
     def is_done(self, k: int, stage: str) -> bool: return self.done_file(k, stage).exists()
     def mark_done(self, k: int, stage: str, **info) -> Path:
@@ -375,6 +381,10 @@ class SamplingConfig(Section):
     student_temperature: float = Field(0.0, ge=0, description="0 means greedy")
     max_new_tokens: int = Field(256, ge=1)
     referee_max_tokens: int = Field(512, ge=16)
+    judge_temperature: float = Field(0.0, ge=0, description="the evaluation judge's temperature, when set explicitly "
+                                                            "(else its judge folder's own)")
+    judge_max_tokens: int = Field(512, ge=16, description="the evaluation judge's review length limit, when set "
+                                                          "explicitly (else its judge folder's own)")
     repair_retries: int = Field(2, ge=0, le=10)
     reuse_imitation_answers: bool = Field(False, description="discrimination reuses imitation's teacher answers")
 
@@ -406,6 +416,21 @@ class TrainConfig(Section):
     pg_timeout_min: float = Field(120, gt=0, description=(
         "process-group timeout, minutes: covers gathering and writing a 7B export"))
     export_shard_gb: float = Field(2.0, gt=0, description="largest safetensors shard of the export, GB")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradients are clipped to this global norm")
+    attn: str = Field('sdpa', description="attention implementation: sdpa, eager, flash_attention_2")
+    lora_r: int = Field(16, ge=1, description="LoRA rank, when `lora` is on")
+    heldout_fraction: float = Field(0.25, ge=0, lt=1, description=(
+        "share of the teacher answers held out of training to measure the student's NLL"))
+    heldout_max: int = Field(64, ge=0, description="at most this many answers held out")
+
+# %% ../nbs/00_core.ipynb #2ea0c1b1
+class GenerationConfig(Section):
+    "How the generation stage asks for new instructions and filters them (n_new and the ROUGE-L threshold: `loop`)."
+    oversample: float = Field(1.3, ge=1, description="ask for this many times the instructions still missing")
+    max_rounds: int = Field(4, ge=1, description="rounds of asking before the stage settles for fewer")
+    max_factor: float = Field(8.0, ge=1, description="never ask for more than this many times what is missing")
+    min_words: int = Field(3, ge=1, description="shorter instructions (ROUGE tokens) are dropped")
+    max_words: int = Field(150, ge=1, description="longer instructions (ROUGE tokens) are dropped")
 
 # %% ../nbs/00_core.ipynb #4b81491d
 class EvalConfig(Section):
@@ -438,6 +463,7 @@ class Config(Section):
     loop: LoopConfig = Field(default_factory=LoopConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     cache_dir: Optional[str] = Field(None, description="an LLM cache folder several runs share (default <run>/cache); operational")
 
