@@ -8,17 +8,25 @@ import argparse, importlib.metadata, json, os, platform, re, shutil, subprocess,
 from pathlib import Path
 from typing import Callable, Optional
 
-import nbformat
-import pandas as pd
-import papermill as pm
-import torch
-import yaml
+import nbformat, papermill as pm, pandas as pd, torch, yaml
+from fastcore.basics import patch
 from nbconvert import HTMLExporter
 from papermill.exceptions import PapermillExecutionError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from . import data
+# %% auto #0
+__all__ = ['BASELINES', 'STAGES', 'STAGE_NOTEBOOKS', 'WEIGHT_SUFFIXES', 'QUIET_KERNEL', 'PACKAGES', 'EST', 'EVAL_SIZES',
+           'EVAL_TASKS', 'JUDGED_SETS', 'lion', 'lion_plan', 'iteration_plan', 'trained_instructions',
+           'check_parameters', 'file_contains', 'files_containing', 'check_no_secrets', 'notebooks_dir', 'render_html',
+           'run_stage', 'package_versions', 'git_commit', 'file_hashes', 'count_parameters', 'prompt_layout',
+           'load_checkpoint_parts', 'check_checkpoint', 'eval_data_names', 'check_data', 'check_reserve',
+           'check_devices', 'checkpoint_bytes', 'check_disk', 'check_keys', 'preflight', 'link_cache',
+           'prepare_run_dir', 'fork_run', 'run_manifest', 'notebook_stage', 'run_loop', 'stage_hashes', 'usage_summary',
+           'discrimination_teacher_calls', 'eval_items', 'DryRun', 'estimate_run', 'print_estimate', 'repo_root',
+           'print_summary', 'run_parser', 'run_cli', 'demo_cli']
 
+# %% ../nbs/07_loop.ipynb #668482d2
+from . import data
 from lion_nb.core import (
     Config,
     InputError,
@@ -47,17 +55,6 @@ from .pools import run_pools
 from .progress import fmt_seconds, stage_rows, stage_table, watch_stage
 from .selection import run_selection
 
-# %% auto #0
-__all__ = ['BASELINES', 'STAGES', 'STAGE_NOTEBOOKS', 'WEIGHT_SUFFIXES', 'QUIET_KERNEL', 'PACKAGES', 'EST', 'EVAL_SIZES',
-           'EVAL_TASKS', 'lion', 'lion_plan', 'iteration_plan', 'trained_instructions', 'check_parameters',
-           'file_contains', 'files_containing', 'check_no_secrets', 'notebooks_dir', 'render_html', 'run_stage',
-           'package_versions', 'git_commit', 'file_hashes', 'count_parameters', 'prompt_layout',
-           'load_checkpoint_parts', 'check_checkpoint', 'eval_data_names', 'check_data', 'check_reserve',
-           'check_devices', 'checkpoint_bytes', 'check_disk', 'check_keys', 'preflight', 'link_cache',
-           'prepare_run_dir', 'fork_run', 'run_manifest', 'notebook_stage', 'run_loop', 'stage_hashes', 'usage_summary',
-           'discrimination_teacher_calls', 'estimate_run', 'print_estimate', 'repo_root', 'print_summary', 'run_cli',
-           'demo_cli']
-
 # %% ../nbs/07_loop.ipynb #5a3d4130
 BASELINES = {'random-seeds': 'generation from random Cache Pool seeds (no referee)',
              'random': 'random selection from the reserve'}
@@ -73,7 +70,8 @@ def lion(K: int,                  # rounds of imitation, discrimination and gene
         if baseline == 'random': stage('selection', k)   # control: the next Train Pool, drawn from a reserve
         elif baseline == 'random-seeds': stage('generation', k, seeds='random')   # control: no referee
         else:
-            stage('discrimination', k)  # the referee finds the instructions the student fails
+            # the referee finds the instructions the student fails
+            stage('discrimination', k)
             stage('generation', k)                       # new instructions like them: the next Train Pool
         stage('evaluation', k)
     stage('imitation', K + 1)                            # the final student learns the last Train Pool
@@ -492,8 +490,8 @@ def fork_run(src, run: RunDir, progress=print) -> list[str]:
         if not (run.root/rel).exists():
             shutil.copytree(src.root/rel, run.root/rel, copy_function=_link_or_copy)
             copied.append(rel)
-    if run.cache.is_symlink() or src.cache.is_symlink() or not src.cache.exists():
-        pass  # a shared cache serves both
+    # a shared cache serves both
+    if run.cache.is_symlink() or src.cache.is_symlink() or not src.cache.exists(): pass
     elif not any(run.cache.glob('*')):
         shutil.rmtree(run.cache, ignore_errors=True)
         shutil.copytree(src.cache, run.cache, copy_function=shutil.copy2)
@@ -584,16 +582,9 @@ def usage_summary(run: RunDir) -> list[dict]:
     return df.groupby(keys, dropna=False)[nums].sum().reset_index().to_dict('records')
 
 # %% ../nbs/07_loop.ipynb #a01cb415
-EST = dict(
-    instr=40, review_prompt=150, review_out=200, gen_prompt=250, gen_out=60, gen_oversample=1.3, repair=0.02
-)
-EVAL_SIZES = {
-    'vicuna80': 80,
-    'user252': 252,
-    'demo': 20,
-    'agieval': 2546,
-    'bbh': 6511,
-}  # items in full; AGIEval: its 8 MC subsets
+EST = dict(instr=40, review_prompt=150, review_out=200, gen_prompt=250, gen_out=60, repair=0.02)
+# items in full; AGIEval: its 8 MC subsets
+EVAL_SIZES = {'vicuna80': 80, 'user252': 252, 'demo': 20, 'agieval': 2546, 'bbh': 6511}
 EVAL_TASKS = {'agieval': 8, 'bbh': 27}   # `eval.samples` counts per task for these
 
 def _row(cfg: Config, k, stage, role, calls, p_tok, c_tok) -> dict:
@@ -620,75 +611,79 @@ def discrimination_teacher_calls(cfg: Config, k: int, train: int, cache: int) ->
     return cache if k == 1 else train
 
 # %% ../nbs/07_loop.ipynb #ded9dd8c
-def estimate_run(cfg: Config, iterations: Optional[int] = None) -> list[dict]:
-    """Estimated calls, tokens and cost per iteration, stage and role of K rounds and the final imitation
-    (nothing is sent)."""
-    K, s, rows = iterations or cfg.loop.iterations, cfg.sampling, []
-    train, cache = cfg.pools.train_size, max(cfg.pools.cache_size, cfg.pools.train_size)
-    ans, rev_p = s.max_new_tokens, EST['review_prompt'] + EST['instr'] + 2 * s.max_new_tokens
+JUDGED_SETS = ('vicuna80', 'user252', 'demo')
+
+def eval_items(cfg: Config) -> dict:
+    "Items each evaluation set will have, given `eval.samples`."
     full = {x: EVAL_SIZES.get(x, 0) for x in cfg.eval.sets}
-    n_items = {
-        x: min(n, cfg.eval.samples[x] * EVAL_TASKS.get(x, 1)) if x in cfg.eval.samples else n
-        for x, n in full.items()
-    }
-    judged = sum(n for x, n in n_items.items() if x in ('vicuna80', 'user252', 'demo'))
-    for k in range(1, K + 2):
-        rows.append(_row(cfg, k, 'imitation', 'teacher', train, EST['instr'], ans))
-        plan = iteration_plan(k, K, None, cfg.loop.discriminate_last)
-        if 'discrimination' in plan:
-            rows.append(
-                _row(
-                    cfg,
-                    k,
-                    'discrimination',
-                    'teacher',
-                    discrimination_teacher_calls(cfg, k, train, cache),
-                    EST['instr'],
-                    ans,
-                )
-            )
-            rows.append(
-                _row(
-                    cfg,
-                    k,
-                    'discrimination',
-                    'referee',
-                    2 * cache * (1 + EST['repair']),
-                    rev_p,
-                    EST['review_out'],
-                )
-            )
-            if (
-                cfg.probe.enabled and k in cfg.probe.iterations
-            ):  # the referee probe: 3 pairs per item, both orders
-                rows.append(
-                    _row(cfg, k, 'discrimination', 'referee', 6 * cfg.probe.items, rev_p, EST['review_out'])
-                )
-        if 'generation' in plan:
-            rows.append(
-                _row(
-                    cfg,
-                    k,
-                    'generation',
-                    'generator',
-                    cfg.loop.n_new * EST['gen_oversample'],
-                    EST['gen_prompt'],
-                    EST['gen_out'],
-                )
-            )
-        rows.append(
-            _row(cfg, k, 'evaluation', 'teacher', sum(n_items.values()) if k == 1 else 0, EST['instr'], ans)
-        )
-        students = 2 if k == 1 else 1                               # iteration 1 also judges the base student
-        rows.append(_row(cfg, k, 'evaluation', 'judge', 2 * judged * students, rev_p, EST['review_out']))
-        if (
-            cfg.probe.enabled and k in cfg.probe.iterations and judged
-        ):  # the judge's probe: 3 pairs per item, both orders
-            rows.append(
-                _row(cfg, k, 'evaluation', 'judge', 6 * cfg.probe.judge_items, rev_p, EST['review_out'])
-            )
-        train, cache = cfg.loop.n_new, cache + cfg.loop.n_new
-    return [r for r in rows if r['calls']]
+    return {x: min(n, cfg.eval.samples[x] * EVAL_TASKS.get(x, 1)) if x in cfg.eval.samples else n
+            for x, n in full.items()}
+
+# %% ../nbs/07_loop.ipynb #93453652
+class DryRun:
+    "A `stage` for `lion` that sends nothing: it estimates each stage's calls, tokens and cost, as `rows`."
+    def __init__(self, cfg: Config):
+        self.cfg, self.rows = cfg, []
+        self.train, self.cache = cfg.pools.train_size, max(cfg.pools.cache_size, cfg.pools.train_size)
+        self.answer = cfg.sampling.max_new_tokens
+        self.review = EST['review_prompt'] + EST['instr'] + 2 * self.answer
+        self.items = eval_items(cfg)
+        self.judged = sum(n for x, n in self.items.items() if x in JUDGED_SETS)
+
+    def __call__(self, stage: str, k: int, **options):
+        {'pools': lambda k: None, 'imitation': self.imitation, 'discrimination': self.discrimination,
+         'generation': self.generation, 'evaluation': self.evaluation}[stage](k)
+
+    def add(
+        self, k: int, stage: str, role: str, calls: float, prompt_tokens: float, completion_tokens: float
+    ):
+        self.rows.append(_row(self.cfg, k, stage, role, calls, prompt_tokens, completion_tokens))
+
+# %% ../nbs/07_loop.ipynb #c045aa1e
+@patch
+def imitation(self: DryRun, k: int):
+    "The teacher answers the Train Pool."
+    self.add(k, 'imitation', 'teacher', self.train, EST['instr'], self.answer)
+
+@patch
+def discrimination(self: DryRun, k: int):
+    "Teacher answers on the Cache Pool, the referee's reviews in both orders, and its probe."
+    cfg = self.cfg
+    calls = discrimination_teacher_calls(cfg, k, self.train, self.cache)
+    self.add(k, 'discrimination', 'teacher', calls, EST['instr'], self.answer)
+    self.add(
+        k, 'discrimination', 'referee', 2 * self.cache * (1 + EST['repair']), self.review, EST['review_out']
+    )
+    # the referee probe: 3 pairs per item, both orders
+    if cfg.probe.enabled and k in cfg.probe.iterations:
+        self.add(k, 'discrimination', 'referee', 6 * cfg.probe.items, self.review, EST['review_out'])
+
+@patch
+def generation(self: DryRun, k: int):
+    "The generator's calls; the next Train Pool is the new instructions, and they join the Cache Pool."
+    n = self.cfg.loop.n_new
+    self.add(
+        k, 'generation', 'generator', n * self.cfg.generation.oversample, EST['gen_prompt'], EST['gen_out']
+    )
+    self.train, self.cache = n, self.cache + n
+
+@patch
+def evaluation(self: DryRun, k: int):
+    "Reference answers once (iteration 1); the judge in both orders per student (iteration 1: the base too)."
+    cfg = self.cfg
+    self.add(k, 'evaluation', 'teacher', sum(self.items.values()) if k == 1 else 0, EST['instr'], self.answer)
+    students = 2 if k == 1 else 1
+    self.add(k, 'evaluation', 'judge', 2 * self.judged * students, self.review, EST['review_out'])
+    # the judge's probe: 3 pairs per item
+    if cfg.probe.enabled and k in cfg.probe.iterations and self.judged:
+        self.add(k, 'evaluation', 'judge', 6 * cfg.probe.judge_items, self.review, EST['review_out'])
+
+# %% ../nbs/07_loop.ipynb #7337815c
+def estimate_run(cfg: Config, iterations: Optional[int] = None) -> list[dict]:
+    "Estimated calls, tokens and cost per iteration, stage and role of a Lion run (nothing is sent)."
+    dry = DryRun(cfg)
+    lion(iterations or cfg.loop.iterations, dry, None, cfg.loop.discriminate_last)
+    return [r for r in dry.rows if r['calls']]
 
 # %% ../nbs/07_loop.ipynb #2e96fcf3
 def print_estimate(cfg: Config, iterations: Optional[int] = None, progress=print) -> dict:
@@ -725,18 +720,17 @@ def print_summary(manifest: dict, run_dir, progress=print):
     progress(f"[lion_nb] the whole run took {fmt_seconds(manifest.get('seconds', 0)).strip()}")
 
 # %% ../nbs/07_loop.ipynb #9429b505
-def run_cli(argv=None) -> int:
-    "lion_nb run: run or resume the loop."
-    ap = argparse.ArgumentParser(
-        prog='lion_nb run', description='Run (or resume) the Lion loop, one papermill batch per iteration.'
-    )
+def run_parser() -> argparse.ArgumentParser:
+    "The arguments of `lion_nb run`."
+    ap = argparse.ArgumentParser(prog='lion_nb run',
+                                 description='Run (or resume) the Lion loop, one papermill batch per stage.')
     ap.add_argument('--config', required=True, help='the run configuration (YAML)')
-    ap.add_argument('--run-dir', help='where outputs go (default outputs/<config name>[-random])')
+    ap.add_argument('--run-dir', help='where outputs go (default outputs/<config name>[-<baseline>])')
     ap.add_argument(
         '--baseline',
         choices=list(BASELINES),
-        help="a control arm: 'random-seeds' (the generator on random "
-        "Cache Pool seeds, no referee) or 'random' (random selection from the reserve)",
+        help="a control arm: 'random-seeds' (the generator on random Cache Pool seeds, no referee) "
+        "or 'random' (random selection from the reserve)",
     )
     ap.add_argument(
         '--fork-from', help="start from this run's iteration 1 (pools, teacher answers, student, cache)"
@@ -744,37 +738,32 @@ def run_cli(argv=None) -> int:
     ap.add_argument(
         '--iterations', type=int, help='override loop.iterations (full rounds; the final imitation follows)'
     )
-    ap.add_argument(
-        '--check',
-        action='store_true',
-        help='run only the preflight checks (models, data, reserve, GPUs, disk, keys)',
-    )
+    ap.add_argument('--check', action='store_true',
+                    help='run only the preflight checks (models, data, reserve, GPUs, disk, keys)')
     ap.add_argument('--cache-dir', help='an LLM cache folder shared by several runs (overrides cache_dir)')
     ap.add_argument('--dry-run', action='store_true', help='estimate calls, tokens and cost; run nothing')
-    ap.add_argument(
-        '--log-output', action='store_true', help="stream the notebooks' cell output to the console"
-    )
-    a = ap.parse_args(argv)
+    ap.add_argument('--log-output', action='store_true',
+                    help="stream the notebooks' cell output to the console (instead of the progress bars)")
+    return ap
+
+# %% ../nbs/07_loop.ipynb #1bbca8c9
+def run_cli(argv=None) -> int:
+    "lion_nb run: run or resume the loop."
+    a = run_parser().parse_args(argv)
     cfg = load_config(a.config)
     run_dir = a.run_dir or str(repo_root()/'outputs'/(cfg.name + (f'-{a.baseline}' if a.baseline else '')))
     K = a.iterations or cfg.loop.iterations
     if a.dry_run:
         print(f"{K} round(s) of imitation, discrimination and generation, then a final imitation: "
               f"{trained_instructions(cfg, K):,} training instructions")
-        print_estimate(cfg, K); return 0
+        print_estimate(cfg, K)
+        return 0
     if a.check:
         preflight(a.config, run_dir, a.baseline, K)
         print("[check] all checks passed; nothing was run")
         return 0
-    m = run_loop(
-        a.config,
-        run_dir,
-        a.baseline,
-        a.iterations,
-        a.log_output,
-        cache_dir=a.cache_dir,
-        fork_from=a.fork_from,
-    )
+    m = run_loop(a.config, run_dir, a.baseline, a.iterations, a.log_output, cache_dir=a.cache_dir,
+                 fork_from=a.fork_from)
     print_summary(m, run_dir)
     print(f"[lion_nb] outputs in {run_dir}")
     return 0

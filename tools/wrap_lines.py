@@ -2,10 +2,10 @@
 
     python tools/wrap_lines.py nbs/07_loop.ipynb ...     # rewrites the notebooks in place; prints what is left
 
-1. The statement around a long line is reformatted by `ruff format --range` (the rest of the cell is untouched).
-2. A string literal that still crosses the limit inside brackets is split into adjacent literals; a long one-line
+1. A long comment is wrapped; an inline comment that makes a line long moves above its line.
+2. The statement around a long line is reformatted by `ruff format --range` (the rest of the cell is untouched).
+3. A string literal that still crosses the limit inside brackets is split into adjacent literals; a long one-line
    docstring becomes a wrapped triple-quoted one.
-3. A long comment is wrapped; an inline comment that makes a line long moves above its line.
 Cells with IPython magics are left alone. Run `nbdev_export` afterwards, and read the diff.
 """
 import io, json, re, subprocess, sys, textwrap, tokenize
@@ -111,6 +111,7 @@ def inline_comment(line: str):
 def fix_cell(src: str) -> str:
     "A code cell's source within the limit, as far as the three steps go."
     if re.search(r'^\s*[%!]', src, re.M): return src
+    src = fix_comments(src)
     tried = set()
     while True:
         todo = [n for n in long_lines(src) if n not in tried and not src.split('\n')[n - 1].lstrip().startswith('#')]
