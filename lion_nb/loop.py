@@ -70,8 +70,7 @@ def lion(K: int,                  # rounds of imitation, discrimination and gene
         if baseline == 'random': stage('selection', k)   # control: the next Train Pool, drawn from a reserve
         elif baseline == 'random-seeds': stage('generation', k, seeds='random')   # control: no referee
         else:
-            # the referee finds the instructions the student fails
-            stage('discrimination', k)
+            stage('discrimination', k)                   # the referee finds what the student gets wrong
             stage('generation', k)                       # new instructions like them: the next Train Pool
         stage('evaluation', k)
     stage('imitation', K + 1)                            # the final student learns the last Train Pool
