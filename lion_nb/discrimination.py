@@ -10,13 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal, Optional, Sequence, Union
 
+import pandas as pd
+import seaborn as sns
 import yaml
+from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .core import (ROLES, Answer, Config, InputError, Instruction, JsonlLog, LionError, ModelSpec, Provenance, Review,
-                          RunDir, derive_seed, load_config, read_json, read_log, read_pool, read_records, user_message,
-                          write_json, write_jsonl)
+from .core import (ROLES, Answer, Config, InputError, Instruction, JsonlLog, LionError, ModelSpec,
+                          Provenance, Review, RunDir, derive_seed, load_config, read_json, read_log,
+                          read_pool, read_records, user_message, write_json, write_jsonl)
+from .llm import ChatRequest, answer_pool, make_client, run_budget, run_client, student_spec
 from .logprob import expected_scores
+from .pools import categorize
 from .probe import KnownPair, probe_metrics, probe_pairs, probe_verdict, right_answers
 
 # %% auto #0
@@ -25,8 +30,8 @@ __all__ = ['JUDGE_ROLES', 'SCORE_PARSERS', 'JUDGE_PARSERS', 'ORDERS', 'SCORE_MIN
            'judge_sets', 'render', 'Judge', 'load_judge', 'judge_for', 'for_category', 'referee_messages',
            'referee_response_format', 'repair_response_format', 'ScoreParseError', 'parse_score_value', 'parse_scores',
            'repair_messages', 'swap_average', 'is_hard', 'verdict', 'position_consistency', 'position_means', 'Pair',
-           'sampling_setting', 'RefereeSettings', 'judge_scores', 'review_pairs', 'pairs_from_answers', 'score_items',
-           'category_of', 'call_stats', 'summarize', 'describe_summary', 'plot_gaps', 'plot_scores', 'plot_categories',
+           'sampling_setting', 'RefereeSettings', 'judge_scores', 'review_pairs', 'category_of', 'pairs_from_answers',
+           'score_items', 'call_stats', 'summarize', 'describe_summary', 'plot_gaps', 'plot_scores', 'plot_categories',
            'save_plots', 'referee_and_split', 'known_pair', 'run_probe', 'referee_probe', 'discrimination_seed',
            'latest_student', 'run_discrimination', 'discriminate_cli', 'referee_cli']
 
@@ -41,18 +46,19 @@ class JudgeConfig(BaseModel):
     description: str = ''
     system: Optional[str] = None                 # file of the system message
     prompt: str                                  # file of the user message template
-    prompt_structured: Optional[str] = None      # template used when the reply is constrained to a JSON schema
+    prompt_structured: Optional[str] = None      # the template of replies constrained to a JSON schema
     parser: Literal[JUDGE_PARSERS]
     structured: Union[bool, Literal['auto']] = False
     logprobs: bool = False                       # ask for token logprobs (top 5)
-    scorer: Literal['text', 'logprob'] = 'text'  # logprob: scores are expectations over the score tokens' top_logprobs
+    scorer: Literal['text', 'logprob'] = 'text'  # logprob: expectations over the score tokens' top_logprobs
     temperature: float = Field(ge=0)
     max_tokens: int = Field(ge=1)
     by_category: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode='after')
     def _logprob_scorer_needs_logprobs(self):
-        if self.scorer == 'logprob' and not self.logprobs: raise ValueError("scorer 'logprob' needs `logprobs: true`")
+        if self.scorer == 'logprob' and not self.logprobs:
+            raise ValueError("scorer 'logprob' needs `logprobs: true`")
         return self
 
 # %% ../nbs/04_discrimination.ipynb #96c8f24f
@@ -76,14 +82,17 @@ def _needs(parser: str) -> set:
 
 # %% ../nbs/04_discrimination.ipynb #163be918
 def _template(folder: Path, name: Optional[str], needs: set = frozenset()) -> Optional[str]:
-    "A template file's text (its final newline is not part of the prompt), checked for the placeholders it `needs`."
+    """A template file's text (its final newline is not part of the prompt), checked for the placeholders it
+    `needs`."""
     if name is None: return None
     p = folder/name
-    if not p.is_file(): raise InputError(folder/'config.yaml', None, f"prompt file {name!r} does not exist in {folder}")
+    if not p.is_file():
+        raise InputError(folder/'config.yaml', None, f"prompt file {name!r} does not exist in {folder}")
     text = p.read_text(encoding='utf-8')
     text = text[:-1] if text.endswith('\n') else text
     missing = set(needs) - set(_FIELDS.findall(text))
-    if missing: raise InputError(p, None, f"the template lacks {', '.join('{' + m + '}' for m in sorted(missing))}")
+    if missing:
+        raise InputError(p, None, f"the template lacks {', '.join('{' + m + '}' for m in sorted(missing))}")
     return text
 
 # %% ../nbs/04_discrimination.ipynb #64ee41e0
@@ -106,15 +115,17 @@ class Judge:
     def parser(self) -> str: return self.config.parser
 
     def wants_structured(self, endpoint_supports: bool) -> bool:
-        """Whether requests ask for a JSON schema: `structured: true`, or `auto` on an endpoint that supports it
-        (the `prompt_structured` template is used then, where the judge has one)."""
+        """Whether requests ask for a JSON schema: `structured: true`, or `auto` on an endpoint that supports
+        it (the `prompt_structured` template is used then, where the judge has one)."""
         s = self.config.structured
         return s is True or (s == 'auto' and endpoint_supports)
 
     def messages(self, structured: bool = False, **fields) -> list[dict]:
         "The chat messages of one request, the template's placeholders filled from `fields`."
-        user = render(self.prompt_structured if structured and self.prompt_structured else self.prompt, **fields)
-        return ([{'role': 'system', 'content': self.system}] if self.system else []) + [{'role': 'user', 'content': user}]
+        template = self.prompt_structured if structured and self.prompt_structured else self.prompt
+        user = render(template, **fields)
+        system = [{'role': 'system', 'content': self.system}] if self.system else []
+        return system + [{'role': 'user', 'content': user}]
 
     def extra(self) -> dict:
         "Extra request parameters the judge wants (token logprobs)."
@@ -123,9 +134,11 @@ class Judge:
     def describe(self) -> str:
         "The judge and its prompt as a notebook prints them."
         c = self.config
-        head = (f"judge {self.name} ({self.folder}): {c.description}\nparser {c.parser}, temperature {c.temperature:g}, "
-                f"max_tokens {c.max_tokens}, structured {c.structured}, logprobs {c.logprobs}, scorer {c.scorer}")
-        return head + (f"\n--- system ---\n{self.system}" if self.system else '') + f"\n--- prompt ---\n{self.prompt}"
+        head = (f"judge {self.name} ({self.folder}): {c.description}\n"
+                f"parser {c.parser}, temperature {c.temperature:g}, max_tokens {c.max_tokens}, "
+                f"structured {c.structured}, logprobs {c.logprobs}, scorer {c.scorer}")
+        system = f"\n--- system ---\n{self.system}" if self.system else ''
+        return head + system + f"\n--- prompt ---\n{self.prompt}"
 
 # %% ../nbs/04_discrimination.ipynb #3d89e863
 def _judge_folder(name: str) -> Path:
@@ -138,34 +151,42 @@ def _judge_folder(name: str) -> Path:
     raise LionError(f"no judge {name!r}: neither a shipped judge ({known}) nor a folder with a config.yaml")
 
 # %% ../nbs/04_discrimination.ipynb #a06f4ab9
-def load_judge(name: str) -> Judge:
-    "The judge `name` ('set/judge', or a folder holding config.yaml and its prompt files)."
-    folder = _judge_folder(name)
-    path = folder/'config.yaml'
+def _judge_config(path: Path) -> JudgeConfig:
+    "The validated `config.yaml` at `path`; an `InputError` that names the line or the key otherwise."
     try: raw = yaml.safe_load(path.read_text(encoding='utf-8'))
     except yaml.YAMLError as e:
-        raise InputError(path, getattr(getattr(e, 'problem_mark', None), 'line', -1) + 1 or None, f"not valid YAML: {e}")
-    try: cfg = JudgeConfig.model_validate(raw if isinstance(raw, dict) else {})
+        line = getattr(getattr(e, 'problem_mark', None), 'line', -1) + 1
+        raise InputError(path, line or None, f"not valid YAML: {e}")
+    try: return JudgeConfig.model_validate(raw if isinstance(raw, dict) else {})
     except ValidationError as e:
         err = e.errors()[0]
         raise InputError(path, None, f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}")
+
+# %% ../nbs/04_discrimination.ipynb #fb8bf6da
+def load_judge(name: str, # 'set/judge' of the shipped sets, or a folder with config.yaml and prompt files
+              ) -> Judge:
+    "The judge `name` ('set/judge', or a folder holding config.yaml and its prompt files)."
+    folder = _judge_folder(name)
+    cfg = _judge_config(folder/'config.yaml')
     needs = _needs(cfg.parser)
     return Judge(name=name, folder=folder, config=cfg, system=_template(folder, cfg.system),
-                 prompt=_template(folder, cfg.prompt, needs), prompt_structured=_template(folder, cfg.prompt_structured, needs))
+                 prompt=_template(folder, cfg.prompt, needs),
+                 prompt_structured=_template(folder, cfg.prompt_structured, needs))
 
 # %% ../nbs/04_discrimination.ipynb #6f26e1d4
 def judge_for(cfg: Optional[Config], role: str) -> Judge:
     "The judge a run configuration names for `role` (its `judges` entry, else `<judge_set>/<role>`)."
-    if role not in JUDGE_ROLES: raise LionError(f"no judging role {role!r}; roles are {', '.join(JUDGE_ROLES)}")
+    if role not in JUDGE_ROLES:
+        raise LionError(f"no judging role {role!r}; roles are {', '.join(JUDGE_ROLES)}")
     if cfg is None: return load_judge(f'lion_nb/{role}')
     return load_judge(cfg.judges.get(role) or f'{cfg.judge_set}/{role}')
 
-# %% ../nbs/04_discrimination.ipynb #976ba78f
+# %% ../nbs/04_discrimination.ipynb #5a70a489
 def for_category(judge: Judge, category: Optional[str]) -> Judge:
     "The sibling judge the judge's `by_category` names for `category`, else the judge itself."
     other = judge.config.by_category.get(category or '')
     if not other: return judge
-    return load_judge(str(Path(judge.name).parent/other))       # 'lion/review' -> 'lion/review_math'; folders alike
+    return load_judge(str(Path(judge.name).parent/other))       # 'lion/review' -> 'lion/review_math'
 
 # %% ../nbs/04_discrimination.ipynb #83d7f73a
 ORDERS = ('teacher_first', 'student_first')
@@ -173,22 +194,26 @@ SCORE_MIN, SCORE_MAX = 1.0, 10.0
 
 def referee_messages(instruction: str, input: str, answer_1: str, answer_2: str, structured: bool = False,
                      judge: Optional[Judge] = None) -> list[dict]:
-    "The chat messages asking the referee `judge` to score `answer_1` (shown first) and `answer_2` (shown second)."
+    """The chat messages asking the referee `judge` to score `answer_1` (shown first) and `answer_2` (shown
+    second)."""
     judge = judge or load_judge('lion_nb/referee')
     return judge.messages(structured, question=user_message(instruction, input), answer_1=answer_1.strip(),
                           answer_2=answer_2.strip())
 
 # %% ../nbs/04_discrimination.ipynb #03cbffb3
 def _schema(name: str, props: dict) -> dict:
-    return {'type': 'json_schema', 'json_schema': {'name': name, 'strict': True, 'schema': {
-        'type': 'object', 'properties': props, 'required': list(props), 'additionalProperties': False}}}
+    "A strict `json_schema` response format: an object of exactly `props`, all required."
+    schema = {'type': 'object', 'properties': props, 'required': list(props), 'additionalProperties': False}
+    return {'type': 'json_schema', 'json_schema': {'name': name, 'strict': True, 'schema': schema}}
 
 # %% ../nbs/04_discrimination.ipynb #bf0b1a7f
 _SCORE_SCHEMA = {'type': 'integer', 'minimum': 1, 'maximum': 10}
 
 def referee_response_format() -> dict:
-    "The `response_format` asking for `{reasoning, assistant_1, assistant_2}` (reasoning first, whole scores 1-10)."
-    return _schema('referee_scores', {'reasoning': {'type': 'string'}, 'assistant_1': _SCORE_SCHEMA, 'assistant_2': _SCORE_SCHEMA})
+    """The `response_format` asking for `{reasoning, assistant_1, assistant_2}` (reasoning first, whole scores
+    1-10)."""
+    props = {'reasoning': {'type': 'string'}, 'assistant_1': _SCORE_SCHEMA, 'assistant_2': _SCORE_SCHEMA}
+    return _schema('referee_scores', props)
 
 # %% ../nbs/04_discrimination.ipynb #c0a05abd
 def repair_response_format() -> dict:
@@ -200,21 +225,24 @@ class ScoreParseError(LionError, ValueError):
     "The referee's reply does not hold two clean 1-10 scores; the message says why."
 
 # %% ../nbs/04_discrimination.ipynb #f814ce84
-_TOKEN = re.compile(r'(?<![\w.])(-)?(\d+(?:\.\d+)?)(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?(?!\.?\d)(?![A-Za-z])', re.I)
+_TOKEN = re.compile(r'(?<![\w.])(-)?(\d+(?:\.\d+)?)(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?'
+                    r'(?!\.?\d)(?![A-Za-z])', re.I)
 _RANGE = re.compile(r'\d\s*(?:-|–|—|~|\bto\b|\bor\b)\s*-?\d', re.I)
 
 def _clean(text: str) -> str:
-    "The reply without markdown emphasis, code fences, heading marks and quote marks (tables keep their bars)."
+    "The reply without markdown emphasis, code fences, heading and quote marks (tables keep their bars)."
     text = text.replace('\r', '')
     text = re.sub(r'[*_`]+', '', text)
     return re.sub(r'(?m)^\s*(?:#+|>+)\s*', '', text)
 
 # %% ../nbs/04_discrimination.ipynb #14986547
 def _to_score(neg: Optional[str], value: str, scale: Optional[str]) -> float:
+    "The value of a score token (its sign, number and scale), or an error when it is off the 1-10 scale."
     if scale and float(scale) != 10:
         raise ScoreParseError(f"score {value}/{scale} is not on the 1-10 scale")
     x = -float(value) if neg else float(value)
-    if not (SCORE_MIN <= x <= SCORE_MAX): raise ScoreParseError(f"score {x:g} is outside {SCORE_MIN:g}-{SCORE_MAX:g}")
+    if not (SCORE_MIN <= x <= SCORE_MAX):
+        raise ScoreParseError(f"score {x:g} is outside {SCORE_MIN:g}-{SCORE_MAX:g}")
     return x
 
 # %% ../nbs/04_discrimination.ipynb #2703de4f
@@ -231,6 +259,7 @@ def _norm_key(k: str) -> str: return re.sub(r'[^a-z0-9]', '', str(k).lower())
 
 # %% ../nbs/04_discrimination.ipynb #aa8af8ae
 def _json_value(v) -> float:
+    "The score a JSON value holds, or an error."
     if isinstance(v, bool): raise ScoreParseError(f"score {v!r} is not a number")
     if isinstance(v, (int, float)):
         if not math.isfinite(v): raise ScoreParseError(f"score {v!r} is not a finite number")
@@ -252,7 +281,8 @@ def _scores_from_obj(obj: dict) -> Optional[tuple[float, float]]:
             found['1' if n == 'first' else '2' if n == 'second' else m.group(1)] = v
         elif n in ('1', '2'): found[n] = v
     if not found: return None
-    if set(found) != {'1', '2'}: raise ScoreParseError(f"the JSON gives a score for assistant {', '.join(found)} only")
+    if set(found) != {'1', '2'}:
+        raise ScoreParseError(f"the JSON gives a score for assistant {', '.join(found)} only")
     return _json_value(found['1']), _json_value(found['2'])
 
 # %% ../nbs/04_discrimination.ipynb #c8a30d76
@@ -270,25 +300,30 @@ def _json_scores(text: str) -> Optional[tuple[float, float]]:
 # %% ../nbs/04_discrimination.ipynb #292c13dc
 _LABEL = re.compile(
     r"\b(?:assistant|answer|response)[ \t]*(?:#|no\.?)?[ \t]*([12])\b(?:'s)?"
-    r"(?:[ \t:=|,()\[\]]|[\-–—](?!\d)|\b(?:final|overall|total|scores?|scored|rating|rated|gets|got|receives|deserves|earns|is|a|of|answer|response)\b)*",
+    r"(?:[ \t:=|,()\[\]]|[\-–—](?!\d)|\b(?:final|overall|total|scores?|scored|rating|rated|gets|got"
+    r"|receives|deserves|earns|is|a|of|answer|response)\b)*",
     re.I)
-_AFTER_OK = re.compile(r"\s*(?:$|[.,;:)(|\-–—]|\b(?:points?|because|since|as|for|due|and|while|whereas|but)\b)", re.I)
-_PARTIAL = re.compile(r"\s*points?\s+(?:for|in|on|lower|higher|more|less|fewer|behind|ahead|above|below|better|worse)\b", re.I)
-_SCORE_TO = re.compile(r"\b(?:score|rating)\s+of\s+(-)?(\d+(?:\.\d+)?)(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?\s+(?:to|for)\s+"
+_AFTER_OK = re.compile(r"\s*(?:$|[.,;:)(|\-–—]|\b(?:points?|because|since|as|for|due|and|while|whereas"
+                       r"|but)\b)", re.I)
+_PARTIAL = re.compile(r"\s*points?\s+(?:for|in|on|lower|higher|more|less|fewer|behind|ahead|above|below"
+                      r"|better|worse)\b", re.I)
+_SCORE_TO = re.compile(r"\b(?:score|rating)\s+of\s+(-)?(\d+(?:\.\d+)?)"
+                       r"(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?\s+(?:to|for)\s+"
                        r"(?:the\s+)?(?:assistant|answer|response)[ \t]*([12])\b", re.I)
 
 def _labelled_scores(text: str) -> dict:
     """{'1': [scores], '2': [scores]}: every labelled score in prose, in order ("Assistant 1 receives a 7").
     A label's number counts only where what follows cannot make it something else: "Assistant 1 has 3 errors",
-    "Assistant 2 is 2 points lower" and "Answer 1 scored 3 points for accuracy" (a partial score) are no scores.
-    A bad labelled score (a range, off the scale) is an error."""
+    "Assistant 2 is 2 points lower" and "Answer 1 scored 3 points for accuracy" (a partial score) are no
+    scores. A bad labelled score (a range, off the scale) is an error."""
     found = {}
     for m in _LABEL.finditer(text):
         tok = _TOKEN.match(text, m.end())
         if not tok: continue
         rest = text[tok.end():].split('\n', 1)[0]
         if re.match(r'\s*(?:-|–|—|~|\bto\b|\bor\b)\s*-?\d', rest, re.I):
-            raise ScoreParseError(f"Assistant {m.group(1)}: a range, not a score: {text[m.start():tok.end()] + rest!r}")
+            said = text[m.start():tok.end()] + rest
+            raise ScoreParseError(f"Assistant {m.group(1)}: a range, not a score: {said!r}")
         if not _AFTER_OK.match(rest) or _PARTIAL.match(rest): continue
         try: found.setdefault(m.group(1), []).append(_to_score(*tok.groups()))
         except ScoreParseError as e: raise ScoreParseError(f"Assistant {m.group(1)}: {e}") from None
@@ -302,7 +337,8 @@ _HEAD = re.compile(r'(?:assistant|answer|response)\s*(?:#|no\.?)?\s*([12])', re.
 
 def _table_scores(text: str) -> Optional[tuple[float, float]]:
     "Scores from a markdown table whose header names Assistant 1 and 2 (one score row, or the overall row)."
-    rows = [[c.strip() for c in l.strip().strip('|').split('|')] for l in text.splitlines() if l.strip().startswith('|')]
+    rows = [[c.strip() for c in l.strip().strip('|').split('|')] for l in text.splitlines()
+            if l.strip().startswith('|')]
     for h, head in enumerate(rows):
         cols = {}
         for j, c in enumerate(head):
@@ -321,15 +357,16 @@ def _table_scores(text: str) -> Optional[tuple[float, float]]:
     return None
 
 # %% ../nbs/04_discrimination.ipynb #4d0d5a2f
-_SCORE_WORDS = re.compile(r'\b(?:final|overall|total|scores?|ratings?|and|vs|versus|respectively|are|is|my|the|of|for)\b',
-                          re.I)
-_LINE_LABEL = re.compile(r"\b(?:score\s+(?:of|for)\s+(?:the\s+)?)?(?:assistant|answer|response)[ \t]*(?:#|no\.?)?[ \t]*"
-                         r"([12])\b(?:'s)?", re.I)
+_SCORE_WORDS = re.compile(r'\b(?:final|overall|total|scores?|ratings?|and|vs|versus|respectively|are|is|my'
+                          r'|the|of|for)\b', re.I)
+_LINE_LABEL = re.compile(r"\b(?:score\s+(?:of|for)\s+(?:the\s+)?)?(?:assistant|answer|response)"
+                         r"[ \t]*(?:#|no\.?)?[ \t]*([12])\b(?:'s)?", re.I)
 _MARKS = {'\x01': '1', '\x02': '2'}
 _TAIL = re.compile(r'\bscores?\s*[:=]', re.I)
 
 def _pure_scores(part: str) -> Optional[list]:
-    "[(label, token), ...] of a text holding nothing but scores, 'Assistant N' labels and score words, else None."
+    """[(label, token), ...] of a text holding nothing but scores, 'Assistant N' labels and score words, else
+    None."""
     masked = _LINE_LABEL.sub(lambda m: ' \x01 ' if m.group(1) == '1' else ' \x02 ', part)
     if _RANGE.search(masked): return None
     rest = _SCORE_WORDS.sub(' ', _TOKEN.sub(' ', masked))
@@ -362,8 +399,9 @@ def _pair(items: list) -> Optional[tuple]:
 
 # %% ../nbs/04_discrimination.ipynb #a0656569
 def _designated(lines: list[str], first: bool, truncated: bool) -> tuple[Optional[tuple], str]:
-    """The scores on the line(s) the prompt asked for, the first or the last: two scores on that line, or one on it and
-    one on its neighbour. (None, why not) when they are not there; a score line with a bad score is an error."""
+    """The scores on the line(s) the prompt asked for, the first or the last: two scores on that line, or one
+    on it and one on its neighbour. (None, why not) when they are not there; a score line with a bad score is
+    an error."""
     where = 'first' if first else 'last'
     order = list(range(len(lines))) if first else list(range(len(lines) - 1, -1, -1))
     scored = [(i, _line_scores(lines[i])) for i in order]
@@ -372,10 +410,12 @@ def _designated(lines: list[str], first: bool, truncated: bool) -> tuple[Optiona
     if not scored: return None, f"no scores at the {'start' if first else 'end'} of the reply"
     i, a = scored[0]
     if a is None or not a: return None, f"no scores on the {where} line of the reply ({lines[i][:80]!r})"
-    if len(a) > 2: raise ScoreParseError(f"{len(a)} numbers on the {where} line, expected 2: {lines[i][:80]!r}")
+    if len(a) > 2:
+        raise ScoreParseError(f"{len(a)} numbers on the {where} line, expected 2: {lines[i][:80]!r}")
     if len(a) == 1:
         b = scored[1][1] if len(scored) > 1 else None
-        if not b or len(b) != 1: return None, f"only one score on the {where} line of the reply: {lines[i][:80]!r}"
+        if not b or len(b) != 1:
+            return None, f"only one score on the {where} line of the reply: {lines[i][:80]!r}"
         a = a + b if first else b + a
     pair = _pair(a)
     if pair is None: return None, f"the {where} lines do not label the two scores clearly: {lines[i][:80]!r}"
@@ -384,15 +424,9 @@ def _designated(lines: list[str], first: bool, truncated: bool) -> tuple[Optiona
     return (_to_score(*pair[0]), _to_score(*pair[1])), ''
 
 # %% ../nbs/04_discrimination.ipynb #7cfd4c3b
-_TUPLE = re.compile(r'\b(?:tuple|scores?)\b[^()\n]{0,30}\(\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*\)', re.I)
-
-def _candidates(text: str, lines: list[str]) -> list[tuple[str, tuple]]:
-    """Every clear statement of both scores anywhere in the reply, with where it was found: a JSON object, score
-    lines that label both assistants (unlabelled ones only as the reply's first or last line), a score table, a
-    'tuple (8, 6)'. Labelled numbers in prose are not among them."""
+def _line_candidates(lines: list[str]) -> list[tuple[str, tuple]]:
+    "[('line N', (score 1, score 2)), ...]: the score lines of the reply that state both scores."
     out = []
-    js = _json_scores(text)
-    if js is not None: out.append(('JSON', js))
     ls = [_line_scores(l) for l in lines]
     for i, a in enumerate(ls):
         if not a or len(a) > 2: continue
@@ -403,35 +437,60 @@ def _candidates(text: str, lines: list[str]) -> list[tuple[str, tuple]]:
         pair = _pair(a)
         if pair is None or not (all(lab for lab, _ in a) or i == 0 or end == len(lines) - 1): continue
         out.append((f'line {i + 1}', (_to_score(*pair[0]), _to_score(*pair[1]))))
-    body = '\n'.join(lines)
-    tab = _table_scores(body)
-    if tab is not None: out.append(('table', tab))
-    out += [('tuple', (_to_score(None, m.group(1), None), _to_score(None, m.group(2), None))) for m in _TUPLE.finditer(body)]
     return out
 
 # %% ../nbs/04_discrimination.ipynb #a38db00b
+_TUPLE = re.compile(r'\b(?:tuple|scores?)\b[^()\n]{0,30}\(\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*\)',
+                    re.I)
+
+def _candidates(text: str, lines: list[str]) -> list[tuple[str, tuple]]:
+    """Every clear statement of both scores anywhere in the reply, with where it was found: a JSON object,
+    score lines that label both assistants (unlabelled ones only as the reply's first or last line), a score
+    table, a 'tuple (8, 6)'. Labelled numbers in prose are not among them."""
+    out = []
+    js = _json_scores(text)
+    if js is not None: out.append(('JSON', js))
+    out += _line_candidates(lines)
+    body = '\n'.join(lines)
+    tab = _table_scores(body)
+    if tab is not None: out.append(('table', tab))
+    tuples = [(_to_score(None, m.group(1), None), _to_score(None, m.group(2), None))
+              for m in _TUPLE.finditer(body)]
+    return out + [('tuple', t) for t in tuples]
+
+# %% ../nbs/04_discrimination.ipynb #888fb930
+def _conflict(pairs: list[str]) -> ScoreParseError:
+    "The error of a reply that states its scores more than one way."
+    return ScoreParseError("conflicting scores: " + '; '.join(pairs))
+
 def _fallback(text: str, lines: list[str], truncated: bool, why: str) -> tuple[float, float]:
     "The scores when the designated line does not hold them: one clear, unanimous statement, else an error."
     cands = _candidates(text, lines)
     values = list(dict.fromkeys(v for _, v in cands))
     if len(values) == 1: return values[0]
-    if values: raise ScoreParseError("conflicting scores: " + '; '.join(f'{a:g} {b:g} ({w})' for w, (a, b) in cands))
+    if values: raise _conflict([f'{a:g} {b:g} ({w})' for w, (a, b) in cands])
     lab = _labelled_scores('\n'.join(lines))
     mixed = {k: v for k, v in lab.items() if len(set(v)) > 1}
-    if mixed: raise ScoreParseError("conflicting scores: " + '; '.join(f"Assistant {k}: {' vs '.join(f'{x:g}' for x in v)}"
-                                                                        for k, v in sorted(mixed.items())))
+    if mixed:
+        said = [f"Assistant {k}: {' vs '.join(f'{x:g}' for x in v)}" for k, v in sorted(mixed.items())]
+        raise _conflict(said)
     if set(lab) == {'1', '2'}: return lab['1'][0], lab['2'][0]
     if truncated: raise ScoreParseError("the reply was cut at max_tokens before both scores were given")
     if lab: raise ScoreParseError(f"a score for Assistant {next(iter(lab))} only")
     raise ScoreParseError(why)
 
-# %% ../nbs/04_discrimination.ipynb #888fb930
-def parse_scores(text: str, finish_reason: Optional[str] = None, parser: str = 'scores_last') -> tuple[float, float]:
+# %% ../nbs/04_discrimination.ipynb #5ca770d5
+def parse_scores(text: str, # the judge's reply
+                 finish_reason: Optional[str] = None, # 'length' when the reply was cut at max_tokens
+                 parser: str = 'scores_last', # the judge's parser: 'scores_last', 'scores_first' or 'json'
+                ) -> tuple[float, float]:
     """The judge's two scores (first shown, second shown) from its reply; `ScoreParseError` when unclear.
-    `parser` is the judge's: 'scores_last' (the prompt asks for the scores at the end), 'scores_first' (on the first
-    line) or 'json' (a JSON object). The line the prompt asked for wins; failing that, the reply must state both scores
-    clearly and only once (the same values wherever they appear); conflicting candidates leave it unparsed."""
-    if parser not in SCORE_PARSERS: raise LionError(f"unknown score parser {parser!r}; parsers are {', '.join(SCORE_PARSERS)}")
+    `parser` is the judge's: 'scores_last' (the prompt asks for the scores at the end), 'scores_first' (on the
+    first line) or 'json' (a JSON object). The line the prompt asked for wins; failing that, the reply must
+    state both scores clearly and only once (the same values wherever they appear); conflicting candidates
+    leave it unparsed."""
+    if parser not in SCORE_PARSERS:
+        raise LionError(f"unknown score parser {parser!r}; parsers are {', '.join(SCORE_PARSERS)}")
     if text is None or not text.strip(): raise ScoreParseError("the reply is empty")
     truncated = finish_reason == 'length'
     if parser == 'json':
@@ -444,10 +503,10 @@ def parse_scores(text: str, finish_reason: Optional[str] = None, parser: str = '
     return _fallback(text, lines, truncated, why)
 
 # %% ../nbs/04_discrimination.ipynb #b0d491da
-REPAIR_PROMPT = ("I could not read your scores ({why}). Reply now with only these two lines and nothing else, "
-                 "each score a number from 1 to 10:\nAssistant 1: <score>\nAssistant 2: <score>")
-REPAIR_PROMPT_JSON = ("I could not read your scores ({why}). Reply now with only a JSON object with the two scores, "
-                      '"assistant_1" and "assistant_2", each a number from 1 to 10.')
+REPAIR_PROMPT = ("I could not read your scores ({why}). Reply now with only these two lines and nothing "
+                 "else, each score a number from 1 to 10:\nAssistant 1: <score>\nAssistant 2: <score>")
+REPAIR_PROMPT_JSON = ("I could not read your scores ({why}). Reply now with only a JSON object with the two "
+                      'scores, "assistant_1" and "assistant_2", each a number from 1 to 10.')
 REPAIR_MAX_TOKENS = 48
 
 def repair_messages(messages: list[dict], reply: str, why: str, structured: bool = False) -> list[dict]:
@@ -456,7 +515,8 @@ def repair_messages(messages: list[dict], reply: str, why: str, structured: bool
     return [*messages, {'role': 'assistant', 'content': reply or ''}, {'role': 'user', 'content': ask}]
 
 # %% ../nbs/04_discrimination.ipynb #e2aff230
-def swap_average(teacher_first: Sequence[float], student_first: Sequence[float]) -> tuple[float, float, float]:
+def swap_average(teacher_first: Sequence[float], student_first: Sequence[float],
+                ) -> tuple[float, float, float]:
     "(teacher score, student score, d) from the scores of the two orders, each `[first shown, second shown]`."
     t = (teacher_first[0] + student_first[1]) / 2
     s = (teacher_first[1] + student_first[0]) / 2
@@ -472,27 +532,28 @@ def verdict(teacher: float, student: float) -> str:
     "'teacher', 'student' or 'tie': which answer a review preferred."
     return 'teacher' if teacher > student else 'student' if student > teacher else 'tie'
 
-# %% ../nbs/04_discrimination.ipynb #3550d83f
+# %% ../nbs/04_discrimination.ipynb #d58f84ad
 def position_consistency(items: Iterable[dict]) -> dict:
     "How often both orders agree on the better answer, over items with scores in both orders."
     n = agree = ties = 0
     for it in items:
         tf, sf = it['scores']['teacher_first'], it['scores']['student_first']
         v1, v2 = verdict(tf['teacher'], tf['student']), verdict(sf['teacher'], sf['student'])
-        n += 1; agree += v1 == v2; ties += v1 == v2 == 'tie'
+        n += 1
+        agree += v1 == v2
+        ties += v1 == v2 == 'tie'
     return {'items': n, 'consistent': agree, 'consistent_share': agree / n if n else None,
             'consistent_ties': ties, 'inconsistent': n - agree}
 
-# %% ../nbs/04_discrimination.ipynb #d58f84ad
+# %% ../nbs/04_discrimination.ipynb #aacfa91f
 def position_means(reviews: Iterable[Review]) -> dict:
     "Mean score of the first-shown and second-shown answers over scored reviews, and who won how often."
-    firsts, seconds = [], []
-    for r in reviews:
-        if r.status == 'done' and r.scores: firsts.append(r.scores[0]); seconds.append(r.scores[1])
-    n = len(firsts)
+    scored = [r.scores for r in reviews if r.status == 'done' and r.scores]
+    firsts, seconds = [s[0] for s in scored], [s[1] for s in scored]
     mean = lambda xs: statistics.fmean(xs) if xs else None
-    return {'reviews': n, 'first_mean': mean(firsts), 'second_mean': mean(seconds),
-            'first_wins': sum(a > b for a, b in zip(firsts, seconds)), 'second_wins': sum(b > a for a, b in zip(firsts, seconds)),
+    return {'reviews': len(firsts), 'first_mean': mean(firsts), 'second_mean': mean(seconds),
+            'first_wins': sum(a > b for a, b in zip(firsts, seconds)),
+            'second_wins': sum(b > a for a, b in zip(firsts, seconds)),
             'ties': sum(a == b for a, b in zip(firsts, seconds))}
 
 # %% ../nbs/04_discrimination.ipynb #6ac25631
@@ -511,37 +572,36 @@ class Pair:
         if order not in ORDERS: raise ValueError(f"order is one of {ORDERS}, not {order!r}")
         return (self.teacher, self.student) if order == 'teacher_first' else (self.student, self.teacher)
 
-# %% ../nbs/04_discrimination.ipynb #14c8cf80
+# %% ../nbs/04_discrimination.ipynb #b02ebbf2
 def sampling_setting(cfg: Config, name: str, judge_value):
-    "A judge's own sampling value, unless the run configuration sets `sampling.<name>` explicitly (an override)."
+    "A judge's own sampling value, unless the run configuration sets `sampling.<name>` explicitly."
     return getattr(cfg.sampling, name) if name in cfg.sampling.model_fields_set else judge_value
 
-# %% ../nbs/04_discrimination.ipynb #b02ebbf2
+# %% ../nbs/04_discrimination.ipynb #10694c6f
 @dataclass
 class RefereeSettings:
     "How the referee is called: its judge (prompt, parser), sampling, seeds, repairs and structured output."
-    temperature: float = 0.2
-    max_tokens: int = 512
-    seed: int = 0
-    repair_retries: int = 2
-    structured: bool = False
-    model: str = ''
+    judge: Judge
+    temperature: float
+    max_tokens: int
+    seed: int
+    repair_retries: int
+    structured: bool
+    model: str
     iteration: int = 0
     stage: str = 'discrimination'
-    judge: Optional[Judge] = None          # None: lion_nb/referee
-
-    def __post_init__(self):
-        if self.judge is None: self.judge = load_judge('lion_nb/referee')
 
     @classmethod
     def from_config(cls, cfg: Config, iteration: int = 0, stage: str = 'discrimination') -> 'RefereeSettings':
-        """The referee settings of a run configuration: the `referee` judge's temperature and max_tokens, unless
-        `sampling.referee_temperature` / `referee_max_tokens` are set explicitly."""
+        """The referee settings of a run configuration: the `referee` judge's temperature and max_tokens,
+        unless `sampling.referee_temperature` / `referee_max_tokens` are set explicitly."""
         spec, judge = cfg.model_for('referee'), judge_for(cfg, 'referee')
-        return cls(temperature=sampling_setting(cfg, 'referee_temperature', judge.config.temperature),
-                   max_tokens=sampling_setting(cfg, 'referee_max_tokens', judge.config.max_tokens), seed=cfg.seed,
-                   repair_retries=cfg.sampling.repair_retries, structured=judge.wants_structured(spec.structured_output),
-                   model=spec.model, iteration=iteration, stage=stage, judge=judge)
+        return cls(judge=judge,
+                   temperature=sampling_setting(cfg, 'referee_temperature', judge.config.temperature),
+                   max_tokens=sampling_setting(cfg, 'referee_max_tokens', judge.config.max_tokens),
+                   seed=cfg.seed, repair_retries=cfg.sampling.repair_retries,
+                   structured=judge.wants_structured(spec.structured_output), model=spec.model,
+                   iteration=iteration, stage=stage)
 
 REQUEST_FAILED = 'referee request failed'
 
@@ -549,7 +609,8 @@ REQUEST_FAILED = 'referee request failed'
 SCORE_LINE = {'scores_first': 'first', 'scores_last': 'last', 'json': 'last'}
 
 def judge_scores(text_scores: tuple[float, float], res, judge: Judge) -> tuple[tuple[float, float], str]:
-    "The review's scores and how they were read ('logprob' or 'text'): `res`'s logprobs where the judge wants them."
+    """The review's scores and how they were read ('logprob' or 'text'): `res`'s logprobs where the judge
+    wants them."""
     if judge.config.scorer != 'logprob' or not res.logprobs: return tuple(text_scores), 'text'
     try: return tuple(expected_scores(res.logprobs, SCORE_LINE[judge.config.parser], 2)), 'logprob'
     except LionError: return tuple(text_scores), 'text'
@@ -566,66 +627,116 @@ def _reusable(r: Review) -> bool:
 
 # %% ../nbs/04_discrimination.ipynb #2e3123a1
 def _fingerprint(messages: list[dict]) -> str:
-    "A short hash of a review's first request: a logged review is reused only for the very same question and answers."
+    """A short hash of a review's first request: a logged review is reused only for the very same question and
+    answers."""
     return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
-# %% ../nbs/04_discrimination.ipynb #c5787d68
-def review_pairs(pairs: Sequence[Pair], client, settings: RefereeSettings, log_path, calls_path=None,
+# %% ../nbs/04_discrimination.ipynb #e3d4593e
+def _kept_reviews(log_path: Path, calls_path: Path, fps: dict) -> dict:
+    "{(id, order): Review} of the logged reviews still valid for the requests fingerprinted in `fps`."
+    logged_fp = {(c['id'], c['order']): c.get('fingerprint') for c in read_log(calls_path)}
+    return {k: r for k, r in _latest(read_log(log_path, Review)).items()
+            if _reusable(r) and k in fps and logged_fp.get(k) == fps[k]}
+
+# %% ../nbs/04_discrimination.ipynb #1e741a00
+def _round_requests(active: list[tuple], settings: RefereeSettings, attempt: int) -> list[ChatRequest]:
+    "The requests of round `attempt` for the `active` reviews, each `(pair, order, messages, texts so far)`."
+    fmt = None
+    if settings.structured: fmt = referee_response_format() if attempt == 0 else repair_response_format()
+    max_tokens = settings.max_tokens if attempt == 0 else min(REPAIR_MAX_TOKENS, settings.max_tokens)
+    return [ChatRequest(key=f'referee:{p.id}:{o}:{attempt}', messages=msgs, temperature=settings.temperature,
+                        max_tokens=max_tokens, seed=derive_seed(settings.seed, 'referee', p.id, o, attempt),
+                        response_format=fmt, extra=settings.judge.extra())
+            for p, o, msgs, _ in active]
+
+# %% ../nbs/04_discrimination.ipynb #c622dfa6
+def _review(settings: RefereeSettings, p: Pair, o: str, texts: list[str], **kw) -> Review:
+    "The `Review` of `p` in order `o`: the referee's texts so far, and `kw` (scores, or status and error)."
+    prov = Provenance(iteration=settings.iteration, stage=settings.stage, role='referee',
+                      model=settings.model or None, seed=derive_seed(settings.seed, 'referee', p.id, o, 0))
+    return Review(id=p.id, order=o, text='\n\n'.join(texts), prov=prov, **kw)
+
+# %% ../nbs/04_discrimination.ipynb #e403a9db
+def _read_reply(item: tuple, res, attempt: int, settings: RefereeSettings, fp: str) -> tuple:
+    "(call record, finished Review or None, next round's item or None) for the reply `res` to `item`."
+    p, o, msgs, texts = item
+    call = {'id': p.id, 'order': o, 'attempt': attempt, 'fingerprint': fp,
+            'finish_reason': res.finish_reason, 'cached': res.cached}
+    if res.status != 'done':
+        why = f"{REQUEST_FAILED} (attempt {attempt + 1}): {res.error}"
+        return {**call, 'outcome': 'failed', 'error': res.error}, _review(settings, p, o, texts,
+                                                                          status='unscored', error=why), None
+    text = res.text or ''
+    texts = texts + [text if attempt == 0 else f"[scores given on repair request {attempt}]\n{text}"]
+    parser = 'json' if settings.structured else settings.judge.parser
+    try: scores = parse_scores(text, res.finish_reason, parser)
+    except ScoreParseError as e:
+        call = {**call, 'outcome': 'unparsed', 'error': str(e), 'text': text}
+        if attempt < settings.repair_retries:
+            return call, None, (p, o, repair_messages(msgs, text, str(e), settings.structured), texts)
+        why = f"unparseable after {attempt + 1} attempt(s): {e}"
+        return call, _review(settings, p, o, texts, status='unscored', error=why), None
+    scores, scorer = judge_scores(scores, res, settings.judge)
+    call = {**call, 'outcome': 'scored', 'scores': list(scores), 'scorer': scorer, 'text': text}
+    return call, _review(settings, p, o, texts, scores=list(scores)), None
+
+# %% ../nbs/04_discrimination.ipynb #7a801a2b
+def _review_round(active: list[tuple], client, settings: RefereeSettings, attempt: int, fps: dict,
+                  progress=None) -> tuple[list[Review], list[dict], list[tuple]]:
+    "(finished reviews, call records, next round's items) of round `attempt` over the `active` reviews."
+    reqs = _round_requests(active, settings, attempt)
+    if progress: progress(f"referee round {attempt}: {len(reqs)} request(s)")
+    results = client.run(reqs, desc=f'referee (round {attempt})')
+    reviews, calls, nxt = [], [], []
+    for item, res in zip(active, results):
+        call, review, again = _read_reply(item, res, attempt, settings, fps[(item[0].id, item[1])])
+        calls.append(call)
+        if review is not None: reviews.append(review)
+        if again is not None: nxt.append(again)
+    return reviews, calls, nxt
+
+# %% ../nbs/04_discrimination.ipynb #5121c492
+def review_pairs(pairs: Sequence[Pair], # the items to review, each in both orders
+                 client, # the referee's LLM client
+                 settings: RefereeSettings, # the judge, sampling, seeds and repairs
+                 log_path, # the review log (`reviews.jsonl`): read to resume, appended to
+                 calls_path=None, # the call log; default: `referee_calls.jsonl` next to `log_path`
                  progress=None) -> dict:
     "Review every pair in both orders with `client`; return {(id, order): Review}. Resumes from `log_path`."
-    from lion_nb.llm import ChatRequest
-    log_path = Path(log_path); calls_path = Path(calls_path) if calls_path else log_path.with_name('referee_calls.jsonl')
-    first = {(p.id, o): referee_messages(p.instruction, p.input, *p.shown(o), settings.structured, settings.judge)
+    log_path = Path(log_path)
+    calls_path = Path(calls_path) if calls_path else log_path.with_name('referee_calls.jsonl')
+    first = {(p.id, o): referee_messages(p.instruction, p.input, *p.shown(o), settings.structured,
+                                         settings.judge)
              for p in pairs for o in ORDERS}
     fps = {k: _fingerprint(m) for k, m in first.items()}
-    logged_fp = {(c['id'], c['order']): c.get('fingerprint') for c in read_log(calls_path)}
-    have = {k: r for k, r in _latest(read_log(log_path, Review)).items()
-            if _reusable(r) and k in fps and logged_fp.get(k) == fps[k]}
-    active = [(p, o, first[(p.id, o)], []) for p in pairs for o in ORDERS if (p.id, o) not in have]  # (pair, order, messages, texts so far)
-    prov = lambda p, o: Provenance(iteration=settings.iteration, stage=settings.stage, role='referee', model=settings.model or None,
-                                   seed=derive_seed(settings.seed, 'referee', p.id, o, 0))
+    have = _kept_reviews(log_path, calls_path, fps)
+    active = [(p, o, first[(p.id, o)], []) for p in pairs for o in ORDERS if (p.id, o) not in have]
     with JsonlLog(log_path) as log, JsonlLog(calls_path) as calls_log:
-        def finish(rev: Review):
-            reviews.append(rev); have[(rev.id, rev.order)] = rev
         attempt = 0
         while active:
-            fmt = (referee_response_format() if attempt == 0 else repair_response_format()) if settings.structured else None
-            reqs = [ChatRequest(key=f'referee:{p.id}:{o}:{attempt}', messages=msgs, temperature=settings.temperature,
-                                max_tokens=settings.max_tokens if attempt == 0 else min(REPAIR_MAX_TOKENS, settings.max_tokens),
-                                seed=derive_seed(settings.seed, 'referee', p.id, o, attempt), response_format=fmt,
-                                extra=settings.judge.extra())
-                    for p, o, msgs, _ in active]
-            if progress: progress(f"referee round {attempt}: {len(reqs)} request(s)")
-            results = client.run(reqs, desc=f'referee (round {attempt})')
-            nxt, reviews, calls = [], [], []   # written once per round: the replies are in the LLM cache already
-            for (p, o, msgs, texts), res in zip(active, results):
-                call = {'id': p.id, 'order': o, 'attempt': attempt, 'fingerprint': fps[(p.id, o)],
-                        'finish_reason': res.finish_reason, 'cached': res.cached}
-                if res.status != 'done':
-                    calls.append({**call, 'outcome': 'failed', 'error': res.error})
-                    finish(Review(id=p.id, order=o, text='\n\n'.join(texts), status='unscored',
-                                  error=f"{REQUEST_FAILED} (attempt {attempt + 1}): {res.error}", prov=prov(p, o)))
-                    continue
-                text = res.text or ''
-                all_texts = texts + [text if attempt == 0 else f"[scores given on repair request {attempt}]\n{text}"]
-                try:
-                    scores = parse_scores(text, res.finish_reason, 'json' if settings.structured else settings.judge.parser)
-                except ScoreParseError as e:
-                    calls.append({**call, 'outcome': 'unparsed', 'error': str(e), 'text': text})
-                    if attempt < settings.repair_retries:
-                        nxt.append((p, o, repair_messages(msgs, text, str(e), settings.structured), all_texts))
-                    else:
-                        finish(Review(id=p.id, order=o, text='\n\n'.join(all_texts), status='unscored',
-                                      error=f"unparseable after {attempt + 1} attempt(s): {e}", prov=prov(p, o)))
-                    continue
-                scores, scorer = judge_scores(scores, res, settings.judge)
-                calls.append({**call, 'outcome': 'scored', 'scores': list(scores), 'scorer': scorer, 'text': text})
-                finish(Review(id=p.id, order=o, text='\n\n'.join(all_texts), scores=list(scores), prov=prov(p, o)))
-            log.extend(reviews); calls_log.extend(calls)
-            active, attempt = nxt, attempt + 1
+            reviews, calls, active = _review_round(active, client, settings, attempt, fps, progress)
+            have.update({(r.id, r.order): r for r in reviews})
+            log.extend(reviews)
+            calls_log.extend(calls)
+            attempt += 1
     return {k: r for k, r in have.items() if k in fps}
 
+# %% ../nbs/04_discrimination.ipynb #8ff43286
+def category_of(rec: Instruction) -> str:
+    "The task category of `rec`: its own, else the pools stage's keyword rule."
+    if rec.category: return rec.category
+    return str(categorize(rec.instruction, rec.input))
+
 # %% ../nbs/04_discrimination.ipynb #0eb7b52e
+def _answer_problems(rec: Instruction, by_role: dict) -> list[str]:
+    "Why `rec` cannot be reviewed: a role's answer that is missing or failed (none: it can)."
+    why = []
+    for role, by in by_role.items():
+        a = by.get(rec.id)
+        if a is None: why.append(f"no {role} answer")
+        elif a.status != 'done': why.append(f"{role} answer failed: {a.error}")
+    return why
+
 def pairs_from_answers(pool: Sequence[Instruction], teacher: Sequence[Answer], student: Sequence[Answer],
                        categorize=None) -> tuple[list[Pair], list[dict]]:
     "The pairs to review, and the unscored items whose teacher or student answer is missing or failed."
@@ -633,58 +744,56 @@ def pairs_from_answers(pool: Sequence[Instruction], teacher: Sequence[Answer], s
     by_t, by_s = {a.id: a for a in teacher}, {a.id: a for a in student}
     pairs, unscored = [], []
     for rec in pool:
-        why = []
-        for role, by in (('teacher', by_t), ('student', by_s)):
-            a = by.get(rec.id)
-            if a is None: why.append(f"no {role} answer")
-            elif a.status != 'done': why.append(f"{role} answer failed: {a.error}")
+        why = _answer_problems(rec, {'teacher': by_t, 'student': by_s})
         base = {'id': rec.id, 'instruction': rec.instruction, 'input': rec.input, 'category': cat(rec)}
-        if why: unscored.append({**base, 'reason': '; '.join(why), 'stage': 'answers'})
-        else: pairs.append(Pair(rec.id, rec.instruction, rec.input, by_t[rec.id].output, by_s[rec.id].output, base['category']))
+        if why:
+            unscored.append({**base, 'reason': '; '.join(why), 'stage': 'answers'})
+            continue
+        pairs.append(Pair(rec.id, rec.instruction, rec.input, by_t[rec.id].output, by_s[rec.id].output,
+                          base['category']))
     return pairs, unscored
 
-# %% ../nbs/04_discrimination.ipynb #b36a4d6e
-def score_items(pairs: Sequence[Pair], reviews: dict, tau: float) -> tuple[list[dict], list[dict]]:
-    "Scored items (both orders scored; swap-averaged, with d and hard/easy) and unscored ones (with the reason)."
+# %% ../nbs/04_discrimination.ipynb #653c22a6
+def _review_scores(tf: Sequence[float], sf: Sequence[float]) -> dict:
+    "The four scores of an item, by order and role (each review's scores are `[first shown, second shown]`)."
+    return {'teacher_first': {'teacher': tf[0], 'student': tf[1]},
+            'student_first': {'student': sf[0], 'teacher': sf[1]}}
+
+def score_items(pairs: Sequence[Pair], # the reviewed items
+                reviews: dict, # {(id, order): Review}, as `review_pairs` returns them
+                tau: float, # the hard threshold: d >= tau is hard
+               ) -> tuple[list[dict], list[dict]]:
+    """Scored items (both orders scored; swap-averaged, with d and hard/easy) and unscored ones (with the
+    reason)."""
     scored, unscored = [], []
     for p in pairs:
         rv = {o: reviews.get((p.id, o)) for o in ORDERS}
         base = {'id': p.id, 'instruction': p.instruction, 'input': p.input, 'category': p.category,
                 'teacher_answer': p.teacher, 'student_answer': p.student}
         texts = {f'review_{o}': (r.text if r else None) for o, r in rv.items()}
-        bad = [f"{o} review {'missing' if r is None else 'unscored: ' + (r.error or '')}" for o, r in rv.items()
-               if r is None or r.status != 'done' or not r.scores]
+        bad = [f"{o} review {'missing' if r is None else 'unscored: ' + (r.error or '')}"
+               for o, r in rv.items() if r is None or r.status != 'done' or not r.scores]
         if bad:
-            unscored.append({**base, **texts, 'reason': '; '.join(bad), 'stage': 'reviews'}); continue
+            unscored.append({**base, **texts, 'reason': '; '.join(bad), 'stage': 'reviews'})
+            continue
         tf, sf = rv['teacher_first'].scores, rv['student_first'].scores
         t, s, d = swap_average(tf, sf)
-        scored.append({**base, 'scores': {'teacher_first': {'teacher': tf[0], 'student': tf[1]},
-                                          'student_first': {'student': sf[0], 'teacher': sf[1]}},
-                       'teacher_score': t, 'student_score': s, 'd': d, 'hard': is_hard(d, tau), **texts})
+        scored.append({**base, 'scores': _review_scores(tf, sf), 'teacher_score': t, 'student_score': s,
+                       'd': d, 'hard': is_hard(d, tau), **texts})
     return scored, unscored
 
 # %% ../nbs/04_discrimination.ipynb #0bf1a9b5
-def _keyword_rule():
-    "The pools stage's keyword categorizer, or None when that module is not available."
-    for mod in ('lion_nb.pools', 'lion_nb.data'):
-        try: return getattr(__import__(mod, fromlist=['categorize']), 'categorize')
-        except (ImportError, AttributeError): continue
-    return None
+def _current_calls(calls: Iterable[dict], reviews: dict) -> list[dict]:
+    "The logged calls about the `reviews` as they are now, each call once."
+    calls = [c for c in calls if (c['id'], c['order']) in reviews]
+    last_fp = {(c['id'], c['order']): c.get('fingerprint') for c in calls}    # calls about older answers: out
+    calls = [c for c in calls if c.get('fingerprint') == last_fp[(c['id'], c['order'])]]
+    # a resumed run logs a round's calls again: count each once
+    return list({(c['id'], c['order'], c['attempt'], c.get('fingerprint')): c for c in calls}.values())
 
-# %% ../nbs/04_discrimination.ipynb #3fb50c68
-def category_of(rec: Instruction) -> str:
-    "The task category of `rec`: its own, else the pools stage's keyword rule, else 'uncategorized'."
-    if rec.category: return rec.category
-    rule = _keyword_rule()
-    return str(rule(rec.instruction, rec.input)) if rule is not None else 'uncategorized'
-
-# %% ../nbs/04_discrimination.ipynb #7ba082b7
 def call_stats(calls: Iterable[dict], reviews: dict) -> dict:
     "Referee calls, parse failures, repairs, and the reviews a repair saved, from the call log."
-    calls = [c for c in calls if (c['id'], c['order']) in reviews]
-    last_fp = {(c['id'], c['order']): c.get('fingerprint') for c in calls}    # calls about older answers do not count
-    calls = [c for c in calls if c.get('fingerprint') == last_fp[(c['id'], c['order'])]]
-    calls = list({(c['id'], c['order'], c['attempt'], c.get('fingerprint')): c for c in calls}.values())   # a resumed run logs a round's calls again: count each once
+    calls = _current_calls(calls, reviews)
     unparsed = {(c['id'], c['order']) for c in calls if c['outcome'] == 'unparsed'}
     return {'referee_calls': len(calls),
             'parse_failures': sum(c['outcome'] == 'unparsed' for c in calls),
@@ -695,26 +804,30 @@ def call_stats(calls: Iterable[dict], reviews: dict) -> dict:
             'reviews_scored': sum(r.status == 'done' for r in reviews.values()),
             'reviews_unscored': sum(r.status != 'done' for r in reviews.values())}
 
-# %% ../nbs/04_discrimination.ipynb #564533f4
+# %% ../nbs/04_discrimination.ipynb #52fa8493
 def _describe(xs: list[float]) -> dict:
+    "Count, mean, median, min and max of `xs` (only the count when it is empty)."
     if not xs: return {'n': 0}
-    return {'n': len(xs), 'mean': statistics.fmean(xs), 'median': statistics.median(xs), 'min': min(xs), 'max': max(xs)}
+    return {'n': len(xs), 'mean': statistics.fmean(xs), 'median': statistics.median(xs), 'min': min(xs),
+            'max': max(xs)}
 
 # %% ../nbs/04_discrimination.ipynb #b29de72f
 def _reason_kind(reason: str) -> str:
     "A short class for an unscored item's reason, for counting."
-    for key in ('answer failed', 'no teacher answer', 'no student answer', REQUEST_FAILED, 'unparseable', 'missing'):
+    for key in ('answer failed', 'no teacher answer', 'no student answer', REQUEST_FAILED, 'unparseable',
+                'missing'):
         if key in reason: return key
     return 'other'
 
-# %% ../nbs/04_discrimination.ipynb #1e16a337
-def summarize(pool_size: int, scored: list[dict], unscored: list[dict], reviews: dict, calls: Iterable[dict], tau: float,
-              pool_categories: Optional[Counter] = None) -> dict:
+# %% ../nbs/04_discrimination.ipynb #151d3e38
+def summarize(pool_size: int, scored: list[dict], unscored: list[dict], reviews: dict, calls: Iterable[dict],
+              tau: float, pool_categories: Optional[Counter] = None) -> dict:
     "The stage's numbers: counts, parse failures and repairs, position bias, score and gap statistics."
     hard = [x for x in scored if x['hard']]
     hard_cats = Counter(x['category'] for x in hard)
-    return {'tau': tau, 'pool': pool_size, 'scored': len(scored), 'hard': len(hard), 'easy': len(scored) - len(hard),
-            'unscored': len(unscored), 'unscored_reasons': dict(Counter(_reason_kind(x['reason']) for x in unscored)),
+    reasons = Counter(_reason_kind(x['reason']) for x in unscored)
+    return {'tau': tau, 'pool': pool_size, 'scored': len(scored), 'hard': len(hard),
+            'easy': len(scored) - len(hard), 'unscored': len(unscored), 'unscored_reasons': dict(reasons),
             'referee': call_stats(calls, reviews),
             'position_consistency': position_consistency(scored),
             'position_means': position_means(reviews.values()),
@@ -723,88 +836,117 @@ def summarize(pool_size: int, scored: list[dict], unscored: list[dict], reviews:
             'd': _describe([x['d'] for x in scored]),
             'categories': {'pool': dict(pool_categories or {}), 'hard': dict(hard_cats)}}
 
-# %% ../nbs/04_discrimination.ipynb #151d3e38
+# %% ../nbs/04_discrimination.ipynb #fb88ce15
 def describe_summary(s: dict) -> str:
     "A few readable lines of the stage's numbers."
     r, pc, pm = s['referee'], s['position_consistency'], s['position_means']
     f = lambda x: '-' if x is None else f'{x:.2f}'
-    lines = [f"Cache Pool {s['pool']}: {s['scored']} scored -> {s['hard']} hard, {s['easy']} easy (tau {s['tau']:g}); "
-             f"{s['unscored']} unscored {s['unscored_reasons'] or ''}".rstrip(),
-             f"referee: {r['referee_calls']} calls, {r['parse_failures']} unparseable replies, {r['repair_requests']} repair requests, "
-             f"{r['repair_successes']}/{r['reviews_needing_repair']} reviews saved by a repair, {r['request_failures']} failed requests",
-             f"position consistency: {pc['consistent']}/{pc['items']} items ({f(pc['consistent_share'] and 100 * pc['consistent_share'])}%) agree in both orders "
+    share = f(pc['consistent_share'] and 100 * pc['consistent_share'])
+    lines = [f"Cache Pool {s['pool']}: {s['scored']} scored -> {s['hard']} hard, {s['easy']} easy "
+             f"(tau {s['tau']:g}); {s['unscored']} unscored {s['unscored_reasons'] or ''}".rstrip(),
+             f"referee: {r['referee_calls']} calls, {r['parse_failures']} unparseable replies, "
+             f"{r['repair_requests']} repair requests, {r['repair_successes']}/{r['reviews_needing_repair']} "
+             f"reviews saved by a repair, {r['request_failures']} failed requests",
+             f"position consistency: {pc['consistent']}/{pc['items']} items ({share}%) agree in both orders "
              f"({pc['consistent_ties']} of them ties)",
-             f"position means: first shown {f(pm['first_mean'])}, second shown {f(pm['second_mean'])} over {pm['reviews']} reviews; "
-             f"first won {pm['first_wins']}, second won {pm['second_wins']}, ties {pm['ties']}",
-             f"mean score: teacher {f(s['teacher_score'].get('mean'))}, student {f(s['student_score'].get('mean'))}, mean d {f(s['d'].get('mean'))}"]
+             f"position means: first shown {f(pm['first_mean'])}, second shown {f(pm['second_mean'])} over "
+             f"{pm['reviews']} reviews; first won {pm['first_wins']}, second won {pm['second_wins']}, "
+             f"ties {pm['ties']}",
+             f"mean score: teacher {f(s['teacher_score'].get('mean'))}, student "
+             f"{f(s['student_score'].get('mean'))}, mean d {f(s['d'].get('mean'))}"]
     return '\n'.join(lines)
 
 # %% ../nbs/04_discrimination.ipynb #4f211133
-def plot_gaps(scored: Sequence[dict], tau: float):
-    "Histogram of d = teacher - student, with the hard threshold tau."
-    import seaborn as sns
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(6, 3.5), layout='constrained'); ax = fig.subplots()
-    d = [x['d'] for x in scored]
-    if d: sns.histplot(d, binwidth=0.5, binrange=(min(-9.25, min(d) - 0.25), max(9.25, max(d) + 0.25)), ax=ax, color='#4c72b0')
-    ax.axvline(tau, color='#c44e52', ls='--', label=f'tau = {tau:g}: hard to the right')
-    ax.set(xlabel='d = teacher score - student score', ylabel='instructions', title=f'Score gap over {len(d)} scored instructions')
-    ax.set_xlim(-9.5, 9.5); ax.legend(loc='upper left')
-    return fig
+def _axes(width: float, height: float):
+    "A new figure of that size (in inches) with one axes: (figure, axes)."
+    fig = Figure(figsize=(width, height), layout='constrained')
+    return fig, fig.subplots()
 
 # %% ../nbs/04_discrimination.ipynb #5e9b6098
-def plot_scores(scored: Sequence[dict]):
-    "The distributions of the teacher's and the student's (swap-averaged) scores."
-    import seaborn as sns, pandas as pd
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(6, 3.5), layout='constrained'); ax = fig.subplots()
-    df = pd.DataFrame([{'who': w, 'score': x[f'{w}_score']} for x in scored for w in ('teacher', 'student')])
-    if len(df): sns.histplot(df, x='score', hue='who', binwidth=0.5, binrange=(0.75, 10.25), multiple='dodge', shrink=0.8, ax=ax,
-                             palette={'teacher': '#4c72b0', 'student': '#dd8452'})
-    ax.set(xlabel='score (mean of both orders)', ylabel='instructions', title='Referee scores: teacher vs student', xlim=(0.5, 10.5))
+def plot_gaps(scored: Sequence[dict], tau: float):
+    "Histogram of d = teacher - student, with the hard threshold tau."
+    fig, ax = _axes(6, 3.5)
+    d = [x['d'] for x in scored]
+    if d:
+        binrange = (min(-9.25, min(d) - 0.25), max(9.25, max(d) + 0.25))
+        sns.histplot(d, binwidth=0.5, binrange=binrange, ax=ax, color='#4c72b0')
+    ax.axvline(tau, color='#c44e52', ls='--', label=f'tau = {tau:g}: hard to the right')
+    ax.set(xlabel='d = teacher score - student score', ylabel='instructions',
+           title=f'Score gap over {len(d)} scored instructions')
+    ax.set_xlim(-9.5, 9.5)
+    ax.legend(loc='upper left')
     return fig
 
 # %% ../nbs/04_discrimination.ipynb #6c258c51
-def plot_categories(scored: Sequence[dict], pool_categories: Counter):
-    "Share of each task category among hard instructions vs the whole Cache Pool."
-    import seaborn as sns, pandas as pd
-    from matplotlib.figure import Figure
-    hard = Counter(x['category'] for x in scored if x['hard'])
-    n_pool, n_hard = sum(pool_categories.values()), sum(hard.values())
-    cats = sorted(pool_categories, key=lambda c: -pool_categories[c])
-    rows = [{'category': c, 'set': f'Cache Pool ({n_pool})', 'share': pool_categories[c] / n_pool} for c in cats if n_pool]
-    rows += [{'category': c, 'set': f'hard ({n_hard})', 'share': hard.get(c, 0) / n_hard} for c in cats if n_hard]
-    fig = Figure(figsize=(7, 0.35 * max(len(cats), 4) + 1.2), layout='constrained'); ax = fig.subplots()
-    if rows: sns.barplot(pd.DataFrame(rows), y='category', x='share', hue='set', ax=ax, palette=['#8c8c8c', '#c44e52'][:1 + bool(n_hard)])
-    ax.set(xlabel='share of instructions', ylabel='', title='Task categories: hard instructions vs the Cache Pool')
+def plot_scores(scored: Sequence[dict]):
+    "The distributions of the teacher's and the student's (swap-averaged) scores."
+    fig, ax = _axes(6, 3.5)
+    df = pd.DataFrame([{'who': w, 'score': x[f'{w}_score']} for x in scored for w in ('teacher', 'student')])
+    if len(df):
+        sns.histplot(df, x='score', hue='who', binwidth=0.5, binrange=(0.75, 10.25), multiple='dodge',
+                     shrink=0.8, ax=ax, palette={'teacher': '#4c72b0', 'student': '#dd8452'})
+    ax.set(xlabel='score (mean of both orders)', ylabel='instructions',
+           title='Referee scores: teacher vs student', xlim=(0.5, 10.5))
     return fig
 
 # %% ../nbs/04_discrimination.ipynb #aebf1163
+def plot_categories(scored: Sequence[dict], pool_categories: Counter):
+    "Share of each task category among hard instructions vs the whole Cache Pool."
+    hard = Counter(x['category'] for x in scored if x['hard'])
+    n_pool, n_hard = sum(pool_categories.values()), sum(hard.values())
+    cats = sorted(pool_categories, key=lambda c: -pool_categories[c])
+    rows = [{'category': c, 'set': f'Cache Pool ({n_pool})', 'share': pool_categories[c] / n_pool}
+            for c in cats if n_pool]
+    rows += [{'category': c, 'set': f'hard ({n_hard})', 'share': hard.get(c, 0) / n_hard}
+             for c in cats if n_hard]
+    fig, ax = _axes(7, 0.35 * max(len(cats), 4) + 1.2)
+    if rows:
+        sns.barplot(pd.DataFrame(rows), y='category', x='share', hue='set', ax=ax,
+                    palette=['#8c8c8c', '#c44e52'][:1 + bool(n_hard)])
+    ax.set(xlabel='share of instructions', ylabel='',
+           title='Task categories: hard instructions vs the Cache Pool')
+    return fig
+
+# %% ../nbs/04_discrimination.ipynb #6d87fee4
 def save_plots(scored: Sequence[dict], pool_categories: Counter, tau: float, out_dir) -> dict:
     "Draw the three plots and save them as PNG files in `out_dir`; return {name: path}."
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    figs = {'gaps': plot_gaps(scored, tau), 'scores': plot_scores(scored), 'categories': plot_categories(scored, pool_categories)}
-    paths = {}
-    for name, fig in figs.items():
-        paths[name] = out_dir/f'{name}.png'; fig.savefig(paths[name], dpi=110)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figs = {'gaps': plot_gaps(scored, tau), 'scores': plot_scores(scored),
+            'categories': plot_categories(scored, pool_categories)}
+    paths = {name: out_dir/f'{name}.png' for name in figs}
+    for name, fig in figs.items(): fig.savefig(paths[name], dpi=110)
     return paths
 
 # %% ../nbs/04_discrimination.ipynb #8ebcf17c
-def referee_and_split(pool: Sequence[Instruction], teacher: Sequence[Answer], student: Sequence[Answer], client,
-                      settings: RefereeSettings, out_dir, tau: float, plots: bool = True, progress=None) -> dict:
-    "Review every teacher/student pair in both orders, split into hard/easy by `tau`, write the files; return the summary."
-    out_dir = Path(out_dir)
-    cats = {rec.id: category_of(rec) for rec in pool}
-    pairs, unscored_answers = pairs_from_answers(pool, teacher, student, categorize=lambda r: cats[r.id])
-    reviews = review_pairs(pairs, client, settings, out_dir/'reviews.jsonl', out_dir/'referee_calls.jsonl', progress=progress)
-    scored, unscored_reviews = score_items(pairs, reviews, tau)
-    unscored = unscored_answers + unscored_reviews
-    pool_cats = Counter(cats.values())
-    summary = summarize(len(pool), scored, unscored, reviews, read_log(out_dir/'referee_calls.jsonl'), tau, pool_cats)
-    summary['referee']['model'] = settings.model
+def _write_split(out_dir: Path, scored: list[dict], unscored: list[dict]):
+    "The split's files: `hard.jsonl`, `easy.jsonl` and `unscored.jsonl` (each written atomically)."
     write_jsonl(out_dir/'hard.jsonl', [x for x in scored if x['hard']])
     write_jsonl(out_dir/'easy.jsonl', [x for x in scored if not x['hard']])
     write_jsonl(out_dir/'unscored.jsonl', unscored)
+
+def referee_and_split(pool: Sequence[Instruction], # the instructions
+                      teacher: Sequence[Answer], # the teacher's answers to them
+                      student: Sequence[Answer], # the student's answers to them
+                      client, # the referee's LLM client
+                      settings: RefereeSettings, # how the referee is called
+                      out_dir, # the folder of the logs, the split, the summary and the plots
+                      tau: float, # the hard threshold
+                      plots: bool = True, progress=None) -> dict:
+    """Review every teacher/student pair in both orders, split into hard/easy by `tau`, write the files;
+    return the summary."""
+    out_dir = Path(out_dir)
+    cats = {rec.id: category_of(rec) for rec in pool}
+    pairs, unscored_answers = pairs_from_answers(pool, teacher, student, categorize=lambda r: cats[r.id])
+    reviews = review_pairs(pairs, client, settings, out_dir/'reviews.jsonl', out_dir/'referee_calls.jsonl',
+                           progress=progress)
+    scored, unscored_reviews = score_items(pairs, reviews, tau)
+    unscored = unscored_answers + unscored_reviews
+    pool_cats = Counter(cats.values())
+    calls = read_log(out_dir/'referee_calls.jsonl')
+    summary = summarize(len(pool), scored, unscored, reviews, calls, tau, pool_cats)
+    summary['referee']['model'] = settings.model
+    _write_split(out_dir, scored, unscored)
     if plots: summary['plots'] = {k: p.name for k, p in save_plots(scored, pool_cats, tau, out_dir).items()}
     write_json(out_dir/'summary.json', summary)
     return summary
@@ -816,31 +958,36 @@ def known_pair(kp: KnownPair) -> Pair:
                 category=kp.kind)
 
 # %% ../nbs/04_discrimination.ipynb #41c9c4ca
-def run_probe(pairs: Sequence[KnownPair], client, settings: RefereeSettings, out_dir, min_accuracy: float = 0.8,
-              action: str = 'warn', progress=None) -> dict:
-    "Review the probe pairs in both orders; write and return `probe.json` (raises with `action='stop'` on a fail)."
+def run_probe(pairs: Sequence[KnownPair], client, settings: RefereeSettings, out_dir,
+              min_accuracy: float, # the share of pairs the referee must get right (`probe.min_accuracy`)
+              action: str, # what a failed probe does: 'warn' or 'stop' (`probe.action`)
+              progress=None) -> dict:
+    """Review the probe pairs in both orders; write and return `probe.json` (raises with `action='stop'` on a
+    fail)."""
     if action not in ('warn', 'stop'): raise ValueError(f"probe action is 'warn' or 'stop', not {action!r}")
     out_dir = Path(out_dir)
     pairs = [known_pair(kp) for kp in pairs]
-    reviews = review_pairs(pairs, client, settings, out_dir/'probe_reviews.jsonl', out_dir/'probe_calls.jsonl',
-                           progress=progress)
+    reviews = review_pairs(pairs, client, settings, out_dir/'probe_reviews.jsonl',
+                           out_dir/'probe_calls.jsonl', progress=progress)
     scored, unscored = score_items(pairs, reviews, tau=1.0)
     metrics = probe_metrics(scored, unscored, consistency=position_consistency(scored)['consistent_share'])
     ok, message = probe_verdict(metrics, min_accuracy)
-    summary = dict(probe=metrics, passed=ok, message=message, min_accuracy=min_accuracy, referee=settings.model)
+    summary = dict(probe=metrics, passed=ok, message=message, min_accuracy=min_accuracy,
+                   referee=settings.model)
     write_json(out_dir/'probe.json', summary)
     if progress: progress(message)
     if not ok and action == 'stop': raise LionError(message)
     return summary
 
-# %% ../nbs/04_discrimination.ipynb #0f727918
-def referee_probe(cfg: Config, run: RunDir, k: int, teacher_answers: Sequence[Answer], progress=None) -> Optional[dict]:
-    "The stage's probe (when `cfg.probe` asks for one in iteration `k`), with the teacher's answers as right ones."
+# %% ../nbs/04_discrimination.ipynb #2c16bc33
+def referee_probe(cfg: Config, run: RunDir, k: int, teacher_answers: Sequence[Answer],
+                  progress=None) -> Optional[dict]:
+    """The stage's probe (when `cfg.probe` asks for one in iteration `k`), with the teacher's answers as right
+    ones."""
     if not (cfg.probe.enabled and k in cfg.probe.iterations): return None
-    from lion_nb.llm import run_client
     seed = derive_seed(cfg.seed, 'probe', k)
     try: pairs = probe_pairs(right_answers(teacher_answers), n=cfg.probe.items, seed=seed)
-    except LionError as e:                       # too few usable teacher answers: say so, never fail the stage
+    except LionError as e:             # too few usable teacher answers: say so, never fail the stage
         if progress: progress(f"referee probe skipped: {e}")
         return {'skipped': str(e)}
     client = run_client(cfg, run, 'referee', stage='discrimination', iteration=k)
@@ -849,77 +996,85 @@ def referee_probe(cfg: Config, run: RunDir, k: int, teacher_answers: Sequence[An
 
 # %% ../nbs/04_discrimination.ipynb #f44ef3d0
 def discrimination_seed(cfg: Config) -> int:
-    """The seed of discrimination's teacher (and student) answers: imitation's (`cfg.seed`) when reusing its answers,
-    else one of discrimination's own. It does not change with the iteration: an instruction kept in the Cache Pool is
-    answered by the teacher once, and later iterations read that answer from the cache."""
+    """The seed of discrimination's teacher (and student) answers: imitation's (`cfg.seed`) when reusing its
+    answers, else one of discrimination's own. It does not change with the iteration: an instruction kept in
+    the Cache Pool is answered by the teacher once, and later iterations read that answer from the cache."""
     return cfg.seed if cfg.sampling.reuse_imitation_answers else derive_seed(cfg.seed, 'discrimination')
 
 # %% ../nbs/04_discrimination.ipynb #e16651a1
 def latest_student(cfg: Config, run: RunDir, k: int) -> tuple[ModelSpec, str]:
-    "The student spec to use in iteration `k`: the newest trained checkpoint up to `k`, else the configured student."
+    """The student spec to use in iteration `k`, and which it is: the newest trained checkpoint up to `k`,
+    else the configured student."""
+    base = cfg.model_for('student')
     for j in range(k, 0, -1):
-        ckpt = run.stage_dir(j, 'imitation')/'model'
-        if (ckpt/'config.json').exists():
-            base = cfg.model_for('student')
-            from lion_nb.llm import student_spec   # served like the configured student (an engine, or transformers)
-            return student_spec(base, ckpt.resolve()), f'iter_{j}/imitation/model'
-    spec = cfg.model_for('student')
-    return spec, f'base student {spec.model}'
+        ckpt = run.student(j)
+        if (ckpt/'config.json').exists():   # served like the configured student (an engine, or transformers)
+            return student_spec(base, ckpt.resolve()), ckpt.relative_to(run.root).as_posix()
+    return base, f'base student {base.model}'
 
-# %% ../nbs/04_discrimination.ipynb #cd46eb7e
-def run_discrimination(cfg: Config, run_dir, iteration: int, progress=print) -> dict:
-    "Discrimination for iteration `iteration`: answers, reviews in both orders, the hard/easy split; returns the summary."
-    from lion_nb.llm import answer_pool, run_client
-    run, k = (run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)), iteration
-    out = run.stage_dir(k, 'discrimination')
+# %% ../nbs/04_discrimination.ipynb #98baf2cb
+def _stage_answers(cfg: Config, run: RunDir, k: int, pool: Sequence[Instruction], role: str,
+                   spec: Optional[ModelSpec] = None) -> list[Answer]:
+    "The `role`'s ('teacher' or 'student') answers to iteration `k`'s Cache Pool; `spec` overrides its model."
+    client = run_client(cfg, run, role, spec=spec, stage='discrimination', iteration=k)
+    s = cfg.sampling
+    temperature = s.teacher_temperature if role == 'teacher' else s.student_temperature
+    out = run.stage_dir(k, 'discrimination')/f'answers_{role}.jsonl'
+    return answer_pool(pool, client, out, role=role, temperature=temperature, max_tokens=s.max_new_tokens,
+                       seed=discrimination_seed(cfg), iteration=k, stage='discrimination')
+
+# %% ../nbs/04_discrimination.ipynb #a0ee6289
+def run_discrimination(cfg: Config, # the run's configuration
+                       run: RunDir, # the run folder (holds `iter_k/pools/cache.jsonl`)
+                       k: int, # the iteration whose Cache Pool is split
+                       progress=print) -> dict:
+    "Discrimination for iteration `k`: answers, reviews in both orders, the hard/easy split; its summary."
     if (done := run.finished_summary(k, 'discrimination', progress)) is not None: return done
     pool = read_pool(run.pool(k, 'cache'))
-    common = dict(stage='discrimination', iteration=k)
-    s = cfg.sampling
     if progress: progress(f"iteration {k}: {len(pool)} Cache Pool instructions")
-    teacher = run_client(cfg, run, 'teacher', **common)
-    t_ans = answer_pool(pool, teacher, out/'answers_teacher.jsonl', role='teacher', temperature=s.teacher_temperature,
-                        max_tokens=s.max_new_tokens, seed=discrimination_seed(cfg), iteration=k,
-                        stage='discrimination')
+    t_ans = _stage_answers(cfg, run, k, pool, 'teacher')
     probe = referee_probe(cfg, run, k, t_ans, progress)
     sspec, which = latest_student(cfg, run, k)
     if progress: progress(f"student: {which}")
-    student = run_client(cfg, run, 'student', spec=sspec, **common)
-    s_ans = answer_pool(pool, student, out/'answers_student.jsonl', role='student', temperature=s.student_temperature,
-                        max_tokens=s.max_new_tokens, seed=discrimination_seed(cfg), iteration=k,
-                        stage='discrimination')
-    del student   # a local student's weights can go before the referee starts
-    referee = run_client(cfg, run, 'referee', **common)
+    s_ans = _stage_answers(cfg, run, k, pool, 'student', sspec)
+    referee = run_client(cfg, run, 'referee', stage='discrimination', iteration=k)
     settings = RefereeSettings.from_config(cfg, k)
     if progress: progress(settings.judge.describe())
+    out = run.stage_dir(k, 'discrimination')
     summary = referee_and_split(pool, t_ans, s_ans, referee, settings, out, cfg.loop.tau, progress=progress)
     summary.update(iteration=k, student=which, teacher=cfg.model_for('teacher').model, probe=probe)
     write_json(out/'summary.json', summary)
-    run.mark_done(k, 'discrimination', hard=summary['hard'], easy=summary['easy'], unscored=summary['unscored'],
+    run.mark_done(k, 'discrimination', hard=summary['hard'], easy=summary['easy'],
+                  unscored=summary['unscored'],
                   parse_failures=summary['referee']['parse_failures'],
                   position_consistency=summary['position_consistency']['consistent_share'])
     return summary
 
 # %% ../nbs/04_discrimination.ipynb #a29e19d1
+def _to_stderr(message: str): print(message, file=sys.stderr)
+
 def discriminate_cli(argv: list[str]) -> int:
     "`lion_nb discriminate`: answer, review and split iteration k's Cache Pool into hard and easy."
-    p = argparse.ArgumentParser(prog='lion_nb discriminate', description='Teacher and student answer the Cache Pool; the referee '
-                                'scores both in both orders; the pool is split into hard and easy instructions.')
+    p = argparse.ArgumentParser(prog='lion_nb discriminate',
+                                description='Teacher and student answer the Cache Pool; the referee scores '
+                                'both in both orders; the pool is split into hard and easy instructions.')
     p.add_argument('--config', required=True, help='run configuration (YAML)')
     p.add_argument('--run-dir', required=True, help='the run folder (holds iter_k/pools/cache.jsonl)')
     p.add_argument('--iteration', type=int, default=1)
     a = p.parse_args(argv)
     cfg = load_config(a.config)
-    s = run_discrimination(cfg, RunDir(a.run_dir), a.iteration, progress=lambda m: print(m, file=sys.stderr))
+    s = run_discrimination(cfg, RunDir(a.run_dir), a.iteration, progress=_to_stderr)
     print(describe_summary(s))
     return 0
 
 # %% ../nbs/04_discrimination.ipynb #d1ba071e
-def referee_cli(argv: list[str]) -> int:
-    "`lion_nb referee`: review existing teacher/student answers in both orders and write the hard/easy split."
-    p = argparse.ArgumentParser(prog='lion_nb referee', description='Review teacher/student answer pairs in both orders, '
-                                'parse the scores robustly, and split into hard (d >= tau) and easy.')
-    p.add_argument('--config', required=True, help="run configuration (YAML): the referee model, sampling, tau")
+def _referee_parser() -> argparse.ArgumentParser:
+    "The argument parser of `lion_nb referee`."
+    p = argparse.ArgumentParser(prog='lion_nb referee',
+                                description='Review teacher/student answer pairs in both orders, parse the '
+                                'scores robustly, and split into hard (d >= tau) and easy.')
+    p.add_argument('--config', required=True,
+                   help="run configuration (YAML): the referee model, sampling, tau")
     p.add_argument('--teacher', required=True, help='teacher answers (JSONL of Answer records)')
     p.add_argument('--student', help='student answers (JSONL of Answer records); not needed with --probe')
     p.add_argument('--pool', help='the instructions (JSONL); default: those of the teacher answers')
@@ -927,32 +1082,45 @@ def referee_cli(argv: list[str]) -> int:
     p.add_argument('--tau', type=float, help='hard threshold (default: the config loop.tau)')
     p.add_argument('--cache-dir', help='LLM cache folder (default: OUT/cache)')
     p.add_argument('--no-plots', action='store_true')
-    p.add_argument('--probe', action='store_true', help="only the referee probe: the teacher's answers against wrong, "
-                   "truncated and empty ones, both orders; writes OUT/probe.json")
+    p.add_argument('--probe', action='store_true', help="only the referee probe: the teacher's answers "
+                   "against wrong, truncated and empty ones, both orders; writes OUT/probe.json")
+    return p
+
+# %% ../nbs/04_discrimination.ipynb #9733409a
+def _pool_of_answers(answers: Sequence[Answer], path) -> list[Instruction]:
+    "The instructions of `answers`, each once, in order; an `InputError` about `path` when there are none."
+    first = {}
+    for x in answers: first.setdefault(x.id, Instruction(id=x.id, instruction=x.instruction, input=x.input))
+    if not first: raise InputError(path, None, "no teacher answers")
+    return list(first.values())
+
+# %% ../nbs/04_discrimination.ipynb #66c6e06c
+def _cli_referee(cfg: Config, out: Path, cache_dir: Optional[str]):
+    "The referee client of `lion_nb referee`: its cache in `cache_dir` (default `out/cache`), usage in `out`."
+    return make_client(cfg.model_for('referee'), role='referee', stage='discrimination',
+                       cache_dir=Path(cache_dir) if cache_dir else out/'cache', usage_log=out/'usage.jsonl',
+                       budget=run_budget(cfg, out/'usage.jsonl'))
+
+# %% ../nbs/04_discrimination.ipynb #f7a2a851
+def referee_cli(argv: list[str]) -> int:
+    "`lion_nb referee`: review existing teacher/student answers in both orders and write the hard/easy split."
+    p = _referee_parser()
     a = p.parse_args(argv)
     cfg = load_config(a.config)
     if not (a.probe or a.student): p.error('--student is required (unless --probe)')
     teacher = read_records(a.teacher, Answer)
-    if a.pool: pool = read_pool(a.pool)
-    else:
-        seen, pool = set(), []
-        for x in teacher:
-            if x.id not in seen: seen.add(x.id); pool.append(Instruction(id=x.id, instruction=x.instruction, input=x.input))
-        if not pool: raise InputError(a.teacher, None, "no teacher answers")
+    pool = read_pool(a.pool) if a.pool else _pool_of_answers(teacher, a.teacher)
     out = Path(a.out)
-    from lion_nb.llm import make_client, run_budget
-    client = make_client(cfg.model_for('referee'), role='referee', stage='discrimination',
-                         cache_dir=Path(a.cache_dir) if a.cache_dir else out/'cache', usage_log=out/'usage.jsonl',
-                         budget=run_budget(cfg, out/'usage.jsonl'))
+    client = _cli_referee(cfg, out, a.cache_dir)
+    settings = RefereeSettings.from_config(cfg)
     if a.probe:
         pairs = probe_pairs(right_answers(teacher), n=cfg.probe.items, seed=cfg.seed)
-        s = run_probe(pairs, client, RefereeSettings.from_config(cfg), out, cfg.probe.min_accuracy,
-                      progress=lambda m: print(m, file=sys.stderr))
+        s = run_probe(pairs, client, settings, out, cfg.probe.min_accuracy, 'warn', progress=_to_stderr)
         print(json.dumps(s['probe'], indent=1))
         return 0 if s['passed'] else 1
     student = read_records(a.student, Answer)
-    s = referee_and_split(pool, teacher, student, client, RefereeSettings.from_config(cfg), out,
-                          cfg.loop.tau if a.tau is None else a.tau, plots=not a.no_plots,
-                          progress=lambda m: print(m, file=sys.stderr))
+    tau = cfg.loop.tau if a.tau is None else a.tau
+    s = referee_and_split(pool, teacher, student, client, settings, out, tau, plots=not a.no_plots,
+                          progress=_to_stderr)
     print(describe_summary(s))
     return 0
