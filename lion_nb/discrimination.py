@@ -13,6 +13,7 @@ from typing import Iterable, Literal, Optional, Sequence, Union
 import pandas as pd
 import seaborn as sns
 import yaml
+from fastcore.basics import patch
 from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -26,7 +27,7 @@ from .probe import KnownPair, probe_metrics, probe_pairs, probe_verdict, right_a
 
 # %% auto #0
 __all__ = ['JUDGE_ROLES', 'SCORE_PARSERS', 'JUDGE_PARSERS', 'ORDERS', 'SCORE_MIN', 'SCORE_MAX', 'REPAIR_PROMPT',
-           'REPAIR_PROMPT_JSON', 'REPAIR_MAX_TOKENS', 'REQUEST_FAILED', 'SCORE_LINE', 'JudgeConfig', 'judges_root',
+           'REPAIR_PROMPT_JSON', 'REPAIR_MAX_TOKENS', 'SCORE_LINE', 'REQUEST_FAILED', 'JudgeConfig', 'judges_root',
            'judge_sets', 'render', 'Judge', 'load_judge', 'judge_for', 'for_category', 'referee_messages',
            'referee_response_format', 'repair_response_format', 'ScoreParseError', 'parse_score_value', 'parse_scores',
            'repair_messages', 'swap_average', 'is_hard', 'verdict', 'position_consistency', 'position_means', 'Pair',
@@ -120,25 +121,31 @@ class Judge:
         s = self.config.structured
         return s is True or (s == 'auto' and endpoint_supports)
 
-    def messages(self, structured: bool = False, **fields) -> list[dict]:
-        "The chat messages of one request, the template's placeholders filled from `fields`."
-        template = self.prompt_structured if structured and self.prompt_structured else self.prompt
-        user = render(template, **fields)
-        system = [{'role': 'system', 'content': self.system}] if self.system else []
-        return system + [{'role': 'user', 'content': user}]
+# %% ../nbs/04_discrimination.ipynb #fa9a3a26
+@patch
+def messages(self: Judge, structured: bool = False, **fields) -> list[dict]:
+    "The chat messages of one request, the template's placeholders filled from `fields`."
+    template = self.prompt_structured if structured and self.prompt_structured else self.prompt
+    user = render(template, **fields)
+    system = [{'role': 'system', 'content': self.system}] if self.system else []
+    return system + [{'role': 'user', 'content': user}]
 
-    def extra(self) -> dict:
-        "Extra request parameters the judge wants (token logprobs)."
-        return {'logprobs': True, 'top_logprobs': 5} if self.config.logprobs else {}
+# %% ../nbs/04_discrimination.ipynb #6fd3db07
+@patch
+def extra(self: Judge) -> dict:
+    "Extra request parameters the judge wants (token logprobs)."
+    return {'logprobs': True, 'top_logprobs': 5} if self.config.logprobs else {}
 
-    def describe(self) -> str:
-        "The judge and its prompt as a notebook prints them."
-        c = self.config
-        head = (f"judge {self.name} ({self.folder}): {c.description}\n"
-                f"parser {c.parser}, temperature {c.temperature:g}, max_tokens {c.max_tokens}, "
-                f"structured {c.structured}, logprobs {c.logprobs}, scorer {c.scorer}")
-        system = f"\n--- system ---\n{self.system}" if self.system else ''
-        return head + system + f"\n--- prompt ---\n{self.prompt}"
+# %% ../nbs/04_discrimination.ipynb #1dc439c7
+@patch
+def describe(self: Judge) -> str:
+    "The judge and its prompt as a notebook prints them."
+    c = self.config
+    head = (f"judge {self.name} ({self.folder}): {c.description}\n"
+            f"parser {c.parser}, temperature {c.temperature:g}, max_tokens {c.max_tokens}, "
+            f"structured {c.structured}, logprobs {c.logprobs}, scorer {c.scorer}")
+    system = f"\n--- system ---\n{self.system}" if self.system else ''
+    return head + system + f"\n--- prompt ---\n{self.prompt}"
 
 # %% ../nbs/04_discrimination.ipynb #3d89e863
 def _judge_folder(name: str) -> Path:
@@ -458,11 +465,12 @@ def _candidates(text: str, lines: list[str]) -> list[tuple[str, tuple]]:
               for m in _TUPLE.finditer(body)]
     return out + [('tuple', t) for t in tuples]
 
-# %% ../nbs/04_discrimination.ipynb #888fb930
+# %% ../nbs/04_discrimination.ipynb #b28fb5c8
 def _conflict(pairs: list[str]) -> ScoreParseError:
     "The error of a reply that states its scores more than one way."
     return ScoreParseError("conflicting scores: " + '; '.join(pairs))
 
+# %% ../nbs/04_discrimination.ipynb #888fb930
 def _fallback(text: str, lines: list[str], truncated: bool, why: str) -> tuple[float, float]:
     "The scores when the designated line does not hold them: one clear, unanimous statement, else an error."
     cands = _candidates(text, lines)
@@ -603,8 +611,6 @@ class RefereeSettings:
                    structured=judge.wants_structured(spec.structured_output), model=spec.model,
                    iteration=iteration, stage=stage)
 
-REQUEST_FAILED = 'referee request failed'
-
 # %% ../nbs/04_discrimination.ipynb #c46e4e4b
 SCORE_LINE = {'scores_first': 'first', 'scores_last': 'last', 'json': 'last'}
 
@@ -621,6 +627,8 @@ def _latest(records: Iterable[Review]) -> dict:
     return {(r.id, r.order): r for r in records}
 
 # %% ../nbs/04_discrimination.ipynb #ea2b8553
+REQUEST_FAILED = 'referee request failed'
+
 def _reusable(r: Review) -> bool:
     "A logged review is kept on a re-run unless its request itself failed (that one is worth another try)."
     return r.status == 'done' or not (r.error or '').startswith(REQUEST_FAILED)
@@ -727,7 +735,7 @@ def category_of(rec: Instruction) -> str:
     if rec.category: return rec.category
     return str(categorize(rec.instruction, rec.input))
 
-# %% ../nbs/04_discrimination.ipynb #0eb7b52e
+# %% ../nbs/04_discrimination.ipynb #3684e002
 def _answer_problems(rec: Instruction, by_role: dict) -> list[str]:
     "Why `rec` cannot be reviewed: a role's answer that is missing or failed (none: it can)."
     why = []
@@ -737,6 +745,7 @@ def _answer_problems(rec: Instruction, by_role: dict) -> list[str]:
         elif a.status != 'done': why.append(f"{role} answer failed: {a.error}")
     return why
 
+# %% ../nbs/04_discrimination.ipynb #0eb7b52e
 def pairs_from_answers(pool: Sequence[Instruction], teacher: Sequence[Answer], student: Sequence[Answer],
                        categorize=None) -> tuple[list[Pair], list[dict]]:
     "The pairs to review, and the unscored items whose teacher or student answer is missing or failed."
@@ -753,12 +762,13 @@ def pairs_from_answers(pool: Sequence[Instruction], teacher: Sequence[Answer], s
                           base['category']))
     return pairs, unscored
 
-# %% ../nbs/04_discrimination.ipynb #653c22a6
+# %% ../nbs/04_discrimination.ipynb #66c5f2d4
 def _review_scores(tf: Sequence[float], sf: Sequence[float]) -> dict:
     "The four scores of an item, by order and role (each review's scores are `[first shown, second shown]`)."
     return {'teacher_first': {'teacher': tf[0], 'student': tf[1]},
             'student_first': {'student': sf[0], 'teacher': sf[1]}}
 
+# %% ../nbs/04_discrimination.ipynb #653c22a6
 def score_items(pairs: Sequence[Pair], # the reviewed items
                 reviews: dict, # {(id, order): Review}, as `review_pairs` returns them
                 tau: float, # the hard threshold: d >= tau is hard
@@ -791,6 +801,7 @@ def _current_calls(calls: Iterable[dict], reviews: dict) -> list[dict]:
     # a resumed run logs a round's calls again: count each once
     return list({(c['id'], c['order'], c['attempt'], c.get('fingerprint')): c for c in calls}.values())
 
+# %% ../nbs/04_discrimination.ipynb #5024935d
 def call_stats(calls: Iterable[dict], reviews: dict) -> dict:
     "Referee calls, parse failures, repairs, and the reviews a repair saved, from the call log."
     calls = _current_calls(calls, reviews)
@@ -925,6 +936,7 @@ def _write_split(out_dir: Path, scored: list[dict], unscored: list[dict]):
     write_jsonl(out_dir/'easy.jsonl', [x for x in scored if not x['hard']])
     write_jsonl(out_dir/'unscored.jsonl', unscored)
 
+# %% ../nbs/04_discrimination.ipynb #3e6c1a90
 def referee_and_split(pool: Sequence[Instruction], # the instructions
                       teacher: Sequence[Answer], # the teacher's answers to them
                       student: Sequence[Answer], # the student's answers to them
@@ -1050,9 +1062,10 @@ def run_discrimination(cfg: Config, # the run's configuration
                   position_consistency=summary['position_consistency']['consistent_share'])
     return summary
 
-# %% ../nbs/04_discrimination.ipynb #a29e19d1
+# %% ../nbs/04_discrimination.ipynb #763fa4d8
 def _to_stderr(message: str): print(message, file=sys.stderr)
 
+# %% ../nbs/04_discrimination.ipynb #a29e19d1
 def discriminate_cli(argv: list[str]) -> int:
     "`lion_nb discriminate`: answer, review and split iteration k's Cache Pool into hard and easy."
     p = argparse.ArgumentParser(prog='lion_nb discriminate',
