@@ -182,10 +182,11 @@ def load_judge(name: str, # 'set/judge' of the shipped sets, or a folder with co
 
 # %% ../nbs/04_discrimination.ipynb #6f26e1d4
 def judge_for(cfg: Optional[Config], role: str) -> Judge:
-    "The judge a run configuration names for `role` (its `judges` entry, else `<judge_set>/<role>`)."
+    """The judge a run configuration names for `role` (its `judges` entry, else `<judge_set>/<role>`); with no
+    configuration, the role's judge of Config's default set."""
     if role not in JUDGE_ROLES:
         raise LionError(f"no judging role {role!r}; roles are {', '.join(JUDGE_ROLES)}")
-    if cfg is None: return load_judge(f'lion_nb/{role}')
+    if cfg is None: return load_judge(f"{Config.model_fields['judge_set'].default}/{role}")
     return load_judge(cfg.judges.get(role) or f'{cfg.judge_set}/{role}')
 
 # %% ../nbs/04_discrimination.ipynb #5a70a489
@@ -201,9 +202,9 @@ SCORE_MIN, SCORE_MAX = 1.0, 10.0
 
 def referee_messages(instruction: str, input: str, answer_1: str, answer_2: str, structured: bool = False,
                      judge: Optional[Judge] = None) -> list[dict]:
-    """The chat messages asking the referee `judge` to score `answer_1` (shown first) and `answer_2` (shown
-    second)."""
-    judge = judge or load_judge('lion_nb/referee')
+    """The chat messages asking the referee `judge` (default: the default set's referee) to score `answer_1`
+    (shown first) and `answer_2` (shown second)."""
+    judge = judge or judge_for(None, 'referee')
     return judge.messages(structured, question=user_message(instruction, input), answer_1=answer_1.strip(),
                           answer_2=answer_2.strip())
 
