@@ -19,7 +19,7 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 from lion_nb import models  # noqa: E402
-from lion_nb.core import ModelSpec  # noqa: E402
+from lion_nb.core import ModelSpec, ProbeConfig  # noqa: E402
 from lion_nb.data import demo_instructions  # noqa: E402
 from lion_nb.discrimination import RefereeSettings, load_judge, pairs_from_answers, review_pairs, run_probe, score_items  # noqa: E402
 from lion_nb.llm import answer_pool, make_client  # noqa: E402
@@ -37,10 +37,11 @@ def probe_model(name: str, n: int, out: Path, max_tokens: int, judge: str = 'lio
     gguf = models.packaged_gguf(name)
     t0 = time.time()
     client = served_client(name, 'referee', out)
-    settings = RefereeSettings(temperature=0.2, max_tokens=max_tokens, repair_retries=1, model=name, judge=load_judge(judge))
+    settings = RefereeSettings(judge=load_judge(judge), temperature=0.2, max_tokens=max_tokens, seed=0, repair_retries=1,
+                               structured=False, model=name)
     pairs = probe_pairs(demo_probe_items(), n=n, seed=0)
     try:
-        s = run_probe(pairs, client, settings, out, progress=lambda m: print(f'  {name}: {m}', file=sys.stderr))
+        s = run_probe(pairs, client, settings, out, ProbeConfig().min_accuracy, 'warn', progress=lambda m: print(f'  {name}: {m}', file=sys.stderr))
     finally:
         models.stop_server(models.state_for(gguf))
     s['seconds'] = round(time.time() - t0, 1)
@@ -59,7 +60,8 @@ def duel(teacher: str, referee: str, n: int, out: Path, max_tokens: int) -> dict
                           cache_dir=out/'cache')
     s_ans = answer_pool(pool, student, out/'student.jsonl', role='student', temperature=0.0, max_tokens=128)
     pairs, _ = pairs_from_answers(pool, t_ans, s_ans, categorize=lambda r: r.category)
-    settings = RefereeSettings(temperature=0.2, max_tokens=max_tokens, repair_retries=1, model=referee)
+    settings = RefereeSettings(judge=load_judge('lion_nb/referee'), temperature=0.2, max_tokens=max_tokens, seed=0,
+                               repair_retries=1, structured=False, model=referee)
     reviews = review_pairs(pairs, served_client(referee, 'referee', out), settings, out/'reviews.jsonl')
     scored, unscored = score_items(pairs, reviews, tau=1.0)
     return {**duel_metrics(scored, unscored), 'seconds': round(time.time() - t0, 1),

@@ -473,7 +473,8 @@ def test_logprob_scorer_finds_the_lean_that_text_scores_hide(tmp_path):
     with serve(reply) as srv:
         spec = ModelSpec(backend='openai', model='referee', base_url=srv.base_url, concurrency=4)
         for judge in ('lion_nb/referee', 'lion_nb/referee_logprob'):
-            st = RefereeSettings(judge=load_judge(judge), temperature=0.0)
+            st = RefereeSettings(judge=load_judge(judge), temperature=0.0, max_tokens=512, seed=0, repair_retries=2,
+                                 structured=False, model='referee')
             d = tmp_path/judge.replace('/', '_')
             reviews = review_pairs(pairs, make_client(spec, role='referee', cache_dir=d/'cache'), st, d/'reviews.jsonl')
             out[judge] = score_items(pairs, reviews, tau=1.0)[0]

@@ -10,7 +10,7 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 sys.path.insert(0, str(Path(__file__).parent))
 from openai_server import serve  # noqa: E402
 
-from lion_nb.core import Answer, LionError, ModelSpec, read_json, write_jsonl  # noqa: E402
+from lion_nb.core import Answer, LionError, ModelSpec, ROLES, parse_config, read_json, write_jsonl  # noqa: E402
 from lion_nb.discrimination import RefereeSettings, known_pair, referee_cli, referee_messages, run_probe  # noqa: E402
 from lion_nb.llm import make_client  # noqa: E402
 from lion_nb.probe import probe_pairs  # noqa: E402
@@ -34,6 +34,12 @@ def blind(body):
     return 'Both are fine.\nAssistant 1: 5\nAssistant 2: 5'
 
 
+def _cfg(base_url):
+    "A run configuration whose referee is the test server's model R and repairs nothing."
+    m = {'backend': 'openai', 'model': 'R', 'base_url': base_url, 'max_retries': 0, 'timeout_s': 10}
+    return parse_config({'models': {'R': m}, 'roles': {r: 'R' for r in ROLES}, 'sampling': {'repair_retries': 0}})
+
+
 def _client(srv, tmp_path):
     spec = ModelSpec(backend='openai', model='R', base_url=srv.base_url, max_retries=0, timeout_s=10)
     return make_client(spec, role='referee', stage='probe', cache_dir=tmp_path/'cache')
@@ -42,7 +48,9 @@ def _client(srv, tmp_path):
 def test_a_referee_that_sees_the_right_answer_passes(tmp_path):
     pairs = probe_pairs(ITEMS, n=4, seed=3)
     with serve(sighted(pairs)) as srv:
-        s = run_probe(pairs, _client(srv, tmp_path), RefereeSettings(repair_retries=0), tmp_path)
+        cfg = _cfg(srv.base_url)
+        s = run_probe(pairs, _client(srv, tmp_path), RefereeSettings.from_config(cfg), tmp_path,
+                      cfg.probe.min_accuracy, cfg.probe.action)
         n_requests = srv.n_chat
     assert s['passed'] and s['probe']['accuracy'] == 1.0 and s['probe']['pairs'] == 12
     assert s['probe']['per_kind'] == {'empty': 1.0, 'other': 1.0, 'truncated': 1.0}
@@ -55,11 +63,13 @@ def test_a_referee_that_sees_the_right_answer_passes(tmp_path):
 def test_a_blind_referee_fails_and_can_stop_the_stage(tmp_path):
     pairs = probe_pairs(ITEMS, n=3, seed=0)
     with serve(blind) as srv:
-        s = run_probe(pairs, _client(srv, tmp_path), RefereeSettings(repair_retries=0), tmp_path/'warn')
+        cfg = _cfg(srv.base_url)
+        settings = RefereeSettings.from_config(cfg)
+        s = run_probe(pairs, _client(srv, tmp_path), settings, tmp_path/'warn', cfg.probe.min_accuracy, 'warn')
         assert not s['passed'] and s['probe']['accuracy'] == 0.0 and s['probe']['tie_share'] == 1.0
         assert 'cannot reliably tell' in s['message']
         with pytest.raises(LionError, match='cannot reliably tell'):
-            run_probe(pairs, _client(srv, tmp_path), RefereeSettings(repair_retries=0), tmp_path/'stop', action='stop')
+            run_probe(pairs, _client(srv, tmp_path), settings, tmp_path/'stop', cfg.probe.min_accuracy, 'stop')
     assert read_json(tmp_path/'stop'/'probe.json')['passed'] is False   # the evidence is written before stopping
 
 

@@ -276,12 +276,13 @@ def test_interrupted_repair_round_does_not_double_count_calls(tmp_path):
     without a review; a resumed run asks them again (cache hits) and logs them a second time, which the counts must
     not count twice (they did until 19:15 UTC on 2026-11-21: fixed in call_stats)."""
     from lion_nb.core import ModelSpec
-    from lion_nb.discrimination import Pair, RefereeSettings, call_stats, review_pairs
+    from lion_nb.discrimination import Pair, RefereeSettings, call_stats, load_judge, review_pairs
     from lion_fixtures import lion_reply
     def reply(body):       # the first request of every review has no scores; the repair request gets them
         return NO_SCORES if len(body['messages']) == 2 else lion_reply(body)
     pairs = [Pair(f'p{i}', f'Name {w} things.', '', f'Answer to: Name {w} things.', 'no idea', None) for i, w in enumerate(('two', 'five', 'nine'))]
-    settings = RefereeSettings(max_tokens=64, repair_retries=1)
+    settings = RefereeSettings(judge=load_judge('lion_nb/referee'), temperature=0.2, max_tokens=64, seed=0,
+                               repair_retries=1, structured=False, model='')
     class Interrupted(Exception): pass
     class StopsBeforeRound1:
         "The referee client, interrupted (like a kill) when the repair round starts."
