@@ -274,6 +274,7 @@ def _md_cell(v) -> str:
     if v is None: return '–'
     return f"{v:.2f}" if isinstance(v, float) else str(v).replace('|', '\\|')
 
+# %% ../nbs/08a_card.ipynb #82bdec00
 def md_table(headers: list, rows: list[list]) -> str:
     "A Markdown table (None cells print as a dash)."
     out = ['| ' + ' | '.join(map(str, headers)) + ' |', '|' + '---|' * len(headers)]
@@ -356,6 +357,7 @@ def _base_model(facts: dict) -> tuple[dict, str]:
     base = facts['roles'].get('student') or {}
     return base, base.get('hub_id') or base.get('name') or 'student'
 
+# %% ../nbs/08a_card.ipynb #ac2f11b8
 def _front_matter(facts: dict, lic: dict) -> str:
     "The card's YAML front matter, between `---` lines, and the mark that says lion_nb wrote the card."
     base, _ = _base_model(facts)

@@ -201,6 +201,7 @@ def _stream_turn(session: ChatSession, text: str, write: Callable[[str], Any]) -
         write(' [stopped]')
     write('\n')
 
+# %% ../nbs/08b_chat.ipynb #5e77ce41
 def _write_stdout(s: str) -> None:
     sys.stdout.write(s)
     sys.stdout.flush()

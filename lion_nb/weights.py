@@ -263,6 +263,7 @@ def _per_chunk(dtype: str, chunk_bytes: int) -> int:
     "How many elements of safetensors dtype `dtype` fit in `chunk_bytes` (at least one)."
     return max(1, chunk_bytes // st_dtypes()[dtype].itemsize)
 
+# %% ../nbs/08_weights.ipynb #5da651ba
 def _read_chunks(f: SafeTensorsFile, name: str, start: int, stop: int, per: int) -> Iterator[bytearray]:
     "The raw bytes of elements `start:stop` of tensor `name`, at most `per` elements at a time."
     for s, e in chunks(stop - start, per): yield f.read_bytes(name, start + s, start + e)
@@ -293,6 +294,7 @@ def plan_tensor(t: TensorInfo, b: Optional[TensorInfo]) -> dict:
 # %% ../nbs/08_weights.ipynb #b62ee563
 def _row_elems(shape) -> int: return math.prod(shape[1:]) if shape else 1
 
+# %% ../nbs/08_weights.ipynb #d4eb4e35
 def _shared_elems(plan: dict, shape) -> int:
     "How many leading elements of a tensor the diff covers (none for a tensor stored whole)."
     return plan['shared_rows'] * _row_elems(shape) if plan['encoding'] != 'full' else 0
@@ -324,6 +326,7 @@ def _check_out_free(out: Path):
         raise LionError(f"{out} already exists and is not empty; refusing to overwrite it "
                         "(choose another --out)")
 
+# %% ../nbs/08_weights.ipynb #2c5ee460
 def _fresh_out(out) -> Path:
     "Check that `out` may be written (absent or an empty folder); return a fresh sibling work folder."
     out = Path(out)
@@ -425,6 +428,7 @@ def _file_hash(raw_header: bytes):
     "A SHA256 of a safetensors file, fed so far with its length prefix and header (the data follows)."
     return hashlib.sha256(len(raw_header).to_bytes(8, 'little') + raw_header)
 
+# %% ../nbs/08_weights.ipynb #728858d9
 def _diff_tensors(tf, b_index, plans, writer, chunk_bytes, fh, progress, man) -> dict:
     "Stream every tensor of tuned file `tf` into `writer`; record them in `man`; return the fix tensors."
     fixes = {}
@@ -554,6 +558,7 @@ def _load_fixes(path: Optional[Path]) -> dict:
     if path is None: return {}
     return load_file(str(path))
 
+# %% ../nbs/08_weights.ipynb #f0845831
 def _chunk_fixes(fi, fv, s: int, stop: int) -> tuple:
     "The fixes in elements `s:stop`: positions within the chunk and values (None, None without fixes)."
     if fi is None: return None, None
@@ -637,6 +642,7 @@ def _tiny_state(g, vocab: int, dim: int) -> dict:
                 (torch.randn(dim, dim, generator=g) * 0.02).to(torch.bfloat16),
             'model.rotary.positions': torch.arange(16, dtype=torch.int64)}
 
+# %% ../nbs/08_weights.ipynb #904ee077
 def _perturb(sd: dict, g, scale: float) -> None:
     "Add noise of standard deviation `scale` to every floating-point tensor of `sd`, in its own dtype."
     for k, v in sd.items():
@@ -688,6 +694,7 @@ def _same_bits(x, y) -> bool:
     "Whether two tensors have the same dtype, shape and bits."
     return x.dtype == y.dtype and torch.equal(x.view(bits_dtype(x.dtype)), y.view(bits_dtype(y.dtype)))
 
+# %% ../nbs/08_weights.ipynb #42e123d4
 def same_tensors(a: dict, b: dict) -> bool:
     "Whether two state dicts hold the same names, dtypes, shapes and bits."
     return a.keys() == b.keys() and all(_same_bits(a[k], b[k]) for k in a)
@@ -730,6 +737,7 @@ def _report_diff(a, man: dict, t0: float) -> None:
           f"in {time.time() - t0:.1f} s")
     if st['resized']: print(f"resized (extra rows stored whole): {', '.join(st['resized'])}")
 
+# %% ../nbs/08_weights.ipynb #b9531a2a
 def _report_recover(a, info: dict, t0: float) -> None:
     print(f"recovered {a.out}: {info['tensors']} tensors, "
           f"{info['base_tensors_checked']} base tensors verified, "
