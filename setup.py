@@ -39,7 +39,7 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['lion_nb', 'lion_nb.*']),
     include_package_data=True,
-    package_data={'lion_nb': ['assets/*', 'assets/**/*', 'judges/*', 'judges/**/*']},
+    package_data={'lion_nb': ['assets/*', 'assets/**/*', 'judges/*', 'judges/**/*', 'static/*']},
     install_requires=requirements,
     extras_require={'dev': dev_requirements, 'lora': ['peft'], 'server': ['xllamacpp'], 'gpu': ['vllm']},
     python_requires='>=' + min_python,

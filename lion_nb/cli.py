@@ -13,50 +13,65 @@ __all__ = ['COMMANDS', 'available_commands', 'usage', 'main']
 
 # %% ../nbs/09_cli.ipynb #2add4cd6
 COMMANDS = {  # subcommand: (module, function, summary)
-    'models':       ('lion_nb.models', 'models_cli', 'prepare, verify, serve or stop the embedded default models'),
+    'models':       ('lion_nb.models', 'models_cli',
+                     'prepare, verify, serve or stop the embedded default models'),
     'data':         ('lion_nb.data', 'data_cli', 'list, check and download the public datasets'),
-    'pools':        ('lion_nb.pools', 'pools_cli', "build iteration 1's Train and Cache Pools from a dataset"),
-    'answer':       ('lion_nb.llm', 'answer_cli', 'answer every instruction of a pool (teacher or student), resumably'),
-    'train':        ('lion_nb.train', 'train_cli', 'fine-tune the student on SFT data with FSDP under torchrun'),
-    'referee':      ('lion_nb.discrimination', 'referee_cli', 'review teacher/student answer pairs in both orders'),
-    'discriminate': ('lion_nb.discrimination', 'discriminate_cli', 'answer, review and split a Cache Pool into hard and easy'),
+    'pools':        ('lion_nb.pools', 'pools_cli',
+                     "build iteration 1's Train and Cache Pools from a dataset"),
+    'answer':       ('lion_nb.llm', 'answer_cli',
+                     'answer every instruction of a pool (teacher or student), resumably'),
+    'train':        ('lion_nb.train', 'train_cli',
+                     'fine-tune the student on SFT data with FSDP under torchrun'),
+    'referee':      ('lion_nb.discrimination', 'referee_cli',
+                     'review teacher/student answer pairs in both orders'),
+    'discriminate': ('lion_nb.discrimination', 'discriminate_cli',
+                     'answer, review and split a Cache Pool into hard and easy'),
     'generate':     ('lion_nb.generation', 'generate_cli', 'generate new hard and long-tail instructions'),
-    'dedup':        ('lion_nb.dedup', 'dedup_cli', 'keep candidates whose ROUGE-L to the pool is below a threshold'),
+    'dedup':        ('lion_nb.dedup', 'dedup_cli',
+                     'keep candidates whose ROUGE-L to the pool is below a threshold'),
     'evaluate':     ('lion_nb.evaluation', 'evaluate_cli', 'Vicuna-80, user-oriented 252, AGIEval and BBH'),
-    'run':          ('lion_nb.loop', 'run_cli', 'run the adversarial distillation loop, iteration by iteration'),
+    'run':          ('lion_nb.loop', 'run_cli',
+                     'run the adversarial distillation loop, iteration by iteration'),
     'demo':         ('lion_nb.loop', 'demo_cli', 'run the demo profile on the embedded default models'),
-    'weights':      ('lion_nb.release', 'weights_cli', 'write or apply weight diffs against a base model'),
-    'card':         ('lion_nb.release', 'card_cli', "write a model card for a run's final student"),
-    'chat':         ('lion_nb.release', 'chat_cli', 'chat with a student in the terminal'),
+    'weights':      ('lion_nb.weights', 'weights_cli', 'write or apply weight diffs against a base model'),
+    'card':         ('lion_nb.card', 'card_cli', "write a model card for a run's final student"),
+    'chat':         ('lion_nb.chat', 'chat_cli', 'chat with a student in the terminal'),
 }
 
+# %% ../nbs/09_cli.ipynb #baad6c17
 def available_commands() -> dict:
     "The subcommands whose module is part of this installation."
     return {k: v for k, v in COMMANDS.items() if importlib.util.find_spec(v[0]) is not None}
 
-# %% ../nbs/09_cli.ipynb #540d78b0
+# %% ../nbs/09_cli.ipynb #8cd9cdfa
 def usage() -> str:
     "The text of `lion_nb --help`."
-    cmds = available_commands(); w = max(map(len, cmds), default=0)
+    cmds = available_commands()
+    w = max(map(len, cmds), default=0)
     lines = ['usage: lion_nb <command> [options]', '',
              'Lion: adversarial distillation of a strong LLM into a small open one.', '', 'commands:']
     lines += [f'  {k:<{w}}  {v[2]}' for k, v in cmds.items()]
     lines += ['', "Run 'lion_nb <command> --help' for a command's options."]
     return '\n'.join(lines)
 
-# %% ../nbs/09_cli.ipynb #8cd9cdfa
-def main(argv: Optional[list[str]] = None) -> int:
+# %% ../nbs/09_cli.ipynb #ae2d2783
+def main(argv: Optional[list[str]] = None, # the arguments (default: `sys.argv[1:]`)
+        ) -> int: # the exit status
     "Entry point of the `lion_nb` console script."
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ('-h', '--help', 'help'):
-        print(usage()); return 0
+        print(usage())
+        return 0
     cmd, rest = argv[0], argv[1:]
     cmds = available_commands()
     if cmd not in cmds:
-        print(f"lion_nb: unknown command {cmd!r}\n\n{usage()}", file=sys.stderr); return 2
+        print(f"lion_nb: unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
+        return 2
     mod, fn, _ = cmds[cmd]
     try: return getattr(importlib.import_module(mod), fn)(rest) or 0
     except LionError as e:
-        print(f"lion_nb {cmd}: error: {e}", file=sys.stderr); return 2
+        print(f"lion_nb {cmd}: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print(f"lion_nb {cmd}: interrupted", file=sys.stderr); return 130
+        print(f"lion_nb {cmd}: interrupted", file=sys.stderr)
+        return 130

@@ -9,8 +9,9 @@ import yaml
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 from lion_nb.cli import main
 from lion_nb.core import RunDir, sha256_file, write_json
-from lion_nb.release import (EXTRA, MANIFEST_NAME, ChatSession, card_cli, example_run, load_chat_model, load_checkpoint,
-                             recover, same_tensors, tiny_chat_model, tiny_checkpoint)
+from lion_nb.card import card_cli, example_run
+from lion_nb.chat import ChatSession, load_chat_model, tiny_chat_model
+from lion_nb.weights import EXTRA, MANIFEST_NAME, read_all_tensors, recover, same_tensors, tiny_checkpoint
 
 CLI = [sys.executable, '-c', 'import sys; from lion_nb.cli import main; sys.exit(main())']
 
@@ -36,7 +37,7 @@ def test_weights_round_trip_is_bit_exact(tmp_path, capsys):
     assert (tmp_path/'diff'/'config.json').exists() and (tmp_path/'diff'/'tokenizer_config.json').exists()
     assert main(['weights', 'recover', '--base', str(tmp_path/'base'), '--diff', str(tmp_path/'diff'),
                  '--out', str(tmp_path/'rec'), '--chunk-mb', '0.0005']) == 0
-    got = load_checkpoint(tmp_path/'rec')
+    got = read_all_tensors(tmp_path/'rec')
     assert got.keys() == tuned.keys()
     for k in tuned:
         assert got[k].dtype == tuned[k].dtype and torch.equal(got[k], tuned[k]), k
