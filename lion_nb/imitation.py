@@ -4,24 +4,32 @@
 
 # %% ../nbs/03_imitation.ipynb #0a406d56
 from __future__ import annotations
-import gc, random, shutil, time
-import numpy as np
+import gc, math, random, shutil, time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .core import (Answer, Config, LionError, RunDir, derive_seed, read_json, read_pool, write_json, write_jsonl)
+import matplotlib.pyplot as plt
+import numpy as np
+
+from .core import (Answer, Config, LionError, RunDir, derive_seed, read_json, read_pool, write_json,
+                          write_jsonl)
+from .llm import answer_pool, run_client
+from .models import ensure_server, resolve_hf_model
 from .stats import paired_diff_ci
 from .train import launch_training, mean_nll, plot_loss
 
 # %% auto #0
-__all__ = ['usable_answers', 'sft_record', 'split_heldout', 'resolve_student', 'starting_student', 'heldout_nll', 'nll_change',
-           'teacher_answers', 'run_imitation', 'describe_summary', 'plot_nll']
+__all__ = ['usable_answers', 'sft_record', 'split_heldout', 'sft_data', 'resolve_student', 'starting_student', 'heldout_nll',
+           'nll_change', 'teacher_answers', 'answers_for_training', 'nll_before', 'imitation_summary', 'run_imitation',
+           'describe_summary', 'plot_nll']
 
 # %% ../nbs/03_imitation.ipynb #a98ede72
-def usable_answers(answers: Sequence[Answer]) -> tuple[list[Answer], dict]:
+def usable_answers(answers: Sequence[Answer],  # the teacher's answers to the Train Pool
+                  ) -> tuple[list[Answer], dict]:
     "The teacher answers fit for training, and counts of those left out (failed calls, blank answers)."
     ok = [a for a in answers if a.status == 'done' and a.output.strip()]
-    return ok, {'answers': len(answers), 'usable': len(ok), 'failed': sum(a.status == 'failed' for a in answers),
+    return ok, {'answers': len(answers), 'usable': len(ok),
+                'failed': sum(a.status == 'failed' for a in answers),
                 'blank': sum(a.status == 'done' and not a.output.strip() for a in answers),
                 'cut_at_max_tokens': sum(a.finish_reason == 'length' for a in ok)}
 
@@ -31,38 +39,52 @@ def sft_record(a: Answer) -> dict:
     return {'id': a.id, 'instruction': a.instruction, 'input': a.input, 'output': a.output}
 
 # %% ../nbs/03_imitation.ipynb #62cf7eaf
-def split_heldout(records: Sequence[dict], fraction: float, seed: int, max_n: int = 64) -> tuple[list[dict], list[dict]]:
-    "Split SFT records into (train, held out): a seeded random `fraction` (at least 1, at most `max_n`) is held out."
+def split_heldout(records: Sequence[dict],  # SFT records
+                  fraction: float,  # the share held out (`train.heldout_fraction`)
+                  seed: int,  # the seed of the draw
+                  max_n: int = 64,  # at most this many held out (`train.heldout_max`)
+                 ) -> tuple[list[dict], list[dict]]:
+    "Split SFT records into (train, held out): a seeded `fraction` (at least 1, at most `max_n`) held out."
     n = len(records)
     k = 0 if fraction <= 0 or n < 2 else min(max_n, max(1, round(fraction * n)), n - 1)
     held = set(random.Random(seed).sample(range(n), k))
-    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+    return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]
 
 # %% ../nbs/03_imitation.ipynb #890b9155
-def resolve_student(name_or_path) -> Path:
-    "A Hugging Face checkpoint folder for a student name or path (the embedded name maps to its converted checkpoint)."
-    p = Path(name_or_path).expanduser()
-    if (p/'config.json').exists(): return p
-    try: from lion_nb.models import resolve_hf_model
-    except ImportError: raise LionError(f"student {name_or_path!r} is not a checkpoint folder (and lion_nb.models is not available)") from None
-    return Path(resolve_hf_model(name_or_path))
-
-# %% ../nbs/03_imitation.ipynb #7aa84f36
-def starting_student(cfg: Config, run: RunDir, iteration: int) -> tuple[Path, str]:
-    "The checkpoint iteration `iteration` fine-tunes, and where it comes from."
-    for j in range(iteration - 1, 0, -1):
-        prev = run.stage_dir(j, 'imitation')/'model'
-        if (prev/'config.json').exists(): return prev, f'iter_{j}/imitation/model'
-    spec = cfg.model_for('student')
-    if spec.backend not in ('hf', 'vllm'):   # vllm: a local checkpoint too, served by an engine for generation
-        raise LionError(f"the student must be a local checkpoint (backend 'hf' or 'vllm') to be fine-tuned, not {spec.backend!r}")
-    return resolve_student(spec.model), f'base student {spec.model}'
+def sft_data(cfg: Config, usable: Sequence[Answer], out: Path, k: int) -> tuple[list[dict], list[dict]]:
+    "Split the usable answers into training and held-out SFT records; write both to `out`."
+    seed = derive_seed(cfg.seed, 'heldout', k)
+    train, held = split_heldout([sft_record(a) for a in usable], cfg.train.heldout_fraction, seed,
+                                cfg.train.heldout_max)
+    write_jsonl(out/'sft.jsonl', train)
+    write_jsonl(out/'heldout.jsonl', held)
+    return train, held
 
 # %% ../nbs/03_imitation.ipynb #2583d5c5
+def resolve_student(name_or_path) -> Path:
+    "A Hugging Face checkpoint folder for a student name or path (the embedded one: its converted copy)."
+    p = Path(name_or_path).expanduser()
+    if (p/'config.json').exists(): return p
+    return Path(resolve_hf_model(name_or_path))
+
+# %% ../nbs/03_imitation.ipynb #a87efc09
+def starting_student(cfg: Config,  # the run's configuration (the base student is its `student` role)
+                     run: RunDir,  # the run directory
+                     k: int,  # the iteration about to fine-tune
+                    ) -> tuple[Path, str]:
+    "The checkpoint iteration `k` fine-tunes, and where it comes from."
+    for j in range(k - 1, 0, -1):
+        if (run.student(j)/'config.json').exists(): return run.student(j), f'iter_{j}/imitation/model'
+    spec = cfg.model_for('student')
+    if spec.backend not in ('hf', 'vllm'):   # vllm: a local checkpoint too, served by an engine
+        raise LionError(f"the student must be a local checkpoint (backend 'hf' or 'vllm') to be fine-tuned, "
+                        f"not {spec.backend!r}")
+    return resolve_student(spec.model), f'base student {spec.model}'
+
+# %% ../nbs/03_imitation.ipynb #7e7dcb82
 def heldout_nll(model, records: Sequence[dict], cfg: Config) -> Optional[dict]:
-    "Mean NLL per answer token of `model` (a checkpoint folder) on held-out SFT records; None when there are none."
+    "Mean NLL per answer token of `model` (a checkpoint folder) on held-out SFT records (None if none)."
     if not records: return None
-    import math
     r = mean_nll(model, model, records, max_length=cfg.train.max_length, template=cfg.train.template)
     gc.collect()
     return {**r, 'ppl': math.exp(r['nll'])}
@@ -76,68 +98,90 @@ def nll_change(before: Optional[dict], after: Optional[dict]) -> Optional[dict]:
     return paired_diff_ci(ratio, [a[:, 0], a[:, 1]], [b[:, 0], b[:, 1]]).as_dict(digits=4)
 
 # %% ../nbs/03_imitation.ipynb #d984846d
-def teacher_answers(cfg: Config, run: RunDir, iteration: int) -> list[Answer]:
-    "The teacher's answer to every Train Pool instruction (resumable; appended to teacher_answers.jsonl)."
-    from lion_nb.llm import answer_pool, run_client
-    pool = read_pool(run.pool(iteration, 'train'))
-    if cfg.model_for('teacher').backend == 'embedded':       # start (or reuse) the local llama.cpp server up front
-        from lion_nb.models import ensure_server
-        ensure_server()
-    client = run_client(cfg, run, 'teacher', stage='imitation', iteration=iteration)
-    return answer_pool(pool, client, run.stage_dir(iteration, 'imitation')/'teacher_answers.jsonl', role='teacher',
+def teacher_answers(cfg: Config, run: RunDir, k: int) -> list[Answer]:
+    "The teacher's answer to every Train Pool instruction of iteration `k` (resumable)."
+    pool = read_pool(run.pool(k, 'train'))
+    if cfg.model_for('teacher').backend == 'embedded': ensure_server()    # the local llama.cpp server first
+    client = run_client(cfg, run, 'teacher', stage='imitation', iteration=k)
+    return answer_pool(pool, client, run.stage_dir(k, 'imitation')/'teacher_answers.jsonl', role='teacher',
                        temperature=cfg.sampling.teacher_temperature, max_tokens=cfg.sampling.max_new_tokens,
-                       seed=cfg.seed, iteration=iteration, stage='imitation', desc=f'iter {iteration}: teacher answers')
+                       seed=cfg.seed, iteration=k, stage='imitation', desc=f'iter {k}: teacher answers')
 
 # %% ../nbs/03_imitation.ipynb #d51b8c93
-def run_imitation(cfg: Config, run_dir, iteration: int, *, heldout_fraction: float = 0.25, heldout_max: int = 64,
-                  nproc: Optional[int] = None, max_steps: Optional[int] = None, keep_checkpoints: bool = False,
-                  echo=print) -> dict:
-    "Teacher answers on the Train Pool, SFT of the student with torchrun, held-out NLL before and after; returns the summary."
-    run = RunDir(Path(run_dir).resolve())
-    if run.is_done(iteration, 'imitation'): return read_json(run.done_file(iteration, 'imitation'))
-    out = run.stage_dir(iteration, 'imitation'); out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-
-    # 1. the teacher answers every Train Pool instruction
-    answers = teacher_answers(cfg, run, iteration)
-    usable, counts = usable_answers(answers)
-    if not usable: raise LionError(f"iteration {iteration}: no usable teacher answer ({counts['failed']} failed, {counts['blank']} blank); see {out/'teacher_answers.jsonl'}")
-    echo(f"teacher: {counts['usable']} usable answers of {counts['answers']} ({counts['failed']} failed, {counts['blank']} blank: left out)")
-
-    # 2. SFT data, with a few answers held out for the distillation signal
-    train, held = split_heldout([sft_record(a) for a in usable], heldout_fraction, derive_seed(cfg.seed, 'heldout', iteration), heldout_max)
-    write_jsonl(out/'sft.jsonl', train); write_jsonl(out/'heldout.jsonl', held)
-
-    # 3. the student before, the training run, the student after
-    student, origin = starting_student(cfg, run, iteration)
-    nll = read_json(out/'nll.json') if (out/'nll.json').exists() else {}
-    if 'before' not in nll:
-        nll = {'before': heldout_nll(student, held, cfg)}; write_json(out/'nll.json', nll)
-    t_train = time.time()
-    model = launch_training(out/'sft.jsonl', student, out, cfg.train, nproc or cfg.train.nproc,
-                            seed=derive_seed(cfg.seed, 'imitation', iteration), max_steps=max_steps, echo=echo)
-    t_train = time.time() - t_train
-    nll['after'] = heldout_nll(model, held, cfg); write_json(out/'nll.json', nll)
-
-    train_summary = read_json(out/'train_summary.json') if (out/'train_summary.json').exists() else {}
-    if not keep_checkpoints: shutil.rmtree(out/'checkpoints', ignore_errors=True)
-    summary = {'iteration': iteration, 'student_from': origin, 'model': str(model), **counts,
-               'train_examples': len(train), 'heldout_examples': len(held),
-               'nll_before': nll['before'] and nll['before']['nll'], 'nll_after': nll['after'] and nll['after']['nll'],
-               'nll_change': nll_change(nll['before'], nll['after']),
-               'train_tokens_per_s': train_summary.get('tokens_per_s'), 'train_steps': train_summary.get('steps'),
-               'train_wall_s': round(t_train, 1), 'stage_wall_s': round(time.time() - t0, 1)}
-    write_json(out/'summary.json', summary)
-    run.mark_done(iteration, 'imitation', **summary)
-    return {**summary, 'stage': 'imitation'}
+def answers_for_training(cfg: Config, run: RunDir, k: int, echo=print) -> tuple[list[Answer], dict]:
+    "The teacher's usable answers on iteration `k`'s Train Pool and the counts; fails when there is none."
+    usable, counts = usable_answers(teacher_answers(cfg, run, k))
+    where = run.stage_dir(k, 'imitation')/'teacher_answers.jsonl'
+    if not usable:
+        raise LionError(f"iteration {k}: no usable teacher answer ({counts['failed']} failed, "
+                        f"{counts['blank']} blank); see {where}")
+    echo(f"teacher: {counts['usable']} usable answers of {counts['answers']} "
+         f"({counts['failed']} failed, {counts['blank']} blank: left out)")
+    return usable, counts
 
 # %% ../nbs/03_imitation.ipynb #555cbd92
-def describe_summary(s: dict) -> str:
+def nll_before(student: Path, held: Sequence[dict], cfg: Config, out: Path) -> dict:
+    "`nll.json` with the held-out NLL of the student before training (measured unless already recorded)."
+    nll = read_json(out/'nll.json') if (out/'nll.json').exists() else {}
+    if 'before' not in nll:
+        nll = {'before': heldout_nll(student, held, cfg)}
+        write_json(out/'nll.json', nll)
+    return nll
+
+# %% ../nbs/03_imitation.ipynb #ca133ea0
+def imitation_summary(k: int, origin: str, model: Path, counts: dict, train: list, held: list, nll: dict,
+                      out: Path, t_train: float, t0: float) -> dict:
+    "The imitation stage's summary (also written to `summary.json`)."
+    train_summary = read_json(out/'train_summary.json') if (out/'train_summary.json').exists() else {}
+    before, after = nll['before'], nll['after']
+    return {'iteration': k, 'student_from': origin, 'model': str(model), **counts,
+            'train_examples': len(train), 'heldout_examples': len(held),
+            'nll_before': before and before['nll'], 'nll_after': after and after['nll'],
+            'nll_change': nll_change(before, after),
+            'train_tokens_per_s': train_summary.get('tokens_per_s'),
+            'train_steps': train_summary.get('steps'),
+            'train_wall_s': round(t_train, 1), 'stage_wall_s': round(time.time() - t0, 1)}
+
+# %% ../nbs/03_imitation.ipynb #86cc1cb2
+def run_imitation(cfg: Config,  # the run's configuration
+                  run: RunDir,  # the run directory
+                  k: int,  # the iteration whose Train Pool the student learns
+                  *, echo=print,  # where progress lines go (the training log included)
+                 ) -> dict:
+    "Teacher answers on the Train Pool, SFT of the student, held-out NLL before and after; the summary."
+    run = RunDir(run.root.resolve())
+    if run.is_done(k, 'imitation'): return read_json(run.done_file(k, 'imitation'))
+    out = run.stage_dir(k, 'imitation')
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    usable, counts = answers_for_training(cfg, run, k, echo)      # 1. the teacher answers the Train Pool
+    train, held = sft_data(cfg, usable, out, k)                    # 2. SFT data, a few answers held out
+    student, origin = starting_student(cfg, run, k)                # 3. the student before...
+    nll = nll_before(student, held, cfg, out)
+    t_train = time.time()                                          # ...the training run...
+    model = launch_training(out/'sft.jsonl', student, out, cfg.train, cfg.train.nproc,
+                            seed=derive_seed(cfg.seed, 'imitation', k), echo=echo)
+    t_train = time.time() - t_train
+    nll['after'] = heldout_nll(model, held, cfg)                   # ...and the student after
+    write_json(out/'nll.json', nll)
+    summary = imitation_summary(k, origin, model, counts, train, held, nll, out, t_train, t0)
+    shutil.rmtree(out/'checkpoints', ignore_errors=True)
+    write_json(out/'summary.json', summary)
+    run.mark_done(k, 'imitation', **summary)
+    return {**summary, 'stage': 'imitation'}
+
+# %% ../nbs/03_imitation.ipynb #06ef8b56
+def describe_summary(s: dict,  # what `run_imitation` returned
+                    ) -> str:
     "A few lines for people: data used, held-out NLL before and after, training speed."
     f = lambda x, d=3: '-' if x is None else f'{x:.{d}f}'
     lines = [f"iteration {s['iteration']}: student from {s['student_from']}",
-             f"teacher answers: {s['usable']} usable of {s['answers']} ({s['failed']} failed, {s['blank']} blank, {s['cut_at_max_tokens']} cut at max_tokens)",
-             f"trained on {s['train_examples']}, held out {s['heldout_examples']}; {s.get('train_steps')} steps at {f(s.get('train_tokens_per_s'), 0)} tokens/s"]
+             f"teacher answers: {s['usable']} usable of {s['answers']} "
+             f"({s['failed']} failed, {s['blank']} blank, "
+             f"{s['cut_at_max_tokens']} cut at max_tokens)",
+             f"trained on {s['train_examples']}, held out {s['heldout_examples']}; "
+             f"{s.get('train_steps')} steps "
+             f"at {f(s.get('train_tokens_per_s'), 0)} tokens/s"]
     if s.get('nll_before') is not None:
         ch = s.get('nll_change') or {}
         ci = f" [{ch['lo']:+.3f}, {ch['hi']:+.3f}]" if ch.get('lo') is not None else ''
@@ -145,13 +189,15 @@ def describe_summary(s: dict) -> str:
                      f"({f(s['nll_after'] - s['nll_before'], 3)}{ci}, paired 95% interval)")
     return '\n'.join(lines)
 
-# %% ../nbs/03_imitation.ipynb #ca133ea0
-def plot_nll(s: dict, ax=None):
+# %% ../nbs/03_imitation.ipynb #abe79585
+def plot_nll(s: dict,  # what `run_imitation` returned
+             ax=None,  # the matplotlib axes to draw on (default: a new figure)
+            ):
     "Bar chart of the held-out NLL before and after training."
-    import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(3.5, 3))
     vals = [s['nll_before'], s['nll_after']]
     ax.bar(['before', 'after'], vals, color=['#999999', '#3b7dd8'])
     for i, v in enumerate(vals): ax.text(i, v, f'{v:.3f}', ha='center', va='bottom')
-    ax.set_ylabel('held-out NLL per answer token'); ax.set_title(f"iteration {s['iteration']}")
+    ax.set_ylabel('held-out NLL per answer token')
+    ax.set_title(f"iteration {s['iteration']}")
     return ax

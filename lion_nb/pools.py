@@ -9,60 +9,76 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
+from matplotlib.figure import Figure
+
 from .core import (Config, InputError, Instruction, LionError, Provenance, RunDir, STAGES, derive_seed,
                           load_config, parse_config, read_json, read_pool, write_jsonl)
 from .data import VICUNA_CATEGORIES, data_root, demo_instructions, load_alpaca
 
 # %% auto #0
 __all__ = ['CATEGORIES', 'CATEGORY_RULES', 'is_fermi', 'categorize', 'load_dataset', 'normalize_text', 'dedup_key',
-           'drop_duplicates', 'split_pools', 'with_overrides', 'run_pools', 'pools_table', 'plot_categories',
-           'pools_cli']
+           'drop_duplicates', 'split_pools', 'with_overrides', 'existing_pools', 'write_pools', 'run_pools',
+           'pools_table', 'plot_categories', 'pools_cli']
 
 # %% ../nbs/02_pools.ipynb #b9356338
 CATEGORIES = VICUNA_CATEGORIES
 
-_COUNTERFACTUAL = (r"\bwhat (if|would (have )?happen(ed)? if|might have happened if|would (change|be different) if)\b"
-                   r"|\bwhat would (the world|life|\w+ life|history) (be|look) like if\b"
-                   r"|\bif \w+(\s\w+){0,6} had (never |not )?(been|\w+ed)\b|\bhad (never|not) been (invented|discovered)\b")
-_CODING = (r"\b(python|javascript|typescript|java|c\+\+|c#|golang|rust|ruby|php|swift|kotlin|sql|html|css|bash|regex"
-           r"|regular expressions?|(source|python|this|the following|following|my|your|some|sample|example) code"
-           r"|code (snippet|that|to|which|for)|coding|program (that|to|which)|write a program|programming|programmer"
-           r"|algorithms?|compiler?|debug\w*|(shell|python|bash) script|api|json|xml|recursion|recursive|linked list"
-           r"|data structures?|git|stack overflow|function (that|to|which)|write a function|implement|list comprehension"
-           r"|for loop|while loop|variable|syntax)\b|def \w+\(|#include|</?(html|div|span|p|a|body|head|script|style|table|tr|td|ul|ol|li|h[1-6]|br|img|form|input|button)\b[^>]*>|\bprint\(|(?-i:\bSELECT\b)")
-_ROLEPLAY = (r"\b(pretend|act as|acting as|play the role|role-?play|imagine (that )?you( a|')re|imagine yourself|if you were an?"
-             r"|you are an?|you're an?|in the voice of|yourself as an?|(reply|respond|answer|speak|talk)( to [\w ]+)? as an?"
-             r"|in character|as an? [a-z\- ]{2,40}, (how|what|describe|write|explain))\b|^as an? [a-z\- ]{2,40},")
-_MATH = (r"\b(calculate|compute|solve|equation|arithmetic|algebra|geometry|calculus|derivative|integral|probability|percent"
-         r"|percentage|average speed|average of|mean of|median|sum of|product of|square root|factorial|prime|fraction|ratio"
-         r"|perimeter|area of|volume of|circumference|radius|diameter|hypotenuse|length of the segment|slope|coordinates"
-         r"|polynomial|logarithm|exponent|multiplied|divided|divisible|simplify|measurements?|units?|how much do"
-         r"|how much does \d|how many \w+ (are left|does \w+ have left|in total))\b"
-         r"|\d\s*[+*/×÷^=]\s*\d|\d\s+-\s+\d|\d+\s*(plus|minus|times|divided by)\s*\d|\b[xyz]\s*[=+]|\bsolve for\b|\d\s*%"
-         r"|\(\s*-?\d+\s*,\s*-?\d+\s*\)|\d[^?]*\bhow (many|much)\b|\bhow (many|much)\b[^?]*\d|\bconvert\w*\b[^.?!]*\d|\d[^.?!]*\b(to|into|in) (celsius|fahrenheit|kelvin|miles"
-         r"|km|kilomet\w+|met(er|re)s|feet|inches|pounds|kg|kilograms|grams|ounces|lit(er|re)s|gallons|minutes|hours|seconds)\b")
-_COMMON_SENSE = (r"\b(how (can|could|would|do) you (tell|determine|know|assess|judge|recogni[sz]e)|why (might|would|do|does)"
-                 r" (someone|people|some people|a person|one)|why (might|would) a|is it (safe|wise|a good idea|a moral|more important|better)"
-                 r"|in what situations?|what are some (subtle )?(clues|signs)|when should you|what would you do (first )?if|most likely"
-                 r"|moral obligation|morally|clues?|signs? (of|that))\b")
-_WRITING = (r"\b(write|compose|draft|rewrite|re-write|paraphrase|rephrase|summari[sz]e|summary|story|stories|poem|poetry|haiku"
-            r"|limerick|sonnet|essay|letter|e-?mail|blog|article|slogan|tagline|headline|tweet|speech|lyrics|song|script"
-            r"|proofread|edit|revise|grammar|cover letter|caption|product description|proposal|sentence|paragraph|title for"
-            r"|formal|informal|tone|synonyms?|antonyms?|translate)\b")
-_GENERIC = (r"\b(how (can|do|should) i|tips?|advice|ways to|strateg(y|ies)|how to|suggest|recommend|ideas? for|best way"
-            r"|should i|help me|habits?|routine|improve|productiv\w*|motivat\w*|goal|plan for|prepare for)\b")
+_COUNTERFACTUAL = (r"\bwhat (if|would (have )?happen(ed)? if|might have happened if|would (change"
+                   r"|be different) if)\b|\bwhat would (the world|life|\w+ life|history) (be|look) like if\b"
+                   r"|\bif \w+(\s\w+){0,6} had (never |not )?(been|\w+ed)\b|\bhad (never|not) been (invented"
+                   r"|discovered)\b")
+_CODING = (r"\b(python|javascript|typescript|java|c\+\+|c#|golang|rust|ruby|php|swift|kotlin|sql|html|css"
+           r"|bash|regex|regular expressions?|(source|python|this|the following|following|my|your|some|sample"
+           r"|example) code|code (snippet|that|to|which|for)|coding|program (that|to|which)|write a program"
+           r"|programming|programmer|algorithms?|compiler?|debug\w*|(shell|python|bash) script|api|json|xml"
+           r"|recursion|recursive|linked list|data structures?|git|stack overflow|function (that|to|which)"
+           r"|write a function|implement|list comprehension|for loop|while loop|variable|syntax)\b|def \w+\("
+           r"|#include|</?(html|div|span|p|a|body|head|script|style|table|tr|td|ul|ol|li|h[1-6]|br|img|form"
+           r"|input|button)\b[^>]*>|\bprint\(|(?-i:\bSELECT\b)")
+_ROLEPLAY = (r"\b(pretend|act as|acting as|play the role|role-?play|imagine (that )?you( a|')re"
+             r"|imagine yourself|if you were an?|you are an?|you're an?|in the voice of|yourself as an?"
+             r"|(reply|respond|answer|speak|talk)( to [\w ]+)? as an?|in character"
+             r"|as an? [a-z\- ]{2,40}, (how|what|describe|write|explain))\b|^as an? [a-z\- ]{2,40},")
+_MATH = (r"\b(calculate|compute|solve|equation|arithmetic|algebra|geometry|calculus|derivative|integral"
+         r"|probability|percent|percentage|average speed|average of|mean of|median|sum of|product of"
+         r"|square root|factorial|prime|fraction|ratio|perimeter|area of|volume of|circumference|radius"
+         r"|diameter|hypotenuse|length of the segment|slope|coordinates|polynomial|logarithm|exponent"
+         r"|multiplied|divided|divisible|simplify|measurements?|units?|how much do|how much does \d"
+         r"|how many \w+ (are left|does \w+ have left|in total))\b|\d\s*[+*/×÷^=]\s*\d|\d\s+-\s+\d"
+         r"|\d+\s*(plus|minus|times|divided by)\s*\d|\b[xyz]\s*[=+]|\bsolve for\b|\d\s*%"
+         r"|\(\s*-?\d+\s*,\s*-?\d+\s*\)|\d[^?]*\bhow (many|much)\b|\bhow (many|much)\b[^?]*\d"
+         r"|\bconvert\w*\b[^.?!]*\d|\d[^.?!]*\b(to|into|in) (celsius|fahrenheit|kelvin|miles|km|kilomet\w+"
+         r"|met(er|re)s|feet|inches|pounds|kg|kilograms|grams|ounces|lit(er|re)s|gallons|minutes|hours"
+         r"|seconds)\b")
+
+# %% ../nbs/02_pools.ipynb #980270dc
+_COMMON_SENSE = (r"\b(how (can|could|would|do) you (tell|determine|know|assess|judge|recogni[sz]e)|why (might"
+                 r"|would|do|does) (someone|people|some people|a person|one)|why (might|would) a|is it (safe"
+                 r"|wise|a good idea|a moral|more important|better)|in what situations?"
+                 r"|what are some (subtle )?(clues|signs)|when should you|what would you do (first )?if"
+                 r"|most likely|moral obligation|morally|clues?|signs? (of|that))\b")
+_WRITING = (r"\b(write|compose|draft|rewrite|re-write|paraphrase|rephrase|summari[sz]e|summary|story|stories"
+            r"|poem|poetry|haiku|limerick|sonnet|essay|letter|e-?mail|blog|article|slogan|tagline|headline"
+            r"|tweet|speech|lyrics|song|script|proofread|edit|revise|grammar|cover letter|caption"
+            r"|product description|proposal|sentence|paragraph|title for|formal|informal|tone|synonyms?"
+            r"|antonyms?|translate)\b")
+_GENERIC = (r"\b(how (can|do|should) i|tips?|advice|ways to|strateg(y|ies)|how to|suggest|recommend"
+            r"|ideas? for|best way|should i|help me|habits?|routine|improve|productiv\w*|motivat\w*|goal"
+            r"|plan for|prepare for)\b")
 _KNOWLEDGE = (r"\b(what (is|are|was|were|causes|does)|who (is|was|were|\w+ed|wrote)|when (did|was|were)"
-              r"|where (is|was|are|do)|which|explain|describe|define|definition|meaning of|history|science|scientific"
-              r"|differences? between|compare|contrast|classify|categori[sz]e|identify|name (the|a|an|three|two|some|five|\w+ examples)"
-              r"|list|examples? of|capital|how (many|much)|why (is|are|does|do|did)|how (does|do|did) \w+|facts?|theory)\b")
-
+              r"|where (is|was|are|do)|which|explain|describe|define|definition|meaning of|history|science"
+              r"|scientific|differences? between|compare|contrast|classify|categori[sz]e|identify|name (the|a"
+              r"|an|three|two|some|five|\w+ examples)|list|examples? of|capital|how (many|much)|why (is|are"
+              r"|does|do|did)|how (does|do|did) \w+|facts?|theory)\b")
 _FERMI_ASK = r"\b(how (many|much)|estimate|approximately|roughly|ballpark|order of magnitude)\b"
-_FERMI_SCALE = (r"\b(world|worldwide|globally|global|earth|planet|lifetime|life|history|ever|every day|each day|daily"
-                r"|per (day|year|hour|minute|second)|in a (day|year|week|minute|hour|typical)|typical|average|all the"
-                r"|would it take|since|country|city|cities|population|at this moment|right now|estimate|roughly|approximately"
-                r"|ballpark|atoms?|molecules?|grains?|drops?|hairs?|cells|stars|snowflakes|leaves|blades)\b")
+_FERMI_SCALE = (r"\b(world|worldwide|globally|global|earth|planet|lifetime|life|history|ever|every day"
+                r"|each day|daily|per (day|year|hour|minute|second)|in a (day|year|week|minute|hour|typical)"
+                r"|typical|average|all the|would it take|since|country|city|cities|population|at this moment"
+                r"|right now|estimate|roughly|approximately|ballpark|atoms?|molecules?|grains?|drops?|hairs?"
+                r"|cells|stars|snowflakes|leaves|blades)\b")
 
-CATEGORY_RULES: list[tuple[str, str]] = [   # (category, regex) in the order they are tried; 'fermi' is two regexes, see is_fermi
+# %% ../nbs/02_pools.ipynb #bc58c26f
+CATEGORY_RULES: list[tuple[str, str]] = [   # (category, regex) in the order they are tried; fermi: is_fermi
     ('counterfactual', _COUNTERFACTUAL), ('coding', _CODING), ('fermi', _FERMI_ASK + ' & ' + _FERMI_SCALE),
     ('roleplay', _ROLEPLAY), ('math', _MATH), ('common-sense', _COMMON_SENSE), ('writing', _WRITING),
     ('generic', _GENERIC), ('knowledge', _KNOWLEDGE)]
@@ -71,12 +87,15 @@ _FERMI = (re.compile(_FERMI_ASK, re.I), re.compile(_FERMI_SCALE, re.I))
 _UNIT_ONE = re.compile(r"\b(one|1)[- ](lit(er|re)|year|day|hour|minute|second|person)\b", re.I)
 
 def is_fermi(text: str) -> bool:
-    "A Fermi question: asks how many/much (or to estimate) of a large or vague quantity, and gives no numbers."
-    return bool(_FERMI[0].search(text) and _FERMI[1].search(text) and not re.search(r'\d', _UNIT_ONE.sub('', text)))
+    "A Fermi question: asks how many/much (or to estimate) of a large or vague quantity; gives no numbers."
+    no_numbers = not re.search(r'\d', _UNIT_ONE.sub('', text))
+    return bool(_FERMI[0].search(text) and _FERMI[1].search(text) and no_numbers)
 
-# %% ../nbs/02_pools.ipynb #980270dc
-def categorize(instruction: str, input: str = '') -> str:
-    "One of the nine Vicuna categories for an instruction, by the ordered keyword rules above (fallback 'generic')."
+# %% ../nbs/02_pools.ipynb #6ec45e07
+def categorize(instruction: str,  # the instruction's text
+               input: str = '',  # its input, if any (only the coding rule reads it)
+              ) -> str:
+    "One of the nine Vicuna categories for an instruction, by the ordered keyword rules (fallback 'generic')."
     text = ' '.join(instruction.split())
     for cat, _ in CATEGORY_RULES:
         if cat == 'fermi': hit = is_fermi(text)
@@ -87,7 +106,7 @@ def categorize(instruction: str, input: str = '') -> str:
 
 # %% ../nbs/02_pools.ipynb #5971dc82
 def load_dataset(dataset: str, cfg: Optional[Config] = None, root=None) -> tuple[list[Instruction], str]:
-    "The instructions of `dataset` ('demo', 'alpaca', or a path to a .json/.jsonl file) and a description of where they came from."
+    "The instructions of `dataset` ('demo', 'alpaca', or a .json/.jsonl path) and where they came from."
     if dataset == 'demo':
         return demo_instructions(), "lion_nb's demo instructions"
     if dataset == 'alpaca':
@@ -95,8 +114,8 @@ def load_dataset(dataset: str, cfg: Optional[Config] = None, root=None) -> tuple
         return recs, f"Alpaca 52K from {data_root(root, cfg)}"
     path = Path(dataset).expanduser()
     if path.suffix not in ('.json', '.jsonl'):
-        raise LionError(f"pools.dataset is {dataset!r}: use 'demo', 'alpaca', or a path to a .json file in Alpaca's "
-                        "format or a .jsonl file of instruction records")
+        raise LionError(f"pools.dataset is {dataset!r}: use 'demo', 'alpaca', or a path to a .json file in "
+                        "Alpaca's format or a .jsonl file of instruction records")
     if not path.exists(): raise InputError(path, None, "dataset file not found (pools.dataset)")
     recs = load_alpaca(path, source=path.stem) if path.suffix == '.json' else read_pool(path)
     return recs, str(path)
@@ -112,24 +131,34 @@ def dedup_key(rec: Instruction) -> tuple[str, str]:
     return normalize_text(rec.instruction), normalize_text(rec.input)
 
 # %% ../nbs/02_pools.ipynb #efe5773b
-def drop_duplicates(recs: list[Instruction]) -> tuple[list[Instruction], list[tuple[str, str]]]:
-    "Keep the first of each group of exact duplicates; return the kept records and `(dropped id, kept id)` pairs."
+def drop_duplicates(recs: list[Instruction],  # the dataset's instructions, in order
+                   ) -> tuple[list[Instruction], list[tuple[str, str]]]:
+    "Keep the first of each group of exact duplicates; return the kept records and (dropped, kept) id pairs."
     first, kept, dropped = {}, [], []
     for r in recs:
         k = dedup_key(r)
-        if k in first: dropped.append((r.id, first[k]))
-        else: first[k] = r.id; kept.append(r)
+        if k in first:
+            dropped.append((r.id, first[k]))
+        else:
+            first[k] = r.id
+            kept.append(r)
     return kept, dropped
 
 # %% ../nbs/02_pools.ipynb #8a3c0e32
-def split_pools(recs: list[Instruction], train_size: int, cache_size: int, reserve_size: int, seed: int) -> dict:
-    "Sample the Train and Cache Pools (nested; identical for equal sizes) and a disjoint reserve, in the records' original order."
+def split_pools(recs: list[Instruction],  # the distinct instructions
+                train_size: int,  # the Train Pool's size (more than there are: all of them)
+                cache_size: int,  # the Cache Pool's size (likewise)
+                reserve_size: int,  # instructions held out of both pools
+                seed: int,  # the seed of the one shuffle
+               ) -> dict:
+    "Sample the Train and Cache Pools (nested; identical for equal sizes) and a disjoint reserve, in order."
     n = len(recs)
     if n == 0: raise LionError("the dataset has no instructions")
     if reserve_size >= n:
-        raise LionError(f"pools.reserve_size is {reserve_size}, but the dataset has only {n} distinct instructions; "
-                        "leave some for the pools")
-    order = list(range(n)); random.Random(seed).shuffle(order)
+        raise LionError(f"pools.reserve_size is {reserve_size}, but the dataset has only {n} distinct "
+                        "instructions; leave some for the pools")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
     rest, reserve = order[:n - reserve_size], order[n - reserve_size:]
     pick = lambda idx: [recs[i] for i in sorted(idx)]
     return {'train': pick(rest[:train_size]), 'cache': pick(rest[:cache_size]), 'reserve': pick(reserve),
@@ -140,7 +169,8 @@ def with_overrides(cfg: Config, *, dataset=None, train_size=None, cache_size=Non
                    seed=None, data_dir=None) -> Config:
     "`cfg` with the given pools settings (and seed / data_dir) replaced, validated again."
     obj = cfg.model_dump(mode='json')
-    for k, v in dict(dataset=dataset, train_size=train_size, cache_size=cache_size, reserve_size=reserve_size).items():
+    sizes = dict(dataset=dataset, train_size=train_size, cache_size=cache_size, reserve_size=reserve_size)
+    for k, v in sizes.items():
         if v is not None: obj['pools'][k] = v
     if seed is not None: obj['seed'] = seed
     if data_dir is not None: obj['data_dir'] = str(data_dir)
@@ -153,8 +183,25 @@ def _settings(cfg: Config) -> dict:
             'reserve_size': p.reserve_size, 'seed': derive_seed(cfg.seed, 'pools')}
 
 # %% ../nbs/02_pools.ipynb #61319e83
+def existing_pools(run: RunDir, settings: dict, force: bool = False) -> Optional[dict]:
+    "The summary of pools already built with `settings` (and no `force`); None: build them; or refuse."
+    if not run.is_done(1, 'pools'): return None
+    done = read_json(run.done_file(1, 'pools'))
+    old = done.get('settings', {})
+    if done.get('settings') == settings and not force: return done
+    later = [s for s in STAGES[1:] if run.is_done(1, s)]
+    if later:
+        raise LionError(f"iteration 1's pools in {run.root} were already used by {', '.join(later)}; "
+                        "start a new run directory instead of rebuilding them")
+    if not force:
+        diff = ', '.join(f'{k}: {old.get(k)!r} -> {v!r}' for k, v in settings.items() if old.get(k) != v)
+        raise LionError(f"iteration 1's pools in {run.root} were built with other settings ({diff}); "
+                        "use force to rebuild them")
+    return None
+
+# %% ../nbs/02_pools.ipynb #c802dd65
 def _stamp(recs: list[Instruction], seed: int, cats: dict[str, str]) -> list[Instruction]:
-    "Records with iteration-1 provenance, and a category from the keyword rule (memoised in `cats` by id) where they had none."
+    "Records with iteration-1 provenance, and a category from the keyword rule (memoised in `cats` by id)."
     out = []
     for r in recs:
         upd = {'prov': Provenance(iteration=1, stage='pools', seed=seed, kind='seed')}
@@ -164,33 +211,40 @@ def _stamp(recs: list[Instruction], seed: int, cats: dict[str, str]) -> list[Ins
         out.append(r.model_copy(update=upd))
     return out
 
-# %% ../nbs/02_pools.ipynb #c802dd65
-def run_pools(cfg: Config, run_dir, iteration: int = 1, *, force: bool = False) -> dict:
-    "Build iteration 1's Train and Cache Pools (and reserve) under `run_dir`; return the summary it records."
-    if iteration != 1:
-        raise LionError(f"pools are built for iteration 1 only (asked for {iteration}); later pools come from the generation stage")
-    rd, settings = RunDir(run_dir), _settings(cfg)
-    if rd.is_done(1, 'pools'):
-        done = read_json(rd.done_file(1, 'pools'))
-        if done.get('settings') == settings and not force: return {**done, 'skipped': True}
-        later = [s for s in STAGES[1:] if rd.is_done(1, s)]
-        if later:
-            raise LionError(f"iteration 1's pools in {rd.root} were already used by {', '.join(later)}; "
-                            "start a new run directory instead of rebuilding them")
-        if not force:
-            diff = {k: (done.get('settings', {}).get(k), v) for k, v in settings.items() if done.get('settings', {}).get(k) != v}
-            raise LionError(f"iteration 1's pools in {rd.root} were built with other settings "
-                            f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); use force to rebuild them")
+# %% ../nbs/02_pools.ipynb #5cb8c2fd
+def write_pools(run: RunDir, pools: dict) -> dict:
+    "Write iteration 1's Train Pool, Cache Pool and reserve (if any); return their paths."
+    paths = {'train': run.pool(1, 'train'), 'cache': run.pool(1, 'cache'), 'reserve': run.reserve(1)}
+    if pools['reserve']:
+        write_jsonl(paths['reserve'], pools['reserve'])
+    else:
+        paths['reserve'].unlink(missing_ok=True)
+        del paths['reserve']
+    write_jsonl(paths['train'], pools['train'])
+    write_jsonl(paths['cache'], pools['cache'])
+    return paths
+
+# %% ../nbs/02_pools.ipynb #2cdd98af
+def run_pools(cfg: Config,  # the run's configuration: its `pools` section and seed
+              run: RunDir,  # the run directory
+              k: int = 1,  # the iteration: always 1 (later pools come from the generation stage)
+              *, force: bool = False,  # rebuild pools built with other settings (`lion_nb pools --force`)
+             ) -> dict:
+    "Build iteration 1's Train and Cache Pools (and reserve) in `run`; return the summary it records."
+    if k != 1:
+        raise LionError(f"pools are built for iteration 1 only (asked for {k}); "
+                        "later pools come from the generation stage")
+    settings = _settings(cfg)
+    done = existing_pools(run, settings, force)
+    if done is not None: return {**done, 'skipped': True}
     t0 = time.time()
     recs, origin = load_dataset(cfg.pools.dataset, cfg)
     kept, dropped = drop_duplicates(recs)
-    p = split_pools(kept, cfg.pools.train_size, cfg.pools.cache_size, cfg.pools.reserve_size, settings['seed'])
+    p = split_pools(kept, cfg.pools.train_size, cfg.pools.cache_size, cfg.pools.reserve_size,
+                    settings['seed'])
     by_rule: dict[str, str] = {}
     pools = {w: _stamp(p[w], settings['seed'], by_rule) for w in ('train', 'cache', 'reserve')}
-    paths = {'train': rd.pool(1, 'train'), 'cache': rd.pool(1, 'cache'), 'reserve': rd.pool(1, 'train').with_name('reserve.jsonl')}
-    if pools['reserve']: write_jsonl(paths['reserve'], pools['reserve'])
-    else: paths['reserve'].unlink(missing_ok=True); del paths['reserve']
-    write_jsonl(paths['train'], pools['train']); write_jsonl(paths['cache'], pools['cache'])
+    paths = write_pools(run, pools)
     cats = {w: dict(sorted(Counter(r.category or 'unknown' for r in pools[w]).items())) for w in pools}
     summary = {
         'settings': settings, 'source': origin, 'loaded': len(recs), 'duplicates_dropped': len(dropped),
@@ -199,41 +253,51 @@ def run_pools(cfg: Config, run_dir, iteration: int = 1, *, force: bool = False) 
         'identical': [r.id for r in pools['train']] == [r.id for r in pools['cache']],
         'capped': p['capped'], 'categorized_by_rule': len(by_rule), 'categories': cats,
         'paths': {k: str(v) for k, v in paths.items()}, 'seconds': round(time.time() - t0, 3)}
-    rd.mark_done(1, 'pools', **summary)
+    run.mark_done(1, 'pools', **summary)
     return {**summary, 'stage': 'pools', 'iteration': 1}
 
-# %% ../nbs/02_pools.ipynb #5cb8c2fd
-def pools_table(summary: dict) -> str:
+# %% ../nbs/02_pools.ipynb #72ff4d0e
+def pools_table(summary: dict,  # what `run_pools` returned
+               ) -> str:
     "A readable account of a pools summary: counts, duplicates, and categories."
     s = summary
     lines = [f"source: {s['source']}",
-             f"loaded {s['loaded']:,}, exact duplicates dropped {s['duplicates_dropped']:,}, distinct {s['distinct']:,}",
+             f"loaded {s['loaded']:,}, exact duplicates dropped {s['duplicates_dropped']:,}, "
+             f"distinct {s['distinct']:,}",
              f"Train Pool {s['train']:,}  Cache Pool {s['cache']:,}  reserve {s['reserve']:,}"
              + ("  (Train = Cache, as in the paper)" if s['identical'] else '')
              + ("  (sizes capped at the dataset)" if s['capped'] else ''),
-             f"seed {s['settings']['seed']}; categories set by the keyword rule: {s['categorized_by_rule']:,}", '']
-    cats = sorted({c for d in s['categories'].values() for c in d}, key=lambda c: -s['categories']['cache'].get(c, 0))
+             f"seed {s['settings']['seed']}; "
+             f"categories set by the keyword rule: {s['categorized_by_rule']:,}", '']
+    by_cache = lambda c: -s['categories']['cache'].get(c, 0)
+    cats = sorted({c for d in s['categories'].values() for c in d}, key=by_cache)
     w = max([len(c) for c in cats] + [8])
     lines.append(f"{'category':<{w}}  {'train':>7}  {'cache':>7}  {'reserve':>7}")
     for c in cats:
-        lines.append(f"{c:<{w}}  " + '  '.join(f"{s['categories'].get(k, {}).get(c, 0):>7,}" for k in ('train', 'cache', 'reserve')))
+        counts = (s['categories'].get(k, {}).get(c, 0) for k in ('train', 'cache', 'reserve'))
+        lines.append(f"{c:<{w}}  " + '  '.join(f"{n:>7,}" for n in counts))
     return '\n'.join(lines)
 
-# %% ../nbs/02_pools.ipynb #2cdd98af
-def plot_categories(summary: dict, path=None):
-    "Horizontal bars: each category's share (%) of the Train Pool, Cache Pool and reserve; saved to `path` if given."
-    from matplotlib.figure import Figure
+# %% ../nbs/02_pools.ipynb #e35c2379
+def plot_categories(summary: dict,  # what `run_pools` returned
+                    path=None,  # where to save the figure (PNG), if anywhere
+                   ) -> Figure:
+    "Horizontal bars: each category's share (%) of the Train Pool, Cache Pool and reserve; saved to `path`."
     cats = summary['categories']
     names = sorted({c for d in cats.values() for c in d}, key=lambda c: cats['cache'].get(c, 0))
     series = [(k, cats[k]) for k in ('train', 'cache', 'reserve') if sum(cats.get(k, {}).values())]
-    fig = Figure(figsize=(7, 0.35 * len(names) + 1.5)); ax = fig.subplots()
+    fig = Figure(figsize=(7, 0.35 * len(names) + 1.5))
+    ax = fig.subplots()
     h = 0.8 / len(series)
     for j, (k, d) in enumerate(series):
         tot = sum(d.values())
         ax.barh([i + ((len(series) - 1) / 2 - j) * h for i in range(len(names))],   # first series on top
                 [100 * d.get(c, 0) / tot for c in names], height=h, label=f"{k} ({tot:,})")
-    ax.set_yticks(range(len(names)), names); ax.set_xlabel('share of the pool (%)')
-    ax.set_title("Iteration 1's pools by category"); ax.legend(loc='lower right'); ax.grid(axis='x', alpha=0.3)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel('share of the pool (%)')
+    ax.set_title("Iteration 1's pools by category")
+    ax.legend(loc='lower right')
+    ax.grid(axis='x', alpha=0.3)
     fig.tight_layout()
     if path: fig.savefig(path, dpi=100)
     return fig
@@ -241,21 +305,26 @@ def plot_categories(summary: dict, path=None):
 # %% ../nbs/02_pools.ipynb #ca765d92
 def pools_cli(argv: list[str]) -> int:
     "`lion_nb pools`: build iteration 1's Train and Cache Pools of a run."
-    ap = argparse.ArgumentParser(prog='lion_nb pools', description="Build iteration 1's Train and Cache Pools from a dataset.")
+    ap = argparse.ArgumentParser(prog='lion_nb pools',
+                                 description="Build iteration 1's Train and Cache Pools from a dataset.")
     ap.add_argument('--config', required=True, help='the run configuration (YAML)')
     ap.add_argument('--run-dir', help='the run directory (default outputs/<config name>)')
     ap.add_argument('--dataset', help="'demo', 'alpaca', or a .json/.jsonl path (default: pools.dataset)")
-    ap.add_argument('--train-size', type=int); ap.add_argument('--cache-size', type=int)
-    ap.add_argument('--reserve-size', type=int); ap.add_argument('--seed', type=int, help='the run seed (default: seed)')
-    ap.add_argument('--data-dir', help='the folder of the public datasets (default: data_dir, else $LION_DATA_DIR)')
+    ap.add_argument('--train-size', type=int)
+    ap.add_argument('--cache-size', type=int)
+    ap.add_argument('--reserve-size', type=int)
+    ap.add_argument('--seed', type=int, help='the run seed (default: seed)')
+    ap.add_argument('--data-dir', help='the folder of the public datasets (default: data_dir, '
+                                       'else $LION_DATA_DIR)')
     ap.add_argument('--plot', action='store_true', help='also save the category overview as categories.png')
     ap.add_argument('--force', action='store_true', help='rebuild pools that were built with other settings')
     a = ap.parse_args(argv)
-    cfg = with_overrides(load_config(a.config), dataset=a.dataset, train_size=a.train_size, cache_size=a.cache_size,
-                         reserve_size=a.reserve_size, seed=a.seed, data_dir=a.data_dir)
-    run_dir = Path(a.run_dir) if a.run_dir else Path('outputs')/cfg.name
-    s = run_pools(cfg, run_dir, force=a.force)
+    cfg = with_overrides(load_config(a.config), dataset=a.dataset, train_size=a.train_size,
+                         cache_size=a.cache_size, reserve_size=a.reserve_size, seed=a.seed,
+                         data_dir=a.data_dir)
+    run = RunDir(Path(a.run_dir) if a.run_dir else Path('outputs')/cfg.name)
+    s = run_pools(cfg, run, force=a.force)
     print(("(already built with these settings)\n" if s.get('skipped') else '') + pools_table(s))
-    if a.plot: plot_categories(s, RunDir(run_dir).stage_dir(1, 'pools')/'categories.png')
-    print(f"written to {RunDir(run_dir).pool(1, 'train').parent}")
+    if a.plot: plot_categories(s, run.stage_dir(1, 'pools')/'categories.png')
+    print(f"written to {run.pool(1, 'train').parent}")
     return 0

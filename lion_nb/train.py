@@ -4,67 +4,96 @@
 
 # %% ../nbs/03a_train.ipynb #f024835d
 from __future__ import annotations
-import argparse, bisect, hashlib, json, math, os, random, re, resource, shlex, shutil, subprocess, sys, time
+import argparse, bisect, ctypes, hashlib, json, math, os, random, re, resource, shlex, shutil, signal
+import subprocess, sys, time
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import matplotlib.pyplot as plt
+import numpy as np
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+from tokenizers.models import BPE
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
+                                                     set_state_dict)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig,
+                          LlamaForCausalLM, PreTrainedTokenizerFast)
+from transformers.utils import logging as hf_logging
 
-from .stats import ratio_ci
 from .core import (InputError, JsonlLog, LionError, TrainConfig, derive_seed, iter_jsonl, load_config,
                           read_json, read_log, seed_everything, user_message, write_json, write_jsonl)
+from .llm import checkpoint_fingerprint, render_prompt, resolve_template
+from .models import resolve_hf_model
+from .stats import ratio_ci
 
 # %% auto #0
-__all__ = ['TINY_CHAT_TEMPLATE', 'IGNORE', 'RUN_FREE', 'make_tiny_llama', 'toy_sft_records', 'read_sft', 'prompt_and_response',
-           'effective_max_length', 'tokenize_example', 'build_examples', 'pack', 'collate', 'token_loss_sum',
-           'step_examples', 'plan_steps', 'lr_factor', 'pick_device', 'setup_distributed', 'decoder_layers',
-           'shard_model', 'local_numel', 'load_sharded_model', 'latest_checkpoint', 'save_checkpoint',
-           'load_checkpoint', 'export_entries', 'shard_plan', 'export_hf_model', 'export_complete', 'train',
-           'lora_config', 'add_lora', 'worker_parser', 'die_with_parent', 'main', 'run_streaming', 'first_slurm_host',
-           'rendezvous', 'torchrun_command', 'run_key', 'check_devices', 'launch_training', 'train_cli', 'plot_loss',
-           'mean_nll']
+__all__ = ['TINY_CHAT_TEMPLATE', 'IGNORE', 'RUN_FREE', 'OVERRIDES', 'CHOICES', 'SWITCHES', 'tiny_tokenizer', 'make_tiny_llama',
+           'toy_sft_records', 'read_sft', 'prompt_and_response', 'effective_max_length', 'tokenize_example',
+           'build_examples', 'pack', 'collate', 'token_loss_sum', 'step_examples', 'plan_steps', 'lr_factor',
+           'pick_device', 'setup_distributed', 'decoder_layers', 'shard_model', 'local_numel', 'load_full_model',
+           'meta_model', 'load_sharded_model', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint',
+           'export_entries', 'shard_plan', 'export_hf_model', 'export_complete', 'load_examples', 'plan_line',
+           'record_shards', 'make_optimizer', 'resume', 'micro_batches', 'accumulate', 'clip_gradients', 'train_step',
+           'train_summary', 'start_worker', 'run_steps', 'train', 'lora_config', 'add_lora', 'worker_parser',
+           'die_with_parent', 'main', 'run_streaming', 'first_slurm_host', 'rendezvous', 'torchrun_command', 'run_key',
+           'check_devices', 'launch_training', 'train_parser', 'train_cli', 'plot_loss', 'mean_nll']
 
 # %% ../nbs/03a_train.ipynb #615e85da
-TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                      "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                      "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 _TINY_TEXT = ["Write a short answer to the question below.", "Repeat the words of the input in order.",
-              "The quick brown fox jumps over the lazy dog.", "Sort these numbers from small to large: 3 1 2.",
-              "A student learns from a teacher by imitating its answers.", "Name three colours: red, green, blue.",
+              "The quick brown fox jumps over the lazy dog.",
+              "Sort these numbers from small to large: 3 1 2.",
+              "A student learns from a teacher by imitating its answers.",
+              "Name three colours: red, green, blue.",
               "Explain why the sky is blue in one sentence.", "def add(a, b): return a + b"]
 
+def tiny_tokenizer(corpus: Optional[Sequence[str]] = None, vocab: int = 384, max_positions: int = 2048,
+                   chat_template: bool = True) -> PreTrainedTokenizerFast:
+    "A byte-level BPE tokenizer learnt from `corpus` (default: some sentences of ours), ChatML template."
+    specials = ['<pad>', '<|im_start|>', '<|im_end|>']
+    bpe = Tokenizer(BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(list(corpus) if corpus else _TINY_TEXT * 4, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token='<pad>', bos_token='<|im_start|>',
+                                  eos_token='<|im_end|>', model_max_length=max_positions)
+    if chat_template: tok.chat_template = TINY_CHAT_TEMPLATE
+    return tok
+
+# %% ../nbs/03a_train.ipynb #78e09644
 def make_tiny_llama(folder, *, layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 384,
                     max_positions: int = 2048, tie: bool = False, seed: int = 0,
                     chat_template: bool = True, corpus: Optional[Sequence[str]] = None) -> Path:
     """Save a random tiny Llama and a byte-level BPE tokenizer (with a chat template, or none) in `folder`.
-    The tokenizer learns its merges from `corpus` (default: a few sentences of ours): text like the data to come
-    gives shorter sequences."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    specials = ['<pad>', '<|im_start|>', '<|im_end|>']
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(list(corpus) if corpus else _TINY_TEXT * 4, trainers.BpeTrainer(
-        vocab_size=vocab, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token='<pad>', bos_token='<|im_start|>', eos_token='<|im_end|>',
-                                  model_max_length=max_positions)
-    if chat_template: tok.chat_template = TINY_CHAT_TEMPLATE
+    The tokenizer learns its merges from `corpus` (default: a few sentences of ours): text like the data
+    to come gives shorter sequences."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = tiny_tokenizer(corpus, vocab, max_positions, chat_template)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=max_positions,
-                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      tie_word_embeddings=tie)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=max(1, heads // 2),
+                      max_position_embeddings=max_positions, pad_token_id=tok.pad_token_id,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=tie)
     LlamaForCausalLM(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 
-# %% ../nbs/03a_train.ipynb #189bbc24
+# %% ../nbs/03a_train.ipynb #f5aa3c18
 def toy_sft_records(n: int, seed: int = 0) -> list[dict]:
-    "`n` SFT records whose answers follow from their instructions (reverse the words), so a model can learn them."
+    "`n` SFT records whose answers follow from their instructions (reverse the words): learnable."
     rng, words = random.Random(seed), 'red green blue fox dog sky teacher student answer number'.split()
     out = []
     for i in range(n):
@@ -82,19 +111,21 @@ def read_sft(path) -> list[dict]:
         for k in ('id', 'instruction', 'output'):
             if not isinstance(obj.get(k), str) or not obj[k].strip():
                 raise InputError(path, n, f"field {k!r} is missing or empty")
-        if not isinstance(obj.get('input', ''), str): raise InputError(path, n, "field 'input' must be a string")
-        if obj['id'] in seen: raise InputError(path, n, f"duplicate id {obj['id']!r} (first on line {seen[obj['id']]})")
+        if not isinstance(obj.get('input', ''), str):
+            raise InputError(path, n, "field 'input' must be a string")
+        if obj['id'] in seen:
+            raise InputError(path, n, f"duplicate id {obj['id']!r} (first on line {seen[obj['id']]})")
         seen[obj['id']] = n
-        out.append({'id': obj['id'], 'instruction': obj['instruction'], 'input': obj.get('input', ''), 'output': obj['output']})
+        out.append({'id': obj['id'], 'instruction': obj['instruction'], 'input': obj.get('input', ''),
+                    'output': obj['output']})
     if not out: raise InputError(path, None, "no SFT records")
     return out
 
 # %% ../nbs/03a_train.ipynb #7f129cf8
 def prompt_and_response(tok, rec: dict, template: str = 'chat') -> tuple[str, str]:
     "Split one SFT record into the prompt text (given) and the response text (learned), in `template`."
-    from lion_nb.llm import render_prompt, resolve_template     # one rule, shared with inference
     msgs = [{'role': 'user', 'content': user_message(rec['instruction'], rec.get('input', ''))}]
-    prompt = render_prompt(tok, msgs, template)
+    prompt = render_prompt(tok, msgs, template)     # one rule, shared with inference
     if resolve_template(tok, template) == 'alpaca': return prompt, rec['output'] + (tok.eos_token or '')
     full = tok.apply_chat_template(msgs + [{'role': 'assistant', 'content': rec['output']}], tokenize=False)
     if not full.startswith(prompt):
@@ -107,27 +138,32 @@ IGNORE = -100   # the label cross-entropy skips
 
 def effective_max_length(tok, max_length: int, model_config=None) -> int:
     "`max_length`, capped by the tokenizer's `model_max_length` and the model's context length."
-    caps = [max_length, getattr(tok, 'model_max_length', None), getattr(model_config, 'max_position_embeddings', None)]
+    caps = [max_length, getattr(tok, 'model_max_length', None),
+            getattr(model_config, 'max_position_embeddings', None)]
     return int(min(c for c in caps if c and c < 1e9))
 
-# %% ../nbs/03a_train.ipynb #6386a2e5
+# %% ../nbs/03a_train.ipynb #69ffcd7c
 def tokenize_example(tok, rec: dict, max_length: int, template: str = 'chat') -> Optional[dict]:
-    "Token ids and labels of one record (prompt labels -100); `None` when truncation leaves no response token."
+    "Token ids and labels of one record (prompt labels -100); `None` when truncation leaves no response."
     prompt, response = prompt_and_response(tok, rec, template)
-    from lion_nb.llm import resolve_template
     p = tok(prompt, add_special_tokens=(resolve_template(tok, template) == 'alpaca'))['input_ids']
     r = tok(response, add_special_tokens=False)['input_ids']
     ids, labels = (p + r)[:max_length], ([IGNORE] * len(p) + r)[:max_length]
     if all(l == IGNORE for l in labels): return None
     return {'id': rec['id'], 'input_ids': ids, 'labels': labels, 'truncated': len(p) + len(r) > max_length}
 
-# %% ../nbs/03a_train.ipynb #69ffcd7c
-def build_examples(tok, records: Sequence[dict], max_length: int, template: str = 'chat') -> tuple[list[dict], dict]:
-    "Tokenise every record; returns the examples and counts (kept, truncated, dropped because the prompt fills the limit)."
+# %% ../nbs/03a_train.ipynb #f0aa5c97
+def build_examples(tok,  # the student's tokenizer
+                   records: Sequence[dict],  # SFT records (`read_sft`)
+                   max_length: int,  # the longest example, in tokens (`effective_max_length`)
+                   template: str = 'chat',  # the prompt layout: 'chat' or 'alpaca' (`train.template`)
+                  ) -> tuple[list[dict], dict]:
+    "Tokenise every record; returns the examples and counts (kept, truncated, dropped: prompt too long)."
     exs = [tokenize_example(tok, r, max_length, template) for r in records]
     kept = [e for e in exs if e is not None]
     return kept, {'records': len(records), 'kept': len(kept), 'truncated': sum(e['truncated'] for e in kept),
-                  'dropped_prompt_too_long': len(exs) - len(kept), 'tokens': sum(len(e['input_ids']) for e in kept),
+                  'dropped_prompt_too_long': len(exs) - len(kept),
+                  'tokens': sum(len(e['input_ids']) for e in kept),
                   'response_tokens': sum(sum(l != IGNORE for l in e['labels']) for e in kept)}
 
 # %% ../nbs/03a_train.ipynb #df8a3c29
@@ -140,22 +176,28 @@ def pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
         k = bisect.bisect_left(free, (n, -1))
         if k < len(free):
             room, r = free.pop(k)
-            rows[r].append(i); bisect.insort(free, (room - n, r))
+            rows[r].append(i)
+            bisect.insort(free, (room - n, r))
         else:
-            rows.append([i]); bisect.insort(free, (capacity - n, len(rows) - 1))
+            rows.append([i])
+            bisect.insort(free, (capacity - n, len(rows) - 1))
     return rows
 
 # %% ../nbs/03a_train.ipynb #7500b40f
 def collate(rows: Sequence[Sequence[dict]], pad_id: int, pad_to: Optional[int] = None) -> dict:
-    "One micro-batch from rows of examples laid end to end; position ids restart per example; pad labels -100."
+    "One micro-batch from rows of examples end to end; position ids restart per example; pad labels -100."
     width = max(pad_to or 0, max(sum(len(e['input_ids']) for e in row) for row in rows))
     ids, labels, pos = [], [], []
     for row in rows:
         i, l, p = [], [], []
         for e in row:
-            i += e['input_ids']; l += [IGNORE] + e['labels'][1:]; p += list(range(len(e['input_ids'])))
+            i += e['input_ids']
+            l += [IGNORE] + e['labels'][1:]
+            p += list(range(len(e['input_ids'])))
         pad = width - len(i)
-        ids.append(i + [pad_id] * pad); labels.append(l + [IGNORE] * pad); pos.append(p + list(range(pad)))
+        ids.append(i + [pad_id] * pad)
+        labels.append(l + [IGNORE] * pad)
+        pos.append(p + list(range(pad)))
     t = lambda x: torch.tensor(x, dtype=torch.long)
     return {'input_ids': t(ids), 'labels': t(labels), 'position_ids': t(pos),
             'n_real': sum(len(e['input_ids']) for row in rows for e in row)}
@@ -164,31 +206,44 @@ def collate(rows: Sequence[Sequence[dict]], pad_id: int, pad_to: Optional[int] =
 def token_loss_sum(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     "Sum of next-token cross-entropy over the labelled tokens of `batch`, and how many there are."
     dev = next(model.parameters()).device
-    out = model(input_ids=batch['input_ids'].to(dev), position_ids=batch['position_ids'].to(dev), use_cache=False)
+    out = model(input_ids=batch['input_ids'].to(dev), position_ids=batch['position_ids'].to(dev),
+                use_cache=False)
     logits, labels = out.logits[:, :-1].float(), batch['labels'][:, 1:].to(dev)
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE, reduction='sum')
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE,
+                           reduction='sum')
     return loss, (labels != IGNORE).sum()
 
 # %% ../nbs/03a_train.ipynb #6d838fac
 def step_examples(lengths: Sequence[int], cfg: TrainConfig, *, seed: int) -> list[list[int]]:
     """The whole run's optimizer steps, each a list of example indices: `effective_batch` examples each
-    (or, with `batch_unit: tokens`, as many examples as fit in `effective_batch` tokens); never packed rows."""
+    (or, with `batch_unit: tokens`, as many examples as fit in `effective_batch` tokens); never packed
+    rows."""
     n = len(lengths)
     want, order, epoch = max(1, round(cfg.epochs * n)), [], 0     # examples seen in the whole run
     while len(order) < want:
-        perm = list(range(n)); random.Random(derive_seed(seed, 'epoch', epoch)).shuffle(perm)
-        order += perm; epoch += 1
+        perm = list(range(n))
+        random.Random(derive_seed(seed, 'epoch', epoch)).shuffle(perm)
+        order += perm
+        epoch += 1
     order, eb = order[:want], cfg.effective_batch
     if cfg.batch_unit == 'examples': return [order[i:i + eb] for i in range(0, want, eb)]
     steps, cur, toks = [], [], 0
     for i in order:
-        if cur and toks + lengths[i] > eb: steps.append(cur); cur, toks = [], 0
-        cur.append(i); toks += lengths[i]
+        if cur and toks + lengths[i] > eb:
+            steps.append(cur)
+            cur, toks = [], 0
+        cur.append(i)
+        toks += lengths[i]
     return steps + [cur]
 
-# %% ../nbs/03a_train.ipynb #b6d47afe
-def plan_steps(lengths: Sequence[int], cfg: TrainConfig, *, world: int, rank: int, seed: int,
-               max_length: int) -> list[list[list[list[int]]]]:
+# %% ../nbs/03a_train.ipynb #ce7b6dbb
+def plan_steps(lengths: Sequence[int],  # each example's length in tokens
+               cfg: TrainConfig,  # epochs, effective_batch, batch_unit, packing, micro_batch
+               *, world: int,  # the number of ranks
+               rank: int,  # this rank
+               seed: int,  # the run's seed: the data order is a function of it and the epoch only
+               max_length: int,  # the capacity of a packed row
+              ) -> list[list[list[list[int]]]]:
     """This rank's optimizer steps: each a list of micro-batches, each a list of rows of example indices.
     A step's examples are packed (or one per row), dealt to the ranks, and cut into micro-batches; every rank
     gets the same number of micro-batches (FSDP's collectives need that): `[]` is an idle one."""
@@ -212,20 +267,21 @@ def lr_factor(step: int, total: int, warmup_ratio: float, schedule: str = 'cosin
 
 # %% ../nbs/03a_train.ipynb #b46d822e
 def pick_device(want: str = 'auto', local_rank: int = 0) -> torch.device:
-    "This rank's device for `TrainConfig.device`; 'cuda' with no visible GPU fails loudly, never uses the CPU."
+    "This rank's device for `TrainConfig.device`; 'cuda' with no visible GPU fails loudly, never the CPU."
     n = torch.cuda.device_count()
     if want == 'cuda' and n == 0:
-        raise LionError("train.device is 'cuda' but no GPU is visible (check CUDA_VISIBLE_DEVICES, the driver, "
-                        "and that torch was built with CUDA); set train.device: cpu to train on the CPU with gloo")
+        raise LionError("train.device is 'cuda' but no GPU is visible (check CUDA_VISIBLE_DEVICES, the "
+                        "driver, and that torch was built with CUDA); set train.device: cpu to train on the "
+                        "CPU with gloo")
     if want == 'cpu' or n == 0: return torch.device('cpu')
     return torch.device('cuda', local_rank)
 
-# %% ../nbs/03a_train.ipynb #c0cab001
+# %% ../nbs/03a_train.ipynb #ddf6ec0b
 def setup_distributed(device: str = 'auto', timeout_min: float = 120) -> tuple[int, int, torch.device]:
-    "Join the torchrun process group (nccl on GPU, gloo on CPU); returns rank, world size and this rank's device."
-    import torch.distributed as dist
+    "Join the torchrun process group (nccl on GPU, gloo on CPU); returns rank, world size and this device."
     if not dist.is_initialized() and 'RANK' not in os.environ:
-        raise LionError("run under torchrun: python -m torch.distributed.run --nproc_per_node N -m lion_nb.train ...")
+        raise LionError("run under torchrun: python -m torch.distributed.run --nproc_per_node N "
+                        "-m lion_nb.train ...")
     dev = pick_device(device, int(os.environ.get('LOCAL_RANK', 0)))
     if dev.type == 'cuda': torch.cuda.set_device(dev)
     if not dist.is_initialized():
@@ -234,21 +290,21 @@ def setup_distributed(device: str = 'auto', timeout_min: float = 120) -> tuple[i
                                 device_id=dev if cuda else None)
     return dist.get_rank(), dist.get_world_size(), dev
 
-# %% ../nbs/03a_train.ipynb #8faa6666
+# %% ../nbs/03a_train.ipynb #f560165c
 def decoder_layers(model) -> torch.nn.ModuleList:
     "The list of decoder blocks (`model.model.layers` for Llama-like models, also inside a peft wrapper)."
     for name, m in model.named_modules():
-        if name.split('.')[-1] in ('layers', 'h', 'blocks') and isinstance(m, torch.nn.ModuleList) and len(m): return m
+        is_list = isinstance(m, torch.nn.ModuleList) and len(m)
+        if name.split('.')[-1] in ('layers', 'h', 'blocks') and is_list: return m
     raise LionError(f"{type(model).__name__}: no list of decoder layers found to shard")
 
-# %% ../nbs/03a_train.ipynb #1f0897fd
+# %% ../nbs/03a_train.ipynb #658badec
 def shard_model(model, device: torch.device):
     "FSDP2: `fully_shard` every decoder layer, then the root; bf16 compute with fp32 reductions on GPU."
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == 'cuda' else MixedPrecisionPolicy()
+    cuda = device.type == 'cuda'
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cuda else (
+        MixedPrecisionPolicy())
     for layer in decoder_layers(model): fully_shard(layer, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)
     return model
@@ -258,21 +314,30 @@ def local_numel(model) -> int:
     "Parameters this rank actually stores (the local shards of FSDP's DTensors)."
     return sum((p.to_local() if hasattr(p, 'to_local') else p).numel() for p in model.parameters())
 
-# %% ../nbs/03a_train.ipynb #ddf6ec0b
-def load_sharded_model(model_path, cfg: TrainConfig, device: torch.device, *, rank: int, attn: str = 'sdpa',
-                       lora_r: int = 16) -> tuple[torch.nn.Module, dict]:
-    "The FSDP2-sharded model of `model_path`, read from disk by rank 0 only; and how each rank built it."
-    import torch.distributed as dist
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    from transformers import AutoConfig, AutoModelForCausalLM
-    config, full, bufs = AutoConfig.from_pretrained(model_path), {}, {}
-    if rank == 0:
-        src = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation=attn)
-        src = add_lora(src, lora_r) if cfg.lora else src
-        full, bufs = src.state_dict(), dict(src.named_buffers())
+# %% ../nbs/03a_train.ipynb #3f35474e
+def load_full_model(model_path, cfg: TrainConfig) -> torch.nn.Module:
+    "The model of `model_path` in float32 on the CPU, attention `cfg.attn`, LoRA of rank `cfg.lora_r` if on."
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
+                                                 attn_implementation=cfg.attn)
+    return add_lora(model, cfg.lora_r) if cfg.lora else model
+
+# %% ../nbs/03a_train.ipynb #6423cd76
+def meta_model(model_path, cfg: TrainConfig) -> torch.nn.Module:
+    "The model of `model_path` built on the `meta` device (shapes only), like `load_full_model`'s."
+    config = AutoConfig.from_pretrained(model_path)
     with torch.device('meta'):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attn)
-        model = add_lora(model, lora_r) if cfg.lora else model
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=cfg.attn)
+        return add_lora(model, cfg.lora_r) if cfg.lora else model
+
+# %% ../nbs/03a_train.ipynb #e8fa767c
+def load_sharded_model(model_path, cfg: TrainConfig, device: torch.device, *,
+                       rank: int) -> tuple[torch.nn.Module, dict]:
+    "The FSDP2-sharded model of `model_path`, read from disk by rank 0 only; and how each rank built it."
+    full, bufs = {}, {}
+    if rank == 0:
+        src = load_full_model(model_path, cfg)
+        full, bufs = src.state_dict(), dict(src.named_buffers())
+    model = meta_model(model_path, cfg)
     built = {'rank': rank, 'read_weights': rank == 0, 'materialised_before_broadcast': sum(
         p.numel() for p in model.parameters() if not p.is_meta)}
     model.config.use_cache = False
@@ -293,45 +358,48 @@ def latest_checkpoint(out) -> Optional[Path]:
     done = sorted(p for p in (Path(out)/'checkpoints').glob('step_*') if (p/'trainer_state.json').exists())
     return done[-1] if done else None
 
-# %% ../nbs/03a_train.ipynb #f3ca7bb5
+# %% ../nbs/03a_train.ipynb #65bb6f53
 def _rng_state() -> dict:
-    import numpy as np
     st = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
     if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state()
     return st
 
-# %% ../nbs/03a_train.ipynb #65bb6f53
+# %% ../nbs/03a_train.ipynb #f576c09c
 def _set_rng_state(st: dict):
-    import numpy as np
-    random.setstate(st['python']); np.random.set_state(st['numpy']); torch.set_rng_state(st['torch'])
+    random.setstate(st['python'])
+    np.random.set_state(st['numpy'])
+    torch.set_rng_state(st['torch'])
     if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state(st['cuda'])
 
-# %% ../nbs/03a_train.ipynb #f576c09c
-def save_checkpoint(out, step: int, model, optimizer, scheduler, *, rank: int, world: int, keep: int = 2, info: dict = {}) -> Path:
+# %% ../nbs/03a_train.ipynb #b8f9b553
+def save_checkpoint(out, step: int, model, optimizer, scheduler, *, rank: int, world: int, keep: int = 2,
+                    info: dict = {}) -> Path:
     "Save model, optimizer, scheduler, step and RNG (all ranks call this); returns the checkpoint folder."
-    import torch.distributed as dist, torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-    root = Path(out)/'checkpoints'; final, tmp = root/f'step_{step:06d}', root/f'.step_{step:06d}.tmp'
+    root = Path(out)/'checkpoints'
+    final, tmp = root/f'step_{step:06d}', root/f'.step_{step:06d}.tmp'
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     dist.barrier()
     msd, osd = get_state_dict(model, optimizer)
     dcp.save({'model': msd, 'optim': osd}, checkpoint_id=str(tmp))
     torch.save(_rng_state(), tmp/f'rng_{rank}.pt')
     dist.barrier()
     if rank == 0:
-        write_json(tmp/'trainer_state.json', {'step': step, 'world': world, 'scheduler': scheduler.state_dict(), **info})
-        shutil.rmtree(final, ignore_errors=True); os.replace(tmp, final)
-        for old in sorted(p for p in root.glob('step_*') if (p/'trainer_state.json').exists())[:-keep]: shutil.rmtree(old)
+        state = {'step': step, 'world': world, 'scheduler': scheduler.state_dict(), **info}
+        write_json(tmp/'trainer_state.json', state)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        done = sorted(p for p in root.glob('step_*') if (p/'trainer_state.json').exists())
+        for old in done[:-keep]: shutil.rmtree(old)
     dist.barrier()
     return final
 
-# %% ../nbs/03a_train.ipynb #914a8124
+# %% ../nbs/03a_train.ipynb #00ae1f16
 def load_checkpoint(ckpt, model, optimizer, scheduler, *, rank: int) -> int:
     "Restore a checkpoint saved by `save_checkpoint` (any world size for the shards); returns its step."
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-    ckpt = Path(ckpt); state = read_json(ckpt/'trainer_state.json')
+    ckpt = Path(ckpt)
+    state = read_json(ckpt/'trainer_state.json')
     msd, osd = get_state_dict(model, optimizer)
     sd = {'model': msd, 'optim': osd}
     dcp.load(sd, checkpoint_id=str(ckpt))
@@ -352,14 +420,17 @@ def export_entries(model, tie: bool) -> dict[str, tuple[tuple, list[str]]]:
         out[name] = (tuple(t.shape), [k] + (lora if base != k and lora[0] in sd else []))
     return out
 
-# %% ../nbs/03a_train.ipynb #3cedd42b
+# %% ../nbs/03a_train.ipynb #c911bdc7
 def shard_plan(entries: dict, max_bytes: int, bytes_per: int = 2) -> list[list[str]]:
     "Tensor names grouped into consecutive shards of at most `max_bytes` (a bigger tensor: a shard alone)."
     shards, cur, size = [], [], 0
     for name, (shape, _) in entries.items():
         n = math.prod(shape) * bytes_per
-        if cur and size + n > max_bytes: shards.append(cur); cur, size = [], 0
-        cur.append(name); size += n
+        if cur and size + n > max_bytes:
+            shards.append(cur)
+            cur, size = [], 0
+        cur.append(name)
+        size += n
     return shards + ([cur] if cur else [])
 
 # %% ../nbs/03a_train.ipynb #63964811
@@ -379,16 +450,15 @@ def _gather_merged(model, sd: dict, keys: list[str]) -> torch.Tensor:
 def export_hf_model(model, tok, model_path, out_dir, *, rank: int, step: int, shard_gb: float = 2.0,
                     run_key: Optional[str] = None) -> Path:
     "Stream the sharded `model` to `out_dir` as bfloat16 safetensors shards that `from_pretrained` loads."
-    import torch.distributed as dist
-    from safetensors.torch import save_file
-    from transformers import AutoConfig
     config = AutoConfig.from_pretrained(model_path)
     entries, sd = export_entries(model, getattr(config, 'tie_word_embeddings', False)), model.state_dict()
     plan, out_dir = shard_plan(entries, int(shard_gb * 2**30)), Path(out_dir)
     names = ['model.safetensors'] if len(plan) == 1 else [
         f'model-{i + 1:05d}-of-{len(plan):05d}.safetensors' for i in range(len(plan))]
     tmp = out_dir.with_name(out_dir.name + '.tmp')
-    if rank == 0: shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     for fname, shard in zip(names, plan):
         tensors = {}
         for name in shard:
@@ -404,9 +474,9 @@ def export_hf_model(model, tok, model_path, out_dir, *, rank: int, step: int, sh
 # %% ../nbs/03a_train.ipynb #e2e310ce
 def _finish_export(tmp: Path, out_dir: Path, config, tok, model_path, files: dict, step: int, run_key=None):
     "Config, generation config, tokenizer, index and manifest next to the shards; then rename into place."
-    from transformers import GenerationConfig
     config.dtype = torch.bfloat16
-    config.save_pretrained(tmp); tok.save_pretrained(tmp)
+    config.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
     try: GenerationConfig.from_pretrained(model_path).save_pretrained(tmp)
     except (OSError, ValueError): pass
     sizes = {f: (tmp/f).stat().st_size for f in files}
@@ -415,7 +485,8 @@ def _finish_export(tmp: Path, out_dir: Path, config, tok, model_path, files: dic
                    'weight_map': {n: f for f, ns in files.items() for n in ns}})
     write_json(tmp/'lion_export.json', {'step': step, 'run_key': run_key, 'dtype': 'bfloat16', 'files': sizes,
                                         'tensors': files})
-    shutil.rmtree(out_dir, ignore_errors=True); os.replace(tmp, out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
 
 # %% ../nbs/03a_train.ipynb #edc0ae2b
 def _safetensors_names(path: Path) -> set:
@@ -426,27 +497,83 @@ def _safetensors_names(path: Path) -> set:
 
 # %% ../nbs/03a_train.ipynb #a1e3d706
 def export_complete(out_dir, step: Optional[int] = None, run_key: Optional[str] = None) -> bool:
-    "True when `out_dir` holds a finished export (of `step` and `run_key`, if given): every file of its manifest, whole."
+    "True when `out_dir` holds a finished export (of `step` and `run_key`, if given): every file, whole."
     man = Path(out_dir)/'lion_export.json'
     if not man.exists() or not (Path(out_dir)/'config.json').exists(): return False
     m = read_json(man)
-    if (step is not None and m.get('step') != step) or (run_key is not None and m.get('run_key') != run_key): return False
+    if step is not None and m.get('step') != step: return False
+    if run_key is not None and m.get('run_key') != run_key: return False
     for f, size in m['files'].items():
         p = Path(out_dir)/f
         if not p.exists() or p.stat().st_size != size: return False
         if _safetensors_names(p) != set(m['tensors'][f]): return False
     return True
 
+# %% ../nbs/03a_train.ipynb #d24a928d
+def load_examples(data, model_path, cfg: TrainConfig) -> tuple:
+    "The tokenizer, the examples of `data`, their counts, and the effective `max_length`."
+    tok = AutoTokenizer.from_pretrained(model_path)
+    if tok.pad_token_id is None: tok.pad_token = tok.eos_token
+    max_len = effective_max_length(tok, cfg.max_length, AutoConfig.from_pretrained(model_path))
+    examples, stats = build_examples(tok, read_sft(data), max_len, cfg.template)
+    if not examples: raise LionError(f"{data}: no example has a response token within {max_len} tokens")
+    return tok, examples, stats, max_len
+
+# %% ../nbs/03a_train.ipynb #0a7b27cc
+def _agree(value, rank: int):
+    "Rank 0's `value`, on every rank."
+    box = [value if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+# %% ../nbs/03a_train.ipynb #fefca98f
+def plan_line(stats: dict, max_len: int, cfg: TrainConfig, world: int, device: torch.device,
+              total: int) -> str:
+    "The log's line about the data and the plan."
+    return (f"[train] {stats['kept']} examples ({stats['truncated']} truncated, "
+            f"{stats['dropped_prompt_too_long']} dropped) max_length {max_len}, packing {cfg.packing}, "
+            f"prompt {cfg.template}; world {world} on {device.type}; "
+            f"{cfg.effective_batch} {cfg.batch_unit} per "
+            f"step in micro-batches of {cfg.micro_batch} rows; {total} steps")
+
+# %% ../nbs/03a_train.ipynb #935ada26
+def record_shards(out: Path, model, built: dict, *, rank: int, world: int, say=print) -> dict:
+    "Gather each rank's share of the parameters and how it built them; rank 0 writes them to `shards.json`."
+    n_total = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    shards, builds = [None] * world, [None] * world
+    dist.all_gather_object(shards, local_numel(model))
+    dist.all_gather_object(builds, built)
+    say(f"[train] parameters {n_total:,} ({n_train:,} trainable); held per rank {shards}")
+    info = {'world': world, 'total': n_total, 'trainable': n_train, 'local': shards, 'built': builds}
+    if rank == 0: write_json(out/'shards.json', info)
+    return info
+
+# %% ../nbs/03a_train.ipynb #b7bb312c
+def make_optimizer(model, cfg: TrainConfig, total: int) -> tuple:
+    "AdamW over the trainable parameters, and its learning-rate schedule over `total` steps."
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
+    factor = lambda s: lr_factor(s, total, cfg.warmup_ratio, cfg.schedule)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return opt, sched
+
 # %% ../nbs/03a_train.ipynb #3eefe4c5
 def _truncate_log(path, step: int):
     "Drop log records after `step` (a resumed run redoes those steps), rewriting the log atomically."
     recs = read_log(path)
-    if any(r.get('step', 0) > step for r in recs): write_jsonl(path, [r for r in recs if r.get('step', 0) <= step])
+    if any(r.get('step', 0) > step for r in recs):
+        write_jsonl(path, [r for r in recs if r.get('step', 0) <= step])
 
-# %% ../nbs/03a_train.ipynb #0b0c1a57
-def _peak_mem_gb(device) -> float:
-    if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20    # Linux: KiB
+# %% ../nbs/03a_train.ipynb #a10625e7
+def resume(out: Path, model, opt, sched, *, rank: int, total: int, say=print) -> int:
+    "The step to start from: the latest checkpoint's (restored into model, optimizer, schedule), else 0."
+    start, ckpt = 0, latest_checkpoint(out)
+    if ckpt is not None:
+        start = load_checkpoint(ckpt, model, opt, sched, rank=rank)
+        say(f"[train] resumed from {ckpt.name} (step {start} of {total})")
+    if rank == 0: _truncate_log(out/'train_log.jsonl', start)   # steps after the checkpoint are redone
+    return start
 
 # %% ../nbs/03a_train.ipynb #0cddef8d
 def _idle_batch(pad_id: int) -> dict:
@@ -454,151 +581,192 @@ def _idle_batch(pad_id: int) -> dict:
     return {**collate([[{'input_ids': [pad_id], 'labels': [IGNORE]}]], pad_id), 'n_real': 0}
 
 # %% ../nbs/03a_train.ipynb #d5607785
-def _agree(value, rank: int):
-    "Rank 0's `value`, on every rank."
-    import torch.distributed as dist
-    box = [value if rank == 0 else None]; dist.broadcast_object_list(box, src=0)
-    return box[0]
+def micro_batches(examples: Sequence[dict], step_plan: list, pad_id: int) -> list[dict]:
+    "The collated micro-batches of one step of this rank's plan (an idle one for `[]`)."
+    return [collate([[examples[i] for i in row] for row in mb], pad_id) if mb else _idle_batch(pad_id)
+            for mb in step_plan]
 
-# %% ../nbs/03a_train.ipynb #677fda86
-def train(data, model_path, out, cfg: TrainConfig, *, seed: int = 0, max_steps: Optional[int] = None,
-          max_grad_norm: float = 1.0, attn: str = 'sdpa', lora_r: int = 16, run_key: Optional[str] = None) -> Optional[Path]:
-    "The torchrun worker: SFT of `model_path` on `data` with FSDP2; saves checkpoints, a loss log and the final model in `out`."
-    import torch.distributed as dist
-    from transformers import AutoConfig, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+# %% ../nbs/03a_train.ipynb #8da30695
+def accumulate(model, batches: Sequence[dict], n_labelled: torch.Tensor, world: int) -> torch.Tensor:
+    "Backward over the micro-batches for the global token mean; returns this rank's summed loss (detached)."
+    loss_sum = torch.zeros((), device=n_labelled.device)
+    for k, b in enumerate(batches):
+        if hasattr(model, 'set_requires_gradient_sync'):  # FSDP (a plain module, as in the test below: none)
+            model.set_requires_gradient_sync(k == len(batches) - 1)
+        s, _ = token_loss_sum(model, b)
+        (s * world / n_labelled).backward()  # FSDP averages over ranks: this gives the global token mean
+        loss_sum += s.detach()
+    return loss_sum
+
+# %% ../nbs/03a_train.ipynb #e4cb97f5
+def clip_gradients(model, max_norm: float) -> float:
+    "Clip the gradients to the global norm `max_norm`; returns the norm before clipping."
+    return float(_full(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
+
+# %% ../nbs/03a_train.ipynb #2291d58d
+def train_step(model, opt, sched, examples: Sequence[dict], step_plan: list, cfg: TrainConfig, *, pad_id: int,
+               world: int, device: torch.device) -> dict:
+    "One optimizer step of this rank's plan (the same number of micro-batches on every rank); its record."
+    t0 = time.perf_counter()
+    batches = micro_batches(examples, step_plan, pad_id)
+    labelled = float(sum((b['labels'][:, 1:] != IGNORE).sum() for b in batches))
+    counts = torch.tensor([labelled, float(sum(b['n_real'] for b in batches))], device=device)
+    dist.all_reduce(counts)  # response tokens and real tokens in the whole effective batch
+    loss_sum = accumulate(model, batches, counts[0], world)
+    gnorm = clip_gradients(model, cfg.max_grad_norm)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    dist.all_reduce(loss_sum)
+    dt = time.perf_counter() - t0
+    return {'loss': round(loss_sum.item() / counts[0].item(), 5), 'lr': sched.get_last_lr()[0],
+            'grad_norm': round(gnorm, 4), 'tokens': int(counts[1]),
+            'tokens_per_s': round(counts[1].item() / dt, 1),
+            'time_s': round(dt, 3)}
+
+# %% ../nbs/03a_train.ipynb #0b0c1a57
+def _peak_mem_gb(device) -> float:
+    if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20    # Linux: KiB
+
+# %% ../nbs/03a_train.ipynb #ac9a8b0f
+def train_summary(stats: dict, cfg: TrainConfig, recs: Sequence[dict], *, total: int, start: int, world: int,
+                  device: torch.device, wall: float, export_s: float) -> dict:
+    "The run's summary, from the data counts and this launch's step records."
+    t_steps, tokens_run = sum(r['time_s'] for r in recs), sum(r['tokens'] for r in recs)
+    return {**stats, 'steps': total, 'resumed_from': start, 'world': world, 'device': device.type,
+            'trained_tokens': tokens_run, 'wall_s': round(wall, 2), 'step_s': round(t_steps, 2),
+            'export_s': round(export_s, 2),
+            # the steps only, not checkpoint I/O
+            'tokens_per_s': round(tokens_run / t_steps, 1) if t_steps else None,
+            'peak_mem_gb_rank0': round(_peak_mem_gb(device), 2), 'cfg': cfg.model_dump()}
+
+# %% ../nbs/03a_train.ipynb #897c1475
+def start_worker(cfg: TrainConfig, out, seed: int) -> tuple:
+    "Join the torchrun group, seed this rank; returns rank, world size, device, out folder, a rank-0 print."
     hf_logging.disable_progress_bar()
-    if cfg.lora: lora_config(lora_r)                   # refuse early when peft is missing
+    if cfg.lora: lora_config(cfg.lora_r)                   # refuse early when peft is missing
     rank, world, device = setup_distributed(cfg.device, cfg.pg_timeout_min)
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     say = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
     seed_everything(derive_seed(seed, 'train', rank))
+    return rank, world, device, out, say
 
+# %% ../nbs/03a_train.ipynb #47e53d5d
+def run_steps(model, opt, sched, examples: Sequence[dict], steps: list, cfg: TrainConfig, out: Path, *,
+              start: int, pad_id: int, rank: int, world: int, device: torch.device, say=print) -> list[dict]:
+    "Optimizer steps `start` to the end of `steps` (this rank's plan); returns their records."
+    log = JsonlLog(out/'train_log.jsonl') if rank == 0 else None
+    model.train()
+    recs, total = [], len(steps)
+    for step in range(start, total):
+        rec = {'step': step + 1, 'of': total, **train_step(model, opt, sched, examples, steps[step], cfg,
+                                                          pad_id=pad_id, world=world, device=device)}
+        recs.append(rec)
+        if log: log.append(rec)
+        say(f"[train] step {rec['step']}/{total} loss {rec['loss']:.4f} lr {rec['lr']:.2e} "
+            f"{rec['tokens_per_s']:.0f} tok/s")
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
+            save_checkpoint(out, step + 1, model, opt, sched, rank=rank, world=world, keep=cfg.keep,
+                            info={'loss': rec['loss']})
+    if log: log.close()
+    return recs
+
+# %% ../nbs/03a_train.ipynb #a3d514f2
+def train(data,  # SFT JSONL (`read_sft`)
+          model_path,  # the student: a Hugging Face checkpoint folder
+          out,  # the output folder: checkpoints, train_log.jsonl, shards.json, model/
+          cfg: TrainConfig,  # every setting of the run
+          *, seed: int = 0,  # the run's seed (data order, and each rank's RNG)
+          max_steps: Optional[int] = None,  # stop after this many optimizer steps (tests, benchmarks)
+          run_key: Optional[str] = None,  # what the export depends on (`run_key`), recorded in its manifest
+         ) -> Optional[Path]:
+    "The torchrun worker: SFT of `model_path` on `data` with FSDP2; checkpoints, loss log and model in `out`."
+    rank, world, device, out, say = start_worker(cfg, out, seed)
     # data: records -> examples -> this rank's plan of optimizer steps
-    tok = AutoTokenizer.from_pretrained(model_path)
-    if tok.pad_token_id is None: tok.pad_token = tok.eos_token
-    max_len = effective_max_length(tok, cfg.max_length, AutoConfig.from_pretrained(model_path))
-    examples, stats = build_examples(tok, read_sft(data), max_len, cfg.template)
-    if not examples: raise LionError(f"{data}: no example has a response token within {max_len} tokens")
-    steps = plan_steps([len(e['input_ids']) for e in examples], cfg, world=world, rank=rank, seed=seed, max_length=max_len)
-    total = len(steps) if max_steps is None else min(max_steps, len(steps))
+    tok, examples, stats, max_len = load_examples(data, model_path, cfg)
+    lengths = [len(e['input_ids']) for e in examples]
+    steps = plan_steps(lengths, cfg, world=world, rank=rank, seed=seed, max_length=max_len)[:max_steps]
+    total = len(steps)
     if _agree(export_complete(out/'model', total, run_key), rank):
         say(f"[train] {out/'model'} already holds the finished export of step {total}: nothing to do")
         return out/'model'
-    say(f"[train] {stats['kept']} examples ({stats['truncated']} truncated, {stats['dropped_prompt_too_long']} dropped) "
-        f"max_length {max_len}, packing {cfg.packing}, prompt {cfg.template}; world {world} on {device.type}; "
-        f"{cfg.effective_batch} {cfg.batch_unit} per step in micro-batches of {cfg.micro_batch} rows; {total} steps")
-
+    say(plan_line(stats, max_len, cfg, world, device, total))
     # model: meta-device build, rank 0's weights broadcast, FSDP2 (gradient checkpointing and LoRA first)
-    model, built = load_sharded_model(model_path, cfg, device, rank=rank, attn=attn, lora_r=lora_r)
-    n_total, n_train = sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.parameters() if p.requires_grad)
-    shards, builds = [None] * world, [None] * world
-    dist.all_gather_object(shards, local_numel(model)); dist.all_gather_object(builds, built)
-    say(f"[train] parameters {n_total:,} ({n_train:,} trainable); held per rank {shards}")
-    if rank == 0: write_json(out/'shards.json', {'world': world, 'total': n_total, 'trainable': n_train, 'local': shards, 'built': builds})
-
-    # optimizer, schedule, resume
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg.warmup_ratio, cfg.schedule))
-    start, ckpt = 0, latest_checkpoint(out)
-    if ckpt is not None:
-        start = load_checkpoint(ckpt, model, opt, sched, rank=rank)
-        say(f"[train] resumed from {ckpt.name} (step {start} of {total})")
-    if rank == 0: _truncate_log(out/'train_log.jsonl', start)   # steps after the checkpoint are redone
-    log = JsonlLog(out/'train_log.jsonl') if rank == 0 else None
-
-    # the loop: one optimizer step = the same number of micro-batches on every rank
-    model.train(); t_run, t_steps, tokens_run = time.perf_counter(), 0.0, 0
-    for step in range(start, total):
-        t0 = time.perf_counter()
-        batches = [collate([[examples[i] for i in row] for row in mb], tok.pad_token_id) if mb
-                   else _idle_batch(tok.pad_token_id) for mb in steps[step]]
-        counts = torch.tensor([float(sum((b['labels'][:, 1:] != IGNORE).sum() for b in batches)), float(sum(b['n_real'] for b in batches))], device=device)
-        dist.all_reduce(counts)                        # response tokens and real tokens in the whole effective batch
-        loss_sum = torch.zeros((), device=device)
-        for k, b in enumerate(batches):
-            model.set_requires_gradient_sync(k == len(batches) - 1)
-            s, _ = token_loss_sum(model, b)
-            (s * world / counts[0]).backward()          # FSDP averages over ranks: this gives the global token mean
-            loss_sum += s.detach()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        gnorm = gnorm.full_tensor() if hasattr(gnorm, 'full_tensor') else gnorm
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-        dist.all_reduce(loss_sum)
-        dt = time.perf_counter() - t0; t_steps += dt; tokens_run += int(counts[1])
-        rec = {'step': step + 1, 'of': total, 'loss': round(loss_sum.item() / counts[0].item(), 5), 'lr': sched.get_last_lr()[0],
-               'grad_norm': round(float(gnorm), 4), 'tokens': int(counts[1]), 'tokens_per_s': round(counts[1].item() / dt, 1), 'time_s': round(dt, 3)}
-        if log: log.append(rec)
-        say(f"[train] step {rec['step']}/{total} loss {rec['loss']:.4f} lr {rec['lr']:.2e} {rec['tokens_per_s']:.0f} tok/s")
-        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
-            save_checkpoint(out, step + 1, model, opt, sched, rank=rank, world=world, keep=cfg.keep, info={'loss': rec['loss']})
-
+    model, built = load_sharded_model(model_path, cfg, device, rank=rank)
+    record_shards(out, model, built, rank=rank, world=world, say=say)
+    # optimizer, schedule, resume; then the loop
+    opt, sched = make_optimizer(model, cfg, total)
+    start = resume(out, model, opt, sched, rank=rank, total=total, say=say)
+    t_run = time.perf_counter()
+    recs = run_steps(model, opt, sched, examples, steps, cfg, out, start=start, pad_id=tok.pad_token_id,
+                     rank=rank, world=world, device=device, say=say)
     # the final model: streamed, bfloat16, Hugging Face format
     wall, t_exp = time.perf_counter() - t_run, time.perf_counter()
-    export_hf_model(model, tok, model_path, out/'model', rank=rank, step=total, shard_gb=cfg.export_shard_gb, run_key=run_key)
+    export_hf_model(model, tok, model_path, out/'model', rank=rank, step=total, shard_gb=cfg.export_shard_gb,
+                    run_key=run_key)
     if rank == 0:
-        write_json(out/'train_summary.json', {**stats, 'steps': total, 'resumed_from': start, 'world': world, 'device': device.type,
-                   'trained_tokens': tokens_run, 'wall_s': round(wall, 2), 'step_s': round(t_steps, 2),
-                   'export_s': round(time.perf_counter() - t_exp, 2),
-                   'tokens_per_s': round(tokens_run / t_steps, 1) if t_steps else None,   # training steps only, not checkpoint I/O
-                   'peak_mem_gb_rank0': round(_peak_mem_gb(device), 2), 'cfg': cfg.model_dump()})
-    if log: log.close()
+        write_json(out/'train_summary.json', train_summary(stats, cfg, recs, total=total, start=start,
+                   world=world, device=device, wall=wall, export_s=time.perf_counter() - t_exp))
     say(f"[train] saved {out/'model'}")
     return out/'model'
 
-# %% ../nbs/03a_train.ipynb #8da30695
+# %% ../nbs/03a_train.ipynb #32eb8aa1
 def lora_config(r: int = 16):
     "LoRA on every linear layer of the decoder (not the LM head), alpha = 2r, no dropout."
-    try: from peft import LoraConfig
+    try: from peft import LoraConfig      # optional, and slow to import: only train.lora needs it
     except ImportError: raise LionError("train.lora needs peft: pip install peft") from None
-    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules='all-linear', task_type='CAUSAL_LM')
+    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules='all-linear',
+                      task_type='CAUSAL_LM')
 
-# %% ../nbs/03a_train.ipynb #e4cb97f5
+# %% ../nbs/03a_train.ipynb #4d1b16f2
 def add_lora(model, r: int = 16):
     "Wrap `model` with LoRA adapters (peft); only the adapters require gradients."
-    from peft import get_peft_model
+    from peft import get_peft_model       # optional, and slow to import: only train.lora needs it
     return get_peft_model(model, lora_config(r))
 
-# %% ../nbs/03a_train.ipynb #2291d58d
+# %% ../nbs/03a_train.ipynb #577c0d50
 def worker_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='python -m lion_nb.train', description="torchrun worker: SFT with FSDP2 (use `lion_nb train` to launch)")
-    p.add_argument('--data', required=True); p.add_argument('--model', required=True); p.add_argument('--out', required=True)
+    p = argparse.ArgumentParser(prog='python -m lion_nb.train',
+                                description="torchrun worker: SFT with FSDP2 (use `lion_nb train` to launch)")
+    p.add_argument('--data', required=True)
+    p.add_argument('--model', required=True)
+    p.add_argument('--out', required=True)
     p.add_argument('--train-config', default='{}', help="TrainConfig as JSON")
-    p.add_argument('--seed', type=int, default=0); p.add_argument('--max-steps', type=int)
-    p.add_argument('--attn', default='sdpa', help="attention implementation (sdpa, eager, flash_attention_2)")
-    p.add_argument('--lora-r', type=int, default=16, help="LoRA rank (with lora in the train config)")
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--max-steps', type=int)
     p.add_argument('--run-key', help="what the export depends on (recorded in its manifest)")
     return p
 
-# %% ../nbs/03a_train.ipynb #74c4ec33
+# %% ../nbs/03a_train.ipynb #6163dbd0
 def die_with_parent() -> Callable[[], None]:
     """Linux: a function that makes the calling process get SIGKILL when its parent dies (prctl PDEATHSIG), so
-    a killed launcher or torchrun agent never leaves training running; elsewhere it does nothing. Resolved here,
+    a killed launcher or torchrun agent never leaves training running; elsewhere it does nothing. Resolved
+    here,
     so that it is safe to run between fork and exec (`preexec_fn`)."""
     if not sys.platform.startswith('linux'): return lambda: None
-    import ctypes, signal
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     return lambda: prctl(1, signal.SIGKILL)          # 1 = PR_SET_PDEATHSIG
 
-# %% ../nbs/03a_train.ipynb #c752bde7
+# %% ../nbs/03a_train.ipynb #c5d366ae
 def main(argv: Optional[list[str]] = None) -> int:
     "Entry point of each torchrun worker."
-    import torch.distributed as dist
     die_with_parent()()
     if os.getppid() == 1: return 1                   # the agent died before that took effect
     a = worker_parser().parse_args(argv)
     cfg = TrainConfig.model_validate_json(a.train_config)
-    try: train(a.data, a.model, a.out, cfg, seed=a.seed, max_steps=a.max_steps, attn=a.attn, lora_r=a.lora_r, run_key=a.run_key)
+    try: train(a.data, a.model, a.out, cfg, seed=a.seed, max_steps=a.max_steps, run_key=a.run_key)
     finally:
         if dist.is_initialized(): dist.destroy_process_group()
     return 0
 
-# %% ../nbs/03a_train.ipynb #c4292ff8
+# %% ../nbs/03a_train.ipynb #169e8024
 def run_streaming(cmd: Sequence[str], *, env: Optional[dict] = None, echo: Callable[[str], None] = print,
                   check: bool = True) -> int:
-    "Run `cmd`, echo its output line by line as it arrives; with `check=True` raise CalledProcessError on failure."
-    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env,
-                            preexec_fn=die_with_parent())   # killing the launcher ends torchrun (and so its workers)
+    "Run `cmd`, echoing its output line by line as it comes; `check=True`: CalledProcessError on failure."
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            env=env, preexec_fn=die_with_parent())   # killing the launcher ends torchrun
     try:
         for line in proc.stdout: echo(line.rstrip('\n'))
         rc = proc.wait()
@@ -620,7 +788,8 @@ def first_slurm_host(nodelist: str) -> str:
 # %% ../nbs/03a_train.ipynb #1498a8c8
 def rendezvous(cfg: TrainConfig, env: Optional[dict] = None) -> dict:
     """Nodes, this node's rank and the rendezvous endpoint: the config's values, else the scheduler's
-    (SLURM_NNODES, SLURM_NODEID, SLURM_JOB_NODELIST) or torchrun-style variables (NNODES, NODE_RANK, MASTER_ADDR,
+    (SLURM_NNODES, SLURM_NODEID, SLURM_JOB_NODELIST) or torchrun-style variables (NNODES, NODE_RANK,
+    MASTER_ADDR,
     MASTER_PORT). One node and no endpoint means a standalone launch."""
     env = os.environ if env is None else env
     pick = lambda *vals: next((v for v in vals if v not in (None, '')), None)
@@ -638,29 +807,32 @@ def rendezvous(cfg: TrainConfig, env: Optional[dict] = None) -> dict:
     return {'nnodes': nnodes, 'node_rank': node_rank, 'endpoint': endpoint,
             'id': env.get('SLURM_JOB_ID') or 'lion_nb'}
 
-# %% ../nbs/03a_train.ipynb #6b6f54c7
-def torchrun_command(data, model, out, cfg: TrainConfig, nproc: int = 1, *, seed: int = 0, max_steps: Optional[int] = None,
-                     attn: str = 'sdpa', lora_r: int = 16, env: Optional[dict] = None, run_key: Optional[str] = None) -> list[str]:
-    "The `python -m torch.distributed.run ... -m lion_nb.train ...` command (standalone, or one node of several)."
+# %% ../nbs/03a_train.ipynb #ed80388c
+def torchrun_command(data, model, out, cfg: TrainConfig, nproc: int = 1, *, seed: int = 0,
+                     max_steps: Optional[int] = None, env: Optional[dict] = None,
+                     run_key: Optional[str] = None) -> list[str]:
+    "The `python -m torch.distributed.run ... -m lion_nb.train ...` command (one node or several)."
     rz = rendezvous(cfg, env)
     where = ['--standalone'] if rz['nnodes'] == 1 and not rz['endpoint'] else [
         '--nnodes', str(rz['nnodes']), '--node_rank', str(rz['node_rank']), '--rdzv_backend', 'c10d',
         '--rdzv_endpoint', rz['endpoint'], '--rdzv_id', rz['id']]
     cmd = [sys.executable, '-m', 'torch.distributed.run', *where, '--nproc_per_node', str(nproc),
-           '-m', 'lion_nb.train', '--data', str(data), '--model', str(model), '--out', str(out), '--train-config', cfg.model_dump_json(),
-           '--seed', str(seed), '--attn', attn, '--lora-r', str(lora_r)]
-    return cmd + (['--max-steps', str(max_steps)] if max_steps is not None else []) + (['--run-key', run_key] if run_key else [])
+           '-m', 'lion_nb.train', '--data', str(data), '--model', str(model), '--out', str(out),
+           '--train-config', cfg.model_dump_json(), '--seed', str(seed)]
+    steps = ['--max-steps', str(max_steps)] if max_steps is not None else []
+    return cmd + steps + (['--run-key', run_key] if run_key else [])
 
-# %% ../nbs/03a_train.ipynb #ed80388c
-RUN_FREE = {'save_every', 'keep', 'node_rank', 'rdzv_endpoint', 'pg_timeout_min'}   # do not change the trained model
+# %% ../nbs/03a_train.ipynb #2633154f
+# do not change the trained model
+RUN_FREE = {'save_every', 'keep', 'node_rank', 'rdzv_endpoint', 'pg_timeout_min'}
 
 def run_key(data, model, cfg: TrainConfig, *, seed: int, max_steps: Optional[int], nproc: int) -> str:
-    "SHA256 of what a training run's result depends on: the data's bytes, the model folder, settings, seed, steps."
-    from lion_nb.llm import checkpoint_fingerprint
+    "SHA256 of what a training run's result depends on: the data's bytes, the model, settings, seed, steps."
     h = hashlib.sha256()
     with open(data, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
-    ident = {'data': h.hexdigest(), 'model': checkpoint_fingerprint(model), 'cfg': cfg.model_dump(exclude=RUN_FREE),
+    ident = {'data': h.hexdigest(), 'model': checkpoint_fingerprint(model),
+             'cfg': cfg.model_dump(exclude=RUN_FREE),
              'seed': seed, 'max_steps': max_steps, 'nproc': nproc}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
@@ -673,87 +845,98 @@ def check_devices(cfg: TrainConfig, nproc: int, echo: Callable[[str], None] = pr
         echo("[train] no GPU visible: training on the CPU with gloo (train.device: auto)")
     return dev
 
-# %% ../nbs/03a_train.ipynb #05ebc2b2
-def launch_training(data, model, out, cfg: TrainConfig, nproc: int = 1, *, seed: int = 0, max_steps: Optional[int] = None,
-                    save_every: Optional[int] = None, keep: Optional[int] = None, attn: str = 'sdpa', lora_r: int = 16,
-                    env: Optional[dict] = None, echo: Callable[[str], None] = print) -> Path:
-    "Fine-tune `model` on SFT `data` with torchrun (`nproc` workers); resumes from `out`'s checkpoints; returns the saved model folder."
+# %% ../nbs/03a_train.ipynb #c9b01a69
+def launch_training(data,  # SFT JSONL
+                    model,  # the student: a Hugging Face checkpoint folder
+                    out,  # the output folder (checkpoints, train_log.jsonl, model/); a rerun resumes from it
+                    cfg: TrainConfig,  # every setting of the run (the config's `train` section)
+                    nproc: int = 1,  # worker processes: one per GPU; on CPU, shards of the model
+                    *, seed: int = 0,  # the run's seed
+                    max_steps: Optional[int] = None,  # stop after this many optimizer steps (tests)
+                    env: Optional[dict] = None,  # extra environment variables for torchrun
+                    echo: Callable[[str], None] = print,  # where the log's lines go
+                   ) -> Path:
+    "Fine-tune `model` on SFT `data` with torchrun (`nproc` workers); resumes from `out`; the model folder."
     data, model, out = Path(data), Path(model), Path(out)
     if not data.exists(): raise InputError(data, None, "SFT data not found")
-    if not (model/'config.json').exists(): raise InputError(model, None, "not a Hugging Face model folder (no config.json)")
-    over = {k: v for k, v in {'save_every': save_every, 'keep': keep}.items() if v is not None}
-    cfg = cfg.model_copy(update=over) if over else cfg
+    if not (model/'config.json').exists():
+        raise InputError(model, None, "not a Hugging Face model folder (no config.json)")
     key = run_key(data, model, cfg, seed=seed, max_steps=max_steps, nproc=nproc)
     if export_complete(out/'model', run_key=key):
         echo(f"[train] {out/'model'} is this run's finished export (verified): not launching")
         return out/'model'
     check_devices(cfg, nproc, echo)
     full_env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'TOKENIZERS_PARALLELISM': 'false', **(env or {})}
-    cmd = torchrun_command(data, model, out, cfg, nproc, seed=seed, max_steps=max_steps, attn=attn, lora_r=lora_r,
-                           env=full_env, run_key=key)
+    cmd = torchrun_command(data, model, out, cfg, nproc, seed=seed, max_steps=max_steps, env=full_env,
+                           run_key=key)
     echo('$ ' + shlex.join(cmd))
     run_streaming(cmd, env=full_env, echo=echo, check=True)
     return out/'model'
 
 # %% ../nbs/03a_train.ipynb #e6b1643d
-def _resolve_model(name_or_path) -> Path:
-    try: from lion_nb.models import resolve_hf_model
-    except ImportError: resolve_hf_model = None
-    if resolve_hf_model is not None: return Path(resolve_hf_model(name_or_path))
-    p = Path(name_or_path)
-    if not p.exists(): raise InputError(p, None, "model folder not found")
+OVERRIDES = [('epochs', float), ('lr', float), ('max-length', int), ('micro-batch', int),
+             ('effective-batch', int),
+             ('warmup-ratio', float), ('lora-r', int), ('save-every', int), ('keep', int), ('nnodes', int),
+             ('node-rank', int), ('rdzv-endpoint', str)]             # flags that override a TrainConfig field
+CHOICES = {'schedule': ['cosine', 'linear', 'constant'], 'template': ['chat', 'alpaca'],
+           'device': ['auto', 'cuda', 'cpu'], 'batch-unit': ['examples', 'tokens']}
+SWITCHES = ['packing', 'gradient-checkpointing', 'lora']
+
+def train_parser() -> argparse.ArgumentParser:
+    "The command line of `lion_nb train`: the data, model and output, then TrainConfig overrides."
+    p = argparse.ArgumentParser(prog='lion_nb train', description="Fine-tune a student on SFT data (JSONL of "
+                                "id, instruction, input, output) with FSDP under torchrun.")
+    p.add_argument('--data', required=True, help="SFT JSONL")
+    p.add_argument('--model', required=True, help="HF model folder or the embedded student's name")
+    p.add_argument('--out', required=True, help="output folder (checkpoints, train_log.jsonl, model/)")
+    p.add_argument('--config', help="run configuration YAML (its train section and seed are the defaults)")
+    p.add_argument('--nproc', type=int, help="processes (one per GPU; on CPU, shards of the model)")
+    p.add_argument('--seed', type=int)
+    p.add_argument('--max-steps', type=int)
+    for f, t in OVERRIDES: p.add_argument(f'--{f}', type=t)
+    for f, c in CHOICES.items(): p.add_argument(f'--{f}', choices=c)
+    for f in SWITCHES: p.add_argument(f'--{f}', action=argparse.BooleanOptionalAction, default=None)
     return p
 
 # %% ../nbs/03a_train.ipynb #b6a02dac
 def train_cli(argv: list[str]) -> int:
     "`lion_nb train --data SFT.jsonl --model PATH --out DIR --nproc N ...`"
-    p = argparse.ArgumentParser(prog='lion_nb train', description="Fine-tune a student on SFT data (JSONL of id, instruction, input, output) with FSDP under torchrun.")
-    p.add_argument('--data', required=True, help="SFT JSONL"); p.add_argument('--model', required=True, help="HF model folder or the embedded student's name")
-    p.add_argument('--out', required=True, help="output folder (checkpoints, train_log.jsonl, model/)")
-    p.add_argument('--config', help="run configuration YAML (its train section and seed are the defaults)")
-    p.add_argument('--nproc', type=int, help="processes (one per GPU; on CPU, shards of the model)")
-    for f, t in [('epochs', float), ('lr', float), ('max-length', int), ('micro-batch', int), ('effective-batch', int), ('warmup-ratio', float)]:
-        p.add_argument(f'--{f}', type=t)
-    p.add_argument('--schedule', choices=['cosine', 'linear', 'constant']); p.add_argument('--template', choices=['chat', 'alpaca'])
-    p.add_argument('--packing', action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument('--gradient-checkpointing', action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument('--lora', action=argparse.BooleanOptionalAction, default=None); p.add_argument('--lora-r', type=int, default=16)
-    p.add_argument('--seed', type=int); p.add_argument('--max-steps', type=int)
-    for f, t in [('save-every', int), ('keep', int), ('nnodes', int), ('node-rank', int), ('rdzv-endpoint', str)]:
-        p.add_argument(f'--{f}', type=t)
-    p.add_argument('--device', choices=['auto', 'cuda', 'cpu'])
-    p.add_argument('--batch-unit', choices=['examples', 'tokens'])
-    a = p.parse_args(argv)
+    a = train_parser().parse_args(argv)
     run_cfg = load_config(a.config) if a.config else None
     base = run_cfg.train.model_dump() if run_cfg else {}
-    over = {k.replace('-', '_'): getattr(a, k.replace('-', '_')) for k in ['epochs', 'lr', 'max-length', 'micro-batch', 'effective-batch',
-            'warmup-ratio', 'schedule', 'template', 'packing', 'gradient-checkpointing', 'lora', 'save-every', 'keep',
-            'nnodes', 'node-rank', 'rdzv-endpoint', 'device', 'batch-unit']}
-    cfg = TrainConfig.model_validate({**base, **{k: v for k, v in over.items() if v is not None}})
+    fields = [f.replace('-', '_') for f in [f for f, _ in OVERRIDES] + list(CHOICES) + SWITCHES]
+    over = {k: getattr(a, k) for k in fields if getattr(a, k) is not None}
+    cfg = TrainConfig.model_validate({**base, **over})
     nproc = a.nproc or cfg.nproc
     seed = a.seed if a.seed is not None else (run_cfg.seed if run_cfg else 0)
-    launch_training(a.data, _resolve_model(a.model), a.out, cfg, nproc, seed=seed, max_steps=a.max_steps, lora_r=a.lora_r)
+    launch_training(a.data, resolve_hf_model(a.model), a.out, cfg, nproc, seed=seed, max_steps=a.max_steps)
     return 0
 
 # %% ../nbs/03a_train.ipynb #461f206c
 def plot_loss(log_path, ax=None, label: Optional[str] = None):
     "Plot training loss per optimizer step from a `train_log.jsonl`."
-    import matplotlib.pyplot as plt
     recs = read_log(log_path)
     if ax is None: _, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([r['step'] for r in recs], [r['loss'] for r in recs], marker='.', label=label)
-    ax.set_xlabel('optimizer step'); ax.set_ylabel('loss (mean NLL per response token)'); ax.grid(alpha=.3)
+    ax.set_xlabel('optimizer step')
+    ax.set_ylabel('loss (mean NLL per response token)')
+    ax.grid(alpha=.3)
     if label: ax.legend()
     return ax
 
 # %% ../nbs/03a_train.ipynb #2a7c1340
 @torch.no_grad()
-def mean_nll(model, tok, records: Sequence[dict], *, max_length: int = 1024, template: str = 'chat') -> dict:
+def mean_nll(model,  # a causal LM, or its checkpoint folder
+             tok,  # its tokenizer, or the folder to load it from
+             records: Sequence[dict],  # SFT records (teacher answers the model was not trained on)
+             *, max_length: int = 1024,  # the longest example, in tokens
+             template: str = 'chat',  # the prompt layout, as in training
+            ) -> dict:
     """Mean NLL per response token of `model` on `records` (SFT records), with its 95% bootstrap interval over
     examples (each example's loss and token count resampled together); `model` and `tok` may be folders."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     if isinstance(tok, (str, Path)): tok = AutoTokenizer.from_pretrained(tok)
-    if isinstance(model, (str, Path)): model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    if isinstance(model, (str, Path)):
+        model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
     model.eval()
     exs, _ = build_examples(tok, records, effective_max_length(tok, max_length, model.config), template)
     sums, counts = [], []
@@ -767,4 +950,4 @@ def mean_nll(model, tok, records: Sequence[dict], *, max_length: int = 1024, tem
             'per_example': [[s, c] for s, c in zip(sums, counts)]}
 
 # %% ../nbs/03a_train.ipynb #3b098082
-if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # torchrun worker (not in a notebook)
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())  # torchrun worker (not in a notebook)

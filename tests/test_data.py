@@ -211,20 +211,20 @@ def ids(path): return [r.id for r in read_pool(path)]
 
 def test_pools_sizes_seed_and_reserve(tmp_path):
     cfg = config(train_size=20, cache_size=40, reserve_size=15)
-    s = run_pools(cfg, tmp_path/'a')
+    s = run_pools(cfg, RunDir(tmp_path/'a'))
     rd = RunDir(tmp_path/'a')
-    train, cache, reserve = ids(rd.pool(1, 'train')), ids(rd.pool(1, 'cache')), ids(rd.pool(1, 'train').with_name('reserve.jsonl'))
+    train, cache, reserve = ids(rd.pool(1, 'train')), ids(rd.pool(1, 'cache')), ids(rd.reserve(1))
     assert (len(train), len(cache), len(reserve)) == (20, 40, 15) == (s['train'], s['cache'], s['reserve'])
     assert set(train) <= set(cache) and not set(cache) & set(reserve)
     assert s['duplicates_dropped'] == 0 and s['loaded'] == len(data.demo_instructions())
     assert read_json(rd.done_file(1, 'pools'))['settings']['seed'] == s['settings']['seed']
-    run_pools(cfg, tmp_path/'b')                                                     # same seed: same pools, same bytes
+    run_pools(cfg, RunDir(tmp_path/'b'))                                                     # same seed: same pools, same bytes
     assert rd.pool(1, 'cache').read_bytes() == RunDir(tmp_path/'b').pool(1, 'cache').read_bytes()
-    run_pools(cfg.model_copy(update={'seed': 1}), tmp_path/'c')
+    run_pools(cfg.model_copy(update={'seed': 1}), RunDir(tmp_path/'c'))
     assert ids(RunDir(tmp_path/'c').pool(1, 'cache')) != cache
-    same = run_pools(config(train_size=10_000, cache_size=10_000), tmp_path/'d')      # the paper: both = everything
+    same = run_pools(config(train_size=10_000, cache_size=10_000), RunDir(tmp_path/'d'))      # the paper: both = everything
     assert same['identical'] and same['capped'] and same['train'] == same['cache'] == len(data.demo_instructions())
-    assert not RunDir(tmp_path/'d').pool(1, 'train').with_name('reserve.jsonl').exists()
+    assert not RunDir(tmp_path/'d').reserve(1).exists()
 
 
 def test_pools_drop_exact_duplicates(tmp_path):
@@ -235,7 +235,7 @@ def test_pools_drop_exact_duplicates(tmp_path):
                      'category': r.category})
     rows.append({'id': 'not-dup', 'instruction': demo[0].instruction, 'input': 'something else'})
     f = tmp_path/'mine.jsonl'; f.write_text(''.join(json.dumps(r) + '\n' for r in rows))
-    s = run_pools(config(dataset=str(f), train_size=500, cache_size=500), tmp_path/'run')
+    s = run_pools(config(dataset=str(f), train_size=500, cache_size=500), RunDir(tmp_path/'run'))
     assert s['loaded'] == len(demo) + 7 and s['duplicates_dropped'] == 6 and s['cache'] == len(demo) + 1
     assert ('dup-0', demo[0].id) in [tuple(x) for x in s['duplicate_examples']]
 
@@ -246,17 +246,17 @@ def test_pools_from_alpaca_get_rule_categories(tmp_path):
                              {'instruction': 'Calculate 12 * 7.', 'input': '', 'output': '84'},
                              {'instruction': 'Write a Python function that adds two numbers.', 'input': '', 'output': 'def add'}]))
     cfg = config(dataset='alpaca', train_size=3, cache_size=3).model_copy(update={'data_dir': str(tmp_path)})
-    s = run_pools(cfg, tmp_path/'run')
+    s = run_pools(cfg, RunDir(tmp_path/'run'))
     assert s['categorized_by_rule'] == 3 and s['categories']['cache'] == {'coding': 1, 'math': 1, 'writing': 1}
     with pytest.raises(InputError, match='dataset file not found'): load_dataset(str(tmp_path/'none.jsonl'))
 
 
 def test_pools_refuses_to_rebuild_used_pools(tmp_path):
-    run_pools(config(train_size=5), tmp_path)
-    assert run_pools(config(train_size=5), tmp_path)['skipped']
-    with pytest.raises(LionError, match='other settings'): run_pools(config(train_size=6), tmp_path)
+    run_pools(config(train_size=5), RunDir(tmp_path))
+    assert run_pools(config(train_size=5), RunDir(tmp_path))['skipped']
+    with pytest.raises(LionError, match='other settings'): run_pools(config(train_size=6), RunDir(tmp_path))
     RunDir(tmp_path).mark_done(1, 'imitation')
-    with pytest.raises(LionError, match='already used by imitation'): run_pools(config(train_size=6), tmp_path, force=True)
+    with pytest.raises(LionError, match='already used by imitation'): run_pools(config(train_size=6), RunDir(tmp_path), force=True)
     assert len(read_pool(RunDir(tmp_path).pool(1, 'train'))) == 5            # nothing was overwritten
 
 
@@ -269,8 +269,10 @@ def test_pools_cli_and_papermill(tmp_path, capsys):
     assert 'pools.dataset' in capsys.readouterr().err
     import papermill as pm
     out = tmp_path/'pools_out.ipynb'
+    cfg_pm = tmp_path/'pm.yaml'                                 # the stage's settings come from the configuration
+    cfg_pm.write_text(json.dumps(config(train_size=7, reserve_size=3).model_dump(mode='json')))
     pm.execute_notebook(str(ROOT/'nbs'/'02_pools.ipynb'), str(out), cwd=str(ROOT/'nbs'), progress_bar=False, kernel_name='python3', language='python',
-                        parameters={'run_dir': str(tmp_path/'pm'), 'config': str(cfgf), 'train_size': 7, 'reserve_size': 3})
+                        parameters={'run_dir': str(tmp_path/'pm'), 'config': str(cfg_pm)})
     rd = RunDir(tmp_path/'pm')
     assert rd.is_done(1, 'pools') and len(read_pool(rd.pool(1, 'train'))) == 7
     assert (rd.stage_dir(1, 'pools')/'categories.png').exists()

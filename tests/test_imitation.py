@@ -29,7 +29,8 @@ def config(base_url, tiny):
         'models': {'teacher': {'backend': 'openai', 'model': 'fake-teacher', 'base_url': base_url, 'max_retries': 0, 'concurrency': 4},
                    'student': {'backend': 'hf', 'model': str(tiny)}},
         'roles': {r: ('student' if r == 'student' else 'teacher') for r in ('teacher', 'referee', 'generator', 'judge', 'student')},
-        'train': {'epochs': 4, 'lr': 3e-3, 'micro_batch': 4, 'effective_batch': 8, 'max_length': 128, 'nproc': 1}})
+        'train': {'epochs': 4, 'lr': 3e-3, 'micro_batch': 4, 'effective_batch': 8, 'max_length': 128, 'nproc': 1,
+                  'heldout_fraction': 0.2}})
 
 
 def test_run_imitation(tmp_path):
@@ -43,15 +44,15 @@ def test_run_imitation(tmp_path):
     with serve(reverse_words, fault_fn=fail) as srv:
         cfg = config(srv.base_url, tiny)
         lines = []
-        s = run_imitation(cfg, run.root, 1, heldout_fraction=0.2, echo=lines.append)
+        s = run_imitation(cfg, run, 1, echo=lines.append)
         asked = srv.n_chat
-        again = run_imitation(cfg, run.root, 1)
+        again = run_imitation(cfg, run, 1)
         assert srv.n_chat == asked                                    # done: nothing asked again
 
     assert (s['answers'], s['usable'], s['failed']) == (40, 39, 1)    # the failed answer is counted...
     sft, held = read_sft(run.stage_dir(1, 'imitation') / 'sft.jsonl'), read_sft(run.stage_dir(1, 'imitation') / 'heldout.jsonl')
     ids = {r['id'] for r in sft} | {r['id'] for r in held}
-    assert fail_id not in ids and len(ids) == 39 and len(held) == 8   # ...and left out of the data
+    assert fail_id not in ids and len(ids) == 39 and len(held) == 8   # ...and left out; 20% held out
     assert all(r['input'] == p.input for r in sft for p in pool if p.id == r['id'])
     ans = {a['id']: a for a in read_log(run.stage_dir(1, 'imitation') / 'teacher_answers.jsonl')}
     assert ans[fail_id]['status'] == 'failed' and ans['toy-1']['output'] == ' '.join(reversed(pool[1].input.split()))
@@ -62,5 +63,5 @@ def test_run_imitation(tmp_path):
     assert not (run.stage_dir(1, 'imitation') / 'checkpoints').exists()
     # iteration 2 starts from iteration 1's model
     path, origin = starting_student(cfg, run, 2)
-    assert path == run.stage_dir(1, 'imitation') / 'model' and origin == 'iter_1/imitation/model'
+    assert path == run.student(1) and origin == 'iter_1/imitation/model'
     assert starting_student(cfg, run, 1)[0] == tiny

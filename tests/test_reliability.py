@@ -64,7 +64,7 @@ def faulty(tmp_path_factory):
         d = tmp_path_factory.mktemp('faulty')
         cfg_path = make_config(d/'cfg.yaml', srv.base_url, pools=dict(train_size=16, cache_size=16, reserve_size=0),
                                loop=dict(n_new=8), probe=dict(enabled=False))   # the probe: under kills, below
-        cfg = load_config(cfg_path); run = RunDir(d/'run'); run_pools(cfg, run.root)
+        cfg = load_config(cfg_path); run = RunDir(d/'run'); run_pools(cfg, run)
         for w in ('train', 'cache'): doomed_texts.update(user_message(r.instruction, r.input) for r in read_pool(run.pool(1, w))[-2:])
         yield dict(srv=srv, plan=plan, reply=reply, cfg=cfg, cfg_path=cfg_path, run=run)
 
@@ -175,7 +175,7 @@ def reference(slow_server, tmp_path_factory):
     d = tmp_path_factory.mktemp('ref')
     cfg_path = make_config(d/'cfg.yaml', slow_server.base_url, remote=dict(concurrency=2),
                            pools=dict(train_size=30, cache_size=10, reserve_size=0), loop=dict(n_new=16))
-    cfg = load_config(cfg_path); pools = RunDir(d/'pools'); run_pools(cfg, pools.root)
+    cfg = load_config(cfg_path); pools = RunDir(d/'pools'); run_pools(cfg, pools)
     ref = dict(cfg_path=cfg_path, runs={}, sent={}, pools=pools)
     def stage(name, fn, *inputs):
         run = ref['runs'][name] = copy_parts(pools.root if name != 'generation' else ref['runs']['discrimination'].root,

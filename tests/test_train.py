@@ -220,10 +220,11 @@ def test_kill9_resume_then_export_skipped(full_run, tiny_base, sft, tmp_path):
 
 def test_lora_trains_adapters_and_saves_merged(tiny, sft, tmp_path):
     from safetensors.torch import load_file
-    cfg = CFG.model_copy(update={'lora': True, 'lr': 1e-2})
-    model_dir = launch_training(sft, tiny, tmp_path / 'out', cfg, 2, seed=7, max_steps=3, lora_r=4, echo=lambda l: None)
+    cfg = CFG.model_copy(update={'lora': True, 'lora_r': 4, 'lr': 1e-2})
+    model_dir = launch_training(sft, tiny, tmp_path / 'out', cfg, 2, seed=7, max_steps=3, echo=lambda l: None)
     shards = json.loads((tmp_path / 'out' / 'shards.json').read_text())
     assert 0 < shards['trainable'] < 0.3 * shards['total'] and abs(shards['local'][0] / shards['total'] - 0.5) < 0.02
+    assert shards['trainable'] == 2048 * 4                                   # train.lora_r reached the workers' model
     base, tuned = load_file(tiny / 'model.safetensors'), load_file(model_dir / 'model.safetensors')
     assert set(tuned) == set(base)                                           # merged: a plain checkpoint, no adapter keys
     assert torch.equal(base['model.embed_tokens.weight'].bfloat16(), tuned['model.embed_tokens.weight'])   # frozen
