@@ -69,11 +69,12 @@ class StageBar(tqdm):
 def progress_bar(total: Optional[int], # how many items the bar counts to (None: unknown)
                  desc: str,            # what is being counted, e.g. 'teacher answers'
                  unit: str = 'it',     # the unit, e.g. 'req' or 'step'
-                 disable: bool = False) -> StageBar:
-    """A text progress bar (terminals, notebooks and papermill alike) that `lion_nb run` mirrors on the
-    console."""
+                 disable: bool = False,  # no bar at all (e.g. on every training process but the first)
+                 initial: int = 0,     # items already done (a resumed run)
+                 quiet: bool = False) -> StageBar:  # draw nothing here, only tell the console
+    "A text progress bar (terminals, notebooks, papermill) that `lion_nb run` mirrors on the console."
     return StageBar(total=total, desc=desc, unit=unit, mininterval=0.5, dynamic_ncols=True, leave=True,
-                    disable=disable, file=sys.stderr)
+                    disable=disable, initial=initial, file=open(os.devnull, 'w') if quiet else sys.stderr)
 
 # %% ../nbs/07a_progress.ipynb #f0cd6f50
 class UsageTail:

@@ -30,6 +30,7 @@ from transformers.utils import logging as hf_logging
 from .core import (InputError, JsonlLog, LionError, TrainConfig, derive_seed, iter_jsonl, load_config,
                           read_json, read_log, seed_everything, user_message, write_json, write_jsonl)
 from .llm import checkpoint_fingerprint, render_prompt, resolve_template
+from .progress import progress_bar
 from .models import resolve_hf_model
 from .stats import ratio_ci
 
@@ -660,6 +661,7 @@ def run_steps(model, opt, sched, examples: Sequence[dict], steps: list, cfg: Tra
     log = JsonlLog(out/'train_log.jsonl') if rank == 0 else None
     model.train()
     recs, total = [], len(steps)
+    bar = progress_bar(total, 'training steps', 'step', disable=rank != 0, initial=start, quiet=True)
     for step in range(start, total):
         rec = {'step': step + 1, 'of': total, **train_step(model, opt, sched, examples, steps[step], cfg,
                                                           pad_id=pad_id, world=world, device=device)}
@@ -670,6 +672,8 @@ def run_steps(model, opt, sched, examples: Sequence[dict], steps: list, cfg: Tra
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
             save_checkpoint(out, step + 1, model, opt, sched, rank=rank, world=world, keep=cfg.keep,
                             info={'loss': rec['loss']})
+        bar.update()
+    bar.close()
     if log: log.close()
     return recs
 
