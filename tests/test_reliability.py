@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lion_nb import llm
+from lion_nb import batch, clients, llm
 from lion_nb.core import Answer, LionError, ModelSpec, RunDir, read_json, read_log, read_pool, user_message
 from lion_nb.testing import serve
 from lion_fixtures import ROOT, is_hard, tiny_config
@@ -43,8 +43,9 @@ def latest(path, model=None) -> dict:
 
 @pytest.fixture
 def quick_retries(monkeypatch):
-    "Retry backoff of 20-40 ms instead of seconds (lion_nb.llm has no setting for it that the stages pass on)."
-    monkeypatch.setattr(llm, 'backoff_s', lambda attempt, base=1.0, cap=60.0, rng=random: 0.02 + 0.02 * random.random())
+    "Retry backoff of 20-40 ms instead of seconds (the LLM layer has no setting for it that the stages pass on)."
+    quick = lambda attempt, base=1.0, cap=60.0, rng=random: 0.02 + 0.02 * random.random()
+    for module in (clients, batch): monkeypatch.setattr(module, 'backoff_s', quick)   # where it is called
 
 
 # ============================================================ 1. fault injection
