@@ -1,6 +1,6 @@
 """Throughput of the LLM layer against a rate-limited endpoint, and the paper's one-at-a-time pattern.
 
-A local OpenAI-compatible server (tests/openai_server.py, in its own process) answers each request after
+A local OpenAI-compatible server (`lion_nb.testing`, in its own process) answers each request after
 300 ms and enforces 600 requests per minute (sliding 60 s window; 429 + Retry-After beyond it). Our client
 (concurrency 16, rpm 600) sends N >= 500 distinct requests through an empty cache. The bar: it sustains at
 least 95% of the limit with zero failures.
@@ -18,7 +18,7 @@ os.environ.setdefault('TQDM_DISABLE', '1')
 
 
 def start_server(latency_s: float, rpm: int):
-    p = subprocess.Popen([sys.executable, str(ROOT/'tests'/'openai_server.py'), '--latency-s', str(latency_s), '--rpm', str(rpm)],
+    p = subprocess.Popen([sys.executable, '-m', 'lion_nb.testing', '--latency-s', str(latency_s), '--rpm', str(rpm)],
                          stdout=subprocess.PIPE, text=True)
     line = p.stdout.readline().strip()
     if not line.startswith('READY '): p.kill(); raise SystemExit(f'server did not start: {line!r}')

@@ -2,7 +2,7 @@
 
 It runs the real paper configuration, changed only where a rehearsal must:
 - every remote role (teacher, referee, generator, judge) points at a local OpenAI-compatible stand-in on 127.0.0.1
-  (tests/openai_server.py: chat, files and batches endpoints), with the Batch API on for every API role. Its
+  (`lion_nb.testing`: chat, files and batches endpoints), with the Batch API on for every API role. Its
   scripted answers take milliseconds: the teacher answers briefly; the referee finds about 30% of instructions hard
   and, like a real model, writes an unreadable verdict about 2% of the time (the referee stage repairs those);
   the generator writes new instructions, about 8% of them near-duplicates of each other;
@@ -31,7 +31,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT/'tests'))
-from openai_server import last_user_text, serve          # noqa: E402  (the test suite's stand-in server)
+from lion_nb.testing import last_user_text, serve          # noqa: E402  (the test suite's stand-in server)
 from lion_fixtures import lion_reply                      # noqa: E402  (its scripted judge)
 from synth_alpaca import OBJECTS, VERBS, make_words, synth_alpaca, write_alpaca   # noqa: E402
 from lion_nb.core import STAGES                            # noqa: E402

@@ -34,3 +34,10 @@ def embedded_server(tmp_path_factory):
         models.stop_all_servers(state)
         if before is None: os.environ.pop('LION_SERVER_STATE', None)
         else: os.environ['LION_SERVER_STATE'] = before
+
+
+@pytest.fixture
+def openai_server():
+    "A fresh local OpenAI-compatible server (`lion_nb.testing`) per test (defaults: no latency, no faults)."
+    from lion_nb.testing import serve
+    with serve() as srv: yield srv

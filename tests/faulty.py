@@ -1,4 +1,4 @@
-"""Tools for the reliability tests (tests/test_reliability.py): a fault plan for `openai_server`, a scripted model
+"""Tools for the reliability tests (tests/test_reliability.py): a fault plan for `lion_nb.testing`, a scripted model
 that also plays a distinct student, kill -9 / resume driving, and checks that files are whole.
 
 Whether a request is faulted depends only on its request key and on how many times the server has seen that key
@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-from openai_server import last_user_text, request_key
+from lion_nb.testing import last_user_text, request_key
 from lion_fixtures import ROOT, lion_reply
 
 LION = [sys.executable, '-c', 'import sys; from lion_nb.cli import main; sys.exit(main())']

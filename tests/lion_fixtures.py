@@ -1,7 +1,7 @@
 """A whole Lion run in miniature, for end-to-end, resume and fault tests.
 
 Every remote role (teacher, referee, generator, judge) is played by the local OpenAI-compatible server in
-`openai_server.py`, scripted by `lion_reply`, which recognises each role by its prompt and answers the way
+`lion_nb.testing`, scripted by `lion_reply`, which recognises each role by its prompt and answers the way
 a well-behaved model would. The student is a tiny random Llama saved offline. So the real loop, real
 papermill, real torchrun and the real `openai` client all run, in minutes, with outcomes we can predict:
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from openai_server import last_user_text
+from lion_nb.testing import last_user_text
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ('amber basil cedar delta ember fjord garnet harbor indigo juniper kelp lagoon meadow nectar orchid '

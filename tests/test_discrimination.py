@@ -9,7 +9,7 @@ import yaml
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_server import serve  # noqa: E402
+from lion_nb.testing import serve  # noqa: E402
 
 from lion_nb.core import Answer, Instruction, Review, RunDir, parse_config, read_log, read_json, write_jsonl  # noqa: E402
 from lion_nb.discrimination import (ScoreParseError, parse_score_value, parse_scores, swap_average, is_hard,  # noqa: E402

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lion_nb.core import RunDir, read_json, read_log, read_pool
-from openai_server import serve
+from lion_nb.testing import serve
 from lion_fixtures import ROOT, is_hard, lion_reply, tiny_config, tiny_student
 
 LION = [sys.executable, '-c', 'import sys; from lion_nb.cli import main; sys.exit(main())']

@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from lion_fixtures import lion_reply, tiny_config  # noqa: E402
-from openai_server import serve  # noqa: E402
+from lion_nb.testing import serve  # noqa: E402
 
 from lion_nb.core import LionError, ModelSpec, RunDir, load_config, write_jsonl, Instruction
 from lion_nb.engine import EngineClient, EngineServer, http_json
@@ -135,7 +135,7 @@ time.sleep(600)
 def test_a_stage_killed_with_sigkill_leaves_no_server_behind(tmp_path):
     "The supervisor stops the engine's process group when the process that started it is gone."
     ckpt = tmp_path/'ckpt'; ckpt.mkdir(); (ckpt/'config.json').write_text('{}')
-    launch = f'{{python}} {ROOT}/tests/openai_server.py --port {{port}}'     # any OpenAI-compatible server
+    launch = '{python} -m lion_nb.testing --port {port}'     # any OpenAI-compatible server
     p = subprocess.Popen([sys.executable, '-c', KILLED_STAGE, str(ckpt), launch, str(tmp_path/'engine')], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -1,4 +1,4 @@
-"""Evaluation end to end against a scripted local judge (tests/openai_server.py, real HTTP, real `openai`
+"""Evaluation end to end against a scripted local judge (`lion_nb.testing`, real HTTP, real `openai`
 client): every candidate and the teacher answer through the LLM layer, the judge's replies follow fixed
 rules, so relative scores, win/tie/lose, position consistency, unscored counts and reasoning accuracy are
 known exactly. Also: the loaders on the public data ($LION_DATA_DIR) and on small BBH files we write."""
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_server import last_user_text, serve  # noqa: E402
+from lion_nb.testing import last_user_text, serve  # noqa: E402
 
 from lion_nb.core import RunDir, parse_config, user_message, write_json
 from lion_nb.evaluation import (category_table, closing_note, evaluate_cli, reasoning_table, wtl_table, load_eval_set, metrics_history, run_evaluation, sample_items,

@@ -10,7 +10,7 @@ import yaml
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_server import last_user_text, serve  # noqa: E402
+from lion_nb.testing import last_user_text, serve  # noqa: E402
 
 from lion_nb.core import InputError, Instruction, LionError, RunDir, parse_config, read_json, read_pool, sha256_file, write_jsonl  # noqa: E402
 from lion_nb.dedup import reference_rouge_l  # noqa: E402

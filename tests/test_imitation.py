@@ -9,7 +9,7 @@ import pytest
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_server import last_user_text, serve  # noqa: E402
+from lion_nb.testing import last_user_text, serve  # noqa: E402
 
 from lion_nb.core import Instruction, RunDir, parse_config, read_log, write_jsonl  # noqa: E402
 from lion_nb.imitation import run_imitation, starting_student  # noqa: E402

@@ -1,4 +1,4 @@
-"""The LLM layer against a real local HTTP server (tests/openai_server.py) with the real `openai` client,
+"""The LLM layer against a real local HTTP server (`lion_nb.testing`) with the real `openai` client,
 and the student path on a tiny random Llama built offline."""
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_server import request_key, serve  # noqa: E402
+from lion_nb.testing import request_key, serve  # noqa: E402
 
 from lion_nb.core import Answer, Instruction, ModelSpec, read_log, write_jsonl
 from lion_nb.llm import (Budget, BudgetExceeded, ChatRequest, answer_cli, answer_pool, answer_requests, make_client, request_body,

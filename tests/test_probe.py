@@ -8,7 +8,7 @@ import pytest
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_server import serve  # noqa: E402
+from lion_nb.testing import serve  # noqa: E402
 
 from lion_nb.core import Answer, LionError, ModelSpec, ROLES, parse_config, read_json, write_jsonl  # noqa: E402
 from lion_nb.discrimination import RefereeSettings, known_pair, referee_cli, referee_messages, run_probe  # noqa: E402

@@ -1,6 +1,6 @@
 """Reliability and security: faults from the endpoint, kill -9 and resume, bad input, secrets.
 
-Every remote role is played by the local OpenAI-compatible server (tests/openai_server.py) scripted by
+Every remote role is played by the local OpenAI-compatible server (`lion_nb.testing`) scripted by
 `faulty.scripted_reply`. In parts 1-3 the student is played by the same server (a distinct, deterministic "student"
 voice), so those stages never load torch and the killed subprocesses start in about a second; part 4 runs the whole
 loop (`lion_nb run`, 1 round and the final imitation, papermill, torchrun, the tiny random student). Training's kill and resume is tested
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from lion_nb import llm
+from lion_nb import batch, clients, llm
 from lion_nb.core import Answer, LionError, ModelSpec, RunDir, read_json, read_log, read_pool, user_message
-from openai_server import serve
+from lion_nb.testing import serve
 from lion_fixtures import ROOT, is_hard, tiny_config
 from faulty import (LION, NO_SCORES, FaultPlan, Recorder, cache_keys, check_files_whole, is_student, kill_and_resume,
                     leftover_temps, reply_without_scores, scripted_reply, tree_hash)
@@ -43,8 +43,9 @@ def latest(path, model=None) -> dict:
 
 @pytest.fixture
 def quick_retries(monkeypatch):
-    "Retry backoff of 20-40 ms instead of seconds (lion_nb.llm has no setting for it that the stages pass on)."
-    monkeypatch.setattr(llm, 'backoff_s', lambda attempt, base=1.0, cap=60.0, rng=random: 0.02 + 0.02 * random.random())
+    "Retry backoff of 20-40 ms instead of seconds (the LLM layer has no setting for it that the stages pass on)."
+    quick = lambda attempt, base=1.0, cap=60.0, rng=random: 0.02 + 0.02 * random.random()
+    for module in (clients, batch): monkeypatch.setattr(module, 'backoff_s', quick)   # where it is called
 
 
 # ============================================================ 1. fault injection
