@@ -12,9 +12,9 @@ from typing import Any, Callable, Optional
 import openai
 import pandas as pd
 from fastcore.basics import patch
-from tqdm import tqdm
 
 from .cache import ChatRequest
+from .progress import progress_bar
 from .core import JsonlLog, LionError, ModelSpec, read_log
 
 # %% auto #0
@@ -146,8 +146,7 @@ def run_sync(make_coro: Callable[[], Any]):
 
 # %% ../nbs/13a_limits.ipynb #f360827c
 def _progress(total: int, desc: Optional[str], hits: int = 0):
-    bar = tqdm(total=total, desc=desc or 'requests', unit='req', mininterval=0.5, dynamic_ncols=True,
-               leave=True)
+    bar = progress_bar(total, desc or 'requests', 'req')   # lion_nb run shows it on the console too
     if hits: bar.set_postfix(cached=hits)
     return bar
 
