@@ -179,7 +179,8 @@ def notebooks_dir() -> Path:
 def render_html(nb_path: Path) -> Path:
     "Render an executed notebook to HTML next to it (offline)."
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(nb_path, as_version=4))
-    out = nb_path.with_suffix('.html'); out.write_text(body, encoding='utf-8')
+    out = nb_path.with_suffix('.html')
+    out.write_text(body, encoding='utf-8')
     return out
 
 # %% ../nbs/07_loop.ipynb #16707719
@@ -390,7 +391,9 @@ def check_keys(cfg: Config) -> str:
     for name in sorted(set(cfg.roles.values())):
         spec = cfg.models[name]
         if spec.backend != 'openai': continue
-        if spec.api_key_env: api_key_for(spec); named.append(f"{name}: ${spec.api_key_env} set")
+        if spec.api_key_env:
+            api_key_for(spec)
+            named.append(f"{name}: ${spec.api_key_env} set")
         elif 'api.openai.com' in (spec.base_url or 'https://api.openai.com/v1'):
             raise LionError(
                 f"model {name!r} calls api.openai.com but names no key variable: set api_key_env: "
@@ -403,7 +406,8 @@ def check_keys(cfg: Config) -> str:
 def preflight(config_path, run_root, baseline: Optional[str] = None, rounds: Optional[int] = None,
               progress=print) -> list[dict]:
     "Check the whole run before anything is paid for; print one line per check; raise listing every failure."
-    cfg = load_config(config_path); K = rounds or cfg.loop.iterations
+    cfg = load_config(config_path)
+    K = rounds or cfg.loop.iterations
     results, sizes = [], {}
     def check(name, fn):
         try: detail, ok = fn(), True
@@ -437,7 +441,8 @@ def link_cache(run: RunDir, cache_dir: Optional[str]) -> Path:
     """Make `<run>/cache` a link to the shared `cache_dir` (created if needed); without one, the run's own
     folder."""
     if not cache_dir: return run.cache
-    target = Path(cache_dir).expanduser().resolve(); target.mkdir(parents=True, exist_ok=True)
+    target = Path(cache_dir).expanduser().resolve()
+    target.mkdir(parents=True, exist_ok=True)
     if run.cache.is_symlink():
         if run.cache.resolve() == target: return target
         run.cache.unlink()
