@@ -35,6 +35,7 @@ demo: models
 # The exported module must equal what the notebooks export, and notebooks must be clean.
 check: setup
 	$(BIN)/python tools/check_nbdev.py
+	$(BIN)/python tools/nb_stats.py --check > /dev/null
 
 nbtest: setup
 	$(BIN)/nbdev_test --n_workers 2 --timing
@@ -48,7 +49,7 @@ test-slow: models
 
 test: check nbtest pytest
 
-# Every benchmark but the full-size paper rehearsal (about 3.5 hours on 2 cores: `make rehearsal`) and the
+# Every benchmark but the full-size paper rehearsal (about 70 minutes on 2 cores: `make rehearsal`) and the
 # GPU checks (bench/gpu_*, for a GPU machine).
 bench: models
 	for b in $$(ls bench/*.py | grep -v -e paper_rehearsal -e synth_alpaca -e gpu_); do $(BIN)/python $$b || exit 1; done
