@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_loop.ipynb #9a27238b
 from __future__ import annotations
-import argparse, importlib.metadata, json, os, platform, re, shutil, subprocess, sys, time
+import argparse, ast, importlib.metadata, json, os, platform, re, shutil, subprocess, sys, time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -15,15 +15,15 @@ from papermill.exceptions import PapermillExecutionError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 # %% auto #0
-__all__ = ['BASELINES', 'STAGES', 'STAGE_NOTEBOOKS', 'WEIGHT_SUFFIXES', 'QUIET_KERNEL', 'PACKAGES', 'EST', 'EVAL_SIZES',
-           'EVAL_TASKS', 'JUDGED_SETS', 'lion', 'lion_plan', 'iteration_plan', 'trained_instructions',
+__all__ = ['BASELINES', 'STAGES', 'STAGE_NOTEBOOKS', 'WEIGHT_SUFFIXES', 'KEPT_DIRECTIVES', 'QUIET_KERNEL', 'PACKAGES', 'EST',
+           'EVAL_SIZES', 'EVAL_TASKS', 'JUDGED_SETS', 'lion', 'lion_plan', 'iteration_plan', 'trained_instructions',
            'check_parameters', 'file_contains', 'files_containing', 'check_no_secrets', 'notebooks_dir', 'render_html',
-           'run_stage', 'package_versions', 'git_commit', 'file_hashes', 'count_parameters', 'prompt_layout',
-           'load_checkpoint_parts', 'check_checkpoint', 'eval_data_names', 'check_data', 'check_reserve',
-           'check_devices', 'checkpoint_bytes', 'check_disk', 'check_keys', 'preflight', 'link_cache',
-           'prepare_run_dir', 'fork_run', 'run_manifest', 'notebook_stage', 'run_loop', 'stage_hashes', 'usage_summary',
-           'discrimination_teacher_calls', 'eval_items', 'DryRun', 'estimate_run', 'print_estimate', 'repo_root',
-           'print_summary', 'run_parser', 'run_cli', 'demo_cli']
+           'is_inline_test', 'lab_notebook', 'run_stage', 'package_versions', 'git_commit', 'file_hashes',
+           'count_parameters', 'prompt_layout', 'load_checkpoint_parts', 'check_checkpoint', 'eval_data_names',
+           'check_data', 'check_reserve', 'check_devices', 'checkpoint_bytes', 'check_disk', 'check_keys', 'preflight',
+           'link_cache', 'prepare_run_dir', 'fork_run', 'run_manifest', 'notebook_stage', 'run_loop', 'stage_hashes',
+           'usage_summary', 'discrimination_teacher_calls', 'eval_items', 'DryRun', 'estimate_run', 'print_estimate',
+           'repo_root', 'print_summary', 'run_parser', 'run_cli', 'demo_cli']
 
 # %% ../nbs/07_loop.ipynb #668482d2
 from . import data
@@ -184,17 +184,28 @@ def render_html(nb_path: Path) -> Path:
     return out
 
 # %% ../nbs/07_loop.ipynb #16707719
+KEPT_DIRECTIVES = ('#| export', '#| exporti', '#| exports', '#| slow', '#| hide', '#| default_exp')
+
+def is_inline_test(cell) -> bool:
+    "A code cell of the notebook's inline tests: no directive that keeps it, not parameters, not only imports."
+    if cell.cell_type != 'code' or 'parameters' in cell.metadata.get('tags', []): return False
+    src = cell.source.lstrip()
+    if src.startswith(KEPT_DIRECTIVES) or re.search(r'^\s*[%!]', src, re.M): return False
+    try: tree = ast.parse(src)
+    except SyntaxError: return False
+    return not all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body)
+
+def lab_notebook(src: Path) -> nbformat.NotebookNode:
+    "The stage notebook at `src` without its inline tests: the copy a run executes and keeps as its lab record."
+    nb = nbformat.read(src, as_version=4)
+    nb.cells = [c for c in nb.cells if not is_inline_test(c)]
+    return nb
+
+# %% ../nbs/07_loop.ipynb #a603f6b2
 QUIET_KERNEL = ['--IPKernelApp.log_level=ERROR']   # the kernel's TCP warning is not the user's concern
 
-def run_stage(
-    stage: str,
-    run: RunDir,
-    k: int,
-    config_path: Path,
-    secrets: list[str] = (),
-    log_output: bool = False,
-    extra: Optional[dict] = None,
-) -> Path:
+def run_stage(stage: str, run: RunDir, k: int, config_path: Path, secrets: list[str] = (),
+              log_output: bool = False, extra: Optional[dict] = None) -> Path:
     "Execute stage `stage` of iteration `k` as a papermill notebook; return the executed notebook's path."
     src = notebooks_dir()/STAGE_NOTEBOOKS[stage]
     out = run.iter_dir(k)/STAGE_NOTEBOOKS[stage]
@@ -202,9 +213,9 @@ def run_stage(
     params = check_parameters({'run_dir': str(run.root.resolve()), 'iteration': k,
                                'config': str(Path(config_path).resolve()), **(extra or {})}, secrets)
     try:
-        pm.execute_notebook(str(src), str(out), parameters=params, kernel_name='python3', language='python',
-                            progress_bar=False, log_output=log_output, cwd=str(src.parent),
-                            extra_arguments=QUIET_KERNEL)
+        pm.execute_notebook(lab_notebook(src), str(out), parameters=params, kernel_name='python3',
+                            language='python', progress_bar=False, log_output=log_output, cwd=str(src.parent),
+                            request_save_on_cell_execute=False, extra_arguments=QUIET_KERNEL)
     except PapermillExecutionError as e:
         raise LionError(
             f"stage {stage!r} of iteration {k} failed in {src.name} at cell {e.cell_index + 1} of the "
@@ -720,7 +731,8 @@ def repo_root() -> Path: return Path(__file__).resolve().parents[1]
 # %% ../nbs/07_loop.ipynb #4dc653b3
 def print_summary(manifest: dict, run_dir, progress=print):
     "The end-of-run table: time, calls, tokens, cost and the headline figure of every stage."
-    progress("\n" + stage_table(stage_rows(manifest, RunDir(run_dir))))
+    progress("\n[lion_nb] time per stage, its usage (calls, tokens, cost) and its headline figure")
+    progress(stage_table(stage_rows(manifest, RunDir(run_dir))))
     progress(f"[lion_nb] the whole run took {fmt_seconds(manifest.get('seconds', 0)).strip()}")
 
 # %% ../nbs/07_loop.ipynb #9429b505

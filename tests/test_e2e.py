@@ -54,6 +54,9 @@ def test_full_run_produces_every_stage(full_run):
     m = read_json(run.manifest)
     assert m['config_hash'] and m['usage'] and m['hashes'] and len(m['stages']) == 7
     assert 'time per stage' in out and 'usage' in out
+    for row in ('pools', 'imitation', 'discrimination', 'generation', 'evaluation'):   # the end-of-run table
+        assert any(l.split()[1:2] == [row] for l in out.splitlines() if l[:4].strip().isdigit()), (row, out)
+    assert ' hard / ' in out and ' kept of ' in out and 'the whole run took' in out
 
 def test_split_matches_the_scripted_referee(full_run):
     run, _ = full_run
