@@ -53,7 +53,7 @@ def _write_example_iterations(run: RunDir) -> None:
         for which, n in (('train', train), ('cache', cache)):
             rows = [json.dumps({'id': f'{k}-{i}', 'instruction': f'task {i}'}) + '\n' for i in range(n)]
             run.pool(k, which).write_text(''.join(rows))
-        (run.stage_dir(k, 'imitation')/'model').mkdir(parents=True, exist_ok=True)
+        run.student(k).mkdir(parents=True, exist_ok=True)
         run.mark_done(k, 'imitation', examples=train)
         run.mark_done(k, 'discrimination', hard=3, easy=cache - 3)
 
@@ -137,7 +137,7 @@ def _iteration_row(run: RunDir, k: int) -> dict:
     "Pool sizes, whether a student was trained, and the notes of every finished stage, of iteration `k`."
     row = {'iteration': k, 'train': _count_lines(run.pool(k, 'train')),
            'cache': _count_lines(run.pool(k, 'cache')),
-           'trained': (run.stage_dir(k, 'imitation')/'model').is_dir(), 'notes': {}}
+           'trained': run.student(k).is_dir(), 'notes': {}}
     for st in STAGES:
         if not run.is_done(k, st): continue
         try: row['notes'][st] = _stage_notes(read_json(run.done_file(k, st)))
@@ -181,7 +181,7 @@ def run_facts(run_dir, # the run folder (outputs/<run>)
             'manifest': man, 'roles': _role_models(cfg),
             'iterations_planned': man.get('iterations') or cfg.get('loop', {}).get('iterations'),
             'iterations': per_iter, 'final_iteration': trained[-1] if trained else None,
-            'final_student': run.stage_dir(trained[-1], 'imitation')/'model' if trained else None,
+            'final_student': run.student(trained[-1]) if trained else None,
             'evaluations': evals,
             'dataset': str(cfg.get('pools', {}).get('dataset', 'demo')) if cfg else None,
             'usage': _usage_totals(man)}

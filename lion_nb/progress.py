@@ -50,7 +50,7 @@ class StageBar(tqdm):
     def publish(self, force: bool = False):
         "Write the bar's state to the progress file (at most every half second unless `force`)."
         now = time.time()
-        if self._path is None or (not force and now - self._last < 0.5): return
+        if self.disable or self._path is None or (not force and now - self._last < 0.5): return
         self._last = now
         write_state(
             self._path, {'desc': self.desc, 'n': self.n, 'total': self.total, 'unit': self.unit, 't': now}
