@@ -187,7 +187,7 @@ def render_html(nb_path: Path) -> Path:
 KEPT_DIRECTIVES = ('#| export', '#| exporti', '#| exports', '#| slow', '#| hide', '#| default_exp')
 
 def is_inline_test(cell) -> bool:
-    "A code cell of the notebook's inline tests: no directive that keeps it, not parameters, not only imports."
+    "A code cell of inline tests: no directive that keeps it, not the parameters, not imports only."
     if cell.cell_type != 'code' or 'parameters' in cell.metadata.get('tags', []): return False
     src = cell.source.lstrip()
     if src.startswith(KEPT_DIRECTIVES) or re.search(r'^\s*[%!]', src, re.M): return False
@@ -196,7 +196,7 @@ def is_inline_test(cell) -> bool:
     return not all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body)
 
 def lab_notebook(src: Path) -> nbformat.NotebookNode:
-    "The stage notebook at `src` without its inline tests: the copy a run executes and keeps as its lab record."
+    "The stage notebook at `src` without its inline tests: what a run executes and keeps as its lab record."
     nb = nbformat.read(src, as_version=4)
     nb.cells = [c for c in nb.cells if not is_inline_test(c)]
     return nb
@@ -545,11 +545,9 @@ def notebook_stage(run: RunDir, K: int, saved: Path, manifest: dict, secrets: li
                 f"stage {name!r} of iteration {k} ran without writing {run.done_file(k, name)}; see {out}"
             )
         dt = time.time() - t0
-        manifest['stages'][f'iter_{k}/{name}'] = {
-            'seconds': round(dt, 1),
-            'notebook': str(out.relative_to(run.root)),
-            **read_json(run.done_file(k, name)),
-        }
+        manifest['stages'][f'iter_{k}/{name}'] = {**read_json(run.done_file(k, name)),   # the wall time wins
+                                                   'seconds': round(dt, 1),
+                                                   'notebook': str(out.relative_to(run.root))}
         write_json(run.manifest, manifest)
         progress(f"[lion_nb] {tag}: finished in {fmt_seconds(dt).strip()}")
     return stage
