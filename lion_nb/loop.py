@@ -198,7 +198,9 @@ def is_inline_test(cell) -> bool:
 def lab_notebook(src: Path) -> nbformat.NotebookNode:
     "The stage notebook at `src` without its inline tests: what a run executes and keeps as its lab record."
     nb = nbformat.read(src, as_version=4)
-    nb.cells = [c for c in nb.cells if not is_inline_test(c)]
+    tags = [c.metadata.get('tags', []) for c in nb.cells]
+    start = next((i for i, t in enumerate(tags) if 'parameters' in t), len(nb.cells))
+    nb.cells = [c for c in nb.cells[:start] if not is_inline_test(c)] + nb.cells[start:]
     return nb
 
 # %% ../nbs/07_loop.ipynb #a603f6b2
