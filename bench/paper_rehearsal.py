@@ -37,7 +37,7 @@ from synth_alpaca import OBJECTS, VERBS, make_words, synth_alpaca, write_alpaca 
 from lion_nb.core import STAGES                            # noqa: E402
 
 LION = [sys.executable, '-c', 'import sys; from lion_nb.cli import main; sys.exit(main())']
-STAGE_LINE = re.compile(r'\[lion_nb\] iter (\d+)/(\d+) (\w+)\s+(running|finished|done already)')
+STAGE_LINE = re.compile(r'\[lion_nb\] iter (\d+)/(\d+) (\w+): (running|finished|done already)')
 PAPER = dict(pool=52_002, n_new=6_000, eval={'vicuna80': 80, 'user252': 252, 'agieval': 2546 // 8, 'bbh': 6511 // 27})
 
 def _h(text: str) -> int: return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16)

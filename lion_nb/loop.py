@@ -538,6 +538,7 @@ def notebook_stage(run: RunDir, K: int, saved: Path, manifest: dict, secrets: li
     def stage(name: str, k: int, **options):
         tag = f"iter {k}/{K + 1} {name}"
         if run.is_done(k, name): return progress(f"[lion_nb] {tag}: done already, skipped")
+        progress(f"[lion_nb] {tag}: running {STAGE_NOTEBOOKS[name]}")
         t0 = time.time()
         if log_output: out = run_stage(name, run, k, saved, secrets, True, options)
         else:
