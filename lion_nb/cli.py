@@ -33,6 +33,8 @@ COMMANDS = {  # subcommand: (module, function, summary)
     'run':          ('lion_nb.loop', 'run_cli',
                      'run the adversarial distillation loop, iteration by iteration'),
     'demo':         ('lion_nb.loop', 'demo_cli', 'run the demo profile on the embedded default models'),
+    'study':        ('lion_nb.study', 'study_cli',
+                     'Lion against a control arm over seeds, with paired intervals'),
     'weights':      ('lion_nb.weights', 'weights_cli', 'write or apply weight diffs against a base model'),
     'card':         ('lion_nb.card', 'card_cli', "write a model card for a run's final student"),
     'chat':         ('lion_nb.chat', 'chat_cli', 'chat with a student in the terminal'),

@@ -34,13 +34,14 @@ __all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'CHOICE_RULE
            'make_verdict', 'position_stats', 'item_score_sums', 'relative_interval', 'relative_scores',
            'combine_orders', 'win_tie_lose', 'fit_length_logit', 'length_buckets', 'length_view', 'model_spec',
            'spec_summary', 'answer_template', 'answer_items', 'judge_messages', 'judge_jobs', 'judge_settings',
-           'run_judge', 'reasoning_outcomes', 'reasoning_metrics', 'plot_relative_scores', 'plot_win_tie_lose',
-           'plot_reasoning', 'headline', 'metrics_history', 'plot_runs', 'plot_history', 'mechanism', 'plot_mechanism',
-           'probe_items', 'judge_probe', 'judge_client', 'evaluation_probe', 'trained_student', 'default_models',
-           'candidates', 'sample_sets', 'EvalPlan', 'evaluation_plan', 'collect_answers', 'judge_candidates',
-           'model_metrics', 'judge_report', 'evaluation_metrics', 'write_plots', 'run_evaluation', 'ci_text',
-           'summary_row', 'summary_table', 'category_table', 'wtl_table', 'reasoning_table', 'closing_note',
-           'final_evaluation', 'arm_items', 'compare_arms', 'arm_budget', 'print_arms', 'evaluate_cli']
+           'run_judge', 'reasoning_outcomes', 'reasoning_metrics', 'pyplot', 'save_figure', 'plot_relative_scores',
+           'plot_win_tie_lose', 'plot_reasoning', 'headline', 'metrics_history', 'plot_runs', 'plot_history',
+           'mechanism', 'plot_mechanism', 'probe_items', 'judge_probe', 'judge_client', 'evaluation_probe',
+           'trained_student', 'default_models', 'candidates', 'sample_sets', 'EvalPlan', 'evaluation_plan',
+           'collect_answers', 'judge_candidates', 'model_metrics', 'judge_report', 'evaluation_metrics', 'write_plots',
+           'run_evaluation', 'ci_text', 'summary_row', 'summary_table', 'category_table', 'wtl_table',
+           'reasoning_table', 'closing_note', 'final_evaluation', 'arm_items', 'arm_diff', 'compare_arms', 'arm_budget',
+           'budget_line', 'print_arms', 'evaluate_cli']
 
 # %% ../nbs/06_evaluation.ipynb #93c9c78c
 OPEN_SETS = ('vicuna80', 'demo')        # judged by scores against the reference (relative score)
@@ -605,26 +606,26 @@ def reasoning_metrics(items: list[ReasoningItem], # the reasoning items asked (A
     return out
 
 # %% ../nbs/06_evaluation.ipynb #c489b485
-def _plt():
+def pyplot():
     import matplotlib   # imported here: the backend is chosen before pyplot is first imported
     if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     return plt
 
 # %% ../nbs/06_evaluation.ipynb #61aa0df8
-def _save(fig, path) -> Path:
+def save_figure(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.stem}.tmp.png')
     fig.savefig(tmp, dpi=110, bbox_inches='tight')
     os.replace(tmp, path)
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
 
 # %% ../nbs/06_evaluation.ipynb #d160cb9b
 def plot_relative_scores(metrics: dict, path, set_name: Optional[str] = None) -> Optional[Path]:
     "Bars of relative score (%) per category, one bar group per category and one bar per candidate model."
-    plt = _plt()
+    plt = pyplot()
     models = metrics['models'].values()
     set_name = set_name or next((s for s in OPEN_SETS if any(s in m for m in models)), None)
     rows = {lab: m[set_name] for lab, m in metrics['models'].items() if set_name and m.get(set_name)}
@@ -644,12 +645,12 @@ def plot_relative_scores(metrics: dict, path, set_name: Optional[str] = None) ->
     ax.set_ylabel(f"% of the reference ({metrics.get('reference', 'teacher')})")
     ax.set_title(f'{set_name}: relative score')
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 # %% ../nbs/06_evaluation.ipynb #93f421f7
 def plot_win_tie_lose(metrics: dict, path) -> Optional[Path]:
     "Stacked horizontal bars of win / tie / lose (share of items) per candidate model."
-    plt = _plt()
+    plt = pyplot()
     rows = {lab: m['user252'] for lab, m in metrics['models'].items()
             if m.get('user252') and m['user252'].get('n')}
     if not rows: return None
@@ -665,12 +666,12 @@ def plot_win_tie_lose(metrics: dict, path) -> Optional[Path]:
     ax.set_xlabel(f"share of items, against {metrics.get('opponent', 'teacher')}")
     ax.set_title('user-oriented instructions: win / tie / lose (HHH)')
     ax.legend(ncol=3, fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.3))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 # %% ../nbs/06_evaluation.ipynb #95cbabe0
 def plot_reasoning(metrics: dict, path) -> Optional[Path]:
     "Accuracy (%) per reasoning task, one bar per model."
-    plt = _plt()
+    plt = pyplot()
     rows = {lab: m['reasoning'] for lab, m in metrics['models'].items()
             if any(f'{s}_average' in m.get('reasoning', {}) for s in REASONING_SETS)}
     if not rows: return None
@@ -686,7 +687,7 @@ def plot_reasoning(metrics: dict, path) -> Optional[Path]:
     ax.set_ylabel('accuracy (%)')
     ax.set_title('zero-shot reasoning, exact match')
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 # %% ../nbs/06_evaluation.ipynb #17c31235
 HISTORY_METRICS = (('relative_score', 'relative score (%)'), ('win_rate', 'win rate vs opponent (ties 1/2)'),
@@ -732,7 +733,7 @@ def metrics_history(run_dir) -> list[tuple[int, dict]]:
 # %% ../nbs/06_evaluation.ipynb #6c083b6e
 def plot_runs(run_dirs, path, labels=None) -> Optional[Path]:
     "Every headline metric across iterations, one line per run (e.g. the Lion arm and the random baseline)."
-    plt = _plt()
+    plt = pyplot()
     run_dirs = [Path(r) for r in run_dirs]
     labels = labels or [r.name for r in run_dirs]
     hists = {lab: metrics_history(r) for lab, r in zip(labels, run_dirs)}
@@ -751,7 +752,7 @@ def plot_runs(run_dirs, path, labels=None) -> Optional[Path]:
         ax.set_xlabel('iteration (0 = base student)')
         ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0][0].legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 # %% ../nbs/06_evaluation.ipynb #f044132b
 def plot_history(run_dir, path) -> Optional[Path]:
@@ -811,7 +812,7 @@ def plot_mechanism(run_dir, path) -> Optional[Path]:
     "Share of hard items, mean gap (all and previous round's hard items) and held-out NLL across rounds."
     rows = [r for r in mechanism(run_dir) if 'items' in r or r.get('nll_after') is not None]
     if not rows: return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     pts = [r for r in rows if 'items' in r]
     axes[0].plot([r['iteration'] for r in pts], [r['hard_share'] for r in pts], marker='o')
@@ -823,7 +824,7 @@ def plot_mechanism(run_dir, path) -> Optional[Path]:
     for ax in axes:
         ax.set_xlabel('iteration')
         ax.xaxis.get_major_locator().set_params(integer=True)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 # %% ../nbs/06_evaluation.ipynb #490b5a07
 def _probe_answers(pairs: Sequence[KnownPair], side: str) -> dict:
@@ -1208,7 +1209,7 @@ def arm_items(verdicts: list[dict], set_name: str) -> dict:
     return item_score_sums(vs)
 
 # %% ../nbs/06_evaluation.ipynb #a7845392
-def _paired(set_name: str, a: dict, b: dict) -> Interval:
+def arm_diff(set_name: str, a: dict, b: dict) -> Interval:
     """The paired bootstrap interval of arm a minus arm b on one set (relative score in points, or win rate in
     %)."""
     ids, xa, xb = align(a, b)
@@ -1229,7 +1230,7 @@ def compare_arms(run_a, # the first arm's run folder (Lion)
         raise LionError(f"no evaluated iteration in {run_a if ka is None else run_b}")
     out = {'iterations': {labels[0]: ka, labels[1]: kb}, 'sets': {}}
     for s in sorted({v['set'] for v in va} & {v['set'] for v in vb}):
-        iv = _paired(s, arm_items(va, s), arm_items(vb, s))
+        iv = arm_diff(s, arm_items(va, s), arm_items(vb, s))
         unit = ' points of win rate' if s in PAIR_SETS else ' points of relative score'
         out['sets'][s] = {'diff': iv.as_dict(), 'verdict': verdict(*labels, iv, unit)}
     return out
@@ -1248,7 +1249,7 @@ def _kv(s: str) -> tuple[str, str]:
     return k.strip(), v.strip()
 
 # %% ../nbs/06_evaluation.ipynb #b4bdf470
-def _budget_line(r: dict) -> str:
+def budget_line(r: dict) -> str:
     "One role's line of an arm's budget: calls, tokens, cost."
     return (f"  {str(r['role']):<10} {int(r['calls']):>9,} calls {int(r['prompt_tokens']):>13,} prompt tok "
             f"{int(r['completion_tokens']):>12,} completion tok  ${r['cost_usd']:.4f}")
@@ -1262,7 +1263,7 @@ def print_arms(runs, labels) -> int:
     budgets = {lab: arm_budget(r) for lab, r in zip(labels, runs)}
     for lab, rows in budgets.items():
         print(f"\n{lab} ({runs[labels.index(lab)]}): budget per role")
-        for r in rows: print(_budget_line(r))
+        for r in rows: print(budget_line(r))
     print(json.dumps({**cmp, 'budgets': budgets}, default=str))
     return 0 if cmp['sets'] else 1
 
