@@ -4,7 +4,7 @@ One uninterrupted run is checked stage by stage; a second run is killed (SIGKILL
 resumed, and must end with the same pools, splits, generations and metrics, while the server's counts
 show that no finished request was sent twice.
 """
-import json, os, random, signal, subprocess, sys, time
+import json, os, random, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
@@ -103,14 +103,18 @@ def tree_digest(root: Path) -> dict:
     import hashlib
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob('*')) if p.is_file()}
 
-def test_referee_blind_arm_forks_from_the_lion_run(full_run, config, server, tmp_path):
-    "--baseline random-seeds --fork-from: iteration 1 shared byte for byte; no referee; random parents; no resent answers."
-    lion, _ = full_run
-    arm = RunDir(tmp_path/'arm')
+def test_study_forks_a_referee_blind_arm_and_compares(full_run, config, server, tmp_path):
+    """lion_nb study, seed 0: the Lion arm resumes (all done), the random-seeds control forks from it (iteration 1
+    byte for byte; no referee; random parents), and the two are compared per seed and pooled, with budgets."""
+    src, _ = full_run
+    study = tmp_path/'study'
+    shutil.copytree(src.root, study/'seed_0'/'lion', symlinks=True)       # seed 0's Lion arm, already run
+    lion, arm = RunDir(study/'seed_0'/'lion'), RunDir(study/'seed_0'/'random-seeds')
     before = served_total(server)
-    p = subprocess.run(LION + ['run', '--config', str(config), '--run-dir', str(arm.root), '--baseline', 'random-seeds',
-                               '--fork-from', str(lion.root)], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    p = subprocess.run(LION + ['study', '--config', str(config), '--seeds', '0', '--out', str(study)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    assert 'pools: done already, skipped' in p.stdout and 'iter 1/2 pools: running' not in p.stdout
     for rel in ('iter_1/pools', 'iter_1/imitation'):
         assert tree_digest(arm.root/rel) == tree_digest(lion.root/rel), rel
     assert not arm.stage_dir(1, 'discrimination').exists() and arm.is_done(2, 'evaluation')
@@ -120,14 +124,20 @@ def test_referee_blind_arm_forks_from_the_lion_run(full_run, config, server, tmp
     assert m['baseline'] == 'random-seeds' and m['forked_from'] == str(lion.root)
     assert 'iter_1/imitation' not in m['stages']                    # the fork's stage, not re-run
     assert served_total(server) - before > 0                        # its own generation and evaluation were sent
-    # the two arms compared: paired on the items both final students were judged on, with each arm's budget
+    # the comparison: paired on the items both final students were judged on, per seed and pooled
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out['sets'] and out['seeds'] == [0]
+    for name, c in out['sets'].items():
+        assert c['verdict'].startswith('lion - random-seeds') and c['pooled']['n'] > 0, (name, c)
+        assert c['pooled']['lo'] <= c['pooled']['value'] <= c['pooled']['hi']
+        assert c['pooled'] == out['per_seed']['0'][name]['diff']   # one seed: the pooled interval is the seed's
+    assert 'pooled' in p.stdout and (study/'study.png').stat().st_size > 0
+    budgets = read_json(study/'study.json')['seeds']['0']['budgets']
+    roles = {lab: {r['role'] for r in rows} for lab, rows in budgets.items()}
+    assert 'referee' in roles['lion'] and 'referee' not in roles['random-seeds']     # the control asks no referee
+    assert {'teacher', 'generator'} <= roles['random-seeds']
+    # the same two arms through lion_nb evaluate --arms
     p = subprocess.run(LION + ['evaluate', '--arms', str(lion.root), str(arm.root), '--labels', 'lion', 'random-seeds'],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
-    out = json.loads(p.stdout.strip().splitlines()[-1])
-    for name, c in out['sets'].items():
-        assert c['verdict'].startswith('lion - random-seeds') and c['diff']['n'] > 0, (name, c)
-        assert c['diff']['lo'] <= c['diff']['value'] <= c['diff']['hi']
-    roles = {lab: {r['role'] for r in rows} for lab, rows in out['budgets'].items()}
-    assert 'referee' in roles['lion'] and 'referee' not in roles['random-seeds']     # the control asks no referee
-    assert {'teacher', 'generator'} <= roles['random-seeds']
+    assert json.loads(p.stdout.strip().splitlines()[-1])['sets'] == out['per_seed']['0']
