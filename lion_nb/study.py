@@ -10,15 +10,15 @@ from typing import Callable, Optional
 
 import yaml
 
-from .core import LionError, RunDir, atomic_write_text, load_config, write_json
+from .core import LionError, atomic_write_text, load_config, write_json
 from .evaluation import (PAIR_SETS, arm_budget, arm_diff, arm_items, budget_line, compare_arms,
                                 final_evaluation, mechanism, pyplot, save_figure)
 from .loop import BASELINES, run_loop
 from .stats import spread, verdict, yerr
 
 # %% auto #0
-__all__ = ['seed_config', 'arm_dirs', 'run_seed', 'seed_items', 'pooled_diff', 'summarise_study', 'study_table', 'plot_study',
-           'study_parser', 'print_budgets', 'study_cli']
+__all__ = ['seed_config', 'arm_dirs', 'run_seed', 'seed_items', 'pooled_diff', 'summarise_study', 'study_table',
+           'mechanism_lines', 'plot_study', 'study_parser', 'print_budgets', 'study_cli']
 
 # %% ../nbs/07b_study.ipynb #9c5bd54b
 def seed_config(config_path, # the study's configuration (YAML)
@@ -112,6 +112,17 @@ def study_table(summary: dict) -> str:
                          f"{sp['n']} seeds (min {sp['min']:+.2f}, max {sp['max']:+.2f})")
     return '\n'.join(lines)
 
+# %% ../nbs/07b_study.ipynb #8463cff0
+def _gap(iv) -> str:
+    if not iv or iv.get('lo') is None: return 'n/a'
+    return f"{iv['value']:+.2f} [{iv['lo']:+.2f}, {iv['hi']:+.2f}]"
+
+def mechanism_lines(summary: dict) -> list[str]:
+    "One line per seed and discriminated round of the Lion arm: items scored, hard share, mean gap."
+    return [f"seed {seed}, Lion arm, iteration {r['iteration']}: {r['items']} items scored, "
+            f"{r['hard_share']:.0%} hard, mean gap {_gap(r.get('mean_gap'))}"
+            for seed, s in summary['seeds'].items() for r in s.get('mechanism') or [] if 'hard_share' in r]
+
 # %% ../nbs/07b_study.ipynb #04d3da58
 def plot_study(summary: dict, path) -> Optional[Path]:
     "A PNG of Lion - control per seed and pooled, with 95% intervals, one panel per set (None: no sets)."
@@ -163,6 +174,7 @@ def study_cli(argv=None) -> int:
     write_json(Path(a.out)/'study.json', summary)
     plot_study(summary, Path(a.out)/'study.png')
     print(study_table(summary))
+    for line in mechanism_lines(summary): print(line)
     print_budgets(summary)
     print(json.dumps({'control': a.control, 'seeds': a.seeds, 'sets': summary['sets'],
                       'per_seed': {s: r['sets'] for s, r in summary['seeds'].items()}}, default=str))
