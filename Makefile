@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 export OMP_WAIT_POLICY := PASSIVE
 export LION_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup models demo test test-slow check nbtest pytest bench rehearsal clean-venv
+.PHONY: setup models demo study test test-slow check nbtest pytest bench rehearsal clean-venv
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ models: setup
 
 demo: models
 	$(BIN)/lion_nb demo
+
+# Lion against its referee-blind control, two seeds (configs/study.yaml; about 40 minutes a seed on 2 cores).
+study: models
+	$(BIN)/lion_nb study --config configs/study.yaml --seeds 0 1 --out outputs/study
 
 # The exported module must equal what the notebooks export, and notebooks must be clean.
 check: setup

@@ -4,7 +4,8 @@
 
 # %% ../nbs/07_loop.ipynb #9a27238b
 from __future__ import annotations
-import argparse, ast, importlib.metadata, json, os, platform, re, shutil, subprocess, sys, time
+import argparse, ast, fcntl, importlib.metadata, json, os, platform, re, shutil, subprocess, sys, time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -21,9 +22,9 @@ __all__ = ['BASELINES', 'STAGES', 'STAGE_NOTEBOOKS', 'WEIGHT_SUFFIXES', 'KEPT_DI
            'is_inline_test', 'lab_notebook', 'run_stage', 'package_versions', 'git_commit', 'file_hashes',
            'count_parameters', 'prompt_layout', 'load_checkpoint_parts', 'check_checkpoint', 'eval_data_names',
            'check_data', 'check_reserve', 'check_devices', 'checkpoint_bytes', 'check_disk', 'check_keys', 'preflight',
-           'link_cache', 'prepare_run_dir', 'fork_run', 'run_manifest', 'notebook_stage', 'run_loop', 'stage_hashes',
-           'usage_summary', 'discrimination_teacher_calls', 'eval_items', 'DryRun', 'estimate_run', 'print_estimate',
-           'repo_root', 'print_summary', 'run_parser', 'run_cli', 'demo_cli']
+           'link_cache', 'prepare_run_dir', 'run_lock', 'fork_run', 'run_manifest', 'notebook_stage', 'run_loop',
+           'stage_hashes', 'usage_summary', 'discrimination_teacher_calls', 'eval_items', 'DryRun', 'estimate_run',
+           'print_estimate', 'repo_root', 'print_summary', 'run_parser', 'run_cli', 'demo_cli']
 
 # %% ../nbs/07_loop.ipynb #668482d2
 from . import data
@@ -490,6 +491,27 @@ def prepare_run_dir(config_path, run: RunDir, cache_dir: Optional[str] = None) -
     link_cache(run, cfg.cache_dir)
     return cfg, saved
 
+# %% ../nbs/07_loop.ipynb #0c2b3c7f
+@contextmanager
+def run_lock(run: RunDir):
+    "Hold `<run>/.lock` (an exclusive `flock`) while the run executes; refuse a second process at once."
+    run.root.mkdir(parents=True, exist_ok=True)
+    f = open(run.root/'.lock', 'a+')
+    try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or 'another process'
+        f.close()
+        raise LionError(f"{run.root} is in use by another lion_nb run (pid {holder}); wait for it to end, "
+                        f"or stop it, before starting this one") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield run
+    finally: f.close()     # closing the file releases the lock
+
 # %% ../nbs/07_loop.ipynb #39079960
 def _link_or_copy(src, dst):
     "Hard-link `src` to `dst` (a fork shares its weights' bytes), or copy it where links cannot be made."
@@ -561,21 +583,22 @@ def run_loop(config_path, run_dir, baseline: Optional[str] = None, iterations: O
              fork_from=None) -> dict:
     """Run (or resume) K rounds and the final imitation (iterations 1..K+1) after the preflight checks; the
     manifest."""
-    run = RunDir(run_dir)
-    cfg, saved = prepare_run_dir(config_path, run, cache_dir)     # a refused resume fails here, at once
-    if fork_from: fork_run(fork_from, run, progress)
-    K = iterations or cfg.loop.iterations
-    if check: preflight(saved, run.root, baseline, K, progress=progress)
-    secrets = configured_secrets(cfg)
-    manifest = run_manifest(cfg, run, baseline, K, fork_from)
-    write_json(run.manifest, manifest)
-    t_run = time.time()
-    stage = notebook_stage(run, K, saved, manifest, secrets, log_output, progress)
-    lion(K, stage, baseline, cfg.loop.discriminate_last)
-    manifest.update(hashes=stage_hashes(run), usage=usage_summary(run), seconds=round(time.time() - t_run, 1))
-    write_json(run.manifest, manifest)
-    check_no_secrets(run.root, secrets)
-    return manifest
+    with run_lock(RunDir(run_dir)) as run:                           # one process per run folder
+        cfg, saved = prepare_run_dir(config_path, run, cache_dir)     # a refused resume fails here, at once
+        if fork_from: fork_run(fork_from, run, progress)
+        K = iterations or cfg.loop.iterations
+        if check: preflight(saved, run.root, baseline, K, progress=progress)
+        secrets = configured_secrets(cfg)
+        manifest = run_manifest(cfg, run, baseline, K, fork_from)
+        write_json(run.manifest, manifest)
+        t_run = time.time()
+        stage = notebook_stage(run, K, saved, manifest, secrets, log_output, progress)
+        lion(K, stage, baseline, cfg.loop.discriminate_last)
+        manifest.update(hashes=stage_hashes(run), usage=usage_summary(run),
+                        seconds=round(time.time() - t_run, 1))
+        write_json(run.manifest, manifest)
+        check_no_secrets(run.root, secrets)
+        return manifest
 
 # %% ../nbs/07_loop.ipynb #534e10bb
 def stage_hashes(run: RunDir) -> dict:

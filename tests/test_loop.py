@@ -110,3 +110,16 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path):
     assert load_config(saved).pools.dataset == str((tmp_path/'data'/'mine.jsonl').resolve())
     run_stage('pools', run, 1, saved)
     assert run.is_done(1, 'pools') and len(read_pool(run.pool(1, 'cache'))) == 6
+
+def test_a_second_run_on_a_held_folder_is_refused(tmp_path):
+    "While one process holds a run folder, `lion_nb run` on it exits 2 naming the holder, and writes nothing."
+    from lion_nb.loop import run_lock
+    run = RunDir(tmp_path/'run')
+    with run_lock(run):
+        p = subprocess.run([sys.executable, '-c', 'import sys; from lion_nb.cli import main; sys.exit(main())', 'run',
+                            '--config', str(ROOT/'configs'/'demo.yaml'), '--run-dir', str(run.root)],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert f'is in use by another lion_nb run (pid {os.getpid()})' in p.stderr
+    assert sorted(x.name for x in run.root.iterdir()) == ['.lock']                   # no config, no manifest
+    with run_lock(run): pass                                                        # free again once released
