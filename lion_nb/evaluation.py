@@ -41,7 +41,7 @@ __all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'CHOICE_RULE
            'collect_answers', 'judge_candidates', 'model_metrics', 'judge_report', 'evaluation_metrics', 'write_plots',
            'run_evaluation', 'ci_text', 'summary_row', 'summary_table', 'category_table', 'wtl_table',
            'reasoning_table', 'closing_note', 'final_evaluation', 'arm_items', 'arm_diff', 'compare_arms', 'arm_budget',
-           'budget_line', 'print_arms', 'evaluate_cli']
+           'budget_line', 'budget_lines', 'print_arms', 'evaluate_cli']
 
 # %% ../nbs/06_evaluation.ipynb #93c9c78c
 OPEN_SETS = ('vicuna80', 'demo')        # judged by scores against the reference (relative score)
@@ -1250,9 +1250,20 @@ def _kv(s: str) -> tuple[str, str]:
 
 # %% ../nbs/06_evaluation.ipynb #b4bdf470
 def budget_line(r: dict) -> str:
-    "One role's line of an arm's budget: calls, tokens, cost."
-    return (f"  {str(r['role']):<10} {int(r['calls']):>9,} calls {int(r['prompt_tokens']):>13,} prompt tok "
-            f"{int(r['completion_tokens']):>12,} completion tok  ${r['cost_usd']:.4f}")
+    "One role's line of an arm's budget: calls sent, calls served from the LLM cache, tokens, cost."
+    return (f"  {str(r['role']):<10} {int(r['calls']):>7,} calls {int(r.get('cache_hits', 0)):>6,} cached "
+            f"{int(r['prompt_tokens']):>11,} prompt tok {int(r['completion_tokens']):>10,} completion tok  "
+            f"${r['cost_usd']:.4f}")
+
+def budget_lines(label: str, run_dir) -> list[str]:
+    """An arm's budget table: a heading, then one `budget_line` per role. A forked arm's log starts at the
+    fork: the shared prefix was paid for by the run it was forked from, and calls that run had made come from
+    the copied cache ("cached")."""
+    m = RunDir(run_dir).manifest
+    forked = read_json(m).get('forked_from') if m.exists() else None
+    head = f"{label} ({run_dir}): budget per role" + (
+        f"; forked from {forked}, whose budget holds the shared prefix" if forked else '')
+    return [head] + [budget_line(r) for r in arm_budget(run_dir)]
 
 # %% ../nbs/06_evaluation.ipynb #99b1b3a2
 def print_arms(runs, labels) -> int:
@@ -1261,9 +1272,7 @@ def print_arms(runs, labels) -> int:
     cmp = compare_arms(*runs, labels=tuple(labels))
     for s, c in cmp['sets'].items(): print(f"{s}: {c['verdict']}")
     budgets = {lab: arm_budget(r) for lab, r in zip(labels, runs)}
-    for lab, rows in budgets.items():
-        print(f"\n{lab} ({runs[labels.index(lab)]}): budget per role")
-        for r in rows: print(budget_line(r))
+    for lab, r in zip(labels, runs): print('', *budget_lines(lab, r), sep='\n')
     print(json.dumps({**cmp, 'budgets': budgets}, default=str))
     return 0 if cmp['sets'] else 1
 

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import yaml
 
 from .core import LionError, atomic_write_text, load_config, write_json
-from .evaluation import (PAIR_SETS, arm_budget, arm_diff, arm_items, budget_line, compare_arms,
+from .evaluation import (PAIR_SETS, arm_budget, arm_diff, arm_items, budget_lines, compare_arms,
                                 final_evaluation, mechanism, pyplot, save_figure)
 from .loop import BASELINES, run_loop
 from .stats import spread, verdict, yerr
@@ -156,12 +156,12 @@ def study_parser() -> argparse.ArgumentParser:
     return ap
 
 # %% ../nbs/07b_study.ipynb #0ffc8e18
-def print_budgets(summary: dict, progress: Callable = print):
-    "Each seed's arms' budgets per role: calls, tokens, cost."
-    for seed, r in summary['seeds'].items():
-        for arm, rows in r['budgets'].items():
-            progress(f"\nseed {seed}, {arm} arm: budget per role")
-            for row in rows: progress(budget_line(row))
+def print_budgets(arms: dict,  # {seed: (Lion run folder, control run folder)}
+                  control: str = 'random-seeds', progress: Callable = print):
+    "Each seed's arms' budget tables (`budget_lines`): calls sent and cached, tokens, cost per role."
+    for seed, dirs in arms.items():
+        for arm, d in zip(('lion', control), dirs):
+            progress('\n' + '\n'.join(budget_lines(f"seed {seed}, {arm} arm", d)))
 
 # %% ../nbs/07b_study.ipynb #ee85c7c1
 def study_cli(argv=None) -> int:
@@ -175,7 +175,7 @@ def study_cli(argv=None) -> int:
     plot_study(summary, Path(a.out)/'study.png')
     print(study_table(summary))
     for line in mechanism_lines(summary): print(line)
-    print_budgets(summary)
+    print_budgets(arms, a.control)
     print(json.dumps({'control': a.control, 'seeds': a.seeds, 'sets': summary['sets'],
                       'per_seed': {s: r['sets'] for s, r in summary['seeds'].items()}}, default=str))
     return 0 if summary['sets'] else 1
