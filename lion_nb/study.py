@@ -129,7 +129,8 @@ def plot_study(summary: dict, path) -> Optional[Path]:
     sets = list(summary['sets'])
     if not sets: return None
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 3.4), squeeze=False,
+                             layout='constrained')
     for ax, s in zip(axes[0], sets):
         ivs = [r['sets'][s]['diff'] for r in summary['seeds'].values()] + [summary['sets'][s]['pooled']]
         names = [f'seed {k}' for k in summary['seeds']] + ['pooled']
