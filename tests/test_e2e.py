@@ -4,7 +4,7 @@ One uninterrupted run is checked stage by stage; a second run is killed (SIGKILL
 resumed, and must end with the same pools, splits, generations and metrics, while the server's counts
 show that no finished request was sent twice.
 """
-import json, os, random, shutil, signal, subprocess, sys, time
+import json, os, random, re, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
@@ -132,6 +132,9 @@ def test_study_forks_a_referee_blind_arm_and_compares(full_run, config, server, 
         assert c['pooled']['lo'] <= c['pooled']['value'] <= c['pooled']['hi']
         assert c['pooled'] == out['per_seed']['0'][name]['diff']   # one seed: the pooled interval is the seed's
     assert 'pooled' in p.stdout and (study/'study.png').stat().st_size > 0
+    # the control's budget starts at its fork, and what it repeats of the Lion arm's calls comes from the cache
+    assert f'random-seeds arm ({arm.root}): budget per role; forked from {lion.root}' in p.stdout
+    assert re.search(r'judge +\d+ calls +[1-9][\d,]* cached', p.stdout.split('random-seeds arm (')[-1])
     budgets = read_json(study/'study.json')['seeds']['0']['budgets']
     roles = {lab: {r['role'] for r in rows} for lab, rows in budgets.items()}
     assert 'referee' in roles['lion'] and 'referee' not in roles['random-seeds']     # the control asks no referee
