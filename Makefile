@@ -32,8 +32,8 @@ models: setup
 demo: models
 	$(BIN)/lion_nb demo
 
-# Lion against its referee-blind control, two seeds (configs/study.yaml; docs/study.md). On 2 cores a seed's Lion arm
-# takes about 1.5 hours and its control about 40 minutes; a finished seed or stage is skipped on a rerun.
+# Lion against its referee-blind control, two seeds (configs/study.yaml; docs/study.md). On 2 cores a seed takes
+# about 2 hours (Lion arm, then its control); a finished seed or stage is skipped on a rerun.
 study: models
 	$(BIN)/lion_nb study --config configs/study.yaml --seeds 0 1 --out outputs/study
 

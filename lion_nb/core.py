@@ -440,6 +440,8 @@ class LoopConfig(Section):
     rouge_threshold: float = Field(0.7, gt=0, le=1)
     discriminate_last: bool = Field(False, description=(
         "also measure the teacher-student gap after the last imitation"))
+    evaluate: Literal['every', 'final'] = Field('every', description=(
+        "which trained students are evaluated: every one, or only the final one (what a study compares)"))
 
 # %% ../nbs/10_core.ipynb #871c2e94
 class SamplingConfig(Section):

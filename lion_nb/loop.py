@@ -63,8 +63,9 @@ BASELINES = {'random-seeds': 'generation from random Cache Pool seeds (no refere
 def lion(K: int,                  # rounds of imitation, discrimination and generation
          stage: Callable,         # runs one stage: stage(name, k, **options)
          baseline: Optional[str] = None,  # None (Lion), or a control arm of `BASELINES`
-         discriminate_last: bool = False):  # also measure the final student's teacher-student gap
-    "Lion (Jiang et al., 2023): K rounds, then a final imitation; every trained student is evaluated."
+         discriminate_last: bool = False,  # also measure the final student's teacher-student gap
+         evaluate_every: bool = True):     # evaluate every trained student (False: only the final one)
+    "Lion (Jiang et al., 2023): K rounds, then a final imitation; the trained students are evaluated."
     stage('pools', 1)                                    # the Train Pool and the Cache Pool
     for k in range(1, K + 1):
         stage('imitation', k)                            # the student learns the teacher's answers
@@ -73,7 +74,7 @@ def lion(K: int,                  # rounds of imitation, discrimination and gene
         else:
             stage('discrimination', k)                   # the referee finds what the student gets wrong
             stage('generation', k)                       # new instructions like them: the next Train Pool
-        stage('evaluation', k)
+        if evaluate_every: stage('evaluation', k)
     stage('imitation', K + 1)                            # the final student learns the last Train Pool
     if discriminate_last and baseline is None: stage('discrimination', K + 1)
     stage('evaluation', K + 1)
@@ -88,23 +89,26 @@ STAGES = {'pools':          ('02_pools.ipynb', run_pools),
 STAGE_NOTEBOOKS = {name: nb for name, (nb, _) in STAGES.items()}
 
 # %% ../nbs/07_loop.ipynb #3f31cbdf
-def lion_plan(K: int, baseline: Optional[str] = None, discriminate_last: bool = False) -> list[tuple]:
+def lion_plan(K: int, baseline: Optional[str] = None, discriminate_last: bool = False,
+              evaluate_every: bool = True) -> list[tuple]:
     "Every stage call of a run of K rounds, in order: (stage, k, options)."
     if baseline is not None and baseline not in BASELINES:
         raise LionError(f"unknown baseline {baseline!r}; known: {', '.join(BASELINES)}")
     calls = []
-    lion(K, lambda name, k, **options: calls.append((name, k, options)), baseline, discriminate_last)
+    lion(K, lambda name, k, **options: calls.append((name, k, options)), baseline, discriminate_last,
+         evaluate_every)
     return calls
 
 # %% ../nbs/07_loop.ipynb #5a8a3d20
 def iteration_plan(
-    k: int, rounds: int, baseline: Optional[str] = None, discriminate_last: bool = False
+    k: int, rounds: int, baseline: Optional[str] = None, discriminate_last: bool = False,
+    evaluate_every: bool = True,
 ) -> list[str]:
     """The stages iteration `k` runs, for `rounds` full rounds (k = 1..rounds) and the final imitation (k =
     rounds + 1)."""
     if not 1 <= k <= rounds + 1:
         raise ValueError(f"a run of {rounds} round(s) has iterations 1..{rounds + 1}, not {k}")
-    return [name for name, j, _ in lion_plan(rounds, baseline, discriminate_last) if j == k]
+    return [name for name, j, _ in lion_plan(rounds, baseline, discriminate_last, evaluate_every) if j == k]
 
 # %% ../nbs/07_loop.ipynb #7d319aeb
 def trained_instructions(cfg: Config, rounds: Optional[int] = None) -> int:
@@ -543,10 +547,11 @@ def run_manifest(cfg: Config, run: RunDir, baseline: Optional[str], K: int, fork
     "The manifest a run starts with (or resumes): what runs, with which configuration, code and packages."
     manifest = read_json(run.manifest) if run.manifest.exists() else {}
     arms = BASELINES[baseline] if baseline else 'discrimination and generation'
+    evaluated = {'every': 'every trained student is evaluated', 'final': 'the final student is evaluated'}
     manifest.update(name=cfg.name, baseline=baseline, forked_from=str(fork_from) if fork_from else None,
                     iterations=K, trained_students=K + 1, trained_instructions=trained_instructions(cfg, K),
                     plan=f"{K} round(s) of imitation and {arms}, then a final imitation (iteration {K + 1}); "
-                         "every trained student is evaluated",
+                         + evaluated[cfg.loop.evaluate],
                     config=cfg.model_dump(mode='json'), config_hash=config_hash(cfg),
                     identity_hash=identity_hash(cfg), packages=package_versions(),
                     git_commit=git_commit(Path(__file__).resolve().parents[1]))
@@ -593,7 +598,7 @@ def run_loop(config_path, run_dir, baseline: Optional[str] = None, iterations: O
         write_json(run.manifest, manifest)
         t_run = time.time()
         stage = notebook_stage(run, K, saved, manifest, secrets, log_output, progress)
-        lion(K, stage, baseline, cfg.loop.discriminate_last)
+        lion(K, stage, baseline, cfg.loop.discriminate_last, cfg.loop.evaluate == 'every')
         manifest.update(hashes=stage_hashes(run), usage=usage_summary(run),
                         seconds=round(time.time() - t_run, 1))
         write_json(run.manifest, manifest)
@@ -668,6 +673,7 @@ class DryRun:
         self.review = EST['review_prompt'] + EST['instr'] + 2 * self.answer
         self.items = eval_items(cfg)
         self.judged = sum(n for x, n in self.items.items() if x in JUDGED_SETS)
+        self.evaluated = False   # the first evaluation also answers references and judges the base student
 
     def __call__(self, stage: str, k: int, **options):
         {'pools': lambda k: None, 'imitation': self.imitation, 'discrimination': self.discrimination,
@@ -708,10 +714,10 @@ def generation(self: DryRun, k: int):
 
 @patch
 def evaluation(self: DryRun, k: int):
-    "Reference answers once (iteration 1); the judge in both orders per student (iteration 1: the base too)."
-    cfg = self.cfg
-    self.add(k, 'evaluation', 'teacher', sum(self.items.values()) if k == 1 else 0, EST['instr'], self.answer)
-    students = 2 if k == 1 else 1
+    "Reference answers once (the first evaluation); the judge in both orders per student (first: base too)."
+    cfg, first, self.evaluated = self.cfg, not self.evaluated, True
+    self.add(k, 'evaluation', 'teacher', sum(self.items.values()) if first else 0, EST['instr'], self.answer)
+    students = 2 if first else 1
     self.add(k, 'evaluation', 'judge', 2 * self.judged * students, self.review, EST['review_out'])
     # the judge's probe: 3 pairs per item
     if cfg.probe.enabled and k in cfg.probe.iterations and self.judged:
@@ -721,7 +727,8 @@ def evaluation(self: DryRun, k: int):
 def estimate_run(cfg: Config, iterations: Optional[int] = None) -> list[dict]:
     "Estimated calls, tokens and cost per iteration, stage and role of a Lion run (nothing is sent)."
     dry = DryRun(cfg)
-    lion(iterations or cfg.loop.iterations, dry, None, cfg.loop.discriminate_last)
+    lion(iterations or cfg.loop.iterations, dry, None, cfg.loop.discriminate_last,
+         cfg.loop.evaluate == 'every')
     return [r for r in dry.rows if r['calls']]
 
 # %% ../nbs/07_loop.ipynb #2e96fcf3

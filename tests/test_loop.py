@@ -55,6 +55,13 @@ def test_run_skips_done_stages_and_records_manifest(nbs_dir, tmp_path):
     lines.clear(); run_loop(ROOT/'configs'/'demo.yaml', run.root, check=False, progress=lines.append)
     assert sum('skipped' in l for l in lines) == 7 and not any('finished' in l for l in lines)
 
+def test_the_study_profile_evaluates_only_the_final_student(nbs_dir, tmp_path):
+    "configs/study.yaml sets loop.evaluate: final: the round's student is not evaluated, the final one is."
+    m = run_loop(ROOT/'configs'/'study.yaml', tmp_path/'run', progress=lambda *_: None)
+    assert set(m['stages']) == {'iter_1/pools', 'iter_1/imitation', 'iter_1/discrimination', 'iter_1/generation',
+                                'iter_2/imitation', 'iter_2/evaluation'}
+    assert m['plan'].endswith('the final student is evaluated')
+
 def test_resume_refuses_a_different_config(nbs_dir, tmp_path):
     run = RunDir(tmp_path/'run')
     prepare_run_dir(ROOT/'configs'/'demo.yaml', run)
