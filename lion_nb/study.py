@@ -10,15 +10,15 @@ from typing import Callable, Optional
 
 import yaml
 
-from .core import LionError, atomic_write_text, load_config, write_json
+from .core import LionError, atomic_write_text, load_config, read_json, write_json
 from .evaluation import (PAIR_SETS, arm_budget, arm_diff, arm_items, budget_lines, compare_arms,
                                 final_evaluation, mechanism, pyplot, save_figure)
 from .loop import BASELINES, run_loop
 from .stats import spread, verdict, yerr
 
 # %% auto #0
-__all__ = ['seed_config', 'arm_dirs', 'run_seed', 'seed_items', 'pooled_diff', 'summarise_study', 'study_table',
-           'mechanism_lines', 'plot_study', 'study_parser', 'print_budgets', 'study_cli']
+__all__ = ['seed_config', 'arm_dirs', 'run_seed', 'seed_items', 'pooled_diff', 'arm_probes', 'probe_lines', 'summarise_study',
+           'study_table', 'mechanism_lines', 'plot_study', 'study_parser', 'print_budgets', 'study_cli']
 
 # %% ../nbs/07b_study.ipynb #9c5bd54b
 def seed_config(config_path, # the study's configuration (YAML)
@@ -71,6 +71,34 @@ def pooled_diff(arms: dict,  # {seed: (Lion run folder, control run folder)}
         b.update(seed_items(control_dir, set_name, seed))
     return arm_diff(set_name, a, b)
 
+# %% ../nbs/07b_study.ipynb #89018b13
+def _iteration(f: Path) -> int: return int(f.parts[-3].split('_')[1])
+
+def arm_probes(run_dir) -> dict:
+    "The referee's probe from the run's first discrimination, the judge's from its last evaluation with one."
+    root, out = Path(run_dir), {}
+    for f in sorted(root.glob('iter_*/discrimination/probe.json'), key=_iteration)[:1]:
+        out['referee'] = read_json(f)
+    for f in sorted(root.glob('iter_*/evaluation/metrics.json'), key=_iteration):
+        if p := read_json(f).get('judge_probe'): out['judge'] = p
+    return out
+
+def _probe(name: str, p: dict) -> str:
+    q = p['probe']
+    verdict = 'passed' if p['passed'] else 'failed'
+    return f"{name} {q['accuracy']:.0%} of {q['pairs']} known-better pairs ({verdict})"
+
+def probe_lines(summary: dict) -> list[str]:
+    "One line per seed: the Lion arm's referee and judge probes, and a warning when the judge failed its own."
+    lines = []
+    for seed, s in summary['seeds'].items():
+        ps = s.get('probes') or {}
+        if not ps: continue
+        blind = 'judge' in ps and not ps['judge']['passed']
+        warn = '; the verdicts above come from a judge that cannot tell right from wrong' if blind else ''
+        lines.append(f"seed {seed}, probes: " + ', '.join(_probe(n, p) for n, p in ps.items()) + warn)
+    return lines
+
 # %% ../nbs/07b_study.ipynb #f64cf92e
 def _unit(set_name: str) -> str:
     return ' points of win rate' if set_name in PAIR_SETS else ' points of relative score'
@@ -78,11 +106,11 @@ def _unit(set_name: str) -> str:
 def summarise_study(arms: dict,  # {seed: (Lion run folder, control run folder)}
                     control: str = 'random-seeds',  # the control's name
                    ) -> dict:
-    "Per seed: `compare_arms`, budgets, mechanism. Per set: the spread over seeds and the pooled interval."
+    "Per seed: `compare_arms`, budgets, mechanism, probes. Per set: spread over seeds, pooled interval."
     labels = ('lion', control)
     seeds = {s: {**compare_arms(a, b, labels),
                  'budgets': {labels[0]: arm_budget(a), labels[1]: arm_budget(b)},
-                 'mechanism': mechanism(a)} for s, (a, b) in arms.items()}
+                 'mechanism': mechanism(a), 'probes': arm_probes(a)} for s, (a, b) in arms.items()}
     sets = sorted(set.intersection(*(set(r['sets']) for r in seeds.values()))) if seeds else []
     over = {}
     for s in sets:
@@ -175,7 +203,7 @@ def study_cli(argv=None) -> int:
     write_json(Path(a.out)/'study.json', summary)
     plot_study(summary, Path(a.out)/'study.png')
     print(study_table(summary))
-    for line in mechanism_lines(summary): print(line)
+    for line in mechanism_lines(summary) + probe_lines(summary): print(line)
     print_budgets(arms, a.control)
     print(json.dumps({'control': a.control, 'seeds': a.seeds, 'sets': summary['sets'],
                       'per_seed': {s: r['sets'] for s, r in summary['seeds'].items()}}, default=str))

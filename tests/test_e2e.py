@@ -132,6 +132,7 @@ def test_study_forks_a_referee_blind_arm_and_compares(full_run, config, server, 
         assert c['pooled']['lo'] <= c['pooled']['value'] <= c['pooled']['hi']
         assert c['pooled'] == out['per_seed']['0'][name]['diff']   # one seed: the pooled interval is the seed's
     assert 'pooled' in p.stdout and (study/'study.png').stat().st_size > 0
+    assert 'seed 0, probes: referee ' in p.stdout and ', judge ' in p.stdout    # whether the verdicts can be trusted
     # the control's budget starts at its fork, and what it repeats of the Lion arm's calls comes from the cache
     assert f'random-seeds arm ({arm.root}): budget per role; forked from {lion.root}' in p.stdout
     assert re.search(r'judge +\d+ calls +[1-9][\d,]* cached', p.stdout.split('random-seeds arm (')[-1])
