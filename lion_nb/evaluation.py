@@ -35,13 +35,13 @@ __all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'CHOICE_RULE
            'combine_orders', 'win_tie_lose', 'fit_length_logit', 'length_buckets', 'length_view', 'model_spec',
            'spec_summary', 'answer_template', 'answer_items', 'judge_messages', 'judge_jobs', 'judge_settings',
            'run_judge', 'reasoning_outcomes', 'reasoning_metrics', 'pyplot', 'save_figure', 'plot_relative_scores',
-           'plot_win_tie_lose', 'plot_reasoning', 'headline', 'metrics_history', 'plot_runs', 'plot_history',
-           'mechanism', 'plot_mechanism', 'probe_items', 'judge_probe', 'judge_client', 'evaluation_probe',
-           'trained_student', 'default_models', 'candidates', 'sample_sets', 'EvalPlan', 'evaluation_plan',
-           'collect_answers', 'judge_candidates', 'model_metrics', 'judge_report', 'evaluation_metrics', 'write_plots',
-           'run_evaluation', 'ci_text', 'summary_row', 'summary_table', 'category_table', 'wtl_table',
-           'reasoning_table', 'closing_note', 'final_evaluation', 'arm_items', 'arm_diff', 'compare_arms', 'arm_budget',
-           'budget_line', 'budget_lines', 'print_arms', 'evaluate_cli']
+           'plot_win_tie_lose', 'plot_reasoning', 'headline', 'iteration_of', 'metrics_history', 'plot_runs',
+           'plot_history', 'mechanism', 'plot_mechanism', 'probe_items', 'judge_probe', 'judge_client',
+           'evaluation_probe', 'trained_student', 'default_models', 'candidates', 'sample_sets', 'EvalPlan',
+           'evaluation_plan', 'collect_answers', 'judge_candidates', 'model_metrics', 'judge_report',
+           'evaluation_metrics', 'write_plots', 'run_evaluation', 'ci_text', 'summary_row', 'summary_table',
+           'category_table', 'wtl_table', 'reasoning_table', 'closing_note', 'final_evaluation', 'arm_items',
+           'arm_diff', 'compare_arms', 'arm_budget', 'budget_line', 'budget_lines', 'print_arms', 'evaluate_cli']
 
 # %% ../nbs/06_evaluation.ipynb #93c9c78c
 OPEN_SETS = ('vicuna80', 'demo')        # judged by scores against the reference (relative score)
@@ -712,7 +712,7 @@ def headline(m: dict) -> dict:
                           if iv and iv.get('lo') is not None}}
 
 # %% ../nbs/06_evaluation.ipynb #73fc75ba
-def _iteration_of(p: Path) -> int:
+def iteration_of(p: Path) -> int:
     "k of a file under `iter_<k>/<stage>/`."
     return int(p.parent.parent.name.split('_')[1])
 
@@ -721,9 +721,9 @@ def metrics_history(run_dir) -> list[tuple[int, dict]]:
     """(iteration, headline figures of the final student) for each evaluated iteration; iteration 0 is the
     base student."""
     out = []
-    for f in sorted(RunDir(run_dir).root.glob('iter_*/evaluation/metrics.json'), key=_iteration_of):
+    for f in sorted(RunDir(run_dir).root.glob('iter_*/evaluation/metrics.json'), key=iteration_of):
         m = read_json(f)
-        k = int(m.get('iteration', _iteration_of(f)))
+        k = int(m.get('iteration', iteration_of(f)))
         if not out and 'base' in m.get('models', {}) and m.get('final_model') != 'base':
             out.append((0, headline(m['models']['base'])))
         final = m.get('final_model')
@@ -1193,7 +1193,7 @@ def final_evaluation(run_dir, # a run folder (an arm of a comparison)
     """A run's last evaluated iteration k and the verdicts on its student of that iteration (candidate
     `iter_<k>`)."""
     run = RunDir(run_dir)
-    done = sorted(_iteration_of(p) for p in run.root.glob('iter_*/evaluation/verdicts.jsonl'))
+    done = sorted(iteration_of(p) for p in run.root.glob('iter_*/evaluation/verdicts.jsonl'))
     if not done: return None, []
     k = done[-1]
     verdicts = read_log(run.stage_dir(k, 'evaluation')/'verdicts.jsonl')

@@ -12,7 +12,7 @@ import yaml
 
 from .core import LionError, atomic_write_text, load_config, read_json, write_json
 from .evaluation import (PAIR_SETS, arm_budget, arm_diff, arm_items, budget_lines, compare_arms,
-                                final_evaluation, mechanism, pyplot, save_figure)
+                                final_evaluation, iteration_of, mechanism, pyplot, save_figure)
 from .loop import BASELINES, run_loop
 from .stats import spread, verdict, yerr
 
@@ -72,21 +72,19 @@ def pooled_diff(arms: dict,  # {seed: (Lion run folder, control run folder)}
     return arm_diff(set_name, a, b)
 
 # %% ../nbs/07b_study.ipynb #89018b13
-def _iteration(f: Path) -> int: return int(f.parts[-3].split('_')[1])
-
 def arm_probes(run_dir) -> dict:
     "The referee's probe from the run's first discrimination, the judge's from its last evaluation with one."
     root, out = Path(run_dir), {}
-    for f in sorted(root.glob('iter_*/discrimination/probe.json'), key=_iteration)[:1]:
+    for f in sorted(root.glob('iter_*/discrimination/probe.json'), key=iteration_of)[:1]:
         out['referee'] = read_json(f)
-    for f in sorted(root.glob('iter_*/evaluation/metrics.json'), key=_iteration):
+    for f in sorted(root.glob('iter_*/evaluation/metrics.json'), key=iteration_of):
         if p := read_json(f).get('judge_probe'): out['judge'] = p
     return out
 
 def _probe(name: str, p: dict) -> str:
     q = p['probe']
-    verdict = 'passed' if p['passed'] else 'failed'
-    return f"{name} {q['accuracy']:.0%} of {q['pairs']} known-better pairs ({verdict})"
+    outcome = 'passed' if p['passed'] else 'failed'
+    return f"{name} {q['accuracy']:.0%} of {q['pairs']} known-better pairs ({outcome})"
 
 def probe_lines(summary: dict) -> list[str]:
     "One line per seed: the Lion arm's referee and judge probes, and a warning when the judge failed its own."
