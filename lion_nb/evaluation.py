@@ -41,7 +41,8 @@ __all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'CHOICE_RULE
            'evaluation_plan', 'collect_answers', 'judge_candidates', 'model_metrics', 'judge_report',
            'evaluation_metrics', 'write_plots', 'run_evaluation', 'ci_text', 'summary_row', 'summary_table',
            'category_table', 'wtl_table', 'reasoning_table', 'closing_note', 'final_evaluation', 'arm_items',
-           'arm_diff', 'compare_arms', 'arm_budget', 'budget_line', 'budget_lines', 'print_arms', 'evaluate_cli']
+           'arm_diff', 'compare_arms', 'arm_budget', 'budget_line', 'budget_lines', 'arm_probes', 'probes_line',
+           'print_arms', 'evaluate_cli']
 
 # %% ../nbs/06_evaluation.ipynb #93c9c78c
 OPEN_SETS = ('vicuna80', 'demo')        # judged by scores against the reference (relative score)
@@ -1265,12 +1266,35 @@ def budget_lines(label: str, run_dir) -> list[str]:
         f"; forked from {forked}, whose budget holds the shared prefix" if forked else '')
     return [head] + [budget_line(r) for r in arm_budget(run_dir)]
 
+# %% ../nbs/06_evaluation.ipynb #be82cc32
+def arm_probes(run_dir) -> dict:
+    "The referee's probe from the run's first discrimination, the judge's from its last evaluation with one."
+    root, out = Path(run_dir), {}
+    for f in sorted(root.glob('iter_*/discrimination/probe.json'), key=iteration_of)[:1]:
+        out['referee'] = read_json(f)
+    for f in sorted(root.glob('iter_*/evaluation/metrics.json'), key=iteration_of):
+        if p := read_json(f).get('judge_probe'): out['judge'] = p
+    return out
+
+def _probe(name: str, p: dict) -> str:
+    q = p['probe']
+    outcome = 'passed' if p['passed'] else 'failed'
+    return f"{name} {q['accuracy']:.0%} of {q['pairs']} known-better pairs ({outcome})"
+
+def probes_line(probes: dict) -> str:
+    "`arm_probes` in words, with a warning when the judge failed its probe."
+    blind = 'judge' in probes and not probes['judge']['passed']
+    warn = '; the verdicts above come from a judge that cannot tell right from wrong' if blind else ''
+    return ', '.join(_probe(n, p) for n, p in probes.items()) + warn
+
 # %% ../nbs/06_evaluation.ipynb #99b1b3a2
 def print_arms(runs, labels) -> int:
-    """Print `compare_arms` (one verdict per set) and each arm's budget per role; then the figures as one JSON
-    line."""
+    """Print `compare_arms` (one verdict per set), each arm's probes and budget per role; then the figures as
+    one JSON line."""
     cmp = compare_arms(*runs, labels=tuple(labels))
     for s, c in cmp['sets'].items(): print(f"{s}: {c['verdict']}")
+    for lab, r in zip(labels, runs):
+        if probes := arm_probes(r): print(f"{lab}, probes: {probes_line(probes)}")
     budgets = {lab: arm_budget(r) for lab, r in zip(labels, runs)}
     for lab, r in zip(labels, runs): print('', *budget_lines(lab, r), sep='\n')
     print(json.dumps({**cmp, 'budgets': budgets}, default=str))

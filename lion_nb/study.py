@@ -10,15 +10,15 @@ from typing import Callable, Optional
 
 import yaml
 
-from .core import LionError, atomic_write_text, load_config, read_json, write_json
-from .evaluation import (PAIR_SETS, arm_budget, arm_diff, arm_items, budget_lines, compare_arms,
-                                final_evaluation, iteration_of, mechanism, pyplot, save_figure)
+from .core import LionError, atomic_write_text, load_config, write_json
+from .evaluation import (PAIR_SETS, arm_budget, arm_diff, arm_items, arm_probes, budget_lines,
+                                compare_arms, final_evaluation, mechanism, probes_line, pyplot, save_figure)
 from .loop import BASELINES, run_loop
 from .stats import spread, verdict, yerr
 
 # %% auto #0
-__all__ = ['seed_config', 'arm_dirs', 'run_seed', 'seed_items', 'pooled_diff', 'arm_probes', 'probe_lines', 'summarise_study',
-           'study_table', 'mechanism_lines', 'plot_study', 'study_parser', 'print_budgets', 'study_cli']
+__all__ = ['seed_config', 'arm_dirs', 'run_seed', 'seed_items', 'pooled_diff', 'probe_lines', 'summarise_study', 'study_table',
+           'mechanism_lines', 'plot_study', 'study_parser', 'print_budgets', 'study_cli']
 
 # %% ../nbs/07b_study.ipynb #9c5bd54b
 def seed_config(config_path, # the study's configuration (YAML)
@@ -72,30 +72,10 @@ def pooled_diff(arms: dict,  # {seed: (Lion run folder, control run folder)}
     return arm_diff(set_name, a, b)
 
 # %% ../nbs/07b_study.ipynb #89018b13
-def arm_probes(run_dir) -> dict:
-    "The referee's probe from the run's first discrimination, the judge's from its last evaluation with one."
-    root, out = Path(run_dir), {}
-    for f in sorted(root.glob('iter_*/discrimination/probe.json'), key=iteration_of)[:1]:
-        out['referee'] = read_json(f)
-    for f in sorted(root.glob('iter_*/evaluation/metrics.json'), key=iteration_of):
-        if p := read_json(f).get('judge_probe'): out['judge'] = p
-    return out
-
-def _probe(name: str, p: dict) -> str:
-    q = p['probe']
-    outcome = 'passed' if p['passed'] else 'failed'
-    return f"{name} {q['accuracy']:.0%} of {q['pairs']} known-better pairs ({outcome})"
-
 def probe_lines(summary: dict) -> list[str]:
     "One line per seed: the Lion arm's referee and judge probes, and a warning when the judge failed its own."
-    lines = []
-    for seed, s in summary['seeds'].items():
-        ps = s.get('probes') or {}
-        if not ps: continue
-        blind = 'judge' in ps and not ps['judge']['passed']
-        warn = '; the verdicts above come from a judge that cannot tell right from wrong' if blind else ''
-        lines.append(f"seed {seed}, probes: " + ', '.join(_probe(n, p) for n, p in ps.items()) + warn)
-    return lines
+    return [f"seed {seed}, probes: {probes_line(s['probes'])}"
+            for seed, s in summary['seeds'].items() if s.get('probes')]
 
 # %% ../nbs/07b_study.ipynb #f64cf92e
 def _unit(set_name: str) -> str:

@@ -145,3 +145,4 @@ def test_study_forks_a_referee_blind_arm_and_compares(full_run, config, server, 
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     assert json.loads(p.stdout.strip().splitlines()[-1])['sets'] == out['per_seed']['0']
+    assert 'lion, probes: referee ' in p.stdout                          # beside the verdicts, as in the study
