@@ -1256,25 +1256,23 @@ def budget_line(r: dict) -> str:
             f"{int(r['prompt_tokens']):>11,} prompt tok {int(r['completion_tokens']):>10,} completion tok  "
             f"${r['cost_usd']:.4f}")
 
-def budget_lines(label: str, run_dir) -> list[str]:
-    """An arm's budget table: a heading, then one `budget_line` per role. A forked arm's log starts at the
-    fork: the shared prefix was paid for by the run it was forked from, and calls that run had made come from
-    the copied cache ("cached")."""
+def budget_lines(label: str, run_dir, rows: list[dict]) -> list[str]:
+    """An arm's budget table: a heading, then one `budget_line` per role of `rows` (its `arm_budget`). A
+    forked arm's log starts at the fork: the shared prefix was paid for by the run it was forked from, and
+    calls that run had made come from the copied cache ("cached")."""
     m = RunDir(run_dir).manifest
     forked = read_json(m).get('forked_from') if m.exists() else None
     head = f"{label} ({run_dir}): budget per role" + (
         f"; forked from {forked}, whose budget holds the shared prefix" if forked else '')
-    return [head] + [budget_line(r) for r in arm_budget(run_dir)]
+    return [head] + [budget_line(r) for r in rows]
 
 # %% ../nbs/06_evaluation.ipynb #be82cc32
 def arm_probes(run_dir) -> dict:
     "The referee's probe from the run's first discrimination, the judge's from its last evaluation with one."
-    root, out = Path(run_dir), {}
-    for f in sorted(root.glob('iter_*/discrimination/probe.json'), key=iteration_of)[:1]:
-        out['referee'] = read_json(f)
-    for f in sorted(root.glob('iter_*/evaluation/metrics.json'), key=iteration_of):
-        if p := read_json(f).get('judge_probe'): out['judge'] = p
-    return out
+    found = lambda pattern: [read_json(f) for f in sorted(Path(run_dir).glob(pattern), key=iteration_of)]
+    out = {'referee': found('iter_*/discrimination/probe.json')[:1],
+           'judge': found('iter_*/evaluation/judge_probe.json')[-1:]}
+    return {name: p[0] for name, p in out.items() if p}
 
 def _probe(name: str, p: dict) -> str:
     q = p['probe']
@@ -1296,7 +1294,7 @@ def print_arms(runs, labels) -> int:
     for lab, r in zip(labels, runs):
         if probes := arm_probes(r): print(f"{lab}, probes: {probes_line(probes)}")
     budgets = {lab: arm_budget(r) for lab, r in zip(labels, runs)}
-    for lab, r in zip(labels, runs): print('', *budget_lines(lab, r), sep='\n')
+    for lab, r in zip(labels, runs): print('', *budget_lines(lab, r, budgets[lab]), sep='\n')
     print(json.dumps({**cmp, 'budgets': budgets}, default=str))
     return 0 if cmp['sets'] else 1
 

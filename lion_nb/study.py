@@ -163,12 +163,13 @@ def study_parser() -> argparse.ArgumentParser:
     return ap
 
 # %% ../nbs/07b_study.ipynb #0ffc8e18
-def print_budgets(arms: dict,  # {seed: (Lion run folder, control run folder)}
-                  control: str = 'random-seeds', progress: Callable = print):
+def print_budgets(summary: dict, arms: dict,  # `summarise_study` of `arms`: {seed: (Lion, control folders)}
+                  progress: Callable = print):
     "Each seed's arms' budget tables (`budget_lines`): calls sent and cached, tokens, cost per role."
     for seed, dirs in arms.items():
-        for arm, d in zip(('lion', control), dirs):
-            progress('\n' + '\n'.join(budget_lines(f"seed {seed}, {arm} arm", d)))
+        budgets = summary['seeds'][seed]['budgets']
+        for (arm, rows), d in zip(budgets.items(), dirs):
+            progress('\n' + '\n'.join(budget_lines(f"seed {seed}, {arm} arm", d, rows)))
 
 # %% ../nbs/07b_study.ipynb #ee85c7c1
 def study_cli(argv=None) -> int:
@@ -182,7 +183,7 @@ def study_cli(argv=None) -> int:
     plot_study(summary, Path(a.out)/'study.png')
     print(study_table(summary))
     for line in mechanism_lines(summary) + probe_lines(summary): print(line)
-    print_budgets(arms, a.control)
+    print_budgets(summary, arms)
     print(json.dumps({'control': a.control, 'seeds': a.seeds, 'sets': summary['sets'],
                       'per_seed': {s: r['sets'] for s, r in summary['seeds'].items()}}, default=str))
     return 0 if summary['sets'] else 1
