@@ -9,7 +9,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-import openai
 from fastcore.basics import patch
 
 from . import models
@@ -271,6 +270,7 @@ def _wire(self: OpenAIClient, body: dict) -> dict:
 @patch
 def _sdk(self: OpenAIClient):
     "A fresh AsyncOpenAI client (it binds to the running event loop) without SDK retries."
+    import openai   # here, not at the top: importing lion_nb.train or serving a checkpoint needs no SDK
     return openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key_for(self.spec) or NO_KEY,
                               max_retries=0, timeout=self.spec.timeout_s)
 

@@ -9,7 +9,6 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import openai
 import pandas as pd
 from fastcore.basics import patch
 
@@ -246,6 +245,7 @@ def backoff_s(attempt: int, # the retry's number, from 0
 def classify_error(e: BaseException, # an exception raised by the openai client
                   ) -> tuple[bool, str, Optional[float]]:
     "(retryable?, reason, server-requested wait) for an exception raised by the openai client."
+    import openai   # lazily: only a client that calls an API raises its exceptions
     if isinstance(e, openai.APITimeoutError): return True, 'timeout', None
     if isinstance(e, openai.APIConnectionError): return True, f'connection error: {e.__cause__ or e}', None
     if isinstance(e, openai.APIStatusError):

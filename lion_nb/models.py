@@ -10,8 +10,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable, Optional
 
-from openai import OpenAI
-
 from .core import LionError, cache_root, read_json, sha256_file, write_json
 
 # %% auto #0
@@ -587,6 +585,7 @@ def verify_student(log=print, prompt: str = 'What is the capital of France?') ->
 def ask_teacher(base_url: str, prompt: str, max_tokens: int = 64, seed: int = 0, temperature: float = 0.0,
                 model: str = TEACHER_NAME) -> str:
     "One OpenAI-style chat request to the server at `base_url` (serving `model`); the answer's text."
+    from openai import OpenAI   # lazily: the rest of this module calls no API
     client = OpenAI(base_url=base_url, api_key='not-needed', timeout=300)
     r = client.chat.completions.create(model=model, messages=[{'role': 'user', 'content': prompt}],
                                        max_tokens=max_tokens, seed=seed, temperature=temperature)
