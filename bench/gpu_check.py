@@ -411,9 +411,12 @@ def main() -> int:
     res['engine_hf'] = engine_path(export, work, serve, 32, 8 if a.cpu_smoke else 64, 'hf')
     res['vllm'] = vllm_path(export, work, a.cpu_smoke)
     e, g, tr = res['engine_hf'], res['generation'], res['train']
-    res['ok'] = bool(tr['resumed_from_checkpoint'] and tr['export_complete'] and tr['steps'] == steps
-                     and g['done'] == g['prompts']
-                     and g['splits'] > 0 and e['done'] == e['completions'] and e['restart_ok'])
+    checks = {'resumed from the checkpoint': tr['resumed_from_checkpoint'], 'export complete': tr['export_complete'],
+              'all steps trained': tr['steps'] == steps, 'generation: every prompt answered': g['done'] == g['prompts'],
+              'generation: the forced OOM split a batch': g['splits'] > 0,
+              'engine: every completion answered': e['done'] == e['completions'], 'engine: restarted': e['restart_ok']}
+    res['failed_checks'] = [k for k, v in checks.items() if not v]
+    res['ok'] = not res['failed_checks']
     res['total_s'] = round(time.perf_counter() - t_all, 1)
     table(res)
     print('\nformulas:\n  ' + '\n  '.join(formulas))

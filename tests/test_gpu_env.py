@@ -112,3 +112,19 @@ def test_cpu_smoke_in_simulated_gpu_machine(tmp_path):
     assert res['engine_hf']['done'] == 32 and res['engine_hf']['restart_ok']
     assert 'rouge-score' in res['env']['lion_nb_missing']   # a stripped environment, as on that machine
     assert not {'pydantic', 'fastcore', 'openai'} & set(res['env']['lion_nb_missing'])
+
+
+def test_extrapolation_formulas():
+    "The 7B/8-GPU figures follow the printed formulas (the GPU-only arithmetic, checked here on made-up numbers)."
+    t = {'params': 1.07e9, 'layers': 4, 'world': 1, 'micro': 4, 'seq': 1024, 'tokens_per_s': 40000.0,
+         'checkpoint_s': 10.0, 'export_s': 2.0, 'peak_gb_sync_on': 22.0, 'peak_gb_sync_off': 24.0}
+    ex, formulas = gpu_check.extrapolate(t, 'NVIDIA H100 80GB HBM3')
+    r = 6.74e9 / 1.07e9
+    assert ex['mfu'] == round(6 * 1.07e9 * 40000 / 989e12, 4)
+    assert ex['tokens_per_s_7b_8gpu'] == round(40000 / r * 8, 1)
+    assert ex['checkpoint_s_7b'] == round(10 * r, 1) and ex['export_s_7b'] == round(2 * r, 1)
+    state1, inputs = 16 * 1.07e9 / 2**30, 28 * 4 * 1024 * 4096 * 2 / 2**30
+    assert ex['peak_gb_sync_on_7b_8gpu'] == round(16 * 6.74e9 / 2**30 / 8 + (22 - state1) + inputs, 1)
+    assert ex['peak_gb_sync_off_7b_8gpu'] - ex['peak_gb_sync_on_7b_8gpu'] == pytest.approx(
+        4 * 6.74e9 / 2**30 + 2, abs=0.11)          # the unsharded fp32 gradient, plus the measured difference
+    assert len(formulas) == 5 and all('=' in f for f in formulas)
