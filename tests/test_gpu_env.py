@@ -63,7 +63,7 @@ def test_plan_wheels(tmp_path):
     for f in ('nosuchpkg_t26-1.0-py3-none-any.whl', 'pytest-999.0-py3-none-any.whl'):
         (tmp_path / f).write_bytes(b'')
     lst = tmp_path / 'list.txt'
-    lst.write_text(f"numpy==1.0\nnosuchpkg-t26==1.0\npytest==999.0\nabsent-t26==2.0\n")
+    lst.write_text("numpy==1.0\nnosuchpkg-t26==1.0\npytest==999.0\nabsent-t26==2.0\n")
     files, missing = gpu_check.plan_wheels(lst, tmp_path)
     assert [Path(f).name for f in files] == ['nosuchpkg_t26-1.0-py3-none-any.whl', 'pytest-999.0-py3-none-any.whl']
     assert missing == ['absent-t26==2.0']                    # numpy here is newer than 1.0: not installed
@@ -99,7 +99,12 @@ def test_cpu_smoke_in_simulated_gpu_machine(tmp_path):
     for pkg in ('pydantic', 'fastcore', 'openai'):            # the simulation lacks what that machine lacks
         assert subprocess.run([str(py), '-c', f'import {pkg}'], capture_output=True).returncode != 0
     env = {k: v for k, v in ENV.items() if k != 'PYTHONPATH'}
-    env.update(PYTHON=str(py), GPU_WHEELS=paths['WHEELS'], GPU_SITE=str(tmp_path / 'site'), OUT=str(tmp_path / 'out'))
+    env.update(PYTHON=str(py), GPU_WHEELS=str(tmp_path / 'none'), GPU_SITE=str(tmp_path / 'site'), OUT=str(tmp_path))
+    r = subprocess.run(['bash', str(BENCH / 'gpu_check.sh'), '--cpu-smoke'], capture_output=True, text=True,
+                       timeout=300, env=env, cwd=ROOT)           # without the carried wheels: stops, names them
+    assert r.returncode == gpu_check.EXIT_WHEELS and 'wheels missing: fastcore==' in r.stdout, r.stdout[-2000:]
+    assert 'openai==' in r.stdout and 'pydantic==' in r.stdout
+    env.update(GPU_WHEELS=paths['WHEELS'], OUT=str(tmp_path / 'out'))
     r = subprocess.run(['bash', str(BENCH / 'gpu_check.sh'), '--cpu-smoke', '--out', str(tmp_path / 'work')],
                        capture_output=True, text=True, timeout=1200, env=env, cwd=ROOT)
     print(r.stdout[-6000:])
