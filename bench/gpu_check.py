@@ -76,6 +76,9 @@ def environment() -> dict:
         try: env['driver'] = subprocess.run(['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'],
                                             capture_output=True, text=True, timeout=20).stdout.split()[0]
         except (OSError, IndexError, subprocess.TimeoutExpired): env['driver'] = 'unknown (no nvidia-smi)'
+    tmp = shutil.disk_usage(tempfile.gettempdir())
+    env['disk_free_gb'] = round(tmp.free / 1e9, 1)       # the GPU run writes checkpoints of ~13 GB, two at a time
+    env['cpus'] = os.cpu_count()
     missing = []
     for r in requirements():
         try: md.version(r)
@@ -389,6 +392,8 @@ def main() -> int:
         if not env['gpus']:
             print(f"no GPU visible: torch {env['torch']} (CUDA {env['cuda']}) sees none")
             return EXIT_NO_GPU
+        if env['disk_free_gb'] < 35:
+            print(f"warning: {env['disk_free_gb']} GB free in {tempfile.gettempdir()}; the training writes ~30 GB")
     bad = import_failures()
     if bad:
         print('wheels missing: ' + '; '.join(bad))
