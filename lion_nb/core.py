@@ -412,9 +412,18 @@ class ModelSpec(Section):
     checkpoint: Optional[str] = Field(None, description=(
         "an endpoint student: the checkpoint the endpoint serves; its fingerprint keys the response cache"))
     token_param: Literal['auto', 'max_tokens', 'max_completion_tokens'] = Field('auto', description=(
-        "the name the length limit is sent under; auto: max_completion_tokens for o-series and gpt-5 models"))
+        "the name the length limit is sent under; auto: from the capability table (cache.MODEL_FAMILIES), "
+        "else max_tokens, corrected by the endpoint's first refusal"))
     sends_temperature: Optional[bool] = Field(None, description=(
-        "whether requests carry a temperature; None: not for o-series and gpt-5 models, yes otherwise"))
+        "whether requests carry a temperature; None: from the capability table (reasoning models take one "
+        "only with reasoning_effort none), yes for names it does not know"))
+    reasoning_effort: Optional[str] = Field(None, description=(
+        "sent as reasoning_effort (none, minimal, low, medium, high, xhigh); None: not sent (the model's "
+        "default); none keeps the paper's temperatures where the model offers it"))
+    reasoning_headroom: Optional[int] = Field(None, ge=0, description=(
+        "tokens added to each answer's budget for the model's reasoning; None: 2048 when it reasons, else 0"))
+    max_reasoning_headroom: int = Field(8192, ge=0, description=(
+        "a reply cut at `length` by its reasoning is retried once with more headroom, at most this much"))
     batch_max_requests: int = Field(50_000, ge=1, description=(
         "Batch API: at most this many requests per batch (OpenAI's limit: 50,000)"))
     batch_max_bytes: int = Field(190_000_000, ge=1024, description=(
