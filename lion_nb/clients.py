@@ -395,19 +395,18 @@ async def _call_sized(self: OpenAIClient, sdk, req: ChatRequest) -> tuple[ChatRe
     """One request; a reply cut at `length` by the model's reasoning (`reasoning_cut`) is retried once with
     more headroom (capped, paid, counted in `retries` and `length_retries`), and is never kept as an answer."""
     body = self.body(req)
+    before = max(self._headroom(), self.learned().get('headroom', 0))
     res, cost = await self._call_once(sdk, req, body)
     if not reasoning_cut(res) or 'prompt' in body: return res, cost
-    bigger = self._more_headroom(body, req)
-    if bigger is not None:
-        worst = worst_case_cost(self.spec, replace(req, max_tokens=max(v for k, v in bigger.items()
-                                                                        if k in LIMIT_PARAMS)))
-        if self.budget is None or self.budget.reserve(worst):
-            self._event(retries=1, length_retries=1, error=f'cut at length after {res.reasoning_tokens} '
-                        f'reasoning tokens: retried with more headroom')
-            res, more = await self._call_once(sdk, req, bigger)
-            if self.budget is not None: self.budget.settle(worst, 0.0)   # the caller settles the total
-            cost += more
-            if not reasoning_cut(res): return res, cost
+    head = self._more_headroom(req, before)
+    worst = worst_case_cost(self.spec, replace(req, max_tokens=req.max_tokens + (head or 0)))
+    if head is not None and (self.budget is None or self.budget.reserve(worst)):
+        self._event(retries=1, length_retries=1, error=f'cut at length after {res.reasoning_tokens} reasoning '
+                    f'tokens: retried with {head:,} tokens of headroom')
+        res, more = await self._call_once(sdk, req, body)
+        if self.budget is not None: self.budget.settle(worst, 0.0)   # the caller settles the total
+        cost += more
+        if not reasoning_cut(res): return res, cost
     note = (f"cut at length after {res.reasoning_tokens} reasoning tokens, with more headroom too: not kept "
             f"as an answer (raise reasoning_headroom / max_reasoning_headroom, or lower reasoning_effort)")
     self._event(failures=int(res.status == 'done'), error=note)
@@ -424,7 +423,9 @@ async def _call(self: OpenAIClient, sdk, req: ChatRequest) -> tuple[ChatResult, 
         return await self._call_sized(sdk, req)
     loop = asyncio.get_running_loop()
     if self.__dict__.get('_gate', (None,))[0] is not loop: self._gate = (loop, asyncio.Lock())
-    async with self._gate[1]: return await self._call_sized(sdk, req)
+    async with self._gate[1]:
+        if not self.__dict__.get('_settled'): return await self._call_sized(sdk, req)
+    return await self._call_sized(sdk, req)   # answered meanwhile: the rest go at full concurrency
 
 # %% ../nbs/13c_clients.ipynb #6d076b62
 @patch
@@ -474,10 +475,12 @@ def _save_learned(self: OpenAIClient):
 # %% ../nbs/13c_clients.ipynb #9c270243
 @patch
 def _shaped(self: OpenAIClient, body: dict) -> dict:
-    "`body` as it is sent: in the shape learned from the model's refusals (a chat body; others as they are)."
+    "`body` as it is sent: in the shape learned from the model's refusals and cuts (a chat body; others as is)."
     got = self.learned()
     if not got or 'messages' not in body: return body
-    b = dict(body)
+    b, extra = dict(body), max(0, got.get('headroom', 0) - self._headroom())   # headroom raised by a cut
+    for k in LIMIT_PARAMS:
+        if k in b: b[k] += extra
     tp = got.get('token_param')
     for k in LIMIT_PARAMS:
         if tp and k in b and k != tp: b[tp] = b.pop(k)
@@ -519,12 +522,18 @@ def reasoning_cut(res: ChatResult) -> bool:
     return res.finish_reason == 'length' and (not (res.text or '').strip() or res.reasoning_tokens > 0)
 
 @patch
-def _more_headroom(self: OpenAIClient, body: dict, req: ChatRequest) -> Optional[dict]:
-    "`body` with more reasoning headroom (doubled, at least the answer's budget, capped); None at the cap."
-    tp = next(k for k in LIMIT_PARAMS if k in body)
-    head = body[tp] - req.max_tokens
-    new = min(self.spec.max_reasoning_headroom, max(2*head, req.max_tokens, 1024))
-    return {**body, tp: req.max_tokens + new} if new > head else None
+def _more_headroom(self: OpenAIClient, req: ChatRequest, before: int) -> Optional[int]:
+    """Raise the run's reasoning headroom after a reply sent with `before` was cut: doubled, at least the
+    answer's budget and 1,024, at most `max_reasoning_headroom`. The new headroom (None at the cap); it is kept
+    for the run's later requests, so the next ones are not cut (and paid) too."""
+    now = max(self._headroom(), self.learned().get('headroom', 0))
+    if now > before: return now                                     # another request raised it meanwhile
+    new = min(self.spec.max_reasoning_headroom, max(2*before, req.max_tokens, 1024))
+    if new <= before: return None
+    self.learned()['headroom'] = new
+    self.learned().setdefault('notes', []).append(f"a reply was cut at length by reasoning: headroom {new:,}")
+    self._save_learned()
+    return new
 
 # %% ../nbs/13c_clients.ipynb #ba5c170e
 ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately "
