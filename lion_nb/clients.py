@@ -336,9 +336,9 @@ def _account(self: OpenAIClient, res: ChatResult, retries: int, err: str) -> flo
     "The usage event of a call that got a response; what it cost."
     cost = cost_usd(self.spec, res.prompt_tokens, res.completion_tokens)
     self._event(calls=1, prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
-                failures=int(res.status == 'failed'), retries=retries, cost_usd=cost,
+                failures=int(res.status == 'failed' or reasoning_cut(res)), retries=retries, cost_usd=cost,
                 error=res.error or (f'retried after: {err}' if retries else None),
-                reasoning_tokens=res.reasoning_tokens)
+                reasoning_tokens=res.reasoning_tokens)   # a reply cut by its reasoning is a failed call
     return cost
 
 # %% ../nbs/13c_clients.ipynb #b12b79ea
@@ -409,7 +409,7 @@ async def _call_sized(self: OpenAIClient, sdk, req: ChatRequest) -> tuple[ChatRe
         if not reasoning_cut(res): return res, cost
     note = (f"cut at length after {res.reasoning_tokens} reasoning tokens, with more headroom too: not kept "
             f"as an answer (raise reasoning_headroom / max_reasoning_headroom, or lower reasoning_effort)")
-    self._event(failures=int(res.status == 'done'), error=note)
+    self._event(error=note)   # (each cut call is already counted as a failure)
     return ChatResult(req.key, 'failed', '', 'length', note, res.prompt_tokens, res.completion_tokens, False,
                       res.model, None, res.reasoning_tokens), cost
 

@@ -560,7 +560,8 @@ def preflight(config_path, run_root, baseline: Optional[str] = None, rounds: Opt
     check('disk', lambda: check_disk(run_root, n_params, K))
     check('keys', lambda: check_keys(cfg))
     for name in sorted({n for r, n in cfg.roles.items() if r != 'student' and cfg.models[n].backend == 'openai'}):
-        check(f"shape {name}", lambda name=name: shape_line(cfg.models[name], role_temperatures(cfg)))
+        temps = {r: t for r, t in role_temperatures(cfg).items() if cfg.roles.get(r) == name}   # its roles'
+        check(f"shape {name}", lambda name=name, temps=temps: shape_line(cfg.models[name], temps))
     for name, fn in endpoint_checks(cfg, K, progress): check(name, fn)   # live: asks each endpoint
     bad = [r for r in results if not r['ok']]
     if bad:
