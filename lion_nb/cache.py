@@ -44,7 +44,7 @@ class ChatResult:
     cached: bool = False
     model: str = ''
     logprobs: Optional[list] = None    # `choices[0].logprobs.content` (token, logprob, top_logprobs)
-    reasoning_tokens: int = 0          # `usage.completion_tokens_details.reasoning_tokens` (part of completion)
+    reasoning_tokens: int = 0          # usage.completion_tokens_details.reasoning_tokens (in completion)
 
 # %% ../nbs/13_cache.ipynb #971f72f2
 def canonical_json(obj) -> str:
@@ -75,7 +75,7 @@ def request_body(model: str, # the model name at the endpoint
 @dataclass(frozen=True)
 class ModelFamily:
     "One row of the capability table: what a family of OpenAI models takes in a chat-completions request."
-    pattern: str                       # matched at the start of the name (after any `provider/`), then no `.`/digit
+    pattern: str                   # matched at the name's start (after a `provider/`), then no . or digit
     token_param: str                   # 'max_tokens' or 'max_completion_tokens'
     efforts: Optional[tuple] = ()      # the `reasoning_effort` values it takes; () none; None: not known
     default_effort: Optional[str] = None   # what it does when no effort is sent (None: it does not reason)
@@ -91,7 +91,7 @@ MODEL_FAMILIES = (
     ModelFamily(r'o\d', _MC, ('low', 'medium', 'high'), 'medium', 'never'),
     ModelFamily(r'gpt-4o|gpt-4\.1|gpt-4|gpt-3\.5', 'max_tokens'),
 )
-REASONING_MODEL = re.compile(r'^(?:[\w.-]+/)?(?:o\d|gpt-5|gpt-6)(?![.\d])|^(?:[\w.-]+/)?gpt-(?:5|6)\.\d')   # importers
+REASONING_MODEL = re.compile(r'^(?:[\w.-]+/)?(?:o\d|gpt-[56](?![\d])|gpt-[56]\.\d)')   # (for importers)
 
 # %% ../nbs/13_cache.ipynb #e271058a
 def model_family(name: str, # a model name at an OpenAI endpoint (`openai/` or other prefixes allowed)

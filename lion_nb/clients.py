@@ -393,7 +393,8 @@ def _headroom(self: OpenAIClient) -> int:
 @patch
 async def _call_sized(self: OpenAIClient, sdk, req: ChatRequest) -> tuple[ChatResult, float]:
     """One request; a reply cut at `length` by the model's reasoning (`reasoning_cut`) is retried once with
-    more headroom (capped, paid, counted in `retries` and `length_retries`), and is never kept as an answer."""
+    more headroom (capped, paid, counted in `retries` and `length_retries`); it is never kept as an
+    answer."""
     body = self.body(req)
     before = max(self._headroom(), self.learned().get('headroom', 0))
     res, cost = await self._call_once(sdk, req, body)
@@ -401,8 +402,8 @@ async def _call_sized(self: OpenAIClient, sdk, req: ChatRequest) -> tuple[ChatRe
     head = self._more_headroom(req, before)
     worst = worst_case_cost(self.spec, replace(req, max_tokens=req.max_tokens + (head or 0)))
     if head is not None and (self.budget is None or self.budget.reserve(worst)):
-        self._event(retries=1, length_retries=1, error=f'cut at length after {res.reasoning_tokens} reasoning '
-                    f'tokens: retried with {head:,} tokens of headroom')
+        self._event(retries=1, length_retries=1, error=f'cut at length after {res.reasoning_tokens} '
+                    f'reasoning tokens: retried with {head:,} tokens of headroom')
         res, more = await self._call_once(sdk, req, body)
         if self.budget is not None: self.budget.settle(worst, 0.0)   # the caller settles the total
         cost += more
@@ -475,7 +476,7 @@ def _save_learned(self: OpenAIClient):
 # %% ../nbs/13c_clients.ipynb #9c270243
 @patch
 def _shaped(self: OpenAIClient, body: dict) -> dict:
-    "`body` as it is sent: in the shape learned from the model's refusals and cuts (a chat body; others as is)."
+    "`body` as it is sent: in the shape learned from the model's refusals and cuts (chat bodies only)."
     got = self.learned()
     if not got or 'messages' not in body: return body
     b, extra = dict(body), max(0, got.get('headroom', 0) - self._headroom())   # headroom raised by a cut
@@ -495,8 +496,8 @@ SUPPORTED = re.compile(r"[Ss]upported values are:?(.*)")
 def _learn(self: OpenAIClient, e: BaseException, sent: dict) -> bool:
     "Learn the request shape from a 400 `unsupported_parameter`/`unsupported_value`; True when it changed."
     code = getattr(e, 'code', None)
-    if not isinstance(e, openai.BadRequestError) or code not in ('unsupported_parameter', 'unsupported_value'):
-        return False
+    if not isinstance(e, openai.BadRequestError): return False
+    if code not in ('unsupported_parameter', 'unsupported_value'): return False
     param, got = (e.param or '').replace('reasoning.effort', 'reasoning_effort'), self.learned()
     values = re.findall(r"'([\w-]+)'", (SUPPORTED.search(str(e.message)) or re.match('()', '')).group(1))
     if param in LIMIT_PARAMS and param in sent:
@@ -524,8 +525,8 @@ def reasoning_cut(res: ChatResult) -> bool:
 @patch
 def _more_headroom(self: OpenAIClient, req: ChatRequest, before: int) -> Optional[int]:
     """Raise the run's reasoning headroom after a reply sent with `before` was cut: doubled, at least the
-    answer's budget and 1,024, at most `max_reasoning_headroom`. The new headroom (None at the cap); it is kept
-    for the run's later requests, so the next ones are not cut (and paid) too."""
+    answer's budget and 1,024, at most `max_reasoning_headroom`. The new headroom (None at the cap); it is
+    kept for the run's later requests, so the next ones are not cut (and paid) too."""
     now = max(self._headroom(), self.learned().get('headroom', 0))
     if now > before: return now                                     # another request raised it meanwhile
     new = min(self.spec.max_reasoning_headroom, max(2*before, req.max_tokens, 1024))

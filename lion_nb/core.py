@@ -384,7 +384,7 @@ EnvVarName = Annotated[str, AfterValidator(_env_var_name)]
 
 # %% ../nbs/10_core.ipynb #c2094f4f
 class ReasoningSpec(Section):
-    "How a reasoning model is asked: its `reasoning_effort` and its reasoning headroom (the base of `ModelSpec`)."
+    "How a reasoning model is asked: its `reasoning_effort` and reasoning headroom (`ModelSpec`'s base)."
     reasoning_effort: Optional[str] = Field(None, description=(
         "sent as reasoning_effort (none, minimal, low, medium, high, xhigh); None: not sent (the model's "
         "default); none keeps the paper's temperatures where the model offers it"))

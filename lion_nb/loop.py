@@ -431,7 +431,7 @@ def endpoint_models(base_url: str, # an OpenAI-compatible endpoint, ending in /v
                     api_key: str, # the key its listing needs (a placeholder for endpoints without one)
                     timeout_s: float = 20.0,
                    ) -> dict:
-    "The models an endpoint offers, {id: its listing entry (with `shutdown_date` where the endpoint gives one)}."
+    "The models an endpoint offers, {id: its listing entry (with `shutdown_date` where it gives one)}."
     import openai   # only the live preflight calls the API in this module
     with openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s) as c:
         return {m.id: m.model_dump() for m in c.models.list()}
@@ -458,13 +458,13 @@ def check_endpoint_model(spec: ModelSpec, who: str, offered: dict, today: str, e
     live = sorted(offered, key=lambda m: (offered[m].get('shutdown_date') is not None, m))
     instead = ', '.join(live[:8]) + (f" (and {len(live) - 8} more)" if len(live) > 8 else '')
     if e is None:
-        raise LionError(f"{who} {spec.model!r} is not offered by {spec.base_url} (shut down, or not open to this "
-                        f"key): a request would get 404 model_not_found. It offers: {instead or 'nothing'}")
+        raise LionError(f"{who} {spec.model!r} is not offered by {spec.base_url} (shut down, or not open to "
+                        f"this key): a request would get 404 model_not_found. It offers: {instead or '-'}")
     d = str(e.get('shutdown_date') or '') or None
     if d and d <= today:
         raise LionError(f"{who} {spec.model!r} was shut down on {d}. {spec.base_url} offers: {instead}")
     if d and d <= end:
-        return f"{spec.model} offered, but WARNING: it shuts down on {d}, before the run's estimated end ({end})"
+        return f"{spec.model} offered, but WARNING: it shuts down on {d}, before the run may end ({end})"
     return f"{spec.model} offered" + (f" until {d}" if d else ", no shutdown date announced")
 
 # %% ../nbs/07_loop.ipynb #22487897
@@ -484,8 +484,8 @@ def shape_line(spec: ModelSpec, temps: dict) -> str:
     parts.append(f"reasoning_effort {s.reasoning_effort}" if s.reasoning_effort else
                  'its default reasoning effort' if s.reasons else '')
     dropped = ', '.join(f"{r} {t}" for r, t in temps.items() if t != 1)
-    parts.append('temperature sent' if s.temperature else
-                 f"WARNING: no temperature sent (the model takes only 1): {dropped} not applied" if dropped else '')
+    warn = f"WARNING: no temperature sent (the model takes only 1): {dropped} not applied" if dropped else ''
+    parts.append('temperature sent' if s.temperature else warn)
     if s.family is None and spec.token_param == 'auto':
         parts.append('not in the capability table: its shape is learned from its first refusal')
     return '; '.join(p for p in parts if p)
@@ -497,14 +497,15 @@ def endpoint_checks(cfg: Config, rounds: int, progress=print) -> list[tuple[str,
     today = datetime.datetime.now(datetime.timezone.utc).date()
     end, out, groups = str(estimated_end(cfg, rounds, today)), [], {}
     for role, name in cfg.roles.items():
-        if role != 'student' and cfg.models[name].backend == 'openai': groups.setdefault(name, []).append(role)
+        if role == 'student' or cfg.models[name].backend != 'openai': continue
+        groups.setdefault(name, []).append(role)
     for url in sorted({cfg.models[n].base_url or 'https://api.openai.com/v1' for n in groups}):
         names = [n for n in groups if (cfg.models[n].base_url or 'https://api.openai.com/v1') == url]
         try:
             key = api_key_for(cfg.models[names[0]]) or 'sk-no-key-required'
             offered = endpoint_models(url, key)
         except LionError:
-            progress(f"[check] skip {'endpoint':<18} {url}: its key is not set (see keys); models not checked")
+            progress(f"[check] skip {'endpoint':<18} {url}: its key is not set (see keys); not checked")
             continue
         except (openai.APIConnectionError, openai.APIStatusError) as e:
             why = f"HTTP {e.status_code}" if isinstance(e, openai.APIStatusError) else 'cannot connect'
@@ -559,7 +560,8 @@ def preflight(config_path, run_root, baseline: Optional[str] = None, rounds: Opt
     check('devices', lambda: check_devices(cfg, n_params))
     check('disk', lambda: check_disk(run_root, n_params, K))
     check('keys', lambda: check_keys(cfg))
-    for name in sorted({n for r, n in cfg.roles.items() if r != 'student' and cfg.models[n].backend == 'openai'}):
+    remote = {n for r, n in cfg.roles.items() if r != 'student' and cfg.models[n].backend == 'openai'}
+    for name in sorted(remote):
         temps = {r: t for r, t in role_temperatures(cfg).items() if cfg.roles.get(r) == name}   # its roles'
         check(f"shape {name}", lambda name=name, temps=temps: shape_line(cfg.models[name], temps))
     for name, fn in endpoint_checks(cfg, K, progress): check(name, fn)   # live: asks each endpoint

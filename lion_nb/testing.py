@@ -186,7 +186,8 @@ TODAY_CATALOG = {
     **{m: {'reasoning': False, 'shutdown_date': _GONE}
        for m in ('gpt-3.5-turbo', 'gpt-3.5-turbo-0125', 'gpt-4', 'gpt-4-0613', 'gpt-4-turbo')},
     **{m: _reasoning(_LMH, shutdown=_GONE) for m in ('o1', 'o3-mini', 'o4-mini')},
-    **{m: _reasoning(('minimal',) + _LMH, shutdown='2026-12-11') for m in ('gpt-5', 'gpt-5-mini', 'gpt-5-nano')},
+    **{m: _reasoning(('minimal',) + _LMH, shutdown='2026-12-11')
+       for m in ('gpt-5', 'gpt-5-mini', 'gpt-5-nano')},
     'o3': _reasoning(_LMH, shutdown='2026-12-11'),
     **{m: {'reasoning': False, 'shutdown_date': '2027-01-14'}
        for m in ('gpt-4o', 'gpt-4o-mini', 'gpt-4.1', 'gpt-4.1-mini')},
@@ -199,7 +200,7 @@ FakeOpenAI.catalog = None   # None: any model, any parameter (the default mode)
 
 @patch
 def today(self: FakeOpenAI, catalog: Optional[dict] = None, date: Optional[str] = None) -> FakeOpenAI:
-    "Answer as today's API does (see above): `catalog` {name: entry} (default `TODAY_CATALOG`); `date` YYYY-MM-DD."
+    "Answer as today's API does (see above): `catalog` {name: entry} (`TODAY_CATALOG`); `date` YYYY-MM-DD."
     self.catalog = dict(TODAY_CATALOG if catalog is None else catalog)
     self.date = date or time.strftime('%Y-%m-%d', time.gmtime())
     self.refused = Counter()
@@ -561,7 +562,8 @@ def _chat(self: _Handler, raw: bytes, completions: bool = False):
 def _api_error(self: _Handler, status: int, msg: str, param: Optional[str], code: str) -> bool:
     "Answer with OpenAI's error body; count the refusal. True."
     with self.server_state.lock: self.server_state.refused[code] += 1
-    self._send(status, {'error': {'message': msg, 'type': 'invalid_request_error', 'param': param, 'code': code}})
+    error = {'message': msg, 'type': 'invalid_request_error', 'param': param, 'code': code}
+    self._send(status, {'error': error})
     return True
 
 def _listing(values) -> str:
@@ -582,8 +584,8 @@ def _refuse(self: _Handler, body: dict) -> bool:
         return self._api_error(400, unsupported.format('reasoning_effort'), 'reasoning_effort',
                                'unsupported_parameter')
     if 'max_tokens' in body:
-        return self._api_error(400, unsupported.format('max_tokens') + " Use 'max_completion_tokens' instead.",
-                               'max_tokens', 'unsupported_parameter')
+        msg = unsupported.format('max_tokens') + " Use 'max_completion_tokens' instead."
+        return self._api_error(400, msg, 'max_tokens', 'unsupported_parameter')
     effort = body.get('reasoning_effort') or e['default_effort']
     if effort not in e['efforts']:
         return self._api_error(400, f"Unsupported value: '{effort}' is not supported with the '{m}' model. "
@@ -591,8 +593,8 @@ def _refuse(self: _Handler, body: dict) -> bool:
                                'unsupported_value')
     t = body.get('temperature')
     if t is None or t == 1 or (e['temperature'] == 'none' and effort == 'none'): return False
-    return self._api_error(400, f"Unsupported value: 'temperature' does not support {t} with this model. Only "
-                                f"the default (1) value is supported.", 'temperature', 'unsupported_value')
+    msg = f"Unsupported value: 'temperature' does not support {t} with this model. Only the default (1) "
+    return self._api_error(400, msg + 'value is supported.', 'temperature', 'unsupported_value')
 
 # %% ../nbs/15_testing.ipynb #29ca3c53
 @patch

@@ -77,7 +77,7 @@ def test_check_names_every_problem_in_seconds(tmp_path):
     assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
     fails = [l for l in r.stdout.splitlines() if l.startswith('[check] FAIL')]
     assert len(fails) == 6, r.stdout
-    assert 'its key is not set (see keys); models not checked' in r.stdout    # the live check waits for the key
+    assert 'its key is not set (see keys); not checked' in r.stdout    # the live check waits for the key
     out = r.stdout
     assert 'model student' in out and 'no chat template' in out and 'prompt_template: alpaca' in out
     assert f"2 file(s) missing in {tmp_path/'empty'}: alpaca_data.json, eval/vicuna80/question.jsonl" in out

@@ -64,7 +64,7 @@ def test_check_warns_of_a_shutdown_before_the_runs_end_and_skips_an_unreachable_
         cfg = parse_config(dict(models={'m': dict(backend='openai', model='gpt-5-mini', base_url=srv.base_url, batch_api=True)},
                                 roles=roles))   # up to 16 days with 24 h batch windows
         (name, fn), = endpoint_checks(cfg, 3, progress=print)
-        assert name == 'model m' and 'WARNING: it shuts down on 2026-12-11' in fn()
+        assert name == 'model m' and 'WARNING: it shuts down on 2026-12-11, before the run may end' in fn()
     lines = []
     cfg = parse_config(dict(models={'m': dict(backend='openai', model='gpt-6.1-sol', base_url='http://127.0.0.1:9/v1')},
                             roles=roles))
