@@ -363,6 +363,7 @@ async def _call_once(self: OpenAIClient, sdk, req: ChatRequest, body: dict) -> t
             if reshaped < MAX_RESHAPES and (self._learn(e, sent) or self._shaped(body) != sent):
                 reshaped += 1
                 continue
+            self._settle_shape()   # not a refusal of the shape: nothing more to learn from this one
             if not retryable or attempt == self.spec.max_retries: break
             retries += 1
             await self._retry_wait(attempt, err, wait)
@@ -370,7 +371,7 @@ async def _call_once(self: OpenAIClient, sdk, req: ChatRequest, body: dict) -> t
             continue
         res = self._parse(req, resp)
         res.reasoning_tokens = reasoning_tokens_of(resp)
-        self.__dict__['_settled'] = True
+        self._settle_shape()
         self.limiter.reconcile(entry, res.prompt_tokens + res.completion_tokens)
         return res, self._account(res, retries, err)
     self._event(calls=1, failures=1, retries=retries, error=err)
@@ -416,17 +417,25 @@ async def _call_sized(self: OpenAIClient, sdk, req: ChatRequest) -> tuple[ChatRe
 
 # %% ../nbs/13c_clients.ipynb #e42c228c
 @patch
+def _settle_shape(self: OpenAIClient):
+    "The model's shape is known (it answered, or failed otherwise than by refusing it): let the others go."
+    self.__dict__['_settled'] = True
+    if self.__dict__.get('_gate') is not None: self._gate[1].set()
+
+@patch
 async def _call(self: OpenAIClient, sdk, req: ChatRequest) -> tuple[ChatResult, float]:
     """One request (`_call_sized`); returns the result and what it cost. Until a model unknown to the
-    capability table has answered once, its requests go one at a time, so that its first refusal teaches
-    the shape before the others are sent (and refused) too."""
+    capability table has answered once, the others wait for its first request, so that its refusal teaches the
+    shape before they are sent (and refused) too."""
     if self.__dict__.get('_settled') or self.spec.backend != 'openai' or request_shape(self.spec).family:
         return await self._call_sized(sdk, req)
-    loop = asyncio.get_running_loop()
-    if self.__dict__.get('_gate', (None,))[0] is not loop: self._gate = (loop, asyncio.Lock())
-    async with self._gate[1]:
-        if not self.__dict__.get('_settled'): return await self._call_sized(sdk, req)
-    return await self._call_sized(sdk, req)   # answered meanwhile: the rest go at full concurrency
+    loop, gate = asyncio.get_running_loop(), self.__dict__.get('_gate')
+    if gate is not None and gate[0] is loop:
+        await gate[1].wait()
+        return await self._call_sized(sdk, req)
+    self._gate = (loop, asyncio.Event())   # this request finds out the shape
+    try: return await self._call_sized(sdk, req)
+    finally: self._gate[1].set()
 
 # %% ../nbs/13c_clients.ipynb #6d076b62
 @patch
