@@ -149,3 +149,13 @@ def test_table_shapes_without_headroom_stay_as_before(tmp_path):
     from lion_nb.cache import request_shape
     assert request_shape(ModelSpec(backend='openai', model='gpt-4o-mini')).headroom == 0
     assert request_shape(ModelSpec(backend='openai', model='o3')).headroom == DEFAULT_HEADROOM
+
+
+def test_the_issues_gpt_6_luna_answers_are_no_longer_refused(tmp_path):
+    "The issue's `lion_nb answer --model gpt-6-luna`: 10 of 10 refused for 'max_tokens' before; now the table shapes them."
+    with serve() as srv:
+        srv.today()
+        with make_client(spec(srv, 'gpt-6-luna'), role='teacher', cache_dir=tmp_path) as c:
+            out = c.run([ChatRequest(f'k{i}', [{'role': 'user', 'content': f'q{i}'}], 0.7, 64) for i in range(10)])
+        assert [r.status for r in out] == ['done']*10 and sum(srv.refused.values()) == 0 and srv.n_chat == 10
+        assert {r.reasoning_tokens for r in out} == {300}               # it reasons by default, inside the headroom
