@@ -14,8 +14,9 @@ from fastcore.basics import patch
 from .core import ModelSpec
 
 # %% auto #0
-__all__ = ['REASONING_MODEL', 'CREATE_RESPONSES', 'ChatRequest', 'ChatResult', 'canonical_json', 'request_body', 'api_params',
-           'cache_key', 'checkpoint_fingerprint', 'ResponseCache']
+__all__ = ['MODEL_FAMILIES', 'REASONING_MODEL', 'DEFAULT_HEADROOM', 'CREATE_RESPONSES', 'ChatRequest', 'ChatResult',
+           'canonical_json', 'request_body', 'ModelFamily', 'model_family', 'RequestShape', 'request_shape',
+           'api_params', 'cache_key', 'checkpoint_fingerprint', 'ResponseCache']
 
 # %% ../nbs/13_cache.ipynb #06140882
 @dataclass
@@ -43,6 +44,7 @@ class ChatResult:
     cached: bool = False
     model: str = ''
     logprobs: Optional[list] = None    # `choices[0].logprobs.content` (token, logprob, top_logprobs)
+    reasoning_tokens: int = 0          # usage.completion_tokens_details.reasoning_tokens (in completion)
 
 # %% ../nbs/13_cache.ipynb #971f72f2
 def canonical_json(obj) -> str:
@@ -55,30 +57,84 @@ def request_body(model: str, # the model name at the endpoint
                  structured_output: bool = False, # whether the model takes `response_format`
                  token_param: str = 'max_tokens', # the length limit (`max_completion_tokens` for reasoning)
                  temperature: bool = True, # False leaves the temperature out
+                 reasoning_effort: Optional[str] = None, # sent when set (`none`, `low`, ...)
+                 headroom: int = 0, # tokens added to the answer's budget for the model's reasoning
                 ) -> dict:
     """The body of the chat-completions call for `req`: only the parameters actually sent. `token_param` names
-    the length limit (`max_completion_tokens` for reasoning models); `temperature=False` leaves it out."""
-    body = {'model': model, 'messages': req.messages, token_param: req.max_tokens}
+    the length limit (`max_completion_tokens` for reasoning models), which is the answer's budget plus the
+    reasoning `headroom`; `temperature=False` leaves it out."""
+    body = {'model': model, 'messages': req.messages, token_param: req.max_tokens + headroom}
     if temperature: body['temperature'] = req.temperature
+    if reasoning_effort is not None: body['reasoning_effort'] = reasoning_effort
     if req.seed is not None: body['seed'] = req.seed
     if req.response_format is not None and structured_output: body['response_format'] = req.response_format
     body.update(req.extra)
     return body
 
 # %% ../nbs/13_cache.ipynb #e1344c8d
-REASONING_MODEL = re.compile(r'^(?:[\w.-]+/)?(?:o\d|gpt-5)')   # o1, o3-mini, o4-mini, gpt-5, gpt-5-mini, ...
+@dataclass(frozen=True)
+class ModelFamily:
+    "One row of the capability table: what a family of OpenAI models takes in a chat-completions request."
+    pattern: str                   # matched at the name's start (after a `provider/`), then no . or digit
+    token_param: str                   # 'max_tokens' or 'max_completion_tokens'
+    efforts: Optional[tuple] = ()      # the `reasoning_effort` values it takes; () none; None: not known
+    default_effort: Optional[str] = None   # what it does when no effort is sent (None: it does not reason)
+    temperature: str = 'any'           # 'any', 'never', or 'none' (only with `reasoning_effort: none`)
 
+_MC = 'max_completion_tokens'
+MODEL_FAMILIES = (
+    ModelFamily(r'gpt-6\.1-sol', _MC, ('low', 'medium', 'high', 'xhigh'), 'medium', 'never'),
+    ModelFamily(r'gpt-6\.1-terra', _MC, ('none', 'low', 'medium', 'high', 'xhigh'), 'medium', 'none'),
+    ModelFamily(r'gpt-6', _MC, None, 'medium', 'none'),
+    ModelFamily(r'gpt-5\.\d', _MC, ('none', 'low', 'medium', 'high', 'xhigh'), 'none', 'none'),
+    ModelFamily(r'gpt-5', _MC, ('minimal', 'low', 'medium', 'high'), 'medium', 'never'),
+    ModelFamily(r'o\d', _MC, ('low', 'medium', 'high'), 'medium', 'never'),
+    ModelFamily(r'gpt-4o|gpt-4\.1|gpt-4|gpt-3\.5', 'max_tokens'),
+)
+REASONING_MODEL = re.compile(r'^(?:[\w.-]+/)?(?:o\d|gpt-[56](?![\d])|gpt-[56]\.\d)')   # (for importers)
+
+# %% ../nbs/13_cache.ipynb #e271058a
+def model_family(name: str, # a model name at an OpenAI endpoint (`openai/` or other prefixes allowed)
+                ) -> Optional[ModelFamily]:
+    "The capability table's row for a model name, or None when the table does not know it."
+    for fam in MODEL_FAMILIES:
+        if re.match(rf'^(?:[\w.-]+/)?(?:{fam.pattern})(?![.\d])', name): return fam
+    return None
+
+# %% ../nbs/13_cache.ipynb #120447ea
+DEFAULT_HEADROOM = 2048   # reasoning tokens allowed on top of the answer's budget when a model reasons
+
+@dataclass(frozen=True)
+class RequestShape:
+    "How a model's chat requests are shaped (see `request_shape`)."
+    token_param: str
+    temperature: bool
+    reasoning_effort: Optional[str]
+    headroom: int
+    reasons: bool                      # whether it spends reasoning tokens (its effort is not `none`)
+    family: Optional[str]              # the table's row, or None when the name is unknown
+
+def request_shape(spec: ModelSpec, # the model's spec
+                 ) -> RequestShape:
+    "The shape of `spec`'s requests: its own settings first, the capability table's for an OpenAI endpoint."
+    fam = model_family(spec.model) if spec.backend == 'openai' else None
+    param = spec.token_param if spec.token_param != 'auto' else (fam.token_param if fam else 'max_tokens')
+    effort = spec.reasoning_effort
+    acting = effort or (fam.default_effort if fam else None)
+    temp = fam is None or fam.temperature == 'any' or (fam.temperature == 'none' and acting == 'none')
+    if spec.sends_temperature is not None: temp = spec.sends_temperature
+    reasons = acting not in (None, 'none')
+    headroom = spec.reasoning_headroom if spec.reasoning_headroom is not None else DEFAULT_HEADROOM * reasons
+    return RequestShape(param, temp, effort, headroom, reasons, fam.pattern if fam else None)
+
+# %% ../nbs/13_cache.ipynb #c66ba865
 def api_params(spec: ModelSpec, # the model's spec
               ) -> tuple[str, bool]:
-    """(length parameter, sends temperature?) for a model: the spec's `token_param` and `sends_temperature`;
-    'auto'/None means `max_completion_tokens` and no temperature for o-series and gpt-5 names, else the
-    classic `max_tokens` with a temperature. Local backends keep the classic form (vLLM and llama.cpp read
-    it)."""
-    reasoning = spec.backend == 'openai' and bool(REASONING_MODEL.match(spec.model))
-    auto_param = 'max_completion_tokens' if reasoning else 'max_tokens'
-    param = spec.token_param if spec.token_param != 'auto' else auto_param
-    temp = spec.sends_temperature if spec.sends_temperature is not None else not reasoning
-    return param, temp
+    """(length parameter, sends temperature?) for a model, from `request_shape`: the spec's `token_param` and
+    `sends_temperature` when set, else the capability table's (the classic `max_tokens` with a temperature for
+    local backends and unknown names)."""
+    s = request_shape(spec)
+    return s.token_param, s.temperature
 
 # %% ../nbs/13_cache.ipynb #c828c3f5
 def cache_key(endpoint: str, # the endpoint's identity (URL, `embedded:<model>`, a checkpoint's fingerprint)

@@ -4,8 +4,8 @@
 
 # %% ../nbs/13c_clients.ipynb #9dcca800
 from __future__ import annotations
-import asyncio, concurrent.futures, hashlib, json, math, random, threading, urllib.request, warnings
-from dataclasses import asdict
+import asyncio, concurrent.futures, hashlib, json, math, random, re, threading, urllib.request, warnings
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -14,14 +14,15 @@ from fastcore.basics import patch
 from . import models
 from .batch import BatchRunner
 from .cache import (ChatRequest, ChatResult, ResponseCache, api_params, cache_key, canonical_json,
-                           checkpoint_fingerprint, request_body)
-from .core import LionError, ModelSpec, api_key_for, derive_seed, user_message
+                           checkpoint_fingerprint, request_body, request_shape)
+from .core import LionError, ModelSpec, api_key_for, derive_seed, read_json, user_message, write_json
 from .limits import (CHARS_PER_TOKEN, MAX_RETRY_AFTER_S, USAGE_COLUMNS, Budget, BudgetExceeded,
                             RateLimiter, UsageLog, _progress, auth_hint, backoff_s, classify_error, cost_usd,
                             estimate_prompt_tokens, run_sync, worst_case_cost)
 
 # %% auto #0
-__all__ = ['NO_KEY', 'ALPACA_TEMPLATE', 'ALPACA_INPUT_TEMPLATE', 'served_weights', 'OpenAIClient', 'alpaca_prompt',
+__all__ = ['NO_KEY', 'MAX_RESHAPES', 'SHAPES_FILE', 'LIMIT_PARAMS', 'SUPPORTED', 'ALPACA_TEMPLATE', 'ALPACA_INPUT_TEMPLATE',
+           'served_weights', 'OpenAIClient', 'reasoning_tokens_of', 'reasoning_cut', 'alpaca_prompt',
            'resolve_template', 'render_prompt', 'resolve_checkpoint', 'HFClient']
 
 # %% ../nbs/13c_clients.ipynb #92987f3e
@@ -43,7 +44,9 @@ class _Client:
     def model_name(self) -> str: return self.spec.model
     def endpoint_id(self) -> str: raise NotImplementedError
     def body(self, req: ChatRequest) -> dict:
-        return request_body(self.spec.model, req, self.spec.structured_output, *api_params(self.spec))
+        s = request_shape(self.spec)
+        return request_body(self.spec.model, req, self.spec.structured_output, s.token_param, s.temperature,
+                            s.reasoning_effort, s.headroom)
     def key(self, req: ChatRequest) -> str: return cache_key(self.endpoint_id(), self.body(req))
 
     def cacheable(self) -> bool:
@@ -75,6 +78,8 @@ def _event(self: _Client, **counts):
     for c in USAGE_COLUMNS: self.stats[c] += ev[c]
     if self.usage is None: return
     extra = {'error': counts['error']} if counts.get('error') else {}
+    extra.update({k: counts[k] for k in ('reasoning_tokens', 'length_retries') if counts.get(k)
+                  and k not in USAGE_COLUMNS})   # (once the usage table has a column, it is one of ev)
     self.usage.record(role=self.role, stage=self.stage, iteration=self.iteration, model=self.spec.model,
                       backend=self.backend, batch=bool(counts.get('batch', False)), **ev, **extra)
 
@@ -299,7 +304,7 @@ async def _fetch_async(self: OpenAIClient, todo: dict, desc, deliver, n_hits) ->
             if state['stop'] is not None:
                 state['unsent'] += 1
                 return
-            worst = worst_case_cost(self.spec, req)
+            worst = worst_case_cost(self.spec, replace(req, max_tokens=req.max_tokens + self._headroom()))
             if self.budget is not None and not self.budget.reserve(worst):
                 state['stop'] = worst
                 state['unsent'] += 1
@@ -331,37 +336,106 @@ def _account(self: OpenAIClient, res: ChatResult, retries: int, err: str) -> flo
     "The usage event of a call that got a response; what it cost."
     cost = cost_usd(self.spec, res.prompt_tokens, res.completion_tokens)
     self._event(calls=1, prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
-                failures=int(res.status == 'failed'), retries=retries, cost_usd=cost,
-                error=res.error or (f'retried after: {err}' if retries else None))
+                failures=int(res.status == 'failed' or reasoning_cut(res)), retries=retries, cost_usd=cost,
+                error=res.error or (f'retried after: {err}' if retries else None),
+                reasoning_tokens=res.reasoning_tokens)   # a reply cut by its reasoning is a failed call
     return cost
 
 # %% ../nbs/13c_clients.ipynb #b12b79ea
+MAX_RESHAPES = 3   # refusals of a request's shape learned per request (each names another parameter)
+
 @patch
-async def _call(self: OpenAIClient, sdk, req: ChatRequest) -> tuple[ChatResult, float]:
-    "One request with our retries; returns the result and what it cost."
-    body = self.body(req)
+async def _call_once(self: OpenAIClient, sdk, req: ChatRequest, body: dict) -> tuple[ChatResult, float]:
+    """One request with our retries; returns the result and what it cost. A refusal of its shape (`_learn`)
+    is free and sent again at once, in the shape it names."""
     est = estimate_prompt_tokens(req.messages) + req.max_tokens
-    err, retries = 'not attempted', 0
-    for attempt in range(self.spec.max_retries + 1):
+    err, retries, attempt, reshaped = 'not attempted', 0, 0, 0
+    while attempt <= self.spec.max_retries:
+        sent = self._shaped(body)
         entry = await self.limiter.acquire(est)
-        create = sdk.completions.create if 'prompt' in body else sdk.chat.completions.create
+        create = sdk.completions.create if 'prompt' in sent else sdk.chat.completions.create
         try:
-            resp = await create(**self._wire(body))
+            resp = await create(**self._wire(sent))
         except Exception as e:
             self.limiter.reconcile(entry, 0)
             retryable, err, wait = classify_error(e)
             err = auth_hint(self.spec, err)
+            if reshaped < MAX_RESHAPES and (self._learn(e, sent) or self._shaped(body) != sent):
+                reshaped += 1
+                continue
+            self._settle_shape()   # not a refusal of the shape: nothing more to learn from this one
             if not retryable or attempt == self.spec.max_retries: break
             retries += 1
             await self._retry_wait(attempt, err, wait)
+            attempt += 1
             continue
         res = self._parse(req, resp)
+        res.reasoning_tokens = reasoning_tokens_of(resp)
+        self._settle_shape()
         self.limiter.reconcile(entry, res.prompt_tokens + res.completion_tokens)
         return res, self._account(res, retries, err)
     self._event(calls=1, failures=1, retries=retries, error=err)
     error = f'{err} (after {retries + 1} attempt(s))'
     failed = ChatResult(req.key, 'failed', error=error, model=self.spec.model)
     return failed, 0.0
+
+# %% ../nbs/13c_clients.ipynb #7760bb96
+def reasoning_tokens_of(resp) -> int:
+    "`usage.completion_tokens_details.reasoning_tokens` of a response (an object or its dict form), else 0."
+    d = resp if isinstance(resp, dict) else resp.model_dump()
+    return int(((d.get('usage') or {}).get('completion_tokens_details') or {}).get('reasoning_tokens') or 0)
+
+@patch
+def _headroom(self: OpenAIClient) -> int:
+    "The reasoning headroom each request's limit carries (a completions-route student: none)."
+    return 0 if self.checkpoint is not None else request_shape(self.spec).headroom
+
+# %% ../nbs/13c_clients.ipynb #eddcbb2c
+@patch
+async def _call_sized(self: OpenAIClient, sdk, req: ChatRequest) -> tuple[ChatResult, float]:
+    """One request; a reply cut at `length` by the model's reasoning (`reasoning_cut`) is retried once with
+    more headroom (capped, paid, counted in `retries` and `length_retries`); it is never kept as an
+    answer."""
+    body = self.body(req)
+    before = max(self._headroom(), self.learned().get('headroom', 0))
+    res, cost = await self._call_once(sdk, req, body)
+    if not reasoning_cut(res) or 'prompt' in body: return res, cost
+    head = self._more_headroom(req, before)
+    worst = worst_case_cost(self.spec, replace(req, max_tokens=req.max_tokens + (head or 0)))
+    if head is not None and (self.budget is None or self.budget.reserve(worst)):
+        self._event(retries=1, length_retries=1, error=f'cut at length after {res.reasoning_tokens} '
+                    f'reasoning tokens: retried with {head:,} tokens of headroom')
+        res, more = await self._call_once(sdk, req, body)
+        if self.budget is not None: self.budget.settle(worst, 0.0)   # the caller settles the total
+        cost += more
+        if not reasoning_cut(res): return res, cost
+    note = (f"cut at length after {res.reasoning_tokens} reasoning tokens, with more headroom too: not kept "
+            f"as an answer (raise reasoning_headroom / max_reasoning_headroom, or lower reasoning_effort)")
+    self._event(error=note)   # (each cut call is already counted as a failure)
+    return ChatResult(req.key, 'failed', '', 'length', note, res.prompt_tokens, res.completion_tokens, False,
+                      res.model, None, res.reasoning_tokens), cost
+
+# %% ../nbs/13c_clients.ipynb #e42c228c
+@patch
+def _settle_shape(self: OpenAIClient):
+    "The model's shape is known (it answered, or failed otherwise than by refusing it): let the others go."
+    self.__dict__['_settled'] = True
+    if self.__dict__.get('_gate') is not None: self._gate[1].set()
+
+@patch
+async def _call(self: OpenAIClient, sdk, req: ChatRequest) -> tuple[ChatResult, float]:
+    """One request (`_call_sized`); returns the result and what it cost. Until a model unknown to the
+    capability table has answered once, the others wait for its first request, so that its refusal teaches the
+    shape before they are sent (and refused) too."""
+    if self.__dict__.get('_settled') or self.spec.backend != 'openai' or request_shape(self.spec).family:
+        return await self._call_sized(sdk, req)
+    loop, gate = asyncio.get_running_loop(), self.__dict__.get('_gate')
+    if gate is not None and gate[0] is loop:
+        await gate[1].wait()
+        return await self._call_sized(sdk, req)
+    self._gate = (loop, asyncio.Event())   # this request finds out the shape
+    try: return await self._call_sized(sdk, req)
+    finally: self._gate[1].set()
 
 # %% ../nbs/13c_clients.ipynb #6d076b62
 @patch
@@ -383,6 +457,93 @@ def _parse(self: OpenAIClient, req: ChatRequest, resp) -> ChatResult:
     lp = ch.get('logprobs')
     lp = lp.get('content') if isinstance(lp, dict) else None   # token logprobs, when the request asks
     return ChatResult(req.key, 'done', text, ch.get('finish_reason'), None, pt, ct, False, model, lp)
+
+# %% ../nbs/13c_clients.ipynb #04ba1d72
+SHAPES_FILE = 'request_shapes.json'
+LIMIT_PARAMS = ('max_tokens', 'max_completion_tokens')
+
+@patch
+def learned(self: OpenAIClient) -> dict:
+    """What this run has learned of the model's request shape: `token_param`, `reasoning_effort`, the
+    parameters to `drop`, and a `notes` line per change (empty until the endpoint refuses a shape)."""
+    if '_learned' not in self.__dict__:
+        f = self.cache.folder/SHAPES_FILE if self.cache is not None else None
+        known = read_json(f) if f is not None and f.exists() else {}
+        self._learned = known.get(f'{self.base_url} {self.spec.model}', {})
+    return self._learned
+
+# %% ../nbs/13c_clients.ipynb #b73ddabf
+@patch
+def _save_learned(self: OpenAIClient):
+    "Write what was learned to the run's `request_shapes.json` (merged with the other models' entries)."
+    if self.cache is None: return
+    f = self.cache.folder/SHAPES_FILE
+    known = read_json(f) if f.exists() else {}
+    known[f'{self.base_url} {self.spec.model}'] = self._learned
+    write_json(f, known)
+
+# %% ../nbs/13c_clients.ipynb #9c270243
+@patch
+def _shaped(self: OpenAIClient, body: dict) -> dict:
+    "`body` as it is sent: in the shape learned from the model's refusals and cuts (chat bodies only)."
+    got = self.learned()
+    if not got or 'messages' not in body: return body
+    b, extra = dict(body), max(0, got.get('headroom', 0) - self._headroom())   # headroom raised by a cut
+    for k in LIMIT_PARAMS:
+        if k in b: b[k] += extra
+    tp = got.get('token_param')
+    for k in LIMIT_PARAMS:
+        if tp and k in b and k != tp: b[tp] = b.pop(k)
+    for k in got.get('drop', ()): b.pop(k, None)
+    if 'reasoning_effort' in got and 'reasoning_effort' in b: b['reasoning_effort'] = got['reasoning_effort']
+    return b
+
+# %% ../nbs/13c_clients.ipynb #c134805c
+SUPPORTED = re.compile(r"[Ss]upported values are:?(.*)")
+
+@patch
+def _learn(self: OpenAIClient, e: BaseException, sent: dict) -> bool:
+    "Learn the request shape from a 400 `unsupported_parameter`/`unsupported_value`; True when it changed."
+    code = getattr(e, 'code', None)
+    if not isinstance(e, openai.BadRequestError): return False
+    if code not in ('unsupported_parameter', 'unsupported_value'): return False
+    param, got = (e.param or '').replace('reasoning.effort', 'reasoning_effort'), self.learned()
+    values = re.findall(r"'([\w-]+)'", (SUPPORTED.search(str(e.message)) or re.match('()', '')).group(1))
+    if param in LIMIT_PARAMS and param in sent:
+        new = 'max_tokens' if param == 'max_completion_tokens' else 'max_completion_tokens'
+        change, note = {'token_param': new}, f"{param} refused: sends {new}"
+    elif param == 'reasoning_effort' and values and param in sent:
+        change = {'reasoning_effort': values[0]}
+        note = f"reasoning_effort {sent[param]!r} refused: sends {values[0]!r}"
+    elif param in sent:
+        change = {'drop': sorted(set(got.get('drop', [])) | {param})}
+        note = f"{param} {sent[param]!r} refused ({code}): not sent, the model uses its default"
+    else: return False
+    if all(got.get(k) == v for k, v in change.items()): return False
+    got.update(change)
+    got.setdefault('notes', []).append(note)
+    self._save_learned()
+    warnings.warn(f"{self.role} {self.spec.model}: {note} (kept for the run)", stacklevel=2)
+    return True
+
+# %% ../nbs/13c_clients.ipynb #ffb8f86f
+def reasoning_cut(res: ChatResult) -> bool:
+    "Whether a reply was cut at `length` with empty content, or after the model spent tokens reasoning."
+    return res.finish_reason == 'length' and (not (res.text or '').strip() or res.reasoning_tokens > 0)
+
+@patch
+def _more_headroom(self: OpenAIClient, req: ChatRequest, before: int) -> Optional[int]:
+    """Raise the run's reasoning headroom after a reply sent with `before` was cut: doubled, at least the
+    answer's budget and 1,024, at most `max_reasoning_headroom`. The new headroom (None at the cap); it is
+    kept for the run's later requests, so the next ones are not cut (and paid) too."""
+    now = max(self._headroom(), self.learned().get('headroom', 0))
+    if now > before: return now                                     # another request raised it meanwhile
+    new = min(self.spec.max_reasoning_headroom, max(2*before, req.max_tokens, 1024))
+    if new <= before: return None
+    self.learned()['headroom'] = new
+    self.learned().setdefault('notes', []).append(f"a reply was cut at length by reasoning: headroom {new:,}")
+    self._save_learned()
+    return new
 
 # %% ../nbs/13c_clients.ipynb #ba5c170e
 ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately "

@@ -19,10 +19,11 @@ __all__ = ['MAX_RECORD_BYTES', 'R', 'STAGES', 'ROLES', 'EnvVarName', 'OPERATIONA
            'LionError', 'InputError', 'Record', 'Provenance', 'Instruction', 'Answer', 'Review', 'user_message',
            'iter_jsonl', 'describe_validation_error', 'read_records', 'read_pool', 'atomic_write_bytes',
            'atomic_write_text', 'to_jsonable', 'dumps_line', 'write_jsonl', 'write_json', 'read_json', 'repair_tail',
-           'JsonlLog', 'read_log', 'derive_seed', 'seed_everything', 'RunDir', 'Section', 'ModelSpec', 'PoolsConfig',
-           'LoopConfig', 'SamplingConfig', 'TrainConfig', 'GenerationConfig', 'EvalConfig', 'ProbeConfig', 'Config',
-           'parse_config', 'load_config', 'config_hash', 'resolve_config_paths', 'config_identity', 'identity_diff',
-           'identity_hash', 'api_key_for', 'configured_secrets', 'redact', 'cache_root', 'sha256_file']
+           'JsonlLog', 'read_log', 'derive_seed', 'seed_everything', 'RunDir', 'Section', 'ReasoningSpec', 'ModelSpec',
+           'PoolsConfig', 'LoopConfig', 'SamplingConfig', 'TrainConfig', 'GenerationConfig', 'EvalConfig',
+           'ProbeConfig', 'Config', 'parse_config', 'load_config', 'config_hash', 'resolve_config_paths',
+           'config_identity', 'identity_diff', 'identity_hash', 'api_key_for', 'configured_secrets', 'redact',
+           'cache_root', 'sha256_file']
 
 # %% ../nbs/10_core.ipynb #6cb87795
 class LionError(Exception):
@@ -381,8 +382,19 @@ def _env_var_name(v: Optional[str]) -> Optional[str]:
 
 EnvVarName = Annotated[str, AfterValidator(_env_var_name)]
 
+# %% ../nbs/10_core.ipynb #c2094f4f
+class ReasoningSpec(Section):
+    "How a reasoning model is asked: its `reasoning_effort` and reasoning headroom (`ModelSpec`'s base)."
+    reasoning_effort: Optional[str] = Field(None, description=(
+        "sent as reasoning_effort (none, minimal, low, medium, high, xhigh); None: not sent (the model's "
+        "default); none keeps the paper's temperatures where the model offers it"))
+    reasoning_headroom: Optional[int] = Field(None, ge=0, description=(
+        "tokens added to each answer's budget for the model's reasoning; None: 2048 when it reasons, else 0"))
+    max_reasoning_headroom: int = Field(8192, ge=0, description=(
+        "a reply cut at `length` by its reasoning is retried once with more headroom, at most this much"))
+
 # %% ../nbs/10_core.ipynb #74476611
-class ModelSpec(Section):
+class ModelSpec(ReasoningSpec):
     "One model in the registry, and how to call it."
     backend: Literal['embedded', 'openai', 'hf', 'vllm'] = Field(description=(
         "embedded: the bundled llama.cpp server; openai: any OpenAI-compatible endpoint; hf: a local Hugging "
@@ -412,9 +424,9 @@ class ModelSpec(Section):
     checkpoint: Optional[str] = Field(None, description=(
         "an endpoint student: the checkpoint the endpoint serves; its fingerprint keys the response cache"))
     token_param: Literal['auto', 'max_tokens', 'max_completion_tokens'] = Field('auto', description=(
-        "the name the length limit is sent under; auto: max_completion_tokens for o-series and gpt-5 models"))
+        "the name the length limit is sent under; auto: from the capability table, else learned from a 400"))
     sends_temperature: Optional[bool] = Field(None, description=(
-        "whether requests carry a temperature; None: not for o-series and gpt-5 models, yes otherwise"))
+        "whether requests carry a temperature; None: from the capability table, else learned from a 400"))
     batch_max_requests: int = Field(50_000, ge=1, description=(
         "Batch API: at most this many requests per batch (OpenAI's limit: 50,000)"))
     batch_max_bytes: int = Field(190_000_000, ge=1024, description=(

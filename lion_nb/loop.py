@@ -5,6 +5,8 @@
 # %% ../nbs/07_loop.ipynb #9a27238b
 from __future__ import annotations
 import argparse, ast, fcntl, importlib.metadata, json, os, platform, re, shutil, subprocess, sys, time
+import datetime
+from dataclasses import asdict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
@@ -21,10 +23,12 @@ __all__ = ['BASELINES', 'STAGES', 'STAGE_NOTEBOOKS', 'WEIGHT_SUFFIXES', 'KEPT_DI
            'check_parameters', 'file_contains', 'files_containing', 'check_no_secrets', 'notebooks_dir', 'render_html',
            'is_inline_test', 'lab_notebook', 'run_stage', 'package_versions', 'git_commit', 'file_hashes',
            'count_parameters', 'prompt_layout', 'load_checkpoint_parts', 'check_checkpoint', 'eval_data_names',
-           'check_data', 'check_reserve', 'check_devices', 'checkpoint_bytes', 'check_disk', 'check_keys', 'preflight',
-           'link_cache', 'prepare_run_dir', 'run_lock', 'fork_run', 'run_manifest', 'notebook_stage', 'run_loop',
-           'stage_hashes', 'usage_summary', 'discrimination_teacher_calls', 'eval_items', 'DryRun', 'estimate_run',
-           'print_estimate', 'repo_root', 'print_summary', 'run_parser', 'run_cli', 'demo_cli']
+           'check_data', 'check_reserve', 'check_devices', 'checkpoint_bytes', 'check_disk', 'check_keys',
+           'endpoint_models', 'retrieve_model', 'estimated_end', 'check_endpoint_model', 'role_temperatures',
+           'shape_line', 'endpoint_checks', 'request_shapes', 'preflight', 'link_cache', 'prepare_run_dir', 'run_lock',
+           'fork_run', 'run_manifest', 'notebook_stage', 'run_loop', 'stage_hashes', 'usage_summary',
+           'discrimination_teacher_calls', 'eval_items', 'DryRun', 'estimate_run', 'print_estimate', 'repo_root',
+           'print_summary', 'run_parser', 'run_cli', 'demo_cli']
 
 # %% ../nbs/07_loop.ipynb #668482d2
 from . import data
@@ -52,6 +56,8 @@ from .evaluation import run_evaluation
 from .generation import run_generation
 from .imitation import run_imitation
 from .llm import resolve_checkpoint
+from .cache import model_family, request_shape
+from .clients import SHAPES_FILE
 from .pools import run_pools
 from .progress import fmt_seconds, stage_rows, stage_table, watch_stage
 from .selection import run_selection
@@ -420,6 +426,115 @@ def check_keys(cfg: Config) -> str:
         else: named.append(f"{name}: no key (endpoint {spec.base_url})")
     return '; '.join(named) or 'no remote models'
 
+# %% ../nbs/07_loop.ipynb #6b8c4ae6
+def endpoint_models(base_url: str, # an OpenAI-compatible endpoint, ending in /v1
+                    api_key: str, # the key its listing needs (a placeholder for endpoints without one)
+                    timeout_s: float = 20.0,
+                   ) -> dict:
+    "The models an endpoint offers, {id: its listing entry (with `shutdown_date` where it gives one)}."
+    import openai   # only the live preflight calls the API in this module
+    with openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s) as c:
+        return {m.id: m.model_dump() for m in c.models.list()}
+
+def retrieve_model(base_url: str, api_key: str, name: str, timeout_s: float = 20.0) -> Optional[dict]:
+    "`models.retrieve(name)`: its entry, or None when the endpoint answers 404 (`model_not_found`)."
+    import openai   # only the live preflight calls the API in this module
+    with openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s) as c:
+        try: return c.models.retrieve(name).model_dump()
+        except openai.NotFoundError: return None
+
+# %% ../nbs/07_loop.ipynb #0b807b47
+def estimated_end(cfg: Config, rounds: int, today: Optional[datetime.date] = None) -> datetime.date:
+    """The latest day the run may end: with a Batch API model, one 24-hour batch window for each of the four
+    stages that call the API in each of the K+1 iterations; else a day."""
+    batch = any(cfg.models[n].batch_api for r, n in cfg.roles.items() if r != 'student')
+    today = today or datetime.datetime.now(datetime.timezone.utc).date()
+    return today + datetime.timedelta(days=4*(rounds + 1) if batch else 1)
+
+def check_endpoint_model(spec: ModelSpec, who: str, offered: dict, today: str, end: str,
+                         entry: Optional[dict] = None) -> str:
+    "One model against its endpoint's offer (`entry`: its listing, or what `models.retrieve` said)."
+    e = offered.get(spec.model, entry)
+    live = sorted(offered, key=lambda m: (offered[m].get('shutdown_date') is not None, m))
+    instead = ', '.join(live[:8]) + (f" (and {len(live) - 8} more)" if len(live) > 8 else '')
+    if e is None:
+        raise LionError(f"{who} {spec.model!r} is not offered by {spec.base_url} (shut down, or not open to "
+                        f"this key): a request would get 404 model_not_found. It offers: {instead or '-'}")
+    d = str(e.get('shutdown_date') or '') or None
+    if d and d <= today:
+        raise LionError(f"{who} {spec.model!r} was shut down on {d}. {spec.base_url} offers: {instead}")
+    if d and d <= end:
+        return f"{spec.model} offered, but WARNING: it shuts down on {d}, before the run may end ({end})"
+    return f"{spec.model} offered" + (f" until {d}" if d else ", no shutdown date announced")
+
+# %% ../nbs/07_loop.ipynb #22487897
+def role_temperatures(cfg: Config) -> dict:
+    "The configured temperature of each remote role (the judges' folders may set their own)."
+    s = cfg.sampling
+    return {'teacher': s.teacher_temperature, 'referee': s.referee_temperature,
+            'generator': s.generator_temperature, 'judge': s.judge_temperature}
+
+def shape_line(spec: ModelSpec, temps: dict) -> str:
+    "How a remote model's requests are shaped (`cache.request_shape`), and which temperatures it cannot take."
+    s, fam = request_shape(spec), model_family(spec.model)
+    if spec.reasoning_effort and fam and fam.efforts is not None and spec.reasoning_effort not in fam.efforts:
+        raise LionError(f"{spec.model}: reasoning_effort {spec.reasoning_effort!r} is not one it takes "
+                        f"({', '.join(fam.efforts)}); a request would get 400 unsupported_value")
+    parts = [f"{s.token_param} = answer" + (f" + {s.headroom:,} reasoning headroom" if s.headroom else '')]
+    parts.append(f"reasoning_effort {s.reasoning_effort}" if s.reasoning_effort else
+                 'its default reasoning effort' if s.reasons else '')
+    dropped = ', '.join(f"{r} {t}" for r, t in temps.items() if t != 1)
+    warn = f"WARNING: no temperature sent (the model takes only 1): {dropped} not applied" if dropped else ''
+    parts.append('temperature sent' if s.temperature else warn)
+    if s.family is None and spec.token_param == 'auto':
+        parts.append('not in the capability table: its shape is learned from its first refusal')
+    return '; '.join(p for p in parts if p)
+
+# %% ../nbs/07_loop.ipynb #d717653f
+def endpoint_checks(cfg: Config, rounds: int, progress=print) -> list[tuple[str, Callable]]:
+    "The (name, check) pairs of the live preflight: each remote model against its endpoint's offer."
+    import openai   # only the live preflight calls the API in this module
+    today = datetime.datetime.now(datetime.timezone.utc).date()
+    end, out, groups = str(estimated_end(cfg, rounds, today)), [], {}
+    for role, name in cfg.roles.items():
+        if role == 'student' or cfg.models[name].backend != 'openai': continue
+        groups.setdefault(name, []).append(role)
+    for url in sorted({cfg.models[n].base_url or 'https://api.openai.com/v1' for n in groups}):
+        names = [n for n in groups if (cfg.models[n].base_url or 'https://api.openai.com/v1') == url]
+        try:
+            key = api_key_for(cfg.models[names[0]]) or 'sk-no-key-required'
+            offered = endpoint_models(url, key)
+        except LionError:
+            progress(f"[check] skip {'endpoint':<18} {url}: its key is not set (see keys); not checked")
+            continue
+        except (openai.APIConnectionError, openai.APIStatusError) as e:
+            why = f"HTTP {e.status_code}" if isinstance(e, openai.APIStatusError) else 'cannot connect'
+            progress(f"[check] skip {'endpoint':<18} {url}: {why}; its models are not checked, the offline "
+                     f"checks go on")
+            continue
+        for n in names:
+            spec = cfg.models[n].model_copy(update={'base_url': url})
+            entry = None if spec.model in offered else retrieve_model(url, key, spec.model)
+            fn = lambda spec=spec, n=n, entry=entry: check_endpoint_model(spec, '/'.join(groups[n]), offered,
+                                                                         str(today), end, entry)
+            out.append((f"model {n}", fn))
+    return out
+
+# %% ../nbs/07_loop.ipynb #68a37220
+def request_shapes(cfg: Config, run: RunDir) -> dict:
+    "{model name: its planned request shape, the roles it plays, and what the run learned} for the manifest."
+    f = run.cache/SHAPES_FILE
+    learned = read_json(f) if f.exists() else {}
+    out = {}
+    for role, name in cfg.roles.items():
+        spec = cfg.models[name]
+        if role == 'student' or spec.backend != 'openai': continue
+        url = (spec.base_url or 'https://api.openai.com/v1').rstrip('/')
+        row = out.setdefault(name, {**asdict(request_shape(spec)), 'roles': [],
+                                    'learned': learned.get(f'{url} {spec.model}', {})})
+        row['roles'].append(role)
+    return out
+
 # %% ../nbs/07_loop.ipynb #1de2a1a8
 def preflight(config_path, run_root, baseline: Optional[str] = None, rounds: Optional[int] = None,
               progress=print) -> list[dict]:
@@ -445,6 +560,11 @@ def preflight(config_path, run_root, baseline: Optional[str] = None, rounds: Opt
     check('devices', lambda: check_devices(cfg, n_params))
     check('disk', lambda: check_disk(run_root, n_params, K))
     check('keys', lambda: check_keys(cfg))
+    remote = {n for r, n in cfg.roles.items() if r != 'student' and cfg.models[n].backend == 'openai'}
+    for name in sorted(remote):
+        temps = {r: t for r, t in role_temperatures(cfg).items() if cfg.roles.get(r) == name}   # its roles'
+        check(f"shape {name}", lambda name=name, temps=temps: shape_line(cfg.models[name], temps))
+    for name, fn in endpoint_checks(cfg, K, progress): check(name, fn)   # live: asks each endpoint
     bad = [r for r in results if not r['ok']]
     if bad:
         raise LionError(
@@ -595,12 +715,13 @@ def run_loop(config_path, run_dir, baseline: Optional[str] = None, iterations: O
         if check: preflight(saved, run.root, baseline, K, progress=progress)
         secrets = configured_secrets(cfg)
         manifest = run_manifest(cfg, run, baseline, K, fork_from)
+        manifest['request_shapes'] = request_shapes(cfg, run)
         write_json(run.manifest, manifest)
         t_run = time.time()
         stage = notebook_stage(run, K, saved, manifest, secrets, log_output, progress)
         lion(K, stage, baseline, cfg.loop.discriminate_last, cfg.loop.evaluate == 'every')
         manifest.update(hashes=stage_hashes(run), usage=usage_summary(run),
-                        seconds=round(time.time() - t_run, 1))
+                        seconds=round(time.time() - t_run, 1), request_shapes=request_shapes(cfg, run))
         write_json(run.manifest, manifest)
         check_no_secrets(run.root, secrets)
         return manifest

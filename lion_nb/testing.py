@@ -15,8 +15,8 @@ from typing import Callable, Optional
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['FAULTS', 'TOKEN', 'BROKEN_BODY', 'request_key', 'last_user_text', 'default_reply', 'n_tokens', 'token_logprobs',
-           'FakeOpenAI', 'serve', 'main']
+__all__ = ['FAULTS', 'TOKEN', 'TODAY_CATALOG', 'REASONING_SPEND', 'BROKEN_BODY', 'request_key', 'last_user_text', 'default_reply',
+           'n_tokens', 'token_logprobs', 'FakeOpenAI', 'serve', 'main']
 
 # %% ../nbs/15_testing.ipynb #1391f237
 FAULTS = ('429', '500', '503', 'reset', 'hang', 'length', 'garbled', 'empty', 'badjson')
@@ -176,6 +176,51 @@ def pick_fault(self: FakeOpenAI, body: dict, n: int, key_seen: int) -> Optional[
     if f is not None and f not in FAULTS: raise ValueError(f"unknown fault {f!r}; faults are {FAULTS}")
     return f
 
+# %% ../nbs/15_testing.ipynb #cee1e140
+def _reasoning(efforts, default='medium', temperature='never', shutdown=None) -> dict:
+    return {'reasoning': True, 'efforts': efforts, 'default_effort': default, 'temperature': temperature,
+            'shutdown_date': shutdown}
+
+_GONE, _LMH = '2026-10-23', ('low', 'medium', 'high')
+TODAY_CATALOG = {
+    **{m: {'reasoning': False, 'shutdown_date': _GONE}
+       for m in ('gpt-3.5-turbo', 'gpt-3.5-turbo-0125', 'gpt-4', 'gpt-4-0613', 'gpt-4-turbo')},
+    **{m: _reasoning(_LMH, shutdown=_GONE) for m in ('o1', 'o3-mini', 'o4-mini')},
+    **{m: _reasoning(('minimal',) + _LMH, shutdown='2026-12-11')
+       for m in ('gpt-5', 'gpt-5-mini', 'gpt-5-nano')},
+    'o3': _reasoning(_LMH, shutdown='2026-12-11'),
+    **{m: {'reasoning': False, 'shutdown_date': '2027-01-14'}
+       for m in ('gpt-4o', 'gpt-4o-mini', 'gpt-4.1', 'gpt-4.1-mini')},
+    'gpt-6.1-sol': _reasoning(_LMH + ('xhigh',)),
+    'gpt-6.1-terra': _reasoning(('none',) + _LMH + ('xhigh',), temperature='none'),
+    'gpt-6-luna': _reasoning(('none',) + _LMH, temperature='none'),
+}
+REASONING_SPEND = {'none': 0, 'minimal': 16, 'low': 64, 'medium': 300, 'high': 900, 'xhigh': 2000}
+FakeOpenAI.catalog = None   # None: any model, any parameter (the default mode)
+
+@patch
+def today(self: FakeOpenAI, catalog: Optional[dict] = None, date: Optional[str] = None) -> FakeOpenAI:
+    "Answer as today's API does (see above): `catalog` {name: entry} (`TODAY_CATALOG`); `date` YYYY-MM-DD."
+    self.catalog = dict(TODAY_CATALOG if catalog is None else catalog)
+    self.date = date or time.strftime('%Y-%m-%d', time.gmtime())
+    self.refused = Counter()
+    return self
+
+# %% ../nbs/15_testing.ipynb #eced92a0
+@patch
+def live_model(self: FakeOpenAI, name: str) -> Optional[dict]:
+    "The catalog entry of a model still served today (None: unknown or shut down; any model by default)."
+    if self.catalog is None: return {'reasoning': False, 'shutdown_date': None}
+    e = self.catalog.get(name)
+    return None if e is None or (e.get('shutdown_date') and e['shutdown_date'] <= self.date) else e
+
+@patch
+def reasoning_spent(self: FakeOpenAI, body: dict) -> int:
+    "The reasoning tokens a reply to `body` spends before its answer (0 for a classic model, and by default)."
+    e = self.live_model(body.get('model', '')) if self.catalog is not None else None
+    if not e or not e.get('reasoning'): return 0
+    return REASONING_SPEND.get(body.get('reasoning_effort') or e['default_effort'], 300)
+
 # %% ../nbs/15_testing.ipynb #b99bee7f
 def _shape(text: str, finish: str, limit: Optional[int], fault: Optional[str]) -> tuple[str, str]:
     "A reply's text and finish reason, cut to `limit` tokens and reshaped by a content fault."
@@ -192,15 +237,18 @@ def completion(self: FakeOpenAI, body: dict, fault: Optional[str] = None) -> dic
     out = self.reply(body)
     text, finish, alternatives = (tuple(out) + (None,))[:3] if isinstance(out, tuple) else (out, 'stop', None)
     limit = body.get('max_completion_tokens') or body.get('max_tokens')
-    text, finish = _shape(text, finish, limit, fault)
+    spent = self.reasoning_spent(body)   # today's reasoning models think out of the same limit
+    if spent and limit: spent = min(spent, limit)
+    text, finish = _shape(text, finish, limit and limit - spent, fault) if limit != spent else ('', 'length')
     messages = body.get('messages') or []
     size = lambda m: n_tokens(m.get('content') or '') if isinstance(m.get('content'), str) else 1
     prompt = sum(size(m) for m in messages)
-    completion = 0 if not text else n_tokens(text)
+    completion = (0 if not text else n_tokens(text)) + spent
     logprobs = {'content': token_logprobs(text, alternatives)} if body.get('logprobs') else None
     choice = {'index': 0, 'message': {'role': 'assistant', 'content': text}, 'finish_reason': finish,
               'logprobs': logprobs}
     usage = {'prompt_tokens': prompt, 'completion_tokens': completion, 'total_tokens': prompt + completion}
+    if self.catalog is not None: usage['completion_tokens_details'] = {'reasoning_tokens': spent}
     return {'id': f'chatcmpl-{uuid.uuid4().hex[:12]}', 'object': 'chat.completion',
             'created': int(time.time()), 'model': body.get('model', 'fake'), 'system_fingerprint': 'fake',
             'choices': [choice], 'usage': usage}
@@ -351,6 +399,10 @@ def _list_batches(self: _Handler):
 def _models(self: _Handler):
     root = self.server_state.models_root
     m = {'id': 'fake', 'object': 'model', 'created': int(time.time()), 'owned_by': 'tests'}
+    if self.server_state.catalog is not None:   # today's mode: the live models, each with its shutdown date
+        return self._send(200, {'object': 'list', 'data': [
+            {**m, 'id': k, 'owned_by': 'system', 'shutdown_date': e.get('shutdown_date')}
+            for k in self.server_state.catalog if (e := self.server_state.live_model(k))]})
     self._send(200, {'object': 'list', 'data': [{**m, 'root': root} if root else m]})
 
 # %% ../nbs/15_testing.ipynb #511d39ba
@@ -384,6 +436,7 @@ def do_GET(self: _Handler):
     if p == '/_stats': return self._send(200, s.stats())
     if p == '/v1/batches': return self._list_batches()
     if p == '/v1/models': return self._models()
+    if p.startswith('/v1/models/') and len(parts) == 4: return self._model(parts[3])
     if p.startswith('/v1/files/') and len(parts) in (4, 5): return self._get_file(parts)
     if p.startswith('/v1/batches/') and len(parts) == 4: return self._poll_batch(parts[3])
     self._error(404, f'unknown route GET {p}')
@@ -495,6 +548,7 @@ def _chat(self: _Handler, raw: bytes, completions: bool = False):
     if wait is not None:
         h = {'Retry-After': str(max(1, math.ceil(wait))), 'retry-after-ms': str(int(wait*1000) + 1)}
         return self._error(429, 'Rate limit reached (requests per minute)', 'requests', h)
+    if s.catalog is not None and not completions and self._refuse(body): return
     fault = s.pick_fault(body, n, seen)
     if fault:
         with s.lock: s.faults[fault] += 1
@@ -502,6 +556,54 @@ def _chat(self: _Handler, raw: bytes, completions: bool = False):
     if self._fault(fault): return
     with s.lock: s.served[key] += 1
     self._send(200, s.text_completion(body, fault) if completions else s.completion(body, fault))
+
+# %% ../nbs/15_testing.ipynb #a162c729
+@patch
+def _api_error(self: _Handler, status: int, msg: str, param: Optional[str], code: str) -> bool:
+    "Answer with OpenAI's error body; count the refusal. True."
+    with self.server_state.lock: self.server_state.refused[code] += 1
+    error = {'message': msg, 'type': 'invalid_request_error', 'param': param, 'code': code}
+    self._send(status, {'error': error})
+    return True
+
+def _listing(values) -> str:
+    q = [f"'{v}'" for v in values]
+    return ', '.join(q[:-1]) + f", and {q[-1]}" if len(q) > 1 else ''.join(q)
+
+@patch
+def _refuse(self: _Handler, body: dict) -> bool:
+    "Refuse `body` as today's API would (model, length parameter, effort, temperature); False to answer it."
+    m = body.get('model')
+    e = self.server_state.live_model(m)
+    if e is None:
+        return self._api_error(404, f"The model `{m}` does not exist or you do not have access to it.", None,
+                               'model_not_found')
+    unsupported = "Unsupported parameter: '{}' is not supported with this model."
+    if not e.get('reasoning'):
+        if 'reasoning_effort' not in body: return False
+        return self._api_error(400, unsupported.format('reasoning_effort'), 'reasoning_effort',
+                               'unsupported_parameter')
+    if 'max_tokens' in body:
+        msg = unsupported.format('max_tokens') + " Use 'max_completion_tokens' instead."
+        return self._api_error(400, msg, 'max_tokens', 'unsupported_parameter')
+    effort = body.get('reasoning_effort') or e['default_effort']
+    if effort not in e['efforts']:
+        return self._api_error(400, f"Unsupported value: '{effort}' is not supported with the '{m}' model. "
+                                    f"Supported values are: {_listing(e['efforts'])}.", 'reasoning_effort',
+                               'unsupported_value')
+    t = body.get('temperature')
+    if t is None or t == 1 or (e['temperature'] == 'none' and effort == 'none'): return False
+    msg = f"Unsupported value: 'temperature' does not support {t} with this model. Only the default (1) "
+    return self._api_error(400, msg + 'value is supported.', 'temperature', 'unsupported_value')
+
+# %% ../nbs/15_testing.ipynb #29ca3c53
+@patch
+def _model(self: _Handler, name: str):
+    e = self.server_state.live_model(name)
+    if e is None:
+        return self._api_error(404, f"The model '{name}' does not exist", 'model', 'model_not_found')
+    m = {'id': name, 'object': 'model', 'created': int(time.time()), 'owned_by': 'tests'}
+    self._send(200, {**m, 'shutdown_date': e.get('shutdown_date')} if self.server_state.catalog else m)
 
 # %% ../nbs/15_testing.ipynb #f8d3faae
 @contextmanager
@@ -524,10 +626,12 @@ def main(argv=None):
     ap.add_argument('--fault-rate', action='append', default=[], help='FAULT=P, repeatable')
     ap.add_argument('--batch-polls', type=int, default=0)
     ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--today', action='store_true', help="answer as today's API does (FakeOpenAI.today)")
     a = ap.parse_args(argv)
     rates = {f: float(p) for f, p in (x.split('=') for x in a.fault_rate)}
     srv = FakeOpenAI(latency_s=a.latency_s, rpm=a.rpm, window_s=a.window_s, fault_rate=rates,
-                     batch_polls=a.batch_polls, seed=a.seed, port=a.port).start()
+                     batch_polls=a.batch_polls, seed=a.seed, port=a.port)
+    srv = (srv.today() if a.today else srv).start()
     print(f'READY {srv.base_url}', flush=True)
     try:
         while True: time.sleep(3600)

@@ -482,6 +482,7 @@ def test_batch_run_killed_between_batches_resumes_without_resubmitting(tmp_path,
 # ---------------------------------------------------------------- newer OpenAI models, keys (issue 13)
 
 def test_reasoning_models_get_max_completion_tokens_and_no_temperature(tmp_path):
+    from lion_nb.cache import DEFAULT_HEADROOM
     seen = []
     def reply(body):
         seen.append(body); return 'ok'
@@ -494,9 +495,10 @@ def test_reasoning_models_get_max_completion_tokens_and_no_temperature(tmp_path)
         make_client(spec_for(srv, model='o4-mini', batch_api=True), role='teacher', cache_dir=tmp_path, batch_poll_s=0.01).run([r])
         batch_line = json.loads(next(f['data'] for f in srv.files.values() if f['purpose'] == 'batch'))['body']
     got = [(b['model'], b.get('max_tokens'), b.get('max_completion_tokens'), b.get('temperature')) for b in seen]
-    assert got[:5] == [('o3-mini', None, 50, None), ('gpt-5-mini', None, 50, None), ('gpt-4o', 50, None, 0.7),
-                       ('house-reasoner', None, 50, None), ('o1', None, 50, 0.7)]
-    assert batch_line['max_completion_tokens'] == 50 and 'max_tokens' not in batch_line and 'temperature' not in batch_line
+    h = 50 + DEFAULT_HEADROOM    # reasoning families: the answer's budget plus the reasoning headroom (issue 25)
+    assert got[:5] == [('o3-mini', None, h, None), ('gpt-5-mini', None, h, None), ('gpt-4o', 50, None, 0.7),
+                       ('house-reasoner', None, 50, None), ('o1', None, h, 0.7)]
+    assert batch_line['max_completion_tokens'] == h and 'max_tokens' not in batch_line and 'temperature' not in batch_line
 
 
 def test_401_without_a_key_variable_says_that_no_key_was_sent(tmp_path, monkeypatch, capsys):
