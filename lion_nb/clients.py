@@ -505,6 +505,7 @@ SUPPORTED = re.compile(r"[Ss]upported values are:?(.*)")
 def _learn(self: OpenAIClient, e: BaseException, sent: dict) -> bool:
     "Learn the request shape from a 400 `unsupported_parameter`/`unsupported_value`; True when it changed."
     code = getattr(e, 'code', None)
+    import openai   # here, not at the top: the module imports without the SDK
     if not isinstance(e, openai.BadRequestError): return False
     if code not in ('unsupported_parameter', 'unsupported_value'): return False
     param, got = (e.param or '').replace('reasoning.effort', 'reasoning_effort'), self.learned()
