@@ -43,6 +43,7 @@ class ChatResult:
     cached: bool = False
     model: str = ''
     logprobs: Optional[list] = None    # `choices[0].logprobs.content` (token, logprob, top_logprobs)
+    cached_tokens: int = 0             # prompt tokens billed at the cached rate (prompt_tokens_details)
 
 # %% ../nbs/13_cache.ipynb #971f72f2
 def canonical_json(obj) -> str:

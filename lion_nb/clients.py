@@ -20,6 +20,7 @@ from .core import LionError, ModelSpec, api_key_for, derive_seed, user_message
 from .limits import (CHARS_PER_TOKEN, MAX_RETRY_AFTER_S, USAGE_COLUMNS, Budget, BudgetExceeded,
                             RateLimiter, UsageLog, _progress, auth_hint, backoff_s, classify_error, cost_usd,
                             estimate_prompt_tokens, run_sync, worst_case_cost)
+from .limits import cached_prompt_tokens, cached_saving_usd, shared_prefix_tokens
 
 # %% auto #0
 __all__ = ['NO_KEY', 'ALPACA_TEMPLATE', 'ALPACA_INPUT_TEMPLATE', 'served_weights', 'OpenAIClient', 'alpaca_prompt',
@@ -108,10 +109,13 @@ def _settle(self: _Client, done: list, deliver, *, cost: float = 0.0, calls: Opt
     transaction for the whole group (a batch's results, a local model's batch), so that collecting 50,000
     results costs a few syncs, not three per result. `calls`: how many of them were sent (default: all)."""
     if not done: return
+    cached = sum(r.cached_tokens for _, r in done)
     self._event(calls=len(done) if calls is None else calls,
                 prompt_tokens=sum(r.prompt_tokens for _, r in done),
                 completion_tokens=sum(r.completion_tokens for _, r in done),
-                failures=sum(r.status == 'failed' for _, r in done), cost_usd=cost, batch=batch)
+                failures=sum(r.status == 'failed' for _, r in done), cost_usd=cost, batch=batch,
+                cached_tokens=cached, cached_saving_usd=cached_saving_usd(self.spec, cached, batch),
+                reasoning_tokens=sum(getattr(r, 'reasoning_tokens', 0) for _, r in done))
     self._store(done)
     deliver(done)
 
@@ -123,9 +127,11 @@ def estimate(self: _Client, requests: Sequence[ChatRequest]) -> dict:
     pt = sum(estimate_prompt_tokens(r.messages) for r in todo.values())
     ct = sum(r.max_tokens for r in todo.values())
     batch = self.spec.batch_api and self.backend == 'openai'
+    cached = shared_prefix_tokens(todo.values()) if self.backend == 'openai' else 0   # a remote prompt cache
     return {'requests': len(keys), 'cache_hits': sum(k in hits for k in keys), 'calls': len(todo),
-            'prompt_tokens': pt, 'completion_tokens': ct,
-            'cost_usd': round(cost_usd(self.spec, pt, ct, batch), 6),
+            'prompt_tokens': pt, 'completion_tokens': ct, 'cached_tokens': cached,
+            'cost_usd': round(cost_usd(self.spec, pt, ct, batch, cached), 6),
+            'cached_saving_usd': round(cached_saving_usd(self.spec, cached, batch), 6),
             'worst_case_usd': round(sum(worst_case_cost(self.spec, r, batch) for r in todo.values()), 6),
             'model': self.spec.model, 'batch_api': batch}
 
@@ -329,9 +335,11 @@ async def _retry_wait(self: OpenAIClient, attempt: int, err: str, wait: Optional
 @patch
 def _account(self: OpenAIClient, res: ChatResult, retries: int, err: str) -> float:
     "The usage event of a call that got a response; what it cost."
-    cost = cost_usd(self.spec, res.prompt_tokens, res.completion_tokens)
+    cost = cost_usd(self.spec, res.prompt_tokens, res.completion_tokens, cached_tokens=res.cached_tokens)
     self._event(calls=1, prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
                 failures=int(res.status == 'failed'), retries=retries, cost_usd=cost,
+                cached_tokens=res.cached_tokens,
+                cached_saving_usd=cached_saving_usd(self.spec, res.cached_tokens),
                 error=res.error or (f'retried after: {err}' if retries else None))
     return cost
 
@@ -370,19 +378,22 @@ def _parse(self: OpenAIClient, req: ChatRequest, resp) -> ChatResult:
     d = resp if isinstance(resp, dict) else resp.model_dump()
     u = d.get('usage') or {}
     pt = u.get('prompt_tokens') or estimate_prompt_tokens(req.messages)
+    cc = cached_prompt_tokens(u)   # of them, billed at the cached rate
     model = d.get('model') or self.spec.model
     choices = d.get('choices') or []
     if not choices:
-        return ChatResult(req.key, 'failed', error='response has no choices', prompt_tokens=pt, model=model)
+        return ChatResult(req.key, 'failed', error='response has no choices', prompt_tokens=pt, model=model,
+                          cached_tokens=cc)
     ch = choices[0]
     text = (ch.get('message') or {}).get('content') if 'text' not in ch else ch['text']
     ct = u.get('completion_tokens') or (math.ceil(len(text or '')/CHARS_PER_TOKEN))
     if not text or not text.strip():
         finish = ch.get('finish_reason')
-        return ChatResult(req.key, 'failed', '', finish, 'empty response', pt, ct, False, model)
+        return ChatResult(req.key, 'failed', '', finish, 'empty response', pt, ct, False, model,
+                          cached_tokens=cc)
     lp = ch.get('logprobs')
     lp = lp.get('content') if isinstance(lp, dict) else None   # token logprobs, when the request asks
-    return ChatResult(req.key, 'done', text, ch.get('finish_reason'), None, pt, ct, False, model, lp)
+    return ChatResult(req.key, 'done', text, ch.get('finish_reason'), None, pt, ct, False, model, lp, cc)
 
 # %% ../nbs/13c_clients.ipynb #ba5c170e
 ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately "
