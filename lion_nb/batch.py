@@ -170,8 +170,8 @@ async def _submit(self: BatchRunner, sdk, j: dict) -> dict:
     "Upload the request file and create the batch, recording each id durably as soon as it exists."
     st, path = j['state'], j['path']
     if 'batch_id' in st: return st
-    if 'input_file_id' in st and not j.get('resubmit'):   # uploaded before a crash: the batch may exist
-        if bid := await self._find_batch(sdk, st['job'], st.get('refused', ())):
+    if 'input_file_id' in st:   # uploaded before a crash (the batch may exist), or refused by the queue
+        if not j.get('resubmit') and (bid := await self._find_batch(sdk, st['job'], st.get('refused', ()))):
             st['batch_id'] = bid
             write_json(path, st)
             return st
@@ -306,7 +306,7 @@ def _collect(self: BatchRunner, todo: dict, lines: list, b, deliver) -> float:
         k = line.get('custom_id')
         if k not in todo or k in done: continue
         res = self._line_result(todo[k], line)
-        total += cost_usd(self.c.spec, res.prompt_tokens, res.completion_tokens, batch=True)
+        total += cost_usd(self.c.spec, res.prompt_tokens, res.completion_tokens, True, res.cached_tokens)
         done[k] = res
     why = f"batch {b.id} ended '{b.status}'" + (f": {b.errors}" if getattr(b, 'errors', None) else '')
     lost = lambda req: ChatResult(req.key, 'failed', error=f'no result in the batch output ({why})',

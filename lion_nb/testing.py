@@ -322,10 +322,11 @@ def enqueued(self: FakeOpenAI, model: str) -> int:
 @patch
 def enqueue(self: FakeOpenAI, b: dict):
     "Count a new batch's input tokens against its model's queue, or mark it refused (call under `lock`)."
-    lines = [json.loads(x) for x in self.files[b['input_file_id']]['data'].decode().split('\n') if x.strip()]
-    model = lines[0]['body'].get('model', 'fake') if lines else 'fake'
+    data = self.files[b['input_file_id']]['data'].decode()
+    bodies = [json.loads(x).get('body') or {} for x in data.split('\n') if x.strip()]
+    model = bodies[0].get('model', 'fake') if bodies else 'fake'
     queued, limit = self.enqueued(model), self.batch_queue_tokens   # before this batch counts
-    b['_model'], b['_tokens'] = model, sum(prompt_tokens_of(x['body']) for x in lines)
+    b['_model'], b['_tokens'] = model, sum(prompt_tokens_of(x) for x in bodies)
     if limit and queued + b['_tokens'] > limit:
         b['_refused'] = _queue_error(model, limit)
         self.queue_refused += 1
