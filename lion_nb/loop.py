@@ -624,6 +624,7 @@ def usage_summary(run: RunDir) -> list[dict]:
     nums = [
         c
         for c in ('calls', 'prompt_tokens', 'completion_tokens', 'cache_hits', 'failures', 'cost_usd')
+        + ('cached_tokens', 'reasoning_tokens', 'cached_saving_usd')
         if c in df
     ]
     return df.groupby(keys, dropna=False)[nums].sum().reset_index().to_dict('records')
