@@ -393,7 +393,8 @@ def _parse(self: OpenAIClient, req: ChatRequest, resp) -> ChatResult:
                           cached_tokens=cc)
     lp = ch.get('logprobs')
     lp = lp.get('content') if isinstance(lp, dict) else None   # token logprobs, when the request asks
-    return ChatResult(req.key, 'done', text, ch.get('finish_reason'), None, pt, ct, False, model, lp, cc)
+    return ChatResult(req.key, 'done', text, ch.get('finish_reason'), None, pt, ct, False, model, lp,
+                      cached_tokens=cc)
 
 # %% ../nbs/13c_clients.ipynb #ba5c170e
 ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately "

@@ -659,12 +659,13 @@ PREFIX_JUDGES = {'referee': 'referee', 'judge': 'review', 'generator': 'generato
 _FIELD = '\x00'   # a stand-in for every template field
 
 def judge_prefix_tokens(judge) -> int:
-    "Tokens of a judge's prompt before its first filled-in field, system message included: what its calls share."
+    "Tokens of a judge's prompt before its first filled-in field (system message included): what calls share."
     msgs = judge.messages(**{f: _FIELD for f in ('question', 'answer_1', 'answer_2', 'instruction', 'input')})
     text = ''.join(f"<{m['role']}>{m['content']}" for m in msgs)
     cut = text.find(_FIELD)
     return int((len(text) if cut < 0 else cut)/CHARS_PER_TOKEN)
 
+# %% ../nbs/07_loop.ipynb #3ab175f1
 def shared_prompt_tokens(cfg: Config, role: str) -> int:
     "The cached prompt tokens each call of `role` but the first gets (0 off OpenAI-compatible endpoints)."
     if role not in PREFIX_JUDGES or cfg.model_for(role).backend != 'openai': return 0
