@@ -113,7 +113,8 @@ def plan(self: BatchRunner, todo: dict, # cache key -> request, the requests to 
     lines = {k: self.line(k, r) for k, r in todo.items() if k not in taken}
     tokens = {k: batch_input_tokens(todo[k]) for k in lines}
     sp, budget, unsent = self.c.spec, self.c.budget, 0
-    chunks = split_batches(lines, sp.batch_max_requests, sp.batch_max_bytes, tokens, sp.batch_queue_tokens)
+    per_batch = sp.batch_queue_tokens//2 if sp.batch_queue_tokens else None   # two fit in the queue at once
+    chunks = split_batches(lines, sp.batch_max_requests, sp.batch_max_bytes, tokens, per_batch)
     for chunk in chunks:
         worst = sum(worst_case_cost(sp, todo[k], batch=True) for k in chunk)
         if unsent or (budget is not None and not budget.reserve(worst)):

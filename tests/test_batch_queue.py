@@ -74,6 +74,17 @@ def test_batches_go_in_waves_under_the_queue_limit(tmp_path):
         assert all(srv.batch_counts[skey(spec, r)] == 1 for r in rs)
 
 
+def test_a_batch_holds_at_most_half_the_queue(tmp_path):
+    """Without a request cap, batches are cut by input tokens: at most half the queue each (by our estimate, which the
+    stand-in's count stays under), so two run at once and one always fits alone."""
+    with serve(batch_queue_tokens=250) as srv:
+        spec = spec_for(srv, batch_queue_tokens=250)
+        out = make_client(spec, role='teacher', cache_dir=tmp_path, batch_poll_s=0.01).run(reqs(24))
+        assert all(r.status == 'done' for r in out) and srv.queue_refused == 0
+        sizes = [b['_tokens'] for b in srv.batches.values()]
+        assert len(sizes) >= 6 and max(sizes) <= 125 and srv.queue_peak[spec.model] <= 250
+
+
 def test_without_waves_the_queue_refuses_in_openais_shape(tmp_path):
     "The stand-in refuses what OpenAI refuses: a batch over the enqueued-token limit fails with token_limit_exceeded."
     with serve(batch_queue_tokens=50, batch_gate=set()) as srv:
