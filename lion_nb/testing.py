@@ -330,7 +330,8 @@ def enqueue(self: FakeOpenAI, b: dict):
     if limit and queued + b['_tokens'] > limit:
         b['_refused'] = _queue_error(model, limit)
         self.queue_refused += 1
-    else: self.queue_peak[model] = max(self.queue_peak[model], queued + b['_tokens'])
+        return
+    self.queue_peak[model] = max(self.queue_peak[model], queued + b['_tokens'])
 
 # %% ../nbs/15_testing.ipynb #ef4aa695
 def _refuse_batch(b: dict):
