@@ -21,10 +21,20 @@ cache's size on disk, and the peak memory of the run's process tree; then the de
 Cache Pool per round; compares the server's count with `lion_nb run --dry-run` (they must agree within 5%), and
 runs the same command a second time, which must send 0 requests. A readable table, then one JSON line.
 
+With `--batch-queue-tokens N` the stand-in caps the input tokens enqueued per model in batches (OpenAI's
+organisation queue: a batch over it fails with `token_limit_exceeded`) and every API model's spec carries the same
+`batch_queue_tokens`: batches go in waves. Per stage it reports the input tokens that went through the queue and
+the fewest waves that takes (tokens / N), and overall the queue's peak and the batches it refused. With
+`--kill-between-waves` the first run is killed (SIGKILL, its whole process group) once a batch has ended and the
+next wave's file is being uploaded, then resumed: no batch may be submitted twice (each `lion_job` is created once,
+refusals aside).
+
     python bench/paper_rehearsal.py [--scale 1.0] [--work outputs/rehearsal] [--fresh]
+                                    [--batch-queue-tokens N] [--kill-between-waves]
 """
 from __future__ import annotations
-import argparse, hashlib, json, os, random, re, shutil, subprocess, sys, threading, time
+import argparse, hashlib, json, math, os, random, re, shutil, signal, subprocess, sys, threading, time
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -127,11 +137,13 @@ def alpaca_texts(entries: list[dict]) -> list[str]:
 
 def scaled(n: int, scale: float, lo: int = 1) -> int: return max(lo, round(n * scale))
 
-def rehearsal_config(work: Path, base_url: str, student: Path, scale: float, iterations=None, nproc=None) -> Path:
+def rehearsal_config(work: Path, base_url: str, student: Path, scale: float, iterations=None, nproc=None,
+                     queue_tokens=None) -> Path:
     "configs/paper.yaml with the stand-in endpoints, the tiny student, brief answers and the local data folder."
     cfg = yaml.safe_load((ROOT/'configs'/'paper.yaml').read_text())
     for spec in cfg['models'].values():
         if spec['backend'] == 'openai': spec.update(base_url=base_url, batch_api=True)
+        if spec['backend'] == 'openai' and queue_tokens: spec['batch_queue_tokens'] = queue_tokens
     # the student: the tiny Llama, run by transformers on the CPU (the profile's vLLM engine needs a GPU), still with
     # the profile's prompt_template (alpaca); training on the CPU, where the profile expects cuda
     cfg['models'][cfg['roles']['student']].update(backend='hf', model=str(student), concurrency=64)
@@ -160,7 +172,34 @@ def prepare_data(work: Path, scale: float) -> Path:
 def server_counts(srv) -> dict:
     st = srv.stats()
     return {'requests': st['n_chat'] + sum(st['batch_counts'].values()), 'batches': st['batches_created'],
-            'chat': st['n_chat']}
+            'chat': st['n_chat'], 'queue_tokens': queue_tokens(srv)}
+
+def queue_tokens(srv) -> dict:
+    "Input tokens of the batches the stand-in's queue accepted, per model."
+    got = Counter()
+    for b in list(srv.batches.values()):
+        if '_refused' not in b: got[b.get('_model')] += b.get('_tokens', 0)
+    return dict(got)
+
+def min_waves(before: dict, after: dict, limit) -> int:
+    "The fewest waves a stage's batches took: for each model, its input tokens over the queue limit (rounded up)."
+    if not limit: return 0
+    return max([math.ceil((after.get(m, 0) - before.get(m, 0)) / limit) for m in after] or [0])
+
+def jobs_submitted_twice(srv) -> list[str]:
+    "The `lion_job`s the stand-in created more than one accepted batch for (a batch submitted twice)."
+    jobs = Counter((b.get('metadata') or {}).get('lion_job') for b in list(srv.batches.values()) if '_refused' not in b)
+    return [j for j, n in jobs.items() if j and n > 1]
+
+def kill_between_waves(p, srv, done: threading.Event):
+    """SIGKILL `p`'s process group between two waves: once a batch has ended and the next wave's file is being
+    uploaded (the stand-in holds that upload for 1.5 s)."""
+    while not done.is_set() and not any(b['status'] == 'completed' for b in list(srv.batches.values())):
+        time.sleep(0.01)
+    srv.upload_latency_s, n = 1.5, srv.files_uploaded
+    while not done.is_set() and srv.files_uploaded == n: time.sleep(0.01)
+    if not done.is_set(): os.killpg(p.pid, signal.SIGKILL)
+    srv.upload_latency_s = 0.0
 
 def dir_bytes(path: Path) -> int:
     path = Path(path)
@@ -186,13 +225,15 @@ class TreeMemory:
         p, self.peak = self.peak, 0
         return p
 
-def run_lion(config: Path, run_dir: Path, srv, log_path: Path) -> tuple[list[dict], float, int]:
-    "Run `lion_nb run` to the end; per stage: wall time, server requests and batches, cache size, peak memory."
+def run_lion(config: Path, run_dir: Path, srv, log_path: Path, limit=None, kill=False) -> tuple[list[dict], float, int]:
+    """Run `lion_nb run` to the end (or, with `kill`, until killed between two waves); per stage: wall time, server
+    requests and batches, the queue's input tokens and fewest waves, cache size, peak memory."""
     env = {**os.environ, 'OPENAI_API_KEY': 'sk-rehearsal-local-stand-in'}
     t0 = time.time(); stages, cur = [], None
     p = subprocess.Popen(LION + ['run', '--config', str(config), '--run-dir', str(run_dir)], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    mem = TreeMemory(p.pid)
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    mem, done = TreeMemory(p.pid), threading.Event()
+    if kill: threading.Thread(target=kill_between_waves, args=(p, srv, done), daemon=True).start()
     with open(log_path, 'a') as log:
         for line in p.stdout:
             log.write(line); log.flush()
@@ -205,10 +246,12 @@ def run_lion(config: Path, run_dir: Path, srv, log_path: Path) -> tuple[list[dic
                 c = server_counts(srv)
                 stages.append({'iteration': k, 'stage': stage, 'seconds': round(time.time() - cur['t0'], 1),
                                'requests': c['requests'] - cur['c0']['requests'], 'batches': c['batches'] - cur['c0']['batches'],
+                               'queue_tokens': sum(c['queue_tokens'].values()) - sum(cur['c0']['queue_tokens'].values()),
+                               'min_waves': min_waves(cur['c0']['queue_tokens'], c['queue_tokens'], limit),
                                'cache_mb': round(dir_bytes(run_dir/'cache') / 1e6, 1), 'peak_rss_gb': round(mem.take() / 2**30, 2)})
                 print(f"  {k}/{K} {stage:<15} {stages[-1]['seconds']:>8.1f}s {stages[-1]['requests']:>8,} requests", flush=True)
-    rc = p.wait(); mem.stop.set()
-    if rc != 0: raise SystemExit(f"lion_nb run failed (exit {rc}); see {log_path}")
+    rc = p.wait(); mem.stop.set(); done.set()
+    if rc != 0 and not (kill and rc == -signal.SIGKILL): raise SystemExit(f"lion_nb run failed (exit {rc}); see {log_path}")
     return stages, round(time.time() - t0, 1), rc
 
 def dry_run(config: Path) -> tuple[dict, int, str]:
@@ -218,7 +261,7 @@ def dry_run(config: Path) -> tuple[dict, int, str]:
     for line in r.stdout.splitlines():
         parts = line.split()
         if len(parts) >= 8 and parts[0].isdigit() and parts[1] in STAGES:
-            key = (int(parts[0]), parts[1]); per[key] = per.get(key, 0) + int(parts[-4].replace(',', ''))
+            key = (int(parts[0]), parts[1]); per[key] = per.get(key, 0) + int(parts[4].replace(',', ''))   # calls
     total = int(next(l for l in r.stdout.splitlines() if l.startswith('total')).split()[1].replace(',', ''))
     return per, total, r.stdout
 
@@ -246,22 +289,30 @@ def main(argv=None) -> int:
     ap.add_argument('--fresh', action='store_true', help='delete the work folder first')
     ap.add_argument('--iterations', type=int, help="rounds (default: the paper's 3)")
     ap.add_argument('--nproc', type=int, help="training processes (default: the paper's 8)")
+    ap.add_argument('--batch-queue-tokens', type=int, help="the stand-in's (and the specs') Batch API queue limit per model")
+    ap.add_argument('--kill-between-waves', action='store_true', help='kill the first run between two waves, then resume it')
     a = ap.parse_args(argv)
     work = Path(a.work).resolve()
     if a.fresh: shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     t_all = time.time()
     prepare_data(work, a.scale); student = brief_student(work/'student')
-    with serve(reply=rehearsal_reply) as srv:
-        config = rehearsal_config(work, srv.base_url, student, a.scale, a.iterations, a.nproc)
+    limit, killed = a.batch_queue_tokens, None
+    with serve(reply=rehearsal_reply, batch_queue_tokens=limit) as srv:
+        config = rehearsal_config(work, srv.base_url, student, a.scale, a.iterations, a.nproc, limit)
         per_est, est_total, est_text = dry_run(config)
         print(est_text)
         run_dir = work/'run'
-        stages, wall, _ = run_lion(config, run_dir, srv, work/'run1.log')
+        if a.kill_between_waves:
+            killed_stages, _, rc = run_lion(config, run_dir, srv, work/'run0.log', limit, kill=True)
+            killed = {'rc': rc, 'stages_finished': len(killed_stages), 'requests': server_counts(srv)['requests'],
+                      'batches': srv.batches_created}
+        stages, wall, _ = run_lion(config, run_dir, srv, work/'run1.log', limit)
         before = server_counts(srv)['requests']
-        _, wall2, _ = run_lion(config, run_dir, srv, work/'run2.log')
+        _, wall2, _ = run_lion(config, run_dir, srv, work/'run2.log', limit)
         second = server_counts(srv)['requests'] - before
-    served = sum(s['requests'] for s in stages)
+        twice, peak, refused = jobs_submitted_twice(srv), srv.stats()['queue_peak'], srv.queue_refused
+    served = sum(s['requests'] for s in stages) + (killed['requests'] if killed else 0)
     from lion_nb.core import load_config
     dd = dedup_times(run_dir, load_config(config).loop.rouge_threshold)
     print(f"\n{'stage':<22} {'wall s':>9} {'requests':>10} {'dry run':>10} {'batches':>8} {'cache MB':>9} {'peak GB':>8}")
@@ -276,11 +327,17 @@ def main(argv=None) -> int:
     ratio = served / est_total if est_total else float('nan')
     print(f"server requests / dry-run estimate: {ratio:.4f} ({'within' if abs(ratio - 1) <= 0.05 else 'OUTSIDE'} 5%); "
           f"second run: {second} requests in {wall2:.1f}s; whole rehearsal {time.time() - t_all:.0f}s")
+    if limit:
+        print(f"batch queue limit {limit:,} tokens: peak {max(peak.values(), default=0):,}, {refused} refused; fewest waves per "
+              f"stage {[s['min_waves'] for s in stages]}; jobs submitted twice: {len(twice)}"
+              + (f"; killed run: {killed}" if killed else ''))
     print(json.dumps({'scale': a.scale, 'wall_s': wall, 'requests': served, 'dry_run_calls': est_total, 'ratio': round(ratio, 4),
+                      'batch_queue_tokens': limit, 'queue_peak': peak, 'queue_refused': refused, 'jobs_submitted_twice': twice,
+                      'killed_run': killed,
                       'batches': sum(s['batches'] for s in stages), 'second_run_requests': second, 'second_run_s': wall2,
                       'peak_rss_gb': max([s['peak_rss_gb'] for s in stages] or [0]), 'stages': stages, 'dedup': dd,
                       'total_s': round(time.time() - t_all, 1)}))
-    return 0 if abs(ratio - 1) <= 0.05 and second == 0 else 1
+    return 0 if abs(ratio - 1) <= 0.05 and second == 0 and not twice else 1
 
 if __name__ == '__main__':
     sys.exit(main())

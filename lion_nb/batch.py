@@ -4,18 +4,19 @@
 
 # %% ../nbs/13b_batch.ipynb #362592af
 from __future__ import annotations
-import asyncio, hashlib, json, os, time
+import asyncio, hashlib, json, math, os, time
 from typing import Optional
 
 from fastcore.basics import patch
 
-from .cache import ChatRequest, ChatResult, canonical_json
+from .cache import ChatRequest, ChatResult, canonical_json, reasoning_cut, reasoning_tokens_of
 from .core import LionError, read_json, write_json
 from .limits import (MAX_RETRY_AFTER_S, BudgetExceeded, _progress, auth_hint, backoff_s,
                             classify_error, cost_usd, run_sync, worst_case_cost)
+from .limits import estimate_prompt_tokens
 
 # %% auto #0
-__all__ = ['BATCH_DONE', 'split_batches', 'BatchRunner']
+__all__ = ['BATCH_DONE', 'split_batches', 'BatchRunner', 'batch_input_tokens', 'is_queue_refusal']
 
 # %% ../nbs/13b_batch.ipynb #5f4bad04
 BATCH_DONE = ('completed', 'failed', 'expired', 'cancelled')
@@ -23,16 +24,20 @@ BATCH_DONE = ('completed', 'failed', 'expired', 'cancelled')
 def split_batches(lines: dict, # key -> the request file's line
                   max_requests: int, # at most this many lines a batch
                   max_bytes: int, # at most this many bytes a batch
+                  tokens: Optional[dict] = None, # key -> the line's input tokens (with `max_tokens`)
+                  max_tokens: Optional[int] = None, # at most this many input tokens a batch (None: any)
                  ) -> list[list]:
-    "Split request lines (key -> JSONL line), in order, into chunks within `max_requests` and `max_bytes`."
-    chunks, cur, size = [], [], 0
+    """Split request lines (key -> JSONL line), in order, into chunks within `max_requests` and `max_bytes`
+    (and `max_tokens` input tokens, when given)."""
+    chunks, cur, size, toks = [], [], 0, 0
     for k, line in lines.items():
-        n = len(line.encode('utf-8')) + 1
-        if cur and (len(cur) >= max_requests or size + n > max_bytes):
+        n, t = len(line.encode('utf-8')) + 1, (tokens or {}).get(k, 0)
+        over_tokens = max_tokens is not None and toks + t > max_tokens
+        if cur and (len(cur) >= max_requests or size + n > max_bytes or over_tokens):
             chunks.append(cur)
-            cur, size = [], 0
+            cur, size, toks = [], 0, 0
         cur.append(k)
-        size += n
+        size, toks = size + n, toks + t
     return chunks + ([cur] if cur else [])
 
 # %% ../nbs/13b_batch.ipynb #069aae61
@@ -55,10 +60,15 @@ def job_name(self: BatchRunner, keys) -> str:
 # %% ../nbs/13b_batch.ipynb #a68789d9
 @patch
 def line(self: BatchRunner, key: str, req: ChatRequest) -> str:
-    "The request file's line for one request."
-    body = self.c.body(req)
+    "The request file's line for one request, in the shape the model takes (table, or learned from a 400)."
+    body = self.c._shaped(self.c.body(req))
     url = '/v1/completions' if 'prompt' in body else '/v1/chat/completions'
     return canonical_json({'custom_id': key, 'method': 'POST', 'url': url, 'body': body})
+
+# %% ../nbs/13b_batch.ipynb #6f188bd9
+def batch_input_tokens(req: ChatRequest) -> int:
+    "The input tokens one request adds to the Batch API queue (an estimate)."
+    return estimate_prompt_tokens(req.messages)
 
 # %% ../nbs/13b_batch.ipynb #4fc38c43
 @patch
@@ -76,18 +86,19 @@ def open_jobs(self: BatchRunner, todo: dict) -> list[dict]:
         keys = st.get('keys') or one_batch
         mine = [k for k in keys if k in todo and k not in taken]
         if not mine: continue
-        jobs.append({'path': p, 'state': st, 'keys': mine, 'reserved': 0.0})
+        tokens = st.get('tokens') or sum(batch_input_tokens(todo[k]) for k in mine)
+        jobs.append({'path': p, 'state': st, 'keys': mine, 'reserved': 0.0, 'tokens': tokens})
         taken.update(mine)
     return jobs
 
 # %% ../nbs/13b_batch.ipynb #2ec5b8bb
 @patch
-def _new_job(self: BatchRunner, chunk: list, lines: dict, worst: float) -> dict:
-    "A planned batch of the requests in `chunk`, its record written before anything is sent."
+def _new_job(self: BatchRunner, chunk: list, lines: dict, worst: float, tokens: int) -> dict:
+    "A planned batch of `chunk`'s requests (`tokens` input tokens), its record written before any is sent."
     job = self.job_name(chunk)
     st = {'job': job, 'model': self.c.spec.model, 'url': json.loads(lines[chunk[0]])['url'],
-          'requests': len(chunk), 'keys': chunk}
-    j = {'path': self.folder/f'{job}.json', 'state': st, 'keys': chunk, 'reserved': worst,
+          'requests': len(chunk), 'tokens': tokens, 'keys': chunk}
+    j = {'path': self.folder/f'{job}.json', 'state': st, 'keys': chunk, 'reserved': worst, 'tokens': tokens,
          'data': ('\n'.join(lines[k] for k in chunk) + '\n').encode('utf-8')}
     write_json(j['path'], st)   # the plan is on disk before anything is sent
     return j
@@ -100,13 +111,16 @@ def plan(self: BatchRunner, todo: dict, # cache key -> request, the requests to 
     jobs = self.open_jobs(todo)
     taken = {k for j in jobs for k in j['keys']}
     lines = {k: self.line(k, r) for k, r in todo.items() if k not in taken}
+    tokens = {k: batch_input_tokens(todo[k]) for k in lines}
     sp, budget, unsent = self.c.spec, self.c.budget, 0
-    for chunk in split_batches(lines, sp.batch_max_requests, sp.batch_max_bytes):
+    per_batch = sp.batch_queue_tokens//2 if sp.batch_queue_tokens else None   # two fit in the queue at once
+    chunks = split_batches(lines, sp.batch_max_requests, sp.batch_max_bytes, tokens, per_batch)
+    for chunk in chunks:
         worst = sum(worst_case_cost(sp, todo[k], batch=True) for k in chunk)
         if unsent or (budget is not None and not budget.reserve(worst)):
             unsent += len(chunk)
             continue
-        jobs.append(self._new_job(chunk, lines, worst))
+        jobs.append(self._new_job(chunk, lines, worst, sum(tokens[k] for k in chunk)))
     return jobs, unsent
 
 # %% ../nbs/13b_batch.ipynb #b02f7361
@@ -139,10 +153,17 @@ async def _retrying(self: BatchRunner, fn, what: str):
 
 # %% ../nbs/13b_batch.ipynb #cf15cb50
 @patch
-async def _find_batch(self: BatchRunner, sdk, job: str) -> Optional[str]:
-    "The id of a batch the server already has for `job` (created just before a crash), or None."
-    page = await self._retrying(lambda: sdk.batches.list(limit=100), 'listing batches')
-    return next((b.id for b in page.data if (b.metadata or {}).get('lion_job') == job), None)
+async def _find_batch(self: BatchRunner, sdk, job: str, refused=()) -> Optional[str]:
+    """The id of a batch the server already has for `job` (created just before a crash), or None: every page
+    of the organisation's batch list is read; the ids in `refused` (batches the queue refused) don't count."""
+    after = None
+    while True:
+        page_after = {'after': after} if after else {}
+        page = await self._retrying(lambda: sdk.batches.list(limit=100, **page_after), 'listing batches')
+        found = [b.id for b in page.data if (b.metadata or {}).get('lion_job') == job and b.id not in refused]
+        if found: return found[0]
+        if not page.data or not page.has_more: return None
+        after = page.data[-1].id
 
 # %% ../nbs/13b_batch.ipynb #737c251f
 @patch
@@ -150,8 +171,8 @@ async def _submit(self: BatchRunner, sdk, j: dict) -> dict:
     "Upload the request file and create the batch, recording each id durably as soon as it exists."
     st, path = j['state'], j['path']
     if 'batch_id' in st: return st
-    if 'input_file_id' in st:   # uploaded before a crash: the batch may exist already
-        if bid := await self._find_batch(sdk, st['job']):
+    if 'input_file_id' in st:   # uploaded before a crash (the batch may exist), or refused by the queue
+        if not j.get('resubmit') and (bid := await self._find_batch(sdk, st['job'], st.get('refused', ()))):
             st['batch_id'] = bid
             write_json(path, st)
             return st
@@ -170,25 +191,97 @@ async def _submit(self: BatchRunner, sdk, j: dict) -> dict:
     return st
 
 # %% ../nbs/13b_batch.ipynb #218a4935
+def is_queue_refusal(b) -> bool:
+    "Whether batch `b` (a Batch object) failed because the organisation's enqueued-token limit was reached."
+    errors = getattr(b, 'errors', None)
+    data = (getattr(errors, 'data', None) or []) if errors is not None else []
+    return b.status == 'failed' and any(getattr(e, 'code', None) == 'token_limit_exceeded' for e in data)
+
+# %% ../nbs/13b_batch.ipynb #990864c3
+@patch
+def _room(self: BatchRunner, j: dict, running: list) -> bool:
+    "Whether batch `j` fits the queue beside the `running` ones (alone, it always goes)."
+    if not running or self.limit is None: return True
+    return sum(r['tokens'] for r in running) + j['tokens'] <= self.limit
+
+# %% ../nbs/13b_batch.ipynb #c0fe2753
+@patch
+async def _submit_wave(self: BatchRunner, sdk, queue: list, running: list):
+    "Submit batches from `queue`, in order, while they fit the queue (a refused one waits for its turn)."
+    for j in list(queue):
+        waits_for_an_end = bool(running) and j.get('after_end', -1) >= self.n_ended   # refused beside others
+        held = waits_for_an_end or j.get('not_before', 0) > time.monotonic()        # refused alone: a pause
+        if held or not self._room(j, running): break
+        await self._submit(sdk, j)
+        queue.remove(j)
+        running.append(j)
+        self.queue_peak = max(self.queue_peak, sum(r['tokens'] for r in running))
+
+# %% ../nbs/13b_batch.ipynb #a1821112
+@patch
+def _refused(self: BatchRunner, j: dict, b, running: list, queue: list):
+    """Batch `b` of job `j` was refused by the queue: put `j` back first in line, its record without the batch
+    id (kept in `refused`), to be resubmitted when one of the `running` ones ends (alone: after a pause)."""
+    st = j['state']
+    st['refused'] = st.get('refused', []) + [st.pop('batch_id')]
+    write_json(j['path'], st)
+    running.remove(j)
+    queue.insert(0, j)
+    j['resubmit'], self.refusals = True, self.refusals + 1
+    if running:   # the queue held the others and not this one: never again more than they
+        self.limit = min(self.limit or math.inf, sum(r['tokens'] for r in running))
+        j['after_end'] = self.n_ended
+        return
+    j['alone'] = j.get('alone', 0) + 1
+    if j['alone'] > self.c.spec.max_retries:
+        raise LionError(f"Batch API: the queue of {self.c.spec.model} refused a batch of about "
+                        f"{j['tokens']:,} input tokens {j['alone']} times with none of this run's batches in "
+                        f"it (token_limit_exceeded): the organisation's queue is full, or smaller than that. "
+                        f"Wait for other batches to end, or set a lower batch_queue_tokens, and run again")
+    j['not_before'] = time.monotonic() + min(1800.0, self.c.batch_poll_s*2**j['alone'])
+
+# %% ../nbs/13b_batch.ipynb #84366318
+@patch
+async def _poll_round(self: BatchRunner, sdk, running: list, queue: list, todo: dict, deliver, bar) -> bool:
+    "Poll every running batch once; collect the ended ones. Whether any ended."
+    ended = False
+    for j in list(running):
+        b = await self._retrying(lambda: sdk.batches.retrieve(j['state']['batch_id']), 'polling the batch')
+        if b.status not in BATCH_DONE: continue
+        ended = True
+        if is_queue_refusal(b):
+            self._refused(j, b, running, queue)
+            continue
+        await self._collect_job(sdk, j, b, todo, deliver)
+        running.remove(j)
+        self.n_ended += 1
+        bar.update(len(j['keys']))
+    return ended
+
+# %% ../nbs/13b_batch.ipynb #ee678dad
 @patch
 async def _fetch_async(self: BatchRunner, jobs: list, todo: dict, desc, deliver, n_hits):
     sdk = self.c._sdk()
     bar = _progress(len(todo), (desc or 'requests') + ' [batch]', n_hits)
+    running = [j for j in jobs if 'batch_id' in j['state']]   # submitted before a crash: in the queue
+    queue = [j for j in jobs if 'batch_id' not in j['state']]
+    self.limit, self.n_ended = self.c.spec.batch_queue_tokens, 0
+    self.refusals, self.queue_peak = 0, sum(j['tokens'] for j in running)
     try:
-        for j in jobs: await self._submit(sdk, j)
-        waiting = list(jobs)
-        while waiting:
-            for j in list(waiting):
-                poll = lambda: sdk.batches.retrieve(j['state']['batch_id'])
-                b = await self._retrying(poll, 'polling the batch')
-                if b.status not in BATCH_DONE: continue
-                await self._collect_job(sdk, j, b, todo, deliver)
-                waiting.remove(j)
-                bar.update(len(j['keys']))
-            if waiting: await asyncio.sleep(self.c.batch_poll_s)
+        while running or queue:
+            await self._submit_wave(sdk, queue, running)
+            if not await self._poll_round(sdk, running, queue, todo, deliver, bar):
+                await asyncio.sleep(self._pause(queue, running))
     finally:
         bar.close()
         await sdk.close()
+
+# %% ../nbs/13b_batch.ipynb #fb9a4942
+@patch
+def _pause(self: BatchRunner, queue: list, running: list) -> float:
+    "Seconds until the next round: the poll interval, or (nothing running) until a held batch may go."
+    if running or not queue: return self.c.batch_poll_s
+    return max(0.0, min(j.get('not_before', 0) for j in queue) - time.monotonic())
 
 # %% ../nbs/13b_batch.ipynb #cf049115
 @patch
@@ -214,7 +307,7 @@ def _collect(self: BatchRunner, todo: dict, lines: list, b, deliver) -> float:
         k = line.get('custom_id')
         if k not in todo or k in done: continue
         res = self._line_result(todo[k], line)
-        total += cost_usd(self.c.spec, res.prompt_tokens, res.completion_tokens, batch=True)
+        total += cost_usd(self.c.spec, res.prompt_tokens, res.completion_tokens, True, res.cached_tokens)
         done[k] = res
     why = f"batch {b.id} ended '{b.status}'" + (f": {b.errors}" if getattr(b, 'errors', None) else '')
     lost = lambda req: ChatResult(req.key, 'failed', error=f'no result in the batch output ({why})',
@@ -229,8 +322,22 @@ def _line_result(self: BatchRunner, req: ChatRequest, line: dict) -> ChatResult:
     "The result in one line of a batch's output or error file."
     resp = line.get('response') or {}
     if resp.get('status_code') == 200 and isinstance(resp.get('body'), dict):
-        return self.c._parse(req, resp['body'])
+        return self._cut_is_failed(req, self.c._parse(req, resp['body']), resp['body'])
     err = line.get('error') or (resp.get('body') or {}).get('error') or {}
     msg = err.get('message', err) if isinstance(err, dict) else err
     error = f"batch request failed (HTTP {resp.get('status_code')}): {msg}"
     return ChatResult(req.key, 'failed', error=error, model=self.c.spec.model)
+
+# %% ../nbs/13b_batch.ipynb #b47c0e11
+@patch
+def _cut_is_failed(self: BatchRunner, req: ChatRequest, res: ChatResult, body: dict) -> ChatResult:
+    """A batch reply carries its reasoning tokens; one cut at `length` by its reasoning (`reasoning_cut`) is
+    never kept as an answer: it fails (paid, and logged as a failed call), the run's headroom is raised for
+    the resubmission, and a rerun asks it again."""
+    res.reasoning_tokens = reasoning_tokens_of(body)
+    if not reasoning_cut(res): return res
+    head = self.c._more_headroom(req, max(self.c._headroom(), self.c.learned().get('headroom', 0)))
+    res.status, res.text = 'failed', ''
+    res.error = (f"cut at length after {res.reasoning_tokens} reasoning tokens: not kept as an answer"
+                 + (f" (headroom raised to {head:,} for the rerun)" if head else ''))
+    return res

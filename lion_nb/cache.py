@@ -15,8 +15,8 @@ from .core import ModelSpec
 
 # %% auto #0
 __all__ = ['MODEL_FAMILIES', 'REASONING_MODEL', 'DEFAULT_HEADROOM', 'CREATE_RESPONSES', 'ChatRequest', 'ChatResult',
-           'canonical_json', 'request_body', 'ModelFamily', 'model_family', 'RequestShape', 'request_shape',
-           'api_params', 'cache_key', 'checkpoint_fingerprint', 'ResponseCache']
+           'reasoning_tokens_of', 'reasoning_cut', 'canonical_json', 'request_body', 'ModelFamily', 'model_family',
+           'RequestShape', 'request_shape', 'api_params', 'cache_key', 'checkpoint_fingerprint', 'ResponseCache']
 
 # %% ../nbs/13_cache.ipynb #06140882
 @dataclass
@@ -45,6 +45,18 @@ class ChatResult:
     model: str = ''
     logprobs: Optional[list] = None    # `choices[0].logprobs.content` (token, logprob, top_logprobs)
     reasoning_tokens: int = 0          # usage.completion_tokens_details.reasoning_tokens (in completion)
+    cached_tokens: int = 0             # prompt tokens billed at the cached rate (prompt_tokens_details)
+
+
+# %% ../nbs/13_cache.ipynb #5e1c2a78
+def reasoning_tokens_of(resp) -> int:
+    "`usage.completion_tokens_details.reasoning_tokens` of a response (an object or its dict form), else 0."
+    d = resp if isinstance(resp, dict) else resp.model_dump()
+    return int(((d.get('usage') or {}).get('completion_tokens_details') or {}).get('reasoning_tokens') or 0)
+
+def reasoning_cut(res: ChatResult) -> bool:
+    "Whether a reply was cut at `length` with empty content, or after the model spent tokens reasoning."
+    return res.finish_reason == 'length' and (not (res.text or '').strip() or res.reasoning_tokens > 0)
 
 # %% ../nbs/13_cache.ipynb #971f72f2
 def canonical_json(obj) -> str:

@@ -14,16 +14,18 @@ from fastcore.basics import patch
 from . import models
 from .batch import BatchRunner
 from .cache import (ChatRequest, ChatResult, ResponseCache, api_params, cache_key, canonical_json,
-                           checkpoint_fingerprint, request_body, request_shape)
+                           checkpoint_fingerprint, reasoning_cut, reasoning_tokens_of, request_body,
+                           request_shape)
 from .core import LionError, ModelSpec, api_key_for, derive_seed, read_json, user_message, write_json
 from .limits import (CHARS_PER_TOKEN, MAX_RETRY_AFTER_S, USAGE_COLUMNS, Budget, BudgetExceeded,
                             RateLimiter, UsageLog, _progress, auth_hint, backoff_s, classify_error, cost_usd,
                             estimate_prompt_tokens, run_sync, worst_case_cost)
+from .limits import cached_prompt_tokens, cached_saving_usd, shared_prefix_tokens
 
 # %% auto #0
 __all__ = ['NO_KEY', 'MAX_RESHAPES', 'SHAPES_FILE', 'LIMIT_PARAMS', 'SUPPORTED', 'ALPACA_TEMPLATE', 'ALPACA_INPUT_TEMPLATE',
-           'served_weights', 'OpenAIClient', 'reasoning_tokens_of', 'reasoning_cut', 'alpaca_prompt',
-           'resolve_template', 'render_prompt', 'resolve_checkpoint', 'HFClient']
+           'served_weights', 'OpenAIClient', 'alpaca_prompt', 'resolve_template', 'render_prompt', 'resolve_checkpoint',
+           'HFClient']
 
 # %% ../nbs/13c_clients.ipynb #92987f3e
 NO_KEY = 'sk-no-key-required'   # a placeholder for endpoints without authentication (never a real key)
@@ -112,10 +114,13 @@ def _settle(self: _Client, done: list, deliver, *, cost: float = 0.0, calls: Opt
     transaction for the whole group (a batch's results, a local model's batch), so that collecting 50,000
     results costs a few syncs, not three per result. `calls`: how many of them were sent (default: all)."""
     if not done: return
+    cached = sum(r.cached_tokens for _, r in done)
     self._event(calls=len(done) if calls is None else calls,
                 prompt_tokens=sum(r.prompt_tokens for _, r in done),
                 completion_tokens=sum(r.completion_tokens for _, r in done),
-                failures=sum(r.status == 'failed' for _, r in done), cost_usd=cost, batch=batch)
+                failures=sum(r.status == 'failed' for _, r in done), cost_usd=cost, batch=batch,
+                cached_tokens=cached, cached_saving_usd=cached_saving_usd(self.spec, cached, batch),
+                reasoning_tokens=sum(getattr(r, 'reasoning_tokens', 0) for _, r in done))
     self._store(done)
     deliver(done)
 
@@ -127,9 +132,11 @@ def estimate(self: _Client, requests: Sequence[ChatRequest]) -> dict:
     pt = sum(estimate_prompt_tokens(r.messages) for r in todo.values())
     ct = sum(r.max_tokens for r in todo.values())
     batch = self.spec.batch_api and self.backend == 'openai'
+    cached = shared_prefix_tokens(todo.values()) if self.backend == 'openai' else 0   # a remote prompt cache
     return {'requests': len(keys), 'cache_hits': sum(k in hits for k in keys), 'calls': len(todo),
-            'prompt_tokens': pt, 'completion_tokens': ct,
-            'cost_usd': round(cost_usd(self.spec, pt, ct, batch), 6),
+            'prompt_tokens': pt, 'completion_tokens': ct, 'cached_tokens': cached,
+            'cost_usd': round(cost_usd(self.spec, pt, ct, batch, cached), 6),
+            'cached_saving_usd': round(cached_saving_usd(self.spec, cached, batch), 6),
             'worst_case_usd': round(sum(worst_case_cost(self.spec, r, batch) for r in todo.values()), 6),
             'model': self.spec.model, 'batch_api': batch}
 
@@ -334,9 +341,11 @@ async def _retry_wait(self: OpenAIClient, attempt: int, err: str, wait: Optional
 @patch
 def _account(self: OpenAIClient, res: ChatResult, retries: int, err: str) -> float:
     "The usage event of a call that got a response; what it cost."
-    cost = cost_usd(self.spec, res.prompt_tokens, res.completion_tokens)
+    cost = cost_usd(self.spec, res.prompt_tokens, res.completion_tokens, cached_tokens=res.cached_tokens)
     self._event(calls=1, prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
                 failures=int(res.status == 'failed' or reasoning_cut(res)), retries=retries, cost_usd=cost,
+                cached_tokens=res.cached_tokens,
+                cached_saving_usd=cached_saving_usd(self.spec, res.cached_tokens),
                 error=res.error or (f'retried after: {err}' if retries else None),
                 reasoning_tokens=res.reasoning_tokens)   # a reply cut by its reasoning is a failed call
     return cost
@@ -380,11 +389,6 @@ async def _call_once(self: OpenAIClient, sdk, req: ChatRequest, body: dict) -> t
     return failed, 0.0
 
 # %% ../nbs/13c_clients.ipynb #7760bb96
-def reasoning_tokens_of(resp) -> int:
-    "`usage.completion_tokens_details.reasoning_tokens` of a response (an object or its dict form), else 0."
-    d = resp if isinstance(resp, dict) else resp.model_dump()
-    return int(((d.get('usage') or {}).get('completion_tokens_details') or {}).get('reasoning_tokens') or 0)
-
 @patch
 def _headroom(self: OpenAIClient) -> int:
     "The reasoning headroom each request's limit carries (a completions-route student: none)."
@@ -444,19 +448,23 @@ def _parse(self: OpenAIClient, req: ChatRequest, resp) -> ChatResult:
     d = resp if isinstance(resp, dict) else resp.model_dump()
     u = d.get('usage') or {}
     pt = u.get('prompt_tokens') or estimate_prompt_tokens(req.messages)
+    cc = cached_prompt_tokens(u)   # of them, billed at the cached rate
     model = d.get('model') or self.spec.model
     choices = d.get('choices') or []
     if not choices:
-        return ChatResult(req.key, 'failed', error='response has no choices', prompt_tokens=pt, model=model)
+        return ChatResult(req.key, 'failed', error='response has no choices', prompt_tokens=pt, model=model,
+                          cached_tokens=cc)
     ch = choices[0]
     text = (ch.get('message') or {}).get('content') if 'text' not in ch else ch['text']
     ct = u.get('completion_tokens') or (math.ceil(len(text or '')/CHARS_PER_TOKEN))
     if not text or not text.strip():
         finish = ch.get('finish_reason')
-        return ChatResult(req.key, 'failed', '', finish, 'empty response', pt, ct, False, model)
+        return ChatResult(req.key, 'failed', '', finish, 'empty response', pt, ct, False, model,
+                          cached_tokens=cc)
     lp = ch.get('logprobs')
     lp = lp.get('content') if isinstance(lp, dict) else None   # token logprobs, when the request asks
-    return ChatResult(req.key, 'done', text, ch.get('finish_reason'), None, pt, ct, False, model, lp)
+    return ChatResult(req.key, 'done', text, ch.get('finish_reason'), None, pt, ct, False, model, lp,
+                      cached_tokens=cc)
 
 # %% ../nbs/13c_clients.ipynb #04ba1d72
 SHAPES_FILE = 'request_shapes.json'
@@ -528,10 +536,6 @@ def _learn(self: OpenAIClient, e: BaseException, sent: dict) -> bool:
     return True
 
 # %% ../nbs/13c_clients.ipynb #ffb8f86f
-def reasoning_cut(res: ChatResult) -> bool:
-    "Whether a reply was cut at `length` with empty content, or after the model spent tokens reasoning."
-    return res.finish_reason == 'length' and (not (res.text or '').strip() or res.reasoning_tokens > 0)
-
 @patch
 def _more_headroom(self: OpenAIClient, req: ChatRequest, before: int) -> Optional[int]:
     """Raise the run's reasoning headroom after a reply sent with `before` was cut: doubled, at least the

@@ -19,11 +19,11 @@ __all__ = ['MAX_RECORD_BYTES', 'R', 'STAGES', 'ROLES', 'EnvVarName', 'OPERATIONA
            'LionError', 'InputError', 'Record', 'Provenance', 'Instruction', 'Answer', 'Review', 'user_message',
            'iter_jsonl', 'describe_validation_error', 'read_records', 'read_pool', 'atomic_write_bytes',
            'atomic_write_text', 'to_jsonable', 'dumps_line', 'write_jsonl', 'write_json', 'read_json', 'repair_tail',
-           'JsonlLog', 'read_log', 'derive_seed', 'seed_everything', 'RunDir', 'Section', 'ReasoningSpec', 'ModelSpec',
-           'PoolsConfig', 'LoopConfig', 'SamplingConfig', 'TrainConfig', 'GenerationConfig', 'EvalConfig',
-           'ProbeConfig', 'Config', 'parse_config', 'load_config', 'config_hash', 'resolve_config_paths',
-           'config_identity', 'identity_diff', 'identity_hash', 'api_key_for', 'configured_secrets', 'redact',
-           'cache_root', 'sha256_file']
+           'JsonlLog', 'read_log', 'derive_seed', 'seed_everything', 'RunDir', 'Section', 'RemoteTerms',
+           'ReasoningSpec', 'ModelSpec', 'PoolsConfig', 'LoopConfig', 'SamplingConfig', 'TrainConfig',
+           'GenerationConfig', 'EvalConfig', 'ProbeConfig', 'Config', 'parse_config', 'load_config', 'config_hash',
+           'resolve_config_paths', 'config_identity', 'identity_diff', 'identity_hash', 'api_key_for',
+           'configured_secrets', 'redact', 'cache_root', 'sha256_file']
 
 # %% ../nbs/10_core.ipynb #6cb87795
 class LionError(Exception):
@@ -382,6 +382,19 @@ def _env_var_name(v: Optional[str]) -> Optional[str]:
 
 EnvVarName = Annotated[str, AfterValidator(_env_var_name)]
 
+# %% ../nbs/10_core.ipynb #bbd55e7e
+class RemoteTerms(Section):
+    "A remote model's price table and Batch API queue limit (the fields `ModelSpec` inherits)."
+    price_in_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt tokens")
+    price_out_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens")
+    price_cached_in_per_mtok: Optional[float] = Field(None, ge=0, description=(
+        "USD per million cached prompt tokens (a repeated prompt prefix, billed at a discount); None: the "
+        "prompt price"))
+    batch_queue_tokens: Optional[int] = Field(None, ge=1, description=(
+        "Batch API: at most this many input tokens enqueued at once for this model (the organisation's "
+        "queue limit); batches go in waves that fit. None: no limit known (a batch refused as over the limit "
+        "is still resubmitted once the queue has room)"))
+
 # %% ../nbs/10_core.ipynb #c2094f4f
 class ReasoningSpec(Section):
     "How a reasoning model is asked: its `reasoning_effort` and reasoning headroom (`ModelSpec`'s base)."
@@ -394,8 +407,8 @@ class ReasoningSpec(Section):
         "a reply cut at `length` by its reasoning is retried once with more headroom, at most this much"))
 
 # %% ../nbs/10_core.ipynb #74476611
-class ModelSpec(ReasoningSpec):
-    "One model in the registry, and how to call it."
+class ModelSpec(ReasoningSpec, RemoteTerms):
+    "One model in the registry, and how to call it (with `ReasoningSpec` and `RemoteTerms`)."
     backend: Literal['embedded', 'openai', 'hf', 'vllm'] = Field(description=(
         "embedded: the bundled llama.cpp server; openai: any OpenAI-compatible endpoint; hf: a local Hugging "
         "Face checkpoint; vllm: a checkpoint served by an engine we start (lion_nb.engine)"))
@@ -409,8 +422,6 @@ class ModelSpec(ReasoningSpec):
     tpm: Optional[int] = Field(None, ge=1, description="tokens per minute allowed")
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(5, ge=0, le=50)
-    price_in_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt tokens")
-    price_out_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens")
     batch_api: bool = Field(False, description="use the OpenAI Batch API (half price, hours of latency)")
     structured_output: bool = Field(False, description="the endpoint supports response_format json_schema")
     launch: Optional[str] = Field(None, description=(
@@ -645,7 +656,8 @@ def resolve_config_paths(cfg: Config, base) -> Config:
 # %% ../nbs/10_core.ipynb #1c0e4ae1
 OPERATIONAL_FIELDS = ('name', 'data_dir', 'cache_dir', 'budget_usd', 'loop.iterations')
 OPERATIONAL_MODEL_FIELDS = ('base_url', 'api_key_env', 'concurrency', 'rpm', 'tpm', 'timeout_s',
-                            'max_retries', 'price_in_per_mtok', 'price_out_per_mtok', 'batch_api')
+                            'max_retries', 'price_in_per_mtok', 'price_out_per_mtok', 'batch_api',
+                            'price_cached_in_per_mtok', 'batch_queue_tokens')
 
 def _flatten(obj, pre: str = '') -> dict:
     "A nested dict as one dict of dotted names (an empty dict, or any other value, is a leaf)."

@@ -17,10 +17,11 @@ from .progress import progress_bar
 from .core import JsonlLog, LionError, ModelSpec, read_log
 
 # %% auto #0
-__all__ = ['CHARS_PER_TOKEN', 'WORST_CHARS_PER_TOKEN', 'USAGE_COLUMNS', 'MAX_BACKOFF_S', 'MAX_RETRY_AFTER_S', 'prompt_chars',
-           'estimate_prompt_tokens', 'cost_usd', 'worst_case_cost', 'UsageLog', 'summarise_usage', 'spent_usd',
-           'BudgetExceeded', 'Budget', 'run_sync', 'RateLimiter', 'retry_after_s', 'backoff_s', 'classify_error',
-           'auth_hint']
+__all__ = ['CHARS_PER_TOKEN', 'WORST_CHARS_PER_TOKEN', 'CACHE_MIN_TOKENS', 'CACHE_STEP_TOKENS', 'USAGE_COLUMNS', 'USAGE_USD',
+           'MAX_BACKOFF_S', 'MAX_RETRY_AFTER_S', 'prompt_chars', 'estimate_prompt_tokens', 'cost_usd',
+           'worst_case_cost', 'cached_saving_usd', 'cached_prompt_tokens', 'cacheable_prefix_tokens',
+           'shared_prefix_tokens', 'UsageLog', 'summarise_usage', 'spent_usd', 'BudgetExceeded', 'Budget', 'run_sync',
+           'RateLimiter', 'retry_after_s', 'backoff_s', 'classify_error', 'auth_hint']
 
 # %% ../nbs/13a_limits.ipynb #b0c07d39
 CHARS_PER_TOKEN = 4        # the usual estimate
@@ -41,18 +42,61 @@ def estimate_prompt_tokens(messages, chars_per_token: float = CHARS_PER_TOKEN) -
 
 # %% ../nbs/13a_limits.ipynb #73ecec8a
 def cost_usd(spec: ModelSpec, # the model's spec, with its price table
-             prompt_tokens: int, # tokens sent
-             completion_tokens: int, # tokens received
+             prompt_tokens: int, # tokens sent (cached ones included)
+             completion_tokens: int, # tokens received (reasoning ones included)
              batch: bool = False, # a Batch API call (half price)
+             cached_tokens: int = 0, # of the prompt tokens, those billed at the cached rate
             ) -> float:
-    "What a call costs under `spec`'s price table; the Batch API is half price."
-    c = (prompt_tokens*spec.price_in_per_mtok + completion_tokens*spec.price_out_per_mtok)/1e6
+    """What a call costs under `spec`'s price table: cached prompt tokens at `price_cached_in_per_mtok` (the
+    prompt price when it is not set), the rest at the prompt and completion prices; the Batch API is half
+    price."""
+    cached = min(cached_tokens, prompt_tokens)
+    p_cached = spec.price_cached_in_per_mtok
+    if p_cached is None: p_cached = spec.price_in_per_mtok
+    c = ((prompt_tokens - cached)*spec.price_in_per_mtok + cached*p_cached
+         + completion_tokens*spec.price_out_per_mtok)/1e6
     return c/2 if batch else c
 
 # %% ../nbs/13a_limits.ipynb #853cb7ba
 def worst_case_cost(spec: ModelSpec, req: ChatRequest, batch: bool = False) -> float:
     "The most `req` should cost: a pessimistic prompt estimate plus all of `max_tokens`."
     return cost_usd(spec, estimate_prompt_tokens(req.messages, WORST_CHARS_PER_TOKEN), req.max_tokens, batch)
+
+# %% ../nbs/13a_limits.ipynb #c878985c
+def cached_saving_usd(spec: ModelSpec, cached_tokens: int, batch: bool = False) -> float:
+    "The saving of `cached_tokens` prompt tokens billed at the cached rate instead of the prompt rate."
+    return cost_usd(spec, cached_tokens, 0, batch) - cost_usd(spec, cached_tokens, 0, batch, cached_tokens)
+
+# %% ../nbs/13a_limits.ipynb #bb68632c
+def cached_prompt_tokens(usage: Optional[dict], # a response's `usage` (its dict form)
+                        ) -> int:
+    "The prompt tokens a response's usage reports as cached (0 when it reports none)."
+    details = (usage or {}).get('prompt_tokens_details') or {}
+    return int(details.get('cached_tokens') or 0)
+
+# %% ../nbs/13a_limits.ipynb #6bc15971
+CACHE_MIN_TOKENS = 1024    # OpenAI caches prefixes of at least this many tokens ...
+CACHE_STEP_TOKENS = 128    # ... and then in steps of this many
+
+def cacheable_prefix_tokens(shared: int, # tokens a prompt shares with one seen before
+                            min_tokens: int = CACHE_MIN_TOKENS, step: int = CACHE_STEP_TOKENS) -> int:
+    "The cached tokens a prompt sharing `shared` leading tokens with an earlier one gets billed as cached."
+    return 0 if shared < min_tokens else min_tokens + (shared - min_tokens)//step*step
+
+# %% ../nbs/13a_limits.ipynb #92d41b08
+def _prompt_text(messages) -> str:
+    "A conversation as one string, in order (roles included), as the prefix cache sees it."
+    return ''.join(f"<{m.get('role')}>{m.get('content') or ''}" for m in messages)
+
+def shared_prefix_tokens(requests, # ChatRequests sent together to one model
+                         chars_per_token: float = CHARS_PER_TOKEN) -> int:
+    "Estimated cached prompt tokens of `requests`: each one's prefix shared with another, by OpenAI's rule."
+    texts = sorted(_prompt_text(r.messages) for r in requests)
+    n = 0
+    for a, b in zip(texts, texts[1:]):
+        same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        n += cacheable_prefix_tokens(int(same/chars_per_token))
+    return n
 
 # %% ../nbs/13a_limits.ipynb #e189d4db
 class UsageLog:
@@ -75,7 +119,8 @@ class UsageLog:
 
 # %% ../nbs/13a_limits.ipynb #a376d0bd
 USAGE_COLUMNS = ['calls', 'prompt_tokens', 'completion_tokens', 'cache_hits', 'failures', 'retries',
-                 'cost_usd']
+                 'cached_tokens', 'reasoning_tokens', 'cached_saving_usd', 'cost_usd']
+USAGE_USD = ('cached_saving_usd', 'cost_usd')   # the columns in dollars (the others count)
 
 def summarise_usage(path, # a usage log (JSONL)
                     by=('role', 'stage', 'iteration', 'model'), # the columns to group by
@@ -89,8 +134,7 @@ def summarise_usage(path, # a usage log (JSONL)
     total = {**{b: '' for b in by}, **{c: df[c].sum() if len(df) else 0 for c in USAGE_COLUMNS}}
     total[by[0]] = 'TOTAL'
     t = pd.concat([t, pd.DataFrame([total])], ignore_index=True)
-    for c in USAGE_COLUMNS[:-1]: t[c] = t[c].astype(int)
-    t['cost_usd'] = t['cost_usd'].astype(float).round(6)
+    for c in USAGE_COLUMNS: t[c] = t[c].astype(float).round(6) if c in USAGE_USD else t[c].astype(int)
     return t
 
 # %% ../nbs/13a_limits.ipynb #f52a8d8b

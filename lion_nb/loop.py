@@ -19,14 +19,15 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 # %% auto #0
 __all__ = ['BASELINES', 'STAGES', 'STAGE_NOTEBOOKS', 'WEIGHT_SUFFIXES', 'KEPT_DIRECTIVES', 'QUIET_KERNEL', 'PACKAGES', 'EST',
-           'EVAL_SIZES', 'EVAL_TASKS', 'JUDGED_SETS', 'lion', 'lion_plan', 'iteration_plan', 'trained_instructions',
-           'check_parameters', 'file_contains', 'files_containing', 'check_no_secrets', 'notebooks_dir', 'render_html',
-           'is_inline_test', 'lab_notebook', 'run_stage', 'package_versions', 'git_commit', 'file_hashes',
-           'count_parameters', 'prompt_layout', 'load_checkpoint_parts', 'check_checkpoint', 'eval_data_names',
-           'check_data', 'check_reserve', 'check_devices', 'checkpoint_bytes', 'check_disk', 'check_keys',
-           'endpoint_models', 'retrieve_model', 'estimated_end', 'check_endpoint_model', 'role_temperatures',
-           'shape_line', 'endpoint_checks', 'request_shapes', 'preflight', 'link_cache', 'prepare_run_dir', 'run_lock',
-           'fork_run', 'run_manifest', 'notebook_stage', 'run_loop', 'stage_hashes', 'usage_summary',
+           'EVAL_SIZES', 'EVAL_TASKS', 'PREFIX_JUDGES', 'JUDGED_SETS', 'lion', 'lion_plan', 'iteration_plan',
+           'trained_instructions', 'check_parameters', 'file_contains', 'files_containing', 'check_no_secrets',
+           'notebooks_dir', 'render_html', 'is_inline_test', 'lab_notebook', 'run_stage', 'package_versions',
+           'git_commit', 'file_hashes', 'count_parameters', 'prompt_layout', 'load_checkpoint_parts',
+           'check_checkpoint', 'eval_data_names', 'check_data', 'check_reserve', 'check_devices', 'checkpoint_bytes',
+           'check_disk', 'check_keys', 'endpoint_models', 'retrieve_model', 'estimated_end', 'check_endpoint_model',
+           'role_temperatures', 'shape_line', 'endpoint_checks', 'request_shapes', 'preflight', 'link_cache',
+           'prepare_run_dir', 'run_lock', 'fork_run', 'run_manifest', 'notebook_stage', 'run_loop', 'stage_hashes',
+           'usage_summary', 'judge_prefix_tokens', 'shared_prompt_tokens', 'reasoning_per_call',
            'discrimination_teacher_calls', 'eval_items', 'DryRun', 'estimate_run', 'print_estimate', 'repo_root',
            'print_summary', 'run_parser', 'run_cli', 'demo_cli']
 
@@ -52,6 +53,8 @@ from lion_nb.core import (
     write_json,
 )
 from .discrimination import run_discrimination
+from .discrimination import judge_for
+from .limits import CHARS_PER_TOKEN, cacheable_prefix_tokens, cached_saving_usd, cost_usd
 from .evaluation import run_evaluation
 from .generation import run_generation
 from .imitation import run_imitation
@@ -742,6 +745,7 @@ def usage_summary(run: RunDir) -> list[dict]:
     nums = [
         c
         for c in ('calls', 'prompt_tokens', 'completion_tokens', 'cache_hits', 'failures', 'cost_usd')
+        + ('cached_tokens', 'reasoning_tokens', 'cached_saving_usd')
         if c in df
     ]
     return df.groupby(keys, dropna=False)[nums].sum().reset_index().to_dict('records')
@@ -754,8 +758,9 @@ EVAL_TASKS = {'agieval': 8, 'bbh': 27}   # `eval.samples` counts per task for th
 
 def _row(cfg: Config, k, stage, role, calls, p_tok, c_tok) -> dict:
     spec = cfg.model_for(role)
-    f = 0.5 if spec.batch_api else 1.0
-    cost = f * (calls * p_tok * spec.price_in_per_mtok + calls * c_tok * spec.price_out_per_mtok) / 1e6
+    cached = max(0, round(calls) - 1) * shared_prompt_tokens(cfg, role)
+    reasoning = round(calls) * reasoning_per_call(spec)
+    cost = cost_usd(spec, calls * p_tok, calls * c_tok + reasoning, spec.batch_api, cached)
     return dict(
         iteration=k,
         stage=stage,
@@ -764,8 +769,34 @@ def _row(cfg: Config, k, stage, role, calls, p_tok, c_tok) -> dict:
         calls=round(calls),
         prompt_tokens=round(calls * p_tok),
         completion_tokens=round(calls * c_tok),
+        cached_tokens=cached,
+        reasoning_tokens=reasoning,
+        cached_saving_usd=round(cached_saving_usd(spec, cached, spec.batch_api), 2),
         cost_usd=round(cost, 2),
     )
+
+# %% ../nbs/07_loop.ipynb #9a969418
+PREFIX_JUDGES = {'referee': 'referee', 'judge': 'review', 'generator': 'generator_hard'}
+_FIELD = '\x00'   # a stand-in for every template field
+
+def judge_prefix_tokens(judge) -> int:
+    "Tokens of a judge's prompt before its first filled-in field (system message included): what calls share."
+    msgs = judge.messages(**{f: _FIELD for f in ('question', 'answer_1', 'answer_2', 'instruction', 'input')})
+    text = ''.join(f"<{m['role']}>{m['content']}" for m in msgs)
+    cut = text.find(_FIELD)
+    return int((len(text) if cut < 0 else cut)/CHARS_PER_TOKEN)
+
+# %% ../nbs/07_loop.ipynb #3ab175f1
+def shared_prompt_tokens(cfg: Config, role: str) -> int:
+    "The cached prompt tokens each call of `role` but the first gets (0 off OpenAI-compatible endpoints)."
+    if role not in PREFIX_JUDGES or cfg.model_for(role).backend != 'openai': return 0
+    return cacheable_prefix_tokens(judge_prefix_tokens(judge_for(cfg, PREFIX_JUDGES[role])))
+
+# %% ../nbs/07_loop.ipynb #2b8d2ffe
+def reasoning_per_call(spec: ModelSpec) -> int:
+    """The reasoning tokens a call may spend at most: its request shape's headroom (`cache.request_shape`: the
+    spec's `reasoning_headroom`, else 2,048 for a reasoning family, 0 for a model that does not reason)."""
+    return request_shape(spec).headroom
 
 # %% ../nbs/07_loop.ipynb #c4e3a8c6
 def discrimination_teacher_calls(cfg: Config, k: int, train: int, cache: int) -> int:
@@ -858,18 +889,17 @@ def print_estimate(cfg: Config, iterations: Optional[int] = None, progress=print
     rows = estimate_run(cfg, iterations)
     progress(
         f"{'iter':>4} {'stage':<15} {'role':<10} {'model':<28} {'calls':>9} {'prompt tok':>13} "
-        f"{'compl tok':>12} {'cost $':>9}"
+        f"{'cached tok':>12} {'compl tok':>12} {'reason tok':>12} {'saved $':>8} {'cost $':>9}"
     )
+    line = lambda r: (f"{r['calls']:>9,} {r['prompt_tokens']:>13,} {r['cached_tokens']:>12,} "
+                      f"{r['completion_tokens']:>12,} {r['reasoning_tokens']:>12,} "
+                      f"{r['cached_saving_usd']:>8,.2f} {r['cost_usd']:>9,.2f}")
     for r in rows:
-        progress(
-            f"{r['iteration']:>4} {r['stage']:<15} {r['role']:<10} {r['model'][:28]:<28} {r['calls']:>9,} "
-            f"{r['prompt_tokens']:>13,} {r['completion_tokens']:>12,} {r['cost_usd']:>9,.2f}"
-        )
-    tot = {c: sum(r[c] for r in rows) for c in ('calls', 'prompt_tokens', 'completion_tokens', 'cost_usd')}
-    progress(
-        f"{'total':<60} {tot['calls']:>9,} {tot['prompt_tokens']:>13,} {tot['completion_tokens']:>12,} "
-        f"{tot['cost_usd']:>9,.2f}"
-    )
+        progress(f"{r['iteration']:>4} {r['stage']:<15} {r['role']:<10} {r['model'][:28]:<28} {line(r)}")
+    cols = ('calls', 'prompt_tokens', 'cached_tokens', 'completion_tokens', 'reasoning_tokens',
+            'cached_saving_usd', 'cost_usd')
+    tot = {c: sum(r[c] for r in rows) for c in cols}
+    progress(f"{'total':<60} {line(tot)}")
     if cfg.budget_usd is not None and tot['cost_usd'] > cfg.budget_usd:
         progress(
             f"warning: the estimate exceeds the configured budget of ${cfg.budget_usd:,.2f}; the run will "

@@ -5,7 +5,7 @@
 # %% ../nbs/15_testing.ipynb #783bea81
 from __future__ import annotations
 import argparse, email.parser, email.policy, hashlib, json, math, random, re, socket, struct, sys, threading
-import time, uuid
+import time, urllib.parse, uuid
 from collections import Counter, deque
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,8 +15,8 @@ from typing import Callable, Optional
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['FAULTS', 'TOKEN', 'TODAY_CATALOG', 'REASONING_SPEND', 'BROKEN_BODY', 'request_key', 'last_user_text', 'default_reply',
-           'n_tokens', 'token_logprobs', 'FakeOpenAI', 'serve', 'main']
+__all__ = ['FAULTS', 'TOKEN', 'TODAY_CATALOG', 'REASONING_SPEND', 'QUEUED', 'BROKEN_BODY', 'request_key', 'last_user_text',
+           'default_reply', 'n_tokens', 'token_logprobs', 'FakeOpenAI', 'prompt_tokens_of', 'serve', 'main']
 
 # %% ../nbs/15_testing.ipynb #1391f237
 FAULTS = ('429', '500', '503', 'reset', 'hang', 'length', 'garbled', 'empty', 'badjson')
@@ -81,7 +81,9 @@ class FakeOpenAI:
                  window_s: float = 60.0, batch_polls: int = 0, batch_fail_ids=(), host: str = '127.0.0.1',
                  port: int = 0, batch_gate=None, batch_max_requests: int = 50_000,
                  batch_max_file_bytes: int = 200*1024*1024, upload_latency_s: float = 0.0,
-                 api_key: Optional[str] = None, models_root: Optional[str] = None):
+                 api_key: Optional[str] = None, models_root: Optional[str] = None,
+                 batch_queue_tokens: Optional[int] = None, prompt_cache_min_tokens: Optional[int] = 1024,
+                 prompt_cache_step_tokens: int = 128):
         self.reply, self.latency_s, self.schedule = reply, latency_s, dict(schedule or {})
         self.fault_rate, self.fault_fn, self.rng = dict(fault_rate or {}), fault_fn, random.Random(seed)
         self.retry_after_s, self.retry_after_ms, self.hang_s = retry_after_s, retry_after_ms, hang_s
@@ -91,6 +93,8 @@ class FakeOpenAI:
         self.batch_gate, self.batch_max_requests = batch_gate, batch_max_requests
         self.batch_max_file_bytes = batch_max_file_bytes
         self.upload_latency_s, self.api_key, self.models_root = upload_latency_s, api_key, models_root
+        self.batch_queue_tokens, self.prompt_cache_min_tokens = batch_queue_tokens, prompt_cache_min_tokens
+        self.prompt_cache_step_tokens, self._prefixes = prompt_cache_step_tokens, {}
         self.lock, self.stopping = threading.Lock(), threading.Event()
         self.reset_counters()
         self.files: dict[str, dict] = {}
@@ -104,6 +108,7 @@ class FakeOpenAI:
         self.auth = Counter()   # Authorization headers received (tests check keys are sent, and only here)
         self.n_chat = self.rate_limited = self.batches_created = self.files_uploaded = 0
         self._window: deque = deque()
+        self.queue_peak, self.queue_refused = Counter(), 0   # the Batch API queue: most tokens held per model
 
     @property
     def base_url(self) -> str: return f'http://{self.host}:{self.port}/v1'
@@ -145,7 +150,8 @@ def stats(self: FakeOpenAI) -> dict:
         return {'n_chat': self.n_chat, 'rate_limited': self.rate_limited,
                 'batches_created': self.batches_created, 'files_uploaded': self.files_uploaded,
                 'counts': dict(self.counts), 'served': dict(self.served), 'faults': dict(self.faults),
-                'paths': dict(self.paths), 'batch_counts': dict(self.batch_counts)}
+                'paths': dict(self.paths), 'batch_counts': dict(self.batch_counts),
+                'queue_peak': dict(self.queue_peak), 'queue_refused': self.queue_refused}
 
 # %% ../nbs/15_testing.ipynb #0939cbcc
 @patch
@@ -175,6 +181,26 @@ def pick_fault(self: FakeOpenAI, body: dict, n: int, key_seen: int) -> Optional[
                     break
     if f is not None and f not in FAULTS: raise ValueError(f"unknown fault {f!r}; faults are {FAULTS}")
     return f
+
+# %% ../nbs/15_testing.ipynb #474eee44
+def _prompt_text(body: dict) -> str:
+    "A request's prompt as one string: its messages in order, roles included (or a completions prompt)."
+    if isinstance(body.get('prompt'), str): return body['prompt']
+    return ''.join(f"<{m.get('role')}>{m.get('content') or ''}" for m in body.get('messages') or [])
+
+@patch
+def cached_prefix(self: FakeOpenAI, body: dict, prompt_tokens: int) -> int:
+    "The prompt tokens of `body` a prefix cache has seen before for its model (then it remembers them all)."
+    lo, step = self.prompt_cache_min_tokens, self.prompt_cache_step_tokens
+    if not lo: return 0
+    text = _prompt_text(body)
+    cuts = range(lo, min(prompt_tokens, len(text)//4) + 1, step)
+    keys = [(c, hashlib.sha256(text[:4*c].encode()).hexdigest()) for c in cuts]
+    with self.lock:
+        seen = self._prefixes.setdefault(body.get('model'), set())
+        hit = max((c for c, k in keys if k in seen), default=0)
+        seen.update(k for _, k in keys)
+    return hit
 
 # %% ../nbs/15_testing.ipynb #cee1e140
 def _reasoning(efforts, default='medium', temperature='never', shutdown=None) -> dict:
@@ -249,6 +275,7 @@ def completion(self: FakeOpenAI, body: dict, fault: Optional[str] = None) -> dic
               'logprobs': logprobs}
     usage = {'prompt_tokens': prompt, 'completion_tokens': completion, 'total_tokens': prompt + completion}
     if self.catalog is not None: usage['completion_tokens_details'] = {'reasoning_tokens': spent}
+    usage['prompt_tokens_details'] = {'cached_tokens': self.cached_prefix(body, prompt), 'audio_tokens': 0}
     return {'id': f'chatcmpl-{uuid.uuid4().hex[:12]}', 'object': 'chat.completion',
             'created': int(time.time()), 'model': body.get('model', 'fake'), 'system_fingerprint': 'fake',
             'choices': [choice], 'usage': usage}
@@ -317,6 +344,48 @@ def add_file(self: FakeOpenAI, lines_or_bytes, purpose: str, filename: str = 'ou
     self.files[fid] = {'id': fid, 'object': 'file', 'bytes': len(data), 'created_at': int(time.time()),
                        'filename': filename, 'purpose': purpose, 'status': 'processed', 'data': data}
     return fid
+
+# %% ../nbs/15_testing.ipynb #d3170294
+def prompt_tokens_of(body: dict) -> int:
+    "A request's prompt tokens as the server counts them (a token per 4 characters of each message)."
+    if isinstance(body.get('prompt'), str): return n_tokens(body['prompt'])
+    size = lambda m: n_tokens(m.get('content') or '') if isinstance(m.get('content'), str) else 1
+    return sum(size(m) for m in body.get('messages') or [])
+
+def _queue_error(model: str, limit: int) -> dict:
+    "OpenAI's error for a batch over the organisation's enqueued-token limit."
+    msg = (f"Enqueued token limit reached for {model} in organization org-fake. Limit: {limit:,} enqueued "
+           f"tokens. Please try again once some in_progress batches have been completed.")
+    return {'code': 'token_limit_exceeded', 'message': msg, 'param': None, 'line': None}
+
+# %% ../nbs/15_testing.ipynb #e250ba17
+QUEUED = ('validating', 'in_progress', 'finalizing')
+
+@patch
+def enqueued(self: FakeOpenAI, model: str) -> int:
+    "Input tokens of `model` in batches not yet ended (those refused over the limit do not count)."
+    return sum(b.get('_tokens', 0) for b in self.batches.values()
+               if b.get('_model') == model and b['status'] in QUEUED and '_refused' not in b)
+
+@patch
+def enqueue(self: FakeOpenAI, b: dict):
+    "Count a new batch's input tokens against its model's queue, or mark it refused (call under `lock`)."
+    data = self.files[b['input_file_id']]['data'].decode()
+    bodies = [json.loads(x).get('body') or {} for x in data.split('\n') if x.strip()]
+    model = bodies[0].get('model', 'fake') if bodies else 'fake'
+    queued, limit = self.enqueued(model), self.batch_queue_tokens   # before this batch counts
+    b['_model'], b['_tokens'] = model, sum(prompt_tokens_of(x) for x in bodies)
+    if limit and queued + b['_tokens'] > limit:
+        b['_refused'] = _queue_error(model, limit)
+        self.queue_refused += 1
+        return
+    self.queue_peak[model] = max(self.queue_peak[model], queued + b['_tokens'])
+
+# %% ../nbs/15_testing.ipynb #ef4aa695
+def _refuse_batch(b: dict):
+    "A refused batch fails at validation with its `token_limit_exceeded` error."
+    b['errors'] = {'object': 'list', 'data': [b['_refused']]}
+    b['status'], b['failed_at'] = 'failed', int(time.time())
 
 # %% ../nbs/15_testing.ipynb #731d72e5
 def _file_obj(f: dict) -> dict: return {k: v for k, v in f.items() if k != 'data'}
@@ -389,8 +458,14 @@ def _count(self: _Handler):
 # %% ../nbs/15_testing.ipynb #a312be33
 @patch
 def _list_batches(self: _Handler):
-    data = [_public(b) for b in reversed(list(self.server_state.batches.values()))]
-    self._send(200, {'object': 'list', 'data': data, 'has_more': False,
+    "The organisation's batches, newest first, a page at a time (`limit`: 20 by default, 100 at most)."
+    q = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+    limit = min(100, max(1, int(q.get('limit', ['20'])[0])))
+    ids = list(reversed(list(self.server_state.batches)))
+    after = q.get('after', [None])[0]
+    start = ids.index(after) + 1 if after in ids else 0
+    data = [_public(self.server_state.batches[i]) for i in ids[start:start + limit]]
+    self._send(200, {'object': 'list', 'data': data, 'has_more': start + limit < len(ids),
                      'first_id': data[0]['id'] if data else None,
                      'last_id': data[-1]['id'] if data else None})
 
@@ -422,6 +497,7 @@ def _poll_batch(self: _Handler, bid: str):
     if b is None: return self._error(404, f'no batch {bid}')
     with s.lock:
         b['_polls'] += 1
+        if b['status'] == 'validating' and '_refused' in b: _refuse_batch(b)
         ready = b['status'] in ('validating', 'in_progress') and s.may_end(b)
         if b['status'] == 'validating': b['status'] = 'in_progress'
     if ready: s.run_batch(b)
@@ -458,6 +534,7 @@ def _create_batch(self: _Handler, raw: bytes):
     with s.lock:
         s.batches_created += 1
         b['_n'] = s.batches_created
+        s.enqueue(b)
         s.batches[bid] = b
     self._send(200, _public(b))
 
@@ -627,10 +704,12 @@ def main(argv=None):
     ap.add_argument('--batch-polls', type=int, default=0)
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--today', action='store_true', help="answer as today's API does (FakeOpenAI.today)")
+    ap.add_argument('--batch-queue-tokens', type=int, help="the Batch API's enqueued-token limit per model")
     a = ap.parse_args(argv)
     rates = {f: float(p) for f, p in (x.split('=') for x in a.fault_rate)}
     srv = FakeOpenAI(latency_s=a.latency_s, rpm=a.rpm, window_s=a.window_s, fault_rate=rates,
-                     batch_polls=a.batch_polls, seed=a.seed, port=a.port)
+                     batch_polls=a.batch_polls, seed=a.seed, port=a.port,
+                     batch_queue_tokens=a.batch_queue_tokens)
     srv = (srv.today() if a.today else srv).start()
     print(f'READY {srv.base_url}', flush=True)
     try:

@@ -27,3 +27,22 @@ def test_scaled_rehearsal_matches_the_dry_run_and_resends_nothing(tmp_path):
     cfg = (tmp_path/'rehearsal'/'run'/'config.yaml').read_text()
     assert 'chat_template' not in (tmp_path/'rehearsal'/'student'/'tokenizer_config.json').read_text()
     assert 'batch_api: true' in cfg
+
+
+@pytest.mark.slow          # about 4 minutes: `make test-slow`
+def test_scaled_rehearsal_batches_go_in_waves_and_resume_after_a_kill_between_waves(tmp_path):
+    """The same rehearsal with the stand-in's Batch API queue capped (OpenAI's enqueued-token limit, issue 25) low
+    enough that the first teacher pass needs at least three waves: every wave stays under the cap, the queue refuses
+    nothing, and a run killed (SIGKILL) between two waves resumes without submitting any batch twice; the requests
+    of the killed and the resumed run together still agree with the dry run, and a third run sends nothing."""
+    limit = 4_000          # input tokens; the 1% teacher pass over 520 instructions is about 17,000 of them
+    r = subprocess.run([sys.executable, str(ROOT/'bench'/'paper_rehearsal.py'), '--scale', '0.01', '--iterations', '1',
+                        '--nproc', '1', '--work', str(tmp_path/'rehearsal'), '--batch-queue-tokens', str(limit),
+                        '--kill-between-waves'], capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res['killed_run'] and res['killed_run']['rc'] == -9 and res['killed_run']['batches'] >= 1
+    assert res['jobs_submitted_twice'] == [] and res['queue_refused'] == 0
+    assert max(res['queue_peak'].values()) <= limit
+    assert max(s['min_waves'] for s in res['stages']) >= 3
+    assert abs(res['requests'] / res['dry_run_calls'] - 1) <= 0.05 and res['second_run_requests'] == 0
