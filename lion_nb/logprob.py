@@ -78,6 +78,8 @@ def expected_value(entry: dict, # one token's entry of `logprobs.content`, with 
     return sum(v * p for v, p in probs.items()) / total if total > 0 else None
 
 # %% ../nbs/04b_logprob.ipynb #e7b34f2d
+_ENDED = {'token': '', 'logprob': 0.0, 'top_logprobs': [{'token': '', 'logprob': 0.0}]}   # the reply ended
+
 def expected_scores(content: Sequence[dict], # the reply's `logprobs.content`, one entry per token
                     # each score's characters in the reply (the text parser's)
                     spans: Sequence[tuple[int, int]],
@@ -91,7 +93,7 @@ def expected_scores(content: Sequence[dict], # the reply's `logprobs.content`, o
     out = []
     for span in spans:
         i = number_tokens(content, span)[0]
-        after = content[i + 1] if i + 1 < len(content) else None
+        after = content[i + 1] if i + 1 < len(content) else _ENDED
         v = expected_value(content[i], after)
         if v is None: raise LionError(f"no score alternatives at token {i} of the reply")
         out.append(v)
