@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_discrimination.ipynb #273789b1
 from __future__ import annotations
-import argparse, hashlib, importlib.resources, json, math, re, statistics, sys
+import argparse, contextvars, hashlib, importlib.resources, json, math, re, statistics, sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +27,15 @@ from .probe import KnownPair, probe_metrics, probe_pairs, probe_verdict, right_a
 
 # %% auto #0
 __all__ = ['JUDGE_ROLES', 'SCORE_PARSERS', 'JUDGE_PARSERS', 'ORDERS', 'SCORE_MIN', 'SCORE_MAX', 'REPAIR_PROMPT',
-           'REPAIR_PROMPT_JSON', 'REPAIR_MAX_TOKENS', 'SCORE_LINE', 'REQUEST_FAILED', 'JudgeConfig', 'judges_root',
-           'judge_sets', 'render', 'Judge', 'load_judge', 'judge_for', 'for_category', 'referee_messages',
-           'referee_response_format', 'repair_response_format', 'ScoreParseError', 'parse_score_value', 'parse_scores',
-           'repair_messages', 'swap_average', 'is_hard', 'verdict', 'position_consistency', 'position_means', 'Pair',
-           'sampling_setting', 'RefereeSettings', 'judge_scores', 'review_pairs', 'category_of', 'pairs_from_answers',
-           'score_items', 'call_stats', 'summarize', 'describe_summary', 'plot_gaps', 'plot_scores', 'plot_categories',
-           'save_plots', 'referee_and_split', 'known_pair', 'run_probe', 'referee_probe', 'discrimination_seed',
-           'latest_student', 'run_discrimination', 'discriminate_cli', 'referee_cli']
+           'REPAIR_PROMPT_JSON', 'REPAIR_MAX_TOKENS', 'LOGPROB_TOLERANCE', 'REQUEST_FAILED', 'JudgeConfig',
+           'judges_root', 'judge_sets', 'render', 'Judge', 'load_judge', 'judge_for', 'for_category',
+           'referee_messages', 'referee_response_format', 'repair_response_format', 'ScoreParseError',
+           'parse_score_value', 'parse_scores', 'score_spans', 'repair_messages', 'swap_average', 'is_hard', 'verdict',
+           'position_consistency', 'position_means', 'Pair', 'sampling_setting', 'RefereeSettings', 'judge_scores',
+           'review_pairs', 'category_of', 'pairs_from_answers', 'score_items', 'call_stats', 'summarize',
+           'describe_summary', 'plot_gaps', 'plot_scores', 'plot_categories', 'save_plots', 'referee_and_split',
+           'known_pair', 'run_probe', 'referee_probe', 'discrimination_seed', 'latest_student', 'run_discrimination',
+           'discriminate_cli', 'referee_cli']
 
 # %% ../nbs/04_discrimination.ipynb #737cc933
 JUDGE_ROLES = ('referee', 'review', 'pairwise', 'generator_hard', 'generator_easy')
@@ -52,6 +53,7 @@ class JudgeConfig(BaseModel):
     structured: Union[bool, Literal['auto']] = False
     logprobs: bool = False                       # ask for token logprobs (top 5)
     scorer: Literal['text', 'logprob'] = 'text'  # logprob: expectations over the score tokens' top_logprobs
+    min_score: Literal[0, 1] = 1                 # the lowest score the judge's scale allows (0: a 0-10 scale)
     temperature: float = Field(ge=0)
     max_tokens: int = Field(ge=1)
     by_category: dict[str, str] = Field(default_factory=dict)
@@ -244,13 +246,16 @@ def _clean(text: str) -> str:
     return re.sub(r'(?m)^\s*(?:#+|>+)\s*', '', text)
 
 # %% ../nbs/04_discrimination.ipynb #14986547
+_MIN_SCORE = contextvars.ContextVar('min_score', default=SCORE_MIN)
+
 def _to_score(neg: Optional[str], value: str, scale: Optional[str]) -> float:
-    "The value of a score token (its sign, number and scale), or an error when it is off the 1-10 scale."
+    "The value of a score token (its sign, number and scale), or an error when it is off the judge's scale."
     if scale and float(scale) != 10:
         raise ScoreParseError(f"score {value}/{scale} is not on the 1-10 scale")
     x = -float(value) if neg else float(value)
-    if not (SCORE_MIN <= x <= SCORE_MAX):
-        raise ScoreParseError(f"score {x:g} is outside {SCORE_MIN:g}-{SCORE_MAX:g}")
+    lo = _MIN_SCORE.get()
+    if not (lo <= x <= SCORE_MAX):
+        raise ScoreParseError(f"score {x:g} is outside {lo:g}-{SCORE_MAX:g}")
     return x
 
 # %% ../nbs/04_discrimination.ipynb #2703de4f
@@ -309,7 +314,7 @@ def _json_scores(text: str) -> Optional[tuple[float, float]]:
 _LABEL = re.compile(
     r"\b(?:assistant|answer|response)[ \t]*(?:#|no\.?)?[ \t]*([12])\b(?:'s)?"
     r"(?:[ \t:=|,()\[\]]|[\-–—](?!\d)|\b(?:final|overall|total|scores?|scored|rating|rated|gets|got"
-    r"|receives|deserves|earns|is|a|of|answer|response)\b)*",
+    r"|receives|deserves|earns|is|a|an|of|answer|response|submission|reply|work)\b)*",
     re.I)
 _AFTER_OK = re.compile(r"\s*(?:$|[.,;:)(|\-–—]|\b(?:points?|because|since|as|for|due|and|while|whereas"
                        r"|but)\b)", re.I)
@@ -447,6 +452,60 @@ def _line_candidates(lines: list[str]) -> list[tuple[str, tuple]]:
         out.append((f'line {i + 1}', (_to_score(*pair[0]), _to_score(*pair[1]))))
     return out
 
+# %% ../nbs/04_discrimination.ipynb #5c5fe37a
+_SECTION = re.compile(
+    r"(?:assistant|answer|response)\s*(?:#|no\.?)?\s*([12])(?:'s\s+(?:answer|response|submission))?"
+    r"\s*[:.\-–—]?",
+    re.I,
+)
+_SCORE_LINE = re.compile(r'(?:(?:overall|final|total)\s+)?(?:score|rating)\s*[:=\-–—]?\s*', re.I)
+
+def _section_scores(lines: list[str]) -> Optional[tuple[float, float]]:
+    """The scores of a reply written as one section per assistant, each with its own 'Score: x' line; else
+    None."""
+    found, label = {}, None
+    for line in lines:
+        head = _SECTION.fullmatch(line)
+        if head:
+            label = head.group(1)
+            continue
+        m = _SCORE_LINE.match(line)
+        tok = _TOKEN.match(line, m.end()) if m else None
+        if label is None or not tok or not re.fullmatch(r'\s*(?:[.,;]\s*)?(?:\(.*\))?\.?', line[tok.end():]):
+            continue
+        found.setdefault(label, []).append(_to_score(*tok.groups()))
+    mixed = {k: v for k, v in found.items() if len(set(v)) > 1}
+    if mixed: raise ScoreParseError("conflicting scores: " + '; '.join(
+        f"section of Assistant {k}: {' vs '.join(f'{x:g}' for x in v)}" for k, v in sorted(mixed.items())))
+    return (found['1'][0], found['2'][0]) if set(found) == {'1', '2'} else None
+
+# %% ../nbs/04_discrimination.ipynb #a7ee4eeb
+_NUM = r"(-)?(\d+(?:\.\d+)?)(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?"
+_WHO = r"(?:assistant|answer|response)\s*(?:#|no\.?)?\s*"
+_RESPECTIVELY = re.compile(
+    rf"\b(?:(scores?|ratings?)\b[^.\n]{{0,20}}?)?\b{_WHO}1(?:'s)?\s*(?:,|and|&)\s*(?:the\s+)?{_WHO}2(?:'s)?"
+    rf"\s*(?:are|is|would\s+be|will\s+be|get|receive|=|:)?\s*{_NUM}\s*(?:,\s*and|,|and|&)\s*{_NUM}"
+    rf"(?![\d.]\d)(,?\s+respectively)?", re.I)
+_BOTH = re.compile(rf"\bboth\s+(?:of\s+them|(?:the\s+)?(?:assistants|answers|responses))\b[^.\n]{{0,30}}?"
+                   rf"\b(?:score|rating)\s+of\s+{_NUM}(?![\d.]\d)", re.I)
+_OUTPUT = re.compile(rf"output\s*[:=]\s*\(\s*{_NUM}\s*,\s*{_NUM}\s*\)\s*\.?", re.I)
+
+def _sentence_scores(text: str, lines: list[str]) -> list[tuple[str, tuple]]:
+    "[(where, (score 1, score 2)), ...] of the one-sentence statements of both scores in the reply."
+    out = []
+    for m in _RESPECTIVELY.finditer(text):
+        end = m.end(7) if m.group(7) else m.end(6)           # after the second score
+        if not (m.group(1) or m.group(8)) or _RANGE.match(text, end - 1): continue
+        if not (m.group(8) or _AFTER_OK.match(text, end)) or _PARTIAL.match(text, end): continue
+        out.append(('respectively', (_to_score(*m.groups()[1:4]), _to_score(*m.groups()[4:7]))))
+    for m in _BOTH.finditer(text):
+        if _RANGE.match(text, m.start(2)) or not _AFTER_OK.match(text, m.end()): continue
+        x = _to_score(*m.groups()[:3])
+        out.append(('both', (x, x)))
+    last = _OUTPUT.fullmatch(lines[-1]) if lines else None
+    if last: out.append(('output line', (_to_score(*last.groups()[:3]), _to_score(*last.groups()[3:]))))
+    return out
+
 # %% ../nbs/04_discrimination.ipynb #a38db00b
 _TUPLE = re.compile(r'\b(?:tuple|scores?)\b[^()\n]{0,30}\(\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*\)',
                     re.I)
@@ -454,11 +513,15 @@ _TUPLE = re.compile(r'\b(?:tuple|scores?)\b[^()\n]{0,30}\(\s*(\d+(?:\.\d+)?)\s*,
 def _candidates(text: str, lines: list[str]) -> list[tuple[str, tuple]]:
     """Every clear statement of both scores anywhere in the reply, with where it was found: a JSON object,
     score lines that label both assistants (unlabelled ones only as the reply's first or last line), a score
-    table, a 'tuple (8, 6)'. Labelled numbers in prose are not among them."""
+    table, a 'tuple (8, 6)', one section per assistant, one sentence of both scores (`_sentence_scores`).
+    Labelled numbers in prose are not among them."""
     out = []
     js = _json_scores(text)
     if js is not None: out.append(('JSON', js))
     out += _line_candidates(lines)
+    sections = _section_scores(lines)
+    if sections is not None: out.append(('sections', sections))
+    out += _sentence_scores('\n'.join(lines), lines)
     body = '\n'.join(lines)
     tab = _table_scores(body)
     if tab is not None: out.append(('table', tab))
@@ -492,6 +555,8 @@ def _fallback(text: str, lines: list[str], truncated: bool, why: str) -> tuple[f
 def parse_scores(text: str, # the judge's reply
                  finish_reason: Optional[str] = None, # 'length' when the reply was cut at max_tokens
                  parser: str = 'scores_last', # the judge's parser: 'scores_last', 'scores_first' or 'json'
+                 # the lowest score on the judge's scale (its `min_score`: 1 or 0)
+                 min_score: float = SCORE_MIN,
                 ) -> tuple[float, float]:
     """The judge's two scores (first shown, second shown) from its reply; `ScoreParseError` when unclear.
     `parser` is the judge's: 'scores_last' (the prompt asks for the scores at the end), 'scores_first' (on the
@@ -501,7 +566,13 @@ def parse_scores(text: str, # the judge's reply
     if parser not in SCORE_PARSERS:
         raise LionError(f"unknown score parser {parser!r}; parsers are {', '.join(SCORE_PARSERS)}")
     if text is None or not text.strip(): raise ScoreParseError("the reply is empty")
-    truncated = finish_reason == 'length'
+    scale = _MIN_SCORE.set(min_score)
+    try: return _parse_scores(text, finish_reason == 'length', parser)
+    finally: _MIN_SCORE.reset(scale)
+
+# %% ../nbs/04_discrimination.ipynb #35f87f4f
+def _parse_scores(text: str, truncated: bool, parser: str) -> tuple[float, float]:
+    "The rules above, in order: the designated line, then one clear statement, then labelled prose."
     if parser == 'json':
         got = _json_scores(text)
         if got is not None: return got
@@ -510,6 +581,34 @@ def parse_scores(text: str, # the judge's reply
     pair, why = _designated(lines, parser == 'scores_first', truncated)
     if pair is not None: return pair
     return _fallback(text, lines, truncated, why)
+
+# %% ../nbs/04_discrimination.ipynb #46efcb1d
+_NUMBER = re.compile(r'(?<![\w.])\d+(?:\.\d+)?(?![\w])')
+
+def score_spans(text: str, # the judge's reply
+                finish_reason: Optional[str] = None, # 'length' when the reply was cut at max_tokens
+                parser: str = 'scores_last', # the judge's parser
+                min_score: float = SCORE_MIN, # the lowest score on the judge's scale
+               ) -> tuple[tuple[float, float], list[Optional[tuple[int, int]]]]:
+    """The parsed scores, and the (start, end) characters in `text` where the parser found each (None: no one
+    place)."""
+    scores = parse_scores(text, finish_reason, parser, min_score)
+    spans = []
+    for k in (0, 1):
+        other = next(v for v in (2.0, 3.0, 4.0, 5.0) if v not in scores)
+        hits = []
+        for m in _NUMBER.finditer(text):
+            # a scale
+            if re.search(r'(?:/|out\s+of)\s*$', text[max(0, m.start() - 8):m.start()], re.I): continue
+            try:
+                got = parse_scores(
+                    text[: m.start()] + f'{other:g}' + text[m.end() :], finish_reason, parser, min_score
+                )
+            except ScoreParseError:
+                continue
+            if got[k] == other and got[1 - k] == scores[1 - k]: hits.append(m.span())
+        spans.append(hits[0] if len(hits) == 1 else None)
+    return scores, spans
 
 # %% ../nbs/04_discrimination.ipynb #b0d491da
 REPAIR_PROMPT = ("I could not read your scores ({why}). Reply now with only these two lines and nothing "
@@ -613,14 +712,23 @@ class RefereeSettings:
                    iteration=iteration, stage=stage)
 
 # %% ../nbs/04_discrimination.ipynb #c46e4e4b
-SCORE_LINE = {'scores_first': 'first', 'scores_last': 'last', 'json': 'last'}
+LOGPROB_TOLERANCE = 1.5
 
-def judge_scores(text_scores: tuple[float, float], res, judge: Judge) -> tuple[tuple[float, float], str]:
-    """The review's scores and how they were read ('logprob' or 'text'): `res`'s logprobs where the judge
+def judge_scores(text_scores: tuple[float, float], res, judge: Judge,
+                 parser: Optional[str] = None) -> tuple[tuple[float, float], str, dict]:
+    """The review's scores, how they were read ('logprob' or 'text') and what the call record should add:
+    `res`'s logprobs at the scores the text parser found (`parser`, default the judge's), where the judge
     wants them."""
-    if judge.config.scorer != 'logprob' or not res.logprobs: return tuple(text_scores), 'text'
-    try: return tuple(expected_scores(res.logprobs, SCORE_LINE[judge.config.parser], 2)), 'logprob'
-    except LionError: return tuple(text_scores), 'text'
+    if judge.config.scorer != 'logprob' or not res.logprobs: return tuple(text_scores), 'text', {}
+    try:
+        _, spans = score_spans(res.text, res.finish_reason, parser or judge.parser, judge.config.min_score)
+        if None in spans: raise LionError("a score has no one place in the reply")
+        lp = tuple(expected_scores(res.logprobs, spans, res.text))
+    except LionError as e: return tuple(text_scores), 'text', {'logprob_error': str(e)}
+    note = {'logprob_scores': [round(x, 4) for x in lp]}
+    if max(abs(a - b) for a, b in zip(lp, text_scores)) > LOGPROB_TOLERANCE:
+        return tuple(text_scores), 'text', {**note, 'logprob_disagrees': True}
+    return lp, 'logprob', note
 
 # %% ../nbs/04_discrimination.ipynb #63446b62
 def _latest(records: Iterable[Review]) -> dict:
@@ -678,15 +786,15 @@ def _read_reply(item: tuple, res, attempt: int, settings: RefereeSettings, fp: s
     text = res.text or ''
     texts = texts + [text if attempt == 0 else f"[scores given on repair request {attempt}]\n{text}"]
     parser = 'json' if settings.structured else settings.judge.parser
-    try: scores = parse_scores(text, res.finish_reason, parser)
+    try: scores = parse_scores(text, res.finish_reason, parser, settings.judge.config.min_score)
     except ScoreParseError as e:
         call = {**call, 'outcome': 'unparsed', 'error': str(e), 'text': text}
         if attempt < settings.repair_retries:
             return call, None, (p, o, repair_messages(msgs, text, str(e), settings.structured), texts)
         why = f"unparseable after {attempt + 1} attempt(s): {e}"
         return call, _review(settings, p, o, texts, status='unscored', error=why), None
-    scores, scorer = judge_scores(scores, res, settings.judge)
-    call = {**call, 'outcome': 'scored', 'scores': list(scores), 'scorer': scorer, 'text': text}
+    scores, scorer, note = judge_scores(scores, res, settings.judge, parser)
+    call = {**call, 'outcome': 'scored', 'scores': list(scores), 'scorer': scorer, **note, 'text': text}
     return call, _review(settings, p, o, texts, scores=list(scores)), None
 
 # %% ../nbs/04_discrimination.ipynb #7a801a2b

@@ -271,13 +271,13 @@ def word_len(text: str) -> int:
 # %% ../nbs/06_evaluation.ipynb #c31030d6
 def make_verdict(kind: str, order: str, text: Optional[str], *, status: str = 'done',
                  error: Optional[str] = None, finish_reason: Optional[str] = None,
-                 parser: str = 'scores_last', **meta) -> dict:
+                 parser: str = 'scores_last', min_score: float = 1.0, **meta) -> dict:
     "One verdict record from a judge reply (`kind` 'score' or 'pair', `order` 'cand_first' or 'opp_first')."
     v = dict(meta, kind=kind, order=order, text=text or '', status=status)
     if status != 'done': return dict(v, error=error or 'the judge call failed')
     cand_first = order == 'cand_first'
     if kind == 'score':
-        try: pair = parse_scores(text, finish_reason, parser)
+        try: pair = parse_scores(text, finish_reason, parser, min_score)
         except ScoreParseError as e: return dict(v, status='unscored', error=str(e))
         c, o = pair if cand_first else pair[::-1]
         return dict(v, cand_score=c, opp_score=o, outcome='win' if c > o else 'lose' if c < o else 'tie')
@@ -554,8 +554,10 @@ def _job_verdict(j: dict, kind: str, r) -> dict:
                             **meta)
     ok = r.status == 'done'
     parser = jd.parser if jd is not None and kind == 'score' else 'scores_last'
+    lowest = jd.config.min_score if jd is not None else 1.0   # the judge's scale: a 0 only where it has one
     return make_verdict(kind, j['order'], r.text if ok else None, status='done' if ok else 'failed',
-                        error=None if ok else r.error, finish_reason=r.finish_reason, parser=parser, **meta)
+                        error=None if ok else r.error, finish_reason=r.finish_reason, parser=parser,
+                        min_score=lowest, **meta)
 
 # %% ../nbs/06_evaluation.ipynb #0374cc3c
 def run_judge(jobs: list[dict], kinds: dict, client, *, seed: int, cfg: Optional[Config] = None,

@@ -5,96 +5,96 @@
 # %% ../nbs/04b_logprob.ipynb #669dc3fb
 from __future__ import annotations
 import math
-import re
 from typing import Optional, Sequence
 
 from .core import LionError
 
 # %% auto #0
-__all__ = ['LABEL', 'NUMBER', 'token_spans', 'score_positions', 'expected_value', 'expected_scores']
+__all__ = ['token_spans', 'number_tokens', 'expected_value', 'expected_scores']
 
 # %% ../nbs/04b_logprob.ipynb #b3c86e71
 def token_spans(content: Sequence[dict], # the reply's `logprobs.content`, one entry per token
                ) -> tuple[str, list[tuple[int, int]]]:
     "The reply text rebuilt from its tokens, and each token's (start, end) character span."
-    spans, pos = [], 0
-    for entry in content:
-        spans.append((pos, pos + len(entry['token'])))
-        pos += len(entry['token'])
-    return ''.join(e['token'] for e in content), spans
+    if not all(e.get('bytes') is not None for e in content):
+        ends = [0]
+        for e in content: ends.append(ends[-1] + len(e['token']))
+        return ''.join(e['token'] for e in content), list(zip(ends, ends[1:]))
+    data, cuts = b'', [0]
+    for e in content:
+        data += bytes(e['bytes'])
+        cuts.append(len(data))
+    chars = [len(data[:c].decode('utf-8', errors='ignore')) for c in cuts]
+    return data.decode('utf-8', errors='replace'), list(zip(chars, chars[1:]))
 
 # %% ../nbs/04b_logprob.ipynb #e475f4cd
-LABEL = re.compile(r'(?i)\b(?:assistant|answer|response|output|model)\s*#?\s*[12]\b')
-
-def _unlabelled(text: str) -> str:
-    "`text` with answer labels such as 'Assistant 1' blanked out (same length): their digits aren't scores."
-    return LABEL.sub(lambda m: ' ' * len(m.group(0)), text)
+def number_tokens(content: Sequence[dict], # the reply's `logprobs.content`
+                  span: tuple[int, int], # the characters of one number in the reply (from the text parser)
+                 ) -> list[int]:
+    "Indices of the tokens that wrote the integer part of the number at `span`; an error if they wrote more."
+    text, spans = token_spans(content)
+    a, b = span
+    whole = text[a:b].split('.')[0]
+    if not whole.isdigit(): raise LionError(f"no number at characters {a}-{b} of the reply: {text[a:b]!r}")
+    b = a + len(whole)
+    idx = [i for i, (s, e) in enumerate(spans) if s < b and e > a]
+    if not idx: raise LionError(f"no token wrote characters {a}-{b} of the reply")
+    head, tail = text[spans[idx[0]][0]:a], text[b:spans[idx[-1]][1]]
+    if head.strip() or tail:
+        raise LionError(
+            f"the token(s) {text[spans[idx[0]][0] : spans[idx[-1]][1]]!r} write more than the score"
+        )
+    return idx
 
 # %% ../nbs/04b_logprob.ipynb #ba420a69
-def _lines(text: str):
-    start = 0
-    for line in text.split('\n'):
-        yield start, line
-        start += len(line) + 1
+def _continues_with_zero(after: dict) -> Optional[tuple[float, float]]:
+    "(P(the number goes on with '0'), P(it ends)) from the token after a '1'; None when neither is listed."
+    zero = end = 0.0
+    for alt in after.get('top_logprobs') or []:
+        tok, p = alt['token'], math.exp(alt['logprob'])
+        if tok[:1] == '0' and not tok[1:2].isdigit(): zero += p
+        elif not tok[:1].isdigit(): end += p
+    return (zero, end) if zero + end > 0 else None
 
 # %% ../nbs/04b_logprob.ipynb #d4c598b3
-NUMBER = re.compile(r'(?<![\d.])(10|[1-9])(?:\.\d+)?(?![\d])')
-
-def _score_lines(text: str, which: str, n: int) -> list[tuple[int, str, int]]:
-    """(start, line, how many numbers to read) of the score line(s): the first (or last) line holding `n`
-    numbers; else `n` labelled lines in a row at the start (or end) of the numbered lines, one number each
-    ('Assistant 1: 8' and 'Assistant 2: 6' on their own lines)."""
-    labelled = {s for s, line in _lines(text) if LABEL.search(line)}
-    numbered = [(s, line) for s, line in _lines(_unlabelled(text)) if NUMBER.search(line)]
-    full = [(s, line, n) for s, line in numbered if len(NUMBER.findall(line)) >= n]
-    if full: return [full[0] if which == 'first' else full[-1]]
-    run = numbered[:n] if which == 'first' else numbered[-n:]
-    if len(run) == n and all(len(NUMBER.findall(line)) == 1 and s in labelled for s, line in run):
-        return [(s, line, 1) for s, line in run]
-    raise LionError(f"no line of the reply holds {n} scores, nor do {n} lines of one score each")
-
-# %% ../nbs/04b_logprob.ipynb #ccbd513c
-def score_positions(content: Sequence[dict], # the reply's `logprobs.content`, one entry per token
-                    which: str = 'first', # read the 'first' or the 'last' score line
-                    n: int = 2, # how many scores the line holds
-                   ) -> list[list[int]]:
-    "Token indices of the `n` numbers on the reply's first (or last) score line(s) (see `_score_lines`)."
-    if which not in ('first', 'last'): raise ValueError(f"which is 'first' or 'last', not {which!r}")
-    text, spans = token_spans(content)
-    found = []
-    for start, line, k in _score_lines(text, which, n):
-        for m in list(NUMBER.finditer(line))[:k]:
-            a, b = start + m.start(1), start + m.end(1)
-            found.append([i for i, (s, e) in enumerate(spans) if s < b and e > a])
-    return found
-
-# %% ../nbs/04b_logprob.ipynb #f2d80371
 def expected_value(entry: dict, # one token's entry of `logprobs.content`, with its `top_logprobs`
-                   ten_split: bool = False, # the token is the "1" of a "10" written in two tokens
+                   after: Optional[dict] = None, # the next token's entry, when this token is a "1"
                   ) -> Optional[float]:
-    "Expected score over one position's integer alternatives 1-10; None when there are none."
+    "Expected score over one position's integer alternatives 1-10 ('10' = '1' then '0'); None: none."
+    alts = entry.get('top_logprobs') or []
+    has_ten = any(a['token'].strip() == '10' for a in alts)
+    split = _continues_with_zero(after) if after is not None and entry['token'].strip() == '1' else None
     probs = {}
-    for alt in entry.get('top_logprobs') or []:
-        tok = alt['token'].strip()
-        if not tok.isdigit(): continue
-        v = int(tok)
-        if ten_split and v == 1: v = 10
-        if 1 <= v <= 10: probs[v] = probs.get(v, 0.0) + math.exp(alt['logprob'])
+    for alt in alts:
+        tok, p = alt['token'].strip(), math.exp(alt['logprob'])
+        if not tok.isdigit() or not 1 <= int(tok) <= 10: continue
+        if tok == '1' and not has_ten:
+            if split is None: continue                        # 1 or 10: not known, so not counted
+            zero, end = split
+            probs[10] = probs.get(10, 0.0) + p * zero / (zero + end)
+            probs[1] = probs.get(1, 0.0) + p * end / (zero + end)
+        else: probs[int(tok)] = probs.get(int(tok), 0.0) + p
     total = sum(probs.values())
     return sum(v * p for v, p in probs.items()) / total if total > 0 else None
 
 # %% ../nbs/04b_logprob.ipynb #e7b34f2d
+_ENDED = {'token': '', 'logprob': 0.0, 'top_logprobs': [{'token': '', 'logprob': 0.0}]}   # the reply ended
+
 def expected_scores(content: Sequence[dict], # the reply's `logprobs.content`, one entry per token
-                    which: str = 'first', # read the 'first' or the 'last' score line
-                    n: int = 2, # how many scores the line holds
+                    # each score's characters in the reply (the text parser's)
+                    spans: Sequence[tuple[int, int]],
+                    text: Optional[str] = None, # the reply as the text parser read it, to check the tokens
                    ) -> list[float]:
-    "The `n` scores of a reply as expectations over their tokens' `top_logprobs`."
+    "Each score at `spans` as an expectation over its tokens' `top_logprobs`."
     if not content:
         raise LionError("the reply has no logprobs: ask the endpoint for logprobs and top_logprobs")
+    if text is not None and token_spans(content)[0] != text:
+        raise LionError("the logprob tokens do not spell the reply the text parser read")
     out = []
-    for idx in score_positions(content, which, n):
-        ten = len(idx) == 2 and ''.join(content[i]['token'].strip() for i in idx) == '10'
-        v = expected_value(content[idx[0]], ten_split=ten)
-        if v is None: raise LionError(f"no score alternatives at token {idx[0]} of the reply")
+    for span in spans:
+        i = number_tokens(content, span)[0]
+        after = content[i + 1] if i + 1 < len(content) else _ENDED
+        v = expected_value(content[i], after)
+        if v is None: raise LionError(f"no score alternatives at token {i} of the reply")
         out.append(v)
     return out

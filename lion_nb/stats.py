@@ -4,6 +4,7 @@
 
 # %% ../nbs/06a_stats.ipynb #c5449150
 from __future__ import annotations
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -11,8 +12,9 @@ import numpy as np
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['Interval', 'resample_indices', 'bootstrap', 'mean_ci', 'ratio_ci', 'stratified_mean_ci', 'paired_diff_ci', 'align',
-           'verdict', 'spread', 'yerr']
+__all__ = ['FEW_SEEDS', 'Interval', 'resample_indices', 'bootstrap', 'mean_ci', 'ratio_ci', 'stratified_mean_ci',
+           'paired_diff_ci', 'align', 'verdict', 't_quantile', 't_interval', 'hierarchical_ci', 'seed_verdict',
+           'spread', 'yerr']
 
 # %% ../nbs/06a_stats.ipynb #d1ca8056
 @dataclass(frozen=True)
@@ -150,6 +152,89 @@ def verdict(a: str, # the first system's name
     if diff.lo > 0: return f"{head}: {a} is better"
     if diff.hi < 0: return f"{head}: {b} is better"
     return f"{head}: no difference shown (the interval holds 0)"
+
+# %% ../nbs/06a_stats.ipynb #6d767aff
+def _t_cdf(x: float, df: int) -> float:
+    "P(T <= x) for Student's t with `df` degrees of freedom (x >= 0), by Simpson's rule on the density."
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+    t = np.linspace(0.0, x, 4001)
+    f = c * (1 + t * t / df) ** (-(df + 1) / 2)
+    h = x / 4000
+    return 0.5 + h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
+
+def t_quantile(p: float, df: int) -> float:
+    "The `p` quantile (0.5 < p < 1) of Student's t with `df` >= 1 degrees of freedom."
+    if df < 1 or not 0.5 < p < 1: raise ValueError("t_quantile needs df >= 1 and 0.5 < p < 1")
+    lo, hi = 0.0, 1.0
+    while _t_cdf(hi, df) < p: hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2
+
+# %% ../nbs/06a_stats.ipynb #6330f9a4
+def t_interval(values: Sequence[float], # one number per seed (a per-seed difference)
+               level: float = 0.95, # the confidence level
+              ) -> Interval:
+    "Student's t interval of the mean of per-seed `values` (`n` = seeds); no bounds with fewer than 2."
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    if not len(x): return Interval(None, None, None, level, 0)
+    if len(x) < 2: return Interval(float(x.mean()), None, None, level, 1)
+    half = t_quantile((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return Interval(float(x.mean()), float(x.mean() - half), float(x.mean() + half), level, len(x))
+
+# %% ../nbs/06a_stats.ipynb #dc0bacae
+def hierarchical_ci(
+    stat: Callable,  # maps weights `(rounds, n)` and a seed's columns (`n` values each) to values
+    seeds: dict,  # {seed: (item ids, [column, ...])}; one id in two seeds is one question
+    rounds: int = 2000,  # how many resamples
+    seed: int = 0,  # the seed of the draw
+    level: float = 0.95,  # the confidence level
+) -> Interval:
+    "Bootstrap `Interval` of the mean over seeds of `stat`, resampling seeds, then questions within them."
+    seeds = {s: (list(ids), _as_columns(cols)) for s, (ids, cols) in seeds.items() if len(ids)}
+    if not seeds: return Interval(None, None, None, level, 0)
+    questions = sorted({i for ids, _ in seeds.values() for i in ids}, key=str)
+    col = {q: j for j, q in enumerate(questions)}
+    rng = np.random.default_rng(seed)
+    counts = np.stack([np.bincount(r, minlength=len(questions))
+                       for r in rng.integers(0, len(questions), size=(rounds, len(questions)))])
+    point = float(np.mean([stat(np.ones((1, len(ids))), *cols)[0] for ids, cols in seeds.values()]))
+    with np.errstate(divide='ignore', invalid='ignore'):
+        per = np.stack(
+            [stat(counts[:, [col[i] for i in ids]].astype(float), *cols) for ids, cols in seeds.values()]
+        )
+    drawn = rng.integers(0, len(seeds), size=(rounds, len(seeds)))
+    vals = per[drawn.T, np.arange(rounds)].mean(axis=0)
+    vals = vals[np.isfinite(vals)]
+    if not len(vals): return Interval(point, None, None, level, len(seeds))
+    return Interval(point, *_percentiles(vals, level), level, len(seeds))
+
+# %% ../nbs/06a_stats.ipynb #9019ae54
+FEW_SEEDS = 5
+
+def seed_verdict(a: str, # the first system's name
+                 b: str, # the second system's name
+                 boot: Interval, # `hierarchical_ci` of a - b
+                 t: Optional[Interval], # `t_interval` of the per-seed differences (needed under 5 seeds)
+                 unit: str = '', # written after the difference
+                ) -> str:
+    """A sentence such as 'lion - control = +0.72 points, ...: not shown, 2 seeds' from the seed-level
+    intervals."""
+    if boot.value is None: return f"{a} - {b}: no items in common"
+    n = boot.n
+    head = f"{a} - {b} = {boot.value:+.2f}{unit}, seed-level {boot.level:.0%} bootstrap {_signed(boot)}"
+    if t is not None and t.value is not None: head += f", t over seeds {_signed(t)}"
+    ok = [boot] + ([t] if n < FEW_SEEDS else [])
+    seeds = f"{n} seed{'s' if n != 1 else ''}"
+    if all(iv is not None and iv.lo is not None and iv.lo > 0 for iv in ok):
+        return f"{head}: {a} ahead, {seeds}"
+    if all(iv is not None and iv.lo is not None and iv.hi < 0 for iv in ok):
+        return f"{head}: {b} ahead, {seeds}"
+    return f"{head}: not shown, {seeds}"
+
+def _signed(iv: Interval) -> str:
+    return 'n/a' if iv.lo is None else f"[{iv.lo:+.2f}, {iv.hi:+.2f}]"
 
 # %% ../nbs/06a_stats.ipynb #c0c2d5f6
 def spread(values: Sequence[float]) -> dict:

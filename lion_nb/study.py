@@ -5,20 +5,23 @@
 # %% ../nbs/07b_study.ipynb #1cda7484
 from __future__ import annotations
 import argparse, json
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import yaml
 
 from .core import LionError, atomic_write_text, load_config, write_json
 from .evaluation import (PAIR_SETS, arm_budget, arm_diff, arm_items, arm_probes, budget_lines,
                                 compare_arms, final_evaluation, mechanism, probes_line, pyplot, save_figure)
 from .loop import BASELINES, run_loop
-from .stats import spread, verdict, yerr
+from .stats import FEW_SEEDS, align, hierarchical_ci, seed_verdict, spread, t_interval, yerr
 
 # %% auto #0
-__all__ = ['seed_config', 'arm_dirs', 'run_seed', 'seed_items', 'pooled_diff', 'probe_lines', 'summarise_study', 'study_table',
-           'mechanism_lines', 'plot_study', 'study_parser', 'print_budgets', 'study_cli']
+__all__ = ['seed_config', 'arm_dirs', 'run_seed', 'seed_items', 'pooled_diff', 'seed_level_diff', 'probe_lines',
+           'summarise_study', 'study_table', 'mechanism_lines', 'plot_study', 'study_parser', 'print_budgets',
+           'study_cli']
 
 # %% ../nbs/07b_study.ipynb #9c5bd54b
 def seed_config(config_path, # the study's configuration (YAML)
@@ -64,12 +67,42 @@ def seed_items(run_dir, set_name: str, seed: int) -> dict:
 def pooled_diff(arms: dict,  # {seed: (Lion run folder, control run folder)}
                 set_name: str,
                ):
-    "The paired bootstrap `Interval` of Lion minus control on `set_name`, over all seeds' items together."
+    "The item-level paired bootstrap `Interval` of Lion minus control on `set_name`, all seeds' items pooled."
     a, b = {}, {}
     for seed, (lion_dir, control_dir) in arms.items():
         a.update(seed_items(lion_dir, set_name, seed))
         b.update(seed_items(control_dir, set_name, seed))
     return arm_diff(set_name, a, b)
+
+# %% ../nbs/07b_study.ipynb #c2b9727f
+def _seed_columns(lion_dir, control_dir, set_name: str) -> tuple[list, list]:
+    """(item ids, columns) of one seed on `set_name`: both arms' values on the items both final evaluations
+    scored."""
+    (_, va), (_, vb) = final_evaluation(lion_dir), final_evaluation(control_dir)
+    ids, xa, xb = align(arm_items(va, set_name), arm_items(vb, set_name))
+    if set_name in PAIR_SETS: return ids, [xa, xb]
+    return ids, [[c for c, _ in xa], [o for _, o in xa], [c for c, _ in xb], [o for _, o in xb]]
+
+def _weighted_diff(set_name: str) -> Callable:
+    "Lion minus control on weighted items: relative scores in points, or win rates in %."
+    if set_name in PAIR_SETS: return lambda w, a, b: 100 * (w @ (a - b)) / w.sum(axis=1)
+    return lambda w, ca, oa, cb, ob: 100 * (w @ ca) / (w @ oa) - 100 * (w @ cb) / (w @ ob)
+
+def seed_level_diff(arms: dict,  # {seed: (Lion run folder, control run folder)}
+                    set_name: str,
+                   ) -> dict:
+    """Lion minus control over seeds: the seeds-then-items bootstrap, the t interval (under 5 seeds), the
+    items."""
+    cols = {s: _seed_columns(a, b, set_name) for s, (a, b) in arms.items()}
+    stat = _weighted_diff(set_name)
+    per = [float(stat(np.ones((1, len(ids))), *map(np.asarray, c))[0]) for ids, c in cols.values() if ids]
+    seen = Counter(i for ids, _ in cols.values() for i in set(ids))
+    return {
+        'bootstrap': hierarchical_ci(stat, cols),
+        't': t_interval(per) if len(per) < FEW_SEEDS else None,
+        'items': sum(len(ids) for ids, _ in cols.values()),
+        'shared_questions': sum(n > 1 for n in seen.values()),
+    }
 
 # %% ../nbs/07b_study.ipynb #89018b13
 def probe_lines(summary: dict) -> list[str]:
@@ -84,7 +117,7 @@ def _unit(set_name: str) -> str:
 def summarise_study(arms: dict,  # {seed: (Lion run folder, control run folder)}
                     control: str = 'random-seeds',  # the control's name
                    ) -> dict:
-    "Per seed: `compare_arms`, budgets, mechanism, probes. Per set: spread over seeds, pooled interval."
+    "Per seed: `compare_arms`, budgets, mechanism, probes. Per set: spread, seed-level and pooled intervals."
     labels = ('lion', control)
     seeds = {s: {**compare_arms(a, b, labels),
                  'budgets': {labels[0]: arm_budget(a), labels[1]: arm_budget(b)},
@@ -92,27 +125,39 @@ def summarise_study(arms: dict,  # {seed: (Lion run folder, control run folder)}
     sets = sorted(set.intersection(*(set(r['sets']) for r in seeds.values()))) if seeds else []
     over = {}
     for s in sets:
-        pooled = pooled_diff(arms, s)
+        lvl = seed_level_diff(arms, s)
+        t = lvl['t'].as_dict() if lvl['t'] else None
         over[s] = {'spread': spread([r['sets'][s]['diff']['value'] for r in seeds.values()]),
-                   'pooled': pooled.as_dict(), 'verdict': verdict(*labels, pooled, _unit(s))}
+                   'seed_level': {**lvl, 'bootstrap': lvl['bootstrap'].as_dict(), 't': t},
+                   'pooled': pooled_diff(arms, s).as_dict(),
+                   'verdict': seed_verdict(*labels, lvl['bootstrap'], lvl['t'], _unit(s))}
     return {'control': control, 'seeds': seeds, 'sets': over}
 
-# %% ../nbs/07b_study.ipynb #db527270
+# %% ../nbs/07b_study.ipynb #f0f07db0
 def _row(set_name: str, who: str, iv: dict, words: str) -> str:
     ci = f"[{iv['lo']:+7.2f}, {iv['hi']:+7.2f}]" if iv.get('lo') is not None else ' ' * 18
     val = f"{iv['value']:+8.2f}" if iv.get('value') is not None else '     n/a'
     return f"{set_name:<10} {who:<8} {val} {ci} {iv.get('n', 0):>5}  {words}"
 
+def _seed_words(c: dict) -> str:
+    iv = c['diff']
+    if iv.get('lo') is None: return 'no interval'
+    return "this seed's items: " + ('the interval excludes 0' if iv['lo'] > 0 or iv['hi'] < 0 else 'holds 0')
+
 def study_table(summary: dict) -> str:
-    "The study's comparison as text: per set, each seed's Lion - control with its 95% interval, then pooled."
+    """The study's comparison as text: per set, each seed's Lion - control with its 95% interval, then the
+    seed-level intervals and the verdict over seeds, the items pooled, and the spread."""
     lines = [f"{'set':<10} {'seed':<8} {'lion - ' + summary['control']:>8} {'95% interval':^18} "
-             f"{'items':>5}  verdict", '-' * 90]
+             f"{'n':>5}  verdict", '-' * 90]
     for s, over in summary['sets'].items():
         for seed, r in summary['seeds'].items():
-            c = r['sets'][s]
-            lines.append(_row(s, str(seed), c['diff'], c['verdict'].rsplit(': ', 1)[-1]))
-        sp = over['spread']
-        lines.append(_row(s, 'pooled', over['pooled'], over['verdict'].rsplit(': ', 1)[-1]))
+            lines.append(_row(s, str(seed), r['sets'][s]['diff'], _seed_words(r['sets'][s])))
+        lvl, sp = over['seed_level'], over['spread']
+        lines.append(_row(s, 'seeds', lvl['bootstrap'], over['verdict'].rsplit(': ', 1)[-1] +
+                          ' (bootstrap over seeds, then items)'))
+        if lvl['t']: lines.append(_row(s, 't', lvl['t'], 'the t interval over the per-seed differences'))
+        lines.append(_row(s, 'items', over['pooled'], f"all seeds' items pooled ({lvl['shared_questions']} "
+                          'questions in several seeds): seeds not resampled, no verdict'))
         if sp['n'] > 1:
             lines.append(f"{'':<10} {'spread':<8} mean {sp['mean']:+.2f}, sd {sp['sd']:.2f} over "
                          f"{sp['n']} seeds (min {sp['min']:+.2f}, max {sp['max']:+.2f})")
@@ -131,15 +176,17 @@ def mechanism_lines(summary: dict) -> list[str]:
 
 # %% ../nbs/07b_study.ipynb #04d3da58
 def plot_study(summary: dict, path) -> Optional[Path]:
-    "A PNG of Lion - control per seed and pooled, with 95% intervals, one panel per set (None: no sets)."
+    "A PNG of Lion - control per seed and over seeds, with 95% intervals, one panel per set (None: no sets)."
     sets = list(summary['sets'])
     if not sets: return None
     plt = pyplot()
     fig, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 3.4), squeeze=False,
                              layout='constrained')
     for ax, s in zip(axes[0], sets):
-        ivs = [r['sets'][s]['diff'] for r in summary['seeds'].values()] + [summary['sets'][s]['pooled']]
-        names = [f'seed {k}' for k in summary['seeds']] + ['pooled']
+        ivs = [r['sets'][s]['diff'] for r in summary['seeds'].values()] + [
+            summary['sets'][s]['seed_level']['bootstrap']
+        ]
+        names = [f'seed {k}' for k in summary['seeds']] + ['over seeds']
         vals = [iv['value'] for iv in ivs]
         ax.errorbar(range(len(ivs)), vals, yerr=yerr(vals, ivs), fmt='o', capsize=4)
         ax.axhline(0, color='grey', lw=0.8)

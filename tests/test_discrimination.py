@@ -143,6 +143,41 @@ def test_every_parser_reads_real_gpt4_reviews(parser):
     assert not wrong, wrong                                           # unread is allowed (1%), misread is not
 
 
+def test_a_zero_is_read_only_where_the_judges_scale_has_one(tmp_path):
+    # The 160 real GPT-4 reviews: one gives "0 9" to an empty answer, on FastChat's 1-10 prompt. A 1-10 judge leaves it
+    # unread (never guessed); a judge folder that says `min_score: 0` reads it, and every review then agrees with the
+    # score FastChat recorded.
+    from lion_nb.discrimination import load_judge
+    reviews = load_review_sample()
+    (tmp_path/'zero').mkdir()
+    (tmp_path/'zero'/'p.txt').write_text('Q {question}\nA {answer_1}\nB {answer_2}\nScores 0-10 first.\n')
+    (tmp_path/'zero'/'config.yaml').write_text('parser: scores_first\nprompt: p.txt\nmin_score: 0\n'
+                                               'temperature: 0.2\nmax_tokens: 99\n')
+    judge = load_judge(str(tmp_path/'zero'))
+    assert judge.config.min_score == 0 and load_judge('lion/review').config.min_score == 1
+    got = [parse_scores(r['text'], parser='scores_first', min_score=judge.config.min_score) for r in reviews]
+    assert got == [r['score'] for r in reviews] and (0.0, 9.0) in got
+    with pytest.raises(ScoreParseError, match='outside 1-10'):
+        parse_scores(next(r['text'] for r in reviews if r['score'] == (0.0, 9.0)), parser='scores_first')
+    (tmp_path/'zero'/'config.yaml').write_text('parser: scores_first\nprompt: p.txt\nmin_score: 5\n'
+                                               'temperature: 0.2\nmax_tokens: 99\n')
+    with pytest.raises(Exception, match='min_score'): load_judge(str(tmp_path/'zero'))
+
+
+def test_score_spans_point_at_the_scores_of_real_reviews():
+    # Where the text parser found each score of the 160 real reviews: the characters there spell that very score
+    # (the logprob scorer reads the tokens at those characters).
+    from lion_nb.discrimination import score_spans
+    n = 0
+    for r in load_review_sample():
+        try: scores, spans = score_spans(r['text'], parser='scores_first')
+        except ScoreParseError: continue
+        assert None not in spans, r['text'][:200]
+        assert [float(r['text'][a:b]) for a, b in spans] == list(scores)
+        n += 1
+    assert n >= 159
+
+
 def test_judges_are_data(tmp_path):
     cfg = parse_config({'models': {'m': {'backend': 'openai', 'model': 'x'}}, 'roles': {r: 'm' for r in
                         ('teacher', 'referee', 'generator', 'judge', 'student')},
@@ -455,7 +490,7 @@ def test_referee_and_discriminate_commands(tmp_path, capsys):
 
 
 def test_logprob_scorer_finds_the_lean_that_text_scores_hide(tmp_path):
-    """A referee that always writes 'Assistant 1: 5 / Assistant 2: 5' but weighs 8 at the right answer's score token
+    """A referee that always writes 'Assistant 1: 5 / Assistant 2: 5' but weighs 7 at the right answer's score token
     (60%) and 3 at the wrong one's (30%): the text scorer sees ties only, the logprob scorer (the shipped
     `lion_nb/referee_logprob` judge, through the real openai client and a server that returns `logprobs.content`)
     puts the right answer ahead in both orders, so every pair is hard at tau 1. The probe reads it the same way."""
@@ -465,7 +500,7 @@ def test_logprob_scorer_finds_the_lean_that_text_scores_hide(tmp_path):
     def reply(body):
         user = body['messages'][-1]['content']
         right_first = user.index('RIGHT') < user.index('WRONG')
-        lean = {'5': 0.4, '8': 0.6}, {'5': 0.7, '3': 0.3}          # (right answer's token, wrong answer's token)
+        lean = {'5': 0.4, '7': 0.6}, {'5': 0.7, '3': 0.3}          # (right answer's token, wrong answer's token)
         alts = {1: lean[0], 3: lean[1]} if right_first else {1: lean[1], 3: lean[0]}   # digits: '1', score, '2', score
         return 'Both are relevant.\nAssistant 1: 5\nAssistant 2: 5', 'stop', alts
     pairs = [Pair(f'q{i}', f'Explain topic {i}.', '', f'RIGHT answer {i}', f'WRONG answer {i}') for i in range(4)]
@@ -483,6 +518,6 @@ def test_logprob_scorer_finds_the_lean_that_text_scores_hide(tmp_path):
         assert srv.paths['POST /v1/chat/completions'] == 16                     # 2 judges x 4 pairs x 2 orders
     text, lp = out['lion_nb/referee'], out['lion_nb/referee_logprob']
     assert all(r['d'] == 0 for r in text)
-    assert all(abs(r['teacher_score'] - 6.8) < 1e-9 and abs(r['student_score'] - 4.4) < 1e-9 and r['d'] > 1 for r in lp)
+    assert all(abs(r['teacher_score'] - 6.2) < 1e-9 and abs(r['student_score'] - 4.4) < 1e-9 and r['d'] > 1 for r in lp)
     calls = read_log(tmp_path/'lion_nb_referee_logprob'/'referee_calls.jsonl')
     assert {c['scorer'] for c in calls} == {'logprob'}

@@ -369,3 +369,21 @@ def test_judge_settings_are_the_judge_folders_unless_the_config_sets_them(tmp_pa
         d['sampling'] = {'judge_temperature': 0.0, 'judge_max_tokens': 200}
         run_evaluation(parse_config(d), RunDir(tmp_path/'b'), 1, models={'good': 'good'}, plots=False)
         assert seen and set(seen) == {(0.0, 200)}
+
+
+def test_a_zero_is_a_score_only_on_a_judge_scale_with_one(tmp_path):
+    # An evaluation judge whose folder says `min_score: 0` reads a "0 9" review; the shipped 1-10 judges leave it unscored.
+    from types import SimpleNamespace
+    from lion_nb.discrimination import load_judge
+    from lion_nb.evaluation import _job_verdict
+    (tmp_path/'zero').mkdir()
+    (tmp_path/'zero'/'p.txt').write_text('Q {question}\nA {answer_1}\nB {answer_2}\nTwo scores 0-10 first.\n')
+    (tmp_path/'zero'/'config.yaml').write_text('parser: scores_first\nprompt: p.txt\nmin_score: 0\ntemperature: 0\n'
+                                               'max_tokens: 99\n')
+    reply = SimpleNamespace(status='done', text='0 9\nAssistant 1 wrote nothing at all.', finish_reason='stop', error=None)
+    job = lambda jd: {'set': 'vicuna80', 'id': 'v1', 'candidate': 'iter_1', 'opponent': 'teacher', 'order': 'cand_first',
+                      'judge': jd}
+    v = _job_verdict(job(load_judge(str(tmp_path/'zero'))), 'score', reply)
+    assert (v['status'], v['cand_score'], v['opp_score'], v['outcome']) == ('done', 0.0, 9.0, 'lose')
+    v = _job_verdict(job(load_judge('lion/review')), 'score', reply)
+    assert v['status'] == 'unscored' and 'outside 1-10' in v['error']
