@@ -22,8 +22,8 @@ from .limits import (CHARS_PER_TOKEN, MAX_RETRY_AFTER_S, USAGE_COLUMNS, Budget, 
                             estimate_prompt_tokens, run_sync, worst_case_cost)
 
 # %% auto #0
-__all__ = ['NO_KEY', 'ALPACA_TEMPLATE', 'ALPACA_INPUT_TEMPLATE', 'served_weights', 'OpenAIClient', 'alpaca_prompt',
-           'resolve_template', 'render_prompt', 'resolve_checkpoint', 'HFClient']
+__all__ = ['NO_KEY', 'NORMAL_FINISH', 'ALPACA_TEMPLATE', 'ALPACA_INPUT_TEMPLATE', 'served_weights', 'OpenAIClient',
+           'alpaca_prompt', 'resolve_template', 'render_prompt', 'resolve_checkpoint', 'HFClient']
 
 # %% ../nbs/13c_clients.ipynb #92987f3e
 NO_KEY = 'sk-no-key-required'   # a placeholder for endpoints without authentication (never a real key)
@@ -364,9 +364,13 @@ async def _call(self: OpenAIClient, sdk, req: ChatRequest) -> tuple[ChatResult, 
     return failed, 0.0
 
 # %% ../nbs/13c_clients.ipynb #6d076b62
+NORMAL_FINISH = ('stop',)   # finish reasons of a reply that ended by itself (an empty one is an answer)
+
 @patch
 def _parse(self: OpenAIClient, req: ChatRequest, resp) -> ChatResult:
-    "A ChatResult from a chat-completion response (an object or its dict form); no text is a failure."
+    """A ChatResult from a chat-completion response (an object or its dict form). An empty or blank reply that
+    ended normally (`finish_reason` 'stop') is an answer, as a local model's is: the referee and judge score
+    it. One cut at the token limit, filtered, or with no finish reason is a failure."""
     d = resp if isinstance(resp, dict) else resp.model_dump()
     u = d.get('usage') or {}
     pt = u.get('prompt_tokens') or estimate_prompt_tokens(req.messages)
@@ -377,12 +381,12 @@ def _parse(self: OpenAIClient, req: ChatRequest, resp) -> ChatResult:
     ch = choices[0]
     text = (ch.get('message') or {}).get('content') if 'text' not in ch else ch['text']
     ct = u.get('completion_tokens') or (math.ceil(len(text or '')/CHARS_PER_TOKEN))
-    if not text or not text.strip():
-        finish = ch.get('finish_reason')
+    finish = ch.get('finish_reason')
+    if (not text or not text.strip()) and finish not in NORMAL_FINISH:
         return ChatResult(req.key, 'failed', '', finish, 'empty response', pt, ct, False, model)
     lp = ch.get('logprobs')
     lp = lp.get('content') if isinstance(lp, dict) else None   # token logprobs, when the request asks
-    return ChatResult(req.key, 'done', text, ch.get('finish_reason'), None, pt, ct, False, model, lp)
+    return ChatResult(req.key, 'done', text or '', finish, None, pt, ct, False, model, lp)
 
 # %% ../nbs/13c_clients.ipynb #ba5c170e
 ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately "

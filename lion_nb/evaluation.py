@@ -38,11 +38,11 @@ __all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'CHOICE_RULE
            'plot_win_tie_lose', 'plot_reasoning', 'headline', 'iteration_of', 'metrics_history', 'plot_runs',
            'plot_history', 'mechanism', 'plot_mechanism', 'probe_items', 'judge_probe', 'judge_client',
            'evaluation_probe', 'trained_student', 'default_models', 'candidates', 'sample_sets', 'EvalPlan',
-           'evaluation_plan', 'collect_answers', 'judge_candidates', 'model_metrics', 'judge_report',
+           'evaluation_plan', 'collect_answers', 'judge_candidates', 'empty_answers', 'model_metrics', 'judge_report',
            'evaluation_metrics', 'write_plots', 'run_evaluation', 'ci_text', 'summary_row', 'summary_table',
-           'category_table', 'wtl_table', 'reasoning_table', 'closing_note', 'final_evaluation', 'arm_items',
-           'arm_diff', 'compare_arms', 'arm_budget', 'budget_line', 'budget_lines', 'arm_probes', 'probes_line',
-           'print_arms', 'evaluate_cli']
+           'category_table', 'wtl_table', 'reasoning_table', 'empty_line', 'closing_note', 'final_evaluation',
+           'arm_items', 'arm_diff', 'compare_arms', 'arm_budget', 'budget_line', 'budget_lines', 'arm_probes',
+           'probes_line', 'print_arms', 'evaluate_cli']
 
 # %% ../nbs/06_evaluation.ipynb #93c9c78c
 OPEN_SETS = ('vicuna80', 'demo')        # judged by scores against the reference (relative score)
@@ -992,11 +992,20 @@ def _mean_lengths(answers: dict, items_by_set: dict) -> dict:
         if ls: out[s] = round(sum(ls) / len(ls), 1)
     return out
 
+# %% ../nbs/06_evaluation.ipynb #3dbe4a30
+def empty_answers(answers: dict, # {item id: Answer} of one model
+                  items_by_set: dict, # {set: its items}
+                 ) -> dict:
+    "{set: how many of the model's done answers to the set's items are empty or whitespace}."
+    blank = lambda i: i.id in answers and answers[i.id].status == 'done' and not answers[i.id].output.strip()
+    return {s: sum(map(blank, items)) for s, items in items_by_set.items()}
+
 # %% ../nbs/06_evaluation.ipynb #eb1b00a4
 def model_metrics(plan: EvalPlan, label: str, spec: ModelSpec, answers: dict, verdicts: list[dict]) -> dict:
     "The metrics of model `label`: lengths, each judged set's scores (with the length view), reasoning."
     m = {'spec': spec_summary(spec),
-         'mean_length': _mean_lengths(answers, {s: plan.instr[s] for s in plan.judged})}
+         'mean_length': _mean_lengths(answers, {s: plan.instr[s] for s in plan.judged}),
+         'empty_answers': empty_answers(answers, plan.items)}
     for s in plan.judged:
         vs = [v for v in verdicts if v['candidate'] == label and v['set'] == s]
         if not vs: continue
@@ -1027,7 +1036,7 @@ def evaluation_metrics(cfg: Config, run: RunDir, k: int, plan: EvalPlan, answers
     return {'iteration': k, 'final_model': plan.final, 'reference': plan.ref, 'opponent': plan.ref,
             'judge': judge_report(cfg, per_model, verdicts, plan.judged),
             'sets': {s: len(xs) for s, xs in plan.items.items()}, 'samples': plan.samples,
-            **{key: top[key] for key in (*OPEN_SETS, 'user252', 'reasoning') if key in top},
+            **{key: top[key] for key in (*OPEN_SETS, 'user252', 'reasoning', 'empty_answers') if key in top},
             'models': per_model, 'mechanism': mechanism(run.root), 'judge_probe': judge_probe}
 
 # %% ../nbs/06_evaluation.ipynb #7cbc9f9c
@@ -1091,6 +1100,7 @@ def summary_row(m: dict) -> dict:
         if f'{s}_average' in rs: r[f'{s} acc %'] = rs[f'{s}_average']
     if rs.get('bbh_23_average') is not None: r['bbh-23 acc %'] = rs['bbh_23_average']
     for s, l in (m.get('mean_length') or {}).items(): r[f'len {s}'] = l
+    r['empty answers'] = sum((m.get('empty_answers') or {}).values())
     return r
 
 # %% ../nbs/06_evaluation.ipynb #c084bc82
@@ -1174,6 +1184,15 @@ def _length_line(metrics: dict) -> Optional[str]:
     per = [f"{lab} {', '.join(f'{s} {v}' for s, v in l.items())}" for lab, l in lens.items()]
     return '- mean answer length (words): ' + '; '.join(per)
 
+# %% ../nbs/06_evaluation.ipynb #b4a28857
+def empty_line(metrics: dict) -> str:
+    "The closing note's line on empty answers: every model's count, per set where there were any."
+    per = {lab: {s: n for s, n in (m.get('empty_answers') or {}).items() if n}
+           for lab, m in metrics['models'].items()}
+    sets = lambda c: ', '.join(f'{s} {n}' for s, n in c.items())
+    told = [f"{lab} {sum(c.values())} ({sets(c)})" for lab, c in per.items() if c]
+    return ('- empty answers (scored as answers): ' + ('; '.join(told) if told else 'none'))
+
 # %% ../nbs/06_evaluation.ipynb #9bed2bad
 def closing_note(metrics: dict) -> str:
     "A short Markdown account of the final model's results and of how far the judge can be trusted."
@@ -1186,6 +1205,7 @@ def closing_note(metrics: dict) -> str:
     if m.get('user252'): lines.append(_pair_line(m['user252']))
     if m.get('reasoning'): lines.append(_reasoning_line(m['reasoning']))
     if (ll := _length_line(metrics)) is not None: lines.append(ll)
+    lines.append(empty_line(metrics))
     return '\n'.join(lines)
 
 # %% ../nbs/06_evaluation.ipynb #84bb13b9
@@ -1328,7 +1348,7 @@ def _headline_json(m: dict) -> str:
     judged = {k: m[k] for k in ('vicuna80', 'demo', 'user252') if k in m and m[k]}
     r = m.get('reasoning') or {}
     reasoning = {k: r.get(k) for k in ('agieval_average', 'bbh_average', 'bbh_23_average')}
-    return json.dumps(judged | reasoning, default=str)[:2000]
+    return json.dumps(judged | reasoning | {'empty_answers': m.get('empty_answers')}, default=str)[:2000]
 
 # %% ../nbs/06_evaluation.ipynb #84a5a0a6
 def evaluate_cli(argv: list[str]) -> int:

@@ -369,3 +369,27 @@ def test_judge_settings_are_the_judge_folders_unless_the_config_sets_them(tmp_pa
         d['sampling'] = {'judge_temperature': 0.0, 'judge_max_tokens': 200}
         run_evaluation(parse_config(d), RunDir(tmp_path/'b'), 1, models={'good': 'good'}, plots=False)
         assert seen and set(seen) == {(0.0, 200)}
+
+
+def test_empty_answers_are_judged_kept_and_counted(tmp_path, data_root):
+    """A blank reply that ended normally is an answer: the judge scores it, it stays in the relative score and win
+    rate, and the metrics, summary table, headline line and closing note count it."""
+    def blank_reply(body: dict) -> str:
+        text = last_user_text(body)
+        if body['model'] == 'blank': return ' '
+        if body['model'] != 'judge': return T_ANS
+        if text.startswith('Here is a question and two answers'):
+            return 'Answer 1 is empty.\nScores: 1 8' if re.search(r'\[Answer 1\]\n\s*\[End', text) else 'Answer 2 is empty.\nScores: 8 1'
+        return 'A is empty. [[B]]' if re.search(r'\[Response A\]\n\s*\[End', text) else 'B is empty. [[A]]'
+    with serve(blank_reply) as srv:
+        d = make_cfg(srv, data_root, {'vicuna80': 4, 'user252': 5})
+        d['models']['blank'] = dict(d['models']['bad'], model='blank')
+        d['eval']['sets'] = ['vicuna80', 'user252']
+        m = run_evaluation(parse_config(d), RunDir(tmp_path/'run'), 1, models={'blank': 'blank'}, plots=False)
+    b = m['models']['blank']
+    assert (b['vicuna80']['reviews_scored'], b['vicuna80']['failed'], b['vicuna80']['relative_score']) == (8, 0, 12.5)
+    assert (b['user252']['win'], b['user252']['lose'], b['user252']['n'], b['user252']['win_rate']) == (0, 5, 5, 0.0)
+    assert b['empty_answers'] == {'vicuna80': 4, 'user252': 5} and m['empty_answers'] == b['empty_answers']
+    assert m['models']['teacher']['empty_answers'] == {'vicuna80': 0, 'user252': 0}
+    assert summary_table(m).loc['blank', 'empty answers'] == 9
+    assert closing_note(m).endswith('- empty answers (scored as answers): blank 9 (vicuna80 4, user252 5)')
