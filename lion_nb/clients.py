@@ -22,8 +22,9 @@ from .limits import (CHARS_PER_TOKEN, MAX_RETRY_AFTER_S, USAGE_COLUMNS, Budget, 
                             estimate_prompt_tokens, run_sync, worst_case_cost)
 
 # %% auto #0
-__all__ = ['NO_KEY', 'NORMAL_FINISH', 'ALPACA_TEMPLATE', 'ALPACA_INPUT_TEMPLATE', 'served_weights', 'OpenAIClient',
-           'alpaca_prompt', 'resolve_template', 'render_prompt', 'resolve_checkpoint', 'HFClient']
+__all__ = ['NO_KEY', 'NORMAL_FINISH', 'ALPACA_TEMPLATE', 'ALPACA_INPUT_TEMPLATE', 'LION_TEMPLATE', 'LION_INPUT_TEMPLATE',
+           'LAYOUTS', 'served_weights', 'OpenAIClient', 'alpaca_prompt', 'resolve_template', 'render_prompt',
+           'resolve_checkpoint', 'HFClient']
 
 # %% ../nbs/13c_clients.ipynb #92987f3e
 NO_KEY = 'sk-no-key-required'   # a placeholder for endpoints without authentication (never a real key)
@@ -394,9 +395,15 @@ ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a respo
 ALPACA_INPUT_TEMPLATE = ("Below is an instruction that describes a task, paired with an input that provides "
                          "further context. Write a response that appropriately completes the request.\n\n"
                          "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+LION_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"   # Lion's PROMPT_DICT: no preamble
+LION_INPUT_TEMPLATE = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+# the prompt layouts that are not a chat template: (without an input, with one)
+LAYOUTS = {'alpaca': (ALPACA_TEMPLATE, ALPACA_INPUT_TEMPLATE), 'lion': (LION_TEMPLATE, LION_INPUT_TEMPLATE)}
 
-def alpaca_prompt(messages) -> str:
-    """The paper's (Alpaca's) prompt for a conversation; system text, if any, goes first.
+def alpaca_prompt(messages, # the conversation
+                  layout: str = 'alpaca', # 'alpaca' (with Alpaca's preamble) or 'lion' (Lion's, without)
+                 ) -> str:
+    """The paper's prompt for a conversation, in Alpaca's layout or Lion's; system text, if any, goes first.
 
     The user text is `core.user_message(instruction, input)`: the instruction, a blank line, the input. Its
     first blank line is read as that boundary, and the rest goes in the `### Input:` block. Training and
@@ -404,26 +411,31 @@ def alpaca_prompt(messages) -> str:
     sys_ = '\n\n'.join(m['content'] for m in messages if m['role'] == 'system')
     user = '\n\n'.join(m['content'] for m in messages if m['role'] == 'user')
     instruction, _, input = user.partition('\n\n')
-    body = (ALPACA_INPUT_TEMPLATE.format(instruction=instruction, input=input.strip()) if input.strip()
-            else ALPACA_TEMPLATE.format(instruction=instruction))
+    plain, with_input = LAYOUTS[layout]
+    body = (with_input.format(instruction=instruction, input=input.strip()) if input.strip()
+            else plain.format(instruction=instruction))
     return (sys_ + '\n\n' if sys_ else '') + body
 
 # %% ../nbs/13c_clients.ipynb #68e4eb9c
 def resolve_template(tokenizer, template: str = 'auto') -> str:
-    "'alpaca', or 'chat' only when the tokenizer has a chat template ('chat' and 'auto' else fall back)."
-    if template not in ('auto', 'chat', 'alpaca'): raise LionError(f"unknown prompt template {template!r}")
-    if template == 'alpaca' or not getattr(tokenizer, 'chat_template', None): return 'alpaca'
+    """'alpaca' or 'lion' when asked for; 'chat' only when the tokenizer has a chat template ('chat' and
+    'auto' else fall back to 'alpaca')."""
+    if template not in ('auto', 'chat', *LAYOUTS): raise LionError(f"unknown prompt template {template!r}")
+    if template in LAYOUTS: return template
+    if not getattr(tokenizer, 'chat_template', None): return 'alpaca'
     return 'chat'
 
 # %% ../nbs/13c_clients.ipynb #5e6266a6
 def render_prompt(tokenizer, # the student's tokenizer
                   messages, # the conversation
-                  template: str = 'chat', # 'chat', 'alpaca' or 'auto'
+                  template: str = 'chat', # 'chat', 'alpaca', 'lion' or 'auto'
                  ) -> str:
-    "The text a local student continues, in training and at inference alike: its chat template, or Alpaca's."
-    if resolve_template(tokenizer, template) == 'chat':
+    """The text a local student continues, in training and at inference alike: its chat template, or the
+    Alpaca or Lion layout."""
+    layout = resolve_template(tokenizer, template)
+    if layout == 'chat':
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return alpaca_prompt(messages)
+    return alpaca_prompt(messages, layout)
 
 # %% ../nbs/13c_clients.ipynb #7c2a7864
 def resolve_checkpoint(name_or_path) -> Path:

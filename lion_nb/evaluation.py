@@ -40,9 +40,9 @@ __all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'CHOICE_RULE
            'evaluation_probe', 'trained_student', 'default_models', 'candidates', 'sample_sets', 'EvalPlan',
            'evaluation_plan', 'collect_answers', 'judge_candidates', 'empty_answers', 'model_metrics', 'judge_report',
            'evaluation_metrics', 'write_plots', 'run_evaluation', 'ci_text', 'summary_row', 'summary_table',
-           'category_table', 'wtl_table', 'reasoning_table', 'empty_line', 'closing_note', 'final_evaluation',
-           'arm_items', 'arm_diff', 'compare_arms', 'arm_budget', 'budget_line', 'budget_lines', 'arm_probes',
-           'probes_line', 'print_arms', 'evaluate_cli']
+           'category_table', 'wtl_table', 'reasoning_table', 'empty_line', 'sampling_line', 'closing_note',
+           'final_evaluation', 'arm_items', 'arm_diff', 'compare_arms', 'arm_budget', 'budget_line', 'budget_lines',
+           'arm_probes', 'probes_line', 'print_arms', 'evaluate_cli']
 
 # %% ../nbs/06_evaluation.ipynb #93c9c78c
 OPEN_SETS = ('vicuna80', 'demo')        # judged by scores against the reference (relative score)
@@ -470,15 +470,16 @@ def _close(client) -> None:
 # %% ../nbs/06_evaluation.ipynb #0ce855d8
 def answer_items(label: str, spec: ModelSpec, items: list[Instruction], out_path, *, role: str,
                  max_tokens: int, seed: int, iteration: int, run: RunDir, budget=None,
-                 template: str = 'chat') -> dict[str, Answer]:
+                 template: str = 'chat', temperature: float = 0.0, system: str = '') -> dict[str, Answer]:
     """Answers of one model to `items` (resumable JSONL at `out_path`), by id; a local student uses prompt
-    `template`."""
+    `template`; `temperature` 0 is greedy, above it sampling is seeded from `seed`."""
     local = {'template': template} if spec.backend in ('hf', 'vllm') else {}
     client = llm.make_client(spec, role=role, stage='evaluation', iteration=iteration, cache_dir=run.cache,
                              usage_log=run.usage, budget=budget, **local)
     try:
-        answers = llm.answer_pool(items, client, out_path, role=role, temperature=0.0, max_tokens=max_tokens,
-                                  seed=seed, iteration=iteration, stage='evaluation')
+        answers = llm.answer_pool(items, client, out_path, role=role, temperature=temperature,
+                                  max_tokens=max_tokens, seed=seed, iteration=iteration, stage='evaluation',
+                                  system=system)
     finally: _close(client)
     return {a.id: a for a in answers}
 
@@ -962,11 +963,12 @@ def collect_answers(cfg: Config, run: RunDir, k: int, plan: EvalPlan, out_dir: P
     "{label: {item id: Answer}} of the reference and every candidate, to everything the plan asks."
     out = {}
     for lab, spec in [(plan.ref, plan.ref_spec), *plan.cands.items()]:
-        out[lab] = answer_items(lab, spec, plan.asked(), out_dir/'answers'/f'{lab}.jsonl',
-                                role='teacher' if lab == plan.ref else 'student',
+        role = 'teacher' if lab == plan.ref else 'student'
+        out[lab] = answer_items(lab, spec, plan.asked(), out_dir/'answers'/f'{lab}.jsonl', role=role,
                                 max_tokens=cfg.eval.max_new_tokens,
                                 seed=derive_seed(cfg.seed, 'evaluation', lab), iteration=k, run=run,
-                                budget=llm.run_budget(cfg, run.usage), template=answer_template(cfg, spec))
+                                budget=llm.run_budget(cfg, run.usage), template=answer_template(cfg, spec),
+                                temperature=cfg.eval.temperature, system=llm.role_system(cfg, role))
     return out
 
 # %% ../nbs/06_evaluation.ipynb #98bcc6bd
@@ -1037,7 +1039,8 @@ def evaluation_metrics(cfg: Config, run: RunDir, k: int, plan: EvalPlan, answers
             'judge': judge_report(cfg, per_model, verdicts, plan.judged),
             'sets': {s: len(xs) for s, xs in plan.items.items()}, 'samples': plan.samples,
             **{key: top[key] for key in (*OPEN_SETS, 'user252', 'reasoning', 'empty_answers') if key in top},
-            'models': per_model, 'mechanism': mechanism(run.root), 'judge_probe': judge_probe}
+            'models': per_model, 'mechanism': mechanism(run.root), 'judge_probe': judge_probe,
+            'answer_temperature': cfg.eval.temperature}
 
 # %% ../nbs/06_evaluation.ipynb #7cbc9f9c
 def write_plots(metrics: dict, out_dir, run_dir=None) -> list[Path]:
@@ -1193,6 +1196,14 @@ def empty_line(metrics: dict) -> str:
     told = [f"{lab} {sum(c.values())} ({sets(c)})" for lab, c in per.items() if c]
     return ('- empty answers (scored as answers): ' + ('; '.join(told) if told else 'none'))
 
+# %% ../nbs/06_evaluation.ipynb #02da33b8
+def sampling_line(metrics: dict) -> str:
+    "The closing note's line on how every model's evaluation answers were decoded."
+    t = metrics.get('answer_temperature')
+    if t is None: return '- answers: decoding not recorded'
+    if not t: return '- answers: greedy (temperature 0; Lion samples at 0.7)'
+    return f'- answers: sampled at temperature {t:g}, seeded per model and item'
+
 # %% ../nbs/06_evaluation.ipynb #9bed2bad
 def closing_note(metrics: dict) -> str:
     "A short Markdown account of the final model's results and of how far the judge can be trusted."
@@ -1206,6 +1217,7 @@ def closing_note(metrics: dict) -> str:
     if m.get('reasoning'): lines.append(_reasoning_line(m['reasoning']))
     if (ll := _length_line(metrics)) is not None: lines.append(ll)
     lines.append(empty_line(metrics))
+    lines.append(sampling_line(metrics))
     return '\n'.join(lines)
 
 # %% ../nbs/06_evaluation.ipynb #84bb13b9

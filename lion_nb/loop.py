@@ -285,11 +285,11 @@ def count_parameters(folder) -> tuple[str, int]:
 def prompt_layout(spec: ModelSpec, tokenizer, cfg: Config) -> str:
     "How prompts for a local model are laid out ('chat' or 'alpaca'), or an error that says what is missing."
     has_chat = bool(getattr(tokenizer, 'chat_template', None))
-    asked = spec.prompt_template                             # auto | chat | alpaca
+    asked = spec.prompt_template                             # auto | chat | alpaca | lion
     if asked == 'chat' and not has_chat:
         raise LionError("prompt_template is 'chat', but its tokenizer has no chat template: give it one, "
-                        "or set prompt_template: alpaca (or auto)")
-    if asked == 'alpaca': return 'alpaca'
+                        "or set prompt_template: alpaca or lion (or auto)")
+    if asked in ('alpaca', 'lion'): return asked
     return 'chat' if has_chat else 'alpaca (no chat template)'   # auto: the one rule, llm.resolve_template
 
 # %% ../nbs/07_loop.ipynb #50f7563e

@@ -393,6 +393,24 @@ def test_an_empty_student_answer_is_reviewed_and_can_be_hard(tmp_path):
     assert sum('<assistant_1_answer>\n\n</assistant_1_answer>' in p for p in prompts['q0']) == 1   # shown empty
 
 
+def test_teacher_answers_under_the_configured_system_prompt_and_the_student_under_none(tmp_path):
+    "sampling.teacher_system (the paper profile: Lion's) goes before every teacher request, never the student's."
+    from lion_nb.llm import LION_TEACHER_SYSTEM
+    systems = Counter()
+    def reply(body):
+        sys_ = tuple(m['content'] for m in body['messages'] if m['role'] == 'system')
+        if body['model'] in ('T', 'S'): systems[(body['model'], sys_)] += 1
+        qid = _id_of([m['content'] for m in body['messages'] if m['role'] == 'user'][0])
+        return f'Answer for [{qid}].' if body['model'] != 'R' else 'Same.\nAssistant 1: 5\nAssistant 2: 5'
+    with serve(reply) as srv:
+        d = _cfg_dict(srv.base_url)
+        d['sampling']['teacher_system'] = LION_TEACHER_SYSTEM
+        run = RunDir(tmp_path/'run')
+        write_jsonl(run.pool(1, 'cache'), _pool(['q0', 'q1']))
+        run_discrimination(parse_config(d), run, 1, progress=None)
+    assert systems == {('T', (LION_TEACHER_SYSTEM,)): 2, ('S', ()): 2}
+
+
 def test_the_stage_probes_the_referee_before_the_student_answers(tmp_path):
     "With the probe on (the default), iteration 1 reviews known-better pairs first; the split is unchanged."
     calls, order = Counter(), []
