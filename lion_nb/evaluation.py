@@ -694,6 +694,7 @@ def plot_reasoning(metrics: dict, path) -> Optional[Path]:
 # %% ../nbs/06_evaluation.ipynb #17c31235
 HISTORY_METRICS = (('relative_score', 'relative score (%)'), ('win_rate', 'win rate vs opponent (ties 1/2)'),
                    ('lc_win_rate', 'length-controlled win rate'), ('agieval_average', 'AGIEval accuracy (%)'),
+                   ('bbh_23_average', "BBH accuracy (%, the paper's 23 tasks)"),
                    ('bbh_average', 'BBH accuracy (%, all tasks run)'),
                    ('mean_length', 'mean answer length (words)'))
 
@@ -705,10 +706,11 @@ def headline(m: dict) -> dict:
     r = m.get('reasoning') or {}
     ivs = {'relative_score': (m[open_set].get('interval') if open_set else None),
            'win_rate': u.get('win_rate_interval'),
-           **{k: (r.get('intervals') or {}).get(k) for k in ('agieval_average', 'bbh_average')}}
+           **{k: (r.get('intervals') or {}).get(k) for k in ('agieval_average', 'bbh_23_average', 'bbh_average')}}
     return {'relative_score': m[open_set]['relative_score'] if open_set else None,
             'win_rate': u.get('win_rate'), 'lc_win_rate': (u.get('length') or {}).get('lc_win_rate'),
-            'agieval_average': r.get('agieval_average'), 'bbh_average': r.get('bbh_average'),
+            'agieval_average': r.get('agieval_average'), 'bbh_23_average': r.get('bbh_23_average'),
+            'bbh_average': r.get('bbh_average'),
             'mean_length': round(sum(lens.values()) / len(lens), 1) if lens else None,
             'intervals': {k: (iv['lo'], iv['hi']) for k, iv in ivs.items()
                           if iv and iv.get('lo') is not None}}
@@ -1170,12 +1172,15 @@ def _pair_line(u: dict) -> str:
 
 # %% ../nbs/06_evaluation.ipynb #51340b18
 def _reasoning_line(r: dict) -> str:
-    """The closing note's line on reasoning: each benchmark's average over its own tasks, and unextracted
-    replies."""
+    """The closing note's line on reasoning: each benchmark's average over its own tasks (BBH's headline over
+    the paper's 23, all tasks run beside it), and unextracted replies."""
     ivs = r.get('intervals') or {}
     per = [f"{s} **{r[s + '_average']}%**{ci_text(ivs.get(s + '_average'))} over {len(r.get(s) or {})} tasks"
-           for s in REASONING_SETS if s + '_average' in r]
-    if 'bbh_23_average' in r: per.append(f"BBH's 23-task subset (Orca, Lion) {r['bbh_23_average']}%")
+           for s in REASONING_SETS if s + '_average' in r and not (s == 'bbh' and 'bbh_23_average' in r)]
+    if 'bbh_23_average' in r:
+        n23 = sum(t in BBH_23 for t in r.get('bbh') or {})
+        per.append(f"bbh **{r['bbh_23_average']}%**{ci_text(ivs.get('bbh_23_average'))} over {n23} of the "
+                   f"paper's 23 tasks (all {len(r.get('bbh') or {})} tasks run: {r.get('bbh_average')}%)")
     return (f"- reasoning (exact match, each benchmark averaged over its own tasks): {'; '.join(per)}; "
             f"{sum(r['unextracted'].values())} replies had no extractable answer.")
 
