@@ -706,7 +706,8 @@ def headline(m: dict) -> dict:
     r = m.get('reasoning') or {}
     ivs = {'relative_score': (m[open_set].get('interval') if open_set else None),
            'win_rate': u.get('win_rate_interval'),
-           **{k: (r.get('intervals') or {}).get(k) for k in ('agieval_average', 'bbh_23_average', 'bbh_average')}}
+           **{k: (r.get('intervals') or {}).get(k)
+              for k in ('agieval_average', 'bbh_23_average', 'bbh_average')}}
     return {'relative_score': m[open_set]['relative_score'] if open_set else None,
             'win_rate': u.get('win_rate'), 'lc_win_rate': (u.get('length') or {}).get('lc_win_rate'),
             'agieval_average': r.get('agieval_average'), 'bbh_23_average': r.get('bbh_23_average'),
