@@ -677,7 +677,7 @@ class DryRun:
 
     def __call__(self, stage: str, k: int, **options):
         {'pools': lambda k: None, 'imitation': self.imitation, 'discrimination': self.discrimination,
-         'generation': self.generation, 'evaluation': self.evaluation}[stage](k)
+         'generation': self.generation, 'selection': self.selection, 'evaluation': self.evaluation}[stage](k)
 
     def add(
         self, k: int, stage: str, role: str, calls: float, prompt_tokens: float, completion_tokens: float
@@ -723,18 +723,30 @@ def evaluation(self: DryRun, k: int):
     if cfg.probe.enabled and k in cfg.probe.iterations and self.judged:
         self.add(k, 'evaluation', 'judge', 6 * cfg.probe.judge_items, self.review, EST['review_out'])
 
+# %% ../nbs/07_loop.ipynb #48c3cff2
+@patch
+def selection(self: DryRun, k: int):
+    "The `random` control draws the next Train Pool from the reserve: nothing is sent."
+    self.train = self.cfg.loop.n_new
+
 # %% ../nbs/07_loop.ipynb #7337815c
-def estimate_run(cfg: Config, iterations: Optional[int] = None) -> list[dict]:
-    "Estimated calls, tokens and cost per iteration, stage and role of a Lion run (nothing is sent)."
+def estimate_run(cfg: Config, iterations: Optional[int] = None,
+                 baseline: Optional[str] = None, # a control arm of `BASELINES` (None: Lion)
+                ) -> list[dict]:
+    """Estimated calls, tokens and cost per iteration, stage and role of a Lion run, or of control arm
+    `baseline`'s stages (nothing is sent)."""
+    if baseline is not None and baseline not in BASELINES:
+        raise LionError(f"unknown baseline {baseline!r}; known: {', '.join(BASELINES)}")
     dry = DryRun(cfg)
-    lion(iterations or cfg.loop.iterations, dry, None, cfg.loop.discriminate_last,
+    lion(iterations or cfg.loop.iterations, dry, baseline, cfg.loop.discriminate_last,
          cfg.loop.evaluate == 'every')
     return [r for r in dry.rows if r['calls']]
 
 # %% ../nbs/07_loop.ipynb #2e96fcf3
-def print_estimate(cfg: Config, iterations: Optional[int] = None, progress=print) -> dict:
-    "Print the dry-run table and totals; return the totals."
-    rows = estimate_run(cfg, iterations)
+def print_estimate(cfg: Config, iterations: Optional[int] = None, progress=print,
+                   baseline: Optional[str] = None) -> dict:
+    "Print the dry-run table and totals (of control arm `baseline`'s stages, when given); return the totals."
+    rows = estimate_run(cfg, iterations, baseline)
     progress(
         f"{'iter':>4} {'stage':<15} {'role':<10} {'model':<28} {'calls':>9} {'prompt tok':>13} "
         f"{'compl tok':>12} {'cost $':>9}"
@@ -803,7 +815,8 @@ def run_cli(argv=None) -> int:
     if a.dry_run:
         print(f"{K} round(s) of imitation, discrimination and generation, then a final imitation: "
               f"{trained_instructions(cfg, K):,} training instructions")
-        print_estimate(cfg, K)
+        if a.baseline: print(f"the control arm {a.baseline!r}: {BASELINES[a.baseline]}, instead of them")
+        print_estimate(cfg, K, baseline=a.baseline)
         return 0
     if a.check:
         preflight(a.config, run_dir, a.baseline, K)
