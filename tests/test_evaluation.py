@@ -392,4 +392,21 @@ def test_empty_answers_are_judged_kept_and_counted(tmp_path, data_root):
     assert b['empty_answers'] == {'vicuna80': 4, 'user252': 5} and m['empty_answers'] == b['empty_answers']
     assert m['models']['teacher']['empty_answers'] == {'vicuna80': 0, 'user252': 0}
     assert summary_table(m).loc['blank', 'empty answers'] == 9
-    assert closing_note(m).endswith('- empty answers (scored as answers): blank 9 (vicuna80 4, user252 5)')
+    note = closing_note(m).splitlines()
+    assert note[-2:] == ['- empty answers (scored as answers): blank 9 (vicuna80 4, user252 5)',
+                         '- answers: greedy (temperature 0; Lion samples at 0.7)']
+
+
+def test_evaluation_answers_sample_at_eval_temperature_seeded(tmp_path, data_root):
+    "eval.temperature 0.7 (the paper profile, as Lion's inference): every answer is sampled with a seed per item."
+    seen = []
+    def rec(body: dict) -> str:
+        if body['model'] != 'judge': seen.append((body['model'], body.get('temperature'), body.get('seed')))
+        return reply(body)
+    with serve(rec) as srv:
+        d = make_cfg(srv, data_root, {'vicuna80': 3})
+        d['eval'].update(sets=['vicuna80'], temperature=0.7)
+        m = run_evaluation(parse_config(d), RunDir(tmp_path/'run'), 1, models={'good': 'good'}, plots=False)
+    assert len(seen) == 6 and {t for _, t, _ in seen} == {0.7} and all(s is not None for *_, s in seen)
+    assert len({s for _, _, s in seen}) == 6 and m['answer_temperature'] == 0.7
+    assert closing_note(m).endswith('- answers: sampled at temperature 0.7, seeded per model and item')
