@@ -209,7 +209,7 @@ def post_filter(text: str, # the reply's text
     "`(reason, parsed)`: why a generator reply is rejected (None if it passes), and what it parsed to."
     settings = settings or FilterSettings.from_config()
     p = parse_generation(text if status == 'done' else '')
-    if status != 'done':   # a failed call; one that failed for an empty reply (cut at the limit) counts as empty
+    if status != 'done':   # a failed call (an empty reply cut at the limit counts as empty)
         return ('empty' if (error or '').startswith('empty') else 'failed'), p
     if finish_reason == 'length' and not _complete(p): return 'truncated', p
     if not p.instruction.strip(): return 'empty', p
