@@ -8,7 +8,7 @@ It runs the real paper configuration, changed only where a rehearsal must:
   the generator writes new instructions, about 8% of them near-duplicates of each other;
 - the student is a tiny random Llama whose tokenizer has NO chat template (as LLaMA-7B's has none), and all
   answers are kept brief (`max_new_tokens` 48): the student stands in for the code path, not for quality. It keeps
-  the profile's `prompt_template: alpaca`, but runs under transformers (the profile's vLLM engine and
+  the profile's `prompt_template: lion`, but runs under transformers (the profile's vLLM engine and
   `train.device: cuda` need a GPU; the engine's orchestration is tested in tests/test_engine.py);
 - the data folder holds a synthetic Alpaca-shaped file of 52,002 instructions (bench/synth_alpaca.py) and links
   the public evaluation sets from $LION_DATA_DIR (read, never copied).
@@ -145,7 +145,7 @@ def rehearsal_config(work: Path, base_url: str, student: Path, scale: float, ite
         if spec['backend'] == 'openai': spec.update(base_url=base_url, batch_api=True)
         if spec['backend'] == 'openai' and queue_tokens: spec['batch_queue_tokens'] = queue_tokens
     # the student: the tiny Llama, run by transformers on the CPU (the profile's vLLM engine needs a GPU), still with
-    # the profile's prompt_template (alpaca); training on the CPU, where the profile expects cuda
+    # the profile's prompt_template (lion); training on the CPU, where the profile expects cuda
     cfg['models'][cfg['roles']['student']].update(backend='hf', model=str(student), concurrency=64)
     cfg['train']['device'] = 'cpu'
     cfg['data_dir'] = str(work/'data')

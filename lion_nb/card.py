@@ -335,7 +335,7 @@ def _headline(m: dict) -> list:
     u = m.get('user252') if isinstance(m.get('user252'), dict) else None
     r = m.get('reasoning') or {}
     wtl = f"{u.get('win')} / {u.get('tie')} / {u.get('lose')}" if u else None
-    return [rel, wtl, r.get('agieval_average'), r.get('bbh_average')]
+    return [rel, wtl, r.get('agieval_average'), r.get('bbh_23_average'), r.get('bbh_average')]
 
 # %% ../nbs/08a_card.ipynb #f20414f4
 def history_table(evals: dict[int, dict]) -> str:
@@ -346,7 +346,8 @@ def history_table(evals: dict[int, dict]) -> str:
         if not rows and base and m.get('final_model') != 'base':
             rows.append(['base student', *_headline(base)])
         rows.append([f'iteration {k}', *_headline(_final_metrics(m))])
-    heads = ['model', 'relative score %', 'win / tie / lose', 'AGIEval avg %', 'BBH avg %']
+    heads = ['model', 'relative score %', 'win / tie / lose', 'AGIEval avg %', "BBH avg % (paper's 23)",
+             'BBH avg % (all run)']
     return md_table(heads, rows) if rows else NOT_EVALUATED
 
 # %% ../nbs/08a_card.ipynb #2fbcea70

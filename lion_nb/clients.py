@@ -23,9 +23,9 @@ from .limits import (CHARS_PER_TOKEN, MAX_RETRY_AFTER_S, USAGE_COLUMNS, Budget, 
 from .limits import cached_prompt_tokens, cached_saving_usd, shared_prefix_tokens
 
 # %% auto #0
-__all__ = ['NO_KEY', 'MAX_RESHAPES', 'SHAPES_FILE', 'LIMIT_PARAMS', 'SUPPORTED', 'ALPACA_TEMPLATE', 'ALPACA_INPUT_TEMPLATE',
-           'served_weights', 'OpenAIClient', 'alpaca_prompt', 'resolve_template', 'render_prompt', 'resolve_checkpoint',
-           'HFClient']
+__all__ = ['NO_KEY', 'MAX_RESHAPES', 'NORMAL_FINISH', 'SHAPES_FILE', 'LIMIT_PARAMS', 'SUPPORTED', 'ALPACA_TEMPLATE',
+           'ALPACA_INPUT_TEMPLATE', 'LION_TEMPLATE', 'LION_INPUT_TEMPLATE', 'LAYOUTS', 'served_weights', 'OpenAIClient',
+           'alpaca_prompt', 'resolve_template', 'render_prompt', 'resolve_checkpoint', 'HFClient']
 
 # %% ../nbs/13c_clients.ipynb #92987f3e
 NO_KEY = 'sk-no-key-required'   # a placeholder for endpoints without authentication (never a real key)
@@ -442,9 +442,13 @@ async def _call(self: OpenAIClient, sdk, req: ChatRequest) -> tuple[ChatResult, 
     finally: self._gate[1].set()
 
 # %% ../nbs/13c_clients.ipynb #6d076b62
+NORMAL_FINISH = ('stop',)   # finish reasons of a reply that ended by itself (an empty one is an answer)
+
 @patch
 def _parse(self: OpenAIClient, req: ChatRequest, resp) -> ChatResult:
-    "A ChatResult from a chat-completion response (an object or its dict form); no text is a failure."
+    """A ChatResult from a chat-completion response (an object or its dict form). An empty or blank reply that
+    ended normally (`finish_reason` 'stop') is an answer, as a local model's is: the referee and judge score
+    it. One cut at the token limit, filtered, or with no finish reason is a failure."""
     d = resp if isinstance(resp, dict) else resp.model_dump()
     u = d.get('usage') or {}
     pt = u.get('prompt_tokens') or estimate_prompt_tokens(req.messages)
@@ -457,14 +461,14 @@ def _parse(self: OpenAIClient, req: ChatRequest, resp) -> ChatResult:
     ch = choices[0]
     text = (ch.get('message') or {}).get('content') if 'text' not in ch else ch['text']
     ct = u.get('completion_tokens') or (math.ceil(len(text or '')/CHARS_PER_TOKEN))
-    if not text or not text.strip():
-        finish = ch.get('finish_reason')
+    finish = ch.get('finish_reason')
+    if (not text or not text.strip()) and finish not in NORMAL_FINISH:
         return ChatResult(req.key, 'failed', '', finish, 'empty response', pt, ct, False, model,
                           cached_tokens=cc)
     lp = ch.get('logprobs')
     lp = lp.get('content') if isinstance(lp, dict) else None   # token logprobs, when the request asks
-    return ChatResult(req.key, 'done', text, ch.get('finish_reason'), None, pt, ct, False, model, lp,
-                      cached_tokens=cc)
+    return ChatResult(req.key, 'done', text or '', finish, None, pt, ct, False, model, lp, cached_tokens=cc)
+
 
 # %% ../nbs/13c_clients.ipynb #04ba1d72
 SHAPES_FILE = 'request_shapes.json'
@@ -556,9 +560,15 @@ ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a respo
 ALPACA_INPUT_TEMPLATE = ("Below is an instruction that describes a task, paired with an input that provides "
                          "further context. Write a response that appropriately completes the request.\n\n"
                          "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+LION_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"   # Lion's PROMPT_DICT: no preamble
+LION_INPUT_TEMPLATE = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+# the prompt layouts that are not a chat template: (without an input, with one)
+LAYOUTS = {'alpaca': (ALPACA_TEMPLATE, ALPACA_INPUT_TEMPLATE), 'lion': (LION_TEMPLATE, LION_INPUT_TEMPLATE)}
 
-def alpaca_prompt(messages) -> str:
-    """The paper's (Alpaca's) prompt for a conversation; system text, if any, goes first.
+def alpaca_prompt(messages, # the conversation
+                  layout: str = 'alpaca', # 'alpaca' (with Alpaca's preamble) or 'lion' (Lion's, without)
+                 ) -> str:
+    """The paper's prompt for a conversation, in Alpaca's layout or Lion's; system text, if any, goes first.
 
     The user text is `core.user_message(instruction, input)`: the instruction, a blank line, the input. Its
     first blank line is read as that boundary, and the rest goes in the `### Input:` block. Training and
@@ -566,26 +576,31 @@ def alpaca_prompt(messages) -> str:
     sys_ = '\n\n'.join(m['content'] for m in messages if m['role'] == 'system')
     user = '\n\n'.join(m['content'] for m in messages if m['role'] == 'user')
     instruction, _, input = user.partition('\n\n')
-    body = (ALPACA_INPUT_TEMPLATE.format(instruction=instruction, input=input.strip()) if input.strip()
-            else ALPACA_TEMPLATE.format(instruction=instruction))
+    plain, with_input = LAYOUTS[layout]
+    body = (with_input.format(instruction=instruction, input=input.strip()) if input.strip()
+            else plain.format(instruction=instruction))
     return (sys_ + '\n\n' if sys_ else '') + body
 
 # %% ../nbs/13c_clients.ipynb #68e4eb9c
 def resolve_template(tokenizer, template: str = 'auto') -> str:
-    "'alpaca', or 'chat' only when the tokenizer has a chat template ('chat' and 'auto' else fall back)."
-    if template not in ('auto', 'chat', 'alpaca'): raise LionError(f"unknown prompt template {template!r}")
-    if template == 'alpaca' or not getattr(tokenizer, 'chat_template', None): return 'alpaca'
+    """'alpaca' or 'lion' when asked for; 'chat' only when the tokenizer has a chat template ('chat' and
+    'auto' else fall back to 'alpaca')."""
+    if template not in ('auto', 'chat', *LAYOUTS): raise LionError(f"unknown prompt template {template!r}")
+    if template in LAYOUTS: return template
+    if not getattr(tokenizer, 'chat_template', None): return 'alpaca'
     return 'chat'
 
 # %% ../nbs/13c_clients.ipynb #5e6266a6
 def render_prompt(tokenizer, # the student's tokenizer
                   messages, # the conversation
-                  template: str = 'chat', # 'chat', 'alpaca' or 'auto'
+                  template: str = 'chat', # 'chat', 'alpaca', 'lion' or 'auto'
                  ) -> str:
-    "The text a local student continues, in training and at inference alike: its chat template, or Alpaca's."
-    if resolve_template(tokenizer, template) == 'chat':
+    """The text a local student continues, in training and at inference alike: its chat template, or the
+    Alpaca or Lion layout."""
+    layout = resolve_template(tokenizer, template)
+    if layout == 'chat':
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return alpaca_prompt(messages)
+    return alpaca_prompt(messages, layout)
 
 # %% ../nbs/13c_clients.ipynb #7c2a7864
 def resolve_checkpoint(name_or_path) -> Path:

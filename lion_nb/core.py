@@ -442,9 +442,9 @@ class ModelSpec(ReasoningSpec, RemoteTerms):
         "Batch API: at most this many requests per batch (OpenAI's limit: 50,000)"))
     batch_max_bytes: int = Field(190_000_000, ge=1024, description=(
         "Batch API: at most this many bytes per input file (OpenAI's limit: 200 MB)"))
-    prompt_template: Literal['auto', 'chat', 'alpaca'] = Field('auto', description=(
-        "a local student's prompt layout: chat = its tokenizer's chat template; alpaca = the paper's layout "
-        "(with an Input block); auto = chat when the tokenizer has a chat template, else alpaca"))
+    prompt_template: Literal['auto', 'chat', 'alpaca', 'lion'] = Field('auto', description=(
+        "a local student's prompt layout: chat = its tokenizer's chat template; alpaca = Alpaca's (preamble, "
+        "Input block); lion = Lion's (no preamble); auto = chat when it has a chat template, else alpaca"))
 
 # %% ../nbs/10_core.ipynb #0f36e6b4
 class PoolsConfig(Section):
@@ -469,6 +469,8 @@ class LoopConfig(Section):
 # %% ../nbs/10_core.ipynb #871c2e94
 class SamplingConfig(Section):
     teacher_temperature: float = Field(0.7, ge=0)
+    teacher_system: str = Field('', description=(
+        "a system prompt sent before every teacher answer ('': none; the paper profile sends Lion's)"))
     referee_temperature: float = Field(0.2, ge=0)
     generator_temperature: float = Field(1.0, ge=0)
     student_temperature: float = Field(0.0, ge=0, description="0 means greedy")
@@ -495,7 +497,7 @@ class TrainConfig(Section):
     packing: bool = True
     gradient_checkpointing: bool = False
     lora: bool = False
-    template: Literal['chat', 'alpaca'] = 'chat'
+    template: Literal['chat', 'alpaca', 'lion'] = 'chat'
     device: Literal['auto', 'cuda', 'cpu'] = Field('auto', description=(
         "cuda: fail before launching when no GPU is visible; cpu: gloo; auto: cuda if visible, else cpu "
         "(said loudly)"))
@@ -528,6 +530,9 @@ class GenerationConfig(Section):
         "never ask for more than this many times what is missing"))
     min_words: int = Field(3, ge=1, description="shorter instructions (ROUGE tokens) are dropped")
     max_words: int = Field(150, ge=1, description="longer instructions (ROUGE tokens) are dropped")
+    lion_filter: bool = Field(False, description=(
+        "also Lion's own rules: drop a reply that says 'instruction', has 3 words or fewer, or starts "
+        "with a non-ASCII character"))
 
 # %% ../nbs/10_core.ipynb #4b81491d
 class EvalConfig(Section):
@@ -536,6 +541,9 @@ class EvalConfig(Section):
         "per set, how many items to sample (absent: all)"))
     reference: str = Field('teacher', description="role whose answers are the reference")
     max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0, description=(
+        "every model's evaluation answers: 0 is greedy; above 0 samples, seeded per model and item "
+        "(Lion's inference samples at 0.7)"))
 
 # %% ../nbs/10_core.ipynb #c3d6e6f8
 class ProbeConfig(Section):

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .core import (ROLES, Answer, Config, InputError, Instruction, JsonlLog, LionError, ModelSpec,
                           Provenance, Review, RunDir, derive_seed, load_config, read_json, read_log,
                           read_pool, read_records, user_message, write_json, write_jsonl)
-from .llm import ChatRequest, answer_pool, make_client, run_budget, run_client, student_spec
+from .llm import (ChatRequest, answer_pool, make_client, role_system, run_budget, run_client,
+                         student_spec)
 from .logprob import expected_scores
 from .pools import categorize
 from .probe import KnownPair, probe_metrics, probe_pairs, probe_verdict, right_answers
@@ -1142,7 +1143,8 @@ def _stage_answers(cfg: Config, run: RunDir, k: int, pool: Sequence[Instruction]
     temperature = s.teacher_temperature if role == 'teacher' else s.student_temperature
     out = run.stage_dir(k, 'discrimination')/f'answers_{role}.jsonl'
     return answer_pool(pool, client, out, role=role, temperature=temperature, max_tokens=s.max_new_tokens,
-                       seed=discrimination_seed(cfg), iteration=k, stage='discrimination')
+                       seed=discrimination_seed(cfg), iteration=k, stage='discrimination',
+                       system=role_system(cfg, role))
 
 # %% ../nbs/04_discrimination.ipynb #a0ee6289
 def run_discrimination(cfg: Config, # the run's configuration

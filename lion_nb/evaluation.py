@@ -38,11 +38,11 @@ __all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'CHOICE_RULE
            'plot_win_tie_lose', 'plot_reasoning', 'headline', 'iteration_of', 'metrics_history', 'plot_runs',
            'plot_history', 'mechanism', 'plot_mechanism', 'probe_items', 'judge_probe', 'judge_client',
            'evaluation_probe', 'trained_student', 'default_models', 'candidates', 'sample_sets', 'EvalPlan',
-           'evaluation_plan', 'collect_answers', 'judge_candidates', 'model_metrics', 'judge_report',
+           'evaluation_plan', 'collect_answers', 'judge_candidates', 'empty_answers', 'model_metrics', 'judge_report',
            'evaluation_metrics', 'write_plots', 'run_evaluation', 'ci_text', 'summary_row', 'summary_table',
-           'category_table', 'wtl_table', 'reasoning_table', 'closing_note', 'final_evaluation', 'arm_items',
-           'arm_diff', 'compare_arms', 'arm_budget', 'budget_line', 'budget_lines', 'arm_probes', 'probes_line',
-           'print_arms', 'evaluate_cli']
+           'category_table', 'wtl_table', 'reasoning_table', 'empty_line', 'sampling_line', 'closing_note',
+           'final_evaluation', 'arm_items', 'arm_diff', 'compare_arms', 'arm_budget', 'budget_line', 'budget_lines',
+           'arm_probes', 'probes_line', 'print_arms', 'evaluate_cli']
 
 # %% ../nbs/06_evaluation.ipynb #93c9c78c
 OPEN_SETS = ('vicuna80', 'demo')        # judged by scores against the reference (relative score)
@@ -470,15 +470,16 @@ def _close(client) -> None:
 # %% ../nbs/06_evaluation.ipynb #0ce855d8
 def answer_items(label: str, spec: ModelSpec, items: list[Instruction], out_path, *, role: str,
                  max_tokens: int, seed: int, iteration: int, run: RunDir, budget=None,
-                 template: str = 'chat') -> dict[str, Answer]:
+                 template: str = 'chat', temperature: float = 0.0, system: str = '') -> dict[str, Answer]:
     """Answers of one model to `items` (resumable JSONL at `out_path`), by id; a local student uses prompt
-    `template`."""
+    `template`; `temperature` 0 is greedy, above it sampling is seeded from `seed`."""
     local = {'template': template} if spec.backend in ('hf', 'vllm') else {}
     client = llm.make_client(spec, role=role, stage='evaluation', iteration=iteration, cache_dir=run.cache,
                              usage_log=run.usage, budget=budget, **local)
     try:
-        answers = llm.answer_pool(items, client, out_path, role=role, temperature=0.0, max_tokens=max_tokens,
-                                  seed=seed, iteration=iteration, stage='evaluation')
+        answers = llm.answer_pool(items, client, out_path, role=role, temperature=temperature,
+                                  max_tokens=max_tokens, seed=seed, iteration=iteration, stage='evaluation',
+                                  system=system)
     finally: _close(client)
     return {a.id: a for a in answers}
 
@@ -695,6 +696,7 @@ def plot_reasoning(metrics: dict, path) -> Optional[Path]:
 # %% ../nbs/06_evaluation.ipynb #17c31235
 HISTORY_METRICS = (('relative_score', 'relative score (%)'), ('win_rate', 'win rate vs opponent (ties 1/2)'),
                    ('lc_win_rate', 'length-controlled win rate'), ('agieval_average', 'AGIEval accuracy (%)'),
+                   ('bbh_23_average', "BBH accuracy (%, the paper's 23 tasks)"),
                    ('bbh_average', 'BBH accuracy (%, all tasks run)'),
                    ('mean_length', 'mean answer length (words)'))
 
@@ -706,10 +708,12 @@ def headline(m: dict) -> dict:
     r = m.get('reasoning') or {}
     ivs = {'relative_score': (m[open_set].get('interval') if open_set else None),
            'win_rate': u.get('win_rate_interval'),
-           **{k: (r.get('intervals') or {}).get(k) for k in ('agieval_average', 'bbh_average')}}
+           **{k: (r.get('intervals') or {}).get(k)
+              for k in ('agieval_average', 'bbh_23_average', 'bbh_average')}}
     return {'relative_score': m[open_set]['relative_score'] if open_set else None,
             'win_rate': u.get('win_rate'), 'lc_win_rate': (u.get('length') or {}).get('lc_win_rate'),
-            'agieval_average': r.get('agieval_average'), 'bbh_average': r.get('bbh_average'),
+            'agieval_average': r.get('agieval_average'), 'bbh_23_average': r.get('bbh_23_average'),
+            'bbh_average': r.get('bbh_average'),
             'mean_length': round(sum(lens.values()) / len(lens), 1) if lens else None,
             'intervals': {k: (iv['lo'], iv['hi']) for k, iv in ivs.items()
                           if iv and iv.get('lo') is not None}}
@@ -964,11 +968,12 @@ def collect_answers(cfg: Config, run: RunDir, k: int, plan: EvalPlan, out_dir: P
     "{label: {item id: Answer}} of the reference and every candidate, to everything the plan asks."
     out = {}
     for lab, spec in [(plan.ref, plan.ref_spec), *plan.cands.items()]:
-        out[lab] = answer_items(lab, spec, plan.asked(), out_dir/'answers'/f'{lab}.jsonl',
-                                role='teacher' if lab == plan.ref else 'student',
+        role = 'teacher' if lab == plan.ref else 'student'
+        out[lab] = answer_items(lab, spec, plan.asked(), out_dir/'answers'/f'{lab}.jsonl', role=role,
                                 max_tokens=cfg.eval.max_new_tokens,
                                 seed=derive_seed(cfg.seed, 'evaluation', lab), iteration=k, run=run,
-                                budget=llm.run_budget(cfg, run.usage), template=answer_template(cfg, spec))
+                                budget=llm.run_budget(cfg, run.usage), template=answer_template(cfg, spec),
+                                temperature=cfg.eval.temperature, system=llm.role_system(cfg, role))
     return out
 
 # %% ../nbs/06_evaluation.ipynb #98bcc6bd
@@ -994,11 +999,20 @@ def _mean_lengths(answers: dict, items_by_set: dict) -> dict:
         if ls: out[s] = round(sum(ls) / len(ls), 1)
     return out
 
+# %% ../nbs/06_evaluation.ipynb #3dbe4a30
+def empty_answers(answers: dict, # {item id: Answer} of one model
+                  items_by_set: dict, # {set: its items}
+                 ) -> dict:
+    "{set: how many of the model's done answers to the set's items are empty or whitespace}."
+    blank = lambda i: i.id in answers and answers[i.id].status == 'done' and not answers[i.id].output.strip()
+    return {s: sum(map(blank, items)) for s, items in items_by_set.items()}
+
 # %% ../nbs/06_evaluation.ipynb #eb1b00a4
 def model_metrics(plan: EvalPlan, label: str, spec: ModelSpec, answers: dict, verdicts: list[dict]) -> dict:
     "The metrics of model `label`: lengths, each judged set's scores (with the length view), reasoning."
     m = {'spec': spec_summary(spec),
-         'mean_length': _mean_lengths(answers, {s: plan.instr[s] for s in plan.judged})}
+         'mean_length': _mean_lengths(answers, {s: plan.instr[s] for s in plan.judged}),
+         'empty_answers': empty_answers(answers, plan.items)}
     for s in plan.judged:
         vs = [v for v in verdicts if v['candidate'] == label and v['set'] == s]
         if not vs: continue
@@ -1029,8 +1043,9 @@ def evaluation_metrics(cfg: Config, run: RunDir, k: int, plan: EvalPlan, answers
     return {'iteration': k, 'final_model': plan.final, 'reference': plan.ref, 'opponent': plan.ref,
             'judge': judge_report(cfg, per_model, verdicts, plan.judged),
             'sets': {s: len(xs) for s, xs in plan.items.items()}, 'samples': plan.samples,
-            **{key: top[key] for key in (*OPEN_SETS, 'user252', 'reasoning') if key in top},
-            'models': per_model, 'mechanism': mechanism(run.root), 'judge_probe': judge_probe}
+            **{key: top[key] for key in (*OPEN_SETS, 'user252', 'reasoning', 'empty_answers') if key in top},
+            'models': per_model, 'mechanism': mechanism(run.root), 'judge_probe': judge_probe,
+            'answer_temperature': cfg.eval.temperature}
 
 # %% ../nbs/06_evaluation.ipynb #7cbc9f9c
 def write_plots(metrics: dict, out_dir, run_dir=None) -> list[Path]:
@@ -1093,6 +1108,7 @@ def summary_row(m: dict) -> dict:
         if f'{s}_average' in rs: r[f'{s} acc %'] = rs[f'{s}_average']
     if rs.get('bbh_23_average') is not None: r['bbh-23 acc %'] = rs['bbh_23_average']
     for s, l in (m.get('mean_length') or {}).items(): r[f'len {s}'] = l
+    r['empty answers'] = sum((m.get('empty_answers') or {}).values())
     return r
 
 # %% ../nbs/06_evaluation.ipynb #c084bc82
@@ -1159,12 +1175,15 @@ def _pair_line(u: dict) -> str:
 
 # %% ../nbs/06_evaluation.ipynb #51340b18
 def _reasoning_line(r: dict) -> str:
-    """The closing note's line on reasoning: each benchmark's average over its own tasks, and unextracted
-    replies."""
+    """The closing note's line on reasoning: each benchmark's average over its own tasks (BBH's headline over
+    the paper's 23, all tasks run beside it), and unextracted replies."""
     ivs = r.get('intervals') or {}
     per = [f"{s} **{r[s + '_average']}%**{ci_text(ivs.get(s + '_average'))} over {len(r.get(s) or {})} tasks"
-           for s in REASONING_SETS if s + '_average' in r]
-    if 'bbh_23_average' in r: per.append(f"BBH's 23-task subset (Orca, Lion) {r['bbh_23_average']}%")
+           for s in REASONING_SETS if s + '_average' in r and not (s == 'bbh' and 'bbh_23_average' in r)]
+    if 'bbh_23_average' in r:
+        n23 = sum(t in BBH_23 for t in r.get('bbh') or {})
+        per.append(f"bbh **{r['bbh_23_average']}%**{ci_text(ivs.get('bbh_23_average'))} over {n23} of the "
+                   f"paper's 23 tasks (all {len(r.get('bbh') or {})} tasks run: {r.get('bbh_average')}%)")
     return (f"- reasoning (exact match, each benchmark averaged over its own tasks): {'; '.join(per)}; "
             f"{sum(r['unextracted'].values())} replies had no extractable answer.")
 
@@ -1175,6 +1194,23 @@ def _length_line(metrics: dict) -> Optional[str]:
     if not lens: return None
     per = [f"{lab} {', '.join(f'{s} {v}' for s, v in l.items())}" for lab, l in lens.items()]
     return '- mean answer length (words): ' + '; '.join(per)
+
+# %% ../nbs/06_evaluation.ipynb #b4a28857
+def empty_line(metrics: dict) -> str:
+    "The closing note's line on empty answers: every model's count, per set where there were any."
+    per = {lab: {s: n for s, n in (m.get('empty_answers') or {}).items() if n}
+           for lab, m in metrics['models'].items()}
+    sets = lambda c: ', '.join(f'{s} {n}' for s, n in c.items())
+    told = [f"{lab} {sum(c.values())} ({sets(c)})" for lab, c in per.items() if c]
+    return ('- empty answers (scored as answers): ' + ('; '.join(told) if told else 'none'))
+
+# %% ../nbs/06_evaluation.ipynb #02da33b8
+def sampling_line(metrics: dict) -> str:
+    "The closing note's line on how every model's evaluation answers were decoded."
+    t = metrics.get('answer_temperature')
+    if t is None: return '- answers: decoding not recorded'
+    if not t: return '- answers: greedy (temperature 0; Lion samples at 0.7)'
+    return f'- answers: sampled at temperature {t:g}, seeded per model and item'
 
 # %% ../nbs/06_evaluation.ipynb #9bed2bad
 def closing_note(metrics: dict) -> str:
@@ -1188,6 +1224,8 @@ def closing_note(metrics: dict) -> str:
     if m.get('user252'): lines.append(_pair_line(m['user252']))
     if m.get('reasoning'): lines.append(_reasoning_line(m['reasoning']))
     if (ll := _length_line(metrics)) is not None: lines.append(ll)
+    lines.append(empty_line(metrics))
+    lines.append(sampling_line(metrics))
     return '\n'.join(lines)
 
 # %% ../nbs/06_evaluation.ipynb #84bb13b9
@@ -1330,7 +1368,7 @@ def _headline_json(m: dict) -> str:
     judged = {k: m[k] for k in ('vicuna80', 'demo', 'user252') if k in m and m[k]}
     r = m.get('reasoning') or {}
     reasoning = {k: r.get(k) for k in ('agieval_average', 'bbh_average', 'bbh_23_average')}
-    return json.dumps(judged | reasoning, default=str)[:2000]
+    return json.dumps(judged | reasoning | {'empty_answers': m.get('empty_answers')}, default=str)[:2000]
 
 # %% ../nbs/06_evaluation.ipynb #84a5a0a6
 def evaluate_cli(argv: list[str]) -> int:

@@ -21,11 +21,11 @@ from .llm import ChatRequest, make_client, run_client
 
 # %% auto #0
 __all__ = ['KINDS', 'NO_INPUT', 'REASONS', 'ECHO_MARKERS', 'SEED_SOURCES', 'Seed', 'read_seeds', 'generation_messages', 'Parsed',
-           'parse_generation', 'FilterSettings', 'unwrap', 'post_filter', 'plan_targets', 'pick_parent', 'request_seed',
-           'new_id', 'GenerationSettings', 'build_requests', 'GenerationResult', 'reply_row', 'generated_instruction',
-           'GenerationPass', 'check_round', 'generate_instructions', 'plot_nn_rouge', 'examples', 'check_seed_source',
-           'random_seeds', 'generation_inputs', 'write_pools', 'generation_summary', 'save_nn_rouge', 'run_generation',
-           'describe_summary', 'estimate_first_round', 'generate_cli']
+           'parse_generation', 'FilterSettings', 'unwrap', 'lion_reason', 'post_filter', 'plan_targets', 'pick_parent',
+           'request_seed', 'new_id', 'GenerationSettings', 'build_requests', 'GenerationResult', 'reply_row',
+           'generated_instruction', 'GenerationPass', 'check_round', 'generate_instructions', 'plot_nn_rouge',
+           'examples', 'check_seed_source', 'random_seeds', 'generation_inputs', 'write_pools', 'generation_summary',
+           'save_nn_rouge', 'run_generation', 'describe_summary', 'estimate_first_round', 'generate_cli']
 
 # %% ../nbs/05_generation.ipynb #b1246d35
 @dataclass(frozen=True)
@@ -120,20 +120,22 @@ def parse_generation(text: str, # a generator reply, as the model wrote it
     return Parsed(instr, inp, True, 'input' in parts)
 
 # %% ../nbs/05_generation.ipynb #8fba67c2
-REASONS = ('failed', 'truncated', 'empty', 'echo', 'punctuation', 'too_short', 'too_long', 'similar',
-           'surplus')
+REASONS = ('failed', 'truncated', 'empty', 'echo', 'punctuation', 'too_short', 'too_long',
+           'mentions_instruction', 'non_ascii', 'similar', 'surplus')
 
 @dataclass(frozen=True)
 class FilterSettings:
-    "Post-filter limits (in ROUGE tokens): `generation.min_words` and `generation.max_words`."
+    """Post-filter limits (in ROUGE tokens): `generation.min_words` and `generation.max_words`; `lion` adds
+    Lion's own rules (`generation.lion_filter`)."""
     min_words: int
     max_words: int
+    lion: bool = False
 
     @classmethod
     def from_config(cls, cfg: Optional[Config] = None) -> FilterSettings:
         "The limits of `cfg.generation` (no `cfg`: the defaults of the `generation` section)."
         gen = cfg.generation if cfg is not None else GenerationConfig()
-        return cls(min_words=gen.min_words, max_words=gen.max_words)
+        return cls(min_words=gen.min_words, max_words=gen.max_words, lion=gen.lion_filter)
 
 # %% ../nbs/05_generation.ipynb #a8e61f45
 _WRAPPERS = (('<', '>'), ('"', '"'), ('\u201c', '\u201d'), ("'", "'"), ('**', '**'), ('`', '`'))
@@ -188,6 +190,15 @@ def _shape_reason(instr: str, settings: FilterSettings) -> Optional[str]:
     if n > settings.max_words: return 'too_long'
     return None
 
+# %% ../nbs/05_generation.ipynb #3a924b2f
+def lion_reason(p: Parsed, settings: FilterSettings) -> Optional[str]:
+    "Why Lion's own rules reject an (unwrapped) reply, when `settings.lion` is on; None when they do not."
+    if not settings.lion: return None
+    if 'instruction' in f"{p.instruction}\n{p.input}".lower(): return 'mentions_instruction'
+    if len(p.instruction.split()) <= 3: return 'too_short'
+    if not p.instruction[:1].isascii(): return 'non_ascii'
+    return None
+
 # %% ../nbs/05_generation.ipynb #c56184a5
 def post_filter(text: str, # the reply's text
                 finish_reason: Optional[str], # why the model stopped ('length': at the max_tokens limit)
@@ -198,13 +209,13 @@ def post_filter(text: str, # the reply's text
     "`(reason, parsed)`: why a generator reply is rejected (None if it passes), and what it parsed to."
     settings = settings or FilterSettings.from_config()
     p = parse_generation(text if status == 'done' else '')
-    if status != 'done':   # the LLM layer reports an empty reply as a failed call: count it as empty
+    if status != 'done':   # a failed call (an empty reply cut at the limit counts as empty)
         return ('empty' if (error or '').startswith('empty') else 'failed'), p
     if finish_reason == 'length' and not _complete(p): return 'truncated', p
     if not p.instruction.strip(): return 'empty', p
     if _echoes(p): return 'echo', p
     p = _unwrapped(p)
-    return _shape_reason(p.instruction, settings), p
+    return _shape_reason(p.instruction, settings) or lion_reason(p, settings), p
 
 # %% ../nbs/05_generation.ipynb #4fa67d4c
 def plan_targets(n_new: int, hard_fraction: float, n_hard_seeds: int, n_easy_seeds: int) -> dict[str, int]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .core import (Answer, Config, LionError, RunDir, derive_seed, read_json, read_pool, write_json,
                           write_jsonl)
-from .llm import answer_pool, run_client
+from .llm import answer_pool, role_system, run_client
 from .models import ensure_server, resolve_hf_model
 from .stats import paired_diff_ci
 from .train import launch_training, mean_nll, plot_loss
@@ -105,7 +105,8 @@ def teacher_answers(cfg: Config, run: RunDir, k: int) -> list[Answer]:
     client = run_client(cfg, run, 'teacher', stage='imitation', iteration=k)
     return answer_pool(pool, client, run.stage_dir(k, 'imitation')/'teacher_answers.jsonl', role='teacher',
                        temperature=cfg.sampling.teacher_temperature, max_tokens=cfg.sampling.max_new_tokens,
-                       seed=cfg.seed, iteration=k, stage='imitation', desc=f'iter {k}: teacher answers')
+                       seed=cfg.seed, iteration=k, stage='imitation', desc=f'iter {k}: teacher answers',
+                       system=role_system(cfg, 'teacher'))
 
 # %% ../nbs/03_imitation.ipynb #d51b8c93
 def answers_for_training(cfg: Config, run: RunDir, k: int, echo=print) -> tuple[list[Answer], dict]:

@@ -28,8 +28,8 @@ from .limits import (CHARS_PER_TOKEN, MAX_BACKOFF_S, MAX_RETRY_AFTER_S, USAGE_CO
                             retry_after_s, run_sync, spent_usd, summarise_usage, worst_case_cost, _progress)
 
 # %% auto #0
-__all__ = ['CLIENT_KEYWORDS', 'make_client', 'student_spec', 'run_budget', 'run_client', 'answer_requests', 'answer_pool',
-           'answer_cli']
+__all__ = ['CLIENT_KEYWORDS', 'LION_TEACHER_SYSTEM', 'make_client', 'student_spec', 'run_budget', 'run_client', 'answer_requests',
+           'role_system', 'answer_pool', 'answer_cli']
 
 # %% ../nbs/01_llm.ipynb #1ec17223
 def _embedded_base_url(model: str) -> str:
@@ -113,12 +113,22 @@ def run_client(cfg, # the run's configuration
 
 # %% ../nbs/01_llm.ipynb #922c2d07
 def answer_requests(instructions: Sequence[Instruction], *, role: str, temperature: float, max_tokens: int,
-                    seed: Optional[int] = None) -> list[ChatRequest]:
-    "One chat request per instruction (key = its id)."
+                    seed: Optional[int] = None, system: str = '') -> list[ChatRequest]:
+    "One chat request per instruction (key = its id), after system prompt `system` when there is one."
     sampled = seed is not None and temperature > 0
-    ask = lambda i: [{'role': 'user', 'content': user_message(i.instruction, i.input)}]
+    head = [{'role': 'system', 'content': system}] if system else []
+    ask = lambda i: head + [{'role': 'user', 'content': user_message(i.instruction, i.input)}]
     seed_of = lambda i: derive_seed(seed, role, i.id) if sampled else None
     return [ChatRequest(i.id, ask(i), temperature, max_tokens, seed_of(i)) for i in instructions]
+
+# %% ../nbs/01_llm.ipynb #df204e9a
+LION_TEACHER_SYSTEM = "You are a helpful assistant that generates a response to a given task instruction."
+
+def role_system(cfg, # the run's configuration (None: no system prompt)
+                role: str, # the role that answers
+               ) -> str:
+    "The system prompt `role`'s answers are asked with: `sampling.teacher_system` for the teacher, else ''."
+    return cfg.sampling.teacher_system if cfg is not None and role == 'teacher' else ''
 
 # %% ../nbs/01_llm.ipynb #c39f082a
 def _by_id(instructions: Sequence[Instruction]) -> dict[str, Instruction]:
@@ -152,7 +162,9 @@ def answer_pool(instructions: Sequence[Instruction], # the pool
                 temperature: float, # sampling temperature (0: greedy)
                 max_tokens: int, # the answers' token limit
                 seed: Optional[int] = None, # the run seed (sampling seeds derive from it)
-                iteration: int = 0, stage: str = '', desc: Optional[str] = None) -> list[Answer]:
+                iteration: int = 0, stage: str = '', desc: Optional[str] = None,
+                system: str = '', # a system prompt before each instruction ('': none; `role_system`)
+               ) -> list[Answer]:
     "Answer every instruction with `client`, appending to `out_path` as answers finish; resumes from it."
     by_id = _by_id(instructions)
     prior = _prior_answers(out_path)
@@ -165,7 +177,8 @@ def answer_pool(instructions: Sequence[Instruction], # the pool
             log.extend(new)
             fresh.update((a.id, a) for a in new)
         if todo:
-            reqs = answer_requests(todo, role=role, temperature=temperature, max_tokens=max_tokens, seed=seed)
+            reqs = answer_requests(todo, role=role, temperature=temperature, max_tokens=max_tokens, seed=seed,
+                                   system=system)
             client.run(reqs, desc=desc or f'{role} answers', on_results=on_results)
     return [fresh.get(i.id) or prior[i.id] for i in instructions]
 
@@ -186,7 +199,7 @@ def _answer_parser() -> argparse.ArgumentParser:
     p.add_argument('--timeout', type=float)
     p.add_argument('--batch-api', action='store_true', help='use the OpenAI Batch API (half price)')
     p.add_argument('--batch-poll-s', type=float, default=30.0)
-    p.add_argument('--template', choices=['chat', 'alpaca'],
+    p.add_argument('--template', choices=['chat', 'alpaca', 'lion'],
                    help="prompt layout for a local checkpoint (default: the config's train.template, "
                         "else chat)")
     p.add_argument('--temperature', type=float,
@@ -278,5 +291,6 @@ def answer_cli(argv: list[str], # the arguments after `lion_nb answer`
     client, usage = _cli_client(a, cfg, spec, out)
     sampling = dict(temperature=temp, max_tokens=max_tokens, seed=seed)
     if a.dry_run: return _dry_run(client, pool, out, a.role, **sampling)
-    answers = answer_pool(pool, client, out, role=a.role, iteration=a.iteration, stage=a.stage, **sampling)
+    answers = answer_pool(pool, client, out, role=a.role, iteration=a.iteration, stage=a.stage,
+                          system=role_system(cfg, a.role), **sampling)
     return _report(answers, client, out, usage)

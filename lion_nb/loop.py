@@ -26,10 +26,10 @@ __all__ = ['BASELINES', 'STAGES', 'STAGE_NOTEBOOKS', 'WEIGHT_SUFFIXES', 'KEPT_DI
            'check_checkpoint', 'eval_data_names', 'check_data', 'check_reserve', 'check_devices', 'checkpoint_bytes',
            'check_disk', 'check_keys', 'endpoint_models', 'retrieve_model', 'estimated_end', 'check_endpoint_model',
            'role_temperatures', 'shape_line', 'endpoint_checks', 'request_shapes', 'preflight', 'link_cache',
-           'prepare_run_dir', 'run_lock', 'fork_run', 'run_manifest', 'notebook_stage', 'run_loop', 'stage_hashes',
-           'usage_summary', 'judge_prefix_tokens', 'shared_prompt_tokens', 'reasoning_per_call',
-           'discrimination_teacher_calls', 'eval_items', 'DryRun', 'estimate_run', 'print_estimate', 'repo_root',
-           'print_summary', 'run_parser', 'run_cli', 'demo_cli']
+           'prepare_run_dir', 'run_lock', 'check_fork', 'fork_run', 'match_train_pool', 'matched_stage', 'run_manifest',
+           'notebook_stage', 'run_loop', 'stage_hashes', 'usage_summary', 'judge_prefix_tokens', 'shared_prompt_tokens',
+           'reasoning_per_call', 'discrimination_teacher_calls', 'eval_items', 'DryRun', 'estimate_run',
+           'print_estimate', 'repo_root', 'print_summary', 'run_parser', 'run_cli', 'demo_cli']
 
 # %% ../nbs/07_loop.ipynb #668482d2
 from . import data
@@ -49,8 +49,10 @@ from lion_nb.core import (
     parse_config,
     read_json,
     read_log,
+    read_pool,
     sha256_file,
     write_json,
+    write_jsonl,
 )
 from .discrimination import run_discrimination
 from .discrimination import judge_for
@@ -294,11 +296,11 @@ def count_parameters(folder) -> tuple[str, int]:
 def prompt_layout(spec: ModelSpec, tokenizer, cfg: Config) -> str:
     "How prompts for a local model are laid out ('chat' or 'alpaca'), or an error that says what is missing."
     has_chat = bool(getattr(tokenizer, 'chat_template', None))
-    asked = spec.prompt_template                             # auto | chat | alpaca
+    asked = spec.prompt_template                             # auto | chat | alpaca | lion
     if asked == 'chat' and not has_chat:
         raise LionError("prompt_template is 'chat', but its tokenizer has no chat template: give it one, "
-                        "or set prompt_template: alpaca (or auto)")
-    if asked == 'alpaca': return 'alpaca'
+                        "or set prompt_template: alpaca or lion (or auto)")
+    if asked in ('alpaca', 'lion'): return asked
     return 'chat' if has_chat else 'alpaca (no chat template)'   # auto: the one rule, llm.resolve_template
 
 # %% ../nbs/07_loop.ipynb #50f7563e
@@ -645,9 +647,27 @@ def _link_or_copy(src, dst):
     try: os.link(src, dst)
     except OSError: shutil.copy2(src, dst)
 
+# %% ../nbs/07_loop.ipynb #29f8c142
+def check_fork(src, # the run folder forked from
+               cfg: Config, # the forking run's configuration
+              ) -> Path:
+    "`src`'s saved configuration, or an error naming every result-changing setting in which it differs."
+    saved = RunDir(src).root/'config.yaml'
+    if not saved.exists():
+        raise LionError(f"--fork-from {RunDir(src).root}: it has no config.yaml to check this run's "
+                        f"configuration against (fork only from a run of `lion_nb run`)")
+    diff = identity_diff(load_config(saved), cfg)
+    if diff:
+        raise LionError(f"--fork-from {RunDir(src).root}: its configuration differs in settings that change "
+                        f"results, so the arms would differ in more than the referee: {'; '.join(diff)}")
+    return saved
+
 # %% ../nbs/07_loop.ipynb #cb42bff0
-def fork_run(src, run: RunDir, progress=print) -> list[str]:
+def fork_run(src, run: RunDir, progress=print,
+             cfg: Optional[Config] = None, # the forking run's configuration: refused if `src`'s differs
+            ) -> list[str]:
     "Start `run` from run `src`'s iteration 1: its pools, imitation (teacher answers, student) and LLM cache."
+    if cfg is not None: check_fork(src, cfg)
     src = RunDir(src)
     if not src.is_done(1, 'imitation'):
         raise LionError(f"{src.root}: iteration 1's imitation is not done; nothing to fork")
@@ -664,6 +684,40 @@ def fork_run(src, run: RunDir, progress=print) -> list[str]:
         copied.append('cache')
     if copied: progress(f"[lion_nb] forked from {src.root}: {', '.join(copied)}")
     return copied
+
+# %% ../nbs/07_loop.ipynb #0abf26bb
+def match_train_pool(run: RunDir, # the forked arm
+                     j: int, # the round whose new instructions (Train Pool j+1) are matched
+                     src: RunDir, # the arm it was forked from (already run)
+                     progress=print) -> Optional[dict]:
+    "Trim Train Pool j+1 (and Cache Pool j+1) of `run` to `src`'s count; what was done (None: nothing to do)."
+    theirs, ours = src.pool(j + 1, 'train'), run.pool(j + 1, 'train')
+    if not (theirs.exists() and ours.exists()) or run.is_done(j + 1, 'imitation'): return None
+    stage = 'generation' if run.is_done(j, 'generation') else 'selection'
+    new = run.stage_dir(j, stage)/'new.jsonl'
+    base = read_pool(new if new.exists() else ours)
+    n_src, n_new = len(read_pool(theirs)), len(base)
+    info = {'round': j, 'source': n_src, 'kept': n_new, 'trained': min(n_src, n_new), 'short': n_new < n_src}
+    if n_new > n_src:
+        kept = base[:n_src]
+        write_jsonl(run.pool(j + 1, 'cache'), read_pool(run.pool(j, 'cache')) + kept)
+        write_jsonl(ours, kept)
+    if n_new < n_src:
+        progress(f"[lion_nb] warning: round {j}: this arm kept {n_new} new instructions, the arm it was "
+                 f"forked from {n_src}; the arms train on different numbers (raise generation.max_rounds)")
+    write_json(run.stage_dir(j, stage)/'matched.json', info)
+    return info
+
+# %% ../nbs/07_loop.ipynb #9895c551
+def matched_stage(stage: Callable, # the run's stage (`notebook_stage`)
+                  run: RunDir, # the forked run
+                  src: RunDir, # the run it was forked from
+                  progress=print) -> Callable:
+    "`stage`, matching Train Pool k to `src`'s (`match_train_pool`) before imitation k, for k >= 2."
+    def matched(name: str, k: int, **options):
+        if name == 'imitation' and k >= 2: match_train_pool(run, k - 1, src, progress)
+        return stage(name, k, **options)
+    return matched
 
 # %% ../nbs/07_loop.ipynb #5ca5bcbd
 def run_manifest(cfg: Config, run: RunDir, baseline: Optional[str], K: int, fork_from) -> dict:
@@ -713,7 +767,7 @@ def run_loop(config_path, run_dir, baseline: Optional[str] = None, iterations: O
     manifest."""
     with run_lock(RunDir(run_dir)) as run:                           # one process per run folder
         cfg, saved = prepare_run_dir(config_path, run, cache_dir)     # a refused resume fails here, at once
-        if fork_from: fork_run(fork_from, run, progress)
+        if fork_from: fork_run(fork_from, run, progress, cfg)
         K = iterations or cfg.loop.iterations
         if check: preflight(saved, run.root, baseline, K, progress=progress)
         secrets = configured_secrets(cfg)
@@ -722,6 +776,7 @@ def run_loop(config_path, run_dir, baseline: Optional[str] = None, iterations: O
         write_json(run.manifest, manifest)
         t_run = time.time()
         stage = notebook_stage(run, K, saved, manifest, secrets, log_output, progress)
+        if fork_from: stage = matched_stage(stage, run, RunDir(fork_from), progress)
         lion(K, stage, baseline, cfg.loop.discriminate_last, cfg.loop.evaluate == 'every')
         manifest.update(hashes=stage_hashes(run), usage=usage_summary(run),
                         seconds=round(time.time() - t_run, 1), request_shapes=request_shapes(cfg, run))
@@ -829,7 +884,7 @@ class DryRun:
 
     def __call__(self, stage: str, k: int, **options):
         {'pools': lambda k: None, 'imitation': self.imitation, 'discrimination': self.discrimination,
-         'generation': self.generation, 'evaluation': self.evaluation}[stage](k)
+         'generation': self.generation, 'selection': self.selection, 'evaluation': self.evaluation}[stage](k)
 
     def add(
         self, k: int, stage: str, role: str, calls: float, prompt_tokens: float, completion_tokens: float
@@ -875,18 +930,30 @@ def evaluation(self: DryRun, k: int):
     if cfg.probe.enabled and k in cfg.probe.iterations and self.judged:
         self.add(k, 'evaluation', 'judge', 6 * cfg.probe.judge_items, self.review, EST['review_out'])
 
+# %% ../nbs/07_loop.ipynb #48c3cff2
+@patch
+def selection(self: DryRun, k: int):
+    "The `random` control draws the next Train Pool from the reserve: nothing is sent."
+    self.train = self.cfg.loop.n_new
+
 # %% ../nbs/07_loop.ipynb #7337815c
-def estimate_run(cfg: Config, iterations: Optional[int] = None) -> list[dict]:
-    "Estimated calls, tokens and cost per iteration, stage and role of a Lion run (nothing is sent)."
+def estimate_run(cfg: Config, iterations: Optional[int] = None,
+                 baseline: Optional[str] = None, # a control arm of `BASELINES` (None: Lion)
+                ) -> list[dict]:
+    """Estimated calls, tokens and cost per iteration, stage and role of a Lion run, or of control arm
+    `baseline`'s stages (nothing is sent)."""
+    if baseline is not None and baseline not in BASELINES:
+        raise LionError(f"unknown baseline {baseline!r}; known: {', '.join(BASELINES)}")
     dry = DryRun(cfg)
-    lion(iterations or cfg.loop.iterations, dry, None, cfg.loop.discriminate_last,
+    lion(iterations or cfg.loop.iterations, dry, baseline, cfg.loop.discriminate_last,
          cfg.loop.evaluate == 'every')
     return [r for r in dry.rows if r['calls']]
 
 # %% ../nbs/07_loop.ipynb #2e96fcf3
-def print_estimate(cfg: Config, iterations: Optional[int] = None, progress=print) -> dict:
-    "Print the dry-run table and totals; return the totals."
-    rows = estimate_run(cfg, iterations)
+def print_estimate(cfg: Config, iterations: Optional[int] = None, progress=print,
+                   baseline: Optional[str] = None) -> dict:
+    "Print the dry-run table and totals (of control arm `baseline`'s stages, when given); return the totals."
+    rows = estimate_run(cfg, iterations, baseline)
     progress(
         f"{'iter':>4} {'stage':<15} {'role':<10} {'model':<28} {'calls':>9} {'prompt tok':>13} "
         f"{'cached tok':>12} {'compl tok':>12} {'reason tok':>12} {'saved $':>8} {'cost $':>9}"
@@ -954,7 +1021,8 @@ def run_cli(argv=None) -> int:
     if a.dry_run:
         print(f"{K} round(s) of imitation, discrimination and generation, then a final imitation: "
               f"{trained_instructions(cfg, K):,} training instructions")
-        print_estimate(cfg, K)
+        if a.baseline: print(f"the control arm {a.baseline!r}: {BASELINES[a.baseline]}, instead of them")
+        print_estimate(cfg, K, baseline=a.baseline)
         return 0
     if a.check:
         preflight(a.config, run_dir, a.baseline, K)

@@ -16,12 +16,14 @@ from .core import LionError, atomic_write_text, load_config, write_json
 from .evaluation import (PAIR_SETS, arm_budget, arm_diff, arm_items, arm_probes, budget_lines,
                                 compare_arms, final_evaluation, mechanism, probes_line, pyplot, save_figure)
 from .loop import BASELINES, run_loop
-from .stats import FEW_SEEDS, align, hierarchical_ci, seed_verdict, spread, t_interval, yerr
+from .core import RunDir, read_json, read_pool
+from .stats import FEW_SEEDS, align, hierarchical_ci, seed_verdict, spread, t_interval, verdict, yerr
+
 
 # %% auto #0
 __all__ = ['seed_config', 'arm_dirs', 'run_seed', 'seed_items', 'pooled_diff', 'seed_level_diff', 'probe_lines',
-           'summarise_study', 'study_table', 'mechanism_lines', 'plot_study', 'study_parser', 'print_budgets',
-           'study_cli']
+           'summarise_study', 'study_table', 'mechanism_lines', 'arm_rounds', 'round_lines', 'plot_study',
+           'study_parser', 'print_budgets', 'study_cli']
 
 # %% ../nbs/07b_study.ipynb #9c5bd54b
 def seed_config(config_path, # the study's configuration (YAML)
@@ -174,6 +176,44 @@ def mechanism_lines(summary: dict) -> list[str]:
             f"{r['hard_share']:.0%} hard, mean gap {_gap(r.get('mean_gap'))}"
             for seed, s in summary['seeds'].items() for r in s.get('mechanism') or [] if 'hard_share' in r]
 
+# %% ../nbs/07b_study.ipynb #b2e7bf9b
+def arm_rounds(run_dir) -> list[dict]:
+    "Per round k of one arm: new instructions trained on next, their prompt mix, the referee's hard and easy."
+    run, out = RunDir(run_dir), []
+    k = 1
+    while run.pool(k + 1, 'train').exists():
+        new = read_pool(run.pool(k + 1, 'train'))
+        mix = Counter(r.prov.kind or 'drawn' for r in new)
+        disc = run.done_file(k, 'discrimination')
+        split = read_json(disc) if disc.exists() else {}
+        out.append({'round': k, 'trained': len(new), 'mix': dict(sorted(mix.items())),
+                    'hard': split.get('hard'), 'easy': split.get('easy')})
+        k += 1
+    return out
+
+# %% ../nbs/07b_study.ipynb #98ce1ea8
+def _mix(r: dict) -> str:
+    return ', '.join(f"{n} {'long-tail' if k == 'easy' else k}" for k, n in r['mix'].items()) or 'none'
+
+def round_lines(arms: dict,  # {seed: (Lion run folder, control run folder)}
+                control: str = 'random-seeds') -> list[str]:
+    "Per seed and round: each arm's new instructions, prompt mix and referee split; a flag where they differ."
+    out = []
+    for seed, (a, b) in arms.items():
+        rb = {r['round']: r for r in arm_rounds(b)}
+        for r in arm_rounds(a):
+            c = rb.get(r['round'])
+            ref = f"; referee {r['hard']} hard, {r['easy']} easy" if r['hard'] is not None else ''
+            line = f"seed {seed}, round {r['round']}: lion {r['trained']} new ({_mix(r)}{ref})"
+            if c is None:
+                out.append(line + f"; {control}: not run")
+                continue
+            line += f", {control} {c['trained']} new ({_mix(c)})"
+            if c['trained'] != r['trained']: line += '  <- the arms train on different numbers of new ones'
+            elif c['mix'] != r['mix']: line += '  <- the prompt mix differs'
+            out.append(line)
+    return out
+
 # %% ../nbs/07b_study.ipynb #04d3da58
 def plot_study(summary: dict, path) -> Optional[Path]:
     "A PNG of Lion - control per seed and over seeds, with 95% intervals, one panel per set (None: no sets)."
@@ -230,6 +270,7 @@ def study_cli(argv=None) -> int:
     plot_study(summary, Path(a.out)/'study.png')
     print(study_table(summary))
     for line in mechanism_lines(summary) + probe_lines(summary): print(line)
+    for line in round_lines(arms, a.control): print(line)
     print_budgets(summary, arms)
     print(json.dumps({'control': a.control, 'seeds': a.seeds, 'sets': summary['sets'],
                       'per_seed': {s: r['sets'] for s, r in summary['seeds'].items()}}, default=str))

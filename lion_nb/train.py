@@ -127,7 +127,7 @@ def prompt_and_response(tok, rec: dict, template: str = 'chat') -> tuple[str, st
     "Split one SFT record into the prompt text (given) and the response text (learned), in `template`."
     msgs = [{'role': 'user', 'content': user_message(rec['instruction'], rec.get('input', ''))}]
     prompt = render_prompt(tok, msgs, template)     # one rule, shared with inference
-    if resolve_template(tok, template) == 'alpaca': return prompt, rec['output'] + (tok.eos_token or '')
+    if resolve_template(tok, template) != 'chat': return prompt, rec['output'] + (tok.eos_token or '')
     full = tok.apply_chat_template(msgs + [{'role': 'assistant', 'content': rec['output']}], tokenize=False)
     if not full.startswith(prompt):
         raise LionError("the chat template does not render the prompt as a prefix of the full conversation; "
@@ -147,7 +147,7 @@ def effective_max_length(tok, max_length: int, model_config=None) -> int:
 def tokenize_example(tok, rec: dict, max_length: int, template: str = 'chat') -> Optional[dict]:
     "Token ids and labels of one record (prompt labels -100); `None` when truncation leaves no response."
     prompt, response = prompt_and_response(tok, rec, template)
-    p = tok(prompt, add_special_tokens=(resolve_template(tok, template) == 'alpaca'))['input_ids']
+    p = tok(prompt, add_special_tokens=(resolve_template(tok, template) != 'chat'))['input_ids']
     r = tok(response, add_special_tokens=False)['input_ids']
     ids, labels = (p + r)[:max_length], ([IGNORE] * len(p) + r)[:max_length]
     if all(l == IGNORE for l in labels): return None
@@ -882,7 +882,7 @@ OVERRIDES = [('epochs', float), ('lr', float), ('max-length', int), ('micro-batc
              ('effective-batch', int),
              ('warmup-ratio', float), ('lora-r', int), ('save-every', int), ('keep', int), ('nnodes', int),
              ('node-rank', int), ('rdzv-endpoint', str)]             # flags that override a TrainConfig field
-CHOICES = {'schedule': ['cosine', 'linear', 'constant'], 'template': ['chat', 'alpaca'],
+CHOICES = {'schedule': ['cosine', 'linear', 'constant'], 'template': ['chat', 'alpaca', 'lion'],
            'device': ['auto', 'cuda', 'cpu'], 'batch-unit': ['examples', 'tokens']}
 SWITCHES = ['packing', 'gradient-checkpointing', 'lora']
 

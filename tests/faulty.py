@@ -17,7 +17,8 @@ from lion_fixtures import ROOT, lion_reply
 
 LION = [sys.executable, '-c', 'import sys; from lion_nb.cli import main; sys.exit(main())']
 FAULT_MIX = ('429', '500', '503', 'reset', 'hang', 'length', 'garbled', 'empty', 'badjson')
-DOOMED_FAULTS = ('500', '503', 'reset', 'empty')        # faults that make a request fail on every attempt
+DOOMED_FAULTS = ('500', '503', 'reset')        # faults that make a request fail on every attempt ('empty' is an
+                                                # answer: an empty reply that ended normally is scored, not failed)
 NO_SCORES = "Both answers address the request. I would rather not put numbers on them."
 
 

@@ -36,6 +36,20 @@ def test_paper_dry_run_estimates_cost():
     assert max(int(l.split()[0]) for l in r.stdout.splitlines() if l.split() and l.split()[0].isdigit()) == 4   # iteration 4: the final imitation
 
 
+
+def test_dry_run_counts_the_control_arms_stages():
+    "--dry-run --baseline estimates the control arm: no referee; the generator from random seeds, or nothing."
+    lion_rows = lion('run', '--config', 'configs/paper.yaml', '--dry-run').stdout.splitlines()
+    for arm in ('random-seeds', 'random'):
+        r = lion('run', '--config', 'configs/paper.yaml', '--dry-run', '--baseline', arm)
+        assert r.returncode == 0, r.stderr
+        rows = [l.split() for l in r.stdout.splitlines()]
+        assert f"the control arm '{arm}'" in r.stdout
+        assert not [x for x in rows if x[1:3] == ['discrimination', 'referee']]
+        gen = [x for x in rows if x[1:3] == ['generation', 'generator']]
+        assert len(gen) == (3 if arm == 'random-seeds' else 0)
+    assert any(l.split()[1:3] == ['discrimination', 'referee'] for l in lion_rows if l.split())
+
 # --- the preflight: `lion_nb run --check` fails in seconds, naming every problem; nothing is run or paid for ---
 
 def no_chat_template(folder: Path) -> Path:

@@ -274,7 +274,7 @@ SCRIPT = {
     'q4': (7, 3, 'repair'),      # first reply has no scores; the repair request gets them: hard
     'q5': (6, 4, 'never_sf'),    # student-first review never parseable: unscored
     'q6': (6, 4, 'oob'),         # always out of range (12): unscored
-    'q7': (8, 2, 'plain'),       # the student's answer fails (empty response): unscored
+    'q7': (8, 2, 'plain'),       # the student's answer fails (cut at max_tokens before any text): unscored
     'q8': (9, 10, 'truncated'),  # first reply cut at max_tokens; repaired: easy, d = -1
     'q9': (5, 8, 'table'),       # markdown table: easy, d = -3
 }
@@ -294,7 +294,7 @@ def scripted_reply(calls: Counter):
         qid = _id_of(users[0])
         calls[(model, qid)] += 1
         if model == 'T': return f'TEACHER answer for [{qid}]: a careful, complete answer.'
-        if model == 'S': return '' if qid == 'q7' else f'STUDENT answer for [{qid}]: short.'
+        if model == 'S': return ('', 'length') if qid == 'q7' else f'STUDENT answer for [{qid}]: short.'
         assert model == 'R'
         t, s, how = SCRIPT[qid]
         first_is_teacher = re.search(r'<assistant_1_answer>\nTEACHER', users[0]) is not None
@@ -402,6 +402,48 @@ def test_whole_stage_against_scripted_server(tmp_path):
         assert all(calls[('T', q)] == 1 for q in SCRIPT if q != 'q7')
         assert new[('T', 'q10')] == 1 and new[('R', 'q10')] == 2
         assert _ids(run.stage_dir(2, 'discrimination')/'hard.jsonl') == HARD | {'q10'} and s2['unscored'] == 3
+
+
+def test_an_empty_student_answer_is_reviewed_and_can_be_hard(tmp_path):
+    "An empty reply that ended normally is the student's answer: the referee sees it, scores it, and it is hard."
+    prompts = {}
+    def reply(body):
+        users = [m['content'] for m in body['messages'] if m['role'] == 'user']
+        qid = _id_of(users[0])
+        if body['model'] == 'T': return f'TEACHER answer for [{qid}].'
+        if body['model'] == 'S': return '  ' if qid == 'q0' else f'STUDENT answer for [{qid}].'
+        prompts.setdefault(qid, []).append(users[0])
+        empty_first = '<assistant_1_answer>\n\n</assistant_1_answer>' in users[0]
+        a, b = (9, 9) if qid == 'q1' else (1, 9) if empty_first else (9, 1)
+        return f'One answer is missing.\nAssistant 1: {a}\nAssistant 2: {b}'
+    with serve(reply) as srv:
+        cfg = parse_config(_cfg_dict(srv.base_url))
+        run = RunDir(tmp_path/'run')
+        write_jsonl(run.pool(1, 'cache'), _pool(['q0', 'q1']))
+        s = run_discrimination(cfg, run, 1, progress=None)
+    out = run.stage_dir(1, 'discrimination')
+    assert (s['scored'], s['hard'], s['unscored']) == (2, 1, 0)
+    hard = {o['id']: o for o in read_log(out/'hard.jsonl')}
+    assert set(hard) == {'q0'} and hard['q0']['student_answer'] == '  ' and hard['q0']['d'] == 8.0
+    assert sum('<assistant_1_answer>\n\n</assistant_1_answer>' in p for p in prompts['q0']) == 1   # shown empty
+
+
+def test_teacher_answers_under_the_configured_system_prompt_and_the_student_under_none(tmp_path):
+    "sampling.teacher_system (the paper profile: Lion's) goes before every teacher request, never the student's."
+    from lion_nb.llm import LION_TEACHER_SYSTEM
+    systems = Counter()
+    def reply(body):
+        sys_ = tuple(m['content'] for m in body['messages'] if m['role'] == 'system')
+        if body['model'] in ('T', 'S'): systems[(body['model'], sys_)] += 1
+        qid = _id_of([m['content'] for m in body['messages'] if m['role'] == 'user'][0])
+        return f'Answer for [{qid}].' if body['model'] != 'R' else 'Same.\nAssistant 1: 5\nAssistant 2: 5'
+    with serve(reply) as srv:
+        d = _cfg_dict(srv.base_url)
+        d['sampling']['teacher_system'] = LION_TEACHER_SYSTEM
+        run = RunDir(tmp_path/'run')
+        write_jsonl(run.pool(1, 'cache'), _pool(['q0', 'q1']))
+        run_discrimination(parse_config(d), run, 1, progress=None)
+    assert systems == {('T', (LION_TEACHER_SYSTEM,)): 2, ('S', ()): 2}
 
 
 def test_the_stage_probes_the_referee_before_the_student_answers(tmp_path):

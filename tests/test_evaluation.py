@@ -387,3 +387,44 @@ def test_a_zero_is_a_score_only_on_a_judge_scale_with_one(tmp_path):
     assert (v['status'], v['cand_score'], v['opp_score'], v['outcome']) == ('done', 0.0, 9.0, 'lose')
     v = _job_verdict(job(load_judge('lion/review')), 'score', reply)
     assert v['status'] == 'unscored' and 'outside 1-10' in v['error']
+
+
+def test_empty_answers_are_judged_kept_and_counted(tmp_path, data_root):
+    """A blank reply that ended normally is an answer: the judge scores it, it stays in the relative score and win
+    rate, and the metrics, summary table, headline line and closing note count it."""
+    def blank_reply(body: dict) -> str:
+        text = last_user_text(body)
+        if body['model'] == 'blank': return ' '
+        if body['model'] != 'judge': return T_ANS
+        if text.startswith('Here is a question and two answers'):
+            return 'Answer 1 is empty.\nScores: 1 8' if re.search(r'\[Answer 1\]\n\s*\[End', text) else 'Answer 2 is empty.\nScores: 8 1'
+        return 'A is empty. [[B]]' if re.search(r'\[Response A\]\n\s*\[End', text) else 'B is empty. [[A]]'
+    with serve(blank_reply) as srv:
+        d = make_cfg(srv, data_root, {'vicuna80': 4, 'user252': 5})
+        d['models']['blank'] = dict(d['models']['bad'], model='blank')
+        d['eval']['sets'] = ['vicuna80', 'user252']
+        m = run_evaluation(parse_config(d), RunDir(tmp_path/'run'), 1, models={'blank': 'blank'}, plots=False)
+    b = m['models']['blank']
+    assert (b['vicuna80']['reviews_scored'], b['vicuna80']['failed'], b['vicuna80']['relative_score']) == (8, 0, 12.5)
+    assert (b['user252']['win'], b['user252']['lose'], b['user252']['n'], b['user252']['win_rate']) == (0, 5, 5, 0.0)
+    assert b['empty_answers'] == {'vicuna80': 4, 'user252': 5} and m['empty_answers'] == b['empty_answers']
+    assert m['models']['teacher']['empty_answers'] == {'vicuna80': 0, 'user252': 0}
+    assert summary_table(m).loc['blank', 'empty answers'] == 9
+    note = closing_note(m).splitlines()
+    assert note[-2:] == ['- empty answers (scored as answers): blank 9 (vicuna80 4, user252 5)',
+                         '- answers: greedy (temperature 0; Lion samples at 0.7)']
+
+
+def test_evaluation_answers_sample_at_eval_temperature_seeded(tmp_path, data_root):
+    "eval.temperature 0.7 (the paper profile, as Lion's inference): every answer is sampled with a seed per item."
+    seen = []
+    def rec(body: dict) -> str:
+        if body['model'] != 'judge': seen.append((body['model'], body.get('temperature'), body.get('seed')))
+        return reply(body)
+    with serve(rec) as srv:
+        d = make_cfg(srv, data_root, {'vicuna80': 3})
+        d['eval'].update(sets=['vicuna80'], temperature=0.7)
+        m = run_evaluation(parse_config(d), RunDir(tmp_path/'run'), 1, models={'good': 'good'}, plots=False)
+    assert len(seen) == 6 and {t for _, t, _ in seen} == {0.7} and all(s is not None for *_, s in seen)
+    assert len({s for _, _, s in seen}) == 6 and m['answer_temperature'] == 0.7
+    assert closing_note(m).endswith('- answers: sampled at temperature 0.7, seeded per model and item')

@@ -326,6 +326,9 @@ def test_student_hf_batched_equals_sequential_cached_and_resumable(tmp_path, mon
     # the Alpaca template is a different prompt, hence a different cache entry
     alp = make_client(spec, role='student', cache_dir=tmp_path/'c1', template='alpaca')
     assert not any(r.cached for r in alp.run([ChatRequest('x', [{'role': 'user', 'content': 'hi'}], max_tokens=4)]))
+    lion = make_client(spec, role='student', cache_dir=tmp_path/'c1', template='lion')      # Lion's layout: a third one
+    assert not any(r.cached for r in lion.run([ChatRequest('x', [{'role': 'user', 'content': 'hi'}], max_tokens=4)]))
+    assert len({c.endpoint_id() for c in (again, alp, lion)}) == 3
     # a retrained checkpoint (new files) does not reuse the old answers
     time.sleep(0.01); (ckpt/'config.json').write_text((ckpt/'config.json').read_text())
     fresh = make_client(spec, role='student', cache_dir=tmp_path/'c1')

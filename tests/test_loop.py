@@ -130,3 +130,17 @@ def test_a_second_run_on_a_held_folder_is_refused(tmp_path):
     assert f'is in use by another lion_nb run (pid {os.getpid()})' in p.stderr
     assert sorted(x.name for x in run.root.iterdir()) == ['.lock']                   # no config, no manifest
     with run_lock(run): pass                                                        # free again once released
+
+def test_fork_refuses_a_source_run_with_other_results_changing_settings(nbs_dir, tmp_path):
+    "--fork-from names every result-changing setting in which the source run differs, and copies nothing."
+    src = tmp_path/'lion'
+    run_loop(ROOT/'configs'/'demo.yaml', src, check=False, progress=lambda *_: None)
+    other = tmp_path/'other.yaml'
+    other.write_text((ROOT/'configs'/'demo.yaml').read_text().replace('seed: 0', 'seed: 1'))
+    with pytest.raises(LionError, match=r'--fork-from .*differs in settings that change results.*: seed: 0 -> 1$'):
+        run_loop(other, tmp_path/'control', baseline='random-seeds', fork_from=src, check=False, progress=lambda *_: None)
+    assert not (tmp_path/'control'/'iter_1'/'imitation').exists()
+    lines = []   # the same configuration forks
+    run_loop(ROOT/'configs'/'demo.yaml', tmp_path/'control2', baseline='random-seeds', fork_from=src, check=False,
+             progress=lines.append)
+    assert any('forked from' in l for l in lines)

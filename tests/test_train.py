@@ -84,9 +84,16 @@ def test_base_model_trains_and_answers_in_the_paper_prompt(full_run, tiny_base):
 
 
 def test_paper_profile_prompt_and_step_count():
-    "The paper profile trains in Alpaca's layout, and takes the paper's 1,219 steps whether or not it packs."
+    """The paper profile trains and answers in Lion's layout (its PROMPT_DICT, no Alpaca preamble), samples its
+    evaluation answers at Lion's 0.7, sends Lion's teacher system prompt and filters as Lion's generator did; it
+    takes the paper's 1,219 steps whether or not it packs."""
+    from lion_nb.llm import LION_TEACHER_SYSTEM, render_prompt
     cfg = load_config(ROOT / 'configs' / 'paper.yaml')
-    assert cfg.model_for('student').prompt_template == 'alpaca' and cfg.train.template == 'alpaca'
+    assert cfg.model_for('student').prompt_template == 'lion' and cfg.train.template == 'lion'
+    assert cfg.eval.temperature == 0.7 and cfg.sampling.teacher_system == LION_TEACHER_SYSTEM
+    assert cfg.generation.lion_filter and load_config(ROOT / 'configs' / 'demo.yaml').eval.temperature == 0
+    msgs = [{'role': 'user', 'content': 'Sort the numbers.\n\n3 1 2'}]
+    assert render_prompt(None, msgs, cfg.train.template) == '### Instruction:\nSort the numbers.\n\n### Input:\n3 1 2\n\n### Response:\n'
     assert cfg.train.device == 'cuda' and cfg.train.batch_unit == 'examples'
     lengths = [40 + (i * 7919) % 600 for i in range(52002)]
     for packing in (True, False):
