@@ -223,14 +223,14 @@ class OpenAIClient(_Client):
 @patch
 def cacheable(self: OpenAIClient) -> bool:
     """Not for a student endpoint whose weights cannot be told apart: no `checkpoint` named, and the server
-    lists no `root`. Its URL would key the cache, and a server restarted on new weights would be served the
-    previous student's answers; so it is asked every time (name its `checkpoint:` in the model entry to cache
-    it)."""
+    lists no `root` that is a local folder (`served_weights`). Its URL would key the cache, and a server
+    restarted on new weights would be served the previous student's answers; so it is asked every time (name
+    its `checkpoint:` in the model entry to cache it)."""
     if self.role != 'student' or self._endpoint or self.checkpoint is not None: return True   # (no start)
     if self.endpoint_id() != self.base_url: return True
     if not self._warned_uncached:
         warnings.warn(f"student endpoint {self.base_url}: its weights are unknown (no `checkpoint:` in its "
-                      "model entry, no `root` in its /v1/models), so its answers are not cached",
+                      "model entry, no local `root` folder in its /v1/models), so its answers are not cached",
                       stacklevel=2)
         self._warned_uncached = True
     return False

@@ -825,8 +825,10 @@ def rendezvous(cfg: TrainConfig, env: Optional[dict] = None) -> dict:
     """Nodes, this node's rank, the rendezvous endpoint, and whether torchrun is started on every node by
     `srun`: `train.nnodes` (default 1) decides the nodes, never SLURM_NNODES alone. With several nodes the
     rank comes from the config, SLURM_NODEID or NODE_RANK; the endpoint from the config,
-    MASTER_ADDR:MASTER_PORT or SLURM's first node; inside a SLURM job (SLURM_JOB_ID) `srun` starts one
-    torchrun per node, elsewhere this node's torchrun joins (start one per node). One node: standalone."""
+    MASTER_ADDR:MASTER_PORT or SLURM's first node. Inside a SLURM job (SLURM_JOB_ID) `srun` starts one
+    torchrun per node, unless we already run in a step over that many nodes (SLURM_STEP_NUM_NODES: `srun
+    lion_nb train` on each node); elsewhere this node's torchrun joins (one per node). One node:
+    standalone."""
     env = os.environ if env is None else env
     pick = lambda *vals: next((v for v in vals if v not in (None, '')), None)
     nnodes = cfg.nnodes or 1
@@ -840,7 +842,8 @@ def rendezvous(cfg: TrainConfig, env: Optional[dict] = None) -> dict:
         raise LionError(f"{nnodes} nodes need a rendezvous endpoint: set train.rdzv_endpoint (host:port) "
                         "or MASTER_ADDR")
     if not 0 <= node_rank < nnodes: raise LionError(f"node rank {node_rank} is not in 0..{nnodes - 1}")
-    srun = bool(env.get('SLURM_JOB_ID'))
+    in_step = int(env.get('SLURM_STEP_NUM_NODES') or 0) >= nnodes      # started on every node already
+    srun = bool(env.get('SLURM_JOB_ID')) and not in_step
     held = int(pick(env.get('SLURM_NNODES'), env.get('SLURM_JOB_NUM_NODES'), nnodes))
     if srun and held < nnodes:
         raise LionError(f"train.nnodes is {nnodes}, but this SLURM job holds {held} node(s) (SLURM_NNODES)")
