@@ -135,15 +135,19 @@ def http_json(url: str, timeout: float = 5.0) -> tuple[int, Optional[dict]]:
 GPU_SLACK_MIB = 1024   # memory a GPU may hold above its pre-launch reading and still count as given back
 
 def gpu_memory_used() -> Optional[dict[int, int]]:
-    "MiB used on each GPU (index -> MiB) as `nvidia-smi` says; None without nvidia-smi (or when it fails)."
+    """MiB used on each GPU (index -> MiB) as `nvidia-smi` says, of the GPUs CUDA_VISIBLE_DEVICES names (when
+    it lists indices); None without nvidia-smi (or when it fails)."""
+    seen = [d.strip() for d in os.environ.get('CUDA_VISIBLE_DEVICES', '').split(',') if d.strip()]
+    keep = {int(d) for d in seen} if seen and all(d.isdigit() for d in seen) else None
     exe = shutil.which('nvidia-smi')
     if exe is None: return None
     q = [exe, '--query-gpu=index,memory.used', '--format=csv,noheader,nounits']
     try: out = subprocess.run(q, capture_output=True, text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError): return None
     rows = [line.split(',')[:2] for line in out.splitlines() if line.strip()]
-    try: return {int(i): int(float(m)) for i, m in rows}
+    try: used = {int(i): int(float(m)) for i, m in rows}
     except ValueError: return None
+    return {i: m for i, m in used.items() if keep is None or i in keep}
 
 # %% ../nbs/14_engine.ipynb #2f061b62
 def group_alive(pgid: int) -> bool:

@@ -163,7 +163,16 @@ def fake_smi(tmp_path, monkeypatch):
     reading.write_text('0, 500\n')
     monkeypatch.setenv('PATH', f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv('LION_FAKE_SMI', str(reading))
+    monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
     return reading
+
+
+def test_gpu_memory_is_read_for_the_visible_gpus(fake_smi, monkeypatch):
+    from lion_nb.engine import gpu_memory_used
+    fake_smi.write_text('0, 500\n1, 70000\n')
+    assert gpu_memory_used() == {0: 500, 1: 70000}
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '1')                # another job's GPU 0 is not ours to wait for
+    assert gpu_memory_used() == {1: 70000}
 
 
 def test_stop_waits_for_the_group_and_the_gpu_memory(tmp_path, fake_smi):
