@@ -4,7 +4,7 @@
 
 # %% ../nbs/13c_clients.ipynb #9dcca800
 from __future__ import annotations
-import asyncio, concurrent.futures, hashlib, json, math, random, re, threading, urllib.request, warnings
+import asyncio, concurrent.futures, gc, hashlib, json, math, random, re, threading, urllib.request, warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -25,7 +25,7 @@ from .limits import cached_prompt_tokens, cached_saving_usd, shared_prefix_token
 # %% auto #0
 __all__ = ['NO_KEY', 'MAX_RESHAPES', 'NORMAL_FINISH', 'SHAPES_FILE', 'LIMIT_PARAMS', 'SUPPORTED', 'ALPACA_TEMPLATE',
            'ALPACA_INPUT_TEMPLATE', 'LION_TEMPLATE', 'LION_INPUT_TEMPLATE', 'LAYOUTS', 'served_weights', 'OpenAIClient',
-           'alpaca_prompt', 'resolve_template', 'render_prompt', 'resolve_checkpoint', 'HFClient']
+           'alpaca_prompt', 'resolve_template', 'render_prompt', 'resolve_checkpoint', 'HFClient', 'free_memory']
 
 # %% ../nbs/13c_clients.ipynb #92987f3e
 NO_KEY = 'sk-no-key-required'   # a placeholder for endpoints without authentication (never a real key)
@@ -184,17 +184,17 @@ def served_weights(base_url: str, # the endpoint, ending in /v1
                    timeout_s: float = 30.0,
                   ) -> Optional[str]:
     """A fingerprint of the weights an endpoint serves, from its `/v1/models` listing: vLLM (and SGLang) list
-    the served checkpoint folder as `root`; a local one is fingerprinted (`checkpoint_fingerprint`), another
-    is taken by name. None when the listing names no `root` or cannot be read (then only the URL identifies
-    the endpoint)."""
+    the served checkpoint folder as `root`, fingerprinted here (`checkpoint_fingerprint`). None (weights
+    unknown: only the URL identifies the endpoint) when the listing cannot be read, names no `root`, or names
+    one that is not a local folder (a remote server's path says nothing of the weights behind it)."""
     auth = {'Authorization': f'Bearer {api_key}'}
     req = urllib.request.Request(base_url.rstrip('/') + '/models', headers=auth)
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as r: data = json.loads(r.read()).get('data')
     except (OSError, ValueError, AttributeError): return None
     roots = sorted({m['root'] for m in data or [] if isinstance(m, dict) and isinstance(m.get('root'), str)})
-    if not roots: return None
-    sig = [checkpoint_fingerprint(r) if Path(r).is_dir() else r for r in roots]
+    if not roots or not all(Path(r).is_dir() for r in roots): return None
+    sig = [checkpoint_fingerprint(r) for r in roots]
     return hashlib.sha256(canonical_json([base_url.rstrip('/'), sig]).encode()).hexdigest()
 
 # %% ../nbs/13c_clients.ipynb #c730b2e4
@@ -234,14 +234,14 @@ class OpenAIClient(_Client):
 @patch
 def cacheable(self: OpenAIClient) -> bool:
     """Not for a student endpoint whose weights cannot be told apart: no `checkpoint` named, and the server
-    lists no `root`. Its URL would key the cache, and a server restarted on new weights would be served the
-    previous student's answers; so it is asked every time (name its `checkpoint:` in the model entry to cache
-    it)."""
+    lists no `root` that is a local folder (`served_weights`). Its URL would key the cache, and a server
+    restarted on new weights would be served the previous student's answers; so it is asked every time (name
+    its `checkpoint:` in the model entry to cache it)."""
     if self.role != 'student' or self._endpoint or self.checkpoint is not None: return True   # (no start)
     if self.endpoint_id() != self.base_url: return True
     if not self._warned_uncached:
         warnings.warn(f"student endpoint {self.base_url}: its weights are unknown (no `checkpoint:` in its "
-                      "model entry, no `root` in its /v1/models), so its answers are not cached",
+                      "model entry, no local `root` folder in its /v1/models), so its answers are not cached",
                       stacklevel=2)
         self._warned_uncached = True
     return False
@@ -698,6 +698,13 @@ def generate(self: HFClient, prompts: list[str], # rendered prompts
     return self._decode(gen, enc['attention_mask'].sum(1).tolist())
 
 # %% ../nbs/13c_clients.ipynb #50d20ad0
+def free_memory():
+    "Collect unreferenced objects (cycles included), then give torch's cached GPU memory back to the device."
+    gc.collect()
+    import torch   # heavy: only a local student needs it
+    if torch.cuda.is_available(): torch.cuda.empty_cache()
+
+# %% ../nbs/13c_clients.ipynb #bf5f4939
 @patch
 def generate_or_split(self: HFClient, prompts: list[str], max_new_tokens: int, temperature: float = 0.0,
                       seed: Optional[int] = None, replica: int = 0) -> list[dict]:
@@ -705,14 +712,22 @@ def generate_or_split(self: HFClient, prompts: list[str], max_new_tokens: int, t
     made no bigger than the half); only a single prompt that does not fit fails, alone, with the reason."""
     import torch   # heavy: only a local student needs it
     try: return self.generate(prompts, max_new_tokens, temperature, seed, replica)
-    except torch.OutOfMemoryError as e:
-        if torch.cuda.is_available(): torch.cuda.empty_cache()
-        if len(prompts) == 1: return [{'error': f'OutOfMemoryError on a single prompt: {e}'}]
-        h = len(prompts)//2
-        self.batch_size = min(self.batch_size, h)
-        self.stats['retries'] += 1
-        return (self.generate_or_split(prompts[:h], max_new_tokens, temperature, seed, replica)
-                + self.generate_or_split(prompts[h:], max_new_tokens, temperature, seed, replica))
+    except torch.OutOfMemoryError as e: reason = str(e)   # only the text: the traceback goes with the block
+    free_memory()                                           # the failed attempt's tensors, now unreferenced
+    if len(prompts) == 1: return [{'error': f'OutOfMemoryError on a single prompt: {reason}'}]
+    h = len(prompts)//2
+    self.batch_size = min(self.batch_size, h)
+    self.stats['retries'] += 1
+    return (self.generate_or_split(prompts[:h], max_new_tokens, temperature, seed, replica)
+            + self.generate_or_split(prompts[h:], max_new_tokens, temperature, seed, replica))
+
+# %% ../nbs/13c_clients.ipynb #bca58e10
+@patch
+def close(self: HFClient):
+    "Drop the model replicas and free their memory, then close the cache and usage log. Safe to call twice."
+    self.replicas, self.devices = [], []
+    _Client.close(self)
+    free_memory()
 
 # %% ../nbs/13c_clients.ipynb #731400d9
 @patch

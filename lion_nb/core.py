@@ -506,7 +506,8 @@ class TrainConfig(Section):
     save_every: int = Field(0, ge=0, description="a sharded checkpoint every this many steps (0: at the end)")
     keep: int = Field(2, ge=1, description="checkpoints kept (the newest)")
     nnodes: Optional[int] = Field(None, ge=1, description=(
-        "nodes of the job (else SLURM_NNODES, NNODES, or 1)"))
+        "nodes of the training job (unset: 1, whatever SLURM_NNODES says); more than 1 inside a SLURM job "
+        "starts torchrun on each node with srun, elsewhere this node's torchrun joins the rendezvous"))
     node_rank: Optional[int] = Field(None, ge=0, description=(
         "this node's rank (else SLURM_NODEID, NODE_RANK)"))
     rdzv_endpoint: Optional[str] = Field(None, description=(
@@ -520,6 +521,9 @@ class TrainConfig(Section):
     heldout_fraction: float = Field(0.25, ge=0, lt=1, description=(
         "share of the teacher answers held out of training to measure the student's NLL"))
     heldout_max: int = Field(64, ge=0, description="at most this many answers held out")
+    sync_each_micro_batch: bool = Field(True, description=(
+        "reduce-scatter the gradient after every micro-batch (sharded accumulation); false: only after a "
+        "step's last one, holding the unsharded fp32 gradient until then (27 GB per GPU at 7B)"))
 
 # %% ../nbs/10_core.ipynb #2ea0c1b1
 class GenerationConfig(Section):

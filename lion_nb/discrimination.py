@@ -1142,9 +1142,11 @@ def _stage_answers(cfg: Config, run: RunDir, k: int, pool: Sequence[Instruction]
     s = cfg.sampling
     temperature = s.teacher_temperature if role == 'teacher' else s.student_temperature
     out = run.stage_dir(k, 'discrimination')/f'answers_{role}.jsonl'
-    return answer_pool(pool, client, out, role=role, temperature=temperature, max_tokens=s.max_new_tokens,
-                       seed=discrimination_seed(cfg), iteration=k, stage='discrimination',
-                       system=role_system(cfg, role))
+    with client:   # closed here, even on an error: a student's engine stops before the stage goes on
+        return answer_pool(pool, client, out, role=role, temperature=temperature, max_tokens=s.max_new_tokens,
+                           seed=discrimination_seed(cfg), iteration=k, stage='discrimination',
+                           system=role_system(cfg, role))
+
 
 # %% ../nbs/04_discrimination.ipynb #a0ee6289
 def run_discrimination(cfg: Config, # the run's configuration

@@ -5,7 +5,7 @@
 # %% ../nbs/14_engine.ipynb #098b5557
 from __future__ import annotations
 import argparse, json, math, os, shlex, shutil, signal, socket, struct, subprocess, sys, threading, time
-import urllib.error, urllib.request, weakref
+import urllib.error, urllib.request, warnings, weakref
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Optional
@@ -17,14 +17,16 @@ from .cache import checkpoint_fingerprint
 from .core import STAGES, LionError, ModelSpec, RunDir, write_json
 
 # %% auto #0
-__all__ = ['VLLM_LAUNCH', 'SERVED_NAME', 'NO_CHAT_TEMPLATE', 'visible_gpus', 'gpu_memory_bytes', 'weight_bytes_bf16',
-           'auto_tensor_parallel', 'parallel_sizes', 'launch_command', 'free_port', 'log_tail', 'http_json',
-           'stop_group', 'supervise', 'await_health', 'EngineServer', 'default_engine_dir', 'EngineClient',
-           'error_body', 'HFServer', 'serve_hf', 'engine_cli']
+__all__ = ['VLLM_LAUNCH', 'SERVED_NAME', 'CONTEXT_KEYS', 'GPU_SLACK_MIB', 'NO_CHAT_TEMPLATE', 'visible_gpus', 'gpu_memory_bytes',
+           'weight_bytes_bf16', 'auto_tensor_parallel', 'parallel_sizes', 'context_length', 'launch_command',
+           'free_port', 'log_tail', 'http_json', 'gpu_memory_used', 'group_alive', 'memory_back', 'stop_group',
+           'supervise', 'await_health', 'EngineServer', 'find_program', 'default_engine_dir', 'cap_max_tokens',
+           'EngineClient', 'error_body', 'HFServer', 'serve_hf', 'engine_cli']
 
 # %% ../nbs/14_engine.ipynb #3fd00c12
 VLLM_LAUNCH = ('vllm serve {checkpoint} --host {host} --port {port} --served-model-name {name} '
-               '--dtype bfloat16 --data-parallel-size {dp} --tensor-parallel-size {tp}')
+               '--dtype bfloat16 --data-parallel-size {dp} --tensor-parallel-size {tp} '
+               '--max-model-len {context} --generation-config vllm --seed 0')
 SERVED_NAME = 'lion-student'
 
 def visible_gpus() -> int:
@@ -74,6 +76,15 @@ def parallel_sizes(spec: ModelSpec, n_gpus: int, checkpoint=None) -> tuple[int, 
     return n_gpus//tp, tp
 
 # %% ../nbs/14_engine.ipynb #2821e6c5
+CONTEXT_KEYS = ('max_position_embeddings', 'n_positions', 'max_sequence_length', 'seq_length')
+
+def context_length(checkpoint) -> Optional[int]:
+    "The positions a checkpoint's `config.json` allows (None when it cannot be read or names none)."
+    try: conf = json.loads((Path(checkpoint)/'config.json').read_text())
+    except (OSError, ValueError): return None
+    return next((int(conf[k]) for k in CONTEXT_KEYS if isinstance(conf.get(k), int)), None)
+
+# %% ../nbs/14_engine.ipynb #23625499
 def launch_command(spec: ModelSpec, # the student's spec (`launch`, `tensor_parallel`)
                    checkpoint, # the checkpoint to serve
                    port: int, # the port to serve on
@@ -85,8 +96,12 @@ def launch_command(spec: ModelSpec, # the student's spec (`launch`, `tensor_para
     uses_gpus = '{dp}' in template or '{tp}' in template
     n_gpus = (visible_gpus() if n_gpus is None else n_gpus) if uses_gpus else None
     dp, tp = parallel_sizes(spec, n_gpus, checkpoint) if uses_gpus else (1, max(1, spec.tensor_parallel))
+    context = context_length(checkpoint) if '{context}' in template else 0
+    if context is None:
+        raise LionError(f"{checkpoint}: its config.json names no context length ({', '.join(CONTEXT_KEYS)}); "
+                        f"give model {spec.model!r} a `launch` command without {{context}}")
     values = dict(checkpoint=str(checkpoint), host=host, port=port, name=SERVED_NAME, python=sys.executable,
-                  dp=dp, tp=tp)
+                  dp=dp, tp=tp, context=context)
     try: return [arg.format(**values) for arg in shlex.split(template)]
     except (KeyError, IndexError, ValueError) as e:
         raise LionError(f"model {spec.model!r}: bad launch command {template!r} ({type(e).__name__}: {e}); "
@@ -117,8 +132,52 @@ def http_json(url: str, timeout: float = 5.0) -> tuple[int, Optional[dict]]:
     except ValueError: return status, None
 
 # %% ../nbs/14_engine.ipynb #56fb3f44
-def stop_group(p: subprocess.Popen, grace_s: float = 30.0):
-    "SIGTERM the process group led by `p`, wait up to `grace_s`, then SIGKILL it (and reap `p`)."
+GPU_SLACK_MIB = 1024   # memory a GPU may hold above its pre-launch reading and still count as given back
+
+def gpu_memory_used() -> Optional[dict[int, int]]:
+    """MiB used on each GPU (index -> MiB) as `nvidia-smi` says, of the GPUs CUDA_VISIBLE_DEVICES names (when
+    it lists indices); None without nvidia-smi (or when it fails)."""
+    seen = [d.strip() for d in os.environ.get('CUDA_VISIBLE_DEVICES', '').split(',') if d.strip()]
+    keep = {int(d) for d in seen} if seen and all(d.isdigit() for d in seen) else None
+    exe = shutil.which('nvidia-smi')
+    if exe is None: return None
+    q = [exe, '--query-gpu=index,memory.used', '--format=csv,noheader,nounits']
+    try: out = subprocess.run(q, capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError): return None
+    rows = [line.split(',')[:2] for line in out.splitlines() if line.strip()]
+    try: used = {int(i): int(float(m)) for i, m in rows}
+    except ValueError: return None
+    return {i: m for i, m in used.items() if keep is None or i in keep}
+
+# %% ../nbs/14_engine.ipynb #2f061b62
+def group_alive(pgid: int) -> bool:
+    "Whether any process of group `pgid` still runs (zombies do not count; without /proc: a signal 0)."
+    if not Path('/proc/self/stat').exists():
+        try: os.killpg(pgid, 0)
+        except ProcessLookupError: return False
+        return True
+    for st in Path('/proc').glob('[0-9]*/stat'):
+        try: fields = st.read_text().rsplit(')', 1)[1].split()
+        except (OSError, IndexError): continue
+        if fields[0] != 'Z' and int(fields[2]) == pgid: return True   # state, ppid, pgrp
+    return False
+
+# %% ../nbs/14_engine.ipynb #8046dbc3
+def memory_back(before: Optional[dict], now: Optional[dict], slack_mib: int = GPU_SLACK_MIB) -> bool:
+    "Every GPU read `before` a launch uses no more than it did then (plus `slack_mib`) `now`."
+    if not before: return True
+    if now is None: return False
+    return all(now.get(i, 0) <= used + slack_mib for i, used in before.items())
+
+# %% ../nbs/14_engine.ipynb #081c3117
+def stop_group(p: subprocess.Popen, # the group's leader (started with `start_new_session`)
+               grace_s: float = 30.0, # SIGTERM, then SIGKILL after this long
+               gpu_before: Optional[dict] = None, # `gpu_memory_used()` before the launch (None: no wait)
+               cap_s: float = 120.0, # the longest wait for the group to exit and the memory to come back
+               poll_s: float = 0.25) -> dict:
+    """SIGTERM the process group led by `p`, wait up to `grace_s`, then SIGKILL it (and reap `p`); then wait,
+    within `cap_s`, until no process of the group is left and the GPUs use what they did before the launch.
+    Returns how long that took and whether it happened."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
         try: os.killpg(p.pid, sig)
         except ProcessLookupError: pass
@@ -128,6 +187,17 @@ def stop_group(p: subprocess.Popen, grace_s: float = 30.0):
         except subprocess.TimeoutExpired: continue
     try: os.killpg(p.pid, signal.SIGKILL)   # workers left behind by a leader that did exit
     except ProcessLookupError: pass
+    t0, gone, back = time.monotonic(), False, False
+    while time.monotonic() - t0 < cap_s:
+        gone = gone or not group_alive(p.pid)
+        back = gone and memory_back(gpu_before, gpu_memory_used() if gpu_before else None)
+        if back: break
+        time.sleep(poll_s)
+    waited = round(time.monotonic() - t0, 2)
+    if not back:
+        what = 'its processes to exit' if not gone else 'the GPU memory to come back'
+        warnings.warn(f"engine group {p.pid}: waited {waited} s (the cap) for {what}", stacklevel=2)
+    return {'group_gone': gone, 'memory_back': back, 'waited_s': waited}
 
 # %% ../nbs/14_engine.ipynb #73e742a9
 def supervise(parent: int, cmd: list[str], poll_s: float = 0.5) -> int:
@@ -183,6 +253,19 @@ class EngineServer:
     @property
     def base_url(self) -> str: return f'http://{self.host}:{self.port}/v1'
 
+# %% ../nbs/14_engine.ipynb #6848567b
+def find_program(name: str, model: str = '', python: str = sys.executable) -> str:
+    "The path of program `name`: beside `python`, else on PATH; else a clear error (vLLM: how to install)."
+    if os.sep in name: return name
+    beside = Path(python).parent/name
+    if beside.is_file() and os.access(beside, os.X_OK): return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        hint = " (install the engine: pip install 'lion_nb[gpu]')" if name == 'vllm' else ''
+        raise LionError(f"model {model!r}: launch command {name!r} not found beside {python} nor on PATH"
+                        + hint)
+    return found
+
 # %% ../nbs/14_engine.ipynb #4576958c
 @patch
 def _launch(self: EngineServer, cmd: list[str]):
@@ -203,9 +286,8 @@ def start(self: EngineServer) -> EngineServer:
     "Launch the command (supervised), record it, and wait until the server is healthy."
     self.port = free_port(self.host)
     cmd = launch_command(self.spec, self.checkpoint, self.port, self.host)
-    if shutil.which(cmd[0]) is None:
-        hint = " (install the engine: pip install 'lion_nb[gpu]')" if cmd[0] == 'vllm' else ''
-        raise LionError(f"model {self.spec.model!r}: launch command {cmd[0]!r} not found" + hint)
+    cmd[0] = find_program(cmd[0], self.spec.model)
+    self.gpu_before = gpu_memory_used()      # the GPUs' use before: `stop` waits until they are back to it
     self._launch(cmd)
     try:
         what = f'{self.checkpoint} (command in {self.record_path})'
@@ -220,12 +302,13 @@ def start(self: EngineServer) -> EngineServer:
 
 # %% ../nbs/14_engine.ipynb #2a8ff56f
 @patch
-def stop(self: EngineServer, grace_s: float = 30.0):
-    "Stop the whole process group (SIGTERM, then SIGKILL after `grace_s`); safe to call twice."
+def stop(self: EngineServer, grace_s: float = 30.0, cap_s: float = 120.0):
+    """Stop the whole process group (SIGTERM, then SIGKILL after `grace_s`) and wait, within `cap_s`, for it
+    to exit and for the GPU memory to come back (`stop_group`); safe to call twice."""
     p, self.proc = self.proc, None
     if p is None: return
-    stop_group(p, grace_s)
-    self.record.update(stopped=time.time(), exit_code=p.returncode)
+    handoff = stop_group(p, grace_s, getattr(self, 'gpu_before', None), cap_s=cap_s)
+    self.record.update(stopped=time.time(), exit_code=p.returncode, **handoff)
     write_json(self.record_path, self.record)
 
 # %% ../nbs/14_engine.ipynb #ca5109d0
@@ -250,6 +333,17 @@ def _start_into(holder: list, spec: ModelSpec, checkpoint: Path, log_dir: Path) 
 def _stop_held(holder: list):
     if holder[0] is not None: holder[0].stop()
 
+# %% ../nbs/14_engine.ipynb #d380d26f
+def cap_max_tokens(body: dict, # the request's keywords, as sent (`OpenAIClient._wire`)
+                   tok, # the checkpoint's tokenizer
+                   context: Optional[int], # the checkpoint's context (`context_length`); None: no cap
+                  ) -> dict:
+    "`body` with `max_tokens` at most the context minus its prompt's tokens (at least 1)."
+    if not context or not isinstance(body.get('prompt'), str) or not body.get('max_tokens'): return body
+    special = (body.get('extra_body') or {}).get('add_special_tokens', True)
+    n_prompt = len(tok(body['prompt'], add_special_tokens=special)['input_ids'])
+    return {**body, 'max_tokens': max(1, min(int(body['max_tokens']), context - n_prompt))}
+
 # %% ../nbs/14_engine.ipynb #9658d7db
 class EngineClient(OpenAIClient):
     "A student checkpoint served by an engine we start on first use and stop on `close()`."
@@ -265,15 +359,17 @@ class EngineClient(OpenAIClient):
         held = self._held
         start = lambda: _start_into(held, spec, ckpt, log_dir)
         super().__init__(spec, base_url=start, checkpoint=ckpt, template=template, **kw)
-        self.engine_dir = log_dir
-        self._finalizer = weakref.finalize(self, _stop_held, held)
+        self.engine_dir, self.context = log_dir, context_length(ckpt)
+        self._finalizer = weakref.finalize(self, _stop_held, held)   # a last resort: callers close() it
 
     @property
     def server(self) -> Optional[EngineServer]: return self._held[0]
 
     def _wire(self, body: dict) -> dict:
-        "The request as sent: to the model name the server reported (the cache key keeps the checkpoint's)."
-        return {**super()._wire(body), 'model': self.server.served_name}
+        """The request as sent: to the model name the server reported (the cache key keeps the checkpoint's),
+        its token limit within the context (`cap_max_tokens`)."""
+        wire = {**super()._wire(body), 'model': self.server.served_name}
+        return cap_max_tokens(wire, self.tokenizer(), self.context)
 
     def close(self):
         "Stop the server (if it started), then close the cache and usage log."
@@ -309,6 +405,18 @@ class HFServer:
         model = {'id': self.name, 'object': 'model', 'owned_by': 'lion_nb', 'root': str(self.checkpoint)}
         return {'object': 'list', 'data': [model]}
 
+# %% ../nbs/14_engine.ipynb #795bcc64
+@patch
+def context_error(self: HFServer, prompt: str, body: dict) -> Optional[str]:
+    "vLLM's message when the prompt's tokens plus `max_tokens` exceed the checkpoint's context, else None."
+    context = context_length(self.checkpoint)
+    limit = int(body.get('max_tokens') or body.get('max_completion_tokens') or 16)
+    special = body.get('add_special_tokens', True)
+    n = len(self.gen.tokenizer(prompt, add_special_tokens=special)['input_ids'])
+    if context is None or n + limit <= context: return None
+    return (f"This model's maximum context length is {context} tokens. However, you requested {n + limit} "
+            f"tokens ({n} in the messages, {limit} in the completion).")
+
 # %% ../nbs/14_engine.ipynb #25270c35
 @patch
 def _chat(self: HFServer, body: dict, head: dict) -> tuple[int, dict]:
@@ -332,6 +440,7 @@ def respond(self: HFServer, route: str, body: dict) -> tuple[int, dict]:
         return 404, error_body(404, msg)
     head = {'id': f'cmpl-{time.time_ns()}', 'created': int(time.time()), 'model': self.name}
     if route == '/v1/completions' and isinstance(body.get('prompt'), str):
+        if (err := self.context_error(body['prompt'], body)): return 400, error_body(400, err)
         self.counts['completions'] += 1
         text, finish, usage = self.complete(body['prompt'], body)
         choice = {'index': 0, 'text': text, 'finish_reason': finish, 'logprobs': None}

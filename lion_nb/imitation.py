@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_imitation.ipynb #0a406d56
 from __future__ import annotations
-import gc, math, random, shutil, time
+import math, random, shutil, time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -13,6 +13,7 @@ import numpy as np
 
 from .core import (Answer, Config, LionError, RunDir, derive_seed, read_json, read_pool, write_json,
                           write_jsonl)
+from .clients import free_memory
 from .llm import answer_pool, role_system, run_client
 from .models import ensure_server, resolve_hf_model
 from .stats import paired_diff_ci
@@ -86,7 +87,7 @@ def heldout_nll(model, records: Sequence[dict], cfg: Config) -> Optional[dict]:
     "Mean NLL per answer token of `model` (a checkpoint folder) on held-out SFT records (None if none)."
     if not records: return None
     r = mean_nll(model, model, records, max_length=cfg.train.max_length, template=cfg.train.template)
-    gc.collect()
+    free_memory()   # its memory (and the GPU's cached blocks) back before an engine or a training starts
     return {**r, 'ppl': math.exp(r['nll'])}
 
 # %% ../nbs/03_imitation.ipynb #0a0b19b5

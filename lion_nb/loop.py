@@ -18,18 +18,19 @@ from papermill.exceptions import PapermillExecutionError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 # %% auto #0
-__all__ = ['BASELINES', 'STAGES', 'STAGE_NOTEBOOKS', 'WEIGHT_SUFFIXES', 'KEPT_DIRECTIVES', 'QUIET_KERNEL', 'PACKAGES', 'EST',
-           'EVAL_SIZES', 'EVAL_TASKS', 'PREFIX_JUDGES', 'JUDGED_SETS', 'lion', 'lion_plan', 'iteration_plan',
-           'trained_instructions', 'check_parameters', 'file_contains', 'files_containing', 'check_no_secrets',
-           'notebooks_dir', 'render_html', 'is_inline_test', 'lab_notebook', 'run_stage', 'package_versions',
-           'git_commit', 'file_hashes', 'count_parameters', 'prompt_layout', 'load_checkpoint_parts',
-           'check_checkpoint', 'eval_data_names', 'check_data', 'check_reserve', 'check_devices', 'checkpoint_bytes',
-           'check_disk', 'check_keys', 'endpoint_models', 'retrieve_model', 'estimated_end', 'check_endpoint_model',
-           'role_temperatures', 'shape_line', 'endpoint_checks', 'request_shapes', 'preflight', 'link_cache',
-           'prepare_run_dir', 'run_lock', 'check_fork', 'fork_run', 'match_train_pool', 'matched_stage', 'run_manifest',
-           'notebook_stage', 'run_loop', 'stage_hashes', 'usage_summary', 'judge_prefix_tokens', 'shared_prompt_tokens',
-           'reasoning_per_call', 'discrimination_teacher_calls', 'eval_items', 'DryRun', 'estimate_run',
-           'print_estimate', 'repo_root', 'print_summary', 'run_parser', 'run_cli', 'demo_cli']
+__all__ = ['BASELINES', 'STAGES', 'STAGE_NOTEBOOKS', 'WEIGHT_SUFFIXES', 'KEPT_DIRECTIVES', 'QUIET_KERNEL', 'PACKAGES',
+           'TRAIN_BYTES_PER_PARAM', 'EST', 'EVAL_SIZES', 'EVAL_TASKS', 'PREFIX_JUDGES', 'JUDGED_SETS', 'lion',
+           'lion_plan', 'iteration_plan', 'trained_instructions', 'check_parameters', 'file_contains',
+           'files_containing', 'check_no_secrets', 'notebooks_dir', 'render_html', 'is_inline_test', 'lab_notebook',
+           'run_stage', 'package_versions', 'git_commit', 'file_hashes', 'count_parameters', 'prompt_layout',
+           'load_checkpoint_parts', 'check_checkpoint', 'eval_data_names', 'check_data', 'check_reserve',
+           'available_memory_bytes', 'check_devices', 'checkpoint_bytes', 'check_disk', 'check_keys', 'check_engine',
+           'endpoint_models', 'retrieve_model', 'estimated_end', 'check_endpoint_model', 'role_temperatures',
+           'shape_line', 'endpoint_checks', 'request_shapes', 'preflight', 'link_cache', 'prepare_run_dir', 'run_lock',
+           'check_fork', 'fork_run', 'match_train_pool', 'matched_stage', 'run_manifest', 'notebook_stage', 'run_loop',
+           'stage_hashes', 'usage_summary', 'judge_prefix_tokens', 'shared_prompt_tokens', 'reasoning_per_call',
+           'discrimination_teacher_calls', 'eval_items', 'DryRun', 'estimate_run', 'print_estimate', 'repo_root',
+           'print_summary', 'run_parser', 'run_cli', 'demo_cli']
 
 # %% ../nbs/07_loop.ipynb #668482d2
 from . import data
@@ -56,6 +57,7 @@ from lion_nb.core import (
 )
 from .discrimination import run_discrimination
 from .discrimination import judge_for
+from .engine import VLLM_LAUNCH, find_program
 from .limits import CHARS_PER_TOKEN, cacheable_prefix_tokens, cached_saving_usd, cost_usd
 from .evaluation import run_evaluation
 from .generation import run_generation
@@ -370,9 +372,20 @@ def check_reserve(cfg: Config, baseline: Optional[str], rounds: int) -> str:
     return f"{cfg.pools.reserve_size} reserved, {need} needed"
 
 # %% ../nbs/07_loop.ipynb #7d261d9d
-def check_devices(cfg: Config, n_params: int) -> str:
-    """`train.nproc` fits the visible GPUs; without a GPU, a student over 1B parameters is refused (CPU
-    training: weeks)."""
+TRAIN_BYTES_PER_PARAM = 16   # AdamW full fine-tuning in fp32: weights, gradients, two moments (4 bytes each)
+
+def available_memory_bytes() -> int:
+    "RAM available to start new work (Linux `MemAvailable`), else the machine's physical memory."
+    try:
+        for line in Path('/proc/meminfo').read_text().splitlines():
+            if line.startswith('MemAvailable:'): return int(line.split()[1]) * 1024
+    except OSError: pass
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+
+# %% ../nbs/07_loop.ipynb #5440645d
+def check_devices(cfg: Config, n_params: int, available: Optional[int] = None) -> str:
+    """`train.nproc` fits the visible GPUs; without a GPU, `train.device: cuda` is refused, and so is a
+    student whose CPU training needs more memory than `available` (default: `available_memory_bytes`)."""
     nproc = cfg.train.nproc
     if torch.cuda.is_available():
         n = torch.cuda.device_count()
@@ -383,13 +396,20 @@ def check_devices(cfg: Config, n_params: int) -> str:
                 f"train.nproc: {n}"
             )
         return f"{nproc} process(es) on {n} visible GPU(s)"
-    if n_params > 1e9:
-        raise LionError(
-            f"no GPU is visible, and the student has {n_params / 1e9:.1f}B parameters: training it on CPU is "
-            f"not practical "
-            "(check the driver and CUDA_VISIBLE_DEVICES, or run on a GPU node)"
-        )
-    return f"no GPU visible: training runs on CPU in {nproc} process(es) on {os.cpu_count()} core(s)"
+    need, have = TRAIN_BYTES_PER_PARAM * n_params, available or available_memory_bytes()
+    problems = []
+    if need > have:
+        problems.append(
+            f"no GPU is visible, and training the {n_params / 1e9:.2f}B-parameter student on the CPU needs "
+            f"about {need / 1e9:,.0f} GB ({TRAIN_BYTES_PER_PARAM} bytes a parameter: fp32 weights, gradients "
+            f"and AdamW's two moments), more than the {have / 1e9:,.1f} GB available here: too large to "
+            "train on this machine (check the driver and CUDA_VISIBLE_DEVICES, or run on a GPU node)")
+    if cfg.train.device == 'cuda':
+        problems.append("train.device is 'cuda', but no GPU is visible (check the driver, "
+                        "CUDA_VISIBLE_DEVICES and that torch was built with CUDA)")
+    if problems: raise LionError('; '.join(problems))
+    size = f"{need / 1e9:,.1f} of {have / 1e9:,.1f} GB" if n_params else "memory not estimated"
+    return f"no GPU visible: training runs on CPU in {nproc} process(es) on {os.cpu_count()} core(s) ({size})"
 
 # %% ../nbs/07_loop.ipynb #41c9c63c
 def checkpoint_bytes(n_params: int, rounds: int) -> int:
@@ -430,6 +450,16 @@ def check_keys(cfg: Config) -> str:
             )
         else: named.append(f"{name}: no key (endpoint {spec.base_url})")
     return '; '.join(named) or 'no remote models'
+
+# %% ../nbs/07_loop.ipynb #4971f7b3
+def check_engine(cfg: Config) -> str:
+    "Each engine-served model's launch program is installed (`find_program`: beside python, then PATH)."
+    found = []
+    for name in sorted({n for n in cfg.roles.values() if cfg.models[n].backend == 'vllm'}):
+        spec = cfg.models[name]
+        prog = (spec.launch or VLLM_LAUNCH).split()[0].replace('{python}', sys.executable)
+        found.append(f"{name}: {find_program(prog, spec.model)}")
+    return '; '.join(found) or 'no engine-served model'
 
 # %% ../nbs/07_loop.ipynb #6b8c4ae6
 def endpoint_models(base_url: str, # an OpenAI-compatible endpoint, ending in /v1
@@ -557,8 +587,9 @@ def preflight(config_path, run_root, baseline: Optional[str] = None, rounds: Opt
         f"[check] {config_path}: {K} round(s) + the final imitation, {trained_instructions(cfg, K):,} "
         f"training instructions"
     )
-    for name in sorted({n for n in cfg.roles.values() if cfg.models[n].backend == 'hf'}):
+    for name in sorted({n for n in cfg.roles.values() if cfg.models[n].backend in ('hf', 'vllm')}):
         check(f"model {name}", lambda name=name: check_checkpoint(cfg.models[name], cfg, sizes)[0])
+    check('engine', lambda: check_engine(cfg))
     n_params = sizes.get(cfg.model_for('student').model, 0)
     check('data', lambda: check_data(cfg))
     check('baseline reserve', lambda: check_reserve(cfg, baseline, K))

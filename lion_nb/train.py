@@ -41,10 +41,11 @@ __all__ = ['TINY_CHAT_TEMPLATE', 'IGNORE', 'RUN_FREE', 'OVERRIDES', 'CHOICES', '
            'pick_device', 'setup_distributed', 'decoder_layers', 'shard_model', 'local_numel', 'load_full_model',
            'meta_model', 'load_sharded_model', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint',
            'export_entries', 'shard_plan', 'export_hf_model', 'export_complete', 'load_examples', 'plan_line',
-           'record_shards', 'make_optimizer', 'resume', 'micro_batches', 'accumulate', 'clip_gradients', 'train_step',
-           'train_summary', 'start_worker', 'run_steps', 'train', 'lora_config', 'add_lora', 'worker_parser',
-           'die_with_parent', 'main', 'run_streaming', 'first_slurm_host', 'rendezvous', 'torchrun_command', 'run_key',
-           'check_devices', 'launch_training', 'train_parser', 'train_cli', 'plot_loss', 'mean_nll']
+           'record_shards', 'make_optimizer', 'agreed_checkpoint', 'resume', 'micro_batches', 'accumulate',
+           'clip_gradients', 'train_step', 'train_summary', 'check_shared_folder', 'start_worker', 'run_steps', 'train',
+           'lora_config', 'add_lora', 'worker_parser', 'die_with_parent', 'main', 'run_streaming', 'first_slurm_host',
+           'rendezvous', 'srun_prefix', 'torchrun_command', 'run_key', 'check_devices', 'launch_training',
+           'train_parser', 'train_cli', 'plot_loss', 'nll_device', 'mean_nll']
 
 # %% ../nbs/03a_train.ipynb #615e85da
 TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -567,9 +568,17 @@ def _truncate_log(path, step: int):
         write_jsonl(path, [r for r in recs if r.get('step', 0) <= step])
 
 # %% ../nbs/03a_train.ipynb #a10625e7
+def agreed_checkpoint(out, rank: int) -> Optional[Path]:
+    "Rank 0's `latest_checkpoint(out)`, on every rank (by name, under each rank's `out`); alone: this one's."
+    mine = latest_checkpoint(out)
+    if not dist.is_initialized(): return mine
+    name = _agree(mine.name if mine is not None else None, rank)
+    return Path(out)/'checkpoints'/name if name else None
+
+# %% ../nbs/03a_train.ipynb #6adfdfdd
 def resume(out: Path, model, opt, sched, *, rank: int, total: int, say=print) -> int:
     "The step to start from: the latest checkpoint's (restored into model, optimizer, schedule), else 0."
-    start, ckpt = 0, latest_checkpoint(out)
+    start, ckpt = 0, agreed_checkpoint(out, rank)
     if ckpt is not None:
         start = load_checkpoint(ckpt, model, opt, sched, rank=rank)
         say(f"[train] resumed from {ckpt.name} (step {start} of {total})")
@@ -588,12 +597,15 @@ def micro_batches(examples: Sequence[dict], step_plan: list, pad_id: int) -> lis
             for mb in step_plan]
 
 # %% ../nbs/03a_train.ipynb #8da30695
-def accumulate(model, batches: Sequence[dict], n_labelled: torch.Tensor, world: int) -> torch.Tensor:
-    "Backward over the micro-batches for the global token mean; returns this rank's summed loss (detached)."
+def accumulate(model, batches: Sequence[dict], n_labelled: torch.Tensor, world: int,
+               sync_each: bool = True) -> torch.Tensor:
+    """Backward over the micro-batches for the global token mean; returns this rank's summed loss (detached).
+    `sync_each` (`train.sync_each_micro_batch`): reduce-scatter every micro-batch's gradient (sharded
+    accumulation), else only the last one's (FSDP2 holds the unsharded fp32 gradient until then)."""
     loss_sum = torch.zeros((), device=n_labelled.device)
     for k, b in enumerate(batches):
         if hasattr(model, 'set_requires_gradient_sync'):  # FSDP (a plain module, as in the test below: none)
-            model.set_requires_gradient_sync(k == len(batches) - 1)
+            model.set_requires_gradient_sync(sync_each or k == len(batches) - 1)
         s, _ = token_loss_sum(model, b)
         (s * world / n_labelled).backward()  # FSDP averages over ranks: this gives the global token mean
         loss_sum += s.detach()
@@ -613,7 +625,7 @@ def train_step(model, opt, sched, examples: Sequence[dict], step_plan: list, cfg
     labelled = float(sum((b['labels'][:, 1:] != IGNORE).sum() for b in batches))
     counts = torch.tensor([labelled, float(sum(b['n_real'] for b in batches))], device=device)
     dist.all_reduce(counts)  # response tokens and real tokens in the whole effective batch
-    loss_sum = accumulate(model, batches, counts[0], world)
+    loss_sum = accumulate(model, batches, counts[0], world, cfg.sync_each_micro_batch)
     gnorm = clip_gradients(model, cfg.max_grad_norm)
     opt.step()
     sched.step()
@@ -642,6 +654,24 @@ def train_summary(stats: dict, cfg: TrainConfig, recs: Sequence[dict], *, total:
             'tokens_per_s': round(tokens_run / t_steps, 1) if t_steps else None,
             'peak_mem_gb_rank0': round(_peak_mem_gb(device), 2), 'cfg': cfg.model_dump()}
 
+# %% ../nbs/03a_train.ipynb #cedd99da
+def check_shared_folder(out, rank: int, world: int):
+    "Fail on every rank unless all `world` ranks read the probe rank 0 writes in `out` (a shared filesystem)."
+    token = _agree(os.urandom(8).hex() if rank == 0 else None, rank)
+    probe = Path(out)/f'.shared_probe_{token}'
+    if rank == 0: probe.write_text(token)
+    dist.barrier()
+    try: seen = probe.read_text() == token
+    except OSError: seen = False
+    flags = [None] * world
+    dist.all_gather_object(flags, seen)
+    if rank == 0: probe.unlink(missing_ok=True)
+    blind = [r for r, ok in enumerate(flags) if not ok]
+    if blind:
+        raise LionError(f"{out} is not on a filesystem that every node shares: rank(s) {blind} cannot read "
+                        "what rank 0 wrote there; a run on several nodes needs its output folder on a shared "
+                        "filesystem (NFS, Lustre, ...)")
+
 # %% ../nbs/03a_train.ipynb #897c1475
 def start_worker(cfg: TrainConfig, out, seed: int) -> tuple:
     "Join the torchrun group, seed this rank; returns rank, world size, device, out folder, a rank-0 print."
@@ -651,6 +681,7 @@ def start_worker(cfg: TrainConfig, out, seed: int) -> tuple:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     say = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
+    if int(os.environ.get('LOCAL_WORLD_SIZE', world)) < world: check_shared_folder(out, rank, world)  # nodes
     seed_everything(derive_seed(seed, 'train', rank))
     return rank, world, device, out, say
 
@@ -791,37 +822,55 @@ def first_slurm_host(nodelist: str) -> str:
 
 # %% ../nbs/03a_train.ipynb #1498a8c8
 def rendezvous(cfg: TrainConfig, env: Optional[dict] = None) -> dict:
-    """Nodes, this node's rank and the rendezvous endpoint: the config's values, else the scheduler's
-    (SLURM_NNODES, SLURM_NODEID, SLURM_JOB_NODELIST) or torchrun-style variables (NNODES, NODE_RANK,
-    MASTER_ADDR,
-    MASTER_PORT). One node and no endpoint means a standalone launch."""
+    """Nodes, this node's rank, the rendezvous endpoint, and whether torchrun is started on every node by
+    `srun`: `train.nnodes` (default 1) decides the nodes, never SLURM_NNODES alone. With several nodes the
+    rank comes from the config, SLURM_NODEID or NODE_RANK; the endpoint from the config,
+    MASTER_ADDR:MASTER_PORT or SLURM's first node. Inside a SLURM job (SLURM_JOB_ID) `srun` starts one
+    torchrun per node, unless we already run in a step over that many nodes (SLURM_STEP_NUM_NODES: `srun
+    lion_nb train` on each node); elsewhere this node's torchrun joins (one per node). One node:
+    standalone."""
     env = os.environ if env is None else env
     pick = lambda *vals: next((v for v in vals if v not in (None, '')), None)
-    nnodes = int(pick(cfg.nnodes, env.get('SLURM_NNODES'), env.get('SLURM_JOB_NUM_NODES'), env.get('NNODES'),
-                      1))
+    nnodes = cfg.nnodes or 1
+    if nnodes == 1:
+        return {'nnodes': 1, 'node_rank': 0, 'endpoint': cfg.rdzv_endpoint, 'id': 'lion_nb', 'srun': False}
     node_rank = int(pick(cfg.node_rank, env.get('SLURM_NODEID'), env.get('NODE_RANK'), 0))
-    port = env.get('MASTER_PORT') or '29500'
     nodelist = env.get('SLURM_JOB_NODELIST')
     host = pick(env.get('MASTER_ADDR'), first_slurm_host(nodelist) if nodelist else None)
-    endpoint = pick(cfg.rdzv_endpoint, f'{host}:{port}' if host and nnodes > 1 else None)
-    if nnodes > 1 and not endpoint:
+    endpoint = pick(cfg.rdzv_endpoint, f"{host}:{env.get('MASTER_PORT') or '29500'}" if host else None)
+    if not endpoint:
         raise LionError(f"{nnodes} nodes need a rendezvous endpoint: set train.rdzv_endpoint (host:port) "
                         "or MASTER_ADDR")
     if not 0 <= node_rank < nnodes: raise LionError(f"node rank {node_rank} is not in 0..{nnodes - 1}")
+    in_step = int(env.get('SLURM_STEP_NUM_NODES') or 0) >= nnodes      # started on every node already
+    srun = bool(env.get('SLURM_JOB_ID')) and not in_step
+    held = int(pick(env.get('SLURM_NNODES'), env.get('SLURM_JOB_NUM_NODES'), nnodes))
+    if srun and held < nnodes:
+        raise LionError(f"train.nnodes is {nnodes}, but this SLURM job holds {held} node(s) (SLURM_NNODES)")
     return {'nnodes': nnodes, 'node_rank': node_rank, 'endpoint': endpoint,
-            'id': env.get('SLURM_JOB_ID') or 'lion_nb'}
+            'id': env.get('SLURM_JOB_ID') or 'lion_nb', 'srun': srun}
 
 # %% ../nbs/03a_train.ipynb #ed80388c
+def srun_prefix(rz: dict) -> list[str]:
+    "`srun` that starts one task (a torchrun) on each of the job's `rz['nnodes']` nodes ([] on one node)."
+    if not rz['srun']: return []
+    n = str(rz['nnodes'])
+    return ['srun', '--nodes', n, '--ntasks', n, '--ntasks-per-node', '1', '--kill-on-bad-exit=1',
+            '--export=ALL']
+
+# %% ../nbs/03a_train.ipynb #e56c8793
 def torchrun_command(data, model, out, cfg: TrainConfig, nproc: int = 1, *, seed: int = 0,
                      max_steps: Optional[int] = None, env: Optional[dict] = None,
                      run_key: Optional[str] = None) -> list[str]:
-    "The `python -m torch.distributed.run ... -m lion_nb.train ...` command (one node or several)."
+    "The `[srun ...] python -m torch.distributed.run ... -m lion_nb.train ...` command (one node or several)."
     rz = rendezvous(cfg, env)
+    rank = [] if rz['srun'] else ['--node_rank', str(rz['node_rank'])]
     where = ['--standalone'] if rz['nnodes'] == 1 and not rz['endpoint'] else [
-        '--nnodes', str(rz['nnodes']), '--node_rank', str(rz['node_rank']), '--rdzv_backend', 'c10d',
+        '--nnodes', str(rz['nnodes']), *rank, '--rdzv_backend', 'c10d',
         '--rdzv_endpoint', rz['endpoint'], '--rdzv_id', rz['id']]
-    cmd = [sys.executable, '-m', 'torch.distributed.run', *where, '--nproc_per_node', str(nproc),
-           '-m', 'lion_nb.train', '--data', str(data), '--model', str(model), '--out', str(out),
+    cmd = [*srun_prefix(rz), sys.executable, '-m', 'torch.distributed.run', *where,
+           '--nproc_per_node', str(nproc), '-m', 'lion_nb.train', '--data', str(data), '--model', str(model),
+           '--out', str(out),
            '--train-config', cfg.model_dump_json(), '--seed', str(seed)]
     steps = ['--max-steps', str(max_steps)] if max_steps is not None else []
     return cmd + steps + (['--run-key', run_key] if run_key else [])
@@ -929,6 +978,12 @@ def plot_loss(log_path, ax=None, label: Optional[str] = None):
     return ax
 
 # %% ../nbs/03a_train.ipynb #2a7c1340
+def nll_device(n_gpus: Optional[int] = None) -> tuple[torch.device, torch.dtype]:
+    "Where `mean_nll` loads a checkpoint: the first GPU in bfloat16 if one is visible, else the CPU in fp32."
+    n = torch.cuda.device_count() if n_gpus is None else n_gpus
+    return (torch.device('cuda', 0), torch.bfloat16) if n else (torch.device('cpu'), torch.float32)
+
+# %% ../nbs/03a_train.ipynb #e1cb975a
 @torch.no_grad()
 def mean_nll(model,  # a causal LM, or its checkpoint folder
              tok,  # its tokenizer, or the folder to load it from
@@ -937,10 +992,12 @@ def mean_nll(model,  # a causal LM, or its checkpoint folder
              template: str = 'chat',  # the prompt layout, as in training
             ) -> dict:
     """Mean NLL per response token of `model` on `records` (SFT records), with its 95% bootstrap interval over
-    examples (each example's loss and token count resampled together); `model` and `tok` may be folders."""
+    examples (each example's loss and token count resampled together); `model` and `tok` may be folders (a
+    folder is loaded where `nll_device` says: a GPU in bfloat16 when there is one)."""
     if isinstance(tok, (str, Path)): tok = AutoTokenizer.from_pretrained(tok)
     if isinstance(model, (str, Path)):
-        model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+        dev, dtype = nll_device()
+        model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(dev)
     model.eval()
     exs, _ = build_examples(tok, records, effective_max_length(tok, max_length, model.config), template)
     sums, counts = [], []
@@ -949,7 +1006,9 @@ def mean_nll(model,  # a causal LM, or its checkpoint folder
         sums.append(s.item())
         counts.append(int(c))
     n = sum(counts)
+    p = next(model.parameters())
     return {'nll': sum(sums) / max(n, 1), 'tokens': n, 'examples': len(exs),
+            'device': f'{p.device} {p.dtype}',
             'interval': ratio_ci(sums, counts, scale=1.0).as_dict(digits=4) if exs else None,
             'per_example': [[s, c] for s, c in zip(sums, counts)]}
 

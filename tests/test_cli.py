@@ -97,7 +97,7 @@ def test_check_names_every_problem_in_seconds(tmp_path):
     assert f"2 file(s) missing in {tmp_path/'empty'}: alpaca_data.json, eval/vicuna80/question.jsonl" in out
     assert f"lion_nb data fetch alpaca vicuna80 --data-dir {tmp_path/'empty'}" in out
     assert 'set pools.reserve_size: 8' in out                            # n_new 4 x 2 rounds
-    assert 'no GPU is visible, and the student has 987.8B parameters' in out      # a ~1,000B-parameter student on CPU
+    assert 'no GPU is visible, and training the 987.78B-parameter student' in out and 'too large to train on this machine' in out  # ~1,000B on CPU
     assert 'the checkpoints need about' in out and 'GB free' in out
     assert '$LION_UNSET_KEY, which is not set' in out
     assert 'preflight: 6 problem(s) (model student, data, baseline reserve, devices, disk, keys;' in r.stderr and 'nothing was run' in r.stderr

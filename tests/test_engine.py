@@ -110,7 +110,7 @@ def test_discrimination_serves_the_new_checkpoint_under_the_stage_folder(tmp_pat
 
 
 def test_vllm_without_a_gpu_or_without_vllm_fails_before_anything_starts(tmp_path, monkeypatch):
-    ckpt = tmp_path/'ckpt'; ckpt.mkdir(); (ckpt/'config.json').write_text('{}')
+    ckpt = tmp_path/'ckpt'; ckpt.mkdir(); (ckpt/'config.json').write_text('{"max_position_embeddings": 2048}')
     c = EngineClient(ModelSpec(backend='vllm', model=str(ckpt)), role='student', engine_dir=tmp_path/'engine')
     with pytest.raises(LionError, match=r'needs 1 GPU\(s\) per replica.*0 visible'):
         EngineServer(c.spec, ckpt, tmp_path/'engine').start()
@@ -146,3 +146,104 @@ def test_a_stage_killed_with_sigkill_leaves_no_server_behind(tmp_path):
     t0 = time.monotonic()
     while not gone(int(pid)) and time.monotonic() - t0 < 20: time.sleep(0.1)
     assert gone(int(pid)) and http_json(url + '/models', 1)[0] == 0
+
+
+# ---------------------------------------------------------------- issue 26: the GPU handoff, context, explicit close
+
+FAKE_SMI = '#!/bin/sh\ncat "$LION_FAKE_SMI"\n'      # prints what the test wrote: "index, MiB used" per GPU
+
+
+@pytest.fixture
+def fake_smi(tmp_path, monkeypatch):
+    "A fake `nvidia-smi` first on PATH; the test sets the memory it reports by writing to the returned file."
+    bin_dir, reading = tmp_path/'bin', tmp_path/'smi.csv'
+    bin_dir.mkdir()
+    (bin_dir/'nvidia-smi').write_text(FAKE_SMI)
+    (bin_dir/'nvidia-smi').chmod(0o755)
+    reading.write_text('0, 500\n')
+    monkeypatch.setenv('PATH', f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv('LION_FAKE_SMI', str(reading))
+    monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
+    return reading
+
+
+def test_gpu_memory_is_read_for_the_visible_gpus(fake_smi, monkeypatch):
+    from lion_nb.engine import gpu_memory_used
+    fake_smi.write_text('0, 500\n1, 70000\n')
+    assert gpu_memory_used() == {0: 500, 1: 70000}
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '1')                # another job's GPU 0 is not ours to wait for
+    assert gpu_memory_used() == {1: 70000}
+
+
+def test_stop_waits_for_the_group_and_the_gpu_memory(tmp_path, fake_smi):
+    """`stop` returns once the server's process group is gone and the GPU memory is back to its pre-launch reading
+    (nvidia-smi, faked here), so the next `vllm serve` finds it free; past the cap it warns and says so in the record.
+    It used to return right after the SIGKILL, whatever the GPU still held."""
+    from lion_nb.engine import gpu_memory_used
+    ckpt = tmp_path/'ckpt'; ckpt.mkdir(); (ckpt/'config.json').write_text('{}')
+    spec = ModelSpec(backend='vllm', model=str(ckpt), launch='{python} -m lion_nb.testing --port {port}', startup_timeout_s=60)
+    assert gpu_memory_used() == {0: 500}
+    srv = EngineServer(spec, ckpt, tmp_path/'engine').start()
+    fake_smi.write_text('0, 70000\n')                          # the engine holds the GPU
+    def release(): time.sleep(1.5); fake_smi.write_text('0, 700\n')
+    import threading; threading.Thread(target=release, daemon=True).start()
+    t0 = time.monotonic(); srv.stop(); took = time.monotonic() - t0
+    rec = json.loads(srv.record_path.read_text())
+    assert took >= 1.4 and rec['memory_back'] and rec['group_gone'] and gone(rec['pid'])
+    srv2 = EngineServer(spec, ckpt, tmp_path/'engine').start()    # restarted at once, on the memory given back
+    fake_smi.write_text('0, 70000\n')                          # and this time it never comes back
+    with pytest.warns(UserWarning, match='the GPU memory to come back'): srv2.stop(cap_s=1.0)
+    rec2 = json.loads(srv2.record_path.read_text())
+    assert rec2['group_gone'] and not rec2['memory_back'] and 1.0 <= rec2['waited_s'] < 5
+
+
+def test_group_alive_counts_running_processes_not_zombies():
+    from lion_nb.engine import group_alive
+    p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'], start_new_session=True)
+    assert group_alive(p.pid)
+    os.kill(p.pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    while group_alive(p.pid) and time.monotonic() - t0 < 10: time.sleep(0.05)
+    assert not group_alive(p.pid)                                 # a zombie (not reaped yet) holds no memory
+    p.wait()
+
+
+def test_requests_are_capped_at_the_context_left_by_the_prompt(tmp_path):
+    """A student with a 64-position context: a 200-token limit is cut to what the prompt leaves. The stand-in refuses
+    what overflows with vLLM's 400 (checked first with a raw request), which the uncapped client used to get."""
+    ckpt = make_tiny_llama(tmp_path/'short', max_positions=64)
+    spec = ModelSpec(backend='vllm', model=str(ckpt), launch=LAUNCH, startup_timeout_s=120)
+    c = make_client(spec, role='student', engine_dir=tmp_path/'engine')
+    req = ChatRequest('q', [{'role': 'user', 'content': 'Name some colours.'}], max_tokens=200)
+    body = c.body(req)
+    n_prompt = len(c.tokenizer()(body['prompt'], add_special_tokens=body.get('add_special_tokens', True))['input_ids'])
+    try:
+        assert c.server is None and c.base_url                   # starts the server
+        raw = urllib.request.Request(c.base_url + '/completions', headers={'Content-Type': 'application/json'},
+                                     data=json.dumps({**body, 'model': 'lion-student'}).encode())
+        with pytest.raises(urllib.error.HTTPError) as e: urllib.request.urlopen(raw, timeout=60)
+        assert e.value.code == 400 and 'maximum context length is 64 tokens' in e.value.read().decode()
+        assert c._wire(body)['max_tokens'] == 64 - n_prompt
+        out = c.run([req])
+        assert out[0].status == 'done' and out[0].prompt_tokens + out[0].completion_tokens <= 64
+    finally: c.close()
+
+
+def test_a_stage_closes_its_engine_client_even_when_it_fails(tmp_path, base, monkeypatch):
+    """Discrimination's student answers close their client (and stop its engine) before the error leaves the stage.
+    The traceback pytest keeps would hold the client alive, and with it the server, when a finalizer was the only
+    thing that stopped it."""
+    import lion_nb.discrimination as D
+    run = RunDir(tmp_path/'run')
+    spec = ModelSpec(backend='vllm', model=str(base), launch=LAUNCH, startup_timeout_s=120, concurrency=2)
+    pids = []
+    def answers_then_fail(pool, client, out, **kw):
+        client.run(reqs(1))
+        pids.append(client.server.record['pid'])
+        raise RuntimeError('the stage failed after the student answered')
+    monkeypatch.setattr(D, 'answer_pool', answers_then_fail)
+    with serve(lion_reply) as srv:
+        cfg = load_config(tiny_config(tmp_path/'run.yaml', srv.base_url, base))
+        with pytest.raises(RuntimeError, match='stage failed') as err:
+            D._stage_answers(cfg, run, 1, [Instruction(id='c0', instruction='Describe a thing.')], 'student', spec)
+    assert err.traceback and pids and gone(pids[0])

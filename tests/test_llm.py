@@ -7,6 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from lion_nb.testing import request_key, serve  # noqa: E402
+from lion_nb.clients import served_weights  # noqa: E402
 
 from lion_nb.core import Answer, Instruction, ModelSpec, read_log, write_jsonl
 from lion_nb.llm import (Budget, BudgetExceeded, ChatRequest, answer_cli, answer_pool, answer_requests, make_client, request_body,
@@ -529,26 +530,40 @@ def test_401_without_a_key_variable_says_that_no_key_was_sent(tmp_path, monkeypa
 def test_endpoint_student_never_gets_a_previous_checkpoints_answers(tmp_path):
     """Same URL, same model name, a server restarted on a new checkpoint (its /v1/models `root`, as vLLM lists it):
     fresh answers. The cache used to be keyed by URL and model name, and replayed the previous student's answers."""
-    ckpt = tiny_llama(tmp_path/'local')
+    a, b = tiny_llama(tmp_path/'A'), tiny_llama(tmp_path/'B')
     serving = {'ckpt': 'A'}
-    with serve(lambda body: f"student {serving['ckpt']} answers", models_root='/ckpts/A') as srv:
+    with serve(lambda body: f"student {serving['ckpt']} answers", models_root=str(a)) as srv:
         spec = spec_for(srv, model='student')
         run = lambda: make_client(spec, role='student', cache_dir=tmp_path).run(reqs(2))
         first = run()
-        serving['ckpt'], srv.models_root = 'B', '/ckpts/B'
+        serving['ckpt'], srv.models_root = 'B', str(b)
         second = run()
-        serving['ckpt'], srv.models_root = 'A', '/ckpts/A'
+        serving['ckpt'], srv.models_root = 'A', str(a)
         third = run()
-        serving['ckpt'], srv.models_root = 'L', str(ckpt)                 # a local folder: fingerprinted
-        fourth = run()
-        time.sleep(0.01); (ckpt/'config.json').write_text((ckpt/'config.json').read_text())   # retrained in place
-        serving['ckpt'] = 'L2'; fifth = run()
+        time.sleep(0.01); (a/'config.json').write_text((a/'config.json').read_text())   # retrained in place
+        serving['ckpt'] = 'A2'; fourth = run()
         teacher = make_client(spec, role='teacher', cache_dir=tmp_path)    # other roles: the URL, as before
         assert teacher.endpoint_id() == srv.base_url
     assert [r.text for r in first] == ['student A answers']*2
     assert [r.text for r in second] == ['student B answers']*2 and not any(r.cached for r in second)
     assert all(r.cached for r in third) and [r.text for r in third] == ['student A answers']*2
-    assert [r.text for r in fourth] == ['student L answers']*2 and [r.text for r in fifth] == ['student L2 answers']*2
+    assert [r.text for r in fourth] == ['student A2 answers']*2 and not any(r.cached for r in fourth)
+
+
+def test_endpoint_student_whose_root_is_not_a_local_folder_is_never_cached(tmp_path):
+    """A remote server's `root` (`/ckpts/A`: a path on another machine) says nothing of the weights behind it: a
+    checkpoint retrained there keeps its path. Such an endpoint is treated as weights unknown, as one listing no
+    root: asked every time. Its path string used to be its fingerprint, so the retrained student got the old answers."""
+    serving = {'ckpt': 'A'}
+    with serve(lambda body: f"student {serving['ckpt']} answers", models_root='/ckpts/A') as srv:
+        assert served_weights(srv.base_url, 'x') is None
+        c = make_client(spec_for(srv, model='student'), role='student', cache_dir=tmp_path)
+        with pytest.warns(UserWarning, match='not cached'): first = c.run(reqs(2))
+        serving['ckpt'] = 'A retrained in place'
+        second = make_client(spec_for(srv, model='student'), role='student', cache_dir=tmp_path).run(reqs(2))
+        assert srv.n_chat == 4
+    assert [r.text for r in first] == ['student A answers']*2
+    assert [r.text for r in second] == ['student A retrained in place answers']*2 and not any(r.cached for r in second)
 
 
 def test_endpoint_student_with_unknown_weights_is_never_served_from_the_cache(tmp_path):
@@ -615,6 +630,35 @@ def test_hf_batch_out_of_memory_is_split_and_retried_not_failed(tmp_path):
     d.generate = one_too_long
     res = d.run(rs)
     assert [r.status for r in res] == ['done']*3 + ['failed'] + ['done']*3 and 'OutOfMemoryError' in res[3].error
+
+
+def test_oom_halves_run_after_the_failed_attempt_is_freed(tmp_path):
+    """The halves of a batch that ran out of memory start only once the failed attempt's tensors are gone. They used to
+    run inside the `except` block, whose traceback kept the failed attempt's frames (and their tensors) alive, so on a
+    GPU the halves met the same full memory. Here a wrapped `generate` allocates its "activations" and raises; each
+    later call checks that every earlier failed attempt's tensor has been freed (on the old code: still alive)."""
+    import gc, torch, weakref
+    ckpt = tiny_llama(tmp_path/'ckpt')
+    c = make_client(ModelSpec(backend='hf', model=str(ckpt), concurrency=8), role='student', cache_dir=tmp_path/'c')
+    real, failed, alive_at_retry, sizes = c.generate, [], [], []
+    def small_gpu(prompts, *a, **kw):
+        alive_at_retry.extend(w() is not None for w in failed)
+        sizes.append(len(prompts))
+        if len(prompts) > 2:
+            activations = torch.empty(1 << 20)             # what the failed attempt held
+            failed.append(weakref.ref(activations))
+            raise torch.OutOfMemoryError('CUDA out of memory (injected for batches above 2)')
+        return real(prompts, *a, **kw)
+    c.generate = small_gpu
+    out = c.run([ChatRequest(f'q{i}', [{'role': 'user', 'content': f'Explain item {i}'}], max_tokens=4) for i in range(7)])
+    assert all(r.status == 'done' for r in out) and sizes[:3] == [7, 3, 1] and len(failed) >= 2
+    assert alive_at_retry and not any(alive_at_retry)      # every retry started with the failed attempts freed
+    # close() drops every replica (each GPU's copy), not only the first
+    replicas = [weakref.ref(m) for m in c.replicas]
+    c.generate = real = None
+    c.close()
+    gc.collect()
+    assert c.replicas == [] and c.model is None and not any(r() is not None for r in replicas)
 
 
 def test_hf_batches_are_shared_between_replicas(tmp_path):

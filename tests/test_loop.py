@@ -144,3 +144,39 @@ def test_fork_refuses_a_source_run_with_other_results_changing_settings(nbs_dir,
     run_loop(ROOT/'configs'/'demo.yaml', tmp_path/'control2', baseline='random-seeds', fork_from=src, check=False,
              progress=lines.append)
     assert any('forked from' in l for l in lines)
+
+# ---------------------------------------------------------------- issue 26: preflight of a vLLM student
+
+LLAMA_7B = dict(architectures=['LlamaForCausalLM'], model_type='llama', hidden_size=4096, intermediate_size=11008,
+                num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
+                max_position_embeddings=2048, rms_norm_eps=1e-6, tie_word_embeddings=False)
+
+
+def test_paper_profile_check_fails_a_7b_student_on_a_machine_without_a_gpu(tmp_path):
+    """`--check` on the paper profile with its 7B student (served by vLLM): the checkpoint is checked (parameters
+    counted from its config on the meta device, no weights read) and, with no GPU and less than 108 GB of RAM here, the
+    devices check fails saying the student is too large to train on this machine. It used to skip the vLLM student and
+    print 'ok devices: no GPU visible: training runs on CPU in 8 process(es)'."""
+    import torch, yaml
+    from lion_nb.loop import available_memory_bytes, preflight
+    from lion_nb.train import tiny_tokenizer
+    if torch.cuda.is_available() or available_memory_bytes() > 108e9:
+        pytest.fail("this test describes a machine without a GPU and with less than 108 GB of RAM")
+    ckpt = tmp_path/'llama-7b'
+    ckpt.mkdir()
+    (ckpt/'config.json').write_text(json.dumps(LLAMA_7B))
+    tiny_tokenizer(chat_template=False).save_pretrained(ckpt)
+    cfg = yaml.safe_load((ROOT/'configs'/'paper.yaml').read_text())
+    cfg['models']['llama-7b']['model'] = str(ckpt)
+    (tmp_path/'paper.yaml').write_text(yaml.safe_dump(cfg))
+    lines = []
+    with pytest.raises(LionError, match='devices'):
+        preflight(tmp_path/'paper.yaml', tmp_path/'run', progress=lines.append)
+    line = lambda name: next(l for l in lines if f' {name} ' in l)
+    assert line('model llama-7b').startswith('[check] ok') and '6,738.4M parameters' in line('model llama-7b')
+    dev = line('devices')
+    assert dev.startswith('[check] FAIL') and 'too large to train on this machine' in dev, dev
+    assert 'needs about 108 GB (16 bytes a parameter' in dev and "train.device is 'cuda'" in dev
+    assert line('disk').startswith('[check] ') and 'not estimated' not in line('disk')    # sized for 6.7B now
+    if shutil.which('vllm') is None and not (Path(sys.executable).parent/'vllm').exists():
+        assert line('engine').startswith('[check] FAIL') and f"not found beside {sys.executable}" in line('engine')

@@ -50,6 +50,13 @@ def quick_retries(monkeypatch):
 
 # ============================================================ 1. fault injection
 
+def student_weights(tmp_path_factory) -> str:
+    "A local folder for the scripted student's `root` in /v1/models: only a local folder is fingerprinted and cached."
+    d = tmp_path_factory.mktemp('scripted-student-weights')
+    (d/'config.json').write_text('{}')
+    return str(d)
+
+
 @pytest.fixture(scope='module')
 def faulty(tmp_path_factory):
     "A server that faults ~20% of attempts (and always faults a few keys), and a run with its pools built."
@@ -61,7 +68,8 @@ def faulty(tmp_path_factory):
         m = body['messages']
         return (len(m) == 1 and m[0]['content'] in doomed_texts) or (m[0]['content'].startswith('You write') and body.get('seed') in doomed_seeds)
     plan, reply = FaultPlan(rate=0.2, doomed=0.04, seed=1, doom=doom), reply_without_scores(0.2, 0.1, seed=1)
-    with serve(reply=reply, fault_fn=plan, retry_after_s=0.2, hang_s=4, models_root='scripted-student-weights') as srv:
+    weights = student_weights(tmp_path_factory)
+    with serve(reply=reply, fault_fn=plan, retry_after_s=0.2, hang_s=4, models_root=weights) as srv:
         d = tmp_path_factory.mktemp('faulty')
         cfg_path = make_config(d/'cfg.yaml', srv.base_url, pools=dict(train_size=16, cache_size=16, reserve_size=0),
                                loop=dict(n_new=8), probe=dict(enabled=False))   # the probe: under kills, below
@@ -158,10 +166,10 @@ KILLS = 5
 
 
 @pytest.fixture(scope='module')
-def slow_server():
+def slow_server(tmp_path_factory):
     rec = Recorder()
-    # the student's weights are named in /v1/models, as vLLM lists them: a student endpoint is cached only then
-    with serve(reply=scripted_reply, fault_fn=rec, latency_s=0.1, models_root='scripted-student-weights') as srv:
+    # the student's weights are named in /v1/models, as vLLM lists them (a local folder): a student endpoint is cached only then
+    with serve(reply=scripted_reply, fault_fn=rec, latency_s=0.1, models_root=student_weights(tmp_path_factory)) as srv:
         srv.recorder = rec; yield srv
 
 

@@ -237,3 +237,70 @@ def test_lora_trains_adapters_and_saves_merged(tiny, sft, tmp_path):
     assert torch.equal(base['model.embed_tokens.weight'].bfloat16(), tuned['model.embed_tokens.weight'])   # frozen
     q = 'model.layers.0.self_attn.q_proj.weight'                             # the adapters were merged in
     assert not torch.allclose(base[q].bfloat16().float(), tuned[q].float())
+
+
+# ---------------------------------------------------------------- issue 26: multi-node, gradient sync
+
+def torchrun_2(mode: str, base: Path) -> list[dict]:
+    "Run tests/dist_checks.py MODE BASE on 2 gloo processes (real torchrun); each rank's result."
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+           str(ROOT/'tests'/'dist_checks.py'), mode, str(base)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return [json.loads((base/f'result_{k}.json').read_text()) for k in range(2)]
+
+
+def fake_checkpoint(out: Path, step: int):
+    d = out/'checkpoints'/f'step_{step:06d}'
+    d.mkdir(parents=True)
+    (d/'trainer_state.json').write_text(json.dumps({'step': step}))
+
+
+def test_resume_checkpoint_is_rank0s(tmp_path):
+    """Two ranks whose views of checkpoints/ differ (a network filesystem: rank 1 does not see step 2 yet) resume
+    from the same checkpoint, rank 0's. Each picking its own latest, as before, they disagreed (the 'own' column)."""
+    for s in (1, 2): fake_checkpoint(tmp_path/'rank0', s)
+    fake_checkpoint(tmp_path/'rank1', 1)
+    r0, r1 = torchrun_2('resume', tmp_path)
+    assert (r0['own'], r1['own']) == ('step_000002', 'step_000001')     # what each rank alone would pick
+    assert r0['agreed'] == r1['agreed'] == 'step_000002'
+
+
+def test_shared_folder_check(tmp_path):
+    "A run on several nodes needs one folder all of them see: two ranks with their own folders fail, clearly, on both."
+    ok = torchrun_2('shared', tmp_path/'a')
+    assert all(r['ok'] for r in ok) and ok[0]['left'] == []             # the probe is removed again
+    bad = torchrun_2('private', tmp_path/'b')
+    assert not any(r['ok'] for r in bad)
+    assert all('not on a filesystem that every node shares: rank(s) [1]' in r['error'] for r in bad)
+
+
+def test_multi_node_only_when_configured_and_through_srun(tiny, sft, tmp_path):
+    """Inside a 2-node SLURM allocation, `nnodes` unset: one standalone torchrun (it used to take nnodes=2 from
+    SLURM_NNODES and wait at a rendezvous no second node joined). `nnodes: 2`: srun starts one torchrun per node."""
+    from lion_nb.train import torchrun_command
+    slurm = {'SLURM_JOB_ID': '7', 'SLURM_NNODES': '2', 'SLURM_NODEID': '0', 'SLURM_JOB_NODELIST': 'gpu[01-02]'}
+    one = torchrun_command(sft, tiny, tmp_path, TrainConfig(), 8, env=slurm)
+    assert one[0] == sys.executable and '--standalone' in one and 'srun' not in one and '--nnodes' not in one
+    two = torchrun_command(sft, tiny, tmp_path, TrainConfig(nnodes=2), 8, env=slurm)
+    assert two[:two.index(sys.executable)] == ['srun', '--nodes', '2', '--ntasks', '2', '--ntasks-per-node', '1',
+                                                '--kill-on-bad-exit=1', '--export=ALL']
+    tr = two[two.index(sys.executable):]
+    assert tr[tr.index('--nnodes') + 1] == '2' and tr[tr.index('--rdzv_endpoint') + 1] == 'gpu01:29500'
+    assert '--node_rank' not in tr and '--standalone' not in tr          # c10d ranks the nodes: one command for all
+    with pytest.raises(LionError, match='holds 1 node'):
+        torchrun_command(sft, tiny, tmp_path, TrainConfig(nnodes=2), 8, env={**slurm, 'SLURM_NNODES': '1'})
+
+
+@pytest.mark.slow
+def test_gradient_sync_memory_on_and_off():
+    """bench/grad_sync_memory.py on 2 gloo processes: with sync on each micro-batch a rank holds its shard of the
+    gradient (half of it); with sync off, FSDP2 holds the whole unsharded fp32 gradient until the last one."""
+    args = ['--hidden', '128', '--layers', '2', '--vocab', '512', '--seq', '32', '--micro', '3']
+    r = subprocess.run([sys.executable, str(ROOT/'bench'/'grad_sync_memory.py'), *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    fig = json.loads(r.stdout.strip().splitlines()[-1])
+    full = fig['unsharded_fp32_grad_mib']
+    assert abs(fig['held_mib']['off'] - full) <= 0.2 and abs(fig['held_mib']['on'] - full / 2) <= 0.2
+    assert fig['after_step_mib'] == {'on': fig['held_mib']['on'], 'off': fig['held_mib']['on']}   # sharded after the step
