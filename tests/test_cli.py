@@ -108,7 +108,9 @@ def test_check_passes_for_a_good_run(tmp_path):
     cfg = check_config(tmp_path, tiny_student(tmp_path/'tiny'))
     r = lion('run', '--config', str(cfg), '--run-dir', str(tmp_path/'run'), '--check')
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count('[check] ok') == 7 and 'prompts: chat' in r.stdout and 'all checks passed' in r.stdout
+    # model, engine, data, baseline reserve, devices, disk, keys, and the remote model's request shape
+    assert r.stdout.count('[check] ok') == 8 and 'prompts: chat' in r.stdout and 'all checks passed' in r.stdout
+    assert '[check] ok   engine' in r.stdout
     assert '[check] ok   shape remote' in r.stdout and 'max_tokens = answer; temperature sent' in r.stdout  # table: unknown
     # the live check cannot reach the endpoint: one line, and the offline checks stand (issue 25)
     assert r.stdout.count('[check] skip') == 1 and 'http://127.0.0.1:9/v1: cannot connect' in r.stdout
