@@ -29,7 +29,13 @@ the fewest waves that takes (tokens / N), and overall the queue's peak and the b
 next wave's file is being uploaded, then resumed: no batch may be submitted twice (each `lion_job` is created once,
 refusals aside).
 
-    python bench/paper_rehearsal.py [--scale 1.0] [--work outputs/rehearsal] [--fresh]
+The stand-in answers as OpenAI's API does today (`FakeOpenAI.today`): models it no longer serves get 404
+`model_not_found`, reasoning models refuse `max_tokens` and temperatures they cannot take (400), on the chat route
+and on every line of a batch alike, and reasoning tokens come out of `max_completion_tokens`. The rehearsal counts
+those refusals (there must be none) and the empty answers the run stored (there must be none).
+`--any-model` serves the permissive stand-in instead (any model, any parameter).
+
+    python bench/paper_rehearsal.py [--scale 1.0] [--work outputs/rehearsal] [--fresh] [--any-model]
                                     [--batch-queue-tokens N] [--kill-between-waves]
 """
 from __future__ import annotations
@@ -186,6 +192,18 @@ def min_waves(before: dict, after: dict, limit) -> int:
     if not limit: return 0
     return max([math.ceil((after.get(m, 0) - before.get(m, 0)) / limit) for m in after] or [0])
 
+def stored_empty_answers(run_dir: Path, models: set) -> int:
+    """Answers of the API `models` (any `Answer` record under the run: the teacher's, the references) stored as
+    done with no text: a reply cut by its reasoning must never be kept. (The tiny random student may well answer
+    nothing: that is an answer, and is scored.)"""
+    n = 0
+    for f in run_dir.rglob('*.jsonl'):
+        for line in f.read_text(encoding='utf-8').splitlines():
+            r = json.loads(line) if line.startswith('{') else {}
+            n += (r.get('status') == 'done' and r.get('model') in models and 'output' in r
+                  and not str(r['output']).strip())
+    return n
+
 def jobs_submitted_twice(srv) -> list[str]:
     "The `lion_job`s the stand-in created more than one accepted batch for (a batch submitted twice)."
     jobs = Counter((b.get('metadata') or {}).get('lion_job') for b in list(srv.batches.values()) if '_refused' not in b)
@@ -291,6 +309,7 @@ def main(argv=None) -> int:
     ap.add_argument('--nproc', type=int, help="training processes (default: the paper's 8)")
     ap.add_argument('--batch-queue-tokens', type=int, help="the stand-in's (and the specs') Batch API queue limit per model")
     ap.add_argument('--kill-between-waves', action='store_true', help='kill the first run between two waves, then resume it')
+    ap.add_argument('--any-model', action='store_true', help="a stand-in that takes any model and parameter (not today's API)")
     a = ap.parse_args(argv)
     work = Path(a.work).resolve()
     if a.fresh: shutil.rmtree(work, ignore_errors=True)
@@ -299,6 +318,7 @@ def main(argv=None) -> int:
     prepare_data(work, a.scale); student = brief_student(work/'student')
     limit, killed = a.batch_queue_tokens, None
     with serve(reply=rehearsal_reply, batch_queue_tokens=limit) as srv:
+        if not a.any_model: srv.today()
         config = rehearsal_config(work, srv.base_url, student, a.scale, a.iterations, a.nproc, limit)
         per_est, est_total, est_text = dry_run(config)
         print(est_text)
@@ -312,8 +332,11 @@ def main(argv=None) -> int:
         _, wall2, _ = run_lion(config, run_dir, srv, work/'run2.log', limit)
         second = server_counts(srv)['requests'] - before
         twice, peak, refused = jobs_submitted_twice(srv), srv.stats()['queue_peak'], srv.queue_refused
-    served = sum(s['requests'] for s in stages) + (killed['requests'] if killed else 0)
+        shape_refusals = dict(getattr(srv, 'refused', {}))
     from lion_nb.core import load_config
+    api = {m.model for m in load_config(config).models.values() if m.backend == 'openai'}
+    empty = stored_empty_answers(run_dir, api)
+    served = sum(s['requests'] for s in stages) + (killed['requests'] if killed else 0)
     dd = dedup_times(run_dir, load_config(config).loop.rouge_threshold)
     print(f"\n{'stage':<22} {'wall s':>9} {'requests':>10} {'dry run':>10} {'batches':>8} {'cache MB':>9} {'peak GB':>8}")
     for s in stages:
@@ -327,17 +350,20 @@ def main(argv=None) -> int:
     ratio = served / est_total if est_total else float('nan')
     print(f"server requests / dry-run estimate: {ratio:.4f} ({'within' if abs(ratio - 1) <= 0.05 else 'OUTSIDE'} 5%); "
           f"second run: {second} requests in {wall2:.1f}s; whole rehearsal {time.time() - t_all:.0f}s")
+    print(f"stand-in: {'any model' if a.any_model else 'as OpenAI today'}; requests refused: "
+          f"{sum(shape_refusals.values())} {shape_refusals or ''}; API answers stored empty: {empty}")
     if limit:
         print(f"batch queue limit {limit:,} tokens: peak {max(peak.values(), default=0):,}, {refused} refused; fewest waves per "
               f"stage {[s['min_waves'] for s in stages]}; jobs submitted twice: {len(twice)}"
               + (f"; killed run: {killed}" if killed else ''))
     print(json.dumps({'scale': a.scale, 'wall_s': wall, 'requests': served, 'dry_run_calls': est_total, 'ratio': round(ratio, 4),
                       'batch_queue_tokens': limit, 'queue_peak': peak, 'queue_refused': refused, 'jobs_submitted_twice': twice,
-                      'killed_run': killed,
+                      'killed_run': killed, 'today': not a.any_model, 'refused_requests': shape_refusals,
+                      'empty_answers': empty,
                       'batches': sum(s['batches'] for s in stages), 'second_run_requests': second, 'second_run_s': wall2,
                       'peak_rss_gb': max([s['peak_rss_gb'] for s in stages] or [0]), 'stages': stages, 'dedup': dd,
                       'total_s': round(time.time() - t_all, 1)}))
-    return 0 if abs(ratio - 1) <= 0.05 and second == 0 and not twice else 1
+    return 0 if abs(ratio - 1) <= 0.05 and second == 0 and not twice and not shape_refusals and not empty else 1
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -16,7 +16,8 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['FAULTS', 'TOKEN', 'TODAY_CATALOG', 'REASONING_SPEND', 'QUEUED', 'BROKEN_BODY', 'request_key', 'last_user_text',
-           'default_reply', 'n_tokens', 'token_logprobs', 'FakeOpenAI', 'prompt_tokens_of', 'serve', 'main']
+           'default_reply', 'n_tokens', 'token_logprobs', 'FakeOpenAI', 'prompt_tokens_of', 'api_error_body', 'serve',
+           'main']
 
 # %% ../nbs/15_testing.ipynb #1391f237
 FAULTS = ('429', '500', '503', 'reset', 'hang', 'length', 'garbled', 'empty', 'badjson')
@@ -308,14 +309,20 @@ def _fail_batch(b: dict, n_lines: int, limit: int):
 # %% ../nbs/15_testing.ipynb #b4a63601
 @patch
 def batch_line(self: FakeOpenAI, req: dict) -> tuple[bool, dict]:
-    "(answered?, the output or error file's line) for one line of a batch's input file."
-    cid = req['custom_id']
+    """(answered?, the output or error file's line) for one line of a batch's input file. In today's mode a
+    line today's API would refuse (`refusal`) goes to the error file with its 4xx status and error body."""
+    cid, rid = req['custom_id'], f'batch_req_{uuid.uuid4().hex[:10]}'
     if cid in self.batch_fail_ids:
-        return False, {'id': f'batch_req_{uuid.uuid4().hex[:10]}', 'custom_id': cid, 'response': None,
+        return False, {'id': rid, 'custom_id': cid, 'response': None,
                        'error': {'code': 'server_error', 'message': 'injected batch line failure'}}
+    r = self.refusal(req['body']) if self.catalog is not None else None
+    if r is not None:
+        with self.lock: self.refused[r[3]] += 1
+        return False, {'id': rid, 'custom_id': cid, 'error': None, 'response': {
+            'status_code': r[0], 'request_id': uuid.uuid4().hex, 'body': {'error': api_error_body(*r[1:])}}}
     with self.lock: self.batch_counts[request_key(req['body'])] += 1
     body = self.text_completion(req['body']) if 'prompt' in req['body'] else self.completion(req['body'])
-    return True, {'id': f'batch_req_{uuid.uuid4().hex[:10]}', 'custom_id': cid, 'error': None,
+    return True, {'id': rid, 'custom_id': cid, 'error': None,
                   'response': {'status_code': 200, 'request_id': uuid.uuid4().hex, 'body': body}}
 
 # %% ../nbs/15_testing.ipynb #735ed41d
@@ -639,9 +646,12 @@ def _chat(self: _Handler, raw: bytes, completions: bool = False):
 def _api_error(self: _Handler, status: int, msg: str, param: Optional[str], code: str) -> bool:
     "Answer with OpenAI's error body; count the refusal. True."
     with self.server_state.lock: self.server_state.refused[code] += 1
-    error = {'message': msg, 'type': 'invalid_request_error', 'param': param, 'code': code}
-    self._send(status, {'error': error})
+    self._send(status, {'error': api_error_body(msg, param, code)})
     return True
+
+def api_error_body(msg: str, param: Optional[str], code: str) -> dict:
+    "OpenAI's error object (the `error` of a 4xx body, and of a refused line in a batch's error file)."
+    return {'message': msg, 'type': 'invalid_request_error', 'param': param, 'code': code}
 
 def _listing(values) -> str:
     q = [f"'{v}'" for v in values]
@@ -649,29 +659,36 @@ def _listing(values) -> str:
 
 @patch
 def _refuse(self: _Handler, body: dict) -> bool:
-    "Refuse `body` as today's API would (model, length parameter, effort, temperature); False to answer it."
+    "Refuse `body` as today's API would (`FakeOpenAI.refusal`), counting it; False to answer it."
+    r = self.server_state.refusal(body)
+    return r is not None and self._api_error(*r)
+
+# %% ../nbs/15_testing.ipynb #a162c72a
+@patch
+def refusal(self: FakeOpenAI, body: dict) -> Optional[tuple]:
+    """How today's API refuses `body` (model, length parameter, effort, temperature): (HTTP status, message,
+    param, code), or None when it answers it. The chat route and every line of a batch are checked alike."""
     m = body.get('model')
-    e = self.server_state.live_model(m)
+    e = self.live_model(m)
     if e is None:
-        return self._api_error(404, f"The model `{m}` does not exist or you do not have access to it.", None,
-                               'model_not_found')
+        msg = f"The model `{m}` does not exist or you do not have access to it."
+        return 404, msg, None, 'model_not_found'
     unsupported = "Unsupported parameter: '{}' is not supported with this model."
     if not e.get('reasoning'):
-        if 'reasoning_effort' not in body: return False
-        return self._api_error(400, unsupported.format('reasoning_effort'), 'reasoning_effort',
-                               'unsupported_parameter')
+        if 'reasoning_effort' not in body: return None
+        return 400, unsupported.format('reasoning_effort'), 'reasoning_effort', 'unsupported_parameter'
     if 'max_tokens' in body:
         msg = unsupported.format('max_tokens') + " Use 'max_completion_tokens' instead."
-        return self._api_error(400, msg, 'max_tokens', 'unsupported_parameter')
+        return 400, msg, 'max_tokens', 'unsupported_parameter'
     effort = body.get('reasoning_effort') or e['default_effort']
     if effort not in e['efforts']:
-        return self._api_error(400, f"Unsupported value: '{effort}' is not supported with the '{m}' model. "
-                                    f"Supported values are: {_listing(e['efforts'])}.", 'reasoning_effort',
-                               'unsupported_value')
+        msg = (f"Unsupported value: '{effort}' is not supported with the '{m}' model. "
+               f"Supported values are: {_listing(e['efforts'])}.")
+        return 400, msg, 'reasoning_effort', 'unsupported_value'
     t = body.get('temperature')
-    if t is None or t == 1 or (e['temperature'] == 'none' and effort == 'none'): return False
+    if t is None or t == 1 or (e['temperature'] == 'none' and effort == 'none'): return None
     msg = f"Unsupported value: 'temperature' does not support {t} with this model. Only the default (1) "
-    return self._api_error(400, msg + 'value is supported.', 'temperature', 'unsupported_value')
+    return 400, msg + 'value is supported.', 'temperature', 'unsupported_value'
 
 # %% ../nbs/15_testing.ipynb #29ca3c53
 @patch

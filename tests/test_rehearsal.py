@@ -20,6 +20,8 @@ def test_scaled_rehearsal_matches_the_dry_run_and_resends_nothing(tmp_path):
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res['requests'] > 1000 and abs(res['requests'] / res['dry_run_calls'] - 1) <= 0.05, res
     assert res['second_run_requests'] == 0
+    # the stand-in answers as OpenAI does today: nothing refused for its shape or model, no empty answer kept (issue 25)
+    assert res['today'] and res['refused_requests'] == {} and res['empty_answers'] == 0, res['refused_requests']
     assert res['batches'] >= 6                                   # every API stage went through the Batch API
     stages = [(s['iteration'], s['stage']) for s in res['stages']]
     assert stages == [(1, 'pools'), (1, 'imitation'), (1, 'discrimination'), (1, 'generation'), (1, 'evaluation'),
@@ -43,6 +45,7 @@ def test_scaled_rehearsal_batches_go_in_waves_and_resume_after_a_kill_between_wa
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res['killed_run'] and res['killed_run']['rc'] == -9 and res['killed_run']['batches'] >= 1
     assert res['jobs_submitted_twice'] == [] and res['queue_refused'] == 0
+    assert res['today'] and res['refused_requests'] == {} and res['empty_answers'] == 0
     assert max(res['queue_peak'].values()) <= limit
     assert max(s['min_waves'] for s in res['stages']) >= 3
     assert abs(res['requests'] / res['dry_run_calls'] - 1) <= 0.05 and res['second_run_requests'] == 0
