@@ -19,9 +19,10 @@ t0=$(date +%s.%N)
 rm -rf "$DIR.tmp"; mkdir -p "$DIR.tmp"
 "$BASE_PY" -m venv "$DIR.tmp/venv"
 "$DIR.tmp/venv/bin/python" -m pip install -q -r bench/gpu_sim_requirements.txt
+# (-I: the checks read this venv alone, not a checkout's lion_nb.egg-info in the folder they run from)
 # pip brought the requirements' own needs; remove those that machine lacks (pydantic comes with typer there
 # too, but that machine has none: so does the simulation)
-"$DIR.tmp/venv/bin/python" - bench/gpu_image_packages.txt > "$DIR.tmp/not_there.txt" <<'PYEOF'
+"$DIR.tmp/venv/bin/python" -I - bench/gpu_image_packages.txt > "$DIR.tmp/not_there.txt" <<'PYEOF'
 import importlib.metadata as md, re, sys
 norm = lambda s: re.sub(r'[-_.]+', '-', s).lower()
 image = {norm(l.strip()) for l in open(sys.argv[1]) if l.strip()}
@@ -35,7 +36,7 @@ fi
 pyv=$("$DIR.tmp/venv/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 PYTHON="$BASE_PY" bash bench/gpu_wheels.sh --python-version "$pyv" --dest "$DIR.tmp/wheels" >&2
 # the venv must look like that machine: nothing it lacks, and none of the carried packages installed
-"$DIR.tmp/venv/bin/python" - bench/gpu_image_packages.txt bench/gpu_wheels.txt <<'PYEOF'
+"$DIR.tmp/venv/bin/python" -I - bench/gpu_image_packages.txt bench/gpu_wheels.txt <<'PYEOF'
 import importlib.metadata as md, re, sys
 norm = lambda s: re.sub(r'[-_.]+', '-', s).lower()
 image = {norm(l.strip()) for l in open(sys.argv[1]) if l.strip()}
