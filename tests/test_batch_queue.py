@@ -210,8 +210,11 @@ def test_answer_killed_between_waves_resumes_without_resubmitting(tmp_path, kill
         w1 = srv.batches_created
         assert 1 <= w1 <= 2 and srv.queue_refused == 0
         if kill_at == 'between_waves':
-            srv.upload_latency_s, srv.batch_gate = 2.0, set(range(1, w1 + 1))   # wave 1 ends; wave 2 uploads slowly
-            wait_until(lambda: collected() == w1 and srv.files_uploaded == w1 + 1, proc=p)
+            # wave 1 ends; the next wave's upload is held 2 s, and the kill lands inside it. The next wave may start
+            # as soon as one of wave 1's batches is collected (the client uploads before collecting the other),
+            # so wait for the upload, not for all of wave 1 to be collected
+            srv.upload_latency_s, srv.batch_gate = 2.0, set(range(1, w1 + 1))
+            wait_until(lambda: collected() >= 1 and srv.files_uploaded == w1 + 1, proc=p)
         else:
             srv.batch_gate = set(range(1, w1 + 1))                 # wave 1 ends; wave 2 runs, and does not end
             wait_until(lambda: collected() == w1 and srv.batches_created == 2 * w1, proc=p)
