@@ -12,7 +12,7 @@ papermill, real torchrun and the real `openai` client all run, in minutes, with 
 - judges prefer the teacher-like answer.
 """
 from __future__ import annotations
-import hashlib, re
+import hashlib, re, time
 from pathlib import Path
 
 import yaml
@@ -89,3 +89,16 @@ def tiny_config(path, base_url: str, student: Path, **over) -> Path:
         cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
     Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
     return Path(path)
+
+
+def wait_until(cond, timeout: float = 30.0, proc=None):
+    """Poll `cond` every 20 ms until it holds; fail on `timeout` seconds, or when `proc` ends first (with the end
+    of whatever output it piped: stderr, else stdout, bytes or text)."""
+    t0 = time.monotonic()
+    while not cond():
+        if proc is not None and proc.poll() is not None:
+            out = (proc.stderr or proc.stdout).read() if (proc.stderr or proc.stdout) else ''
+            out = out.decode(errors='replace') if isinstance(out, bytes) else out
+            raise AssertionError(f'process ended early ({proc.returncode}): {out[-3000:]}')
+        if time.monotonic() - t0 > timeout: raise AssertionError('timed out waiting')
+        time.sleep(0.02)

@@ -17,6 +17,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from lion_nb.testing import prompt_tokens_of, request_key, serve  # noqa: E402
+from lion_fixtures import wait_until as _wait_until  # noqa: E402
 
 from lion_nb.batch import BatchRunner
 from lion_nb.cache import request_body
@@ -44,13 +45,9 @@ def skey(spec, req) -> str:
     return request_key(request_body(spec.model, req, spec.structured_output))
 
 
-def wait_until(cond, timeout=60.0, proc=None):
-    t0 = time.monotonic()
-    while not cond():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f'process ended early ({proc.returncode}): {proc.stdout.read()[-3000:]}')
-        if time.monotonic() - t0 > timeout: raise AssertionError('timed out waiting')
-        time.sleep(0.02)
+def wait_until(cond, proc=None):
+    "`lion_fixtures.wait_until` with a minute's patience: a wave waits on the stand-in's queue."
+    return _wait_until(cond, 60.0, proc)
 
 
 def server_tokens(srv, model) -> int:

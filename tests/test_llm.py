@@ -7,6 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from lion_nb.testing import request_key, serve  # noqa: E402
+from lion_fixtures import wait_until  # noqa: E402
 from lion_nb.clients import served_weights  # noqa: E402
 
 from lion_nb.core import Answer, Instruction, ModelSpec, read_log, write_jsonl
@@ -40,15 +41,6 @@ def cli_proc(*args) -> subprocess.Popen:
     env = {**os.environ, 'TQDM_DISABLE': '1'}
     return subprocess.Popen([sys.executable, '-c', code, *map(str, args)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def wait_until(cond, timeout=30.0, proc=None):
-    t0 = time.monotonic()
-    while not cond():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f'process ended early ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}')
-        if time.monotonic() - t0 > timeout: raise AssertionError('timed out waiting')
-        time.sleep(0.02)
 
 
 # ---------------------------------------------------------------- retries
