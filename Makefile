@@ -32,10 +32,10 @@ models: setup
 demo: models
 	$(BIN)/lion_nb demo
 
-# Lion against its referee-blind control, two seeds (configs/study.yaml; docs/study.md). On 2 cores a seed takes
-# about 2 hours (Lion arm, then its control); a finished seed or stage is skipped on a rerun.
+# Lion against its referee-blind control, three seeds (configs/study.yaml; docs/study.md). On 2 cores a seed takes
+# about an hour (Lion arm, then its control); a finished seed or stage is skipped on a rerun.
 study: models
-	$(BIN)/lion_nb study --config configs/study.yaml --seeds 0 1 --out outputs/study
+	$(BIN)/lion_nb study --config configs/study.yaml --seeds 0 1 2 --out outputs/study
 
 # The exported module must equal what the notebooks export, and notebooks must be clean.
 check: setup

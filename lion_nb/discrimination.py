@@ -18,13 +18,14 @@ from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .core import (ROLES, Answer, Config, InputError, Instruction, JsonlLog, LionError, ModelSpec,
-                          Provenance, Review, RunDir, derive_seed, load_config, read_json, read_log,
-                          read_pool, read_records, user_message, write_json, write_jsonl)
+                          Provenance, Review, RunDir, derive_seed, iter_jsonl, load_config, read_json,
+                          read_log, read_pool, read_records, user_message, write_json, write_jsonl)
 from .llm import (ChatRequest, answer_pool, make_client, role_system, run_budget, run_client,
                          student_spec)
 from .logprob import expected_scores
 from .pools import categorize
 from .probe import KnownPair, probe_metrics, probe_pairs, probe_verdict, right_answers
+from .stats import mean_ci
 
 # %% auto #0
 __all__ = ['JUDGE_ROLES', 'SCORE_PARSERS', 'JUDGE_PARSERS', 'ORDERS', 'SCORE_MIN', 'SCORE_MAX', 'REPAIR_PROMPT',
@@ -35,8 +36,8 @@ __all__ = ['JUDGE_ROLES', 'SCORE_PARSERS', 'JUDGE_PARSERS', 'ORDERS', 'SCORE_MIN
            'position_consistency', 'position_means', 'Pair', 'sampling_setting', 'RefereeSettings', 'judge_scores',
            'review_pairs', 'category_of', 'pairs_from_answers', 'score_items', 'call_stats', 'summarize',
            'describe_summary', 'plot_gaps', 'plot_scores', 'plot_categories', 'save_plots', 'referee_and_split',
-           'known_pair', 'run_probe', 'referee_probe', 'discrimination_seed', 'latest_student', 'run_discrimination',
-           'discriminate_cli', 'referee_cli']
+           'known_pair', 'run_probe', 'referee_probe', 'discrimination_seed', 'latest_student', 'discrimination_pool',
+           'gap_change', 'run_discrimination', 'discriminate_cli', 'referee_cli']
 
 # %% ../nbs/04_discrimination.ipynb #737cc933
 JUDGE_ROLES = ('referee', 'review', 'pairwise', 'generator_hard', 'generator_easy')
@@ -1105,8 +1106,9 @@ def run_probe(pairs: Sequence[KnownPair], client, settings: RefereeSettings, out
 def referee_probe(cfg: Config, run: RunDir, k: int, teacher_answers: Sequence[Answer],
                   progress=None) -> Optional[dict]:
     """The stage's probe (when `cfg.probe` asks for one in iteration `k`), with the teacher's answers as right
-    ones."""
-    if not (cfg.probe.enabled and k in cfg.probe.iterations): return None
+    ones; none in the final measurement on the hard items (`_final_on_hard`): its referee was probed
+    already."""
+    if not (cfg.probe.enabled and k in cfg.probe.iterations) or _final_on_hard(cfg, k): return None
     seed = derive_seed(cfg.seed, 'probe', k)
     try: pairs = probe_pairs(right_answers(teacher_answers), n=cfg.probe.items, seed=seed)
     except LionError as e:             # too few usable teacher answers: say so, never fail the stage
@@ -1148,6 +1150,51 @@ def _stage_answers(cfg: Config, run: RunDir, k: int, pool: Sequence[Instruction]
                            system=role_system(cfg, role))
 
 
+# %% ../nbs/04_discrimination.ipynb #412f9f04
+def discrimination_pool(cfg: Config, run: RunDir, k: int) -> list[Instruction]:
+    """What discrimination `k` reviews: iteration `k`'s Cache Pool, or, for the final measurement (k =
+    iterations + 1) with `loop.discriminate_last_on: hard`, only the items round k - 1 found hard."""
+    pool = read_pool(run.pool(k, 'cache'))
+    if k <= cfg.loop.iterations or cfg.loop.discriminate_last_on == 'cache': return pool
+    hard = {x['id'] for _, x in iter_jsonl(run.stage_dir(k - 1, 'discrimination')/'hard.jsonl')}
+    return [r for r in pool if r.id in hard]
+
+def gap_change(before: Sequence[dict], # scored items of the earlier discrimination (`d`: teacher - student)
+               after: Sequence[dict], # scored items of the later one
+              ) -> dict:
+    """The mean gap before and after on the items scored in both, and the mean change, with bootstrap
+    intervals."""
+    was = {x['id']: x['d'] for x in before}
+    ids = [x['id'] for x in after if x['id'] in was]
+    now = {x['id']: x['d'] for x in after}
+    if not ids: return {'items': 0}
+    b, a = [was[i] for i in ids], [now[i] for i in ids]
+    return {'items': len(ids), 'before': mean_ci(b).as_dict(), 'after': mean_ci(a).as_dict(),
+            'change': mean_ci([y - x for x, y in zip(b, a)]).as_dict(), 'still_hard': sum(d >= 1 for d in a)}
+
+# %% ../nbs/04_discrimination.ipynb #4f39ec43
+def _final_on_hard(cfg: Config, k: int) -> bool:
+    "Whether discrimination `k` is the final measurement on the last round's hard items."
+    return k > cfg.loop.iterations and cfg.loop.discriminate_last_on == 'hard'
+
+def _pool_name(cfg: Config, k: int) -> str:
+    return (
+        f"hard items of iteration {k - 1}, measured again"
+        if _final_on_hard(cfg, k)
+        else "Cache Pool instructions"
+    )
+
+
+def _scored(out_dir: Path) -> list[dict]:
+    "The scored items of a finished discrimination (its hard and easy files)."
+    return [x for name in ('hard', 'easy') for _, x in iter_jsonl(out_dir/f'{name}.jsonl')]
+
+def _gap_since_last_round(cfg: Config, run: RunDir, k: int) -> dict:
+    "{'gap_change': ...} of the final measurement on the hard items (`gap_change`), else {}."
+    if not _final_on_hard(cfg, k): return {}
+    return {'gap_change': gap_change(_scored(run.stage_dir(k - 1, 'discrimination')),
+                                     _scored(run.stage_dir(k, 'discrimination')))}
+
 # %% ../nbs/04_discrimination.ipynb #a0ee6289
 def run_discrimination(cfg: Config, # the run's configuration
                        run: RunDir, # the run folder (holds `iter_k/pools/cache.jsonl`)
@@ -1155,8 +1202,8 @@ def run_discrimination(cfg: Config, # the run's configuration
                        progress=print) -> dict:
     "Discrimination for iteration `k`: answers, reviews in both orders, the hard/easy split; its summary."
     if (done := run.finished_summary(k, 'discrimination', progress)) is not None: return done
-    pool = read_pool(run.pool(k, 'cache'))
-    if progress: progress(f"iteration {k}: {len(pool)} Cache Pool instructions")
+    pool = discrimination_pool(cfg, run, k)
+    if progress: progress(f"iteration {k}: {len(pool)} {_pool_name(cfg, k)}")
     t_ans = _stage_answers(cfg, run, k, pool, 'teacher')
     probe = referee_probe(cfg, run, k, t_ans, progress)
     sspec, which = latest_student(cfg, run, k)
@@ -1166,13 +1213,16 @@ def run_discrimination(cfg: Config, # the run's configuration
     settings = RefereeSettings.from_config(cfg, k)
     if progress: progress(settings.judge.describe())
     out = run.stage_dir(k, 'discrimination')
-    summary = referee_and_split(pool, t_ans, s_ans, referee, settings, out, cfg.loop.tau, progress=progress)
-    summary.update(iteration=k, student=which, teacher=cfg.model_for('teacher').model, probe=probe)
+    summary = referee_and_split(pool, t_ans, s_ans, referee, settings, out, cfg.loop.tau, plots=bool(pool),
+                                progress=progress)
+    summary.update(iteration=k, student=which, teacher=cfg.model_for('teacher').model, probe=probe,
+                   **_gap_since_last_round(cfg, run, k))
     write_json(out/'summary.json', summary)
     run.mark_done(k, 'discrimination', hard=summary['hard'], easy=summary['easy'],
                   unscored=summary['unscored'],
                   parse_failures=summary['referee']['parse_failures'],
-                  position_consistency=summary['position_consistency']['consistent_share'])
+                  position_consistency=summary['position_consistency']['consistent_share'],
+                  **({'gap_change': summary['gap_change']} if 'gap_change' in summary else {}))
     return summary
 
 # %% ../nbs/04_discrimination.ipynb #763fa4d8

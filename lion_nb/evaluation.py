@@ -39,10 +39,10 @@ __all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'CHOICE_RULE
            'plot_history', 'mechanism', 'plot_mechanism', 'probe_items', 'judge_probe', 'judge_client',
            'evaluation_probe', 'trained_student', 'default_models', 'candidates', 'sample_sets', 'EvalPlan',
            'evaluation_plan', 'collect_answers', 'judge_candidates', 'empty_answers', 'model_metrics', 'judge_report',
-           'evaluation_metrics', 'write_plots', 'run_evaluation', 'ci_text', 'summary_row', 'summary_table',
-           'category_table', 'wtl_table', 'reasoning_table', 'empty_line', 'sampling_line', 'closing_note',
-           'final_evaluation', 'arm_items', 'arm_diff', 'compare_arms', 'arm_budget', 'budget_line', 'budget_lines',
-           'arm_probes', 'probes_line', 'print_arms', 'evaluate_cli']
+           'arm_items', 'arm_diff', 'gain_over_base', 'evaluation_metrics', 'write_plots', 'run_evaluation', 'ci_text',
+           'summary_row', 'summary_table', 'category_table', 'wtl_table', 'reasoning_table', 'empty_line',
+           'sampling_line', 'closing_note', 'final_evaluation', 'compare_arms', 'arm_budget', 'budget_line',
+           'budget_lines', 'arm_probes', 'probes_line', 'print_arms', 'evaluate_cli']
 
 # %% ../nbs/06_evaluation.ipynb #93c9c78c
 OPEN_SETS = ('vicuna80', 'demo')        # judged by scores against the reference (relative score)
@@ -1033,6 +1033,39 @@ def judge_report(cfg: Config, per_model: dict, verdicts: list[dict], judged: lis
             'unscored': _n_status(verdicts, 'unscored'), 'failed': _n_status(verdicts, 'failed'),
             'position': position}
 
+# %% ../nbs/06_evaluation.ipynb #b9e52a77
+def arm_items(verdicts: list[dict], set_name: str) -> dict:
+    "{item id: unit} of one set: (candidate's, teacher's) summed scores when scored, 1/0.5/0 when pairwise."
+    vs = [v for v in verdicts if v['set'] == set_name]
+    if set_name in PAIR_SETS:
+        res = {i: combine_orders(d) for i, d in _by_item(vs).items()}
+        return {i: PREF[r] for i, r in res.items() if r}
+    return item_score_sums(vs)
+
+# %% ../nbs/06_evaluation.ipynb #a7845392
+def arm_diff(set_name: str, a: dict, b: dict) -> Interval:
+    """The paired bootstrap interval of arm a minus arm b on one set (relative score in points, or win rate in
+    %)."""
+    ids, xa, xb = align(a, b)
+    if not ids: return Interval(None, None, None, n=0)
+    # rows: resamples
+    if set_name in PAIR_SETS: return paired_diff_ci(lambda p: 100 * p.mean(axis=1), [xa], [xb])
+    cols = lambda xs: [[c for c, _ in xs], [o for _, o in xs]]
+    return paired_diff_ci(lambda c, o: 100 * c.sum(axis=1) / o.sum(axis=1), cols(xa), cols(xb))
+
+# %% ../nbs/06_evaluation.ipynb #a1b2c3d5
+def gain_over_base(verdicts: list[dict], # the evaluation's verdicts (each names its `candidate`)
+                   final: str, # the evaluated student's label, e.g. 'iter_2'
+                   base: str = 'base', # the untrained student's label
+                  ) -> dict:
+    "{set: interval of final minus base}, paired on the items both were judged on (sets judged for both)."
+    of = lambda lab: [v for v in verdicts if v['candidate'] == lab]
+    out = {}
+    for s in sorted({v['set'] for v in verdicts}):
+        a, b = arm_items(of(final), s), arm_items(of(base), s)
+        if final != base and a and b: out[s] = arm_diff(s, a, b).as_dict()
+    return out
+
 # %% ../nbs/06_evaluation.ipynb #cd16f3ca
 def evaluation_metrics(cfg: Config, run: RunDir, k: int, plan: EvalPlan, answers: dict, verdicts: list[dict],
                        judge_probe: Optional[dict]) -> dict:
@@ -1044,7 +1077,8 @@ def evaluation_metrics(cfg: Config, run: RunDir, k: int, plan: EvalPlan, answers
             'judge': judge_report(cfg, per_model, verdicts, plan.judged),
             'sets': {s: len(xs) for s, xs in plan.items.items()}, 'samples': plan.samples,
             **{key: top[key] for key in (*OPEN_SETS, 'user252', 'reasoning', 'empty_answers') if key in top},
-            'models': per_model, 'mechanism': mechanism(run.root), 'judge_probe': judge_probe,
+            'models': per_model, 'gain_over_base': gain_over_base(verdicts, plan.final),
+            'mechanism': mechanism(run.root), 'judge_probe': judge_probe,
             'answer_temperature': cfg.eval.temperature}
 
 # %% ../nbs/06_evaluation.ipynb #7cbc9f9c
@@ -1195,6 +1229,19 @@ def _length_line(metrics: dict) -> Optional[str]:
     per = [f"{lab} {', '.join(f'{s} {v}' for s, v in l.items())}" for lab, l in lens.items()]
     return '- mean answer length (words): ' + '; '.join(per)
 
+# %% ../nbs/06_evaluation.ipynb #753dd6bd
+def _gain_line(metrics: dict) -> Optional[str]:
+    """The closing note's line on the final student against the base one (`gain_over_base`), when both were
+    judged."""
+    base, gains = metrics['models'].get('base') or {}, metrics.get('gain_over_base') or {}
+    parts = [
+        f"{s} {g['value']:+.2f} points [{g['lo']:+.2f}, {g['hi']:+.2f}] (base {base[s]['relative_score']}%)"
+        for s, g in gains.items()
+        if g.get('value') is not None and base.get(s) and s in OPEN_SETS
+    ]
+    if not parts: return None
+    return "- against the base student, paired on the same items and judge: " + '; '.join(parts) + '.'
+
 # %% ../nbs/06_evaluation.ipynb #b4a28857
 def empty_line(metrics: dict) -> str:
     "The closing note's line on empty answers: every model's count, per set where there were any."
@@ -1221,6 +1268,7 @@ def closing_note(metrics: dict) -> str:
     jp = metrics.get('judge_probe')
     if jp and jp.get('message'): lines.append(f"- judge probe: {jp['message']}")
     lines += [_open_line(s, m[s], ref) for s in OPEN_SETS if m.get(s)]
+    if (gl := _gain_line(metrics)) is not None: lines.append(gl)
     if m.get('user252'): lines.append(_pair_line(m['user252']))
     if m.get('reasoning'): lines.append(_reasoning_line(m['reasoning']))
     if (ll := _length_line(metrics)) is not None: lines.append(ll)
@@ -1239,26 +1287,6 @@ def final_evaluation(run_dir, # a run folder (an arm of a comparison)
     k = done[-1]
     verdicts = read_log(run.stage_dir(k, 'evaluation')/'verdicts.jsonl')
     return k, [v for v in verdicts if v['candidate'] == f'iter_{k}']
-
-# %% ../nbs/06_evaluation.ipynb #b9e52a77
-def arm_items(verdicts: list[dict], set_name: str) -> dict:
-    "{item id: unit} of one set: (candidate's, teacher's) summed scores when scored, 1/0.5/0 when pairwise."
-    vs = [v for v in verdicts if v['set'] == set_name]
-    if set_name in PAIR_SETS:
-        res = {i: combine_orders(d) for i, d in _by_item(vs).items()}
-        return {i: PREF[r] for i, r in res.items() if r}
-    return item_score_sums(vs)
-
-# %% ../nbs/06_evaluation.ipynb #a7845392
-def arm_diff(set_name: str, a: dict, b: dict) -> Interval:
-    """The paired bootstrap interval of arm a minus arm b on one set (relative score in points, or win rate in
-    %)."""
-    ids, xa, xb = align(a, b)
-    if not ids: return Interval(None, None, None, n=0)
-    # rows: resamples
-    if set_name in PAIR_SETS: return paired_diff_ci(lambda p: 100 * p.mean(axis=1), [xa], [xb])
-    cols = lambda xs: [[c for c, _ in xs], [o for _, o in xs]]
-    return paired_diff_ci(lambda c, o: 100 * c.sum(axis=1) / o.sum(axis=1), cols(xa), cols(xb))
 
 # %% ../nbs/06_evaluation.ipynb #59f9f489
 def compare_arms(run_a, # the first arm's run folder (Lion)

@@ -15,7 +15,7 @@ from .core import (Answer, Config, LionError, RunDir, derive_seed, read_json, re
                           write_jsonl)
 from .clients import free_memory
 from .llm import answer_pool, role_system, run_client
-from .models import ensure_server, resolve_hf_model
+from .models import resolve_hf_model
 from .stats import paired_diff_ci
 from .train import launch_training, mean_nll, plot_loss
 
@@ -102,7 +102,6 @@ def nll_change(before: Optional[dict], after: Optional[dict]) -> Optional[dict]:
 def teacher_answers(cfg: Config, run: RunDir, k: int) -> list[Answer]:
     "The teacher's answer to every Train Pool instruction of iteration `k` (resumable)."
     pool = read_pool(run.pool(k, 'train'))
-    if cfg.model_for('teacher').backend == 'embedded': ensure_server()    # the local llama.cpp server first
     client = run_client(cfg, run, 'teacher', stage='imitation', iteration=k)
     return answer_pool(pool, client, run.stage_dir(k, 'imitation')/'teacher_answers.jsonl', role='teacher',
                        temperature=cfg.sampling.teacher_temperature, max_tokens=cfg.sampling.max_new_tokens,

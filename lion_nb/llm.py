@@ -34,11 +34,11 @@ __all__ = ['CLIENT_KEYWORDS', 'LION_TEACHER_SYSTEM', 'make_client', 'student_spe
 # %% ../nbs/01_llm.ipynb #1ec17223
 def _embedded_base_url(model: str) -> str:
     "The embedded llama.cpp server's URL for `model`, started if needed (lion_nb.models)."
-    if model == models.TEACHER_NAME: return models.ensure_server()
+    if model in models.GGUFS: return models.ensure_server(models.packaged_gguf(model))
     p = Path(model).expanduser()
     if p.suffix == '.gguf' and p.exists(): return models.ensure_server(p)
-    raise LionError(f"backend 'embedded' serves {models.TEACHER_NAME!r} (or a .gguf file), not {model!r}; "
-                    f"for the student use backend 'hf'")
+    raise LionError(f"backend 'embedded' serves {', '.join(map(repr, models.GGUFS))} (or a .gguf file), not "
+                    f"{model!r}; for the student use backend 'hf'")
 
 # %% ../nbs/01_llm.ipynb #83918492
 CLIENT_KEYWORDS = {'openai': {'retry_base_s', 'batch_poll_s', 'base_url', 'template'},

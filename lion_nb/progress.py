@@ -15,8 +15,8 @@ from .core import RunDir, read_json
 
 # %% auto #0
 __all__ = ['PROGRESS_ENV', 'progress_file', 'write_state', 'read_state', 'StageBar', 'progress_bar', 'UsageTail', 'ConsoleBar',
-           'watch_stage', 'relative_score_headline', 'headline', 'stage_usage', 'stage_rows', 'fmt_seconds',
-           'stage_table']
+           'watch_stage', 'relative_score_headline', 'gap_headline', 'headline', 'stage_usage', 'stage_rows',
+           'fmt_seconds', 'stage_table']
 
 # %% ../nbs/07a_progress.ipynb #8a29d632
 PROGRESS_ENV = 'LION_PROGRESS'
@@ -156,8 +156,29 @@ def relative_score_headline(metrics: dict) -> str:
     "The first judged set's relative score with its interval, e.g. 'demo 101.6% [98.5, 103.9]'."
     for name in metrics.get('sets', {}):
         iv = (metrics.get(name) or {}).get('interval')
-        if iv: return f"{name} {iv['value']:.1f}% [{iv['lo']:.1f}, {iv['hi']:.1f}]"
+        if iv:
+            return f"{name} {iv['value']:.1f}% [{iv['lo']:.1f}, {iv['hi']:.1f}]" + _base_text(metrics, name)
     return ''
+
+def _base_text(metrics: dict, name: str) -> str:
+    """', base 97.0%, gain +4.6 [+1.2, +8.0]': the base student's score and the paired gain over it, when
+    judged."""
+    base = ((metrics.get('models') or {}).get('base') or {}).get(name) or {}
+    gain = (metrics.get('gain_over_base') or {}).get(name)
+    if metrics.get('final_model') == 'base' or not base or not gain or gain.get('value') is None: return ''
+    return (f", base {base['relative_score']:.1f}%, "
+            f"gain {gain['value']:+.1f} [{gain['lo']:+.1f}, {gain['hi']:+.1f}]")
+
+
+def gap_headline(g: dict) -> str:
+    """The final measurement's line: the mean gap on the last round's hard items, before -> after, and the
+    change."""
+    if not g.get('items'): return "no hard items to measure again"
+    b, a, c = g['before'], g['after'], g['change']
+    return (
+        f"gap on {g['items']} hard items {b['value']:+.2f} -> {a['value']:+.2f}, change {c['value']:+.2f} "
+        f"[{c['lo']:+.2f}, {c['hi']:+.2f}]; {g['still_hard']} still hard"
+    )
 
 # %% ../nbs/07a_progress.ipynb #0689983e
 def headline(stage: str, info: dict, stage_dir: Optional[Path] = None) -> str:
@@ -166,6 +187,7 @@ def headline(stage: str, info: dict, stage_dir: Optional[Path] = None) -> str:
     if stage == 'imitation':
         nll = f", NLL {info['nll_before']:.3f} -> {info['nll_after']:.3f}" if info.get('nll_after') else ''
         return f"{info.get('train_examples', info.get('examples', '?'))} examples{nll}"
+    if stage == 'discrimination' and info.get('gap_change'): return gap_headline(info['gap_change'])
     if stage == 'discrimination':
         return f"{info.get('hard')} hard / {info.get('easy')} easy / {info.get('unscored', 0)} unscored"
     if stage == 'generation': return f"{info.get('kept')} kept of {info.get('requested')} asked"

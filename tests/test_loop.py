@@ -45,9 +45,11 @@ def test_run_skips_done_stages_and_records_manifest(nbs_dir, tmp_path):
     run = RunDir(tmp_path/'run'); lines = []
     m = run_loop(ROOT/'configs'/'demo.yaml', run.root, progress=lines.append)
     ran = [l for l in lines if 'finished' in l]
-    assert len(ran) == 7   # the demo's 1 round: pools, imitation, discrimination, generation, evaluation; the final imitation, evaluation
+    # the demo's 1 round: pools, imitation, discrimination, generation; the final imitation, the gap on round 1's
+    # hard items measured again (discriminate_last), and the evaluation of the final student beside the base one
+    assert len(ran) == 7
     assert set(m['stages']) == {'iter_1/pools', 'iter_1/imitation', 'iter_1/discrimination', 'iter_1/generation',
-                                'iter_1/evaluation', 'iter_2/imitation', 'iter_2/evaluation'}
+                                'iter_2/imitation', 'iter_2/discrimination', 'iter_2/evaluation'}
     assert m['config_hash'] and m['packages']['torch'] and (run.root/'config.yaml').exists()
     assert m['iterations'] == 1 and m['trained_students'] == 2 and m['trained_instructions'] == 12 + 8 and 'final imitation' in m['plan']
     params = nbformat.read(run.iter_dir(2)/'03_imitation.ipynb', as_version=4)
@@ -59,7 +61,7 @@ def test_the_study_profile_evaluates_only_the_final_student(nbs_dir, tmp_path):
     "configs/study.yaml sets loop.evaluate: final: the round's student is not evaluated, the final one is."
     m = run_loop(ROOT/'configs'/'study.yaml', tmp_path/'run', progress=lambda *_: None)
     assert set(m['stages']) == {'iter_1/pools', 'iter_1/imitation', 'iter_1/discrimination', 'iter_1/generation',
-                                'iter_2/imitation', 'iter_2/evaluation'}
+                                'iter_2/imitation', 'iter_2/discrimination', 'iter_2/evaluation'}
     assert m['plan'].endswith('the final student is evaluated')
 
 def test_resume_refuses_a_different_config(nbs_dir, tmp_path):
@@ -84,7 +86,7 @@ def test_config_edit_of_operational_settings_keeps_resume(nbs_dir, tmp_path):
     saved = load_config(run.root/'config.yaml')                 # the new operational values take effect
     assert saved.models['qwen-local'].rpm == 30 and saved.budget_usd == 3.5 and m['config']['models']['qwen-local']['concurrency'] == 2
     assert run.cache.is_symlink() and run.cache.resolve() == (tmp_path/'shared_cache').resolve()   # relative to the config file
-    edited.write_text(edited.read_text().replace('max_new_tokens: 128\n  referee', 'max_new_tokens: 64\n  referee'))
+    edited.write_text(edited.read_text().replace('max_new_tokens: 128\n  repair', 'max_new_tokens: 64\n  repair'))
     with pytest.raises(LionError, match=r'sampling.max_new_tokens: 128 -> 64'):
         run_loop(edited, run.root, iterations=1, check=False, progress=lambda *_: None)
 
@@ -111,7 +113,7 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path):
     (tmp_path/'data'/'mine.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
     cfg = tmp_path/'configs'/'c.yaml'
     cfg.write_text((ROOT/'configs'/'demo.yaml').read_text().replace('dataset: demo ', 'dataset: ../data/mine.jsonl ')
-                   .replace('train_size: 12', 'train_size: 4').replace('cache_size: 24', 'cache_size: 6').replace('reserve_size: 8', 'reserve_size: 2'))
+                   .replace('train_size: 12', 'train_size: 4').replace('cache_size: 16', 'cache_size: 6').replace('reserve_size: 8', 'reserve_size: 2'))
     run = RunDir(tmp_path/'run')
     _, saved = prepare_run_dir(cfg, run)
     assert load_config(saved).pools.dataset == str((tmp_path/'data'/'mine.jsonl').resolve())
