@@ -113,7 +113,7 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path):
     (tmp_path/'data'/'mine.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
     cfg = tmp_path/'configs'/'c.yaml'
     cfg.write_text((ROOT/'configs'/'demo.yaml').read_text().replace('dataset: demo ', 'dataset: ../data/mine.jsonl ')
-                   .replace('train_size: 12', 'train_size: 4').replace('cache_size: 16', 'cache_size: 6').replace('reserve_size: 8', 'reserve_size: 2'))
+                   .replace('train_size: 12', 'train_size: 4').replace('cache_size: 12', 'cache_size: 6').replace('reserve_size: 8', 'reserve_size: 2'))
     run = RunDir(tmp_path/'run')
     _, saved = prepare_run_dir(cfg, run)
     assert load_config(saved).pools.dataset == str((tmp_path/'data'/'mine.jsonl').resolve())
