@@ -463,14 +463,9 @@ class LoopConfig(Section):
     rouge_threshold: float = Field(0.7, gt=0, le=1)
     discriminate_last: bool = Field(False, description=(
         "also measure the teacher-student gap after the last imitation"))
-    discriminate_last_on: Literal['cache', 'hard'] = Field(
-        'cache',
-        description=(
-            "what that last measurement reviews: the whole Cache Pool, or only the items the last round "
-            "found hard "
-            "(their gap before and after the final imitation)"
-        ),
-    )
+    discriminate_last_on: Literal['cache', 'hard'] = Field('cache', description=(
+        "what that last measurement reviews: the whole Cache Pool, or only the items the last round found "
+        "hard (their gap before and after the final imitation)"))
     evaluate: Literal['every', 'final'] = Field('every', description=(
         "which trained students are evaluated: every one, or only the final one (what a study compares)"))
 

@@ -1155,7 +1155,7 @@ def discrimination_pool(cfg: Config, run: RunDir, k: int) -> list[Instruction]:
     """What discrimination `k` reviews: iteration `k`'s Cache Pool, or, for the final measurement (k =
     iterations + 1) with `loop.discriminate_last_on: hard`, only the items round k - 1 found hard."""
     pool = read_pool(run.pool(k, 'cache'))
-    if k <= cfg.loop.iterations or cfg.loop.discriminate_last_on == 'cache': return pool
+    if not _final_on_hard(cfg, k): return pool
     hard = {x['id'] for _, x in iter_jsonl(run.stage_dir(k - 1, 'discrimination')/'hard.jsonl')}
     return [r for r in pool if r.id in hard]
 
@@ -1215,14 +1215,14 @@ def run_discrimination(cfg: Config, # the run's configuration
     out = run.stage_dir(k, 'discrimination')
     summary = referee_and_split(pool, t_ans, s_ans, referee, settings, out, cfg.loop.tau, plots=bool(pool),
                                 progress=progress)
-    summary.update(iteration=k, student=which, teacher=cfg.model_for('teacher').model, probe=probe,
-                   **_gap_since_last_round(cfg, run, k))
+    gap = _gap_since_last_round(cfg, run, k)
+    summary.update(iteration=k, student=which, teacher=cfg.model_for('teacher').model, probe=probe, **gap)
     write_json(out/'summary.json', summary)
     run.mark_done(k, 'discrimination', hard=summary['hard'], easy=summary['easy'],
                   unscored=summary['unscored'],
                   parse_failures=summary['referee']['parse_failures'],
                   position_consistency=summary['position_consistency']['consistent_share'],
-                  **({'gap_change': summary['gap_change']} if 'gap_change' in summary else {}))
+                  **gap)
     return summary
 
 # %% ../nbs/04_discrimination.ipynb #763fa4d8

@@ -1059,11 +1059,12 @@ def gain_over_base(verdicts: list[dict], # the evaluation's verdicts (each names
                    base: str = 'base', # the untrained student's label
                   ) -> dict:
     "{set: interval of final minus base}, paired on the items both were judged on (sets judged for both)."
+    if final == base: return {}
     of = lambda lab: [v for v in verdicts if v['candidate'] == lab]
     out = {}
     for s in sorted({v['set'] for v in verdicts}):
         a, b = arm_items(of(final), s), arm_items(of(base), s)
-        if final != base and a and b: out[s] = arm_diff(s, a, b).as_dict()
+        if a and b: out[s] = arm_diff(s, a, b).as_dict()
     return out
 
 # %% ../nbs/06_evaluation.ipynb #cd16f3ca
