@@ -774,14 +774,20 @@ def _scored(run: RunDir, k: int) -> Optional[dict]:
     return {x['id']: x['d'] for name in ('hard', 'easy') for x in read_log(d/f'{name}.jsonl')}
 
 # %% ../nbs/06_evaluation.ipynb #e0ede0d9
+def _gap_ci(xs: list) -> Optional[dict]:
+    return mean_ci(xs).as_dict(digits=3) if xs else None
+
 def _round_gaps(run: RunDir, k: int, gaps: dict, prev_hard: Optional[set]) -> tuple[dict, set]:
-    """Round k's share of hard items and gap intervals (all, previous round's hard ones), and its hard item
-    ids."""
+    """Round k's share of hard items and gap intervals (all, its hard ones, the previous round's hard ones),
+    and its hard item ids. A round that reviewed only the previous round's hard items (the final measurement,
+    `loop.discriminate_last_on: hard`) has no whole-pool figures."""
     hard = {x['id'] for x in read_log(run.stage_dir(k, 'discrimination')/'hard.jsonl')}
     again = [gaps[i] for i in (prev_hard or ()) if i in gaps]
-    row = dict(items=len(gaps), hard_share=round(len(hard) / len(gaps), 4),
-               mean_gap=mean_ci(list(gaps.values())).as_dict(digits=3),
-               previous_hard_gap=mean_ci(again).as_dict(digits=3) if again else None)
+    whole = not (prev_hard and set(gaps) <= prev_hard)
+    row = dict(items=len(gaps), hard_share=round(len(hard) / len(gaps), 4) if whole else None,
+               mean_gap=_gap_ci(list(gaps.values())) if whole else None,
+               hard_gap=_gap_ci([gaps[i] for i in hard if i in gaps]) if whole else None,
+               previous_hard_gap=_gap_ci(again))
     return row, hard
 
 # %% ../nbs/06_evaluation.ipynb #9836d431
@@ -802,8 +808,10 @@ def mechanism(run_dir) -> list[dict]:
 
 # %% ../nbs/06_evaluation.ipynb #d856f021
 def _plot_gaps(ax, pts: list[dict]) -> None:
-    "The referee's gap across rounds, on the whole Cache Pool and on the previous round's hard items."
-    lines = (('mean_gap', 'whole Cache Pool'), ('previous_hard_gap', "previous round's hard items"))
+    """The referee's gap across rounds: on the whole Cache Pool, on the round's hard items, and on the
+    previous round's hard items measured again (after one more imitation: did their gap shrink?)."""
+    lines = (('mean_gap', 'whole Cache Pool'), ('hard_gap', "the round's hard items"),
+             ('previous_hard_gap', "previous round's hard items, again"))
     for key, label in lines:
         ok = [r for r in pts if r.get(key) and r[key].get('value') is not None]
         if not ok: continue
@@ -822,15 +830,17 @@ def plot_mechanism(run_dir, path) -> Optional[Path]:
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     pts = [r for r in rows if 'items' in r]
-    axes[0].plot([r['iteration'] for r in pts], [r['hard_share'] for r in pts], marker='o')
+    share = [r for r in pts if r['hard_share'] is not None]
+    axes[0].plot([r['iteration'] for r in share], [r['hard_share'] for r in share], marker='o')
     axes[0].set_title('share of hard Cache Pool items', fontsize=9)
+    axes[0].set_ylim(0, 1)
     _plot_gaps(axes[1], pts)
     nl = [r for r in rows if r.get('nll_after') is not None]
     axes[2].plot([r['iteration'] for r in nl], [r['nll_after'] for r in nl], marker='o')
     axes[2].set_title('held-out NLL after training', fontsize=9)
     for ax in axes:
         ax.set_xlabel('iteration')
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xticks(sorted({r['iteration'] for r in rows}))   # whole rounds, one point or many
     return save_figure(fig, path)
 
 # %% ../nbs/06_evaluation.ipynb #490b5a07

@@ -170,11 +170,17 @@ def _gap(iv) -> str:
     if not iv or iv.get('lo') is None: return 'n/a'
     return f"{iv['value']:+.2f} [{iv['lo']:+.2f}, {iv['hi']:+.2f}]"
 
+def _mechanism_line(seed, r: dict) -> str:
+    head = f"seed {seed}, Lion arm, iteration {r['iteration']}: {r['items']} items scored, "
+    if r['hard_share'] is None:    # the final measurement: the previous round's hard items only
+        return head + f"the previous round's hard items again, mean gap {_gap(r.get('previous_hard_gap'))}"
+    return head + f"{r['hard_share']:.0%} hard, mean gap {_gap(r.get('mean_gap'))}"
+
 def mechanism_lines(summary: dict) -> list[str]:
-    "One line per seed and discriminated round of the Lion arm: items scored, hard share, mean gap."
-    return [f"seed {seed}, Lion arm, iteration {r['iteration']}: {r['items']} items scored, "
-            f"{r['hard_share']:.0%} hard, mean gap {_gap(r.get('mean_gap'))}"
-            for seed, s in summary['seeds'].items() for r in s.get('mechanism') or [] if 'hard_share' in r]
+    """One line per seed and discriminated round of the Lion arm: items scored, hard share and mean gap (or,
+    for the final measurement, the gap on the previous round's hard items)."""
+    return [_mechanism_line(seed, r) for seed, s in summary['seeds'].items()
+            for r in s.get('mechanism') or [] if 'hard_share' in r]
 
 # %% ../nbs/07b_study.ipynb #b2e7bf9b
 def arm_rounds(run_dir) -> list[dict]:
