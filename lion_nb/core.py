@@ -474,15 +474,17 @@ class SamplingConfig(Section):
     teacher_temperature: float = Field(0.7, ge=0)
     teacher_system: str = Field('', description=(
         "a system prompt sent before every teacher answer ('': none; the paper profile sends Lion's)"))
-    referee_temperature: float = Field(0.2, ge=0)
+    referee_temperature: Optional[float] = Field(None, ge=0, description=(
+        "the referee's temperature (None: its judge folder's own)"))
     generator_temperature: float = Field(1.0, ge=0)
     student_temperature: float = Field(0.0, ge=0, description="0 means greedy")
     max_new_tokens: int = Field(256, ge=1)
-    referee_max_tokens: int = Field(512, ge=16)
-    judge_temperature: float = Field(0.0, ge=0, description=(
-        "the evaluation judge's temperature, when set explicitly (else its judge folder's own)"))
-    judge_max_tokens: int = Field(512, ge=16, description=(
-        "the evaluation judge's review length limit, when set explicitly (else its judge folder's own)"))
+    referee_max_tokens: Optional[int] = Field(None, ge=16, description=(
+        "the referee's review length limit (None: its judge folder's own)"))
+    judge_temperature: Optional[float] = Field(None, ge=0, description=(
+        "the evaluation judge's temperature (None: its judge folder's own)"))
+    judge_max_tokens: Optional[int] = Field(None, ge=16, description=(
+        "the evaluation judge's review length limit (None: its judge folder's own)"))
     repair_retries: int = Field(2, ge=0, le=10)
     reuse_imitation_answers: bool = Field(False, description=(
         "discrimination reuses imitation's teacher answers"))

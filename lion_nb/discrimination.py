@@ -684,8 +684,10 @@ class Pair:
 
 # %% ../nbs/04_discrimination.ipynb #b02ebbf2
 def sampling_setting(cfg: Config, name: str, judge_value):
-    "A judge's own sampling value, unless the run configuration sets `sampling.<name>` explicitly."
-    return getattr(cfg.sampling, name) if name in cfg.sampling.model_fields_set else judge_value
+    """A judge's own sampling value, unless the run configuration sets `sampling.<name>` (left at None, it
+    is the judge folder's). Whether a field was given is no sign: a run's saved config.yaml spells out all."""
+    v = getattr(cfg.sampling, name)
+    return judge_value if v is None else v
 
 # %% ../nbs/04_discrimination.ipynb #10694c6f
 @dataclass

@@ -17,7 +17,7 @@ import pandas as pd
 from . import data as lion_data
 from . import llm
 from .core import (Answer, Config, InputError, Instruction, LionError, ModelSpec, RunDir,
-                          SamplingConfig, derive_seed, load_config, read_json, read_log, user_message,
+                          derive_seed, load_config, read_json, read_log, user_message,
                           write_json, write_jsonl)
 from .data import ReasoningItem
 from .discrimination import (Judge, ScoreParseError, for_category, judge_for, load_judge, parse_scores,
@@ -28,10 +28,10 @@ from .stats import (Interval, align, mean_ci, paired_diff_ci, ratio_ci, stratifi
 
 # %% auto #0
 __all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'CHOICE_RULES', 'BBH_FREE_FORM', 'BBH_23', 'JUDGE_ORDERS',
-           'NO_INTERVAL', 'PREF', 'WTL', 'LENGTH_BUCKETS', 'JUDGE_SAMPLING', 'HISTORY_METRICS', 'POSITION_KEYS',
-           'bbh_tasks_present', 'load_eval_set', 'as_instruction', 'sample_items', 'extract_choice', 'extract_free',
-           'option_map', 'bbh_official_answer', 'score_bbh', 'score_reasoning', 'parse_pair_verdict', 'word_len',
-           'make_verdict', 'position_stats', 'item_score_sums', 'relative_interval', 'relative_scores',
+           'NO_INTERVAL', 'PREF', 'WTL', 'LENGTH_BUCKETS', 'JUDGE_SAMPLING', 'NO_JUDGE_SAMPLING', 'HISTORY_METRICS',
+           'POSITION_KEYS', 'bbh_tasks_present', 'load_eval_set', 'as_instruction', 'sample_items', 'extract_choice',
+           'extract_free', 'option_map', 'bbh_official_answer', 'score_bbh', 'score_reasoning', 'parse_pair_verdict',
+           'word_len', 'make_verdict', 'position_stats', 'item_score_sums', 'relative_interval', 'relative_scores',
            'combine_orders', 'win_tie_lose', 'fit_length_logit', 'length_buckets', 'length_view', 'model_spec',
            'spec_summary', 'answer_template', 'answer_items', 'judge_messages', 'judge_jobs', 'judge_settings',
            'run_judge', 'reasoning_outcomes', 'reasoning_metrics', 'pyplot', 'save_figure', 'plot_relative_scores',
@@ -520,16 +520,14 @@ def judge_jobs(set_name: str, kind: str, items: list[Instruction], cand: str, ca
 # %% ../nbs/06_evaluation.ipynb #6d218e60
 # a judge pass's settings; `sampling.judge_<name>` overrides each
 JUDGE_SAMPLING = ('temperature', 'max_tokens')
+NO_JUDGE_SAMPLING = {'temperature': 0.0, 'max_tokens': 512}   # a pass built without a judge folder
 
 def judge_settings(judge: Optional[Judge], # the pass's judge (None: a pass built without one)
                    cfg: Optional[Config] = None, # the run's configuration (explicit `sampling.judge_*` win)
                   ) -> dict:
     """{'temperature', 'max_tokens'} of a judge pass: the judge folder's own, unless `cfg` sets them
     explicitly."""
-    if judge is None:
-        s = cfg.sampling if cfg is not None else SamplingConfig()
-        return {k: getattr(s, f'judge_{k}') for k in JUDGE_SAMPLING}
-    own = {k: getattr(judge.config, k) for k in JUDGE_SAMPLING}
+    own = {k: getattr(judge.config, k) for k in JUDGE_SAMPLING} if judge else dict(NO_JUDGE_SAMPLING)
     if cfg is None: return own
     return {k: sampling_setting(cfg, f'judge_{k}', v) for k, v in own.items()}
 

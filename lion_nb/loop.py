@@ -56,10 +56,10 @@ from lion_nb.core import (
     write_jsonl,
 )
 from .discrimination import run_discrimination
-from .discrimination import judge_for
+from .discrimination import RefereeSettings, judge_for
 from .engine import VLLM_LAUNCH, find_program
 from .limits import CHARS_PER_TOKEN, cacheable_prefix_tokens, cached_saving_usd, cost_usd
-from .evaluation import run_evaluation
+from .evaluation import judge_settings, run_evaluation
 from .generation import run_generation
 from .imitation import run_imitation
 from .llm import resolve_checkpoint
@@ -504,10 +504,11 @@ def check_endpoint_model(spec: ModelSpec, who: str, offered: dict, today: str, e
 
 # %% ../nbs/07_loop.ipynb #22487897
 def role_temperatures(cfg: Config) -> dict:
-    "The configured temperature of each remote role (the judges' folders may set their own)."
+    "The temperature each remote role is sent (the referee's and the judge's: their folders', unless set)."
     s = cfg.sampling
-    return {'teacher': s.teacher_temperature, 'referee': s.referee_temperature,
-            'generator': s.generator_temperature, 'judge': s.judge_temperature}
+    return {'teacher': s.teacher_temperature, 'referee': RefereeSettings.from_config(cfg).temperature,
+            'generator': s.generator_temperature,
+            'judge': judge_settings(judge_for(cfg, 'review'), cfg)['temperature']}
 
 def shape_line(spec: ModelSpec, temps: dict) -> str:
     "How a remote model's requests are shaped (`cache.request_shape`), and which temperatures it cannot take."
