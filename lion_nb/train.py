@@ -6,6 +6,7 @@
 from __future__ import annotations
 import argparse, bisect, ctypes, hashlib, json, math, os, random, re, resource, shlex, shutil, signal
 import subprocess, sys, time
+from collections import deque
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -43,9 +44,9 @@ __all__ = ['TINY_CHAT_TEMPLATE', 'IGNORE', 'RUN_FREE', 'OVERRIDES', 'CHOICES', '
            'export_entries', 'shard_plan', 'export_hf_model', 'export_complete', 'load_examples', 'plan_line',
            'record_shards', 'make_optimizer', 'agreed_checkpoint', 'resume', 'micro_batches', 'accumulate',
            'clip_gradients', 'train_step', 'train_summary', 'check_shared_folder', 'start_worker', 'run_steps', 'train',
-           'lora_config', 'add_lora', 'worker_parser', 'die_with_parent', 'main', 'run_streaming', 'first_slurm_host',
-           'rendezvous', 'srun_prefix', 'torchrun_command', 'run_key', 'check_devices', 'launch_training',
-           'train_parser', 'train_cli', 'plot_loss', 'nll_device', 'mean_nll']
+           'lora_config', 'add_lora', 'worker_parser', 'die_with_parent', 'main', 'ProcessFailed', 'run_streaming',
+           'first_slurm_host', 'rendezvous', 'srun_prefix', 'torchrun_command', 'run_key', 'check_devices',
+           'launch_training', 'train_parser', 'train_cli', 'plot_loss', 'nll_device', 'mean_nll']
 
 # %% ../nbs/03a_train.ipynb #615e85da
 TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -797,20 +798,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 # %% ../nbs/03a_train.ipynb #169e8024
+class ProcessFailed(subprocess.CalledProcessError):
+    "A `CalledProcessError` that says what the process printed last (its output may not have been shown)."
+    def __str__(self): return super().__str__() + (f"\nIts last lines:\n{self.output}" if self.output else '')
+
 def run_streaming(cmd: Sequence[str], *, env: Optional[dict] = None, echo: Callable[[str], None] = print,
                   check: bool = True) -> int:
-    "Run `cmd`, echoing its output line by line as it comes; `check=True`: CalledProcessError on failure."
+    """Run `cmd`, echoing its output line by line as it comes; `check=True`: `ProcessFailed` (a
+    `CalledProcessError` ending with the last 40 lines of output) on failure."""
     proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                             env=env, preexec_fn=die_with_parent())   # killing the launcher ends torchrun
+    tail = deque(maxlen=40)
     try:
-        for line in proc.stdout: echo(line.rstrip('\n'))
+        for line in proc.stdout:
+            tail.append(line.rstrip('\n'))
+            echo(tail[-1])
         rc = proc.wait()
     except BaseException:
         proc.terminate()
         try: proc.wait(30)
         except subprocess.TimeoutExpired: proc.kill()
         raise
-    if check and rc: raise subprocess.CalledProcessError(rc, list(cmd))
+    if check and rc: raise ProcessFailed(rc, list(cmd), output='\n'.join(tail))
     return rc
 
 # %% ../nbs/03a_train.ipynb #26598625
