@@ -778,10 +778,11 @@ def _gap_ci(xs: list) -> Optional[dict]:
 def _round_gaps(run: RunDir, k: int, gaps: dict, prev_hard: Optional[set]) -> tuple[dict, set]:
     """Round k's share of hard items and gap intervals (all, its hard ones, the previous round's hard ones),
     and its hard item ids. A round that reviewed only the previous round's hard items (the final measurement,
-    `loop.discriminate_last_on: hard`) has no whole-pool figures."""
-    hard = {x['id'] for x in read_log(run.stage_dir(k, 'discrimination')/'hard.jsonl')}
+    `loop.discriminate_last_on: hard`: its summary holds the `gap_change`) has no whole-pool figures."""
+    d = run.stage_dir(k, 'discrimination')
+    hard = {x['id'] for x in read_log(d/'hard.jsonl')}
     again = [gaps[i] for i in (prev_hard or ()) if i in gaps]
-    whole = not (prev_hard and set(gaps) <= prev_hard)
+    whole = not ((d/'summary.json').exists() and 'gap_change' in read_json(d/'summary.json'))
     row = dict(items=len(gaps), hard_share=round(len(hard) / len(gaps), 4) if whole else None,
                mean_gap=_gap_ci(list(gaps.values())) if whole else None,
                hard_gap=_gap_ci([gaps[i] for i in hard if i in gaps]) if whole else None,
