@@ -15,6 +15,10 @@ With `--duel REFEREE`, it measures instead whether REFEREE (with the first `--ju
 answers (as teacher, sampled at 0.7) to the untrained embedded student's (SmolLM2-135M, greedy) on `--n` demo
 instructions, both orders; `--layouts chat lion` prompts the student through its chat template, and in Lion's
 own `### Instruction:` layout, the base-model position of the paper's student.
+
+With `--answers FILE` (a run's reference answers, e.g. `outputs/demo/iter_2/evaluation/answers/teacher.jsonl`),
+each `--judges` entry is probed as the *evaluation* judge (`lion_nb.evaluation.judge_probe`, the demo's judge
+probe) on known-better pairs built from up to `--n` of those answers, the pairs a run's judge probe draws from.
 """
 import argparse, json, os, sys, tempfile, time
 from pathlib import Path
@@ -23,11 +27,12 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 from lion_nb import models  # noqa: E402
-from lion_nb.core import ModelSpec, ProbeConfig  # noqa: E402
+from lion_nb.core import Answer, ModelSpec, ProbeConfig, iter_jsonl  # noqa: E402
 from lion_nb.data import demo_instructions  # noqa: E402
 from lion_nb.discrimination import RefereeSettings, load_judge, pairs_from_answers, review_pairs, run_probe, score_items  # noqa: E402
 from lion_nb.llm import answer_pool, make_client  # noqa: E402
-from lion_nb.probe import demo_probe_items, duel_metrics, probe_pairs  # noqa: E402
+from lion_nb.evaluation import judge_probe  # noqa: E402
+from lion_nb.probe import demo_probe_items, duel_metrics, probe_pairs, right_answers  # noqa: E402
 
 
 SLOTS = 4   # the servers' parallel slots (--slots)
@@ -59,6 +64,16 @@ def probe_model(name: str, n: int, out: Path, max_tokens=None, judge: str = 'lio
     s['seconds'] = round(time.time() - t0, 1)
     s['reviews'] = 2 * len(pairs)
     return s
+
+
+def probe_judge(name: str, answers: Path, n: int, out: Path, judge: str) -> dict:
+    "`judge` (served by `name`) as the evaluation judge, on known-better pairs from up to `n` of `answers`."
+    pairs = probe_pairs(right_answers([Answer(**r) for _, r in iter_jsonl(answers)]), n=n, seed=0)
+    client = served_client(name, 'judge', out)
+    t0 = time.time()
+    try: s = judge_probe(pairs, client, load_judge(judge), seed=0, log_path=out/'verdicts.jsonl')
+    finally: models.stop_server(models.state_for(models.packaged_gguf(name)))
+    return {**s, 'seconds': round(time.time() - t0, 1), 'reviews': 2 * len(pairs)}
 
 
 def duel(teacher: str, layout: str, referee: str, judge: str, n: int, out: Path, max_tokens=None) -> dict:
@@ -107,6 +122,8 @@ def main():
     ap.add_argument('--slots', type=int, default=4, choices=range(1, 9), help="the llama.cpp servers' parallel slots")
     ap.add_argument('--duel', metavar='REFEREE', choices=list(models.GGUFS),
                     help='measure teacher-vs-student preference with this referee instead of the probe')
+    ap.add_argument('--answers', type=Path, metavar='FILE',
+                    help="probe the judges as evaluation judges on pairs built from this file's answers")
     ap.add_argument('--layouts', nargs='+', default=['chat'], choices=['chat', 'alpaca', 'lion'],
                     help="--duel: the student's prompt layouts to compare")
     a = ap.parse_args()
@@ -117,7 +134,9 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         for name in a.models:
             for j in a.judges:
-                rows[f'{name} {j}'] = probe_model(name, a.n, Path(d)/name/j.replace('/', '_'), a.max_tokens, j)
+                out = Path(d)/name/j.replace('/', '_')
+                rows[f'{name} {j}'] = (probe_judge(name, a.answers, a.n, out, j) if a.answers else
+                                       probe_model(name, a.n, out, a.max_tokens, j))
     print(f"{'referee and judge':<55} {'accuracy':>8} {'other':>6} {'trunc':>6} {'empty':>6} {'ties':>6} "
           f"{'consist':>7} {'gap':>6} {'unscored':>8} {'s/review':>8}")
     for name, s in rows.items():
@@ -125,7 +144,8 @@ def main():
         print(f"{name:<55} {p['accuracy']:>8} {k.get('other')!s:>6} {k.get('truncated')!s:>6} {k.get('empty')!s:>6} "
               f"{p['tie_share']!s:>6} {p['position_consistency']!s:>7} {p['mean_gap']!s:>6} {p['unscored']:>8} "
               f"{s['seconds'] / s['reviews']:>8.1f}")
-    print(json.dumps({'bench': 'referee_probe', 'n': a.n, 'slots': a.slots,
+    print(json.dumps({'bench': 'judge_probe' if a.answers else 'referee_probe', 'n': a.n, 'slots': a.slots,
+                      'answers': str(a.answers) if a.answers else None,
                       'results': {k: {**v['probe'], 'seconds': v['seconds'], 'passed': v['passed']} for k, v in rows.items()}}))
 
 

@@ -20,8 +20,8 @@ from .core import (Answer, Config, InputError, Instruction, LionError, ModelSpec
                           derive_seed, load_config, read_json, read_log, user_message,
                           write_json, write_jsonl)
 from .data import ReasoningItem
-from .discrimination import (Judge, ScoreParseError, for_category, judge_for, load_judge, parse_scores,
-                                    sampling_setting)
+from .discrimination import (Judge, ScoreParseError, for_category, judge_for, judge_scores, load_judge,
+                                    parse_scores, sampling_setting)
 from .probe import KnownPair, probe_metrics, probe_pairs, probe_verdict, right_answers
 from .stats import (Interval, align, mean_ci, paired_diff_ci, ratio_ci, stratified_mean_ci, verdict,
                            yerr)
@@ -31,18 +31,18 @@ __all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'CHOICE_RULE
            'NO_INTERVAL', 'PREF', 'WTL', 'LENGTH_BUCKETS', 'JUDGE_SAMPLING', 'NO_JUDGE_SAMPLING', 'HISTORY_METRICS',
            'POSITION_KEYS', 'bbh_tasks_present', 'load_eval_set', 'as_instruction', 'sample_items', 'extract_choice',
            'extract_free', 'option_map', 'bbh_official_answer', 'score_bbh', 'score_reasoning', 'parse_pair_verdict',
-           'word_len', 'make_verdict', 'position_stats', 'item_score_sums', 'relative_interval', 'relative_scores',
-           'combine_orders', 'win_tie_lose', 'fit_length_logit', 'length_buckets', 'length_view', 'model_spec',
-           'spec_summary', 'answer_template', 'answer_items', 'judge_messages', 'judge_jobs', 'judge_settings',
-           'run_judge', 'reasoning_outcomes', 'reasoning_metrics', 'pyplot', 'save_figure', 'plot_relative_scores',
-           'plot_win_tie_lose', 'plot_reasoning', 'headline', 'iteration_of', 'metrics_history', 'plot_runs',
-           'plot_history', 'mechanism', 'plot_mechanism', 'probe_items', 'judge_probe', 'judge_client',
-           'evaluation_probe', 'trained_student', 'default_models', 'candidates', 'sample_sets', 'EvalPlan',
-           'evaluation_plan', 'collect_answers', 'judge_candidates', 'empty_answers', 'model_metrics', 'judge_report',
-           'arm_items', 'arm_diff', 'gain_over_base', 'evaluation_metrics', 'write_plots', 'run_evaluation', 'ci_text',
-           'summary_row', 'summary_table', 'category_table', 'wtl_table', 'reasoning_table', 'empty_line',
-           'sampling_line', 'closing_note', 'final_evaluation', 'compare_arms', 'arm_budget', 'budget_line',
-           'budget_lines', 'arm_probes', 'probes_line', 'print_arms', 'evaluate_cli']
+           'word_len', 'score_outcome', 'make_verdict', 'position_stats', 'item_score_sums', 'relative_interval',
+           'relative_scores', 'combine_orders', 'win_tie_lose', 'fit_length_logit', 'length_buckets', 'length_view',
+           'model_spec', 'spec_summary', 'answer_template', 'answer_items', 'judge_messages', 'judge_jobs',
+           'judge_settings', 'logprob_verdict', 'run_judge', 'reasoning_outcomes', 'reasoning_metrics', 'pyplot',
+           'save_figure', 'plot_relative_scores', 'plot_win_tie_lose', 'plot_reasoning', 'headline', 'iteration_of',
+           'metrics_history', 'plot_runs', 'plot_history', 'mechanism', 'plot_mechanism', 'probe_items', 'judge_probe',
+           'judge_client', 'evaluation_probe', 'trained_student', 'default_models', 'candidates', 'sample_sets',
+           'EvalPlan', 'evaluation_plan', 'collect_answers', 'judge_candidates', 'empty_answers', 'model_metrics',
+           'judge_report', 'arm_items', 'arm_diff', 'gain_over_base', 'evaluation_metrics', 'write_plots',
+           'run_evaluation', 'ci_text', 'summary_row', 'summary_table', 'category_table', 'wtl_table',
+           'reasoning_table', 'empty_line', 'sampling_line', 'closing_note', 'final_evaluation', 'compare_arms',
+           'arm_budget', 'budget_line', 'budget_lines', 'arm_probes', 'probes_line', 'print_arms', 'evaluate_cli']
 
 # %% ../nbs/06_evaluation.ipynb #93c9c78c
 OPEN_SETS = ('vicuna80', 'demo')        # judged by scores against the reference (relative score)
@@ -269,6 +269,10 @@ def word_len(text: str) -> int:
     return len((text or '').split())
 
 # %% ../nbs/06_evaluation.ipynb #c31030d6
+def score_outcome(cand: float, opp: float) -> str:
+    "'win', 'lose' or 'tie' of the candidate's score against the opponent's."
+    return 'win' if cand > opp else 'lose' if cand < opp else 'tie'
+
 def make_verdict(kind: str, order: str, text: Optional[str], *, status: str = 'done',
                  error: Optional[str] = None, finish_reason: Optional[str] = None,
                  parser: str = 'scores_last', min_score: float = 1.0, **meta) -> dict:
@@ -280,7 +284,7 @@ def make_verdict(kind: str, order: str, text: Optional[str], *, status: str = 'd
         try: pair = parse_scores(text, finish_reason, parser, min_score)
         except ScoreParseError as e: return dict(v, status='unscored', error=str(e))
         c, o = pair if cand_first else pair[::-1]
-        return dict(v, cand_score=c, opp_score=o, outcome='win' if c > o else 'lose' if c < o else 'tie')
+        return dict(v, cand_score=c, opp_score=o, outcome=score_outcome(c, o))
     p = parse_pair_verdict(text)
     if p is None: return dict(v, status='unscored', error='no readable verdict ([[A]], [[B]] or [[C]])')
     outcome = 'tie' if p == 'tie' else 'win' if (p == 'first') == cand_first else 'lose'
@@ -542,6 +546,18 @@ def _judge_request(j: dict, seed: int, cfg: Optional[Config]) -> llm.ChatRequest
     return llm.ChatRequest(key=_job_key(j), messages=j['messages'], seed=seed, **judge_settings(jd, cfg),
                            **extra)
 
+# %% ../nbs/06_evaluation.ipynb #069dabfc
+def logprob_verdict(v: dict, # a 'score' verdict from `make_verdict`
+                    res, # the judge's result (its `text`, `finish_reason` and `logprobs`)
+                    judge: Judge) -> dict:
+    "Verdict `v` with its scores read from `res`'s logprobs where `judge` scores that way (`judge_scores`)."
+    if v['status'] != 'done' or judge.config.scorer != 'logprob': return v
+    flip = (lambda p: p) if v['order'] == 'cand_first' else (lambda p: p[::-1])   # reply order <-> cand, opp
+    shown = flip((v['cand_score'], v['opp_score']))
+    scores, how, note = judge_scores(shown, res, judge, judge.parser)
+    c, o = flip(scores)
+    return dict(v, cand_score=c, opp_score=o, outcome=score_outcome(c, o), scorer=how, **note)
+
 # %% ../nbs/06_evaluation.ipynb #caac87f2
 def _job_verdict(j: dict, kind: str, r) -> dict:
     "The verdict of judge pass `j` from its result `r` (None: one of its answers is missing)."
@@ -554,9 +570,10 @@ def _job_verdict(j: dict, kind: str, r) -> dict:
     ok = r.status == 'done'
     parser = jd.parser if jd is not None and kind == 'score' else 'scores_last'
     lowest = jd.config.min_score if jd is not None else 1.0   # the judge's scale: a 0 only where it has one
-    return make_verdict(kind, j['order'], r.text if ok else None, status='done' if ok else 'failed',
-                        error=None if ok else r.error, finish_reason=r.finish_reason, parser=parser,
-                        min_score=lowest, **meta)
+    v = make_verdict(kind, j['order'], r.text if ok else None, status='done' if ok else 'failed',
+                     error=None if ok else r.error, finish_reason=r.finish_reason, parser=parser,
+                     min_score=lowest, **meta)
+    return logprob_verdict(v, r, jd) if jd is not None and kind == 'score' else v
 
 # %% ../nbs/06_evaluation.ipynb #0374cc3c
 def run_judge(jobs: list[dict], kinds: dict, client, *, seed: int, cfg: Optional[Config] = None,

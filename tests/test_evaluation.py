@@ -428,3 +428,44 @@ def test_evaluation_answers_sample_at_eval_temperature_seeded(tmp_path, data_roo
     assert len(seen) == 6 and {t for _, t, _ in seen} == {0.7} and all(s is not None for *_, s in seen)
     assert len({s for _, _, s in seen}) == 6 and m['answer_temperature'] == 0.7
     assert closing_note(m).endswith('- answers: sampled at temperature 0.7, seeded per model and item')
+
+
+def test_a_logprob_judge_breaks_the_ties_its_text_hides(tmp_path):
+    """A judge that always writes 'Assistant 1: 5 / Assistant 2: 5' but weighs 7 at the right answer's score token
+    and 3 at the wrong one's: read as text (`lion_nb/review_short`) every probe pair ties, so the probe fails; read
+    from logprobs (`lion_nb/review_short_logprob`, through the real openai client and a server that returns
+    `logprobs.content`) the right answer wins in both orders, so it passes. Each verdict says how it was read."""
+    from lion_nb.core import ModelSpec
+    from lion_nb.discrimination import load_judge
+    from lion_nb.evaluation import judge_probe
+    from lion_nb.llm import make_client
+    from lion_nb.probe import KnownPair
+    asked = []
+    def reply(body):
+        asked.append(body)
+        user = last_user_text(body)
+        right_first = user.index('RIGHT') < user.index('WRONG')
+        lean = {'5': 0.4, '7': 0.6}, {'5': 0.7, '3': 0.3}          # (right answer's token, wrong answer's token)
+        alts = {1: lean[0], 3: lean[1]} if right_first else {1: lean[1], 3: lean[0]}   # digits: '1', score, '2', score
+        return 'Assistant 1: 5\nAssistant 2: 5\nBoth are relevant.', 'stop', alts
+    pairs = [KnownPair(f'p{i}', f'Explain topic {i}.', '', f'RIGHT answer {i}', f'WRONG answer {i}', 'other')
+             for i in range(3)]
+    out = {}
+    with serve(reply) as srv:
+        spec = ModelSpec(backend='openai', model='judge', base_url=srv.base_url, concurrency=4)
+        for name in ('lion_nb/review_short', 'lion_nb/review_short_logprob'):
+            d = tmp_path/name.replace('/', '_')
+            client = make_client(spec, role='judge', cache_dir=d/'cache')
+            out[name] = judge_probe(pairs, client, load_judge(name), seed=0, log_path=d/'verdicts.jsonl')
+            verdicts = [json.loads(l) for l in (d/'verdicts.jsonl').read_text().splitlines()]
+            assert len(verdicts) == 6 and all(v['status'] == 'done' for v in verdicts)
+            if name.endswith('logprob'):
+                assert {v['scorer'] for v in verdicts} == {'logprob'}
+                assert all(abs(v['cand_score'] - 6.2) < 1e-9 and abs(v['opp_score'] - 4.4) < 1e-9 for v in verdicts)
+            else: assert all('scorer' not in v and v['outcome'] == 'tie' for v in verdicts)
+        assert srv.paths['POST /v1/chat/completions'] == 12                     # 2 judges x 3 pairs x 2 orders
+    with_lp = [b for b in asked if b.get('logprobs')]
+    assert len(with_lp) == 6 and all(b['top_logprobs'] == 5 for b in with_lp)      # only the logprob judge asks
+    text, lp = out['lion_nb/review_short'], out['lion_nb/review_short_logprob']
+    assert text['probe']['tie_share'] == 1.0 and text['passed'] is False
+    assert lp['probe']['accuracy'] == 1.0 and lp['probe']['tie_share'] == 0.0 and lp['passed'] is True
