@@ -28,21 +28,24 @@ from .probe import KnownPair, probe_metrics, probe_pairs, probe_verdict, right_a
 from .stats import mean_ci
 
 # %% auto #0
-__all__ = ['JUDGE_ROLES', 'SCORE_PARSERS', 'JUDGE_PARSERS', 'ORDERS', 'SCORE_MIN', 'SCORE_MAX', 'REPAIR_PROMPT',
-           'REPAIR_PROMPT_JSON', 'REPAIR_MAX_TOKENS', 'LOGPROB_TOLERANCE', 'REQUEST_FAILED', 'JudgeConfig',
+__all__ = ['JUDGE_ROLES', 'SCORE_PARSERS', 'SINGLE_PARSER', 'JUDGE_PARSERS', 'LOGPROB_TOLERANCE', 'ORDERS', 'SCORE_MIN',
+           'SCORE_MAX', 'REPAIR_PROMPT', 'REPAIR_PROMPT_JSON', 'REPAIR_MAX_TOKENS', 'REQUEST_FAILED', 'JudgeConfig',
            'judges_root', 'judge_sets', 'render', 'Judge', 'load_judge', 'judge_for', 'for_category',
            'referee_messages', 'referee_response_format', 'repair_response_format', 'ScoreParseError',
-           'parse_score_value', 'parse_scores', 'score_spans', 'repair_messages', 'swap_average', 'is_hard', 'verdict',
-           'position_consistency', 'position_means', 'Pair', 'sampling_setting', 'RefereeSettings', 'judge_scores',
-           'review_pairs', 'category_of', 'pairs_from_answers', 'score_items', 'call_stats', 'summarize',
-           'describe_summary', 'plot_gaps', 'plot_scores', 'plot_categories', 'save_plots', 'referee_and_split',
-           'known_pair', 'run_probe', 'referee_probe', 'discrimination_seed', 'latest_student', 'discrimination_pool',
-           'gap_change', 'run_discrimination', 'discriminate_cli', 'referee_cli']
+           'parse_score_value', 'parse_scores', 'score_spans', 'parse_single_score', 'repair_messages', 'swap_average',
+           'is_hard', 'verdict', 'position_consistency', 'position_means', 'Pair', 'sampling_setting',
+           'RefereeSettings', 'judge_scores', 'logprob_scores', 'grade_score', 'review_pairs', 'category_of',
+           'pairs_from_answers', 'score_items', 'call_stats', 'summarize', 'describe_summary', 'plot_gaps',
+           'plot_scores', 'plot_categories', 'save_plots', 'referee_and_split', 'known_pair', 'run_probe',
+           'referee_probe', 'discrimination_seed', 'latest_student', 'discrimination_pool', 'gap_change',
+           'run_discrimination', 'discriminate_cli', 'referee_cli']
 
 # %% ../nbs/04_discrimination.ipynb #737cc933
 JUDGE_ROLES = ('referee', 'review', 'pairwise', 'generator_hard', 'generator_easy')
 SCORE_PARSERS = ('scores_first', 'scores_last', 'json')
-JUDGE_PARSERS = SCORE_PARSERS + ('verdict_abc', 'sections', 'plain')
+SINGLE_PARSER = 'score_single'   # a judge that grades one answer alone ('Score: <n>'): MT-Bench's single mode
+JUDGE_PARSERS = SCORE_PARSERS + (SINGLE_PARSER, 'verdict_abc', 'sections', 'plain')
+LOGPROB_TOLERANCE = 1.5   # by default, a logprob judge keeps its text scores where expectations stray further
 
 class JudgeConfig(BaseModel):
     "The `config.yaml` of one judge."
@@ -55,6 +58,7 @@ class JudgeConfig(BaseModel):
     structured: Union[bool, Literal['auto']] = False
     logprobs: bool = False                       # ask for token logprobs (top 5)
     scorer: Literal['text', 'logprob'] = 'text'  # logprob: expectations over the score tokens' top_logprobs
+    logprob_tolerance: Optional[float] = Field(LOGPROB_TOLERANCE, gt=0)   # beyond it, the text (None: never)
     min_score: Literal[0, 1] = 1                 # the lowest score the judge's scale allows (0: a 0-10 scale)
     temperature: float = Field(ge=0)
     max_tokens: int = Field(ge=1)
@@ -79,11 +83,12 @@ def judge_sets() -> dict[str, list[str]]:
             for s in sorted(root.iterdir()) if s.is_dir()}
 
 # %% ../nbs/04_discrimination.ipynb #66c3b8eb
-_FIELDS = re.compile(r'\{(question|answer_1|answer_2|instruction|input)\}')
+_FIELDS = re.compile(r'\{(question|answer_1|answer_2|answer|instruction|input)\}')
 
 def _needs(parser: str) -> set:
     "The placeholders a template of a judge with `parser` must hold."
-    return {'instruction'} if parser in ('sections', 'plain') else {'question', 'answer_1', 'answer_2'}
+    if parser in ('sections', 'plain'): return {'instruction'}
+    return {'question', 'answer'} if parser == SINGLE_PARSER else {'question', 'answer_1', 'answer_2'}
 
 # %% ../nbs/04_discrimination.ipynb #163be918
 def _template(folder: Path, name: Optional[str], needs: set = frozenset()) -> Optional[str]:
@@ -118,6 +123,11 @@ class Judge:
 
     @property
     def parser(self) -> str: return self.config.parser
+
+    @property
+    def single(self) -> bool:
+        "Whether the judge grades one answer at a time (`{answer}`), not two side by side."
+        return self.config.parser == SINGLE_PARSER
 
     def wants_structured(self, endpoint_supports: bool) -> bool:
         """Whether requests ask for a JSON schema: `structured: true`, or `auto` on an endpoint that supports
@@ -190,8 +200,13 @@ def judge_for(cfg: Optional[Config], role: str) -> Judge:
     configuration, the role's judge of Config's default set."""
     if role not in JUDGE_ROLES:
         raise LionError(f"no judging role {role!r}; roles are {', '.join(JUDGE_ROLES)}")
-    if cfg is None: return load_judge(f"{Config.model_fields['judge_set'].default}/{role}")
-    return load_judge(cfg.judges.get(role) or f'{cfg.judge_set}/{role}')
+    default = f"{Config.model_fields['judge_set'].default}/{role}"
+    name = (cfg.judges.get(role) or f'{cfg.judge_set}/{role}') if cfg else default
+    judge = load_judge(name)
+    if judge.single and role != 'review':
+        raise LionError(f"judge {name!r} grades one answer alone: it can be the evaluation's review judge, "
+                        f"not the {role}")
+    return judge
 
 # %% ../nbs/04_discrimination.ipynb #5a70a489
 def for_category(judge: Judge, category: Optional[str]) -> Judge:
@@ -612,6 +627,28 @@ def score_spans(text: str, # the judge's reply
         spans.append(hits[0] if len(hits) == 1 else None)
     return scores, spans
 
+# %% ../nbs/04_discrimination.ipynb #2c51ae97
+_GRADE = re.compile(r'^[\s*#>-]*(?:(?:overall|final)\s+)?(?:score|rating)[\s:=*]*(?:\[\[)?(\d+(?:\.\d+)?)'
+                    r'(?:\]\])?(?:\s*(?:/|out\s+of)\s*10)?(?![\d.]*\d)', re.I | re.M)
+_BRACKETED = re.compile(r'\[\[(\d+(?:\.\d+)?)\]\]')
+
+def parse_single_score(text: str, # the judge's reply
+                       finish_reason: Optional[str] = None, # 'length' when the reply was cut at max_tokens
+                       min_score: float = SCORE_MIN, # the lowest score on the judge's scale
+                      ) -> tuple[float, tuple[int, int]]:
+    "A one-answer judge's score and its (start, end) characters in `text`; `ScoreParseError` when unclear."
+    if text is None or not text.strip(): raise ScoreParseError("the reply is empty")
+    hits = list(_GRADE.finditer(text)) or list(_BRACKETED.finditer(text))
+    cut = finish_reason == 'length'
+    if cut: hits = [m for m in hits if m.end() < len(text.rstrip())]     # the cut line may be half a score
+    if not hits: raise ScoreParseError("the reply was cut at max_tokens before its score" if cut
+                                       else "no 'Score: <n>' line")
+    values = sorted({float(m.group(1)) for m in hits})
+    if len(values) > 1: raise ScoreParseError("conflicting scores: " + ' vs '.join(f'{v:g}' for v in values))
+    if not min_score <= values[0] <= SCORE_MAX:
+        raise ScoreParseError(f"score {values[0]:g} is off the {min_score:g}-{SCORE_MAX:g} scale")
+    return values[0], hits[0].span(1)
+
 # %% ../nbs/04_discrimination.ipynb #b0d491da
 REPAIR_PROMPT = ("I could not read your scores ({why}). Reply now with only these two lines and nothing "
                  "else, each score a number from 1 to 10:\nAssistant 1: <score>\nAssistant 2: <score>")
@@ -716,23 +753,41 @@ class RefereeSettings:
                    iteration=iteration, stage=stage)
 
 # %% ../nbs/04_discrimination.ipynb #c46e4e4b
-LOGPROB_TOLERANCE = 1.5
-
 def judge_scores(text_scores: tuple[float, float], res, judge: Judge,
                  parser: Optional[str] = None) -> tuple[tuple[float, float], str, dict]:
     """The review's scores, how they were read ('logprob' or 'text') and what the call record should add:
     `res`'s logprobs at the scores the text parser found (`parser`, default the judge's), where the judge
     wants them."""
     if judge.config.scorer != 'logprob' or not res.logprobs: return tuple(text_scores), 'text', {}
+    try: _, spans = score_spans(res.text, res.finish_reason, parser or judge.parser, judge.config.min_score)
+    except LionError as e: return tuple(text_scores), 'text', {'logprob_error': str(e)}
+    return logprob_scores(text_scores, spans, res, judge.config.logprob_tolerance)
+
+def logprob_scores(text_scores: tuple, # the scores as written
+                   spans: Sequence[Optional[tuple[int, int]]], # where the text parser found each
+                   res, # the judge's result, with its `logprobs`
+                   tolerance: Optional[float] = LOGPROB_TOLERANCE, # the largest gap kept (None: any)
+                  ) -> tuple[tuple, str, dict]:
+    """The scores as expectations over `res`'s score tokens, unless they have no one place or stray more than
+    `tolerance` from the written ones: (scores, 'logprob' or 'text', what the call record adds)."""
     try:
-        _, spans = score_spans(res.text, res.finish_reason, parser or judge.parser, judge.config.min_score)
         if None in spans: raise LionError("a score has no one place in the reply")
         lp = tuple(expected_scores(res.logprobs, spans, res.text))
     except LionError as e: return tuple(text_scores), 'text', {'logprob_error': str(e)}
     note = {'logprob_scores': [round(x, 4) for x in lp]}
-    if max(abs(a - b) for a, b in zip(lp, text_scores)) > LOGPROB_TOLERANCE:
+    if tolerance is not None and max(abs(a - b) for a, b in zip(lp, text_scores)) > tolerance:
         return tuple(text_scores), 'text', {**note, 'logprob_disagrees': True}
     return lp, 'logprob', note
+
+# %% ../nbs/04_discrimination.ipynb #57d075f1
+def grade_score(res, # the judge's result (`text`, `finish_reason`, `logprobs`)
+                judge: Judge, # a judge with `parser: score_single`
+               ) -> tuple[float, str, dict]:
+    "A one-answer grade, how it was read ('logprob' or 'text') and what the verdict adds; `ScoreParseError`."
+    score, span = parse_single_score(res.text, res.finish_reason, judge.config.min_score)
+    if judge.config.scorer != 'logprob' or not res.logprobs: return score, 'text', {}
+    (score,), how, note = logprob_scores((score,), [span], res, judge.config.logprob_tolerance)
+    return score, how, note
 
 # %% ../nbs/04_discrimination.ipynb #63446b62
 def _latest(records: Iterable[Review]) -> dict:

@@ -20,8 +20,8 @@ from .core import (Answer, Config, InputError, Instruction, LionError, ModelSpec
                           derive_seed, load_config, read_json, read_log, user_message,
                           write_json, write_jsonl)
 from .data import ReasoningItem
-from .discrimination import (Judge, ScoreParseError, for_category, judge_for, judge_scores, load_judge,
-                                    parse_scores, sampling_setting)
+from .discrimination import (Judge, ScoreParseError, for_category, grade_score, judge_for,
+                                    judge_scores, load_judge, parse_scores, sampling_setting)
 from .probe import KnownPair, probe_metrics, probe_pairs, probe_verdict, right_answers
 from .stats import (Interval, align, mean_ci, paired_diff_ci, ratio_ci, stratified_mean_ci, verdict,
                            yerr)
@@ -31,18 +31,19 @@ __all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'CHOICE_RULE
            'NO_INTERVAL', 'PREF', 'WTL', 'LENGTH_BUCKETS', 'JUDGE_SAMPLING', 'NO_JUDGE_SAMPLING', 'HISTORY_METRICS',
            'POSITION_KEYS', 'bbh_tasks_present', 'load_eval_set', 'as_instruction', 'sample_items', 'extract_choice',
            'extract_free', 'option_map', 'bbh_official_answer', 'score_bbh', 'score_reasoning', 'parse_pair_verdict',
-           'word_len', 'score_outcome', 'make_verdict', 'position_stats', 'item_score_sums', 'relative_interval',
-           'relative_scores', 'combine_orders', 'win_tie_lose', 'fit_length_logit', 'length_buckets', 'length_view',
-           'model_spec', 'spec_summary', 'answer_template', 'answer_items', 'judge_messages', 'judge_jobs',
-           'judge_settings', 'logprob_verdict', 'run_judge', 'reasoning_outcomes', 'reasoning_metrics', 'pyplot',
-           'save_figure', 'plot_relative_scores', 'plot_win_tie_lose', 'plot_reasoning', 'headline', 'iteration_of',
-           'metrics_history', 'plot_runs', 'plot_history', 'mechanism', 'plot_mechanism', 'probe_items', 'judge_probe',
-           'judge_client', 'evaluation_probe', 'trained_student', 'default_models', 'candidates', 'sample_sets',
-           'EvalPlan', 'evaluation_plan', 'collect_answers', 'judge_candidates', 'empty_answers', 'model_metrics',
-           'judge_report', 'arm_items', 'arm_diff', 'gain_over_base', 'evaluation_metrics', 'write_plots',
-           'run_evaluation', 'ci_text', 'summary_row', 'summary_table', 'category_table', 'wtl_table',
-           'reasoning_table', 'empty_line', 'sampling_line', 'closing_note', 'final_evaluation', 'compare_arms',
-           'arm_budget', 'budget_line', 'budget_lines', 'arm_probes', 'probes_line', 'print_arms', 'evaluate_cli']
+           'word_len', 'score_outcome', 'make_verdict', 'orders_of', 'position_stats', 'item_score_sums',
+           'relative_interval', 'relative_scores', 'combine_orders', 'win_tie_lose', 'fit_length_logit',
+           'length_buckets', 'length_view', 'model_spec', 'spec_summary', 'answer_template', 'answer_items',
+           'judge_messages', 'judge_jobs', 'judge_settings', 'logprob_verdict', 'single_verdict', 'run_judge',
+           'judge_requests', 'reasoning_outcomes', 'reasoning_metrics', 'pyplot', 'save_figure', 'plot_relative_scores',
+           'plot_win_tie_lose', 'plot_reasoning', 'headline', 'iteration_of', 'metrics_history', 'plot_runs',
+           'plot_history', 'mechanism', 'plot_mechanism', 'probe_items', 'judge_probe', 'judge_client',
+           'evaluation_probe', 'trained_student', 'default_models', 'candidates', 'sample_sets', 'EvalPlan',
+           'evaluation_plan', 'collect_answers', 'judge_candidates', 'empty_answers', 'model_metrics', 'judge_report',
+           'arm_items', 'arm_diff', 'gain_over_base', 'evaluation_metrics', 'write_plots', 'run_evaluation', 'ci_text',
+           'summary_row', 'summary_table', 'category_table', 'wtl_table', 'reasoning_table', 'empty_line',
+           'sampling_line', 'closing_note', 'final_evaluation', 'compare_arms', 'arm_budget', 'budget_line',
+           'budget_lines', 'arm_probes', 'probes_line', 'print_arms', 'evaluate_cli']
 
 # %% ../nbs/06_evaluation.ipynb #93c9c78c
 OPEN_SETS = ('vicuna80', 'demo')        # judged by scores against the reference (relative score)
@@ -304,13 +305,18 @@ def _n_status(verdicts: list[dict], status: str) -> int:
 # %% ../nbs/06_evaluation.ipynb #aac25c79
 JUDGE_ORDERS = ('cand_first', 'opp_first')
 
+def orders_of(judge: Optional[Judge]) -> tuple[str, ...]:
+    "The passes per item: both orders, or 'single' for a judge that grades one answer alone."
+    return ('single',) if judge is not None and judge.single else JUDGE_ORDERS
+
 def position_stats(verdicts: list[dict]) -> dict:
     """Position consistency of the judge and how often the first-shown answer won (decisive, read verdicts
     only)."""
     read = lambda d: all(d.get(o, {}).get('status') == 'done' for o in JUDGE_ORDERS)
     both = [d for d in _by_item(verdicts).values() if read(d)]
     agree = sum(d['cand_first']['outcome'] == d['opp_first']['outcome'] for d in both)
-    decisive = [v for v in verdicts if v['status'] == 'done' and v['outcome'] != 'tie']
+    decisive = [v for v in verdicts                 # a single-answer verdict has no position
+                if v['status'] == 'done' and v['outcome'] != 'tie' and v['order'] in JUDGE_ORDERS]
     first_won = sum((v['outcome'] == 'win') == (v['order'] == 'cand_first') for v in decisive)
     return {'pairs_read': len(both), 'position_consistency': round(agree / len(both), 4) if both else None,
             'first_position_win_rate': round(first_won / len(decisive), 4) if decisive else None}
@@ -498,9 +504,14 @@ def judge_messages(kind: str, question: str, first: str, second: str,
 # %% ../nbs/06_evaluation.ipynb #2c94f8b3
 def _item_jobs(kind: str, it: Instruction, cand_text: str, opp_text: str, judge: Optional[Judge],
                meta: dict) -> list[dict]:
-    "An item's two judge passes: the candidate's answer shown first, then the opponent's."
+    """An item's two judge passes: the candidate's answer shown first, then the opponent's; or, for a judge
+    that grades one answer alone, one pass with a request per answer."""
     meta = dict(meta, cand_len=word_len(cand_text), opp_len=word_len(opp_text))
     q = user_message(it.instruction, it.input)
+    if judge is not None and judge.single:
+        grade = lambda a: judge.messages(question=q, answer=a)
+        return [dict(meta, order='single', messages=grade(cand_text), opp_messages=grade(opp_text),
+                     judge=judge)]
     first = judge_messages(kind, q, cand_text, opp_text, judge)
     second = judge_messages(kind, q, opp_text, cand_text, judge)
     return [dict(meta, order='cand_first', messages=first, judge=judge),
@@ -515,7 +526,7 @@ def judge_jobs(set_name: str, kind: str, items: list[Instruction], cand: str, ca
         a, b = cand_ans.get(it.id), opp_ans.get(it.id)
         meta = dict(set=set_name, id=it.id, category=it.category, candidate=cand, opponent=opp)
         if not (a and b and a.status == 'done' and b.status == 'done'):
-            jobs += [dict(meta, order=o, missing=True) for o in JUDGE_ORDERS]
+            jobs += [dict(meta, order=o, missing=True) for o in orders_of(judge)]
             continue
         j = for_category(judge, it.category) if judge else None
         jobs += _item_jobs(kind, it, a.output, b.output, j, meta)
@@ -539,12 +550,17 @@ def judge_settings(judge: Optional[Judge], # the pass's judge (None: a pass buil
 def _job_key(j: dict) -> str: return f"{j['set']}|{j['candidate']}|{j['opponent']}|{j['id']}|{j['order']}"
 
 # %% ../nbs/06_evaluation.ipynb #9db05002
-def _judge_request(j: dict, seed: int, cfg: Optional[Config]) -> llm.ChatRequest:
-    "The request of one judge pass: its judge's settings (`judge_settings`) and extra parameters."
+def _job_keys(j: dict) -> list[str]:
+    "The request keys of one judge pass: one, or the candidate's and the opponent's grade."
+    return [_job_key(j)] + ([_job_key(j) + '|opp'] if 'opp_messages' in j else [])
+
+def _judge_requests(j: dict, seed: int, cfg: Optional[Config]) -> list[llm.ChatRequest]:
+    "The requests of one judge pass: its judge's settings (`judge_settings`) and extra parameters."
     jd = j.get('judge')
     extra = {'extra': jd.extra()} if jd is not None else {}
-    return llm.ChatRequest(key=_job_key(j), messages=j['messages'], seed=seed, **judge_settings(jd, cfg),
-                           **extra)
+    msgs = [j['messages']] + ([j['opp_messages']] if 'opp_messages' in j else [])
+    return [llm.ChatRequest(key=k, messages=m, seed=seed, **judge_settings(jd, cfg), **extra)
+            for k, m in zip(_job_keys(j), msgs)]
 
 # %% ../nbs/06_evaluation.ipynb #069dabfc
 def logprob_verdict(v: dict, # a 'score' verdict from `make_verdict`
@@ -558,15 +574,32 @@ def logprob_verdict(v: dict, # a 'score' verdict from `make_verdict`
     c, o = flip(scores)
     return dict(v, cand_score=c, opp_score=o, outcome=score_outcome(c, o), scorer=how, **note)
 
+# %% ../nbs/06_evaluation.ipynb #9c4b0ada
+def single_verdict(cand, # the judge's result on the candidate's answer, graded alone
+                   opp, # the judge's result on the opponent's answer (the reference's)
+                   grader: Judge, # the judge (`parser: score_single`)
+                   **meta) -> dict:
+    "The 'score' verdict of a judge that grades each answer alone: the candidate's grade against the other's."
+    v = dict(meta, kind='score', order='single', text=cand.text or '', opp_text=opp.text or '', status='done')
+    failed = next((r for r in (cand, opp) if r.status != 'done'), None)
+    if failed is not None: return dict(v, status='failed', error=failed.error or 'the judge call failed')
+    try: (c, how_c, note_c), (o, how_o, note_o) = grade_score(cand, grader), grade_score(opp, grader)
+    except ScoreParseError as e: return dict(v, status='unscored', error=str(e))
+    notes = {f'{side}_{k}': x for side, n in (('cand', note_c), ('opp', note_o)) for k, x in n.items()}
+    return dict(v, cand_score=c, opp_score=o, outcome=score_outcome(c, o),
+                scorer=how_c if how_c == how_o else 'mixed', **notes)
+
 # %% ../nbs/06_evaluation.ipynb #caac87f2
-def _job_verdict(j: dict, kind: str, r) -> dict:
-    "The verdict of judge pass `j` from its result `r` (None: one of its answers is missing)."
-    meta = {k: v for k, v in j.items() if k not in ('messages', 'missing', 'judge', 'order')}
+def _job_verdict(j: dict, kind: str, rs: Optional[list]) -> dict:
+    "The verdict of judge pass `j` from its results `rs` (None: one of its answers is missing)."
+    meta = {k: v for k, v in j.items() if k not in ('messages', 'opp_messages', 'missing', 'judge', 'order')}
     jd = j.get('judge')
     if jd is not None: meta['judge'] = jd.name
-    if r is None:
+    if rs is None:
         return make_verdict(kind, j['order'], None, status='failed', error='an answer is missing or failed',
                             **meta)
+    if j['order'] == 'single': return single_verdict(*rs, jd, **meta)
+    r = rs[0]
     ok = r.status == 'done'
     parser = jd.parser if jd is not None and kind == 'score' else 'scores_last'
     lowest = jd.config.min_score if jd is not None else 1.0   # the judge's scale: a 0 only where it has one
@@ -580,11 +613,22 @@ def run_judge(jobs: list[dict], kinds: dict, client, *, seed: int, cfg: Optional
               log_path=None) -> list[dict]:
     """Run the judge passes in `jobs` through `client`; return one verdict per job (missing answers ->
     'failed')."""
-    reqs = [_judge_request(j, seed, cfg) for j in jobs if not j.get('missing')]
+    reqs = [r for j in jobs if not j.get('missing') for r in _judge_requests(j, seed, cfg)]
     results = {r.key: r for r in client.run(reqs, desc='judge')} if reqs else {}
-    out = [_job_verdict(j, kinds[j['set']], None if j.get('missing') else results[_job_key(j)]) for j in jobs]
+    got = lambda j: None if j.get('missing') else [results[k] for k in _job_keys(j)]
+    out = [_job_verdict(j, kinds[j['set']], got(j)) for j in jobs]
     if log_path is not None: write_jsonl(log_path, out)
     return out
+
+# %% ../nbs/06_evaluation.ipynb #69c0e395
+def judge_requests(judge: Judge, # the judge of the pass
+                   items: int, # items judged
+                   candidates: int, # answers judged per item against the reference
+                   reference: bool = True, # whether the reference's grade is still to be asked (if alone)
+                  ) -> int:
+    """The requests a judge sends: two orders per candidate and item, or, for a judge that grades alone, one
+    per candidate and item plus the reference's once (the dry run's count)."""
+    return items * (candidates + reference) if judge.single else 2 * items * candidates
 
 # %% ../nbs/06_evaluation.ipynb #f64dee8f
 def reasoning_outcomes(items: list[ReasoningItem], answers: dict) -> tuple[dict, Counter, Counter]:
@@ -866,14 +910,14 @@ def _probe_answers(pairs: Sequence[KnownPair], side: str) -> dict:
 
 # %% ../nbs/06_evaluation.ipynb #eb96412b
 def probe_items(verdicts: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Probe pairs read in both orders (d: the better answer's mean score minus the worse one's) and the
-    others."""
+    """Probe pairs read in both orders, or graded alone (d: the better answer's mean score minus the worse
+    one's), and the others."""
     scored, unscored = [], []
     for i, d in _by_item(verdicts).items():
-        vs = [d.get(o) for o in JUDGE_ORDERS]
-        kind = next(v for v in vs if v).get('category')
-        if all(v and v['status'] == 'done' for v in vs):
-            d = sum(v['cand_score'] - v['opp_score'] for v in vs) / 2
+        vs = list(d.values())                              # both orders, or one single-answer verdict
+        kind = vs[0].get('category')
+        if all(v['status'] == 'done' for v in vs) and len(vs) == (1 if vs[0]['order'] == 'single' else 2):
+            d = sum(v['cand_score'] - v['opp_score'] for v in vs) / len(vs)
             scored.append({'id': i, 'category': kind, 'd': d})
         else: unscored.append({'id': i, 'category': kind})
     return scored, unscored

@@ -59,7 +59,7 @@ from .discrimination import run_discrimination
 from .discrimination import RefereeSettings, judge_for
 from .engine import VLLM_LAUNCH, find_program
 from .limits import CHARS_PER_TOKEN, cacheable_prefix_tokens, cached_saving_usd, cost_usd
-from .evaluation import judge_settings, run_evaluation
+from .evaluation import OPEN_SETS, PAIR_SETS, judge_requests, judge_settings, run_evaluation
 from .generation import run_generation
 from .imitation import run_imitation
 from .llm import resolve_checkpoint
@@ -868,7 +868,8 @@ _FIELD = '\x00'   # a stand-in for every template field
 
 def judge_prefix_tokens(judge) -> int:
     "Tokens of a judge's prompt before its first filled-in field (system message included): what calls share."
-    msgs = judge.messages(**{f: _FIELD for f in ('question', 'answer_1', 'answer_2', 'instruction', 'input')})
+    msgs = judge.messages(**{f: _FIELD for f in ('question', 'answer_1', 'answer_2', 'answer', 'instruction',
+                                                 'input')})
     text = ''.join(f"<{m['role']}>{m['content']}" for m in msgs)
     cut = text.find(_FIELD)
     return int((len(text) if cut < 0 else cut)/CHARS_PER_TOKEN)
@@ -951,16 +952,22 @@ def generation(self: DryRun, k: int):
     )
     self.train, self.cache = n, self.cache + n
 
+# %% ../nbs/07_loop.ipynb #98b58b94
 @patch
 def evaluation(self: DryRun, k: int):
-    "Reference answers once (the first evaluation); the judge in both orders per student (first: base too)."
+    """Reference answers once (the first evaluation); the judge per student (first: base too), in both orders
+    or graded alone (`judge_requests`)."""
     cfg, first, self.evaluated = self.cfg, not self.evaluated, True
     self.add(k, 'evaluation', 'teacher', sum(self.items.values()) if first else 0, EST['instr'], self.answer)
-    students = 2 if first else 1
-    self.add(k, 'evaluation', 'judge', 2 * self.judged * students, self.review, EST['review_out'])
+    students, review = 2 if first else 1, judge_for(cfg, 'review')
+    n = lambda sets: sum(c for s, c in self.items.items() if s in sets)
+    calls = (judge_requests(review, n(OPEN_SETS), students, first)
+             + judge_requests(judge_for(cfg, 'pairwise'), n(PAIR_SETS), students))
+    self.add(k, 'evaluation', 'judge', calls, self.review, EST['review_out'])
     # the judge's probe: 3 pairs per item
     if cfg.probe.enabled and k in cfg.probe.iterations and self.judged:
-        self.add(k, 'evaluation', 'judge', 6 * cfg.probe.judge_items, self.review, EST['review_out'])
+        self.add(k, 'evaluation', 'judge', judge_requests(review, cfg.probe.judge_items, 3), self.review,
+                 EST['review_out'])
 
 # %% ../nbs/07_loop.ipynb #48c3cff2
 @patch

@@ -383,9 +383,9 @@ def test_a_zero_is_a_score_only_on_a_judge_scale_with_one(tmp_path):
     reply = SimpleNamespace(status='done', text='0 9\nAssistant 1 wrote nothing at all.', finish_reason='stop', error=None)
     job = lambda jd: {'set': 'vicuna80', 'id': 'v1', 'candidate': 'iter_1', 'opponent': 'teacher', 'order': 'cand_first',
                       'judge': jd}
-    v = _job_verdict(job(load_judge(str(tmp_path/'zero'))), 'score', reply)
+    v = _job_verdict(job(load_judge(str(tmp_path/'zero'))), 'score', [reply])
     assert (v['status'], v['cand_score'], v['opp_score'], v['outcome']) == ('done', 0.0, 9.0, 'lose')
-    v = _job_verdict(job(load_judge('lion/review')), 'score', reply)
+    v = _job_verdict(job(load_judge('lion/review')), 'score', [reply])
     assert v['status'] == 'unscored' and 'outside 1-10' in v['error']
 
 
@@ -469,3 +469,51 @@ def test_a_logprob_judge_breaks_the_ties_its_text_hides(tmp_path):
     text, lp = out['lion_nb/review_short'], out['lion_nb/review_short_logprob']
     assert text['probe']['tie_share'] == 1.0 and text['passed'] is False
     assert lp['probe']['accuracy'] == 1.0 and lp['probe']['tie_share'] == 0.0 and lp['passed'] is True
+
+
+def test_a_single_answer_judge_grades_each_answer_alone_and_the_reference_once(tmp_path, data_root):
+    """With `judges: {review: lion_nb/review_single}` the judge sees one answer at a time (`{answer}`, no second
+    answer) and grades it (teacher 8, good 6, bad 4; 'bad' unreadable on two questions). The relative scores are the
+    grades' ratios exactly, the reference is graded once per item for both candidates (the dry run's count), the
+    judge's probe reads the grades too, and position statistics, which need two orders, are None."""
+    from lion_nb.discrimination import judge_for
+    from lion_nb.evaluation import judge_requests
+    graded, unreadable = [], set()
+    def single(body: dict) -> str:
+        if body['model'] != 'judge': return reply(body)
+        text = last_user_text(body)
+        assert '<answer>' in text and 'answer_2' not in text and text.count('-ANS') <= 1
+        q = text.split('<request>\n', 1)[1].split('\n</request>', 1)[0]
+        model = next((who(m) for m in ('T-ANS', 'G-ANS', 'B-ANS') if m in text), None)
+        graded.append((q, model))
+        if model is None: return 'Score: 1\nThere is no answer.'                   # the probe's empty answer
+        if model == 'bad' and q in unreadable: return 'Hard to say.'
+        return f"Score: {score_of(model, '', True) if model != 'good' else 6}\nReason: ..."
+    with serve(single) as srv:
+        d = make_cfg(srv, data_root, {'vicuna80': 8})
+        d['eval']['sets'] = ['vicuna80']; d['judges'] = {'review': 'lion_nb/review_single'}
+        cfg = parse_config(d)
+        items = sample_items(load_eval_set('vicuna80', data_root), 8, cfg.seed, 'vicuna80')
+        unreadable.update(user_message(x.instruction, x.input) for x in items[:2])
+        m = run_evaluation(cfg, RunDir(tmp_path/'run'), 1, models={'good': 'good', 'bad': 'bad'}, plots=False)
+    v = {lab: m['models'][lab]['vicuna80'] for lab in ('good', 'bad')}
+    assert v['good']['relative_score'] == 75.0 and v['good']['reviews_scored'] == 8 and v['good']['unscored'] == 0
+    assert v['bad']['relative_score'] == 50.0 and v['bad']['unscored'] == 2
+    assert v['good']['position_consistency'] is None and v['good']['pairs_read'] == 0
+    assert len(graded) == 8 * 3 == judge_requests(judge_for(cfg, 'review'), 8, 2)   # the reference's grade: once
+    assert len(set(graded)) == len(graded)
+    verdicts = [json.loads(l) for l in (RunDir(tmp_path/'run').stage_dir(1, 'evaluation')/'verdicts.jsonl').read_text().splitlines()]
+    assert {x['order'] for x in verdicts} == {'single'} and len(verdicts) == 16
+    assert all(x['opp_text'].startswith('Score: 8') for x in verdicts)
+    # the judge's probe on known-better pairs: the right answer (T-ANS) graded 8, an empty one 1, another's 4
+    from lion_nb.core import ModelSpec
+    from lion_nb.evaluation import judge_probe
+    from lion_nb.llm import make_client
+    from lion_nb.probe import probe_pairs
+    pairs = probe_pairs([(f'q{i}', f'Question {i}?', '', 'T-ANS, said in five words') for i in range(2)], n=2, seed=0,
+                        kinds=('empty',))
+    with serve(single) as srv:
+        client = make_client(ModelSpec(backend='openai', model='judge', base_url=srv.base_url), role='judge',
+                             cache_dir=tmp_path/'probe')
+        p = judge_probe(pairs, client, judge_for(cfg, 'review'), seed=0)
+    assert p['passed'] and p['probe']['accuracy'] == 1.0 and p['probe']['mean_gap'] == 7.0
