@@ -363,7 +363,7 @@ def relative_scores(verdicts: list[dict], # one candidate's 'score' verdicts on 
             'reference_total': sum(v['opp_score'] for v in done),
             'items': len({v['id'] for v in verdicts}), 'reviews_scored': len(done),
             'unscored': _n_status(verdicts, 'unscored'), 'failed': _n_status(verdicts, 'failed'),
-            **position_stats(verdicts)}
+            'graded_alone': any(v['order'] == 'single' for v in verdicts), **position_stats(verdicts)}
 
 # %% ../nbs/06_evaluation.ipynb #e689b7cc
 def combine_orders(d: dict) -> Optional[str]:
@@ -1264,9 +1264,11 @@ def _open_line(s: str, r: dict, ref: str) -> str:
     fp = r['first_position_win_rate']
     bias = 'no review was decisive'
     if fp is not None: bias = f"the answer shown first won {fp:.0%} of decisive reviews"
+    position = f"judge position consistency {r['position_consistency']}, {bias}"
+    if r.get('graded_alone'): position = "each answer graded alone, so no position figures"
     return (f"- {s}: relative score **{r['relative_score']}%**{ci_text(r.get('interval'))} of {ref} "
             f"over {r['reviews_scored']} scored reviews ({r['unscored']} unscored, {r['failed']} failed); "
-            f"judge position consistency {r['position_consistency']}, {bias}.")
+            f"{position}.")
 
 # %% ../nbs/06_evaluation.ipynb #0673a51c
 def _pair_line(u: dict) -> str:

@@ -499,7 +499,8 @@ def test_a_single_answer_judge_grades_each_answer_alone_and_the_reference_once(t
     v = {lab: m['models'][lab]['vicuna80'] for lab in ('good', 'bad')}
     assert v['good']['relative_score'] == 75.0 and v['good']['reviews_scored'] == 8 and v['good']['unscored'] == 0
     assert v['bad']['relative_score'] == 50.0 and v['bad']['unscored'] == 2
-    assert v['good']['position_consistency'] is None and v['good']['pairs_read'] == 0
+    assert v['good']['position_consistency'] is None and v['good']['pairs_read'] == 0 and v['good']['graded_alone']
+    assert 'each answer graded alone, so no position figures' in closing_note(m)
     assert len(graded) == 8 * 3 == judge_requests(judge_for(cfg, 'review'), 8, 2)   # the reference's grade: once
     assert len(set(graded)) == len(graded)
     verdicts = [json.loads(l) for l in (RunDir(tmp_path/'run').stage_dir(1, 'evaluation')/'verdicts.jsonl').read_text().splitlines()]
