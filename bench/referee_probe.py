@@ -21,6 +21,7 @@ each `--judges` entry is probed as the *evaluation* judge (`lion_nb.evaluation.j
 probe) on known-better pairs built from up to `--n` of those answers, the pairs a run's judge probe draws from.
 """
 import argparse, json, os, sys, tempfile, time
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
@@ -44,6 +45,14 @@ def served_client(name: str, role: str, out: Path):
     return make_client(spec, role=role, stage='probe', cache_dir=out/'cache', usage_log=out/'usage.jsonl')
 
 
+@contextmanager
+def served(name: str, role: str, out: Path):
+    "`served_client` for the packaged GGUF `name`, its server stopped afterwards."
+    client = served_client(name, role, out)
+    try: yield client
+    finally: models.stop_server(models.state_for(models.packaged_gguf(name)))
+
+
 def referee_settings(judge: str, model: str, max_tokens=None) -> RefereeSettings:
     "The referee's settings for `judge` (set/name): its own temperature and max_tokens unless `max_tokens` is given."
     j = load_judge(judge)
@@ -52,27 +61,20 @@ def referee_settings(judge: str, model: str, max_tokens=None) -> RefereeSettings
 
 
 def probe_model(name: str, n: int, out: Path, max_tokens=None, judge: str = 'lion_nb/referee') -> dict:
-    gguf = models.packaged_gguf(name)
-    client = served_client(name, 'referee', out)     # started before the clock: the server's start is not a review
-    t0 = time.time()
     settings = referee_settings(judge, name, max_tokens)
     pairs = probe_pairs(demo_probe_items(), n=n, seed=0)
-    try:
+    with served(name, 'referee', out) as client:     # started before the clock: the server's start is not a review
+        t0 = time.time()
         s = run_probe(pairs, client, settings, out, ProbeConfig().min_accuracy, 'warn', progress=lambda m: print(f'  {name}: {m}', file=sys.stderr))
-    finally:
-        models.stop_server(models.state_for(gguf))
-    s['seconds'] = round(time.time() - t0, 1)
-    s['reviews'] = 2 * len(pairs)
-    return s
+    return {**s, 'seconds': round(time.time() - t0, 1), 'reviews': 2 * len(pairs)}
 
 
 def probe_judge(name: str, answers: Path, n: int, out: Path, judge: str) -> dict:
     "`judge` (served by `name`) as the evaluation judge, on known-better pairs from up to `n` of `answers`."
     pairs = probe_pairs(right_answers([Answer(**r) for _, r in iter_jsonl(answers)]), n=n, seed=0)
-    client = served_client(name, 'judge', out)
-    t0 = time.time()
-    try: s = judge_probe(pairs, client, load_judge(judge), seed=0, log_path=out/'verdicts.jsonl')
-    finally: models.stop_server(models.state_for(models.packaged_gguf(name)))
+    with served(name, 'judge', out) as client:
+        t0 = time.time()
+        s = judge_probe(pairs, client, load_judge(judge), seed=0, log_path=out/'verdicts.jsonl')
     return {**s, 'seconds': round(time.time() - t0, 1), 'reviews': 2 * len(pairs)}
 
 

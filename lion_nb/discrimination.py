@@ -628,9 +628,14 @@ def score_spans(text: str, # the judge's reply
     return scores, spans
 
 # %% ../nbs/04_discrimination.ipynb #2c51ae97
-_GRADE = re.compile(r'^[\s*#>-]*(?:(?:overall|final)\s+)?(?:score|rating)[\s:=*]*(?:\[\[)?(\d+(?:\.\d+)?)'
-                    r'(?:\]\])?(?:\s*(?:/|out\s+of)\s*10)?(?![\d.]*\d)', re.I | re.M)
-_BRACKETED = re.compile(r'\[\[(\d+(?:\.\d+)?)\]\]')
+# a 'Score:' label (`_SCORE_LINE`) at a line's start, markdown around it; else MT-Bench's '[[' anywhere
+_GRADE = re.compile(r'^[\s*#>_`-]*' + _SCORE_LINE.pattern + r'[*_`\s]*(?:\[\[)?', re.I | re.M)
+_BRACKETED = re.compile(r'\[\[(?=\d)')
+
+def _grade_tokens(text: str) -> list[re.Match]:
+    "The score tokens (`_TOKEN`) after each 'Score:' label at a line's start, else after each '[['."
+    after = lambda marks: [t for m in marks.finditer(text) if (t := _TOKEN.match(text, m.end()))]
+    return after(_GRADE) or after(_BRACKETED)
 
 def parse_single_score(text: str, # the judge's reply
                        finish_reason: Optional[str] = None, # 'length' when the reply was cut at max_tokens
@@ -638,16 +643,16 @@ def parse_single_score(text: str, # the judge's reply
                       ) -> tuple[float, tuple[int, int]]:
     "A one-answer judge's score and its (start, end) characters in `text`; `ScoreParseError` when unclear."
     if text is None or not text.strip(): raise ScoreParseError("the reply is empty")
-    hits = list(_GRADE.finditer(text)) or list(_BRACKETED.finditer(text))
+    toks = _grade_tokens(text)
     cut = finish_reason == 'length'
-    if cut: hits = [m for m in hits if m.end() < len(text.rstrip())]     # the cut line may be half a score
-    if not hits: raise ScoreParseError("the reply was cut at max_tokens before its score" if cut
+    if cut: toks = [t for t in toks if t.end() < len(text.rstrip())]     # the cut line may be half a score
+    if not toks: raise ScoreParseError("the reply was cut at max_tokens before its score" if cut
                                        else "no 'Score: <n>' line")
-    values = sorted({float(m.group(1)) for m in hits})
+    scale = _MIN_SCORE.set(min_score)
+    try: values = sorted({_to_score(*t.groups()) for t in toks})      # the pair parser's scale and range
+    finally: _MIN_SCORE.reset(scale)
     if len(values) > 1: raise ScoreParseError("conflicting scores: " + ' vs '.join(f'{v:g}' for v in values))
-    if not min_score <= values[0] <= SCORE_MAX:
-        raise ScoreParseError(f"score {values[0]:g} is off the {min_score:g}-{SCORE_MAX:g} scale")
-    return values[0], hits[0].span(1)
+    return values[0], toks[0].span(2)
 
 # %% ../nbs/04_discrimination.ipynb #b0d491da
 REPAIR_PROMPT = ("I could not read your scores ({why}). Reply now with only these two lines and nothing "

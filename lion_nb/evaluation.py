@@ -570,7 +570,7 @@ def logprob_verdict(v: dict, # a 'score' verdict from `make_verdict`
     if v['status'] != 'done' or judge.config.scorer != 'logprob': return v
     flip = (lambda p: p) if v['order'] == 'cand_first' else (lambda p: p[::-1])   # reply order <-> cand, opp
     shown = flip((v['cand_score'], v['opp_score']))
-    scores, how, note = judge_scores(shown, res, judge, judge.parser)
+    scores, how, note = judge_scores(shown, res, judge)
     c, o = flip(scores)
     return dict(v, cand_score=c, opp_score=o, outcome=score_outcome(c, o), scorer=how, **note)
 
