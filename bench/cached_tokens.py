@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT/'tests'))
 from lion_fixtures import lion_reply                       # noqa: E402  (the scripted referee)
 from lion_nb.core import ModelSpec                         # noqa: E402
-from lion_nb.discrimination import load_judge              # noqa: E402
+from lion_nb.judging import load_judge              # noqa: E402
 from lion_nb.llm import ChatRequest, make_client, summarise_usage   # noqa: E402
 from lion_nb.testing import serve                          # noqa: E402
 

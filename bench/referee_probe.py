@@ -30,7 +30,8 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 from lion_nb import models  # noqa: E402
 from lion_nb.core import Answer, ModelSpec, ProbeConfig, iter_jsonl  # noqa: E402
 from lion_nb.data import demo_instructions  # noqa: E402
-from lion_nb.discrimination import RefereeSettings, load_judge, pairs_from_answers, review_pairs, run_probe, score_items  # noqa: E402
+from lion_nb.discrimination import RefereeSettings, pairs_from_answers, review_pairs, run_probe, score_items  # noqa: E402
+from lion_nb.judging import load_judge  # noqa: E402
 from lion_nb.llm import answer_pool, make_client  # noqa: E402
 from lion_nb.evaluation import judge_probe  # noqa: E402
 from lion_nb.probe import demo_probe_items, duel_metrics, probe_pairs, right_answers  # noqa: E402

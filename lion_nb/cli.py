@@ -35,6 +35,8 @@ COMMANDS = {  # subcommand: (module, function, summary)
     'demo':         ('lion_nb.loop', 'demo_cli', 'run the demo profile on the embedded default models'),
     'study':        ('lion_nb.study', 'study_cli',
                      'Lion against a control arm over seeds, with paired intervals'),
+    'compare':      ('lion_nb.study', 'compare_cli',
+                     "two arms' final students, paired on the same items, and their budgets"),
     'weights':      ('lion_nb.weights', 'weights_cli', 'write or apply weight diffs against a base model'),
     'card':         ('lion_nb.card', 'card_cli', "write a model card for a run's final student"),
     'chat':         ('lion_nb.chat', 'chat_cli', 'chat with a student in the terminal'),

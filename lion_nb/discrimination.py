@@ -4,667 +4,64 @@
 
 # %% ../nbs/04_discrimination.ipynb #273789b1
 from __future__ import annotations
-import argparse, contextvars, hashlib, importlib.resources, json, math, re, statistics, sys
+import argparse, hashlib, json, statistics, sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal, Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence
 
 import pandas as pd
 import seaborn as sns
-import yaml
-from fastcore.basics import patch
 from matplotlib.figure import Figure
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .core import (ROLES, Answer, Config, InputError, Instruction, JsonlLog, LionError, ModelSpec,
-                          Provenance, Review, RunDir, derive_seed, iter_jsonl, load_config, read_json,
-                          read_log, read_pool, read_records, user_message, write_json, write_jsonl)
+from .core import (Answer, Config, InputError, Instruction, JsonlLog, LionError, ModelSpec,
+                          Provenance, Review, RunDir, derive_seed, iter_jsonl, load_config,
+                          read_log, read_pool, read_records, write_json, write_jsonl)
 from .llm import (ChatRequest, answer_pool, make_client, role_system, run_budget, run_client,
                          student_spec)
-from .logprob import expected_scores
+from .judging import (ORDERS, REPAIR_MAX_TOKENS, Judge, ScoreParseError, judge_for, judge_scores,
+                             parse_scores, referee_messages, referee_response_format, repair_messages,
+                             repair_response_format, sampling_setting)
 from .pools import categorize
 from .probe import KnownPair, probe_metrics, probe_pairs, probe_verdict, right_answers
 from .stats import mean_ci
 
 # %% auto #0
-__all__ = ['JUDGE_ROLES', 'SCORE_PARSERS', 'SINGLE_PARSER', 'JUDGE_PARSERS', 'LOGPROB_TOLERANCE', 'ORDERS', 'SCORE_MIN',
-           'SCORE_MAX', 'REPAIR_PROMPT', 'REPAIR_PROMPT_JSON', 'REPAIR_MAX_TOKENS', 'REQUEST_FAILED', 'JudgeConfig',
-           'judges_root', 'judge_sets', 'render', 'Judge', 'load_judge', 'judge_for', 'for_category',
-           'referee_messages', 'referee_response_format', 'repair_response_format', 'ScoreParseError',
-           'parse_score_value', 'parse_scores', 'score_spans', 'parse_single_score', 'repair_messages', 'swap_average',
-           'is_hard', 'verdict', 'position_consistency', 'position_means', 'Pair', 'sampling_setting',
-           'RefereeSettings', 'judge_scores', 'logprob_scores', 'grade_score', 'review_pairs', 'category_of',
-           'pairs_from_answers', 'score_items', 'call_stats', 'summarize', 'describe_summary', 'plot_gaps',
-           'plot_scores', 'plot_categories', 'save_plots', 'referee_and_split', 'known_pair', 'run_probe',
-           'referee_probe', 'discrimination_seed', 'latest_student', 'discrimination_pool', 'gap_change',
-           'run_discrimination', 'discriminate_cli', 'referee_cli']
-
-# %% ../nbs/04_discrimination.ipynb #737cc933
-JUDGE_ROLES = ('referee', 'review', 'pairwise', 'generator_hard', 'generator_easy')
-SCORE_PARSERS = ('scores_first', 'scores_last', 'json')
-SINGLE_PARSER = 'score_single'   # a judge that grades one answer alone ('Score: <n>'): MT-Bench's single mode
-JUDGE_PARSERS = SCORE_PARSERS + (SINGLE_PARSER, 'verdict_abc', 'sections', 'plain')
-LOGPROB_TOLERANCE = 1.5   # by default, a logprob judge keeps its text scores where expectations stray further
-
-class JudgeConfig(BaseModel):
-    "The `config.yaml` of one judge."
-    model_config = ConfigDict(extra='forbid')
-    description: str = ''
-    system: Optional[str] = None                 # file of the system message
-    prompt: str                                  # file of the user message template
-    prompt_structured: Optional[str] = None      # the template of replies constrained to a JSON schema
-    parser: Literal[JUDGE_PARSERS]
-    structured: Union[bool, Literal['auto']] = False
-    logprobs: bool = False                       # ask for token logprobs (top 5)
-    scorer: Literal['text', 'logprob'] = 'text'  # logprob: expectations over the score tokens' top_logprobs
-    logprob_tolerance: Optional[float] = Field(LOGPROB_TOLERANCE, gt=0)   # beyond it, the text (None: never)
-    min_score: Literal[0, 1] = 1                 # the lowest score the judge's scale allows (0: a 0-10 scale)
-    temperature: float = Field(ge=0)
-    max_tokens: int = Field(ge=1)
-    by_category: dict[str, str] = Field(default_factory=dict)
-
-    @model_validator(mode='after')
-    def _logprob_scorer_needs_logprobs(self):
-        if self.scorer == 'logprob' and not self.logprobs:
-            raise ValueError("scorer 'logprob' needs `logprobs: true`")
-        return self
-
-# %% ../nbs/04_discrimination.ipynb #96c8f24f
-def judges_root() -> Path:
-    "The folder of the judge sets shipped with the package."
-    return Path(str(importlib.resources.files('lion_nb')/'judges'))
-
-# %% ../nbs/04_discrimination.ipynb #6ef57933
-def judge_sets() -> dict[str, list[str]]:
-    "{set: [judge, ...]} of the shipped judge sets."
-    root = judges_root()
-    return {s.name: sorted(j.name for j in s.iterdir() if (j/'config.yaml').exists())
-            for s in sorted(root.iterdir()) if s.is_dir()}
-
-# %% ../nbs/04_discrimination.ipynb #66c3b8eb
-_FIELDS = re.compile(r'\{(question|answer_1|answer_2|answer|instruction|input)\}')
-
-def _needs(parser: str) -> set:
-    "The placeholders a template of a judge with `parser` must hold."
-    if parser in ('sections', 'plain'): return {'instruction'}
-    return {'question', 'answer'} if parser == SINGLE_PARSER else {'question', 'answer_1', 'answer_2'}
-
-# %% ../nbs/04_discrimination.ipynb #163be918
-def _template(folder: Path, name: Optional[str], needs: set = frozenset()) -> Optional[str]:
-    """A template file's text (its final newline is not part of the prompt), checked for the placeholders it
-    `needs`."""
-    if name is None: return None
-    p = folder/name
-    if not p.is_file():
-        raise InputError(folder/'config.yaml', None, f"prompt file {name!r} does not exist in {folder}")
-    text = p.read_text(encoding='utf-8')
-    text = text[:-1] if text.endswith('\n') else text
-    missing = set(needs) - set(_FIELDS.findall(text))
-    if missing:
-        raise InputError(p, None, f"the template lacks {', '.join('{' + m + '}' for m in sorted(missing))}")
-    return text
-
-# %% ../nbs/04_discrimination.ipynb #64ee41e0
-def render(template: str, **fields) -> str:
-    "`template` with its `{question}`, `{answer_1}`, ... filled in; any other braces are left as they are."
-    return _FIELDS.sub(lambda m: str(fields[m.group(1)]) if m.group(1) in fields else m.group(0), template)
-
-# %% ../nbs/04_discrimination.ipynb #3bf5b5ed
-@dataclass(frozen=True)
-class Judge:
-    "One judge: its name, folder, configuration and prompt templates."
-    name: str
-    folder: Path
-    config: JudgeConfig
-    system: Optional[str]
-    prompt: str
-    prompt_structured: Optional[str] = None
-
-    @property
-    def parser(self) -> str: return self.config.parser
-
-    @property
-    def single(self) -> bool:
-        "Whether the judge grades one answer at a time (`{answer}`), not two side by side."
-        return self.config.parser == SINGLE_PARSER
-
-    def wants_structured(self, endpoint_supports: bool) -> bool:
-        """Whether requests ask for a JSON schema: `structured: true`, or `auto` on an endpoint that supports
-        it (the `prompt_structured` template is used then, where the judge has one)."""
-        s = self.config.structured
-        return s is True or (s == 'auto' and endpoint_supports)
-
-# %% ../nbs/04_discrimination.ipynb #fa9a3a26
-@patch
-def messages(self: Judge, structured: bool = False, **fields) -> list[dict]:
-    "The chat messages of one request, the template's placeholders filled from `fields`."
-    template = self.prompt_structured if structured and self.prompt_structured else self.prompt
-    user = render(template, **fields)
-    system = [{'role': 'system', 'content': self.system}] if self.system else []
-    return system + [{'role': 'user', 'content': user}]
-
-# %% ../nbs/04_discrimination.ipynb #6fd3db07
-@patch
-def extra(self: Judge) -> dict:
-    "Extra request parameters the judge wants (token logprobs)."
-    return {'logprobs': True, 'top_logprobs': 5} if self.config.logprobs else {}
-
-# %% ../nbs/04_discrimination.ipynb #1dc439c7
-@patch
-def describe(self: Judge) -> str:
-    "The judge and its prompt as a notebook prints them."
-    c = self.config
-    head = (f"judge {self.name} ({self.folder}): {c.description}\n"
-            f"parser {c.parser}, temperature {c.temperature:g}, max_tokens {c.max_tokens}, "
-            f"structured {c.structured}, logprobs {c.logprobs}, scorer {c.scorer}")
-    system = f"\n--- system ---\n{self.system}" if self.system else ''
-    return head + system + f"\n--- prompt ---\n{self.prompt}"
-
-# %% ../nbs/04_discrimination.ipynb #3d89e863
-def _judge_folder(name: str) -> Path:
-    "A judge's folder: 'set/judge' in the package, else a folder path."
-    p = Path(name).expanduser()
-    if (p/'config.yaml').exists(): return p
-    q = judges_root()/name
-    if re.fullmatch(r'[\w.-]+/[\w.-]+', name) and (q/'config.yaml').exists(): return q
-    known = ', '.join(f'{s}/{j}' for s, js in judge_sets().items() for j in js)
-    raise LionError(f"no judge {name!r}: neither a shipped judge ({known}) nor a folder with a config.yaml")
-
-# %% ../nbs/04_discrimination.ipynb #a06f4ab9
-def _judge_config(path: Path) -> JudgeConfig:
-    "The validated `config.yaml` at `path`; an `InputError` that names the line or the key otherwise."
-    try: raw = yaml.safe_load(path.read_text(encoding='utf-8'))
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, 'problem_mark', None), 'line', -1) + 1
-        raise InputError(path, line or None, f"not valid YAML: {e}")
-    try: return JudgeConfig.model_validate(raw if isinstance(raw, dict) else {})
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise InputError(path, None, f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}")
-
-# %% ../nbs/04_discrimination.ipynb #fb8bf6da
-def load_judge(name: str, # 'set/judge' of the shipped sets, or a folder with config.yaml and prompt files
-              ) -> Judge:
-    "The judge `name` ('set/judge', or a folder holding config.yaml and its prompt files)."
-    folder = _judge_folder(name)
-    cfg = _judge_config(folder/'config.yaml')
-    needs = _needs(cfg.parser)
-    return Judge(name=name, folder=folder, config=cfg, system=_template(folder, cfg.system),
-                 prompt=_template(folder, cfg.prompt, needs),
-                 prompt_structured=_template(folder, cfg.prompt_structured, needs))
-
-# %% ../nbs/04_discrimination.ipynb #6f26e1d4
-def judge_for(cfg: Optional[Config], role: str) -> Judge:
-    """The judge a run configuration names for `role` (its `judges` entry, else `<judge_set>/<role>`); with no
-    configuration, the role's judge of Config's default set."""
-    if role not in JUDGE_ROLES:
-        raise LionError(f"no judging role {role!r}; roles are {', '.join(JUDGE_ROLES)}")
-    default = f"{Config.model_fields['judge_set'].default}/{role}"
-    name = (cfg.judges.get(role) or f'{cfg.judge_set}/{role}') if cfg else default
-    judge = load_judge(name)
-    if judge.single and role != 'review':
-        raise LionError(f"judge {name!r} grades one answer alone: it can be the evaluation's review judge, "
-                        f"not the {role}")
-    return judge
-
-# %% ../nbs/04_discrimination.ipynb #5a70a489
-def for_category(judge: Judge, category: Optional[str]) -> Judge:
-    "The sibling judge the judge's `by_category` names for `category`, else the judge itself."
-    other = judge.config.by_category.get(category or '')
-    if not other: return judge
-    return load_judge(str(Path(judge.name).parent/other))       # 'lion/review' -> 'lion/review_math'
-
-# %% ../nbs/04_discrimination.ipynb #83d7f73a
-ORDERS = ('teacher_first', 'student_first')
-SCORE_MIN, SCORE_MAX = 1.0, 10.0
-
-def referee_messages(instruction: str, input: str, answer_1: str, answer_2: str, structured: bool = False,
-                     judge: Optional[Judge] = None) -> list[dict]:
-    """The chat messages asking the referee `judge` (default: the default set's referee) to score `answer_1`
-    (shown first) and `answer_2` (shown second)."""
-    judge = judge or judge_for(None, 'referee')
-    return judge.messages(structured, question=user_message(instruction, input), answer_1=answer_1.strip(),
-                          answer_2=answer_2.strip())
-
-# %% ../nbs/04_discrimination.ipynb #03cbffb3
-def _schema(name: str, props: dict) -> dict:
-    "A strict `json_schema` response format: an object of exactly `props`, all required."
-    schema = {'type': 'object', 'properties': props, 'required': list(props), 'additionalProperties': False}
-    return {'type': 'json_schema', 'json_schema': {'name': name, 'strict': True, 'schema': schema}}
-
-# %% ../nbs/04_discrimination.ipynb #bf0b1a7f
-_SCORE_SCHEMA = {'type': 'integer', 'minimum': 1, 'maximum': 10}
-
-def referee_response_format() -> dict:
-    """The `response_format` asking for `{reasoning, assistant_1, assistant_2}` (reasoning first, whole scores
-    1-10)."""
-    props = {'reasoning': {'type': 'string'}, 'assistant_1': _SCORE_SCHEMA, 'assistant_2': _SCORE_SCHEMA}
-    return _schema('referee_scores', props)
-
-# %% ../nbs/04_discrimination.ipynb #c0a05abd
-def repair_response_format() -> dict:
-    "The `response_format` of a repair request: only the two scores."
-    return _schema('referee_scores_only', {'assistant_1': _SCORE_SCHEMA, 'assistant_2': _SCORE_SCHEMA})
-
-# %% ../nbs/04_discrimination.ipynb #e48eb8d5
-class ScoreParseError(LionError, ValueError):
-    "The referee's reply does not hold two clean 1-10 scores; the message says why."
-
-# %% ../nbs/04_discrimination.ipynb #f814ce84
-_TOKEN = re.compile(r'(?<![\w.])(-)?(\d+(?:\.\d+)?)(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?'
-                    r'(?!\.?\d)(?![A-Za-z])', re.I)
-_RANGE = re.compile(r'\d\s*(?:-|–|—|~|\bto\b|\bor\b)\s*-?\d', re.I)
-
-def _clean(text: str) -> str:
-    "The reply without markdown emphasis, code fences, heading and quote marks (tables keep their bars)."
-    text = text.replace('\r', '')
-    text = re.sub(r'[*_`]+', '', text)
-    return re.sub(r'(?m)^\s*(?:#+|>+)\s*', '', text)
-
-# %% ../nbs/04_discrimination.ipynb #14986547
-_MIN_SCORE = contextvars.ContextVar('min_score', default=SCORE_MIN)
-
-def _to_score(neg: Optional[str], value: str, scale: Optional[str]) -> float:
-    "The value of a score token (its sign, number and scale), or an error when it is off the judge's scale."
-    if scale and float(scale) != 10:
-        raise ScoreParseError(f"score {value}/{scale} is not on the 1-10 scale")
-    x = -float(value) if neg else float(value)
-    lo = _MIN_SCORE.get()
-    if not (lo <= x <= SCORE_MAX):
-        raise ScoreParseError(f"score {x:g} is outside {lo:g}-{SCORE_MAX:g}")
-    return x
-
-# %% ../nbs/04_discrimination.ipynb #2703de4f
-def parse_score_value(text: str) -> float:
-    "One score from a short text such as `8`, `8/10`, `Score: 8.5` or `**8**`; anything else is an error."
-    text = _clean(str(text)).strip()
-    if _RANGE.search(text): raise ScoreParseError(f"a range, not one score: {text!r}")
-    toks = _TOKEN.findall(text)
-    if len(toks) != 1: raise ScoreParseError(f"expected one score, found {len(toks)} numbers in {text!r}")
-    return _to_score(*toks[0])
-
-# %% ../nbs/04_discrimination.ipynb #06471516
-def _norm_key(k: str) -> str: return re.sub(r'[^a-z0-9]', '', str(k).lower())
-
-# %% ../nbs/04_discrimination.ipynb #aa8af8ae
-def _json_value(v) -> float:
-    "The score a JSON value holds, or an error."
-    if isinstance(v, bool): raise ScoreParseError(f"score {v!r} is not a number")
-    if isinstance(v, (int, float)):
-        if not math.isfinite(v): raise ScoreParseError(f"score {v!r} is not a finite number")
-        return _to_score(None, repr(float(v)), None)
-    if isinstance(v, str): return parse_score_value(v)
-    raise ScoreParseError(f"score {v!r} is not a number")
-
-# %% ../nbs/04_discrimination.ipynb #1515f3b4
-def _scores_from_obj(obj: dict) -> Optional[tuple[float, float]]:
-    "The two scores held by a JSON object, None when it has no score keys (bad values are errors)."
-    found = {}
-    for k, v in obj.items():
-        n = _norm_key(k)
-        if n in ('scores', 'score') and isinstance(v, list):
-            if len(v) != 2: raise ScoreParseError(f"'{k}' holds {len(v)} values, not 2")
-            return _json_value(v[0]), _json_value(v[1])
-        m = re.fullmatch(r'(?:score)?(?:assistant|answer|response)?([12])(?:score)?', n)
-        if m and n not in ('1', '2') or n in ('first', 'second'):
-            found['1' if n == 'first' else '2' if n == 'second' else m.group(1)] = v
-        elif n in ('1', '2'): found[n] = v
-    if not found: return None
-    if set(found) != {'1', '2'}:
-        raise ScoreParseError(f"the JSON gives a score for assistant {', '.join(found)} only")
-    return _json_value(found['1']), _json_value(found['2'])
-
-# %% ../nbs/04_discrimination.ipynb #c8a30d76
-def _json_scores(text: str) -> Optional[tuple[float, float]]:
-    "Scores from the last JSON object in `text` that has score keys, or None."
-    dec = json.JSONDecoder()
-    for i in reversed([m.start() for m in re.finditer(r'\{', text)]):
-        try: obj, _ = dec.raw_decode(text, i)
-        except json.JSONDecodeError: continue
-        if isinstance(obj, dict):
-            got = _scores_from_obj(obj)
-            if got is not None: return got
-    return None
-
-# %% ../nbs/04_discrimination.ipynb #292c13dc
-_LABEL = re.compile(
-    r"\b(?:assistant|answer|response)[ \t]*(?:#|no\.?)?[ \t]*([12])\b(?:'s)?"
-    r"(?:[ \t:=|,()\[\]]|[\-–—](?!\d)|\b(?:final|overall|total|scores?|scored|rating|rated|gets|got"
-    r"|receives|deserves|earns|is|a|an|of|answer|response|submission|reply|work)\b)*",
-    re.I)
-_AFTER_OK = re.compile(r"\s*(?:$|[.,;:)(|\-–—]|\b(?:points?|because|since|as|for|due|and|while|whereas"
-                       r"|but)\b)", re.I)
-_PARTIAL = re.compile(r"\s*points?\s+(?:for|in|on|lower|higher|more|less|fewer|behind|ahead|above|below"
-                      r"|better|worse)\b", re.I)
-_SCORE_TO = re.compile(r"\b(?:score|rating)\s+of\s+(-)?(\d+(?:\.\d+)?)"
-                       r"(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?\s+(?:to|for)\s+"
-                       r"(?:the\s+)?(?:assistant|answer|response)[ \t]*([12])\b", re.I)
-
-def _labelled_scores(text: str) -> dict:
-    """{'1': [scores], '2': [scores]}: every labelled score in prose, in order ("Assistant 1 receives a 7").
-    A label's number counts only where what follows cannot make it something else: "Assistant 1 has 3 errors",
-    "Assistant 2 is 2 points lower" and "Answer 1 scored 3 points for accuracy" (a partial score) are no
-    scores. A bad labelled score (a range, off the scale) is an error."""
-    found = {}
-    for m in _LABEL.finditer(text):
-        tok = _TOKEN.match(text, m.end())
-        if not tok: continue
-        rest = text[tok.end():].split('\n', 1)[0]
-        if re.match(r'\s*(?:-|–|—|~|\bto\b|\bor\b)\s*-?\d', rest, re.I):
-            said = text[m.start():tok.end()] + rest
-            raise ScoreParseError(f"Assistant {m.group(1)}: a range, not a score: {said!r}")
-        if not _AFTER_OK.match(rest) or _PARTIAL.match(rest): continue
-        try: found.setdefault(m.group(1), []).append(_to_score(*tok.groups()))
-        except ScoreParseError as e: raise ScoreParseError(f"Assistant {m.group(1)}: {e}") from None
-    for m in _SCORE_TO.finditer(text):                   # "a score of 5 to Assistant 1"
-        try: found.setdefault(m.group(4), []).append(_to_score(*m.groups()[:3]))
-        except ScoreParseError as e: raise ScoreParseError(f"Assistant {m.group(4)}: {e}") from None
-    return found
-
-# %% ../nbs/04_discrimination.ipynb #38e230f9
-_HEAD = re.compile(r'(?:assistant|answer|response)\s*(?:#|no\.?)?\s*([12])', re.I)
-
-def _table_scores(text: str) -> Optional[tuple[float, float]]:
-    "Scores from a markdown table whose header names Assistant 1 and 2 (one score row, or the overall row)."
-    rows = [[c.strip() for c in l.strip().strip('|').split('|')] for l in text.splitlines()
-            if l.strip().startswith('|')]
-    for h, head in enumerate(rows):
-        cols = {}
-        for j, c in enumerate(head):
-            m = _HEAD.fullmatch(c)
-            if m: cols[m.group(1)] = j
-        if set(cols) != {'1', '2'}: continue
-        cands = []
-        for r in rows[h + 1:]:
-            if all(re.fullmatch(r':?-+:?', c) for c in r if c): continue
-            try: cands.append((r, parse_score_value(r[cols['1']]), parse_score_value(r[cols['2']])))
-            except (ScoreParseError, IndexError): continue
-        overall = [c for c in cands if re.search(r'overall|total|final|score', c[0][0], re.I)]
-        pick = overall or cands
-        if len(pick) == 1 or overall: return pick[-1][1], pick[-1][2]
-        if len(pick) > 1: raise ScoreParseError(f"a table with {len(pick)} score rows and no overall row")
-    return None
-
-# %% ../nbs/04_discrimination.ipynb #4d0d5a2f
-_SCORE_WORDS = re.compile(r'\b(?:final|overall|total|scores?|ratings?|and|vs|versus|respectively|are|is|my'
-                          r'|the|of|for)\b', re.I)
-_LINE_LABEL = re.compile(r"\b(?:score\s+(?:of|for)\s+(?:the\s+)?)?(?:assistant|answer|response)"
-                         r"[ \t]*(?:#|no\.?)?[ \t]*([12])\b(?:'s)?", re.I)
-_MARKS = {'\x01': '1', '\x02': '2'}
-_TAIL = re.compile(r'\bscores?\s*[:=]', re.I)
-
-def _pure_scores(part: str) -> Optional[list]:
-    """[(label, token), ...] of a text holding nothing but scores, 'Assistant N' labels and score words, else
-    None."""
-    masked = _LINE_LABEL.sub(lambda m: ' \x01 ' if m.group(1) == '1' else ' \x02 ', part)
-    if _RANGE.search(masked): return None
-    rest = _SCORE_WORDS.sub(' ', _TOKEN.sub(' ', masked))
-    if re.sub(r'[\s:=|,;.()\[\]\-–—\x01\x02]+', '', rest): return None
-    marks = [(m.start(), _MARKS[m.group(0)]) for m in re.finditer('[\x01\x02]', masked)]
-    toks = [(m.start(), m.groups()) for m in _TOKEN.finditer(masked)]
-    out, label = [], None
-    for _, x in sorted(marks + toks, key=lambda p: p[0]):
-        if isinstance(x, str): label = x
-        else: out.append((label, x))
-    labels = [lab for lab, _ in out if lab]
-    return out if len(labels) == len(set(labels)) else None     # "Assistant 1: 8 9" is no score line
-
-# %% ../nbs/04_discrimination.ipynb #618f2d55
-def _line_scores(line: str) -> Optional[list]:
-    """The scores of a score line ("7 9", "Assistant 1: 8/10", "Score of the Assistant 2: 6", "Scores: 7, 8"),
-    or of the closing "Scores: 8 6" of a line of prose; None for any other line."""
-    got = _pure_scores(line)
-    if got is not None: return got
-    tails = list(_TAIL.finditer(line))
-    return _pure_scores(line[tails[-1].end():]) if tails else None
-
-# %% ../nbs/04_discrimination.ipynb #162c4413
-def _pair(items: list) -> Optional[tuple]:
-    "The two score tokens (Assistant 1's, Assistant 2's) of two score items, by their labels or their order."
-    labels = [lab for lab, _ in items]
-    if labels in ([None, None], ['1', '2']): return items[0][1], items[1][1]
-    if labels == ['2', '1']: return items[1][1], items[0][1]
-    return None
-
-# %% ../nbs/04_discrimination.ipynb #a0656569
-def _designated(lines: list[str], first: bool, truncated: bool) -> tuple[Optional[tuple], str]:
-    """The scores on the line(s) the prompt asked for, the first or the last: two scores on that line, or one
-    on it and one on its neighbour. (None, why not) when they are not there; a score line with a bad score is
-    an error."""
-    where = 'first' if first else 'last'
-    order = list(range(len(lines))) if first else list(range(len(lines) - 1, -1, -1))
-    scored = [(i, _line_scores(lines[i])) for i in order]
-    while scored and scored[0][1] == [] and not _LINE_LABEL.search(lines[scored[0][0]]):
-        scored.pop(0)                                  # a bare "Scores:" or "---" at that end
-    if not scored: return None, f"no scores at the {'start' if first else 'end'} of the reply"
-    i, a = scored[0]
-    if a is None or not a: return None, f"no scores on the {where} line of the reply ({lines[i][:80]!r})"
-    if len(a) > 2:
-        raise ScoreParseError(f"{len(a)} numbers on the {where} line, expected 2: {lines[i][:80]!r}")
-    if len(a) == 1:
-        b = scored[1][1] if len(scored) > 1 else None
-        if not b or len(b) != 1:
-            return None, f"only one score on the {where} line of the reply: {lines[i][:80]!r}"
-        a = a + b if first else b + a
-    pair = _pair(a)
-    if pair is None: return None, f"the {where} lines do not label the two scores clearly: {lines[i][:80]!r}"
-    if truncated and all(lab is None for lab, _ in a):
-        return None, "bare numbers in a reply cut at max_tokens are not trusted"
-    return (_to_score(*pair[0]), _to_score(*pair[1])), ''
-
-# %% ../nbs/04_discrimination.ipynb #7cfd4c3b
-def _line_candidates(lines: list[str]) -> list[tuple[str, tuple]]:
-    "[('line N', (score 1, score 2)), ...]: the score lines of the reply that state both scores."
-    out = []
-    ls = [_line_scores(l) for l in lines]
-    for i, a in enumerate(ls):
-        if not a or len(a) > 2: continue
-        end = i
-        if len(a) == 1:
-            if i + 1 >= len(ls) or not ls[i + 1] or len(ls[i + 1]) != 1: continue
-            a, end = a + ls[i + 1], i + 1
-        pair = _pair(a)
-        if pair is None or not (all(lab for lab, _ in a) or i == 0 or end == len(lines) - 1): continue
-        out.append((f'line {i + 1}', (_to_score(*pair[0]), _to_score(*pair[1]))))
-    return out
-
-# %% ../nbs/04_discrimination.ipynb #5c5fe37a
-_SECTION = re.compile(
-    r"(?:assistant|answer|response)\s*(?:#|no\.?)?\s*([12])(?:'s\s+(?:answer|response|submission))?"
-    r"\s*[:.\-–—]?",
-    re.I,
-)
-_SCORE_LINE = re.compile(r'(?:(?:overall|final|total)\s+)?(?:score|rating)\s*[:=\-–—]?\s*', re.I)
-
-def _section_scores(lines: list[str]) -> Optional[tuple[float, float]]:
-    """The scores of a reply written as one section per assistant, each with its own 'Score: x' line; else
-    None."""
-    found, label = {}, None
-    for line in lines:
-        head = _SECTION.fullmatch(line)
-        if head:
-            label = head.group(1)
-            continue
-        m = _SCORE_LINE.match(line)
-        tok = _TOKEN.match(line, m.end()) if m else None
-        if label is None or not tok or not re.fullmatch(r'\s*(?:[.,;]\s*)?(?:\(.*\))?\.?', line[tok.end():]):
-            continue
-        found.setdefault(label, []).append(_to_score(*tok.groups()))
-    mixed = {k: v for k, v in found.items() if len(set(v)) > 1}
-    if mixed: raise ScoreParseError("conflicting scores: " + '; '.join(
-        f"section of Assistant {k}: {' vs '.join(f'{x:g}' for x in v)}" for k, v in sorted(mixed.items())))
-    return (found['1'][0], found['2'][0]) if set(found) == {'1', '2'} else None
-
-# %% ../nbs/04_discrimination.ipynb #a7ee4eeb
-_NUM = r"(-)?(\d+(?:\.\d+)?)(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?"
-_WHO = r"(?:assistant|answer|response)\s*(?:#|no\.?)?\s*"
-_RESPECTIVELY = re.compile(
-    rf"\b(?:(scores?|ratings?)\b[^.\n]{{0,20}}?)?\b{_WHO}1(?:'s)?\s*(?:,|and|&)\s*(?:the\s+)?{_WHO}2(?:'s)?"
-    rf"\s*(?:are|is|would\s+be|will\s+be|get|receive|=|:)?\s*{_NUM}\s*(?:,\s*and|,|and|&)\s*{_NUM}"
-    rf"(?![\d.]\d)(,?\s+respectively)?", re.I)
-_BOTH = re.compile(rf"\bboth\s+(?:of\s+them|(?:the\s+)?(?:assistants|answers|responses))\b[^.\n]{{0,30}}?"
-                   rf"\b(?:score|rating)\s+of\s+{_NUM}(?![\d.]\d)", re.I)
-_OUTPUT = re.compile(rf"output\s*[:=]\s*\(\s*{_NUM}\s*,\s*{_NUM}\s*\)\s*\.?", re.I)
-
-def _sentence_scores(text: str, lines: list[str]) -> list[tuple[str, tuple]]:
-    "[(where, (score 1, score 2)), ...] of the one-sentence statements of both scores in the reply."
-    out = []
-    for m in _RESPECTIVELY.finditer(text):
-        end = m.end(7) if m.group(7) else m.end(6)           # after the second score
-        if not (m.group(1) or m.group(8)) or _RANGE.match(text, end - 1): continue
-        if not (m.group(8) or _AFTER_OK.match(text, end)) or _PARTIAL.match(text, end): continue
-        out.append(('respectively', (_to_score(*m.groups()[1:4]), _to_score(*m.groups()[4:7]))))
-    for m in _BOTH.finditer(text):
-        if _RANGE.match(text, m.start(2)) or not _AFTER_OK.match(text, m.end()): continue
-        x = _to_score(*m.groups()[:3])
-        out.append(('both', (x, x)))
-    last = _OUTPUT.fullmatch(lines[-1]) if lines else None
-    if last: out.append(('output line', (_to_score(*last.groups()[:3]), _to_score(*last.groups()[3:]))))
-    return out
-
-# %% ../nbs/04_discrimination.ipynb #a38db00b
-_TUPLE = re.compile(r'\b(?:tuple|scores?)\b[^()\n]{0,30}\(\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*\)',
-                    re.I)
-
-def _candidates(text: str, lines: list[str]) -> list[tuple[str, tuple]]:
-    """Every clear statement of both scores anywhere in the reply, with where it was found: a JSON object,
-    score lines that label both assistants (unlabelled ones only as the reply's first or last line), a score
-    table, a 'tuple (8, 6)', one section per assistant, one sentence of both scores (`_sentence_scores`).
-    Labelled numbers in prose are not among them."""
-    out = []
-    js = _json_scores(text)
-    if js is not None: out.append(('JSON', js))
-    out += _line_candidates(lines)
-    sections = _section_scores(lines)
-    if sections is not None: out.append(('sections', sections))
-    out += _sentence_scores('\n'.join(lines), lines)
-    body = '\n'.join(lines)
-    tab = _table_scores(body)
-    if tab is not None: out.append(('table', tab))
-    tuples = [(_to_score(None, m.group(1), None), _to_score(None, m.group(2), None))
-              for m in _TUPLE.finditer(body)]
-    return out + [('tuple', t) for t in tuples]
-
-# %% ../nbs/04_discrimination.ipynb #b28fb5c8
-def _conflict(pairs: list[str]) -> ScoreParseError:
-    "The error of a reply that states its scores more than one way."
-    return ScoreParseError("conflicting scores: " + '; '.join(pairs))
-
-# %% ../nbs/04_discrimination.ipynb #888fb930
-def _fallback(text: str, lines: list[str], truncated: bool, why: str) -> tuple[float, float]:
-    "The scores when the designated line does not hold them: one clear, unanimous statement, else an error."
-    cands = _candidates(text, lines)
-    values = list(dict.fromkeys(v for _, v in cands))
-    if len(values) == 1: return values[0]
-    if values: raise _conflict([f'{a:g} {b:g} ({w})' for w, (a, b) in cands])
-    lab = _labelled_scores('\n'.join(lines))
-    mixed = {k: v for k, v in lab.items() if len(set(v)) > 1}
-    if mixed:
-        said = [f"Assistant {k}: {' vs '.join(f'{x:g}' for x in v)}" for k, v in sorted(mixed.items())]
-        raise _conflict(said)
-    if set(lab) == {'1', '2'}: return lab['1'][0], lab['2'][0]
-    if truncated: raise ScoreParseError("the reply was cut at max_tokens before both scores were given")
-    if lab: raise ScoreParseError(f"a score for Assistant {next(iter(lab))} only")
-    raise ScoreParseError(why)
-
-# %% ../nbs/04_discrimination.ipynb #5ca770d5
-def parse_scores(text: str, # the judge's reply
-                 finish_reason: Optional[str] = None, # 'length' when the reply was cut at max_tokens
-                 parser: str = 'scores_last', # the judge's parser: 'scores_last', 'scores_first' or 'json'
-                 # the lowest score on the judge's scale (its `min_score`: 1 or 0)
-                 min_score: float = SCORE_MIN,
-                ) -> tuple[float, float]:
-    """The judge's two scores (first shown, second shown) from its reply; `ScoreParseError` when unclear.
-    `parser` is the judge's: 'scores_last' (the prompt asks for the scores at the end), 'scores_first' (on the
-    first line) or 'json' (a JSON object). The line the prompt asked for wins; failing that, the reply must
-    state both scores clearly and only once (the same values wherever they appear); conflicting candidates
-    leave it unparsed."""
-    if parser not in SCORE_PARSERS:
-        raise LionError(f"unknown score parser {parser!r}; parsers are {', '.join(SCORE_PARSERS)}")
-    if text is None or not text.strip(): raise ScoreParseError("the reply is empty")
-    scale = _MIN_SCORE.set(min_score)
-    try: return _parse_scores(text, finish_reason == 'length', parser)
-    finally: _MIN_SCORE.reset(scale)
-
-# %% ../nbs/04_discrimination.ipynb #35f87f4f
-def _parse_scores(text: str, truncated: bool, parser: str) -> tuple[float, float]:
-    "The rules above, in order: the designated line, then one clear statement, then labelled prose."
-    if parser == 'json':
-        got = _json_scores(text)
-        if got is not None: return got
-    lines = [l.strip() for l in _clean(text).splitlines() if l.strip()]
-    if truncated: lines = lines[:-1]               # the cut line may be half a score
-    pair, why = _designated(lines, parser == 'scores_first', truncated)
-    if pair is not None: return pair
-    return _fallback(text, lines, truncated, why)
-
-# %% ../nbs/04_discrimination.ipynb #46efcb1d
-_NUMBER = re.compile(r'(?<![\w.])\d+(?:\.\d+)?(?![\w])')
-
-def score_spans(text: str, # the judge's reply
-                finish_reason: Optional[str] = None, # 'length' when the reply was cut at max_tokens
-                parser: str = 'scores_last', # the judge's parser
-                min_score: float = SCORE_MIN, # the lowest score on the judge's scale
-               ) -> tuple[tuple[float, float], list[Optional[tuple[int, int]]]]:
-    """The parsed scores, and the (start, end) characters in `text` where the parser found each (None: no one
-    place)."""
-    scores = parse_scores(text, finish_reason, parser, min_score)
-    spans = []
-    for k in (0, 1):
-        other = next(v for v in (2.0, 3.0, 4.0, 5.0) if v not in scores)
-        hits = []
-        for m in _NUMBER.finditer(text):
-            # a scale
-            if re.search(r'(?:/|out\s+of)\s*$', text[max(0, m.start() - 8):m.start()], re.I): continue
-            try:
-                got = parse_scores(
-                    text[: m.start()] + f'{other:g}' + text[m.end() :], finish_reason, parser, min_score
-                )
-            except ScoreParseError:
-                continue
-            if got[k] == other and got[1 - k] == scores[1 - k]: hits.append(m.span())
-        spans.append(hits[0] if len(hits) == 1 else None)
-    return scores, spans
-
-# %% ../nbs/04_discrimination.ipynb #2c51ae97
-# a 'Score:' label (`_SCORE_LINE`) at a line's start, markdown around it; else MT-Bench's '[[' anywhere
-_GRADE = re.compile(r'^[\s*#>_`-]*' + _SCORE_LINE.pattern + r'[*_`\s]*(?:\[\[)?', re.I | re.M)
-_BRACKETED = re.compile(r'\[\[(?=\d)')
-
-def _grade_tokens(text: str) -> list[re.Match]:
-    "The score tokens (`_TOKEN`) after each 'Score:' label at a line's start, else after each '[['."
-    after = lambda marks: [t for m in marks.finditer(text) if (t := _TOKEN.match(text, m.end()))]
-    return after(_GRADE) or after(_BRACKETED)
-
-def parse_single_score(text: str, # the judge's reply
-                       finish_reason: Optional[str] = None, # 'length' when the reply was cut at max_tokens
-                       min_score: float = SCORE_MIN, # the lowest score on the judge's scale
-                      ) -> tuple[float, tuple[int, int]]:
-    "A one-answer judge's score and its (start, end) characters in `text`; `ScoreParseError` when unclear."
-    if text is None or not text.strip(): raise ScoreParseError("the reply is empty")
-    toks = _grade_tokens(text)
-    cut = finish_reason == 'length'
-    if cut: toks = [t for t in toks if t.end() < len(text.rstrip())]     # the cut line may be half a score
-    if not toks: raise ScoreParseError("the reply was cut at max_tokens before its score" if cut
-                                       else "no 'Score: <n>' line")
-    scale = _MIN_SCORE.set(min_score)
-    try: values = sorted({_to_score(*t.groups()) for t in toks})      # the pair parser's scale and range
-    finally: _MIN_SCORE.reset(scale)
-    if len(values) > 1: raise ScoreParseError("conflicting scores: " + ' vs '.join(f'{v:g}' for v in values))
-    return values[0], toks[0].span(2)
-
-# %% ../nbs/04_discrimination.ipynb #b0d491da
-REPAIR_PROMPT = ("I could not read your scores ({why}). Reply now with only these two lines and nothing "
-                 "else, each score a number from 1 to 10:\nAssistant 1: <score>\nAssistant 2: <score>")
-REPAIR_PROMPT_JSON = ("I could not read your scores ({why}). Reply now with only a JSON object with the two "
-                      'scores, "assistant_1" and "assistant_2", each a number from 1 to 10.')
-REPAIR_MAX_TOKENS = 48
-
-def repair_messages(messages: list[dict], reply: str, why: str, structured: bool = False) -> list[dict]:
-    "The conversation `messages` + the unreadable `reply` + a request for only the two scores."
-    ask = (REPAIR_PROMPT_JSON if structured else REPAIR_PROMPT).format(why=why)
-    return [*messages, {'role': 'assistant', 'content': reply or ''}, {'role': 'user', 'content': ask}]
+__all__ = ['REQUEST_FAILED', 'run_discrimination', 'swap_average', 'is_hard', 'verdict', 'position_consistency', 'position_means',
+           'Pair', 'RefereeSettings', 'review_pairs', 'category_of', 'pairs_from_answers', 'score_items', 'call_stats',
+           'summarize', 'describe_summary', 'plot_gaps', 'plot_scores', 'plot_categories', 'save_plots',
+           'referee_and_split', 'known_pair', 'run_probe', 'referee_probe', 'discrimination_seed', 'latest_student',
+           'discrimination_pool', 'gap_change', 'discriminate_cli', 'referee_cli']
+
+# %% ../nbs/04_discrimination.ipynb #a0ee6289
+def run_discrimination(cfg: Config, # the run's configuration
+                       run: RunDir, # the run folder (holds `iter_k/pools/cache.jsonl`)
+                       k: int, # the iteration whose Cache Pool is split
+                       progress=print) -> dict:
+    "Discrimination for iteration `k`: answers, reviews in both orders, the hard/easy split; its summary."
+    if (done := run.finished_summary(k, 'discrimination', progress)) is not None: return done
+    pool = discrimination_pool(cfg, run, k)
+    if progress: progress(f"iteration {k}: {len(pool)} {_pool_name(cfg, k)}")
+    t_ans = _stage_answers(cfg, run, k, pool, 'teacher')
+    probe = referee_probe(cfg, run, k, t_ans, progress)
+    sspec, which = latest_student(cfg, run, k)
+    if progress: progress(f"student: {which}")
+    s_ans = _stage_answers(cfg, run, k, pool, 'student', sspec)
+    referee = run_client(cfg, run, 'referee', stage='discrimination', iteration=k)
+    settings = RefereeSettings.from_config(cfg, k)
+    if progress: progress(settings.judge.describe())
+    out = run.stage_dir(k, 'discrimination')
+    summary = referee_and_split(pool, t_ans, s_ans, referee, settings, out, cfg.loop.tau, plots=bool(pool),
+                                progress=progress)
+    gap = _gap_since_last_round(cfg, run, k)
+    summary.update(iteration=k, student=which, teacher=cfg.model_for('teacher').model, probe=probe, **gap)
+    write_json(out/'summary.json', summary)
+    run.mark_done(k, 'discrimination', hard=summary['hard'], easy=summary['easy'],
+                  unscored=summary['unscored'],
+                  parse_failures=summary['referee']['parse_failures'],
+                  position_consistency=summary['position_consistency']['consistent_share'],
+                  **gap)
+    return summary
 
 # %% ../nbs/04_discrimination.ipynb #e2aff230
 def swap_average(teacher_first: Sequence[float], student_first: Sequence[float],
@@ -724,13 +121,6 @@ class Pair:
         if order not in ORDERS: raise ValueError(f"order is one of {ORDERS}, not {order!r}")
         return (self.teacher, self.student) if order == 'teacher_first' else (self.student, self.teacher)
 
-# %% ../nbs/04_discrimination.ipynb #b02ebbf2
-def sampling_setting(cfg: Config, name: str, judge_value):
-    """A judge's own sampling value, unless the run configuration sets `sampling.<name>` (left at None, it
-    is the judge folder's). Whether a field was given is no sign: a run's saved config.yaml spells out all."""
-    v = getattr(cfg.sampling, name)
-    return judge_value if v is None else v
-
 # %% ../nbs/04_discrimination.ipynb #10694c6f
 @dataclass
 class RefereeSettings:
@@ -756,43 +146,6 @@ class RefereeSettings:
                    seed=cfg.seed, repair_retries=cfg.sampling.repair_retries,
                    structured=judge.wants_structured(spec.structured_output), model=spec.model,
                    iteration=iteration, stage=stage)
-
-# %% ../nbs/04_discrimination.ipynb #c46e4e4b
-def judge_scores(text_scores: tuple[float, float], res, judge: Judge,
-                 parser: Optional[str] = None) -> tuple[tuple[float, float], str, dict]:
-    """The review's scores, how they were read ('logprob' or 'text') and what the call record should add:
-    `res`'s logprobs at the scores the text parser found (`parser`, default the judge's), where the judge
-    wants them."""
-    if judge.config.scorer != 'logprob' or not res.logprobs: return tuple(text_scores), 'text', {}
-    try: _, spans = score_spans(res.text, res.finish_reason, parser or judge.parser, judge.config.min_score)
-    except LionError as e: return tuple(text_scores), 'text', {'logprob_error': str(e)}
-    return logprob_scores(text_scores, spans, res, judge.config.logprob_tolerance)
-
-def logprob_scores(text_scores: tuple, # the scores as written
-                   spans: Sequence[Optional[tuple[int, int]]], # where the text parser found each
-                   res, # the judge's result, with its `logprobs`
-                   tolerance: Optional[float] = LOGPROB_TOLERANCE, # the largest gap kept (None: any)
-                  ) -> tuple[tuple, str, dict]:
-    """The scores as expectations over `res`'s score tokens, unless they have no one place or stray more than
-    `tolerance` from the written ones: (scores, 'logprob' or 'text', what the call record adds)."""
-    try:
-        if None in spans: raise LionError("a score has no one place in the reply")
-        lp = tuple(expected_scores(res.logprobs, spans, res.text))
-    except LionError as e: return tuple(text_scores), 'text', {'logprob_error': str(e)}
-    note = {'logprob_scores': [round(x, 4) for x in lp]}
-    if tolerance is not None and max(abs(a - b) for a, b in zip(lp, text_scores)) > tolerance:
-        return tuple(text_scores), 'text', {**note, 'logprob_disagrees': True}
-    return lp, 'logprob', note
-
-# %% ../nbs/04_discrimination.ipynb #57d075f1
-def grade_score(res, # the judge's result (`text`, `finish_reason`, `logprobs`)
-                judge: Judge, # a judge with `parser: score_single`
-               ) -> tuple[float, str, dict]:
-    "A one-answer grade, how it was read ('logprob' or 'text') and what the verdict adds; `ScoreParseError`."
-    score, span = parse_single_score(res.text, res.finish_reason, judge.config.min_score)
-    if judge.config.scorer != 'logprob' or not res.logprobs: return score, 'text', {}
-    (score,), how, note = logprob_scores((score,), [span], res, judge.config.logprob_tolerance)
-    return score, how, note
 
 # %% ../nbs/04_discrimination.ipynb #63446b62
 def _latest(records: Iterable[Review]) -> dict:
@@ -1256,36 +609,6 @@ def _gap_since_last_round(cfg: Config, run: RunDir, k: int) -> dict:
     if not _final_on_hard(cfg, k): return {}
     return {'gap_change': gap_change(_scored(run.stage_dir(k - 1, 'discrimination')),
                                      _scored(run.stage_dir(k, 'discrimination')))}
-
-# %% ../nbs/04_discrimination.ipynb #a0ee6289
-def run_discrimination(cfg: Config, # the run's configuration
-                       run: RunDir, # the run folder (holds `iter_k/pools/cache.jsonl`)
-                       k: int, # the iteration whose Cache Pool is split
-                       progress=print) -> dict:
-    "Discrimination for iteration `k`: answers, reviews in both orders, the hard/easy split; its summary."
-    if (done := run.finished_summary(k, 'discrimination', progress)) is not None: return done
-    pool = discrimination_pool(cfg, run, k)
-    if progress: progress(f"iteration {k}: {len(pool)} {_pool_name(cfg, k)}")
-    t_ans = _stage_answers(cfg, run, k, pool, 'teacher')
-    probe = referee_probe(cfg, run, k, t_ans, progress)
-    sspec, which = latest_student(cfg, run, k)
-    if progress: progress(f"student: {which}")
-    s_ans = _stage_answers(cfg, run, k, pool, 'student', sspec)
-    referee = run_client(cfg, run, 'referee', stage='discrimination', iteration=k)
-    settings = RefereeSettings.from_config(cfg, k)
-    if progress: progress(settings.judge.describe())
-    out = run.stage_dir(k, 'discrimination')
-    summary = referee_and_split(pool, t_ans, s_ans, referee, settings, out, cfg.loop.tau, plots=bool(pool),
-                                progress=progress)
-    gap = _gap_since_last_round(cfg, run, k)
-    summary.update(iteration=k, student=which, teacher=cfg.model_for('teacher').model, probe=probe, **gap)
-    write_json(out/'summary.json', summary)
-    run.mark_done(k, 'discrimination', hard=summary['hard'], easy=summary['easy'],
-                  unscored=summary['unscored'],
-                  parse_failures=summary['referee']['parse_failures'],
-                  position_consistency=summary['position_consistency']['consistent_share'],
-                  **gap)
-    return summary
 
 # %% ../nbs/04_discrimination.ipynb #763fa4d8
 def _to_stderr(message: str): print(message, file=sys.stderr)

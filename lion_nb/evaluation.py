@@ -20,17 +20,17 @@ from .core import (Answer, Config, InputError, Instruction, LionError, ModelSpec
                           derive_seed, load_config, read_json, read_log, user_message,
                           write_json, write_jsonl)
 from .data import ReasoningItem
-from .discrimination import (Judge, ScoreParseError, for_category, grade_score, judge_for,
-                                    judge_scores, load_judge, parse_scores, sampling_setting)
+from .judging import (Judge, ScoreParseError, for_category, grade_score, judge_for, judge_scores,
+                             load_judge, parse_pair_verdict, parse_scores, sampling_setting)
 from .probe import KnownPair, probe_metrics, probe_pairs, probe_verdict, right_answers
-from .stats import (Interval, align, mean_ci, paired_diff_ci, ratio_ci, stratified_mean_ci, verdict,
+from .stats import (Interval, align, mean_ci, paired_diff_ci, ratio_ci, stratified_mean_ci,
                            yerr)
 
 # %% auto #0
 __all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'CHOICE_RULES', 'BBH_FREE_FORM', 'BBH_23', 'JUDGE_ORDERS',
            'NO_INTERVAL', 'PREF', 'WTL', 'LENGTH_BUCKETS', 'JUDGE_SAMPLING', 'NO_JUDGE_SAMPLING', 'HISTORY_METRICS',
-           'POSITION_KEYS', 'bbh_tasks_present', 'load_eval_set', 'as_instruction', 'sample_items', 'extract_choice',
-           'extract_free', 'option_map', 'bbh_official_answer', 'score_bbh', 'score_reasoning', 'parse_pair_verdict',
+           'POSITION_KEYS', 'run_evaluation', 'bbh_tasks_present', 'load_eval_set', 'as_instruction', 'sample_items',
+           'extract_choice', 'extract_free', 'option_map', 'bbh_official_answer', 'score_bbh', 'score_reasoning',
            'word_len', 'score_outcome', 'make_verdict', 'orders_of', 'position_stats', 'item_score_sums',
            'relative_interval', 'relative_scores', 'combine_orders', 'win_tie_lose', 'fit_length_logit',
            'length_buckets', 'length_view', 'model_spec', 'spec_summary', 'answer_template', 'answer_items',
@@ -40,10 +40,34 @@ __all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'CHOICE_RULE
            'plot_history', 'mechanism', 'plot_mechanism', 'probe_items', 'judge_probe', 'judge_client',
            'evaluation_probe', 'trained_student', 'default_models', 'candidates', 'sample_sets', 'EvalPlan',
            'evaluation_plan', 'collect_answers', 'judge_candidates', 'empty_answers', 'model_metrics', 'judge_report',
-           'arm_items', 'arm_diff', 'gain_over_base', 'evaluation_metrics', 'write_plots', 'run_evaluation', 'ci_text',
-           'summary_row', 'summary_table', 'category_table', 'wtl_table', 'reasoning_table', 'empty_line',
-           'sampling_line', 'closing_note', 'final_evaluation', 'compare_arms', 'arm_budget', 'budget_line',
-           'budget_lines', 'arm_probes', 'probes_line', 'print_arms', 'evaluate_cli']
+           'arm_items', 'arm_diff', 'gain_over_base', 'evaluation_metrics', 'write_plots', 'ci_text', 'summary_row',
+           'summary_table', 'category_table', 'wtl_table', 'reasoning_table', 'empty_line', 'sampling_line',
+           'closing_note', 'evaluate_cli']
+
+# %% ../nbs/06_evaluation.ipynb #65ceceaf
+def run_evaluation(cfg: Config, # the run's configuration: sets, samples, models, judge
+                   run: RunDir, # the run's folder
+                   k: int, # the iteration whose students are evaluated
+                   *,
+                   # {label: model name, folder or ModelSpec}; default: base, iter_<k>
+                   models: Optional[dict] = None,
+                   sets: Optional[list] = None, # instead of `cfg.eval.sets` (the CLI's --sets)
+                   samples: Optional[dict] = None, # on top of `cfg.eval.samples` (the CLI's --samples)
+                   plots: bool = True, # write the PNGs
+                  ) -> dict:
+    """Evaluate the candidates of iteration `k` on the configured sets; write metrics.json and plots; return
+    the metrics."""
+    out_dir = run.stage_dir(k, 'evaluation')
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = evaluation_plan(cfg, run, k, models=models, sets=sets, samples=samples)
+    answers = collect_answers(cfg, run, k, plan, out_dir)
+    probe = evaluation_probe(cfg, run, k, plan.on_scored_sets(answers[plan.ref]), out_dir)
+    verdicts = judge_candidates(cfg, run, k, plan, answers, out_dir)
+    metrics = evaluation_metrics(cfg, run, k, plan, answers, verdicts, probe)
+    write_json(out_dir/'metrics.json', metrics)
+    if plots: write_plots(metrics, out_dir, run.root)
+    run.mark_done(k, 'evaluation', final_model=plan.final, sets=list(plan.items))
+    return metrics
 
 # %% ../nbs/06_evaluation.ipynb #93c9c78c
 OPEN_SETS = ('vicuna80', 'demo')        # judged by scores against the reference (relative score)
@@ -250,19 +274,6 @@ def score_reasoning(item: ReasoningItem, text: str) -> tuple[Optional[str], bool
         pred, gold = extract_choice(text, option_map(item.options)), item.answer.strip().strip('()')
     else: pred, gold = extract_free(text, item.answer), _norm(item.answer)
     return pred, pred is not None and pred == gold
-
-# %% ../nbs/06_evaluation.ipynb #639ac80c
-_PAIR_TAG = re.compile(r'\[\[\s*([ABC])\s*\]\]')
-_PAIR_WORDS = re.compile(r'(?:final verdict|verdict|winner)\s*(?:is)?\s*[:\-]?\s*\**\s*(?:response\s*)?'
-                         r'\(?([AB]|C|tie)\b', re.I)
-
-def parse_pair_verdict(text: str) -> Optional[str]:
-    """'first', 'second' or 'tie' from a pairwise verdict ([[A]]/[[B]]/[[C]] or 'Verdict: A'); None when
-    unreadable."""
-    if not text: return None
-    hits = _PAIR_TAG.findall(text) or _PAIR_WORDS.findall(text)
-    if not hits: return None
-    return {'A': 'first', 'B': 'second', 'C': 'tie', 'TIE': 'tie'}[hits[-1].upper()]
 
 # %% ../nbs/06_evaluation.ipynb #44bbe8fa
 def word_len(text: str) -> int:
@@ -1167,31 +1178,6 @@ def write_plots(metrics: dict, out_dir, run_dir=None) -> list[Path]:
         made.append(plot_mechanism(run_dir, out_dir/'mechanism.png'))
     return [p for p in made if p]
 
-# %% ../nbs/06_evaluation.ipynb #65ceceaf
-def run_evaluation(cfg: Config, # the run's configuration: sets, samples, models, judge
-                   run: RunDir, # the run's folder
-                   k: int, # the iteration whose students are evaluated
-                   *,
-                   # {label: model name, folder or ModelSpec}; default: base, iter_<k>
-                   models: Optional[dict] = None,
-                   sets: Optional[list] = None, # instead of `cfg.eval.sets` (the CLI's --sets)
-                   samples: Optional[dict] = None, # on top of `cfg.eval.samples` (the CLI's --samples)
-                   plots: bool = True, # write the PNGs
-                  ) -> dict:
-    """Evaluate the candidates of iteration `k` on the configured sets; write metrics.json and plots; return
-    the metrics."""
-    out_dir = run.stage_dir(k, 'evaluation')
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plan = evaluation_plan(cfg, run, k, models=models, sets=sets, samples=samples)
-    answers = collect_answers(cfg, run, k, plan, out_dir)
-    probe = evaluation_probe(cfg, run, k, plan.on_scored_sets(answers[plan.ref]), out_dir)
-    verdicts = judge_candidates(cfg, run, k, plan, answers, out_dir)
-    metrics = evaluation_metrics(cfg, run, k, plan, answers, verdicts, probe)
-    write_json(out_dir/'metrics.json', metrics)
-    if plots: write_plots(metrics, out_dir, run.root)
-    run.mark_done(k, 'evaluation', final_model=plan.final, sets=list(plan.items))
-    return metrics
-
 # %% ../nbs/06_evaluation.ipynb #c7595c73
 def ci_text(iv: Optional[dict]) -> str:
     "' [lo, hi]' for an interval dict, or '' when there is none."
@@ -1349,95 +1335,11 @@ def closing_note(metrics: dict) -> str:
     lines.append(sampling_line(metrics))
     return '\n'.join(lines)
 
-# %% ../nbs/06_evaluation.ipynb #84bb13b9
-def final_evaluation(run_dir, # a run folder (an arm of a comparison)
-                    ) -> tuple[Optional[int], list[dict]]:
-    """A run's last evaluated iteration k and the verdicts on its student of that iteration (candidate
-    `iter_<k>`)."""
-    run = RunDir(run_dir)
-    done = sorted(iteration_of(p) for p in run.root.glob('iter_*/evaluation/verdicts.jsonl'))
-    if not done: return None, []
-    k = done[-1]
-    verdicts = read_log(run.stage_dir(k, 'evaluation')/'verdicts.jsonl')
-    return k, [v for v in verdicts if v['candidate'] == f'iter_{k}']
-
-# %% ../nbs/06_evaluation.ipynb #59f9f489
-def compare_arms(run_a, # the first arm's run folder (Lion)
-                 run_b, # the second arm's run folder (the control)
-                 labels: tuple[str, str] = ('lion', 'control'), # the arms' names in the verdicts
-                ) -> dict:
-    "Arm a minus arm b on every judged set both final evaluations share: difference, interval, verdict."
-    (ka, va), (kb, vb) = final_evaluation(run_a), final_evaluation(run_b)
-    if ka is None or kb is None:
-        raise LionError(f"no evaluated iteration in {run_a if ka is None else run_b}")
-    out = {'iterations': {labels[0]: ka, labels[1]: kb}, 'sets': {}}
-    for s in sorted({v['set'] for v in va} & {v['set'] for v in vb}):
-        iv = arm_diff(s, arm_items(va, s), arm_items(vb, s))
-        unit = ' points of win rate' if s in PAIR_SETS else ' points of relative score'
-        out['sets'][s] = {'diff': iv.as_dict(), 'verdict': verdict(*labels, iv, unit)}
-    return out
-
-# %% ../nbs/06_evaluation.ipynb #ee217c35
-def arm_budget(run_dir) -> list[dict]:
-    "What a run spent per role: calls, prompt and completion tokens, cache hits and cost (its usage log)."
-    path = RunDir(run_dir).usage
-    if not path.exists(): return []
-    return llm.summarise_usage(path, by=('role',)).to_dict('records')
-
 # %% ../nbs/06_evaluation.ipynb #ded59296
 def _kv(s: str) -> tuple[str, str]:
     if '=' not in s: raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {s!r}")
     k, v = s.split('=', 1)
     return k.strip(), v.strip()
-
-# %% ../nbs/06_evaluation.ipynb #b4bdf470
-def budget_line(r: dict) -> str:
-    "One role's line of an arm's budget: calls sent, calls served from the LLM cache, tokens, cost."
-    return (f"  {str(r['role']):<10} {int(r['calls']):>7,} calls {int(r.get('cache_hits', 0)):>6,} cached "
-            f"{int(r['prompt_tokens']):>11,} prompt tok {int(r['completion_tokens']):>10,} completion tok  "
-            f"${r['cost_usd']:.4f}")
-
-def budget_lines(label: str, run_dir, rows: list[dict]) -> list[str]:
-    """An arm's budget table: a heading, then one `budget_line` per role of `rows` (its `arm_budget`). A
-    forked arm's log starts at the fork: the shared prefix was paid for by the run it was forked from, and
-    calls that run had made come from the copied cache ("cached")."""
-    m = RunDir(run_dir).manifest
-    forked = read_json(m).get('forked_from') if m.exists() else None
-    head = f"{label} ({run_dir}): budget per role" + (
-        f"; forked from {forked}, whose budget holds the shared prefix" if forked else '')
-    return [head] + [budget_line(r) for r in rows]
-
-# %% ../nbs/06_evaluation.ipynb #be82cc32
-def arm_probes(run_dir) -> dict:
-    "The referee's probe from the run's first discrimination, the judge's from its last evaluation with one."
-    found = lambda pattern: [read_json(f) for f in sorted(Path(run_dir).glob(pattern), key=iteration_of)]
-    out = {'referee': found('iter_*/discrimination/probe.json')[:1],
-           'judge': found('iter_*/evaluation/judge_probe.json')[-1:]}
-    return {name: p[0] for name, p in out.items() if p}
-
-def _probe(name: str, p: dict) -> str:
-    q = p['probe']
-    outcome = 'passed' if p['passed'] else 'failed'
-    return f"{name} {q['accuracy']:.0%} of {q['pairs']} known-better pairs ({outcome})"
-
-def probes_line(probes: dict) -> str:
-    "`arm_probes` in words, with a warning when the judge failed its probe."
-    blind = 'judge' in probes and not probes['judge']['passed']
-    warn = '; the verdicts above come from a judge that cannot tell right from wrong' if blind else ''
-    return ', '.join(_probe(n, p) for n, p in probes.items()) + warn
-
-# %% ../nbs/06_evaluation.ipynb #99b1b3a2
-def print_arms(runs, labels) -> int:
-    """Print `compare_arms` (one verdict per set), each arm's probes and budget per role; then the figures as
-    one JSON line."""
-    cmp = compare_arms(*runs, labels=tuple(labels))
-    for s, c in cmp['sets'].items(): print(f"{s}: {c['verdict']}")
-    for lab, r in zip(labels, runs):
-        if probes := arm_probes(r): print(f"{lab}, probes: {probes_line(probes)}")
-    budgets = {lab: arm_budget(r) for lab, r in zip(labels, runs)}
-    for lab, r in zip(labels, runs): print('', *budget_lines(lab, r, budgets[lab]), sep='\n')
-    print(json.dumps({**cmp, 'budgets': budgets}, default=str))
-    return 0 if cmp['sets'] else 1
 
 # %% ../nbs/06_evaluation.ipynb #60b6e88d
 def _eval_parser() -> argparse.ArgumentParser:
@@ -1457,10 +1359,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument('--compare', nargs='+', metavar='RUN_DIR',
                    help='plot these runs across iterations instead of evaluating')
     p.add_argument('--out', default='compare.png', help='with --compare: the PNG to write')
-    p.add_argument('--arms', nargs=2, metavar=('RUN_A', 'RUN_B'),
-                   help='compare two arms\' final students, paired on the same items, and their budgets')
-    p.add_argument('--labels', nargs=2, default=('lion', 'control'), metavar=('A', 'B'),
-                   help='with --arms: their names')
+    p.add_argument('--arms', nargs=2, help=argparse.SUPPRESS)   # moved to `lion_nb compare`
     return p
 
 # %% ../nbs/06_evaluation.ipynb #65d034a8
@@ -1476,7 +1375,7 @@ def evaluate_cli(argv: list[str]) -> int:
     "Entry point of `lion_nb evaluate`."
     p = _eval_parser()
     a = p.parse_args(argv)
-    if a.arms: return print_arms(a.arms, a.labels)
+    if a.arms: p.error('--arms has moved: run `lion_nb compare RUN_A RUN_B --labels A B`')
     if a.compare:
         made = plot_runs(a.compare, a.out)
         print(made or 'no evaluated iterations in these runs')

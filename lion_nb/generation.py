@@ -16,16 +16,48 @@ from matplotlib.figure import Figure
 from .core import (Config, GenerationConfig, Instruction, InputError, LionError, Provenance, RunDir,
                           derive_seed, iter_jsonl, load_config, read_pool, write_json, write_jsonl)
 from .dedup import RougeIndex, rouge_tokenize
-from .discrimination import Judge, judge_for, load_judge, sampling_setting
+from .judging import Judge, judge_for, load_judge, sampling_setting
 from .llm import ChatRequest, make_client, run_client
 
 # %% auto #0
-__all__ = ['KINDS', 'NO_INPUT', 'REASONS', 'ECHO_MARKERS', 'SEED_SOURCES', 'Seed', 'read_seeds', 'generation_messages', 'Parsed',
-           'parse_generation', 'FilterSettings', 'unwrap', 'lion_reason', 'post_filter', 'plan_targets', 'pick_parent',
-           'request_seed', 'new_id', 'GenerationSettings', 'build_requests', 'GenerationResult', 'reply_row',
-           'generated_instruction', 'GenerationPass', 'check_round', 'generate_instructions', 'plot_nn_rouge',
-           'examples', 'check_seed_source', 'random_seeds', 'generation_inputs', 'write_pools', 'generation_summary',
-           'save_nn_rouge', 'run_generation', 'describe_summary', 'estimate_first_round', 'generate_cli']
+__all__ = ['KINDS', 'NO_INPUT', 'REASONS', 'ECHO_MARKERS', 'SEED_SOURCES', 'run_generation', 'Seed', 'read_seeds',
+           'generation_messages', 'Parsed', 'parse_generation', 'FilterSettings', 'unwrap', 'lion_reason',
+           'post_filter', 'plan_targets', 'pick_parent', 'request_seed', 'new_id', 'GenerationSettings',
+           'build_requests', 'GenerationResult', 'reply_row', 'generated_instruction', 'GenerationPass', 'check_round',
+           'generate_instructions', 'plot_nn_rouge', 'examples', 'check_seed_source', 'random_seeds',
+           'generation_inputs', 'write_pools', 'generation_summary', 'save_nn_rouge', 'describe_summary',
+           'estimate_first_round', 'generate_cli']
+
+# %% ../nbs/05_generation.ipynb #0e7a7a7a
+def run_generation(cfg: Config, # the run configuration
+                   run: RunDir, # the run folder
+                   k: int, # the iteration: reads its split and Cache Pool, writes the pools of iteration k+1
+                   seeds: str = 'referee', # 'random': the referee-blind control (parents: all the Cache Pool)
+                   progress: Optional[Callable] = print, # where progress lines go (None: nowhere)
+                   plots: bool = True, # also draw `nn_rouge.png`
+                  ) -> dict:
+    "Generation for iteration `k`: new hard and long-tail instructions, then the pools of iteration k+1."
+    out = run.stage_dir(k, 'generation')
+    check_seed_source(seeds)
+    if (done := run.finished_summary(k, 'generation', progress)) is not None: return done
+    hard, easy, cache = generation_inputs(run, k, seeds)
+    spec = cfg.model_for('generator')
+    s = GenerationSettings.from_config(cfg, k)
+    if progress:
+        progress(f"iteration {k}: {len(hard)} hard and {len(easy)} easy seeds, Cache Pool {len(cache)}; "
+                 f"generator {spec.model}")
+        for kind in KINDS: progress(s.judges[kind].describe())          # the prompts this run uses
+    client = run_client(cfg, run, 'generator', stage='generation', iteration=k)
+    res = generate_instructions(hard, easy, cache, client, s, model=spec.model, progress=progress,
+                                on_round=lambda rows: write_jsonl(out/'candidates.jsonl', rows))
+    write_jsonl(out/'candidates.jsonl', res.rows)
+    write_pools(run, k, cache, res.new)
+    summary = generation_summary(run, k, spec.model, s, seeds, hard, easy, cache, res)
+    if plots: summary['plots'] = save_nn_rouge(res.rows, s.threshold, out)
+    write_json(out/'summary.json', summary)
+    run.mark_done(k, 'generation', kept=len(res.new), requested=len(res.rows), shortfall=summary['shortfall'],
+                  rejected=summary['rejected'])
+    return summary
 
 # %% ../nbs/05_generation.ipynb #b1246d35
 @dataclass(frozen=True)
@@ -546,37 +578,6 @@ def save_nn_rouge(rows: Sequence[dict], threshold: float, out: Path) -> dict:
     "Draw `plot_nn_rouge` into `out/nn_rouge.png`; the summary's `plots` entry."
     plot_nn_rouge(rows, threshold).savefig(out/'nn_rouge.png', dpi=110)
     return {'nn_rouge': 'nn_rouge.png'}
-
-# %% ../nbs/05_generation.ipynb #0e7a7a7a
-def run_generation(cfg: Config, # the run configuration
-                   run: RunDir, # the run folder
-                   k: int, # the iteration: reads its split and Cache Pool, writes the pools of iteration k+1
-                   seeds: str = 'referee', # 'random': the referee-blind control (parents: all the Cache Pool)
-                   progress: Optional[Callable] = print, # where progress lines go (None: nowhere)
-                   plots: bool = True, # also draw `nn_rouge.png`
-                  ) -> dict:
-    "Generation for iteration `k`: new hard and long-tail instructions, then the pools of iteration k+1."
-    out = run.stage_dir(k, 'generation')
-    check_seed_source(seeds)
-    if (done := run.finished_summary(k, 'generation', progress)) is not None: return done
-    hard, easy, cache = generation_inputs(run, k, seeds)
-    spec = cfg.model_for('generator')
-    s = GenerationSettings.from_config(cfg, k)
-    if progress:
-        progress(f"iteration {k}: {len(hard)} hard and {len(easy)} easy seeds, Cache Pool {len(cache)}; "
-                 f"generator {spec.model}")
-        for kind in KINDS: progress(s.judges[kind].describe())          # the prompts this run uses
-    client = run_client(cfg, run, 'generator', stage='generation', iteration=k)
-    res = generate_instructions(hard, easy, cache, client, s, model=spec.model, progress=progress,
-                                on_round=lambda rows: write_jsonl(out/'candidates.jsonl', rows))
-    write_jsonl(out/'candidates.jsonl', res.rows)
-    write_pools(run, k, cache, res.new)
-    summary = generation_summary(run, k, spec.model, s, seeds, hard, easy, cache, res)
-    if plots: summary['plots'] = save_nn_rouge(res.rows, s.threshold, out)
-    write_json(out/'summary.json', summary)
-    run.mark_done(k, 'generation', kept=len(res.new), requested=len(res.rows), shortfall=summary['shortfall'],
-                  rejected=summary['rejected'])
-    return summary
 
 # %% ../nbs/05_generation.ipynb #140071f6
 def describe_summary(s: dict) -> str:

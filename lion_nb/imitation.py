@@ -20,9 +20,37 @@ from .stats import paired_diff_ci
 from .train import launch_training, mean_nll, plot_loss
 
 # %% auto #0
-__all__ = ['usable_answers', 'sft_record', 'split_heldout', 'sft_data', 'resolve_student', 'starting_student', 'heldout_nll',
-           'nll_change', 'teacher_answers', 'answers_for_training', 'nll_before', 'imitation_summary', 'run_imitation',
+__all__ = ['run_imitation', 'usable_answers', 'sft_record', 'split_heldout', 'sft_data', 'resolve_student', 'starting_student',
+           'heldout_nll', 'nll_change', 'teacher_answers', 'answers_for_training', 'nll_before', 'imitation_summary',
            'describe_summary', 'plot_nll']
+
+# %% ../nbs/03_imitation.ipynb #86cc1cb2
+def run_imitation(cfg: Config,  # the run's configuration
+                  run: RunDir,  # the run directory
+                  k: int,  # the iteration whose Train Pool the student learns
+                  *, echo=print,  # where progress lines go (the training log included)
+                 ) -> dict:
+    "Teacher answers on the Train Pool, SFT of the student, held-out NLL before and after; the summary."
+    run = RunDir(run.root.resolve())
+    if run.is_done(k, 'imitation'): return read_json(run.done_file(k, 'imitation'))
+    out = run.stage_dir(k, 'imitation')
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    usable, counts = answers_for_training(cfg, run, k, echo)      # 1. the teacher answers the Train Pool
+    train, held = sft_data(cfg, usable, out, k)                    # 2. SFT data, a few answers held out
+    student, origin = starting_student(cfg, run, k)                # 3. the student before...
+    nll = nll_before(student, held, cfg, out)
+    t_train = time.time()                                          # ...the training run...
+    model = launch_training(out/'sft.jsonl', student, out, cfg.train, cfg.train.nproc,
+                            seed=derive_seed(cfg.seed, 'imitation', k), echo=echo)
+    t_train = time.time() - t_train
+    nll['after'] = heldout_nll(model, held, cfg)                   # ...and the student after
+    write_json(out/'nll.json', nll)
+    summary = imitation_summary(k, origin, model, counts, train, held, nll, out, t_train, t0)
+    shutil.rmtree(out/'checkpoints', ignore_errors=True)
+    write_json(out/'summary.json', summary)
+    run.mark_done(k, 'imitation', **summary)
+    return {**summary, 'stage': 'imitation'}
 
 # %% ../nbs/03_imitation.ipynb #a98ede72
 def usable_answers(answers: Sequence[Answer],  # the teacher's answers to the Train Pool
@@ -142,34 +170,6 @@ def imitation_summary(k: int, origin: str, model: Path, counts: dict, train: lis
             'train_tokens_per_s': train_summary.get('tokens_per_s'),
             'train_steps': train_summary.get('steps'),
             'train_wall_s': round(t_train, 1), 'stage_wall_s': round(time.time() - t0, 1)}
-
-# %% ../nbs/03_imitation.ipynb #86cc1cb2
-def run_imitation(cfg: Config,  # the run's configuration
-                  run: RunDir,  # the run directory
-                  k: int,  # the iteration whose Train Pool the student learns
-                  *, echo=print,  # where progress lines go (the training log included)
-                 ) -> dict:
-    "Teacher answers on the Train Pool, SFT of the student, held-out NLL before and after; the summary."
-    run = RunDir(run.root.resolve())
-    if run.is_done(k, 'imitation'): return read_json(run.done_file(k, 'imitation'))
-    out = run.stage_dir(k, 'imitation')
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    usable, counts = answers_for_training(cfg, run, k, echo)      # 1. the teacher answers the Train Pool
-    train, held = sft_data(cfg, usable, out, k)                    # 2. SFT data, a few answers held out
-    student, origin = starting_student(cfg, run, k)                # 3. the student before...
-    nll = nll_before(student, held, cfg, out)
-    t_train = time.time()                                          # ...the training run...
-    model = launch_training(out/'sft.jsonl', student, out, cfg.train, cfg.train.nproc,
-                            seed=derive_seed(cfg.seed, 'imitation', k), echo=echo)
-    t_train = time.time() - t_train
-    nll['after'] = heldout_nll(model, held, cfg)                   # ...and the student after
-    write_json(out/'nll.json', nll)
-    summary = imitation_summary(k, origin, model, counts, train, held, nll, out, t_train, t0)
-    shutil.rmtree(out/'checkpoints', ignore_errors=True)
-    write_json(out/'summary.json', summary)
-    run.mark_done(k, 'imitation', **summary)
-    return {**summary, 'stage': 'imitation'}
 
 # %% ../nbs/03_imitation.ipynb #06ef8b56
 def describe_summary(s: dict,  # what `run_imitation` returned

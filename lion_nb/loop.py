@@ -56,7 +56,8 @@ from lion_nb.core import (
     write_jsonl,
 )
 from .discrimination import run_discrimination
-from .discrimination import RefereeSettings, judge_for
+from .discrimination import RefereeSettings
+from .judging import judge_for
 from .engine import VLLM_LAUNCH, find_program
 from .limits import CHARS_PER_TOKEN, cacheable_prefix_tokens, cached_saving_usd, cost_usd
 from .evaluation import OPEN_SETS, PAIR_SETS, judge_requests, judge_settings, run_evaluation

@@ -16,9 +16,41 @@ from .core import (Config, InputError, Instruction, LionError, Provenance, RunDi
 from .data import VICUNA_CATEGORIES, data_root, demo_instructions, load_alpaca
 
 # %% auto #0
-__all__ = ['CATEGORIES', 'CATEGORY_RULES', 'is_fermi', 'categorize', 'load_dataset', 'normalize_text', 'dedup_key',
-           'drop_duplicates', 'split_pools', 'with_overrides', 'existing_pools', 'write_pools', 'run_pools',
-           'pools_table', 'plot_categories', 'pools_cli']
+__all__ = ['CATEGORIES', 'CATEGORY_RULES', 'run_pools', 'is_fermi', 'categorize', 'load_dataset', 'normalize_text', 'dedup_key',
+           'drop_duplicates', 'split_pools', 'with_overrides', 'existing_pools', 'write_pools', 'pools_table',
+           'plot_categories', 'pools_cli']
+
+# %% ../nbs/02_pools.ipynb #2cdd98af
+def run_pools(cfg: Config,  # the run's configuration: its `pools` section and seed
+              run: RunDir,  # the run directory
+              k: int = 1,  # the iteration: always 1 (later pools come from the generation stage)
+              *, force: bool = False,  # rebuild pools built with other settings (`lion_nb pools --force`)
+             ) -> dict:
+    "Build iteration 1's Train and Cache Pools (and reserve) in `run`; return the summary it records."
+    if k != 1:
+        raise LionError(f"pools are built for iteration 1 only (asked for {k}); "
+                        "later pools come from the generation stage")
+    settings = _settings(cfg)
+    done = existing_pools(run, settings, force)
+    if done is not None: return {**done, 'skipped': True}
+    t0 = time.time()
+    recs, origin = load_dataset(cfg.pools.dataset, cfg)
+    kept, dropped = drop_duplicates(recs)
+    p = split_pools(kept, cfg.pools.train_size, cfg.pools.cache_size, cfg.pools.reserve_size,
+                    settings['seed'])
+    by_rule: dict[str, str] = {}
+    pools = {w: _stamp(p[w], settings['seed'], by_rule) for w in ('train', 'cache', 'reserve')}
+    paths = write_pools(run, pools)
+    cats = {w: dict(sorted(Counter(r.category or 'unknown' for r in pools[w]).items())) for w in pools}
+    summary = {
+        'settings': settings, 'source': origin, 'loaded': len(recs), 'duplicates_dropped': len(dropped),
+        'duplicate_examples': dropped[:5], 'distinct': len(kept),
+        'train': len(pools['train']), 'cache': len(pools['cache']), 'reserve': len(pools['reserve']),
+        'identical': [r.id for r in pools['train']] == [r.id for r in pools['cache']],
+        'capped': p['capped'], 'categorized_by_rule': len(by_rule), 'categories': cats,
+        'paths': {k: str(v) for k, v in paths.items()}, 'seconds': round(time.time() - t0, 3)}
+    run.mark_done(1, 'pools', **summary)
+    return {**summary, 'stage': 'pools', 'iteration': 1}
 
 # %% ../nbs/02_pools.ipynb #b9356338
 CATEGORIES = VICUNA_CATEGORIES
@@ -223,38 +255,6 @@ def write_pools(run: RunDir, pools: dict) -> dict:
     write_jsonl(paths['train'], pools['train'])
     write_jsonl(paths['cache'], pools['cache'])
     return paths
-
-# %% ../nbs/02_pools.ipynb #2cdd98af
-def run_pools(cfg: Config,  # the run's configuration: its `pools` section and seed
-              run: RunDir,  # the run directory
-              k: int = 1,  # the iteration: always 1 (later pools come from the generation stage)
-              *, force: bool = False,  # rebuild pools built with other settings (`lion_nb pools --force`)
-             ) -> dict:
-    "Build iteration 1's Train and Cache Pools (and reserve) in `run`; return the summary it records."
-    if k != 1:
-        raise LionError(f"pools are built for iteration 1 only (asked for {k}); "
-                        "later pools come from the generation stage")
-    settings = _settings(cfg)
-    done = existing_pools(run, settings, force)
-    if done is not None: return {**done, 'skipped': True}
-    t0 = time.time()
-    recs, origin = load_dataset(cfg.pools.dataset, cfg)
-    kept, dropped = drop_duplicates(recs)
-    p = split_pools(kept, cfg.pools.train_size, cfg.pools.cache_size, cfg.pools.reserve_size,
-                    settings['seed'])
-    by_rule: dict[str, str] = {}
-    pools = {w: _stamp(p[w], settings['seed'], by_rule) for w in ('train', 'cache', 'reserve')}
-    paths = write_pools(run, pools)
-    cats = {w: dict(sorted(Counter(r.category or 'unknown' for r in pools[w]).items())) for w in pools}
-    summary = {
-        'settings': settings, 'source': origin, 'loaded': len(recs), 'duplicates_dropped': len(dropped),
-        'duplicate_examples': dropped[:5], 'distinct': len(kept),
-        'train': len(pools['train']), 'cache': len(pools['cache']), 'reserve': len(pools['reserve']),
-        'identical': [r.id for r in pools['train']] == [r.id for r in pools['cache']],
-        'capped': p['capped'], 'categorized_by_rule': len(by_rule), 'categories': cats,
-        'paths': {k: str(v) for k, v in paths.items()}, 'seconds': round(time.time() - t0, 3)}
-    run.mark_done(1, 'pools', **summary)
-    return {**summary, 'stage': 'pools', 'iteration': 1}
 
 # %% ../nbs/02_pools.ipynb #72ff4d0e
 def pools_table(summary: dict,  # what `run_pools` returned

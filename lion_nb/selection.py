@@ -9,7 +9,24 @@ from pathlib import Path
 from .core import Config, LionError, RunDir, derive_seed, load_config, read_pool, write_jsonl
 
 # %% auto #0
-__all__ = ['reserve_path', 'draw_random', 'run_selection']
+__all__ = ['run_selection', 'reserve_path', 'draw_random']
+
+# %% ../nbs/05b_selection.ipynb #1eba776a
+def run_selection(cfg: Config, # the run's configuration (`loop.n_new`, `seed`)
+                  run: RunDir, # the run's directory layout
+                  k: int, # this iteration: it draws from iteration k's reserve
+                 ) -> dict:
+    "Draw the next Train Pool at random from the reserve; write iteration k+1's pools and reserve."
+    reserve = read_pool(reserve_path(run, k))
+    drawn, rest = draw_random(reserve, cfg.loop.n_new, derive_seed(cfg.seed, k, 'selection'))
+    drawn = _chosen_at_random(drawn, k + 1)
+    cache = read_pool(run.pool(k, 'cache'))
+    write_jsonl(run.pool(k + 1, 'train'), drawn)
+    write_jsonl(run.pool(k + 1, 'cache'), cache + drawn)
+    write_jsonl(reserve_path(run, k + 1), rest)
+    info = dict(drawn=len(drawn), reserve_left=len(rest), cache_next=len(cache) + len(drawn))
+    run.mark_done(k, 'selection', **info)
+    return info
 
 # %% ../nbs/05b_selection.ipynb #faaa97b9
 def reserve_path(run: RunDir, # the run's directory layout
@@ -37,20 +54,3 @@ def _chosen_at_random(records: list, k: int) -> list:
     "`records` with their provenance saying they were drawn at random for iteration `k`."
     how = {'iteration': k, 'stage': 'selection', 'kind': 'random'}
     return [r.model_copy(update={'prov': r.prov.model_copy(update=how)}) for r in records]
-
-# %% ../nbs/05b_selection.ipynb #1eba776a
-def run_selection(cfg: Config, # the run's configuration (`loop.n_new`, `seed`)
-                  run: RunDir, # the run's directory layout
-                  k: int, # this iteration: it draws from iteration k's reserve
-                 ) -> dict:
-    "Draw the next Train Pool at random from the reserve; write iteration k+1's pools and reserve."
-    reserve = read_pool(reserve_path(run, k))
-    drawn, rest = draw_random(reserve, cfg.loop.n_new, derive_seed(cfg.seed, k, 'selection'))
-    drawn = _chosen_at_random(drawn, k + 1)
-    cache = read_pool(run.pool(k, 'cache'))
-    write_jsonl(run.pool(k + 1, 'train'), drawn)
-    write_jsonl(run.pool(k + 1, 'cache'), cache + drawn)
-    write_jsonl(reserve_path(run, k + 1), rest)
-    info = dict(drawn=len(drawn), reserve_left=len(rest), cache_next=len(cache) + len(drawn))
-    run.mark_done(k, 'selection', **info)
-    return info

@@ -13,17 +13,18 @@ import numpy as np
 import yaml
 
 from .core import LionError, atomic_write_text, load_config, write_json
-from .evaluation import (PAIR_SETS, arm_budget, arm_diff, arm_items, arm_probes, budget_lines,
-                                compare_arms, final_evaluation, mechanism, probes_line, pyplot, save_figure)
+from . import llm
+from .evaluation import PAIR_SETS, arm_diff, arm_items, iteration_of, mechanism, pyplot, save_figure
 from .loop import BASELINES, run_loop
-from .core import RunDir, read_json, read_pool
+from .core import RunDir, read_json, read_log, read_pool
 from .stats import FEW_SEEDS, align, hierarchical_ci, seed_verdict, spread, t_interval, verdict, yerr
 
 
 # %% auto #0
-__all__ = ['seed_config', 'arm_dirs', 'run_seed', 'seed_items', 'pooled_diff', 'seed_level_diff', 'probe_lines',
-           'summarise_study', 'study_table', 'mechanism_lines', 'arm_rounds', 'round_lines', 'plot_study',
-           'study_parser', 'print_budgets', 'study_cli']
+__all__ = ['seed_config', 'arm_dirs', 'run_seed', 'final_evaluation', 'compare_arms', 'arm_budget', 'budget_line', 'budget_lines',
+           'arm_probes', 'probes_line', 'print_arms', 'compare_cli', 'seed_items', 'pooled_diff', 'seed_level_diff',
+           'probe_lines', 'summarise_study', 'study_table', 'mechanism_lines', 'arm_rounds', 'round_lines',
+           'plot_study', 'study_parser', 'print_budgets', 'study_cli']
 
 # %% ../nbs/07b_study.ipynb #9c5bd54b
 def seed_config(config_path, # the study's configuration (YAML)
@@ -58,6 +59,99 @@ def run_seed(config_path, out_dir, seed: int, control: str = 'random-seeds', pro
     run_loop(cfg_path, control_dir, baseline=control, log_output=log_output, progress=progress,
              fork_from=lion_dir)
     return lion_dir, control_dir
+
+# %% ../nbs/07b_study.ipynb #84bb13b9
+def final_evaluation(run_dir, # a run folder (an arm of a comparison)
+                    ) -> tuple[Optional[int], list[dict]]:
+    """A run's last evaluated iteration k and the verdicts on its student of that iteration (candidate
+    `iter_<k>`)."""
+    run = RunDir(run_dir)
+    done = sorted(iteration_of(p) for p in run.root.glob('iter_*/evaluation/verdicts.jsonl'))
+    if not done: return None, []
+    k = done[-1]
+    verdicts = read_log(run.stage_dir(k, 'evaluation')/'verdicts.jsonl')
+    return k, [v for v in verdicts if v['candidate'] == f'iter_{k}']
+
+# %% ../nbs/07b_study.ipynb #59f9f489
+def compare_arms(run_a, # the first arm's run folder (Lion)
+                 run_b, # the second arm's run folder (the control)
+                 labels: tuple[str, str] = ('lion', 'control'), # the arms' names in the verdicts
+                ) -> dict:
+    "Arm a minus arm b on every judged set both final evaluations share: difference, interval, verdict."
+    (ka, va), (kb, vb) = final_evaluation(run_a), final_evaluation(run_b)
+    if ka is None or kb is None:
+        raise LionError(f"no evaluated iteration in {run_a if ka is None else run_b}")
+    out = {'iterations': {labels[0]: ka, labels[1]: kb}, 'sets': {}}
+    for s in sorted({v['set'] for v in va} & {v['set'] for v in vb}):
+        iv = arm_diff(s, arm_items(va, s), arm_items(vb, s))
+        unit = ' points of win rate' if s in PAIR_SETS else ' points of relative score'
+        out['sets'][s] = {'diff': iv.as_dict(), 'verdict': verdict(*labels, iv, unit)}
+    return out
+
+# %% ../nbs/07b_study.ipynb #ee217c35
+def arm_budget(run_dir) -> list[dict]:
+    "What a run spent per role: calls, prompt and completion tokens, cache hits and cost (its usage log)."
+    path = RunDir(run_dir).usage
+    if not path.exists(): return []
+    return llm.summarise_usage(path, by=('role',)).to_dict('records')
+
+# %% ../nbs/07b_study.ipynb #b4bdf470
+def budget_line(r: dict) -> str:
+    "One role's line of an arm's budget: calls sent, calls served from the LLM cache, tokens, cost."
+    return (f"  {str(r['role']):<10} {int(r['calls']):>7,} calls {int(r.get('cache_hits', 0)):>6,} cached "
+            f"{int(r['prompt_tokens']):>11,} prompt tok {int(r['completion_tokens']):>10,} completion tok  "
+            f"${r['cost_usd']:.4f}")
+
+def budget_lines(label: str, run_dir, rows: list[dict]) -> list[str]:
+    """An arm's budget table: a heading, then one `budget_line` per role of `rows` (its `arm_budget`). A
+    forked arm's log starts at the fork: the shared prefix was paid for by the run it was forked from, and
+    calls that run had made come from the copied cache ("cached")."""
+    m = RunDir(run_dir).manifest
+    forked = read_json(m).get('forked_from') if m.exists() else None
+    head = f"{label} ({run_dir}): budget per role" + (
+        f"; forked from {forked}, whose budget holds the shared prefix" if forked else '')
+    return [head] + [budget_line(r) for r in rows]
+
+# %% ../nbs/07b_study.ipynb #be82cc32
+def arm_probes(run_dir) -> dict:
+    "The referee's probe from the run's first discrimination, the judge's from its last evaluation with one."
+    found = lambda pattern: [read_json(f) for f in sorted(Path(run_dir).glob(pattern), key=iteration_of)]
+    out = {'referee': found('iter_*/discrimination/probe.json')[:1],
+           'judge': found('iter_*/evaluation/judge_probe.json')[-1:]}
+    return {name: p[0] for name, p in out.items() if p}
+
+def _probe(name: str, p: dict) -> str:
+    q = p['probe']
+    outcome = 'passed' if p['passed'] else 'failed'
+    return f"{name} {q['accuracy']:.0%} of {q['pairs']} known-better pairs ({outcome})"
+
+def probes_line(probes: dict) -> str:
+    "`arm_probes` in words, with a warning when the judge failed its probe."
+    blind = 'judge' in probes and not probes['judge']['passed']
+    warn = '; the verdicts above come from a judge that cannot tell right from wrong' if blind else ''
+    return ', '.join(_probe(n, p) for n, p in probes.items()) + warn
+
+# %% ../nbs/07b_study.ipynb #99b1b3a2
+def print_arms(runs, labels) -> int:
+    """Print `compare_arms` (one verdict per set), each arm's probes and budget per role; then the figures as
+    one JSON line."""
+    cmp = compare_arms(*runs, labels=tuple(labels))
+    for s, c in cmp['sets'].items(): print(f"{s}: {c['verdict']}")
+    for lab, r in zip(labels, runs):
+        if probes := arm_probes(r): print(f"{lab}, probes: {probes_line(probes)}")
+    budgets = {lab: arm_budget(r) for lab, r in zip(labels, runs)}
+    for lab, r in zip(labels, runs): print('', *budget_lines(lab, r, budgets[lab]), sep='\n')
+    print(json.dumps({**cmp, 'budgets': budgets}, default=str))
+    return 0 if cmp['sets'] else 1
+
+# %% ../nbs/07b_study.ipynb #c0a1b2d2
+def compare_cli(argv: list[str]) -> int:
+    "Entry point of `lion_nb compare`: two arms' final students, paired on the same items, and their budgets."
+    p = argparse.ArgumentParser(prog='lion_nb compare', description=compare_cli.__doc__.split(': ', 1)[1])
+    p.add_argument('arms', nargs=2, metavar='RUN_DIR', help="the two arms' run folders, Lion's first")
+    p.add_argument('--labels', nargs=2, default=('lion', 'control'), metavar=('A', 'B'), help='their names')
+    a = p.parse_args(argv)
+    return print_arms(a.arms, a.labels)
 
 # %% ../nbs/07b_study.ipynb #3d7364da
 def seed_items(run_dir, set_name: str, seed: int) -> dict:

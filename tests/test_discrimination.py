@@ -12,10 +12,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from lion_nb.testing import serve  # noqa: E402
 
 from lion_nb.core import Answer, Instruction, Review, RunDir, parse_config, read_log, read_json, write_jsonl  # noqa: E402
-from lion_nb.discrimination import (ScoreParseError, parse_score_value, parse_scores, swap_average, is_hard,  # noqa: E402
-                                    position_consistency, position_means, score_items, Pair, latest_student,
-                                    run_discrimination, referee_messages, REPAIR_PROMPT, SCORE_PARSERS,
-                                    judge_for, load_judge, judge_sets, judges_root)
+from lion_nb.discrimination import (swap_average, is_hard, position_consistency, position_means,  # noqa: E402
+                                    score_items, Pair, latest_student, run_discrimination)
+from lion_nb.judging import (ScoreParseError, parse_score_value, parse_scores, referee_messages,  # noqa: E402
+                             REPAIR_PROMPT, SCORE_PARSERS, judge_for, load_judge, judge_sets, judges_root)
 from lion_nb.data import load_review_sample  # noqa: E402
 
 # ---------------------------------------------------------------- the parser
@@ -147,7 +147,7 @@ def test_a_zero_is_read_only_where_the_judges_scale_has_one(tmp_path):
     # The 160 real GPT-4 reviews: one gives "0 9" to an empty answer, on FastChat's 1-10 prompt. A 1-10 judge leaves it
     # unread (never guessed); a judge folder that says `min_score: 0` reads it, and every review then agrees with the
     # score FastChat recorded.
-    from lion_nb.discrimination import load_judge
+    from lion_nb.judging import load_judge
     reviews = load_review_sample()
     (tmp_path/'zero').mkdir()
     (tmp_path/'zero'/'p.txt').write_text('Q {question}\nA {answer_1}\nB {answer_2}\nScores 0-10 first.\n')
@@ -167,7 +167,7 @@ def test_a_zero_is_read_only_where_the_judges_scale_has_one(tmp_path):
 def test_score_spans_point_at_the_scores_of_real_reviews():
     # Where the text parser found each score of the 160 real reviews: the characters there spell that very score
     # (the logprob scorer reads the tokens at those characters).
-    from lion_nb.discrimination import score_spans
+    from lion_nb.judging import score_spans
     n = 0
     for r in load_review_sample():
         try: scores, spans = score_spans(r['text'], parser='scores_first')

@@ -140,8 +140,8 @@ def test_study_forks_a_referee_blind_arm_and_compares(full_run, config, server, 
     roles = {lab: {r['role'] for r in rows} for lab, rows in budgets.items()}
     assert 'referee' in roles['lion'] and 'referee' not in roles['random-seeds']     # the control asks no referee
     assert {'teacher', 'generator'} <= roles['random-seeds']
-    # the same two arms through lion_nb evaluate --arms
-    p = subprocess.run(LION + ['evaluate', '--arms', str(lion.root), str(arm.root), '--labels', 'lion', 'random-seeds'],
+    # the same two arms through lion_nb compare
+    p = subprocess.run(LION + ['compare', str(lion.root), str(arm.root), '--labels', 'lion', 'random-seeds'],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     assert json.loads(p.stdout.strip().splitlines()[-1])['sets'] == out['per_seed']['0']

@@ -303,7 +303,7 @@ def test_reasoning_averages_are_per_benchmark_with_the_23_task_subset():
 
 def test_lion_review_judges_by_category():
     from lion_nb.core import Answer, Instruction
-    from lion_nb.discrimination import load_judge
+    from lion_nb.judging import load_judge
     from lion_nb.evaluation import judge_jobs, make_verdict
     items = [Instruction(id='v1', instruction='Write a haiku.', category='writing'),
              Instruction(id='v2', instruction='Reverse a list in Python.', category='coding'),
@@ -374,7 +374,7 @@ def test_judge_settings_are_the_judge_folders_unless_the_config_sets_them(tmp_pa
 def test_a_zero_is_a_score_only_on_a_judge_scale_with_one(tmp_path):
     # An evaluation judge whose folder says `min_score: 0` reads a "0 9" review; the shipped 1-10 judges leave it unscored.
     from types import SimpleNamespace
-    from lion_nb.discrimination import load_judge
+    from lion_nb.judging import load_judge
     from lion_nb.evaluation import _job_verdict
     (tmp_path/'zero').mkdir()
     (tmp_path/'zero'/'p.txt').write_text('Q {question}\nA {answer_1}\nB {answer_2}\nTwo scores 0-10 first.\n')
@@ -436,7 +436,7 @@ def test_a_logprob_judge_breaks_the_ties_its_text_hides(tmp_path):
     from logprobs (`lion_nb/review_short_logprob`, through the real openai client and a server that returns
     `logprobs.content`) the right answer wins in both orders, so it passes. Each verdict says how it was read."""
     from lion_nb.core import ModelSpec
-    from lion_nb.discrimination import load_judge
+    from lion_nb.judging import load_judge
     from lion_nb.evaluation import judge_probe
     from lion_nb.llm import make_client
     from lion_nb.probe import KnownPair
@@ -476,7 +476,7 @@ def test_a_single_answer_judge_grades_each_answer_alone_and_the_reference_once(t
     answer) and grades it (teacher 8, good 6, bad 4; 'bad' unreadable on two questions). The relative scores are the
     grades' ratios exactly, the reference is graded once per item for both candidates (the dry run's count), the
     judge's probe reads the grades too, and position statistics, which need two orders, are None."""
-    from lion_nb.discrimination import judge_for
+    from lion_nb.judging import judge_for
     from lion_nb.evaluation import judge_requests
     graded, unreadable = [], set()
     def single(body: dict) -> str:

@@ -14,7 +14,7 @@ from lion_nb.testing import last_user_text, serve  # noqa: E402
 
 from lion_nb.core import InputError, Instruction, LionError, RunDir, parse_config, read_json, read_pool, sha256_file, write_jsonl  # noqa: E402
 from lion_nb.dedup import reference_rouge_l  # noqa: E402
-from lion_nb.discrimination import load_judge  # noqa: E402
+from lion_nb.judging import load_judge  # noqa: E402
 from lion_nb.generation import (REASONS, GenerationSettings, Seed, generate_cli, generation_messages, parse_generation,  # noqa: E402
                                 post_filter, run_generation)
 

@@ -11,7 +11,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from lion_nb.testing import serve  # noqa: E402
 
 from lion_nb.core import Answer, LionError, ModelSpec, ROLES, parse_config, read_json, write_jsonl  # noqa: E402
-from lion_nb.discrimination import RefereeSettings, known_pair, referee_cli, referee_messages, run_probe  # noqa: E402
+from lion_nb.discrimination import RefereeSettings, known_pair, referee_cli, run_probe  # noqa: E402
+from lion_nb.judging import referee_messages  # noqa: E402
 from lion_nb.llm import make_client  # noqa: E402
 from lion_nb.probe import probe_pairs  # noqa: E402
 

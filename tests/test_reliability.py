@@ -285,7 +285,8 @@ def test_interrupted_repair_round_does_not_double_count_calls(tmp_path):
     without a review; a resumed run asks them again (cache hits) and logs them a second time, which the counts must
     not count twice (they did until 19:15 UTC on 2026-11-21: fixed in call_stats)."""
     from lion_nb.core import ModelSpec
-    from lion_nb.discrimination import Pair, RefereeSettings, call_stats, load_judge, review_pairs
+    from lion_nb.discrimination import Pair, RefereeSettings, call_stats, review_pairs
+    from lion_nb.judging import load_judge
     from lion_fixtures import lion_reply
     def reply(body):       # the first request of every review has no scores; the repair request gets them
         return NO_SCORES if len(body['messages']) == 2 else lion_reply(body)

@@ -110,7 +110,7 @@ def module_stats(path: Path) -> dict:
 STAGE_NOTEBOOKS = {'02_pools.ipynb': 'run_pools', '03_imitation.ipynb': 'run_imitation',
                    '04_discrimination.ipynb': 'run_discrimination', '05_generation.ipynb': 'run_generation',
                    '05b_selection.ipynb': 'run_selection', '06_evaluation.ipynb': 'run_evaluation'}
-FIRST_SCREEN = 6  # cells
+FIRST_SCREEN = 8  # cells: the title, the intro, the imports, the stage
 
 def first_definition(nb: list[dict]) -> tuple[int, str]:
     "The index of the first export cell that defines something, and the first name it defines."
