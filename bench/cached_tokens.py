@@ -29,7 +29,7 @@ EXAMPLE = ("Example {i}. Request: name a prime number. Answer 1: 7. Answer 2: 9.
 
 def requests(n: int, tag: str) -> list[ChatRequest]:
     "Reviews by lion_nb's referee with a long rubric of worked examples in front of its instructions."
-    judge = load_judge('lion_nb/referee')
+    judge = load_judge('default/referee')
     rubric = 'Worked examples of good judging:\n' + ''.join(EXAMPLE.format(i=i) for i in range(1, 26)) + '\n\n'
     return [ChatRequest(f'{tag}{i}', [{'role': 'system', 'content': judge.system},
                                       {'role': 'user', 'content': rubric + judge.messages(

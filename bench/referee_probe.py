@@ -5,7 +5,7 @@ answer to another instruction, its own first fifth, and an empty answer) in both
 layer and the discrimination stage's prompt, parser and repairs. Prints a table, then one JSON line.
 
     python bench/referee_probe.py [--models qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct] [--n 6]
-                                  [--judges lion_nb/referee lion_nb/referee_short] [--slots 4]
+                                  [--judges default/referee default/referee_short] [--slots 4]
 
 Each `--judges` entry is measured on the same pairs (e.g. the reasoning-first referee, the short scores-first one,
 the scores read from top_logprobs); `--max-tokens` overrides each judge's own limit; `--slots` sets the server's
@@ -61,7 +61,7 @@ def referee_settings(judge: str, model: str, max_tokens=None) -> RefereeSettings
                            seed=0, repair_retries=1, structured=False, model=model)
 
 
-def probe_model(name: str, n: int, out: Path, max_tokens=None, judge: str = 'lion_nb/referee') -> dict:
+def probe_model(name: str, n: int, out: Path, max_tokens=None, judge: str = 'default/referee') -> dict:
     settings = referee_settings(judge, name, max_tokens)
     pairs = probe_pairs(demo_probe_items(), n=n, seed=0)
     with served(name, 'referee', out) as client:     # started before the clock: the server's start is not a review
@@ -121,7 +121,7 @@ def main():
     ap.add_argument('--models', nargs='+', default=list(models.GGUFS))
     ap.add_argument('--n', type=int, default=6, help='instructions (each gives 3 known-better pairs)')
     ap.add_argument('--max-tokens', type=int, default=None, help="override each judge's max_tokens")
-    ap.add_argument('--judges', nargs='+', default=['lion_nb/referee'], help='referee judges to probe (set/judge)')
+    ap.add_argument('--judges', nargs='+', default=['default/referee'], help='referee judges to probe (set/judge)')
     ap.add_argument('--slots', type=int, default=4, choices=range(1, 9), help="the llama.cpp servers' parallel slots")
     ap.add_argument('--duel', metavar='REFEREE', choices=list(models.GGUFS),
                     help='measure teacher-vs-student preference with this referee instead of the probe')

@@ -604,7 +604,7 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     cache_dir: Optional[str] = Field(None, description=(
         "an LLM cache folder several runs share (default <run>/cache); operational"))
-    judge_set: str = Field('lion_nb', description=(
+    judge_set: str = Field('default', description=(
         "judge set (lion_nb/judges/<set>) of the roles `judges` omits"))
     judges: dict[Literal['referee', 'review', 'pairwise', 'generator_hard', 'generator_easy'], str] = Field(
         default_factory=dict, description="per judging role: 'set/judge', or the path of a judge folder")

@@ -509,7 +509,7 @@ def judge_messages(kind: str, question: str, first: str, second: str,
                    judge: Optional[Judge] = None) -> list[dict]:
     """The chat messages of one judge pass (`judge` default: lion_nb's review judge for 'score', pairwise for
     'pair')."""
-    judge = judge or load_judge('lion_nb/review' if kind == 'score' else 'lion_nb/pairwise')
+    judge = judge or load_judge('default/review' if kind == 'score' else 'default/pairwise')
     return judge.messages(question=question, answer_1=first, answer_2=second)
 
 # %% ../nbs/06_evaluation.ipynb #2c94f8b3

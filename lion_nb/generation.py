@@ -89,7 +89,7 @@ def generation_messages(seed: Seed, kind: str, judge: Optional[Judge] = None) ->
     """The chat messages asking the generator for one new instruction of `kind` ('hard' or 'easy') from
     `seed`, with the prompt of `judge` (default: lion_nb's `generator_<kind>`)."""
     if kind not in KINDS: raise ValueError(f"kind is 'hard' or 'easy', not {kind!r}")
-    judge = judge or load_judge(f'lion_nb/generator_{kind}')
+    judge = judge or load_judge(f'default/generator_{kind}')
     return judge.messages(instruction=seed.instruction.strip(), input=seed.input.strip() or 'none')
 
 # %% ../nbs/05_generation.ipynb #e68ac816

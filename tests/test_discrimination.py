@@ -181,8 +181,8 @@ def test_score_spans_point_at_the_scores_of_real_reviews():
 def test_judges_are_data(tmp_path):
     cfg = parse_config({'models': {'m': {'backend': 'openai', 'model': 'x'}}, 'roles': {r: 'm' for r in
                         ('teacher', 'referee', 'generator', 'judge', 'student')},
-                        'judge_set': 'lion', 'judges': {'pairwise': 'lion_nb/pairwise', 'referee': str(tmp_path/'mine')}})
-    assert judge_for(cfg, 'review').name == 'lion/review' and judge_for(cfg, 'pairwise').name == 'lion_nb/pairwise'
+                        'judge_set': 'lion', 'judges': {'pairwise': 'default/pairwise', 'referee': str(tmp_path/'mine')}})
+    assert judge_for(cfg, 'review').name == 'lion/review' and judge_for(cfg, 'pairwise').name == 'default/pairwise'
     with pytest.raises(Exception, match='no judge'): judge_for(cfg, 'referee')          # the folder does not exist yet
     (tmp_path/'mine').mkdir()
     (tmp_path/'mine'/'config.yaml').write_text('parser: scores_first\nprompt: p.txt\ntemperature: 0.5\nmax_tokens: 99\n')
@@ -534,7 +534,7 @@ def test_referee_and_discriminate_commands(tmp_path, capsys):
 def test_logprob_scorer_finds_the_lean_that_text_scores_hide(tmp_path):
     """A referee that always writes 'Assistant 1: 5 / Assistant 2: 5' but weighs 7 at the right answer's score token
     (60%) and 3 at the wrong one's (30%): the text scorer sees ties only, the logprob scorer (the shipped
-    `lion_nb/referee_logprob` judge, through the real openai client and a server that returns `logprobs.content`)
+    `default/referee_logprob` judge, through the real openai client and a server that returns `logprobs.content`)
     puts the right answer ahead in both orders, so every pair is hard at tau 1. The probe reads it the same way."""
     from lion_nb.discrimination import Pair, RefereeSettings, review_pairs
     from lion_nb.core import ModelSpec
@@ -549,7 +549,7 @@ def test_logprob_scorer_finds_the_lean_that_text_scores_hide(tmp_path):
     out = {}
     with serve(reply) as srv:
         spec = ModelSpec(backend='openai', model='referee', base_url=srv.base_url, concurrency=4)
-        for judge in ('lion_nb/referee', 'lion_nb/referee_logprob'):
+        for judge in ('default/referee', 'default/referee_logprob'):
             st = RefereeSettings(judge=load_judge(judge), temperature=0.0, max_tokens=512, seed=0, repair_retries=2,
                                  structured=False, model='referee')
             d = tmp_path/judge.replace('/', '_')
@@ -558,8 +558,8 @@ def test_logprob_scorer_finds_the_lean_that_text_scores_hide(tmp_path):
             again = review_pairs(pairs, make_client(spec, role='referee', cache_dir=d/'cache2'), st, d/'reviews.jsonl')
             assert again == reviews                                              # resumed from the log as read
         assert srv.paths['POST /v1/chat/completions'] == 16                     # 2 judges x 4 pairs x 2 orders
-    text, lp = out['lion_nb/referee'], out['lion_nb/referee_logprob']
+    text, lp = out['default/referee'], out['default/referee_logprob']
     assert all(r['d'] == 0 for r in text)
     assert all(abs(r['teacher_score'] - 6.2) < 1e-9 and abs(r['student_score'] - 4.4) < 1e-9 and r['d'] > 1 for r in lp)
-    calls = read_log(tmp_path/'lion_nb_referee_logprob'/'referee_calls.jsonl')
+    calls = read_log(tmp_path/'default_referee_logprob'/'referee_calls.jsonl')
     assert {c['scorer'] for c in calls} == {'logprob'}

@@ -341,7 +341,7 @@ def test_evaluation_judge_probe_is_run_and_reported(tmp_path, data_root):
         jp = m['judge_probe']
         assert jp['probe']['pairs'] == 6 and jp['probe']['unscored'] == 0
         assert jp['probe']['per_kind'] == {'empty': 1.0, 'other': 0.0, 'truncated': 1.0}
-        assert jp['passed'] is False and jp['message'].startswith('the judge cannot reliably tell') and jp['judge'] == 'lion_nb/review'
+        assert jp['passed'] is False and jp['message'].startswith('the judge cannot reliably tell') and jp['judge'] == 'default/review'
         assert 'use a stronger judge' in jp['message'] and 'referee' not in jp['message']
         out = RunDir(tmp_path/'run').stage_dir(1, 'evaluation')
         assert json.loads((out/'judge_probe.json').read_text()) == jp
@@ -432,8 +432,8 @@ def test_evaluation_answers_sample_at_eval_temperature_seeded(tmp_path, data_roo
 
 def test_a_logprob_judge_breaks_the_ties_its_text_hides(tmp_path):
     """A judge that always writes 'Assistant 1: 5 / Assistant 2: 5' but weighs 7 at the right answer's score token
-    and 3 at the wrong one's: read as text (`lion_nb/review_short`) every probe pair ties, so the probe fails; read
-    from logprobs (`lion_nb/review_short_logprob`, through the real openai client and a server that returns
+    and 3 at the wrong one's: read as text (`default/review_short`) every probe pair ties, so the probe fails; read
+    from logprobs (`default/review_short_logprob`, through the real openai client and a server that returns
     `logprobs.content`) the right answer wins in both orders, so it passes. Each verdict says how it was read."""
     from lion_nb.core import ModelSpec
     from lion_nb.judging import load_judge
@@ -453,7 +453,7 @@ def test_a_logprob_judge_breaks_the_ties_its_text_hides(tmp_path):
     out = {}
     with serve(reply) as srv:
         spec = ModelSpec(backend='openai', model='judge', base_url=srv.base_url, concurrency=4)
-        for name in ('lion_nb/review_short', 'lion_nb/review_short_logprob'):
+        for name in ('default/review_short', 'default/review_short_logprob'):
             d = tmp_path/name.replace('/', '_')
             client = make_client(spec, role='judge', cache_dir=d/'cache')
             out[name] = judge_probe(pairs, client, load_judge(name), seed=0, log_path=d/'verdicts.jsonl')
@@ -466,13 +466,13 @@ def test_a_logprob_judge_breaks_the_ties_its_text_hides(tmp_path):
         assert srv.paths['POST /v1/chat/completions'] == 12                     # 2 judges x 3 pairs x 2 orders
     with_lp = [b for b in asked if b.get('logprobs')]
     assert len(with_lp) == 6 and all(b['top_logprobs'] == 5 for b in with_lp)      # only the logprob judge asks
-    text, lp = out['lion_nb/review_short'], out['lion_nb/review_short_logprob']
+    text, lp = out['default/review_short'], out['default/review_short_logprob']
     assert text['probe']['tie_share'] == 1.0 and text['passed'] is False
     assert lp['probe']['accuracy'] == 1.0 and lp['probe']['tie_share'] == 0.0 and lp['passed'] is True
 
 
 def test_a_single_answer_judge_grades_each_answer_alone_and_the_reference_once(tmp_path, data_root):
-    """With `judges: {review: lion_nb/review_single}` the judge sees one answer at a time (`{answer}`, no second
+    """With `judges: {review: default/review_single}` the judge sees one answer at a time (`{answer}`, no second
     answer) and grades it (teacher 8, good 6, bad 4; 'bad' unreadable on two questions). The relative scores are the
     grades' ratios exactly, the reference is graded once per item for both candidates (the dry run's count), the
     judge's probe reads the grades too, and position statistics, which need two orders, are None."""
@@ -491,7 +491,7 @@ def test_a_single_answer_judge_grades_each_answer_alone_and_the_reference_once(t
         return f"Score: {score_of(model, '', True) if model != 'good' else 6}\nReason: ..."
     with serve(single) as srv:
         d = make_cfg(srv, data_root, {'vicuna80': 8})
-        d['eval']['sets'] = ['vicuna80']; d['judges'] = {'review': 'lion_nb/review_single'}
+        d['eval']['sets'] = ['vicuna80']; d['judges'] = {'review': 'default/review_single'}
         cfg = parse_config(d)
         items = sample_items(load_eval_set('vicuna80', data_root), 8, cfg.seed, 'vicuna80')
         unreadable.update(user_message(x.instruction, x.input) for x in items[:2])

@@ -95,7 +95,7 @@ def test_generator_prompts_come_from_the_configured_judges():
     assert parse_generation('#Created Instruction#: Name three rare orchids of Borneo.').instruction == 'Name three rare orchids of Borneo.'
     over = GenerationSettings.from_config(parse_config({**base, 'sampling': {'generator_temperature': 0.3}}), 1)
     assert over.temperature_by_kind == {'hard': 0.3, 'easy': 0.3}                     # an explicit setting overrides
-    assert over.judges['hard'].name == 'lion_nb/generator_hard' == load_judge('lion_nb/generator_hard').name
+    assert over.judges['hard'].name == 'default/generator_hard' == load_judge('default/generator_hard').name
 
 
 # ---------------------------------------------------------------- the whole stage against a local server

@@ -291,7 +291,7 @@ def test_interrupted_repair_round_does_not_double_count_calls(tmp_path):
     def reply(body):       # the first request of every review has no scores; the repair request gets them
         return NO_SCORES if len(body['messages']) == 2 else lion_reply(body)
     pairs = [Pair(f'p{i}', f'Name {w} things.', '', f'Answer to: Name {w} things.', 'no idea', None) for i, w in enumerate(('two', 'five', 'nine'))]
-    settings = RefereeSettings(judge=load_judge('lion_nb/referee'), temperature=0.2, max_tokens=64, seed=0,
+    settings = RefereeSettings(judge=load_judge('default/referee'), temperature=0.2, max_tokens=64, seed=0,
                                repair_retries=1, structured=False, model='')
     class Interrupted(Exception): pass
     class StopsBeforeRound1:
