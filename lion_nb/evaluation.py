@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_evaluation.ipynb #f5a40877
 from __future__ import annotations
-import argparse, json, math, os, random, re, sys
+import argparse, json, math, os, random, sys
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,21 +23,19 @@ from .data import ReasoningItem
 from .judging import (Judge, ScoreParseError, for_category, grade_score, judge_for, judge_scores,
                              load_judge, parse_pair_verdict, parse_scores, sampling_setting)
 from .probe import KnownPair, probe_metrics, probe_pairs, probe_verdict, right_answers
-from .stats import (Interval, align, mean_ci, paired_diff_ci, ratio_ci, stratified_mean_ci,
-                           yerr)
+from .reasoning import BBH_23, REASONING_SETS, reasoning_metrics
+from .stats import Interval, align, mean_ci, paired_diff_ci, ratio_ci, yerr
 
 # %% auto #0
-__all__ = ['OPEN_SETS', 'PAIR_SETS', 'REASONING_SETS', 'EVAL_SETS', 'CHOICE_RULES', 'BBH_FREE_FORM', 'BBH_23', 'JUDGE_ORDERS',
-           'NO_INTERVAL', 'PREF', 'WTL', 'LENGTH_BUCKETS', 'JUDGE_SAMPLING', 'NO_JUDGE_SAMPLING', 'HISTORY_METRICS',
-           'POSITION_KEYS', 'run_evaluation', 'bbh_tasks_present', 'load_eval_set', 'as_instruction', 'sample_items',
-           'extract_choice', 'extract_free', 'option_map', 'bbh_official_answer', 'score_bbh', 'score_reasoning',
-           'word_len', 'score_outcome', 'make_verdict', 'orders_of', 'position_stats', 'item_score_sums',
-           'relative_interval', 'relative_scores', 'combine_orders', 'win_tie_lose', 'fit_length_logit',
-           'length_buckets', 'length_view', 'model_spec', 'spec_summary', 'answer_template', 'answer_items',
-           'judge_messages', 'judge_jobs', 'judge_settings', 'logprob_verdict', 'single_verdict', 'run_judge',
-           'judge_requests', 'reasoning_outcomes', 'reasoning_metrics', 'pyplot', 'save_figure', 'plot_relative_scores',
-           'plot_win_tie_lose', 'plot_reasoning', 'headline', 'iteration_of', 'metrics_history', 'plot_runs',
-           'plot_history', 'mechanism', 'plot_mechanism', 'probe_items', 'judge_probe', 'judge_client',
+__all__ = ['OPEN_SETS', 'PAIR_SETS', 'EVAL_SETS', 'JUDGE_ORDERS', 'NO_INTERVAL', 'PREF', 'WTL', 'LENGTH_BUCKETS',
+           'JUDGE_SAMPLING', 'NO_JUDGE_SAMPLING', 'HISTORY_METRICS', 'POSITION_KEYS', 'run_evaluation',
+           'bbh_tasks_present', 'load_eval_set', 'as_instruction', 'sample_items', 'word_len', 'score_outcome',
+           'make_verdict', 'orders_of', 'position_stats', 'item_score_sums', 'relative_interval', 'relative_scores',
+           'combine_orders', 'win_tie_lose', 'fit_length_logit', 'length_buckets', 'length_view', 'model_spec',
+           'spec_summary', 'answer_template', 'answer_items', 'judge_messages', 'judge_jobs', 'judge_settings',
+           'logprob_verdict', 'single_verdict', 'run_judge', 'judge_requests', 'pyplot', 'save_figure',
+           'plot_relative_scores', 'plot_win_tie_lose', 'plot_reasoning', 'headline', 'iteration_of', 'metrics_history',
+           'plot_runs', 'plot_history', 'mechanism', 'plot_mechanism', 'probe_items', 'judge_probe', 'judge_client',
            'evaluation_probe', 'trained_student', 'default_models', 'candidates', 'sample_sets', 'EvalPlan',
            'evaluation_plan', 'collect_answers', 'judge_candidates', 'empty_answers', 'model_metrics', 'judge_report',
            'arm_items', 'arm_diff', 'gain_over_base', 'evaluation_metrics', 'write_plots', 'ci_text', 'summary_row',
@@ -72,7 +70,6 @@ def run_evaluation(cfg: Config, # the run's configuration: sets, samples, models
 # %% ../nbs/06_evaluation.ipynb #93c9c78c
 OPEN_SETS = ('vicuna80', 'demo')        # judged by scores against the reference (relative score)
 PAIR_SETS = ('user252',)                # judged pairwise under HHH (win / tie / lose)
-REASONING_SETS = ('agieval', 'bbh')     # exact match
 EVAL_SETS = OPEN_SETS + PAIR_SETS + REASONING_SETS
 
 def bbh_tasks_present(root) -> list[str]:
@@ -124,156 +121,6 @@ def sample_items(items: list, n: Optional[int], seed: int, name: str) -> list:
         keep = {i for t in sorted(groups) for i in _shuffled(groups[t], seed, name, t)[:n]}
     else: keep = set(_shuffled(range(len(items)), seed, name)[:n])
     return [x for i, x in enumerate(items) if i in keep]
-
-# %% ../nbs/06_evaluation.ipynb #7bd3eb50
-def _norm(s: str) -> str:
-    s = s.strip().lower().replace('*', '')
-    s = re.sub(r'\s+', ' ', s)
-    s = s.strip(' "\'`')
-    s = re.sub(r'[.。]+$', '', s).strip()
-    if len(s) > 2 and s[0] in '([' and s[-1] in ')]': s = s[1:-1].strip()
-    return s
-
-# %% ../nbs/06_evaluation.ipynb #1218b73e
-_ANS_STRONG = re.compile(r'(?i:answer)\**\s*(?i:is|:|=)?\s*\**\s*(?i:option\s*|choice\s*)?[:\s]*'
-                         r'\**\(?([A-R])\)?\**(?![A-Za-z])')
-_ANS_WEAK = re.compile(r'(?i:correct|right|best)\s+(?i:option|choice)\s*(?i:is|:)?\s*'
-                       r'\**\(?([A-R])\)?(?![A-Za-z])')
-_ANS_IS_RIGHT = re.compile(r'(?:(?i:option|choice)\s*)?\(?\b([A-R])\)?\s+(?i:is)\s+(?i:the\s+)?'
-                           r'(?i:correct|right|best|true)\b')
-
-def _stated_choice(text: str, letters) -> Optional[str]:
-    """The letter of the last explicit statement: 'the answer is (B)', 'the correct option is B', 'Option B is
-    correct' (`letters`: the valid ones, a set or the options dict)."""
-    for pat in (_ANS_STRONG, _ANS_WEAK, _ANS_IS_RIGHT):
-        hits = [m.group(1) for m in pat.finditer(text) if m.group(1) in letters]
-        if hits: return hits[-1]
-    return None
-
-# %% ../nbs/06_evaluation.ipynb #00340c47
-_LEADING = re.compile(r'\s*\**\s*\(?([A-R])(?:\)|\.|:)(?:\s|$)')
-_ONLY_LETTER = re.compile(r'\s*\(?([A-R])(?:\)|\.|:|\s|$)(.*)', re.S)
-
-def _parens(text: str, letters) -> set:
-    "The valid letters written in parentheses, '(B)', anywhere in the reply."
-    return {x for x in re.findall(r'\(([A-R])\)', text) if x in letters}
-
-# %% ../nbs/06_evaluation.ipynb #c75d2c3b
-def _leading_choice(text: str, options: dict) -> Optional[str]:
-    """Rule 2: 'A. Because ...', '(B) two', 'C: ...' (no other '(X)' in the reply), or only a letter ('B', 'B
-    two')."""
-    m = _LEADING.match(text)
-    if m and m.group(1) in options and not _parens(text, options) - {m.group(1)}: return m.group(1)
-    m = _ONLY_LETTER.fullmatch(text.strip())
-    if m and m.group(1) in options and len(text.strip()) <= 3 + len(options.get(m.group(1), '')) + 2:
-        return m.group(1)
-    return None
-
-# %% ../nbs/06_evaluation.ipynb #5b12fb37
-def _mentions(low: str, option: str) -> bool:
-    "Whether the lower-cased reply holds the option's text as whole words."
-    return re.search(r'(?<!\w)' + re.escape(option.strip().lower()) + r'(?!\w)', low) is not None
-
-# %% ../nbs/06_evaluation.ipynb #69c4c35b
-def _option_text_choice(text: str, options: dict) -> Optional[str]:
-    "Rule 3: the one option whose text is in the reply ('blue' found only inside 'dark blue' does not count)."
-    low = text.lower()
-    found = [k for k, v in options.items() if v.strip() and _mentions(low, v)]
-    if len(found) > 1:  # drop options contained in another found option ("2" inside "12 apples")
-        inside = lambda k, j: k != j and options[k].lower() in options[j].lower()
-        found = [k for k in found if not any(inside(k, j) for j in found)]
-    return found[0] if len(found) == 1 else None
-
-# %% ../nbs/06_evaluation.ipynb #21f3d70f
-def _paren_choice(text: str, options: dict) -> Optional[str]:
-    "Rule 4: the one valid letter written in parentheses."
-    paren = _parens(text, options)
-    return paren.pop() if len(paren) == 1 else None
-
-# %% ../nbs/06_evaluation.ipynb #7f4a3fc4
-CHOICE_RULES = (_stated_choice, _leading_choice, _option_text_choice, _paren_choice)
-
-def extract_choice(text: str, options: dict) -> Optional[str]:
-    "The option letter a reply chose (rules 1-4 above), or None."
-    return next((got for rule in CHOICE_RULES if (got := rule(text, options)) is not None), None)
-
-# %% ../nbs/06_evaluation.ipynb #2a2759ad
-_BINARY = {'true', 'false', 'yes', 'no', 'valid', 'invalid'}
-_NUMBER = re.compile(r'-?\d+(?:\.\d+)?')
-
-def _answer_line(text: str) -> Optional[str]:
-    """The text after the last 'answer is', else the reply's only (or last) non-empty line; None for an empty
-    reply."""
-    hits = re.findall(r'answer\s*is\s*:?\s*(.+)', text, re.I)
-    lines = [l for l in text.strip().splitlines() if l.strip()]
-    if hits: return hits[-1]
-    return lines[-1] if lines else None
-
-# %% ../nbs/06_evaluation.ipynb #ddcdadb4
-def extract_free(text: str, target: str = '') -> Optional[str]:
-    """The final answer of a free-form reply (normalised), or None for an empty reply. An answer made only of
-    brackets (BBH's dyck_languages: "] ) }") is an answer; for a numeric target the last number of the answer
-    counts ("There are 6 objects." -> "6")."""
-    ans = _answer_line(text)
-    if ans is None: return None
-    ans = _norm(ans)
-    if not re.search(r'[\w()\[\]{}<>]', ans): return None       # nothing but punctuation: no answer
-    gold = _norm(target)
-    if gold in _BINARY and ans not in _BINARY:
-        words = [w for w in re.findall(r'[a-z]+', ans) if w in _BINARY]
-        if words: ans = words[-1]
-    nums = _NUMBER.findall(ans)
-    if _NUMBER.fullmatch(gold) and not _NUMBER.fullmatch(ans) and nums: ans = nums[-1]
-    return ans
-
-# %% ../nbs/06_evaluation.ipynb #490e5e92
-def option_map(options: list[str]) -> dict:
-    """Options as {letter: text}. The i-th option is letter A+i (AGIEval and BBH list them in order; some
-    AGIEval options are written '(A)text', some 'A text', 'A? text', and a few carry no label at all)."""
-    out = {}
-    for i, o in enumerate(options):
-        L = chr(65 + i)
-        m = re.match(rf'\s*\(?{L}(?:\)|\.|:|\?|\s)\s*(.*)$', o, re.S)
-        out[L] = (m.group(1) if m else o).strip()
-    return out
-
-# %% ../nbs/06_evaluation.ipynb #1c8a2e7b
-BBH_FREE_FORM = ('dyck_languages', 'multistep_arithmetic_two', 'object_counting', 'word_sorting')
-BBH_23 = tuple(t for t in lion_data.BBH_TASKS if t not in BBH_FREE_FORM)   # the subset Orca (and Lion) report
-_SO = 'So the answer is'
-
-def bbh_official_answer(text: str) -> str:
-    """A reply's answer as BBH's official evaluation reads it: the text after the last "So the answer is"
-    (chain of thought), else the whole reply (direct); its first line, stripped, without a final period."""
-    i = text.rfind(_SO)
-    ans = (text[i + len(_SO):] if i >= 0 else text).strip().split('\n')[0].strip()
-    return ans[:-1].rstrip() if ans.endswith('.') else ans
-
-# %% ../nbs/06_evaluation.ipynb #afc60f53
-def score_bbh(item: ReasoningItem, text: str) -> tuple[Optional[str], bool]:
-    """(prediction, correct) for a BBH reply. The official exact match first (target "(A)", "True", "] ) }").
-    A reply without "So the answer is" that misses it (a zero-shot model rarely says "So the answer is") is
-    read as the other sets are: a short one (up to 3 lines) with every rule, a longer one only by an explicit
-    statement."""
-    gold = f'({item.answer})' if item.kind == 'mc' else item.answer.strip()
-    pred = bbh_official_answer(text)
-    if pred == gold or _SO in text: return pred or None, pred == gold
-    short = len([l for l in text.splitlines() if l.strip()]) <= 3
-    if item.kind == 'mc':
-        opts = option_map(item.options)
-        got = extract_choice(text, opts) if short else _stated_choice(text, set(opts))
-        return got, got == item.answer.strip()
-    got = extract_free(text, item.answer) if short or re.search(r'answer\s*is', text, re.I) else None
-    return got, got is not None and got == _norm(item.answer)
-
-# %% ../nbs/06_evaluation.ipynb #2a7c8630
-def score_reasoning(item: ReasoningItem, text: str) -> tuple[Optional[str], bool]:
-    "(prediction, correct) for one reply; a None prediction is wrong."
-    if item.benchmark == 'bbh': return score_bbh(item, text)
-    if item.kind == 'mc':
-        pred, gold = extract_choice(text, option_map(item.options)), item.answer.strip().strip('()')
-    else: pred, gold = extract_free(text, item.answer), _norm(item.answer)
-    return pred, pred is not None and pred == gold
 
 # %% ../nbs/06_evaluation.ipynb #44bbe8fa
 def word_len(text: str) -> int:
@@ -640,44 +487,6 @@ def judge_requests(judge: Judge, # the judge of the pass
     """The requests a judge sends: two orders per candidate and item, or, for a judge that grades alone, one
     per candidate and item plus the reference's once (the dry run's count)."""
     return items * (candidates + reference) if judge.single else 2 * items * candidates
-
-# %% ../nbs/06_evaluation.ipynb #f64dee8f
-def reasoning_outcomes(items: list[ReasoningItem], answers: dict) -> tuple[dict, Counter, Counter]:
-    "({benchmark: {task: [correct, ...]}}, unextracted replies and failed answers per benchmark)."
-    per, unext, failed = defaultdict(lambda: defaultdict(list)), Counter(), Counter()
-    for it in items:
-        a = answers.get(it.id)
-        if a is None or a.status != 'done':
-            failed[it.benchmark] += 1
-            per[it.benchmark][it.task].append(False)
-            continue
-        pred, ok = score_reasoning(it, a.output)
-        unext[it.benchmark] += pred is None
-        per[it.benchmark][it.task].append(ok)
-    return per, unext, failed
-
-# %% ../nbs/06_evaluation.ipynb #9ad52cab
-def _pct(xs) -> float: return round(100 * sum(xs) / len(xs), 2)
-
-# %% ../nbs/06_evaluation.ipynb #23ddb029
-def reasoning_metrics(items: list[ReasoningItem], # the reasoning items asked (AGIEval and BBH)
-                      answers: dict, # one model's answers, by item id
-                     ) -> dict:
-    """Accuracy (%) per task for each reasoning set, each set's unweighted average over its tasks (AGIEval and
-    BBH apart: never pooled), BBH's average over the 23 tasks Orca and Lion report, and unextracted counts."""
-    per, unext, failed = reasoning_outcomes(items, answers)
-    out = {s: {t: _pct(v) for t, v in sorted(per[s].items())} for s in REASONING_SETS if s in per}
-    for s in list(per): out[f'{s}_average'] = round(sum(out[s].values()) / len(out[s]), 2)
-    sub = [a for t, a in out.get('bbh', {}).items() if t in BBH_23]
-    if sub: out['bbh_23_average'] = round(sum(sub) / len(sub), 2)
-    out['intervals'] = {f'{s}_average': stratified_mean_ci(per[s], scale=100).as_dict() for s in per}
-    if sub:
-        bbh_23 = {t: v for t, v in per['bbh'].items() if t in BBH_23}
-        out['intervals']['bbh_23_average'] = stratified_mean_ci(bbh_23, scale=100).as_dict()
-    out['unextracted'] = dict(unext)
-    out['failed'] = dict(failed)
-    out['items'] = {s: sum(len(v) for v in per[s].values()) for s in per}
-    return out
 
 # %% ../nbs/06_evaluation.ipynb #c489b485
 def pyplot():

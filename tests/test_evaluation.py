@@ -11,8 +11,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from lion_nb.testing import last_user_text, serve  # noqa: E402
 
 from lion_nb.core import RunDir, parse_config, user_message, write_json
-from lion_nb.evaluation import (category_table, closing_note, evaluate_cli, reasoning_table, wtl_table, load_eval_set, metrics_history, run_evaluation, sample_items,
-                                score_reasoning, summary_table)
+from lion_nb.evaluation import (category_table, closing_note, evaluate_cli, reasoning_table, wtl_table, load_eval_set,
+                                metrics_history, run_evaluation, sample_items, summary_table)
+from lion_nb.reasoning import score_reasoning
 
 os.environ.setdefault('TQDM_DISABLE', '1')
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,7 +255,7 @@ def _bbh(task, answer, kind='free', opts=()):
 
 
 def test_bbh_dyck_answers_made_of_brackets_count():
-    from lion_nb.evaluation import score_reasoning
+    from lion_nb.reasoning import score_reasoning
     item = _bbh('dyck_languages', '] ) }')
     cot = ("We should process each input one by one.\n0: empty stack\n1: { ; stack: {\n2: ( ; stack: { (\n3: [ ; stack: { ( [\n"
            "Now, we have reached the end. The final stack is \"{ ( [\".\nSo, we need \"]\", \")\", \"}\". So the answer is ] ) }.")
@@ -265,7 +266,7 @@ def test_bbh_dyck_answers_made_of_brackets_count():
 
 
 def test_bbh_chain_of_thought_read_after_so_the_answer_is():
-    from lion_nb.evaluation import score_reasoning
+    from lion_nb.reasoning import score_reasoning
     opts = ['(A) Yes', '(B) No']
     mc = _bbh('causal_judgement', 'B', 'mc', opts)
     cot = "Let's think step by step.\nHere (A) would mean the intent mattered, but it did not.\nSo the answer is (B)."
@@ -278,7 +279,7 @@ def test_bbh_chain_of_thought_read_after_so_the_answer_is():
 
 def test_agieval_extraction_shapes():
     from lion_nb.data import ReasoningItem
-    from lion_nb.evaluation import score_reasoning
+    from lion_nb.reasoning import score_reasoning
     item = lambda ans: ReasoningItem(id='agieval-lsat-lr-0', benchmark='agieval', task='lsat-lr', kind='mc', prompt='p',
                                      question='q', options=['(A)first', '(B)second', '(C)third', '(D)fourth'], answer=ans)
     assert score_reasoning(item('A'), 'A. Because the argument assumes what it sets out to prove.') == ('A', True)
@@ -291,7 +292,7 @@ def test_agieval_extraction_shapes():
 def test_reasoning_averages_are_per_benchmark_with_the_23_task_subset():
     from types import SimpleNamespace
     from lion_nb.data import BBH_TASKS, ReasoningItem
-    from lion_nb.evaluation import BBH_23, reasoning_metrics
+    from lion_nb.reasoning import BBH_23, reasoning_metrics
     assert len(BBH_TASKS) == 27 and len(BBH_23) == 23 and 'dyck_languages' not in BBH_23 and 'snarks' in BBH_23
     items = [_bbh('snarks', 'A', 'mc', ['(A) x', '(B) y']), _bbh('word_sorting', 'a b'),
              ReasoningItem(id='agieval-sat-math-0', benchmark='agieval', task='sat-math', kind='mc', prompt='p',
