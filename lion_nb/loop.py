@@ -797,7 +797,8 @@ def run_loop(config_path, run_dir, baseline: Optional[str] = None, iterations: O
              fork_from=None) -> dict:
     """Run (or resume) K rounds and the final imitation (iterations 1..K+1) after the preflight checks; the
     manifest."""
-    with run_lock(RunDir(run_dir)) as run:                           # one process per run folder
+    # one process per run folder, named absolutely: the stage kernels run in the notebooks' folder
+    with run_lock(RunDir(Path(run_dir).resolve())) as run:
         cfg, saved = prepare_run_dir(config_path, run, cache_dir)     # a refused resume fails here, at once
         if fork_from: fork_run(fork_from, run, progress, cfg)
         K = iterations or cfg.loop.iterations
