@@ -1,4 +1,5 @@
 """Packaging from settings.ini (nbdev 2 classic layout), without pkg_resources."""
+import ast
 from configparser import ConfigParser
 import shutil
 from pathlib import Path
@@ -6,12 +7,27 @@ import setuptools
 from packaging.version import Version
 from setuptools.command.build_py import build_py
 
-class BuildPyWithDemo(build_py):
-    "Ship data/demo (our own demo pools and questions) inside the package, as lion_nb/assets/demo."
+def stage_notebooks() -> list[Path]:
+    "The notebooks `lion_nb run` executes: the names in STAGES of lion_nb/loop.py (read, not imported)."
+    tree = ast.parse(Path('lion_nb/loop.py').read_text(encoding='utf-8'))
+    stages = next(n.value for n in tree.body if isinstance(n, ast.Assign) and
+                  any(getattr(t, 'id', None) == 'STAGES' for t in n.targets))
+    names = sorted(c.value for c in ast.walk(stages)
+                   if isinstance(c, ast.Constant) and str(c.value).endswith('.ipynb'))
+    assert names, 'lion_nb/loop.py: no stage notebooks in STAGES'
+    return [Path('nbs')/n for n in names]
+
+ASSETS = {'demo': sorted(Path('data/demo').glob('*.jsonl')),    # our own demo pools and questions
+          'nbs': stage_notebooks(),                              # what an installed `lion_nb run` executes
+          'configs': [Path('configs/demo.yaml')]}                # what an installed `lion_nb demo` runs
+
+class BuildPyWithAssets(build_py):
+    "Ship the demo data, the stage notebooks and the demo profile inside the package, under lion_nb/assets/."
     def run(self):
         super().run()
-        dst = Path(self.build_lib)/'lion_nb'/'assets'/'demo'; dst.mkdir(parents=True, exist_ok=True)
-        for f in sorted(Path('data/demo').glob('*.jsonl')): shutil.copy(f, dst/f.name)
+        for folder, files in ASSETS.items():
+            dst = Path(self.build_lib)/'lion_nb'/'assets'/folder; dst.mkdir(parents=True, exist_ok=True)
+            for f in files: shutil.copy(f, dst/f.name)
 
 cfg = ConfigParser(delimiters=['='])
 cfg.read('settings.ini', encoding='utf-8')
@@ -46,7 +62,7 @@ setuptools.setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     zip_safe=False,
-    cmdclass={'build_py': BuildPyWithDemo},
+    cmdclass={'build_py': BuildPyWithAssets},
     entry_points={'console_scripts': console_scripts, 'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
     author=cfg['author'], author_email=cfg['author_email'], description=cfg['description'],
     keywords=cfg['keywords'],

@@ -21,16 +21,17 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 __all__ = ['BASELINES', 'STAGES', 'STAGE_NOTEBOOKS', 'WEIGHT_SUFFIXES', 'KEPT_DIRECTIVES', 'QUIET_KERNEL', 'PACKAGES',
            'TRAIN_BYTES_PER_PARAM', 'EST', 'EVAL_SIZES', 'EVAL_TASKS', 'PREFIX_JUDGES', 'JUDGED_SETS', 'lion',
            'lion_plan', 'iteration_plan', 'trained_instructions', 'check_parameters', 'file_contains',
-           'files_containing', 'check_no_secrets', 'notebooks_dir', 'render_html', 'is_inline_test', 'lab_notebook',
-           'run_stage', 'package_versions', 'git_commit', 'file_hashes', 'count_parameters', 'prompt_layout',
-           'load_checkpoint_parts', 'check_checkpoint', 'eval_data_names', 'check_data', 'check_reserve',
-           'available_memory_bytes', 'check_devices', 'checkpoint_bytes', 'check_disk', 'check_keys', 'check_engine',
-           'endpoint_models', 'retrieve_model', 'estimated_end', 'check_endpoint_model', 'role_temperatures',
-           'shape_line', 'endpoint_checks', 'request_shapes', 'preflight', 'link_cache', 'prepare_run_dir', 'run_lock',
-           'check_fork', 'fork_run', 'match_train_pool', 'matched_stage', 'run_manifest', 'notebook_stage', 'run_loop',
-           'stage_hashes', 'usage_summary', 'judge_prefix_tokens', 'shared_prompt_tokens', 'reasoning_per_call',
-           'discrimination_teacher_calls', 'eval_items', 'DryRun', 'estimate_run', 'print_estimate', 'repo_root',
-           'print_summary', 'run_parser', 'run_cli', 'demo_cli']
+           'files_containing', 'check_no_secrets', 'package_dir', 'repo_root', 'notebook_places', 'notebooks_dir',
+           'render_html', 'is_inline_test', 'lab_notebook', 'run_stage', 'package_versions', 'git_commit',
+           'file_hashes', 'count_parameters', 'prompt_layout', 'load_checkpoint_parts', 'check_checkpoint',
+           'eval_data_names', 'check_data', 'check_reserve', 'available_memory_bytes', 'check_devices',
+           'checkpoint_bytes', 'check_disk', 'check_keys', 'check_engine', 'endpoint_models', 'retrieve_model',
+           'estimated_end', 'check_endpoint_model', 'role_temperatures', 'shape_line', 'endpoint_checks',
+           'request_shapes', 'preflight', 'link_cache', 'prepare_run_dir', 'run_lock', 'check_fork', 'fork_run',
+           'match_train_pool', 'matched_stage', 'run_manifest', 'notebook_stage', 'run_loop', 'stage_hashes',
+           'usage_summary', 'judge_prefix_tokens', 'shared_prompt_tokens', 'reasoning_per_call',
+           'discrimination_teacher_calls', 'eval_items', 'DryRun', 'estimate_run', 'print_estimate', 'default_run_dir',
+           'demo_config', 'print_summary', 'run_parser', 'run_cli', 'demo_cli']
 
 # %% ../nbs/07_loop.ipynb #668482d2
 from . import data
@@ -183,16 +184,31 @@ def check_no_secrets(root, secrets: list[str]):
             f"an API key was found in {len(hits)} output file(s): {', '.join(map(str, hits[:5]))}"
         )
 
+# %% ../nbs/07_loop.ipynb #293261b3
+def package_dir(package=None) -> Path:
+    "The `lion_nb/` folder in use: `package` when given (the examples pass one), else this module's."
+    return Path(package) if package else Path(__file__).resolve().parent
+
+def repo_root(package=None) -> Optional[Path]:
+    "The source checkout that `package_dir(package)` lies in (it has `settings.ini`); None when installed."
+    root = package_dir(package).parent
+    return root if (root/'settings.ini').is_file() else None
+
 # %% ../nbs/07_loop.ipynb #bac6da79
-def notebooks_dir() -> Path:
-    "The folder holding the stage notebooks (the source checkout's `nbs/`)."
-    d = Path(os.environ.get('LION_NBS_DIR', Path(__file__).resolve().parents[1]/'nbs'))
-    if not (d/STAGE_NOTEBOOKS['imitation']).exists():
-        raise LionError(
-            f"stage notebooks not found in {d}; run from a source checkout (pip install -e .) or set "
-            f"$LION_NBS_DIR"
-        )
-    return d
+def notebook_places(package=None) -> list[Path]:
+    """Where the stage notebooks are looked for, in order: `$LION_NBS_DIR` alone when set, else the checkout's
+    `nbs/`, then the package's copy."""
+    if os.environ.get('LION_NBS_DIR'): return [Path(os.environ['LION_NBS_DIR'])]
+    root = repo_root(package)
+    return ([root/'nbs'] if root else []) + [package_dir(package)/'assets'/'nbs']
+
+def notebooks_dir(package=None) -> Path:
+    "The first of `notebook_places` that holds every stage notebook."
+    places = notebook_places(package)
+    for d in places:
+        if all((d/nb).is_file() for nb in STAGE_NOTEBOOKS.values()): return d
+    raise LionError(f"stage notebooks not found; looked in {', '.join(map(str, places))}. Reinstall lion_nb, "
+                    f"or set $LION_NBS_DIR to a folder holding {', '.join(STAGE_NOTEBOOKS.values())}")
 
 # %% ../nbs/07_loop.ipynb #b750ece8
 def render_html(nb_path: Path) -> Path:
@@ -764,7 +780,7 @@ def run_manifest(cfg: Config, run: RunDir, baseline: Optional[str], K: int, fork
                          + evaluated[cfg.loop.evaluate],
                     config=cfg.model_dump(mode='json'), config_hash=config_hash(cfg),
                     identity_hash=identity_hash(cfg), packages=package_versions(),
-                    git_commit=git_commit(Path(__file__).resolve().parents[1]))
+                    git_commit=git_commit(root) if (root := repo_root()) else None)
     manifest.setdefault('stages', {})
     return manifest
 
@@ -798,7 +814,8 @@ def run_loop(config_path, run_dir, baseline: Optional[str] = None, iterations: O
              fork_from=None) -> dict:
     """Run (or resume) K rounds and the final imitation (iterations 1..K+1) after the preflight checks; the
     manifest."""
-    with run_lock(RunDir(run_dir)) as run:                           # one process per run folder
+    # one process per run folder, named absolutely: the stage kernels run in the notebooks' folder
+    with run_lock(RunDir(Path(run_dir).resolve())) as run:
         cfg, saved = prepare_run_dir(config_path, run, cache_dir)     # a refused resume fails here, at once
         if fork_from: fork_run(fork_from, run, progress, cfg)
         K = iterations or cfg.loop.iterations
@@ -1015,7 +1032,15 @@ def print_estimate(cfg: Config, iterations: Optional[int] = None, progress=print
     return tot
 
 # %% ../nbs/07_loop.ipynb #b65a8ad9
-def repo_root() -> Path: return Path(__file__).resolve().parents[1]
+def default_run_dir(name: str, baseline: Optional[str] = None, package=None) -> Path:
+    """Where `lion_nb run` writes without `--run-dir`: `outputs/<name>[-<baseline>]` in the source checkout,
+    or in the current folder for an installed package."""
+    return (repo_root(package) or Path('.'))/'outputs'/(name + (f'-{baseline}' if baseline else ''))
+
+def demo_config(package=None) -> Path:
+    "The demo profile: the checkout's `configs/demo.yaml`, else the package's copy."
+    root = repo_root(package)
+    return root/'configs'/'demo.yaml' if root else package_dir(package)/'assets'/'configs'/'demo.yaml'
 
 # %% ../nbs/07_loop.ipynb #4dc653b3
 def print_summary(manifest: dict, run_dir, progress=print):
@@ -1030,7 +1055,8 @@ def run_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='lion_nb run',
                                  description='Run (or resume) the Lion loop, one papermill batch per stage.')
     ap.add_argument('--config', required=True, help='the run configuration (YAML)')
-    ap.add_argument('--run-dir', help='where outputs go (default outputs/<config name>[-<baseline>])')
+    ap.add_argument('--run-dir', help='where outputs go (default outputs/<config name>[-<baseline>], in the '
+                                      'checkout, else in the current folder)')
     ap.add_argument(
         '--baseline',
         choices=list(BASELINES),
@@ -1056,7 +1082,7 @@ def run_cli(argv=None) -> int:
     "lion_nb run: run or resume the loop."
     a = run_parser().parse_args(argv)
     cfg = load_config(a.config)
-    run_dir = a.run_dir or str(repo_root()/'outputs'/(cfg.name + (f'-{a.baseline}' if a.baseline else '')))
+    run_dir = a.run_dir or str(default_run_dir(cfg.name, a.baseline))
     K = a.iterations or cfg.loop.iterations
     if a.dry_run:
         print(f"{K} round(s) of imitation, discrimination and generation, then a final imitation: "
@@ -1083,7 +1109,7 @@ def demo_cli(argv=None) -> int:
     ap.add_argument('--baseline', choices=list(BASELINES))
     ap.add_argument('--fork-from', help="start from this run's iteration 1 (e.g. outputs/demo)")
     a = ap.parse_args(argv)
-    args = ['--config', str(repo_root() / 'configs' / 'demo.yaml')] + (
+    args = ['--config', str(demo_config())] + (
         ['--baseline', a.baseline] if a.baseline else []
     )
     args += ['--fork-from', a.fork_from] if a.fork_from else []
