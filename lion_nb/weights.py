@@ -44,7 +44,7 @@ class StoredTensor:
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
         "Rows `start:stop`, flattened (a scalar is one row), through a `safe_open` of their own."
-        with safe_open(str(self.path), framework='pt') as f:
+        with open_safetensors(self.path) as f:
             sl = f.get_slice(self.name)
             return (sl[start:stop] if self.shape else sl[...]).reshape(-1)
 
