@@ -5,212 +5,118 @@
 # %% ../nbs/08_weights.ipynb #67a7ce7f
 from __future__ import annotations
 import argparse, hashlib, json, math, os, shutil, tempfile, time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
 import torch
-from fastcore.basics import patch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .core import LionError, InputError, read_json, write_json
 
 # %% auto #0
-__all__ = ['ST_DTYPE_NAMES', 'INDEX_NAME', 'SINGLE_NAME', 'SUB_DTYPES', 'MANIFEST_NAME', 'DIFF_FORMAT', 'WEIGHT_SUFFIXES',
-           'EXTRA', 'FIX_IDX', 'FIX_VAL', 'WRONG_BASE', 'st_dtypes', 'bits_dtype', 'as_tensor', 'TensorInfo',
-           'SafeTensorsFile', 'make_header', 'StreamWriter', 'checkpoint_files', 'open_checkpoint', 'tensor_index',
-           'chunks', 'tensor_sha256', 'plan_tensor', 'decode_chunk', 'encode_chunk', 'make_diff', 'read_manifest',
-           'verify_base', 'recover', 'tiny_checkpoint', 'read_all_tensors', 'same_tensors', 'folder_size',
-           'weights_cli']
+__all__ = ['ITEMSIZE', 'INDEX_NAME', 'SINGLE_NAME', 'SUB_DTYPES', 'MANIFEST_NAME', 'DIFF_FORMAT', 'WEIGHT_SUFFIXES', 'EXTRA',
+           'FIX_IDX', 'FIX_VAL', 'WRONG_BASE', 'open_safetensors', 'StoredTensor', 'stored_tensors', 'rows_per_chunk',
+           'chunks', 'read_rows', 'raw_bytes', 'make_header', 'raw_header', 'offset_order', 'safetensors_writer',
+           'checkpoint_files', 'open_checkpoint', 'tensor_sha256', 'plan_tensor', 'bits_dtype', 'decode_chunk',
+           'encode_chunk', 'make_diff', 'read_manifest', 'verify_base', 'recover', 'tiny_checkpoint',
+           'read_all_tensors', 'same_tensors', 'folder_size', 'weights_cli']
 
-# %% ../nbs/08_weights.ipynb #a154e2d8
-ST_DTYPE_NAMES = {'F64': 'float64', 'F32': 'float32', 'F16': 'float16', 'BF16': 'bfloat16', 'I64': 'int64',
-                  'I32': 'int32', 'I16': 'int16', 'I8': 'int8', 'U8': 'uint8', 'BOOL': 'bool',
-                  'U16': 'uint16',
-                  'U32': 'uint32', 'U64': 'uint64', 'F8_E4M3': 'float8_e4m3fn', 'F8_E5M2': 'float8_e5m2',
-                  'C64': 'complex64'}
-
-def st_dtypes() -> dict:
-    "The safetensors dtype names and their torch dtypes (those this torch build has)."
-    return {k: getattr(torch, v) for k, v in ST_DTYPE_NAMES.items() if hasattr(torch, v)}
-
-# %% ../nbs/08_weights.ipynb #fad6dc70
-def bits_dtype(dtype):
-    "The integer dtype of the same width, used to compare or XOR the raw bits of a tensor."
-    return {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
-
-# %% ../nbs/08_weights.ipynb #a9d6f77f
-def as_tensor(buf: bytearray, dtype: str):
-    "A 1-D torch tensor of safetensors dtype `dtype` over the bytes `buf` (no copy)."
-    dt = st_dtypes()[dtype]
-    if not buf: return torch.empty(0, dtype=dt)
-    return torch.frombuffer(buf, dtype=torch.uint8).view(dt)
-
-# %% ../nbs/08_weights.ipynb #7b145e3b
-@dataclass
-class TensorInfo:
-    "Where one tensor lives in a safetensors file."
-    name: str
-    dtype: str            # safetensors name, e.g. 'F32'
-    shape: list
-    begin: int            # byte offsets inside the data section
-    end: int
-    @property
-    def numel(self) -> int: return math.prod(self.shape)
-
-# %% ../nbs/08_weights.ipynb #1a2cc5d7
-def _read_raw_header(path: Path) -> bytes:
-    "The raw JSON header of a safetensors file, after checking the 8-byte length in front of it."
+# %% ../nbs/08_weights.ipynb #78afba7e
+def open_safetensors(path):
+    "Open a `.safetensors` file with the library (`safe_open`); errors name the file."
+    path = Path(path)
     if not path.exists(): raise InputError(path, None, "file not found")
-    with open(path, 'rb') as f:
-        head = f.read(8)
-        if len(head) < 8: raise InputError(path, None, "not a safetensors file (shorter than 8 bytes)")
-        n = int.from_bytes(head, 'little')
-        if n > 100_000_000 or n + 8 > path.stat().st_size:
-            raise InputError(path, None, f"not a safetensors file (header length {n:,} is impossible)")
-        return f.read(n)
+    try: return safe_open(str(path), framework='pt')
+    except SafetensorError as e: raise InputError(path, None, f"not a safetensors file ({e})") from None
 
-# %% ../nbs/08_weights.ipynb #df6f48b5
-class SafeTensorsFile:
-    "Read a safetensors file's header, and any range of elements of any tensor, without loading the rest."
-    def __init__(self,
-                 path): # a `.safetensors` file
-        self.path = Path(path)
-        self.raw_header = _read_raw_header(self.path)
-        try: hdr = json.loads(self.raw_header)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(self.path, None, f"not a safetensors file (header is not JSON: {e})") from None
-        self.data_start = 8 + len(self.raw_header)
-        self.metadata = hdr.pop('__metadata__', None) or {}
-        self.tensors = {k: TensorInfo(k, v['dtype'], list(v['shape']), *v['data_offsets'])
-                        for k, v in hdr.items()}
-        self._f = None
+# %% ../nbs/08_weights.ipynb #d2f77b42
+@dataclass
+class StoredTensor:
+    "A tensor of a safetensors file: dtype and shape from the header, rows read from the file on demand."
+    path: Path
+    name: str
+    dtype: str            # safetensors name, e.g. 'BF16'
+    shape: list
 
-    def __repr__(self): return f"SafeTensorsFile({str(self.path)!r}, {len(self.tensors)} tensors)"
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        "Rows `start:stop`, flattened (a scalar is one row), through a `safe_open` of their own."
+        with open_safetensors(self.path) as f:
+            sl = f.get_slice(self.name)
+            return (sl[start:stop] if self.shape else sl[...]).reshape(-1)
 
-# %% ../nbs/08_weights.ipynb #43faef92
-@patch
-def by_offset(self: SafeTensorsFile) -> list[TensorInfo]:
-    "The tensors in the order their bytes appear in the file."
-    return sorted(self.tensors.values(), key=lambda t: t.begin)
+def stored_tensors(path) -> dict[str, StoredTensor]:
+    "Every tensor of the safetensors file `path`, by name."
+    with open_safetensors(path) as f:
+        return {n: StoredTensor(Path(path), n, f.get_slice(n).get_dtype(), f.get_slice(n).get_shape())
+                for n in f.keys()}
 
-# %% ../nbs/08_weights.ipynb #0f00c81d
-@patch
-def read_bytes(self: SafeTensorsFile, name: str, start: int = 0, stop: Optional[int] = None) -> bytearray:
-    "The raw bytes of elements `start:stop` of the flattened tensor `name`."
-    t = self.tensors[name]
-    size = st_dtypes()[t.dtype].itemsize
-    stop = t.numel if stop is None else stop
-    buf = bytearray((stop - start) * size)
-    if self._f is None: self._f = open(self.path, 'rb')
-    self._f.seek(self.data_start + t.begin + start * size)
-    if self._f.readinto(buf) != len(buf): raise InputError(self.path, None, f"tensor {name!r} is cut short")
-    return buf
+# %% ../nbs/08_weights.ipynb #b471f694
+ITEMSIZE = {'F64': 8, 'I64': 8, 'U64': 8, 'C64': 8, 'F32': 4, 'I32': 4, 'U32': 4,
+            'F16': 2, 'BF16': 2, 'I16': 2, 'U16': 2}        # the others (BOOL, I8, U8, F8_*): one byte
 
-@patch
-def read(self: SafeTensorsFile, name: str, start: int = 0, stop: Optional[int] = None):
-    "Elements `start:stop` of the flattened tensor `name`, as a 1-D torch tensor."
-    return as_tensor(self.read_bytes(name, start, stop), self.tensors[name].dtype)
+def _nrows(shape) -> int:
+    "The rows of a tensor of `shape`: its first dimension (a scalar is one row)."
+    return shape[0] if shape else 1
 
-# %% ../nbs/08_weights.ipynb #b4a4312b
-@patch
-def close(self: SafeTensorsFile):
-    "Close the file (a later read opens it again)."
-    if self._f is None: return
-    self._f.close()
-    self._f = None
+def _row_elems(shape) -> int:
+    "The elements in one row of a tensor of `shape`."
+    return math.prod(shape[1:]) if shape else 1
 
-@patch
-def __enter__(self: SafeTensorsFile): return self
+def rows_per_chunk(t: StoredTensor, chunk_bytes: int) -> int:
+    "How many whole rows of tensor `t` fit in `chunk_bytes` (at least one)."
+    row = _row_elems(t.shape) * ITEMSIZE.get(t.dtype, 1)
+    return max(1, chunk_bytes // max(1, row))
 
-@patch
-def __exit__(self: SafeTensorsFile, *exc): self.close()
+# %% ../nbs/08_weights.ipynb #15558efb
+def chunks(n: int, per: int) -> Iterator[tuple[int, int]]:
+    "Ranges `(start, stop)` of at most `per` covering `0:n`."
+    for s in range(0, n, max(1, per)): yield s, min(n, s + per)
 
-# %% ../nbs/08_weights.ipynb #832780b9
+def read_rows(t: StoredTensor, start: int, stop: int, per: int) -> Iterator[tuple[int, torch.Tensor]]:
+    "Rows `start:stop` of tensor `t`, `per` rows a chunk, flattened, each with its first element's index."
+    for s, e in chunks(stop - start, per):
+        yield (start + s) * _row_elems(t.shape), t.rows(start + s, start + e)
+
+def raw_bytes(t: torch.Tensor):
+    "The bytes of tensor `t` as they are stored (a numpy view)."
+    return t.contiguous().view(-1).view(torch.uint8).numpy()
+
+# %% ../nbs/08_weights.ipynb #b2b6c7d2
 def make_header(specs: Iterable[tuple[str, str, list]], metadata: Optional[dict] = None) -> bytes:
     "A safetensors header for `(name, dtype, shape)` specs stored in that order, padded to 8 bytes."
     hdr, off = {}, 0
     if metadata: hdr['__metadata__'] = {str(k): str(v) for k, v in metadata.items()}
     for name, dtype, shape in specs:
-        n = math.prod(shape) * st_dtypes()[dtype].itemsize
+        n = math.prod(shape) * ITEMSIZE.get(dtype, 1)
         hdr[name] = {'dtype': dtype, 'shape': list(shape), 'data_offsets': [off, off + n]}
         off += n
     raw = json.dumps(hdr, separators=(',', ':')).encode()
     return raw + b' ' * (-len(raw) % 8)
 
-# %% ../nbs/08_weights.ipynb #b88a1c2a
-def _tensor_order(header: bytes, path: Path) -> list[tuple[int, int, str]]:
-    "The `(begin, end, name)` of every tensor of a header, in file order, checked to leave no gap or overlap."
+# %% ../nbs/08_weights.ipynb #ec30fa6b
+def raw_header(path) -> bytes:
+    "The JSON header of a safetensors file as stored, padding included (a file `open_safetensors` accepted)."
+    with open(path, 'rb') as f: return f.read(int.from_bytes(f.read(8), 'little'))
+
+def offset_order(header: bytes) -> list[str]:
+    "The tensor names of a raw header in the order of their bytes (tied empty tensors in header order)."
     hdr = json.loads(header)
     hdr.pop('__metadata__', None)
-    order = sorted(((v['data_offsets'][0], v['data_offsets'][1], k) for k, v in hdr.items()))
-    pos = 0
-    for b, e, k in order:
-        if b != pos: raise LionError(f"{path}: header has a gap or overlap before tensor {k!r}")
-        pos = e
-    return order
+    return sorted(hdr, key=lambda k: hdr[k]['data_offsets'][0])
 
-# %% ../nbs/08_weights.ipynb #e62d16c6
-class StreamWriter:
-    "Write a safetensors file whose header is known, one chunk at a time, atomically."
-    def __init__(self,
-                 path, # the file to write
-                 header: bytes): # its raw header, e.g. from `make_header`
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.order = _tensor_order(header, self.path)
-        self.i, self.left = 0, (self.order[0][1] - self.order[0][0]) if self.order else 0
-        self._tmp = self.path.with_name(f'.{self.path.name}.partial')
-        self._f = open(self._tmp, 'wb')
-        self._f.write(len(header).to_bytes(8, 'little'))
-        self._f.write(header)
-
-# %% ../nbs/08_weights.ipynb #bc5cc1cf
-@patch
-def _skip_empty(self: StreamWriter):
-    while self.left == 0 and self.i < len(self.order) - 1:
-        self.i += 1
-        b, e, _ = self.order[self.i]
-        self.left = e - b
-
-@patch(as_prop=True)
-def current(self: StreamWriter) -> Optional[str]:
-    "The tensor whose bytes come next (None when all are written)."
-    self._skip_empty()
-    return self.order[self.i][2] if self.order and self.left else None
-
-# %% ../nbs/08_weights.ipynb #25c122eb
-@patch
-def write(self: StreamWriter, name: str, data) -> None:
-    "Append bytes (a 1-D tensor or bytes-like) to tensor `name`, which must be the one due."
-    if isinstance(data, torch.Tensor): data = data.contiguous().view(-1).view(torch.uint8).numpy()
-    n = len(memoryview(data).cast('B'))
-    if n == 0: return
-    if name != self.current:
-        raise LionError(f"{self.path}: got bytes of {name!r} while {self.current!r} is due")
-    if n > self.left: raise LionError(f"{self.path}: too many bytes for tensor {name!r}")
-    self._f.write(data)
-    self.left -= n
-
-# %% ../nbs/08_weights.ipynb #9686ab8d
-@patch
-def close(self: StreamWriter) -> Path:
-    "Check every tensor is complete, then sync the file and move it into place."
-    if self.current is not None:
-        self.abort()
-        raise LionError(f"{self.path}: tensor {self.current!r} is incomplete")
-    self._f.flush()
-    os.fsync(self._f.fileno())
-    self._f.close()
-    os.replace(self._tmp, self.path)
-    return self.path
-
-@patch
-def abort(self: StreamWriter):
-    "Drop the partial file."
-    if not self._f.closed: self._f.close()
-    self._tmp.unlink(missing_ok=True)
+# %% ../nbs/08_weights.ipynb #c444fa6a
+@contextmanager
+def safetensors_writer(path, header: bytes):
+    "A new file holding `header` after its 8-byte length, open for the caller to append the tensors' bytes."
+    with open(path, 'wb') as f:
+        f.write(len(header).to_bytes(8, 'little') + header)
+        yield f
+        f.flush()
+        os.fsync(f.fileno())             # on disk before the folder holding it is published
 
 # %% ../nbs/08_weights.ipynb #da4e24fe
 INDEX_NAME, SINGLE_NAME = 'model.safetensors.index.json', 'model.safetensors'
@@ -233,71 +139,42 @@ def checkpoint_files(folder) -> dict[str, Path]:
     if not folder.is_dir(): raise InputError(folder, None, "model folder not found")
     if (folder/INDEX_NAME).exists(): return _sharded_files(folder)
     if (folder/SINGLE_NAME).exists():
-        return {k: folder/SINGLE_NAME for k in SafeTensorsFile(folder/SINGLE_NAME).tensors}
+        return {k: folder/SINGLE_NAME for k in open_safetensors(folder/SINGLE_NAME).keys()}
     if list(folder.glob('*.bin')) or list(folder.glob('*.pt')):
         raise InputError(folder, None, "only safetensors checkpoints are supported; re-save the model with "
                          "save_pretrained(..., safe_serialization=True)")
     raise InputError(folder, None, f"no {SINGLE_NAME} or {INDEX_NAME} in this folder")
 
 # %% ../nbs/08_weights.ipynb #019d7d15
-def open_checkpoint(folder) -> dict[str, SafeTensorsFile]:
-    "One open `SafeTensorsFile` per weight file of the checkpoint in `folder`."
-    return {p.name: SafeTensorsFile(p) for p in sorted(set(checkpoint_files(folder).values()))}
-
-# %% ../nbs/08_weights.ipynb #fa52a9df
-def tensor_index(files: dict[str, SafeTensorsFile]) -> dict[str, SafeTensorsFile]:
-    "Tensor name -> the open file that holds it."
-    return {n: f for f in files.values() for n in f.tensors}
-
-# %% ../nbs/08_weights.ipynb #b6bab070
-def _close_all(files: Iterable[SafeTensorsFile]):
-    for f in files: f.close()
-
-# %% ../nbs/08_weights.ipynb #290b7713
-def chunks(numel: int, per: int) -> Iterator[tuple[int, int]]:
-    "Element ranges `(start, stop)` of at most `per` elements covering `0:numel`."
-    for s in range(0, numel, max(1, per)): yield s, min(numel, s + per)
-
-# %% ../nbs/08_weights.ipynb #c9b7b6e8
-def _per_chunk(dtype: str, chunk_bytes: int) -> int:
-    "How many elements of safetensors dtype `dtype` fit in `chunk_bytes` (at least one)."
-    return max(1, chunk_bytes // st_dtypes()[dtype].itemsize)
-
-# %% ../nbs/08_weights.ipynb #5da651ba
-def _read_chunks(f: SafeTensorsFile, name: str, start: int, stop: int, per: int) -> Iterator[bytearray]:
-    "The raw bytes of elements `start:stop` of tensor `name`, at most `per` elements at a time."
-    for s, e in chunks(stop - start, per): yield f.read_bytes(name, start + s, start + e)
+def open_checkpoint(folder) -> dict[str, StoredTensor]:
+    "Every tensor of the checkpoint in `folder`, by name."
+    files = sorted(set(checkpoint_files(folder).values()))
+    return {n: t for p in files for n, t in stored_tensors(p).items()}
 
 # %% ../nbs/08_weights.ipynb #a9fe3d8f
-def tensor_sha256(f: SafeTensorsFile, name: str, chunk_bytes: int = 16 << 20) -> str:
-    "SHA256 of one tensor's raw bytes, read chunk by chunk."
+def tensor_sha256(t: StoredTensor, chunk_bytes: int = 16 << 20) -> str:
+    "SHA256 of the raw bytes of tensor `t`, read a chunk of rows at a time."
     h = hashlib.sha256()
-    t = f.tensors[name]
-    for raw in _read_chunks(f, name, 0, t.numel, _per_chunk(t.dtype, chunk_bytes)): h.update(raw)
+    for _, c in read_rows(t, 0, _nrows(t.shape), rows_per_chunk(t, chunk_bytes)): h.update(raw_bytes(c))
     return h.hexdigest()
 
 # %% ../nbs/08_weights.ipynb #3dbad048
 SUB_DTYPES = ('F64', 'F32', 'F16', 'BF16')
 
-def plan_tensor(t: TensorInfo, b: Optional[TensorInfo]) -> dict:
+def plan_tensor(t: StoredTensor, b: Optional[StoredTensor]) -> dict:
     "How tensor `t` of the tuned model is encoded against base tensor `b` (None when the base lacks it)."
-    full = {'encoding': 'full', 'shared_rows': 0, 'extra_rows': t.shape[0] if t.shape else 1}
-    fits = b is not None and len(b.shape) == len(t.shape) and (not t.shape or b.shape[1:] == t.shape[1:])
-    if not fits: return full
+    full = {'encoding': 'full', 'shared_rows': 0, 'extra_rows': _nrows(t.shape)}
+    if b is None or len(b.shape) != len(t.shape) or b.shape[1:] != t.shape[1:]: return full
     if t.dtype in SUB_DTYPES and b.dtype in SUB_DTYPES: enc = 'sub'
     elif t.dtype == b.dtype: enc = 'xor'
     else: return full
-    if not t.shape: return {'encoding': enc, 'shared_rows': 1, 'extra_rows': 0}
-    shared = min(t.shape[0], b.shape[0])
-    return {'encoding': enc, 'shared_rows': shared, 'extra_rows': t.shape[0] - shared}
+    shared = min(_nrows(t.shape), _nrows(b.shape))
+    return {'encoding': enc, 'shared_rows': shared, 'extra_rows': _nrows(t.shape) - shared}
 
-# %% ../nbs/08_weights.ipynb #b62ee563
-def _row_elems(shape) -> int: return math.prod(shape[1:]) if shape else 1
-
-# %% ../nbs/08_weights.ipynb #d4eb4e35
-def _shared_elems(plan: dict, shape) -> int:
-    "How many leading elements of a tensor the diff covers (none for a tensor stored whole)."
-    return plan['shared_rows'] * _row_elems(shape) if plan['encoding'] != 'full' else 0
+# %% ../nbs/08_weights.ipynb #fad6dc70
+def bits_dtype(dtype):
+    "The integer dtype of the same width, used to compare or XOR the raw bits of a tensor."
+    return {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
 
 # %% ../nbs/08_weights.ipynb #8e882321
 def decode_chunk(enc: str, base, diff, fix_idx=None, fix_val=None):
@@ -366,55 +243,50 @@ def _new_manifest(base: Path, tuned: Path, out: Path) -> dict:
 # %% ../nbs/08_weights.ipynb #2a72a64f
 EXTRA, FIX_IDX, FIX_VAL = '__extra__.', '__fix_idx__.', '__fix_val__.'
 
-def _emit(writer: StreamWriter, name: str, raw, hashes: Iterable) -> None:
-    "Write raw bytes to tensor `name` of `writer`, and feed them to every hash of `hashes`."
+def _emit(out, raw, hashes: Iterable) -> None:
+    "Append raw bytes to the open file `out`, and feed them to every hash of `hashes`."
     for h in hashes: h.update(raw)
-    writer.write(name, raw)
+    out.write(raw)
 
 # %% ../nbs/08_weights.ipynb #e8334762
-def _diff_shared(name, t_file, b_file, enc, shared, per, writer, t_hashes, b_hash) -> list:
-    "Encode the first `shared` elements of tensor `name` chunk by chunk; return the fixes (index, value)."
+def _diff_shared(t, b, enc, shared, per, out, t_hashes, b_hash) -> list:
+    "Encode the first `shared` rows of tuned tensor `t` against base `b`, chunk by chunk; return the fixes."
     fixes = []
-    for s, e in chunks(shared, per):
-        traw, braw = t_file.read_bytes(name, s, e), b_file.read_bytes(name, s, e)
+    for (s, tc), (_, bc) in zip(read_rows(t, 0, shared, per), read_rows(b, 0, shared, per)):
+        traw = raw_bytes(tc)
         for h in t_hashes: h.update(traw)
-        b_hash.update(braw)
-        tb, bb = as_tensor(traw, t_file.tensors[name].dtype), as_tensor(braw, b_file.tensors[name].dtype)
-        d, bad = encode_chunk(enc, bb, tb)
-        writer.write(name, d)
-        if bad.numel(): fixes.append((bad + s, tb[bad].clone()))
+        b_hash.update(raw_bytes(bc))
+        d, bad = encode_chunk(enc, bc, tc)
+        out.write(raw_bytes(d))
+        if bad.numel(): fixes.append((bad + s, tc[bad].clone()))
     return fixes
 
 # %% ../nbs/08_weights.ipynb #06a4dc0a
-def _diff_entry(t: TensorInfo, plan: dict, fixes: list, t_hash, b_file, b_hash) -> dict:
+def _diff_entry(t, plan: dict, fixes: list, t_hash, b, b_hash) -> dict:
     "The manifest entry of one tensor: dtype, shape, plan, fix count and hashes (of the base tensor too)."
     entry = {'dtype': t.dtype, 'shape': t.shape, **plan, 'fixes': sum(len(i) for i, _ in fixes),
              'sha256': t_hash.hexdigest()}
     if plan['encoding'] != 'full':
-        bt = b_file.tensors[t.name]
-        entry['base'] = {'dtype': bt.dtype, 'shape': bt.shape, 'sha256': b_hash.hexdigest()}
+        entry['base'] = {'dtype': b.dtype, 'shape': b.shape, 'sha256': b_hash.hexdigest()}
     return entry
 
 # %% ../nbs/08_weights.ipynb #ab836473
-def _diff_tensor(name, t_file, b_file, plan, writer, chunk_bytes, file_hash):
-    "Stream one tensor into the diff; return its manifest entry and its fixes."
-    t = t_file.tensors[name]
-    per = _per_chunk(t.dtype, chunk_bytes)
+def _diff_tensor(t, b, plan, out, chunk_bytes, file_hash):
+    "Stream tuned tensor `t` (`b`: the base's) into the open file `out`; return its manifest entry and fixes."
+    per, shared = rows_per_chunk(t, chunk_bytes), plan['shared_rows']
     th, bh, fixes = hashlib.sha256(), hashlib.sha256(), []
-    shared = _shared_elems(plan, t.shape)
     if plan['encoding'] != 'full':
-        fixes = _diff_shared(name, t_file, b_file, plan['encoding'], shared, per, writer, (th, file_hash), bh)
-        for raw in _read_chunks(b_file, name, shared, b_file.tensors[name].numel, per):
-            bh.update(raw)             # the rest of the base tensor (when it has more rows) is hashed too
-    rest = name if plan['encoding'] == 'full' else EXTRA + name
-    for raw in _read_chunks(t_file, name, shared, t.numel, per): _emit(writer, rest, raw, (th, file_hash))
-    return _diff_entry(t, plan, fixes, th, b_file, bh), fixes
+        fixes = _diff_shared(t, b, plan['encoding'], shared, per, out, (th, file_hash), bh)
+        for _, c in read_rows(b, shared, _nrows(b.shape), per):
+            bh.update(raw_bytes(c))    # the rest of the base tensor (when it has more rows) is hashed too
+    for _, c in read_rows(t, shared, _nrows(t.shape), per): _emit(out, raw_bytes(c), (th, file_hash))
+    return _diff_entry(t, plan, fixes, th, b, bh), fixes
 
 # %% ../nbs/08_weights.ipynb #a2ad1ffa
-def _diff_specs(t_file: SafeTensorsFile, plans: dict) -> list:
+def _diff_specs(tensors: list[StoredTensor], plans: dict) -> list:
     "The tensors of one diff file, in the tuned file's order: diffs, then extra rows where there are any."
     specs = []
-    for t in t_file.by_offset():
+    for t in tensors:
         p, rest = plans[t.name], t.shape[1:]
         if p['encoding'] == 'full':
             specs.append((t.name, t.dtype, t.shape))
@@ -428,37 +300,25 @@ def _file_hash(raw_header: bytes):
     "A SHA256 of a safetensors file, fed so far with its length prefix and header (the data follows)."
     return hashlib.sha256(len(raw_header).to_bytes(8, 'little') + raw_header)
 
-# %% ../nbs/08_weights.ipynb #728858d9
-def _diff_tensors(tf, b_index, plans, writer, chunk_bytes, fh, progress, man) -> dict:
-    "Stream every tensor of tuned file `tf` into `writer`; record them in `man`; return the fix tensors."
-    fixes = {}
-    for t in tf.by_offset():
-        if progress: progress(t.name)
-        entry, fx = _diff_tensor(t.name, tf, b_index.get(t.name), plans[t.name], writer, chunk_bytes, fh)
-        man['tensors'][t.name] = {'file': tf.path.name, **entry}
-        if not fx: continue
-        fixes[FIX_IDX + t.name] = torch.cat([i for i, _ in fx])
-        fixes[FIX_VAL + t.name] = torch.cat([v for _, v in fx])
-    return fixes
-
 # %% ../nbs/08_weights.ipynb #0d465f43
-def _diff_file(fname: str, tf: SafeTensorsFile, b_index: dict, tmp: Path, chunk_bytes: int, progress,
-               man) -> dict:
+def _diff_file(path: Path, b_index: dict, tmp: Path, chunk_bytes: int, progress, man) -> dict:
     "Write the diff (and fixes) of one tuned file into `tmp`; return its entry in `man['tuned']['files']`."
-    plans = {n: plan_tensor(t, b_index[n].tensors[n] if n in b_index else None)
-             for n, t in tf.tensors.items()}
-    diff_name, fix_name = f'diff-{fname}', f'fixes-{fname}'
-    header = make_header(_diff_specs(tf, plans), {'format': 'pt', 'lion_nb': 'weight diff'})
-    w = StreamWriter(tmp/diff_name, header)
-    fh = _file_hash(tf.raw_header)
-    try:
-        fixes = _diff_tensors(tf, b_index, plans, w, chunk_bytes, fh, progress, man)
-        w.close()
-    except BaseException:
-        w.abort()
-        raise
+    header, tf = raw_header(path), stored_tensors(path)
+    tensors = [tf[n] for n in offset_order(header)]
+    plans = {t.name: plan_tensor(t, b_index.get(t.name)) for t in tensors}
+    diff_name, fix_name, fixes, fh = f'diff-{path.name}', f'fixes-{path.name}', {}, _file_hash(header)
+    meta = {'format': 'pt', 'lion_nb': 'weight diff'}
+    with safetensors_writer(tmp/diff_name, make_header(_diff_specs(tensors, plans), meta)) as out:
+        for t in tensors:
+            if progress: progress(t.name)
+            entry, fx = _diff_tensor(t, b_index.get(t.name), plans[t.name], out, chunk_bytes, fh)
+            man['tensors'][t.name] = {'file': path.name, **entry}
+            if not fx: continue
+            fixes[FIX_IDX + t.name] = torch.cat([i for i, _ in fx])
+            fixes[FIX_VAL + t.name] = torch.cat([v for _, v in fx])
+    open_safetensors(tmp/diff_name)          # the library checks the file: every tensor has its bytes
     if fixes: save_file(fixes, str(tmp/fix_name), metadata={'format': 'pt'})
-    return {'sha256': fh.hexdigest(), 'header': tf.raw_header.decode('utf-8'),
+    return {'sha256': fh.hexdigest(), 'header': header.decode('utf-8'),
             'diff': diff_name, 'fixes': fix_name if fixes else None}
 
 # %% ../nbs/08_weights.ipynb #5d954f5a
@@ -482,14 +342,14 @@ def make_diff(base, # the base model folder (safetensors)
              ) -> dict: # the manifest
     "Write `tuned - base` for every tensor of `tuned` (safetensors), its side files and a manifest to `out`."
     base, tuned, out = Path(base), Path(tuned), Path(out)
-    b_files, t_files = open_checkpoint(base), open_checkpoint(tuned)
-    b_index, chunk_bytes = tensor_index(b_files), int(chunk_mb * (1 << 20))
+    b_index, chunk_bytes = open_checkpoint(base), int(chunk_mb * (1 << 20))
+    t_files = sorted(set(checkpoint_files(tuned).values()))
     tmp = _fresh_out(out)
     man = _new_manifest(base, tuned, out)
     try:
         if (tuned/INDEX_NAME).exists(): man['tuned']['index'] = read_json(tuned/INDEX_NAME)
-        for fname, tf in t_files.items():
-            man['tuned']['files'][fname] = _diff_file(fname, tf, b_index, tmp, chunk_bytes, progress, man)
+        for p in t_files:
+            man['tuned']['files'][p.name] = _diff_file(p, b_index, tmp, chunk_bytes, progress, man)
         for f in man['side_files']: shutil.copy2(tuned/f, tmp/f)
         _diff_stats(man, b_index)
         write_json(tmp/MANIFEST_NAME, man)
@@ -498,8 +358,6 @@ def make_diff(base, # the base model folder (safetensors)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        _close_all([*b_files.values(), *t_files.values()])
 
 # %% ../nbs/08_weights.ipynb #2fd7e69b
 def read_manifest(diff) -> dict:
@@ -519,7 +377,7 @@ def _check_base_shapes(base: Path, idx: dict, used: list) -> None:
     "Every base tensor the diff uses is there, with its dtype and shape."
     for n, b in used:
         if n not in idx: raise LionError(f"{base}: tensor {n!r} is missing{WRONG_BASE}")
-        t = idx[n].tensors[n]
+        t = idx[n]
         if (t.dtype, t.shape) != (b['dtype'], b['shape']):
             raise LionError(f"{base}: tensor {n!r} is {t.dtype}{t.shape}, "
                             f"the diff expects {b['dtype']}{b['shape']}{WRONG_BASE}")
@@ -529,7 +387,7 @@ def _check_base_hashes(base: Path, idx: dict, used: list, chunk_mb: float, progr
     "Every base tensor the diff uses has its recorded SHA256."
     for n, b in used:
         if progress: progress(n)
-        got = tensor_sha256(idx[n], n, int(chunk_mb * (1 << 20)))
+        got = tensor_sha256(idx[n], int(chunk_mb * (1 << 20)))
         if got != b['sha256']:
             raise LionError(f"{base}: tensor {n!r} (in {idx[n].path.name}) has SHA256 {got[:16]}…, "
                             f"the diff expects {b['sha256'][:16]}…{WRONG_BASE}")
@@ -542,21 +400,11 @@ def verify_base(base, # the base model folder to check
                ) -> int: # how many base tensors were checked
     "Check that `base` holds every base tensor the diff was made against, bit for bit; return how many."
     base = Path(base)
-    files = open_checkpoint(base)
-    idx = tensor_index(files)
+    idx = open_checkpoint(base)
     used = [(n, e['base']) for n, e in man['tensors'].items() if 'base' in e]
-    try:
-        _check_base_shapes(base, idx, used)          # cheap checks first: names, dtypes, shapes
-        _check_base_hashes(base, idx, used, chunk_mb, progress)
-        return len(used)
-    finally:
-        _close_all(files.values())
-
-# %% ../nbs/08_weights.ipynb #4c1cccce
-def _load_fixes(path: Optional[Path]) -> dict:
-    "Fix tensors of one diff file (small), loaded with safetensors."
-    if path is None: return {}
-    return load_file(str(path))
+    _check_base_shapes(base, idx, used)          # cheap checks first: names, dtypes, shapes
+    _check_base_hashes(base, idx, used, chunk_mb, progress)
+    return len(used)
 
 # %% ../nbs/08_weights.ipynb #f0845831
 def _chunk_fixes(fi, fv, s: int, stop: int) -> tuple:
@@ -566,19 +414,18 @@ def _chunk_fixes(fi, fv, s: int, stop: int) -> tuple:
     return fi[lo:hi] - s, fv[lo:hi]
 
 # %% ../nbs/08_weights.ipynb #e9349027
-def _recover_tensor(name, e, diff_f, base_f, fixes, writer, chunk_bytes, file_hash):
-    "Rebuild one tensor into `writer`, checking its SHA256."
-    h = hashlib.sha256()
-    per = _per_chunk(e['dtype'], chunk_bytes)
-    shared = _shared_elems(e, e['shape'])
+def _recover_tensor(name, e, diff_f, base_t, fixes, out, chunk_bytes, file_hash):
+    "Rebuild one tensor into the open file `out`, checking its SHA256."
+    h, d = hashlib.sha256(), diff_f[name]
+    per, shared = rows_per_chunk(d, chunk_bytes), e['shared_rows']
     fi, fv = fixes.get(FIX_IDX + name), fixes.get(FIX_VAL + name)
-    for s, stop in chunks(shared, per):
-        fix_i, fix_v = _chunk_fixes(fi, fv, s, stop)
-        r = decode_chunk(e['encoding'], base_f.read(name, s, stop), diff_f.read(name, s, stop), fix_i, fix_v)
-        _emit(writer, name, r.view(torch.uint8).numpy(), (h, file_hash))
-    src = name if e['encoding'] == 'full' else EXTRA + name
-    for raw in _read_chunks(diff_f, src, 0, math.prod(e['shape']) - shared, per):
-        _emit(writer, name, raw, (h, file_hash))
+    if e['encoding'] != 'full':
+        for (s, bc), (_, dc) in zip(read_rows(base_t, 0, shared, per), read_rows(d, 0, shared, per)):
+            r = decode_chunk(e['encoding'], bc, dc, *_chunk_fixes(fi, fv, s, s + dc.numel()))
+            _emit(out, raw_bytes(r), (h, file_hash))
+    if e['extra_rows']:
+        rest = d if e['encoding'] == 'full' else diff_f[EXTRA + name]
+        for _, c in read_rows(rest, 0, e['extra_rows'], per): _emit(out, raw_bytes(c), (h, file_hash))
     if h.hexdigest() != e['sha256']:
         raise LionError(f"recovered tensor {name!r} has SHA256 {h.hexdigest()[:16]}…, "
                         f"expected {e['sha256'][:16]}…")
@@ -588,21 +435,15 @@ def _recover_file(fname: str, info: dict, man: dict, diff: Path, b_idx: dict, tm
                   progress) -> None:
     "Rebuild one tuned file into `tmp`, from its recorded header, the base and the diff; check its SHA256."
     header = info['header'].encode('utf-8')
-    diff_f = SafeTensorsFile(diff/info['diff'])
-    fixes = _load_fixes(diff/info['fixes'] if info.get('fixes') else None)
-    w = StreamWriter(tmp/fname, header)
+    diff_f = stored_tensors(diff/info['diff'])
+    fixes = load_file(str(diff/info['fixes'])) if info.get('fixes') else {}   # small: loaded whole
     fh = _file_hash(header)
-    try:
-        for _, _, name in w.order:
+    with safetensors_writer(tmp/fname, header) as out:
+        for name in offset_order(header):
             if progress: progress(name)
-            _recover_tensor(name, man['tensors'][name], diff_f, b_idx.get(name), fixes, w, chunk_bytes, fh)
-        if fh.hexdigest() != info['sha256']:
-            raise LionError(f"recovered file {fname} differs from the tuned one")
-        w.close()
-    except BaseException:
-        w.abort()
-        raise
-    finally: diff_f.close()
+            _recover_tensor(name, man['tensors'][name], diff_f, b_idx.get(name), fixes, out, chunk_bytes, fh)
+    if fh.hexdigest() != info['sha256']:
+        raise LionError(f"recovered file {fname} differs from the tuned one")
 
 # %% ../nbs/08_weights.ipynb #612d8387
 def recover(base, # the base model folder the diff was made against
@@ -616,7 +457,7 @@ def recover(base, # the base model folder the diff was made against
     man = read_manifest(diff)
     _check_out_free(out)
     n_checked = verify_base(base, man, chunk_mb, progress)        # nothing is written before this passes
-    b_idx = tensor_index(open_checkpoint(base))
+    b_idx = open_checkpoint(base)
     tmp = _fresh_out(out)
     try:
         for fname, info in man['tuned']['files'].items():
@@ -627,8 +468,6 @@ def recover(base, # the base model folder the diff was made against
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        _close_all(set(b_idx.values()))
     return {'tensors': len(man['tensors']), 'base_tensors_checked': n_checked,
             'files': list(man['tuned']['files'])}
 
