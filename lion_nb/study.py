@@ -15,7 +15,8 @@ import yaml
 from .core import LionError, atomic_write_text, load_config, write_json
 from . import llm
 from .evaluation import PAIR_SETS, arm_diff, arm_items, iteration_of, mechanism, pyplot, save_figure
-from .loop import BASELINES, run_loop
+from .algorithm import BASELINES
+from .loop import run_loop
 from .core import RunDir, read_json, read_log, read_pool
 from .stats import FEW_SEEDS, align, hierarchical_ci, seed_verdict, spread, t_interval, verdict, yerr
 

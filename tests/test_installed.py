@@ -14,7 +14,8 @@ import pytest
 from jupyter_core.paths import jupyter_path
 
 from lion_nb.core import RunDir, read_json
-from lion_nb.loop import STAGE_NOTEBOOKS, lab_notebook
+from lion_nb.algorithm import STAGE_NOTEBOOKS
+from lion_nb.loop import lab_notebook
 from lion_nb.testing import serve
 from lion_fixtures import ROOT, lion_reply, tiny_config, tiny_student
 

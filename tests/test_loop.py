@@ -6,7 +6,8 @@ import nbformat
 import pytest
 
 from lion_nb.core import LionError, RunDir, load_config, read_pool
-from lion_nb.loop import STAGE_NOTEBOOKS, prepare_run_dir, run_loop, run_stage
+from lion_nb.algorithm import STAGE_NOTEBOOKS
+from lion_nb.loop import prepare_run_dir, run_loop, run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,7 +123,7 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path):
 
 def test_a_second_run_on_a_held_folder_is_refused(tmp_path):
     "While one process holds a run folder, `lion_nb run` on it exits 2 naming the holder, and writes nothing."
-    from lion_nb.loop import run_lock
+    from lion_nb.operations import run_lock
     run = RunDir(tmp_path/'run')
     with run_lock(run):
         p = subprocess.run([sys.executable, '-c', 'import sys; from lion_nb.cli import main; sys.exit(main())', 'run',
@@ -160,7 +161,7 @@ def test_paper_profile_check_fails_a_7b_student_on_a_machine_without_a_gpu(tmp_p
     devices check fails saying the student is too large to train on this machine. It used to skip the vLLM student and
     print 'ok devices: no GPU visible: training runs on CPU in 8 process(es)'."""
     import torch, yaml
-    from lion_nb.loop import available_memory_bytes, preflight
+    from lion_nb.operations import available_memory_bytes, preflight
     from lion_nb.train import tiny_tokenizer
     if torch.cuda.is_available() or available_memory_bytes() > 108e9:
         pytest.fail("this test describes a machine without a GPU and with less than 108 GB of RAM")

@@ -490,7 +490,8 @@ def test_a_failing_run_leaves_the_key_nowhere(keyed, tmp_path):
 
 
 def test_a_key_is_never_a_notebook_parameter(keyed, tmp_path):
-    from lion_nb.loop import check_parameters, run_stage
+    from lion_nb.loop import run_stage
+    from lion_nb.operations import check_parameters
     key = keyed['key']
     for params in ({'api_key': 'anything'}, {'openai_token': 'x'}, {'config': key}, {'note': 'sk-abcdefghijklmnop'}):
         with pytest.raises(LionError, match='refusing papermill parameter'): check_parameters(params, [key])

@@ -10,7 +10,7 @@ from lion_nb.cache import DEFAULT_HEADROOM, ChatRequest
 from lion_nb.core import ModelSpec, RunDir, load_config, parse_config, read_log
 from lion_nb.limits import Budget
 from lion_nb.llm import make_client
-from lion_nb.loop import endpoint_checks, preflight, request_shapes
+from lion_nb.operations import endpoint_checks, preflight, request_shapes
 from lion_nb.testing import TODAY_CATALOG, _reasoning, serve
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """Render nbs/index.ipynb to README.md offline (nbdev_readme needs Quarto, which needs the network).
 
 `python tools/readme.py` writes README.md; `python tools/readme.py --check` exits 1 if it is stale, or if the
-index's copy of `lion` (the algorithm, shown as the map of the notebooks) differs from `lion_nb/loop.py`'s.
+index's copy of `lion` (the algorithm, shown as the map of the notebooks) differs from `lion_nb/algorithm.py`'s.
 """
 import ast, re, sys
 from pathlib import Path
@@ -18,8 +18,8 @@ def render() -> str:
     return note + body.strip() + '\n'
 
 def lion_source() -> str:
-    "The source of `lion` in lion_nb/loop.py, read without importing the package."
-    src = (root/'lion_nb'/'loop.py').read_text(encoding='utf-8')
+    "The source of `lion` in lion_nb/algorithm.py, read without importing the package."
+    src = (root/"lion_nb"/"algorithm.py").read_text(encoding='utf-8')
     node = next(n for n in ast.parse(src).body if isinstance(n, ast.FunctionDef) and n.name == 'lion')
     return ast.get_source_segment(src, node)
 
@@ -32,7 +32,7 @@ if __name__ == '__main__':
     text, readme = render(), root/'README.md'
     if '--check' in sys.argv:
         if not index_lion_is_current():
-            print("check_readme: the index's copy of lion() differs from lion_nb/loop.py's; paste the new one",
+            print("check_readme: the index's copy of lion() differs from lion_nb/algorithm.py's; paste the new one",
                   file=sys.stderr)
             sys.exit(1)
         ok = readme.exists() and readme.read_text(encoding='utf-8') == text
