@@ -8,13 +8,13 @@ from packaging.version import Version
 from setuptools.command.build_py import build_py
 
 def stage_notebooks() -> list[Path]:
-    "The notebooks `lion_nb run` executes: the names in STAGES of lion_nb/loop.py (read, not imported)."
-    tree = ast.parse(Path('lion_nb/loop.py').read_text(encoding='utf-8'))
+    "The notebooks `lion_nb run` executes: the names in STAGES of lion_nb/algorithm.py (read, not imported)."
+    tree = ast.parse(Path('lion_nb/algorithm.py').read_text(encoding='utf-8'))
     stages = next(n.value for n in tree.body if isinstance(n, ast.Assign) and
                   any(getattr(t, 'id', None) == 'STAGES' for t in n.targets))
     names = sorted(c.value for c in ast.walk(stages)
                    if isinstance(c, ast.Constant) and str(c.value).endswith('.ipynb'))
-    assert names, 'lion_nb/loop.py: no stage notebooks in STAGES'
+    assert names, 'lion_nb/algorithm.py: no stage notebooks in STAGES'
     return [Path('nbs')/n for n in names]
 
 ASSETS = {'demo': sorted(Path('data/demo').glob('*.jsonl')),    # our own demo pools and questions
