@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_cli.ipynb #85e8ae44
 from __future__ import annotations
-import argparse, functools, importlib, importlib.util, inspect, sys
+import argparse, functools, importlib, importlib.util, inspect, re, sys
 from typing import Optional
 import fastcore.script
 from fastcore.docments import docments
@@ -114,18 +114,22 @@ def _add_arguments(ap: argparse.ArgumentParser, func) -> argparse.ArgumentParser
     return ap
 
 # %% ../nbs/09_cli.ipynb #e47e96f5
+def _about(func) -> str:
+    "`func`'s docstring without a leading \"`lion_nb x`: \" (the usage line already names the command)."
+    return re.sub(r'^`[^`]+`: ', '', inspect.getdoc(func) or '')
+
 def command_parser(func, # a function, or a dict {action: function} for `cmd ACTION [options]`
                    prog: str = None, # the command's name in usage and errors
                    description: str = None, # the text under the usage line (default: the docstring)
                   ) -> argparse.ArgumentParser:
     "The `ArgumentParser` of `func`, built from its signature (one sub-parser per action for a dict)."
     if not isinstance(func, dict):
-        ap = argparse.ArgumentParser(prog=prog, description=description or func.__doc__)
+        ap = argparse.ArgumentParser(prog=prog, description=description or _about(func))
         return _add_arguments(ap, func)
     ap = argparse.ArgumentParser(prog=prog, description=description)
     sub = ap.add_subparsers(dest='action', required=True)
     for name, f in func.items():
-        _add_arguments(sub.add_parser(name, help=f.__doc__, description=f.__doc__), f)
+        _add_arguments(sub.add_parser(name, help=_about(f), description=_about(f)), f)
     return ap
 
 # %% ../nbs/09_cli.ipynb #39a513ea
@@ -145,9 +149,10 @@ def parse_command(func, # as for `command_parser`
 def command(prog: str, # the command's name in usage and errors, e.g. 'lion_nb card'
             description: str = None, # the text under the usage line (default: the docstring)
            ):
-    "Decorator: `func(**options)` becomes `func(argv)`, parsed by `parse_command` (`__wrapped__`: `func`)."
+    "Decorator: `func(**options)` becomes `func(argv)`, run by `parse_command`; `.parser()` is its parser."
     def deco(func):
         @functools.wraps(func)
         def cli(argv: Optional[list[str]] = None) -> int: return parse_command(func, argv, prog, description)
+        cli.parser = functools.partial(command_parser, func, prog, description)   # for tests and docs
         return cli
     return deco
