@@ -115,8 +115,8 @@ def _add_arguments(ap: argparse.ArgumentParser, func) -> argparse.ArgumentParser
 
 # %% ../nbs/09_cli.ipynb #e47e96f5
 def _about(func) -> str:
-    "`func`'s docstring without a leading \"`lion_nb x`: \" (the usage line already names the command)."
-    return re.sub(r'^`[^`]+`: ', '', inspect.getdoc(func) or '')
+    "`func`'s docstring after a leading \"`lion_nb x`: \" (the usage line already names the command)."
+    return re.sub(r'^[^:]*?`: ', '', inspect.getdoc(func) or '')
 
 def command_parser(func, # a function, or a dict {action: function} for `cmd ACTION [options]`
                    prog: str = None, # the command's name in usage and errors
