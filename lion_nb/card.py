@@ -4,7 +4,7 @@
 
 # %% ../nbs/08a_card.ipynb #f4d365d1
 from __future__ import annotations
-import argparse, json, re
+import json, re
 from pathlib import Path
 from typing import Optional
 
@@ -513,14 +513,14 @@ def write_card(run_dir, # the run folder (outputs/<run>)
     return atomic_write_text(out, render_card(facts))
 
 # %% ../nbs/08a_card.ipynb #cc943ecd
-def card_cli(argv: list[str]) -> int:
+from .cli import command
+
+@command('lion_nb card',
+         "Write a model card for a run's final student, from the run's config, manifest and evaluations.")
+def card_cli(*, run_dir: str, # the run folder (outputs/<run>)
+             out: str = None, # where to write the card (default: README.md in the final student's folder)
+             force: bool = False, # overwrite an existing README.md not written by lion_nb
+            ) -> int:
     "`lion_nb card`: write a Hugging Face model card (README.md) for a run's final student."
-    about = "Write a model card for a run's final student, from the run's config, manifest and evaluations."
-    p = argparse.ArgumentParser(prog='lion_nb card', description=about)
-    p.add_argument('--run-dir', required=True, help='the run folder (outputs/<run>)')
-    p.add_argument('--out', help="where to write the card (default: README.md in the final student's folder)")
-    p.add_argument('--force', action='store_true',
-                   help='overwrite an existing README.md not written by lion_nb')
-    a = p.parse_args(argv)
-    print(f"wrote {write_card(a.run_dir, a.out, a.force)}")
+    print(f"wrote {write_card(run_dir, out, force)}")
     return 0

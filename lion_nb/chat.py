@@ -4,7 +4,7 @@
 
 # %% ../nbs/08b_chat.ipynb #e82d5e10
 from __future__ import annotations
-import argparse, html, importlib.resources, json, sys, threading
+import html, importlib.resources, json, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -310,22 +310,6 @@ def make_chat_server(session: ChatSession, # the conversation the page drives
     srv.daemon_threads = True
     return srv
 
-# %% ../nbs/08b_chat.ipynb #dce111d2
-def _chat_parser() -> argparse.ArgumentParser:
-    "The options of `lion_nb chat`."
-    about = ("Chat with a model (a checkpoint folder, or the embedded student's name) using its chat "
-             "template. Tokens stream as they are generated.")
-    p = argparse.ArgumentParser(prog='lion_nb chat', description=about)
-    p.add_argument('--model', required=True,
-                   help='checkpoint folder (e.g. outputs/RUN/iter_K/imitation/model)')
-    p.add_argument('--system', help='a system prompt')
-    p.add_argument('--max-new-tokens', type=int, default=256)
-    p.add_argument('--temperature', type=float, default=0.0, help='0 means greedy (default)')
-    p.add_argument('--web', action='store_true', help='serve a chat page instead of chatting in the terminal')
-    p.add_argument('--host', default='127.0.0.1', help='address to bind with --web (default 127.0.0.1)')
-    p.add_argument('--port', type=int, default=0, help='port for --web (default: a free one)')
-    return p
-
 # %% ../nbs/08b_chat.ipynb #6e7d7fa9
 def _serve(session: ChatSession, host: str, port: int, name: str) -> int:
     "Serve the chat page until Ctrl-C."
@@ -338,11 +322,21 @@ def _serve(session: ChatSession, host: str, port: int, name: str) -> int:
     return 0
 
 # %% ../nbs/08b_chat.ipynb #cd117d75
-def chat_cli(argv: list[str]) -> int:
+from .cli import command
+
+@command('lion_nb chat', "Chat with a model (a checkpoint folder, or the embedded student's name) using its "
+         "chat template. Tokens stream as they are generated.")
+def chat_cli(*, model: str, # checkpoint folder (e.g. outputs/RUN/iter_K/imitation/model)
+             system: str = None, # a system prompt
+             max_new_tokens: int = 256,
+             temperature: float = 0.0, # 0 means greedy (default)
+             web: bool = False, # serve a chat page instead of chatting in the terminal
+             host: str = '127.0.0.1', # address to bind with --web (default 127.0.0.1)
+             port: int = 0, # port for --web (default: a free one)
+            ) -> int:
     "`lion_nb chat`: chat with a student in the terminal (or, with --web, in a browser), tokens streamed."
-    a = _chat_parser().parse_args(argv)
-    model, tok = load_chat_model(a.model)
-    session = ChatSession(model, tok, a.system, a.max_new_tokens, a.temperature)
-    name = Path(str(a.model)).name or str(a.model)
-    if not a.web: return chat_loop(session, name=name)
-    return _serve(session, a.host, a.port, name)
+    lm, tok = load_chat_model(model)
+    session = ChatSession(lm, tok, system, max_new_tokens, temperature)
+    name = Path(str(model)).name or str(model)
+    if not web: return chat_loop(session, name=name)
+    return _serve(session, host, port, name)

@@ -4,12 +4,14 @@
 
 # %% ../nbs/09_cli.ipynb #85e8ae44
 from __future__ import annotations
-import importlib, importlib.util, sys
+import argparse, functools, importlib, importlib.util, inspect, re, sys
 from typing import Optional
+import fastcore.script
+from fastcore.docments import docments
 from .core import LionError
 
 # %% auto #0
-__all__ = ['COMMANDS', 'available_commands', 'usage', 'main']
+__all__ = ['COMMANDS', 'available_commands', 'usage', 'main', 'Param', 'UsageError', 'command_parser', 'parse_command', 'command']
 
 # %% ../nbs/09_cli.ipynb #2add4cd6
 COMMANDS = {  # subcommand: (module, function, summary)
@@ -79,3 +81,78 @@ def main(argv: Optional[list[str]] = None, # the arguments (default: `sys.argv[1
     except KeyboardInterrupt:
         print(f"lion_nb {cmd}: interrupted", file=sys.stderr)
         return 130
+
+# %% ../nbs/09_cli.ipynb #7d7164b7
+class Param(fastcore.script.Param):
+    "fastcore's `Param` (help, type, nargs, choices, action, ...), plus argparse's `metavar`."
+    def __init__(self, help='', type=None, metavar=None, **kw):
+        super().__init__(help, type, **kw)
+        self.metavar = metavar
+
+class UsageError(LionError):
+    "Bad command-line input that a signature cannot express; reported like argparse's own errors (exit 2)."
+
+# %% ../nbs/09_cli.ipynb #8191d30b
+def _argument(p: inspect.Parameter, doc) -> tuple[str, dict]:
+    "The name and `add_argument` keywords of one parameter (`doc`: its `docments` entry)."
+    prm = doc.anno if isinstance(doc.anno, Param) else Param(type=None if doc.anno is p.empty else doc.anno)
+    kw = prm.kwargs
+    kw['help'] = prm.help or doc.docment
+    if kw.get('type') is bool:                      # a switch
+        del kw['type']
+        kw.setdefault('action', 'store_true')
+    if p.default is not p.empty: kw.setdefault('default', p.default)
+    if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty: return p.name, kw
+    return '--' + p.name.replace('_', '-'), dict(dest=p.name, required=p.default is p.empty, **kw)
+
+def _add_arguments(ap: argparse.ArgumentParser, func) -> argparse.ArgumentParser:
+    "Add one argument per parameter of `func` to `ap`."
+    docs = docments(func, full=True, returns=False, eval_str=True)
+    for p in inspect.signature(func).parameters.values():
+        name, kw = _argument(p, docs[p.name])
+        ap.add_argument(name, **kw)
+    return ap
+
+# %% ../nbs/09_cli.ipynb #e47e96f5
+def _about(func) -> str:
+    "`func`'s docstring after a leading \"`lion_nb x`: \" (the usage line already names the command)."
+    return re.sub(r'^[^:]*?`: ', '', inspect.getdoc(func) or '')
+
+def command_parser(func, # a function, or a dict {action: function} for `cmd ACTION [options]`
+                   prog: str = None, # the command's name in usage and errors
+                   description: str = None, # the text under the usage line (default: the docstring)
+                  ) -> argparse.ArgumentParser:
+    "The `ArgumentParser` of `func`, built from its signature (one sub-parser per action for a dict)."
+    if not isinstance(func, dict):
+        ap = argparse.ArgumentParser(prog=prog, description=description or _about(func))
+        return _add_arguments(ap, func)
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    sub = ap.add_subparsers(dest='action', required=True)
+    for name, f in func.items():
+        _add_arguments(sub.add_parser(name, help=_about(f), description=_about(f)), f)
+    return ap
+
+# %% ../nbs/09_cli.ipynb #39a513ea
+def parse_command(func, # as for `command_parser`
+                  argv: Optional[list[str]], # the arguments (default: `sys.argv[1:]`)
+                  prog: str = None, description: str = None,
+                 ) -> int: # what `func` returns (`None` is 0)
+    "Parse `argv` with `command_parser` and call the function chosen with the options as keywords."
+    ap = command_parser(func, prog, description)
+    kw = vars(ap.parse_args(argv))
+    if isinstance(func, dict): func = func[kw.pop('action')]
+    try: r = func(**kw)
+    except UsageError as e: ap.error(str(e))
+    return 0 if r is None else r
+
+# %% ../nbs/09_cli.ipynb #981e6098
+def command(prog: str, # the command's name in usage and errors, e.g. 'lion_nb card'
+            description: str = None, # the text under the usage line (default: the docstring)
+           ):
+    "Decorator: `func(**options)` becomes `func(argv)`, run by `parse_command`; `.parser()` is its parser."
+    def deco(func):
+        @functools.wraps(func)
+        def cli(argv: Optional[list[str]] = None) -> int: return parse_command(func, argv, prog, description)
+        cli.parser = functools.partial(command_parser, func, prog, description)   # for tests and docs
+        return cli
+    return deco

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_data.ipynb #b2651b64
 from __future__ import annotations
-import argparse, json, os, re, shutil, sys, tempfile, urllib.error, urllib.request
+import json, os, re, shutil, sys, tempfile, urllib.error, urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Optional, Union
@@ -527,37 +527,34 @@ def data_status(root=None, cfg: Optional[Config] = None, names=None) -> list[dic
     return [{'name': n, 'path': str(p), 'state': _file_state(n, p)} for n, p in paths.items()]
 
 # %% ../nbs/12_data.ipynb #52e44ad1
-def _data_parser() -> argparse.ArgumentParser:
-    "The argument parser of `lion_nb data`."
-    ap = argparse.ArgumentParser(prog='lion_nb data',
-                                 description='Public datasets: where they are, and downloading them.')
-    sub = ap.add_subparsers(dest='cmd', required=True)
-    st = sub.add_parser('status', help='list the datasets in the data folder and check their hashes')
-    fe = sub.add_parser('fetch',
-                        help='download datasets (alpaca, seed, vicuna80, user252, agieval, bbh, all)')
-    fe.add_argument('names', nargs='+')
-    fe.add_argument('--force', action='store_true', help='download again even if present')
-    fe.add_argument('--url', help='download from this address instead (one file only; for mirrors)')
-    for p in (st, fe):
-        p.add_argument('--data-dir',
-                       help=f'the data folder (default: the config\'s data_dir, else ${DATA_ENV})')
-        p.add_argument('--config', help='take the data folder from this run configuration (its data_dir)')
-    return ap
+from .cli import Param, parse_command
+
+_DATA_DIR = Param(f"the data folder (default: the config's data_dir, else ${DATA_ENV})")
+_CONFIG = Param('take the data folder from this run configuration (its data_dir)')
+
+def _data_status(*, data_dir: _DATA_DIR = None, config: _CONFIG = None) -> None:
+    "list the datasets in the data folder and check their hashes"
+    rows = data_status(data_dir, load_config(config) if config else None)
+    w = max(len(r['name']) for r in rows)
+    for r in rows: print(f"{r['name']:<{w}}  {r['state']:<9}  {r['path']}")
+
+def _data_fetch(names: Param(nargs='+'),
+                *, force: bool = False, # download again even if present
+                url: str = None, # download from this address instead (one file only; for mirrors)
+                data_dir: _DATA_DIR = None, config: _CONFIG = None) -> None:
+    "download datasets (alpaca, seed, vicuna80, user252, agieval, bbh, all)"
+    cfg = load_config(config) if config else None
+    for n in names:
+        for p in fetch(n, data_dir, cfg=cfg, force=force, url=url): print(p)
+
+_DATA_ACTIONS = {'status': _data_status, 'fetch': _data_fetch}
 
 # %% ../nbs/12_data.ipynb #4234461f
 def data_cli(argv: list[str], # the arguments after `lion_nb data`
             ) -> int:
     "`lion_nb data`: show the state of a data folder, or download datasets into it."
-    a = _data_parser().parse_args(argv)
-    cfg = load_config(a.config) if a.config else None
-    if a.cmd == 'status':
-        rows = data_status(a.data_dir, cfg)
-        w = max(len(r['name']) for r in rows)
-        for r in rows: print(f"{r['name']:<{w}}  {r['state']:<9}  {r['path']}")
-        return 0
-    for n in a.names:
-        for p in fetch(n, a.data_dir, cfg=cfg, force=a.force, url=a.url): print(p)
-    return 0
+    return parse_command(_DATA_ACTIONS, argv, 'lion_nb data',
+                         'Public datasets: where they are, and downloading them.')
 
 # %% ../nbs/12_data.ipynb #7fe2feea
 REVIEWERS = {1: 'general', 2: 'coding', 3: 'math'}     # FastChat's reviewer.jsonl order

@@ -4,7 +4,6 @@
 
 # %% ../nbs/05a_dedup.ipynb #18fd45d0
 from __future__ import annotations
-import argparse
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -443,44 +442,35 @@ def dedup_rows(pool_rows: list[tuple[int, dict]], cand_rows: list[tuple[int, dic
                        'nearest': _describe(*sources[d.nearest]) if d.nearest >= 0 else None})
     return kept, report
 
-# %% ../nbs/05a_dedup.ipynb #7f27f9bb
-def _dedup_parser(description: str) -> argparse.ArgumentParser:
-    "The arguments of `lion_nb dedup`."
-    p = argparse.ArgumentParser(prog='lion_nb dedup', description=description)
-    p.add_argument('--pool', type=Path, required=True,
-                   help="JSONL of instructions already kept (may be empty)")
-    p.add_argument('--candidates', type=Path, required=True,
-                   help="JSONL of new instructions, decided in this order")
-    p.add_argument('--threshold', type=float, default=0.7,
-                   help="reject at this ROUGE-L F-measure or above (default 0.7)")
-    p.add_argument('--out', type=Path, required=True,
-                   help="where to write the kept candidates (JSONL, input order)")
-    p.add_argument('--report', type=Path, help="per-candidate report (default: OUT with .report.jsonl)")
-    return p
-
 # %% ../nbs/05a_dedup.ipynb #ea6c555a
-def _output_paths(a: argparse.Namespace) -> tuple[Path, Path]:
-    "The kept-candidates file and the report file of parsed arguments `a`; neither may be an input file."
-    report = a.report or a.out.with_name(a.out.name.removesuffix('.jsonl') + '.report.jsonl')
-    inputs = {a.pool.resolve(), a.candidates.resolve()}
-    for out in (a.out, report):
-        if out.resolve() in inputs: raise LionError(f"refusing to overwrite the input file {out}")
-    return a.out, report
+def _output_paths(pool: Path, candidates: Path, out: Path, report: Optional[Path]) -> tuple[Path, Path]:
+    "The kept-candidates file and the report file of `lion_nb dedup`; neither may be an input file."
+    report = report or out.with_name(out.name.removesuffix('.jsonl') + '.report.jsonl')
+    inputs = {pool.resolve(), candidates.resolve()}
+    for path in (out, report):
+        if path.resolve() in inputs: raise LionError(f"refusing to overwrite the input file {path}")
+    return out, report
 
 # %% ../nbs/05a_dedup.ipynb #f3316eeb
-def dedup_cli(argv: Optional[list[str]] = None, # the command line after `lion_nb dedup` (default: sys.argv)
+from .cli import command, UsageError
+
+@command('lion_nb dedup')
+def dedup_cli(*, pool: Path, # JSONL of instructions already kept (may be empty)
+              candidates: Path, # JSONL of new instructions, decided in this order
+              threshold: float = 0.7, # reject at this ROUGE-L F-measure or above (default 0.7)
+              out: Path, # where to write the kept candidates (JSONL, input order)
+              report: Path = None, # per-candidate report (default: OUT with .report.jsonl)
              ) -> int:
     """`lion_nb dedup`: keep the candidates whose ROUGE-L F to the pool (and to earlier kept ones) is below a
     threshold."""
-    p = _dedup_parser(dedup_cli.__doc__.split(': ', 1)[1])
-    a = p.parse_args(argv)
-    if not 0 < a.threshold <= 1: p.error(f"--threshold must be in (0, 1], not {a.threshold}")
-    out, report = _output_paths(a)
+    if not 0 < threshold <= 1: raise UsageError(f"--threshold must be in (0, 1], not {threshold}")
+    out, report = _output_paths(pool, candidates, out, report)
     t0 = time.perf_counter()
-    pool, cands = read_instruction_rows(a.pool), read_instruction_rows(a.candidates)
-    kept, rows = dedup_rows(pool, cands, a.threshold)
+    pool_rows, cands = read_instruction_rows(pool), read_instruction_rows(candidates)
+    kept, rows = dedup_rows(pool_rows, cands, threshold)
     write_jsonl(out, kept)
     write_jsonl(report, rows)
-    print(f"lion_nb dedup: kept {len(kept):,} of {len(cands):,} candidates (ROUGE-L < {a.threshold}) against "
-          f"{len(pool):,} pool instructions in {time.perf_counter() - t0:.1f} s; wrote {out} and {report}")
+    print(f"lion_nb dedup: kept {len(kept):,} of {len(cands):,} candidates (ROUGE-L < {threshold}) against "
+          f"{len(pool_rows):,} pool instructions in {time.perf_counter() - t0:.1f} s; "
+          f"wrote {out} and {report}")
     return 0

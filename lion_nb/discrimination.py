@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_discrimination.ipynb #273789b1
 from __future__ import annotations
-import argparse, hashlib, json, statistics, sys
+import hashlib, json, statistics, sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -614,38 +614,18 @@ def _gap_since_last_round(cfg: Config, run: RunDir, k: int) -> dict:
 def _to_stderr(message: str): print(message, file=sys.stderr)
 
 # %% ../nbs/04_discrimination.ipynb #a29e19d1
-def discriminate_cli(argv: list[str]) -> int:
+from .cli import command, Param, UsageError
+
+@command('lion_nb discriminate', 'Teacher and student answer the Cache Pool; the referee scores both in both '
+         'orders; the pool is split into hard and easy instructions.')
+def discriminate_cli(*, config: str, # run configuration (YAML)
+                     run_dir: str, # the run folder (holds iter_k/pools/cache.jsonl)
+                     iteration: int = 1,
+                    ) -> int:
     "`lion_nb discriminate`: answer, review and split iteration k's Cache Pool into hard and easy."
-    p = argparse.ArgumentParser(prog='lion_nb discriminate',
-                                description='Teacher and student answer the Cache Pool; the referee scores '
-                                'both in both orders; the pool is split into hard and easy instructions.')
-    p.add_argument('--config', required=True, help='run configuration (YAML)')
-    p.add_argument('--run-dir', required=True, help='the run folder (holds iter_k/pools/cache.jsonl)')
-    p.add_argument('--iteration', type=int, default=1)
-    a = p.parse_args(argv)
-    cfg = load_config(a.config)
-    s = run_discrimination(cfg, RunDir(a.run_dir), a.iteration, progress=_to_stderr)
+    s = run_discrimination(load_config(config), RunDir(run_dir), iteration, progress=_to_stderr)
     print(describe_summary(s))
     return 0
-
-# %% ../nbs/04_discrimination.ipynb #d1ba071e
-def _referee_parser() -> argparse.ArgumentParser:
-    "The argument parser of `lion_nb referee`."
-    p = argparse.ArgumentParser(prog='lion_nb referee',
-                                description='Review teacher/student answer pairs in both orders, parse the '
-                                'scores robustly, and split into hard (d >= tau) and easy.')
-    p.add_argument('--config', required=True,
-                   help="run configuration (YAML): the referee model, sampling, tau")
-    p.add_argument('--teacher', required=True, help='teacher answers (JSONL of Answer records)')
-    p.add_argument('--student', help='student answers (JSONL of Answer records); not needed with --probe')
-    p.add_argument('--pool', help='the instructions (JSONL); default: those of the teacher answers')
-    p.add_argument('--out', required=True, help='folder for reviews, split, summary and plots')
-    p.add_argument('--tau', type=float, help='hard threshold (default: the config loop.tau)')
-    p.add_argument('--cache-dir', help='LLM cache folder (default: OUT/cache)')
-    p.add_argument('--no-plots', action='store_true')
-    p.add_argument('--probe', action='store_true', help="only the referee probe: the teacher's answers "
-                   "against wrong, truncated and empty ones, both orders; writes OUT/probe.json")
-    return p
 
 # %% ../nbs/04_discrimination.ipynb #9733409a
 def _pool_of_answers(answers: Sequence[Answer], path) -> list[Instruction]:
@@ -663,25 +643,35 @@ def _cli_referee(cfg: Config, out: Path, cache_dir: Optional[str]):
                        budget=run_budget(cfg, out/'usage.jsonl'))
 
 # %% ../nbs/04_discrimination.ipynb #f7a2a851
-def referee_cli(argv: list[str]) -> int:
+@command('lion_nb referee', 'Review teacher/student answer pairs in both orders, parse the scores robustly, '
+         'and split into hard (d >= tau) and easy.')
+def referee_cli(*, config: str, # run configuration (YAML): the referee model, sampling, tau
+                teacher: str, # teacher answers (JSONL of Answer records)
+                student: str = None, # student answers (JSONL of Answer records); not needed with --probe
+                pool: str = None, # the instructions (JSONL); default: those of the teacher answers
+                out: str, # folder for reviews, split, summary and plots
+                tau: float = None, # hard threshold (default: the config loop.tau)
+                cache_dir: str = None, # LLM cache folder (default: OUT/cache)
+                no_plots: bool = False,
+                probe: Param("only the referee probe: the teacher's answers against wrong, truncated and "
+                             "empty ones, both orders; writes OUT/probe.json", bool) = False,
+               ) -> int:
     "`lion_nb referee`: review existing teacher/student answers in both orders and write the hard/easy split."
-    p = _referee_parser()
-    a = p.parse_args(argv)
-    cfg = load_config(a.config)
-    if not (a.probe or a.student): p.error('--student is required (unless --probe)')
-    teacher = read_records(a.teacher, Answer)
-    pool = read_pool(a.pool) if a.pool else _pool_of_answers(teacher, a.teacher)
-    out = Path(a.out)
-    client = _cli_referee(cfg, out, a.cache_dir)
+    cfg = load_config(config)
+    if not (probe or student): raise UsageError('--student is required (unless --probe)')
+    teachers = read_records(teacher, Answer)
+    items = read_pool(pool) if pool else _pool_of_answers(teachers, teacher)
+    out = Path(out)
+    client = _cli_referee(cfg, out, cache_dir)
     settings = RefereeSettings.from_config(cfg)
-    if a.probe:
-        pairs = probe_pairs(right_answers(teacher), n=cfg.probe.items, seed=cfg.seed)
+    if probe:
+        pairs = probe_pairs(right_answers(teachers), n=cfg.probe.items, seed=cfg.seed)
         s = run_probe(pairs, client, settings, out, cfg.probe.min_accuracy, 'warn', progress=_to_stderr)
         print(json.dumps(s['probe'], indent=1))
         return 0 if s['passed'] else 1
-    student = read_records(a.student, Answer)
-    tau = cfg.loop.tau if a.tau is None else a.tau
-    s = referee_and_split(pool, teacher, student, client, settings, out, tau, plots=not a.no_plots,
+    students = read_records(student, Answer)
+    tau = cfg.loop.tau if tau is None else tau
+    s = referee_and_split(items, teachers, students, client, settings, out, tau, plots=not no_plots,
                           progress=_to_stderr)
     print(describe_summary(s))
     return 0

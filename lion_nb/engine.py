@@ -489,33 +489,30 @@ def serve_hf(checkpoint, # the checkpoint to serve
     return httpd
 
 # %% ../nbs/14_engine.ipynb #45a17cb9
-def _engine_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog='python -m lion_nb.engine',
-                                 description='Serve a checkpoint over an OpenAI API.')
-    sub = ap.add_subparsers(dest='cmd', required=True)
-    p = sub.add_parser('serve-hf', help='a small server over transformers (the stand-in for vLLM)')
-    p.add_argument('checkpoint')
-    p.add_argument('--host', default='127.0.0.1')
-    p.add_argument('--port', type=int, default=0)
-    p.add_argument('--name', default=SERVED_NAME, help='the served model name')
-    sv = sub.add_parser('supervise',
-                        help='run a command; stop its process group when the parent process is gone')
-    sv.add_argument('--parent', type=int, required=True)
-    sv.add_argument('command', nargs=argparse.REMAINDER)
-    return ap
+from .cli import Param, parse_command
+
+def _serve_hf_cmd(checkpoint, *, host: str = '127.0.0.1', port: int = 0,
+                  name: str = SERVED_NAME, # the served model name
+                 ) -> int:
+    "a small server over transformers (the stand-in for vLLM)"
+    httpd = serve_hf(checkpoint, host, port, name)
+    print(f'serving {checkpoint} as {name!r} on http://{host}:{httpd.server_address[1]}/v1', flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=httpd.shutdown, daemon=True).start())
+    httpd.serve_forever(poll_interval=0.2)
+    return 0
+
+def _supervise_cmd(command: Param(nargs=argparse.REMAINDER), *, parent: int) -> int:
+    "run a command; stop its process group when the parent process is gone"
+    return supervise(parent, command[1:] if command[:1] == ['--'] else command)
+
+_ENGINE_ACTIONS = {'serve-hf': _serve_hf_cmd, 'supervise': _supervise_cmd}
 
 # %% ../nbs/14_engine.ipynb #12215331
 def engine_cli(argv: list[str]) -> int:
     """`python -m lion_nb.engine serve-hf CHECKPOINT [--host H] [--port P] [--name N]`: serve until killed;
     `python -m lion_nb.engine supervise --parent PID -- CMD...`: run CMD, stopped when PID is gone."""
-    a = _engine_parser().parse_args(argv)
-    if a.cmd == 'supervise':
-        return supervise(a.parent, a.command[1:] if a.command[:1] == ['--'] else a.command)
-    httpd = serve_hf(a.checkpoint, a.host, a.port, a.name)
-    print(f'serving {a.checkpoint} as {a.name!r} on http://{a.host}:{httpd.server_address[1]}/v1', flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=httpd.shutdown, daemon=True).start())
-    httpd.serve_forever(poll_interval=0.2)
-    return 0
+    return parse_command(_ENGINE_ACTIONS, argv, 'python -m lion_nb.engine',
+                         'Serve a checkpoint over an OpenAI API.')
 
 if __name__ == '__main__' and Path(sys.argv[0]).stem == 'engine':   # python -m lion_nb.engine
     sys.exit(engine_cli(sys.argv[1:]))

@@ -1150,27 +1150,6 @@ def _kv(s: str) -> tuple[str, str]:
     k, v = s.split('=', 1)
     return k.strip(), v.strip()
 
-# %% ../nbs/06_evaluation.ipynb #60b6e88d
-def _eval_parser() -> argparse.ArgumentParser:
-    about = 'Vicuna-80, user-oriented 252, AGIEval and BBH evaluation of students against the teacher.'
-    p = argparse.ArgumentParser(prog='lion_nb evaluate', description=about)
-    p.add_argument('--config', help='run configuration (YAML)')
-    p.add_argument('--run-dir', help='the run folder (outputs/<run>)')
-    p.add_argument('--iteration', type=int,
-                   help='which iteration to evaluate (its trained student is iter_<k>/imitation/model)')
-    p.add_argument('--sets', nargs='+', choices=EVAL_SETS, help="override the config's eval.sets")
-    p.add_argument('--samples', nargs='+', type=_kv, default=[], metavar='SET=N',
-                   help='sample size per set (per task for agieval/bbh)')
-    p.add_argument('--model', nargs='+', type=_kv, default=None, metavar='LABEL=NAME_OR_PATH',
-                   help="candidates (a config model name or a checkpoint folder); default: base and this "
-                        "iteration's student")
-    p.add_argument('--no-plots', action='store_true')
-    p.add_argument('--compare', nargs='+', metavar='RUN_DIR',
-                   help='plot these runs across iterations instead of evaluating')
-    p.add_argument('--out', default='compare.png', help='with --compare: the PNG to write')
-    p.add_argument('--arms', nargs=2, help=argparse.SUPPRESS)   # moved to `lion_nb compare`
-    return p
-
 # %% ../nbs/06_evaluation.ipynb #65d034a8
 def _headline_json(m: dict) -> str:
     "The final model's headline figures as one JSON line (at most 2000 characters)."
@@ -1180,22 +1159,39 @@ def _headline_json(m: dict) -> str:
     return json.dumps(judged | reasoning | {'empty_answers': m.get('empty_answers')}, default=str)[:2000]
 
 # %% ../nbs/06_evaluation.ipynb #84a5a0a6
-def evaluate_cli(argv: list[str]) -> int:
+from .cli import command, Param, UsageError
+
+@command('lion_nb evaluate',
+         'Vicuna-80, user-oriented 252, AGIEval and BBH evaluation of students against the teacher.')
+def evaluate_cli(*, config: str = None, # run configuration (YAML)
+                 run_dir: str = None, # the run folder (outputs/<run>)
+                 iteration: Param('which iteration to evaluate (its trained student is '
+                                  'iter_<k>/imitation/model)', int) = None,
+                 sets: Param("override the config's eval.sets", nargs='+', choices=EVAL_SETS) = None,
+                 samples: Param('sample size per set (per task for agieval/bbh)', _kv, nargs='+',
+                                metavar='SET=N') = (),
+                 model: Param("candidates (a config model name or a checkpoint folder); default: base and "
+                              "this iteration's student", _kv, nargs='+',
+                              metavar='LABEL=NAME_OR_PATH') = None,
+                 no_plots: bool = False,
+                 compare: Param('plot these runs across iterations instead of evaluating', nargs='+',
+                                metavar='RUN_DIR') = None,
+                 out: str = 'compare.png', # with --compare: the PNG to write
+                 arms: Param(argparse.SUPPRESS, nargs=2) = None, # moved to `lion_nb compare`
+                ) -> int:
     "Entry point of `lion_nb evaluate`."
-    p = _eval_parser()
-    a = p.parse_args(argv)
-    if a.arms: p.error('--arms has moved: run `lion_nb compare RUN_A RUN_B --labels A B`')
-    if a.compare:
-        made = plot_runs(a.compare, a.out)
+    if arms: raise UsageError('--arms has moved: run `lion_nb compare RUN_A RUN_B --labels A B`')
+    if compare:
+        made = plot_runs(compare, out)
         print(made or 'no evaluated iterations in these runs')
         return 0 if made else 1
-    if not (a.config and a.run_dir and a.iteration is not None):
-        p.error('--config, --run-dir and --iteration are required')
-    cfg = load_config(a.config)
-    try: samples = {k: int(v) for k, v in a.samples}
-    except ValueError: p.error('--samples values must be integers')
-    m = run_evaluation(cfg, RunDir(a.run_dir), a.iteration, models=dict(a.model) if a.model else None,
-                       sets=a.sets, samples=samples, plots=not a.no_plots)
+    if not (config and run_dir and iteration is not None):
+        raise UsageError('--config, --run-dir and --iteration are required')
+    cfg = load_config(config)
+    try: per_set = {k: int(v) for k, v in samples}
+    except ValueError: raise UsageError('--samples values must be integers')
+    m = run_evaluation(cfg, RunDir(run_dir), iteration, models=dict(model) if model else None,
+                       sets=sets, samples=per_set, plots=not no_plots)
     print(summary_table(m).to_string())
     print(_headline_json(m))
     return 0

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_generation.ipynb #6ac134c0
 from __future__ import annotations
-import argparse, math, random, re, sys
+import math, random, re, sys
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -605,32 +605,24 @@ def estimate_first_round(cfg: Config, run: RunDir, k: int, seeds: str = 'referee
                          cache_dir=run.cache)
     return client.estimate(requests)
 
-# %% ../nbs/05_generation.ipynb #27baebba
-def _generate_parser() -> argparse.ArgumentParser:
-    "The arguments of `lion_nb generate`."
-    about = ("Generate new instructions from the hard and easy ones discrimination found, filter them "
-             "(exact ROUGE-L), and write the next iteration's pools.")
-    p = argparse.ArgumentParser(prog='lion_nb generate', description=about)
-    p.add_argument('--config', required=True, help='run configuration (YAML)')
-    p.add_argument('--run-dir', required=True,
-                   help='the run folder (holds iter_k/discrimination/{hard,easy}.jsonl and iter_k/pools)')
-    p.add_argument('--iteration', type=int, default=1)
-    p.add_argument('--dry-run', action='store_true',
-                   help="estimate the first round's calls and cost; send nothing")
-    p.add_argument('--seeds', choices=SEED_SOURCES, default='referee',
-                   help="parents: the referee's hard/easy split, or random Cache Pool instructions "
-                        "(the control)")
-    return p
-
 # %% ../nbs/05_generation.ipynb #b32593fa
-def generate_cli(argv: Optional[list[str]] = None) -> int:
+from .cli import command, Param
+
+@command('lion_nb generate', "Generate new instructions from the hard and easy ones discrimination found, "
+         "filter them (exact ROUGE-L), and write the next iteration's pools.")
+def generate_cli(*, config: str, # run configuration (YAML)
+                 run_dir: Param('the run folder (holds iter_k/discrimination/{hard,easy}.jsonl and '
+                                'iter_k/pools)', str),
+                 iteration: int = 1,
+                 dry_run: bool = False, # estimate the first round's calls and cost; send nothing
+                 seeds: Param("parents: the referee's hard/easy split, or random Cache Pool instructions "
+                              "(the control)", choices=SEED_SOURCES) = 'referee',
+                ) -> int:
     "`lion_nb generate`: new hard and long-tail instructions for iteration k, and the pools of iteration k+1."
-    a = _generate_parser().parse_args(argv)
-    cfg = load_config(a.config)
-    run = RunDir(a.run_dir)
-    if a.dry_run:
-        print(estimate_first_round(cfg, run, a.iteration, a.seeds))
+    cfg, run = load_config(config), RunDir(run_dir)
+    if dry_run:
+        print(estimate_first_round(cfg, run, iteration, seeds))
         return 0
-    s = run_generation(cfg, run, a.iteration, seeds=a.seeds, progress=lambda m: print(m, file=sys.stderr))
+    s = run_generation(cfg, run, iteration, seeds=seeds, progress=lambda m: print(m, file=sys.stderr))
     print(describe_summary(s))
     return 0

@@ -183,37 +183,46 @@ def answer_pool(instructions: Sequence[Instruction], # the pool
     return [fresh.get(i.id) or prior[i.id] for i in instructions]
 
 # %% ../nbs/01_llm.ipynb #cd27ca4c
-def _answer_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='lion_nb answer',
-                                description='Answer every instruction of a pool (input included), resumably.')
-    p.add_argument('--role', required=True, choices=['teacher', 'student', 'referee', 'generator', 'judge'])
-    p.add_argument('--pool', required=True, help='instructions (JSONL)')
-    p.add_argument('--out', required=True, help='answers (JSONL, appended; resumed when re-run)')
-    p.add_argument('--config', help="run configuration (YAML); the role's model is used")
-    p.add_argument('--base-url', help='an OpenAI-compatible endpoint (instead of --config)')
-    p.add_argument('--model', help='model name at the endpoint, or checkpoint folder with --backend hf')
-    p.add_argument('--backend', choices=['openai', 'embedded', 'hf', 'vllm'],
-                   help='default: openai with --base-url, else from the config')
-    p.add_argument('--api-key-env', help='environment variable holding the API key')
-    for name in ('--concurrency', '--rpm', '--tpm', '--max-retries'): p.add_argument(name, type=int)
-    p.add_argument('--timeout', type=float)
-    p.add_argument('--batch-api', action='store_true', help='use the OpenAI Batch API (half price)')
-    p.add_argument('--batch-poll-s', type=float, default=30.0)
-    p.add_argument('--template', choices=['chat', 'alpaca', 'lion'],
-                   help="prompt layout for a local checkpoint (default: the config's train.template, "
-                        "else chat)")
-    p.add_argument('--temperature', type=float,
-                   help='default: the config sampling temperature of the role, else 0')
-    p.add_argument('--max-tokens', type=int, help='default: the config max_new_tokens, else 256')
-    p.add_argument('--seed', type=int, help='default: the config seed')
-    p.add_argument('--iteration', type=int, default=0)
-    p.add_argument('--stage', default='')
-    p.add_argument('--cache-dir', help='default: cache/ next to --out')
-    p.add_argument('--usage-log', help='default: usage.jsonl next to --out')
-    p.add_argument('--budget-usd', type=float,
-                   help='stop before spending more than this (default: the config budget)')
-    p.add_argument('--dry-run', action='store_true', help='estimate calls, tokens and cost; send nothing')
-    return p
+from .cli import command, Param
+
+@command('lion_nb answer', 'Answer every instruction of a pool (input included), resumably.')
+def answer_cli(*, role: Param(choices=['teacher', 'student', 'referee', 'generator', 'judge']),
+               pool: str, # instructions (JSONL)
+               out: str, # answers (JSONL, appended; resumed when re-run)
+               config: str = None, # run configuration (YAML); the role's model is used
+               base_url: str = None, # an OpenAI-compatible endpoint (instead of --config)
+               model: str = None, # model name at the endpoint, or checkpoint folder with --backend hf
+               backend: Param('default: openai with --base-url, else from the config',
+                              choices=['openai', 'embedded', 'hf', 'vllm']) = None,
+               api_key_env: str = None, # environment variable holding the API key
+               concurrency: int = None, rpm: int = None, tpm: int = None, max_retries: int = None,
+               timeout: float = None,
+               batch_api: bool = False, # use the OpenAI Batch API (half price)
+               batch_poll_s: float = 30.0,
+               template: Param("prompt layout for a local checkpoint (default: the config's train.template, "
+                               "else chat)", choices=['chat', 'alpaca', 'lion']) = None,
+               temperature: float = None, # default: the config sampling temperature of the role, else 0
+               max_tokens: int = None, # default: the config max_new_tokens, else 256
+               seed: int = None, # default: the config seed
+               iteration: int = 0,
+               stage: str = '',
+               cache_dir: str = None, # default: cache/ next to --out
+               usage_log: str = None, # default: usage.jsonl next to --out
+               budget_usd: float = None, # stop before spending more than this (default: the config budget)
+               dry_run: bool = False, # estimate calls, tokens and cost; send nothing
+              ) -> int:
+    "`lion_nb answer`: answer a pool with the teacher or the student; resumable; `--dry-run` estimates cost."
+    a = argparse.Namespace(**locals())   # the options, as the helpers below read them
+    cfg = load_config(config) if config else None
+    spec = _cli_spec(a, cfg)
+    temp, max_tokens, seed = _cli_sampling(a, cfg)
+    items = read_pool(pool)
+    client, usage = _cli_client(a, cfg, spec, Path(out))
+    sampling = dict(temperature=temp, max_tokens=max_tokens, seed=seed)
+    if dry_run: return _dry_run(client, items, Path(out), role, **sampling)
+    answers = answer_pool(items, client, Path(out), role=role, iteration=iteration, stage=stage,
+                          system=role_system(cfg, role), **sampling)
+    return _report(answers, client, Path(out), usage)
 
 # %% ../nbs/01_llm.ipynb #6ea76ea2
 def _cli_spec(a, cfg) -> ModelSpec:
@@ -277,20 +286,3 @@ def _report(answers: list[Answer], client: _Client, out: Path, usage: Path) -> i
     first = failed[0]
     print(f"{len(failed)} failed (re-run to retry them), e.g. {first.id}: {first.error}", file=sys.stderr)
     return 1
-
-# %% ../nbs/01_llm.ipynb #5b4a4729
-def answer_cli(argv: list[str], # the arguments after `lion_nb answer`
-              ) -> int:
-    "`lion_nb answer`: answer a pool with the teacher or the student; resumable; `--dry-run` estimates cost."
-    a = _answer_parser().parse_args(argv)
-    cfg = load_config(a.config) if a.config else None
-    spec = _cli_spec(a, cfg)
-    temp, max_tokens, seed = _cli_sampling(a, cfg)
-    out = Path(a.out)
-    pool = read_pool(a.pool)
-    client, usage = _cli_client(a, cfg, spec, out)
-    sampling = dict(temperature=temp, max_tokens=max_tokens, seed=seed)
-    if a.dry_run: return _dry_run(client, pool, out, a.role, **sampling)
-    answers = answer_pool(pool, client, out, role=a.role, iteration=a.iteration, stage=a.stage,
-                          system=role_system(cfg, a.role), **sampling)
-    return _report(answers, client, out, usage)

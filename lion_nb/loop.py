@@ -2,7 +2,7 @@
 
 # %% ../nbs/07_loop.ipynb #9a27238b
 from __future__ import annotations
-import argparse, ast, os, re, time
+import ast, os, re, time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -30,7 +30,7 @@ from .progress import fmt_seconds, stage_rows, stage_table, watch_stage
 # %% auto #0
 __all__ = ['KEPT_DIRECTIVES', 'QUIET_KERNEL', 'notebook_places', 'notebooks_dir', 'render_html', 'is_inline_test', 'lab_notebook',
            'run_stage', 'link_cache', 'prepare_run_dir', 'notebook_stage', 'run_loop', 'default_run_dir', 'demo_config',
-           'print_summary', 'run_parser', 'run_cli', 'demo_cli']
+           'print_summary', 'run_cli', 'demo_cli']
 
 # %% ../nbs/07_loop.ipynb #bac6da79
 def notebook_places(package=None) -> list[Path]:
@@ -210,68 +210,49 @@ def print_summary(manifest: dict, run_dir, progress=print):
     progress(stage_table(stage_rows(manifest, RunDir(run_dir))))
     progress(f"[lion_nb] the whole run took {fmt_seconds(manifest.get('seconds', 0)).strip()}")
 
-# %% ../nbs/07_loop.ipynb #9429b505
-def run_parser() -> argparse.ArgumentParser:
-    "The arguments of `lion_nb run`."
-    ap = argparse.ArgumentParser(prog='lion_nb run',
-                                 description='Run (or resume) the Lion loop, one papermill batch per stage.')
-    ap.add_argument('--config', required=True, help='the run configuration (YAML)')
-    ap.add_argument('--run-dir', help='where outputs go (default outputs/<config name>[-<baseline>], in the '
-                                      'checkout, else in the current folder)')
-    ap.add_argument(
-        '--baseline',
-        choices=list(BASELINES),
-        help="a control arm: 'random-seeds' (the generator on random Cache Pool seeds, no referee) "
-        "or 'random' (random selection from the reserve)",
-    )
-    ap.add_argument(
-        '--fork-from', help="start from this run's iteration 1 (pools, teacher answers, student, cache)"
-    )
-    ap.add_argument(
-        '--iterations', type=int, help='override loop.iterations (full rounds; the final imitation follows)'
-    )
-    ap.add_argument('--check', action='store_true',
-                    help='run only the preflight checks (models, data, reserve, GPUs, disk, keys)')
-    ap.add_argument('--cache-dir', help='an LLM cache folder shared by several runs (overrides cache_dir)')
-    ap.add_argument('--dry-run', action='store_true', help='estimate calls, tokens and cost; run nothing')
-    ap.add_argument('--log-output', action='store_true',
-                    help="stream the notebooks' cell output to the console (instead of the progress bars)")
-    return ap
-
 # %% ../nbs/07_loop.ipynb #1bbca8c9
-def run_cli(argv=None) -> int:
+from .cli import command, Param
+
+@command('lion_nb run', 'Run (or resume) the Lion loop, one papermill batch per stage.')
+def run_cli(*, config: str, # the run configuration (YAML)
+            run_dir: str = None, # where outputs go (default: outputs/<name>[-<baseline>], checkout or here)
+            baseline: Param("a control arm: 'random-seeds' (the generator on random Cache Pool seeds, no "
+                            "referee) or 'random' (random selection from the reserve)",
+                            choices=list(BASELINES)) = None,
+            fork_from: Param("start from this run's iteration 1 (pools, teacher answers, student, cache)",
+                             str) = None,
+            iterations: int = None, # override loop.iterations (full rounds; the final imitation follows)
+            check: bool = False, # run only the preflight checks (models, data, reserve, GPUs, disk, keys)
+            cache_dir: str = None, # an LLM cache folder shared by several runs (overrides cache_dir)
+            dry_run: bool = False, # estimate calls, tokens and cost; run nothing
+            log_output: Param("stream the notebooks' cell output to the console (instead of the progress "
+                              "bars)", bool) = False,
+           ) -> int:
     "lion_nb run: run or resume the loop."
-    a = run_parser().parse_args(argv)
-    cfg = load_config(a.config)
-    run_dir = a.run_dir or str(default_run_dir(cfg.name, a.baseline))
-    K = a.iterations or cfg.loop.iterations
-    if a.dry_run:
+    cfg = load_config(config)
+    run_dir = run_dir or str(default_run_dir(cfg.name, baseline))
+    K = iterations or cfg.loop.iterations
+    if dry_run:
         print(f"{K} round(s) of imitation, discrimination and generation, then a final imitation: "
               f"{trained_instructions(cfg, K):,} training instructions")
-        if a.baseline: print(f"the control arm {a.baseline!r}: {BASELINES[a.baseline]}, instead of them")
-        print_estimate(cfg, K, baseline=a.baseline)
+        if baseline: print(f"the control arm {baseline!r}: {BASELINES[baseline]}, instead of them")
+        print_estimate(cfg, K, baseline=baseline)
         return 0
-    if a.check:
-        preflight(a.config, run_dir, a.baseline, K)
+    if check:
+        preflight(config, run_dir, baseline, K)
         print("[check] all checks passed; nothing was run")
         return 0
-    m = run_loop(a.config, run_dir, a.baseline, a.iterations, a.log_output, cache_dir=a.cache_dir,
-                 fork_from=a.fork_from)
+    m = run_loop(config, run_dir, baseline, iterations, log_output, cache_dir=cache_dir, fork_from=fork_from)
     print_summary(m, run_dir)
     print(f"[lion_nb] outputs in {run_dir}")
     return 0
 
 # %% ../nbs/07_loop.ipynb #c65457d9
-def demo_cli(argv=None) -> int:
+@command('lion_nb demo', 'Run the demo profile (configs/demo.yaml) into outputs/demo.')
+def demo_cli(*, baseline: Param(choices=list(BASELINES)) = None,
+             fork_from: str = None, # start from this run's iteration 1 (e.g. outputs/demo)
+            ) -> int:
     "lion_nb demo: the demo profile on the embedded default models."
-    ap = argparse.ArgumentParser(
-        prog='lion_nb demo', description='Run the demo profile (configs/demo.yaml) into outputs/demo.'
-    )
-    ap.add_argument('--baseline', choices=list(BASELINES))
-    ap.add_argument('--fork-from', help="start from this run's iteration 1 (e.g. outputs/demo)")
-    a = ap.parse_args(argv)
-    args = ['--config', str(demo_config())] + (
-        ['--baseline', a.baseline] if a.baseline else []
-    )
-    args += ['--fork-from', a.fork_from] if a.fork_from else []
+    args = ['--config', str(demo_config())]
+    args += (['--baseline', baseline] if baseline else []) + (['--fork-from', fork_from] if fork_from else [])
     return run_cli(args)

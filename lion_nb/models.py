@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_models.ipynb #1d98e35f
 from __future__ import annotations
-import argparse, contextlib, fcntl, hashlib, importlib.util, json, os, secrets, shutil, signal, subprocess
+import contextlib, fcntl, hashlib, importlib.util, json, os, secrets, shutil, signal, subprocess
 import sys, time, urllib.error, urllib.request
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -328,17 +328,17 @@ def llama_params(gguf, settings: ServerSettings, alias: str = TEACHER_NAME, port
     return p
 
 # %% ../nbs/11_models.ipynb #16ad63ca
-def serve_forever(argv: list[str]) -> int:
+from .cli import command, parse_command, Param
+
+@command('lion_nb-embedded-server')
+def serve_forever(*, gguf: str, alias: str, settings: str, ready: str, token: str) -> int:
     "Body of the server process: load the model, listen, write the ready file, then wait for a signal."
-    ap = argparse.ArgumentParser(prog='lion_nb-embedded-server')
-    for a in ('--gguf', '--alias', '--settings', '--ready', '--token'): ap.add_argument(a, required=True)
-    a = ap.parse_args(argv)
     import xllamacpp as xlc    # optional (the `server` extra), and it loads a native library
     t0 = time.time()
-    server = xlc.Server(llama_params(a.gguf, ServerSettings.from_dict(json.loads(a.settings)), a.alias))
+    server = xlc.Server(llama_params(gguf, ServerSettings.from_dict(json.loads(settings)), alias))
     url = server.listening_address
-    write_json(a.ready, {'pid': os.getpid(), 'base_url': url.rstrip('/') + '/v1',
-                         'load_s': round(time.time() - t0, 2)})
+    write_json(ready, {'pid': os.getpid(), 'base_url': url.rstrip('/') + '/v1',
+                       'load_s': round(time.time() - t0, 2)})
     while True: signal.pause()
 
 # %% ../nbs/11_models.ipynb #4d997ce6
@@ -591,19 +591,10 @@ def ask_teacher(base_url: str, prompt: str, max_tokens: int = 64, seed: int = 0,
                                        max_tokens=max_tokens, seed=seed, temperature=temperature)
     return (r.choices[0].message.content or '').strip()
 
-# %% ../nbs/11_models.ipynb #e2333722
-def _add_settings_args(ap):
-    d = ServerSettings()
-    ap.add_argument('--parallel', type=int, default=d.n_parallel,
-                    help='request slots decoded together (default %(default)s)')
-    ap.add_argument('--ctx-per-slot', type=int, default=d.ctx_per_slot,
-                    help='tokens per slot (default %(default)s)')
-    ap.add_argument('--threads', type=int, default=d.threads, help='CPU threads (default %(default)s)')
-
 # %% ../nbs/11_models.ipynb #2a56c4ca
-def _settings(a) -> ServerSettings:
-    return ServerSettings(n_parallel=a.parallel, ctx_per_slot=a.ctx_per_slot, threads=a.threads,
-                          threads_batch=a.threads)
+def _settings(parallel: int, ctx_per_slot: int, threads: int) -> ServerSettings:
+    return ServerSettings(n_parallel=parallel, ctx_per_slot=ctx_per_slot, threads=threads,
+                          threads_batch=threads)
 
 # %% ../nbs/11_models.ipynb #3c438a31
 def _ask_served(name: str, keep: bool = False) -> str:
@@ -624,57 +615,47 @@ def _ask_served(name: str, keep: bool = False) -> str:
             print("server   stopped (it was started for verify)")
     return ans
 
-# %% ../nbs/11_models.ipynb #4cb277e1
-def _models_parser() -> argparse.ArgumentParser:
-    "The argument parser of `lion_nb models`."
-    ap = argparse.ArgumentParser(prog='lion_nb models', description=(
-        'Prepare, verify, serve or stop the embedded default models (teacher '
-        f'{TEACHER_NAME} behind a local llama.cpp server; student {STUDENT_NAME} as a HF checkpoint).'))
-    sub = ap.add_subparsers(dest='action', required=True, metavar='ACTION')
-    sub.add_parser('prepare',
-                   help='assemble the packaged GGUFs (SHA256-checked) and convert the student (idempotent)')
-    v = sub.add_parser('verify',
-                       help='hash every model, load the student, ask each GGUF through a local server')
-    v.add_argument('--keep-server', action='store_true', help='leave the servers that verify started running')
-    srv = sub.add_parser('serve',
-                         help='start the local OpenAI-compatible server (if not running); print its base URL')
-    srv.add_argument('--model', default=TEACHER_NAME, choices=list(GGUFS),
-                     help='which packaged GGUF to serve')
-    _add_settings_args(srv)
-    sub.add_parser('stop', help='stop every local server')
-    sub.add_parser('status', help="show what is prepared and whether the server runs")
-    return ap
-
 # %% ../nbs/11_models.ipynb #d933fbe2
-def _cli_prepare(a) -> None:
+def _cli_prepare() -> None:
+    "assemble the packaged GGUFs (SHA256-checked) and convert the student (idempotent)"
     t0 = time.time()
     prepare_models()
     print(f"prepared in {time.time() - t0:.1f} s under {models_dir()}")
 
 # %% ../nbs/11_models.ipynb #37546d93
-def _cli_verify(a) -> None:
+def _cli_verify(*, keep_server: bool = False, # leave the servers that verify started running
+               ) -> None:
+    "hash every model, load the student, ask each GGUF through a local server"
     for name in GGUFS: verify_gguf(name)
     verify_student()
-    for name in GGUFS: _ask_served(name, keep=a.keep_server)
+    for name in GGUFS: _ask_served(name, keep=keep_server)
     print("verify: ok")
 
 # %% ../nbs/11_models.ipynb #58887060
-def _cli_serve(a) -> None:
-    gguf = packaged_gguf(a.model)
+def _cli_serve(*, model: Param('which packaged GGUF to serve', choices=list(GGUFS)) = TEACHER_NAME,
+               parallel: Param('request slots decoded together (default %(default)s)',
+                               int) = ServerSettings().n_parallel,
+               ctx_per_slot: int = ServerSettings().ctx_per_slot, # tokens per slot (default %(default)s)
+               threads: int = ServerSettings().threads, # CPU threads (default %(default)s)
+              ) -> None:
+    "start the local OpenAI-compatible server (if not running); print its base URL"
+    gguf, settings = packaged_gguf(model), _settings(parallel, ctx_per_slot, threads)
     was = running_server(state_for(gguf))
-    url = ensure_server(gguf, settings=_settings(a))
-    if was and was.get('settings') != asdict(_settings(a)):
+    url = ensure_server(gguf, settings=settings)
+    if was and was.get('settings') != asdict(settings):
         print(f"already running with settings {was.get('settings')}; "
               "`lion_nb models stop` first to change them", file=sys.stderr)
     print(url)
 
 # %% ../nbs/11_models.ipynb #c388144f
-def _cli_stop(a) -> None:
+def _cli_stop() -> None:
+    "stop every local server"
     n = stop_all_servers()
     print(f'stopped {n} server(s)' if n else 'no embedded server was running')
 
 # %% ../nbs/11_models.ipynb #af61c462
-def _cli_status(a) -> None:
+def _cli_status() -> None:
+    "show what is prepared and whether the server runs"
     print(json.dumps({'models_dir': str(models_dir()),
                       **{name: {'prepared': is_prepared(name)} for name in (*GGUFS, STUDENT_NAME)},
                       'server': server_status(),
@@ -687,6 +668,6 @@ _MODELS_ACTIONS = {'prepare': _cli_prepare, 'verify': _cli_verify, 'serve': _cli
 def models_cli(argv: list[str], # the arguments after `lion_nb models`
               ) -> int:
     "`lion_nb models prepare|verify|serve|stop|status`: the embedded default models."
-    a = _models_parser().parse_args(argv)
-    _MODELS_ACTIONS[a.action](a)
-    return 0
+    return parse_command(_MODELS_ACTIONS, argv, 'lion_nb models', (
+        'Prepare, verify, serve or stop the embedded default models (teacher '
+        f'{TEACHER_NAME} behind a local llama.cpp server; student {STUDENT_NAME} as a HF checkpoint).'))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_pools.ipynb #6194e864
 from __future__ import annotations
-import argparse, random, re, time, unicodedata
+import random, re, time, unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -303,28 +303,26 @@ def plot_categories(summary: dict,  # what `run_pools` returned
     return fig
 
 # %% ../nbs/02_pools.ipynb #ca765d92
-def pools_cli(argv: list[str]) -> int:
+from .cli import command
+
+@command('lion_nb pools', "Build iteration 1's Train and Cache Pools from a dataset.")
+def pools_cli(*, config: str, # the run configuration (YAML)
+              run_dir: str = None, # the run directory (default outputs/<config name>)
+              dataset: str = None, # 'demo', 'alpaca', or a .json/.jsonl path (default: pools.dataset)
+              train_size: int = None,
+              cache_size: int = None,
+              reserve_size: int = None,
+              seed: int = None, # the run seed (default: seed)
+              data_dir: str = None, # the public datasets' folder (default: data_dir, else $LION_DATA_DIR)
+              plot: bool = False, # also save the category overview as categories.png
+              force: bool = False, # rebuild pools that were built with other settings
+             ) -> int:
     "`lion_nb pools`: build iteration 1's Train and Cache Pools of a run."
-    ap = argparse.ArgumentParser(prog='lion_nb pools',
-                                 description="Build iteration 1's Train and Cache Pools from a dataset.")
-    ap.add_argument('--config', required=True, help='the run configuration (YAML)')
-    ap.add_argument('--run-dir', help='the run directory (default outputs/<config name>)')
-    ap.add_argument('--dataset', help="'demo', 'alpaca', or a .json/.jsonl path (default: pools.dataset)")
-    ap.add_argument('--train-size', type=int)
-    ap.add_argument('--cache-size', type=int)
-    ap.add_argument('--reserve-size', type=int)
-    ap.add_argument('--seed', type=int, help='the run seed (default: seed)')
-    ap.add_argument('--data-dir', help='the folder of the public datasets (default: data_dir, '
-                                       'else $LION_DATA_DIR)')
-    ap.add_argument('--plot', action='store_true', help='also save the category overview as categories.png')
-    ap.add_argument('--force', action='store_true', help='rebuild pools that were built with other settings')
-    a = ap.parse_args(argv)
-    cfg = with_overrides(load_config(a.config), dataset=a.dataset, train_size=a.train_size,
-                         cache_size=a.cache_size, reserve_size=a.reserve_size, seed=a.seed,
-                         data_dir=a.data_dir)
-    run = RunDir(Path(a.run_dir) if a.run_dir else Path('outputs')/cfg.name)
-    s = run_pools(cfg, run, force=a.force)
+    cfg = with_overrides(load_config(config), dataset=dataset, train_size=train_size, cache_size=cache_size,
+                         reserve_size=reserve_size, seed=seed, data_dir=data_dir)
+    run = RunDir(Path(run_dir) if run_dir else Path('outputs')/cfg.name)
+    s = run_pools(cfg, run, force=force)
     print(("(already built with these settings)\n" if s.get('skipped') else '') + pools_table(s))
-    if a.plot: plot_categories(s, run.stage_dir(1, 'pools')/'categories.png')
+    if plot: plot_categories(s, run.stage_dir(1, 'pools')/'categories.png')
     print(f"written to {run.pool(1, 'train').parent}")
     return 0

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07b_study.ipynb #1cda7484
 from __future__ import annotations
-import argparse, json
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Optional
@@ -25,7 +25,7 @@ from .stats import FEW_SEEDS, align, hierarchical_ci, seed_verdict, spread, t_in
 __all__ = ['seed_config', 'arm_dirs', 'run_seed', 'final_evaluation', 'compare_arms', 'arm_budget', 'budget_line', 'budget_lines',
            'arm_probes', 'probes_line', 'print_arms', 'compare_cli', 'seed_items', 'pooled_diff', 'seed_level_diff',
            'probe_lines', 'summarise_study', 'study_table', 'mechanism_lines', 'arm_rounds', 'round_lines',
-           'plot_study', 'study_parser', 'print_budgets', 'study_cli']
+           'plot_study', 'print_budgets', 'study_cli']
 
 # %% ../nbs/07b_study.ipynb #9c5bd54b
 def seed_config(config_path, # the study's configuration (YAML)
@@ -146,13 +146,14 @@ def print_arms(runs, labels) -> int:
     return 0 if cmp['sets'] else 1
 
 # %% ../nbs/07b_study.ipynb #c0a1b2d2
-def compare_cli(argv: list[str]) -> int:
+from .cli import command, Param
+
+@command('lion_nb compare')
+def compare_cli(arms: Param("the two arms' run folders, Lion's first", nargs=2, metavar='RUN_DIR'),
+                *, labels: Param('their names', nargs=2, metavar=('A', 'B')) = ('lion', 'control'),
+               ) -> int:
     "Entry point of `lion_nb compare`: two arms' final students, paired on the same items, and their budgets."
-    p = argparse.ArgumentParser(prog='lion_nb compare', description=compare_cli.__doc__.split(': ', 1)[1])
-    p.add_argument('arms', nargs=2, metavar='RUN_DIR', help="the two arms' run folders, Lion's first")
-    p.add_argument('--labels', nargs=2, default=('lion', 'control'), metavar=('A', 'B'), help='their names')
-    a = p.parse_args(argv)
-    return print_arms(a.arms, a.labels)
+    return print_arms(arms, labels)
 
 # %% ../nbs/07b_study.ipynb #3d7364da
 def seed_items(run_dir, set_name: str, seed: int) -> dict:
@@ -337,19 +338,6 @@ def plot_study(summary: dict, path) -> Optional[Path]:
     fig.suptitle('Lion minus its control, with 95% paired bootstrap intervals')
     return save_figure(fig, path)
 
-# %% ../nbs/07b_study.ipynb #ae6d8e0c
-def study_parser() -> argparse.ArgumentParser:
-    "The arguments of `lion_nb study`."
-    ap = argparse.ArgumentParser(prog='lion_nb study',
-                                 description='Lion against a control arm, over seeds, with paired intervals.')
-    ap.add_argument('--config', required=True, help='the study configuration (e.g. configs/study.yaml)')
-    ap.add_argument('--seeds', nargs='+', type=int, default=[0], help='one Lion arm and one control per seed')
-    ap.add_argument('--out', default='outputs/study', help='the study folder (one folder per seed)')
-    ap.add_argument('--control', choices=list(BASELINES), default='random-seeds', help='the control arm')
-    ap.add_argument('--summarise', action='store_true', help='run nothing: summarise the seeds already run')
-    ap.add_argument('--log-output', action='store_true', help="stream the notebooks' cell output")
-    return ap
-
 # %% ../nbs/07b_study.ipynb #0ffc8e18
 def print_budgets(summary: dict, arms: dict,  # `summarise_study` of `arms`: {seed: (Lion, control folders)}
                   progress: Callable = print):
@@ -360,19 +348,25 @@ def print_budgets(summary: dict, arms: dict,  # `summarise_study` of `arms`: {se
             progress('\n' + '\n'.join(budget_lines(f"seed {seed}, {arm} arm", d, rows)))
 
 # %% ../nbs/07b_study.ipynb #ee85c7c1
-def study_cli(argv=None) -> int:
+@command('lion_nb study', 'Lion against a control arm, over seeds, with paired intervals.')
+def study_cli(*, config: str, # the study configuration (e.g. configs/study.yaml)
+              seeds: Param('one Lion arm and one control per seed', int, nargs='+') = (0,),
+              out: str = 'outputs/study', # the study folder (one folder per seed)
+              control: Param('the control arm', choices=list(BASELINES)) = 'random-seeds',
+              summarise: bool = False, # run nothing: summarise the seeds already run
+              log_output: bool = False, # stream the notebooks' cell output
+             ) -> int:
     "lion_nb study: run (or resume) a study, then print and save its comparison."
-    a = study_parser().parse_args(argv)
-    for seed in a.seeds:
-        if not a.summarise: run_seed(a.config, a.out, seed, a.control, log_output=a.log_output)
-    arms = {s: arm_dirs(a.out, s, a.control) for s in a.seeds}
-    summary = summarise_study(arms, a.control)
-    write_json(Path(a.out)/'study.json', summary)
-    plot_study(summary, Path(a.out)/'study.png')
+    for seed in seeds:
+        if not summarise: run_seed(config, out, seed, control, log_output=log_output)
+    arms = {s: arm_dirs(out, s, control) for s in seeds}
+    summary = summarise_study(arms, control)
+    write_json(Path(out)/'study.json', summary)
+    plot_study(summary, Path(out)/'study.png')
     print(study_table(summary))
     for line in mechanism_lines(summary) + probe_lines(summary): print(line)
-    for line in round_lines(arms, a.control): print(line)
+    for line in round_lines(arms, control): print(line)
     print_budgets(summary, arms)
-    print(json.dumps({'control': a.control, 'seeds': a.seeds, 'sets': summary['sets'],
+    print(json.dumps({'control': control, 'seeds': list(seeds), 'sets': summary['sets'],
                       'per_seed': {s: r['sets'] for s, r in summary['seeds'].items()}}, default=str))
     return 0 if summary['sets'] else 1

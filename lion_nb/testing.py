@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_testing.ipynb #783bea81
 from __future__ import annotations
-import argparse, email.parser, email.policy, hashlib, json, math, random, re, socket, struct, sys, threading
+import email.parser, email.policy, hashlib, json, math, random, re, socket, struct, sys, threading
 import time, urllib.parse, uuid
 from collections import Counter, deque
 from contextlib import contextmanager
@@ -710,24 +710,20 @@ def serve(reply: Callable = default_reply, # what the "model" says: body -> text
     finally: srv.stop()
 
 # %% ../nbs/15_testing.ipynb #d40c08bf
-def main(argv=None):
+from .cli import command, Param
+
+@command('python -m lion_nb.testing', 'Serve a fake OpenAI-compatible API on 127.0.0.1 until killed.')
+def main(*, port: int = 0, latency_s: float = 0.0, rpm: int = None, window_s: float = 60.0,
+         fault_rate: Param('FAULT=P, repeatable', action='append') = None,
+         batch_polls: int = 0, seed: int = 0,
+         today: bool = False, # answer as today's API does (FakeOpenAI.today)
+         batch_queue_tokens: int = None, # the Batch API's enqueued-token limit per model
+        ):
     "Serve a fake OpenAI-compatible API on 127.0.0.1 until killed; prints `READY <base_url>`."
-    ap = argparse.ArgumentParser(description='Serve a fake OpenAI-compatible API on 127.0.0.1 until killed.')
-    ap.add_argument('--port', type=int, default=0)
-    ap.add_argument('--latency-s', type=float, default=0.0)
-    ap.add_argument('--rpm', type=int)
-    ap.add_argument('--window-s', type=float, default=60.0)
-    ap.add_argument('--fault-rate', action='append', default=[], help='FAULT=P, repeatable')
-    ap.add_argument('--batch-polls', type=int, default=0)
-    ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--today', action='store_true', help="answer as today's API does (FakeOpenAI.today)")
-    ap.add_argument('--batch-queue-tokens', type=int, help="the Batch API's enqueued-token limit per model")
-    a = ap.parse_args(argv)
-    rates = {f: float(p) for f, p in (x.split('=') for x in a.fault_rate)}
-    srv = FakeOpenAI(latency_s=a.latency_s, rpm=a.rpm, window_s=a.window_s, fault_rate=rates,
-                     batch_polls=a.batch_polls, seed=a.seed, port=a.port,
-                     batch_queue_tokens=a.batch_queue_tokens)
-    srv = (srv.today() if a.today else srv).start()
+    rates = {f: float(p) for f, p in (x.split('=') for x in fault_rate or [])}
+    srv = FakeOpenAI(latency_s=latency_s, rpm=rpm, window_s=window_s, fault_rate=rates,
+                     batch_polls=batch_polls, seed=seed, port=port, batch_queue_tokens=batch_queue_tokens)
+    srv = (srv.today() if today else srv).start()
     print(f'READY {srv.base_url}', flush=True)
     try:
         while True: time.sleep(3600)

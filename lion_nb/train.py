@@ -36,17 +36,17 @@ from .models import resolve_hf_model
 from .stats import ratio_ci
 
 # %% auto #0
-__all__ = ['TINY_CHAT_TEMPLATE', 'IGNORE', 'RUN_FREE', 'OVERRIDES', 'CHOICES', 'SWITCHES', 'tiny_tokenizer', 'make_tiny_llama',
-           'toy_sft_records', 'read_sft', 'prompt_and_response', 'effective_max_length', 'tokenize_example',
-           'build_examples', 'pack', 'collate', 'token_loss_sum', 'step_examples', 'plan_steps', 'lr_factor',
-           'pick_device', 'setup_distributed', 'decoder_layers', 'shard_model', 'local_numel', 'load_full_model',
-           'meta_model', 'load_sharded_model', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint',
-           'export_entries', 'shard_plan', 'export_hf_model', 'export_complete', 'load_examples', 'plan_line',
-           'record_shards', 'make_optimizer', 'agreed_checkpoint', 'resume', 'micro_batches', 'accumulate',
-           'clip_gradients', 'train_step', 'train_summary', 'check_shared_folder', 'start_worker', 'run_steps', 'train',
-           'lora_config', 'add_lora', 'worker_parser', 'die_with_parent', 'main', 'ProcessFailed', 'run_streaming',
-           'first_slurm_host', 'rendezvous', 'srun_prefix', 'torchrun_command', 'run_key', 'check_devices',
-           'launch_training', 'train_parser', 'train_cli', 'plot_loss', 'nll_device', 'mean_nll']
+__all__ = ['TINY_CHAT_TEMPLATE', 'IGNORE', 'RUN_FREE', 'tiny_tokenizer', 'make_tiny_llama', 'toy_sft_records', 'read_sft',
+           'prompt_and_response', 'effective_max_length', 'tokenize_example', 'build_examples', 'pack', 'collate',
+           'token_loss_sum', 'step_examples', 'plan_steps', 'lr_factor', 'pick_device', 'setup_distributed',
+           'decoder_layers', 'shard_model', 'local_numel', 'load_full_model', 'meta_model', 'load_sharded_model',
+           'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'export_entries', 'shard_plan', 'export_hf_model',
+           'export_complete', 'load_examples', 'plan_line', 'record_shards', 'make_optimizer', 'agreed_checkpoint',
+           'resume', 'micro_batches', 'accumulate', 'clip_gradients', 'train_step', 'train_summary',
+           'check_shared_folder', 'start_worker', 'run_steps', 'train', 'lora_config', 'add_lora', 'die_with_parent',
+           'main', 'ProcessFailed', 'run_streaming', 'first_slurm_host', 'rendezvous', 'srun_prefix',
+           'torchrun_command', 'run_key', 'check_devices', 'launch_training', 'train_cli', 'plot_loss', 'nll_device',
+           'mean_nll']
 
 # %% ../nbs/03a_train.ipynb #615e85da
 TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -762,19 +762,6 @@ def add_lora(model, r: int = 16):
     from peft import get_peft_model       # optional, and slow to import: only train.lora needs it
     return get_peft_model(model, lora_config(r))
 
-# %% ../nbs/03a_train.ipynb #577c0d50
-def worker_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='python -m lion_nb.train',
-                                description="torchrun worker: SFT with FSDP2 (use `lion_nb train` to launch)")
-    p.add_argument('--data', required=True)
-    p.add_argument('--model', required=True)
-    p.add_argument('--out', required=True)
-    p.add_argument('--train-config', default='{}', help="TrainConfig as JSON")
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--max-steps', type=int)
-    p.add_argument('--run-key', help="what the export depends on (recorded in its manifest)")
-    return p
-
 # %% ../nbs/03a_train.ipynb #6163dbd0
 def die_with_parent() -> Callable[[], None]:
     """Linux: a function that makes the calling process get SIGKILL when its parent dies (prctl PDEATHSIG), so
@@ -786,13 +773,19 @@ def die_with_parent() -> Callable[[], None]:
     return lambda: prctl(1, signal.SIGKILL)          # 1 = PR_SET_PDEATHSIG
 
 # %% ../nbs/03a_train.ipynb #c5d366ae
-def main(argv: Optional[list[str]] = None) -> int:
+from .cli import command, Param
+
+@command('python -m lion_nb.train', "torchrun worker: SFT with FSDP2 (use `lion_nb train` to launch)")
+def main(*, data: str, model: str, out: str,
+         train_config: str = '{}', # TrainConfig as JSON
+         seed: int = 0, max_steps: int = None,
+         run_key: str = None, # what the export depends on (recorded in its manifest)
+        ) -> int:
     "Entry point of each torchrun worker."
     die_with_parent()()
     if os.getppid() == 1: return 1                   # the agent died before that took effect
-    a = worker_parser().parse_args(argv)
-    cfg = TrainConfig.model_validate_json(a.train_config)
-    try: train(a.data, a.model, a.out, cfg, seed=a.seed, max_steps=a.max_steps, run_key=a.run_key)
+    cfg = TrainConfig.model_validate_json(train_config)
+    try: train(data, model, out, cfg, seed=seed, max_steps=max_steps, run_key=run_key)
     finally:
         if dist.is_initialized(): dist.destroy_process_group()
     return 0
@@ -935,43 +928,37 @@ def launch_training(data,  # SFT JSONL
     run_streaming(cmd, env=full_env, echo=echo, check=True)
     return out/'model'
 
-# %% ../nbs/03a_train.ipynb #e6b1643d
-OVERRIDES = [('epochs', float), ('lr', float), ('max-length', int), ('micro-batch', int),
-             ('effective-batch', int),
-             ('warmup-ratio', float), ('lora-r', int), ('save-every', int), ('keep', int), ('nnodes', int),
-             ('node-rank', int), ('rdzv-endpoint', str)]             # flags that override a TrainConfig field
-CHOICES = {'schedule': ['cosine', 'linear', 'constant'], 'template': ['chat', 'alpaca', 'lion'],
-           'device': ['auto', 'cuda', 'cpu'], 'batch-unit': ['examples', 'tokens']}
-SWITCHES = ['packing', 'gradient-checkpointing', 'lora']
-
-def train_parser() -> argparse.ArgumentParser:
-    "The command line of `lion_nb train`: the data, model and output, then TrainConfig overrides."
-    p = argparse.ArgumentParser(prog='lion_nb train', description="Fine-tune a student on SFT data (JSONL of "
-                                "id, instruction, input, output) with FSDP under torchrun.")
-    p.add_argument('--data', required=True, help="SFT JSONL")
-    p.add_argument('--model', required=True, help="HF model folder or the embedded student's name")
-    p.add_argument('--out', required=True, help="output folder (checkpoints, train_log.jsonl, model/)")
-    p.add_argument('--config', help="run configuration YAML (its train section and seed are the defaults)")
-    p.add_argument('--nproc', type=int, help="processes (one per GPU; on CPU, shards of the model)")
-    p.add_argument('--seed', type=int)
-    p.add_argument('--max-steps', type=int)
-    for f, t in OVERRIDES: p.add_argument(f'--{f}', type=t)
-    for f, c in CHOICES.items(): p.add_argument(f'--{f}', choices=c)
-    for f in SWITCHES: p.add_argument(f'--{f}', action=argparse.BooleanOptionalAction, default=None)
-    return p
-
 # %% ../nbs/03a_train.ipynb #b6a02dac
-def train_cli(argv: list[str]) -> int:
+_SWITCH = Param(action=argparse.BooleanOptionalAction)   # --packing / --no-packing; unset: the config's
+
+@command('lion_nb train', "Fine-tune a student on SFT data (JSONL of id, instruction, input, output) "
+         "with FSDP under torchrun.")
+def train_cli(*, data: str, # SFT JSONL
+              model: str, # HF model folder or the embedded student's name
+              out: str, # output folder (checkpoints, train_log.jsonl, model/)
+              config: str = None, # run configuration YAML (its train section and seed are the defaults)
+              nproc: int = None, # processes (one per GPU; on CPU, shards of the model)
+              seed: int = None, max_steps: int = None,
+              epochs: float = None, lr: float = None, max_length: int = None, micro_batch: int = None,
+              effective_batch: int = None, warmup_ratio: float = None, lora_r: int = None,
+              save_every: int = None, keep: int = None, nnodes: int = None, node_rank: int = None,
+              rdzv_endpoint: str = None,
+              schedule: Param(choices=['cosine', 'linear', 'constant']) = None,
+              template: Param(choices=['chat', 'alpaca', 'lion']) = None,
+              device: Param(choices=['auto', 'cuda', 'cpu']) = None,
+              batch_unit: Param(choices=['examples', 'tokens']) = None,
+              packing: _SWITCH = None, gradient_checkpointing: _SWITCH = None, lora: _SWITCH = None,
+             ) -> int:
     "`lion_nb train --data SFT.jsonl --model PATH --out DIR --nproc N ...`"
-    a = train_parser().parse_args(argv)
-    run_cfg = load_config(a.config) if a.config else None
+    given = dict(locals())            # the options; those named after a TrainConfig field override it
+    run_cfg = load_config(config) if config else None
     base = run_cfg.train.model_dump() if run_cfg else {}
-    fields = [f.replace('-', '_') for f in [f for f, _ in OVERRIDES] + list(CHOICES) + SWITCHES]
-    over = {k: getattr(a, k) for k in fields if getattr(a, k) is not None}
+    over = {k: v for k, v in given.items()
+            if k in TrainConfig.model_fields and k != 'nproc' and v is not None}   # --nproc: see below
     cfg = TrainConfig.model_validate({**base, **over})
-    nproc = a.nproc or cfg.nproc
-    seed = a.seed if a.seed is not None else (run_cfg.seed if run_cfg else 0)
-    launch_training(a.data, resolve_hf_model(a.model), a.out, cfg, nproc, seed=seed, max_steps=a.max_steps)
+    nproc = nproc or cfg.nproc
+    seed = seed if seed is not None else (run_cfg.seed if run_cfg else 0)
+    launch_training(data, resolve_hf_model(model), out, cfg, nproc, seed=seed, max_steps=max_steps)
     return 0
 
 # %% ../nbs/03a_train.ipynb #461f206c

@@ -547,26 +547,25 @@ def folder_size(folder) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob('*') if p.is_file())
 
 # %% ../nbs/08_weights.ipynb #3ca2d688
-def _weights_parser() -> argparse.ArgumentParser:
-    "The options of `lion_nb weights diff|recover`."
-    about = ("Release a fine-tuned model as a diff against its base (for base models whose licence forbids "
-             "redistributing tuned weights), and rebuild it.")
-    p = argparse.ArgumentParser(prog='lion_nb weights', description=about)
-    sub = p.add_subparsers(dest='action', required=True)
-    d = sub.add_parser('diff', help='write tuned - base for every tensor, '
-                       'with tokenizer, config and per-tensor SHA256s')
-    d.add_argument('--base', required=True, help='the base model folder (safetensors)')
-    d.add_argument('--tuned', required=True, help='the fine-tuned model folder (safetensors)')
-    d.add_argument('--out', required=True, help='the diff folder to create (must not exist, or be empty)')
-    r = sub.add_parser('recover', help='rebuild the tuned model from the base and a diff, '
-                       'verified tensor by tensor')
-    r.add_argument('--base', required=True, help='the base model folder the diff was made against')
-    r.add_argument('--diff', required=True, help='the diff folder')
-    r.add_argument('--out', required=True, help='the model folder to create (must not exist, or be empty)')
-    for s in (d, r):
-        s.add_argument('--chunk-mb', type=float, default=4,
-                       help="bytes read per step (memory use), default 4")
-    return p
+from .cli import Param, parse_command
+
+_CHUNK_MB = Param('bytes read per step (memory use), default 4', float)
+
+def _weights_diff(*, base: str, # the base model folder (safetensors)
+                  tuned: str, # the fine-tuned model folder (safetensors)
+                  out: str, # the diff folder to create (must not exist, or be empty)
+                  chunk_mb: _CHUNK_MB = 4) -> None:
+    "write tuned - base for every tensor, with tokenizer, config and per-tensor SHA256s"
+    t0 = time.time()
+    _report_diff(argparse.Namespace(out=out), make_diff(base, tuned, out, chunk_mb), t0)
+
+def _weights_recover(*, base: str, # the base model folder the diff was made against
+                     diff: str, # the diff folder
+                     out: str, # the model folder to create (must not exist, or be empty)
+                     chunk_mb: _CHUNK_MB = 4) -> None:
+    "rebuild the tuned model from the base and a diff, verified tensor by tensor"
+    t0 = time.time()
+    _report_recover(argparse.Namespace(out=out), recover(base, diff, out, chunk_mb), t0)
 
 # %% ../nbs/08_weights.ipynb #5cf074fd
 def _report_diff(a, man: dict, t0: float) -> None:
@@ -585,8 +584,6 @@ def _report_recover(a, info: dict, t0: float) -> None:
 # %% ../nbs/08_weights.ipynb #ec244ceb
 def weights_cli(argv: list[str]) -> int:
     "`lion_nb weights diff|recover`: write a weight diff against a base model, or rebuild the model from one."
-    a = _weights_parser().parse_args(argv)
-    t0 = time.time()
-    if a.action == 'diff': _report_diff(a, make_diff(a.base, a.tuned, a.out, a.chunk_mb), t0)
-    else: _report_recover(a, recover(a.base, a.diff, a.out, a.chunk_mb), t0)
-    return 0
+    about = ("Release a fine-tuned model as a diff against its base (for base models whose licence forbids "
+             "redistributing tuned weights), and rebuild it.")
+    return parse_command({'diff': _weights_diff, 'recover': _weights_recover}, argv, 'lion_nb weights', about)
