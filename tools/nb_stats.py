@@ -1,13 +1,15 @@
-"""The shape of the notebooks and the exported code, in numbers: cells and lines per notebook, export cell sizes,
-heading-only and `show_doc` cells, whether each stage notebook opens with its `run_<stage>`, long lines, and more.
+"""The shape of the notebooks and the exported code, in numbers: cells and lines per notebook, export cell
+sizes, heading-only and `show_doc` cells, whether each stage notebook opens with its `run_<stage>`, long lines.
 
     python tools/nb_stats.py            # a table per notebook, then the totals, then one JSON line
     python tools/nb_stats.py --check    # also fail when a limit of DEVELOPING.md is broken
+    python tools/nb_stats.py --root DIR # the same figures for another checkout, e.g. an older commit
+                                        # (git worktree add /tmp/before 98d073f)
 """
 import ast, io, json, re, statistics, sys, tokenize
 from pathlib import Path
 
-root = Path(__file__).resolve().parents[1]
+root = Path(sys.argv[sys.argv.index('--root') + 1]) if '--root' in sys.argv else Path(__file__).resolve().parents[1]
 LIMITS = dict(cell_lines=60, line_chars=110)
 
 def cells(nb: Path) -> list[dict]: return json.loads(nb.read_text())['cells']
