@@ -61,6 +61,14 @@ def heading_only(c: dict) -> bool:
     lines = [l for l in source(c).splitlines() if l.strip()]
     return c['cell_type'] == 'markdown' and bool(lines) and all(l.lstrip().startswith('#') for l in lines)
 
+def section_export_cells(nb: list[dict]) -> list[int]:
+    "The number of export cells in each `##` section."
+    out = []
+    for c in nb:
+        if c['cell_type'] == 'markdown' and re.match(r'##\s', source(c)): out.append(0)
+        elif is_export(c) and out: out[-1] += 1
+    return out
+
 def notebook_stats(path: Path) -> dict:
     nb = cells(path)
     ex = [code_lines(source(c)) for c in nb if is_export(c)]
@@ -74,7 +82,8 @@ def notebook_stats(path: Path) -> dict:
                 defs=sum(defs), defs_per_cell=round(sum(defs) / len(ex), 2) if ex else 0,
                 intro_names=len(named), public=len(names), headed=len(headed & names), show_doc=sum(source(c).count('show_doc(') for c in nb if c['cell_type'] == 'code'),
                 cells=len(nb), lines=sum(len(source(c).splitlines()) for c in nb),
-                heading_only=sum(map(heading_only, nb)),
+                heading_only=sum(map(heading_only, nb)), sections=len(section_export_cells(nb)),
+                sections_over_3=sum(n > 3 for n in section_export_cells(nb)),
                 show_doc_cells=sum(c['cell_type'] == 'code' and 'show_doc(' in source(c) for c in nb), sizes=sizes)
 
 def joined_statements(src: str) -> int:
@@ -148,6 +157,8 @@ def main(check: bool = False) -> int:
                  lines_06_evaluation=by_name['06_evaluation.ipynb']['lines'], module_lines=lines,
                  heading_only_cells=sum(s['heading_only'] for s in nbs),
                  show_doc_cells=sum(s['show_doc_cells'] for s in nbs),
+                 sections=sum(s['sections'] for s in nbs),
+                 sections_over_3_export_cells=sum(s['sections_over_3'] for s in nbs),
                  export_cells=len(sizes), median_cell_lines=statistics.median(sizes),
                  cells_over_limit=sum(n > LIMITS['cell_lines'] for n in sizes), max_cell_lines=max(sizes),
                  defs_per_cell=round(sum(s['defs'] for s in nbs) / len(sizes), 2),
