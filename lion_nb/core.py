@@ -15,14 +15,14 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
                       model_validator)
 
 # %% auto #0
-__all__ = ['MAX_RECORD_BYTES', 'R', 'STAGES', 'ROLES', 'EnvVarName', 'OPERATIONAL_FIELDS', 'OPERATIONAL_MODEL_FIELDS',
-           'LionError', 'InputError', 'Record', 'Provenance', 'Instruction', 'Answer', 'Review', 'user_message',
-           'iter_jsonl', 'describe_validation_error', 'read_records', 'read_pool', 'atomic_write_bytes',
-           'atomic_write_text', 'to_jsonable', 'dumps_line', 'write_jsonl', 'write_json', 'read_json', 'repair_tail',
-           'JsonlLog', 'read_log', 'derive_seed', 'seed_everything', 'RunDir', 'Section', 'RemoteTerms',
-           'ReasoningSpec', 'ModelSpec', 'PoolsConfig', 'LoopConfig', 'SamplingConfig', 'TrainConfig',
-           'GenerationConfig', 'EvalConfig', 'ProbeConfig', 'Config', 'parse_config', 'load_config', 'config_hash',
-           'resolve_config_paths', 'config_identity', 'identity_diff', 'identity_hash', 'api_key_for',
+__all__ = ['MAX_RECORD_BYTES', 'R', 'STAGES', 'ROLES', 'EnvVarName', 'JUDGE_SET_ALIASES', 'OPERATIONAL_FIELDS',
+           'OPERATIONAL_MODEL_FIELDS', 'LionError', 'InputError', 'Record', 'Provenance', 'Instruction', 'Answer',
+           'Review', 'user_message', 'iter_jsonl', 'describe_validation_error', 'read_records', 'read_pool',
+           'atomic_write_bytes', 'atomic_write_text', 'to_jsonable', 'dumps_line', 'write_jsonl', 'write_json',
+           'read_json', 'repair_tail', 'JsonlLog', 'read_log', 'derive_seed', 'seed_everything', 'RunDir', 'Section',
+           'RemoteTerms', 'ReasoningSpec', 'ModelSpec', 'PoolsConfig', 'LoopConfig', 'SamplingConfig', 'TrainConfig',
+           'GenerationConfig', 'EvalConfig', 'ProbeConfig', 'judge_name', 'Config', 'parse_config', 'load_config',
+           'config_hash', 'resolve_config_paths', 'config_identity', 'identity_diff', 'identity_hash', 'api_key_for',
            'configured_secrets', 'redact', 'cache_root', 'sha256_file']
 
 # %% ../nbs/10_core.ipynb #6cb87795
@@ -587,6 +587,15 @@ def _apply_student_template(cfg: Config) -> None:
                          f"prompt_template {want!r}")
     cfg.train.template = want
 
+# %% ../nbs/10_core.ipynb #c0re0a02
+JUDGE_SET_ALIASES = {'lion_nb': 'default'}  # a shipped judge set's former name: its name now
+
+def judge_name(name: str) -> str:
+    "A shipped judge's name, its set called as it is now ('lion_nb/referee' is 'default/referee')."
+    head, sep, rest = name.partition('/')
+    if not sep or head not in JUDGE_SET_ALIASES or Path(name).expanduser().exists(): return name
+    return f"{JUDGE_SET_ALIASES[head]}/{rest}"
+
 # %% ../nbs/10_core.ipynb #b31fa001
 class Config(Section):
     "One run's configuration."
@@ -609,6 +618,14 @@ class Config(Section):
     judges: dict[Literal['referee', 'review', 'pairwise', 'generator_hard', 'generator_easy'], str] = Field(
         default_factory=dict, description="per judging role: 'set/judge', or the path of a judge folder")
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
+
+    @field_validator('judge_set')
+    @classmethod
+    def _set_named_now(cls, v: str) -> str: return JUDGE_SET_ALIASES.get(v, v)
+
+    @field_validator('judges')
+    @classmethod
+    def _judges_named_now(cls, v: dict) -> dict: return {role: judge_name(n) for role, n in v.items()}
 
     @model_validator(mode='after')
     def _roles_known(self):

@@ -11,16 +11,16 @@ import yaml
 from fastcore.basics import patch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .core import Config, InputError, LionError, user_message
+from .core import Config, InputError, LionError, judge_name, user_message
 from .logprob import expected_scores
 
 # %% auto #0
-__all__ = ['JUDGE_ROLES', 'SCORE_PARSERS', 'SINGLE_PARSER', 'JUDGE_PARSERS', 'LOGPROB_TOLERANCE', 'JUDGE_SET_ALIASES', 'ORDERS',
-           'SCORE_MIN', 'SCORE_MAX', 'REPAIR_PROMPT', 'REPAIR_PROMPT_JSON', 'REPAIR_MAX_TOKENS', 'JudgeConfig',
-           'judges_root', 'judge_sets', 'judge_name', 'render', 'Judge', 'load_judge', 'judge_for', 'for_category',
-           'sampling_setting', 'referee_messages', 'referee_response_format', 'repair_response_format', 'parse_scores',
-           'ScoreParseError', 'parse_score_value', 'score_spans', 'parse_single_score', 'parse_pair_verdict',
-           'repair_messages', 'judge_scores', 'logprob_scores', 'grade_score']
+__all__ = ['JUDGE_ROLES', 'SCORE_PARSERS', 'SINGLE_PARSER', 'JUDGE_PARSERS', 'LOGPROB_TOLERANCE', 'ORDERS', 'SCORE_MIN',
+           'SCORE_MAX', 'REPAIR_PROMPT', 'REPAIR_PROMPT_JSON', 'REPAIR_MAX_TOKENS', 'JudgeConfig', 'judges_root',
+           'judge_sets', 'render', 'Judge', 'load_judge', 'judge_for', 'for_category', 'sampling_setting',
+           'referee_messages', 'referee_response_format', 'repair_response_format', 'parse_scores', 'ScoreParseError',
+           'parse_score_value', 'score_spans', 'parse_single_score', 'parse_pair_verdict', 'repair_messages',
+           'judge_scores', 'logprob_scores', 'grade_score']
 
 # %% ../nbs/04a_judging.ipynb #737cc933
 JUDGE_ROLES = ('referee', 'review', 'pairwise', 'generator_hard', 'generator_easy')
@@ -63,15 +63,6 @@ def judge_sets() -> dict[str, list[str]]:
     root = judges_root()
     return {s.name: sorted(j.name for j in s.iterdir() if (j/'config.yaml').exists())
             for s in sorted(root.iterdir()) if s.is_dir()}
-
-# %% ../nbs/04a_judging.ipynb #b7e1a002
-JUDGE_SET_ALIASES = {'lion_nb': 'default'}  # a set's former name: its name now
-
-def judge_name(name: str) -> str:
-    "A shipped judge's name, its set called as it is now ('lion_nb/referee' is 'default/referee')."
-    head, sep, rest = name.partition('/')
-    if not sep or head not in JUDGE_SET_ALIASES or Path(name).expanduser().exists(): return name
-    return f"{JUDGE_SET_ALIASES[head]}/{rest}"
 
 # %% ../nbs/04a_judging.ipynb #66c3b8eb
 _FIELDS = re.compile(r'\{(question|answer_1|answer_2|answer|instruction|input)\}')
