@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_weights.ipynb #67a7ce7f
 from __future__ import annotations
-import argparse, hashlib, json, math, os, shutil, tempfile, time
+import hashlib, json, math, os, shutil, tempfile, time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -557,7 +557,7 @@ def _weights_diff(*, base: str, # the base model folder (safetensors)
                   chunk_mb: _CHUNK_MB = 4) -> None:
     "write tuned - base for every tensor, with tokenizer, config and per-tensor SHA256s"
     t0 = time.time()
-    _report_diff(argparse.Namespace(out=out), make_diff(base, tuned, out, chunk_mb), t0)
+    _report_diff(out, make_diff(base, tuned, out, chunk_mb), t0)
 
 def _weights_recover(*, base: str, # the base model folder the diff was made against
                      diff: str, # the diff folder
@@ -565,19 +565,19 @@ def _weights_recover(*, base: str, # the base model folder the diff was made aga
                      chunk_mb: _CHUNK_MB = 4) -> None:
     "rebuild the tuned model from the base and a diff, verified tensor by tensor"
     t0 = time.time()
-    _report_recover(argparse.Namespace(out=out), recover(base, diff, out, chunk_mb), t0)
+    _report_recover(out, recover(base, diff, out, chunk_mb), t0)
 
 # %% ../nbs/08_weights.ipynb #5cf074fd
-def _report_diff(a, man: dict, t0: float) -> None:
+def _report_diff(out, man: dict, t0: float) -> None:
     st = man['stats']
-    print(f"wrote {a.out}: {len(man['tensors'])} tensors ({st['sub']} sub, {st['xor']} xor, "
-          f"{st['full']} stored whole, {st['fixes']:,} element fixes), {_mb(folder_size(a.out))}, "
+    print(f"wrote {out}: {len(man['tensors'])} tensors ({st['sub']} sub, {st['xor']} xor, "
+          f"{st['full']} stored whole, {st['fixes']:,} element fixes), {_mb(folder_size(out))}, "
           f"in {time.time() - t0:.1f} s")
     if st['resized']: print(f"resized (extra rows stored whole): {', '.join(st['resized'])}")
 
 # %% ../nbs/08_weights.ipynb #b9531a2a
-def _report_recover(a, info: dict, t0: float) -> None:
-    print(f"recovered {a.out}: {info['tensors']} tensors, "
+def _report_recover(out, info: dict, t0: float) -> None:
+    print(f"recovered {out}: {info['tensors']} tensors, "
           f"{info['base_tensors_checked']} base tensors verified, "
           f"every tensor's SHA256 matches, in {time.time() - t0:.1f} s")
 
