@@ -3,6 +3,7 @@ sizes, heading-only and `show_doc` cells, whether each stage notebook opens with
 
     python tools/nb_stats.py            # a table per notebook, then the totals, then one JSON line
     python tools/nb_stats.py --check    # also fail when a limit of DEVELOPING.md is broken
+    python tools/nb_stats.py --sections # also list the sections still to cut (over 3 export cells, helpers above)
     python tools/nb_stats.py --root DIR # the same figures for another checkout, e.g. an older commit
                                         # (git worktree add /tmp/before 98d073f)
 """
@@ -61,13 +62,42 @@ def heading_only(c: dict) -> bool:
     lines = [l for l in source(c).splitlines() if l.strip()]
     return c['cell_type'] == 'markdown' and bool(lines) and all(l.lstrip().startswith('#') for l in lines)
 
-def section_export_cells(nb: list[dict]) -> list[int]:
-    "The number of export cells in each `##` section."
+def sections(nb: list[dict]) -> list[tuple[str, list[str]]]:
+    "Each `##` section's heading and the sources of its export cells."
     out = []
     for c in nb:
-        if c['cell_type'] == 'markdown' and re.match(r'##\s', source(c)): out.append(0)
-        elif is_export(c) and out: out[-1] += 1
+        if c['cell_type'] == 'markdown' and re.match(r'##\s', source(c)): out.append((source(c).splitlines()[0], []))
+        elif is_export(c) and out: out[-1][1].append(source(c))
     return out
+
+def section_export_cells(nb: list[dict]) -> list[int]:
+    "The number of export cells in each `##` section."
+    return [len(srcs) for _, srcs in sections(nb)]
+
+def defined(src: str) -> set[str]:
+    "The functions and classes a cell defines at top level."
+    try: tree = ast.parse(src)
+    except SyntaxError: return set()
+    return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+
+def used(src: str) -> set[str]:
+    "The names a cell's functions and classes read in their bodies."
+    try: tree = ast.parse(src)
+    except SyntaxError: return set()
+    bodies = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    return {x.id for b in bodies for x in ast.walk(b) if isinstance(x, ast.Name)}
+
+def helpers_above_callers(srcs: list[str]) -> int:
+    "Within one section: definitions that a later export cell of the section calls (a helper above its caller)."
+    return sum(bool(defined(a) & used(b) - defined(b)) for i, a in enumerate(srcs) for b in srcs[i + 1:])
+
+def checks(src: str) -> int:
+    "The assertions a test cell makes: `assert` statements and `test_*` calls (fastcore's `test_eq`, `test_fail`...)."
+    try: tree = ast.parse('\n'.join(l for l in src.splitlines() if not l.lstrip().startswith(('%', '!'))))
+    except SyntaxError: return 0
+    calls = [n.func for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    return sum(isinstance(n, ast.Assert) for n in ast.walk(tree)) + sum(
+        getattr(f, 'id', getattr(f, 'attr', '')).startswith('test_') for f in calls)
 
 def notebook_stats(path: Path) -> dict:
     nb = cells(path)
@@ -84,6 +114,8 @@ def notebook_stats(path: Path) -> dict:
                 cells=len(nb), lines=sum(len(source(c).splitlines()) for c in nb),
                 heading_only=sum(map(heading_only, nb)), sections=len(section_export_cells(nb)),
                 sections_over_3=sum(n > 3 for n in section_export_cells(nb)),
+                helpers_above=sum(helpers_above_callers(srcs) for _, srcs in sections(nb)),
+                checks=sum(checks(source(c)) for c in nb if c['cell_type'] == 'code' and not is_export(c)),
                 show_doc_cells=sum(c['cell_type'] == 'code' and 'show_doc(' in source(c) for c in nb), sizes=sizes)
 
 def joined_statements(src: str) -> int:
@@ -139,6 +171,13 @@ def opens_with_run(path: Path) -> bool:
     i, name = first_definition(cells(path))
     return name == want and 0 <= i < FIRST_SCREEN
 
+def print_sections(paths: list[Path]):
+    "The sections still to cut: more than three export cells, or a helper above its caller."
+    for p in paths:
+        for head, srcs in sections(cells(p)):
+            n, above = len(srcs), helpers_above_callers(srcs)
+            if n > 3 or above: print(f"{p.name:<26}{n:>3} export{above:>3} helper-above  {head[:70]}")
+
 def main(check: bool = False) -> int:
     paths = sorted((root/'nbs').glob('*.ipynb'))
     nbs = [notebook_stats(p) for p in paths]
@@ -159,6 +198,9 @@ def main(check: bool = False) -> int:
                  show_doc_cells=sum(s['show_doc_cells'] for s in nbs),
                  sections=sum(s['sections'] for s in nbs),
                  sections_over_3_export_cells=sum(s['sections_over_3'] for s in nbs),
+                 helpers_above_callers=sum(s['helpers_above'] for s in nbs),
+                 notebook_checks=sum(s['checks'] for s in nbs),
+                 checks_per_notebook={s['notebook']: s['checks'] for s in nbs},
                  export_cells=len(sizes), median_cell_lines=statistics.median(sizes),
                  cells_over_limit=sum(n > LIMITS['cell_lines'] for n in sizes), max_cell_lines=max(sizes),
                  defs_per_cell=round(sum(s['defs'] for s in nbs) / len(sizes), 2),
@@ -171,8 +213,9 @@ def main(check: bool = False) -> int:
                  except_import_error=sum(m['except_import_error'] for m in mods))
     print()
     for k, v in total.items():
-        if k != 'cells_per_notebook': print(f"{k:<38}{v}")
+        if k not in ('cells_per_notebook', 'checks_per_notebook'): print(f"{k:<38}{v}")
     print(json.dumps(total))
+    if '--sections' in sys.argv: print_sections(paths)
     if not check: return 0
     broken = [f"{k} is {total[k]}" for k, bad in [('cells_over_limit', total['cells_over_limit'] > 0),
               ('lines_over_110', total['lines_over_110'] > 0),
