@@ -80,12 +80,18 @@ def defined(src: str) -> set[str]:
     except SyntaxError: return set()
     return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
 
+def called_later(node: ast.AST) -> list[ast.stmt]:
+    "The statements of a definition that run only when it is called: function bodies, a class's method bodies."
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)): return node.body
+    if isinstance(node, ast.ClassDef): return [s for n in node.body for s in called_later(n)]
+    return []
+
 def used(src: str) -> set[str]:
-    "The names a cell's functions and classes read in their bodies."
+    """The names a cell's functions read when called. Decorators, defaults, base classes and module-level code run at
+    import, so what they use must stay above them, and is not counted."""
     try: tree = ast.parse(src)
     except SyntaxError: return set()
-    bodies = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
-    return {x.id for b in bodies for x in ast.walk(b) if isinstance(x, ast.Name)}
+    return {x.id for n in tree.body for st in called_later(n) for x in ast.walk(st) if isinstance(x, ast.Name)}
 
 def helpers_above_callers(srcs: list[str]) -> int:
     "Within one section: definitions that a later export cell of the section calls (a helper above its caller)."
