@@ -48,8 +48,9 @@ check: setup
 nbtest: setup
 	$(BIN)/nbdev_test --n_workers 2 --timing
 
-# tests/ in 2 pytest-xdist workers (measured side by side on 2 cores: 361 s against 617 s in one process). Tests that share a run, a server or
-# a trained model go to one worker as a group (tests/conftest.py), so each is built once; XDIST= runs them in one process.
+# tests/ in 2 pytest-xdist workers (side by side on 2 cores: 361 s, against 617 s in one process). Tests that share
+# a run, a server or a trained model go to one worker as a group (tests/conftest.py), so each is built once; XDIST=
+# runs them in one process.
 XDIST ?= -n 2 --dist loadgroup
 pytest: models
 	$(BIN)/python -m pytest -q $(XDIST) -m "not slow" tests
