@@ -16,10 +16,10 @@ from .core import (Config, InputError, Instruction, LionError, Record, atomic_wr
 
 # %% auto #0
 __all__ = ['DATA_ENV', 'AGIEVAL_MC', 'AGIEVAL_CLOZE', 'AGIEVAL_SUBSETS', 'BBH_TASKS', 'DATA_FILES', 'VICUNA_CATEGORIES',
-           'REVIEWERS', 'data_root', 'DataFile', 'data_names', 'data_path', 'expected_sha256', 'fetch',
+           'REVIEWERS', 'data_root', 'DataFile', 'data_names', 'data_path', 'fetch', 'expected_sha256',
            'iter_json_array', 'load_alpaca', 'load_seed_tasks', 'load_vicuna80', 'load_user252', 'ReasoningItem',
-           'option_letters', 'format_options', 'mc_prompt', 'cloze_prompt', 'load_agieval', 'bbh_options', 'load_bbh',
-           'demo_dir', 'demo_instructions', 'demo_eval_questions', 'data_status', 'data_cli', 'load_review_sample']
+           'mc_prompt', 'cloze_prompt', 'format_options', 'option_letters', 'load_agieval', 'load_bbh', 'bbh_options',
+           'demo_instructions', 'demo_eval_questions', 'demo_dir', 'data_status', 'data_cli', 'load_review_sample']
 
 # %% ../nbs/12_data.ipynb #75ca0ed5
 DATA_ENV = 'LION_DATA_DIR'
@@ -105,9 +105,6 @@ def data_names(name: str) -> list[str]:
                         "(or an entry such as 'agieval/sat-math', 'bbh/navigate')")
     return group
 
-# %% ../nbs/12_data.ipynb #ee89e682
-def _fetch_hint(name: str) -> str: return 'vicuna80' if name.startswith('vicuna80/') else name
-
 # %% ../nbs/12_data.ipynb #04e5129d
 def data_path(name: str, root=None, cfg: Optional[Config] = None) -> Path:
     "Path of table entry `name` in the data folder; a clear error, saying where to get it, when missing."
@@ -119,33 +116,24 @@ def data_path(name: str, root=None, cfg: Optional[Config] = None) -> Path:
                          f"run `lion_nb data fetch {_fetch_hint(name)} --data-dir {root}`")
     return path
 
-# %% ../nbs/12_data.ipynb #150c42e1
-def _download(url: str, dest: Path, timeout: float) -> Path:
-    "Stream `url` into a temporary file in `dest`'s folder; return the temporary path."
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f'.{dest.name}.', suffix='.part')
-    try:
-        with os.fdopen(fd, 'wb') as f, urllib.request.urlopen(url, timeout=timeout) as r:
-            shutil.copyfileobj(r, f, 1 << 20)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, (urllib.error.URLError, OSError)):
-            raise LionError(f"could not download {url}: {getattr(e, 'reason', e)}") from None
-        raise
-    return Path(tmp)
+# %% ../nbs/12_data.ipynb #ee89e682
+def _fetch_hint(name: str) -> str: return 'vicuna80' if name.startswith('vicuna80/') else name
 
-# %% ../nbs/12_data.ipynb #ce207f26
-def expected_sha256(name: str, path: Path) -> tuple[Optional[str], str]:
-    "The hash `path` must have, and where that hash comes from ('table', 'recorded', or 'none yet')."
-    df = DATA_FILES[name]
-    if df.sha256: return df.sha256, 'table'
-    rec = path.with_name(path.name + '.sha256')
-    if rec.exists(): return rec.read_text().split()[0], 'recorded'
-    return None, 'none yet'
+# %% ../nbs/12_data.ipynb #c778135d
+def fetch(name: str, # a table entry, or a group: alpaca, seed, vicuna80, user252, agieval, bbh, all
+          dest=None, # the data folder; default: `cfg.data_dir`, else `$LION_DATA_DIR`
+          *,
+          cfg: Optional[Config] = None, # a run configuration whose `data_dir` names the folder
+          force: bool = False, # download again even when a good copy is there
+          url: Optional[str] = None, # another address for the file (one entry only; for mirrors)
+          timeout: float = 60.0, # seconds per download
+         ) -> list[Path]:
+    "Download dataset `name` (an entry or a group) into the data folder, checking SHA256; return the paths."
+    root = data_root(dest, cfg)
+    names = data_names(name)
+    if url and len(names) != 1: raise LionError("`url` overrides the address of one file only")
+    return [_fetch_one(n, root, force, url, timeout) for n in names]
 
-# %% ../nbs/12_data.ipynb #9f102c64
 def _fetch_one(n: str, root: Path, force: bool, url: Optional[str], timeout: float) -> Path:
     "Download table entry `n` into the data folder `root` (from `url` if given), checking its SHA256."
     df = DATA_FILES[n]
@@ -170,30 +158,55 @@ def _fetch_one(n: str, root: Path, force: bool, url: Optional[str], timeout: flo
               "(trust on first use)")
     return path
 
-# %% ../nbs/12_data.ipynb #c778135d
-def fetch(name: str, # a table entry, or a group: alpaca, seed, vicuna80, user252, agieval, bbh, all
-          dest=None, # the data folder; default: `cfg.data_dir`, else `$LION_DATA_DIR`
-          *,
-          cfg: Optional[Config] = None, # a run configuration whose `data_dir` names the folder
-          force: bool = False, # download again even when a good copy is there
-          url: Optional[str] = None, # another address for the file (one entry only; for mirrors)
-          timeout: float = 60.0, # seconds per download
-         ) -> list[Path]:
-    "Download dataset `name` (an entry or a group) into the data folder, checking SHA256; return the paths."
-    root = data_root(dest, cfg)
-    names = data_names(name)
-    if url and len(names) != 1: raise LionError("`url` overrides the address of one file only")
-    return [_fetch_one(n, root, force, url, timeout) for n in names]
+# %% ../nbs/12_data.ipynb #ce207f26
+def expected_sha256(name: str, path: Path) -> tuple[Optional[str], str]:
+    "The hash `path` must have, and where that hash comes from ('table', 'recorded', or 'none yet')."
+    df = DATA_FILES[name]
+    if df.sha256: return df.sha256, 'table'
+    rec = path.with_name(path.name + '.sha256')
+    if rec.exists(): return rec.read_text().split()[0], 'recorded'
+    return None, 'none yet'
 
-# %% ../nbs/12_data.ipynb #b26f37e8
-def _read_text(path: Path) -> str:
-    if not path.exists(): raise InputError(path, None, "file not found")
-    try: return path.read_text(encoding='utf-8')
-    except UnicodeDecodeError as e:
-        raise InputError(path, None, f"not UTF-8 (byte offset {e.start})") from None
+# %% ../nbs/12_data.ipynb #150c42e1
+def _download(url: str, dest: Path, timeout: float) -> Path:
+    "Stream `url` into a temporary file in `dest`'s folder; return the temporary path."
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f'.{dest.name}.', suffix='.part')
+    try:
+        with os.fdopen(fd, 'wb') as f, urllib.request.urlopen(url, timeout=timeout) as r:
+            shutil.copyfileobj(r, f, 1 << 20)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, (urllib.error.URLError, OSError)):
+            raise LionError(f"could not download {url}: {getattr(e, 'reason', e)}") from None
+        raise
+    return Path(tmp)
 
-# %% ../nbs/12_data.ipynb #c434df75
-def _line_at(text: str, pos: int) -> int: return text.count('\n', 0, pos) + 1
+# %% ../nbs/12_data.ipynb #37516457
+def iter_json_array(path, text: Optional[str] = None,
+                    key: Optional[str] = None) -> Iterator[tuple[int, int, object]]:
+    "Yield `(index, line, element)` for the JSON list in `path` (or under the field `key` of its object)."
+    path = Path(path)
+    text = _read_text(path) if text is None else text
+    if key is not None:   # a top-level object with a list under `key`
+        yield from _walk_array(path, text, _keyed_array_start(path, text, key))
+        return
+    i = re.match(r'\s*', text).end()
+    if i >= len(text) or text[i] != '[':
+        raise InputError(path, _line_at(text, i), "expected a JSON list of entries")
+    yield from _walk_array(path, text, i)
+
+def _keyed_array_start(path: Path, text: str, key: str) -> int:
+    "The position of the `[` of the list under `key` in the JSON object `text`."
+    try: obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(path, e.lineno, f"broken JSON: {e.msg} (column {e.colno})") from None
+    start = re.search(r'"%s"\s*:\s*\[' % re.escape(key), text)
+    if not isinstance(obj, dict) or not isinstance(obj.get(key), list) or start is None:
+        raise InputError(path, None, f"expected a JSON object with a list under {key!r}")
+    return start.end() - 1
 
 # %% ../nbs/12_data.ipynb #dc035903
 def _walk_array(path: Path, text: str, i: int) -> Iterator[tuple[int, int, object]]:
@@ -218,30 +231,14 @@ def _walk_array(path: Path, text: str, i: int) -> Iterator[tuple[int, int, objec
         if i < len(text) and text[i] == ']': return
         raise InputError(path, _line_at(text, i), f"after entry {idx - 1}: expected ',' or ']'")
 
-# %% ../nbs/12_data.ipynb #282b5c0b
-def _keyed_array_start(path: Path, text: str, key: str) -> int:
-    "The position of the `[` of the list under `key` in the JSON object `text`."
-    try: obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(path, e.lineno, f"broken JSON: {e.msg} (column {e.colno})") from None
-    start = re.search(r'"%s"\s*:\s*\[' % re.escape(key), text)
-    if not isinstance(obj, dict) or not isinstance(obj.get(key), list) or start is None:
-        raise InputError(path, None, f"expected a JSON object with a list under {key!r}")
-    return start.end() - 1
+# %% ../nbs/12_data.ipynb #b26f37e8
+def _read_text(path: Path) -> str:
+    if not path.exists(): raise InputError(path, None, "file not found")
+    try: return path.read_text(encoding='utf-8')
+    except UnicodeDecodeError as e:
+        raise InputError(path, None, f"not UTF-8 (byte offset {e.start})") from None
 
-# %% ../nbs/12_data.ipynb #37516457
-def iter_json_array(path, text: Optional[str] = None,
-                    key: Optional[str] = None) -> Iterator[tuple[int, int, object]]:
-    "Yield `(index, line, element)` for the JSON list in `path` (or under the field `key` of its object)."
-    path = Path(path)
-    text = _read_text(path) if text is None else text
-    if key is not None:   # a top-level object with a list under `key`
-        yield from _walk_array(path, text, _keyed_array_start(path, text, key))
-        return
-    i = re.match(r'\s*', text).end()
-    if i >= len(text) or text[i] != '[':
-        raise InputError(path, _line_at(text, i), "expected a JSON list of entries")
-    yield from _walk_array(path, text, i)
+def _line_at(text: str, pos: int) -> int: return text.count('\n', 0, pos) + 1
 
 # %% ../nbs/12_data.ipynb #715625fc
 def _need(obj, key: str, path, line: int, *, kind=str, where: str = '', nonblank: bool = False,
@@ -290,13 +287,6 @@ def load_alpaca(root=None, # the data folder, or the `.json` file itself
     if not out: raise InputError(path, None, "no entries")
     return out
 
-# %% ../nbs/12_data.ipynb #0d70c695
-def _first_instance(instances: list, path, line) -> dict:
-    "The `input` (blank when absent) and `output` of the first of `instances` (none: no input, no output)."
-    first = instances[0] if instances else {}
-    return dict(input=_need(first, 'input', path, line, where='instances[0]', optional=True) or '',
-                output=_need(first, 'output', path, line, where='instances[0]', optional=True))
-
 # %% ../nbs/12_data.ipynb #bc93093f
 def load_seed_tasks(root=None, *, cfg: Optional[Config] = None) -> list[Instruction]:
     "The Self-Instruct seed tasks as instructions (first instance's input and output)."
@@ -310,21 +300,12 @@ def load_seed_tasks(root=None, *, cfg: Optional[Config] = None) -> list[Instruct
                                 **_first_instance(inst, path, line), source='self-instruct-seed'))
     return out
 
-# %% ../nbs/12_data.ipynb #16f05b44
-VICUNA_CATEGORIES = ('generic', 'knowledge', 'roleplay', 'common-sense', 'fermi', 'counterfactual', 'writing',
-                     'coding', 'math')
-
-def _vicuna_references(path: Path) -> dict[int, str]:
-    "The reference answer of each question id in FastChat's `reference_answer` file."
-    refs = {}
-    for line, obj in iter_jsonl(path):
-        qid = _need(obj, 'question_id', path, line, kind=int)
-        choices = _need(obj, 'choices', path, line, kind=list)
-        turns = _need(choices[0] if choices else None, 'turns', path, line, kind=list, where='choices[0]')
-        if not turns or not isinstance(turns[0], str):
-            raise InputError(path, line, "choices[0].turns[0] should be text")
-        refs[qid] = turns[0]
-    return refs
+# %% ../nbs/12_data.ipynb #0d70c695
+def _first_instance(instances: list, path, line) -> dict:
+    "The `input` (blank when absent) and `output` of the first of `instances` (none: no input, no output)."
+    first = instances[0] if instances else {}
+    return dict(input=_need(first, 'input', path, line, where='instances[0]', optional=True) or '',
+                output=_need(first, 'output', path, line, where='instances[0]', optional=True))
 
 # %% ../nbs/12_data.ipynb #fb0c4c8d
 def load_vicuna80(root=None, # the data folder
@@ -348,6 +329,22 @@ def load_vicuna80(root=None, # the data folder
         out.append(_instruction(path, line, id=f'vicuna80-{qid}', instruction=turns[0], output=refs.get(qid),
                                 category=category, source='vicuna80'))
     return out
+
+# %% ../nbs/12_data.ipynb #16f05b44
+VICUNA_CATEGORIES = ('generic', 'knowledge', 'roleplay', 'common-sense', 'fermi', 'counterfactual', 'writing',
+                     'coding', 'math')
+
+def _vicuna_references(path: Path) -> dict[int, str]:
+    "The reference answer of each question id in FastChat's `reference_answer` file."
+    refs = {}
+    for line, obj in iter_jsonl(path):
+        qid = _need(obj, 'question_id', path, line, kind=int)
+        choices = _need(obj, 'choices', path, line, kind=list)
+        turns = _need(choices[0] if choices else None, 'turns', path, line, kind=list, where='choices[0]')
+        if not turns or not isinstance(turns[0], str):
+            raise InputError(path, line, "choices[0].turns[0] should be text")
+        refs[qid] = turns[0]
+    return refs
 
 # %% ../nbs/12_data.ipynb #19c5e646
 def load_user252(root=None, *, cfg: Optional[Config] = None) -> list[Instruction]:
@@ -377,12 +374,18 @@ class ReasoningItem(Record):
     options: list[str] = []
     answer: str
 
-# %% ../nbs/12_data.ipynb #881c1a00
-_OPT = re.compile(r'^\s*\(([A-Z])\)\s*(.*)$', re.S)
+# %% ../nbs/12_data.ipynb #d7415d69
+def mc_prompt(question: str, options: list[str], passage: Optional[str] = None) -> str:
+    "A zero-shot multiple-choice prompt: passage, question, options, and how to answer."
+    parts = [f'Passage: {passage.strip()}'] if passage and passage.strip() else []
+    parts += [f'Question: {question.strip()}', 'Options:\n' + format_options(options),
+              'Answer with the letter of the correct option only.']
+    return '\n\n'.join(parts)
 
-def option_letters(options: list[str]) -> list[str]:
-    "The options' letters, by position: A, B, C … (the files are not consistent about '(A)' prefixes)."
-    return [chr(65 + i) for i in range(len(options))]
+def cloze_prompt(question: str, passage: Optional[str] = None) -> str:
+    "A zero-shot prompt for a question whose answer is a short text or number."
+    parts = [f'Passage: {passage.strip()}'] if passage and passage.strip() else []
+    return '\n\n'.join(parts + [f'Question: {question.strip()}', 'Give only the final answer.'])
 
 # %% ../nbs/12_data.ipynb #5516d437
 def format_options(options: list[str]) -> str:
@@ -393,19 +396,29 @@ def format_options(options: list[str]) -> str:
         out.append(f'({letter}) {(m.group(2) if m and m.group(1) == letter else o).strip()}')
     return '\n'.join(out)
 
-# %% ../nbs/12_data.ipynb #d7415d69
-def mc_prompt(question: str, options: list[str], passage: Optional[str] = None) -> str:
-    "A zero-shot multiple-choice prompt: passage, question, options, and how to answer."
-    parts = [f'Passage: {passage.strip()}'] if passage and passage.strip() else []
-    parts += [f'Question: {question.strip()}', 'Options:\n' + format_options(options),
-              'Answer with the letter of the correct option only.']
-    return '\n\n'.join(parts)
+_OPT = re.compile(r'^\s*\(([A-Z])\)\s*(.*)$', re.S)
 
-# %% ../nbs/12_data.ipynb #0df2e865
-def cloze_prompt(question: str, passage: Optional[str] = None) -> str:
-    "A zero-shot prompt for a question whose answer is a short text or number."
-    parts = [f'Passage: {passage.strip()}'] if passage and passage.strip() else []
-    return '\n\n'.join(parts + [f'Question: {question.strip()}', 'Give only the final answer.'])
+def option_letters(options: list[str]) -> list[str]:
+    "The options' letters, by position: A, B, C … (the files are not consistent about '(A)' prefixes)."
+    return [chr(65 + i) for i in range(len(options))]
+
+# %% ../nbs/12_data.ipynb #019d5040
+def load_agieval(root=None, # the data folder
+                 *,
+                 cfg: Optional[Config] = None, # a run configuration whose `data_dir` names the folder
+                 subsets=None, # one subset's name or several; default: all nine English subsets
+                ) -> list[ReasoningItem]:
+    "AGIEval English subsets (all nine by default) as reasoning items."
+    subsets = AGIEVAL_SUBSETS if subsets is None else _names(subsets)
+    unknown = [s for s in subsets if s not in AGIEVAL_SUBSETS]
+    if unknown:
+        raise LionError(f"unknown AGIEval subset(s) {', '.join(unknown)}; "
+                        f"English subsets: {', '.join(AGIEVAL_SUBSETS)}")
+    out = []
+    for s in subsets:
+        path = data_path(f'agieval/{s}', root, cfg)
+        out += [_agieval_item(path, line, i, s, obj) for i, (line, obj) in enumerate(iter_jsonl(path))]
+    return out
 
 # %% ../nbs/12_data.ipynb #02f23e11
 def _agieval_item(path, line, idx, subset, obj) -> ReasoningItem:
@@ -433,43 +446,6 @@ def _names(names) -> tuple:
     "`names` as a tuple: one name (a string) or an iterable of them."
     return (names,) if isinstance(names, str) else tuple(names)
 
-# %% ../nbs/12_data.ipynb #019d5040
-def load_agieval(root=None, # the data folder
-                 *,
-                 cfg: Optional[Config] = None, # a run configuration whose `data_dir` names the folder
-                 subsets=None, # one subset's name or several; default: all nine English subsets
-                ) -> list[ReasoningItem]:
-    "AGIEval English subsets (all nine by default) as reasoning items."
-    subsets = AGIEVAL_SUBSETS if subsets is None else _names(subsets)
-    unknown = [s for s in subsets if s not in AGIEVAL_SUBSETS]
-    if unknown:
-        raise LionError(f"unknown AGIEval subset(s) {', '.join(unknown)}; "
-                        f"English subsets: {', '.join(AGIEVAL_SUBSETS)}")
-    out = []
-    for s in subsets:
-        path = data_path(f'agieval/{s}', root, cfg)
-        out += [_agieval_item(path, line, i, s, obj) for i, (line, obj) in enumerate(iter_jsonl(path))]
-    return out
-
-# %% ../nbs/12_data.ipynb #2fc6e027
-def bbh_options(text: str) -> list[str]:
-    "The '(A) …' option lines after an 'Options:' line in a BBH input (empty when there are none)."
-    _, sep, tail = text.partition('Options:')
-    return [l.strip() for l in tail.splitlines() if _OPT.match(l)] if sep else []
-
-# %% ../nbs/12_data.ipynb #38caed51
-def _bbh_item(path, line, idx, task, obj) -> ReasoningItem:
-    "The reasoning item of example `obj` (index `idx`, on `line`) of BBH's `task`."
-    where = f"example {idx}"
-    q = _need(obj, 'input', path, line, where=where, nonblank=True)
-    target = _need(obj, 'target', path, line, where=where, nonblank=True).strip()
-    opts = bbh_options(q)
-    mc = bool(opts) and re.fullmatch(r'\([A-Z]\)', target) is not None
-    ans = target.strip('()') if mc else target
-    tail = 'Answer with the letter of the correct option only.' if mc else 'Give only the final answer.'
-    return ReasoningItem(id=f'bbh-{task}-{idx}', benchmark='bbh', task=task, kind='mc' if mc else 'free',
-                         prompt=f'{q.strip()}\n\n{tail}', question=q, options=opts, answer=ans)
-
 # %% ../nbs/12_data.ipynb #422be448
 def load_bbh(root=None, # the data folder
              *,
@@ -487,6 +463,34 @@ def load_bbh(root=None, # the data folder
         out += [_bbh_item(path, line, idx, t, obj) for idx, line, obj in examples]
     return out
 
+# %% ../nbs/12_data.ipynb #38caed51
+def _bbh_item(path, line, idx, task, obj) -> ReasoningItem:
+    "The reasoning item of example `obj` (index `idx`, on `line`) of BBH's `task`."
+    where = f"example {idx}"
+    q = _need(obj, 'input', path, line, where=where, nonblank=True)
+    target = _need(obj, 'target', path, line, where=where, nonblank=True).strip()
+    opts = bbh_options(q)
+    mc = bool(opts) and re.fullmatch(r'\([A-Z]\)', target) is not None
+    ans = target.strip('()') if mc else target
+    tail = 'Answer with the letter of the correct option only.' if mc else 'Give only the final answer.'
+    return ReasoningItem(id=f'bbh-{task}-{idx}', benchmark='bbh', task=task, kind='mc' if mc else 'free',
+                         prompt=f'{q.strip()}\n\n{tail}', question=q, options=opts, answer=ans)
+
+# %% ../nbs/12_data.ipynb #2fc6e027
+def bbh_options(text: str) -> list[str]:
+    "The '(A) …' option lines after an 'Options:' line in a BBH input (empty when there are none)."
+    _, sep, tail = text.partition('Options:')
+    return [l.strip() for l in tail.splitlines() if _OPT.match(l)] if sep else []
+
+# %% ../nbs/12_data.ipynb #3e9b62ce
+def demo_instructions() -> list[Instruction]:
+    "The project's own ~100 demo instructions, each with a Vicuna category."
+    return read_pool(demo_dir()/'instructions.jsonl')
+
+def demo_eval_questions() -> list[Instruction]:
+    "The project's own 20 demo evaluation questions."
+    return read_pool(demo_dir()/'eval_questions.jsonl')
+
 # %% ../nbs/12_data.ipynb #ced38ef3
 def demo_dir() -> Path:
     "The folder holding the demo data (in the installed package, else in the repository)."
@@ -501,15 +505,12 @@ def demo_dir() -> Path:
                     f"(looked in {', '.join(map(str, cands[:2]))}); "
                     "reinstall lion_nb, or run from a checkout that has data/demo")
 
-# %% ../nbs/12_data.ipynb #3e9b62ce
-def demo_instructions() -> list[Instruction]:
-    "The project's own ~100 demo instructions, each with a Vicuna category."
-    return read_pool(demo_dir()/'instructions.jsonl')
-
-# %% ../nbs/12_data.ipynb #7b014e4c
-def demo_eval_questions() -> list[Instruction]:
-    "The project's own 20 demo evaluation questions."
-    return read_pool(demo_dir()/'eval_questions.jsonl')
+# %% ../nbs/12_data.ipynb #fbd6ab9d
+def data_status(root=None, cfg: Optional[Config] = None, names=None) -> list[dict]:
+    "For each table entry: its path, and its state ('ok', 'MISMATCH', 'unchecked', 'missing')."
+    root = data_root(root, cfg)
+    paths = {n: root/DATA_FILES[n].rel for n in (names or DATA_FILES)}
+    return [{'name': n, 'path': str(p), 'state': _file_state(n, p)} for n, p in paths.items()]
 
 # %% ../nbs/12_data.ipynb #2a59fab1
 def _file_state(name: str, p: Path) -> str:
@@ -519,12 +520,12 @@ def _file_state(name: str, p: Path) -> str:
     if want is None: return 'unchecked'
     return 'ok' if sha256_file(p) == want else 'MISMATCH'
 
-# %% ../nbs/12_data.ipynb #fbd6ab9d
-def data_status(root=None, cfg: Optional[Config] = None, names=None) -> list[dict]:
-    "For each table entry: its path, and its state ('ok', 'MISMATCH', 'unchecked', 'missing')."
-    root = data_root(root, cfg)
-    paths = {n: root/DATA_FILES[n].rel for n in (names or DATA_FILES)}
-    return [{'name': n, 'path': str(p), 'state': _file_state(n, p)} for n, p in paths.items()]
+# %% ../nbs/12_data.ipynb #4234461f
+def data_cli(argv: list[str], # the arguments after `lion_nb data`
+            ) -> int:
+    "`lion_nb data`: show the state of a data folder, or download datasets into it."
+    return parse_command(_DATA_ACTIONS, argv, 'lion_nb data',
+                         'Public datasets: where they are, and downloading them.')
 
 # %% ../nbs/12_data.ipynb #52e44ad1
 from .cli import Param, parse_command
@@ -548,13 +549,6 @@ def _data_fetch(names: Param(nargs='+'),
         for p in fetch(n, data_dir, cfg=cfg, force=force, url=url): print(p)
 
 _DATA_ACTIONS = {'status': _data_status, 'fetch': _data_fetch}
-
-# %% ../nbs/12_data.ipynb #4234461f
-def data_cli(argv: list[str], # the arguments after `lion_nb data`
-            ) -> int:
-    "`lion_nb data`: show the state of a data folder, or download datasets into it."
-    return parse_command(_DATA_ACTIONS, argv, 'lion_nb data',
-                         'Public datasets: where they are, and downloading them.')
 
 # %% ../nbs/12_data.ipynb #7fe2feea
 REVIEWERS = {1: 'general', 2: 'coding', 3: 'math'}     # FastChat's reviewer.jsonl order

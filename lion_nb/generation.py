@@ -20,13 +20,13 @@ from .judging import Judge, judge_for, load_judge, sampling_setting
 from .llm import ChatRequest, make_client, run_client
 
 # %% auto #0
-__all__ = ['KINDS', 'NO_INPUT', 'REASONS', 'ECHO_MARKERS', 'SEED_SOURCES', 'run_generation', 'Seed', 'read_seeds',
-           'generation_messages', 'Parsed', 'parse_generation', 'FilterSettings', 'unwrap', 'lion_reason',
-           'post_filter', 'plan_targets', 'pick_parent', 'request_seed', 'new_id', 'GenerationSettings',
-           'build_requests', 'GenerationResult', 'reply_row', 'generated_instruction', 'GenerationPass', 'check_round',
-           'generate_instructions', 'plot_nn_rouge', 'examples', 'check_seed_source', 'random_seeds',
-           'generation_inputs', 'write_pools', 'generation_summary', 'save_nn_rouge', 'describe_summary',
-           'estimate_first_round', 'generate_cli']
+__all__ = ['KINDS', 'NO_INPUT', 'REASONS', 'ECHO_MARKERS', 'SEED_SOURCES', 'run_generation', 'read_seeds', 'Seed',
+           'generation_messages', 'parse_generation', 'Parsed', 'post_filter', 'FilterSettings', 'unwrap',
+           'lion_reason', 'plan_targets', 'pick_parent', 'request_seed', 'new_id', 'GenerationSettings',
+           'build_requests', 'generate_instructions', 'check_round', 'GenerationResult', 'GenerationPass', 'reply_row',
+           'generated_instruction', 'generation_inputs', 'check_seed_source', 'random_seeds', 'write_pools',
+           'generation_summary', 'save_nn_rouge', 'plot_nn_rouge', 'describe_summary', 'examples', 'generate_cli',
+           'estimate_first_round']
 
 # %% ../nbs/05_generation.ipynb #0e7a7a7a
 def run_generation(cfg: Config, # the run configuration
@@ -59,15 +59,6 @@ def run_generation(cfg: Config, # the run configuration
                   rejected=summary['rejected'])
     return summary
 
-# %% ../nbs/05_generation.ipynb #b1246d35
-@dataclass(frozen=True)
-class Seed:
-    "An instruction the generator starts from."
-    id: str
-    instruction: str
-    input: str = ''
-    category: Optional[str] = None
-
 # %% ../nbs/05_generation.ipynb #e6a8cdc7
 def read_seeds(path) -> list[Seed]:
     "The seed instructions in a hard/easy JSONL file (an empty file is an empty list)."
@@ -82,6 +73,15 @@ def read_seeds(path) -> list[Seed]:
         seeds.append(Seed(obj['id'], obj['instruction'], inp, obj.get('category')))
     return seeds
 
+# %% ../nbs/05_generation.ipynb #b1246d35
+@dataclass(frozen=True)
+class Seed:
+    "An instruction the generator starts from."
+    id: str
+    instruction: str
+    input: str = ''
+    category: Optional[str] = None
+
 # %% ../nbs/05_generation.ipynb #01e8fed4
 KINDS = ('hard', 'easy')
 
@@ -91,48 +91,6 @@ def generation_messages(seed: Seed, kind: str, judge: Optional[Judge] = None) ->
     if kind not in KINDS: raise ValueError(f"kind is 'hard' or 'easy', not {kind!r}")
     judge = judge or load_judge(f'default/generator_{kind}')
     return judge.messages(instruction=seed.instruction.strip(), input=seed.input.strip() or 'none')
-
-# %% ../nbs/05_generation.ipynb #e68ac816
-@dataclass(frozen=True)
-class Parsed:
-    "A generator reply, split; `headers`: the format was followed; `input_started`: an input section began."
-    instruction: str
-    input: str
-    headers: bool
-    input_started: bool
-
-# %% ../nbs/05_generation.ipynb #382c54da
-_HEADER = re.compile(r'^\s*(#{1,6}\s*)?\**\s*(new\s+)?(instruction|input)\s*\**\s*(:)?\s*\**\s*(.*)$',
-                     re.I)
-
-def _header(line: str):
-    m = _HEADER.match(line)
-    if not m: return None
-    hashes, new, which, colon, rest = m.groups()
-    if not (hashes or new or colon): return None
-    return which.lower(), rest
-
-# %% ../nbs/05_generation.ipynb #cc985d33
-def _sections(text: str) -> dict[str, list[str]]:
-    "The lines of a reply by section ('instruction', 'input'; '_pre' before the first header)."
-    parts: dict[str, list[str]] = {}
-    current = None
-    for line in text.splitlines():
-        h = _header(line)
-        if h is not None and h[0] not in parts:
-            current = h[0]
-            parts[current] = [h[1]] if h[1].strip() else []
-        elif current is not None: parts[current].append(line)
-        else: parts.setdefault('_pre', []).append(line)
-    return parts
-
-# %% ../nbs/05_generation.ipynb #17d14262
-NO_INPUT = {'', 'none', '(none)', 'none.', 'n/a', 'na', 'no input', 'no input.', '<noinput>', 'null', '-',
-            'empty', 'nothing'}
-
-def _no_input(text: str) -> bool:
-    "Whether `text` is one of the ways of saying there is no input."
-    return text.lower().strip('*_ ') in NO_INPUT
 
 # %% ../nbs/05_generation.ipynb #7095a6cc
 _CREATED = re.compile(r'^\s*\**\s*#?\s*created\s+instruction\s*#?\s*\**\s*:?\s*\**', re.I)
@@ -150,6 +108,64 @@ def parse_generation(text: str, # a generator reply, as the model wrote it
     inp = '\n'.join(parts.get('input', [])).strip()
     if _no_input(inp): inp = ''
     return Parsed(instr, inp, True, 'input' in parts)
+
+@dataclass(frozen=True)
+class Parsed:
+    "A generator reply, split; `headers`: the format was followed; `input_started`: an input section began."
+    instruction: str
+    input: str
+    headers: bool
+    input_started: bool
+
+# %% ../nbs/05_generation.ipynb #cc985d33
+def _sections(text: str) -> dict[str, list[str]]:
+    "The lines of a reply by section ('instruction', 'input'; '_pre' before the first header)."
+    parts: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        h = _header(line)
+        if h is not None and h[0] not in parts:
+            current = h[0]
+            parts[current] = [h[1]] if h[1].strip() else []
+        elif current is not None: parts[current].append(line)
+        else: parts.setdefault('_pre', []).append(line)
+    return parts
+
+_HEADER = re.compile(r'^\s*(#{1,6}\s*)?\**\s*(new\s+)?(instruction|input)\s*\**\s*(:)?\s*\**\s*(.*)$',
+                     re.I)
+
+def _header(line: str):
+    m = _HEADER.match(line)
+    if not m: return None
+    hashes, new, which, colon, rest = m.groups()
+    if not (hashes or new or colon): return None
+    return which.lower(), rest
+
+# %% ../nbs/05_generation.ipynb #17d14262
+NO_INPUT = {'', 'none', '(none)', 'none.', 'n/a', 'na', 'no input', 'no input.', '<noinput>', 'null', '-',
+            'empty', 'nothing'}
+
+def _no_input(text: str) -> bool:
+    "Whether `text` is one of the ways of saying there is no input."
+    return text.lower().strip('*_ ') in NO_INPUT
+
+# %% ../nbs/05_generation.ipynb #c56184a5
+def post_filter(text: str, # the reply's text
+                finish_reason: Optional[str], # why the model stopped ('length': at the max_tokens limit)
+                status: str = 'done', # the LLM layer's status of the call ('done' or 'failed')
+                error: Optional[str] = None, # the LLM layer's error, for a failed call
+                settings: Optional[FilterSettings] = None, # word limits (default: the `generation` defaults)
+               ) -> tuple[Optional[str], Parsed]:
+    "`(reason, parsed)`: why a generator reply is rejected (None if it passes), and what it parsed to."
+    settings = settings or FilterSettings.from_config()
+    p = parse_generation(text if status == 'done' else '')
+    if status != 'done':   # a failed call (an empty reply cut at the limit counts as empty)
+        return ('empty' if (error or '').startswith('empty') else 'failed'), p
+    if finish_reason == 'length' and not _complete(p): return 'truncated', p
+    if not p.instruction.strip(): return 'empty', p
+    if _echoes(p): return 'echo', p
+    p = _unwrapped(p)
+    return _shape_reason(p.instruction, settings) or lion_reason(p, settings), p
 
 # %% ../nbs/05_generation.ipynb #8fba67c2
 REASONS = ('failed', 'truncated', 'empty', 'echo', 'punctuation', 'too_short', 'too_long',
@@ -169,34 +185,11 @@ class FilterSettings:
         gen = cfg.generation if cfg is not None else GenerationConfig()
         return cls(min_words=gen.min_words, max_words=gen.max_words, lion=gen.lion_filter)
 
-# %% ../nbs/05_generation.ipynb #a8e61f45
-_WRAPPERS = (('<', '>'), ('"', '"'), ('\u201c', '\u201d'), ("'", "'"), ('**', '**'), ('`', '`'))
-
-def _unwrap_once(text: str) -> Optional[str]:
-    "`text` without the first of `_WRAPPERS` that wraps the whole of it; None when none does."
-    for a, b in _WRAPPERS:
-        if len(text) <= len(a) + len(b) or not (text.startswith(a) and text.endswith(b)): continue
-        inner = text[len(a):-len(b)]
-        if a not in inner and b not in inner:   # one pair around everything, not "a" and "b"
-            return inner.strip()
-    return None
-
-# %% ../nbs/05_generation.ipynb #81940f44
-def unwrap(text: str) -> str:
-    "`text` without wrappers around the whole of it: `<...>` (our placeholder's shape), quotes, bold, code."
-    text = text.strip()
-    for _ in range(3):
-        inner = _unwrap_once(text)
-        if inner is None: return text
-        text = inner
-    return text
-
 # %% ../nbs/05_generation.ipynb #0e6c32fb
 def _complete(p: Parsed) -> bool:
     "A reply cut at the length limit is whole when its instruction is done and its input is 'none'."
     return bool(p.headers and p.input_started and p.instruction and not p.input)
 
-# %% ../nbs/05_generation.ipynb #e8cd9d43
 ECHO_MARKERS = ('###', '<the new instruction>', '<its input', 'example instruction', 'example input',
                 'new instruction:', 'new input:', 'same domain and the same task type',
                 'long tail of that domain', '#given instruction#', '#created instruction#')
@@ -211,6 +204,27 @@ def _unwrapped(p: Parsed) -> Parsed:
     "`p` with both parts unwrapped (an input that unwraps to 'none' is no input)."
     inp = unwrap(p.input)
     return replace(p, instruction=unwrap(p.instruction), input='' if _no_input(inp) else inp)
+
+# %% ../nbs/05_generation.ipynb #81940f44
+def unwrap(text: str) -> str:
+    "`text` without wrappers around the whole of it: `<...>` (our placeholder's shape), quotes, bold, code."
+    text = text.strip()
+    for _ in range(3):
+        inner = _unwrap_once(text)
+        if inner is None: return text
+        text = inner
+    return text
+
+_WRAPPERS = (('<', '>'), ('"', '"'), ('\u201c', '\u201d'), ("'", "'"), ('**', '**'), ('`', '`'))
+
+def _unwrap_once(text: str) -> Optional[str]:
+    "`text` without the first of `_WRAPPERS` that wraps the whole of it; None when none does."
+    for a, b in _WRAPPERS:
+        if len(text) <= len(a) + len(b) or not (text.startswith(a) and text.endswith(b)): continue
+        inner = text[len(a):-len(b)]
+        if a not in inner and b not in inner:   # one pair around everything, not "a" and "b"
+            return inner.strip()
+    return None
 
 # %% ../nbs/05_generation.ipynb #fa0e88fb
 def _shape_reason(instr: str, settings: FilterSettings) -> Optional[str]:
@@ -231,24 +245,6 @@ def lion_reason(p: Parsed, settings: FilterSettings) -> Optional[str]:
     if not p.instruction[:1].isascii(): return 'non_ascii'
     return None
 
-# %% ../nbs/05_generation.ipynb #c56184a5
-def post_filter(text: str, # the reply's text
-                finish_reason: Optional[str], # why the model stopped ('length': at the max_tokens limit)
-                status: str = 'done', # the LLM layer's status of the call ('done' or 'failed')
-                error: Optional[str] = None, # the LLM layer's error, for a failed call
-                settings: Optional[FilterSettings] = None, # word limits (default: the `generation` defaults)
-               ) -> tuple[Optional[str], Parsed]:
-    "`(reason, parsed)`: why a generator reply is rejected (None if it passes), and what it parsed to."
-    settings = settings or FilterSettings.from_config()
-    p = parse_generation(text if status == 'done' else '')
-    if status != 'done':   # a failed call (an empty reply cut at the limit counts as empty)
-        return ('empty' if (error or '').startswith('empty') else 'failed'), p
-    if finish_reason == 'length' and not _complete(p): return 'truncated', p
-    if not p.instruction.strip(): return 'empty', p
-    if _echoes(p): return 'echo', p
-    p = _unwrapped(p)
-    return _shape_reason(p.instruction, settings) or lion_reason(p, settings), p
-
 # %% ../nbs/05_generation.ipynb #4fa67d4c
 def plan_targets(n_new: int, hard_fraction: float, n_hard_seeds: int, n_easy_seeds: int) -> dict[str, int]:
     "How many new instructions to keep of each kind."
@@ -265,7 +261,6 @@ def pick_parent(seeds: Sequence[Seed], seed: int, iteration: int, kind: str, j: 
     rng = random.Random(derive_seed(seed, iteration, 'generation', 'parent', kind, j))
     return seeds[rng.randrange(len(seeds))]
 
-# %% ../nbs/05_generation.ipynb #102064cd
 def request_seed(seed: int, iteration: int, kind: str, j: int) -> int:
     "The sampling seed sent with request `j` of `kind`."
     return derive_seed(seed, iteration, 'generation', 'sample', kind, j)
@@ -342,10 +337,38 @@ def _interleave(a: list, b: list) -> list:
     tagged = [(i / len(a), 0, x) for i, x in enumerate(a)] + [(i / len(b), 1, x) for i, x in enumerate(b)]
     return [x for *_, x in sorted(tagged, key=lambda t: (t[0], t[1]))]
 
-# %% ../nbs/05_generation.ipynb #b27366d0
-def _rejected(rows: Sequence[dict]) -> dict[str, int]:
-    "Rejected rows, counted by reason."
-    return dict(Counter(r['reason'] for r in rows if not r['kept']))
+# %% ../nbs/05_generation.ipynb #f6fa6aa6
+def generate_instructions(hard: Sequence[Seed], # the hard seeds: parents of "same task type" requests
+                          easy: Sequence[Seed], # the easy seeds: parents of long-tail requests
+                          cache_pool: Sequence[Instruction], # what a new instruction must be ROUGE-L-novel to
+                          client, # anything with `run(requests, desc=...)`: an LLM client or a stand-in
+                          s: GenerationSettings, # how to ask, filter and stop
+                          model: str = '', # the generator's name in the provenance (default: the reply's)
+                          progress: Optional[Callable] = None, # where progress lines go
+                          on_round: Optional[Callable[[list[dict]], None]] = None, # all rows, every round
+                         ) -> GenerationResult:
+    "Ask `client` for new hard and long-tail instructions, post-filter them, keep the ROUGE-L-novel ones."
+    gp = GenerationPass(hard, easy, cache_pool, s)
+    rounds = 0
+    for rounds in range(1, s.max_rounds + 1):
+        todo = gp.next_requests()
+        if not todo: break
+        n_hard = sum(t[0] == 'hard' for t in todo)
+        if progress:
+            progress(f"round {rounds}: asking for {n_hard} hard and {len(todo) - n_hard} easy instructions")
+        results = client.run([t[-1] for t in todo], desc=f'generation round {rounds}')
+        check_round(results, rounds)
+        gp.take(todo, results, model)
+        if on_round: on_round(gp.rows)
+        if progress: progress(gp.describe(rounds))
+        if gp.done(): break
+    return GenerationResult(gp.new, gp.rows, gp.targets, rounds)
+
+def check_round(results: Sequence, rounds: int):
+    "Raise when every request of round `rounds` failed."
+    if all(r.status != 'done' for r in results):
+        raise LionError(f"all {len(results)} generation requests of round {rounds} failed; "
+                        f"the first error: {results[0].error}")
 
 # %% ../nbs/05_generation.ipynb #50544f07
 @dataclass
@@ -369,23 +392,9 @@ class GenerationResult:
         out['shortfall'] = sum(self.targets.values()) - len(self.new)
         return out
 
-# %% ../nbs/05_generation.ipynb #d57792c4
-def reply_row(request: tuple, res, settings: FilterSettings) -> dict:
-    "The row of one reply to `request` (`(kind, j, parent, sampling seed, ChatRequest)`), post-filtered."
-    kind, _, parent, rs, req = request
-    reason, p = post_filter(res.text, res.finish_reason, res.status, res.error, settings)
-    return {'key': req.key, 'kind': kind, 'parent_id': parent.id, 'parent_instruction': parent.instruction,
-            'seed': rs, 'instruction': p.instruction, 'input': p.input, 'raw': res.text,
-            'finish_reason': res.finish_reason, 'error': res.error, 'rouge_l': None, 'nearest': None,
-            'nearest_from': None, 'kept': False, 'reason': reason, 'id': None}
-
-# %% ../nbs/05_generation.ipynb #e534ee50
-def generated_instruction(row: dict, iteration: int, model: Optional[str]) -> Instruction:
-    "The new instruction of a kept row, with its provenance (parent, kind, sampling seed, model)."
-    prov = Provenance(iteration=iteration, stage='generation', role='generator', model=model,
-                      seed=row['seed'], parent_id=row['parent_id'], kind=row['kind'])
-    return Instruction(id=row['id'], instruction=row['instruction'], input=row['input'], source='generated',
-                       prov=prov)
+def _rejected(rows: Sequence[dict]) -> dict[str, int]:
+    "Rejected rows, counted by reason."
+    return dict(Counter(r['reason'] for r in rows if not r['kept']))
 
 # %% ../nbs/05_generation.ipynb #0ecdc4bd
 class GenerationPass:
@@ -414,17 +423,34 @@ def next_requests(self: GenerationPass) -> list[tuple]:
         self.asked[kind] += n
     return _interleave(batch['hard'], batch['easy'])
 
-# %% ../nbs/05_generation.ipynb #025bc337
 @patch
-def keep(self: GenerationPass, row: dict, rid: str, ids, model: Optional[str]):
-    "Keep `row` as new instruction `rid` (`ids`: its ROUGE token ids)."
-    if rid in self.taken: raise LionError(f"id {rid!r} is already in the Cache Pool")
-    self.index.add(row['instruction'], ids)
-    self.origin.append(rid)
-    self.taken.add(rid)
-    self.kept[row['kind']] += 1
-    row.update(kept=True, id=rid)
-    self.new.append(generated_instruction(row, self.s.iteration, model))
+def take(self: GenerationPass, todo: Sequence[tuple], results: Sequence, model: str = ''):
+    "Post-filter and ROUGE-L-filter one round's replies (`results`, in `todo`'s order); the rows join `rows`."
+    for request, res in zip(todo, results):
+        row = reply_row(request, res, self.s.filter)
+        if row['reason'] is None: self.decide(row, request[1], model or res.model or None)
+        self.rows.append(row)
+
+@patch
+def done(self: GenerationPass) -> bool:
+    "Whether every kind has kept what it needs."
+    return all(self.kept[k] >= self.targets[k] for k in KINDS)
+
+@patch
+def describe(self: GenerationPass, rounds: int) -> str:
+    "The progress line after round `rounds`."
+    return (f"round {rounds}: kept {self.kept['hard']}/{self.targets['hard']} hard and "
+            f"{self.kept['easy']}/{self.targets['easy']} easy")
+
+# %% ../nbs/05_generation.ipynb #d57792c4
+def reply_row(request: tuple, res, settings: FilterSettings) -> dict:
+    "The row of one reply to `request` (`(kind, j, parent, sampling seed, ChatRequest)`), post-filtered."
+    kind, _, parent, rs, req = request
+    reason, p = post_filter(res.text, res.finish_reason, res.status, res.error, settings)
+    return {'key': req.key, 'kind': kind, 'parent_id': parent.id, 'parent_instruction': parent.instruction,
+            'seed': rs, 'instruction': p.instruction, 'input': p.input, 'raw': res.text,
+            'finish_reason': res.finish_reason, 'error': res.error, 'rouge_l': None, 'nearest': None,
+            'nearest_from': None, 'kept': False, 'reason': reason, 'id': None}
 
 # %% ../nbs/05_generation.ipynb #f2dcc91c
 @patch
@@ -440,88 +466,37 @@ def decide(self: GenerationPass, row: dict, j: int, model: Optional[str]):
     elif self.kept[kind] >= self.targets[kind]: row['reason'] = 'surplus'
     else: self.keep(row, new_id(self.s.iteration, kind, j), ids, model)
 
-# %% ../nbs/05_generation.ipynb #ec5a7baf
 @patch
-def take(self: GenerationPass, todo: Sequence[tuple], results: Sequence, model: str = ''):
-    "Post-filter and ROUGE-L-filter one round's replies (`results`, in `todo`'s order); the rows join `rows`."
-    for request, res in zip(todo, results):
-        row = reply_row(request, res, self.s.filter)
-        if row['reason'] is None: self.decide(row, request[1], model or res.model or None)
-        self.rows.append(row)
+def keep(self: GenerationPass, row: dict, rid: str, ids, model: Optional[str]):
+    "Keep `row` as new instruction `rid` (`ids`: its ROUGE token ids)."
+    if rid in self.taken: raise LionError(f"id {rid!r} is already in the Cache Pool")
+    self.index.add(row['instruction'], ids)
+    self.origin.append(rid)
+    self.taken.add(rid)
+    self.kept[row['kind']] += 1
+    row.update(kept=True, id=rid)
+    self.new.append(generated_instruction(row, self.s.iteration, model))
 
-# %% ../nbs/05_generation.ipynb #4a0320df
-@patch
-def done(self: GenerationPass) -> bool:
-    "Whether every kind has kept what it needs."
-    return all(self.kept[k] >= self.targets[k] for k in KINDS)
+# %% ../nbs/05_generation.ipynb #e534ee50
+def generated_instruction(row: dict, iteration: int, model: Optional[str]) -> Instruction:
+    "The new instruction of a kept row, with its provenance (parent, kind, sampling seed, model)."
+    prov = Provenance(iteration=iteration, stage='generation', role='generator', model=model,
+                      seed=row['seed'], parent_id=row['parent_id'], kind=row['kind'])
+    return Instruction(id=row['id'], instruction=row['instruction'], input=row['input'], source='generated',
+                       prov=prov)
 
-# %% ../nbs/05_generation.ipynb #aaa28b8b
-@patch
-def describe(self: GenerationPass, rounds: int) -> str:
-    "The progress line after round `rounds`."
-    return (f"round {rounds}: kept {self.kept['hard']}/{self.targets['hard']} hard and "
-            f"{self.kept['easy']}/{self.targets['easy']} easy")
-
-# %% ../nbs/05_generation.ipynb #39750e8d
-def check_round(results: Sequence, rounds: int):
-    "Raise when every request of round `rounds` failed."
-    if all(r.status != 'done' for r in results):
-        raise LionError(f"all {len(results)} generation requests of round {rounds} failed; "
-                        f"the first error: {results[0].error}")
-
-# %% ../nbs/05_generation.ipynb #f6fa6aa6
-def generate_instructions(hard: Sequence[Seed], # the hard seeds: parents of "same task type" requests
-                          easy: Sequence[Seed], # the easy seeds: parents of long-tail requests
-                          cache_pool: Sequence[Instruction], # what a new instruction must be ROUGE-L-novel to
-                          client, # anything with `run(requests, desc=...)`: an LLM client or a stand-in
-                          s: GenerationSettings, # how to ask, filter and stop
-                          model: str = '', # the generator's name in the provenance (default: the reply's)
-                          progress: Optional[Callable] = None, # where progress lines go
-                          on_round: Optional[Callable[[list[dict]], None]] = None, # all rows, every round
-                         ) -> GenerationResult:
-    "Ask `client` for new hard and long-tail instructions, post-filter them, keep the ROUGE-L-novel ones."
-    gp = GenerationPass(hard, easy, cache_pool, s)
-    rounds = 0
-    for rounds in range(1, s.max_rounds + 1):
-        todo = gp.next_requests()
-        if not todo: break
-        n_hard = sum(t[0] == 'hard' for t in todo)
-        if progress:
-            progress(f"round {rounds}: asking for {n_hard} hard and {len(todo) - n_hard} easy instructions")
-        results = client.run([t[-1] for t in todo], desc=f'generation round {rounds}')
-        check_round(results, rounds)
-        gp.take(todo, results, model)
-        if on_round: on_round(gp.rows)
-        if progress: progress(gp.describe(rounds))
-        if gp.done(): break
-    return GenerationResult(gp.new, gp.rows, gp.targets, rounds)
-
-# %% ../nbs/05_generation.ipynb #d3be3056
-_NN_GROUPS = (('kept', lambda r: r['kept'], '#4c72b0'),
-              ('rejected: similar', lambda r: r['reason'] == 'similar', '#c44e52'),
-              ('not needed (surplus)', lambda r: r['reason'] == 'surplus', '#bbbbbb'))
-
-def plot_nn_rouge(rows: Sequence[dict], threshold: float) -> Figure:
-    "Histogram of each candidate's nearest-neighbour ROUGE-L, by what became of it, with the threshold."
-    fig = Figure(figsize=(7.5, 3.6))
-    ax = fig.subplots()
-    data = [[r['rouge_l'] for r in rows if r['rouge_l'] is not None and f(r)] for _, f, _ in _NN_GROUPS]
-    ax.hist(data, bins=[i / 40 for i in range(41)], stacked=True, color=[c for *_, c in _NN_GROUPS],
-            label=[f"{n} ({len(d)})" for (n, _, _), d in zip(_NN_GROUPS, data)])
-    ax.axvline(threshold, color='k', ls='--', lw=1)
-    ax.text(threshold, ax.get_ylim()[1] * 0.95, f' threshold {threshold}', va='top')
-    ax.set(xlabel='ROUGE-L F to the nearest instruction (Cache Pool + earlier new ones)', ylabel='candidates',
-           xlim=(0, 1), title='How close each generated instruction came to one we already had')
-    ax.legend(loc='upper left', fontsize=8)
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/05_generation.ipynb #82e9e61b
-def examples(rows: Sequence[dict], kind: str, n: int = 5) -> list[dict]:
-    "Up to `n` kept generations of `kind` next to the seeds they came from."
-    kept = [r for r in rows if r['kept'] and r['kind'] == kind][:n]
-    return [{'seed instruction': r['parent_instruction'], 'new instruction': r['instruction'],
-             'new input': r['input'], 'ROUGE-L to nearest': round(r['rouge_l'], 3)} for r in kept]
+# %% ../nbs/05_generation.ipynb #f5528a35
+def generation_inputs(run: RunDir, k: int, seeds: str = 'referee'):
+    "(hard seeds, easy seeds, Cache Pool) of iteration `k`: the referee's split, or random parents for both."
+    check_seed_source(seeds)
+    cache = read_pool(run.pool(k, 'cache'))
+    if seeds == 'random': return random_seeds(cache), random_seeds(cache), cache
+    disc = run.stage_dir(k, 'discrimination')
+    for name in ('hard.jsonl', 'easy.jsonl'):
+        if not (disc/name).exists():
+            raise InputError(disc/name, None,
+                             "file not found (run the discrimination stage of this iteration first)")
+    return read_seeds(disc/'hard.jsonl'), read_seeds(disc/'easy.jsonl'), cache
 
 # %% ../nbs/05_generation.ipynb #94b78735
 SEED_SOURCES = ('referee', 'random')
@@ -536,19 +511,6 @@ def check_seed_source(seeds: str) -> str:
 def random_seeds(cache: Sequence[Instruction]) -> list[Seed]:
     "The referee-blind control's seeds: every Cache Pool instruction, a possible parent for either prompt."
     return [Seed(r.id, r.instruction, r.input or '', r.category) for r in cache]
-
-# %% ../nbs/05_generation.ipynb #f5528a35
-def generation_inputs(run: RunDir, k: int, seeds: str = 'referee'):
-    "(hard seeds, easy seeds, Cache Pool) of iteration `k`: the referee's split, or random parents for both."
-    check_seed_source(seeds)
-    cache = read_pool(run.pool(k, 'cache'))
-    if seeds == 'random': return random_seeds(cache), random_seeds(cache), cache
-    disc = run.stage_dir(k, 'discrimination')
-    for name in ('hard.jsonl', 'easy.jsonl'):
-        if not (disc/name).exists():
-            raise InputError(disc/name, None,
-                             "file not found (run the discrimination stage of this iteration first)")
-    return read_seeds(disc/'hard.jsonl'), read_seeds(disc/'easy.jsonl'), cache
 
 # %% ../nbs/05_generation.ipynb #6a9dd960
 def write_pools(run: RunDir, k: int, cache: Sequence[Instruction], new: Sequence[Instruction]):
@@ -579,6 +541,25 @@ def save_nn_rouge(rows: Sequence[dict], threshold: float, out: Path) -> dict:
     plot_nn_rouge(rows, threshold).savefig(out/'nn_rouge.png', dpi=110)
     return {'nn_rouge': 'nn_rouge.png'}
 
+_NN_GROUPS = (('kept', lambda r: r['kept'], '#4c72b0'),
+              ('rejected: similar', lambda r: r['reason'] == 'similar', '#c44e52'),
+              ('not needed (surplus)', lambda r: r['reason'] == 'surplus', '#bbbbbb'))
+
+def plot_nn_rouge(rows: Sequence[dict], threshold: float) -> Figure:
+    "Histogram of each candidate's nearest-neighbour ROUGE-L, by what became of it, with the threshold."
+    fig = Figure(figsize=(7.5, 3.6))
+    ax = fig.subplots()
+    data = [[r['rouge_l'] for r in rows if r['rouge_l'] is not None and f(r)] for _, f, _ in _NN_GROUPS]
+    ax.hist(data, bins=[i / 40 for i in range(41)], stacked=True, color=[c for *_, c in _NN_GROUPS],
+            label=[f"{n} ({len(d)})" for (n, _, _), d in zip(_NN_GROUPS, data)])
+    ax.axvline(threshold, color='k', ls='--', lw=1)
+    ax.text(threshold, ax.get_ylim()[1] * 0.95, f' threshold {threshold}', va='top')
+    ax.set(xlabel='ROUGE-L F to the nearest instruction (Cache Pool + earlier new ones)', ylabel='candidates',
+           xlim=(0, 1), title='How close each generated instruction came to one we already had')
+    ax.legend(loc='upper left', fontsize=8)
+    fig.tight_layout()
+    return fig
+
 # %% ../nbs/05_generation.ipynb #140071f6
 def describe_summary(s: dict) -> str:
     "A short text account of a generation summary."
@@ -595,15 +576,12 @@ def describe_summary(s: dict) -> str:
                  f"Cache {p['cache_before']} + {p['train_next']} = {p['cache_next']}")
     return '\n'.join(lines)
 
-# %% ../nbs/05_generation.ipynb #ea7b22ce
-def estimate_first_round(cfg: Config, run: RunDir, k: int, seeds: str = 'referee') -> dict:
-    "What the first round of iteration `k` would send and cost (the LLM client's estimate; nothing is sent)."
-    hard, easy, _ = generation_inputs(run, k, seeds)
-    s = GenerationSettings.from_config(cfg, k)
-    requests = [t[-1] for t in GenerationPass(hard, easy, [], s).next_requests()]
-    client = make_client(cfg.model_for('generator'), role='generator', stage='generation', iteration=k,
-                         cache_dir=run.cache)
-    return client.estimate(requests)
+# %% ../nbs/05_generation.ipynb #82e9e61b
+def examples(rows: Sequence[dict], kind: str, n: int = 5) -> list[dict]:
+    "Up to `n` kept generations of `kind` next to the seeds they came from."
+    kept = [r for r in rows if r['kept'] and r['kind'] == kind][:n]
+    return [{'seed instruction': r['parent_instruction'], 'new instruction': r['instruction'],
+             'new input': r['input'], 'ROUGE-L to nearest': round(r['rouge_l'], 3)} for r in kept]
 
 # %% ../nbs/05_generation.ipynb #b32593fa
 from .cli import command, Param
@@ -626,3 +604,13 @@ def generate_cli(*, config: str, # run configuration (YAML)
     s = run_generation(cfg, run, iteration, seeds=seeds, progress=lambda m: print(m, file=sys.stderr))
     print(describe_summary(s))
     return 0
+
+# %% ../nbs/05_generation.ipynb #ea7b22ce
+def estimate_first_round(cfg: Config, run: RunDir, k: int, seeds: str = 'referee') -> dict:
+    "What the first round of iteration `k` would send and cost (the LLM client's estimate; nothing is sent)."
+    hard, easy, _ = generation_inputs(run, k, seeds)
+    s = GenerationSettings.from_config(cfg, k)
+    requests = [t[-1] for t in GenerationPass(hard, easy, [], s).next_requests()]
+    client = make_client(cfg.model_for('generator'), role='generator', stage='generation', iteration=k,
+                         cache_dir=run.cache)
+    return client.estimate(requests)
