@@ -4,10 +4,10 @@
 
 # %% ../nbs/12_data.ipynb #b2651b64
 from __future__ import annotations
-import json, os, re, shutil, sys, tempfile, urllib.error, urllib.request
+import json, os, re, shutil, tempfile, urllib.error, urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Optional, Union
+from typing import Iterator, Literal, Optional
 
 from pydantic import ValidationError
 
