@@ -17,9 +17,9 @@ from rouge_score import rouge_scorer, tokenizers
 from .core import InputError, LionError, iter_jsonl, write_jsonl
 
 # %% auto #0
-__all__ = ['MARGIN', 'rouge_tokenize', 'reference_rouge_l', 'rouge_l_fmeasure', 'rouge_l_fmeasures', 'lcs_length',
-           'candidate_masks', 'lcs_many', 'Nearest', 'RougeIndex', 'Decision', 'rouge_filter', 'reference_filter',
-           'read_instruction_rows', 'dedup_rows', 'dedup_cli']
+__all__ = ['MARGIN', 'rouge_tokenize', 'reference_rouge_l', 'rouge_l_fmeasure', 'rouge_l_fmeasures', 'lcs_length', 'lcs_many',
+           'candidate_masks', 'RougeIndex', 'Nearest', 'rouge_filter', 'reference_filter', 'Decision', 'dedup_cli',
+           'dedup_rows', 'read_instruction_rows']
 
 # %% ../nbs/05a_dedup.ipynb #43dfd4f4
 _TOKENIZER = tokenizers.DefaultTokenizer(use_stemmer=False)
@@ -28,18 +28,17 @@ def rouge_tokenize(text: str) -> list[str]:
     "The tokens `rouge_score`'s `RougeScorer(['rougeL'])` sees in `text` (its own tokenizer, no stemming)."
     return _TOKENIZER.tokenize(text)
 
-# %% ../nbs/05a_dedup.ipynb #9ad232f0
+# %% ../nbs/05a_dedup.ipynb #7b529d79
+def reference_rouge_l(target: str, prediction: str) -> float:
+    "ROUGE-L F-measure from `rouge_score` itself: the slow reference we must agree with."
+    return _reference_scorer().score(target, prediction)['rougeL'].fmeasure
+
 _SCORER = None
 
 def _reference_scorer():
     global _SCORER
     if _SCORER is None: _SCORER = rouge_scorer.RougeScorer(['rougeL'])
     return _SCORER
-
-# %% ../nbs/05a_dedup.ipynb #7b529d79
-def reference_rouge_l(target: str, prediction: str) -> float:
-    "ROUGE-L F-measure from `rouge_score` itself: the slow reference we must agree with."
-    return _reference_scorer().score(target, prediction)['rougeL'].fmeasure
 
 # %% ../nbs/05a_dedup.ipynb #bd9f2e2e
 def rouge_l_fmeasure(lcs: int, m: int, n: int) -> float:
@@ -48,7 +47,6 @@ def rouge_l_fmeasure(lcs: int, m: int, n: int) -> float:
     precision, recall = lcs / n, lcs / m
     return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
 
-# %% ../nbs/05a_dedup.ipynb #dfc761c9
 def rouge_l_fmeasures(lcs: np.ndarray, m: np.ndarray, n: int) -> np.ndarray:
     "`rouge_l_fmeasure` for many pool items at once (float64, the same IEEE operations, so the same bits)."
     lcs = np.asarray(lcs, np.float64)
@@ -70,12 +68,19 @@ def lcs_length(a: Sequence, b: Sequence) -> int:
         v = ((v + u) | (v - u)) & full
     return len(a) - v.bit_count()
 
-# %% ../nbs/05a_dedup.ipynb #8923a983
-def candidate_masks(cand: Sequence[int], vocab_size: int) -> np.ndarray:
-    "Bit masks `(words, vocab_size + 1)` of where each token id occurs in `cand`; the last (padding) is 0."
-    masks = np.zeros(((len(cand) + 63) // 64, vocab_size + 1), np.uint64)
-    for i, t in enumerate(cand): masks[i >> 6, t] |= np.uint64(1 << (i & 63))
-    return masks
+# %% ../nbs/05a_dedup.ipynb #e50cca3c
+def lcs_many(masks: np.ndarray, # the candidate's `candidate_masks`
+             n: int, # the candidate's number of tokens
+             tokens: np.ndarray, # `(rows, width)` pool item tokens, padded with id `masks.shape[1] - 1`
+             lens: np.ndarray, # each row's number of tokens; rows must be sorted by it
+            ) -> np.ndarray:
+    "LCS length of one candidate (`masks` from `candidate_masks`, `n` tokens) with each row of `tokens`."
+    rows, width = tokens.shape
+    if n == 0 or rows == 0: return np.zeros(rows, np.int64)
+    starts = np.searchsorted(lens, np.arange(width), side='right')   # rows longer than j start at starts[j]
+    v = np.full((masks.shape[0], rows), _ONES, np.uint64)
+    for j in range(width): _lcs_step(v, masks, tokens[starts[j]:, j], starts[j])
+    return _zero_bits(v, n)
 
 # %% ../nbs/05a_dedup.ipynb #d19badd0
 _ONES = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
@@ -96,7 +101,6 @@ def _lcs_step(v: np.ndarray, masks: np.ndarray, col: np.ndarray, s: int) -> None
         carry = ((s1 < vw) | (s2 < s1)).astype(np.uint64)
         v[w, s:] = s2 | (vw ^ u)
 
-# %% ../nbs/05a_dedup.ipynb #deee8f02
 def _zero_bits(v: np.ndarray, n: int) -> np.ndarray:
     "Per row of `v` (words x rows), its zero bits among the first `n` bit positions."
     zeros = np.zeros(v.shape[1], np.int64)
@@ -106,56 +110,12 @@ def _zero_bits(v: np.ndarray, n: int) -> np.ndarray:
         zeros += bits - np.bitwise_count(v[w] & low).astype(np.int64)
     return zeros
 
-# %% ../nbs/05a_dedup.ipynb #e50cca3c
-def lcs_many(masks: np.ndarray, # the candidate's `candidate_masks`
-             n: int, # the candidate's number of tokens
-             tokens: np.ndarray, # `(rows, width)` pool item tokens, padded with id `masks.shape[1] - 1`
-             lens: np.ndarray, # each row's number of tokens; rows must be sorted by it
-            ) -> np.ndarray:
-    "LCS length of one candidate (`masks` from `candidate_masks`, `n` tokens) with each row of `tokens`."
-    rows, width = tokens.shape
-    if n == 0 or rows == 0: return np.zeros(rows, np.int64)
-    starts = np.searchsorted(lens, np.arange(width), side='right')   # rows longer than j start at starts[j]
-    v = np.full((masks.shape[0], rows), _ONES, np.uint64)
-    for j in range(width): _lcs_step(v, masks, tokens[starts[j]:, j], starts[j])
-    return _zero_bits(v, n)
-
-# %% ../nbs/05a_dedup.ipynb #79f1b588
-class _Grow:
-    "A 1-d NumPy array that grows by doubling; `view()` is its filled part."
-    __slots__ = ('a', 'n')
-    def __init__(self, dtype, init=()):
-        self.a = np.array(init, dtype)
-        self.n = len(self.a)
-
-    def view(self) -> np.ndarray: return self.a[:self.n]
-
-    def _reserve(self, need):
-        if need <= len(self.a): return
-        b = np.empty(max(need, 2 * len(self.a), 4), self.a.dtype)
-        b[:self.n] = self.a[:self.n]
-        self.a = b
-
-# %% ../nbs/05a_dedup.ipynb #14e01a64
-@patch
-def append(self: _Grow, x):
-    self._reserve(self.n + 1)
-    self.a[self.n] = x
-    self.n += 1
-
-@patch
-def extend(self: _Grow, xs):
-    xs = np.asarray(xs, self.a.dtype)
-    self._reserve(self.n + len(xs))
-    self.a[self.n:self.n + len(xs)] = xs
-    self.n += len(xs)
-
-# %% ../nbs/05a_dedup.ipynb #07babd90
-@dataclass(frozen=True)
-class Nearest:
-    "The highest ROUGE-L F of a text against an index, and the first item that reaches it (-1 if none)."
-    score: float
-    index: int
+# %% ../nbs/05a_dedup.ipynb #8923a983
+def candidate_masks(cand: Sequence[int], vocab_size: int) -> np.ndarray:
+    "Bit masks `(words, vocab_size + 1)` of where each token id occurs in `cand`; the last (padding) is 0."
+    masks = np.zeros(((len(cand) + 63) // 64, vocab_size + 1), np.uint64)
+    for i, t in enumerate(cand): masks[i >> 6, t] |= np.uint64(1 << (i & 63))
+    return masks
 
 # %% ../nbs/05a_dedup.ipynb #48e7e479
 class RougeIndex:
@@ -178,63 +138,34 @@ class RougeIndex:
 
     def __len__(self): return len(self.texts)
 
-# %% ../nbs/05a_dedup.ipynb #0e07acd7
-@patch
-def token_ids(self: RougeIndex, text: str) -> list[int]:
-    "`text`'s ROUGE tokens as ids (new tokens get new ids)."
-    v = self.vocab
-    return [v.setdefault(t, len(v)) for t in rouge_tokenize(text)]
+# %% ../nbs/05a_dedup.ipynb #79f1b588
+class _Grow:
+    "A 1-d NumPy array that grows by doubling; `view()` is its filled part."
+    __slots__ = ('a', 'n')
+    def __init__(self, dtype, init=()):
+        self.a = np.array(init, dtype)
+        self.n = len(self.a)
 
-# %% ../nbs/05a_dedup.ipynb #972d0334
-@patch
-def _grow_postings(self: RougeIndex):
-    while len(self.post_items) < len(self.vocab):
-        self.post_items.append(_Grow(np.int32))
-        self.post_counts.append(_Grow(np.int32))
+    def view(self) -> np.ndarray: return self.a[:self.n]
 
-# %% ../nbs/05a_dedup.ipynb #f64282a5
-def _sorted_postings(flat: np.ndarray, lens: np.ndarray, first: int, vocab: int):
-    "(items, counts) of the new items' tokens, sorted by token; token t's are `bounds[t]:bounds[t + 1]`."
-    total = first + len(lens)
-    items = np.repeat(np.arange(first, total, dtype=np.int64), lens)
-    keys, counts = np.unique(flat * total + items, return_counts=True)      # sorted by token, then item
-    toks, its = keys // total, (keys % total).astype(np.int32)
-    bounds = np.searchsorted(toks, np.arange(vocab + 1))
-    return its, counts, bounds
+    def _reserve(self, need):
+        if need <= len(self.a): return
+        b = np.empty(max(need, 2 * len(self.a), 4), self.a.dtype)
+        b[:self.n] = self.a[:self.n]
+        self.a = b
 
-# %% ../nbs/05a_dedup.ipynb #dd2c21ea
 @patch
-def _extend_postings(self: RougeIndex, its: np.ndarray, counts: np.ndarray, bounds: np.ndarray):
-    "Append the new items to the postings of the tokens they hold."
-    for t in np.flatnonzero(np.diff(bounds)):
-        a, b = bounds[t], bounds[t + 1]
-        self.post_items[t].extend(its[a:b])
-        self.post_counts[t].extend(counts[a:b])
+def append(self: _Grow, x):
+    self._reserve(self.n + 1)
+    self.a[self.n] = x
+    self.n += 1
 
-# %% ../nbs/05a_dedup.ipynb #39981a82
 @patch
-def _extend_dense(self: RougeIndex, its: np.ndarray, counts: np.ndarray, bounds: np.ndarray, first: int,
-                  added: int):
-    "Dense rows cover the new items too."
-    vocab = len(bounds) - 1
-    for t, row in self.dense.items():
-        new = np.zeros(added, np.int32)
-        if t < vocab:
-            a, b = bounds[t], bounds[t + 1]
-            new[its[a:b] - first] = counts[a:b]
-        row.extend(new)
-
-# %% ../nbs/05a_dedup.ipynb #85406d16
-@patch
-def _densify(self: RougeIndex):
-    "A dense row for every token held by more than `dense_share` of the items, once there are enough of them."
-    total = len(self)
-    if total < self.dense_min_items: return
-    for t, p in enumerate(self.post_items):
-        if t not in self.dense and p.n > total * self.dense_share:
-            row = np.zeros(total, np.int32)
-            row[p.view()] = self.post_counts[t].view()
-            self.dense[t] = _Grow(np.int32, row)
+def extend(self: _Grow, xs):
+    xs = np.asarray(xs, self.a.dtype)
+    self._reserve(self.n + len(xs))
+    self.a[self.n:self.n + len(xs)] = xs
+    self.n += len(xs)
 
 # %% ../nbs/05a_dedup.ipynb #d3124051
 @patch
@@ -256,7 +187,6 @@ def extend(self: RougeIndex, texts: Iterable[str]) -> None:
     self._extend_dense(its, counts, bounds, first, len(seqs))
     self._densify()
 
-# %% ../nbs/05a_dedup.ipynb #4da17c88
 @patch
 def add(self: RougeIndex, text: str, ids: Optional[list[int]] = None) -> int:
     "Add one instruction (its token ids if already known); return its index."
@@ -274,6 +204,60 @@ def add(self: RougeIndex, text: str, ids: Optional[list[int]] = None) -> int:
     for t, row in self.dense.items(): row.append(counts.get(t, 0))
     return i
 
+# %% ../nbs/05a_dedup.ipynb #0e07acd7
+@patch
+def token_ids(self: RougeIndex, text: str) -> list[int]:
+    "`text`'s ROUGE tokens as ids (new tokens get new ids)."
+    v = self.vocab
+    return [v.setdefault(t, len(v)) for t in rouge_tokenize(text)]
+
+@patch
+def _grow_postings(self: RougeIndex):
+    while len(self.post_items) < len(self.vocab):
+        self.post_items.append(_Grow(np.int32))
+        self.post_counts.append(_Grow(np.int32))
+
+def _sorted_postings(flat: np.ndarray, lens: np.ndarray, first: int, vocab: int):
+    "(items, counts) of the new items' tokens, sorted by token; token t's are `bounds[t]:bounds[t + 1]`."
+    total = first + len(lens)
+    items = np.repeat(np.arange(first, total, dtype=np.int64), lens)
+    keys, counts = np.unique(flat * total + items, return_counts=True)      # sorted by token, then item
+    toks, its = keys // total, (keys % total).astype(np.int32)
+    bounds = np.searchsorted(toks, np.arange(vocab + 1))
+    return its, counts, bounds
+
+# %% ../nbs/05a_dedup.ipynb #dd2c21ea
+@patch
+def _extend_postings(self: RougeIndex, its: np.ndarray, counts: np.ndarray, bounds: np.ndarray):
+    "Append the new items to the postings of the tokens they hold."
+    for t in np.flatnonzero(np.diff(bounds)):
+        a, b = bounds[t], bounds[t + 1]
+        self.post_items[t].extend(its[a:b])
+        self.post_counts[t].extend(counts[a:b])
+
+@patch
+def _extend_dense(self: RougeIndex, its: np.ndarray, counts: np.ndarray, bounds: np.ndarray, first: int,
+                  added: int):
+    "Dense rows cover the new items too."
+    vocab = len(bounds) - 1
+    for t, row in self.dense.items():
+        new = np.zeros(added, np.int32)
+        if t < vocab:
+            a, b = bounds[t], bounds[t + 1]
+            new[its[a:b] - first] = counts[a:b]
+        row.extend(new)
+
+@patch
+def _densify(self: RougeIndex):
+    "A dense row for every token held by more than `dense_share` of the items, once there are enough of them."
+    total = len(self)
+    if total < self.dense_min_items: return
+    for t, p in enumerate(self.post_items):
+        if t not in self.dense and p.n > total * self.dense_share:
+            row = np.zeros(total, np.int32)
+            row[p.view()] = self.post_counts[t].view()
+            self.dense[t] = _Grow(np.int32, row)
+
 # %% ../nbs/05a_dedup.ipynb #2a4c96f2
 @patch
 def overlap(self: RougeIndex, ids: Sequence[int]) -> np.ndarray:
@@ -285,20 +269,6 @@ def overlap(self: RougeIndex, ids: Sequence[int]) -> np.ndarray:
         elif t < len(self.post_items) and self.post_items[t].n:
             ov[self.post_items[t].view()] += np.minimum(self.post_counts[t].view(), c)
     return ov
-
-# %% ../nbs/05a_dedup.ipynb #478168f2
-def _chunk_stop(lens: np.ndarray, start: int, budget: int) -> int:
-    "The end of the chunk of rows from `start` that fits in `budget` cells (at least one row); `lens` sorted."
-    # rows are sorted by length, so a chunk of k rows from `start` is k * lens[start + k - 1] cells
-    cells = np.arange(1, len(lens) - start + 1) * lens[start:]
-    return start + max(1, int(np.searchsorted(cells, budget, side='right')))
-
-# %% ../nbs/05a_dedup.ipynb #25973bfd
-def _padded(flat: np.ndarray, offs: np.ndarray, lens: np.ndarray, pad: int) -> np.ndarray:
-    "The token rows of the items at `offs` (with `lens` tokens) in `flat`, padded with `pad` to the longest."
-    width = int(lens.max())
-    pos = offs[:, None] + np.arange(width)[None, :]
-    return np.where(np.arange(width)[None, :] < lens[:, None], flat[np.minimum(pos, len(flat) - 1)], pad)
 
 # %% ../nbs/05a_dedup.ipynb #0c591178
 @patch
@@ -319,6 +289,37 @@ def exact(self: RougeIndex, ids: Sequence[int], masks: np.ndarray, items: np.nda
         start = stop
     return out
 
+# %% ../nbs/05a_dedup.ipynb #478168f2
+def _chunk_stop(lens: np.ndarray, start: int, budget: int) -> int:
+    "The end of the chunk of rows from `start` that fits in `budget` cells (at least one row); `lens` sorted."
+    # rows are sorted by length, so a chunk of k rows from `start` is k * lens[start + k - 1] cells
+    cells = np.arange(1, len(lens) - start + 1) * lens[start:]
+    return start + max(1, int(np.searchsorted(cells, budget, side='right')))
+
+def _padded(flat: np.ndarray, offs: np.ndarray, lens: np.ndarray, pad: int) -> np.ndarray:
+    "The token rows of the items at `offs` (with `lens` tokens) in `flat`, padded with `pad` to the longest."
+    width = int(lens.max())
+    pos = offs[:, None] + np.arange(width)[None, :]
+    return np.where(np.arange(width)[None, :] < lens[:, None], flat[np.minimum(pos, len(flat) - 1)], pad)
+
+# %% ../nbs/05a_dedup.ipynb #97cdd6be
+@patch
+def nearest(self: RougeIndex,
+            text: Optional[str] = None, # the query
+            ids: Optional[Sequence[int]] = None, # or its token ids, from `token_ids`
+            threshold: float = 0.7, # where the descent starts: scores at or above it are found at once
+            step: float = 0.05, # how far the level goes down per round
+           ) -> Nearest:
+    "The exact maximum ROUGE-L F of `text` (or its token `ids`) against every item, and the first item at it."
+    if ids is None: ids = self.token_ids(text)
+    if not len(ids) or not len(self): return Nearest(0.0, -1)
+    bound = self._f_bounds(ids)
+    if float(bound.max()) <= 0: return Nearest(0.0, -1)                 # no token in common with anything
+    best, items, scores = self._descend(ids, bound, threshold, step)
+    if best <= 0: return Nearest(0.0, -1)
+    items, scores = np.concatenate(items), np.concatenate(scores)
+    return Nearest(best, int(items[scores == best].min()))
+
 # %% ../nbs/05a_dedup.ipynb #5e8ef04b
 @patch
 def _f_bounds(self: RougeIndex, ids: Sequence[int]) -> np.ndarray:
@@ -326,7 +327,6 @@ def _f_bounds(self: RougeIndex, ids: Sequence[int]) -> np.ndarray:
     ov = self.overlap(ids)
     return np.where(ov > 0, 2.0 * ov / (len(ids) + self.lens.view()), -1.0)
 
-# %% ../nbs/05a_dedup.ipynb #a48fea18
 MARGIN = 1e-9
 
 @patch
@@ -348,24 +348,6 @@ def _descend(self: RougeIndex, ids: Sequence[int], bound: np.ndarray, threshold:
         upper, level = level, max(level - step, best, 0.0)
     return best, items, scores
 
-# %% ../nbs/05a_dedup.ipynb #97cdd6be
-@patch
-def nearest(self: RougeIndex,
-            text: Optional[str] = None, # the query
-            ids: Optional[Sequence[int]] = None, # or its token ids, from `token_ids`
-            threshold: float = 0.7, # where the descent starts: scores at or above it are found at once
-            step: float = 0.05, # how far the level goes down per round
-           ) -> Nearest:
-    "The exact maximum ROUGE-L F of `text` (or its token `ids`) against every item, and the first item at it."
-    if ids is None: ids = self.token_ids(text)
-    if not len(ids) or not len(self): return Nearest(0.0, -1)
-    bound = self._f_bounds(ids)
-    if float(bound.max()) <= 0: return Nearest(0.0, -1)                 # no token in common with anything
-    best, items, scores = self._descend(ids, bound, threshold, step)
-    if best <= 0: return Nearest(0.0, -1)
-    items, scores = np.concatenate(items), np.concatenate(scores)
-    return Nearest(best, int(items[scores == best].min()))
-
 # %% ../nbs/05a_dedup.ipynb #7314451d
 def _reference_nearest_scan(pool: list[str], text: str) -> Nearest:
     "The same query by brute force with `rouge_score` (slow)."
@@ -373,13 +355,11 @@ def _reference_nearest_scan(pool: list[str], text: str) -> Nearest:
     best = max(scores, default=0.0)
     return Nearest(best, scores.index(best) if best > 0 else -1)
 
-# %% ../nbs/05a_dedup.ipynb #c6de85d9
 @dataclass(frozen=True)
-class Decision:
-    "The filter's verdict on one candidate."
-    kept: bool
-    score: float      # the exact maximum ROUGE-L F against the pool and the candidates accepted before it
-    nearest: int      # index in the filter's index of the first item with that score (-1: nothing shared)
+class Nearest:
+    "The highest ROUGE-L F of a text against an index, and the first item that reaches it (-1 if none)."
+    score: float
+    index: int
 
 # %% ../nbs/05a_dedup.ipynb #f734a140
 def rouge_filter(candidates: Iterable[str], # the new instructions, decided in this order
@@ -412,44 +392,13 @@ def reference_filter(candidates: Iterable[str], # the new instructions, decided 
         out.append(Decision(kept, near.score, near.index))
     return out
 
-# %% ../nbs/05a_dedup.ipynb #0c82eea2
-def read_instruction_rows(path, field: str = 'instruction') -> list[tuple[int, dict]]:
-    "The `(line, record)` pairs of a JSONL file whose records all have a string `field`; errors name lines."
-    rows = []
-    for n, obj in iter_jsonl(path):
-        if field not in obj: raise InputError(path, n, f"field '{field}' is missing")
-        if not isinstance(obj[field], str):
-            raise InputError(path, n, f"field '{field}' must be a string, not {type(obj[field]).__name__}")
-        rows.append((n, obj))
-    return rows
-
-# %% ../nbs/05a_dedup.ipynb #34da9c80
-def _describe(kind: str, row: tuple[int, dict]) -> dict:
-    n, obj = row
-    return {'from': kind, 'line': n, 'id': obj.get('id'), 'instruction': obj['instruction']}
-
-# %% ../nbs/05a_dedup.ipynb #8a3b2d9c
-def dedup_rows(pool_rows: list[tuple[int, dict]], cand_rows: list[tuple[int, dict]], threshold: float = 0.7):
-    "Filter candidate rows against pool rows; return `(kept records, report rows)`."
-    index = RougeIndex([o['instruction'] for _, o in pool_rows])
-    sources = [('pool', r) for r in pool_rows]
-    kept, report = [], []
-    for row, d in zip(cand_rows, rouge_filter((o['instruction'] for _, o in cand_rows), index, threshold)):
-        if d.kept:
-            kept.append(row[1])
-            sources.append(('candidates', row))
-        report.append({'line': row[0], 'id': row[1].get('id'), 'kept': d.kept, 'rouge_l': d.score,
-                       'nearest': _describe(*sources[d.nearest]) if d.nearest >= 0 else None})
-    return kept, report
-
-# %% ../nbs/05a_dedup.ipynb #ea6c555a
-def _output_paths(pool: Path, candidates: Path, out: Path, report: Optional[Path]) -> tuple[Path, Path]:
-    "The kept-candidates file and the report file of `lion_nb dedup`; neither may be an input file."
-    report = report or out.with_name(out.name.removesuffix('.jsonl') + '.report.jsonl')
-    inputs = {pool.resolve(), candidates.resolve()}
-    for path in (out, report):
-        if path.resolve() in inputs: raise LionError(f"refusing to overwrite the input file {path}")
-    return out, report
+# %% ../nbs/05a_dedup.ipynb #c6de85d9
+@dataclass(frozen=True)
+class Decision:
+    "The filter's verdict on one candidate."
+    kept: bool
+    score: float      # the exact maximum ROUGE-L F against the pool and the candidates accepted before it
+    nearest: int      # index in the filter's index of the first item with that score (-1: nothing shared)
 
 # %% ../nbs/05a_dedup.ipynb #f3316eeb
 from .cli import command, UsageError
@@ -474,3 +423,40 @@ def dedup_cli(*, pool: Path, # JSONL of instructions already kept (may be empty)
           f"{len(pool_rows):,} pool instructions in {time.perf_counter() - t0:.1f} s; "
           f"wrote {out} and {report}")
     return 0
+
+# %% ../nbs/05a_dedup.ipynb #8a3b2d9c
+def dedup_rows(pool_rows: list[tuple[int, dict]], cand_rows: list[tuple[int, dict]], threshold: float = 0.7):
+    "Filter candidate rows against pool rows; return `(kept records, report rows)`."
+    index = RougeIndex([o['instruction'] for _, o in pool_rows])
+    sources = [('pool', r) for r in pool_rows]
+    kept, report = [], []
+    for row, d in zip(cand_rows, rouge_filter((o['instruction'] for _, o in cand_rows), index, threshold)):
+        if d.kept:
+            kept.append(row[1])
+            sources.append(('candidates', row))
+        report.append({'line': row[0], 'id': row[1].get('id'), 'kept': d.kept, 'rouge_l': d.score,
+                       'nearest': _describe(*sources[d.nearest]) if d.nearest >= 0 else None})
+    return kept, report
+
+def _describe(kind: str, row: tuple[int, dict]) -> dict:
+    n, obj = row
+    return {'from': kind, 'line': n, 'id': obj.get('id'), 'instruction': obj['instruction']}
+
+# %% ../nbs/05a_dedup.ipynb #ea6c555a
+def _output_paths(pool: Path, candidates: Path, out: Path, report: Optional[Path]) -> tuple[Path, Path]:
+    "The kept-candidates file and the report file of `lion_nb dedup`; neither may be an input file."
+    report = report or out.with_name(out.name.removesuffix('.jsonl') + '.report.jsonl')
+    inputs = {pool.resolve(), candidates.resolve()}
+    for path in (out, report):
+        if path.resolve() in inputs: raise LionError(f"refusing to overwrite the input file {path}")
+    return out, report
+
+def read_instruction_rows(path, field: str = 'instruction') -> list[tuple[int, dict]]:
+    "The `(line, record)` pairs of a JSONL file whose records all have a string `field`; errors name lines."
+    rows = []
+    for n, obj in iter_jsonl(path):
+        if field not in obj: raise InputError(path, n, f"field '{field}' is missing")
+        if not isinstance(obj[field], str):
+            raise InputError(path, n, f"field '{field}' must be a string, not {type(obj[field]).__name__}")
+        rows.append((n, obj))
+    return rows

@@ -28,31 +28,8 @@ from .limits import (CHARS_PER_TOKEN, MAX_BACKOFF_S, MAX_RETRY_AFTER_S, USAGE_CO
                             retry_after_s, run_sync, spent_usd, summarise_usage, worst_case_cost, _progress)
 
 # %% auto #0
-__all__ = ['CLIENT_KEYWORDS', 'LION_TEACHER_SYSTEM', 'make_client', 'student_spec', 'run_budget', 'run_client', 'answer_requests',
-           'role_system', 'answer_pool', 'answer_cli']
-
-# %% ../nbs/01_llm.ipynb #1ec17223
-def _embedded_base_url(model: str) -> str:
-    "The embedded llama.cpp server's URL for `model`, started if needed (lion_nb.models)."
-    if model in models.GGUFS: return models.ensure_server(models.packaged_gguf(model))
-    p = Path(model).expanduser()
-    if p.suffix == '.gguf' and p.exists(): return models.ensure_server(p)
-    raise LionError(f"backend 'embedded' serves {', '.join(map(repr, models.GGUFS))} (or a .gguf file), not "
-                    f"{model!r}; for the student use backend 'hf'")
-
-# %% ../nbs/01_llm.ipynb #83918492
-CLIENT_KEYWORDS = {'openai': {'retry_base_s', 'batch_poll_s', 'base_url', 'template'},
-                   'embedded': {'retry_base_s', 'batch_poll_s'},
-                   'hf': {'template', 'batch_size', 'device'},
-                   'vllm': {'retry_base_s', 'template', 'engine_dir'}}
-
-def _backend_keywords(spec: ModelSpec, kw: dict) -> dict:
-    "The keywords of `kw` that `spec`'s backend takes; a keyword no backend takes is an error."
-    unknown = set(kw) - set().union(*CLIENT_KEYWORDS.values())
-    if unknown:
-        raise TypeError(f"make_client() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-    if spec.backend not in CLIENT_KEYWORDS: raise LionError(f"unknown backend {spec.backend!r}")
-    return {k: v for k, v in kw.items() if k in CLIENT_KEYWORDS[spec.backend]}  # the others do not apply
+__all__ = ['CLIENT_KEYWORDS', 'LION_TEACHER_SYSTEM', 'make_client', 'student_spec', 'run_client', 'run_budget', 'answer_pool',
+           'answer_requests', 'role_system', 'answer_cli']
 
 # %% ../nbs/01_llm.ipynb #e60ab3a1
 def make_client(spec: ModelSpec, # the model: its backend, name, endpoint, limits and prices
@@ -79,6 +56,28 @@ def make_client(spec: ModelSpec, # the model: its backend, name, endpoint, limit
     if spec.backend == 'hf': return HFClient(spec, **common, **own)
     return engine.EngineClient(spec, **common, **own)
 
+# %% ../nbs/01_llm.ipynb #83918492
+CLIENT_KEYWORDS = {'openai': {'retry_base_s', 'batch_poll_s', 'base_url', 'template'},
+                   'embedded': {'retry_base_s', 'batch_poll_s'},
+                   'hf': {'template', 'batch_size', 'device'},
+                   'vllm': {'retry_base_s', 'template', 'engine_dir'}}
+
+def _backend_keywords(spec: ModelSpec, kw: dict) -> dict:
+    "The keywords of `kw` that `spec`'s backend takes; a keyword no backend takes is an error."
+    unknown = set(kw) - set().union(*CLIENT_KEYWORDS.values())
+    if unknown:
+        raise TypeError(f"make_client() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    if spec.backend not in CLIENT_KEYWORDS: raise LionError(f"unknown backend {spec.backend!r}")
+    return {k: v for k, v in kw.items() if k in CLIENT_KEYWORDS[spec.backend]}  # the others do not apply
+
+def _embedded_base_url(model: str) -> str:
+    "The embedded llama.cpp server's URL for `model`, started if needed (lion_nb.models)."
+    if model in models.GGUFS: return models.ensure_server(models.packaged_gguf(model))
+    p = Path(model).expanduser()
+    if p.suffix == '.gguf' and p.exists(): return models.ensure_server(p)
+    raise LionError(f"backend 'embedded' serves {', '.join(map(repr, models.GGUFS))} (or a .gguf file), not "
+                    f"{model!r}; for the student use backend 'hf'")
+
 # %% ../nbs/01_llm.ipynb #c3b0f8a5
 def student_spec(base: ModelSpec, # the configured student
                  checkpoint, # the trained checkpoint's folder
@@ -88,11 +87,6 @@ def student_spec(base: ModelSpec, # the configured student
     if base.backend == 'vllm': return base.model_copy(update={'model': str(checkpoint)})
     concurrency = base.concurrency if base.backend == 'hf' else 8
     return ModelSpec(backend='hf', model=str(checkpoint), concurrency=concurrency)
-
-# %% ../nbs/01_llm.ipynb #af302ce2
-def run_budget(cfg, usage_log) -> Optional[Budget]:
-    "The configured budget cap, counting what `usage_log` says was already spent (None when there is no cap)."
-    return Budget.from_usage_log(cfg.budget_usd, usage_log) if cfg.budget_usd is not None else None
 
 # %% ../nbs/01_llm.ipynb #1fa0deb7
 def run_client(cfg, # the run's configuration
@@ -111,48 +105,10 @@ def run_client(cfg, # the run's configuration
     return make_client(spec, role=role, stage=stage, iteration=iteration, cache_dir=run.cache,
                        usage_log=run.usage, budget=run_budget(cfg, run.usage), **kw)
 
-# %% ../nbs/01_llm.ipynb #922c2d07
-def answer_requests(instructions: Sequence[Instruction], *, role: str, temperature: float, max_tokens: int,
-                    seed: Optional[int] = None, system: str = '') -> list[ChatRequest]:
-    "One chat request per instruction (key = its id), after system prompt `system` when there is one."
-    sampled = seed is not None and temperature > 0
-    head = [{'role': 'system', 'content': system}] if system else []
-    ask = lambda i: head + [{'role': 'user', 'content': user_message(i.instruction, i.input)}]
-    seed_of = lambda i: derive_seed(seed, role, i.id) if sampled else None
-    return [ChatRequest(i.id, ask(i), temperature, max_tokens, seed_of(i)) for i in instructions]
-
-# %% ../nbs/01_llm.ipynb #df204e9a
-LION_TEACHER_SYSTEM = "You are a helpful assistant that generates a response to a given task instruction."
-
-def role_system(cfg, # the run's configuration (None: no system prompt)
-                role: str, # the role that answers
-               ) -> str:
-    "The system prompt `role`'s answers are asked with: `sampling.teacher_system` for the teacher, else ''."
-    return cfg.sampling.teacher_system if cfg is not None and role == 'teacher' else ''
-
-# %% ../nbs/01_llm.ipynb #c39f082a
-def _by_id(instructions: Sequence[Instruction]) -> dict[str, Instruction]:
-    "The instructions by id; a duplicate id is an error."
-    by_id: dict[str, Instruction] = {}
-    for i in instructions:
-        if i.id in by_id: raise LionError(f"duplicate instruction id {i.id!r}")
-        by_id[i.id] = i
-    return by_id
-
-# %% ../nbs/01_llm.ipynb #bc4be177
-def _prior_answers(out_path) -> dict[str, Answer]:
-    "The answers already in `out_path`, one per id: a done one when there is one, else the last failure."
-    prior: dict[str, Answer] = {}
-    for a in read_log(out_path, Answer):
-        if a.status == 'done' or prior.get(a.id) is None or prior[a.id].status != 'done': prior[a.id] = a
-    return prior
-
-# %% ../nbs/01_llm.ipynb #a9c071bb
-def _answer(res: ChatResult, ins: Instruction, prov: dict) -> Answer:
-    "The answer record of one result to instruction `ins`."
-    return Answer(id=res.key, instruction=ins.instruction, input=ins.input, output=res.text,
-                  role=prov['role'], model=prov['model'], status='done' if res.status == 'done' else 'failed',
-                  error=res.error, finish_reason=res.finish_reason, prov=Provenance(**prov))
+# %% ../nbs/01_llm.ipynb #af302ce2
+def run_budget(cfg, usage_log) -> Optional[Budget]:
+    "The configured budget cap, counting what `usage_log` says was already spent (None when there is no cap)."
+    return Budget.from_usage_log(cfg.budget_usd, usage_log) if cfg.budget_usd is not None else None
 
 # %% ../nbs/01_llm.ipynb #1bd3a208
 def answer_pool(instructions: Sequence[Instruction], # the pool
@@ -181,6 +137,47 @@ def answer_pool(instructions: Sequence[Instruction], # the pool
                                    system=system)
             client.run(reqs, desc=desc or f'{role} answers', on_results=on_results)
     return [fresh.get(i.id) or prior[i.id] for i in instructions]
+
+# %% ../nbs/01_llm.ipynb #c39f082a
+def _by_id(instructions: Sequence[Instruction]) -> dict[str, Instruction]:
+    "The instructions by id; a duplicate id is an error."
+    by_id: dict[str, Instruction] = {}
+    for i in instructions:
+        if i.id in by_id: raise LionError(f"duplicate instruction id {i.id!r}")
+        by_id[i.id] = i
+    return by_id
+
+def _prior_answers(out_path) -> dict[str, Answer]:
+    "The answers already in `out_path`, one per id: a done one when there is one, else the last failure."
+    prior: dict[str, Answer] = {}
+    for a in read_log(out_path, Answer):
+        if a.status == 'done' or prior.get(a.id) is None or prior[a.id].status != 'done': prior[a.id] = a
+    return prior
+
+def _answer(res: ChatResult, ins: Instruction, prov: dict) -> Answer:
+    "The answer record of one result to instruction `ins`."
+    return Answer(id=res.key, instruction=ins.instruction, input=ins.input, output=res.text,
+                  role=prov['role'], model=prov['model'], status='done' if res.status == 'done' else 'failed',
+                  error=res.error, finish_reason=res.finish_reason, prov=Provenance(**prov))
+
+# %% ../nbs/01_llm.ipynb #922c2d07
+def answer_requests(instructions: Sequence[Instruction], *, role: str, temperature: float, max_tokens: int,
+                    seed: Optional[int] = None, system: str = '') -> list[ChatRequest]:
+    "One chat request per instruction (key = its id), after system prompt `system` when there is one."
+    sampled = seed is not None and temperature > 0
+    head = [{'role': 'system', 'content': system}] if system else []
+    ask = lambda i: head + [{'role': 'user', 'content': user_message(i.instruction, i.input)}]
+    seed_of = lambda i: derive_seed(seed, role, i.id) if sampled else None
+    return [ChatRequest(i.id, ask(i), temperature, max_tokens, seed_of(i)) for i in instructions]
+
+# %% ../nbs/01_llm.ipynb #df204e9a
+LION_TEACHER_SYSTEM = "You are a helpful assistant that generates a response to a given task instruction."
+
+def role_system(cfg, # the run's configuration (None: no system prompt)
+                role: str, # the role that answers
+               ) -> str:
+    "The system prompt `role`'s answers are asked with: `sampling.teacher_system` for the teacher, else ''."
+    return cfg.sampling.teacher_system if cfg is not None and role == 'teacher' else ''
 
 # %% ../nbs/01_llm.ipynb #cd27ca4c
 from .cli import command, Param
@@ -239,7 +236,6 @@ def _cli_spec(a, cfg) -> ModelSpec:
     if a.batch_api: over['batch_api'] = True
     return spec.model_copy(update=over) if over else spec
 
-# %% ../nbs/01_llm.ipynb #61961d18
 def _cli_sampling(a, cfg) -> tuple[float, int, Optional[int]]:
     "(temperature, max tokens, seed): the command line's, else the config's, else 0, 256 and none."
     s = cfg.sampling if cfg else None
@@ -262,7 +258,6 @@ def _cli_client(a, cfg, spec: ModelSpec, out: Path) -> tuple[_Client, Path]:
                          template=template)
     return client, usage
 
-# %% ../nbs/01_llm.ipynb #8d21900b
 def _dry_run(client: _Client, pool: list, out: Path, role: str, **sampling) -> int:
     "Print what answering the rest of `pool` would cost (those already answered in `out` aside)."
     done = {r.id for r in read_log(out, Answer) if r.status == 'done'}
@@ -272,7 +267,6 @@ def _dry_run(client: _Client, pool: list, out: Path, role: str, **sampling) -> i
     print(json.dumps(est))
     return 0
 
-# %% ../nbs/01_llm.ipynb #ab818903
 def _report(answers: list[Answer], client: _Client, out: Path, usage: Path) -> int:
     "Say on stderr how many were answered, at what cost; the exit status (1 when some failed)."
     failed = [x for x in answers if x.status != 'done']

