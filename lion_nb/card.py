@@ -15,47 +15,8 @@ from .core import (LionError, InputError, RunDir, load_config, read_json, write_
 
 # %% auto #0
 __all__ = ['KNOWN_MODELS', 'OPENAI_MODEL', 'NONCOMMERCIAL_LICENCES', 'DATA_LICENCES', 'NOT_EVALUATED', 'REASONING_AVERAGES',
-           'CARD_MARK', 'LION_PAPER', 'LION_NB_URL', 'EVAL_LICENCES', 'example_run', 'model_facts', 'run_facts',
-           'licence_facts', 'md_table', 'eval_sections', 'history_table', 'render_card', 'write_card', 'card_cli']
-
-# %% ../nbs/08a_card.ipynb #7f585e54
-def _example_config(dataset: str) -> dict:
-    "The config of the example run: an embedded student, an OpenAI teacher, referee, generator and judge."
-    return {'name': 'lion-demo', 'seed': 0,
-            'models': {'smol': {'backend': 'embedded', 'model': 'smollm2-135m-instruct'},
-                       'gpt': {'backend': 'openai', 'model': 'gpt-3.5-turbo',
-                               'api_key_env': 'OPENAI_API_KEY'}},
-            'roles': {'teacher': 'gpt', 'referee': 'gpt', 'generator': 'gpt', 'judge': 'gpt',
-                      'student': 'smol'},
-            'pools': {'dataset': dataset, 'train_size': 4, 'cache_size': 6},
-            'loop': {'iterations': 2, 'n_new': 4},
-            'train': {'epochs': 3, 'lr': 2e-5}, 'eval': {'sets': ['vicuna80', 'user252', 'agieval', 'bbh']}}
-
-# %% ../nbs/08a_card.ipynb #1f7a3b78
-def _example_metrics() -> dict:
-    "The metrics.json of the example run's last iteration, with the base student's results too."
-    reasoning = {'agieval': {'lsat-ar': 21.5, 'sat-math': 30.0}, 'bbh': {'date_understanding': 44.0},
-                 'agieval_average': 25.75, 'bbh_average': 44.0, 'bbh_23_average': 44.0}
-    base = {'vicuna80': {'relative_score': 60.0, 'per_category': {}},
-            'user252': {'win': 20, 'tie': 100, 'lose': 132}}
-    return {'iteration': 2, 'final_model': 'iter_2', 'reference': 'teacher',
-            'judge': {'model': {'model': 'gpt-4'}},
-            'vicuna80': {'relative_score': 81.25,
-                         'per_category': {'coding': 62.5, 'generic': 97.1, 'math': 40.0}},
-            'user252': {'win': 55, 'tie': 126, 'lose': 71, 'win_rate': 0.4683},
-            'reasoning': reasoning, 'models': {'base': base}}
-
-# %% ../nbs/08a_card.ipynb #1952c578
-def _write_example_iterations(run: RunDir) -> None:
-    "Two iterations: their pools, a trained student's folder, and the stages' DONE markers."
-    for k, (train, cache) in {1: (4, 6), 2: (4, 10)}.items():
-        run.pool(k, 'train').parent.mkdir(parents=True, exist_ok=True)
-        for which, n in (('train', train), ('cache', cache)):
-            rows = [json.dumps({'id': f'{k}-{i}', 'instruction': f'task {i}'}) + '\n' for i in range(n)]
-            run.pool(k, which).write_text(''.join(rows))
-        run.student(k).mkdir(parents=True, exist_ok=True)
-        run.mark_done(k, 'imitation', examples=train)
-        run.mark_done(k, 'discrimination', hard=3, easy=cache - 3)
+           'LION_PAPER', 'LION_NB_URL', 'CARD_MARK', 'EVAL_LICENCES', 'example_run', 'model_facts', 'run_facts',
+           'licence_facts', 'md_table', 'eval_sections', 'history_table', 'render_card', 'card_cli', 'write_card']
 
 # %% ../nbs/08a_card.ipynb #a02d9c0d
 def example_run(folder, dataset: str = 'alpaca', metrics: Optional[dict] = None) -> Path:
@@ -69,6 +30,43 @@ def example_run(folder, dataset: str = 'alpaca', metrics: Optional[dict] = None)
     usage = [{'iteration': 1, 'calls': 120, 'cost_usd': 0.05}]
     write_json(run.manifest, {'name': 'lion-demo', 'iterations': 2, 'usage': usage})
     return run.root
+
+# %% ../nbs/08a_card.ipynb #b6dd53e8
+def _example_config(dataset: str) -> dict:
+    "The config of the example run: an embedded student, an OpenAI teacher, referee, generator and judge."
+    return {'name': 'lion-demo', 'seed': 0,
+            'models': {'smol': {'backend': 'embedded', 'model': 'smollm2-135m-instruct'},
+                       'gpt': {'backend': 'openai', 'model': 'gpt-3.5-turbo',
+                               'api_key_env': 'OPENAI_API_KEY'}},
+            'roles': {'teacher': 'gpt', 'referee': 'gpt', 'generator': 'gpt', 'judge': 'gpt',
+                      'student': 'smol'},
+            'pools': {'dataset': dataset, 'train_size': 4, 'cache_size': 6},
+            'loop': {'iterations': 2, 'n_new': 4},
+            'train': {'epochs': 3, 'lr': 2e-5}, 'eval': {'sets': ['vicuna80', 'user252', 'agieval', 'bbh']}}
+
+def _write_example_iterations(run: RunDir) -> None:
+    "Two iterations: their pools, a trained student's folder, and the stages' DONE markers."
+    for k, (train, cache) in {1: (4, 6), 2: (4, 10)}.items():
+        run.pool(k, 'train').parent.mkdir(parents=True, exist_ok=True)
+        for which, n in (('train', train), ('cache', cache)):
+            rows = [json.dumps({'id': f'{k}-{i}', 'instruction': f'task {i}'}) + '\n' for i in range(n)]
+            run.pool(k, which).write_text(''.join(rows))
+        run.student(k).mkdir(parents=True, exist_ok=True)
+        run.mark_done(k, 'imitation', examples=train)
+        run.mark_done(k, 'discrimination', hard=3, easy=cache - 3)
+
+def _example_metrics() -> dict:
+    "The metrics.json of the example run's last iteration, with the base student's results too."
+    reasoning = {'agieval': {'lsat-ar': 21.5, 'sat-math': 30.0}, 'bbh': {'date_understanding': 44.0},
+                 'agieval_average': 25.75, 'bbh_average': 44.0, 'bbh_23_average': 44.0}
+    base = {'vicuna80': {'relative_score': 60.0, 'per_category': {}},
+            'user252': {'win': 20, 'tie': 100, 'lose': 132}}
+    return {'iteration': 2, 'final_model': 'iter_2', 'reference': 'teacher',
+            'judge': {'model': {'model': 'gpt-4'}},
+            'vicuna80': {'relative_score': 81.25,
+                         'per_category': {'coding': 62.5, 'generic': 97.1, 'math': 40.0}},
+            'user252': {'win': 55, 'tie': 126, 'lose': 71, 'win_rate': 0.4683},
+            'reasoning': reasoning, 'models': {'base': base}}
 
 # %% ../nbs/08a_card.ipynb #8a8404ff
 KNOWN_MODELS = {  # name pattern -> (Hugging Face id or None, licence id, note)
@@ -97,72 +95,6 @@ def model_facts(spec: dict) -> dict:
     return {'name': name, 'backend': spec.get('backend', '?'), 'hub_id': hub, 'licence': lic, 'note': note,
             'openai': openai, 'remote': remote}
 
-# %% ../nbs/08a_card.ipynb #368086a2
-def _count_lines(path: Path) -> Optional[int]:
-    if not path.exists(): return None
-    with open(path, 'rb') as f: return sum(1 for line in f if line.strip())
-
-# %% ../nbs/08a_card.ipynb #2f07e0f4
-def _iterations(run: RunDir) -> list[int]:
-    return sorted(int(p.name.split('_')[1]) for p in run.root.glob('iter_*')
-                  if re.fullmatch(r'iter_\d+', p.name) and p.is_dir())
-
-# %% ../nbs/08a_card.ipynb #f4a74cdb
-def _read_config(run: RunDir) -> tuple[dict, Optional[str]]:
-    "The run's config as a plain dict (validated when possible), and a warning when it could not be."
-    path = run.root/'config.yaml'
-    if not path.exists(): return {}, f"{path} not found"
-    try: return load_config(path).model_dump(mode='json'), None
-    except LionError as e:
-        try: raw = yaml.safe_load(path.read_text(encoding='utf-8'))
-        except yaml.YAMLError: raw = None
-        return (raw if isinstance(raw, dict) else {}), f"config not validated: {e}"
-
-# %% ../nbs/08a_card.ipynb #a9ae7644
-def _stage_notes(info: dict) -> str:
-    "The scalar facts a stage recorded in its DONE marker, as `key=value` pairs."
-    skip = {'stage', 'iteration', 'seconds', 'notebook'}
-    return ', '.join(f"{k}={v}" for k, v in info.items()
-                     if k not in skip and isinstance(v, (int, float, str, bool)) and len(str(v)) < 40)
-
-# %% ../nbs/08a_card.ipynb #b12f9b48
-def _role_models(cfg: dict) -> dict:
-    "The facts (`model_facts`) of the model behind every role of the config."
-    roles, models = cfg.get('roles', {}), cfg.get('models', {})
-    return {r: model_facts({**models.get(n, {}), 'model': models.get(n, {}).get('model', n)})
-            for r, n in roles.items()}
-
-# %% ../nbs/08a_card.ipynb #c421174d
-def _iteration_row(run: RunDir, k: int) -> dict:
-    "Pool sizes, whether a student was trained, and the notes of every finished stage, of iteration `k`."
-    row = {'iteration': k, 'train': _count_lines(run.pool(k, 'train')),
-           'cache': _count_lines(run.pool(k, 'cache')),
-           'trained': run.student(k).is_dir(), 'notes': {}}
-    for st in STAGES:
-        if not run.is_done(k, st): continue
-        try: row['notes'][st] = _stage_notes(read_json(run.done_file(k, st)))
-        except InputError: pass
-    return row
-
-# %% ../nbs/08a_card.ipynb #3e130cb1
-def _read_evaluations(run: RunDir, iters: list[int]) -> tuple[dict, list[str]]:
-    "The metrics.json of every evaluated iteration, and the problems of those that could not be read."
-    evals, problems = {}, []
-    for k in iters:
-        f = run.stage_dir(k, 'evaluation')/'metrics.json'
-        if not f.exists(): continue
-        try: evals[k] = read_json(f)
-        except InputError as e: problems.append(str(e))
-    return evals, problems
-
-# %% ../nbs/08a_card.ipynb #e0524af5
-def _usage_totals(man: dict) -> Optional[dict]:
-    "API calls and cost over the whole run, from the manifest's usage records (None when there are none)."
-    usage = man.get('usage') or []
-    if not usage: return None
-    return {'calls': sum(u.get('calls') or 0 for u in usage),
-            'cost_usd': round(sum(u.get('cost_usd') or 0 for u in usage), 2)}
-
 # %% ../nbs/08a_card.ipynb #6b6b1fe3
 def run_facts(run_dir, # the run folder (outputs/<run>)
              ) -> dict: # config, roles, iterations, final student, evaluations, dataset, usage
@@ -186,7 +118,80 @@ def run_facts(run_dir, # the run folder (outputs/<run>)
             'dataset': str(cfg.get('pools', {}).get('dataset', 'demo')) if cfg else None,
             'usage': _usage_totals(man)}
 
-# %% ../nbs/08a_card.ipynb #1a2b0feb
+# %% ../nbs/08a_card.ipynb #a58562a1
+def _read_config(run: RunDir) -> tuple[dict, Optional[str]]:
+    "The run's config as a plain dict (validated when possible), and a warning when it could not be."
+    path = run.root/'config.yaml'
+    if not path.exists(): return {}, f"{path} not found"
+    try: return load_config(path).model_dump(mode='json'), None
+    except LionError as e:
+        try: raw = yaml.safe_load(path.read_text(encoding='utf-8'))
+        except yaml.YAMLError: raw = None
+        return (raw if isinstance(raw, dict) else {}), f"config not validated: {e}"
+
+def _iterations(run: RunDir) -> list[int]:
+    return sorted(int(p.name.split('_')[1]) for p in run.root.glob('iter_*')
+                  if re.fullmatch(r'iter_\d+', p.name) and p.is_dir())
+
+def _iteration_row(run: RunDir, k: int) -> dict:
+    "Pool sizes, whether a student was trained, and the notes of every finished stage, of iteration `k`."
+    row = {'iteration': k, 'train': _count_lines(run.pool(k, 'train')),
+           'cache': _count_lines(run.pool(k, 'cache')),
+           'trained': run.student(k).is_dir(), 'notes': {}}
+    for st in STAGES:
+        if not run.is_done(k, st): continue
+        try: row['notes'][st] = _stage_notes(read_json(run.done_file(k, st)))
+        except InputError: pass
+    return row
+
+def _count_lines(path: Path) -> Optional[int]:
+    if not path.exists(): return None
+    with open(path, 'rb') as f: return sum(1 for line in f if line.strip())
+
+def _stage_notes(info: dict) -> str:
+    "The scalar facts a stage recorded in its DONE marker, as `key=value` pairs."
+    skip = {'stage', 'iteration', 'seconds', 'notebook'}
+    return ', '.join(f"{k}={v}" for k, v in info.items()
+                     if k not in skip and isinstance(v, (int, float, str, bool)) and len(str(v)) < 40)
+
+# %% ../nbs/08a_card.ipynb #3228ddd1
+def _read_evaluations(run: RunDir, iters: list[int]) -> tuple[dict, list[str]]:
+    "The metrics.json of every evaluated iteration, and the problems of those that could not be read."
+    evals, problems = {}, []
+    for k in iters:
+        f = run.stage_dir(k, 'evaluation')/'metrics.json'
+        if not f.exists(): continue
+        try: evals[k] = read_json(f)
+        except InputError as e: problems.append(str(e))
+    return evals, problems
+
+def _role_models(cfg: dict) -> dict:
+    "The facts (`model_facts`) of the model behind every role of the config."
+    roles, models = cfg.get('roles', {}), cfg.get('models', {})
+    return {r: model_facts({**models.get(n, {}), 'model': models.get(n, {}).get('model', n)})
+            for r, n in roles.items()}
+
+def _usage_totals(man: dict) -> Optional[dict]:
+    "API calls and cost over the whole run, from the manifest's usage records (None when there are none)."
+    usage = man.get('usage') or []
+    if not usage: return None
+    return {'calls': sum(u.get('calls') or 0 for u in usage),
+            'cost_usd': round(sum(u.get('cost_usd') or 0 for u in usage), 2)}
+
+# %% ../nbs/08a_card.ipynb #c3a6e166
+def licence_facts(facts: dict, # a run's facts (`run_facts`)
+                 ) -> dict: # lines, research_only, reasons, license
+    "The licences that apply to a run's student, whether it is research-only, and the card's `license` value."
+    data_line, data_reasons = _data_licence(facts['dataset'])
+    output_lines, output_reasons = _output_licences(facts['roles'])
+    base = facts['roles'].get('student') or {}
+    base_line, base_reasons = _base_licence(base)
+    reasons = data_reasons + output_reasons + base_reasons
+    return {'lines': [data_line, *output_lines, base_line], 'research_only': bool(reasons),
+            'reasons': reasons,
+            'license': _card_license(facts['dataset'], bool(reasons), base)}
+
+# %% ../nbs/08a_card.ipynb #f831871d
 NONCOMMERCIAL_LICENCES = ('other', 'cc-by-nc-4.0')
 DATA_LICENCES = {
     'demo': ('lion_nb demo instructions', 'Apache-2.0 (written for lion_nb, like the rest of the project)',
@@ -208,18 +213,6 @@ def _data_licence(ds: Optional[str]) -> tuple[str, list[str]]:
     reasons = ['the training data is licensed for non-commercial use only'] if nc else []
     return f"Training instructions: {what}: {lic}.", reasons
 
-# %% ../nbs/08a_card.ipynb #99e4f2a0
-def _and(xs: list) -> str: return ', '.join(xs[:-1]) + ' and ' + xs[-1] if len(xs) > 1 else ''.join(xs)
-
-# %% ../nbs/08a_card.ipynb #0ed49dc7
-def _roles_by_model(roles: dict) -> dict:
-    "Model name -> (its facts, the roles it played), over the roles whose outputs shaped the data."
-    by_model = {}
-    for role in ('teacher', 'referee', 'generator'):
-        if roles.get(role): by_model.setdefault(roles[role]['name'], (roles[role], []))[1].append(role)
-    return by_model
-
-# %% ../nbs/08a_card.ipynb #febd37a3
 def _output_licences(roles: dict) -> tuple[list[str], list[str]]:
     "The card's lines on the models whose outputs shaped the data, and why they make it research-only."
     lines, reasons = [], []
@@ -236,7 +229,16 @@ def _output_licences(roles: dict) -> tuple[list[str], list[str]]:
             lines.append(f"{who}: {m['licence']}.")
     return lines, reasons
 
-# %% ../nbs/08a_card.ipynb #6ca91668
+def _roles_by_model(roles: dict) -> dict:
+    "Model name -> (its facts, the roles it played), over the roles whose outputs shaped the data."
+    by_model = {}
+    for role in ('teacher', 'referee', 'generator'):
+        if roles.get(role): by_model.setdefault(roles[role]['name'], (roles[role], []))[1].append(role)
+    return by_model
+
+def _and(xs: list) -> str: return ', '.join(xs[:-1]) + ' and ' + xs[-1] if len(xs) > 1 else ''.join(xs)
+
+# %% ../nbs/08a_card.ipynb #39ddc1df
 def _base_licence(base: dict) -> tuple[str, list[str]]:
     "The card's line on the base model's licence, and the reasons it makes the student research-only."
     if not base: return "Base model: not recorded; check its licence before release.", []
@@ -248,37 +250,29 @@ def _base_licence(base: dict) -> tuple[str, list[str]]:
     research_only = base['licence'] in NONCOMMERCIAL_LICENCES and base.get('note')
     return line, ['the base model licence'] if research_only else []
 
-# %% ../nbs/08a_card.ipynb #3b7fd467
 def _card_license(ds: Optional[str], research_only: bool, base: dict) -> str:
     "The card's `license`: Alpaca's, else 'other' when research-only or unknown, else the base model's."
     if ds == 'alpaca': return 'cc-by-nc-4.0'
     if research_only or not base.get('licence'): return 'other'
     return base['licence']
 
-# %% ../nbs/08a_card.ipynb #c3a6e166
-def licence_facts(facts: dict, # a run's facts (`run_facts`)
-                 ) -> dict: # lines, research_only, reasons, license
-    "The licences that apply to a run's student, whether it is research-only, and the card's `license` value."
-    data_line, data_reasons = _data_licence(facts['dataset'])
-    output_lines, output_reasons = _output_licences(facts['roles'])
-    base = facts['roles'].get('student') or {}
-    base_line, base_reasons = _base_licence(base)
-    reasons = data_reasons + output_reasons + base_reasons
-    return {'lines': [data_line, *output_lines, base_line], 'research_only': bool(reasons),
-            'reasons': reasons,
-            'license': _card_license(facts['dataset'], bool(reasons), base)}
+# %% ../nbs/08a_card.ipynb #a6b6f3e0
+def md_table(headers: list, rows: list[list]) -> str:
+    "A Markdown table (None cells print as a dash)."
+    out = ['| ' + ' | '.join(map(str, headers)) + ' |', '|' + '---|' * len(headers)]
+    return '\n'.join(out + ['| ' + ' | '.join(_md_cell(v) for v in r) + ' |' for r in rows])
 
-# %% ../nbs/08a_card.ipynb #a3c528cb
 def _md_cell(v) -> str:
     "A table cell: a dash for None, two decimals for a float, pipes escaped."
     if v is None: return '–'
     return f"{v:.2f}" if isinstance(v, float) else str(v).replace('|', '\\|')
 
-# %% ../nbs/08a_card.ipynb #82bdec00
-def md_table(headers: list, rows: list[list]) -> str:
-    "A Markdown table (None cells print as a dash)."
-    out = ['| ' + ' | '.join(map(str, headers)) + ' |', '|' + '---|' * len(headers)]
-    return '\n'.join(out + ['| ' + ' | '.join(_md_cell(v) for v in r) + ' |' for r in rows])
+# %% ../nbs/08a_card.ipynb #743ba7eb
+def eval_sections(metrics: Optional[dict]) -> str:
+    "The evaluation tables of one metrics.json: relative score per category, win/tie/lose, reasoning."
+    metrics = metrics or {}
+    m = _final_metrics(metrics)
+    return '\n\n'.join(_relative_section(m) + _user252_section(m, metrics) + _reasoning_section(m))
 
 # %% ../nbs/08a_card.ipynb #2c063f04
 NOT_EVALUATED = '*not evaluated*'
@@ -288,7 +282,7 @@ def _final_metrics(m: dict) -> dict:
     if any(k in m for k in ('vicuna80', 'user252', 'reasoning', 'demo')): return m
     return (m.get('models') or {}).get(m.get('final_model'), {}) or {}
 
-# %% ../nbs/08a_card.ipynb #a5945f7c
+# %% ../nbs/08a_card.ipynb #16ab7128
 def _relative_section(m: dict) -> list[str]:
     "The Vicuna-80 relative scores, overall and per category (the demo set's when Vicuna-80 was not run)."
     out = ["### Vicuna-80: relative score (% of the reference model's score)"]
@@ -300,7 +294,6 @@ def _relative_section(m: dict) -> list[str]:
     rows = [['**overall**', r.get('relative_score')]] + cats
     return out + [md_table(['category', 'relative score %'], rows)]
 
-# %% ../nbs/08a_card.ipynb #5317a4c1
 def _user252_section(m: dict, metrics: dict) -> list[str]:
     "The win / tie / lose counts on the 252 user-oriented instructions, against the reference."
     out = ['### 252 user-oriented instructions: win / tie / lose']
@@ -310,7 +303,6 @@ def _user252_section(m: dict, metrics: dict) -> list[str]:
     row = [opp, u.get('win'), u.get('tie'), u.get('lose'), u.get('win_rate')]
     return out + [md_table(['opponent', 'win', 'tie', 'lose', 'win rate (ties ½)'], [row])]
 
-# %% ../nbs/08a_card.ipynb #d4f260c8
 REASONING_AVERAGES = (('agieval_average', 'AGIEval average'), ('bbh_average', 'BBH average, all tasks'),
                       ('bbh_23_average', 'BBH average, the 23-task subset'))
 
@@ -321,21 +313,6 @@ def _reasoning_section(m: dict) -> list[str]:
     rows = [[s, t, a] for s in ('agieval', 'bbh') if isinstance(r.get(s), dict) for t, a in r[s].items()]
     avgs = [[f'**{label}**', '', r.get(key)] for key, label in REASONING_AVERAGES if r.get(key) is not None]
     return out + [md_table(['set', 'task', 'accuracy %'], rows + avgs) if rows else NOT_EVALUATED]
-
-# %% ../nbs/08a_card.ipynb #743ba7eb
-def eval_sections(metrics: Optional[dict]) -> str:
-    "The evaluation tables of one metrics.json: relative score per category, win/tie/lose, reasoning."
-    metrics = metrics or {}
-    m = _final_metrics(metrics)
-    return '\n\n'.join(_relative_section(m) + _user252_section(m, metrics) + _reasoning_section(m))
-
-# %% ../nbs/08a_card.ipynb #1ba4e66e
-def _headline(m: dict) -> list:
-    rel = next((m[s].get('relative_score') for s in ('vicuna80', 'demo') if isinstance(m.get(s), dict)), None)
-    u = m.get('user252') if isinstance(m.get('user252'), dict) else None
-    r = m.get('reasoning') or {}
-    wtl = f"{u.get('win')} / {u.get('tie')} / {u.get('lose')}" if u else None
-    return [rel, wtl, r.get('agieval_average'), r.get('bbh_23_average'), r.get('bbh_average')]
 
 # %% ../nbs/08a_card.ipynb #f20414f4
 def history_table(evals: dict[int, dict]) -> str:
@@ -350,13 +327,13 @@ def history_table(evals: dict[int, dict]) -> str:
              'BBH avg % (all run)']
     return md_table(heads, rows) if rows else NOT_EVALUATED
 
-# %% ../nbs/08a_card.ipynb #2fbcea70
-CARD_MARK = '<!-- written by lion_nb card -->'
-
-def _base_model(facts: dict) -> tuple[dict, str]:
-    "The student's base model facts (empty when not recorded) and the name the card calls it by."
-    base = facts['roles'].get('student') or {}
-    return base, base.get('hub_id') or base.get('name') or 'student'
+# %% ../nbs/08a_card.ipynb #1ba4e66e
+def _headline(m: dict) -> list:
+    rel = next((m[s].get('relative_score') for s in ('vicuna80', 'demo') if isinstance(m.get(s), dict)), None)
+    u = m.get('user252') if isinstance(m.get('user252'), dict) else None
+    r = m.get('reasoning') or {}
+    wtl = f"{u.get('win')} / {u.get('tie')} / {u.get('lose')}" if u else None
+    return [rel, wtl, r.get('agieval_average'), r.get('bbh_23_average'), r.get('bbh_average')]
 
 # %% ../nbs/08a_card.ipynb #ac2f11b8
 def _front_matter(facts: dict, lic: dict) -> str:
@@ -371,7 +348,7 @@ def _front_matter(facts: dict, lic: dict) -> str:
     if facts['dataset'] == 'alpaca': front['datasets'] = ['tatsu-lab/alpaca']
     return '---\n' + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + '---\n' + CARD_MARK + '\n'
 
-# %% ../nbs/08a_card.ipynb #81c17d3d
+# %% ../nbs/08a_card.ipynb #bb24cc25
 LION_PAPER, LION_NB_URL = 'https://arxiv.org/abs/2305.12870', 'https://github.com/lion-nb/lion_nb'
 
 def _intro_parts(facts: dict, lic: dict) -> list[str]:
@@ -392,28 +369,21 @@ def _intro_parts(facts: dict, lic: dict) -> list[str]:
     if facts.get('warning'): parts.append(f"> Note: {facts['warning']}")
     return parts
 
-# %% ../nbs/08a_card.ipynb #b6fdaaf9
 def _models_parts(roles: dict) -> list[str]:
     "The table of the model behind every role."
     rows = [[role, m['name'], m['backend'], m.get('hub_id') or '–'] for role, m in roles.items()]
     table = md_table(['role', 'model', 'backend', 'Hugging Face id'], rows) if rows else '*not recorded*'
     return ['## Models', table]
 
-# %% ../nbs/08a_card.ipynb #9de9b362
-def _data_text(facts: dict) -> str:
-    "A paragraph on the initial instructions, the iterations, and the loop's settings."
-    cfg, ds = facts['config'], facts['dataset']
-    loop, pools = cfg.get('loop', {}), cfg.get('pools', {})
-    return (f"Initial instructions: {f'`{ds}`' if ds else '*not recorded*'} "
-            f"(Train Pool {pools.get('train_size', '?')}, Cache Pool {pools.get('cache_size', '?')}). "
-            f"Iterations planned: {facts['iterations_planned'] or '?'}; "
-            f"finished with a trained student: {facts['final_iteration'] or 0}. "
-            f"Per iteration: {loop.get('n_new', '?')} new instructions, "
-            f"hard fraction {loop.get('hard_fraction', '?')}, "
-            f"hard when the teacher–student score gap ≥ {loop.get('tau', '?')}, "
-            f"ROUGE-L filter < {loop.get('rouge_threshold', '?')}.")
+# %% ../nbs/08a_card.ipynb #2fbcea70
+CARD_MARK = '<!-- written by lion_nb card -->'
 
-# %% ../nbs/08a_card.ipynb #54e2293d
+def _base_model(facts: dict) -> tuple[dict, str]:
+    "The student's base model facts (empty when not recorded) and the name the card calls it by."
+    base = facts['roles'].get('student') or {}
+    return base, base.get('hub_id') or base.get('name') or 'student'
+
+# %% ../nbs/08a_card.ipynb #5e14f2fc
 def _data_parts(facts: dict) -> list[str]:
     "The data and the iterations: the paragraph, a table of iterations, training examples and API usage."
     rows = [[r['iteration'], r['train'], r['cache'], 'yes' if r['trained'] else 'no',
@@ -427,6 +397,19 @@ def _data_parts(facts: dict) -> list[str]:
         parts.append(f"API calls: {facts['usage']['calls']:,}; cost: ${facts['usage']['cost_usd']:.2f}.")
     return parts
 
+def _data_text(facts: dict) -> str:
+    "A paragraph on the initial instructions, the iterations, and the loop's settings."
+    cfg, ds = facts['config'], facts['dataset']
+    loop, pools = cfg.get('loop', {}), cfg.get('pools', {})
+    return (f"Initial instructions: {f'`{ds}`' if ds else '*not recorded*'} "
+            f"(Train Pool {pools.get('train_size', '?')}, Cache Pool {pools.get('cache_size', '?')}). "
+            f"Iterations planned: {facts['iterations_planned'] or '?'}; "
+            f"finished with a trained student: {facts['final_iteration'] or 0}. "
+            f"Per iteration: {loop.get('n_new', '?')} new instructions, "
+            f"hard fraction {loop.get('hard_fraction', '?')}, "
+            f"hard when the teacher–student score gap ≥ {loop.get('tau', '?')}, "
+            f"ROUGE-L filter < {loop.get('rouge_threshold', '?')}.")
+
 # %% ../nbs/08a_card.ipynb #a92f8a18
 def _training_parts(cfg: dict) -> list[str]:
     "The training settings, and the sampling settings when there are any."
@@ -436,15 +419,7 @@ def _training_parts(cfg: dict) -> list[str]:
     if sm: parts.append('Sampling: ' + ', '.join(f"{k} {v}" for k, v in sm.items()) + '.')
     return parts
 
-# %% ../nbs/08a_card.ipynb #d68c6d7b
-def _judge_name(m: dict, roles: dict) -> str:
-    "The judge's model name, from a metrics.json (falling back on the config's judge role)."
-    j = m.get('judge')
-    if isinstance(j, dict): j = j.get('model', j.get('name'))
-    if isinstance(j, dict): j = j.get('model', j.get('name'))
-    return str(j) if j else (roles.get('judge') or {}).get('name', '?')
-
-# %% ../nbs/08a_card.ipynb #ff387878
+# %% ../nbs/08a_card.ipynb #92848cfd
 def _evaluation_parts(facts: dict) -> list[str]:
     "The judge, the headline figures across iterations, and the full results of the last evaluated one."
     evals = facts['evaluations']
@@ -456,6 +431,24 @@ def _evaluation_parts(facts: dict) -> list[str]:
             f"Judge: {_judge_name(m, facts['roles'])}; reference answers: {m.get('reference', '?')}. "
             "Across iterations:",
             history_table(evals), f"Results of iteration {last}:", eval_sections(m)]
+
+def _judge_name(m: dict, roles: dict) -> str:
+    "The judge's model name, from a metrics.json (falling back on the config's judge role)."
+    j = m.get('judge')
+    if isinstance(j, dict): j = j.get('model', j.get('name'))
+    if isinstance(j, dict): j = j.get('model', j.get('name'))
+    return str(j) if j else (roles.get('judge') or {}).get('name', '?')
+
+# %% ../nbs/08a_card.ipynb #8e73790c
+def render_card(facts: dict, # a run's facts (`run_facts`)
+               ) -> str: # YAML front matter, then Markdown
+    "The model card (YAML front matter + Markdown) of a run's final student."
+    lic = licence_facts(facts)
+    parts = [*_intro_parts(facts, lic), *_models_parts(facts['roles']), *_data_parts(facts),
+             *_training_parts(facts['config']), *_evaluation_parts(facts),
+             *_licence_parts(lic, facts['config']),
+             *_how_to_use(facts)]
+    return _front_matter(facts, lic) + '\n' + '\n\n'.join(parts) + '\n'
 
 # %% ../nbs/08a_card.ipynb #5f57bf74
 EVAL_LICENCES = {'vicuna80': ('Vicuna-80 questions (lm-sys/FastChat)', 'Apache-2.0'),
@@ -488,16 +481,18 @@ def _how_to_use(facts: dict) -> list[str]:
                      "lion_nb weights recover --base BASE --diff DIFF --out TUNED   # what users run\n```")
     return parts
 
-# %% ../nbs/08a_card.ipynb #8e73790c
-def render_card(facts: dict, # a run's facts (`run_facts`)
-               ) -> str: # YAML front matter, then Markdown
-    "The model card (YAML front matter + Markdown) of a run's final student."
-    lic = licence_facts(facts)
-    parts = [*_intro_parts(facts, lic), *_models_parts(facts['roles']), *_data_parts(facts),
-             *_training_parts(facts['config']), *_evaluation_parts(facts),
-             *_licence_parts(lic, facts['config']),
-             *_how_to_use(facts)]
-    return _front_matter(facts, lic) + '\n' + '\n\n'.join(parts) + '\n'
+# %% ../nbs/08a_card.ipynb #cc943ecd
+from .cli import command
+
+@command('lion_nb card',
+         "Write a model card for a run's final student, from the run's config, manifest and evaluations.")
+def card_cli(*, run_dir: str, # the run folder (outputs/<run>)
+             out: str = None, # where to write the card (default: README.md in the final student's folder)
+             force: bool = False, # overwrite an existing README.md not written by lion_nb
+            ) -> int:
+    "`lion_nb card`: write a Hugging Face model card (README.md) for a run's final student."
+    print(f"wrote {write_card(run_dir, out, force)}")
+    return 0
 
 # %% ../nbs/08a_card.ipynb #dfb81ba6
 def write_card(run_dir, # the run folder (outputs/<run>)
@@ -511,16 +506,3 @@ def write_card(run_dir, # the run folder (outputs/<run>)
         raise LionError(f"{out} exists and was not written by lion_nb card; refusing to overwrite it "
                         "(use --force or --out)")
     return atomic_write_text(out, render_card(facts))
-
-# %% ../nbs/08a_card.ipynb #cc943ecd
-from .cli import command
-
-@command('lion_nb card',
-         "Write a model card for a run's final student, from the run's config, manifest and evaluations.")
-def card_cli(*, run_dir: str, # the run folder (outputs/<run>)
-             out: str = None, # where to write the card (default: README.md in the final student's folder)
-             force: bool = False, # overwrite an existing README.md not written by lion_nb
-            ) -> int:
-    "`lion_nb card`: write a Hugging Face model card (README.md) for a run's final student."
-    print(f"wrote {write_card(run_dir, out, force)}")
-    return 0

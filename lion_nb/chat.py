@@ -21,40 +21,9 @@ from .core import LionError
 from .models import resolve_hf_model
 
 # %% auto #0
-__all__ = ['TINY_WORDS', 'TINY_SPECIALS', 'TINY_TEMPLATE', 'CHAT_HELP', 'BAD_CHAT_REQUEST', 'tiny_chat_model',
-           'resolve_model_path', 'load_chat_model', 'ChatSession', 'StopOnEvent', 'chat_loop', 'chat_page', 'sse',
-           'chat_messages', 'ChatHandler', 'make_chat_server', 'chat_cli']
-
-# %% ../nbs/08b_chat.ipynb #8cd30e30
-TINY_WORDS = ('lion cat river stone cloud green quick answer small model light tree water sound bright north '
-              'garden paper music number simple window yellow silver ocean forest bridge candle '
-              'pencil').split()
-TINY_SPECIALS = ['<unk>', '<pad>', '<|im_start|>', '<|im_end|>']
-TINY_TEMPLATE = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> "
-                 "{% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
-
-def _tiny_tokenizer() -> PreTrainedTokenizerFast:
-    "A word-level tokenizer over a few words, the ChatML specials and the template's words, with a template."
-    vocab = {w: i for i, w in enumerate(TINY_SPECIALS + ['system', 'user', 'assistant', '\n'] + TINY_WORDS)}
-    tk = Tokenizer(tkm.WordLevel(vocab, unk_token='<unk>'))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token='<unk>', pad_token='<pad>',
-                                  eos_token='<|im_end|>', bos_token='<|im_start|>',
-                                  additional_special_tokens=['<|im_start|>', '<|im_end|>'])
-    tok.chat_template = TINY_TEMPLATE
-    return tok
-
-# %% ../nbs/08b_chat.ipynb #1e099a90
-def _tiny_llama(vocab_size: int, seed: int) -> LlamaForCausalLM:
-    "A tiny random Llama that never says a special or template word (token ids below 8): words only."
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                      pad_token_id=1, bos_token_id=2, eos_token_id=3)
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad(): model.lm_head.weight[:len(TINY_SPECIALS) + 4] = -1.0
-    model.generation_config = GenerationConfig(pad_token_id=1, bos_token_id=2, eos_token_id=3)
-    return model
+__all__ = ['TINY_WORDS', 'TINY_SPECIALS', 'TINY_TEMPLATE', 'CHAT_HELP', 'BAD_CHAT_REQUEST', 'tiny_chat_model', 'load_chat_model',
+           'resolve_model_path', 'ChatSession', 'StopOnEvent', 'chat_loop', 'make_chat_server', 'ChatHandler',
+           'chat_page', 'sse', 'chat_messages', 'chat_cli']
 
 # %% ../nbs/08b_chat.ipynb #74ffee94
 def tiny_chat_model(folder, seed: int = 0) -> Path:
@@ -67,10 +36,37 @@ def tiny_chat_model(folder, seed: int = 0) -> Path:
     tok.save_pretrained(folder)
     return folder
 
-# %% ../nbs/08b_chat.ipynb #51f811d0
-def resolve_model_path(name_or_path) -> Path:
-    "A checkpoint folder for `name_or_path`: the embedded student's name, or a folder holding a config.json."
-    return Path(resolve_hf_model(str(name_or_path)))
+# %% ../nbs/08b_chat.ipynb #5f906b06
+TINY_WORDS = ('lion cat river stone cloud green quick answer small model light tree water sound bright north '
+              'garden paper music number simple window yellow silver ocean forest bridge candle '
+              'pencil').split()
+
+TINY_SPECIALS = ['<unk>', '<pad>', '<|im_start|>', '<|im_end|>']
+
+TINY_TEMPLATE = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> "
+                 "{% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+
+def _tiny_llama(vocab_size: int, seed: int) -> LlamaForCausalLM:
+    "A tiny random Llama that never says a special or template word (token ids below 8): words only."
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                      pad_token_id=1, bos_token_id=2, eos_token_id=3)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad(): model.lm_head.weight[:len(TINY_SPECIALS) + 4] = -1.0
+    model.generation_config = GenerationConfig(pad_token_id=1, bos_token_id=2, eos_token_id=3)
+    return model
+
+def _tiny_tokenizer() -> PreTrainedTokenizerFast:
+    "A word-level tokenizer over a few words, the ChatML specials and the template's words, with a template."
+    vocab = {w: i for i, w in enumerate(TINY_SPECIALS + ['system', 'user', 'assistant', '\n'] + TINY_WORDS)}
+    tk = Tokenizer(tkm.WordLevel(vocab, unk_token='<unk>'))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token='<unk>', pad_token='<pad>',
+                                  eos_token='<|im_end|>', bos_token='<|im_start|>',
+                                  additional_special_tokens=['<|im_start|>', '<|im_end|>'])
+    tok.chat_template = TINY_TEMPLATE
+    return tok
 
 # %% ../nbs/08b_chat.ipynb #37d204cd
 def load_chat_model(path, # a checkpoint folder, or the embedded student's name
@@ -81,6 +77,11 @@ def load_chat_model(path, # a checkpoint folder, or the embedded student's name
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
     return model, tok
+
+# %% ../nbs/08b_chat.ipynb #51f811d0
+def resolve_model_path(name_or_path) -> Path:
+    "A checkpoint folder for `name_or_path`: the embedded student's name, or a folder holding a config.json."
+    return Path(resolve_hf_model(str(name_or_path)))
 
 # %% ../nbs/08b_chat.ipynb #bdc968ca
 class ChatSession:
@@ -96,7 +97,7 @@ class ChatSession:
         self.history: list[dict] = []
         self.stop = threading.Event()        # set it to cut the reply short (Ctrl-C, a closed web page)
 
-# %% ../nbs/08b_chat.ipynb #812952b7
+# %% ../nbs/08b_chat.ipynb #ddf2b205
 @patch
 def reset(self: ChatSession):
     "Forget the conversation."
@@ -108,7 +109,6 @@ def messages(self: ChatSession, user_text: str) -> list[dict]:
     sys_msg = [{'role': 'system', 'content': self.system}] if self.system else []
     return sys_msg + self.history + [{'role': 'user', 'content': user_text}]
 
-# %% ../nbs/08b_chat.ipynb #4e7a756a
 @patch
 def encode(self: ChatSession, messages: list[dict]) -> dict:
     "Token ids of `messages` through the chat template (a plain User/Assistant layout if there is none)."
@@ -117,36 +117,6 @@ def encode(self: ChatSession, messages: list[dict]) -> dict:
                                                  return_dict=True))
     text = ''.join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + 'Assistant:'
     return dict(self.tok(text, return_tensors='pt'))
-
-# %% ../nbs/08b_chat.ipynb #d0d50750
-class StopOnEvent(StoppingCriteria):
-    "Stop generating as soon as `event` is set."
-    def __init__(self, event: threading.Event): self.event = event
-    def __call__(self, input_ids, scores, **kw): return self.event.is_set()
-
-# %% ../nbs/08b_chat.ipynb #c7f5a516
-@patch
-def _generate_kwargs(self: ChatSession, enc: dict, streamer) -> dict:
-    "The arguments of `model.generate` for one reply: greedy or sampled, streamed, stoppable through `stop`."
-    pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
-    kw = dict(**enc, streamer=streamer, max_new_tokens=self.max_new_tokens,
-              stopping_criteria=StoppingCriteriaList([StopOnEvent(self.stop)]),
-              do_sample=self.temperature > 0, pad_token_id=pad)
-    if self.temperature > 0: kw['temperature'] = self.temperature
-    return kw
-
-# %% ../nbs/08b_chat.ipynb #ca404050
-def _start_generation(model, kw: dict, streamer) -> tuple[threading.Thread, list]:
-    "Run `model.generate(**kw)` in a thread; a failure ends the stream and lands in the list returned."
-    err = []
-    def work():
-        try: model.generate(**kw)
-        except BaseException as e:
-            err.append(e)
-            streamer.end()
-    th = threading.Thread(target=work, daemon=True)
-    th.start()
-    return th, err
 
 # %% ../nbs/08b_chat.ipynb #dc6314a0
 @patch
@@ -170,41 +140,34 @@ def reply(self: ChatSession, user_text: str) -> Iterator[str]:
     if not self.stop.is_set():
         self.history = self.history + [msgs[-1], {'role': 'assistant', 'content': ''.join(pieces).strip()}]
 
-# %% ../nbs/08b_chat.ipynb #9e1d9de8
-CHAT_HELP = "/reset clears the history, /exit quits (Ctrl-D too), Ctrl-C stops a reply"
+# %% ../nbs/08b_chat.ipynb #ca404050
+def _start_generation(model, kw: dict, streamer) -> tuple[threading.Thread, list]:
+    "Run `model.generate(**kw)` in a thread; a failure ends the stream and lands in the list returned."
+    err = []
+    def work():
+        try: model.generate(**kw)
+        except BaseException as e:
+            err.append(e)
+            streamer.end()
+    th = threading.Thread(target=work, daemon=True)
+    th.start()
+    return th, err
 
-def _chat_command(session: ChatSession, text: str, write: Callable[[str], Any]) -> Optional[bool]:
-    "Handle a /command: False to quit, True to read the next line; None when `text` is a turn for the model."
-    if text in ('/exit', '/quit'):
-        write('bye\n')
-        return False
-    if text == '/reset':
-        session.reset()
-        write('(history cleared)\n')
-        return True
-    if text in ('/help', '/?'):
-        write(CHAT_HELP + '\n')
-        return True
-    if text.startswith('/'):
-        write(f"unknown command {text}; {CHAT_HELP}\n")
-        return True
-    return None
+# %% ../nbs/08b_chat.ipynb #4baba6f3
+@patch
+def _generate_kwargs(self: ChatSession, enc: dict, streamer) -> dict:
+    "The arguments of `model.generate` for one reply: greedy or sampled, streamed, stoppable through `stop`."
+    pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+    kw = dict(**enc, streamer=streamer, max_new_tokens=self.max_new_tokens,
+              stopping_criteria=StoppingCriteriaList([StopOnEvent(self.stop)]),
+              do_sample=self.temperature > 0, pad_token_id=pad)
+    if self.temperature > 0: kw['temperature'] = self.temperature
+    return kw
 
-# %% ../nbs/08b_chat.ipynb #70f4c965
-def _stream_turn(session: ChatSession, text: str, write: Callable[[str], Any]) -> None:
-    "Write the model's reply to `text` as it streams; Ctrl-C stops it."
-    write('student> ')
-    try:
-        for piece in session.reply(text): write(piece)
-    except KeyboardInterrupt:
-        session.stop.set()
-        write(' [stopped]')
-    write('\n')
-
-# %% ../nbs/08b_chat.ipynb #5e77ce41
-def _write_stdout(s: str) -> None:
-    sys.stdout.write(s)
-    sys.stdout.flush()
+class StopOnEvent(StoppingCriteria):
+    "Stop generating as soon as `event` is set."
+    def __init__(self, event: threading.Event): self.event = event
+    def __call__(self, input_ids, scores, **kw): return self.event.is_set()
 
 # %% ../nbs/08b_chat.ipynb #0756bc38
 def chat_loop(session: ChatSession, # the conversation
@@ -226,27 +189,55 @@ def chat_loop(session: ChatSession, # the conversation
         if command is False: return 0
         if command is None: _stream_turn(session, text, write)
 
-# %% ../nbs/08b_chat.ipynb #5abc9e06
-def chat_page(name: str) -> bytes:
-    "The chat page (the package's static/chat.html) with the model's name in it, as UTF-8 bytes."
-    page = (importlib.resources.files('lion_nb')/'static'/'chat.html').read_text(encoding='utf-8')
-    return page.replace('MODEL', html.escape(name)).encode('utf-8')
+# %% ../nbs/08b_chat.ipynb #9e1d9de8
+CHAT_HELP = "/reset clears the history, /exit quits (Ctrl-D too), Ctrl-C stops a reply"
 
-# %% ../nbs/08b_chat.ipynb #aa68a381
-def sse(data: dict, event: Optional[str] = None) -> bytes:
-    "One server-sent-events frame."
-    return ((f"event: {event}\n" if event else '') + f"data: {json.dumps(data)}\n\n").encode('utf-8')
+def _chat_command(session: ChatSession, text: str, write: Callable[[str], Any]) -> Optional[bool]:
+    "Handle a /command: False to quit, True to read the next line; None when `text` is a turn for the model."
+    if text in ('/exit', '/quit'):
+        write('bye\n')
+        return False
+    if text == '/reset':
+        session.reset()
+        write('(history cleared)\n')
+        return True
+    if text in ('/help', '/?'):
+        write(CHAT_HELP + '\n')
+        return True
+    if text.startswith('/'):
+        write(f"unknown command {text}; {CHAT_HELP}\n")
+        return True
+    return None
 
-# %% ../nbs/08b_chat.ipynb #09119e2f
-def chat_messages(body: bytes) -> list[dict]:
-    "The messages of a POST to /api/chat: user and assistant turns, the user's last (ValueError otherwise)."
-    msgs = json.loads(body or b'{}')['messages']
-    ok = msgs and msgs[-1]['role'] == 'user'
-    ok = ok and all(m['role'] in ('user', 'assistant') and isinstance(m['content'], str) for m in msgs)
-    if not ok: raise ValueError("expected user and assistant messages, the last one the user's")
-    return msgs
+# %% ../nbs/08b_chat.ipynb #a04a3ddc
+def _stream_turn(session: ChatSession, text: str, write: Callable[[str], Any]) -> None:
+    "Write the model's reply to `text` as it streams; Ctrl-C stops it."
+    write('student> ')
+    try:
+        for piece in session.reply(text): write(piece)
+    except KeyboardInterrupt:
+        session.stop.set()
+        write(' [stopped]')
+    write('\n')
 
-# %% ../nbs/08b_chat.ipynb #ae25203e
+def _write_stdout(s: str) -> None:
+    sys.stdout.write(s)
+    sys.stdout.flush()
+
+# %% ../nbs/08b_chat.ipynb #189a9669
+def make_chat_server(session: ChatSession, # the conversation the page drives
+                     host: str = '127.0.0.1', # the address to bind
+                     port: int = 0, # the port (0: a free one)
+                     name: str = 'model', # the model's name, shown on the page
+                    ) -> ThreadingHTTPServer: # not yet serving: call its `serve_forever`
+    "An HTTP server (not yet serving) with the chat page at / and the streaming API at /api/chat."
+    setup = {'session': session, 'page': chat_page(name), 'lock': threading.Lock()}
+    handler = type('Handler', (ChatHandler,), setup)
+    srv = ThreadingHTTPServer((host, port), handler)
+    srv.daemon_threads = True
+    return srv
+
+# %% ../nbs/08b_chat.ipynb #0f3c6819
 class ChatHandler(BaseHTTPRequestHandler):
     "The chat's HTTP handler: the page at /, the streaming API at /api/chat (`make_chat_server` sets it up)."
     session: ChatSession = None
@@ -254,22 +245,18 @@ class ChatHandler(BaseHTTPRequestHandler):
     lock: threading.Lock = None
     def log_message(self, fmt, *args): pass            # keep the terminal quiet
 
-# %% ../nbs/08b_chat.ipynb #efab3bc4
-@patch
-def _send(self: ChatHandler, code: int, ctype: str, body: bytes):
-    "Send a whole response."
-    self.send_response(code)
-    self.send_header('Content-Type', ctype)
-    self.send_header('Content-Length', str(len(body)))
-    self.end_headers()
-    self.wfile.write(body)
-
 @patch
 def do_GET(self: ChatHandler):
     if self.path in ('/', '/index.html'): self._send(200, 'text/html; charset=utf-8', self.page)
     else: self._send(404, 'text/plain', b'not found')
 
-# %% ../nbs/08b_chat.ipynb #0af61797
+@patch
+def do_POST(self: ChatHandler):
+    if self.path != '/api/chat': return self._send(404, 'text/plain', b'not found')
+    try: msgs = chat_messages(self.rfile.read(int(self.headers.get('Content-Length', 0))))
+    except Exception: return self._send(400, 'text/plain', BAD_CHAT_REQUEST)
+    self._stream_reply(msgs)
+
 BAD_CHAT_REQUEST = b'expected {"messages": [..., {"role": "user", "content": "..."}]}'
 
 @patch
@@ -291,35 +278,32 @@ def _stream_reply(self: ChatHandler, msgs: list[dict]):
         except LionError as e: self.wfile.write(sse({'error': str(e)}, 'error'))
 
 @patch
-def do_POST(self: ChatHandler):
-    if self.path != '/api/chat': return self._send(404, 'text/plain', b'not found')
-    try: msgs = chat_messages(self.rfile.read(int(self.headers.get('Content-Length', 0))))
-    except Exception: return self._send(400, 'text/plain', BAD_CHAT_REQUEST)
-    self._stream_reply(msgs)
+def _send(self: ChatHandler, code: int, ctype: str, body: bytes):
+    "Send a whole response."
+    self.send_response(code)
+    self.send_header('Content-Type', ctype)
+    self.send_header('Content-Length', str(len(body)))
+    self.end_headers()
+    self.wfile.write(body)
 
-# %% ../nbs/08b_chat.ipynb #189a9669
-def make_chat_server(session: ChatSession, # the conversation the page drives
-                     host: str = '127.0.0.1', # the address to bind
-                     port: int = 0, # the port (0: a free one)
-                     name: str = 'model', # the model's name, shown on the page
-                    ) -> ThreadingHTTPServer: # not yet serving: call its `serve_forever`
-    "An HTTP server (not yet serving) with the chat page at / and the streaming API at /api/chat."
-    setup = {'session': session, 'page': chat_page(name), 'lock': threading.Lock()}
-    handler = type('Handler', (ChatHandler,), setup)
-    srv = ThreadingHTTPServer((host, port), handler)
-    srv.daemon_threads = True
-    return srv
+# %% ../nbs/08b_chat.ipynb #5abc9e06
+def chat_page(name: str) -> bytes:
+    "The chat page (the package's static/chat.html) with the model's name in it, as UTF-8 bytes."
+    page = (importlib.resources.files('lion_nb')/'static'/'chat.html').read_text(encoding='utf-8')
+    return page.replace('MODEL', html.escape(name)).encode('utf-8')
 
-# %% ../nbs/08b_chat.ipynb #6e7d7fa9
-def _serve(session: ChatSession, host: str, port: int, name: str) -> int:
-    "Serve the chat page until Ctrl-C."
-    srv = make_chat_server(session, host, port, name)
-    url = f"http://{host}:{srv.server_address[1]}/"
-    print(f"lion_nb chat: serving {name} at {url} (Ctrl-C stops)", flush=True)
-    try: srv.serve_forever()
-    except KeyboardInterrupt: print('\nstopped')
-    finally: srv.server_close()
-    return 0
+# %% ../nbs/08b_chat.ipynb #be4ed25d
+def sse(data: dict, event: Optional[str] = None) -> bytes:
+    "One server-sent-events frame."
+    return ((f"event: {event}\n" if event else '') + f"data: {json.dumps(data)}\n\n").encode('utf-8')
+
+def chat_messages(body: bytes) -> list[dict]:
+    "The messages of a POST to /api/chat: user and assistant turns, the user's last (ValueError otherwise)."
+    msgs = json.loads(body or b'{}')['messages']
+    ok = msgs and msgs[-1]['role'] == 'user'
+    ok = ok and all(m['role'] in ('user', 'assistant') and isinstance(m['content'], str) for m in msgs)
+    if not ok: raise ValueError("expected user and assistant messages, the last one the user's")
+    return msgs
 
 # %% ../nbs/08b_chat.ipynb #cd117d75
 from .cli import command
@@ -340,3 +324,14 @@ def chat_cli(*, model: str, # checkpoint folder (e.g. outputs/RUN/iter_K/imitati
     name = Path(str(model)).name or str(model)
     if not web: return chat_loop(session, name=name)
     return _serve(session, host, port, name)
+
+# %% ../nbs/08b_chat.ipynb #6e7d7fa9
+def _serve(session: ChatSession, host: str, port: int, name: str) -> int:
+    "Serve the chat page until Ctrl-C."
+    srv = make_chat_server(session, host, port, name)
+    url = f"http://{host}:{srv.server_address[1]}/"
+    print(f"lion_nb chat: serving {name} at {url} (Ctrl-C stops)", flush=True)
+    try: srv.serve_forever()
+    except KeyboardInterrupt: print('\nstopped')
+    finally: srv.server_close()
+    return 0

@@ -22,10 +22,23 @@ from .stats import FEW_SEEDS, align, hierarchical_ci, seed_verdict, spread, t_in
 
 
 # %% auto #0
-__all__ = ['seed_config', 'arm_dirs', 'run_seed', 'final_evaluation', 'compare_arms', 'arm_budget', 'budget_line', 'budget_lines',
-           'arm_probes', 'probes_line', 'print_arms', 'compare_cli', 'seed_items', 'pooled_diff', 'seed_level_diff',
-           'probe_lines', 'summarise_study', 'study_table', 'mechanism_lines', 'arm_rounds', 'round_lines',
-           'plot_study', 'print_budgets', 'study_cli']
+__all__ = ['run_seed', 'seed_config', 'arm_dirs', 'compare_arms', 'final_evaluation', 'arm_budget', 'budget_lines', 'budget_line',
+           'arm_probes', 'probes_line', 'compare_cli', 'print_arms', 'pooled_diff', 'seed_items', 'seed_level_diff',
+           'summarise_study', 'study_table', 'mechanism_lines', 'probe_lines', 'round_lines', 'arm_rounds',
+           'plot_study', 'study_cli', 'print_budgets']
+
+# %% ../nbs/07b_study.ipynb #6509c133
+def run_seed(config_path, out_dir, seed: int, control: str = 'random-seeds', progress: Callable = print,
+             log_output: bool = False) -> tuple[Path, Path]:
+    "Run (or resume) both arms of one seed; return their run folders."
+    cfg_path = seed_config(config_path, seed, out_dir)
+    lion_dir, control_dir = arm_dirs(out_dir, seed, control)
+    progress(f"[lion_nb study] seed {seed}: the Lion arm, in {lion_dir}")
+    run_loop(cfg_path, lion_dir, log_output=log_output, progress=progress)
+    progress(f"[lion_nb study] seed {seed}: the {control} arm, forked from its iteration 1, in {control_dir}")
+    run_loop(cfg_path, control_dir, baseline=control, log_output=log_output, progress=progress,
+             fork_from=lion_dir)
+    return lion_dir, control_dir
 
 # %% ../nbs/07b_study.ipynb #9c5bd54b
 def seed_config(config_path, # the study's configuration (YAML)
@@ -48,31 +61,6 @@ def arm_dirs(out_dir, seed: int, control: str = 'random-seeds') -> tuple[Path, P
     root = Path(out_dir)/f'seed_{seed}'
     return root/'lion', root/control
 
-# %% ../nbs/07b_study.ipynb #6509c133
-def run_seed(config_path, out_dir, seed: int, control: str = 'random-seeds', progress: Callable = print,
-             log_output: bool = False) -> tuple[Path, Path]:
-    "Run (or resume) both arms of one seed; return their run folders."
-    cfg_path = seed_config(config_path, seed, out_dir)
-    lion_dir, control_dir = arm_dirs(out_dir, seed, control)
-    progress(f"[lion_nb study] seed {seed}: the Lion arm, in {lion_dir}")
-    run_loop(cfg_path, lion_dir, log_output=log_output, progress=progress)
-    progress(f"[lion_nb study] seed {seed}: the {control} arm, forked from its iteration 1, in {control_dir}")
-    run_loop(cfg_path, control_dir, baseline=control, log_output=log_output, progress=progress,
-             fork_from=lion_dir)
-    return lion_dir, control_dir
-
-# %% ../nbs/07b_study.ipynb #84bb13b9
-def final_evaluation(run_dir, # a run folder (an arm of a comparison)
-                    ) -> tuple[Optional[int], list[dict]]:
-    """A run's last evaluated iteration k and the verdicts on its student of that iteration (candidate
-    `iter_<k>`)."""
-    run = RunDir(run_dir)
-    done = sorted(iteration_of(p) for p in run.root.glob('iter_*/evaluation/verdicts.jsonl'))
-    if not done: return None, []
-    k = done[-1]
-    verdicts = read_log(run.stage_dir(k, 'evaluation')/'verdicts.jsonl')
-    return k, [v for v in verdicts if v['candidate'] == f'iter_{k}']
-
 # %% ../nbs/07b_study.ipynb #59f9f489
 def compare_arms(run_a, # the first arm's run folder (Lion)
                  run_b, # the second arm's run folder (the control)
@@ -89,6 +77,18 @@ def compare_arms(run_a, # the first arm's run folder (Lion)
         out['sets'][s] = {'diff': iv.as_dict(), 'verdict': verdict(*labels, iv, unit)}
     return out
 
+# %% ../nbs/07b_study.ipynb #84bb13b9
+def final_evaluation(run_dir, # a run folder (an arm of a comparison)
+                    ) -> tuple[Optional[int], list[dict]]:
+    """A run's last evaluated iteration k and the verdicts on its student of that iteration (candidate
+    `iter_<k>`)."""
+    run = RunDir(run_dir)
+    done = sorted(iteration_of(p) for p in run.root.glob('iter_*/evaluation/verdicts.jsonl'))
+    if not done: return None, []
+    k = done[-1]
+    verdicts = read_log(run.stage_dir(k, 'evaluation')/'verdicts.jsonl')
+    return k, [v for v in verdicts if v['candidate'] == f'iter_{k}']
+
 # %% ../nbs/07b_study.ipynb #ee217c35
 def arm_budget(run_dir) -> list[dict]:
     "What a run spent per role: calls, prompt and completion tokens, cache hits and cost (its usage log)."
@@ -96,13 +96,7 @@ def arm_budget(run_dir) -> list[dict]:
     if not path.exists(): return []
     return llm.summarise_usage(path, by=('role',)).to_dict('records')
 
-# %% ../nbs/07b_study.ipynb #b4bdf470
-def budget_line(r: dict) -> str:
-    "One role's line of an arm's budget: calls sent, calls served from the LLM cache, tokens, cost."
-    return (f"  {str(r['role']):<10} {int(r['calls']):>7,} calls {int(r.get('cache_hits', 0)):>6,} cached "
-            f"{int(r['prompt_tokens']):>11,} prompt tok {int(r['completion_tokens']):>10,} completion tok  "
-            f"${r['cost_usd']:.4f}")
-
+# %% ../nbs/07b_study.ipynb #e1a4904c
 def budget_lines(label: str, run_dir, rows: list[dict]) -> list[str]:
     """An arm's budget table: a heading, then one `budget_line` per role of `rows` (its `arm_budget`). A
     forked arm's log starts at the fork: the shared prefix was paid for by the run it was forked from, and
@@ -113,7 +107,13 @@ def budget_lines(label: str, run_dir, rows: list[dict]) -> list[str]:
         f"; forked from {forked}, whose budget holds the shared prefix" if forked else '')
     return [head] + [budget_line(r) for r in rows]
 
-# %% ../nbs/07b_study.ipynb #be82cc32
+def budget_line(r: dict) -> str:
+    "One role's line of an arm's budget: calls sent, calls served from the LLM cache, tokens, cost."
+    return (f"  {str(r['role']):<10} {int(r['calls']):>7,} calls {int(r.get('cache_hits', 0)):>6,} cached "
+            f"{int(r['prompt_tokens']):>11,} prompt tok {int(r['completion_tokens']):>10,} completion tok  "
+            f"${r['cost_usd']:.4f}")
+
+# %% ../nbs/07b_study.ipynb #ce78ee5b
 def arm_probes(run_dir) -> dict:
     "The referee's probe from the run's first discrimination, the judge's from its last evaluation with one."
     found = lambda pattern: [read_json(f) for f in sorted(Path(run_dir).glob(pattern), key=iteration_of)]
@@ -121,16 +121,26 @@ def arm_probes(run_dir) -> dict:
            'judge': found('iter_*/evaluation/judge_probe.json')[-1:]}
     return {name: p[0] for name, p in out.items() if p}
 
-def _probe(name: str, p: dict) -> str:
-    q = p['probe']
-    outcome = 'passed' if p['passed'] else 'failed'
-    return f"{name} {q['accuracy']:.0%} of {q['pairs']} known-better pairs ({outcome})"
-
 def probes_line(probes: dict) -> str:
     "`arm_probes` in words, with a warning when the judge failed its probe."
     blind = 'judge' in probes and not probes['judge']['passed']
     warn = '; the verdicts above come from a judge that cannot tell right from wrong' if blind else ''
     return ', '.join(_probe(n, p) for n, p in probes.items()) + warn
+
+def _probe(name: str, p: dict) -> str:
+    q = p['probe']
+    outcome = 'passed' if p['passed'] else 'failed'
+    return f"{name} {q['accuracy']:.0%} of {q['pairs']} known-better pairs ({outcome})"
+
+# %% ../nbs/07b_study.ipynb #c0a1b2d2
+from .cli import command, Param
+
+@command('lion_nb compare')
+def compare_cli(arms: Param("the two arms' run folders, Lion's first", nargs=2, metavar='RUN_DIR'),
+                *, labels: Param('their names', nargs=2, metavar=('A', 'B')) = ('lion', 'control'),
+               ) -> int:
+    "Entry point of `lion_nb compare`: two arms' final students, paired on the same items, and their budgets."
+    return print_arms(arms, labels)
 
 # %% ../nbs/07b_study.ipynb #99b1b3a2
 def print_arms(runs, labels) -> int:
@@ -145,22 +155,6 @@ def print_arms(runs, labels) -> int:
     print(json.dumps({**cmp, 'budgets': budgets}, default=str))
     return 0 if cmp['sets'] else 1
 
-# %% ../nbs/07b_study.ipynb #c0a1b2d2
-from .cli import command, Param
-
-@command('lion_nb compare')
-def compare_cli(arms: Param("the two arms' run folders, Lion's first", nargs=2, metavar='RUN_DIR'),
-                *, labels: Param('their names', nargs=2, metavar=('A', 'B')) = ('lion', 'control'),
-               ) -> int:
-    "Entry point of `lion_nb compare`: two arms' final students, paired on the same items, and their budgets."
-    return print_arms(arms, labels)
-
-# %% ../nbs/07b_study.ipynb #3d7364da
-def seed_items(run_dir, set_name: str, seed: int) -> dict:
-    "`arm_items` of the run's final evaluation on `set_name`, keyed `<seed>/<item id>`."
-    _, verdicts = final_evaluation(run_dir)
-    return {f'{seed}/{i}': x for i, x in arm_items(verdicts, set_name).items()}
-
 # %% ../nbs/07b_study.ipynb #f6d5fcf3
 def pooled_diff(arms: dict,  # {seed: (Lion run folder, control run folder)}
                 set_name: str,
@@ -172,20 +166,13 @@ def pooled_diff(arms: dict,  # {seed: (Lion run folder, control run folder)}
         b.update(seed_items(control_dir, set_name, seed))
     return arm_diff(set_name, a, b)
 
-# %% ../nbs/07b_study.ipynb #c2b9727f
-def _seed_columns(lion_dir, control_dir, set_name: str) -> tuple[list, list]:
-    """(item ids, columns) of one seed on `set_name`: both arms' values on the items both final evaluations
-    scored."""
-    (_, va), (_, vb) = final_evaluation(lion_dir), final_evaluation(control_dir)
-    ids, xa, xb = align(arm_items(va, set_name), arm_items(vb, set_name))
-    if set_name in PAIR_SETS: return ids, [xa, xb]
-    return ids, [[c for c, _ in xa], [o for _, o in xa], [c for c, _ in xb], [o for _, o in xb]]
+# %% ../nbs/07b_study.ipynb #3d7364da
+def seed_items(run_dir, set_name: str, seed: int) -> dict:
+    "`arm_items` of the run's final evaluation on `set_name`, keyed `<seed>/<item id>`."
+    _, verdicts = final_evaluation(run_dir)
+    return {f'{seed}/{i}': x for i, x in arm_items(verdicts, set_name).items()}
 
-def _weighted_diff(set_name: str) -> Callable:
-    "Lion minus control on weighted items: relative scores in points, or win rates in %."
-    if set_name in PAIR_SETS: return lambda w, a, b: 100 * (w @ (a - b)) / w.sum(axis=1)
-    return lambda w, ca, oa, cb, ob: 100 * (w @ ca) / (w @ oa) - 100 * (w @ cb) / (w @ ob)
-
+# %% ../nbs/07b_study.ipynb #cf382f33
 def seed_level_diff(arms: dict,  # {seed: (Lion run folder, control run folder)}
                     set_name: str,
                    ) -> dict:
@@ -202,16 +189,20 @@ def seed_level_diff(arms: dict,  # {seed: (Lion run folder, control run folder)}
         'shared_questions': sum(n > 1 for n in seen.values()),
     }
 
-# %% ../nbs/07b_study.ipynb #89018b13
-def probe_lines(summary: dict) -> list[str]:
-    "One line per seed: the Lion arm's referee and judge probes, and a warning when the judge failed its own."
-    return [f"seed {seed}, probes: {probes_line(s['probes'])}"
-            for seed, s in summary['seeds'].items() if s.get('probes')]
+def _seed_columns(lion_dir, control_dir, set_name: str) -> tuple[list, list]:
+    """(item ids, columns) of one seed on `set_name`: both arms' values on the items both final evaluations
+    scored."""
+    (_, va), (_, vb) = final_evaluation(lion_dir), final_evaluation(control_dir)
+    ids, xa, xb = align(arm_items(va, set_name), arm_items(vb, set_name))
+    if set_name in PAIR_SETS: return ids, [xa, xb]
+    return ids, [[c for c, _ in xa], [o for _, o in xa], [c for c, _ in xb], [o for _, o in xb]]
 
-# %% ../nbs/07b_study.ipynb #f64cf92e
-def _unit(set_name: str) -> str:
-    return ' points of win rate' if set_name in PAIR_SETS else ' points of relative score'
+def _weighted_diff(set_name: str) -> Callable:
+    "Lion minus control on weighted items: relative scores in points, or win rates in %."
+    if set_name in PAIR_SETS: return lambda w, a, b: 100 * (w @ (a - b)) / w.sum(axis=1)
+    return lambda w, ca, oa, cb, ob: 100 * (w @ ca) / (w @ oa) - 100 * (w @ cb) / (w @ ob)
 
+# %% ../nbs/07b_study.ipynb #17fcf378
 def summarise_study(arms: dict,  # {seed: (Lion run folder, control run folder)}
                     control: str = 'random-seeds',  # the control's name
                    ) -> dict:
@@ -231,17 +222,10 @@ def summarise_study(arms: dict,  # {seed: (Lion run folder, control run folder)}
                    'verdict': seed_verdict(*labels, lvl['bootstrap'], lvl['t'], _unit(s))}
     return {'control': control, 'seeds': seeds, 'sets': over}
 
-# %% ../nbs/07b_study.ipynb #f0f07db0
-def _row(set_name: str, who: str, iv: dict, words: str) -> str:
-    ci = f"[{iv['lo']:+7.2f}, {iv['hi']:+7.2f}]" if iv.get('lo') is not None else ' ' * 18
-    val = f"{iv['value']:+8.2f}" if iv.get('value') is not None else '     n/a'
-    return f"{set_name:<10} {who:<8} {val} {ci} {iv.get('n', 0):>5}  {words}"
+def _unit(set_name: str) -> str:
+    return ' points of win rate' if set_name in PAIR_SETS else ' points of relative score'
 
-def _seed_words(c: dict) -> str:
-    iv = c['diff']
-    if iv.get('lo') is None: return 'no interval'
-    return "this seed's items: " + ('the interval excludes 0' if iv['lo'] > 0 or iv['hi'] < 0 else 'holds 0')
-
+# %% ../nbs/07b_study.ipynb #bc2b9819
 def study_table(summary: dict) -> str:
     """The study's comparison as text: per set, each seed's Lion - control with its 95% interval, then the
     seed-level intervals and the verdict over seeds, the items pooled, and the spread."""
@@ -261,10 +245,22 @@ def study_table(summary: dict) -> str:
                          f"{sp['n']} seeds (min {sp['min']:+.2f}, max {sp['max']:+.2f})")
     return '\n'.join(lines)
 
-# %% ../nbs/07b_study.ipynb #8463cff0
-def _gap(iv) -> str:
-    if not iv or iv.get('lo') is None: return 'n/a'
-    return f"{iv['value']:+.2f} [{iv['lo']:+.2f}, {iv['hi']:+.2f}]"
+def _row(set_name: str, who: str, iv: dict, words: str) -> str:
+    ci = f"[{iv['lo']:+7.2f}, {iv['hi']:+7.2f}]" if iv.get('lo') is not None else ' ' * 18
+    val = f"{iv['value']:+8.2f}" if iv.get('value') is not None else '     n/a'
+    return f"{set_name:<10} {who:<8} {val} {ci} {iv.get('n', 0):>5}  {words}"
+
+def _seed_words(c: dict) -> str:
+    iv = c['diff']
+    if iv.get('lo') is None: return 'no interval'
+    return "this seed's items: " + ('the interval excludes 0' if iv['lo'] > 0 or iv['hi'] < 0 else 'holds 0')
+
+# %% ../nbs/07b_study.ipynb #94ed5fb6
+def mechanism_lines(summary: dict) -> list[str]:
+    """One line per seed and discriminated round of the Lion arm: items scored, hard share and mean gap (or,
+    for the final measurement, the gap on the previous round's hard items)."""
+    return [_mechanism_line(seed, r) for seed, s in summary['seeds'].items()
+            for r in s.get('mechanism') or [] if 'hard_share' in r]
 
 def _mechanism_line(seed, r: dict) -> str:
     head = f"seed {seed}, Lion arm, iteration {r['iteration']}: {r['items']} items scored, "
@@ -272,31 +268,17 @@ def _mechanism_line(seed, r: dict) -> str:
         return head + f"the previous round's hard items again, mean gap {_gap(r.get('previous_hard_gap'))}"
     return head + f"{r['hard_share']:.0%} hard, mean gap {_gap(r.get('mean_gap'))}"
 
-def mechanism_lines(summary: dict) -> list[str]:
-    """One line per seed and discriminated round of the Lion arm: items scored, hard share and mean gap (or,
-    for the final measurement, the gap on the previous round's hard items)."""
-    return [_mechanism_line(seed, r) for seed, s in summary['seeds'].items()
-            for r in s.get('mechanism') or [] if 'hard_share' in r]
+def _gap(iv) -> str:
+    if not iv or iv.get('lo') is None: return 'n/a'
+    return f"{iv['value']:+.2f} [{iv['lo']:+.2f}, {iv['hi']:+.2f}]"
 
-# %% ../nbs/07b_study.ipynb #b2e7bf9b
-def arm_rounds(run_dir) -> list[dict]:
-    "Per round k of one arm: new instructions trained on next, their prompt mix, the referee's hard and easy."
-    run, out = RunDir(run_dir), []
-    k = 1
-    while run.pool(k + 1, 'train').exists():
-        new = read_pool(run.pool(k + 1, 'train'))
-        mix = Counter(r.prov.kind or 'drawn' for r in new)
-        disc = run.done_file(k, 'discrimination')
-        split = read_json(disc) if disc.exists() else {}
-        out.append({'round': k, 'trained': len(new), 'mix': dict(sorted(mix.items())),
-                    'hard': split.get('hard'), 'easy': split.get('easy')})
-        k += 1
-    return out
+# %% ../nbs/07b_study.ipynb #89018b13
+def probe_lines(summary: dict) -> list[str]:
+    "One line per seed: the Lion arm's referee and judge probes, and a warning when the judge failed its own."
+    return [f"seed {seed}, probes: {probes_line(s['probes'])}"
+            for seed, s in summary['seeds'].items() if s.get('probes')]
 
-# %% ../nbs/07b_study.ipynb #98ce1ea8
-def _mix(r: dict) -> str:
-    return ', '.join(f"{n} {'long-tail' if k == 'easy' else k}" for k, n in r['mix'].items()) or 'none'
-
+# %% ../nbs/07b_study.ipynb #c287df9e
 def round_lines(arms: dict,  # {seed: (Lion run folder, control run folder)}
                 control: str = 'random-seeds') -> list[str]:
     "Per seed and round: each arm's new instructions, prompt mix and referee split; a flag where they differ."
@@ -314,6 +296,24 @@ def round_lines(arms: dict,  # {seed: (Lion run folder, control run folder)}
             if c['trained'] != r['trained']: line += '  <- the arms train on different numbers of new ones'
             elif c['mix'] != r['mix']: line += '  <- the prompt mix differs'
             out.append(line)
+    return out
+
+def _mix(r: dict) -> str:
+    return ', '.join(f"{n} {'long-tail' if k == 'easy' else k}" for k, n in r['mix'].items()) or 'none'
+
+# %% ../nbs/07b_study.ipynb #b2e7bf9b
+def arm_rounds(run_dir) -> list[dict]:
+    "Per round k of one arm: new instructions trained on next, their prompt mix, the referee's hard and easy."
+    run, out = RunDir(run_dir), []
+    k = 1
+    while run.pool(k + 1, 'train').exists():
+        new = read_pool(run.pool(k + 1, 'train'))
+        mix = Counter(r.prov.kind or 'drawn' for r in new)
+        disc = run.done_file(k, 'discrimination')
+        split = read_json(disc) if disc.exists() else {}
+        out.append({'round': k, 'trained': len(new), 'mix': dict(sorted(mix.items())),
+                    'hard': split.get('hard'), 'easy': split.get('easy')})
+        k += 1
     return out
 
 # %% ../nbs/07b_study.ipynb #04d3da58
@@ -338,15 +338,6 @@ def plot_study(summary: dict, path) -> Optional[Path]:
     fig.suptitle('Lion minus its control, with 95% paired bootstrap intervals')
     return save_figure(fig, path)
 
-# %% ../nbs/07b_study.ipynb #0ffc8e18
-def print_budgets(summary: dict, arms: dict,  # `summarise_study` of `arms`: {seed: (Lion, control folders)}
-                  progress: Callable = print):
-    "Each seed's arms' budget tables (`budget_lines`): calls sent and cached, tokens, cost per role."
-    for seed, dirs in arms.items():
-        budgets = summary['seeds'][seed]['budgets']
-        for (arm, rows), d in zip(budgets.items(), dirs):
-            progress('\n' + '\n'.join(budget_lines(f"seed {seed}, {arm} arm", d, rows)))
-
 # %% ../nbs/07b_study.ipynb #ee85c7c1
 @command('lion_nb study', 'Lion against a control arm, over seeds, with paired intervals.')
 def study_cli(*, config: str, # the study configuration (e.g. configs/study.yaml)
@@ -370,3 +361,12 @@ def study_cli(*, config: str, # the study configuration (e.g. configs/study.yaml
     print(json.dumps({'control': control, 'seeds': list(seeds), 'sets': summary['sets'],
                       'per_seed': {s: r['sets'] for s, r in summary['seeds'].items()}}, default=str))
     return 0 if summary['sets'] else 1
+
+# %% ../nbs/07b_study.ipynb #0ffc8e18
+def print_budgets(summary: dict, arms: dict,  # `summarise_study` of `arms`: {seed: (Lion, control folders)}
+                  progress: Callable = print):
+    "Each seed's arms' budget tables (`budget_lines`): calls sent and cached, tokens, cost per role."
+    for seed, dirs in arms.items():
+        budgets = summary['seeds'][seed]['budgets']
+        for (arm, rows), d in zip(budgets.items(), dirs):
+            progress('\n' + '\n'.join(budget_lines(f"seed {seed}, {arm} arm", d, rows)))

@@ -18,22 +18,20 @@ from . import __version__
 from .core import LionError, InputError, read_json, write_json
 
 # %% auto #0
-__all__ = ['ITEMSIZE', 'INDEX_NAME', 'SINGLE_NAME', 'SUB_DTYPES', 'MANIFEST_NAME', 'DIFF_FORMAT', 'WEIGHT_SUFFIXES', 'EXTRA',
-           'FIX_IDX', 'FIX_VAL', 'WRONG_BASE', 'open_safetensors', 'StoredTensor', 'stored_tensors', 'rows_per_chunk',
-           'chunks', 'read_rows', 'raw_bytes', 'make_header', 'raw_header', 'offset_order', 'safetensors_writer',
-           'checkpoint_files', 'open_checkpoint', 'tensor_sha256', 'plan_tensor', 'bits_dtype', 'decode_chunk',
-           'encode_chunk', 'make_diff', 'read_manifest', 'verify_base', 'recover', 'tiny_checkpoint',
-           'read_all_tensors', 'same_tensors', 'folder_size', 'weights_cli']
+__all__ = ['ITEMSIZE', 'INDEX_NAME', 'SINGLE_NAME', 'SUB_DTYPES', 'EXTRA', 'FIX_IDX', 'FIX_VAL', 'MANIFEST_NAME', 'DIFF_FORMAT',
+           'WEIGHT_SUFFIXES', 'WRONG_BASE', 'stored_tensors', 'StoredTensor', 'open_safetensors', 'read_rows', 'chunks',
+           'raw_bytes', 'rows_per_chunk', 'make_header', 'raw_header', 'offset_order', 'safetensors_writer',
+           'open_checkpoint', 'checkpoint_files', 'tensor_sha256', 'plan_tensor', 'encode_chunk', 'decode_chunk',
+           'bits_dtype', 'make_diff', 'verify_base', 'read_manifest', 'recover', 'same_tensors', 'read_all_tensors',
+           'tiny_checkpoint', 'weights_cli', 'folder_size']
 
-# %% ../nbs/08_weights.ipynb #78afba7e
-def open_safetensors(path):
-    "Open a `.safetensors` file with the library (`safe_open`); errors name the file."
-    path = Path(path)
-    if not path.exists(): raise InputError(path, None, "file not found")
-    try: return safe_open(str(path), framework='pt')
-    except SafetensorError as e: raise InputError(path, None, f"not a safetensors file ({e})") from None
+# %% ../nbs/08_weights.ipynb #9786848e
+def stored_tensors(path) -> dict[str, StoredTensor]:
+    "Every tensor of the safetensors file `path`, by name."
+    with open_safetensors(path) as f:
+        return {n: StoredTensor(Path(path), n, f.get_slice(n).get_dtype(), f.get_slice(n).get_shape())
+                for n in f.keys()}
 
-# %% ../nbs/08_weights.ipynb #d2f77b42
 @dataclass
 class StoredTensor:
     "A tensor of a safetensors file: dtype and shape from the header, rows read from the file on demand."
@@ -48,42 +46,44 @@ class StoredTensor:
             sl = f.get_slice(self.name)
             return (sl[start:stop] if self.shape else sl[...]).reshape(-1)
 
-def stored_tensors(path) -> dict[str, StoredTensor]:
-    "Every tensor of the safetensors file `path`, by name."
-    with open_safetensors(path) as f:
-        return {n: StoredTensor(Path(path), n, f.get_slice(n).get_dtype(), f.get_slice(n).get_shape())
-                for n in f.keys()}
+# %% ../nbs/08_weights.ipynb #78afba7e
+def open_safetensors(path):
+    "Open a `.safetensors` file with the library (`safe_open`); errors name the file."
+    path = Path(path)
+    if not path.exists(): raise InputError(path, None, "file not found")
+    try: return safe_open(str(path), framework='pt')
+    except SafetensorError as e: raise InputError(path, None, f"not a safetensors file ({e})") from None
 
-# %% ../nbs/08_weights.ipynb #b471f694
+# %% ../nbs/08_weights.ipynb #540c4a8e
+def read_rows(t: StoredTensor, start: int, stop: int, per: int) -> Iterator[tuple[int, torch.Tensor]]:
+    "Rows `start:stop` of tensor `t`, `per` rows a chunk, flattened, each with its first element's index."
+    for s, e in chunks(stop - start, per):
+        yield (start + s) * _row_elems(t.shape), t.rows(start + s, start + e)
+
+def chunks(n: int, per: int) -> Iterator[tuple[int, int]]:
+    "Ranges `(start, stop)` of at most `per` covering `0:n`."
+    for s in range(0, n, max(1, per)): yield s, min(n, s + per)
+
+def raw_bytes(t: torch.Tensor):
+    "The bytes of tensor `t` as they are stored (a numpy view)."
+    return t.contiguous().view(-1).view(torch.uint8).numpy()
+
+# %% ../nbs/08_weights.ipynb #bd5dd0eb
 ITEMSIZE = {'F64': 8, 'I64': 8, 'U64': 8, 'C64': 8, 'F32': 4, 'I32': 4, 'U32': 4,
             'F16': 2, 'BF16': 2, 'I16': 2, 'U16': 2}        # the others (BOOL, I8, U8, F8_*): one byte
-
-def _nrows(shape) -> int:
-    "The rows of a tensor of `shape`: its first dimension (a scalar is one row)."
-    return shape[0] if shape else 1
-
-def _row_elems(shape) -> int:
-    "The elements in one row of a tensor of `shape`."
-    return math.prod(shape[1:]) if shape else 1
 
 def rows_per_chunk(t: StoredTensor, chunk_bytes: int) -> int:
     "How many whole rows of tensor `t` fit in `chunk_bytes` (at least one)."
     row = _row_elems(t.shape) * ITEMSIZE.get(t.dtype, 1)
     return max(1, chunk_bytes // max(1, row))
 
-# %% ../nbs/08_weights.ipynb #15558efb
-def chunks(n: int, per: int) -> Iterator[tuple[int, int]]:
-    "Ranges `(start, stop)` of at most `per` covering `0:n`."
-    for s in range(0, n, max(1, per)): yield s, min(n, s + per)
+def _row_elems(shape) -> int:
+    "The elements in one row of a tensor of `shape`."
+    return math.prod(shape[1:]) if shape else 1
 
-def read_rows(t: StoredTensor, start: int, stop: int, per: int) -> Iterator[tuple[int, torch.Tensor]]:
-    "Rows `start:stop` of tensor `t`, `per` rows a chunk, flattened, each with its first element's index."
-    for s, e in chunks(stop - start, per):
-        yield (start + s) * _row_elems(t.shape), t.rows(start + s, start + e)
-
-def raw_bytes(t: torch.Tensor):
-    "The bytes of tensor `t` as they are stored (a numpy view)."
-    return t.contiguous().view(-1).view(torch.uint8).numpy()
+def _nrows(shape) -> int:
+    "The rows of a tensor of `shape`: its first dimension (a scalar is one row)."
+    return shape[0] if shape else 1
 
 # %% ../nbs/08_weights.ipynb #b2b6c7d2
 def make_header(specs: Iterable[tuple[str, str, list]], metadata: Optional[dict] = None) -> bytes:
@@ -118,21 +118,15 @@ def safetensors_writer(path, header: bytes):
         f.flush()
         os.fsync(f.fileno())             # on disk before the folder holding it is published
 
-# %% ../nbs/08_weights.ipynb #da4e24fe
+# %% ../nbs/08_weights.ipynb #019d7d15
+def open_checkpoint(folder) -> dict[str, StoredTensor]:
+    "Every tensor of the checkpoint in `folder`, by name."
+    files = sorted(set(checkpoint_files(folder).values()))
+    return {n: t for p in files for n, t in stored_tensors(p).items()}
+
+# %% ../nbs/08_weights.ipynb #2be3dc03
 INDEX_NAME, SINGLE_NAME = 'model.safetensors.index.json', 'model.safetensors'
 
-def _sharded_files(folder: Path) -> dict[str, Path]:
-    "Tensor name -> shard, from the index of a sharded checkpoint (every listed shard must exist)."
-    idx = read_json(folder/INDEX_NAME)
-    wm = idx.get('weight_map') if isinstance(idx, dict) else None
-    if not isinstance(wm, dict) or not wm:
-        raise InputError(folder/INDEX_NAME, None, "no 'weight_map' in the index")
-    for f in set(wm.values()):
-        if not (folder/f).exists():
-            raise InputError(folder/INDEX_NAME, None, f"shard {f!r} is listed but missing")
-    return {k: folder/v for k, v in wm.items()}
-
-# %% ../nbs/08_weights.ipynb #3c2b1ea8
 def checkpoint_files(folder) -> dict[str, Path]:
     "Map every tensor of the checkpoint in `folder` to its safetensors file (single file or sharded)."
     folder = Path(folder)
@@ -145,11 +139,16 @@ def checkpoint_files(folder) -> dict[str, Path]:
                          "save_pretrained(..., safe_serialization=True)")
     raise InputError(folder, None, f"no {SINGLE_NAME} or {INDEX_NAME} in this folder")
 
-# %% ../nbs/08_weights.ipynb #019d7d15
-def open_checkpoint(folder) -> dict[str, StoredTensor]:
-    "Every tensor of the checkpoint in `folder`, by name."
-    files = sorted(set(checkpoint_files(folder).values()))
-    return {n: t for p in files for n, t in stored_tensors(p).items()}
+def _sharded_files(folder: Path) -> dict[str, Path]:
+    "Tensor name -> shard, from the index of a sharded checkpoint (every listed shard must exist)."
+    idx = read_json(folder/INDEX_NAME)
+    wm = idx.get('weight_map') if isinstance(idx, dict) else None
+    if not isinstance(wm, dict) or not wm:
+        raise InputError(folder/INDEX_NAME, None, "no 'weight_map' in the index")
+    for f in set(wm.values()):
+        if not (folder/f).exists():
+            raise InputError(folder/INDEX_NAME, None, f"shard {f!r} is listed but missing")
+    return {k: folder/v for k, v in wm.items()}
 
 # %% ../nbs/08_weights.ipynb #a9fe3d8f
 def tensor_sha256(t: StoredTensor, chunk_bytes: int = 16 << 20) -> str:
@@ -171,10 +170,14 @@ def plan_tensor(t: StoredTensor, b: Optional[StoredTensor]) -> dict:
     shared = min(_nrows(t.shape), _nrows(b.shape))
     return {'encoding': enc, 'shared_rows': shared, 'extra_rows': _nrows(t.shape) - shared}
 
-# %% ../nbs/08_weights.ipynb #fad6dc70
-def bits_dtype(dtype):
-    "The integer dtype of the same width, used to compare or XOR the raw bits of a tensor."
-    return {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
+# %% ../nbs/08_weights.ipynb #a20a7a71
+def encode_chunk(enc: str, base, tuned):
+    "Diff elements for a chunk, plus the positions (within the chunk) that `decode_chunk` gets wrong."
+    bits = bits_dtype(tuned.dtype)
+    if enc == 'sub': diff = tuned - base.to(tuned.dtype)
+    else: diff = (base.view(bits) ^ tuned.view(bits)).view(tuned.dtype)
+    bad = (decode_chunk(enc, base, diff).view(bits) != tuned.view(bits)).nonzero().view(-1)
+    return diff, bad
 
 # %% ../nbs/08_weights.ipynb #8e882321
 def decode_chunk(enc: str, base, diff, fix_idx=None, fix_val=None):
@@ -187,21 +190,10 @@ def decode_chunk(enc: str, base, diff, fix_idx=None, fix_val=None):
     if fix_idx is not None and fix_idx.numel(): out[fix_idx] = fix_val
     return out
 
-# %% ../nbs/08_weights.ipynb #a20a7a71
-def encode_chunk(enc: str, base, tuned):
-    "Diff elements for a chunk, plus the positions (within the chunk) that `decode_chunk` gets wrong."
-    bits = bits_dtype(tuned.dtype)
-    if enc == 'sub': diff = tuned - base.to(tuned.dtype)
-    else: diff = (base.view(bits) ^ tuned.view(bits)).view(tuned.dtype)
-    bad = (decode_chunk(enc, base, diff).view(bits) != tuned.view(bits)).nonzero().view(-1)
-    return diff, bad
-
-# %% ../nbs/08_weights.ipynb #81942f85
-def _check_out_free(out: Path):
-    "Refuse to write into `out` unless it is absent or an empty folder."
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise LionError(f"{out} already exists and is not empty; refusing to overwrite it "
-                        "(choose another --out)")
+# %% ../nbs/08_weights.ipynb #fad6dc70
+def bits_dtype(dtype):
+    "The integer dtype of the same width, used to compare or XOR the raw bits of a tensor."
+    return {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
 
 # %% ../nbs/08_weights.ipynb #2c5ee460
 def _fresh_out(out) -> Path:
@@ -215,60 +207,19 @@ def _fresh_out(out) -> Path:
     os.chmod(tmp, 0o777 & ~umask)
     return tmp
 
+# %% ../nbs/08_weights.ipynb #81942f85
+def _check_out_free(out: Path):
+    "Refuse to write into `out` unless it is absent or an empty folder."
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise LionError(f"{out} already exists and is not empty; refusing to overwrite it "
+                        "(choose another --out)")
+
 # %% ../nbs/08_weights.ipynb #48905fee
 def _publish(tmp: Path, out: Path) -> Path:
     "Move the finished work folder to `out`."
     if out.exists(): out.rmdir()
     os.replace(tmp, out)
     return out
-
-# %% ../nbs/08_weights.ipynb #f61c653a
-MANIFEST_NAME = 'weight_diff.json'
-DIFF_FORMAT = 'lion_nb weight diff'
-WEIGHT_SUFFIXES = ('.safetensors', '.bin', '.pt', '.pth', '.ckpt', '.gguf')
-
-def _side_files(folder: Path) -> list[str]:
-    "The files of a model folder that are not weights: config, tokenizer, chat template, generation config…"
-    return sorted(p.name for p in folder.iterdir()
-                  if p.is_file() and not p.name.endswith(WEIGHT_SUFFIXES) and p.name != INDEX_NAME)
-
-# %% ../nbs/08_weights.ipynb #4ec575d9
-def _new_manifest(base: Path, tuned: Path, out: Path) -> dict:
-    "The manifest of a diff of `tuned` against `base`, before any tensor is written."
-    return {'format': DIFF_FORMAT, 'version': 1, 'created_by': f'lion_nb {__version__}',
-            'recover': f'lion_nb weights recover --base BASE --diff {out.name} --out TUNED',
-            'base': {'source': str(base)}, 'tuned': {'source': str(tuned), 'files': {}, 'index': None},
-            'tensors': {}, 'side_files': _side_files(tuned)}
-
-# %% ../nbs/08_weights.ipynb #2a72a64f
-EXTRA, FIX_IDX, FIX_VAL = '__extra__.', '__fix_idx__.', '__fix_val__.'
-
-def _emit(out, raw, hashes: Iterable) -> None:
-    "Append raw bytes to the open file `out`, and feed them to every hash of `hashes`."
-    for h in hashes: h.update(raw)
-    out.write(raw)
-
-# %% ../nbs/08_weights.ipynb #e8334762
-def _diff_shared(t, b, enc, shared, per, out, t_hashes, b_hash) -> list:
-    "Encode the first `shared` rows of tuned tensor `t` against base `b`, chunk by chunk; return the fixes."
-    fixes = []
-    for (s, tc), (_, bc) in zip(read_rows(t, 0, shared, per), read_rows(b, 0, shared, per)):
-        traw = raw_bytes(tc)
-        for h in t_hashes: h.update(traw)
-        b_hash.update(raw_bytes(bc))
-        d, bad = encode_chunk(enc, bc, tc)
-        out.write(raw_bytes(d))
-        if bad.numel(): fixes.append((bad + s, tc[bad].clone()))
-    return fixes
-
-# %% ../nbs/08_weights.ipynb #06a4dc0a
-def _diff_entry(t, plan: dict, fixes: list, t_hash, b, b_hash) -> dict:
-    "The manifest entry of one tensor: dtype, shape, plan, fix count and hashes (of the base tensor too)."
-    entry = {'dtype': t.dtype, 'shape': t.shape, **plan, 'fixes': sum(len(i) for i, _ in fixes),
-             'sha256': t_hash.hexdigest()}
-    if plan['encoding'] != 'full':
-        entry['base'] = {'dtype': b.dtype, 'shape': b.shape, 'sha256': b_hash.hexdigest()}
-    return entry
 
 # %% ../nbs/08_weights.ipynb #ab836473
 def _diff_tensor(t, b, plan, out, chunk_bytes, file_hash):
@@ -282,23 +233,34 @@ def _diff_tensor(t, b, plan, out, chunk_bytes, file_hash):
     for _, c in read_rows(t, shared, _nrows(t.shape), per): _emit(out, raw_bytes(c), (th, file_hash))
     return _diff_entry(t, plan, fixes, th, b, bh), fixes
 
-# %% ../nbs/08_weights.ipynb #a2ad1ffa
-def _diff_specs(tensors: list[StoredTensor], plans: dict) -> list:
-    "The tensors of one diff file, in the tuned file's order: diffs, then extra rows where there are any."
-    specs = []
-    for t in tensors:
-        p, rest = plans[t.name], t.shape[1:]
-        if p['encoding'] == 'full':
-            specs.append((t.name, t.dtype, t.shape))
-            continue
-        specs.append((t.name, t.dtype, [p['shared_rows'], *rest] if t.shape else []))
-        if p['extra_rows']: specs.append((EXTRA + t.name, t.dtype, [p['extra_rows'], *rest]))
-    return specs
+# %% ../nbs/08_weights.ipynb #e10e64da
+def _diff_shared(t, b, enc, shared, per, out, t_hashes, b_hash) -> list:
+    "Encode the first `shared` rows of tuned tensor `t` against base `b`, chunk by chunk; return the fixes."
+    fixes = []
+    for (s, tc), (_, bc) in zip(read_rows(t, 0, shared, per), read_rows(b, 0, shared, per)):
+        traw = raw_bytes(tc)
+        for h in t_hashes: h.update(traw)
+        b_hash.update(raw_bytes(bc))
+        d, bad = encode_chunk(enc, bc, tc)
+        out.write(raw_bytes(d))
+        if bad.numel(): fixes.append((bad + s, tc[bad].clone()))
+    return fixes
 
-# %% ../nbs/08_weights.ipynb #96e417b7
-def _file_hash(raw_header: bytes):
-    "A SHA256 of a safetensors file, fed so far with its length prefix and header (the data follows)."
-    return hashlib.sha256(len(raw_header).to_bytes(8, 'little') + raw_header)
+def _diff_entry(t, plan: dict, fixes: list, t_hash, b, b_hash) -> dict:
+    "The manifest entry of one tensor: dtype, shape, plan, fix count and hashes (of the base tensor too)."
+    entry = {'dtype': t.dtype, 'shape': t.shape, **plan, 'fixes': sum(len(i) for i, _ in fixes),
+             'sha256': t_hash.hexdigest()}
+    if plan['encoding'] != 'full':
+        entry['base'] = {'dtype': b.dtype, 'shape': b.shape, 'sha256': b_hash.hexdigest()}
+    return entry
+
+# %% ../nbs/08_weights.ipynb #2a72a64f
+EXTRA, FIX_IDX, FIX_VAL = '__extra__.', '__fix_idx__.', '__fix_val__.'
+
+def _emit(out, raw, hashes: Iterable) -> None:
+    "Append raw bytes to the open file `out`, and feed them to every hash of `hashes`."
+    for h in hashes: h.update(raw)
+    out.write(raw)
 
 # %% ../nbs/08_weights.ipynb #0d465f43
 def _diff_file(path: Path, b_index: dict, tmp: Path, chunk_bytes: int, progress, man) -> dict:
@@ -321,17 +283,22 @@ def _diff_file(path: Path, b_index: dict, tmp: Path, chunk_bytes: int, progress,
     return {'sha256': fh.hexdigest(), 'header': header.decode('utf-8'),
             'diff': diff_name, 'fixes': fix_name if fixes else None}
 
-# %% ../nbs/08_weights.ipynb #5d954f5a
-def _diff_stats(man: dict, b_index: dict) -> None:
-    "Add to `man` the base tensors used and unused, and counts per encoding, of fixes and of resized tensors."
-    tensors = man['tensors']
-    used = [n for n, e in tensors.items() if 'base' in e]
-    man['base']['tensors_used'] = len(used)
-    man['base']['unused'] = sorted(set(b_index) - set(used))
-    man['stats'] = {k: sum(1 for e in tensors.values() if e['encoding'] == k) for k in ('sub', 'xor', 'full')}
-    man['stats']['fixes'] = sum(e['fixes'] for e in tensors.values())
-    man['stats']['resized'] = sorted(n for n, e in tensors.items()
-                                     if e['encoding'] != 'full' and e['extra_rows'])
+# %% ../nbs/08_weights.ipynb #811434fb
+def _diff_specs(tensors: list[StoredTensor], plans: dict) -> list:
+    "The tensors of one diff file, in the tuned file's order: diffs, then extra rows where there are any."
+    specs = []
+    for t in tensors:
+        p, rest = plans[t.name], t.shape[1:]
+        if p['encoding'] == 'full':
+            specs.append((t.name, t.dtype, t.shape))
+            continue
+        specs.append((t.name, t.dtype, [p['shared_rows'], *rest] if t.shape else []))
+        if p['extra_rows']: specs.append((EXTRA + t.name, t.dtype, [p['extra_rows'], *rest]))
+    return specs
+
+def _file_hash(raw_header: bytes):
+    "A SHA256 of a safetensors file, fed so far with its length prefix and header (the data follows)."
+    return hashlib.sha256(len(raw_header).to_bytes(8, 'little') + raw_header)
 
 # %% ../nbs/08_weights.ipynb #52f0caf8
 def make_diff(base, # the base model folder (safetensors)
@@ -359,38 +326,36 @@ def make_diff(base, # the base model folder (safetensors)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-# %% ../nbs/08_weights.ipynb #2fd7e69b
-def read_manifest(diff) -> dict:
-    "The manifest of a weight diff folder, checked for format and version."
-    diff = Path(diff)
-    man = read_json(diff/MANIFEST_NAME)
-    if not isinstance(man, dict) or man.get('format') != DIFF_FORMAT:
-        raise InputError(diff/MANIFEST_NAME, None, "not a lion_nb weight diff manifest")
-    if man.get('version') != 1:
-        raise InputError(diff/MANIFEST_NAME, None, f"unsupported version {man.get('version')!r}")
-    return man
+# %% ../nbs/08_weights.ipynb #bcd881f3
+MANIFEST_NAME = 'weight_diff.json'
 
-# %% ../nbs/08_weights.ipynb #c3f8d3fa
-WRONG_BASE = "; this is not the base model the diff was made from. Nothing was written."
+DIFF_FORMAT = 'lion_nb weight diff'
 
-def _check_base_shapes(base: Path, idx: dict, used: list) -> None:
-    "Every base tensor the diff uses is there, with its dtype and shape."
-    for n, b in used:
-        if n not in idx: raise LionError(f"{base}: tensor {n!r} is missing{WRONG_BASE}")
-        t = idx[n]
-        if (t.dtype, t.shape) != (b['dtype'], b['shape']):
-            raise LionError(f"{base}: tensor {n!r} is {t.dtype}{t.shape}, "
-                            f"the diff expects {b['dtype']}{b['shape']}{WRONG_BASE}")
+WEIGHT_SUFFIXES = ('.safetensors', '.bin', '.pt', '.pth', '.ckpt', '.gguf')
 
-# %% ../nbs/08_weights.ipynb #5b69b36e
-def _check_base_hashes(base: Path, idx: dict, used: list, chunk_mb: float, progress) -> None:
-    "Every base tensor the diff uses has its recorded SHA256."
-    for n, b in used:
-        if progress: progress(n)
-        got = tensor_sha256(idx[n], int(chunk_mb * (1 << 20)))
-        if got != b['sha256']:
-            raise LionError(f"{base}: tensor {n!r} (in {idx[n].path.name}) has SHA256 {got[:16]}…, "
-                            f"the diff expects {b['sha256'][:16]}…{WRONG_BASE}")
+def _new_manifest(base: Path, tuned: Path, out: Path) -> dict:
+    "The manifest of a diff of `tuned` against `base`, before any tensor is written."
+    return {'format': DIFF_FORMAT, 'version': 1, 'created_by': f'lion_nb {__version__}',
+            'recover': f'lion_nb weights recover --base BASE --diff {out.name} --out TUNED',
+            'base': {'source': str(base)}, 'tuned': {'source': str(tuned), 'files': {}, 'index': None},
+            'tensors': {}, 'side_files': _side_files(tuned)}
+
+def _side_files(folder: Path) -> list[str]:
+    "The files of a model folder that are not weights: config, tokenizer, chat template, generation config…"
+    return sorted(p.name for p in folder.iterdir()
+                  if p.is_file() and not p.name.endswith(WEIGHT_SUFFIXES) and p.name != INDEX_NAME)
+
+# %% ../nbs/08_weights.ipynb #5d954f5a
+def _diff_stats(man: dict, b_index: dict) -> None:
+    "Add to `man` the base tensors used and unused, and counts per encoding, of fixes and of resized tensors."
+    tensors = man['tensors']
+    used = [n for n, e in tensors.items() if 'base' in e]
+    man['base']['tensors_used'] = len(used)
+    man['base']['unused'] = sorted(set(b_index) - set(used))
+    man['stats'] = {k: sum(1 for e in tensors.values() if e['encoding'] == k) for k in ('sub', 'xor', 'full')}
+    man['stats']['fixes'] = sum(e['fixes'] for e in tensors.values())
+    man['stats']['resized'] = sorted(n for n, e in tensors.items()
+                                     if e['encoding'] != 'full' and e['extra_rows'])
 
 # %% ../nbs/08_weights.ipynb #929e0cda
 def verify_base(base, # the base model folder to check
@@ -406,12 +371,52 @@ def verify_base(base, # the base model folder to check
     _check_base_hashes(base, idx, used, chunk_mb, progress)
     return len(used)
 
-# %% ../nbs/08_weights.ipynb #f0845831
-def _chunk_fixes(fi, fv, s: int, stop: int) -> tuple:
-    "The fixes in elements `s:stop`: positions within the chunk and values (None, None without fixes)."
-    if fi is None: return None, None
-    lo, hi = torch.searchsorted(fi, torch.tensor([s, stop])).tolist()
-    return fi[lo:hi] - s, fv[lo:hi]
+# %% ../nbs/08_weights.ipynb #4a0c6923
+WRONG_BASE = "; this is not the base model the diff was made from. Nothing was written."
+
+def _check_base_shapes(base: Path, idx: dict, used: list) -> None:
+    "Every base tensor the diff uses is there, with its dtype and shape."
+    for n, b in used:
+        if n not in idx: raise LionError(f"{base}: tensor {n!r} is missing{WRONG_BASE}")
+        t = idx[n]
+        if (t.dtype, t.shape) != (b['dtype'], b['shape']):
+            raise LionError(f"{base}: tensor {n!r} is {t.dtype}{t.shape}, "
+                            f"the diff expects {b['dtype']}{b['shape']}{WRONG_BASE}")
+
+def _check_base_hashes(base: Path, idx: dict, used: list, chunk_mb: float, progress) -> None:
+    "Every base tensor the diff uses has its recorded SHA256."
+    for n, b in used:
+        if progress: progress(n)
+        got = tensor_sha256(idx[n], int(chunk_mb * (1 << 20)))
+        if got != b['sha256']:
+            raise LionError(f"{base}: tensor {n!r} (in {idx[n].path.name}) has SHA256 {got[:16]}…, "
+                            f"the diff expects {b['sha256'][:16]}…{WRONG_BASE}")
+
+# %% ../nbs/08_weights.ipynb #2fd7e69b
+def read_manifest(diff) -> dict:
+    "The manifest of a weight diff folder, checked for format and version."
+    diff = Path(diff)
+    man = read_json(diff/MANIFEST_NAME)
+    if not isinstance(man, dict) or man.get('format') != DIFF_FORMAT:
+        raise InputError(diff/MANIFEST_NAME, None, "not a lion_nb weight diff manifest")
+    if man.get('version') != 1:
+        raise InputError(diff/MANIFEST_NAME, None, f"unsupported version {man.get('version')!r}")
+    return man
+
+# %% ../nbs/08_weights.ipynb #6b03708a
+def _recover_file(fname: str, info: dict, man: dict, diff: Path, b_idx: dict, tmp: Path, chunk_bytes: int,
+                  progress) -> None:
+    "Rebuild one tuned file into `tmp`, from its recorded header, the base and the diff; check its SHA256."
+    header = info['header'].encode('utf-8')
+    diff_f = stored_tensors(diff/info['diff'])
+    fixes = load_file(str(diff/info['fixes'])) if info.get('fixes') else {}   # small: loaded whole
+    fh = _file_hash(header)
+    with safetensors_writer(tmp/fname, header) as out:
+        for name in offset_order(header):
+            if progress: progress(name)
+            _recover_tensor(name, man['tensors'][name], diff_f, b_idx.get(name), fixes, out, chunk_bytes, fh)
+    if fh.hexdigest() != info['sha256']:
+        raise LionError(f"recovered file {fname} differs from the tuned one")
 
 # %% ../nbs/08_weights.ipynb #e9349027
 def _recover_tensor(name, e, diff_f, base_t, fixes, out, chunk_bytes, file_hash):
@@ -430,20 +435,12 @@ def _recover_tensor(name, e, diff_f, base_t, fixes, out, chunk_bytes, file_hash)
         raise LionError(f"recovered tensor {name!r} has SHA256 {h.hexdigest()[:16]}…, "
                         f"expected {e['sha256'][:16]}…")
 
-# %% ../nbs/08_weights.ipynb #6b03708a
-def _recover_file(fname: str, info: dict, man: dict, diff: Path, b_idx: dict, tmp: Path, chunk_bytes: int,
-                  progress) -> None:
-    "Rebuild one tuned file into `tmp`, from its recorded header, the base and the diff; check its SHA256."
-    header = info['header'].encode('utf-8')
-    diff_f = stored_tensors(diff/info['diff'])
-    fixes = load_file(str(diff/info['fixes'])) if info.get('fixes') else {}   # small: loaded whole
-    fh = _file_hash(header)
-    with safetensors_writer(tmp/fname, header) as out:
-        for name in offset_order(header):
-            if progress: progress(name)
-            _recover_tensor(name, man['tensors'][name], diff_f, b_idx.get(name), fixes, out, chunk_bytes, fh)
-    if fh.hexdigest() != info['sha256']:
-        raise LionError(f"recovered file {fname} differs from the tuned one")
+# %% ../nbs/08_weights.ipynb #f0845831
+def _chunk_fixes(fi, fv, s: int, stop: int) -> tuple:
+    "The fixes in elements `s:stop`: positions within the chunk and values (None, None without fixes)."
+    if fi is None: return None, None
+    lo, hi = torch.searchsorted(fi, torch.tensor([s, stop])).tolist()
+    return fi[lo:hi] - s, fv[lo:hi]
 
 # %% ../nbs/08_weights.ipynb #612d8387
 def recover(base, # the base model folder the diff was made against
@@ -471,35 +468,21 @@ def recover(base, # the base model folder the diff was made against
     return {'tensors': len(man['tensors']), 'base_tensors_checked': n_checked,
             'files': list(man['tuned']['files'])}
 
-# %% ../nbs/08_weights.ipynb #227105d9
-def _tiny_state(g, vocab: int, dim: int) -> dict:
-    "The tensors of a tiny model: float32, bfloat16 and an integer buffer."
-    return {'model.embed_tokens.weight': torch.randn(vocab, dim, generator=g) * 0.02,
-            'model.layers.0.mlp.up_proj.weight': torch.randn(2 * dim, dim, generator=g) * 0.02,
-            'model.layers.0.input_layernorm.weight': torch.ones(dim, dtype=torch.bfloat16),
-            'model.layers.0.self_attn.q_proj.weight':
-                (torch.randn(dim, dim, generator=g) * 0.02).to(torch.bfloat16),
-            'model.rotary.positions': torch.arange(16, dtype=torch.int64)}
+# %% ../nbs/08_weights.ipynb #3665dd4b
+def same_tensors(a: dict, b: dict) -> bool:
+    "Whether two state dicts hold the same names, dtypes, shapes and bits."
+    return a.keys() == b.keys() and all(_same_bits(a[k], b[k]) for k in a)
 
-# %% ../nbs/08_weights.ipynb #904ee077
-def _perturb(sd: dict, g, scale: float) -> None:
-    "Add noise of standard deviation `scale` to every floating-point tensor of `sd`, in its own dtype."
-    for k, v in sd.items():
-        if v.is_floating_point(): sd[k] = (v.float() + torch.randn(v.shape, generator=g) * scale).to(v.dtype)
+def _same_bits(x, y) -> bool:
+    "Whether two tensors have the same dtype, shape and bits."
+    return x.dtype == y.dtype and torch.equal(x.view(bits_dtype(x.dtype)), y.view(bits_dtype(y.dtype)))
 
-# %% ../nbs/08_weights.ipynb #f4d96a8b
-def _save_checkpoint(sd: dict, folder: Path, shards: int) -> None:
-    "Save `sd` as one safetensors file, or as `shards` files with an index (as `save_pretrained` does)."
-    if shards == 1:
-        save_file(sd, str(folder/SINGLE_NAME), metadata={'format': 'pt'})
-        return
-    names, wm = sorted(sd), {}
-    for i in range(1, shards + 1):
-        part, fname = names[i - 1::shards], f'model-{i:05d}-of-{shards:05d}.safetensors'
-        save_file({k: sd[k] for k in part}, str(folder/fname), metadata={'format': 'pt'})
-        wm.update({k: fname for k in part})
-    total = sum(v.numel() * v.element_size() for v in sd.values())
-    write_json(folder/INDEX_NAME, {'metadata': {'total_size': total}, 'weight_map': wm})
+# %% ../nbs/08_weights.ipynb #17f6a806
+def read_all_tensors(folder) -> dict:
+    "Every tensor of a safetensors checkpoint folder, loaded into one dict (for tests of small models)."
+    out = {}
+    for p in sorted(set(checkpoint_files(folder).values())): out.update(load_file(str(p)))
+    return out
 
 # %% ../nbs/08_weights.ipynb #b8f27236
 def tiny_checkpoint(folder, seed: int = 0, vocab: int = 32, dim: int = 8, shards: int = 1,
@@ -521,30 +504,40 @@ def tiny_checkpoint(folder, seed: int = 0, vocab: int = 32, dim: int = 8, shards
     (folder/'tokenizer_config.json').write_text('{"chat_template": "{{ messages }}"}\n')
     return sd
 
-# %% ../nbs/08_weights.ipynb #17f6a806
-def read_all_tensors(folder) -> dict:
-    "Every tensor of a safetensors checkpoint folder, loaded into one dict (for tests of small models)."
-    out = {}
-    for p in sorted(set(checkpoint_files(folder).values())): out.update(load_file(str(p)))
-    return out
+# %% ../nbs/08_weights.ipynb #102f66c6
+def _tiny_state(g, vocab: int, dim: int) -> dict:
+    "The tensors of a tiny model: float32, bfloat16 and an integer buffer."
+    return {'model.embed_tokens.weight': torch.randn(vocab, dim, generator=g) * 0.02,
+            'model.layers.0.mlp.up_proj.weight': torch.randn(2 * dim, dim, generator=g) * 0.02,
+            'model.layers.0.input_layernorm.weight': torch.ones(dim, dtype=torch.bfloat16),
+            'model.layers.0.self_attn.q_proj.weight':
+                (torch.randn(dim, dim, generator=g) * 0.02).to(torch.bfloat16),
+            'model.rotary.positions': torch.arange(16, dtype=torch.int64)}
 
-# %% ../nbs/08_weights.ipynb #dbf7d340
-def _same_bits(x, y) -> bool:
-    "Whether two tensors have the same dtype, shape and bits."
-    return x.dtype == y.dtype and torch.equal(x.view(bits_dtype(x.dtype)), y.view(bits_dtype(y.dtype)))
+def _perturb(sd: dict, g, scale: float) -> None:
+    "Add noise of standard deviation `scale` to every floating-point tensor of `sd`, in its own dtype."
+    for k, v in sd.items():
+        if v.is_floating_point(): sd[k] = (v.float() + torch.randn(v.shape, generator=g) * scale).to(v.dtype)
 
-# %% ../nbs/08_weights.ipynb #42e123d4
-def same_tensors(a: dict, b: dict) -> bool:
-    "Whether two state dicts hold the same names, dtypes, shapes and bits."
-    return a.keys() == b.keys() and all(_same_bits(a[k], b[k]) for k in a)
+def _save_checkpoint(sd: dict, folder: Path, shards: int) -> None:
+    "Save `sd` as one safetensors file, or as `shards` files with an index (as `save_pretrained` does)."
+    if shards == 1:
+        save_file(sd, str(folder/SINGLE_NAME), metadata={'format': 'pt'})
+        return
+    names, wm = sorted(sd), {}
+    for i in range(1, shards + 1):
+        part, fname = names[i - 1::shards], f'model-{i:05d}-of-{shards:05d}.safetensors'
+        save_file({k: sd[k] for k in part}, str(folder/fname), metadata={'format': 'pt'})
+        wm.update({k: fname for k in part})
+    total = sum(v.numel() * v.element_size() for v in sd.values())
+    write_json(folder/INDEX_NAME, {'metadata': {'total_size': total}, 'weight_map': wm})
 
-# %% ../nbs/08_weights.ipynb #8e34b521
-def _mb(n: int) -> str: return f"{n / 1e6:,.1f} MB"
-
-# %% ../nbs/08_weights.ipynb #193eb1ce
-def folder_size(folder) -> int:
-    "Total size of the files in a folder."
-    return sum(p.stat().st_size for p in Path(folder).rglob('*') if p.is_file())
+# %% ../nbs/08_weights.ipynb #ec244ceb
+def weights_cli(argv: list[str]) -> int:
+    "`lion_nb weights diff|recover`: write a weight diff against a base model, or rebuild the model from one."
+    about = ("Release a fine-tuned model as a diff against its base (for base models whose licence forbids "
+             "redistributing tuned weights), and rebuild it.")
+    return parse_command({'diff': _weights_diff, 'recover': _weights_recover}, argv, 'lion_nb weights', about)
 
 # %% ../nbs/08_weights.ipynb #3ca2d688
 from .cli import Param, parse_command
@@ -567,7 +560,7 @@ def _weights_recover(*, base: str, # the base model folder the diff was made aga
     t0 = time.time()
     _report_recover(out, recover(base, diff, out, chunk_mb), t0)
 
-# %% ../nbs/08_weights.ipynb #5cf074fd
+# %% ../nbs/08_weights.ipynb #17f4270e
 def _report_diff(out, man: dict, t0: float) -> None:
     st = man['stats']
     print(f"wrote {out}: {len(man['tensors'])} tensors ({st['sub']} sub, {st['xor']} xor, "
@@ -575,15 +568,13 @@ def _report_diff(out, man: dict, t0: float) -> None:
           f"in {time.time() - t0:.1f} s")
     if st['resized']: print(f"resized (extra rows stored whole): {', '.join(st['resized'])}")
 
-# %% ../nbs/08_weights.ipynb #b9531a2a
 def _report_recover(out, info: dict, t0: float) -> None:
     print(f"recovered {out}: {info['tensors']} tensors, "
           f"{info['base_tensors_checked']} base tensors verified, "
           f"every tensor's SHA256 matches, in {time.time() - t0:.1f} s")
 
-# %% ../nbs/08_weights.ipynb #ec244ceb
-def weights_cli(argv: list[str]) -> int:
-    "`lion_nb weights diff|recover`: write a weight diff against a base model, or rebuild the model from one."
-    about = ("Release a fine-tuned model as a diff against its base (for base models whose licence forbids "
-             "redistributing tuned weights), and rebuild it.")
-    return parse_command({'diff': _weights_diff, 'recover': _weights_recover}, argv, 'lion_nb weights', about)
+def folder_size(folder) -> int:
+    "Total size of the files in a folder."
+    return sum(p.stat().st_size for p in Path(folder).rglob('*') if p.is_file())
+
+def _mb(n: int) -> str: return f"{n / 1e6:,.1f} MB"
