@@ -27,11 +27,11 @@ from .probe import KnownPair, probe_metrics, probe_pairs, probe_verdict, right_a
 from .stats import mean_ci
 
 # %% auto #0
-__all__ = ['REQUEST_FAILED', 'run_discrimination', 'swap_average', 'is_hard', 'verdict', 'position_consistency', 'position_means',
+__all__ = ['REQUEST_FAILED', 'run_discrimination', 'swap_average', 'is_hard', 'position_consistency', 'verdict', 'position_means',
            'Pair', 'RefereeSettings', 'review_pairs', 'category_of', 'pairs_from_answers', 'score_items', 'call_stats',
-           'summarize', 'describe_summary', 'plot_gaps', 'plot_scores', 'plot_categories', 'save_plots',
-           'referee_and_split', 'known_pair', 'run_probe', 'referee_probe', 'discrimination_seed', 'latest_student',
-           'discrimination_pool', 'gap_change', 'discriminate_cli', 'referee_cli']
+           'summarize', 'describe_summary', 'save_plots', 'plot_gaps', 'plot_scores', 'plot_categories',
+           'referee_and_split', 'referee_probe', 'run_probe', 'known_pair', 'discrimination_seed', 'latest_student',
+           'gap_change', 'discrimination_pool', 'discriminate_cli', 'referee_cli']
 
 # %% ../nbs/04_discrimination.ipynb #a0ee6289
 def run_discrimination(cfg: Config, # the run's configuration
@@ -76,11 +76,6 @@ def is_hard(d: float, tau: float) -> bool:
     "An instruction is hard when the teacher beats the student by at least `tau`."
     return d >= tau
 
-# %% ../nbs/04_discrimination.ipynb #545a43d6
-def verdict(teacher: float, student: float) -> str:
-    "'teacher', 'student' or 'tie': which answer a review preferred."
-    return 'teacher' if teacher > student else 'student' if student > teacher else 'tie'
-
 # %% ../nbs/04_discrimination.ipynb #d58f84ad
 def position_consistency(items: Iterable[dict]) -> dict:
     "How often both orders agree on the better answer, over items with scores in both orders."
@@ -93,6 +88,10 @@ def position_consistency(items: Iterable[dict]) -> dict:
         ties += v1 == v2 == 'tie'
     return {'items': n, 'consistent': agree, 'consistent_share': agree / n if n else None,
             'consistent_ties': ties, 'inconsistent': n - agree}
+
+def verdict(teacher: float, student: float) -> str:
+    "'teacher', 'student' or 'tie': which answer a review preferred."
+    return 'teacher' if teacher > student else 'student' if student > teacher else 'tie'
 
 # %% ../nbs/04_discrimination.ipynb #aacfa91f
 def position_means(reviews: Iterable[Review]) -> dict:
@@ -147,88 +146,6 @@ class RefereeSettings:
                    structured=judge.wants_structured(spec.structured_output), model=spec.model,
                    iteration=iteration, stage=stage)
 
-# %% ../nbs/04_discrimination.ipynb #63446b62
-def _latest(records: Iterable[Review]) -> dict:
-    "The last review per (id, order) in a review log."
-    return {(r.id, r.order): r for r in records}
-
-# %% ../nbs/04_discrimination.ipynb #ea2b8553
-REQUEST_FAILED = 'referee request failed'
-
-def _reusable(r: Review) -> bool:
-    "A logged review is kept on a re-run unless its request itself failed (that one is worth another try)."
-    return r.status == 'done' or not (r.error or '').startswith(REQUEST_FAILED)
-
-# %% ../nbs/04_discrimination.ipynb #2e3123a1
-def _fingerprint(messages: list[dict]) -> str:
-    """A short hash of a review's first request: a logged review is reused only for the very same question and
-    answers."""
-    return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
-
-# %% ../nbs/04_discrimination.ipynb #e3d4593e
-def _kept_reviews(log_path: Path, calls_path: Path, fps: dict) -> dict:
-    "{(id, order): Review} of the logged reviews still valid for the requests fingerprinted in `fps`."
-    logged_fp = {(c['id'], c['order']): c.get('fingerprint') for c in read_log(calls_path)}
-    return {k: r for k, r in _latest(read_log(log_path, Review)).items()
-            if _reusable(r) and k in fps and logged_fp.get(k) == fps[k]}
-
-# %% ../nbs/04_discrimination.ipynb #1e741a00
-def _round_requests(active: list[tuple], settings: RefereeSettings, attempt: int) -> list[ChatRequest]:
-    "The requests of round `attempt` for the `active` reviews, each `(pair, order, messages, texts so far)`."
-    fmt = None
-    if settings.structured: fmt = referee_response_format() if attempt == 0 else repair_response_format()
-    max_tokens = settings.max_tokens if attempt == 0 else min(REPAIR_MAX_TOKENS, settings.max_tokens)
-    return [ChatRequest(key=f'referee:{p.id}:{o}:{attempt}', messages=msgs, temperature=settings.temperature,
-                        max_tokens=max_tokens, seed=derive_seed(settings.seed, 'referee', p.id, o, attempt),
-                        response_format=fmt, extra=settings.judge.extra())
-            for p, o, msgs, _ in active]
-
-# %% ../nbs/04_discrimination.ipynb #c622dfa6
-def _review(settings: RefereeSettings, p: Pair, o: str, texts: list[str], **kw) -> Review:
-    "The `Review` of `p` in order `o`: the referee's texts so far, and `kw` (scores, or status and error)."
-    prov = Provenance(iteration=settings.iteration, stage=settings.stage, role='referee',
-                      model=settings.model or None, seed=derive_seed(settings.seed, 'referee', p.id, o, 0))
-    return Review(id=p.id, order=o, text='\n\n'.join(texts), prov=prov, **kw)
-
-# %% ../nbs/04_discrimination.ipynb #e403a9db
-def _read_reply(item: tuple, res, attempt: int, settings: RefereeSettings, fp: str) -> tuple:
-    "(call record, finished Review or None, next round's item or None) for the reply `res` to `item`."
-    p, o, msgs, texts = item
-    call = {'id': p.id, 'order': o, 'attempt': attempt, 'fingerprint': fp,
-            'finish_reason': res.finish_reason, 'cached': res.cached}
-    if res.status != 'done':
-        why = f"{REQUEST_FAILED} (attempt {attempt + 1}): {res.error}"
-        return {**call, 'outcome': 'failed', 'error': res.error}, _review(settings, p, o, texts,
-                                                                          status='unscored', error=why), None
-    text = res.text or ''
-    texts = texts + [text if attempt == 0 else f"[scores given on repair request {attempt}]\n{text}"]
-    parser = 'json' if settings.structured else settings.judge.parser
-    try: scores = parse_scores(text, res.finish_reason, parser, settings.judge.config.min_score)
-    except ScoreParseError as e:
-        call = {**call, 'outcome': 'unparsed', 'error': str(e), 'text': text}
-        if attempt < settings.repair_retries:
-            return call, None, (p, o, repair_messages(msgs, text, str(e), settings.structured), texts)
-        why = f"unparseable after {attempt + 1} attempt(s): {e}"
-        return call, _review(settings, p, o, texts, status='unscored', error=why), None
-    scores, scorer, note = judge_scores(scores, res, settings.judge, parser)
-    call = {**call, 'outcome': 'scored', 'scores': list(scores), 'scorer': scorer, **note, 'text': text}
-    return call, _review(settings, p, o, texts, scores=list(scores)), None
-
-# %% ../nbs/04_discrimination.ipynb #7a801a2b
-def _review_round(active: list[tuple], client, settings: RefereeSettings, attempt: int, fps: dict,
-                  progress=None) -> tuple[list[Review], list[dict], list[tuple]]:
-    "(finished reviews, call records, next round's items) of round `attempt` over the `active` reviews."
-    reqs = _round_requests(active, settings, attempt)
-    if progress: progress(f"referee round {attempt}: {len(reqs)} request(s)")
-    results = client.run(reqs, desc=f'referee (round {attempt})')
-    reviews, calls, nxt = [], [], []
-    for item, res in zip(active, results):
-        call, review, again = _read_reply(item, res, attempt, settings, fps[(item[0].id, item[1])])
-        calls.append(call)
-        if review is not None: reviews.append(review)
-        if again is not None: nxt.append(again)
-    return reviews, calls, nxt
-
 # %% ../nbs/04_discrimination.ipynb #5121c492
 def review_pairs(pairs: Sequence[Pair], # the items to review, each in both orders
                  client, # the referee's LLM client
@@ -255,21 +172,89 @@ def review_pairs(pairs: Sequence[Pair], # the items to review, each in both orde
             attempt += 1
     return {k: r for k, r in have.items() if k in fps}
 
+# %% ../nbs/04_discrimination.ipynb #e3d4593e
+def _kept_reviews(log_path: Path, calls_path: Path, fps: dict) -> dict:
+    "{(id, order): Review} of the logged reviews still valid for the requests fingerprinted in `fps`."
+    logged_fp = {(c['id'], c['order']): c.get('fingerprint') for c in read_log(calls_path)}
+    return {k: r for k, r in _latest(read_log(log_path, Review)).items()
+            if _reusable(r) and k in fps and logged_fp.get(k) == fps[k]}
+
+def _latest(records: Iterable[Review]) -> dict:
+    "The last review per (id, order) in a review log."
+    return {(r.id, r.order): r for r in records}
+
+REQUEST_FAILED = 'referee request failed'
+
+def _reusable(r: Review) -> bool:
+    "A logged review is kept on a re-run unless its request itself failed (that one is worth another try)."
+    return r.status == 'done' or not (r.error or '').startswith(REQUEST_FAILED)
+
+def _fingerprint(messages: list[dict]) -> str:
+    """A short hash of a review's first request: a logged review is reused only for the very same question and
+    answers."""
+    return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+# %% ../nbs/04_discrimination.ipynb #7a801a2b
+def _review_round(active: list[tuple], client, settings: RefereeSettings, attempt: int, fps: dict,
+                  progress=None) -> tuple[list[Review], list[dict], list[tuple]]:
+    "(finished reviews, call records, next round's items) of round `attempt` over the `active` reviews."
+    reqs = _round_requests(active, settings, attempt)
+    if progress: progress(f"referee round {attempt}: {len(reqs)} request(s)")
+    results = client.run(reqs, desc=f'referee (round {attempt})')
+    reviews, calls, nxt = [], [], []
+    for item, res in zip(active, results):
+        call, review, again = _read_reply(item, res, attempt, settings, fps[(item[0].id, item[1])])
+        calls.append(call)
+        if review is not None: reviews.append(review)
+        if again is not None: nxt.append(again)
+    return reviews, calls, nxt
+
+# %% ../nbs/04_discrimination.ipynb #1e741a00
+def _round_requests(active: list[tuple], settings: RefereeSettings, attempt: int) -> list[ChatRequest]:
+    "The requests of round `attempt` for the `active` reviews, each `(pair, order, messages, texts so far)`."
+    fmt = None
+    if settings.structured: fmt = referee_response_format() if attempt == 0 else repair_response_format()
+    max_tokens = settings.max_tokens if attempt == 0 else min(REPAIR_MAX_TOKENS, settings.max_tokens)
+    return [ChatRequest(key=f'referee:{p.id}:{o}:{attempt}', messages=msgs, temperature=settings.temperature,
+                        max_tokens=max_tokens, seed=derive_seed(settings.seed, 'referee', p.id, o, attempt),
+                        response_format=fmt, extra=settings.judge.extra())
+            for p, o, msgs, _ in active]
+
+# %% ../nbs/04_discrimination.ipynb #e403a9db
+def _read_reply(item: tuple, res, attempt: int, settings: RefereeSettings, fp: str) -> tuple:
+    "(call record, finished Review or None, next round's item or None) for the reply `res` to `item`."
+    p, o, msgs, texts = item
+    call = {'id': p.id, 'order': o, 'attempt': attempt, 'fingerprint': fp,
+            'finish_reason': res.finish_reason, 'cached': res.cached}
+    if res.status != 'done':
+        why = f"{REQUEST_FAILED} (attempt {attempt + 1}): {res.error}"
+        return {**call, 'outcome': 'failed', 'error': res.error}, _review(settings, p, o, texts,
+                                                                          status='unscored', error=why), None
+    text = res.text or ''
+    texts = texts + [text if attempt == 0 else f"[scores given on repair request {attempt}]\n{text}"]
+    parser = 'json' if settings.structured else settings.judge.parser
+    try: scores = parse_scores(text, res.finish_reason, parser, settings.judge.config.min_score)
+    except ScoreParseError as e:
+        call = {**call, 'outcome': 'unparsed', 'error': str(e), 'text': text}
+        if attempt < settings.repair_retries:
+            return call, None, (p, o, repair_messages(msgs, text, str(e), settings.structured), texts)
+        why = f"unparseable after {attempt + 1} attempt(s): {e}"
+        return call, _review(settings, p, o, texts, status='unscored', error=why), None
+    scores, scorer, note = judge_scores(scores, res, settings.judge, parser)
+    call = {**call, 'outcome': 'scored', 'scores': list(scores), 'scorer': scorer, **note, 'text': text}
+    return call, _review(settings, p, o, texts, scores=list(scores)), None
+
+def _review(settings: RefereeSettings, p: Pair, o: str, texts: list[str], **kw) -> Review:
+    "The `Review` of `p` in order `o`: the referee's texts so far, and `kw` (scores, or status and error)."
+    prov = Provenance(iteration=settings.iteration, stage=settings.stage, role='referee',
+                      model=settings.model or None, seed=derive_seed(settings.seed, 'referee', p.id, o, 0))
+    return Review(id=p.id, order=o, text='\n\n'.join(texts), prov=prov, **kw)
+
 # %% ../nbs/04_discrimination.ipynb #8ff43286
 def category_of(rec: Instruction) -> str:
     "The task category of `rec`: its own, else the pools stage's keyword rule."
     if rec.category: return rec.category
     return str(categorize(rec.instruction, rec.input))
-
-# %% ../nbs/04_discrimination.ipynb #3684e002
-def _answer_problems(rec: Instruction, by_role: dict) -> list[str]:
-    "Why `rec` cannot be reviewed: a role's answer that is missing or failed (none: it can)."
-    why = []
-    for role, by in by_role.items():
-        a = by.get(rec.id)
-        if a is None: why.append(f"no {role} answer")
-        elif a.status != 'done': why.append(f"{role} answer failed: {a.error}")
-    return why
 
 # %% ../nbs/04_discrimination.ipynb #0eb7b52e
 def pairs_from_answers(pool: Sequence[Instruction], teacher: Sequence[Answer], student: Sequence[Answer],
@@ -288,11 +273,15 @@ def pairs_from_answers(pool: Sequence[Instruction], teacher: Sequence[Answer], s
                           base['category']))
     return pairs, unscored
 
-# %% ../nbs/04_discrimination.ipynb #66c5f2d4
-def _review_scores(tf: Sequence[float], sf: Sequence[float]) -> dict:
-    "The four scores of an item, by order and role (each review's scores are `[first shown, second shown]`)."
-    return {'teacher_first': {'teacher': tf[0], 'student': tf[1]},
-            'student_first': {'student': sf[0], 'teacher': sf[1]}}
+# %% ../nbs/04_discrimination.ipynb #3684e002
+def _answer_problems(rec: Instruction, by_role: dict) -> list[str]:
+    "Why `rec` cannot be reviewed: a role's answer that is missing or failed (none: it can)."
+    why = []
+    for role, by in by_role.items():
+        a = by.get(rec.id)
+        if a is None: why.append(f"no {role} answer")
+        elif a.status != 'done': why.append(f"{role} answer failed: {a.error}")
+    return why
 
 # %% ../nbs/04_discrimination.ipynb #653c22a6
 def score_items(pairs: Sequence[Pair], # the reviewed items
@@ -318,14 +307,11 @@ def score_items(pairs: Sequence[Pair], # the reviewed items
                        'd': d, 'hard': is_hard(d, tau), **texts})
     return scored, unscored
 
-# %% ../nbs/04_discrimination.ipynb #0bf1a9b5
-def _current_calls(calls: Iterable[dict], reviews: dict) -> list[dict]:
-    "The logged calls about the `reviews` as they are now, each call once."
-    calls = [c for c in calls if (c['id'], c['order']) in reviews]
-    last_fp = {(c['id'], c['order']): c.get('fingerprint') for c in calls}    # calls about older answers: out
-    calls = [c for c in calls if c.get('fingerprint') == last_fp[(c['id'], c['order'])]]
-    # a resumed run logs a round's calls again: count each once
-    return list({(c['id'], c['order'], c['attempt'], c.get('fingerprint')): c for c in calls}.values())
+# %% ../nbs/04_discrimination.ipynb #66c5f2d4
+def _review_scores(tf: Sequence[float], sf: Sequence[float]) -> dict:
+    "The four scores of an item, by order and role (each review's scores are `[first shown, second shown]`)."
+    return {'teacher_first': {'teacher': tf[0], 'student': tf[1]},
+            'student_first': {'student': sf[0], 'teacher': sf[1]}}
 
 # %% ../nbs/04_discrimination.ipynb #5024935d
 def call_stats(calls: Iterable[dict], reviews: dict) -> dict:
@@ -341,20 +327,14 @@ def call_stats(calls: Iterable[dict], reviews: dict) -> dict:
             'reviews_scored': sum(r.status == 'done' for r in reviews.values()),
             'reviews_unscored': sum(r.status != 'done' for r in reviews.values())}
 
-# %% ../nbs/04_discrimination.ipynb #52fa8493
-def _describe(xs: list[float]) -> dict:
-    "Count, mean, median, min and max of `xs` (only the count when it is empty)."
-    if not xs: return {'n': 0}
-    return {'n': len(xs), 'mean': statistics.fmean(xs), 'median': statistics.median(xs), 'min': min(xs),
-            'max': max(xs)}
-
-# %% ../nbs/04_discrimination.ipynb #b29de72f
-def _reason_kind(reason: str) -> str:
-    "A short class for an unscored item's reason, for counting."
-    for key in ('answer failed', 'no teacher answer', 'no student answer', REQUEST_FAILED, 'unparseable',
-                'missing'):
-        if key in reason: return key
-    return 'other'
+# %% ../nbs/04_discrimination.ipynb #0bf1a9b5
+def _current_calls(calls: Iterable[dict], reviews: dict) -> list[dict]:
+    "The logged calls about the `reviews` as they are now, each call once."
+    calls = [c for c in calls if (c['id'], c['order']) in reviews]
+    last_fp = {(c['id'], c['order']): c.get('fingerprint') for c in calls}    # calls about older answers: out
+    calls = [c for c in calls if c.get('fingerprint') == last_fp[(c['id'], c['order'])]]
+    # a resumed run logs a round's calls again: count each once
+    return list({(c['id'], c['order'], c['attempt'], c.get('fingerprint')): c for c in calls}.values())
 
 # %% ../nbs/04_discrimination.ipynb #151d3e38
 def summarize(pool_size: int, scored: list[dict], unscored: list[dict], reviews: dict, calls: Iterable[dict],
@@ -393,11 +373,30 @@ def describe_summary(s: dict) -> str:
              f"{f(s['student_score'].get('mean'))}, mean d {f(s['d'].get('mean'))}"]
     return '\n'.join(lines)
 
-# %% ../nbs/04_discrimination.ipynb #4f211133
-def _axes(width: float, height: float):
-    "A new figure of that size (in inches) with one axes: (figure, axes)."
-    fig = Figure(figsize=(width, height), layout='constrained')
-    return fig, fig.subplots()
+# %% ../nbs/04_discrimination.ipynb #52fa8493
+def _describe(xs: list[float]) -> dict:
+    "Count, mean, median, min and max of `xs` (only the count when it is empty)."
+    if not xs: return {'n': 0}
+    return {'n': len(xs), 'mean': statistics.fmean(xs), 'median': statistics.median(xs), 'min': min(xs),
+            'max': max(xs)}
+
+def _reason_kind(reason: str) -> str:
+    "A short class for an unscored item's reason, for counting."
+    for key in ('answer failed', 'no teacher answer', 'no student answer', REQUEST_FAILED, 'unparseable',
+                'missing'):
+        if key in reason: return key
+    return 'other'
+
+# %% ../nbs/04_discrimination.ipynb #6d87fee4
+def save_plots(scored: Sequence[dict], pool_categories: Counter, tau: float, out_dir) -> dict:
+    "Draw the three plots and save them as PNG files in `out_dir`; return {name: path}."
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figs = {'gaps': plot_gaps(scored, tau), 'scores': plot_scores(scored),
+            'categories': plot_categories(scored, pool_categories)}
+    paths = {name: out_dir/f'{name}.png' for name in figs}
+    for name, fig in figs.items(): fig.savefig(paths[name], dpi=110)
+    return paths
 
 # %% ../nbs/04_discrimination.ipynb #5e9b6098
 def plot_gaps(scored: Sequence[dict], tau: float):
@@ -414,7 +413,6 @@ def plot_gaps(scored: Sequence[dict], tau: float):
     ax.legend(loc='upper left')
     return fig
 
-# %% ../nbs/04_discrimination.ipynb #6c258c51
 def plot_scores(scored: Sequence[dict]):
     "The distributions of the teacher's and the student's (swap-averaged) scores."
     fig, ax = _axes(6, 3.5)
@@ -444,23 +442,10 @@ def plot_categories(scored: Sequence[dict], pool_categories: Counter):
            title='Task categories: hard instructions vs the Cache Pool')
     return fig
 
-# %% ../nbs/04_discrimination.ipynb #6d87fee4
-def save_plots(scored: Sequence[dict], pool_categories: Counter, tau: float, out_dir) -> dict:
-    "Draw the three plots and save them as PNG files in `out_dir`; return {name: path}."
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    figs = {'gaps': plot_gaps(scored, tau), 'scores': plot_scores(scored),
-            'categories': plot_categories(scored, pool_categories)}
-    paths = {name: out_dir/f'{name}.png' for name in figs}
-    for name, fig in figs.items(): fig.savefig(paths[name], dpi=110)
-    return paths
-
-# %% ../nbs/04_discrimination.ipynb #8ebcf17c
-def _write_split(out_dir: Path, scored: list[dict], unscored: list[dict]):
-    "The split's files: `hard.jsonl`, `easy.jsonl` and `unscored.jsonl` (each written atomically)."
-    write_jsonl(out_dir/'hard.jsonl', [x for x in scored if x['hard']])
-    write_jsonl(out_dir/'easy.jsonl', [x for x in scored if not x['hard']])
-    write_jsonl(out_dir/'unscored.jsonl', unscored)
+def _axes(width: float, height: float):
+    "A new figure of that size (in inches) with one axes: (figure, axes)."
+    fig = Figure(figsize=(width, height), layout='constrained')
+    return fig, fig.subplots()
 
 # %% ../nbs/04_discrimination.ipynb #3e6c1a90
 def referee_and_split(pool: Sequence[Instruction], # the instructions
@@ -489,11 +474,28 @@ def referee_and_split(pool: Sequence[Instruction], # the instructions
     write_json(out_dir/'summary.json', summary)
     return summary
 
-# %% ../nbs/04_discrimination.ipynb #2bff331f
-def known_pair(kp: KnownPair) -> Pair:
-    "A probe pair as a review `Pair`: the better answer in the teacher's slot, the kind as its category."
-    return Pair(id=kp.id, instruction=kp.instruction, input=kp.input, teacher=kp.better, student=kp.worse,
-                category=kp.kind)
+# %% ../nbs/04_discrimination.ipynb #8ebcf17c
+def _write_split(out_dir: Path, scored: list[dict], unscored: list[dict]):
+    "The split's files: `hard.jsonl`, `easy.jsonl` and `unscored.jsonl` (each written atomically)."
+    write_jsonl(out_dir/'hard.jsonl', [x for x in scored if x['hard']])
+    write_jsonl(out_dir/'easy.jsonl', [x for x in scored if not x['hard']])
+    write_jsonl(out_dir/'unscored.jsonl', unscored)
+
+# %% ../nbs/04_discrimination.ipynb #2c16bc33
+def referee_probe(cfg: Config, run: RunDir, k: int, teacher_answers: Sequence[Answer],
+                  progress=None) -> Optional[dict]:
+    """The stage's probe (when `cfg.probe` asks for one in iteration `k`), with the teacher's answers as right
+    ones; none in the final measurement on the hard items (`_final_on_hard`): its referee was probed
+    already."""
+    if not (cfg.probe.enabled and k in cfg.probe.iterations) or _final_on_hard(cfg, k): return None
+    seed = derive_seed(cfg.seed, 'probe', k)
+    try: pairs = probe_pairs(right_answers(teacher_answers), n=cfg.probe.items, seed=seed)
+    except LionError as e:             # too few usable teacher answers: say so, never fail the stage
+        if progress: progress(f"referee probe skipped: {e}")
+        return {'skipped': str(e)}
+    client = run_client(cfg, run, 'referee', stage='discrimination', iteration=k)
+    return run_probe(pairs, client, RefereeSettings.from_config(cfg, k), run.stage_dir(k, 'discrimination'),
+                     cfg.probe.min_accuracy, cfg.probe.action, progress)
 
 # %% ../nbs/04_discrimination.ipynb #41c9c4ca
 def run_probe(pairs: Sequence[KnownPair], client, settings: RefereeSettings, out_dir,
@@ -517,21 +519,25 @@ def run_probe(pairs: Sequence[KnownPair], client, settings: RefereeSettings, out
     if not ok and action == 'stop': raise LionError(message)
     return summary
 
-# %% ../nbs/04_discrimination.ipynb #2c16bc33
-def referee_probe(cfg: Config, run: RunDir, k: int, teacher_answers: Sequence[Answer],
-                  progress=None) -> Optional[dict]:
-    """The stage's probe (when `cfg.probe` asks for one in iteration `k`), with the teacher's answers as right
-    ones; none in the final measurement on the hard items (`_final_on_hard`): its referee was probed
-    already."""
-    if not (cfg.probe.enabled and k in cfg.probe.iterations) or _final_on_hard(cfg, k): return None
-    seed = derive_seed(cfg.seed, 'probe', k)
-    try: pairs = probe_pairs(right_answers(teacher_answers), n=cfg.probe.items, seed=seed)
-    except LionError as e:             # too few usable teacher answers: say so, never fail the stage
-        if progress: progress(f"referee probe skipped: {e}")
-        return {'skipped': str(e)}
-    client = run_client(cfg, run, 'referee', stage='discrimination', iteration=k)
-    return run_probe(pairs, client, RefereeSettings.from_config(cfg, k), run.stage_dir(k, 'discrimination'),
-                     cfg.probe.min_accuracy, cfg.probe.action, progress)
+# %% ../nbs/04_discrimination.ipynb #2bff331f
+def known_pair(kp: KnownPair) -> Pair:
+    "A probe pair as a review `Pair`: the better answer in the teacher's slot, the kind as its category."
+    return Pair(id=kp.id, instruction=kp.instruction, input=kp.input, teacher=kp.better, student=kp.worse,
+                category=kp.kind)
+
+# %% ../nbs/04_discrimination.ipynb #98baf2cb
+def _stage_answers(cfg: Config, run: RunDir, k: int, pool: Sequence[Instruction], role: str,
+                   spec: Optional[ModelSpec] = None) -> list[Answer]:
+    "The `role`'s ('teacher' or 'student') answers to iteration `k`'s Cache Pool; `spec` overrides its model."
+    client = run_client(cfg, run, role, spec=spec, stage='discrimination', iteration=k)
+    s = cfg.sampling
+    temperature = s.teacher_temperature if role == 'teacher' else s.student_temperature
+    out = run.stage_dir(k, 'discrimination')/f'answers_{role}.jsonl'
+    with client:   # closed here, even on an error: a student's engine stops before the stage goes on
+        return answer_pool(pool, client, out, role=role, temperature=temperature, max_tokens=s.max_new_tokens,
+                           seed=discrimination_seed(cfg), iteration=k, stage='discrimination',
+                           system=role_system(cfg, role))
+
 
 # %% ../nbs/04_discrimination.ipynb #f44ef3d0
 def discrimination_seed(cfg: Config) -> int:
@@ -551,28 +557,16 @@ def latest_student(cfg: Config, run: RunDir, k: int) -> tuple[ModelSpec, str]:
             return student_spec(base, ckpt.resolve()), ckpt.relative_to(run.root).as_posix()
     return base, f'base student {base.model}'
 
-# %% ../nbs/04_discrimination.ipynb #98baf2cb
-def _stage_answers(cfg: Config, run: RunDir, k: int, pool: Sequence[Instruction], role: str,
-                   spec: Optional[ModelSpec] = None) -> list[Answer]:
-    "The `role`'s ('teacher' or 'student') answers to iteration `k`'s Cache Pool; `spec` overrides its model."
-    client = run_client(cfg, run, role, spec=spec, stage='discrimination', iteration=k)
-    s = cfg.sampling
-    temperature = s.teacher_temperature if role == 'teacher' else s.student_temperature
-    out = run.stage_dir(k, 'discrimination')/f'answers_{role}.jsonl'
-    with client:   # closed here, even on an error: a student's engine stops before the stage goes on
-        return answer_pool(pool, client, out, role=role, temperature=temperature, max_tokens=s.max_new_tokens,
-                           seed=discrimination_seed(cfg), iteration=k, stage='discrimination',
-                           system=role_system(cfg, role))
+# %% ../nbs/04_discrimination.ipynb #4f39ec43
+def _gap_since_last_round(cfg: Config, run: RunDir, k: int) -> dict:
+    "{'gap_change': ...} of the final measurement on the hard items (`gap_change`), else {}."
+    if not _final_on_hard(cfg, k): return {}
+    return {'gap_change': gap_change(_scored(run.stage_dir(k - 1, 'discrimination')),
+                                     _scored(run.stage_dir(k, 'discrimination')))}
 
-
-# %% ../nbs/04_discrimination.ipynb #412f9f04
-def discrimination_pool(cfg: Config, run: RunDir, k: int) -> list[Instruction]:
-    """What discrimination `k` reviews: iteration `k`'s Cache Pool, or, for the final measurement (k =
-    iterations + 1) with `loop.discriminate_last_on: hard`, only the items round k - 1 found hard."""
-    pool = read_pool(run.pool(k, 'cache'))
-    if not _final_on_hard(cfg, k): return pool
-    hard = {x['id'] for _, x in iter_jsonl(run.stage_dir(k - 1, 'discrimination')/'hard.jsonl')}
-    return [r for r in pool if r.id in hard]
+def _scored(out_dir: Path) -> list[dict]:
+    "The scored items of a finished discrimination (its hard and easy files)."
+    return [x for name in ('hard', 'easy') for _, x in iter_jsonl(out_dir/f'{name}.jsonl')]
 
 def gap_change(before: Sequence[dict], # scored items of the earlier discrimination (`d`: teacher - student)
                after: Sequence[dict], # scored items of the later one
@@ -587,10 +581,14 @@ def gap_change(before: Sequence[dict], # scored items of the earlier discriminat
     return {'items': len(ids), 'before': mean_ci(b).as_dict(), 'after': mean_ci(a).as_dict(),
             'change': mean_ci([y - x for x, y in zip(b, a)]).as_dict(), 'still_hard': sum(d >= 1 for d in a)}
 
-# %% ../nbs/04_discrimination.ipynb #4f39ec43
-def _final_on_hard(cfg: Config, k: int) -> bool:
-    "Whether discrimination `k` is the final measurement on the last round's hard items."
-    return k > cfg.loop.iterations and cfg.loop.discriminate_last_on == 'hard'
+# %% ../nbs/04_discrimination.ipynb #412f9f04
+def discrimination_pool(cfg: Config, run: RunDir, k: int) -> list[Instruction]:
+    """What discrimination `k` reviews: iteration `k`'s Cache Pool, or, for the final measurement (k =
+    iterations + 1) with `loop.discriminate_last_on: hard`, only the items round k - 1 found hard."""
+    pool = read_pool(run.pool(k, 'cache'))
+    if not _final_on_hard(cfg, k): return pool
+    hard = {x['id'] for _, x in iter_jsonl(run.stage_dir(k - 1, 'discrimination')/'hard.jsonl')}
+    return [r for r in pool if r.id in hard]
 
 def _pool_name(cfg: Config, k: int) -> str:
     return (
@@ -599,19 +597,9 @@ def _pool_name(cfg: Config, k: int) -> str:
         else "Cache Pool instructions"
     )
 
-
-def _scored(out_dir: Path) -> list[dict]:
-    "The scored items of a finished discrimination (its hard and easy files)."
-    return [x for name in ('hard', 'easy') for _, x in iter_jsonl(out_dir/f'{name}.jsonl')]
-
-def _gap_since_last_round(cfg: Config, run: RunDir, k: int) -> dict:
-    "{'gap_change': ...} of the final measurement on the hard items (`gap_change`), else {}."
-    if not _final_on_hard(cfg, k): return {}
-    return {'gap_change': gap_change(_scored(run.stage_dir(k - 1, 'discrimination')),
-                                     _scored(run.stage_dir(k, 'discrimination')))}
-
-# %% ../nbs/04_discrimination.ipynb #763fa4d8
-def _to_stderr(message: str): print(message, file=sys.stderr)
+def _final_on_hard(cfg: Config, k: int) -> bool:
+    "Whether discrimination `k` is the final measurement on the last round's hard items."
+    return k > cfg.loop.iterations and cfg.loop.discriminate_last_on == 'hard'
 
 # %% ../nbs/04_discrimination.ipynb #a29e19d1
 from .cli import command, Param, UsageError
@@ -627,20 +615,7 @@ def discriminate_cli(*, config: str, # run configuration (YAML)
     print(describe_summary(s))
     return 0
 
-# %% ../nbs/04_discrimination.ipynb #9733409a
-def _pool_of_answers(answers: Sequence[Answer], path) -> list[Instruction]:
-    "The instructions of `answers`, each once, in order; an `InputError` about `path` when there are none."
-    first = {}
-    for x in answers: first.setdefault(x.id, Instruction(id=x.id, instruction=x.instruction, input=x.input))
-    if not first: raise InputError(path, None, "no teacher answers")
-    return list(first.values())
-
-# %% ../nbs/04_discrimination.ipynb #66c6e06c
-def _cli_referee(cfg: Config, out: Path, cache_dir: Optional[str]):
-    "The referee client of `lion_nb referee`: its cache in `cache_dir` (default `out/cache`), usage in `out`."
-    return make_client(cfg.model_for('referee'), role='referee', stage='discrimination',
-                       cache_dir=Path(cache_dir) if cache_dir else out/'cache', usage_log=out/'usage.jsonl',
-                       budget=run_budget(cfg, out/'usage.jsonl'))
+def _to_stderr(message: str): print(message, file=sys.stderr)
 
 # %% ../nbs/04_discrimination.ipynb #f7a2a851
 @command('lion_nb referee', 'Review teacher/student answer pairs in both orders, parse the scores robustly, '
@@ -675,3 +650,17 @@ def referee_cli(*, config: str, # run configuration (YAML): the referee model, s
                           progress=_to_stderr)
     print(describe_summary(s))
     return 0
+
+# %% ../nbs/04_discrimination.ipynb #9733409a
+def _pool_of_answers(answers: Sequence[Answer], path) -> list[Instruction]:
+    "The instructions of `answers`, each once, in order; an `InputError` about `path` when there are none."
+    first = {}
+    for x in answers: first.setdefault(x.id, Instruction(id=x.id, instruction=x.instruction, input=x.input))
+    if not first: raise InputError(path, None, "no teacher answers")
+    return list(first.values())
+
+def _cli_referee(cfg: Config, out: Path, cache_dir: Optional[str]):
+    "The referee client of `lion_nb referee`: its cache in `cache_dir` (default `out/cache`), usage in `out`."
+    return make_client(cfg.model_for('referee'), role='referee', stage='discrimination',
+                       cache_dir=Path(cache_dir) if cache_dir else out/'cache', usage_log=out/'usage.jsonl',
+                       budget=run_budget(cfg, out/'usage.jsonl'))

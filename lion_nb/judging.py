@@ -16,11 +16,11 @@ from .logprob import expected_scores
 
 # %% auto #0
 __all__ = ['JUDGE_ROLES', 'SCORE_PARSERS', 'SINGLE_PARSER', 'JUDGE_PARSERS', 'LOGPROB_TOLERANCE', 'ORDERS', 'SCORE_MIN',
-           'SCORE_MAX', 'REPAIR_PROMPT', 'REPAIR_PROMPT_JSON', 'REPAIR_MAX_TOKENS', 'JudgeConfig', 'judges_root',
-           'judge_sets', 'render', 'Judge', 'load_judge', 'judge_for', 'for_category', 'sampling_setting',
+           'SCORE_MAX', 'REPAIR_PROMPT', 'REPAIR_PROMPT_JSON', 'REPAIR_MAX_TOKENS', 'JudgeConfig', 'Judge', 'render',
+           'load_judge', 'judge_sets', 'judges_root', 'judge_for', 'for_category', 'sampling_setting',
            'referee_messages', 'referee_response_format', 'repair_response_format', 'parse_scores', 'ScoreParseError',
            'parse_score_value', 'score_spans', 'parse_single_score', 'parse_pair_verdict', 'repair_messages',
-           'judge_scores', 'logprob_scores', 'grade_score']
+           'judge_scores', 'grade_score', 'logprob_scores']
 
 # %% ../nbs/04a_judging.ipynb #737cc933
 JUDGE_ROLES = ('referee', 'review', 'pairwise', 'generator_hard', 'generator_easy')
@@ -51,46 +51,6 @@ class JudgeConfig(BaseModel):
         if self.scorer == 'logprob' and not self.logprobs:
             raise ValueError("scorer 'logprob' needs `logprobs: true`")
         return self
-
-# %% ../nbs/04a_judging.ipynb #96c8f24f
-def judges_root() -> Path:
-    "The folder of the judge sets shipped with the package."
-    return Path(str(importlib.resources.files('lion_nb')/'judges'))
-
-# %% ../nbs/04a_judging.ipynb #6ef57933
-def judge_sets() -> dict[str, list[str]]:
-    "{set: [judge, ...]} of the shipped judge sets."
-    root = judges_root()
-    return {s.name: sorted(j.name for j in s.iterdir() if (j/'config.yaml').exists())
-            for s in sorted(root.iterdir()) if s.is_dir()}
-
-# %% ../nbs/04a_judging.ipynb #66c3b8eb
-_FIELDS = re.compile(r'\{(question|answer_1|answer_2|answer|instruction|input)\}')
-
-def _needs(parser: str) -> set:
-    "The placeholders a template of a judge with `parser` must hold."
-    if parser in ('sections', 'plain'): return {'instruction'}
-    return {'question', 'answer'} if parser == SINGLE_PARSER else {'question', 'answer_1', 'answer_2'}
-
-# %% ../nbs/04a_judging.ipynb #163be918
-def _template(folder: Path, name: Optional[str], needs: set = frozenset()) -> Optional[str]:
-    """A template file's text (its final newline is not part of the prompt), checked for the placeholders it
-    `needs`."""
-    if name is None: return None
-    p = folder/name
-    if not p.is_file():
-        raise InputError(folder/'config.yaml', None, f"prompt file {name!r} does not exist in {folder}")
-    text = p.read_text(encoding='utf-8')
-    text = text[:-1] if text.endswith('\n') else text
-    missing = set(needs) - set(_FIELDS.findall(text))
-    if missing:
-        raise InputError(p, None, f"the template lacks {', '.join('{' + m + '}' for m in sorted(missing))}")
-    return text
-
-# %% ../nbs/04a_judging.ipynb #64ee41e0
-def render(template: str, **fields) -> str:
-    "`template` with its `{question}`, `{answer_1}`, ... filled in; any other braces are left as they are."
-    return _FIELDS.sub(lambda m: str(fields[m.group(1)]) if m.group(1) in fields else m.group(0), template)
 
 # %% ../nbs/04a_judging.ipynb #3bf5b5ed
 @dataclass(frozen=True)
@@ -126,13 +86,11 @@ def messages(self: Judge, structured: bool = False, **fields) -> list[dict]:
     system = [{'role': 'system', 'content': self.system}] if self.system else []
     return system + [{'role': 'user', 'content': user}]
 
-# %% ../nbs/04a_judging.ipynb #6fd3db07
 @patch
 def extra(self: Judge) -> dict:
     "Extra request parameters the judge wants (token logprobs)."
     return {'logprobs': True, 'top_logprobs': 5} if self.config.logprobs else {}
 
-# %% ../nbs/04a_judging.ipynb #1dc439c7
 @patch
 def describe(self: Judge) -> str:
     "The judge and its prompt as a notebook prints them."
@@ -143,6 +101,24 @@ def describe(self: Judge) -> str:
     system = f"\n--- system ---\n{self.system}" if self.system else ''
     return head + system + f"\n--- prompt ---\n{self.prompt}"
 
+_FIELDS = re.compile(r'\{(question|answer_1|answer_2|answer|instruction|input)\}')
+
+def render(template: str, **fields) -> str:
+    "`template` with its `{question}`, `{answer_1}`, ... filled in; any other braces are left as they are."
+    return _FIELDS.sub(lambda m: str(fields[m.group(1)]) if m.group(1) in fields else m.group(0), template)
+
+# %% ../nbs/04a_judging.ipynb #fb8bf6da
+def load_judge(name: str, # 'set/judge' of the shipped sets, or a folder with config.yaml and prompt files
+              ) -> Judge:
+    "The judge `name` ('set/judge', or a folder holding config.yaml and its prompt files)."
+    name = judge_name(name)
+    folder = _judge_folder(name)
+    cfg = _judge_config(folder/'config.yaml')
+    needs = _needs(cfg.parser)
+    return Judge(name=name, folder=folder, config=cfg, system=_template(folder, cfg.system),
+                 prompt=_template(folder, cfg.prompt, needs),
+                 prompt_structured=_template(folder, cfg.prompt_structured, needs))
+
 # %% ../nbs/04a_judging.ipynb #3d89e863
 def _judge_folder(name: str) -> Path:
     "A judge's folder: 'set/judge' in the package, else a folder path."
@@ -152,6 +128,16 @@ def _judge_folder(name: str) -> Path:
     if re.fullmatch(r'[\w.-]+/[\w.-]+', name) and (q/'config.yaml').exists(): return q
     known = ', '.join(f'{s}/{j}' for s, js in judge_sets().items() for j in js)
     raise LionError(f"no judge {name!r}: neither a shipped judge ({known}) nor a folder with a config.yaml")
+
+def judge_sets() -> dict[str, list[str]]:
+    "{set: [judge, ...]} of the shipped judge sets."
+    root = judges_root()
+    return {s.name: sorted(j.name for j in s.iterdir() if (j/'config.yaml').exists())
+            for s in sorted(root.iterdir()) if s.is_dir()}
+
+def judges_root() -> Path:
+    "The folder of the judge sets shipped with the package."
+    return Path(str(importlib.resources.files('lion_nb')/'judges'))
 
 # %% ../nbs/04a_judging.ipynb #a06f4ab9
 def _judge_config(path: Path) -> JudgeConfig:
@@ -165,17 +151,24 @@ def _judge_config(path: Path) -> JudgeConfig:
         err = e.errors()[0]
         raise InputError(path, None, f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}")
 
-# %% ../nbs/04a_judging.ipynb #fb8bf6da
-def load_judge(name: str, # 'set/judge' of the shipped sets, or a folder with config.yaml and prompt files
-              ) -> Judge:
-    "The judge `name` ('set/judge', or a folder holding config.yaml and its prompt files)."
-    name = judge_name(name)
-    folder = _judge_folder(name)
-    cfg = _judge_config(folder/'config.yaml')
-    needs = _needs(cfg.parser)
-    return Judge(name=name, folder=folder, config=cfg, system=_template(folder, cfg.system),
-                 prompt=_template(folder, cfg.prompt, needs),
-                 prompt_structured=_template(folder, cfg.prompt_structured, needs))
+def _template(folder: Path, name: Optional[str], needs: set = frozenset()) -> Optional[str]:
+    """A template file's text (its final newline is not part of the prompt), checked for the placeholders it
+    `needs`."""
+    if name is None: return None
+    p = folder/name
+    if not p.is_file():
+        raise InputError(folder/'config.yaml', None, f"prompt file {name!r} does not exist in {folder}")
+    text = p.read_text(encoding='utf-8')
+    text = text[:-1] if text.endswith('\n') else text
+    missing = set(needs) - set(_FIELDS.findall(text))
+    if missing:
+        raise InputError(p, None, f"the template lacks {', '.join('{' + m + '}' for m in sorted(missing))}")
+    return text
+
+def _needs(parser: str) -> set:
+    "The placeholders a template of a judge with `parser` must hold."
+    if parser in ('sections', 'plain'): return {'instruction'}
+    return {'question', 'answer'} if parser == SINGLE_PARSER else {'question', 'answer_1', 'answer_2'}
 
 # %% ../nbs/04a_judging.ipynb #6f26e1d4
 def judge_for(cfg: Optional[Config], role: str) -> Judge:
@@ -217,12 +210,6 @@ def referee_messages(instruction: str, input: str, answer_1: str, answer_2: str,
     return judge.messages(structured, question=user_message(instruction, input), answer_1=answer_1.strip(),
                           answer_2=answer_2.strip())
 
-# %% ../nbs/04a_judging.ipynb #03cbffb3
-def _schema(name: str, props: dict) -> dict:
-    "A strict `json_schema` response format: an object of exactly `props`, all required."
-    schema = {'type': 'object', 'properties': props, 'required': list(props), 'additionalProperties': False}
-    return {'type': 'json_schema', 'json_schema': {'name': name, 'strict': True, 'schema': schema}}
-
 # %% ../nbs/04a_judging.ipynb #bf0b1a7f
 _SCORE_SCHEMA = {'type': 'integer', 'minimum': 1, 'maximum': 10}
 
@@ -232,10 +219,14 @@ def referee_response_format() -> dict:
     props = {'reasoning': {'type': 'string'}, 'assistant_1': _SCORE_SCHEMA, 'assistant_2': _SCORE_SCHEMA}
     return _schema('referee_scores', props)
 
-# %% ../nbs/04a_judging.ipynb #c0a05abd
 def repair_response_format() -> dict:
     "The `response_format` of a repair request: only the two scores."
     return _schema('referee_scores_only', {'assistant_1': _SCORE_SCHEMA, 'assistant_2': _SCORE_SCHEMA})
+
+def _schema(name: str, props: dict) -> dict:
+    "A strict `json_schema` response format: an object of exactly `props`, all required."
+    schema = {'type': 'object', 'properties': props, 'required': list(props), 'additionalProperties': False}
+    return {'type': 'json_schema', 'json_schema': {'name': name, 'strict': True, 'schema': schema}}
 
 # %% ../nbs/04a_judging.ipynb #5ca770d5
 def parse_scores(text: str, # the judge's reply
@@ -272,16 +263,14 @@ def _parse_scores(text: str, truncated: bool, parser: str) -> tuple[float, float
 class ScoreParseError(LionError, ValueError):
     "The referee's reply does not hold two clean 1-10 scores; the message says why."
 
-# %% ../nbs/04a_judging.ipynb #f814ce84
-_TOKEN = re.compile(r'(?<![\w.])(-)?(\d+(?:\.\d+)?)(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?'
-                    r'(?!\.?\d)(?![A-Za-z])', re.I)
-_RANGE = re.compile(r'\d\s*(?:-|–|—|~|\bto\b|\bor\b)\s*-?\d', re.I)
-
-def _clean(text: str) -> str:
-    "The reply without markdown emphasis, code fences, heading and quote marks (tables keep their bars)."
-    text = text.replace('\r', '')
-    text = re.sub(r'[*_`]+', '', text)
-    return re.sub(r'(?m)^\s*(?:#+|>+)\s*', '', text)
+# %% ../nbs/04a_judging.ipynb #2703de4f
+def parse_score_value(text: str) -> float:
+    "One score from a short text such as `8`, `8/10`, `Score: 8.5` or `**8**`; anything else is an error."
+    text = _clean(str(text)).strip()
+    if _RANGE.search(text): raise ScoreParseError(f"a range, not one score: {text!r}")
+    toks = _TOKEN.findall(text)
+    if len(toks) != 1: raise ScoreParseError(f"expected one score, found {len(toks)} numbers in {text!r}")
+    return _to_score(*toks[0])
 
 # %% ../nbs/04a_judging.ipynb #14986547
 _MIN_SCORE = contextvars.ContextVar('min_score', default=SCORE_MIN)
@@ -296,27 +285,28 @@ def _to_score(neg: Optional[str], value: str, scale: Optional[str]) -> float:
         raise ScoreParseError(f"score {x:g} is outside {lo:g}-{SCORE_MAX:g}")
     return x
 
-# %% ../nbs/04a_judging.ipynb #2703de4f
-def parse_score_value(text: str) -> float:
-    "One score from a short text such as `8`, `8/10`, `Score: 8.5` or `**8**`; anything else is an error."
-    text = _clean(str(text)).strip()
-    if _RANGE.search(text): raise ScoreParseError(f"a range, not one score: {text!r}")
-    toks = _TOKEN.findall(text)
-    if len(toks) != 1: raise ScoreParseError(f"expected one score, found {len(toks)} numbers in {text!r}")
-    return _to_score(*toks[0])
+# %% ../nbs/04a_judging.ipynb #f814ce84
+_TOKEN = re.compile(r'(?<![\w.])(-)?(\d+(?:\.\d+)?)(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?'
+                    r'(?!\.?\d)(?![A-Za-z])', re.I)
+_RANGE = re.compile(r'\d\s*(?:-|–|—|~|\bto\b|\bor\b)\s*-?\d', re.I)
 
-# %% ../nbs/04a_judging.ipynb #06471516
-def _norm_key(k: str) -> str: return re.sub(r'[^a-z0-9]', '', str(k).lower())
+def _clean(text: str) -> str:
+    "The reply without markdown emphasis, code fences, heading and quote marks (tables keep their bars)."
+    text = text.replace('\r', '')
+    text = re.sub(r'[*_`]+', '', text)
+    return re.sub(r'(?m)^\s*(?:#+|>+)\s*', '', text)
 
-# %% ../nbs/04a_judging.ipynb #aa8af8ae
-def _json_value(v) -> float:
-    "The score a JSON value holds, or an error."
-    if isinstance(v, bool): raise ScoreParseError(f"score {v!r} is not a number")
-    if isinstance(v, (int, float)):
-        if not math.isfinite(v): raise ScoreParseError(f"score {v!r} is not a finite number")
-        return _to_score(None, repr(float(v)), None)
-    if isinstance(v, str): return parse_score_value(v)
-    raise ScoreParseError(f"score {v!r} is not a number")
+# %% ../nbs/04a_judging.ipynb #c8a30d76
+def _json_scores(text: str) -> Optional[tuple[float, float]]:
+    "Scores from the last JSON object in `text` that has score keys, or None."
+    dec = json.JSONDecoder()
+    for i in reversed([m.start() for m in re.finditer(r'\{', text)]):
+        try: obj, _ = dec.raw_decode(text, i)
+        except json.JSONDecodeError: continue
+        if isinstance(obj, dict):
+            got = _scores_from_obj(obj)
+            if got is not None: return got
+    return None
 
 # %% ../nbs/04a_judging.ipynb #1515f3b4
 def _scores_from_obj(obj: dict) -> Optional[tuple[float, float]]:
@@ -336,17 +326,107 @@ def _scores_from_obj(obj: dict) -> Optional[tuple[float, float]]:
         raise ScoreParseError(f"the JSON gives a score for assistant {', '.join(found)} only")
     return _json_value(found['1']), _json_value(found['2'])
 
-# %% ../nbs/04a_judging.ipynb #c8a30d76
-def _json_scores(text: str) -> Optional[tuple[float, float]]:
-    "Scores from the last JSON object in `text` that has score keys, or None."
-    dec = json.JSONDecoder()
-    for i in reversed([m.start() for m in re.finditer(r'\{', text)]):
-        try: obj, _ = dec.raw_decode(text, i)
-        except json.JSONDecodeError: continue
-        if isinstance(obj, dict):
-            got = _scores_from_obj(obj)
-            if got is not None: return got
+# %% ../nbs/04a_judging.ipynb #aa8af8ae
+def _json_value(v) -> float:
+    "The score a JSON value holds, or an error."
+    if isinstance(v, bool): raise ScoreParseError(f"score {v!r} is not a number")
+    if isinstance(v, (int, float)):
+        if not math.isfinite(v): raise ScoreParseError(f"score {v!r} is not a finite number")
+        return _to_score(None, repr(float(v)), None)
+    if isinstance(v, str): return parse_score_value(v)
+    raise ScoreParseError(f"score {v!r} is not a number")
+
+def _norm_key(k: str) -> str: return re.sub(r'[^a-z0-9]', '', str(k).lower())
+
+# %% ../nbs/04a_judging.ipynb #a0656569
+def _designated(lines: list[str], first: bool, truncated: bool) -> tuple[Optional[tuple], str]:
+    """The scores on the line(s) the prompt asked for, the first or the last: two scores on that line, or one
+    on it and one on its neighbour. (None, why not) when they are not there; a score line with a bad score is
+    an error."""
+    where = 'first' if first else 'last'
+    order = list(range(len(lines))) if first else list(range(len(lines) - 1, -1, -1))
+    scored = [(i, _line_scores(lines[i])) for i in order]
+    while scored and scored[0][1] == [] and not _LINE_LABEL.search(lines[scored[0][0]]):
+        scored.pop(0)                                  # a bare "Scores:" or "---" at that end
+    if not scored: return None, f"no scores at the {'start' if first else 'end'} of the reply"
+    i, a = scored[0]
+    if a is None or not a: return None, f"no scores on the {where} line of the reply ({lines[i][:80]!r})"
+    if len(a) > 2:
+        raise ScoreParseError(f"{len(a)} numbers on the {where} line, expected 2: {lines[i][:80]!r}")
+    if len(a) == 1:
+        b = scored[1][1] if len(scored) > 1 else None
+        if not b or len(b) != 1:
+            return None, f"only one score on the {where} line of the reply: {lines[i][:80]!r}"
+        a = a + b if first else b + a
+    pair = _pair(a)
+    if pair is None: return None, f"the {where} lines do not label the two scores clearly: {lines[i][:80]!r}"
+    if truncated and all(lab is None for lab, _ in a):
+        return None, "bare numbers in a reply cut at max_tokens are not trusted"
+    return (_to_score(*pair[0]), _to_score(*pair[1])), ''
+
+# %% ../nbs/04a_judging.ipynb #618f2d55
+def _line_scores(line: str) -> Optional[list]:
+    """The scores of a score line ("7 9", "Assistant 1: 8/10", "Score of the Assistant 2: 6", "Scores: 7, 8"),
+    or of the closing "Scores: 8 6" of a line of prose; None for any other line."""
+    got = _pure_scores(line)
+    if got is not None: return got
+    tails = list(_TAIL.finditer(line))
+    return _pure_scores(line[tails[-1].end():]) if tails else None
+
+_SCORE_WORDS = re.compile(r'\b(?:final|overall|total|scores?|ratings?|and|vs|versus|respectively|are|is|my'
+                          r'|the|of|for)\b', re.I)
+
+_LINE_LABEL = re.compile(r"\b(?:score\s+(?:of|for)\s+(?:the\s+)?)?(?:assistant|answer|response)"
+                         r"[ \t]*(?:#|no\.?)?[ \t]*([12])\b(?:'s)?", re.I)
+
+_MARKS = {'\x01': '1', '\x02': '2'}
+
+_TAIL = re.compile(r'\bscores?\s*[:=]', re.I)
+
+def _pure_scores(part: str) -> Optional[list]:
+    """[(label, token), ...] of a text holding nothing but scores, 'Assistant N' labels and score words, else
+    None."""
+    masked = _LINE_LABEL.sub(lambda m: ' \x01 ' if m.group(1) == '1' else ' \x02 ', part)
+    if _RANGE.search(masked): return None
+    rest = _SCORE_WORDS.sub(' ', _TOKEN.sub(' ', masked))
+    if re.sub(r'[\s:=|,;.()\[\]\-–—\x01\x02]+', '', rest): return None
+    marks = [(m.start(), _MARKS[m.group(0)]) for m in re.finditer('[\x01\x02]', masked)]
+    toks = [(m.start(), m.groups()) for m in _TOKEN.finditer(masked)]
+    out, label = [], None
+    for _, x in sorted(marks + toks, key=lambda p: p[0]):
+        if isinstance(x, str): label = x
+        else: out.append((label, x))
+    labels = [lab for lab, _ in out if lab]
+    return out if len(labels) == len(set(labels)) else None     # "Assistant 1: 8 9" is no score line
+
+# %% ../nbs/04a_judging.ipynb #162c4413
+def _pair(items: list) -> Optional[tuple]:
+    "The two score tokens (Assistant 1's, Assistant 2's) of two score items, by their labels or their order."
+    labels = [lab for lab, _ in items]
+    if labels in ([None, None], ['1', '2']): return items[0][1], items[1][1]
+    if labels == ['2', '1']: return items[1][1], items[0][1]
     return None
+
+# %% ../nbs/04a_judging.ipynb #888fb930
+def _fallback(text: str, lines: list[str], truncated: bool, why: str) -> tuple[float, float]:
+    "The scores when the designated line does not hold them: one clear, unanimous statement, else an error."
+    cands = _candidates(text, lines)
+    values = list(dict.fromkeys(v for _, v in cands))
+    if len(values) == 1: return values[0]
+    if values: raise _conflict([f'{a:g} {b:g} ({w})' for w, (a, b) in cands])
+    lab = _labelled_scores('\n'.join(lines))
+    mixed = {k: v for k, v in lab.items() if len(set(v)) > 1}
+    if mixed:
+        said = [f"Assistant {k}: {' vs '.join(f'{x:g}' for x in v)}" for k, v in sorted(mixed.items())]
+        raise _conflict(said)
+    if set(lab) == {'1', '2'}: return lab['1'][0], lab['2'][0]
+    if truncated: raise ScoreParseError("the reply was cut at max_tokens before both scores were given")
+    if lab: raise ScoreParseError(f"a score for Assistant {next(iter(lab))} only")
+    raise ScoreParseError(why)
+
+def _conflict(pairs: list[str]) -> ScoreParseError:
+    "The error of a reply that states its scores more than one way."
+    return ScoreParseError("conflicting scores: " + '; '.join(pairs))
 
 # %% ../nbs/04a_judging.ipynb #292c13dc
 _LABEL = re.compile(
@@ -383,6 +463,45 @@ def _labelled_scores(text: str) -> dict:
         except ScoreParseError as e: raise ScoreParseError(f"Assistant {m.group(4)}: {e}") from None
     return found
 
+# %% ../nbs/04a_judging.ipynb #a38db00b
+_TUPLE = re.compile(r'\b(?:tuple|scores?)\b[^()\n]{0,30}\(\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*\)',
+                    re.I)
+
+def _candidates(text: str, lines: list[str]) -> list[tuple[str, tuple]]:
+    """Every clear statement of both scores anywhere in the reply, with where it was found: a JSON object,
+    score lines that label both assistants (unlabelled ones only as the reply's first or last line), a score
+    table, a 'tuple (8, 6)', one section per assistant, one sentence of both scores (`_sentence_scores`).
+    Labelled numbers in prose are not among them."""
+    out = []
+    js = _json_scores(text)
+    if js is not None: out.append(('JSON', js))
+    out += _line_candidates(lines)
+    sections = _section_scores(lines)
+    if sections is not None: out.append(('sections', sections))
+    out += _sentence_scores('\n'.join(lines), lines)
+    body = '\n'.join(lines)
+    tab = _table_scores(body)
+    if tab is not None: out.append(('table', tab))
+    tuples = [(_to_score(None, m.group(1), None), _to_score(None, m.group(2), None))
+              for m in _TUPLE.finditer(body)]
+    return out + [('tuple', t) for t in tuples]
+
+# %% ../nbs/04a_judging.ipynb #7cfd4c3b
+def _line_candidates(lines: list[str]) -> list[tuple[str, tuple]]:
+    "[('line N', (score 1, score 2)), ...]: the score lines of the reply that state both scores."
+    out = []
+    ls = [_line_scores(l) for l in lines]
+    for i, a in enumerate(ls):
+        if not a or len(a) > 2: continue
+        end = i
+        if len(a) == 1:
+            if i + 1 >= len(ls) or not ls[i + 1] or len(ls[i + 1]) != 1: continue
+            a, end = a + ls[i + 1], i + 1
+        pair = _pair(a)
+        if pair is None or not (all(lab for lab, _ in a) or i == 0 or end == len(lines) - 1): continue
+        out.append((f'line {i + 1}', (_to_score(*pair[0]), _to_score(*pair[1]))))
+    return out
+
 # %% ../nbs/04a_judging.ipynb #38e230f9
 _HEAD = re.compile(r'(?:assistant|answer|response)\s*(?:#|no\.?)?\s*([12])', re.I)
 
@@ -406,89 +525,6 @@ def _table_scores(text: str) -> Optional[tuple[float, float]]:
         if len(pick) == 1 or overall: return pick[-1][1], pick[-1][2]
         if len(pick) > 1: raise ScoreParseError(f"a table with {len(pick)} score rows and no overall row")
     return None
-
-# %% ../nbs/04a_judging.ipynb #4d0d5a2f
-_SCORE_WORDS = re.compile(r'\b(?:final|overall|total|scores?|ratings?|and|vs|versus|respectively|are|is|my'
-                          r'|the|of|for)\b', re.I)
-_LINE_LABEL = re.compile(r"\b(?:score\s+(?:of|for)\s+(?:the\s+)?)?(?:assistant|answer|response)"
-                         r"[ \t]*(?:#|no\.?)?[ \t]*([12])\b(?:'s)?", re.I)
-_MARKS = {'\x01': '1', '\x02': '2'}
-_TAIL = re.compile(r'\bscores?\s*[:=]', re.I)
-
-def _pure_scores(part: str) -> Optional[list]:
-    """[(label, token), ...] of a text holding nothing but scores, 'Assistant N' labels and score words, else
-    None."""
-    masked = _LINE_LABEL.sub(lambda m: ' \x01 ' if m.group(1) == '1' else ' \x02 ', part)
-    if _RANGE.search(masked): return None
-    rest = _SCORE_WORDS.sub(' ', _TOKEN.sub(' ', masked))
-    if re.sub(r'[\s:=|,;.()\[\]\-–—\x01\x02]+', '', rest): return None
-    marks = [(m.start(), _MARKS[m.group(0)]) for m in re.finditer('[\x01\x02]', masked)]
-    toks = [(m.start(), m.groups()) for m in _TOKEN.finditer(masked)]
-    out, label = [], None
-    for _, x in sorted(marks + toks, key=lambda p: p[0]):
-        if isinstance(x, str): label = x
-        else: out.append((label, x))
-    labels = [lab for lab, _ in out if lab]
-    return out if len(labels) == len(set(labels)) else None     # "Assistant 1: 8 9" is no score line
-
-# %% ../nbs/04a_judging.ipynb #618f2d55
-def _line_scores(line: str) -> Optional[list]:
-    """The scores of a score line ("7 9", "Assistant 1: 8/10", "Score of the Assistant 2: 6", "Scores: 7, 8"),
-    or of the closing "Scores: 8 6" of a line of prose; None for any other line."""
-    got = _pure_scores(line)
-    if got is not None: return got
-    tails = list(_TAIL.finditer(line))
-    return _pure_scores(line[tails[-1].end():]) if tails else None
-
-# %% ../nbs/04a_judging.ipynb #162c4413
-def _pair(items: list) -> Optional[tuple]:
-    "The two score tokens (Assistant 1's, Assistant 2's) of two score items, by their labels or their order."
-    labels = [lab for lab, _ in items]
-    if labels in ([None, None], ['1', '2']): return items[0][1], items[1][1]
-    if labels == ['2', '1']: return items[1][1], items[0][1]
-    return None
-
-# %% ../nbs/04a_judging.ipynb #a0656569
-def _designated(lines: list[str], first: bool, truncated: bool) -> tuple[Optional[tuple], str]:
-    """The scores on the line(s) the prompt asked for, the first or the last: two scores on that line, or one
-    on it and one on its neighbour. (None, why not) when they are not there; a score line with a bad score is
-    an error."""
-    where = 'first' if first else 'last'
-    order = list(range(len(lines))) if first else list(range(len(lines) - 1, -1, -1))
-    scored = [(i, _line_scores(lines[i])) for i in order]
-    while scored and scored[0][1] == [] and not _LINE_LABEL.search(lines[scored[0][0]]):
-        scored.pop(0)                                  # a bare "Scores:" or "---" at that end
-    if not scored: return None, f"no scores at the {'start' if first else 'end'} of the reply"
-    i, a = scored[0]
-    if a is None or not a: return None, f"no scores on the {where} line of the reply ({lines[i][:80]!r})"
-    if len(a) > 2:
-        raise ScoreParseError(f"{len(a)} numbers on the {where} line, expected 2: {lines[i][:80]!r}")
-    if len(a) == 1:
-        b = scored[1][1] if len(scored) > 1 else None
-        if not b or len(b) != 1:
-            return None, f"only one score on the {where} line of the reply: {lines[i][:80]!r}"
-        a = a + b if first else b + a
-    pair = _pair(a)
-    if pair is None: return None, f"the {where} lines do not label the two scores clearly: {lines[i][:80]!r}"
-    if truncated and all(lab is None for lab, _ in a):
-        return None, "bare numbers in a reply cut at max_tokens are not trusted"
-    return (_to_score(*pair[0]), _to_score(*pair[1])), ''
-
-# %% ../nbs/04a_judging.ipynb #7cfd4c3b
-def _line_candidates(lines: list[str]) -> list[tuple[str, tuple]]:
-    "[('line N', (score 1, score 2)), ...]: the score lines of the reply that state both scores."
-    out = []
-    ls = [_line_scores(l) for l in lines]
-    for i, a in enumerate(ls):
-        if not a or len(a) > 2: continue
-        end = i
-        if len(a) == 1:
-            if i + 1 >= len(ls) or not ls[i + 1] or len(ls[i + 1]) != 1: continue
-            a, end = a + ls[i + 1], i + 1
-        pair = _pair(a)
-        if pair is None or not (all(lab for lab, _ in a) or i == 0 or end == len(lines) - 1): continue
-        out.append((f'line {i + 1}', (_to_score(*pair[0]), _to_score(*pair[1]))))
-    return out
 
 # %% ../nbs/04a_judging.ipynb #5c5fe37a
 _SECTION = re.compile(
@@ -544,51 +580,6 @@ def _sentence_scores(text: str, lines: list[str]) -> list[tuple[str, tuple]]:
     if last: out.append(('output line', (_to_score(*last.groups()[:3]), _to_score(*last.groups()[3:]))))
     return out
 
-# %% ../nbs/04a_judging.ipynb #a38db00b
-_TUPLE = re.compile(r'\b(?:tuple|scores?)\b[^()\n]{0,30}\(\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*\)',
-                    re.I)
-
-def _candidates(text: str, lines: list[str]) -> list[tuple[str, tuple]]:
-    """Every clear statement of both scores anywhere in the reply, with where it was found: a JSON object,
-    score lines that label both assistants (unlabelled ones only as the reply's first or last line), a score
-    table, a 'tuple (8, 6)', one section per assistant, one sentence of both scores (`_sentence_scores`).
-    Labelled numbers in prose are not among them."""
-    out = []
-    js = _json_scores(text)
-    if js is not None: out.append(('JSON', js))
-    out += _line_candidates(lines)
-    sections = _section_scores(lines)
-    if sections is not None: out.append(('sections', sections))
-    out += _sentence_scores('\n'.join(lines), lines)
-    body = '\n'.join(lines)
-    tab = _table_scores(body)
-    if tab is not None: out.append(('table', tab))
-    tuples = [(_to_score(None, m.group(1), None), _to_score(None, m.group(2), None))
-              for m in _TUPLE.finditer(body)]
-    return out + [('tuple', t) for t in tuples]
-
-# %% ../nbs/04a_judging.ipynb #b28fb5c8
-def _conflict(pairs: list[str]) -> ScoreParseError:
-    "The error of a reply that states its scores more than one way."
-    return ScoreParseError("conflicting scores: " + '; '.join(pairs))
-
-# %% ../nbs/04a_judging.ipynb #888fb930
-def _fallback(text: str, lines: list[str], truncated: bool, why: str) -> tuple[float, float]:
-    "The scores when the designated line does not hold them: one clear, unanimous statement, else an error."
-    cands = _candidates(text, lines)
-    values = list(dict.fromkeys(v for _, v in cands))
-    if len(values) == 1: return values[0]
-    if values: raise _conflict([f'{a:g} {b:g} ({w})' for w, (a, b) in cands])
-    lab = _labelled_scores('\n'.join(lines))
-    mixed = {k: v for k, v in lab.items() if len(set(v)) > 1}
-    if mixed:
-        said = [f"Assistant {k}: {' vs '.join(f'{x:g}' for x in v)}" for k, v in sorted(mixed.items())]
-        raise _conflict(said)
-    if set(lab) == {'1', '2'}: return lab['1'][0], lab['2'][0]
-    if truncated: raise ScoreParseError("the reply was cut at max_tokens before both scores were given")
-    if lab: raise ScoreParseError(f"a score for Assistant {next(iter(lab))} only")
-    raise ScoreParseError(why)
-
 # %% ../nbs/04a_judging.ipynb #46efcb1d
 _NUMBER = re.compile(r'(?<![\w.])\d+(?:\.\d+)?(?![\w])')
 
@@ -620,12 +611,8 @@ def score_spans(text: str, # the judge's reply
 # %% ../nbs/04a_judging.ipynb #2c51ae97
 # a 'Score:' label (`_SCORE_LINE`) at a line's start, markdown around it; else MT-Bench's '[[' anywhere
 _GRADE = re.compile(r'^[\s*#>_`-]*' + _SCORE_LINE.pattern + r'[*_`\s]*(?:\[\[)?', re.I | re.M)
-_BRACKETED = re.compile(r'\[\[(?=\d)')
 
-def _grade_tokens(text: str) -> list[re.Match]:
-    "The score tokens (`_TOKEN`) after each 'Score:' label at a line's start, else after each '[['."
-    after = lambda marks: [t for m in marks.finditer(text) if (t := _TOKEN.match(text, m.end()))]
-    return after(_GRADE) or after(_BRACKETED)
+_BRACKETED = re.compile(r'\[\[(?=\d)')
 
 def parse_single_score(text: str, # the judge's reply
                        finish_reason: Optional[str] = None, # 'length' when the reply was cut at max_tokens
@@ -643,6 +630,11 @@ def parse_single_score(text: str, # the judge's reply
     finally: _MIN_SCORE.reset(scale)
     if len(values) > 1: raise ScoreParseError("conflicting scores: " + ' vs '.join(f'{v:g}' for v in values))
     return values[0], toks[0].span(2)
+
+def _grade_tokens(text: str) -> list[re.Match]:
+    "The score tokens (`_TOKEN`) after each 'Score:' label at a line's start, else after each '[['."
+    after = lambda marks: [t for m in marks.finditer(text) if (t := _TOKEN.match(text, m.end()))]
+    return after(_GRADE) or after(_BRACKETED)
 
 # %% ../nbs/04a_judging.ipynb #639ac80c
 _PAIR_TAG = re.compile(r'\[\[\s*([ABC])\s*\]\]')
@@ -680,6 +672,17 @@ def judge_scores(text_scores: tuple[float, float], res, judge: Judge,
     except LionError as e: return tuple(text_scores), 'text', {'logprob_error': str(e)}
     return logprob_scores(text_scores, spans, res, judge.config.logprob_tolerance)
 
+# %% ../nbs/04a_judging.ipynb #57d075f1
+def grade_score(res, # the judge's result (`text`, `finish_reason`, `logprobs`)
+                judge: Judge, # a judge with `parser: score_single`
+               ) -> tuple[float, str, dict]:
+    "A one-answer grade, how it was read ('logprob' or 'text') and what the verdict adds; `ScoreParseError`."
+    score, span = parse_single_score(res.text, res.finish_reason, judge.config.min_score)
+    if judge.config.scorer != 'logprob' or not res.logprobs: return score, 'text', {}
+    (score,), how, note = logprob_scores((score,), [span], res, judge.config.logprob_tolerance)
+    return score, how, note
+
+# %% ../nbs/04a_judging.ipynb #c46e4e4b
 def logprob_scores(text_scores: tuple, # the scores as written
                    spans: Sequence[Optional[tuple[int, int]]], # where the text parser found each
                    res, # the judge's result, with its `logprobs`
@@ -695,13 +698,3 @@ def logprob_scores(text_scores: tuple, # the scores as written
     if tolerance is not None and max(abs(a - b) for a, b in zip(lp, text_scores)) > tolerance:
         return tuple(text_scores), 'text', {**note, 'logprob_disagrees': True}
     return lp, 'logprob', note
-
-# %% ../nbs/04a_judging.ipynb #57d075f1
-def grade_score(res, # the judge's result (`text`, `finish_reason`, `logprobs`)
-                judge: Judge, # a judge with `parser: score_single`
-               ) -> tuple[float, str, dict]:
-    "A one-answer grade, how it was read ('logprob' or 'text') and what the verdict adds; `ScoreParseError`."
-    score, span = parse_single_score(res.text, res.finish_reason, judge.config.min_score)
-    if judge.config.scorer != 'logprob' or not res.logprobs: return score, 'text', {}
-    (score,), how, note = logprob_scores((score,), [span], res, judge.config.logprob_tolerance)
-    return score, how, note

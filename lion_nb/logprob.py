@@ -10,22 +10,7 @@ from typing import Optional, Sequence
 from .core import LionError
 
 # %% auto #0
-__all__ = ['token_spans', 'number_tokens', 'expected_value', 'expected_scores']
-
-# %% ../nbs/04c_logprob.ipynb #b3c86e71
-def token_spans(content: Sequence[dict], # the reply's `logprobs.content`, one entry per token
-               ) -> tuple[str, list[tuple[int, int]]]:
-    "The reply text rebuilt from its tokens, and each token's (start, end) character span."
-    if not all(e.get('bytes') is not None for e in content):
-        ends = [0]
-        for e in content: ends.append(ends[-1] + len(e['token']))
-        return ''.join(e['token'] for e in content), list(zip(ends, ends[1:]))
-    data, cuts = b'', [0]
-    for e in content:
-        data += bytes(e['bytes'])
-        cuts.append(len(data))
-    chars = [len(data[:c].decode('utf-8', errors='ignore')) for c in cuts]
-    return data.decode('utf-8', errors='replace'), list(zip(chars, chars[1:]))
+__all__ = ['number_tokens', 'token_spans', 'expected_scores', 'expected_value']
 
 # %% ../nbs/04c_logprob.ipynb #e475f4cd
 def number_tokens(content: Sequence[dict], # the reply's `logprobs.content`
@@ -46,36 +31,20 @@ def number_tokens(content: Sequence[dict], # the reply's `logprobs.content`
         )
     return idx
 
-# %% ../nbs/04c_logprob.ipynb #ba420a69
-def _continues_with_zero(after: dict) -> Optional[tuple[float, float]]:
-    "(P(the number goes on with '0'), P(it ends)) from the token after a '1'; None when neither is listed."
-    zero = end = 0.0
-    for alt in after.get('top_logprobs') or []:
-        tok, p = alt['token'], math.exp(alt['logprob'])
-        if tok[:1] == '0' and not tok[1:2].isdigit(): zero += p
-        elif not tok[:1].isdigit(): end += p
-    return (zero, end) if zero + end > 0 else None
-
-# %% ../nbs/04c_logprob.ipynb #d4c598b3
-def expected_value(entry: dict, # one token's entry of `logprobs.content`, with its `top_logprobs`
-                   after: Optional[dict] = None, # the next token's entry, when this token is a "1"
-                  ) -> Optional[float]:
-    "Expected score over one position's integer alternatives 1-10 ('10' = '1' then '0'); None: none."
-    alts = entry.get('top_logprobs') or []
-    has_ten = any(a['token'].strip() == '10' for a in alts)
-    split = _continues_with_zero(after) if after is not None and entry['token'].strip() == '1' else None
-    probs = {}
-    for alt in alts:
-        tok, p = alt['token'].strip(), math.exp(alt['logprob'])
-        if not tok.isdigit() or not 1 <= int(tok) <= 10: continue
-        if tok == '1' and not has_ten:
-            if split is None: continue                        # 1 or 10: not known, so not counted
-            zero, end = split
-            probs[10] = probs.get(10, 0.0) + p * zero / (zero + end)
-            probs[1] = probs.get(1, 0.0) + p * end / (zero + end)
-        else: probs[int(tok)] = probs.get(int(tok), 0.0) + p
-    total = sum(probs.values())
-    return sum(v * p for v, p in probs.items()) / total if total > 0 else None
+# %% ../nbs/04c_logprob.ipynb #b3c86e71
+def token_spans(content: Sequence[dict], # the reply's `logprobs.content`, one entry per token
+               ) -> tuple[str, list[tuple[int, int]]]:
+    "The reply text rebuilt from its tokens, and each token's (start, end) character span."
+    if not all(e.get('bytes') is not None for e in content):
+        ends = [0]
+        for e in content: ends.append(ends[-1] + len(e['token']))
+        return ''.join(e['token'] for e in content), list(zip(ends, ends[1:]))
+    data, cuts = b'', [0]
+    for e in content:
+        data += bytes(e['bytes'])
+        cuts.append(len(data))
+    chars = [len(data[:c].decode('utf-8', errors='ignore')) for c in cuts]
+    return data.decode('utf-8', errors='replace'), list(zip(chars, chars[1:]))
 
 # %% ../nbs/04c_logprob.ipynb #e7b34f2d
 _ENDED = {'token': '', 'logprob': 0.0, 'top_logprobs': [{'token': '', 'logprob': 0.0}]}   # the reply ended
@@ -98,3 +67,34 @@ def expected_scores(content: Sequence[dict], # the reply's `logprobs.content`, o
         if v is None: raise LionError(f"no score alternatives at token {i} of the reply")
         out.append(v)
     return out
+
+# %% ../nbs/04c_logprob.ipynb #d4c598b3
+def expected_value(entry: dict, # one token's entry of `logprobs.content`, with its `top_logprobs`
+                   after: Optional[dict] = None, # the next token's entry, when this token is a "1"
+                  ) -> Optional[float]:
+    "Expected score over one position's integer alternatives 1-10 ('10' = '1' then '0'); None: none."
+    alts = entry.get('top_logprobs') or []
+    has_ten = any(a['token'].strip() == '10' for a in alts)
+    split = _continues_with_zero(after) if after is not None and entry['token'].strip() == '1' else None
+    probs = {}
+    for alt in alts:
+        tok, p = alt['token'].strip(), math.exp(alt['logprob'])
+        if not tok.isdigit() or not 1 <= int(tok) <= 10: continue
+        if tok == '1' and not has_ten:
+            if split is None: continue                        # 1 or 10: not known, so not counted
+            zero, end = split
+            probs[10] = probs.get(10, 0.0) + p * zero / (zero + end)
+            probs[1] = probs.get(1, 0.0) + p * end / (zero + end)
+        else: probs[int(tok)] = probs.get(int(tok), 0.0) + p
+    total = sum(probs.values())
+    return sum(v * p for v, p in probs.items()) / total if total > 0 else None
+
+# %% ../nbs/04c_logprob.ipynb #ba420a69
+def _continues_with_zero(after: dict) -> Optional[tuple[float, float]]:
+    "(P(the number goes on with '0'), P(it ends)) from the token after a '1'; None when neither is listed."
+    zero = end = 0.0
+    for alt in after.get('top_logprobs') or []:
+        tok, p = alt['token'], math.exp(alt['logprob'])
+        if tok[:1] == '0' and not tok[1:2].isdigit(): zero += p
+        elif not tok[:1].isdigit(): end += p
+    return (zero, end) if zero + end > 0 else None

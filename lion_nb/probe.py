@@ -13,30 +13,8 @@ from .core import LionError, iter_jsonl
 from .data import demo_dir, demo_instructions
 
 # %% auto #0
-__all__ = ['PROBE_KINDS', 'CONSEQUENCE', 'truncate_words', 'KnownPair', 'probe_pairs', 'right_answers', 'demo_probe_items',
+__all__ = ['PROBE_KINDS', 'CONSEQUENCE', 'probe_pairs', 'KnownPair', 'truncate_words', 'right_answers', 'demo_probe_items',
            'probe_metrics', 'probe_verdict', 'duel_metrics']
-
-# %% ../nbs/04b_probe.ipynb #c58852d6
-def truncate_words(text: str, share: float = 0.2) -> str:
-    "The first `share` of `text`'s words (at least one word), as an answer cut off early."
-    words = text.split()
-    return ' '.join(words[:max(1, int(len(words) * share))])
-
-# %% ../nbs/04b_probe.ipynb #3ca25f6f
-def _wrong(kind: str, right: str, other: str) -> str:
-    if kind == 'other': return other
-    if kind == 'truncated': return truncate_words(right)
-    return ''
-
-# %% ../nbs/04b_probe.ipynb #4a5b18a5
-class KnownPair(NamedTuple):
-    "A probe pair: the `better` answer to the instruction against a `worse` one made by `kind`."
-    id: str
-    instruction: str
-    input: str
-    better: str
-    worse: str
-    kind: str
 
 # %% ../nbs/04b_probe.ipynb #a8ee0042
 PROBE_KINDS = ('other', 'truncated', 'empty')
@@ -60,6 +38,27 @@ def probe_pairs(items: Sequence[tuple], # `(id, instruction, input, right answer
             pairs.append(KnownPair(f'probe-{kind}-{iid}', text, inp or '', right, worse, kind))
     return pairs
 
+# %% ../nbs/04b_probe.ipynb #4a5b18a5
+class KnownPair(NamedTuple):
+    "A probe pair: the `better` answer to the instruction against a `worse` one made by `kind`."
+    id: str
+    instruction: str
+    input: str
+    better: str
+    worse: str
+    kind: str
+
+# %% ../nbs/04b_probe.ipynb #3ca25f6f
+def _wrong(kind: str, right: str, other: str) -> str:
+    if kind == 'other': return other
+    if kind == 'truncated': return truncate_words(right)
+    return ''
+
+def truncate_words(text: str, share: float = 0.2) -> str:
+    "The first `share` of `text`'s words (at least one word), as an answer cut off early."
+    words = text.split()
+    return ' '.join(words[:max(1, int(len(words) * share))])
+
 # %% ../nbs/04b_probe.ipynb #aa54c62c
 def right_answers(answers: Sequence) -> list[tuple]:
     "(id, instruction, input, answer) of the finished answers in `answers`: the right side of probe pairs."
@@ -70,15 +69,6 @@ def demo_probe_items() -> list[tuple]:
     "(id, instruction, input, reference answer) for the demo instructions we wrote reference answers for."
     refs = {r['id']: r['answer'] for _, r in iter_jsonl(demo_dir()/'probe_answers.jsonl')}
     return [(x.id, x.instruction, x.input or '', refs[x.id]) for x in demo_instructions() if x.id in refs]
-
-# %% ../nbs/04b_probe.ipynb #4770004c
-def _round(x: Optional[float]) -> Optional[float]:
-    return None if x is None else round(x, 4)
-
-# %% ../nbs/04b_probe.ipynb #8391e5a8
-def _share(xs) -> Optional[float]:
-    xs = list(xs)
-    return _round(sum(xs) / len(xs)) if xs else None
 
 # %% ../nbs/04b_probe.ipynb #2586c45f
 def probe_metrics(scored: Sequence[dict], # scored items: `d` (better minus worse) and `category` (the kind)
@@ -113,6 +103,14 @@ def probe_verdict(metrics: dict, # the output of `probe_metrics`
     if acc is not None and acc >= min_accuracy: return True, f"{role} passes: {facts}"
     return False, (f"the {role} cannot reliably tell a right answer from a wrong one: {facts}, below "
                    f"{min_accuracy:.0%}. {CONSEQUENCE[role]}")
+
+# %% ../nbs/04b_probe.ipynb #8391e5a8
+def _share(xs) -> Optional[float]:
+    xs = list(xs)
+    return _round(sum(xs) / len(xs)) if xs else None
+
+def _round(x: Optional[float]) -> Optional[float]:
+    return None if x is None else round(x, 4)
 
 # %% ../nbs/04b_probe.ipynb #1e2e2f50
 def duel_metrics(scored: Sequence[dict], # scored items, `d` being teacher minus student
