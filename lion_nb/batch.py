@@ -51,13 +51,12 @@ class BatchRunner:
         self.c = client
         self.folder = client.cache.folder/'batches'
 
-# %% ../nbs/13b_batch.ipynb #d88d1472
+# %% ../nbs/13b_batch.ipynb #893d9556
 @patch
 def job_name(self: BatchRunner, keys) -> str:
     "A name for the batch of these requests: the same set of keys gives the same name."
     return hashlib.sha256(canonical_json(sorted(keys)).encode()).hexdigest()[:24]
 
-# %% ../nbs/13b_batch.ipynb #a68789d9
 @patch
 def line(self: BatchRunner, key: str, req: ChatRequest) -> str:
     "The request file's line for one request, in the shape the model takes (table, or learned from a 400)."
@@ -69,6 +68,52 @@ def line(self: BatchRunner, key: str, req: ChatRequest) -> str:
 def batch_input_tokens(req: ChatRequest) -> int:
     "The input tokens one request adds to the Batch API queue (an estimate)."
     return estimate_prompt_tokens(req.messages)
+
+# %% ../nbs/13b_batch.ipynb #b02f7361
+@patch
+def fetch(self: BatchRunner, todo: dict, desc, deliver, n_hits) -> Optional[BudgetExceeded]:
+    "Send `todo` (cache key -> request) as batches and `deliver` their results; the budget stop, if any."
+    jobs, unsent = self.plan(todo)
+    try: run_sync(lambda: self._fetch_async(jobs, todo, desc, deliver, n_hits))
+    finally:
+        for j in jobs:   # a batch not collected (an error) gives back its reservation
+            if self.c.budget is not None and j['reserved']: self.c.budget.settle(j['reserved'], 0.0)
+    if not unsent: return None
+    b = self.c.budget
+    n_sent = sum(len(j['keys']) for j in jobs)
+    return BudgetExceeded(f"budget cap of ${b.limit:.4f} reached: ${b.spent:.4f} spent; {unsent} request(s) "
+                          f"not submitted (the {n_sent} in submitted batches are collected)")
+
+# %% ../nbs/13b_batch.ipynb #3700e41e
+@patch
+def plan(self: BatchRunner, todo: dict, # cache key -> request, the requests to send
+        ) -> tuple[list[dict], int]:
+    "(batches to wait for, requests left unsent by the budget): open batches first, new ones for the rest."
+    jobs = self.open_jobs(todo)
+    taken = {k for j in jobs for k in j['keys']}
+    lines = {k: self.line(k, r) for k, r in todo.items() if k not in taken}
+    tokens = {k: batch_input_tokens(todo[k]) for k in lines}
+    sp, budget, unsent = self.c.spec, self.c.budget, 0
+    per_batch = sp.batch_queue_tokens//2 if sp.batch_queue_tokens else None   # two fit in the queue at once
+    chunks = split_batches(lines, sp.batch_max_requests, sp.batch_max_bytes, tokens, per_batch)
+    for chunk in chunks:
+        worst = sum(worst_case_cost(sp, todo[k], batch=True) for k in chunk)
+        if unsent or (budget is not None and not budget.reserve(worst)):
+            unsent += len(chunk)
+            continue
+        jobs.append(self._new_job(chunk, lines, worst, sum(tokens[k] for k in chunk)))
+    return jobs, unsent
+
+@patch
+def _new_job(self: BatchRunner, chunk: list, lines: dict, worst: float, tokens: int) -> dict:
+    "A planned batch of `chunk`'s requests (`tokens` input tokens), its record written before any is sent."
+    job = self.job_name(chunk)
+    st = {'job': job, 'model': self.c.spec.model, 'url': json.loads(lines[chunk[0]])['url'],
+          'requests': len(chunk), 'tokens': tokens, 'keys': chunk}
+    j = {'path': self.folder/f'{job}.json', 'state': st, 'keys': chunk, 'reserved': worst, 'tokens': tokens,
+         'data': ('\n'.join(lines[k] for k in chunk) + '\n').encode('utf-8')}
+    write_json(j['path'], st)   # the plan is on disk before anything is sent
+    return j
 
 # %% ../nbs/13b_batch.ipynb #4fc38c43
 @patch
@@ -91,79 +136,96 @@ def open_jobs(self: BatchRunner, todo: dict) -> list[dict]:
         taken.update(mine)
     return jobs
 
-# %% ../nbs/13b_batch.ipynb #2ec5b8bb
+# %% ../nbs/13b_batch.ipynb #ee678dad
 @patch
-def _new_job(self: BatchRunner, chunk: list, lines: dict, worst: float, tokens: int) -> dict:
-    "A planned batch of `chunk`'s requests (`tokens` input tokens), its record written before any is sent."
-    job = self.job_name(chunk)
-    st = {'job': job, 'model': self.c.spec.model, 'url': json.loads(lines[chunk[0]])['url'],
-          'requests': len(chunk), 'tokens': tokens, 'keys': chunk}
-    j = {'path': self.folder/f'{job}.json', 'state': st, 'keys': chunk, 'reserved': worst, 'tokens': tokens,
-         'data': ('\n'.join(lines[k] for k in chunk) + '\n').encode('utf-8')}
-    write_json(j['path'], st)   # the plan is on disk before anything is sent
-    return j
-
-# %% ../nbs/13b_batch.ipynb #c5ca0d6f
-@patch
-def plan(self: BatchRunner, todo: dict, # cache key -> request, the requests to send
-        ) -> tuple[list[dict], int]:
-    "(batches to wait for, requests left unsent by the budget): open batches first, new ones for the rest."
-    jobs = self.open_jobs(todo)
-    taken = {k for j in jobs for k in j['keys']}
-    lines = {k: self.line(k, r) for k, r in todo.items() if k not in taken}
-    tokens = {k: batch_input_tokens(todo[k]) for k in lines}
-    sp, budget, unsent = self.c.spec, self.c.budget, 0
-    per_batch = sp.batch_queue_tokens//2 if sp.batch_queue_tokens else None   # two fit in the queue at once
-    chunks = split_batches(lines, sp.batch_max_requests, sp.batch_max_bytes, tokens, per_batch)
-    for chunk in chunks:
-        worst = sum(worst_case_cost(sp, todo[k], batch=True) for k in chunk)
-        if unsent or (budget is not None and not budget.reserve(worst)):
-            unsent += len(chunk)
-            continue
-        jobs.append(self._new_job(chunk, lines, worst, sum(tokens[k] for k in chunk)))
-    return jobs, unsent
-
-# %% ../nbs/13b_batch.ipynb #b02f7361
-@patch
-def fetch(self: BatchRunner, todo: dict, desc, deliver, n_hits) -> Optional[BudgetExceeded]:
-    "Send `todo` (cache key -> request) as batches and `deliver` their results; the budget stop, if any."
-    jobs, unsent = self.plan(todo)
-    try: run_sync(lambda: self._fetch_async(jobs, todo, desc, deliver, n_hits))
+async def _fetch_async(self: BatchRunner, jobs: list, todo: dict, desc, deliver, n_hits):
+    sdk = self.c._sdk()
+    bar = _progress(len(todo), (desc or 'requests') + ' [batch]', n_hits)
+    running = [j for j in jobs if 'batch_id' in j['state']]   # submitted before a crash: in the queue
+    queue = [j for j in jobs if 'batch_id' not in j['state']]
+    self.limit, self.n_ended = self.c.spec.batch_queue_tokens, 0
+    self.refusals, self.queue_peak = 0, sum(j['tokens'] for j in running)
+    try:
+        while running or queue:
+            await self._submit_wave(sdk, queue, running)
+            if not await self._poll_round(sdk, running, queue, todo, deliver, bar):
+                await asyncio.sleep(self._pause(queue, running))
     finally:
-        for j in jobs:   # a batch not collected (an error) gives back its reservation
-            if self.c.budget is not None and j['reserved']: self.c.budget.settle(j['reserved'], 0.0)
-    if not unsent: return None
-    b = self.c.budget
-    n_sent = sum(len(j['keys']) for j in jobs)
-    return BudgetExceeded(f"budget cap of ${b.limit:.4f} reached: ${b.spent:.4f} spent; {unsent} request(s) "
-                          f"not submitted (the {n_sent} in submitted batches are collected)")
+        bar.close()
+        await sdk.close()
 
-# %% ../nbs/13b_batch.ipynb #fe7427ed
+# %% ../nbs/13b_batch.ipynb #827729fb
 @patch
-async def _retrying(self: BatchRunner, fn, what: str):
-    "Call `fn()` (a coroutine factory) with the client's retry policy; raise LionError when it keeps failing."
-    for attempt in range(self.c.spec.max_retries + 1):
-        try: return await fn()
-        except Exception as e:
-            retryable, err, wait = classify_error(e)
-            if not retryable or attempt == self.c.spec.max_retries:
-                raise LionError(f"Batch API: {what} failed: {auth_hint(self.c.spec, err)}") from e
-            await asyncio.sleep(min(wait, MAX_RETRY_AFTER_S) if wait is not None
-                                else backoff_s(attempt, self.c.retry_base_s))
+async def _submit_wave(self: BatchRunner, sdk, queue: list, running: list):
+    "Submit batches from `queue`, in order, while they fit the queue (a refused one waits for its turn)."
+    for j in list(queue):
+        waits_for_an_end = bool(running) and j.get('after_end', -1) >= self.n_ended   # refused beside others
+        held = waits_for_an_end or j.get('not_before', 0) > time.monotonic()        # refused alone: a pause
+        if held or not self._room(j, running): break
+        await self._submit(sdk, j)
+        queue.remove(j)
+        running.append(j)
+        self.queue_peak = max(self.queue_peak, sum(r['tokens'] for r in running))
 
-# %% ../nbs/13b_batch.ipynb #cf15cb50
 @patch
-async def _find_batch(self: BatchRunner, sdk, job: str, refused=()) -> Optional[str]:
-    """The id of a batch the server already has for `job` (created just before a crash), or None: every page
-    of the organisation's batch list is read; the ids in `refused` (batches the queue refused) don't count."""
-    after = None
-    while True:
-        page_after = {'after': after} if after else {}
-        page = await self._retrying(lambda: sdk.batches.list(limit=100, **page_after), 'listing batches')
-        found = [b.id for b in page.data if (b.metadata or {}).get('lion_job') == job and b.id not in refused]
-        if found: return found[0]
-        if not page.data or not page.has_more: return None
-        after = page.data[-1].id
+def _room(self: BatchRunner, j: dict, running: list) -> bool:
+    "Whether batch `j` fits the queue beside the `running` ones (alone, it always goes)."
+    if not running or self.limit is None: return True
+    return sum(r['tokens'] for r in running) + j['tokens'] <= self.limit
+
+# %% ../nbs/13b_batch.ipynb #87a2fe8d
+@patch
+async def _poll_round(self: BatchRunner, sdk, running: list, queue: list, todo: dict, deliver, bar) -> bool:
+    "Poll every running batch once; collect the ended ones. Whether any ended."
+    ended = False
+    for j in list(running):
+        b = await self._retrying(lambda: sdk.batches.retrieve(j['state']['batch_id']), 'polling the batch')
+        if b.status not in BATCH_DONE: continue
+        ended = True
+        if is_queue_refusal(b):
+            self._refused(j, b, running, queue)
+            continue
+        await self._collect_job(sdk, j, b, todo, deliver)
+        running.remove(j)
+        self.n_ended += 1
+        bar.update(len(j['keys']))
+    return ended
+
+@patch
+def _pause(self: BatchRunner, queue: list, running: list) -> float:
+    "Seconds until the next round: the poll interval, or (nothing running) until a held batch may go."
+    if running or not queue: return self.c.batch_poll_s
+    return max(0.0, min(j.get('not_before', 0) for j in queue) - time.monotonic())
+
+# %% ../nbs/13b_batch.ipynb #a1821112
+@patch
+def _refused(self: BatchRunner, j: dict, b, running: list, queue: list):
+    """Batch `b` of job `j` was refused by the queue: put `j` back first in line, its record without the batch
+    id (kept in `refused`), to be resubmitted when one of the `running` ones ends (alone: after a pause)."""
+    st = j['state']
+    st['refused'] = st.get('refused', []) + [st.pop('batch_id')]
+    write_json(j['path'], st)
+    running.remove(j)
+    queue.insert(0, j)
+    j['resubmit'], self.refusals = True, self.refusals + 1
+    if running:   # the queue held the others and not this one: never again more than they
+        self.limit = min(self.limit or math.inf, sum(r['tokens'] for r in running))
+        j['after_end'] = self.n_ended
+        return
+    j['alone'] = j.get('alone', 0) + 1
+    if j['alone'] > self.c.spec.max_retries:
+        raise LionError(f"Batch API: the queue of {self.c.spec.model} refused a batch of about "
+                        f"{j['tokens']:,} input tokens {j['alone']} times with none of this run's batches in "
+                        f"it (token_limit_exceeded): the organisation's queue is full, or smaller than that. "
+                        f"Wait for other batches to end, or set a lower batch_queue_tokens, and run again")
+    j['not_before'] = time.monotonic() + min(1800.0, self.c.batch_poll_s*2**j['alone'])
+
+# %% ../nbs/13b_batch.ipynb #218a4935
+def is_queue_refusal(b) -> bool:
+    "Whether batch `b` (a Batch object) failed because the organisation's enqueued-token limit was reached."
+    errors = getattr(b, 'errors', None)
+    data = (getattr(errors, 'data', None) or []) if errors is not None else []
+    return b.status == 'failed' and any(getattr(e, 'code', None) == 'token_limit_exceeded' for e in data)
 
 # %% ../nbs/13b_batch.ipynb #737c251f
 @patch
@@ -190,98 +252,32 @@ async def _submit(self: BatchRunner, sdk, j: dict) -> dict:
     write_json(path, st)
     return st
 
-# %% ../nbs/13b_batch.ipynb #218a4935
-def is_queue_refusal(b) -> bool:
-    "Whether batch `b` (a Batch object) failed because the organisation's enqueued-token limit was reached."
-    errors = getattr(b, 'errors', None)
-    data = (getattr(errors, 'data', None) or []) if errors is not None else []
-    return b.status == 'failed' and any(getattr(e, 'code', None) == 'token_limit_exceeded' for e in data)
-
-# %% ../nbs/13b_batch.ipynb #990864c3
+# %% ../nbs/13b_batch.ipynb #cf15cb50
 @patch
-def _room(self: BatchRunner, j: dict, running: list) -> bool:
-    "Whether batch `j` fits the queue beside the `running` ones (alone, it always goes)."
-    if not running or self.limit is None: return True
-    return sum(r['tokens'] for r in running) + j['tokens'] <= self.limit
+async def _find_batch(self: BatchRunner, sdk, job: str, refused=()) -> Optional[str]:
+    """The id of a batch the server already has for `job` (created just before a crash), or None: every page
+    of the organisation's batch list is read; the ids in `refused` (batches the queue refused) don't count."""
+    after = None
+    while True:
+        page_after = {'after': after} if after else {}
+        page = await self._retrying(lambda: sdk.batches.list(limit=100, **page_after), 'listing batches')
+        found = [b.id for b in page.data if (b.metadata or {}).get('lion_job') == job and b.id not in refused]
+        if found: return found[0]
+        if not page.data or not page.has_more: return None
+        after = page.data[-1].id
 
-# %% ../nbs/13b_batch.ipynb #c0fe2753
+# %% ../nbs/13b_batch.ipynb #fe7427ed
 @patch
-async def _submit_wave(self: BatchRunner, sdk, queue: list, running: list):
-    "Submit batches from `queue`, in order, while they fit the queue (a refused one waits for its turn)."
-    for j in list(queue):
-        waits_for_an_end = bool(running) and j.get('after_end', -1) >= self.n_ended   # refused beside others
-        held = waits_for_an_end or j.get('not_before', 0) > time.monotonic()        # refused alone: a pause
-        if held or not self._room(j, running): break
-        await self._submit(sdk, j)
-        queue.remove(j)
-        running.append(j)
-        self.queue_peak = max(self.queue_peak, sum(r['tokens'] for r in running))
-
-# %% ../nbs/13b_batch.ipynb #a1821112
-@patch
-def _refused(self: BatchRunner, j: dict, b, running: list, queue: list):
-    """Batch `b` of job `j` was refused by the queue: put `j` back first in line, its record without the batch
-    id (kept in `refused`), to be resubmitted when one of the `running` ones ends (alone: after a pause)."""
-    st = j['state']
-    st['refused'] = st.get('refused', []) + [st.pop('batch_id')]
-    write_json(j['path'], st)
-    running.remove(j)
-    queue.insert(0, j)
-    j['resubmit'], self.refusals = True, self.refusals + 1
-    if running:   # the queue held the others and not this one: never again more than they
-        self.limit = min(self.limit or math.inf, sum(r['tokens'] for r in running))
-        j['after_end'] = self.n_ended
-        return
-    j['alone'] = j.get('alone', 0) + 1
-    if j['alone'] > self.c.spec.max_retries:
-        raise LionError(f"Batch API: the queue of {self.c.spec.model} refused a batch of about "
-                        f"{j['tokens']:,} input tokens {j['alone']} times with none of this run's batches in "
-                        f"it (token_limit_exceeded): the organisation's queue is full, or smaller than that. "
-                        f"Wait for other batches to end, or set a lower batch_queue_tokens, and run again")
-    j['not_before'] = time.monotonic() + min(1800.0, self.c.batch_poll_s*2**j['alone'])
-
-# %% ../nbs/13b_batch.ipynb #84366318
-@patch
-async def _poll_round(self: BatchRunner, sdk, running: list, queue: list, todo: dict, deliver, bar) -> bool:
-    "Poll every running batch once; collect the ended ones. Whether any ended."
-    ended = False
-    for j in list(running):
-        b = await self._retrying(lambda: sdk.batches.retrieve(j['state']['batch_id']), 'polling the batch')
-        if b.status not in BATCH_DONE: continue
-        ended = True
-        if is_queue_refusal(b):
-            self._refused(j, b, running, queue)
-            continue
-        await self._collect_job(sdk, j, b, todo, deliver)
-        running.remove(j)
-        self.n_ended += 1
-        bar.update(len(j['keys']))
-    return ended
-
-# %% ../nbs/13b_batch.ipynb #ee678dad
-@patch
-async def _fetch_async(self: BatchRunner, jobs: list, todo: dict, desc, deliver, n_hits):
-    sdk = self.c._sdk()
-    bar = _progress(len(todo), (desc or 'requests') + ' [batch]', n_hits)
-    running = [j for j in jobs if 'batch_id' in j['state']]   # submitted before a crash: in the queue
-    queue = [j for j in jobs if 'batch_id' not in j['state']]
-    self.limit, self.n_ended = self.c.spec.batch_queue_tokens, 0
-    self.refusals, self.queue_peak = 0, sum(j['tokens'] for j in running)
-    try:
-        while running or queue:
-            await self._submit_wave(sdk, queue, running)
-            if not await self._poll_round(sdk, running, queue, todo, deliver, bar):
-                await asyncio.sleep(self._pause(queue, running))
-    finally:
-        bar.close()
-        await sdk.close()
-
-# %% ../nbs/13b_batch.ipynb #fb9a4942
-@patch
-def _pause(self: BatchRunner, queue: list, running: list) -> float:
-    "Seconds until the next round: the poll interval, or (nothing running) until a held batch may go."
-    if running or not queue: return self.c.batch_poll_s
-    return max(0.0, min(j.get('not_before', 0) for j in queue) - time.monotonic())
+async def _retrying(self: BatchRunner, fn, what: str):
+    "Call `fn()` (a coroutine factory) with the client's retry policy; raise LionError when it keeps failing."
+    for attempt in range(self.c.spec.max_retries + 1):
+        try: return await fn()
+        except Exception as e:
+            retryable, err, wait = classify_error(e)
+            if not retryable or attempt == self.c.spec.max_retries:
+                raise LionError(f"Batch API: {what} failed: {auth_hint(self.c.spec, err)}") from e
+            await asyncio.sleep(min(wait, MAX_RETRY_AFTER_S) if wait is not None
+                                else backoff_s(attempt, self.c.retry_base_s))
 
 # %% ../nbs/13b_batch.ipynb #cf049115
 @patch
@@ -316,7 +312,7 @@ def _collect(self: BatchRunner, todo: dict, lines: list, b, deliver) -> float:
     self.c._settle(list(done.items()) + missing, deliver, cost=total, calls=len(done), batch=True)
     return total
 
-# %% ../nbs/13b_batch.ipynb #79efd08d
+# %% ../nbs/13b_batch.ipynb #d18f882f
 @patch
 def _line_result(self: BatchRunner, req: ChatRequest, line: dict) -> ChatResult:
     "The result in one line of a batch's output or error file."
@@ -328,7 +324,6 @@ def _line_result(self: BatchRunner, req: ChatRequest, line: dict) -> ChatResult:
     error = f"batch request failed (HTTP {resp.get('status_code')}): {msg}"
     return ChatResult(req.key, 'failed', error=error, model=self.c.spec.model)
 
-# %% ../nbs/13b_batch.ipynb #b47c0e11
 @patch
 def _cut_is_failed(self: BatchRunner, req: ChatRequest, res: ChatResult, body: dict) -> ChatResult:
     """A batch reply carries its reasoning tokens; one cut at `length` by its reasoning (`reasoning_cut`) is

@@ -15,8 +15,9 @@ from .core import ModelSpec
 
 # %% auto #0
 __all__ = ['MODEL_FAMILIES', 'REASONING_MODEL', 'DEFAULT_HEADROOM', 'CREATE_RESPONSES', 'ChatRequest', 'ChatResult',
-           'reasoning_tokens_of', 'reasoning_cut', 'canonical_json', 'request_body', 'ModelFamily', 'model_family',
-           'RequestShape', 'request_shape', 'api_params', 'cache_key', 'checkpoint_fingerprint', 'ResponseCache']
+           'reasoning_tokens_of', 'reasoning_cut', 'cache_key', 'canonical_json', 'request_body',
+           'checkpoint_fingerprint', 'ModelFamily', 'model_family', 'api_params', 'request_shape', 'RequestShape',
+           'ResponseCache']
 
 # %% ../nbs/13_cache.ipynb #06140882
 @dataclass
@@ -58,7 +59,13 @@ def reasoning_cut(res: ChatResult) -> bool:
     "Whether a reply was cut at `length` with empty content, or after the model spent tokens reasoning."
     return res.finish_reason == 'length' and (not (res.text or '').strip() or res.reasoning_tokens > 0)
 
-# %% ../nbs/13_cache.ipynb #971f72f2
+# %% ../nbs/13_cache.ipynb #c55fe4c4
+def cache_key(endpoint: str, # the endpoint's identity (URL, `embedded:<model>`, a checkpoint's fingerprint)
+              body: dict, # the request body
+             ) -> str:
+    "SHA256 of the endpoint identity and the request body."
+    return hashlib.sha256(canonical_json({'endpoint': endpoint, 'body': body}).encode('utf-8')).hexdigest()
+
 def canonical_json(obj) -> str:
     "JSON with sorted keys and no spaces: equal objects give equal strings."
     return json.dumps(obj, sort_keys=True, separators=(',', ':'), ensure_ascii=False, default=str)
@@ -82,6 +89,15 @@ def request_body(model: str, # the model name at the endpoint
     if req.response_format is not None and structured_output: body['response_format'] = req.response_format
     body.update(req.extra)
     return body
+
+# %% ../nbs/13_cache.ipynb #d7d4af8c
+def checkpoint_fingerprint(path, # a checkpoint folder (or a single file)
+                          ) -> str:
+    "SHA256 of a checkpoint folder's resolved path and each file's name, size and mtime."
+    path = Path(path).resolve()
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    sig = [str(path)] + [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return hashlib.sha256(canonical_json(sig).encode()).hexdigest()
 
 # %% ../nbs/13_cache.ipynb #e1344c8d
 @dataclass(frozen=True)
@@ -113,19 +129,16 @@ def model_family(name: str, # a model name at an OpenAI endpoint (`openai/` or o
         if re.match(rf'^(?:[\w.-]+/)?(?:{fam.pattern})(?![.\d])', name): return fam
     return None
 
+# %% ../nbs/13_cache.ipynb #c66ba865
+def api_params(spec: ModelSpec, # the model's spec
+              ) -> tuple[str, bool]:
+    """(length parameter, sends temperature?) for a model, from `request_shape`: the spec's `token_param` and
+    `sends_temperature` when set, else the capability table's (the classic `max_tokens` with a temperature for
+    local backends and unknown names)."""
+    s = request_shape(spec)
+    return s.token_param, s.temperature
+
 # %% ../nbs/13_cache.ipynb #120447ea
-DEFAULT_HEADROOM = 2048   # reasoning tokens allowed on top of the answer's budget when a model reasons
-
-@dataclass(frozen=True)
-class RequestShape:
-    "How a model's chat requests are shaped (see `request_shape`)."
-    token_param: str
-    temperature: bool
-    reasoning_effort: Optional[str]
-    headroom: int
-    reasons: bool                      # whether it spends reasoning tokens (its effort is not `none`)
-    family: Optional[str]              # the table's row, or None when the name is unknown
-
 def request_shape(spec: ModelSpec, # the model's spec
                  ) -> RequestShape:
     "The shape of `spec`'s requests: its own settings first, the capability table's for an OpenAI endpoint."
@@ -139,30 +152,17 @@ def request_shape(spec: ModelSpec, # the model's spec
     headroom = spec.reasoning_headroom if spec.reasoning_headroom is not None else DEFAULT_HEADROOM * reasons
     return RequestShape(param, temp, effort, headroom, reasons, fam.pattern if fam else None)
 
-# %% ../nbs/13_cache.ipynb #c66ba865
-def api_params(spec: ModelSpec, # the model's spec
-              ) -> tuple[str, bool]:
-    """(length parameter, sends temperature?) for a model, from `request_shape`: the spec's `token_param` and
-    `sends_temperature` when set, else the capability table's (the classic `max_tokens` with a temperature for
-    local backends and unknown names)."""
-    s = request_shape(spec)
-    return s.token_param, s.temperature
+DEFAULT_HEADROOM = 2048   # reasoning tokens allowed on top of the answer's budget when a model reasons
 
-# %% ../nbs/13_cache.ipynb #c828c3f5
-def cache_key(endpoint: str, # the endpoint's identity (URL, `embedded:<model>`, a checkpoint's fingerprint)
-              body: dict, # the request body
-             ) -> str:
-    "SHA256 of the endpoint identity and the request body."
-    return hashlib.sha256(canonical_json({'endpoint': endpoint, 'body': body}).encode('utf-8')).hexdigest()
-
-# %% ../nbs/13_cache.ipynb #d7d4af8c
-def checkpoint_fingerprint(path, # a checkpoint folder (or a single file)
-                          ) -> str:
-    "SHA256 of a checkpoint folder's resolved path and each file's name, size and mtime."
-    path = Path(path).resolve()
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    sig = [str(path)] + [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return hashlib.sha256(canonical_json(sig).encode()).hexdigest()
+@dataclass(frozen=True)
+class RequestShape:
+    "How a model's chat requests are shaped (see `request_shape`)."
+    token_param: str
+    temperature: bool
+    reasoning_effort: Optional[str]
+    headroom: int
+    reasons: bool                      # whether it spends reasoning tokens (its effort is not `none`)
+    family: Optional[str]              # the table's row, or None when the name is unknown
 
 # %% ../nbs/13_cache.ipynb #398a6f54
 CREATE_RESPONSES = ('CREATE TABLE IF NOT EXISTS responses '
@@ -192,7 +192,7 @@ class ResponseCache:
         with self._lock: return self._db.execute('SELECT COUNT(*) FROM responses').fetchone()[0]
     def close(self): self._db.close()
 
-# %% ../nbs/13_cache.ipynb #286a3afa
+# %% ../nbs/13_cache.ipynb #0c6283e9
 @patch
 def get(self: ResponseCache, key: str) -> Optional[dict]:
     "The stored response for `key`, or None."
@@ -200,7 +200,6 @@ def get(self: ResponseCache, key: str) -> Optional[dict]:
         row = self._db.execute('SELECT value FROM responses WHERE key=?', (key,)).fetchone()
     return json.loads(row[0]) if row else None
 
-# %% ../nbs/13_cache.ipynb #0c1682ef
 @patch
 def get_many(self: ResponseCache, keys: Iterable[str]) -> dict:
     "The stored responses for those of `keys` that have one."
@@ -212,13 +211,12 @@ def get_many(self: ResponseCache, keys: Iterable[str]) -> dict:
             out.update({k: json.loads(v) for k, v in self._db.execute(q, chunk)})
     return out
 
-# %% ../nbs/13_cache.ipynb #7a4eb318
+# %% ../nbs/13_cache.ipynb #c744883e
 @patch
 def put(self: ResponseCache, key: str, value: dict):
     "Store `value` under `key`, durably (committed with a full sync) before returning."
     self.put_many([(key, value)])
 
-# %% ../nbs/13_cache.ipynb #b23a714d
 @patch
 def put_many(self: ResponseCache, items: Iterable[tuple[str, dict]]):
     "Store (key, value) pairs in one transaction: durable together before returning, for one sync in all."

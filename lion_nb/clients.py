@@ -23,9 +23,9 @@ from .limits import (CHARS_PER_TOKEN, MAX_RETRY_AFTER_S, USAGE_COLUMNS, Budget, 
 from .limits import cached_prompt_tokens, cached_saving_usd, shared_prefix_tokens
 
 # %% auto #0
-__all__ = ['NO_KEY', 'MAX_RESHAPES', 'NORMAL_FINISH', 'SHAPES_FILE', 'LIMIT_PARAMS', 'SUPPORTED', 'ALPACA_TEMPLATE',
-           'ALPACA_INPUT_TEMPLATE', 'LION_TEMPLATE', 'LION_INPUT_TEMPLATE', 'LAYOUTS', 'served_weights', 'OpenAIClient',
-           'alpaca_prompt', 'resolve_template', 'render_prompt', 'resolve_checkpoint', 'HFClient', 'free_memory']
+__all__ = ['NO_KEY', 'SUPPORTED', 'SHAPES_FILE', 'LIMIT_PARAMS', 'MAX_RESHAPES', 'NORMAL_FINISH', 'ALPACA_TEMPLATE',
+           'ALPACA_INPUT_TEMPLATE', 'LION_TEMPLATE', 'LION_INPUT_TEMPLATE', 'LAYOUTS', 'OpenAIClient', 'served_weights',
+           'render_prompt', 'resolve_template', 'alpaca_prompt', 'HFClient', 'resolve_checkpoint', 'free_memory']
 
 # %% ../nbs/13c_clients.ipynb #92987f3e
 NO_KEY = 'sk-no-key-required'   # a placeholder for endpoints without authentication (never a real key)
@@ -58,7 +58,7 @@ class _Client:
     def _fetch(self, todo: dict, desc, deliver, n_hits) -> Optional[BudgetExceeded]:
         raise NotImplementedError
 
-# %% ../nbs/13c_clients.ipynb #bd2723cf
+# %% ../nbs/13c_clients.ipynb #4cd1a66a
 @patch
 def close(self: _Client):
     "Close the cache and usage log (and, for a local model, free its weights). Safe to call twice."
@@ -66,89 +66,10 @@ def close(self: _Client):
     if self.usage is not None: self.usage.close()
     if hasattr(self, 'model'): self.model = self.tokenizer = None
 
-# %% ../nbs/13c_clients.ipynb #b2912fd5
 @patch
 def __enter__(self: _Client): return self
 @patch
 def __exit__(self: _Client, *exc): self.close()
-
-# %% ../nbs/13c_clients.ipynb #ebace9a8
-@patch
-def _event(self: _Client, **counts):
-    "Count usage in `stats` and write it to the usage log."
-    ev = {c: counts.get(c, 0) for c in USAGE_COLUMNS}
-    for c in USAGE_COLUMNS: self.stats[c] += ev[c]
-    if self.usage is None: return
-    extra = {'error': counts['error']} if counts.get('error') else {}
-    extra.update({k: counts[k] for k in ('reasoning_tokens', 'length_retries') if counts.get(k)
-                  and k not in USAGE_COLUMNS})   # (once the usage table has a column, it is one of ev)
-    self.usage.record(role=self.role, stage=self.stage, iteration=self.iteration, model=self.spec.model,
-                      backend=self.backend, batch=bool(counts.get('batch', False)), **ev, **extra)
-
-# %% ../nbs/13c_clients.ipynb #3d75478e
-@patch
-def _lookup(self: _Client, requests: Sequence[ChatRequest]):
-    "Split requests into cached results and the unique keys still to fetch."
-    keys = [self.key(r) for r in requests]
-    hits = self.cache.get_many(keys) if self.cache is not None and self.cacheable() else {}
-    todo = {}
-    for r, k in zip(requests, keys):
-        if k not in hits and k not in todo: todo[k] = r
-    return keys, hits, todo
-
-# %% ../nbs/13c_clients.ipynb #1d88b38a
-@patch
-def _store(self: _Client, done: Sequence[tuple[str, ChatResult]]):
-    "Cache the successes among `done`, (key, result) pairs, in one transaction."
-    if self.cache is None or not self.cacheable(): return
-    value = lambda r: {'text': r.text, 'finish_reason': r.finish_reason, 'prompt_tokens': r.prompt_tokens,
-                       'completion_tokens': r.completion_tokens, 'model': r.model,
-                       **({'logprobs': r.logprobs} if r.logprobs else {})}
-    self.cache.put_many([(k, value(r)) for k, r in done if r.status == 'done'])
-
-# %% ../nbs/13c_clients.ipynb #4fadd1fe
-@patch
-def _settle(self: _Client, done: list, deliver, *, cost: float = 0.0, calls: Optional[int] = None,
-            batch: bool = False):
-    """Account for, cache and deliver a group of finished (key, result) pairs: one usage event and one cache
-    transaction for the whole group (a batch's results, a local model's batch), so that collecting 50,000
-    results costs a few syncs, not three per result. `calls`: how many of them were sent (default: all)."""
-    if not done: return
-    cached = sum(r.cached_tokens for _, r in done)
-    self._event(calls=len(done) if calls is None else calls,
-                prompt_tokens=sum(r.prompt_tokens for _, r in done),
-                completion_tokens=sum(r.completion_tokens for _, r in done),
-                failures=sum(r.status == 'failed' for _, r in done), cost_usd=cost, batch=batch,
-                cached_tokens=cached, cached_saving_usd=cached_saving_usd(self.spec, cached, batch),
-                reasoning_tokens=sum(getattr(r, 'reasoning_tokens', 0) for _, r in done))
-    self._store(done)
-    deliver(done)
-
-# %% ../nbs/13c_clients.ipynb #815f4dae
-@patch
-def estimate(self: _Client, requests: Sequence[ChatRequest]) -> dict:
-    "Dry run: calls, tokens and cost that `run(requests)` would spend (cache hits cost nothing)."
-    keys, hits, todo = self._lookup(list(requests))
-    pt = sum(estimate_prompt_tokens(r.messages) for r in todo.values())
-    ct = sum(r.max_tokens for r in todo.values())
-    batch = self.spec.batch_api and self.backend == 'openai'
-    cached = shared_prefix_tokens(todo.values()) if self.backend == 'openai' else 0   # a remote prompt cache
-    return {'requests': len(keys), 'cache_hits': sum(k in hits for k in keys), 'calls': len(todo),
-            'prompt_tokens': pt, 'completion_tokens': ct, 'cached_tokens': cached,
-            'cost_usd': round(cost_usd(self.spec, pt, ct, batch, cached), 6),
-            'cached_saving_usd': round(cached_saving_usd(self.spec, cached, batch), 6),
-            'worst_case_usd': round(sum(worst_case_cost(self.spec, r, batch) for r in todo.values()), 6),
-            'model': self.spec.model, 'batch_api': batch}
-
-# %% ../nbs/13c_clients.ipynb #76e1fb29
-def _result_from_cache(req: ChatRequest, v: dict) -> ChatResult:
-    return ChatResult(req.key, 'done', v.get('text', ''), v.get('finish_reason'), None,
-                      v.get('prompt_tokens', 0), v.get('completion_tokens', 0), True, v.get('model', ''),
-                      v.get('logprobs'))
-
-# %% ../nbs/13c_clients.ipynb #9d5a8785
-def _with_key(res: ChatResult, key: str) -> ChatResult:
-    return res if res.key == key else ChatResult(**{**asdict(res), 'key': key})
 
 # %% ../nbs/13c_clients.ipynb #583a8afd
 @patch
@@ -178,24 +99,82 @@ def run(self: _Client, requests: Sequence[ChatRequest], # the requests to comple
     if stopped is not None: raise stopped
     return out
 
-# %% ../nbs/13c_clients.ipynb #e76cdaf6
-def served_weights(base_url: str, # the endpoint, ending in /v1
-                   api_key: str, # the key its listing needs
-                   timeout_s: float = 30.0,
-                  ) -> Optional[str]:
-    """A fingerprint of the weights an endpoint serves, from its `/v1/models` listing: vLLM (and SGLang) list
-    the served checkpoint folder as `root`, fingerprinted here (`checkpoint_fingerprint`). None (weights
-    unknown: only the URL identifies the endpoint) when the listing cannot be read, names no `root`, or names
-    one that is not a local folder (a remote server's path says nothing of the weights behind it)."""
-    auth = {'Authorization': f'Bearer {api_key}'}
-    req = urllib.request.Request(base_url.rstrip('/') + '/models', headers=auth)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as r: data = json.loads(r.read()).get('data')
-    except (OSError, ValueError, AttributeError): return None
-    roots = sorted({m['root'] for m in data or [] if isinstance(m, dict) and isinstance(m.get('root'), str)})
-    if not roots or not all(Path(r).is_dir() for r in roots): return None
-    sig = [checkpoint_fingerprint(r) for r in roots]
-    return hashlib.sha256(canonical_json([base_url.rstrip('/'), sig]).encode()).hexdigest()
+# %% ../nbs/13c_clients.ipynb #3d75478e
+@patch
+def _lookup(self: _Client, requests: Sequence[ChatRequest]):
+    "Split requests into cached results and the unique keys still to fetch."
+    keys = [self.key(r) for r in requests]
+    hits = self.cache.get_many(keys) if self.cache is not None and self.cacheable() else {}
+    todo = {}
+    for r, k in zip(requests, keys):
+        if k not in hits and k not in todo: todo[k] = r
+    return keys, hits, todo
+
+# %% ../nbs/13c_clients.ipynb #e060c22c
+def _result_from_cache(req: ChatRequest, v: dict) -> ChatResult:
+    return ChatResult(req.key, 'done', v.get('text', ''), v.get('finish_reason'), None,
+                      v.get('prompt_tokens', 0), v.get('completion_tokens', 0), True, v.get('model', ''),
+                      v.get('logprobs'))
+
+def _with_key(res: ChatResult, key: str) -> ChatResult:
+    return res if res.key == key else ChatResult(**{**asdict(res), 'key': key})
+
+# %% ../nbs/13c_clients.ipynb #4fadd1fe
+@patch
+def _settle(self: _Client, done: list, deliver, *, cost: float = 0.0, calls: Optional[int] = None,
+            batch: bool = False):
+    """Account for, cache and deliver a group of finished (key, result) pairs: one usage event and one cache
+    transaction for the whole group (a batch's results, a local model's batch), so that collecting 50,000
+    results costs a few syncs, not three per result. `calls`: how many of them were sent (default: all)."""
+    if not done: return
+    cached = sum(r.cached_tokens for _, r in done)
+    self._event(calls=len(done) if calls is None else calls,
+                prompt_tokens=sum(r.prompt_tokens for _, r in done),
+                completion_tokens=sum(r.completion_tokens for _, r in done),
+                failures=sum(r.status == 'failed' for _, r in done), cost_usd=cost, batch=batch,
+                cached_tokens=cached, cached_saving_usd=cached_saving_usd(self.spec, cached, batch),
+                reasoning_tokens=sum(getattr(r, 'reasoning_tokens', 0) for _, r in done))
+    self._store(done)
+    deliver(done)
+
+# %% ../nbs/13c_clients.ipynb #ebace9a8
+@patch
+def _event(self: _Client, **counts):
+    "Count usage in `stats` and write it to the usage log."
+    ev = {c: counts.get(c, 0) for c in USAGE_COLUMNS}
+    for c in USAGE_COLUMNS: self.stats[c] += ev[c]
+    if self.usage is None: return
+    extra = {'error': counts['error']} if counts.get('error') else {}
+    extra.update({k: counts[k] for k in ('reasoning_tokens', 'length_retries') if counts.get(k)
+                  and k not in USAGE_COLUMNS})   # (once the usage table has a column, it is one of ev)
+    self.usage.record(role=self.role, stage=self.stage, iteration=self.iteration, model=self.spec.model,
+                      backend=self.backend, batch=bool(counts.get('batch', False)), **ev, **extra)
+
+# %% ../nbs/13c_clients.ipynb #1d88b38a
+@patch
+def _store(self: _Client, done: Sequence[tuple[str, ChatResult]]):
+    "Cache the successes among `done`, (key, result) pairs, in one transaction."
+    if self.cache is None or not self.cacheable(): return
+    value = lambda r: {'text': r.text, 'finish_reason': r.finish_reason, 'prompt_tokens': r.prompt_tokens,
+                       'completion_tokens': r.completion_tokens, 'model': r.model,
+                       **({'logprobs': r.logprobs} if r.logprobs else {})}
+    self.cache.put_many([(k, value(r)) for k, r in done if r.status == 'done'])
+
+# %% ../nbs/13c_clients.ipynb #815f4dae
+@patch
+def estimate(self: _Client, requests: Sequence[ChatRequest]) -> dict:
+    "Dry run: calls, tokens and cost that `run(requests)` would spend (cache hits cost nothing)."
+    keys, hits, todo = self._lookup(list(requests))
+    pt = sum(estimate_prompt_tokens(r.messages) for r in todo.values())
+    ct = sum(r.max_tokens for r in todo.values())
+    batch = self.spec.batch_api and self.backend == 'openai'
+    cached = shared_prefix_tokens(todo.values()) if self.backend == 'openai' else 0   # a remote prompt cache
+    return {'requests': len(keys), 'cache_hits': sum(k in hits for k in keys), 'calls': len(todo),
+            'prompt_tokens': pt, 'completion_tokens': ct, 'cached_tokens': cached,
+            'cost_usd': round(cost_usd(self.spec, pt, ct, batch, cached), 6),
+            'cached_saving_usd': round(cached_saving_usd(self.spec, cached, batch), 6),
+            'worst_case_usd': round(sum(worst_case_cost(self.spec, r, batch) for r in todo.values()), 6),
+            'model': self.spec.model, 'batch_api': batch}
 
 # %% ../nbs/13c_clients.ipynb #c730b2e4
 class OpenAIClient(_Client):
@@ -246,16 +225,26 @@ def cacheable(self: OpenAIClient) -> bool:
         self._warned_uncached = True
     return False
 
-# %% ../nbs/13c_clients.ipynb #ba39fd64
-@patch
-def tokenizer(self: OpenAIClient):
-    "The checkpoint's tokenizer (loaded once): it renders the prompts of the completions route."
-    if self._tok is None:
-        from transformers import AutoTokenizer   # heavy, and only a client that knows its checkpoint needs it
-        self._tok = AutoTokenizer.from_pretrained(self.checkpoint)
-    return self._tok
+# %% ../nbs/13c_clients.ipynb #e76cdaf6
+def served_weights(base_url: str, # the endpoint, ending in /v1
+                   api_key: str, # the key its listing needs
+                   timeout_s: float = 30.0,
+                  ) -> Optional[str]:
+    """A fingerprint of the weights an endpoint serves, from its `/v1/models` listing: vLLM (and SGLang) list
+    the served checkpoint folder as `root`, fingerprinted here (`checkpoint_fingerprint`). None (weights
+    unknown: only the URL identifies the endpoint) when the listing cannot be read, names no `root`, or names
+    one that is not a local folder (a remote server's path says nothing of the weights behind it)."""
+    auth = {'Authorization': f'Bearer {api_key}'}
+    req = urllib.request.Request(base_url.rstrip('/') + '/models', headers=auth)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r: data = json.loads(r.read()).get('data')
+    except (OSError, ValueError, AttributeError): return None
+    roots = sorted({m['root'] for m in data or [] if isinstance(m, dict) and isinstance(m.get('root'), str)})
+    if not roots or not all(Path(r).is_dir() for r in roots): return None
+    sig = [checkpoint_fingerprint(r) for r in roots]
+    return hashlib.sha256(canonical_json([base_url.rstrip('/'), sig]).encode()).hexdigest()
 
-# %% ../nbs/13c_clients.ipynb #2f6a3046
+# %% ../nbs/13c_clients.ipynb #e5fb7229
 @patch
 def body(self: OpenAIClient, req: ChatRequest) -> dict:
     """A known checkpoint is prompted as it was trained: `render_prompt` through /v1/completions, so a base
@@ -270,7 +259,14 @@ def body(self: OpenAIClient, req: ChatRequest) -> dict:
     b.update(req.extra)
     return b
 
-# %% ../nbs/13c_clients.ipynb #20e313a4
+@patch
+def tokenizer(self: OpenAIClient):
+    "The checkpoint's tokenizer (loaded once): it renders the prompts of the completions route."
+    if self._tok is None:
+        from transformers import AutoTokenizer   # heavy, and only a client that knows its checkpoint needs it
+        self._tok = AutoTokenizer.from_pretrained(self.checkpoint)
+    return self._tok
+
 @patch
 def _wire(self: OpenAIClient, body: dict) -> dict:
     "The SDK's keywords for `body`: the server's extensions (vLLM's `add_special_tokens`) go in `extra_body`."
@@ -278,28 +274,12 @@ def _wire(self: OpenAIClient, body: dict) -> dict:
     if 'add_special_tokens' in kw: kw['extra_body'] = {'add_special_tokens': kw.pop('add_special_tokens')}
     return kw
 
-# %% ../nbs/13c_clients.ipynb #c4e1039a
-@patch
-def _sdk(self: OpenAIClient):
-    "A fresh AsyncOpenAI client (it binds to the running event loop) without SDK retries."
-    import openai   # here, not at the top: importing lion_nb.train or serving a checkpoint needs no SDK
-    return openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key_for(self.spec) or NO_KEY,
-                              max_retries=0, timeout=self.spec.timeout_s)
-
-# %% ../nbs/13c_clients.ipynb #4b783610
+# %% ../nbs/13c_clients.ipynb #66494917
 @patch
 def _fetch(self: OpenAIClient, todo, desc, deliver, n_hits):
     if self.spec.batch_api: return BatchRunner(self).fetch(todo, desc, deliver, n_hits)
     return run_sync(lambda: self._fetch_async(todo, desc, deliver, n_hits))
 
-# %% ../nbs/13c_clients.ipynb #605ebff4
-def _budget_stop(b: Budget, worst: float, unsent: int) -> BudgetExceeded:
-    "The error that stops a run whose next request could cost `worst`, with `unsent` requests left."
-    return BudgetExceeded(f"budget cap of ${b.limit:.4f} reached: ${b.spent:.4f} spent, the next request "
-                          f"could cost up to ${worst:.4f}; {unsent} request(s) not sent "
-                          f"(finished ones are recorded)")
-
-# %% ../nbs/13c_clients.ipynb #7c5542cf
 @patch
 async def _fetch_async(self: OpenAIClient, todo: dict, desc, deliver, n_hits) -> Optional[BudgetExceeded]:
     sdk = self._sdk()
@@ -329,103 +309,22 @@ async def _fetch_async(self: OpenAIClient, todo: dict, desc, deliver, n_hits) ->
     if state['stop'] is None: return None
     return _budget_stop(self.budget, state['stop'], state['unsent'])
 
-# %% ../nbs/13c_clients.ipynb #e4eb70e7
+# %% ../nbs/13c_clients.ipynb #605ebff4
+def _budget_stop(b: Budget, worst: float, unsent: int) -> BudgetExceeded:
+    "The error that stops a run whose next request could cost `worst`, with `unsent` requests left."
+    return BudgetExceeded(f"budget cap of ${b.limit:.4f} reached: ${b.spent:.4f} spent, the next request "
+                          f"could cost up to ${worst:.4f}; {unsent} request(s) not sent "
+                          f"(finished ones are recorded)")
+
+# %% ../nbs/13c_clients.ipynb #c4e1039a
 @patch
-async def _retry_wait(self: OpenAIClient, attempt: int, err: str, wait: Optional[float]):
-    "Sleep before the next attempt: the server's wait (a 429's pauses everyone), else backoff with jitter."
-    if wait is not None and err.startswith('HTTP 429'): self.limiter.pause(min(wait, MAX_RETRY_AFTER_S))
-    if wait is not None: await asyncio.sleep(min(wait, MAX_RETRY_AFTER_S))
-    else: await asyncio.sleep(backoff_s(attempt, self.retry_base_s, rng=self.rng))
+def _sdk(self: OpenAIClient):
+    "A fresh AsyncOpenAI client (it binds to the running event loop) without SDK retries."
+    import openai   # here, not at the top: importing lion_nb.train or serving a checkpoint needs no SDK
+    return openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key_for(self.spec) or NO_KEY,
+                              max_retries=0, timeout=self.spec.timeout_s)
 
-# %% ../nbs/13c_clients.ipynb #cfb2e4f8
-@patch
-def _account(self: OpenAIClient, res: ChatResult, retries: int, err: str) -> float:
-    "The usage event of a call that got a response; what it cost."
-    cost = cost_usd(self.spec, res.prompt_tokens, res.completion_tokens, cached_tokens=res.cached_tokens)
-    self._event(calls=1, prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
-                failures=int(res.status == 'failed' or reasoning_cut(res)), retries=retries, cost_usd=cost,
-                cached_tokens=res.cached_tokens,
-                cached_saving_usd=cached_saving_usd(self.spec, res.cached_tokens),
-                error=res.error or (f'retried after: {err}' if retries else None),
-                reasoning_tokens=res.reasoning_tokens)   # a reply cut by its reasoning is a failed call
-    return cost
-
-# %% ../nbs/13c_clients.ipynb #b12b79ea
-MAX_RESHAPES = 3   # refusals of a request's shape learned per request (each names another parameter)
-
-@patch
-async def _call_once(self: OpenAIClient, sdk, req: ChatRequest, body: dict) -> tuple[ChatResult, float]:
-    """One request with our retries; returns the result and what it cost. A refusal of its shape (`_learn`)
-    is free and sent again at once, in the shape it names."""
-    est = estimate_prompt_tokens(req.messages) + req.max_tokens
-    err, retries, attempt, reshaped = 'not attempted', 0, 0, 0
-    while attempt <= self.spec.max_retries:
-        sent = self._shaped(body)
-        entry = await self.limiter.acquire(est)
-        create = sdk.completions.create if 'prompt' in sent else sdk.chat.completions.create
-        try:
-            resp = await create(**self._wire(sent))
-        except Exception as e:
-            self.limiter.reconcile(entry, 0)
-            retryable, err, wait = classify_error(e)
-            err = auth_hint(self.spec, err)
-            if reshaped < MAX_RESHAPES and (self._learn(e, sent) or self._shaped(body) != sent):
-                reshaped += 1
-                continue
-            self._settle_shape()   # not a refusal of the shape: nothing more to learn from this one
-            if not retryable or attempt == self.spec.max_retries: break
-            retries += 1
-            await self._retry_wait(attempt, err, wait)
-            attempt += 1
-            continue
-        res = self._parse(req, resp)
-        res.reasoning_tokens = reasoning_tokens_of(resp)
-        self._settle_shape()
-        self.limiter.reconcile(entry, res.prompt_tokens + res.completion_tokens)
-        return res, self._account(res, retries, err)
-    self._event(calls=1, failures=1, retries=retries, error=err)
-    error = f'{err} (after {retries + 1} attempt(s))'
-    failed = ChatResult(req.key, 'failed', error=error, model=self.spec.model)
-    return failed, 0.0
-
-# %% ../nbs/13c_clients.ipynb #7760bb96
-@patch
-def _headroom(self: OpenAIClient) -> int:
-    "The reasoning headroom each request's limit carries (a completions-route student: none)."
-    return 0 if self.checkpoint is not None else request_shape(self.spec).headroom
-
-# %% ../nbs/13c_clients.ipynb #eddcbb2c
-@patch
-async def _call_sized(self: OpenAIClient, sdk, req: ChatRequest) -> tuple[ChatResult, float]:
-    """One request; a reply cut at `length` by the model's reasoning (`reasoning_cut`) is retried once with
-    more headroom (capped, paid, counted in `retries` and `length_retries`); it is never kept as an
-    answer."""
-    body = self.body(req)
-    before = max(self._headroom(), self.learned().get('headroom', 0))
-    res, cost = await self._call_once(sdk, req, body)
-    if not reasoning_cut(res) or 'prompt' in body: return res, cost
-    head = self._more_headroom(req, before)
-    worst = worst_case_cost(self.spec, replace(req, max_tokens=req.max_tokens + (head or 0)))
-    if head is not None and (self.budget is None or self.budget.reserve(worst)):
-        self._event(retries=1, length_retries=1, error=f'cut at length after {res.reasoning_tokens} '
-                    f'reasoning tokens: retried with {head:,} tokens of headroom')
-        res, more = await self._call_once(sdk, req, body)
-        if self.budget is not None: self.budget.settle(worst, 0.0)   # the caller settles the total
-        cost += more
-        if not reasoning_cut(res): return res, cost
-    note = (f"cut at length after {res.reasoning_tokens} reasoning tokens, with more headroom too: not kept "
-            f"as an answer (raise reasoning_headroom / max_reasoning_headroom, or lower reasoning_effort)")
-    self._event(error=note)   # (each cut call is already counted as a failure)
-    return ChatResult(req.key, 'failed', '', 'length', note, res.prompt_tokens, res.completion_tokens, False,
-                      res.model, None, res.reasoning_tokens), cost
-
-# %% ../nbs/13c_clients.ipynb #e42c228c
-@patch
-def _settle_shape(self: OpenAIClient):
-    "The model's shape is known (it answered, or failed otherwise than by refusing it): let the others go."
-    self.__dict__['_settled'] = True
-    if self.__dict__.get('_gate') is not None: self._gate[1].set()
-
+# %% ../nbs/13c_clients.ipynb #0f9272f3
 @patch
 async def _call(self: OpenAIClient, sdk, req: ChatRequest) -> tuple[ChatResult, float]:
     """One request (`_call_sized`); returns the result and what it cost. Until a model unknown to the
@@ -441,58 +340,11 @@ async def _call(self: OpenAIClient, sdk, req: ChatRequest) -> tuple[ChatResult, 
     try: return await self._call_sized(sdk, req)
     finally: self._gate[1].set()
 
-# %% ../nbs/13c_clients.ipynb #6d076b62
-NORMAL_FINISH = ('stop',)   # finish reasons of a reply that ended by itself (an empty one is an answer)
-
 @patch
-def _parse(self: OpenAIClient, req: ChatRequest, resp) -> ChatResult:
-    """A ChatResult from a chat-completion response (an object or its dict form). An empty or blank reply that
-    ended normally (`finish_reason` 'stop') is an answer, as a local model's is: the referee and judge score
-    it. One cut at the token limit, filtered, or with no finish reason is a failure."""
-    d = resp if isinstance(resp, dict) else resp.model_dump()
-    u = d.get('usage') or {}
-    pt = u.get('prompt_tokens') or estimate_prompt_tokens(req.messages)
-    cc = cached_prompt_tokens(u)   # of them, billed at the cached rate
-    model = d.get('model') or self.spec.model
-    choices = d.get('choices') or []
-    if not choices:
-        return ChatResult(req.key, 'failed', error='response has no choices', prompt_tokens=pt, model=model,
-                          cached_tokens=cc)
-    ch = choices[0]
-    text = (ch.get('message') or {}).get('content') if 'text' not in ch else ch['text']
-    ct = u.get('completion_tokens') or (math.ceil(len(text or '')/CHARS_PER_TOKEN))
-    finish = ch.get('finish_reason')
-    if (not text or not text.strip()) and finish not in NORMAL_FINISH:
-        return ChatResult(req.key, 'failed', '', finish, 'empty response', pt, ct, False, model,
-                          cached_tokens=cc)
-    lp = ch.get('logprobs')
-    lp = lp.get('content') if isinstance(lp, dict) else None   # token logprobs, when the request asks
-    return ChatResult(req.key, 'done', text or '', finish, None, pt, ct, False, model, lp, cached_tokens=cc)
-
-
-# %% ../nbs/13c_clients.ipynb #04ba1d72
-SHAPES_FILE = 'request_shapes.json'
-LIMIT_PARAMS = ('max_tokens', 'max_completion_tokens')
-
-@patch
-def learned(self: OpenAIClient) -> dict:
-    """What this run has learned of the model's request shape: `token_param`, `reasoning_effort`, the
-    parameters to `drop`, and a `notes` line per change (empty until the endpoint refuses a shape)."""
-    if '_learned' not in self.__dict__:
-        f = self.cache.folder/SHAPES_FILE if self.cache is not None else None
-        known = read_json(f) if f is not None and f.exists() else {}
-        self._learned = known.get(f'{self.base_url} {self.spec.model}', {})
-    return self._learned
-
-# %% ../nbs/13c_clients.ipynb #b73ddabf
-@patch
-def _save_learned(self: OpenAIClient):
-    "Write what was learned to the run's `request_shapes.json` (merged with the other models' entries)."
-    if self.cache is None: return
-    f = self.cache.folder/SHAPES_FILE
-    known = read_json(f) if f.exists() else {}
-    known[f'{self.base_url} {self.spec.model}'] = self._learned
-    write_json(f, known)
+def _settle_shape(self: OpenAIClient):
+    "The model's shape is known (it answered, or failed otherwise than by refusing it): let the others go."
+    self.__dict__['_settled'] = True
+    if self.__dict__.get('_gate') is not None: self._gate[1].set()
 
 # %% ../nbs/13c_clients.ipynb #9c270243
 @patch
@@ -539,7 +391,55 @@ def _learn(self: OpenAIClient, e: BaseException, sent: dict) -> bool:
     warnings.warn(f"{self.role} {self.spec.model}: {note} (kept for the run)", stacklevel=2)
     return True
 
-# %% ../nbs/13c_clients.ipynb #ffb8f86f
+# %% ../nbs/13c_clients.ipynb #93669908
+SHAPES_FILE = 'request_shapes.json'
+LIMIT_PARAMS = ('max_tokens', 'max_completion_tokens')
+
+@patch
+def learned(self: OpenAIClient) -> dict:
+    """What this run has learned of the model's request shape: `token_param`, `reasoning_effort`, the
+    parameters to `drop`, and a `notes` line per change (empty until the endpoint refuses a shape)."""
+    if '_learned' not in self.__dict__:
+        f = self.cache.folder/SHAPES_FILE if self.cache is not None else None
+        known = read_json(f) if f is not None and f.exists() else {}
+        self._learned = known.get(f'{self.base_url} {self.spec.model}', {})
+    return self._learned
+
+@patch
+def _save_learned(self: OpenAIClient):
+    "Write what was learned to the run's `request_shapes.json` (merged with the other models' entries)."
+    if self.cache is None: return
+    f = self.cache.folder/SHAPES_FILE
+    known = read_json(f) if f.exists() else {}
+    known[f'{self.base_url} {self.spec.model}'] = self._learned
+    write_json(f, known)
+
+# %% ../nbs/13c_clients.ipynb #eddcbb2c
+@patch
+async def _call_sized(self: OpenAIClient, sdk, req: ChatRequest) -> tuple[ChatResult, float]:
+    """One request; a reply cut at `length` by the model's reasoning (`reasoning_cut`) is retried once with
+    more headroom (capped, paid, counted in `retries` and `length_retries`); it is never kept as an
+    answer."""
+    body = self.body(req)
+    before = max(self._headroom(), self.learned().get('headroom', 0))
+    res, cost = await self._call_once(sdk, req, body)
+    if not reasoning_cut(res) or 'prompt' in body: return res, cost
+    head = self._more_headroom(req, before)
+    worst = worst_case_cost(self.spec, replace(req, max_tokens=req.max_tokens + (head or 0)))
+    if head is not None and (self.budget is None or self.budget.reserve(worst)):
+        self._event(retries=1, length_retries=1, error=f'cut at length after {res.reasoning_tokens} '
+                    f'reasoning tokens: retried with {head:,} tokens of headroom')
+        res, more = await self._call_once(sdk, req, body)
+        if self.budget is not None: self.budget.settle(worst, 0.0)   # the caller settles the total
+        cost += more
+        if not reasoning_cut(res): return res, cost
+    note = (f"cut at length after {res.reasoning_tokens} reasoning tokens, with more headroom too: not kept "
+            f"as an answer (raise reasoning_headroom / max_reasoning_headroom, or lower reasoning_effort)")
+    self._event(error=note)   # (each cut call is already counted as a failure)
+    return ChatResult(req.key, 'failed', '', 'length', note, res.prompt_tokens, res.completion_tokens, False,
+                      res.model, None, res.reasoning_tokens), cost
+
+# %% ../nbs/13c_clients.ipynb #edf39ebc
 @patch
 def _more_headroom(self: OpenAIClient, req: ChatRequest, before: int) -> Optional[int]:
     """Raise the run's reasoning headroom after a reply sent with `before` was cut: doubled, at least the
@@ -553,6 +453,119 @@ def _more_headroom(self: OpenAIClient, req: ChatRequest, before: int) -> Optiona
     self.learned().setdefault('notes', []).append(f"a reply was cut at length by reasoning: headroom {new:,}")
     self._save_learned()
     return new
+
+@patch
+def _headroom(self: OpenAIClient) -> int:
+    "The reasoning headroom each request's limit carries (a completions-route student: none)."
+    return 0 if self.checkpoint is not None else request_shape(self.spec).headroom
+
+# %% ../nbs/13c_clients.ipynb #b12b79ea
+MAX_RESHAPES = 3   # refusals of a request's shape learned per request (each names another parameter)
+
+@patch
+async def _call_once(self: OpenAIClient, sdk, req: ChatRequest, body: dict) -> tuple[ChatResult, float]:
+    """One request with our retries; returns the result and what it cost. A refusal of its shape (`_learn`)
+    is free and sent again at once, in the shape it names."""
+    est = estimate_prompt_tokens(req.messages) + req.max_tokens
+    err, retries, attempt, reshaped = 'not attempted', 0, 0, 0
+    while attempt <= self.spec.max_retries:
+        sent = self._shaped(body)
+        entry = await self.limiter.acquire(est)
+        create = sdk.completions.create if 'prompt' in sent else sdk.chat.completions.create
+        try:
+            resp = await create(**self._wire(sent))
+        except Exception as e:
+            self.limiter.reconcile(entry, 0)
+            retryable, err, wait = classify_error(e)
+            err = auth_hint(self.spec, err)
+            if reshaped < MAX_RESHAPES and (self._learn(e, sent) or self._shaped(body) != sent):
+                reshaped += 1
+                continue
+            self._settle_shape()   # not a refusal of the shape: nothing more to learn from this one
+            if not retryable or attempt == self.spec.max_retries: break
+            retries += 1
+            await self._retry_wait(attempt, err, wait)
+            attempt += 1
+            continue
+        res = self._parse(req, resp)
+        res.reasoning_tokens = reasoning_tokens_of(resp)
+        self._settle_shape()
+        self.limiter.reconcile(entry, res.prompt_tokens + res.completion_tokens)
+        return res, self._account(res, retries, err)
+    self._event(calls=1, failures=1, retries=retries, error=err)
+    error = f'{err} (after {retries + 1} attempt(s))'
+    failed = ChatResult(req.key, 'failed', error=error, model=self.spec.model)
+    return failed, 0.0
+
+# %% ../nbs/13c_clients.ipynb #e4eb70e7
+@patch
+async def _retry_wait(self: OpenAIClient, attempt: int, err: str, wait: Optional[float]):
+    "Sleep before the next attempt: the server's wait (a 429's pauses everyone), else backoff with jitter."
+    if wait is not None and err.startswith('HTTP 429'): self.limiter.pause(min(wait, MAX_RETRY_AFTER_S))
+    if wait is not None: await asyncio.sleep(min(wait, MAX_RETRY_AFTER_S))
+    else: await asyncio.sleep(backoff_s(attempt, self.retry_base_s, rng=self.rng))
+
+# %% ../nbs/13c_clients.ipynb #cfb2e4f8
+@patch
+def _account(self: OpenAIClient, res: ChatResult, retries: int, err: str) -> float:
+    "The usage event of a call that got a response; what it cost."
+    cost = cost_usd(self.spec, res.prompt_tokens, res.completion_tokens, cached_tokens=res.cached_tokens)
+    self._event(calls=1, prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
+                failures=int(res.status == 'failed' or reasoning_cut(res)), retries=retries, cost_usd=cost,
+                cached_tokens=res.cached_tokens,
+                cached_saving_usd=cached_saving_usd(self.spec, res.cached_tokens),
+                error=res.error or (f'retried after: {err}' if retries else None),
+                reasoning_tokens=res.reasoning_tokens)   # a reply cut by its reasoning is a failed call
+    return cost
+
+# %% ../nbs/13c_clients.ipynb #6d076b62
+NORMAL_FINISH = ('stop',)   # finish reasons of a reply that ended by itself (an empty one is an answer)
+
+@patch
+def _parse(self: OpenAIClient, req: ChatRequest, resp) -> ChatResult:
+    """A ChatResult from a chat-completion response (an object or its dict form). An empty or blank reply that
+    ended normally (`finish_reason` 'stop') is an answer, as a local model's is: the referee and judge score
+    it. One cut at the token limit, filtered, or with no finish reason is a failure."""
+    d = resp if isinstance(resp, dict) else resp.model_dump()
+    u = d.get('usage') or {}
+    pt = u.get('prompt_tokens') or estimate_prompt_tokens(req.messages)
+    cc = cached_prompt_tokens(u)   # of them, billed at the cached rate
+    model = d.get('model') or self.spec.model
+    choices = d.get('choices') or []
+    if not choices:
+        return ChatResult(req.key, 'failed', error='response has no choices', prompt_tokens=pt, model=model,
+                          cached_tokens=cc)
+    ch = choices[0]
+    text = (ch.get('message') or {}).get('content') if 'text' not in ch else ch['text']
+    ct = u.get('completion_tokens') or (math.ceil(len(text or '')/CHARS_PER_TOKEN))
+    finish = ch.get('finish_reason')
+    if (not text or not text.strip()) and finish not in NORMAL_FINISH:
+        return ChatResult(req.key, 'failed', '', finish, 'empty response', pt, ct, False, model,
+                          cached_tokens=cc)
+    lp = ch.get('logprobs')
+    lp = lp.get('content') if isinstance(lp, dict) else None   # token logprobs, when the request asks
+    return ChatResult(req.key, 'done', text or '', finish, None, pt, ct, False, model, lp, cached_tokens=cc)
+
+
+# %% ../nbs/13c_clients.ipynb #5edbce3e
+def render_prompt(tokenizer, # the student's tokenizer
+                  messages, # the conversation
+                  template: str = 'chat', # 'chat', 'alpaca', 'lion' or 'auto'
+                 ) -> str:
+    """The text a local student continues, in training and at inference alike: its chat template, or the
+    Alpaca or Lion layout."""
+    layout = resolve_template(tokenizer, template)
+    if layout == 'chat':
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return alpaca_prompt(messages, layout)
+
+def resolve_template(tokenizer, template: str = 'auto') -> str:
+    """'alpaca' or 'lion' when asked for; 'chat' only when the tokenizer has a chat template ('chat' and
+    'auto' else fall back to 'alpaca')."""
+    if template not in ('auto', 'chat', *LAYOUTS): raise LionError(f"unknown prompt template {template!r}")
+    if template in LAYOUTS: return template
+    if not getattr(tokenizer, 'chat_template', None): return 'alpaca'
+    return 'chat'
 
 # %% ../nbs/13c_clients.ipynb #ba5c170e
 ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately "
@@ -581,34 +594,6 @@ def alpaca_prompt(messages, # the conversation
             else plain.format(instruction=instruction))
     return (sys_ + '\n\n' if sys_ else '') + body
 
-# %% ../nbs/13c_clients.ipynb #68e4eb9c
-def resolve_template(tokenizer, template: str = 'auto') -> str:
-    """'alpaca' or 'lion' when asked for; 'chat' only when the tokenizer has a chat template ('chat' and
-    'auto' else fall back to 'alpaca')."""
-    if template not in ('auto', 'chat', *LAYOUTS): raise LionError(f"unknown prompt template {template!r}")
-    if template in LAYOUTS: return template
-    if not getattr(tokenizer, 'chat_template', None): return 'alpaca'
-    return 'chat'
-
-# %% ../nbs/13c_clients.ipynb #5e6266a6
-def render_prompt(tokenizer, # the student's tokenizer
-                  messages, # the conversation
-                  template: str = 'chat', # 'chat', 'alpaca', 'lion' or 'auto'
-                 ) -> str:
-    """The text a local student continues, in training and at inference alike: its chat template, or the
-    Alpaca or Lion layout."""
-    layout = resolve_template(tokenizer, template)
-    if layout == 'chat':
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return alpaca_prompt(messages, layout)
-
-# %% ../nbs/13c_clients.ipynb #7c2a7864
-def resolve_checkpoint(name_or_path) -> Path:
-    "A checkpoint folder: the embedded student's name maps to its converted checkpoint (lion_nb.models)."
-    p = Path(name_or_path).expanduser()
-    if p.exists(): return p
-    return Path(models.resolve_hf_model(name_or_path))
-
 # %% ../nbs/13c_clients.ipynb #bdfb4e05
 class HFClient(_Client):
     "A local Hugging Face causal LM with the `run()` interface: batched, cached, accounted."
@@ -628,50 +613,104 @@ class HFClient(_Client):
         if req.temperature > 0 and req.seed is not None: b['seed'] = req.seed   # greedy ignores seeds
         return b
 
-# %% ../nbs/13c_clients.ipynb #2a709248
-def _eos_ids(model, tok) -> list[int]:
-    "Every token id that ends a generation: the model's generation config's, and the tokenizer's."
-    eos = model.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-    if tok.eos_token_id is not None: eos.add(tok.eos_token_id)
-    return sorted(eos)
+# %% ../nbs/13c_clients.ipynb #7c2a7864
+def resolve_checkpoint(name_or_path) -> Path:
+    "A checkpoint folder: the embedded student's name maps to its converted checkpoint (lion_nb.models)."
+    p = Path(name_or_path).expanduser()
+    if p.exists(): return p
+    return Path(models.resolve_hf_model(name_or_path))
 
-# %% ../nbs/13c_clients.ipynb #e73e2dd9
+# %% ../nbs/13c_clients.ipynb #016c1d28
 @patch
-def load(self: HFClient) -> HFClient:
-    """Load the tokenizer (left padding) and one model replica per device, once: every visible GPU in bfloat16
-    (or the `device` asked for), else the CPU in float32."""
-    if self.model is not None:   # already loaded (or a model handed over: it is the one replica)
-        if not getattr(self, 'replicas', None):
-            self.replicas, self.devices = [self.model], [self.model.device]
-        return self
-    import torch   # heavy: only a local student needs it (API-only runs never load torch)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(self.path)
-    tok.padding_side = 'left'
-    if tok.pad_token is None: tok.pad_token = tok.eos_token
-    self.tokenizer = tok
-    gpus = [f'cuda:{i}' for i in range(torch.cuda.device_count())]
-    self.devices = [self._device] if self._device else (gpus or ['cpu'])
-    dtype = lambda d: torch.bfloat16 if str(d).startswith('cuda') else torch.float32
-    self.replicas = [AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype(d)).to(d).eval()
-                     for d in self.devices]
-    self.model, self.device = self.replicas[0], self.devices[0]
-    self.eos_ids = _eos_ids(self.model, tok)
-    return self
+def _fetch(self: HFClient, todo: dict, desc, deliver, n_hits):
+    chunks = self.batches(todo)
+    lock = threading.Lock()
+    bar = _progress(len(todo), desc, n_hits)
+    def one(chunk: list, replica: int):
+        outs = self._run_batch(chunk, replica)
+        done = [(k, self._result(r, o)) for (k, r, _), o in zip(chunk, outs)]
+        pt, ct = sum(r.prompt_tokens for _, r in done), sum(r.completion_tokens for _, r in done)
+        cost = cost_usd(self.spec, pt, ct)
+        with lock:
+            self._settle(done, deliver, cost=cost)
+            bar.update(len(done))
+    try: _each_replica(chunks, len(self.replicas), one)
+    finally: bar.close()
+    return None
 
-# %% ../nbs/13c_clients.ipynb #41753270
+# %% ../nbs/13c_clients.ipynb #731400d9
 @patch
-def _decode(self: HFClient, gen: list, prompt_lens: list) -> list[dict]:
-    "One dict per generated row: text (cut at the first EOS), finish reason and token counts."
-    res = []
-    for row, n_prompt in zip(gen, prompt_lens):
-        cut = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
-        toks = row[:cut] if cut is not None else row
-        res.append({'text': self.tokenizer.decode(toks, skip_special_tokens=True).strip(),
-                    'finish_reason': 'length' if cut is None else 'stop',
-                    'prompt_tokens': int(n_prompt), 'completion_tokens': len(toks) + (cut is not None)})
-    return res
+def batches(self: HFClient, todo: dict) -> list[list]:
+    """The requests as batches of (key, request, prompt): grouped by sampling settings and sorted by expected
+    length (prompt tokens plus the token limit), longest first, so that a batch pads little and the slowest
+    batches start first."""
+    self.load()
+    items = [(k, r, render_prompt(self.tokenizer, r.messages, self.template)) for k, r in todo.items()]
+    n_tokens = lambda p: len(self.tokenizer(p, add_special_tokens=False)['input_ids'])
+    lens = {k: n_tokens(p) + r.max_tokens for k, r, p in items}
+    groups: dict = {}
+    for it in sorted(items, key=lambda it: -lens[it[0]]):
+        groups.setdefault((it[1].temperature, it[1].max_tokens), []).append(it)
+    return [its[i:i+self.batch_size] for its in groups.values() for i in range(0, len(its), self.batch_size)]
+
+# %% ../nbs/13c_clients.ipynb #b0829c4e
+def _each_replica(chunks: list, n_replicas: int, one: Callable):
+    "Run `one(chunk, replica)` on every chunk: in order for one replica, else one worker thread per replica."
+    if n_replicas == 1:
+        for c in chunks: one(c, 0)
+        return
+    q, qlock = iter(chunks), threading.Lock()
+    def worker(replica: int):
+        while True:
+            with qlock: c = next(q, None)
+            if c is None: return
+            one(c, replica)
+    with concurrent.futures.ThreadPoolExecutor(n_replicas) as ex: list(ex.map(worker, range(n_replicas)))
+
+# %% ../nbs/13c_clients.ipynb #16ba21ee
+@patch
+def _run_batch(self: HFClient, chunk: list, replica: int) -> list:
+    "Outputs for one batch (in pieces of the current batch size, which shrinks after an out-of-memory error)."
+    r0, out = chunk[0][1], []
+    seed = derive_seed(r0.seed or 0, *[k for k, _, _ in chunk]) if r0.temperature > 0 else None
+    for i in range(0, len(chunk), self.batch_size):
+        piece = [p for _, _, p in chunk[i:i+self.batch_size]]
+        try: out += self.generate_or_split(piece, r0.max_tokens, r0.temperature, seed, replica)
+        except (RuntimeError, ValueError) as e:   # anything else: record, do not hide
+            out += [{'error': f'{type(e).__name__}: {e}'}]*len(piece)
+    return out
+
+# %% ../nbs/13c_clients.ipynb #69d3fea3
+@patch
+def _result(self: HFClient, req: ChatRequest, out: dict) -> ChatResult:
+    "The result of one generated output (or its error)."
+    if 'error' in out: return ChatResult(req.key, 'failed', error=out['error'], model=self.spec.model)
+    return ChatResult(req.key, 'done', out['text'], out['finish_reason'], None, out['prompt_tokens'],
+                      out['completion_tokens'], False, self.spec.model)
+
+# %% ../nbs/13c_clients.ipynb #bf5f4939
+@patch
+def generate_or_split(self: HFClient, prompts: list[str], max_new_tokens: int, temperature: float = 0.0,
+                      seed: Optional[int] = None, replica: int = 0) -> list[dict]:
+    """`generate`, but a batch that runs out of memory is halved and each half retried (and later batches are
+    made no bigger than the half); only a single prompt that does not fit fails, alone, with the reason."""
+    import torch   # heavy: only a local student needs it
+    try: return self.generate(prompts, max_new_tokens, temperature, seed, replica)
+    except torch.OutOfMemoryError as e: reason = str(e)   # only the text: the traceback goes with the block
+    free_memory()                                           # the failed attempt's tensors, now unreferenced
+    if len(prompts) == 1: return [{'error': f'OutOfMemoryError on a single prompt: {reason}'}]
+    h = len(prompts)//2
+    self.batch_size = min(self.batch_size, h)
+    self.stats['retries'] += 1
+    return (self.generate_or_split(prompts[:h], max_new_tokens, temperature, seed, replica)
+            + self.generate_or_split(prompts[h:], max_new_tokens, temperature, seed, replica))
+
+# %% ../nbs/13c_clients.ipynb #50d20ad0
+def free_memory():
+    "Collect unreferenced objects (cycles included), then give torch's cached GPU memory back to the device."
+    gc.collect()
+    import torch   # heavy: only a local student needs it
+    if torch.cuda.is_available(): torch.cuda.empty_cache()
 
 # %% ../nbs/13c_clients.ipynb #a5aec1a1
 @patch
@@ -697,29 +736,50 @@ def generate(self: HFClient, prompts: list[str], # rendered prompts
     gen = out[:, enc['input_ids'].shape[1]:].tolist()
     return self._decode(gen, enc['attention_mask'].sum(1).tolist())
 
-# %% ../nbs/13c_clients.ipynb #50d20ad0
-def free_memory():
-    "Collect unreferenced objects (cycles included), then give torch's cached GPU memory back to the device."
-    gc.collect()
-    import torch   # heavy: only a local student needs it
-    if torch.cuda.is_available(): torch.cuda.empty_cache()
-
-# %% ../nbs/13c_clients.ipynb #bf5f4939
+# %% ../nbs/13c_clients.ipynb #41753270
 @patch
-def generate_or_split(self: HFClient, prompts: list[str], max_new_tokens: int, temperature: float = 0.0,
-                      seed: Optional[int] = None, replica: int = 0) -> list[dict]:
-    """`generate`, but a batch that runs out of memory is halved and each half retried (and later batches are
-    made no bigger than the half); only a single prompt that does not fit fails, alone, with the reason."""
-    import torch   # heavy: only a local student needs it
-    try: return self.generate(prompts, max_new_tokens, temperature, seed, replica)
-    except torch.OutOfMemoryError as e: reason = str(e)   # only the text: the traceback goes with the block
-    free_memory()                                           # the failed attempt's tensors, now unreferenced
-    if len(prompts) == 1: return [{'error': f'OutOfMemoryError on a single prompt: {reason}'}]
-    h = len(prompts)//2
-    self.batch_size = min(self.batch_size, h)
-    self.stats['retries'] += 1
-    return (self.generate_or_split(prompts[:h], max_new_tokens, temperature, seed, replica)
-            + self.generate_or_split(prompts[h:], max_new_tokens, temperature, seed, replica))
+def _decode(self: HFClient, gen: list, prompt_lens: list) -> list[dict]:
+    "One dict per generated row: text (cut at the first EOS), finish reason and token counts."
+    res = []
+    for row, n_prompt in zip(gen, prompt_lens):
+        cut = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
+        toks = row[:cut] if cut is not None else row
+        res.append({'text': self.tokenizer.decode(toks, skip_special_tokens=True).strip(),
+                    'finish_reason': 'length' if cut is None else 'stop',
+                    'prompt_tokens': int(n_prompt), 'completion_tokens': len(toks) + (cut is not None)})
+    return res
+
+# %% ../nbs/13c_clients.ipynb #e73e2dd9
+@patch
+def load(self: HFClient) -> HFClient:
+    """Load the tokenizer (left padding) and one model replica per device, once: every visible GPU in bfloat16
+    (or the `device` asked for), else the CPU in float32."""
+    if self.model is not None:   # already loaded (or a model handed over: it is the one replica)
+        if not getattr(self, 'replicas', None):
+            self.replicas, self.devices = [self.model], [self.model.device]
+        return self
+    import torch   # heavy: only a local student needs it (API-only runs never load torch)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(self.path)
+    tok.padding_side = 'left'
+    if tok.pad_token is None: tok.pad_token = tok.eos_token
+    self.tokenizer = tok
+    gpus = [f'cuda:{i}' for i in range(torch.cuda.device_count())]
+    self.devices = [self._device] if self._device else (gpus or ['cpu'])
+    dtype = lambda d: torch.bfloat16 if str(d).startswith('cuda') else torch.float32
+    self.replicas = [AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype(d)).to(d).eval()
+                     for d in self.devices]
+    self.model, self.device = self.replicas[0], self.devices[0]
+    self.eos_ids = _eos_ids(self.model, tok)
+    return self
+
+# %% ../nbs/13c_clients.ipynb #2a709248
+def _eos_ids(model, tok) -> list[int]:
+    "Every token id that ends a generation: the model's generation config's, and the tokenizer's."
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    if tok.eos_token_id is not None: eos.add(tok.eos_token_id)
+    return sorted(eos)
 
 # %% ../nbs/13c_clients.ipynb #bca58e10
 @patch
@@ -728,71 +788,3 @@ def close(self: HFClient):
     self.replicas, self.devices = [], []
     _Client.close(self)
     free_memory()
-
-# %% ../nbs/13c_clients.ipynb #731400d9
-@patch
-def batches(self: HFClient, todo: dict) -> list[list]:
-    """The requests as batches of (key, request, prompt): grouped by sampling settings and sorted by expected
-    length (prompt tokens plus the token limit), longest first, so that a batch pads little and the slowest
-    batches start first."""
-    self.load()
-    items = [(k, r, render_prompt(self.tokenizer, r.messages, self.template)) for k, r in todo.items()]
-    n_tokens = lambda p: len(self.tokenizer(p, add_special_tokens=False)['input_ids'])
-    lens = {k: n_tokens(p) + r.max_tokens for k, r, p in items}
-    groups: dict = {}
-    for it in sorted(items, key=lambda it: -lens[it[0]]):
-        groups.setdefault((it[1].temperature, it[1].max_tokens), []).append(it)
-    return [its[i:i+self.batch_size] for its in groups.values() for i in range(0, len(its), self.batch_size)]
-
-# %% ../nbs/13c_clients.ipynb #16ba21ee
-@patch
-def _run_batch(self: HFClient, chunk: list, replica: int) -> list:
-    "Outputs for one batch (in pieces of the current batch size, which shrinks after an out-of-memory error)."
-    r0, out = chunk[0][1], []
-    seed = derive_seed(r0.seed or 0, *[k for k, _, _ in chunk]) if r0.temperature > 0 else None
-    for i in range(0, len(chunk), self.batch_size):
-        piece = [p for _, _, p in chunk[i:i+self.batch_size]]
-        try: out += self.generate_or_split(piece, r0.max_tokens, r0.temperature, seed, replica)
-        except (RuntimeError, ValueError) as e:   # anything else: record, do not hide
-            out += [{'error': f'{type(e).__name__}: {e}'}]*len(piece)
-    return out
-
-# %% ../nbs/13c_clients.ipynb #69d3fea3
-@patch
-def _result(self: HFClient, req: ChatRequest, out: dict) -> ChatResult:
-    "The result of one generated output (or its error)."
-    if 'error' in out: return ChatResult(req.key, 'failed', error=out['error'], model=self.spec.model)
-    return ChatResult(req.key, 'done', out['text'], out['finish_reason'], None, out['prompt_tokens'],
-                      out['completion_tokens'], False, self.spec.model)
-
-# %% ../nbs/13c_clients.ipynb #b0829c4e
-def _each_replica(chunks: list, n_replicas: int, one: Callable):
-    "Run `one(chunk, replica)` on every chunk: in order for one replica, else one worker thread per replica."
-    if n_replicas == 1:
-        for c in chunks: one(c, 0)
-        return
-    q, qlock = iter(chunks), threading.Lock()
-    def worker(replica: int):
-        while True:
-            with qlock: c = next(q, None)
-            if c is None: return
-            one(c, replica)
-    with concurrent.futures.ThreadPoolExecutor(n_replicas) as ex: list(ex.map(worker, range(n_replicas)))
-
-# %% ../nbs/13c_clients.ipynb #016c1d28
-@patch
-def _fetch(self: HFClient, todo: dict, desc, deliver, n_hits):
-    chunks = self.batches(todo)
-    lock = threading.Lock()
-    bar = _progress(len(todo), desc, n_hits)
-    def one(chunk: list, replica: int):
-        outs = self._run_batch(chunk, replica)
-        done = [(k, self._result(r, o)) for (k, r, _), o in zip(chunk, outs)]
-        pt, ct = sum(r.prompt_tokens for _, r in done), sum(r.completion_tokens for _, r in done)
-        cost = cost_usd(self.spec, pt, ct)
-        with lock:
-            self._settle(done, deliver, cost=cost)
-            bar.update(len(done))
-    try: _each_replica(chunks, len(self.replicas), one)
-    finally: bar.close()
-    return None

@@ -18,29 +18,16 @@ from .core import JsonlLog, LionError, ModelSpec, read_log
 
 # %% auto #0
 __all__ = ['CHARS_PER_TOKEN', 'WORST_CHARS_PER_TOKEN', 'CACHE_MIN_TOKENS', 'CACHE_STEP_TOKENS', 'USAGE_COLUMNS', 'USAGE_USD',
-           'MAX_BACKOFF_S', 'MAX_RETRY_AFTER_S', 'prompt_chars', 'estimate_prompt_tokens', 'cost_usd',
-           'worst_case_cost', 'cached_saving_usd', 'cached_prompt_tokens', 'cacheable_prefix_tokens',
-           'shared_prefix_tokens', 'UsageLog', 'summarise_usage', 'spent_usd', 'BudgetExceeded', 'Budget', 'run_sync',
-           'RateLimiter', 'retry_after_s', 'backoff_s', 'classify_error', 'auth_hint']
+           'MAX_RETRY_AFTER_S', 'MAX_BACKOFF_S', 'worst_case_cost', 'cost_usd', 'estimate_prompt_tokens',
+           'prompt_chars', 'cached_prompt_tokens', 'cached_saving_usd', 'shared_prefix_tokens',
+           'cacheable_prefix_tokens', 'UsageLog', 'summarise_usage', 'spent_usd', 'BudgetExceeded', 'Budget',
+           'run_sync', 'RateLimiter', 'classify_error', 'retry_after_s', 'backoff_s', 'auth_hint']
 
-# %% ../nbs/13a_limits.ipynb #b0c07d39
-CHARS_PER_TOKEN = 4        # the usual estimate
-WORST_CHARS_PER_TOKEN = 2  # the budget's pessimistic one
+# %% ../nbs/13a_limits.ipynb #694dce9a
+def worst_case_cost(spec: ModelSpec, req: ChatRequest, batch: bool = False) -> float:
+    "The most `req` should cost: a pessimistic prompt estimate plus all of `max_tokens`."
+    return cost_usd(spec, estimate_prompt_tokens(req.messages, WORST_CHARS_PER_TOKEN), req.max_tokens, batch)
 
-def prompt_chars(messages) -> int:
-    "Characters in a conversation's contents (text parts of multi-part contents included)."
-    n = 0
-    for m in messages:
-        c = m.get('content') or ''
-        n += len(c) if isinstance(c, str) else sum(len(p.get('text', '')) for p in c if isinstance(p, dict))
-    return n
-
-# %% ../nbs/13a_limits.ipynb #fcdec8d3
-def estimate_prompt_tokens(messages, chars_per_token: float = CHARS_PER_TOKEN) -> int:
-    "A tokenizer-free estimate of a prompt's tokens (plus a few per message for the chat format)."
-    return math.ceil(prompt_chars(messages)/chars_per_token) + 4*len(messages)
-
-# %% ../nbs/13a_limits.ipynb #73ecec8a
 def cost_usd(spec: ModelSpec, # the model's spec, with its price table
              prompt_tokens: int, # tokens sent (cached ones included)
              completion_tokens: int, # tokens received (reasoning ones included)
@@ -57,15 +44,21 @@ def cost_usd(spec: ModelSpec, # the model's spec, with its price table
          + completion_tokens*spec.price_out_per_mtok)/1e6
     return c/2 if batch else c
 
-# %% ../nbs/13a_limits.ipynb #853cb7ba
-def worst_case_cost(spec: ModelSpec, req: ChatRequest, batch: bool = False) -> float:
-    "The most `req` should cost: a pessimistic prompt estimate plus all of `max_tokens`."
-    return cost_usd(spec, estimate_prompt_tokens(req.messages, WORST_CHARS_PER_TOKEN), req.max_tokens, batch)
+# %% ../nbs/13a_limits.ipynb #a1083e6d
+CHARS_PER_TOKEN = 4        # the usual estimate
+WORST_CHARS_PER_TOKEN = 2  # the budget's pessimistic one
 
-# %% ../nbs/13a_limits.ipynb #c878985c
-def cached_saving_usd(spec: ModelSpec, cached_tokens: int, batch: bool = False) -> float:
-    "The saving of `cached_tokens` prompt tokens billed at the cached rate instead of the prompt rate."
-    return cost_usd(spec, cached_tokens, 0, batch) - cost_usd(spec, cached_tokens, 0, batch, cached_tokens)
+def estimate_prompt_tokens(messages, chars_per_token: float = CHARS_PER_TOKEN) -> int:
+    "A tokenizer-free estimate of a prompt's tokens (plus a few per message for the chat format)."
+    return math.ceil(prompt_chars(messages)/chars_per_token) + 4*len(messages)
+
+def prompt_chars(messages) -> int:
+    "Characters in a conversation's contents (text parts of multi-part contents included)."
+    n = 0
+    for m in messages:
+        c = m.get('content') or ''
+        n += len(c) if isinstance(c, str) else sum(len(p.get('text', '')) for p in c if isinstance(p, dict))
+    return n
 
 # %% ../nbs/13a_limits.ipynb #bb68632c
 def cached_prompt_tokens(usage: Optional[dict], # a response's `usage` (its dict form)
@@ -74,20 +67,12 @@ def cached_prompt_tokens(usage: Optional[dict], # a response's `usage` (its dict
     details = (usage or {}).get('prompt_tokens_details') or {}
     return int(details.get('cached_tokens') or 0)
 
-# %% ../nbs/13a_limits.ipynb #6bc15971
-CACHE_MIN_TOKENS = 1024    # OpenAI caches prefixes of at least this many tokens ...
-CACHE_STEP_TOKENS = 128    # ... and then in steps of this many
+# %% ../nbs/13a_limits.ipynb #c878985c
+def cached_saving_usd(spec: ModelSpec, cached_tokens: int, batch: bool = False) -> float:
+    "The saving of `cached_tokens` prompt tokens billed at the cached rate instead of the prompt rate."
+    return cost_usd(spec, cached_tokens, 0, batch) - cost_usd(spec, cached_tokens, 0, batch, cached_tokens)
 
-def cacheable_prefix_tokens(shared: int, # tokens a prompt shares with one seen before
-                            min_tokens: int = CACHE_MIN_TOKENS, step: int = CACHE_STEP_TOKENS) -> int:
-    "The cached tokens a prompt sharing `shared` leading tokens with an earlier one gets billed as cached."
-    return 0 if shared < min_tokens else min_tokens + (shared - min_tokens)//step*step
-
-# %% ../nbs/13a_limits.ipynb #92d41b08
-def _prompt_text(messages) -> str:
-    "A conversation as one string, in order (roles included), as the prefix cache sees it."
-    return ''.join(f"<{m.get('role')}>{m.get('content') or ''}" for m in messages)
-
+# %% ../nbs/13a_limits.ipynb #f8b79574
 def shared_prefix_tokens(requests, # ChatRequests sent together to one model
                          chars_per_token: float = CHARS_PER_TOKEN) -> int:
     "Estimated cached prompt tokens of `requests`: each one's prefix shared with another, by OpenAI's rule."
@@ -97,6 +82,19 @@ def shared_prefix_tokens(requests, # ChatRequests sent together to one model
         same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         n += cacheable_prefix_tokens(int(same/chars_per_token))
     return n
+
+def _prompt_text(messages) -> str:
+    "A conversation as one string, in order (roles included), as the prefix cache sees it."
+    return ''.join(f"<{m.get('role')}>{m.get('content') or ''}" for m in messages)
+
+# %% ../nbs/13a_limits.ipynb #6bc15971
+CACHE_MIN_TOKENS = 1024    # OpenAI caches prefixes of at least this many tokens ...
+CACHE_STEP_TOKENS = 128    # ... and then in steps of this many
+
+def cacheable_prefix_tokens(shared: int, # tokens a prompt shares with one seen before
+                            min_tokens: int = CACHE_MIN_TOKENS, step: int = CACHE_STEP_TOKENS) -> int:
+    "The cached tokens a prompt sharing `shared` leading tokens with an earlier one gets billed as cached."
+    return 0 if shared < min_tokens else min_tokens + (shared - min_tokens)//step*step
 
 # %% ../nbs/13a_limits.ipynb #e189d4db
 class UsageLog:
@@ -254,37 +252,6 @@ async def acquire(self: RateLimiter, tokens: int = 0) -> list:
         self._next = max(self._next + self.interval, now)
         return entry
 
-# %% ../nbs/13a_limits.ipynb #fe6ee45a
-MAX_BACKOFF_S = 60.0
-MAX_RETRY_AFTER_S = 600.0
-
-def _seconds(s: str) -> Optional[float]:
-    "A non-negative number of seconds from a header value, or None when it is not a number."
-    try: return max(0.0, float(s))
-    except ValueError: return None
-
-# %% ../nbs/13a_limits.ipynb #c61d8132
-def retry_after_s(headers) -> Optional[float]:
-    "The wait a response asks for, from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."
-    if headers is None: return None
-    ms = headers.get('retry-after-ms')
-    if ms and _seconds(ms) is not None: return _seconds(ms)/1000
-    ra = headers.get('retry-after')
-    if not ra: return None
-    if _seconds(ra) is not None: return _seconds(ra)
-    try: return max(0.0, email.utils.parsedate_to_datetime(ra).timestamp() - time.time())
-    except (TypeError, ValueError): return None
-
-# %% ../nbs/13a_limits.ipynb #81282775
-def backoff_s(attempt: int, # the retry's number, from 0
-              base: float = 1.0, # the first wait's upper end
-              cap: float = MAX_BACKOFF_S, # the longest wait
-              rng=random, # the source of jitter
-             ) -> float:
-    "Exponential backoff with jitter for retry number `attempt` (0-based)."
-    d = min(cap, base*2**attempt)
-    return d/2 + rng.uniform(0, d/2)
-
 # %% ../nbs/13a_limits.ipynb #23ebf3dc
 def classify_error(e: BaseException, # an exception raised by the openai client
                   ) -> tuple[bool, str, Optional[float]]:
@@ -299,6 +266,37 @@ def classify_error(e: BaseException, # an exception raised by the openai client
     if isinstance(e, (json.JSONDecodeError, openai.APIResponseValidationError)):   # a body cut or garbled
         return True, f'malformed response: {e}', None
     return False, f'{type(e).__name__}: {e}', None
+
+# %% ../nbs/13a_limits.ipynb #e87122d4
+MAX_RETRY_AFTER_S = 600.0
+
+def retry_after_s(headers) -> Optional[float]:
+    "The wait a response asks for, from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."
+    if headers is None: return None
+    ms = headers.get('retry-after-ms')
+    if ms and _seconds(ms) is not None: return _seconds(ms)/1000
+    ra = headers.get('retry-after')
+    if not ra: return None
+    if _seconds(ra) is not None: return _seconds(ra)
+    try: return max(0.0, email.utils.parsedate_to_datetime(ra).timestamp() - time.time())
+    except (TypeError, ValueError): return None
+
+def _seconds(s: str) -> Optional[float]:
+    "A non-negative number of seconds from a header value, or None when it is not a number."
+    try: return max(0.0, float(s))
+    except ValueError: return None
+
+# %% ../nbs/13a_limits.ipynb #62a46219
+MAX_BACKOFF_S = 60.0
+
+def backoff_s(attempt: int, # the retry's number, from 0
+              base: float = 1.0, # the first wait's upper end
+              cap: float = MAX_BACKOFF_S, # the longest wait
+              rng=random, # the source of jitter
+             ) -> float:
+    "Exponential backoff with jitter for retry number `attempt` (0-based)."
+    d = min(cap, base*2**attempt)
+    return d/2 + rng.uniform(0, d/2)
 
 # %% ../nbs/13a_limits.ipynb #9602eb1a
 def auth_hint(spec: ModelSpec, reason: str) -> str:
