@@ -14,7 +14,7 @@ from .pools import run_pools
 from .selection import run_selection
 
 # %% auto #0
-__all__ = ['BASELINES', 'STAGES', 'STAGE_NOTEBOOKS', 'lion', 'lion_plan', 'iteration_plan', 'trained_instructions']
+__all__ = ['BASELINES', 'STAGES', 'STAGE_NOTEBOOKS', 'lion', 'trained_instructions', 'iteration_plan', 'lion_plan']
 
 # %% ../nbs/00_lion.ipynb #5a3d4130
 BASELINES = {'random-seeds': 'generation from random Cache Pool seeds (no referee)',
@@ -39,6 +39,12 @@ def lion(K: int,                  # rounds of imitation, discrimination and gene
     if discriminate_last and baseline is None: stage('discrimination', K + 1)
     stage('evaluation', K + 1)
 
+# %% ../nbs/00_lion.ipynb #7d319aeb
+def trained_instructions(cfg: Config, rounds: Optional[int] = None) -> int:
+    """How many instructions the students are trained on over a whole run: the Train Pool, then `n_new` per
+    round."""
+    return cfg.pools.train_size + (rounds or cfg.loop.iterations) * cfg.loop.n_new
+
 # %% ../nbs/00_lion.ipynb #c6db5fa6
 STAGES = {'pools':          ('02_pools.ipynb', run_pools),
           'imitation':      ('03_imitation.ipynb', run_imitation),
@@ -47,17 +53,6 @@ STAGES = {'pools':          ('02_pools.ipynb', run_pools),
           'selection':      ('05b_selection.ipynb', run_selection),
           'evaluation':     ('06_evaluation.ipynb', run_evaluation)}
 STAGE_NOTEBOOKS = {name: nb for name, (nb, _) in STAGES.items()}
-
-# %% ../nbs/00_lion.ipynb #3f31cbdf
-def lion_plan(K: int, baseline: Optional[str] = None, discriminate_last: bool = False,
-              evaluate_every: bool = True) -> list[tuple]:
-    "Every stage call of a run of K rounds, in order: (stage, k, options)."
-    if baseline is not None and baseline not in BASELINES:
-        raise LionError(f"unknown baseline {baseline!r}; known: {', '.join(BASELINES)}")
-    calls = []
-    lion(K, lambda name, k, **options: calls.append((name, k, options)), baseline, discriminate_last,
-         evaluate_every)
-    return calls
 
 # %% ../nbs/00_lion.ipynb #5a8a3d20
 def iteration_plan(
@@ -70,8 +65,13 @@ def iteration_plan(
         raise ValueError(f"a run of {rounds} round(s) has iterations 1..{rounds + 1}, not {k}")
     return [name for name, j, _ in lion_plan(rounds, baseline, discriminate_last, evaluate_every) if j == k]
 
-# %% ../nbs/00_lion.ipynb #7d319aeb
-def trained_instructions(cfg: Config, rounds: Optional[int] = None) -> int:
-    """How many instructions the students are trained on over a whole run: the Train Pool, then `n_new` per
-    round."""
-    return cfg.pools.train_size + (rounds or cfg.loop.iterations) * cfg.loop.n_new
+# %% ../nbs/00_lion.ipynb #3f31cbdf
+def lion_plan(K: int, baseline: Optional[str] = None, discriminate_last: bool = False,
+              evaluate_every: bool = True) -> list[tuple]:
+    "Every stage call of a run of K rounds, in order: (stage, k, options)."
+    if baseline is not None and baseline not in BASELINES:
+        raise LionError(f"unknown baseline {baseline!r}; known: {', '.join(BASELINES)}")
+    calls = []
+    lion(K, lambda name, k, **options: calls.append((name, k, options)), baseline, discriminate_last,
+         evaluate_every)
+    return calls

@@ -28,19 +28,19 @@ from .stats import Interval, align, mean_ci, paired_diff_ci, ratio_ci, yerr
 
 # %% auto #0
 __all__ = ['OPEN_SETS', 'PAIR_SETS', 'EVAL_SETS', 'JUDGE_ORDERS', 'NO_INTERVAL', 'PREF', 'WTL', 'LENGTH_BUCKETS',
-           'JUDGE_SAMPLING', 'NO_JUDGE_SAMPLING', 'HISTORY_METRICS', 'POSITION_KEYS', 'run_evaluation',
-           'bbh_tasks_present', 'load_eval_set', 'as_instruction', 'sample_items', 'word_len', 'score_outcome',
-           'make_verdict', 'orders_of', 'position_stats', 'item_score_sums', 'relative_interval', 'relative_scores',
-           'combine_orders', 'win_tie_lose', 'fit_length_logit', 'length_buckets', 'length_view', 'model_spec',
-           'spec_summary', 'answer_template', 'answer_items', 'judge_messages', 'judge_jobs', 'judge_settings',
-           'logprob_verdict', 'single_verdict', 'run_judge', 'judge_requests', 'pyplot', 'save_figure',
-           'plot_relative_scores', 'plot_win_tie_lose', 'plot_reasoning', 'headline', 'iteration_of', 'metrics_history',
-           'plot_runs', 'plot_history', 'mechanism', 'plot_mechanism', 'probe_items', 'judge_probe', 'judge_client',
-           'evaluation_probe', 'trained_student', 'default_models', 'candidates', 'sample_sets', 'EvalPlan',
-           'evaluation_plan', 'collect_answers', 'judge_candidates', 'empty_answers', 'model_metrics', 'judge_report',
-           'arm_items', 'arm_diff', 'gain_over_base', 'evaluation_metrics', 'write_plots', 'ci_text', 'summary_row',
-           'summary_table', 'category_table', 'wtl_table', 'reasoning_table', 'empty_line', 'sampling_line',
-           'closing_note', 'evaluate_cli']
+           'JUDGE_SAMPLING', 'NO_JUDGE_SAMPLING', 'HISTORY_METRICS', 'POSITION_KEYS', 'run_evaluation', 'load_eval_set',
+           'bbh_tasks_present', 'as_instruction', 'sample_items', 'make_verdict', 'score_outcome', 'word_len',
+           'position_stats', 'orders_of', 'relative_scores', 'relative_interval', 'item_score_sums', 'win_tie_lose',
+           'combine_orders', 'length_view', 'length_buckets', 'fit_length_logit', 'answer_items', 'answer_template',
+           'model_spec', 'spec_summary', 'judge_jobs', 'judge_messages', 'judge_requests', 'run_judge',
+           'judge_settings', 'logprob_verdict', 'single_verdict', 'plot_relative_scores', 'plot_win_tie_lose',
+           'plot_reasoning', 'save_figure', 'pyplot', 'plot_history', 'plot_runs', 'metrics_history', 'iteration_of',
+           'headline', 'plot_mechanism', 'mechanism', 'evaluation_probe', 'judge_client', 'judge_probe', 'probe_items',
+           'evaluation_plan', 'EvalPlan', 'sample_sets', 'candidates', 'default_models', 'trained_student',
+           'collect_answers', 'judge_candidates', 'evaluation_metrics', 'judge_report', 'write_plots', 'model_metrics',
+           'empty_answers', 'gain_over_base', 'arm_diff', 'arm_items', 'summary_table', 'summary_row', 'ci_text',
+           'category_table', 'wtl_table', 'reasoning_table', 'closing_note', 'empty_line', 'sampling_line',
+           'evaluate_cli']
 
 # %% ../nbs/06_evaluation.ipynb #65ceceaf
 def run_evaluation(cfg: Config, # the run's configuration: sets, samples, models, judge
@@ -67,16 +67,11 @@ def run_evaluation(cfg: Config, # the run's configuration: sets, samples, models
     run.mark_done(k, 'evaluation', final_model=plan.final, sets=list(plan.items))
     return metrics
 
-# %% ../nbs/06_evaluation.ipynb #93c9c78c
+# %% ../nbs/06_evaluation.ipynb #6fd3e158
 OPEN_SETS = ('vicuna80', 'demo')        # judged by scores against the reference (relative score)
 PAIR_SETS = ('user252',)                # judged pairwise under HHH (win / tie / lose)
 EVAL_SETS = OPEN_SETS + PAIR_SETS + REASONING_SETS
 
-def bbh_tasks_present(root) -> list[str]:
-    "The BBH tasks whose file is in the data folder."
-    return [t for t in lion_data.BBH_TASKS if (Path(root)/lion_data.DATA_FILES[f'bbh/{t}'].rel).exists()]
-
-# %% ../nbs/06_evaluation.ipynb #d687e591
 def load_eval_set(name: str, root=None) -> list:
     """Every item of evaluation set `name`: 'vicuna80', 'demo', 'user252' (Instructions), 'agieval', 'bbh'
     (ReasoningItems)."""
@@ -93,6 +88,10 @@ def load_eval_set(name: str, root=None) -> list:
                                                  "fetch them with lion_nb.data.fetch('bbh')")
     return lion_data.load_bbh(root, tasks=tasks)
 
+def bbh_tasks_present(root) -> list[str]:
+    "The BBH tasks whose file is in the data folder."
+    return [t for t in lion_data.BBH_TASKS if (Path(root)/lion_data.DATA_FILES[f'bbh/{t}'].rel).exists()]
+
 # %% ../nbs/06_evaluation.ipynb #8279a4f0
 def as_instruction(x) -> Instruction:
     """What a model is asked: an Instruction as is; a reasoning item's zero-shot prompt (its gold answer rides
@@ -100,16 +99,7 @@ def as_instruction(x) -> Instruction:
     if isinstance(x, Instruction): return x
     return Instruction(id=x.id, instruction=x.prompt, output=x.answer, category=x.task, source=x.benchmark)
 
-# %% ../nbs/06_evaluation.ipynb #28124276
-def _task_of(x) -> str: return x.task if isinstance(x, ReasoningItem) else (x.category or '')
-
-# %% ../nbs/06_evaluation.ipynb #93b11a61
-def _shuffled(idx: list, seed: int, *names) -> list:
-    idx = list(idx)
-    random.Random(derive_seed(seed, 'evaluation', *names)).shuffle(idx)
-    return idx
-
-# %% ../nbs/06_evaluation.ipynb #6d902e72
+# %% ../nbs/06_evaluation.ipynb #203e6ec0
 def sample_items(items: list, n: Optional[int], seed: int, name: str) -> list:
     """A reproducible sample of `n` items (per task for reasoning sets), kept in the original order; all if n
     is None. Samples are nested: the first n of one seeded shuffle, so a larger n keeps every item of a
@@ -122,16 +112,14 @@ def sample_items(items: list, n: Optional[int], seed: int, name: str) -> list:
     else: keep = set(_shuffled(range(len(items)), seed, name)[:n])
     return [x for i, x in enumerate(items) if i in keep]
 
-# %% ../nbs/06_evaluation.ipynb #44bbe8fa
-def word_len(text: str) -> int:
-    "Answer length in words (whitespace-separated): the unit of every length figure here."
-    return len((text or '').split())
+def _task_of(x) -> str: return x.task if isinstance(x, ReasoningItem) else (x.category or '')
 
-# %% ../nbs/06_evaluation.ipynb #c31030d6
-def score_outcome(cand: float, opp: float) -> str:
-    "'win', 'lose' or 'tie' of the candidate's score against the opponent's."
-    return 'win' if cand > opp else 'lose' if cand < opp else 'tie'
+def _shuffled(idx: list, seed: int, *names) -> list:
+    idx = list(idx)
+    random.Random(derive_seed(seed, 'evaluation', *names)).shuffle(idx)
+    return idx
 
+# %% ../nbs/06_evaluation.ipynb #826fade9
 def make_verdict(kind: str, order: str, text: Optional[str], *, status: str = 'done',
                  error: Optional[str] = None, finish_reason: Optional[str] = None,
                  parser: str = 'scores_last', min_score: float = 1.0, **meta) -> dict:
@@ -149,23 +137,17 @@ def make_verdict(kind: str, order: str, text: Optional[str], *, status: str = 'd
     outcome = 'tie' if p == 'tie' else 'win' if (p == 'first') == cand_first else 'lose'
     return dict(v, outcome=outcome)
 
-# %% ../nbs/06_evaluation.ipynb #c96a0b8f
-def _by_item(verdicts) -> dict:
-    items = defaultdict(dict)
-    for v in verdicts: items[v['id']][v['order']] = v
-    return items
+def score_outcome(cand: float, opp: float) -> str:
+    "'win', 'lose' or 'tie' of the candidate's score against the opponent's."
+    return 'win' if cand > opp else 'lose' if cand < opp else 'tie'
 
-# %% ../nbs/06_evaluation.ipynb #f60a8fec
-def _n_status(verdicts: list[dict], status: str) -> int:
-    "How many verdicts have `status` ('done', 'unscored' or 'failed')."
-    return sum(v['status'] == status for v in verdicts)
+# %% ../nbs/06_evaluation.ipynb #44bbe8fa
+def word_len(text: str) -> int:
+    "Answer length in words (whitespace-separated): the unit of every length figure here."
+    return len((text or '').split())
 
-# %% ../nbs/06_evaluation.ipynb #aac25c79
+# %% ../nbs/06_evaluation.ipynb #8403f0d8
 JUDGE_ORDERS = ('cand_first', 'opp_first')
-
-def orders_of(judge: Optional[Judge]) -> tuple[str, ...]:
-    "The passes per item: both orders, or 'single' for a judge that grades one answer alone."
-    return ('single',) if judge is not None and judge.single else JUDGE_ORDERS
 
 def position_stats(verdicts: list[dict]) -> dict:
     """Position consistency of the judge and how often the first-shown answer won (decisive, read verdicts
@@ -179,31 +161,19 @@ def position_stats(verdicts: list[dict]) -> dict:
     return {'pairs_read': len(both), 'position_consistency': round(agree / len(both), 4) if both else None,
             'first_position_win_rate': round(first_won / len(decisive), 4) if decisive else None}
 
-# %% ../nbs/06_evaluation.ipynb #2f10abba
-def item_score_sums(verdicts: list[dict]) -> dict:
-    """Per item id: (candidate's, reference's) score summed over its read reviews: the units a bootstrap
-    resamples."""
-    sums = defaultdict(lambda: [0.0, 0.0])
-    for v in verdicts:
-        if v['status'] == 'done':
-            sums[v['id']][0] += v['cand_score']
-            sums[v['id']][1] += v['opp_score']
-    return {i: tuple(s) for i, s in sums.items()}
+def orders_of(judge: Optional[Judge]) -> tuple[str, ...]:
+    "The passes per item: both orders, or 'single' for a judge that grades one answer alone."
+    return ('single',) if judge is not None and judge.single else JUDGE_ORDERS
 
-# %% ../nbs/06_evaluation.ipynb #aac819eb
-NO_INTERVAL = Interval(None, None, None)
+# %% ../nbs/06_evaluation.ipynb #b750ae3a
+def _by_item(verdicts) -> dict:
+    items = defaultdict(dict)
+    for v in verdicts: items[v['id']][v['order']] = v
+    return items
 
-def relative_interval(verdicts: list[dict]) -> dict:
-    "95% bootstrap interval over items of the relative score (the items' two orders stay together)."
-    sums = list(item_score_sums(verdicts).values())
-    if not sums: return NO_INTERVAL.as_dict()
-    return ratio_ci([c for c, _ in sums], [o for _, o in sums]).as_dict()
-
-# %% ../nbs/06_evaluation.ipynb #66b3928b
-def _ratio(vs: list[dict]) -> Optional[float]:
-    "Candidate over reference, in %, summed over the verdicts `vs`."
-    ref = sum(v['opp_score'] for v in vs)
-    return round(100 * sum(v['cand_score'] for v in vs) / ref, 2) if ref else None
+def _n_status(verdicts: list[dict], status: str) -> int:
+    "How many verdicts have `status` ('done', 'unscored' or 'failed')."
+    return sum(v['status'] == status for v in verdicts)
 
 # %% ../nbs/06_evaluation.ipynb #c847deee
 def relative_scores(verdicts: list[dict], # one candidate's 'score' verdicts on one set, both orders
@@ -223,27 +193,29 @@ def relative_scores(verdicts: list[dict], # one candidate's 'score' verdicts on 
             'unscored': _n_status(verdicts, 'unscored'), 'failed': _n_status(verdicts, 'failed'),
             'graded_alone': any(v['order'] == 'single' for v in verdicts), **position_stats(verdicts)}
 
-# %% ../nbs/06_evaluation.ipynb #e689b7cc
-def combine_orders(d: dict) -> Optional[str]:
-    """An item's outcome from its two orders: agreement keeps it, disagreement is a tie; None unless both were
-    read."""
-    a, b = d.get('cand_first'), d.get('opp_first')
-    if not (a and b and a['status'] == 'done' and b['status'] == 'done'): return None
-    return a['outcome'] if a['outcome'] == b['outcome'] else 'tie'
+# %% ../nbs/06_evaluation.ipynb #b56871c7
+def _ratio(vs: list[dict]) -> Optional[float]:
+    "Candidate over reference, in %, summed over the verdicts `vs`."
+    ref = sum(v['opp_score'] for v in vs)
+    return round(100 * sum(v['cand_score'] for v in vs) / ref, 2) if ref else None
 
-# %% ../nbs/06_evaluation.ipynb #9fdb864f
-# an outcome as a preference for the candidate (ties count half)
-PREF = {'win': 1.0, 'tie': 0.5, 'lose': 0.0}
-WTL = ('win', 'tie', 'lose')
+NO_INTERVAL = Interval(None, None, None)
 
-def _wtl(outcomes) -> dict:
-    c = Counter(outcomes)
-    n = sum(c.values())
-    out = {k: c.get(k, 0) for k in WTL}
-    out['n'] = n
-    out['rates'] = {k: round(out[k] / n, 4) for k in WTL} if n else None
-    out['win_rate'] = round((out['win'] + 0.5 * out['tie']) / n, 4) if n else None   # ties count half
-    return out
+def relative_interval(verdicts: list[dict]) -> dict:
+    "95% bootstrap interval over items of the relative score (the items' two orders stay together)."
+    sums = list(item_score_sums(verdicts).values())
+    if not sums: return NO_INTERVAL.as_dict()
+    return ratio_ci([c for c, _ in sums], [o for _, o in sums]).as_dict()
+
+def item_score_sums(verdicts: list[dict]) -> dict:
+    """Per item id: (candidate's, reference's) score summed over its read reviews: the units a bootstrap
+    resamples."""
+    sums = defaultdict(lambda: [0.0, 0.0])
+    for v in verdicts:
+        if v['status'] == 'done':
+            sums[v['id']][0] += v['cand_score']
+            sums[v['id']][1] += v['opp_score']
+    return {i: tuple(s) for i, s in sums.items()}
 
 # %% ../nbs/06_evaluation.ipynb #6ac74a17
 def win_tie_lose(verdicts: list[dict], # one candidate's 'pair' verdicts on one set, both orders
@@ -262,6 +234,53 @@ def win_tie_lose(verdicts: list[dict], # one candidate's 'pair' verdicts on one 
     out['failed'] = _n_status(verdicts, 'failed')
     out['per_category'] = {c: {k: _wtl(rs)[k] for k in WTL} for c, rs in sorted(per.items())}
     return {**out, **position_stats(verdicts)}
+
+# %% ../nbs/06_evaluation.ipynb #52755736
+def combine_orders(d: dict) -> Optional[str]:
+    """An item's outcome from its two orders: agreement keeps it, disagreement is a tie; None unless both were
+    read."""
+    a, b = d.get('cand_first'), d.get('opp_first')
+    if not (a and b and a['status'] == 'done' and b['status'] == 'done'): return None
+    return a['outcome'] if a['outcome'] == b['outcome'] else 'tie'
+
+# an outcome as a preference for the candidate (ties count half)
+PREF = {'win': 1.0, 'tie': 0.5, 'lose': 0.0}
+WTL = ('win', 'tie', 'lose')
+
+def _wtl(outcomes) -> dict:
+    c = Counter(outcomes)
+    n = sum(c.values())
+    out = {k: c.get(k, 0) for k in WTL}
+    out['n'] = n
+    out['rates'] = {k: round(out[k] / n, 4) for k in WTL} if n else None
+    out['win_rate'] = round((out['win'] + 0.5 * out['tie']) / n, 4) if n else None   # ties count half
+    return out
+
+# %% ../nbs/06_evaluation.ipynb #f68b7e41
+def length_view(verdicts: list[dict]) -> dict:
+    "Win rate per length-difference bucket and the length-controlled win rate, from read reviews."
+    done = [v for v in verdicts if v['status'] == 'done' and v.get('cand_len') is not None]
+    if not done: return {'reviews': 0, 'buckets': {}, 'raw_win_rate': None, 'lc_win_rate': None}
+    diffs = [v['cand_len'] - v['opp_len'] for v in done]
+    prefs = [PREF[v['outcome']] for v in done]
+    a, b, s = fit_length_logit(diffs, prefs)
+    return {'reviews': len(done), 'buckets': length_buckets(diffs, prefs),
+            'raw_win_rate': round(sum(prefs) / len(prefs), 4),
+            'lc_win_rate': round(1 / (1 + math.exp(-a)), 4),
+            'length_coef': round(b, 4), 'length_scale_words': round(s, 2),
+            'mean_length_diff': round(float(np.mean(diffs)), 2)}
+
+# %% ../nbs/06_evaluation.ipynb #5c1d6ed1
+LENGTH_BUCKETS = ((-math.inf, -51, '< -50'), (-50, -11, '-50..-11'), (-10, 10, '-10..10'), (11, 50, '11..50'),
+                  (51, math.inf, '> 50'))
+
+def length_buckets(diffs: list, prefs: list) -> dict:
+    "{bucket: {'n', 'win_rate'}} of the preferences `prefs` by length difference `diffs` (words)."
+    out = {}
+    for lo, hi, name in LENGTH_BUCKETS:
+        ps = [p for d, p in zip(diffs, prefs) if lo <= d <= hi]
+        out[name] = {'n': len(ps), 'win_rate': round(sum(ps) / len(ps), 4) if ps else None}
+    return out
 
 # %% ../nbs/06_evaluation.ipynb #6a983a6a
 def fit_length_logit(diffs, prefs, ridge: float = 1e-3, iters: int = 100) -> tuple[float, float, float]:
@@ -283,59 +302,7 @@ def fit_length_logit(diffs, prefs, ridge: float = 1e-3, iters: int = 100) -> tup
         if np.max(np.abs(step)) < 1e-10: break
     return float(w[0]), float(w[1]), s
 
-# %% ../nbs/06_evaluation.ipynb #5c1d6ed1
-LENGTH_BUCKETS = ((-math.inf, -51, '< -50'), (-50, -11, '-50..-11'), (-10, 10, '-10..10'), (11, 50, '11..50'),
-                  (51, math.inf, '> 50'))
-
-def length_buckets(diffs: list, prefs: list) -> dict:
-    "{bucket: {'n', 'win_rate'}} of the preferences `prefs` by length difference `diffs` (words)."
-    out = {}
-    for lo, hi, name in LENGTH_BUCKETS:
-        ps = [p for d, p in zip(diffs, prefs) if lo <= d <= hi]
-        out[name] = {'n': len(ps), 'win_rate': round(sum(ps) / len(ps), 4) if ps else None}
-    return out
-
-# %% ../nbs/06_evaluation.ipynb #f68b7e41
-def length_view(verdicts: list[dict]) -> dict:
-    "Win rate per length-difference bucket and the length-controlled win rate, from read reviews."
-    done = [v for v in verdicts if v['status'] == 'done' and v.get('cand_len') is not None]
-    if not done: return {'reviews': 0, 'buckets': {}, 'raw_win_rate': None, 'lc_win_rate': None}
-    diffs = [v['cand_len'] - v['opp_len'] for v in done]
-    prefs = [PREF[v['outcome']] for v in done]
-    a, b, s = fit_length_logit(diffs, prefs)
-    return {'reviews': len(done), 'buckets': length_buckets(diffs, prefs),
-            'raw_win_rate': round(sum(prefs) / len(prefs), 4),
-            'lc_win_rate': round(1 / (1 + math.exp(-a)), 4),
-            'length_coef': round(b, 4), 'length_scale_words': round(s, 2),
-            'mean_length_diff': round(float(np.mean(diffs)), 2)}
-
-# %% ../nbs/06_evaluation.ipynb #16995692
-def model_spec(name_or_path: str, cfg: Config) -> ModelSpec:
-    "A model named in the config's registry, or a local checkpoint folder (an 'hf' student)."
-    if name_or_path in cfg.models: return cfg.models[name_or_path]
-    if Path(name_or_path).exists(): return ModelSpec(backend='hf', model=str(name_or_path))
-    raise LionError(f"model {name_or_path!r} is neither in the config's models ({', '.join(cfg.models)}) "
-                    "nor an existing folder")
-
-# %% ../nbs/06_evaluation.ipynb #9e0564d9
-def spec_summary(spec: ModelSpec) -> dict:
-    "What the metrics say about a model (never a key)."
-    return {'backend': spec.backend, 'model': spec.model}
-
-# %% ../nbs/06_evaluation.ipynb #d04c1f40
-def answer_template(cfg: Config, spec: ModelSpec) -> str:
-    """The prompt template of a model's answers: `train.template` for a local checkpoint other than the base
-    student."""
-    trained = (spec.backend in ('hf', 'vllm') and Path(spec.model).is_dir()
-               and spec.model != cfg.model_for('student').model)
-    return cfg.train.template if trained else 'chat'
-
-# %% ../nbs/06_evaluation.ipynb #d43c3847
-def _close(client) -> None:
-    "Close a client that has something to close."
-    if callable(getattr(client, 'close', None)): client.close()
-
-# %% ../nbs/06_evaluation.ipynb #0ce855d8
+# %% ../nbs/06_evaluation.ipynb #0b675b72
 def answer_items(label: str, spec: ModelSpec, items: list[Instruction], out_path, *, role: str,
                  max_tokens: int, seed: int, iteration: int, run: RunDir, budget=None,
                  template: str = 'chat', temperature: float = 0.0, system: str = '') -> dict[str, Answer]:
@@ -351,29 +318,29 @@ def answer_items(label: str, spec: ModelSpec, items: list[Instruction], out_path
     finally: _close(client)
     return {a.id: a for a in answers}
 
-# %% ../nbs/06_evaluation.ipynb #9bf0d342
-def judge_messages(kind: str, question: str, first: str, second: str,
-                   judge: Optional[Judge] = None) -> list[dict]:
-    """The chat messages of one judge pass (`judge` default: lion_nb's review judge for 'score', pairwise for
-    'pair')."""
-    judge = judge or load_judge('default/review' if kind == 'score' else 'default/pairwise')
-    return judge.messages(question=question, answer_1=first, answer_2=second)
+def _close(client) -> None:
+    "Close a client that has something to close."
+    if callable(getattr(client, 'close', None)): client.close()
 
-# %% ../nbs/06_evaluation.ipynb #2c94f8b3
-def _item_jobs(kind: str, it: Instruction, cand_text: str, opp_text: str, judge: Optional[Judge],
-               meta: dict) -> list[dict]:
-    """An item's two judge passes: the candidate's answer shown first, then the opponent's; or, for a judge
-    that grades one answer alone, one pass with a request per answer."""
-    meta = dict(meta, cand_len=word_len(cand_text), opp_len=word_len(opp_text))
-    q = user_message(it.instruction, it.input)
-    if judge is not None and judge.single:
-        grade = lambda a: judge.messages(question=q, answer=a)
-        return [dict(meta, order='single', messages=grade(cand_text), opp_messages=grade(opp_text),
-                     judge=judge)]
-    first = judge_messages(kind, q, cand_text, opp_text, judge)
-    second = judge_messages(kind, q, opp_text, cand_text, judge)
-    return [dict(meta, order='cand_first', messages=first, judge=judge),
-            dict(meta, order='opp_first', messages=second, judge=judge)]
+# %% ../nbs/06_evaluation.ipynb #d04c1f40
+def answer_template(cfg: Config, spec: ModelSpec) -> str:
+    """The prompt template of a model's answers: `train.template` for a local checkpoint other than the base
+    student."""
+    trained = (spec.backend in ('hf', 'vllm') and Path(spec.model).is_dir()
+               and spec.model != cfg.model_for('student').model)
+    return cfg.train.template if trained else 'chat'
+
+# %% ../nbs/06_evaluation.ipynb #0906392f
+def model_spec(name_or_path: str, cfg: Config) -> ModelSpec:
+    "A model named in the config's registry, or a local checkpoint folder (an 'hf' student)."
+    if name_or_path in cfg.models: return cfg.models[name_or_path]
+    if Path(name_or_path).exists(): return ModelSpec(backend='hf', model=str(name_or_path))
+    raise LionError(f"model {name_or_path!r} is neither in the config's models ({', '.join(cfg.models)}) "
+                    "nor an existing folder")
+
+def spec_summary(spec: ModelSpec) -> dict:
+    "What the metrics say about a model (never a key)."
+    return {'backend': spec.backend, 'model': spec.model}
 
 # %% ../nbs/06_evaluation.ipynb #74051741
 def judge_jobs(set_name: str, kind: str, items: list[Instruction], cand: str, cand_ans: dict, opp: str,
@@ -390,7 +357,60 @@ def judge_jobs(set_name: str, kind: str, items: list[Instruction], cand: str, ca
         jobs += _item_jobs(kind, it, a.output, b.output, j, meta)
     return jobs
 
-# %% ../nbs/06_evaluation.ipynb #6d218e60
+# %% ../nbs/06_evaluation.ipynb #25e8dcf5
+def _item_jobs(kind: str, it: Instruction, cand_text: str, opp_text: str, judge: Optional[Judge],
+               meta: dict) -> list[dict]:
+    """An item's two judge passes: the candidate's answer shown first, then the opponent's; or, for a judge
+    that grades one answer alone, one pass with a request per answer."""
+    meta = dict(meta, cand_len=word_len(cand_text), opp_len=word_len(opp_text))
+    q = user_message(it.instruction, it.input)
+    if judge is not None and judge.single:
+        grade = lambda a: judge.messages(question=q, answer=a)
+        return [dict(meta, order='single', messages=grade(cand_text), opp_messages=grade(opp_text),
+                     judge=judge)]
+    first = judge_messages(kind, q, cand_text, opp_text, judge)
+    second = judge_messages(kind, q, opp_text, cand_text, judge)
+    return [dict(meta, order='cand_first', messages=first, judge=judge),
+            dict(meta, order='opp_first', messages=second, judge=judge)]
+
+def judge_messages(kind: str, question: str, first: str, second: str,
+                   judge: Optional[Judge] = None) -> list[dict]:
+    """The chat messages of one judge pass (`judge` default: lion_nb's review judge for 'score', pairwise for
+    'pair')."""
+    judge = judge or load_judge('default/review' if kind == 'score' else 'default/pairwise')
+    return judge.messages(question=question, answer_1=first, answer_2=second)
+
+# %% ../nbs/06_evaluation.ipynb #69c0e395
+def judge_requests(judge: Judge, # the judge of the pass
+                   items: int, # items judged
+                   candidates: int, # answers judged per item against the reference
+                   reference: bool = True, # whether the reference's grade is still to be asked (if alone)
+                  ) -> int:
+    """The requests a judge sends: two orders per candidate and item, or, for a judge that grades alone, one
+    per candidate and item plus the reference's once (the dry run's count)."""
+    return items * (candidates + reference) if judge.single else 2 * items * candidates
+
+# %% ../nbs/06_evaluation.ipynb #0374cc3c
+def run_judge(jobs: list[dict], kinds: dict, client, *, seed: int, cfg: Optional[Config] = None,
+              log_path=None) -> list[dict]:
+    """Run the judge passes in `jobs` through `client`; return one verdict per job (missing answers ->
+    'failed')."""
+    reqs = [r for j in jobs if not j.get('missing') for r in _judge_requests(j, seed, cfg)]
+    results = {r.key: r for r in client.run(reqs, desc='judge')} if reqs else {}
+    got = lambda j: None if j.get('missing') else [results[k] for k in _job_keys(j)]
+    out = [_job_verdict(j, kinds[j['set']], got(j)) for j in jobs]
+    if log_path is not None: write_jsonl(log_path, out)
+    return out
+
+# %% ../nbs/06_evaluation.ipynb #dc67642d
+def _judge_requests(j: dict, seed: int, cfg: Optional[Config]) -> list[llm.ChatRequest]:
+    "The requests of one judge pass: its judge's settings (`judge_settings`) and extra parameters."
+    jd = j.get('judge')
+    extra = {'extra': jd.extra()} if jd is not None else {}
+    msgs = [j['messages']] + ([j['opp_messages']] if 'opp_messages' in j else [])
+    return [llm.ChatRequest(key=k, messages=m, seed=seed, **judge_settings(jd, cfg), **extra)
+            for k, m in zip(_job_keys(j), msgs)]
+
 # a judge pass's settings; `sampling.judge_<name>` overrides each
 JUDGE_SAMPLING = ('temperature', 'max_tokens')
 NO_JUDGE_SAMPLING = {'temperature': 0.0, 'max_tokens': 512}   # a pass built without a judge folder
@@ -404,21 +424,30 @@ def judge_settings(judge: Optional[Judge], # the pass's judge (None: a pass buil
     if cfg is None: return own
     return {k: sampling_setting(cfg, f'judge_{k}', v) for k, v in own.items()}
 
-# %% ../nbs/06_evaluation.ipynb #5c0ac8d1
-def _job_key(j: dict) -> str: return f"{j['set']}|{j['candidate']}|{j['opponent']}|{j['id']}|{j['order']}"
-
-# %% ../nbs/06_evaluation.ipynb #9db05002
 def _job_keys(j: dict) -> list[str]:
     "The request keys of one judge pass: one, or the candidate's and the opponent's grade."
     return [_job_key(j)] + ([_job_key(j) + '|opp'] if 'opp_messages' in j else [])
 
-def _judge_requests(j: dict, seed: int, cfg: Optional[Config]) -> list[llm.ChatRequest]:
-    "The requests of one judge pass: its judge's settings (`judge_settings`) and extra parameters."
+def _job_key(j: dict) -> str: return f"{j['set']}|{j['candidate']}|{j['opponent']}|{j['id']}|{j['order']}"
+
+# %% ../nbs/06_evaluation.ipynb #caac87f2
+def _job_verdict(j: dict, kind: str, rs: Optional[list]) -> dict:
+    "The verdict of judge pass `j` from its results `rs` (None: one of its answers is missing)."
+    meta = {k: v for k, v in j.items() if k not in ('messages', 'opp_messages', 'missing', 'judge', 'order')}
     jd = j.get('judge')
-    extra = {'extra': jd.extra()} if jd is not None else {}
-    msgs = [j['messages']] + ([j['opp_messages']] if 'opp_messages' in j else [])
-    return [llm.ChatRequest(key=k, messages=m, seed=seed, **judge_settings(jd, cfg), **extra)
-            for k, m in zip(_job_keys(j), msgs)]
+    if jd is not None: meta['judge'] = jd.name
+    if rs is None:
+        return make_verdict(kind, j['order'], None, status='failed', error='an answer is missing or failed',
+                            **meta)
+    if j['order'] == 'single': return single_verdict(*rs, jd, **meta)
+    r = rs[0]
+    ok = r.status == 'done'
+    parser = jd.parser if jd is not None and kind == 'score' else 'scores_last'
+    lowest = jd.config.min_score if jd is not None else 1.0   # the judge's scale: a 0 only where it has one
+    v = make_verdict(kind, j['order'], r.text if ok else None, status='done' if ok else 'failed',
+                     error=None if ok else r.error, finish_reason=r.finish_reason, parser=parser,
+                     min_score=lowest, **meta)
+    return logprob_verdict(v, r, jd) if jd is not None and kind == 'score' else v
 
 # %% ../nbs/06_evaluation.ipynb #069dabfc
 def logprob_verdict(v: dict, # a 'score' verdict from `make_verdict`
@@ -447,64 +476,6 @@ def single_verdict(cand, # the judge's result on the candidate's answer, graded 
     return dict(v, cand_score=c, opp_score=o, outcome=score_outcome(c, o),
                 scorer=how_c if how_c == how_o else 'mixed', **notes)
 
-# %% ../nbs/06_evaluation.ipynb #caac87f2
-def _job_verdict(j: dict, kind: str, rs: Optional[list]) -> dict:
-    "The verdict of judge pass `j` from its results `rs` (None: one of its answers is missing)."
-    meta = {k: v for k, v in j.items() if k not in ('messages', 'opp_messages', 'missing', 'judge', 'order')}
-    jd = j.get('judge')
-    if jd is not None: meta['judge'] = jd.name
-    if rs is None:
-        return make_verdict(kind, j['order'], None, status='failed', error='an answer is missing or failed',
-                            **meta)
-    if j['order'] == 'single': return single_verdict(*rs, jd, **meta)
-    r = rs[0]
-    ok = r.status == 'done'
-    parser = jd.parser if jd is not None and kind == 'score' else 'scores_last'
-    lowest = jd.config.min_score if jd is not None else 1.0   # the judge's scale: a 0 only where it has one
-    v = make_verdict(kind, j['order'], r.text if ok else None, status='done' if ok else 'failed',
-                     error=None if ok else r.error, finish_reason=r.finish_reason, parser=parser,
-                     min_score=lowest, **meta)
-    return logprob_verdict(v, r, jd) if jd is not None and kind == 'score' else v
-
-# %% ../nbs/06_evaluation.ipynb #0374cc3c
-def run_judge(jobs: list[dict], kinds: dict, client, *, seed: int, cfg: Optional[Config] = None,
-              log_path=None) -> list[dict]:
-    """Run the judge passes in `jobs` through `client`; return one verdict per job (missing answers ->
-    'failed')."""
-    reqs = [r for j in jobs if not j.get('missing') for r in _judge_requests(j, seed, cfg)]
-    results = {r.key: r for r in client.run(reqs, desc='judge')} if reqs else {}
-    got = lambda j: None if j.get('missing') else [results[k] for k in _job_keys(j)]
-    out = [_job_verdict(j, kinds[j['set']], got(j)) for j in jobs]
-    if log_path is not None: write_jsonl(log_path, out)
-    return out
-
-# %% ../nbs/06_evaluation.ipynb #69c0e395
-def judge_requests(judge: Judge, # the judge of the pass
-                   items: int, # items judged
-                   candidates: int, # answers judged per item against the reference
-                   reference: bool = True, # whether the reference's grade is still to be asked (if alone)
-                  ) -> int:
-    """The requests a judge sends: two orders per candidate and item, or, for a judge that grades alone, one
-    per candidate and item plus the reference's once (the dry run's count)."""
-    return items * (candidates + reference) if judge.single else 2 * items * candidates
-
-# %% ../nbs/06_evaluation.ipynb #c489b485
-def pyplot():
-    import matplotlib   # imported here: the backend is chosen before pyplot is first imported
-    if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    return plt
-
-# %% ../nbs/06_evaluation.ipynb #61aa0df8
-def save_figure(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.stem}.tmp.png')
-    fig.savefig(tmp, dpi=110, bbox_inches='tight')
-    os.replace(tmp, path)
-    pyplot().close(fig)
-    return path
-
 # %% ../nbs/06_evaluation.ipynb #d160cb9b
 def plot_relative_scores(metrics: dict, path, set_name: Optional[str] = None) -> Optional[Path]:
     "Bars of relative score (%) per category, one bar group per category and one bar per candidate model."
@@ -530,7 +501,7 @@ def plot_relative_scores(metrics: dict, path, set_name: Optional[str] = None) ->
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
-# %% ../nbs/06_evaluation.ipynb #93f421f7
+# %% ../nbs/06_evaluation.ipynb #e1f4daf9
 def plot_win_tie_lose(metrics: dict, path) -> Optional[Path]:
     "Stacked horizontal bars of win / tie / lose (share of items) per candidate model."
     plt = pyplot()
@@ -551,7 +522,6 @@ def plot_win_tie_lose(metrics: dict, path) -> Optional[Path]:
     ax.legend(ncol=3, fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.3))
     return save_figure(fig, path)
 
-# %% ../nbs/06_evaluation.ipynb #95cbabe0
 def plot_reasoning(metrics: dict, path) -> Optional[Path]:
     "Accuracy (%) per reasoning task, one bar per model."
     plt = pyplot()
@@ -571,6 +541,68 @@ def plot_reasoning(metrics: dict, path) -> Optional[Path]:
     ax.set_title('zero-shot reasoning, exact match')
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+# %% ../nbs/06_evaluation.ipynb #be65d137
+def save_figure(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.stem}.tmp.png')
+    fig.savefig(tmp, dpi=110, bbox_inches='tight')
+    os.replace(tmp, path)
+    pyplot().close(fig)
+    return path
+
+def pyplot():
+    import matplotlib   # imported here: the backend is chosen before pyplot is first imported
+    if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+# %% ../nbs/06_evaluation.ipynb #6c9277d2
+def plot_history(run_dir, path) -> Optional[Path]:
+    "Every headline metric of one run across its iterations."
+    return plot_runs([run_dir], path, labels=[Path(run_dir).name])
+
+def plot_runs(run_dirs, path, labels=None) -> Optional[Path]:
+    "Every headline metric across iterations, one line per run (e.g. the Lion arm and the random baseline)."
+    plt = pyplot()
+    run_dirs = [Path(r) for r in run_dirs]
+    labels = labels or [r.name for r in run_dirs]
+    hists = {lab: metrics_history(r) for lab, r in zip(labels, run_dirs)}
+    has = lambda k: any(h[k] is not None for hs in hists.values() for _, h in hs)
+    shown = [(k, t) for k, t in HISTORY_METRICS if has(k)]
+    if not shown: return None
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.6 * len(shown), 3.2), squeeze=False)
+    for ax, (k, title) in zip(axes[0], shown):
+        for lab, hs in hists.items():
+            pts = [(i, h[k], h.get('intervals', {}).get(k)) for i, h in hs if h[k] is not None]
+            if not pts: continue
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            err = yerr(ys, [dict(lo=p[2][0], hi=p[2][1]) if p[2] else None for p in pts])
+            ax.errorbar(xs, ys, yerr=err, marker='o', capsize=3, label=lab)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel('iteration (0 = base student)')
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0][0].legend(fontsize=8)
+    return save_figure(fig, path)
+
+# %% ../nbs/06_evaluation.ipynb #b32fbdf9
+def metrics_history(run_dir) -> list[tuple[int, dict]]:
+    """(iteration, headline figures of the final student) for each evaluated iteration; iteration 0 is the
+    base student."""
+    out = []
+    for f in sorted(RunDir(run_dir).root.glob('iter_*/evaluation/metrics.json'), key=iteration_of):
+        m = read_json(f)
+        k = int(m.get('iteration', iteration_of(f)))
+        if not out and 'base' in m.get('models', {}) and m.get('final_model') != 'base':
+            out.append((0, headline(m['models']['base'])))
+        final = m.get('final_model')
+        out.append((k, headline(m['models'][final] if final in m.get('models', {}) else m)))
+    return out
+
+def iteration_of(p: Path) -> int:
+    "k of a file under `iter_<k>/<stage>/`."
+    return int(p.parent.parent.name.split('_')[1])
 
 # %% ../nbs/06_evaluation.ipynb #17c31235
 HISTORY_METRICS = (('relative_score', 'relative score (%)'), ('win_rate', 'win rate vs opponent (ties 1/2)'),
@@ -597,112 +629,7 @@ def headline(m: dict) -> dict:
             'intervals': {k: (iv['lo'], iv['hi']) for k, iv in ivs.items()
                           if iv and iv.get('lo') is not None}}
 
-# %% ../nbs/06_evaluation.ipynb #73fc75ba
-def iteration_of(p: Path) -> int:
-    "k of a file under `iter_<k>/<stage>/`."
-    return int(p.parent.parent.name.split('_')[1])
-
-# %% ../nbs/06_evaluation.ipynb #89f640df
-def metrics_history(run_dir) -> list[tuple[int, dict]]:
-    """(iteration, headline figures of the final student) for each evaluated iteration; iteration 0 is the
-    base student."""
-    out = []
-    for f in sorted(RunDir(run_dir).root.glob('iter_*/evaluation/metrics.json'), key=iteration_of):
-        m = read_json(f)
-        k = int(m.get('iteration', iteration_of(f)))
-        if not out and 'base' in m.get('models', {}) and m.get('final_model') != 'base':
-            out.append((0, headline(m['models']['base'])))
-        final = m.get('final_model')
-        out.append((k, headline(m['models'][final] if final in m.get('models', {}) else m)))
-    return out
-
-# %% ../nbs/06_evaluation.ipynb #6c083b6e
-def plot_runs(run_dirs, path, labels=None) -> Optional[Path]:
-    "Every headline metric across iterations, one line per run (e.g. the Lion arm and the random baseline)."
-    plt = pyplot()
-    run_dirs = [Path(r) for r in run_dirs]
-    labels = labels or [r.name for r in run_dirs]
-    hists = {lab: metrics_history(r) for lab, r in zip(labels, run_dirs)}
-    has = lambda k: any(h[k] is not None for hs in hists.values() for _, h in hs)
-    shown = [(k, t) for k, t in HISTORY_METRICS if has(k)]
-    if not shown: return None
-    fig, axes = plt.subplots(1, len(shown), figsize=(3.6 * len(shown), 3.2), squeeze=False)
-    for ax, (k, title) in zip(axes[0], shown):
-        for lab, hs in hists.items():
-            pts = [(i, h[k], h.get('intervals', {}).get(k)) for i, h in hs if h[k] is not None]
-            if not pts: continue
-            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-            err = yerr(ys, [dict(lo=p[2][0], hi=p[2][1]) if p[2] else None for p in pts])
-            ax.errorbar(xs, ys, yerr=err, marker='o', capsize=3, label=lab)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel('iteration (0 = base student)')
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[0][0].legend(fontsize=8)
-    return save_figure(fig, path)
-
-# %% ../nbs/06_evaluation.ipynb #f044132b
-def plot_history(run_dir, path) -> Optional[Path]:
-    "Every headline metric of one run across its iterations."
-    return plot_runs([run_dir], path, labels=[Path(run_dir).name])
-
-# %% ../nbs/06_evaluation.ipynb #03338f1d
-def _scored(run: RunDir, k: int) -> Optional[dict]:
-    "Round k's scored Cache Pool items as {id: d}, or None when it has no discrimination."
-    d = run.stage_dir(k, 'discrimination')
-    if not (d/'hard.jsonl').exists(): return None
-    return {x['id']: x['d'] for name in ('hard', 'easy') for x in read_log(d/f'{name}.jsonl')}
-
-# %% ../nbs/06_evaluation.ipynb #e0ede0d9
-def _gap_ci(xs: list) -> Optional[dict]:
-    return mean_ci(xs).as_dict(digits=3) if xs else None
-
-def _round_gaps(run: RunDir, k: int, gaps: dict, prev_hard: Optional[set]) -> tuple[dict, set]:
-    """Round k's share of hard items and gap intervals (all, its hard ones, the previous round's hard ones),
-    and its hard item ids. A round that reviewed only the previous round's hard items (the final measurement,
-    `loop.discriminate_last_on: hard`: its summary holds the `gap_change`) has no whole-pool figures."""
-    d = run.stage_dir(k, 'discrimination')
-    hard = {x['id'] for x in read_log(d/'hard.jsonl')}
-    again = [gaps[i] for i in (prev_hard or ()) if i in gaps]
-    whole = not ((d/'summary.json').exists() and 'gap_change' in read_json(d/'summary.json'))
-    row = dict(items=len(gaps), hard_share=round(len(hard) / len(gaps), 4) if whole else None,
-               mean_gap=_gap_ci(list(gaps.values())) if whole else None,
-               hard_gap=_gap_ci([gaps[i] for i in hard if i in gaps]) if whole else None,
-               previous_hard_gap=_gap_ci(again))
-    return row, hard
-
-# %% ../nbs/06_evaluation.ipynb #9836d431
-def mechanism(run_dir) -> list[dict]:
-    """Per round: share of hard items, mean gap, gap on the previous round's hard items, held-out NLL (with
-    intervals)."""
-    run, rows, prev_hard = RunDir(run_dir), [], None
-    ks = sorted(int(p.name.split('_')[1]) for p in run.root.glob('iter_*') if p.name.split('_')[1].isdigit())
-    for k in ks:
-        imit = run.stage_dir(k, 'imitation')/'summary.json'
-        nll = read_json(imit) if imit.exists() else {}
-        row = {'iteration': k, 'nll_after': nll.get('nll_after'), 'nll_change': nll.get('nll_change')}
-        if gaps := _scored(run, k):
-            gap_row, prev_hard = _round_gaps(run, k, gaps, prev_hard)
-            row.update(gap_row)
-        rows.append(row)
-    return rows
-
-# %% ../nbs/06_evaluation.ipynb #d856f021
-def _plot_gaps(ax, pts: list[dict]) -> None:
-    """The referee's gap across rounds: on the whole Cache Pool, on the round's hard items, and on the
-    previous round's hard items measured again (after one more imitation: did their gap shrink?)."""
-    lines = (('mean_gap', 'whole Cache Pool'), ('hard_gap', "the round's hard items"),
-             ('previous_hard_gap', "previous round's hard items, again"))
-    for key, label in lines:
-        ok = [r for r in pts if r.get(key) and r[key].get('value') is not None]
-        if not ok: continue
-        ivs = [r[key] for r in ok]
-        ax.errorbar([r['iteration'] for r in ok], [iv['value'] for iv in ivs], capsize=3, marker='o',
-                    label=label, yerr=yerr([iv['value'] for iv in ivs], ivs))
-    ax.axhline(0, color='grey', lw=0.8)
-    ax.set_title('referee gap, teacher - student (95% CI)', fontsize=9)
-    ax.legend(fontsize=7)
-
-# %% ../nbs/06_evaluation.ipynb #e50af9b0
+# %% ../nbs/06_evaluation.ipynb #05e934b2
 def plot_mechanism(run_dir, path) -> Optional[Path]:
     "Share of hard items, mean gap (all and previous round's hard items) and held-out NLL across rounds."
     rows = [r for r in mechanism(run_dir) if 'items' in r or r.get('nll_after') is not None]
@@ -723,46 +650,60 @@ def plot_mechanism(run_dir, path) -> Optional[Path]:
         ax.set_xticks(sorted({r['iteration'] for r in rows}))   # whole rounds, one point or many
     return save_figure(fig, path)
 
-# %% ../nbs/06_evaluation.ipynb #490b5a07
-def _probe_answers(pairs: Sequence[KnownPair], side: str) -> dict:
-    return {p.id: Answer(id=p.id, instruction=p.instruction, input=p.input, output=getattr(p, side),
-                         role='probe', model=side) for p in pairs}
+def _plot_gaps(ax, pts: list[dict]) -> None:
+    """The referee's gap across rounds: on the whole Cache Pool, on the round's hard items, and on the
+    previous round's hard items measured again (after one more imitation: did their gap shrink?)."""
+    lines = (('mean_gap', 'whole Cache Pool'), ('hard_gap', "the round's hard items"),
+             ('previous_hard_gap', "previous round's hard items, again"))
+    for key, label in lines:
+        ok = [r for r in pts if r.get(key) and r[key].get('value') is not None]
+        if not ok: continue
+        ivs = [r[key] for r in ok]
+        ax.errorbar([r['iteration'] for r in ok], [iv['value'] for iv in ivs], capsize=3, marker='o',
+                    label=label, yerr=yerr([iv['value'] for iv in ivs], ivs))
+    ax.axhline(0, color='grey', lw=0.8)
+    ax.set_title('referee gap, teacher - student (95% CI)', fontsize=9)
+    ax.legend(fontsize=7)
 
-# %% ../nbs/06_evaluation.ipynb #eb96412b
-def probe_items(verdicts: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Probe pairs read in both orders, or graded alone (d: the better answer's mean score minus the worse
-    one's), and the others."""
-    scored, unscored = [], []
-    for i, d in _by_item(verdicts).items():
-        vs = list(d.values())                              # both orders, or one single-answer verdict
-        kind = vs[0].get('category')
-        if all(v['status'] == 'done' for v in vs) and len(vs) == (1 if vs[0]['order'] == 'single' else 2):
-            d = sum(v['cand_score'] - v['opp_score'] for v in vs) / len(vs)
-            scored.append({'id': i, 'category': kind, 'd': d})
-        else: unscored.append({'id': i, 'category': kind})
-    return scored, unscored
+# %% ../nbs/06_evaluation.ipynb #9836d431
+def mechanism(run_dir) -> list[dict]:
+    """Per round: share of hard items, mean gap, gap on the previous round's hard items, held-out NLL (with
+    intervals)."""
+    run, rows, prev_hard = RunDir(run_dir), [], None
+    ks = sorted(int(p.name.split('_')[1]) for p in run.root.glob('iter_*') if p.name.split('_')[1].isdigit())
+    for k in ks:
+        imit = run.stage_dir(k, 'imitation')/'summary.json'
+        nll = read_json(imit) if imit.exists() else {}
+        row = {'iteration': k, 'nll_after': nll.get('nll_after'), 'nll_change': nll.get('nll_change')}
+        if gaps := _scored(run, k):
+            gap_row, prev_hard = _round_gaps(run, k, gaps, prev_hard)
+            row.update(gap_row)
+        rows.append(row)
+    return rows
 
-# %% ../nbs/06_evaluation.ipynb #f976ea8f
-def judge_probe(pairs: Sequence[KnownPair], client, judge: Judge, *, seed: int, cfg: Optional[Config] = None,
-                log_path=None, min_accuracy: float = 0.8) -> dict:
-    "The evaluation judge on known-better pairs, both orders: probe metrics, pass or fail, and why."
-    items = [Instruction(id=p.id, instruction=p.instruction, input=p.input, category=p.kind) for p in pairs]
-    jobs = judge_jobs('probe', 'score', items, 'better', _probe_answers(pairs, 'better'), 'worse',
-                      _probe_answers(pairs, 'worse'), judge)
-    verdicts = run_judge(jobs, {'probe': 'score'}, client, seed=seed, cfg=cfg, log_path=log_path)
-    consistency = position_stats(verdicts)['position_consistency']
-    metrics = probe_metrics(*probe_items(verdicts), consistency=consistency)
-    ok, message = probe_verdict(metrics, min_accuracy, role='judge')
-    return dict(probe=metrics, passed=ok, message=message, judge=judge.name)
+# %% ../nbs/06_evaluation.ipynb #57d305c2
+def _scored(run: RunDir, k: int) -> Optional[dict]:
+    "Round k's scored Cache Pool items as {id: d}, or None when it has no discrimination."
+    d = run.stage_dir(k, 'discrimination')
+    if not (d/'hard.jsonl').exists(): return None
+    return {x['id']: x['d'] for name in ('hard', 'easy') for x in read_log(d/f'{name}.jsonl')}
 
-# %% ../nbs/06_evaluation.ipynb #44bcf30a
-@contextmanager
-def judge_client(cfg: Config, run: RunDir, k: int):
-    """The `judge` role's client for iteration `k`'s evaluation (usage logged, answers cached), closed
-    afterwards."""
-    client = llm.run_client(cfg, run, 'judge', stage='evaluation', iteration=k)
-    try: yield client
-    finally: _close(client)
+def _round_gaps(run: RunDir, k: int, gaps: dict, prev_hard: Optional[set]) -> tuple[dict, set]:
+    """Round k's share of hard items and gap intervals (all, its hard ones, the previous round's hard ones),
+    and its hard item ids. A round that reviewed only the previous round's hard items (the final measurement,
+    `loop.discriminate_last_on: hard`: its summary holds the `gap_change`) has no whole-pool figures."""
+    d = run.stage_dir(k, 'discrimination')
+    hard = {x['id'] for x in read_log(d/'hard.jsonl')}
+    again = [gaps[i] for i in (prev_hard or ()) if i in gaps]
+    whole = not ((d/'summary.json').exists() and 'gap_change' in read_json(d/'summary.json'))
+    row = dict(items=len(gaps), hard_share=round(len(hard) / len(gaps), 4) if whole else None,
+               mean_gap=_gap_ci(list(gaps.values())) if whole else None,
+               hard_gap=_gap_ci([gaps[i] for i in hard if i in gaps]) if whole else None,
+               previous_hard_gap=_gap_ci(again))
+    return row, hard
+
+def _gap_ci(xs: list) -> Optional[dict]:
+    return mean_ci(xs).as_dict(digits=3) if xs else None
 
 # %% ../nbs/06_evaluation.ipynb #2d1737b0
 def evaluation_probe(cfg: Config, run: RunDir, iteration: int, ref_answers: Sequence[Answer],
@@ -783,32 +724,59 @@ def evaluation_probe(cfg: Config, run: RunDir, iteration: int, ref_answers: Sequ
     if not res['passed'] and p.action == 'stop': raise LionError(res['message'])
     return res
 
-# %% ../nbs/06_evaluation.ipynb #c559e90a
-def trained_student(run: RunDir, k: int) -> Optional[Path]:
-    "The student fine-tuned in iteration `k` (`run.student(k)`), if it exists."
-    p = run.student(k)
-    return p if p.is_dir() else None
+# %% ../nbs/06_evaluation.ipynb #44bcf30a
+@contextmanager
+def judge_client(cfg: Config, run: RunDir, k: int):
+    """The `judge` role's client for iteration `k`'s evaluation (usage logged, answers cached), closed
+    afterwards."""
+    client = llm.run_client(cfg, run, 'judge', stage='evaluation', iteration=k)
+    try: yield client
+    finally: _close(client)
 
-# %% ../nbs/06_evaluation.ipynb #21cc6654
-def default_models(cfg: Config, run: RunDir, k: int) -> dict[str, ModelSpec]:
-    "The candidates by default: the base student and, when it exists, iteration `k`'s trained student."
-    out = {'base': cfg.model_for('student')}
-    if k > 0 and (p := trained_student(run, k)):
-        out[f'iter_{k}'] = llm.student_spec(cfg.model_for('student'), p)
-    return out
+# %% ../nbs/06_evaluation.ipynb #ab4cdb3e
+def judge_probe(pairs: Sequence[KnownPair], client, judge: Judge, *, seed: int, cfg: Optional[Config] = None,
+                log_path=None, min_accuracy: float = 0.8) -> dict:
+    "The evaluation judge on known-better pairs, both orders: probe metrics, pass or fail, and why."
+    items = [Instruction(id=p.id, instruction=p.instruction, input=p.input, category=p.kind) for p in pairs]
+    jobs = judge_jobs('probe', 'score', items, 'better', _probe_answers(pairs, 'better'), 'worse',
+                      _probe_answers(pairs, 'worse'), judge)
+    verdicts = run_judge(jobs, {'probe': 'score'}, client, seed=seed, cfg=cfg, log_path=log_path)
+    consistency = position_stats(verdicts)['position_consistency']
+    metrics = probe_metrics(*probe_items(verdicts), consistency=consistency)
+    ok, message = probe_verdict(metrics, min_accuracy, role='judge')
+    return dict(probe=metrics, passed=ok, message=message, judge=judge.name)
 
-# %% ../nbs/06_evaluation.ipynb #ce40b0bd
-def candidates(cfg: Config, run: RunDir, k: int, models: Optional[dict] = None) -> dict[str, ModelSpec]:
-    """The candidates: `models` ({label: config model name, checkpoint folder or ModelSpec}), else
-    `default_models`."""
-    if models is None: return default_models(cfg, run, k)
-    return {lab: v if isinstance(v, ModelSpec) else model_spec(v, cfg) for lab, v in models.items()}
+def probe_items(verdicts: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Probe pairs read in both orders, or graded alone (d: the better answer's mean score minus the worse
+    one's), and the others."""
+    scored, unscored = [], []
+    for i, d in _by_item(verdicts).items():
+        vs = list(d.values())                              # both orders, or one single-answer verdict
+        kind = vs[0].get('category')
+        if all(v['status'] == 'done' for v in vs) and len(vs) == (1 if vs[0]['order'] == 'single' else 2):
+            d = sum(v['cand_score'] - v['opp_score'] for v in vs) / len(vs)
+            scored.append({'id': i, 'category': kind, 'd': d})
+        else: unscored.append({'id': i, 'category': kind})
+    return scored, unscored
 
-# %% ../nbs/06_evaluation.ipynb #c810f6f0
-def sample_sets(cfg: Config, sets: list[str], samples: dict) -> dict[str, list]:
-    "{set: its sampled items} (the data folder is the config's, or $LION_DATA_DIR; the demo set needs none)."
-    root = lion_data.data_root(None, cfg) if any(s != 'demo' for s in sets) else None
-    return {s: sample_items(load_eval_set(s, root), samples.get(s), cfg.seed, s) for s in sets}
+def _probe_answers(pairs: Sequence[KnownPair], side: str) -> dict:
+    return {p.id: Answer(id=p.id, instruction=p.instruction, input=p.input, output=getattr(p, side),
+                         role='probe', model=side) for p in pairs}
+
+# %% ../nbs/06_evaluation.ipynb #34a337e6
+def evaluation_plan(cfg: Config, run: RunDir, k: int, *, models: Optional[dict] = None, sets=None,
+                    samples=None) -> EvalPlan:
+    "The plan of iteration `k`'s evaluation: `cfg.eval`'s sets and samples (`sets`, `samples`: the caller's)."
+    sets = list(sets or cfg.eval.sets)
+    bad = [s for s in sets if s not in EVAL_SETS]
+    if bad: raise LionError(f"unknown evaluation sets: {', '.join(bad)}")
+    samples = {**cfg.eval.samples, **(samples or {})}
+    items = sample_sets(cfg, sets, samples)
+    cands = candidates(cfg, run, k, models)
+    ref = cfg.eval.reference
+    ref_spec = cfg.model_for(ref) if ref in cfg.roles else model_spec(ref, cfg)
+    return EvalPlan(items=items, samples={s: samples.get(s) for s in sets},
+                    cands={lab: v for lab, v in cands.items() if lab != ref}, ref=ref, ref_spec=ref_spec)
 
 # %% ../nbs/06_evaluation.ipynb #03a0519d
 @dataclass
@@ -838,20 +806,29 @@ class EvalPlan:
         ids = {x.id for s in self.judged if self.kinds[s] == 'score' for x in self.instr[s]}
         return [a for i, a in answers.items() if i in ids]
 
-# %% ../nbs/06_evaluation.ipynb #34a337e6
-def evaluation_plan(cfg: Config, run: RunDir, k: int, *, models: Optional[dict] = None, sets=None,
-                    samples=None) -> EvalPlan:
-    "The plan of iteration `k`'s evaluation: `cfg.eval`'s sets and samples (`sets`, `samples`: the caller's)."
-    sets = list(sets or cfg.eval.sets)
-    bad = [s for s in sets if s not in EVAL_SETS]
-    if bad: raise LionError(f"unknown evaluation sets: {', '.join(bad)}")
-    samples = {**cfg.eval.samples, **(samples or {})}
-    items = sample_sets(cfg, sets, samples)
-    cands = candidates(cfg, run, k, models)
-    ref = cfg.eval.reference
-    ref_spec = cfg.model_for(ref) if ref in cfg.roles else model_spec(ref, cfg)
-    return EvalPlan(items=items, samples={s: samples.get(s) for s in sets},
-                    cands={lab: v for lab, v in cands.items() if lab != ref}, ref=ref, ref_spec=ref_spec)
+# %% ../nbs/06_evaluation.ipynb #b16c8222
+def sample_sets(cfg: Config, sets: list[str], samples: dict) -> dict[str, list]:
+    "{set: its sampled items} (the data folder is the config's, or $LION_DATA_DIR; the demo set needs none)."
+    root = lion_data.data_root(None, cfg) if any(s != 'demo' for s in sets) else None
+    return {s: sample_items(load_eval_set(s, root), samples.get(s), cfg.seed, s) for s in sets}
+
+def candidates(cfg: Config, run: RunDir, k: int, models: Optional[dict] = None) -> dict[str, ModelSpec]:
+    """The candidates: `models` ({label: config model name, checkpoint folder or ModelSpec}), else
+    `default_models`."""
+    if models is None: return default_models(cfg, run, k)
+    return {lab: v if isinstance(v, ModelSpec) else model_spec(v, cfg) for lab, v in models.items()}
+
+def default_models(cfg: Config, run: RunDir, k: int) -> dict[str, ModelSpec]:
+    "The candidates by default: the base student and, when it exists, iteration `k`'s trained student."
+    out = {'base': cfg.model_for('student')}
+    if k > 0 and (p := trained_student(run, k)):
+        out[f'iter_{k}'] = llm.student_spec(cfg.model_for('student'), p)
+    return out
+
+def trained_student(run: RunDir, k: int) -> Optional[Path]:
+    "The student fine-tuned in iteration `k` (`run.student(k)`), if it exists."
+    p = run.student(k)
+    return p if p.is_dir() else None
 
 # %% ../nbs/06_evaluation.ipynb #ed1b3fb3
 def collect_answers(cfg: Config, run: RunDir, k: int, plan: EvalPlan, out_dir: Path) -> dict[str, dict]:
@@ -880,83 +857,6 @@ def judge_candidates(cfg: Config, run: RunDir, k: int, plan: EvalPlan, answers: 
         return run_judge(jobs, kinds, client, seed=derive_seed(cfg.seed, 'evaluation', 'judge'), cfg=cfg,
                          log_path=out_dir/'verdicts.jsonl')
 
-# %% ../nbs/06_evaluation.ipynb #6b412915
-def _mean_lengths(answers: dict, items_by_set: dict) -> dict:
-    out = {}
-    for s, items in items_by_set.items():
-        ls = [word_len(answers[i.id].output) for i in items
-              if i.id in answers and answers[i.id].status == 'done']
-        if ls: out[s] = round(sum(ls) / len(ls), 1)
-    return out
-
-# %% ../nbs/06_evaluation.ipynb #3dbe4a30
-def empty_answers(answers: dict, # {item id: Answer} of one model
-                  items_by_set: dict, # {set: its items}
-                 ) -> dict:
-    "{set: how many of the model's done answers to the set's items are empty or whitespace}."
-    blank = lambda i: i.id in answers and answers[i.id].status == 'done' and not answers[i.id].output.strip()
-    return {s: sum(map(blank, items)) for s, items in items_by_set.items()}
-
-# %% ../nbs/06_evaluation.ipynb #eb1b00a4
-def model_metrics(plan: EvalPlan, label: str, spec: ModelSpec, answers: dict, verdicts: list[dict]) -> dict:
-    "The metrics of model `label`: lengths, each judged set's scores (with the length view), reasoning."
-    m = {'spec': spec_summary(spec),
-         'mean_length': _mean_lengths(answers, {s: plan.instr[s] for s in plan.judged}),
-         'empty_answers': empty_answers(answers, plan.items)}
-    for s in plan.judged:
-        vs = [v for v in verdicts if v['candidate'] == label and v['set'] == s]
-        if not vs: continue
-        m[s] = relative_scores(vs) if plan.kinds[s] == 'score' else win_tie_lose(vs)
-        m[s]['length'] = length_view(vs)
-    if plan.reasoning:
-        m['reasoning'] = reasoning_metrics([x for s in plan.reasoning for x in plan.items[s]], answers)
-    return m
-
-# %% ../nbs/06_evaluation.ipynb #24d591b5
-POSITION_KEYS = ('pairs_read', 'position_consistency', 'first_position_win_rate')
-
-def judge_report(cfg: Config, per_model: dict, verdicts: list[dict], judged: list[str]) -> dict:
-    "The judge's honesty report: its model, verdict counts, position statistics per model and set."
-    position = {f'{lab}/{s}': m[s] and {key: m[s][key] for key in POSITION_KEYS}
-                for lab, m in per_model.items() for s in judged if s in m}
-    return {'model': spec_summary(cfg.model_for('judge')), 'verdicts': len(verdicts),
-            'unscored': _n_status(verdicts, 'unscored'), 'failed': _n_status(verdicts, 'failed'),
-            'position': position}
-
-# %% ../nbs/06_evaluation.ipynb #b9e52a77
-def arm_items(verdicts: list[dict], set_name: str) -> dict:
-    "{item id: unit} of one set: (candidate's, teacher's) summed scores when scored, 1/0.5/0 when pairwise."
-    vs = [v for v in verdicts if v['set'] == set_name]
-    if set_name in PAIR_SETS:
-        res = {i: combine_orders(d) for i, d in _by_item(vs).items()}
-        return {i: PREF[r] for i, r in res.items() if r}
-    return item_score_sums(vs)
-
-# %% ../nbs/06_evaluation.ipynb #a7845392
-def arm_diff(set_name: str, a: dict, b: dict) -> Interval:
-    """The paired bootstrap interval of arm a minus arm b on one set (relative score in points, or win rate in
-    %)."""
-    ids, xa, xb = align(a, b)
-    if not ids: return Interval(None, None, None, n=0)
-    # rows: resamples
-    if set_name in PAIR_SETS: return paired_diff_ci(lambda p: 100 * p.mean(axis=1), [xa], [xb])
-    cols = lambda xs: [[c for c, _ in xs], [o for _, o in xs]]
-    return paired_diff_ci(lambda c, o: 100 * c.sum(axis=1) / o.sum(axis=1), cols(xa), cols(xb))
-
-# %% ../nbs/06_evaluation.ipynb #a1b2c3d5
-def gain_over_base(verdicts: list[dict], # the evaluation's verdicts (each names its `candidate`)
-                   final: str, # the evaluated student's label, e.g. 'iter_2'
-                   base: str = 'base', # the untrained student's label
-                  ) -> dict:
-    "{set: interval of final minus base}, paired on the items both were judged on (sets judged for both)."
-    if final == base: return {}
-    of = lambda lab: [v for v in verdicts if v['candidate'] == lab]
-    out = {}
-    for s in sorted({v['set'] for v in verdicts}):
-        a, b = arm_items(of(final), s), arm_items(of(base), s)
-        if a and b: out[s] = arm_diff(s, a, b).as_dict()
-    return out
-
 # %% ../nbs/06_evaluation.ipynb #cd16f3ca
 def evaluation_metrics(cfg: Config, run: RunDir, k: int, plan: EvalPlan, answers: dict, verdicts: list[dict],
                        judge_probe: Optional[dict]) -> dict:
@@ -971,6 +871,17 @@ def evaluation_metrics(cfg: Config, run: RunDir, k: int, plan: EvalPlan, answers
             'models': per_model, 'gain_over_base': gain_over_base(verdicts, plan.final),
             'mechanism': mechanism(run.root), 'judge_probe': judge_probe,
             'answer_temperature': cfg.eval.temperature}
+
+# %% ../nbs/06_evaluation.ipynb #24d591b5
+POSITION_KEYS = ('pairs_read', 'position_consistency', 'first_position_win_rate')
+
+def judge_report(cfg: Config, per_model: dict, verdicts: list[dict], judged: list[str]) -> dict:
+    "The judge's honesty report: its model, verdict counts, position statistics per model and set."
+    position = {f'{lab}/{s}': m[s] and {key: m[s][key] for key in POSITION_KEYS}
+                for lab, m in per_model.items() for s in judged if s in m}
+    return {'model': spec_summary(cfg.model_for('judge')), 'verdicts': len(verdicts),
+            'unscored': _n_status(verdicts, 'unscored'), 'failed': _n_status(verdicts, 'failed'),
+            'position': position}
 
 # %% ../nbs/06_evaluation.ipynb #7cbc9f9c
 def write_plots(metrics: dict, out_dir, run_dir=None) -> list[Path]:
@@ -987,12 +898,76 @@ def write_plots(metrics: dict, out_dir, run_dir=None) -> list[Path]:
         made.append(plot_mechanism(run_dir, out_dir/'mechanism.png'))
     return [p for p in made if p]
 
-# %% ../nbs/06_evaluation.ipynb #c7595c73
-def ci_text(iv: Optional[dict]) -> str:
-    "' [lo, hi]' for an interval dict, or '' when there is none."
-    return f" [{iv['lo']:g}, {iv['hi']:g}]" if iv and iv.get('lo') is not None else ''
+# %% ../nbs/06_evaluation.ipynb #eb1b00a4
+def model_metrics(plan: EvalPlan, label: str, spec: ModelSpec, answers: dict, verdicts: list[dict]) -> dict:
+    "The metrics of model `label`: lengths, each judged set's scores (with the length view), reasoning."
+    m = {'spec': spec_summary(spec),
+         'mean_length': _mean_lengths(answers, {s: plan.instr[s] for s in plan.judged}),
+         'empty_answers': empty_answers(answers, plan.items)}
+    for s in plan.judged:
+        vs = [v for v in verdicts if v['candidate'] == label and v['set'] == s]
+        if not vs: continue
+        m[s] = relative_scores(vs) if plan.kinds[s] == 'score' else win_tie_lose(vs)
+        m[s]['length'] = length_view(vs)
+    if plan.reasoning:
+        m['reasoning'] = reasoning_metrics([x for s in plan.reasoning for x in plan.items[s]], answers)
+    return m
 
-# %% ../nbs/06_evaluation.ipynb #40cfacb7
+# %% ../nbs/06_evaluation.ipynb #d5a117e6
+def empty_answers(answers: dict, # {item id: Answer} of one model
+                  items_by_set: dict, # {set: its items}
+                 ) -> dict:
+    "{set: how many of the model's done answers to the set's items are empty or whitespace}."
+    blank = lambda i: i.id in answers and answers[i.id].status == 'done' and not answers[i.id].output.strip()
+    return {s: sum(map(blank, items)) for s, items in items_by_set.items()}
+
+def _mean_lengths(answers: dict, items_by_set: dict) -> dict:
+    out = {}
+    for s, items in items_by_set.items():
+        ls = [word_len(answers[i.id].output) for i in items
+              if i.id in answers and answers[i.id].status == 'done']
+        if ls: out[s] = round(sum(ls) / len(ls), 1)
+    return out
+
+# %% ../nbs/06_evaluation.ipynb #a1b2c3d5
+def gain_over_base(verdicts: list[dict], # the evaluation's verdicts (each names its `candidate`)
+                   final: str, # the evaluated student's label, e.g. 'iter_2'
+                   base: str = 'base', # the untrained student's label
+                  ) -> dict:
+    "{set: interval of final minus base}, paired on the items both were judged on (sets judged for both)."
+    if final == base: return {}
+    of = lambda lab: [v for v in verdicts if v['candidate'] == lab]
+    out = {}
+    for s in sorted({v['set'] for v in verdicts}):
+        a, b = arm_items(of(final), s), arm_items(of(base), s)
+        if a and b: out[s] = arm_diff(s, a, b).as_dict()
+    return out
+
+# %% ../nbs/06_evaluation.ipynb #750c0950
+def arm_diff(set_name: str, a: dict, b: dict) -> Interval:
+    """The paired bootstrap interval of arm a minus arm b on one set (relative score in points, or win rate in
+    %)."""
+    ids, xa, xb = align(a, b)
+    if not ids: return Interval(None, None, None, n=0)
+    # rows: resamples
+    if set_name in PAIR_SETS: return paired_diff_ci(lambda p: 100 * p.mean(axis=1), [xa], [xb])
+    cols = lambda xs: [[c for c, _ in xs], [o for _, o in xs]]
+    return paired_diff_ci(lambda c, o: 100 * c.sum(axis=1) / o.sum(axis=1), cols(xa), cols(xb))
+
+def arm_items(verdicts: list[dict], set_name: str) -> dict:
+    "{item id: unit} of one set: (candidate's, teacher's) summed scores when scored, 1/0.5/0 when pairwise."
+    vs = [v for v in verdicts if v['set'] == set_name]
+    if set_name in PAIR_SETS:
+        res = {i: combine_orders(d) for i, d in _by_item(vs).items()}
+        return {i: PREF[r] for i, r in res.items() if r}
+    return item_score_sums(vs)
+
+# %% ../nbs/06_evaluation.ipynb #b77f8c5a
+def summary_table(metrics: dict):
+    "A pandas DataFrame: one row per model, the headline figures as columns."
+    rows = {lab: summary_row(m) for lab, m in metrics['models'].items()}
+    return pd.DataFrame.from_dict(rows, orient='index')
+
 def summary_row(m: dict) -> dict:
     "One model's headline figures, as `summary_table`'s columns."
     r = {}
@@ -1011,20 +986,17 @@ def summary_row(m: dict) -> dict:
     r['empty answers'] = sum((m.get('empty_answers') or {}).values())
     return r
 
-# %% ../nbs/06_evaluation.ipynb #c084bc82
-def summary_table(metrics: dict):
-    "A pandas DataFrame: one row per model, the headline figures as columns."
-    rows = {lab: summary_row(m) for lab, m in metrics['models'].items()}
-    return pd.DataFrame.from_dict(rows, orient='index')
+def ci_text(iv: Optional[dict]) -> str:
+    "' [lo, hi]' for an interval dict, or '' when there is none."
+    return f" [{iv['lo']:g}, {iv['hi']:g}]" if iv and iv.get('lo') is not None else ''
 
-# %% ../nbs/06_evaluation.ipynb #29ebb60b
+# %% ../nbs/06_evaluation.ipynb #36a178eb
 def category_table(metrics: dict, set_name: str = 'vicuna80'):
     "Relative score (%) per category (rows) for every model (columns), with the overall score first."
     cols = {lab: {'overall': m[set_name]['relative_score'], **m[set_name]['per_category']}
             for lab, m in metrics['models'].items() if m.get(set_name)}
     return pd.DataFrame(cols)
 
-# %% ../nbs/06_evaluation.ipynb #309747c6
 def wtl_table(metrics: dict):
     "Win / tie / lose counts and rates of every model against the opponent, with the judge's consistency."
     rows = {}
@@ -1039,7 +1011,6 @@ def wtl_table(metrics: dict):
                      'position consistency': u['position_consistency']}
     return pd.DataFrame.from_dict(rows, orient='index')
 
-# %% ../nbs/06_evaluation.ipynb #bbe357e0
 def reasoning_table(metrics: dict):
     """Accuracy (%) per reasoning task (rows) for every model (columns), with each benchmark's average (and
     BBH's 23)."""
@@ -1052,80 +1023,6 @@ def reasoning_table(metrics: dict):
         if 'bbh_23_average' in r: col['bbh 23-task average'] = r['bbh_23_average']
         cols[lab] = col
     return pd.DataFrame(cols)
-
-# %% ../nbs/06_evaluation.ipynb #a5818dfb
-def _open_line(s: str, r: dict, ref: str) -> str:
-    "The closing note's line on open-ended set `s`: relative score, reviews, the judge's position figures."
-    fp = r['first_position_win_rate']
-    bias = 'no review was decisive'
-    if fp is not None: bias = f"the answer shown first won {fp:.0%} of decisive reviews"
-    position = f"judge position consistency {r['position_consistency']}, {bias}"
-    if r.get('graded_alone'): position = "each answer graded alone, so no position figures"
-    return (f"- {s}: relative score **{r['relative_score']}%**{ci_text(r.get('interval'))} of {ref} "
-            f"over {r['reviews_scored']} scored reviews ({r['unscored']} unscored, {r['failed']} failed); "
-            f"{position}.")
-
-# %% ../nbs/06_evaluation.ipynb #0673a51c
-def _pair_line(u: dict) -> str:
-    "The closing note's line on the 252: win/tie/lose, win rates, length difference, position consistency."
-    return (f"- user-oriented: **{u['win']} win / {u['tie']} tie / {u['lose']} lose** "
-            f"({u['unscored_items']} items unscored); "
-            f"win rate {u['win_rate']}{ci_text(u.get('win_rate_interval'))}, "
-            f"length-controlled {u['length']['lc_win_rate']} "
-            f"(mean length difference {u['length'].get('mean_length_diff')} words); "
-            f"position consistency {u['position_consistency']}.")
-
-# %% ../nbs/06_evaluation.ipynb #51340b18
-def _reasoning_line(r: dict) -> str:
-    """The closing note's line on reasoning: each benchmark's average over its own tasks (BBH's headline over
-    the paper's 23, all tasks run beside it), and unextracted replies."""
-    ivs = r.get('intervals') or {}
-    per = [f"{s} **{r[s + '_average']}%**{ci_text(ivs.get(s + '_average'))} over {len(r.get(s) or {})} tasks"
-           for s in REASONING_SETS if s + '_average' in r and not (s == 'bbh' and 'bbh_23_average' in r)]
-    if 'bbh_23_average' in r:
-        n23 = sum(t in BBH_23 for t in r.get('bbh') or {})
-        per.append(f"bbh **{r['bbh_23_average']}%**{ci_text(ivs.get('bbh_23_average'))} over {n23} of the "
-                   f"paper's 23 tasks (all {len(r.get('bbh') or {})} tasks run: {r.get('bbh_average')}%)")
-    return (f"- reasoning (exact match, each benchmark averaged over its own tasks): {'; '.join(per)}; "
-            f"{sum(r['unextracted'].values())} replies had no extractable answer.")
-
-# %% ../nbs/06_evaluation.ipynb #52eabafe
-def _length_line(metrics: dict) -> Optional[str]:
-    "The closing note's line on every model's mean answer length per set (None when there is none)."
-    lens = {lab: mm.get('mean_length') for lab, mm in metrics['models'].items() if mm.get('mean_length')}
-    if not lens: return None
-    per = [f"{lab} {', '.join(f'{s} {v}' for s, v in l.items())}" for lab, l in lens.items()]
-    return '- mean answer length (words): ' + '; '.join(per)
-
-# %% ../nbs/06_evaluation.ipynb #753dd6bd
-def _gain_line(metrics: dict) -> Optional[str]:
-    """The closing note's line on the final student against the base one (`gain_over_base`), when both were
-    judged."""
-    base, gains = metrics['models'].get('base') or {}, metrics.get('gain_over_base') or {}
-    parts = [
-        f"{s} {g['value']:+.2f} points [{g['lo']:+.2f}, {g['hi']:+.2f}] (base {base[s]['relative_score']}%)"
-        for s, g in gains.items()
-        if g.get('value') is not None and base.get(s) and s in OPEN_SETS
-    ]
-    if not parts: return None
-    return "- against the base student, paired on the same items and judge: " + '; '.join(parts) + '.'
-
-# %% ../nbs/06_evaluation.ipynb #b4a28857
-def empty_line(metrics: dict) -> str:
-    "The closing note's line on empty answers: every model's count, per set where there were any."
-    per = {lab: {s: n for s, n in (m.get('empty_answers') or {}).items() if n}
-           for lab, m in metrics['models'].items()}
-    sets = lambda c: ', '.join(f'{s} {n}' for s, n in c.items())
-    told = [f"{lab} {sum(c.values())} ({sets(c)})" for lab, c in per.items() if c]
-    return ('- empty answers (scored as answers): ' + ('; '.join(told) if told else 'none'))
-
-# %% ../nbs/06_evaluation.ipynb #02da33b8
-def sampling_line(metrics: dict) -> str:
-    "The closing note's line on how every model's evaluation answers were decoded."
-    t = metrics.get('answer_temperature')
-    if t is None: return '- answers: decoding not recorded'
-    if not t: return '- answers: greedy (temperature 0; Lion samples at 0.7)'
-    return f'- answers: sampled at temperature {t:g}, seeded per model and item'
 
 # %% ../nbs/06_evaluation.ipynb #9bed2bad
 def closing_note(metrics: dict) -> str:
@@ -1144,22 +1041,82 @@ def closing_note(metrics: dict) -> str:
     lines.append(sampling_line(metrics))
     return '\n'.join(lines)
 
-# %% ../nbs/06_evaluation.ipynb #ded59296
+# %% ../nbs/06_evaluation.ipynb #61206a80
+def _open_line(s: str, r: dict, ref: str) -> str:
+    "The closing note's line on open-ended set `s`: relative score, reviews, the judge's position figures."
+    fp = r['first_position_win_rate']
+    bias = 'no review was decisive'
+    if fp is not None: bias = f"the answer shown first won {fp:.0%} of decisive reviews"
+    position = f"judge position consistency {r['position_consistency']}, {bias}"
+    if r.get('graded_alone'): position = "each answer graded alone, so no position figures"
+    return (f"- {s}: relative score **{r['relative_score']}%**{ci_text(r.get('interval'))} of {ref} "
+            f"over {r['reviews_scored']} scored reviews ({r['unscored']} unscored, {r['failed']} failed); "
+            f"{position}.")
+
+def _gain_line(metrics: dict) -> Optional[str]:
+    """The closing note's line on the final student against the base one (`gain_over_base`), when both were
+    judged."""
+    base, gains = metrics['models'].get('base') or {}, metrics.get('gain_over_base') or {}
+    parts = [
+        f"{s} {g['value']:+.2f} points [{g['lo']:+.2f}, {g['hi']:+.2f}] (base {base[s]['relative_score']}%)"
+        for s, g in gains.items()
+        if g.get('value') is not None and base.get(s) and s in OPEN_SETS
+    ]
+    if not parts: return None
+    return "- against the base student, paired on the same items and judge: " + '; '.join(parts) + '.'
+
+def _pair_line(u: dict) -> str:
+    "The closing note's line on the 252: win/tie/lose, win rates, length difference, position consistency."
+    return (f"- user-oriented: **{u['win']} win / {u['tie']} tie / {u['lose']} lose** "
+            f"({u['unscored_items']} items unscored); "
+            f"win rate {u['win_rate']}{ci_text(u.get('win_rate_interval'))}, "
+            f"length-controlled {u['length']['lc_win_rate']} "
+            f"(mean length difference {u['length'].get('mean_length_diff')} words); "
+            f"position consistency {u['position_consistency']}.")
+
+def _reasoning_line(r: dict) -> str:
+    """The closing note's line on reasoning: each benchmark's average over its own tasks (BBH's headline over
+    the paper's 23, all tasks run beside it), and unextracted replies."""
+    ivs = r.get('intervals') or {}
+    per = [f"{s} **{r[s + '_average']}%**{ci_text(ivs.get(s + '_average'))} over {len(r.get(s) or {})} tasks"
+           for s in REASONING_SETS if s + '_average' in r and not (s == 'bbh' and 'bbh_23_average' in r)]
+    if 'bbh_23_average' in r:
+        n23 = sum(t in BBH_23 for t in r.get('bbh') or {})
+        per.append(f"bbh **{r['bbh_23_average']}%**{ci_text(ivs.get('bbh_23_average'))} over {n23} of the "
+                   f"paper's 23 tasks (all {len(r.get('bbh') or {})} tasks run: {r.get('bbh_average')}%)")
+    return (f"- reasoning (exact match, each benchmark averaged over its own tasks): {'; '.join(per)}; "
+            f"{sum(r['unextracted'].values())} replies had no extractable answer.")
+
+# %% ../nbs/06_evaluation.ipynb #a62e2c65
+def _length_line(metrics: dict) -> Optional[str]:
+    "The closing note's line on every model's mean answer length per set (None when there is none)."
+    lens = {lab: mm.get('mean_length') for lab, mm in metrics['models'].items() if mm.get('mean_length')}
+    if not lens: return None
+    per = [f"{lab} {', '.join(f'{s} {v}' for s, v in l.items())}" for lab, l in lens.items()]
+    return '- mean answer length (words): ' + '; '.join(per)
+
+def empty_line(metrics: dict) -> str:
+    "The closing note's line on empty answers: every model's count, per set where there were any."
+    per = {lab: {s: n for s, n in (m.get('empty_answers') or {}).items() if n}
+           for lab, m in metrics['models'].items()}
+    sets = lambda c: ', '.join(f'{s} {n}' for s, n in c.items())
+    told = [f"{lab} {sum(c.values())} ({sets(c)})" for lab, c in per.items() if c]
+    return ('- empty answers (scored as answers): ' + ('; '.join(told) if told else 'none'))
+
+def sampling_line(metrics: dict) -> str:
+    "The closing note's line on how every model's evaluation answers were decoded."
+    t = metrics.get('answer_temperature')
+    if t is None: return '- answers: decoding not recorded'
+    if not t: return '- answers: greedy (temperature 0; Lion samples at 0.7)'
+    return f'- answers: sampled at temperature {t:g}, seeded per model and item'
+
+# %% ../nbs/06_evaluation.ipynb #01160030
+from .cli import command, Param, UsageError
+
 def _kv(s: str) -> tuple[str, str]:
     if '=' not in s: raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {s!r}")
     k, v = s.split('=', 1)
     return k.strip(), v.strip()
-
-# %% ../nbs/06_evaluation.ipynb #65d034a8
-def _headline_json(m: dict) -> str:
-    "The final model's headline figures as one JSON line (at most 2000 characters)."
-    judged = {k: m[k] for k in ('vicuna80', 'demo', 'user252') if k in m and m[k]}
-    r = m.get('reasoning') or {}
-    reasoning = {k: r.get(k) for k in ('agieval_average', 'bbh_average', 'bbh_23_average')}
-    return json.dumps(judged | reasoning | {'empty_answers': m.get('empty_answers')}, default=str)[:2000]
-
-# %% ../nbs/06_evaluation.ipynb #84a5a0a6
-from .cli import command, Param, UsageError
 
 @command('lion_nb evaluate',
          'Vicuna-80, user-oriented 252, AGIEval and BBH evaluation of students against the teacher.')
@@ -1195,3 +1152,11 @@ def evaluate_cli(*, config: str = None, # run configuration (YAML)
     print(summary_table(m).to_string())
     print(_headline_json(m))
     return 0
+
+# %% ../nbs/06_evaluation.ipynb #65d034a8
+def _headline_json(m: dict) -> str:
+    "The final model's headline figures as one JSON line (at most 2000 characters)."
+    judged = {k: m[k] for k in ('vicuna80', 'demo', 'user252') if k in m and m[k]}
+    r = m.get('reasoning') or {}
+    reasoning = {k: r.get(k) for k in ('agieval_average', 'bbh_average', 'bbh_23_average')}
+    return json.dumps(judged | reasoning | {'empty_answers': m.get('empty_answers')}, default=str)[:2000]

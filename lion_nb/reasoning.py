@@ -13,23 +13,20 @@ from .stats import stratified_mean_ci
 REASONING_SETS = ('agieval', 'bbh')     # the sets scored by exact match, not judged
 
 # %% auto #0
-__all__ = ['REASONING_SETS', 'CHOICE_RULES', 'BBH_FREE_FORM', 'BBH_23', 'extract_choice', 'extract_free', 'option_map',
-           'bbh_official_answer', 'score_bbh', 'score_reasoning', 'reasoning_outcomes', 'reasoning_metrics']
+__all__ = ['REASONING_SETS', 'CHOICE_RULES', 'BBH_FREE_FORM', 'BBH_23', 'extract_choice', 'option_map', 'extract_free',
+           'score_reasoning', 'score_bbh', 'bbh_official_answer', 'reasoning_metrics', 'reasoning_outcomes']
 
-# %% ../nbs/06b_reasoning.ipynb #7bd3eb50
-def _norm(s: str) -> str:
-    s = s.strip().lower().replace('*', '')
-    s = re.sub(r'\s+', ' ', s)
-    s = s.strip(' "\'`')
-    s = re.sub(r'[.。]+$', '', s).strip()
-    if len(s) > 2 and s[0] in '([' and s[-1] in ')]': s = s[1:-1].strip()
-    return s
+# %% ../nbs/06b_reasoning.ipynb #989dd216
+def extract_choice(text: str, options: dict) -> Optional[str]:
+    "The option letter a reply chose (rules 1-4 above), or None."
+    return next((got for rule in CHOICE_RULES if (got := rule(text, options)) is not None), None)
 
-# %% ../nbs/06b_reasoning.ipynb #1218b73e
 _ANS_STRONG = re.compile(r'(?i:answer)\**\s*(?i:is|:|=)?\s*\**\s*(?i:option\s*|choice\s*)?[:\s]*'
                          r'\**\(?([A-R])\)?\**(?![A-Za-z])')
+
 _ANS_WEAK = re.compile(r'(?i:correct|right|best)\s+(?i:option|choice)\s*(?i:is|:)?\s*'
                        r'\**\(?([A-R])\)?(?![A-Za-z])')
+
 _ANS_IS_RIGHT = re.compile(r'(?:(?i:option|choice)\s*)?\(?\b([A-R])\)?\s+(?i:is)\s+(?i:the\s+)?'
                            r'(?i:correct|right|best|true)\b')
 
@@ -41,15 +38,9 @@ def _stated_choice(text: str, letters) -> Optional[str]:
         if hits: return hits[-1]
     return None
 
-# %% ../nbs/06b_reasoning.ipynb #00340c47
 _LEADING = re.compile(r'\s*\**\s*\(?([A-R])(?:\)|\.|:)(?:\s|$)')
 _ONLY_LETTER = re.compile(r'\s*\(?([A-R])(?:\)|\.|:|\s|$)(.*)', re.S)
 
-def _parens(text: str, letters) -> set:
-    "The valid letters written in parentheses, '(B)', anywhere in the reply."
-    return {x for x in re.findall(r'\(([A-R])\)', text) if x in letters}
-
-# %% ../nbs/06b_reasoning.ipynb #c75d2c3b
 def _leading_choice(text: str, options: dict) -> Optional[str]:
     """Rule 2: 'A. Because ...', '(B) two', 'C: ...' (no other '(X)' in the reply), or only a letter ('B', 'B
     two')."""
@@ -60,12 +51,7 @@ def _leading_choice(text: str, options: dict) -> Optional[str]:
         return m.group(1)
     return None
 
-# %% ../nbs/06b_reasoning.ipynb #5b12fb37
-def _mentions(low: str, option: str) -> bool:
-    "Whether the lower-cased reply holds the option's text as whole words."
-    return re.search(r'(?<!\w)' + re.escape(option.strip().lower()) + r'(?!\w)', low) is not None
-
-# %% ../nbs/06b_reasoning.ipynb #69c4c35b
+# %% ../nbs/06b_reasoning.ipynb #bfcb54ab
 def _option_text_choice(text: str, options: dict) -> Optional[str]:
     "Rule 3: the one option whose text is in the reply ('blue' found only inside 'dark blue' does not count)."
     low = text.lower()
@@ -75,30 +61,31 @@ def _option_text_choice(text: str, options: dict) -> Optional[str]:
         found = [k for k in found if not any(inside(k, j) for j in found)]
     return found[0] if len(found) == 1 else None
 
-# %% ../nbs/06b_reasoning.ipynb #21f3d70f
+def _mentions(low: str, option: str) -> bool:
+    "Whether the lower-cased reply holds the option's text as whole words."
+    return re.search(r'(?<!\w)' + re.escape(option.strip().lower()) + r'(?!\w)', low) is not None
+
 def _paren_choice(text: str, options: dict) -> Optional[str]:
     "Rule 4: the one valid letter written in parentheses."
     paren = _parens(text, options)
     return paren.pop() if len(paren) == 1 else None
 
-# %% ../nbs/06b_reasoning.ipynb #7f4a3fc4
+def _parens(text: str, letters) -> set:
+    "The valid letters written in parentheses, '(B)', anywhere in the reply."
+    return {x for x in re.findall(r'\(([A-R])\)', text) if x in letters}
+
 CHOICE_RULES = (_stated_choice, _leading_choice, _option_text_choice, _paren_choice)
 
-def extract_choice(text: str, options: dict) -> Optional[str]:
-    "The option letter a reply chose (rules 1-4 above), or None."
-    return next((got for rule in CHOICE_RULES if (got := rule(text, options)) is not None), None)
-
-# %% ../nbs/06b_reasoning.ipynb #2a2759ad
-_BINARY = {'true', 'false', 'yes', 'no', 'valid', 'invalid'}
-_NUMBER = re.compile(r'-?\d+(?:\.\d+)?')
-
-def _answer_line(text: str) -> Optional[str]:
-    """The text after the last 'answer is', else the reply's only (or last) non-empty line; None for an empty
-    reply."""
-    hits = re.findall(r'answer\s*is\s*:?\s*(.+)', text, re.I)
-    lines = [l for l in text.strip().splitlines() if l.strip()]
-    if hits: return hits[-1]
-    return lines[-1] if lines else None
+# %% ../nbs/06b_reasoning.ipynb #490e5e92
+def option_map(options: list[str]) -> dict:
+    """Options as {letter: text}. The i-th option is letter A+i (AGIEval and BBH list them in order; some
+    AGIEval options are written '(A)text', some 'A text', 'A? text', and a few carry no label at all)."""
+    out = {}
+    for i, o in enumerate(options):
+        L = chr(65 + i)
+        m = re.match(rf'\s*\(?{L}(?:\)|\.|:|\?|\s)\s*(.*)$', o, re.S)
+        out[L] = (m.group(1) if m else o).strip()
+    return out
 
 # %% ../nbs/06b_reasoning.ipynb #ddcdadb4
 def extract_free(text: str, target: str = '') -> Optional[str]:
@@ -117,28 +104,34 @@ def extract_free(text: str, target: str = '') -> Optional[str]:
     if _NUMBER.fullmatch(gold) and not _NUMBER.fullmatch(ans) and nums: ans = nums[-1]
     return ans
 
-# %% ../nbs/06b_reasoning.ipynb #490e5e92
-def option_map(options: list[str]) -> dict:
-    """Options as {letter: text}. The i-th option is letter A+i (AGIEval and BBH list them in order; some
-    AGIEval options are written '(A)text', some 'A text', 'A? text', and a few carry no label at all)."""
-    out = {}
-    for i, o in enumerate(options):
-        L = chr(65 + i)
-        m = re.match(rf'\s*\(?{L}(?:\)|\.|:|\?|\s)\s*(.*)$', o, re.S)
-        out[L] = (m.group(1) if m else o).strip()
-    return out
+# %% ../nbs/06b_reasoning.ipynb #f090b331
+def _answer_line(text: str) -> Optional[str]:
+    """The text after the last 'answer is', else the reply's only (or last) non-empty line; None for an empty
+    reply."""
+    hits = re.findall(r'answer\s*is\s*:?\s*(.+)', text, re.I)
+    lines = [l for l in text.strip().splitlines() if l.strip()]
+    if hits: return hits[-1]
+    return lines[-1] if lines else None
 
-# %% ../nbs/06b_reasoning.ipynb #1c8a2e7b
-BBH_FREE_FORM = ('dyck_languages', 'multistep_arithmetic_two', 'object_counting', 'word_sorting')
-BBH_23 = tuple(t for t in lion_data.BBH_TASKS if t not in BBH_FREE_FORM)   # the subset Orca (and Lion) report
-_SO = 'So the answer is'
+def _norm(s: str) -> str:
+    s = s.strip().lower().replace('*', '')
+    s = re.sub(r'\s+', ' ', s)
+    s = s.strip(' "\'`')
+    s = re.sub(r'[.。]+$', '', s).strip()
+    if len(s) > 2 and s[0] in '([' and s[-1] in ')]': s = s[1:-1].strip()
+    return s
 
-def bbh_official_answer(text: str) -> str:
-    """A reply's answer as BBH's official evaluation reads it: the text after the last "So the answer is"
-    (chain of thought), else the whole reply (direct); its first line, stripped, without a final period."""
-    i = text.rfind(_SO)
-    ans = (text[i + len(_SO):] if i >= 0 else text).strip().split('\n')[0].strip()
-    return ans[:-1].rstrip() if ans.endswith('.') else ans
+_BINARY = {'true', 'false', 'yes', 'no', 'valid', 'invalid'}
+_NUMBER = re.compile(r'-?\d+(?:\.\d+)?')
+
+# %% ../nbs/06b_reasoning.ipynb #2a7c8630
+def score_reasoning(item: ReasoningItem, text: str) -> tuple[Optional[str], bool]:
+    "(prediction, correct) for one reply; a None prediction is wrong."
+    if item.benchmark == 'bbh': return score_bbh(item, text)
+    if item.kind == 'mc':
+        pred, gold = extract_choice(text, option_map(item.options)), item.answer.strip().strip('()')
+    else: pred, gold = extract_free(text, item.answer), _norm(item.answer)
+    return pred, pred is not None and pred == gold
 
 # %% ../nbs/06b_reasoning.ipynb #afc60f53
 def score_bbh(item: ReasoningItem, text: str) -> tuple[Optional[str], bool]:
@@ -157,32 +150,17 @@ def score_bbh(item: ReasoningItem, text: str) -> tuple[Optional[str], bool]:
     got = extract_free(text, item.answer) if short or re.search(r'answer\s*is', text, re.I) else None
     return got, got is not None and got == _norm(item.answer)
 
-# %% ../nbs/06b_reasoning.ipynb #2a7c8630
-def score_reasoning(item: ReasoningItem, text: str) -> tuple[Optional[str], bool]:
-    "(prediction, correct) for one reply; a None prediction is wrong."
-    if item.benchmark == 'bbh': return score_bbh(item, text)
-    if item.kind == 'mc':
-        pred, gold = extract_choice(text, option_map(item.options)), item.answer.strip().strip('()')
-    else: pred, gold = extract_free(text, item.answer), _norm(item.answer)
-    return pred, pred is not None and pred == gold
+# %% ../nbs/06b_reasoning.ipynb #1c8a2e7b
+BBH_FREE_FORM = ('dyck_languages', 'multistep_arithmetic_two', 'object_counting', 'word_sorting')
+BBH_23 = tuple(t for t in lion_data.BBH_TASKS if t not in BBH_FREE_FORM)   # the subset Orca (and Lion) report
+_SO = 'So the answer is'
 
-# %% ../nbs/06b_reasoning.ipynb #f64dee8f
-def reasoning_outcomes(items: list[ReasoningItem], answers: dict) -> tuple[dict, Counter, Counter]:
-    "({benchmark: {task: [correct, ...]}}, unextracted replies and failed answers per benchmark)."
-    per, unext, failed = defaultdict(lambda: defaultdict(list)), Counter(), Counter()
-    for it in items:
-        a = answers.get(it.id)
-        if a is None or a.status != 'done':
-            failed[it.benchmark] += 1
-            per[it.benchmark][it.task].append(False)
-            continue
-        pred, ok = score_reasoning(it, a.output)
-        unext[it.benchmark] += pred is None
-        per[it.benchmark][it.task].append(ok)
-    return per, unext, failed
-
-# %% ../nbs/06b_reasoning.ipynb #9ad52cab
-def _pct(xs) -> float: return round(100 * sum(xs) / len(xs), 2)
+def bbh_official_answer(text: str) -> str:
+    """A reply's answer as BBH's official evaluation reads it: the text after the last "So the answer is"
+    (chain of thought), else the whole reply (direct); its first line, stripped, without a final period."""
+    i = text.rfind(_SO)
+    ans = (text[i + len(_SO):] if i >= 0 else text).strip().split('\n')[0].strip()
+    return ans[:-1].rstrip() if ans.endswith('.') else ans
 
 # %% ../nbs/06b_reasoning.ipynb #23ddb029
 def reasoning_metrics(items: list[ReasoningItem], # the reasoning items asked (AGIEval and BBH)
@@ -203,3 +181,20 @@ def reasoning_metrics(items: list[ReasoningItem], # the reasoning items asked (A
     out['failed'] = dict(failed)
     out['items'] = {s: sum(len(v) for v in per[s].values()) for s in per}
     return out
+
+# %% ../nbs/06b_reasoning.ipynb #32b50f87
+def reasoning_outcomes(items: list[ReasoningItem], answers: dict) -> tuple[dict, Counter, Counter]:
+    "({benchmark: {task: [correct, ...]}}, unextracted replies and failed answers per benchmark)."
+    per, unext, failed = defaultdict(lambda: defaultdict(list)), Counter(), Counter()
+    for it in items:
+        a = answers.get(it.id)
+        if a is None or a.status != 'done':
+            failed[it.benchmark] += 1
+            per[it.benchmark][it.task].append(False)
+            continue
+        pred, ok = score_reasoning(it, a.output)
+        unext[it.benchmark] += pred is None
+        per[it.benchmark][it.task].append(ok)
+    return per, unext, failed
+
+def _pct(xs) -> float: return round(100 * sum(xs) / len(xs), 2)

@@ -12,8 +12,8 @@ import numpy as np
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['FEW_SEEDS', 'Interval', 'resample_indices', 'bootstrap', 'mean_ci', 'ratio_ci', 'stratified_mean_ci',
-           'paired_diff_ci', 'align', 'verdict', 't_quantile', 't_interval', 'hierarchical_ci', 'seed_verdict',
+__all__ = ['FEW_SEEDS', 'Interval', 'bootstrap', 'resample_indices', 'mean_ci', 'ratio_ci', 'stratified_mean_ci',
+           'paired_diff_ci', 'align', 'verdict', 't_interval', 't_quantile', 'hierarchical_ci', 'seed_verdict',
            'spread', 'yerr']
 
 # %% ../nbs/06a_stats.ipynb #d1ca8056
@@ -26,45 +26,24 @@ class Interval:
     level: float = 0.95 # the confidence level
     n: int = 0 # the number of items
 
-# %% ../nbs/06a_stats.ipynb #73905df8
+# %% ../nbs/06a_stats.ipynb #5ee53de7
 @patch
 def __str__(self: Interval) -> str:
     if self.value is None: return 'n/a'
     return f"{self.value:.2f} [{self.lo:.2f}, {self.hi:.2f}]"
 
-# %% ../nbs/06a_stats.ipynb #a6d3349a
 @patch
 def excludes(self: Interval, x: float = 0.0) -> bool:
     "True when the whole interval lies on one side of `x`."
     return self.lo is not None and (self.lo > x or self.hi < x)
 
-# %% ../nbs/06a_stats.ipynb #996fe1bb
 @patch
 def as_dict(self: Interval, digits: int = 2) -> dict:
     "A JSON-friendly dict, rounded."
     r = lambda v: None if v is None else round(float(v), digits)
     return dict(value=r(self.value), lo=r(self.lo), hi=r(self.hi), level=self.level, n=self.n)
 
-# %% ../nbs/06a_stats.ipynb #e3679af6
-def resample_indices(n: int, rounds: int = 2000, seed: int = 0) -> np.ndarray:
-    "A `(rounds, n)` array of item indices drawn with replacement, reproducible from `seed`."
-    if n < 1: raise ValueError("a bootstrap needs at least one item")
-    return np.random.default_rng(seed).integers(0, n, size=(rounds, n))
-
-# %% ../nbs/06a_stats.ipynb #e0d4db90
-def _as_columns(cols) -> list[np.ndarray]:
-    arrs = [np.asarray(c, dtype=float) for c in cols]
-    if len({len(a) for a in arrs}) != 1: raise ValueError("all columns must have one value per item")
-    return arrs
-
-# %% ../nbs/06a_stats.ipynb #d3c69e10
-def _percentiles(vals: np.ndarray, level: float) -> tuple[float, float]:
-    "The lower and upper bounds of the `level` percentile interval of `vals`."
-    tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(vals, [tail, 100 - tail], method='inverted_cdf')
-    return float(lo), float(hi)
-
-# %% ../nbs/06a_stats.ipynb #f9b28c01
+# %% ../nbs/06a_stats.ipynb #efee742c
 def bootstrap(stat: Callable, # maps `(rounds, n)` arrays, one per column, to one value per round
               *cols: Sequence[float], # the item columns, one value per item each
               rounds: int = 2000, # how many resamples
@@ -83,6 +62,24 @@ def bootstrap(stat: Callable, # maps `(rounds, n)` arrays, one per column, to on
     if not len(vals): return Interval(point, None, None, level, n)
     return Interval(point, *_percentiles(vals, level), level, n)
 
+# %% ../nbs/06a_stats.ipynb #6a5853e6
+def resample_indices(n: int, rounds: int = 2000, seed: int = 0) -> np.ndarray:
+    "A `(rounds, n)` array of item indices drawn with replacement, reproducible from `seed`."
+    if n < 1: raise ValueError("a bootstrap needs at least one item")
+    return np.random.default_rng(seed).integers(0, n, size=(rounds, n))
+
+# %% ../nbs/06a_stats.ipynb #fb5f523a
+def _as_columns(cols) -> list[np.ndarray]:
+    arrs = [np.asarray(c, dtype=float) for c in cols]
+    if len({len(a) for a in arrs}) != 1: raise ValueError("all columns must have one value per item")
+    return arrs
+
+def _percentiles(vals: np.ndarray, level: float) -> tuple[float, float]:
+    "The lower and upper bounds of the `level` percentile interval of `vals`."
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(vals, [tail, 100 - tail], method='inverted_cdf')
+    return float(lo), float(hi)
+
 # %% ../nbs/06a_stats.ipynb #4a0f811c
 def mean_ci(values: Sequence[float], # one value per item
             scale: float = 1.0, # a factor on the mean (100 for a percentage)
@@ -91,15 +88,7 @@ def mean_ci(values: Sequence[float], # one value per item
     "Bootstrap interval of `scale` x the mean of `values` (accuracy: 0/1 values and `scale=100`)."
     return bootstrap(lambda x: scale * x.mean(axis=1), values, **kw)
 
-# %% ../nbs/06a_stats.ipynb #5c8d8e4f
-def _ratio(scale: float):
-    def stat(num, den):
-        d = den.sum(axis=1)
-        with np.errstate(divide='ignore', invalid='ignore'):
-            return np.where(d > 0, scale * num.sum(axis=1) / np.where(d > 0, d, 1), np.nan)
-    return stat
-
-# %% ../nbs/06a_stats.ipynb #6af06a09
+# %% ../nbs/06a_stats.ipynb #ef9a9011
 def ratio_ci(num: Sequence[float], # the numerator's value per item (the candidate's score)
              den: Sequence[float], # the denominator's value per item (the reference's score)
              scale: float = 100.0, # a factor on the ratio
@@ -107,6 +96,13 @@ def ratio_ci(num: Sequence[float], # the numerator's value per item (the candida
             ) -> Interval:
     "Bootstrap interval of `scale` x sum(`num`) / sum(`den`), resampling the (num, den) pairs together."
     return bootstrap(_ratio(scale), num, den, **kw)
+
+def _ratio(scale: float):
+    def stat(num, den):
+        d = den.sum(axis=1)
+        with np.errstate(divide='ignore', invalid='ignore'):
+            return np.where(d > 0, scale * num.sum(axis=1) / np.where(d > 0, d, 1), np.nan)
+    return stat
 
 # %% ../nbs/06a_stats.ipynb #7966a4ca
 def stratified_mean_ci(groups: dict, scale: float = 1.0, rounds: int = 2000, seed: int = 0,
@@ -153,25 +149,6 @@ def verdict(a: str, # the first system's name
     if diff.hi < 0: return f"{head}: {b} is better"
     return f"{head}: no difference shown (the interval holds 0)"
 
-# %% ../nbs/06a_stats.ipynb #6d767aff
-def _t_cdf(x: float, df: int) -> float:
-    "P(T <= x) for Student's t with `df` degrees of freedom (x >= 0), by Simpson's rule on the density."
-    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
-    t = np.linspace(0.0, x, 4001)
-    f = c * (1 + t * t / df) ** (-(df + 1) / 2)
-    h = x / 4000
-    return 0.5 + h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
-
-def t_quantile(p: float, df: int) -> float:
-    "The `p` quantile (0.5 < p < 1) of Student's t with `df` >= 1 degrees of freedom."
-    if df < 1 or not 0.5 < p < 1: raise ValueError("t_quantile needs df >= 1 and 0.5 < p < 1")
-    lo, hi = 0.0, 1.0
-    while _t_cdf(hi, df) < p: hi *= 2
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _t_cdf(mid, df) < p else (lo, mid)
-    return (lo + hi) / 2
-
 # %% ../nbs/06a_stats.ipynb #6330f9a4
 def t_interval(values: Sequence[float], # one number per seed (a per-seed difference)
                level: float = 0.95, # the confidence level
@@ -182,6 +159,25 @@ def t_interval(values: Sequence[float], # one number per seed (a per-seed differ
     if len(x) < 2: return Interval(float(x.mean()), None, None, level, 1)
     half = t_quantile((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
     return Interval(float(x.mean()), float(x.mean() - half), float(x.mean() + half), level, len(x))
+
+# %% ../nbs/06a_stats.ipynb #dc51d03c
+def t_quantile(p: float, df: int) -> float:
+    "The `p` quantile (0.5 < p < 1) of Student's t with `df` >= 1 degrees of freedom."
+    if df < 1 or not 0.5 < p < 1: raise ValueError("t_quantile needs df >= 1 and 0.5 < p < 1")
+    lo, hi = 0.0, 1.0
+    while _t_cdf(hi, df) < p: hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2
+
+def _t_cdf(x: float, df: int) -> float:
+    "P(T <= x) for Student's t with `df` degrees of freedom (x >= 0), by Simpson's rule on the density."
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+    t = np.linspace(0.0, x, 4001)
+    f = c * (1 + t * t / df) ** (-(df + 1) / 2)
+    h = x / 4000
+    return 0.5 + h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
 
 # %% ../nbs/06a_stats.ipynb #dc0bacae
 def hierarchical_ci(
@@ -244,12 +240,7 @@ def spread(values: Sequence[float]) -> dict:
     sd = float(x.std(ddof=1)) if len(x) > 1 else 0.0
     return dict(n=len(x), mean=float(x.mean()), sd=sd, min=float(x.min()), max=float(x.max()))
 
-# %% ../nbs/06a_stats.ipynb #9fb137b1
-def _bounds(iv) -> tuple[Optional[float], Optional[float]]:
-    if iv is None: return None, None
-    return (iv.get('lo'), iv.get('hi')) if isinstance(iv, dict) else (iv.lo, iv.hi)
-
-# %% ../nbs/06a_stats.ipynb #36c79b24
+# %% ../nbs/06a_stats.ipynb #88c77e30
 def yerr(values: Sequence[Optional[float]], intervals: Sequence) -> np.ndarray:
     "Matplotlib's `yerr` for `values` and their intervals (`Interval`s or dicts): distances below and above."
     below, above = [], []
@@ -258,3 +249,7 @@ def yerr(values: Sequence[Optional[float]], intervals: Sequence) -> np.ndarray:
         below.append(max(0.0, v - lo) if v is not None and lo is not None else 0.0)
         above.append(max(0.0, hi - v) if v is not None and hi is not None else 0.0)
     return np.array([below, above])
+
+def _bounds(iv) -> tuple[Optional[float], Optional[float]]:
+    if iv is None: return None, None
+    return (iv.get('lo'), iv.get('hi')) if isinstance(iv, dict) else (iv.lo, iv.hi)
