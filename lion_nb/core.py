@@ -17,12 +17,12 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
 # %% auto #0
 __all__ = ['MAX_RECORD_BYTES', 'R', 'STAGES', 'ROLES', 'EnvVarName', 'JUDGE_SET_ALIASES', 'OPERATIONAL_FIELDS',
            'OPERATIONAL_MODEL_FIELDS', 'LionError', 'InputError', 'Record', 'Provenance', 'Instruction', 'Answer',
-           'Review', 'user_message', 'iter_jsonl', 'describe_validation_error', 'read_records', 'read_pool',
-           'atomic_write_bytes', 'atomic_write_text', 'to_jsonable', 'dumps_line', 'write_jsonl', 'write_json',
-           'read_json', 'repair_tail', 'JsonlLog', 'read_log', 'derive_seed', 'seed_everything', 'RunDir', 'Section',
+           'Review', 'user_message', 'iter_jsonl', 'read_pool', 'read_records', 'describe_validation_error',
+           'atomic_write_text', 'atomic_write_bytes', 'write_jsonl', 'dumps_line', 'to_jsonable', 'write_json',
+           'read_json', 'JsonlLog', 'read_log', 'repair_tail', 'derive_seed', 'seed_everything', 'RunDir', 'Section',
            'RemoteTerms', 'ReasoningSpec', 'ModelSpec', 'PoolsConfig', 'LoopConfig', 'SamplingConfig', 'TrainConfig',
-           'GenerationConfig', 'EvalConfig', 'ProbeConfig', 'judge_name', 'Config', 'parse_config', 'load_config',
-           'config_hash', 'resolve_config_paths', 'config_identity', 'identity_diff', 'identity_hash', 'api_key_for',
+           'GenerationConfig', 'EvalConfig', 'ProbeConfig', 'parse_config', 'Config', 'judge_name', 'load_config',
+           'resolve_config_paths', 'config_hash', 'identity_hash', 'identity_diff', 'config_identity', 'api_key_for',
            'configured_secrets', 'redact', 'cache_root', 'sha256_file']
 
 # %% ../nbs/10_core.ipynb #6cb87795
@@ -45,7 +45,6 @@ class Record(BaseModel):
         "The record as a JSON-ready dict, without fields left at `None`."
         return self.model_dump(mode='json', exclude_none=True)
 
-# %% ../nbs/10_core.ipynb #06058e84
 class Provenance(Record):
     "Where a record came from."
     iteration: int = 0
@@ -55,11 +54,6 @@ class Provenance(Record):
     seed: Optional[int] = None
     parent_id: Optional[str] = None   # the instruction a generated one was made from
     kind: Optional[Literal['seed', 'hard', 'easy', 'random']] = None
-
-# %% ../nbs/10_core.ipynb #5f2b8590
-def _nonblank(v: str, name: str) -> str:
-    if not v.strip(): raise ValueError(f"{name} is empty")
-    return v
 
 # %% ../nbs/10_core.ipynb #24f00ac1
 class Instruction(Record):
@@ -79,6 +73,10 @@ class Instruction(Record):
     @classmethod
     def _instr(cls, v): return _nonblank(v, 'instruction')
 
+def _nonblank(v: str, name: str) -> str:
+    if not v.strip(): raise ValueError(f"{name} is empty")
+    return v
+
 # %% ../nbs/10_core.ipynb #512f104c
 class Answer(Record):
     "One model's answer to one instruction; `status` is 'failed' (with `error`) when no answer came."
@@ -93,7 +91,6 @@ class Answer(Record):
     finish_reason: Optional[str] = None
     prov: Provenance = Field(default_factory=Provenance)
 
-# %% ../nbs/10_core.ipynb #3c0db5a4
 class Review(Record):
     "One referee pass over a pair of answers in one order; 'unscored' reviews carry the reason."
     id: str
@@ -109,8 +106,17 @@ def user_message(instruction: str, input: str = '') -> str:
     "The text a model is asked: the instruction, then its input (if any) after a blank line."
     return f"{instruction.strip()}\n\n{input.strip()}" if input and input.strip() else instruction.strip()
 
-# %% ../nbs/10_core.ipynb #7ff0acec
+# %% ../nbs/10_core.ipynb #6c0d9798
 MAX_RECORD_BYTES = 1_000_000
+
+def iter_jsonl(path, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[tuple[int, dict]]:
+    "Yield `(line_number, object)` for each non-blank line of the JSONL file at `path`."
+    path = Path(path)
+    if not path.exists(): raise InputError(path, None, "file not found")
+    with open(path, 'rb') as f:
+        for n, raw in enumerate(f, 1):
+            obj = _decode_line(path, n, raw.rstrip(b'\r\n'), max_bytes)
+            if obj is not None: yield n, obj
 
 def _decode_line(path, n: int, raw: bytes, max_bytes: int) -> Optional[dict]:
     "The object on line `n` (the bytes `raw`, no newline); None for a blank line; errors name the line."
@@ -126,37 +132,6 @@ def _decode_line(path, n: int, raw: bytes, max_bytes: int) -> Optional[dict]:
     if not isinstance(obj, dict):
         raise InputError(path, n, f"expected a JSON object, got {type(obj).__name__}")
     return obj
-
-# %% ../nbs/10_core.ipynb #6efd7ca7
-def iter_jsonl(path, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[tuple[int, dict]]:
-    "Yield `(line_number, object)` for each non-blank line of the JSONL file at `path`."
-    path = Path(path)
-    if not path.exists(): raise InputError(path, None, "file not found")
-    with open(path, 'rb') as f:
-        for n, raw in enumerate(f, 1):
-            obj = _decode_line(path, n, raw.rstrip(b'\r\n'), max_bytes)
-            if obj is not None: yield n, obj
-
-# %% ../nbs/10_core.ipynb #da3c94bf
-R = TypeVar('R', bound=BaseModel)
-
-def describe_validation_error(e: ValidationError) -> str:
-    "A one-line account of a pydantic error: which field, and what is wrong with it."
-    parts = []
-    for err in e.errors():
-        field = '.'.join(str(x) for x in err['loc']) or 'record'
-        msg = 'unknown field' if err['type'] == 'extra_forbidden' else err['msg']
-        parts.append(f"field '{field}': {msg}")
-    return '; '.join(parts)
-
-# %% ../nbs/10_core.ipynb #82f2dd5a
-def read_records(path, model: Type[R], max_bytes: int = MAX_RECORD_BYTES) -> list[R]:
-    "Read the JSONL file at `path` as records of type `model`; errors name the file, line and field."
-    out = []
-    for n, obj in iter_jsonl(path, max_bytes):
-        try: out.append(model.model_validate(obj))
-        except ValidationError as e: raise InputError(path, n, describe_validation_error(e)) from None
-    return out
 
 # %% ../nbs/10_core.ipynb #96ab1782
 def read_pool(path, # the pool's JSONL file
@@ -174,21 +149,33 @@ def read_pool(path, # the pool's JSONL file
     if not recs: raise InputError(path, None, "the pool is empty")
     return recs
 
-# %% ../nbs/10_core.ipynb #1227bc0a
-def _fsync_dir(d: Path):
-    try:
-        fd = os.open(d, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
-    except OSError: pass
+# %% ../nbs/10_core.ipynb #e9434a66
+R = TypeVar('R', bound=BaseModel)
 
-# %% ../nbs/10_core.ipynb #9b2905f1
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
+def read_records(path, model: Type[R], max_bytes: int = MAX_RECORD_BYTES) -> list[R]:
+    "Read the JSONL file at `path` as records of type `model`; errors name the file, line and field."
+    out = []
+    for n, obj in iter_jsonl(path, max_bytes):
+        try: out.append(model.model_validate(obj))
+        except ValidationError as e: raise InputError(path, n, describe_validation_error(e)) from None
+    return out
 
-# %% ../nbs/10_core.ipynb #c4b0dc4e
+def describe_validation_error(e: ValidationError) -> str:
+    "A one-line account of a pydantic error: which field, and what is wrong with it."
+    parts = []
+    for err in e.errors():
+        field = '.'.join(str(x) for x in err['loc']) or 'record'
+        msg = 'unknown field' if err['type'] == 'extra_forbidden' else err['msg']
+        parts.append(f"field '{field}': {msg}")
+    return '; '.join(parts)
+
+# %% ../nbs/10_core.ipynb #a2a24d88
+def atomic_write_text(path, # the file to write (its folder is created if needed)
+                      text: str, # the whole new content, written as UTF-8
+                     ) -> Path:
+    "Write `text` to `path` atomically and durably, as UTF-8."
+    return atomic_write_bytes(path, text.encode('utf-8'))
+
 def atomic_write_bytes(path, data: bytes) -> Path:
     "Write `data` to `path` atomically and durably."
     path = Path(path)
@@ -207,20 +194,18 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     _fsync_dir(path.parent)
     return path
 
-# %% ../nbs/10_core.ipynb #a2a24d88
-def atomic_write_text(path, # the file to write (its folder is created if needed)
-                      text: str, # the whole new content, written as UTF-8
-                     ) -> Path:
-    "Write `text` to `path` atomically and durably, as UTF-8."
-    return atomic_write_bytes(path, text.encode('utf-8'))
+# %% ../nbs/10_core.ipynb #1227bc0a
+def _fsync_dir(d: Path):
+    try:
+        fd = os.open(d, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
+    except OSError: pass
 
-# %% ../nbs/10_core.ipynb #9df2147b
-def to_jsonable(rec) -> dict: return rec.to_json() if isinstance(rec, Record) else rec
-
-# %% ../nbs/10_core.ipynb #6dc31859
-def dumps_line(rec) -> str:
-    "One JSONL line (with its newline) for a record or dict."
-    return json.dumps(to_jsonable(rec), ensure_ascii=False) + '\n'
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
 
 # %% ../nbs/10_core.ipynb #4fde8b05
 def write_jsonl(path, # the JSONL file to (re)write
@@ -229,12 +214,17 @@ def write_jsonl(path, # the JSONL file to (re)write
     "Write `records` (records or dicts) to `path` as JSONL, atomically."
     return atomic_write_text(path, ''.join(dumps_line(r) for r in records))
 
+def dumps_line(rec) -> str:
+    "One JSONL line (with its newline) for a record or dict."
+    return json.dumps(to_jsonable(rec), ensure_ascii=False) + '\n'
+
+def to_jsonable(rec) -> dict: return rec.to_json() if isinstance(rec, Record) else rec
+
 # %% ../nbs/10_core.ipynb #78a3258e
 def write_json(path, obj, indent: int = 2) -> Path:
     "Write `obj` to `path` as JSON, atomically."
     return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=str) + '\n')
 
-# %% ../nbs/10_core.ipynb #a47fd60d
 def read_json(path):
     "Read a JSON file; errors name the file and line."
     path = Path(path)
@@ -243,21 +233,6 @@ def read_json(path):
     except UnicodeDecodeError: raise InputError(path, None, "not UTF-8") from None
     except json.JSONDecodeError as e:
         raise InputError(path, e.lineno, f"broken JSON: {e.msg} (column {e.colno})") from None
-
-# %% ../nbs/10_core.ipynb #113adc5e
-def repair_tail(path) -> int:
-    "Cut a partial last line (no trailing newline) off the file at `path`; return the bytes removed."
-    path = Path(path)
-    if not path.exists() or path.stat().st_size == 0: return 0
-    with open(path, 'rb+') as f:
-        f.seek(-1, os.SEEK_END)
-        if f.read(1) == b'\n': return 0
-        data = f.seek(0) or f.read()
-        keep = data.rfind(b'\n') + 1
-        f.truncate(keep)
-        f.flush()
-        os.fsync(f.fileno())
-        return len(data) - keep
 
 # %% ../nbs/10_core.ipynb #f305d9a9
 class JsonlLog:
@@ -272,7 +247,12 @@ class JsonlLog:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
-# %% ../nbs/10_core.ipynb #76512d4b
+# %% ../nbs/10_core.ipynb #e15205bb
+@patch
+def append(self: JsonlLog, rec):
+    "Append one record (or dict) and sync it to disk."
+    self.extend([rec])
+
 @patch
 def extend(self: JsonlLog, recs):
     "Append several records and sync them to disk once: durable together before returning."
@@ -282,12 +262,6 @@ def extend(self: JsonlLog, recs):
     self._f.flush()
     os.fsync(self._f.fileno())
 
-# %% ../nbs/10_core.ipynb #e15205bb
-@patch
-def append(self: JsonlLog, rec):
-    "Append one record (or dict) and sync it to disk."
-    self.extend([rec])
-
 # %% ../nbs/10_core.ipynb #e61abdbf
 def read_log(path, model: Optional[Type[R]] = None) -> list:
     "The records of a `JsonlLog` (dicts, or `model` instances); a missing log is empty."
@@ -295,6 +269,20 @@ def read_log(path, model: Optional[Type[R]] = None) -> list:
     if not path.exists(): return []
     repair_tail(path)
     return read_records(path, model) if model else [o for _, o in iter_jsonl(path)]
+
+def repair_tail(path) -> int:
+    "Cut a partial last line (no trailing newline) off the file at `path`; return the bytes removed."
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0: return 0
+    with open(path, 'rb+') as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b'\n': return 0
+        data = f.seek(0) or f.read()
+        keep = data.rfind(b'\n') + 1
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+        return len(data) - keep
 
 # %% ../nbs/10_core.ipynb #fd278fbf
 def derive_seed(seed: int, *names) -> int:
@@ -346,25 +334,24 @@ def student(self: RunDir, k: int) -> Path:
     "The student that iteration `k`'s imitation trained (a Hugging Face checkpoint folder)."
     return self.stage_dir(k, 'imitation')/'model'
 
-# %% ../nbs/10_core.ipynb #6c42c340
-@patch
-def done_file(self: RunDir, k: int, stage: str) -> Path: return self.stage_dir(k, stage)/'DONE.json'
-
-@patch
-def is_done(self: RunDir, k: int, stage: str) -> bool: return self.done_file(k, stage).exists()
-
-@patch
-def mark_done(self: RunDir, k: int, stage: str, **info) -> Path:
-    "Record that stage `stage` of iteration `k` finished (written last, atomically)."
-    return write_json(self.done_file(k, stage), {'stage': stage, 'iteration': k, **info})
-
-# %% ../nbs/10_core.ipynb #78fa34fc
+# %% ../nbs/10_core.ipynb #dbba4975
 @patch
 def finished_summary(self: RunDir, k: int, stage: str, progress=None) -> Optional[dict]:
     "The `summary.json` of stage `stage` of iteration `k` if it is done (said via `progress`), else None."
     if not self.is_done(k, stage): return None
     if progress: progress(f"{stage} of iteration {k} is done already ({self.done_file(k, stage)})")
     return read_json(self.stage_dir(k, stage)/'summary.json')
+
+@patch
+def mark_done(self: RunDir, k: int, stage: str, **info) -> Path:
+    "Record that stage `stage` of iteration `k` finished (written last, atomically)."
+    return write_json(self.done_file(k, stage), {'stage': stage, 'iteration': k, **info})
+
+@patch
+def is_done(self: RunDir, k: int, stage: str) -> bool: return self.done_file(k, stage).exists()
+
+@patch
+def done_file(self: RunDir, k: int, stage: str) -> Path: return self.stage_dir(k, stage)/'DONE.json'
 
 # %% ../nbs/10_core.ipynb #02b47d8b
 ROLES = ('teacher', 'referee', 'generator', 'judge', 'student')
@@ -373,16 +360,6 @@ class Section(BaseModel):
     "A configuration section: unknown keys and wrong values are errors."
     model_config = ConfigDict(extra='forbid')
 
-# %% ../nbs/10_core.ipynb #eb09744d
-def _env_var_name(v: Optional[str]) -> Optional[str]:
-    "`v` if it is a valid environment variable name (or None); an error otherwise."
-    if v is not None and not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*', v):
-        raise ValueError("must name an environment variable (like OPENAI_API_KEY), never hold the key itself")
-    return v
-
-EnvVarName = Annotated[str, AfterValidator(_env_var_name)]
-
-# %% ../nbs/10_core.ipynb #bbd55e7e
 class RemoteTerms(Section):
     "A remote model's price table and Batch API queue limit (the fields `ModelSpec` inherits)."
     price_in_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt tokens")
@@ -395,7 +372,6 @@ class RemoteTerms(Section):
         "queue limit); batches go in waves that fit. None: no limit known (a batch refused as over the limit "
         "is still resubmitted once the queue has room)"))
 
-# %% ../nbs/10_core.ipynb #c2094f4f
 class ReasoningSpec(Section):
     "How a reasoning model is asked: its `reasoning_effort` and reasoning headroom (`ModelSpec`'s base)."
     reasoning_effort: Optional[str] = Field(None, description=(
@@ -405,6 +381,15 @@ class ReasoningSpec(Section):
         "tokens added to each answer's budget for the model's reasoning; None: 2048 when it reasons, else 0"))
     max_reasoning_headroom: int = Field(8192, ge=0, description=(
         "a reply cut at `length` by its reasoning is retried once with more headroom, at most this much"))
+
+# %% ../nbs/10_core.ipynb #eb09744d
+def _env_var_name(v: Optional[str]) -> Optional[str]:
+    "`v` if it is a valid environment variable name (or None); an error otherwise."
+    if v is not None and not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*', v):
+        raise ValueError("must name an environment variable (like OPENAI_API_KEY), never hold the key itself")
+    return v
+
+EnvVarName = Annotated[str, AfterValidator(_env_var_name)]
 
 # %% ../nbs/10_core.ipynb #74476611
 class ModelSpec(ReasoningSpec, RemoteTerms):
@@ -454,7 +439,6 @@ class PoolsConfig(Section):
     cache_size: int = Field(32, ge=1)
     reserve_size: int = Field(0, ge=0, description="instructions held back for the random-selection baseline")
 
-# %% ../nbs/10_core.ipynb #068b422e
 class LoopConfig(Section):
     iterations: int = Field(2, ge=1)
     n_new: int = Field(8, ge=2, description="new instructions generated per iteration")
@@ -469,7 +453,6 @@ class LoopConfig(Section):
     evaluate: Literal['every', 'final'] = Field('every', description=(
         "which trained students are evaluated: every one, or only the final one (what a study compares)"))
 
-# %% ../nbs/10_core.ipynb #871c2e94
 class SamplingConfig(Section):
     teacher_temperature: float = Field(0.7, ge=0)
     teacher_system: str = Field('', description=(
@@ -543,7 +526,6 @@ class GenerationConfig(Section):
         "also Lion's own rules: drop a reply that says 'instruction', has 3 words or fewer, or starts "
         "with a non-ASCII character"))
 
-# %% ../nbs/10_core.ipynb #4b81491d
 class EvalConfig(Section):
     sets: list[Literal['vicuna80', 'user252', 'agieval', 'bbh', 'demo']] = ['demo']
     samples: dict[str, int] = Field(default_factory=dict, description=(
@@ -554,7 +536,6 @@ class EvalConfig(Section):
         "every model's evaluation answers: 0 is greedy; above 0 samples, seeded per model and item "
         "(Lion's inference samples at 0.7)"))
 
-# %% ../nbs/10_core.ipynb #c3d6e6f8
 class ProbeConfig(Section):
     "The referee probe: known-better pairs reviewed before discrimination spends anything on the Cache Pool."
     enabled: bool = True
@@ -567,34 +548,12 @@ class ProbeConfig(Section):
         "instructions probed for the evaluation judge in the same iterations "
         "(teacher answers on the judged sets; 0: no judge probe)"))
 
-# %% ../nbs/10_core.ipynb #280df930
-def _check_roles(cfg: Config) -> None:
-    "Refuse a configuration with a role that no model plays, or one played by a model not in the registry."
-    missing = [r for r in ROLES if r not in cfg.roles]
-    if missing: raise ValueError(f"roles {', '.join(missing)} are not assigned a model")
-    for role, name in cfg.roles.items():
-        if name not in cfg.models:
-            raise ValueError(f"role {role!r} names model {name!r}, "
-                             f"which is not in models ({', '.join(cfg.models)})")
-
-# %% ../nbs/10_core.ipynb #c5673d8b
-def _apply_student_template(cfg: Config) -> None:
-    "Set `cfg.train.template` from the student's `prompt_template`; refuse an explicit one against it."
-    want = cfg.model_for('student').prompt_template
-    if want == 'auto': return
-    if 'template' in cfg.train.model_fields_set and cfg.train.template != want:
-        raise ValueError(f"train.template {cfg.train.template!r} contradicts the student's "
-                         f"prompt_template {want!r}")
-    cfg.train.template = want
-
-# %% ../nbs/10_core.ipynb #c0re0a02
-JUDGE_SET_ALIASES = {'lion_nb': 'default'}  # a shipped judge set's former name: its name now
-
-def judge_name(name: str) -> str:
-    "A shipped judge's name, its set called as it is now ('lion_nb/referee' is 'default/referee')."
-    head, sep, rest = name.partition('/')
-    if not sep or head not in JUDGE_SET_ALIASES or Path(name).expanduser().exists(): return name
-    return f"{JUDGE_SET_ALIASES[head]}/{rest}"
+# %% ../nbs/10_core.ipynb #fe3ce4ef
+def parse_config(obj: dict, path='<config>') -> Config:
+    "Validate a configuration dict; errors name `path` and the field."
+    if not isinstance(obj, dict): raise InputError(path, None, "the configuration must be a mapping")
+    try: return Config.model_validate(obj)
+    except ValidationError as e: raise InputError(path, None, describe_validation_error(e)) from None
 
 # %% ../nbs/10_core.ipynb #b31fa001
 class Config(Section):
@@ -641,12 +600,32 @@ class Config(Section):
         _apply_student_template(self)
         return self
 
-# %% ../nbs/10_core.ipynb #fe3ce4ef
-def parse_config(obj: dict, path='<config>') -> Config:
-    "Validate a configuration dict; errors name `path` and the field."
-    if not isinstance(obj, dict): raise InputError(path, None, "the configuration must be a mapping")
-    try: return Config.model_validate(obj)
-    except ValidationError as e: raise InputError(path, None, describe_validation_error(e)) from None
+# %% ../nbs/10_core.ipynb #280df930
+def _check_roles(cfg: Config) -> None:
+    "Refuse a configuration with a role that no model plays, or one played by a model not in the registry."
+    missing = [r for r in ROLES if r not in cfg.roles]
+    if missing: raise ValueError(f"roles {', '.join(missing)} are not assigned a model")
+    for role, name in cfg.roles.items():
+        if name not in cfg.models:
+            raise ValueError(f"role {role!r} names model {name!r}, "
+                             f"which is not in models ({', '.join(cfg.models)})")
+
+def _apply_student_template(cfg: Config) -> None:
+    "Set `cfg.train.template` from the student's `prompt_template`; refuse an explicit one against it."
+    want = cfg.model_for('student').prompt_template
+    if want == 'auto': return
+    if 'template' in cfg.train.model_fields_set and cfg.train.template != want:
+        raise ValueError(f"train.template {cfg.train.template!r} contradicts the student's "
+                         f"prompt_template {want!r}")
+    cfg.train.template = want
+
+JUDGE_SET_ALIASES = {'lion_nb': 'default'}  # a shipped judge set's former name: its name now
+
+def judge_name(name: str) -> str:
+    "A shipped judge's name, its set called as it is now ('lion_nb/referee' is 'default/referee')."
+    head, sep, rest = name.partition('/')
+    if not sep or head not in JUDGE_SET_ALIASES or Path(name).expanduser().exists(): return name
+    return f"{JUDGE_SET_ALIASES[head]}/{rest}"
 
 # %% ../nbs/10_core.ipynb #c60d7d64
 def load_config(path, # the YAML (or JSON) configuration file
@@ -661,20 +640,6 @@ def load_config(path, # the YAML (or JSON) configuration file
         raise InputError(path, None if line is None else line + 1, msg) from None
     return resolve_config_paths(parse_config(obj, path), path.resolve().parent)
 
-# %% ../nbs/10_core.ipynb #27637d2a
-def config_hash(cfg: Config) -> str:
-    "SHA256 of the configuration's canonical JSON (the run manifest records it)."
-    return hashlib.sha256(json.dumps(cfg.model_dump(mode='json'), sort_keys=True).encode()).hexdigest()
-
-# %% ../nbs/10_core.ipynb #1883fb2f
-def _is_pathlike(s: str) -> bool: return s.startswith(('.', '~', '/')) or '/' in s or os.sep in s
-
-# %% ../nbs/10_core.ipynb #123e33b5
-def _resolve(value: Optional[str], base: Path) -> Optional[str]:
-    if value is None: return None
-    p = Path(value).expanduser()
-    return str(p if p.is_absolute() else (base/p).resolve())
-
 # %% ../nbs/10_core.ipynb #e3e771b8
 def resolve_config_paths(cfg: Config, base) -> Config:
     "`cfg` with its relative paths (data_dir, cache_dir, a dataset file, local checkpoints) made absolute."
@@ -687,19 +652,35 @@ def resolve_config_paths(cfg: Config, base) -> Config:
               for n, s in cfg.models.items()}
     return cfg.model_copy(update={**upd, 'models': models})
 
-# %% ../nbs/10_core.ipynb #1c0e4ae1
+# %% ../nbs/10_core.ipynb #123e33b5
+def _resolve(value: Optional[str], base: Path) -> Optional[str]:
+    if value is None: return None
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base/p).resolve())
+
+def _is_pathlike(s: str) -> bool: return s.startswith(('.', '~', '/')) or '/' in s or os.sep in s
+
+# %% ../nbs/10_core.ipynb #27637d2a
+def config_hash(cfg: Config) -> str:
+    "SHA256 of the configuration's canonical JSON (the run manifest records it)."
+    return hashlib.sha256(json.dumps(cfg.model_dump(mode='json'), sort_keys=True).encode()).hexdigest()
+
+def identity_hash(cfg: Config) -> str:
+    "SHA256 of `config_identity(cfg)`: equal for two configurations that give the same results."
+    return hashlib.sha256(json.dumps(config_identity(cfg), sort_keys=True).encode()).hexdigest()
+
+def identity_diff(a: Config, b: Config) -> list[str]:
+    "The result-changing fields in which `a` and `b` differ, as `field: old -> new`."
+    x, y = config_identity(a), config_identity(b)
+    changed = [k for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)]
+    return [f"{k}: {x.get(k, '(absent)')!r} -> {y.get(k, '(absent)')!r}" for k in changed]
+
+# %% ../nbs/10_core.ipynb #96fc442e
 OPERATIONAL_FIELDS = ('name', 'data_dir', 'cache_dir', 'budget_usd', 'loop.iterations')
 OPERATIONAL_MODEL_FIELDS = ('base_url', 'api_key_env', 'concurrency', 'rpm', 'tpm', 'timeout_s',
                             'max_retries', 'price_in_per_mtok', 'price_out_per_mtok', 'batch_api',
                             'price_cached_in_per_mtok', 'batch_queue_tokens')
 
-def _flatten(obj, pre: str = '') -> dict:
-    "A nested dict as one dict of dotted names (an empty dict, or any other value, is a leaf)."
-    if not isinstance(obj, dict) or not obj: return {pre: obj}
-    name = lambda key: f"{pre}.{key}" if pre else str(key)
-    return {k: v for key, val in obj.items() for k, v in _flatten(val, name(key)).items()}
-
-# %% ../nbs/10_core.ipynb #3818b234
 def config_identity(cfg: Config) -> dict:
     "The settings that change a run's results, flattened to dotted names (operational settings left out)."
     flat = _flatten(cfg.model_dump(mode='json'))
@@ -707,17 +688,11 @@ def config_identity(cfg: Config) -> dict:
     drop = lambda k: k in OPERATIONAL_FIELDS or model_op(k)
     return {k: v for k, v in flat.items() if not drop(k)}
 
-# %% ../nbs/10_core.ipynb #7c2ca5fe
-def identity_diff(a: Config, b: Config) -> list[str]:
-    "The result-changing fields in which `a` and `b` differ, as `field: old -> new`."
-    x, y = config_identity(a), config_identity(b)
-    changed = [k for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)]
-    return [f"{k}: {x.get(k, '(absent)')!r} -> {y.get(k, '(absent)')!r}" for k in changed]
-
-# %% ../nbs/10_core.ipynb #03fc0f4b
-def identity_hash(cfg: Config) -> str:
-    "SHA256 of `config_identity(cfg)`: equal for two configurations that give the same results."
-    return hashlib.sha256(json.dumps(config_identity(cfg), sort_keys=True).encode()).hexdigest()
+def _flatten(obj, pre: str = '') -> dict:
+    "A nested dict as one dict of dotted names (an empty dict, or any other value, is a leaf)."
+    if not isinstance(obj, dict) or not obj: return {pre: obj}
+    name = lambda key: f"{pre}.{key}" if pre else str(key)
+    return {k: v for key, val in obj.items() for k, v in _flatten(val, name(key)).items()}
 
 # %% ../nbs/10_core.ipynb #24f1248d
 def api_key_for(spec: ModelSpec) -> Optional[str]:

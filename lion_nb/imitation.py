@@ -20,9 +20,9 @@ from .stats import paired_diff_ci
 from .train import launch_training, mean_nll, plot_loss
 
 # %% auto #0
-__all__ = ['run_imitation', 'usable_answers', 'sft_record', 'split_heldout', 'sft_data', 'resolve_student', 'starting_student',
-           'heldout_nll', 'nll_change', 'teacher_answers', 'answers_for_training', 'nll_before', 'imitation_summary',
-           'describe_summary', 'plot_nll']
+__all__ = ['run_imitation', 'answers_for_training', 'teacher_answers', 'usable_answers', 'sft_data', 'sft_record',
+           'split_heldout', 'starting_student', 'resolve_student', 'nll_before', 'heldout_nll', 'nll_change',
+           'imitation_summary', 'describe_summary', 'plot_nll']
 
 # %% ../nbs/03_imitation.ipynb #86cc1cb2
 def run_imitation(cfg: Config,  # the run's configuration
@@ -52,6 +52,28 @@ def run_imitation(cfg: Config,  # the run's configuration
     run.mark_done(k, 'imitation', **summary)
     return {**summary, 'stage': 'imitation'}
 
+# %% ../nbs/03_imitation.ipynb #d51b8c93
+def answers_for_training(cfg: Config, run: RunDir, k: int, echo=print) -> tuple[list[Answer], dict]:
+    "The teacher's usable answers on iteration `k`'s Train Pool and the counts; fails when there is none."
+    usable, counts = usable_answers(teacher_answers(cfg, run, k))
+    where = run.stage_dir(k, 'imitation')/'teacher_answers.jsonl'
+    if not usable:
+        raise LionError(f"iteration {k}: no usable teacher answer ({counts['failed']} failed, "
+                        f"{counts['blank']} blank); see {where}")
+    echo(f"teacher: {counts['usable']} usable answers of {counts['answers']} "
+         f"({counts['failed']} failed, {counts['blank']} blank: left out)")
+    return usable, counts
+
+# %% ../nbs/03_imitation.ipynb #d984846d
+def teacher_answers(cfg: Config, run: RunDir, k: int) -> list[Answer]:
+    "The teacher's answer to every Train Pool instruction of iteration `k` (resumable)."
+    pool = read_pool(run.pool(k, 'train'))
+    client = run_client(cfg, run, 'teacher', stage='imitation', iteration=k)
+    return answer_pool(pool, client, run.stage_dir(k, 'imitation')/'teacher_answers.jsonl', role='teacher',
+                       temperature=cfg.sampling.teacher_temperature, max_tokens=cfg.sampling.max_new_tokens,
+                       seed=cfg.seed, iteration=k, stage='imitation', desc=f'iter {k}: teacher answers',
+                       system=role_system(cfg, 'teacher'))
+
 # %% ../nbs/03_imitation.ipynb #a98ede72
 def usable_answers(answers: Sequence[Answer],  # the teacher's answers to the Train Pool
                   ) -> tuple[list[Answer], dict]:
@@ -61,6 +83,16 @@ def usable_answers(answers: Sequence[Answer],  # the teacher's answers to the Tr
                 'failed': sum(a.status == 'failed' for a in answers),
                 'blank': sum(a.status == 'done' and not a.output.strip() for a in answers),
                 'cut_at_max_tokens': sum(a.finish_reason == 'length' for a in ok)}
+
+# %% ../nbs/03_imitation.ipynb #890b9155
+def sft_data(cfg: Config, usable: Sequence[Answer], out: Path, k: int) -> tuple[list[dict], list[dict]]:
+    "Split the usable answers into training and held-out SFT records; write both to `out`."
+    seed = derive_seed(cfg.seed, 'heldout', k)
+    train, held = split_heldout([sft_record(a) for a in usable], cfg.train.heldout_fraction, seed,
+                                cfg.train.heldout_max)
+    write_jsonl(out/'sft.jsonl', train)
+    write_jsonl(out/'heldout.jsonl', held)
+    return train, held
 
 # %% ../nbs/03_imitation.ipynb #8db19e9d
 def sft_record(a: Answer) -> dict:
@@ -79,23 +111,6 @@ def split_heldout(records: Sequence[dict],  # SFT records
     held = set(random.Random(seed).sample(range(n), k))
     return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]
 
-# %% ../nbs/03_imitation.ipynb #890b9155
-def sft_data(cfg: Config, usable: Sequence[Answer], out: Path, k: int) -> tuple[list[dict], list[dict]]:
-    "Split the usable answers into training and held-out SFT records; write both to `out`."
-    seed = derive_seed(cfg.seed, 'heldout', k)
-    train, held = split_heldout([sft_record(a) for a in usable], cfg.train.heldout_fraction, seed,
-                                cfg.train.heldout_max)
-    write_jsonl(out/'sft.jsonl', train)
-    write_jsonl(out/'heldout.jsonl', held)
-    return train, held
-
-# %% ../nbs/03_imitation.ipynb #2583d5c5
-def resolve_student(name_or_path) -> Path:
-    "A Hugging Face checkpoint folder for a student name or path (the embedded one: its converted copy)."
-    p = Path(name_or_path).expanduser()
-    if (p/'config.json').exists(): return p
-    return Path(resolve_hf_model(name_or_path))
-
 # %% ../nbs/03_imitation.ipynb #a87efc09
 def starting_student(cfg: Config,  # the run's configuration (the base student is its `student` role)
                      run: RunDir,  # the run directory
@@ -109,6 +124,22 @@ def starting_student(cfg: Config,  # the run's configuration (the base student i
         raise LionError(f"the student must be a local checkpoint (backend 'hf' or 'vllm') to be fine-tuned, "
                         f"not {spec.backend!r}")
     return resolve_student(spec.model), f'base student {spec.model}'
+
+# %% ../nbs/03_imitation.ipynb #2583d5c5
+def resolve_student(name_or_path) -> Path:
+    "A Hugging Face checkpoint folder for a student name or path (the embedded one: its converted copy)."
+    p = Path(name_or_path).expanduser()
+    if (p/'config.json').exists(): return p
+    return Path(resolve_hf_model(name_or_path))
+
+# %% ../nbs/03_imitation.ipynb #555cbd92
+def nll_before(student: Path, held: Sequence[dict], cfg: Config, out: Path) -> dict:
+    "`nll.json` with the held-out NLL of the student before training (measured unless already recorded)."
+    nll = read_json(out/'nll.json') if (out/'nll.json').exists() else {}
+    if 'before' not in nll:
+        nll = {'before': heldout_nll(student, held, cfg)}
+        write_json(out/'nll.json', nll)
+    return nll
 
 # %% ../nbs/03_imitation.ipynb #7e7dcb82
 def heldout_nll(model, records: Sequence[dict], cfg: Config) -> Optional[dict]:
@@ -125,37 +156,6 @@ def nll_change(before: Optional[dict], after: Optional[dict]) -> Optional[dict]:
     b, a = np.array(before['per_example'], dtype=float), np.array(after['per_example'], dtype=float)
     ratio = lambda s, c: s.sum(axis=1) / c.sum(axis=1)
     return paired_diff_ci(ratio, [a[:, 0], a[:, 1]], [b[:, 0], b[:, 1]]).as_dict(digits=4)
-
-# %% ../nbs/03_imitation.ipynb #d984846d
-def teacher_answers(cfg: Config, run: RunDir, k: int) -> list[Answer]:
-    "The teacher's answer to every Train Pool instruction of iteration `k` (resumable)."
-    pool = read_pool(run.pool(k, 'train'))
-    client = run_client(cfg, run, 'teacher', stage='imitation', iteration=k)
-    return answer_pool(pool, client, run.stage_dir(k, 'imitation')/'teacher_answers.jsonl', role='teacher',
-                       temperature=cfg.sampling.teacher_temperature, max_tokens=cfg.sampling.max_new_tokens,
-                       seed=cfg.seed, iteration=k, stage='imitation', desc=f'iter {k}: teacher answers',
-                       system=role_system(cfg, 'teacher'))
-
-# %% ../nbs/03_imitation.ipynb #d51b8c93
-def answers_for_training(cfg: Config, run: RunDir, k: int, echo=print) -> tuple[list[Answer], dict]:
-    "The teacher's usable answers on iteration `k`'s Train Pool and the counts; fails when there is none."
-    usable, counts = usable_answers(teacher_answers(cfg, run, k))
-    where = run.stage_dir(k, 'imitation')/'teacher_answers.jsonl'
-    if not usable:
-        raise LionError(f"iteration {k}: no usable teacher answer ({counts['failed']} failed, "
-                        f"{counts['blank']} blank); see {where}")
-    echo(f"teacher: {counts['usable']} usable answers of {counts['answers']} "
-         f"({counts['failed']} failed, {counts['blank']} blank: left out)")
-    return usable, counts
-
-# %% ../nbs/03_imitation.ipynb #555cbd92
-def nll_before(student: Path, held: Sequence[dict], cfg: Config, out: Path) -> dict:
-    "`nll.json` with the held-out NLL of the student before training (measured unless already recorded)."
-    nll = read_json(out/'nll.json') if (out/'nll.json').exists() else {}
-    if 'before' not in nll:
-        nll = {'before': heldout_nll(student, held, cfg)}
-        write_json(out/'nll.json', nll)
-    return nll
 
 # %% ../nbs/03_imitation.ipynb #ca133ea0
 def imitation_summary(k: int, origin: str, model: Path, counts: dict, train: list, held: list, nll: dict,

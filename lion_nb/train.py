@@ -36,17 +36,37 @@ from .models import resolve_hf_model
 from .stats import ratio_ci
 
 # %% auto #0
-__all__ = ['TINY_CHAT_TEMPLATE', 'IGNORE', 'RUN_FREE', 'tiny_tokenizer', 'make_tiny_llama', 'toy_sft_records', 'read_sft',
-           'prompt_and_response', 'effective_max_length', 'tokenize_example', 'build_examples', 'pack', 'collate',
-           'token_loss_sum', 'step_examples', 'plan_steps', 'lr_factor', 'pick_device', 'setup_distributed',
-           'decoder_layers', 'shard_model', 'local_numel', 'load_full_model', 'meta_model', 'load_sharded_model',
-           'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'export_entries', 'shard_plan', 'export_hf_model',
-           'export_complete', 'load_examples', 'plan_line', 'record_shards', 'make_optimizer', 'agreed_checkpoint',
-           'resume', 'micro_batches', 'accumulate', 'clip_gradients', 'train_step', 'train_summary',
-           'check_shared_folder', 'start_worker', 'run_steps', 'train', 'lora_config', 'add_lora', 'die_with_parent',
-           'main', 'ProcessFailed', 'run_streaming', 'first_slurm_host', 'rendezvous', 'srun_prefix',
-           'torchrun_command', 'run_key', 'check_devices', 'launch_training', 'train_cli', 'plot_loss', 'nll_device',
-           'mean_nll']
+__all__ = ['TINY_CHAT_TEMPLATE', 'IGNORE', 'RUN_FREE', 'make_tiny_llama', 'tiny_tokenizer', 'toy_sft_records', 'read_sft',
+           'prompt_and_response', 'build_examples', 'tokenize_example', 'effective_max_length', 'pack', 'collate',
+           'token_loss_sum', 'plan_steps', 'step_examples', 'lr_factor', 'setup_distributed', 'pick_device',
+           'shard_model', 'decoder_layers', 'record_shards', 'local_numel', 'load_sharded_model', 'load_full_model',
+           'meta_model', 'add_lora', 'lora_config', 'save_checkpoint', 'load_checkpoint', 'latest_checkpoint',
+           'export_hf_model', 'export_entries', 'shard_plan', 'export_complete', 'train', 'start_worker',
+           'check_shared_folder', 'load_examples', 'plan_line', 'make_optimizer', 'resume', 'agreed_checkpoint',
+           'run_steps', 'train_step', 'micro_batches', 'accumulate', 'clip_gradients', 'train_summary',
+           'launch_training', 'run_key', 'check_devices', 'ProcessFailed', 'run_streaming', 'die_with_parent',
+           'torchrun_command', 'srun_prefix', 'rendezvous', 'first_slurm_host', 'main', 'train_cli', 'plot_loss',
+           'mean_nll', 'nll_device']
+
+# %% ../nbs/03a_train.ipynb #78e09644
+def make_tiny_llama(folder, *, layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 384,
+                    max_positions: int = 2048, tie: bool = False, seed: int = 0,
+                    chat_template: bool = True, corpus: Optional[Sequence[str]] = None) -> Path:
+    """Save a random tiny Llama and a byte-level BPE tokenizer (with a chat template, or none) in `folder`.
+    The tokenizer learns its merges from `corpus` (default: a few sentences of ours): text like the data
+    to come gives shorter sequences."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = tiny_tokenizer(corpus, vocab, max_positions, chat_template)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=max(1, heads // 2),
+                      max_position_embeddings=max_positions, pad_token_id=tok.pad_token_id,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=tie)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
 
 # %% ../nbs/03a_train.ipynb #615e85da
 TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -73,26 +93,6 @@ def tiny_tokenizer(corpus: Optional[Sequence[str]] = None, vocab: int = 384, max
                                   eos_token='<|im_end|>', model_max_length=max_positions)
     if chat_template: tok.chat_template = TINY_CHAT_TEMPLATE
     return tok
-
-# %% ../nbs/03a_train.ipynb #78e09644
-def make_tiny_llama(folder, *, layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 384,
-                    max_positions: int = 2048, tie: bool = False, seed: int = 0,
-                    chat_template: bool = True, corpus: Optional[Sequence[str]] = None) -> Path:
-    """Save a random tiny Llama and a byte-level BPE tokenizer (with a chat template, or none) in `folder`.
-    The tokenizer learns its merges from `corpus` (default: a few sentences of ours): text like the data
-    to come gives shorter sequences."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tok = tiny_tokenizer(corpus, vocab, max_positions, chat_template)
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=layers, num_attention_heads=heads,
-                      num_key_value_heads=max(1, heads // 2),
-                      max_position_embeddings=max_positions, pad_token_id=tok.pad_token_id,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=tie)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 # %% ../nbs/03a_train.ipynb #f5aa3c18
 def toy_sft_records(n: int, seed: int = 0) -> list[dict]:
@@ -136,25 +136,6 @@ def prompt_and_response(tok, rec: dict, template: str = 'chat') -> tuple[str, st
                         "use prompt_template: alpaca")
     return prompt, full[len(prompt):]
 
-# %% ../nbs/03a_train.ipynb #a3c0ba4c
-IGNORE = -100   # the label cross-entropy skips
-
-def effective_max_length(tok, max_length: int, model_config=None) -> int:
-    "`max_length`, capped by the tokenizer's `model_max_length` and the model's context length."
-    caps = [max_length, getattr(tok, 'model_max_length', None),
-            getattr(model_config, 'max_position_embeddings', None)]
-    return int(min(c for c in caps if c and c < 1e9))
-
-# %% ../nbs/03a_train.ipynb #69ffcd7c
-def tokenize_example(tok, rec: dict, max_length: int, template: str = 'chat') -> Optional[dict]:
-    "Token ids and labels of one record (prompt labels -100); `None` when truncation leaves no response."
-    prompt, response = prompt_and_response(tok, rec, template)
-    p = tok(prompt, add_special_tokens=(resolve_template(tok, template) != 'chat'))['input_ids']
-    r = tok(response, add_special_tokens=False)['input_ids']
-    ids, labels = (p + r)[:max_length], ([IGNORE] * len(p) + r)[:max_length]
-    if all(l == IGNORE for l in labels): return None
-    return {'id': rec['id'], 'input_ids': ids, 'labels': labels, 'truncated': len(p) + len(r) > max_length}
-
 # %% ../nbs/03a_train.ipynb #f0aa5c97
 def build_examples(tok,  # the student's tokenizer
                    records: Sequence[dict],  # SFT records (`read_sft`)
@@ -168,6 +149,25 @@ def build_examples(tok,  # the student's tokenizer
                   'dropped_prompt_too_long': len(exs) - len(kept),
                   'tokens': sum(len(e['input_ids']) for e in kept),
                   'response_tokens': sum(sum(l != IGNORE for l in e['labels']) for e in kept)}
+
+# %% ../nbs/03a_train.ipynb #69ffcd7c
+def tokenize_example(tok, rec: dict, max_length: int, template: str = 'chat') -> Optional[dict]:
+    "Token ids and labels of one record (prompt labels -100); `None` when truncation leaves no response."
+    prompt, response = prompt_and_response(tok, rec, template)
+    p = tok(prompt, add_special_tokens=(resolve_template(tok, template) != 'chat'))['input_ids']
+    r = tok(response, add_special_tokens=False)['input_ids']
+    ids, labels = (p + r)[:max_length], ([IGNORE] * len(p) + r)[:max_length]
+    if all(l == IGNORE for l in labels): return None
+    return {'id': rec['id'], 'input_ids': ids, 'labels': labels, 'truncated': len(p) + len(r) > max_length}
+
+# %% ../nbs/03a_train.ipynb #a3c0ba4c
+IGNORE = -100   # the label cross-entropy skips
+
+def effective_max_length(tok, max_length: int, model_config=None) -> int:
+    "`max_length`, capped by the tokenizer's `model_max_length` and the model's context length."
+    caps = [max_length, getattr(tok, 'model_max_length', None),
+            getattr(model_config, 'max_position_embeddings', None)]
+    return int(min(c for c in caps if c and c < 1e9))
 
 # %% ../nbs/03a_train.ipynb #df8a3c29
 def pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -216,6 +216,26 @@ def token_loss_sum(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
                            reduction='sum')
     return loss, (labels != IGNORE).sum()
 
+# %% ../nbs/03a_train.ipynb #ce7b6dbb
+def plan_steps(lengths: Sequence[int],  # each example's length in tokens
+               cfg: TrainConfig,  # epochs, effective_batch, batch_unit, packing, micro_batch
+               *, world: int,  # the number of ranks
+               rank: int,  # this rank
+               seed: int,  # the run's seed: the data order is a function of it and the epoch only
+               max_length: int,  # the capacity of a packed row
+              ) -> list[list[list[list[int]]]]:
+    """This rank's optimizer steps: each a list of micro-batches, each a list of rows of example indices.
+    A step's examples are packed (or one per row), dealt to the ranks, and cut into micro-batches; every rank
+    gets the same number of micro-batches (FSDP's collectives need that): `[]` is an idle one."""
+    plan = []
+    for ex in step_examples(lengths, cfg, seed=seed):
+        rows = ([[ex[j] for j in r] for r in pack([lengths[i] for i in ex], max_length)] if cfg.packing
+                else [[i] for i in ex])
+        mine, n_mb = rows[rank::world], math.ceil(math.ceil(len(rows) / world) / cfg.micro_batch)
+        mbs = [mine[k:k + cfg.micro_batch] for k in range(0, len(mine), cfg.micro_batch)]
+        plan.append(mbs + [[]] * (n_mb - len(mbs)))
+    return plan
+
 # %% ../nbs/03a_train.ipynb #6d838fac
 def step_examples(lengths: Sequence[int], cfg: TrainConfig, *, seed: int) -> list[list[int]]:
     """The whole run's optimizer steps, each a list of example indices: `effective_batch` examples each
@@ -239,26 +259,6 @@ def step_examples(lengths: Sequence[int], cfg: TrainConfig, *, seed: int) -> lis
         toks += lengths[i]
     return steps + [cur]
 
-# %% ../nbs/03a_train.ipynb #ce7b6dbb
-def plan_steps(lengths: Sequence[int],  # each example's length in tokens
-               cfg: TrainConfig,  # epochs, effective_batch, batch_unit, packing, micro_batch
-               *, world: int,  # the number of ranks
-               rank: int,  # this rank
-               seed: int,  # the run's seed: the data order is a function of it and the epoch only
-               max_length: int,  # the capacity of a packed row
-              ) -> list[list[list[list[int]]]]:
-    """This rank's optimizer steps: each a list of micro-batches, each a list of rows of example indices.
-    A step's examples are packed (or one per row), dealt to the ranks, and cut into micro-batches; every rank
-    gets the same number of micro-batches (FSDP's collectives need that): `[]` is an idle one."""
-    plan = []
-    for ex in step_examples(lengths, cfg, seed=seed):
-        rows = ([[ex[j] for j in r] for r in pack([lengths[i] for i in ex], max_length)] if cfg.packing
-                else [[i] for i in ex])
-        mine, n_mb = rows[rank::world], math.ceil(math.ceil(len(rows) / world) / cfg.micro_batch)
-        mbs = [mine[k:k + cfg.micro_batch] for k in range(0, len(mine), cfg.micro_batch)]
-        plan.append(mbs + [[]] * (n_mb - len(mbs)))
-    return plan
-
 # %% ../nbs/03a_train.ipynb #ab9ab7a6
 def lr_factor(step: int, total: int, warmup_ratio: float, schedule: str = 'cosine') -> float:
     "Multiplier of the peak learning rate at optimizer step `step` (0-based) of `total`."
@@ -267,17 +267,6 @@ def lr_factor(step: int, total: int, warmup_ratio: float, schedule: str = 'cosin
     if schedule == 'constant': return 1.0
     progress = (step - warm) / max(1, total - warm)
     return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == 'cosine' else max(0.0, 1 - progress)
-
-# %% ../nbs/03a_train.ipynb #b46d822e
-def pick_device(want: str = 'auto', local_rank: int = 0) -> torch.device:
-    "This rank's device for `TrainConfig.device`; 'cuda' with no visible GPU fails loudly, never the CPU."
-    n = torch.cuda.device_count()
-    if want == 'cuda' and n == 0:
-        raise LionError("train.device is 'cuda' but no GPU is visible (check CUDA_VISIBLE_DEVICES, the "
-                        "driver, and that torch was built with CUDA); set train.device: cpu to train on the "
-                        "CPU with gloo")
-    if want == 'cpu' or n == 0: return torch.device('cpu')
-    return torch.device('cuda', local_rank)
 
 # %% ../nbs/03a_train.ipynb #ddf6ec0b
 def setup_distributed(device: str = 'auto', timeout_min: float = 120) -> tuple[int, int, torch.device]:
@@ -293,13 +282,15 @@ def setup_distributed(device: str = 'auto', timeout_min: float = 120) -> tuple[i
                                 device_id=dev if cuda else None)
     return dist.get_rank(), dist.get_world_size(), dev
 
-# %% ../nbs/03a_train.ipynb #f560165c
-def decoder_layers(model) -> torch.nn.ModuleList:
-    "The list of decoder blocks (`model.model.layers` for Llama-like models, also inside a peft wrapper)."
-    for name, m in model.named_modules():
-        is_list = isinstance(m, torch.nn.ModuleList) and len(m)
-        if name.split('.')[-1] in ('layers', 'h', 'blocks') and is_list: return m
-    raise LionError(f"{type(model).__name__}: no list of decoder layers found to shard")
+def pick_device(want: str = 'auto', local_rank: int = 0) -> torch.device:
+    "This rank's device for `TrainConfig.device`; 'cuda' with no visible GPU fails loudly, never the CPU."
+    n = torch.cuda.device_count()
+    if want == 'cuda' and n == 0:
+        raise LionError("train.device is 'cuda' but no GPU is visible (check CUDA_VISIBLE_DEVICES, the "
+                        "driver, and that torch was built with CUDA); set train.device: cpu to train on the "
+                        "CPU with gloo")
+    if want == 'cpu' or n == 0: return torch.device('cpu')
+    return torch.device('cuda', local_rank)
 
 # %% ../nbs/03a_train.ipynb #658badec
 def shard_model(model, device: torch.device):
@@ -312,25 +303,29 @@ def shard_model(model, device: torch.device):
     fully_shard(model, mesh=mesh, mp_policy=mp)
     return model
 
-# %% ../nbs/03a_train.ipynb #0aa6af02
+def decoder_layers(model) -> torch.nn.ModuleList:
+    "The list of decoder blocks (`model.model.layers` for Llama-like models, also inside a peft wrapper)."
+    for name, m in model.named_modules():
+        is_list = isinstance(m, torch.nn.ModuleList) and len(m)
+        if name.split('.')[-1] in ('layers', 'h', 'blocks') and is_list: return m
+    raise LionError(f"{type(model).__name__}: no list of decoder layers found to shard")
+
+# %% ../nbs/03a_train.ipynb #935ada26
+def record_shards(out: Path, model, built: dict, *, rank: int, world: int, say=print) -> dict:
+    "Gather each rank's share of the parameters and how it built them; rank 0 writes them to `shards.json`."
+    n_total = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    shards, builds = [None] * world, [None] * world
+    dist.all_gather_object(shards, local_numel(model))
+    dist.all_gather_object(builds, built)
+    say(f"[train] parameters {n_total:,} ({n_train:,} trainable); held per rank {shards}")
+    info = {'world': world, 'total': n_total, 'trainable': n_train, 'local': shards, 'built': builds}
+    if rank == 0: write_json(out/'shards.json', info)
+    return info
+
 def local_numel(model) -> int:
     "Parameters this rank actually stores (the local shards of FSDP's DTensors)."
     return sum((p.to_local() if hasattr(p, 'to_local') else p).numel() for p in model.parameters())
-
-# %% ../nbs/03a_train.ipynb #3f35474e
-def load_full_model(model_path, cfg: TrainConfig) -> torch.nn.Module:
-    "The model of `model_path` in float32 on the CPU, attention `cfg.attn`, LoRA of rank `cfg.lora_r` if on."
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
-                                                 attn_implementation=cfg.attn)
-    return add_lora(model, cfg.lora_r) if cfg.lora else model
-
-# %% ../nbs/03a_train.ipynb #6423cd76
-def meta_model(model_path, cfg: TrainConfig) -> torch.nn.Module:
-    "The model of `model_path` built on the `meta` device (shapes only), like `load_full_model`'s."
-    config = AutoConfig.from_pretrained(model_path)
-    with torch.device('meta'):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=cfg.attn)
-        return add_lora(model, cfg.lora_r) if cfg.lora else model
 
 # %% ../nbs/03a_train.ipynb #e8fa767c
 def load_sharded_model(model_path, cfg: TrainConfig, device: torch.device, *,
@@ -355,24 +350,32 @@ def load_sharded_model(model_path, cfg: TrainConfig, device: torch.device, *,
         dist.broadcast(b, src=0)
     return model, built                  # tied embeddings stay one parameter through fully_shard and to_empty
 
-# %% ../nbs/03a_train.ipynb #86ff35dd
-def latest_checkpoint(out) -> Optional[Path]:
-    "The newest complete checkpoint under `out/checkpoints`, or None."
-    done = sorted(p for p in (Path(out)/'checkpoints').glob('step_*') if (p/'trainer_state.json').exists())
-    return done[-1] if done else None
+# %% ../nbs/03a_train.ipynb #3f35474e
+def load_full_model(model_path, cfg: TrainConfig) -> torch.nn.Module:
+    "The model of `model_path` in float32 on the CPU, attention `cfg.attn`, LoRA of rank `cfg.lora_r` if on."
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
+                                                 attn_implementation=cfg.attn)
+    return add_lora(model, cfg.lora_r) if cfg.lora else model
 
-# %% ../nbs/03a_train.ipynb #65bb6f53
-def _rng_state() -> dict:
-    st = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
-    if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state()
-    return st
+def meta_model(model_path, cfg: TrainConfig) -> torch.nn.Module:
+    "The model of `model_path` built on the `meta` device (shapes only), like `load_full_model`'s."
+    config = AutoConfig.from_pretrained(model_path)
+    with torch.device('meta'):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=cfg.attn)
+        return add_lora(model, cfg.lora_r) if cfg.lora else model
 
-# %% ../nbs/03a_train.ipynb #f576c09c
-def _set_rng_state(st: dict):
-    random.setstate(st['python'])
-    np.random.set_state(st['numpy'])
-    torch.set_rng_state(st['torch'])
-    if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state(st['cuda'])
+# %% ../nbs/03a_train.ipynb #4d1b16f2
+def add_lora(model, r: int = 16):
+    "Wrap `model` with LoRA adapters (peft); only the adapters require gradients."
+    from peft import get_peft_model       # optional, and slow to import: only train.lora needs it
+    return get_peft_model(model, lora_config(r))
+
+def lora_config(r: int = 16):
+    "LoRA on every linear layer of the decoder (not the LM head), alpha = 2r, no dropout."
+    try: from peft import LoraConfig      # optional, and slow to import: only train.lora needs it
+    except ImportError: raise LionError("train.lora needs peft: pip install peft") from None
+    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules='all-linear',
+                      task_type='CAUSAL_LM')
 
 # %% ../nbs/03a_train.ipynb #b8f9b553
 def save_checkpoint(out, step: int, model, optimizer, scheduler, *, rank: int, world: int, keep: int = 2,
@@ -398,7 +401,6 @@ def save_checkpoint(out, step: int, model, optimizer, scheduler, *, rank: int, w
     dist.barrier()
     return final
 
-# %% ../nbs/03a_train.ipynb #00ae1f16
 def load_checkpoint(ckpt, model, optimizer, scheduler, *, rank: int) -> int:
     "Restore a checkpoint saved by `save_checkpoint` (any world size for the shards); returns its step."
     ckpt = Path(ckpt)
@@ -411,43 +413,23 @@ def load_checkpoint(ckpt, model, optimizer, scheduler, *, rank: int) -> int:
     if (ckpt/f'rng_{rank}.pt').exists(): _set_rng_state(torch.load(ckpt/f'rng_{rank}.pt', weights_only=False))
     return int(state['step'])
 
-# %% ../nbs/03a_train.ipynb #3c916d62
-def export_entries(model, tie: bool) -> dict[str, tuple[tuple, list[str]]]:
-    "Exported tensor name -> (shape, the `model.state_dict()` keys it is made of: a weight or a LoRA triple)."
-    sd, out = model.state_dict(), {}
-    for k, t in sd.items():
-        name = k.removeprefix('base_model.model.').replace('.base_layer.', '.')
-        if '.lora_' in k or (tie and name == 'lm_head.weight'): continue
-        base = k.removesuffix('.base_layer.weight')
-        lora = [f'{base}.lora_A.default.weight', f'{base}.lora_B.default.weight']
-        out[name] = (tuple(t.shape), [k] + (lora if base != k and lora[0] in sd else []))
-    return out
+# %% ../nbs/03a_train.ipynb #86ff35dd
+def latest_checkpoint(out) -> Optional[Path]:
+    "The newest complete checkpoint under `out/checkpoints`, or None."
+    done = sorted(p for p in (Path(out)/'checkpoints').glob('step_*') if (p/'trainer_state.json').exists())
+    return done[-1] if done else None
 
-# %% ../nbs/03a_train.ipynb #c911bdc7
-def shard_plan(entries: dict, max_bytes: int, bytes_per: int = 2) -> list[list[str]]:
-    "Tensor names grouped into consecutive shards of at most `max_bytes` (a bigger tensor: a shard alone)."
-    shards, cur, size = [], [], 0
-    for name, (shape, _) in entries.items():
-        n = math.prod(shape) * bytes_per
-        if cur and size + n > max_bytes:
-            shards.append(cur)
-            cur, size = [], 0
-        cur.append(name)
-        size += n
-    return shards + ([cur] if cur else [])
+# %% ../nbs/03a_train.ipynb #65bb6f53
+def _rng_state() -> dict:
+    st = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+    if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state()
+    return st
 
-# %% ../nbs/03a_train.ipynb #63964811
-def _full(t: torch.Tensor) -> torch.Tensor:
-    return t.full_tensor() if hasattr(t, 'full_tensor') else t
-
-# %% ../nbs/03a_train.ipynb #160dad57
-def _gather_merged(model, sd: dict, keys: list[str]) -> torch.Tensor:
-    "One exported tensor, gathered on every rank (a collective): a weight, or a weight with its LoRA merged."
-    w = _full(sd[keys[0]]).float()
-    if len(keys) == 1: return w
-    a, b = _full(sd[keys[1]]).float(), _full(sd[keys[2]]).float()
-    scale = model.get_submodule(keys[0].removesuffix('.base_layer.weight')).scaling['default']
-    return w + scale * (b @ a)
+def _set_rng_state(st: dict):
+    random.setstate(st['python'])
+    np.random.set_state(st['numpy'])
+    torch.set_rng_state(st['torch'])
+    if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state(st['cuda'])
 
 # %% ../nbs/03a_train.ipynb #7ef52217
 def export_hf_model(model, tok, model_path, out_dir, *, rank: int, step: int, shard_gb: float = 2.0,
@@ -474,7 +456,6 @@ def export_hf_model(model, tok, model_path, out_dir, *, rank: int, step: int, sh
     dist.barrier()
     return out_dir
 
-# %% ../nbs/03a_train.ipynb #e2e310ce
 def _finish_export(tmp: Path, out_dir: Path, config, tok, model_path, files: dict, step: int, run_key=None):
     "Config, generation config, tokenizer, index and manifest next to the shards; then rename into place."
     config.dtype = torch.bfloat16
@@ -491,12 +472,41 @@ def _finish_export(tmp: Path, out_dir: Path, config, tok, model_path, files: dic
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
 
-# %% ../nbs/03a_train.ipynb #edc0ae2b
-def _safetensors_names(path: Path) -> set:
-    "Tensor names in a safetensors file's header (the file's first 8 bytes give the header's length)."
-    with open(path, 'rb') as f:
-        n = int.from_bytes(f.read(8), 'little')
-        return set(json.loads(f.read(n))) - {'__metadata__'}
+# %% ../nbs/03a_train.ipynb #3c916d62
+def export_entries(model, tie: bool) -> dict[str, tuple[tuple, list[str]]]:
+    "Exported tensor name -> (shape, the `model.state_dict()` keys it is made of: a weight or a LoRA triple)."
+    sd, out = model.state_dict(), {}
+    for k, t in sd.items():
+        name = k.removeprefix('base_model.model.').replace('.base_layer.', '.')
+        if '.lora_' in k or (tie and name == 'lm_head.weight'): continue
+        base = k.removesuffix('.base_layer.weight')
+        lora = [f'{base}.lora_A.default.weight', f'{base}.lora_B.default.weight']
+        out[name] = (tuple(t.shape), [k] + (lora if base != k and lora[0] in sd else []))
+    return out
+
+def shard_plan(entries: dict, max_bytes: int, bytes_per: int = 2) -> list[list[str]]:
+    "Tensor names grouped into consecutive shards of at most `max_bytes` (a bigger tensor: a shard alone)."
+    shards, cur, size = [], [], 0
+    for name, (shape, _) in entries.items():
+        n = math.prod(shape) * bytes_per
+        if cur and size + n > max_bytes:
+            shards.append(cur)
+            cur, size = [], 0
+        cur.append(name)
+        size += n
+    return shards + ([cur] if cur else [])
+
+# %% ../nbs/03a_train.ipynb #160dad57
+def _gather_merged(model, sd: dict, keys: list[str]) -> torch.Tensor:
+    "One exported tensor, gathered on every rank (a collective): a weight, or a weight with its LoRA merged."
+    w = _full(sd[keys[0]]).float()
+    if len(keys) == 1: return w
+    a, b = _full(sd[keys[1]]).float(), _full(sd[keys[2]]).float()
+    scale = model.get_submodule(keys[0].removesuffix('.base_layer.weight')).scaling['default']
+    return w + scale * (b @ a)
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, 'full_tensor') else t
 
 # %% ../nbs/03a_train.ipynb #a1e3d706
 def export_complete(out_dir, step: Optional[int] = None, run_key: Optional[str] = None) -> bool:
@@ -512,202 +522,11 @@ def export_complete(out_dir, step: Optional[int] = None, run_key: Optional[str] 
         if _safetensors_names(p) != set(m['tensors'][f]): return False
     return True
 
-# %% ../nbs/03a_train.ipynb #d24a928d
-def load_examples(data, model_path, cfg: TrainConfig) -> tuple:
-    "The tokenizer, the examples of `data`, their counts, and the effective `max_length`."
-    tok = AutoTokenizer.from_pretrained(model_path)
-    if tok.pad_token_id is None: tok.pad_token = tok.eos_token
-    max_len = effective_max_length(tok, cfg.max_length, AutoConfig.from_pretrained(model_path))
-    examples, stats = build_examples(tok, read_sft(data), max_len, cfg.template)
-    if not examples: raise LionError(f"{data}: no example has a response token within {max_len} tokens")
-    return tok, examples, stats, max_len
-
-# %% ../nbs/03a_train.ipynb #0a7b27cc
-def _agree(value, rank: int):
-    "Rank 0's `value`, on every rank."
-    box = [value if rank == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-# %% ../nbs/03a_train.ipynb #fefca98f
-def plan_line(stats: dict, max_len: int, cfg: TrainConfig, world: int, device: torch.device,
-              total: int) -> str:
-    "The log's line about the data and the plan."
-    return (f"[train] {stats['kept']} examples ({stats['truncated']} truncated, "
-            f"{stats['dropped_prompt_too_long']} dropped) max_length {max_len}, packing {cfg.packing}, "
-            f"prompt {cfg.template}; world {world} on {device.type}; "
-            f"{cfg.effective_batch} {cfg.batch_unit} per "
-            f"step in micro-batches of {cfg.micro_batch} rows; {total} steps")
-
-# %% ../nbs/03a_train.ipynb #935ada26
-def record_shards(out: Path, model, built: dict, *, rank: int, world: int, say=print) -> dict:
-    "Gather each rank's share of the parameters and how it built them; rank 0 writes them to `shards.json`."
-    n_total = sum(p.numel() for p in model.parameters())
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    shards, builds = [None] * world, [None] * world
-    dist.all_gather_object(shards, local_numel(model))
-    dist.all_gather_object(builds, built)
-    say(f"[train] parameters {n_total:,} ({n_train:,} trainable); held per rank {shards}")
-    info = {'world': world, 'total': n_total, 'trainable': n_train, 'local': shards, 'built': builds}
-    if rank == 0: write_json(out/'shards.json', info)
-    return info
-
-# %% ../nbs/03a_train.ipynb #b7bb312c
-def make_optimizer(model, cfg: TrainConfig, total: int) -> tuple:
-    "AdamW over the trainable parameters, and its learning-rate schedule over `total` steps."
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
-    factor = lambda s: lr_factor(s, total, cfg.warmup_ratio, cfg.schedule)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    return opt, sched
-
-# %% ../nbs/03a_train.ipynb #3eefe4c5
-def _truncate_log(path, step: int):
-    "Drop log records after `step` (a resumed run redoes those steps), rewriting the log atomically."
-    recs = read_log(path)
-    if any(r.get('step', 0) > step for r in recs):
-        write_jsonl(path, [r for r in recs if r.get('step', 0) <= step])
-
-# %% ../nbs/03a_train.ipynb #a10625e7
-def agreed_checkpoint(out, rank: int) -> Optional[Path]:
-    "Rank 0's `latest_checkpoint(out)`, on every rank (by name, under each rank's `out`); alone: this one's."
-    mine = latest_checkpoint(out)
-    if not dist.is_initialized(): return mine
-    name = _agree(mine.name if mine is not None else None, rank)
-    return Path(out)/'checkpoints'/name if name else None
-
-# %% ../nbs/03a_train.ipynb #6adfdfdd
-def resume(out: Path, model, opt, sched, *, rank: int, total: int, say=print) -> int:
-    "The step to start from: the latest checkpoint's (restored into model, optimizer, schedule), else 0."
-    start, ckpt = 0, agreed_checkpoint(out, rank)
-    if ckpt is not None:
-        start = load_checkpoint(ckpt, model, opt, sched, rank=rank)
-        say(f"[train] resumed from {ckpt.name} (step {start} of {total})")
-    if rank == 0: _truncate_log(out/'train_log.jsonl', start)   # steps after the checkpoint are redone
-    return start
-
-# %% ../nbs/03a_train.ipynb #0cddef8d
-def _idle_batch(pad_id: int) -> dict:
-    "A micro-batch with nothing to learn, for a rank with no rows left in a step (its collectives still run)."
-    return {**collate([[{'input_ids': [pad_id], 'labels': [IGNORE]}]], pad_id), 'n_real': 0}
-
-# %% ../nbs/03a_train.ipynb #d5607785
-def micro_batches(examples: Sequence[dict], step_plan: list, pad_id: int) -> list[dict]:
-    "The collated micro-batches of one step of this rank's plan (an idle one for `[]`)."
-    return [collate([[examples[i] for i in row] for row in mb], pad_id) if mb else _idle_batch(pad_id)
-            for mb in step_plan]
-
-# %% ../nbs/03a_train.ipynb #8da30695
-def accumulate(model, batches: Sequence[dict], n_labelled: torch.Tensor, world: int,
-               sync_each: bool = True) -> torch.Tensor:
-    """Backward over the micro-batches for the global token mean; returns this rank's summed loss (detached).
-    `sync_each` (`train.sync_each_micro_batch`): reduce-scatter every micro-batch's gradient (sharded
-    accumulation), else only the last one's (FSDP2 holds the unsharded fp32 gradient until then)."""
-    loss_sum = torch.zeros((), device=n_labelled.device)
-    for k, b in enumerate(batches):
-        if hasattr(model, 'set_requires_gradient_sync'):  # FSDP (a plain module, as in the test below: none)
-            model.set_requires_gradient_sync(sync_each or k == len(batches) - 1)
-        s, _ = token_loss_sum(model, b)
-        (s * world / n_labelled).backward()  # FSDP averages over ranks: this gives the global token mean
-        loss_sum += s.detach()
-    return loss_sum
-
-# %% ../nbs/03a_train.ipynb #e4cb97f5
-def clip_gradients(model, max_norm: float) -> float:
-    "Clip the gradients to the global norm `max_norm`; returns the norm before clipping."
-    return float(_full(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
-
-# %% ../nbs/03a_train.ipynb #2291d58d
-def train_step(model, opt, sched, examples: Sequence[dict], step_plan: list, cfg: TrainConfig, *, pad_id: int,
-               world: int, device: torch.device) -> dict:
-    "One optimizer step of this rank's plan (the same number of micro-batches on every rank); its record."
-    t0 = time.perf_counter()
-    batches = micro_batches(examples, step_plan, pad_id)
-    labelled = float(sum((b['labels'][:, 1:] != IGNORE).sum() for b in batches))
-    counts = torch.tensor([labelled, float(sum(b['n_real'] for b in batches))], device=device)
-    dist.all_reduce(counts)  # response tokens and real tokens in the whole effective batch
-    loss_sum = accumulate(model, batches, counts[0], world, cfg.sync_each_micro_batch)
-    gnorm = clip_gradients(model, cfg.max_grad_norm)
-    opt.step()
-    sched.step()
-    opt.zero_grad(set_to_none=True)
-    dist.all_reduce(loss_sum)
-    dt = time.perf_counter() - t0
-    return {'loss': round(loss_sum.item() / counts[0].item(), 5), 'lr': sched.get_last_lr()[0],
-            'grad_norm': round(gnorm, 4), 'tokens': int(counts[1]),
-            'tokens_per_s': round(counts[1].item() / dt, 1),
-            'time_s': round(dt, 3)}
-
-# %% ../nbs/03a_train.ipynb #0b0c1a57
-def _peak_mem_gb(device) -> float:
-    if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20    # Linux: KiB
-
-# %% ../nbs/03a_train.ipynb #ac9a8b0f
-def train_summary(stats: dict, cfg: TrainConfig, recs: Sequence[dict], *, total: int, start: int, world: int,
-                  device: torch.device, wall: float, export_s: float) -> dict:
-    "The run's summary, from the data counts and this launch's step records."
-    t_steps, tokens_run = sum(r['time_s'] for r in recs), sum(r['tokens'] for r in recs)
-    return {**stats, 'steps': total, 'resumed_from': start, 'world': world, 'device': device.type,
-            'trained_tokens': tokens_run, 'wall_s': round(wall, 2), 'step_s': round(t_steps, 2),
-            'export_s': round(export_s, 2),
-            # the steps only, not checkpoint I/O
-            'tokens_per_s': round(tokens_run / t_steps, 1) if t_steps else None,
-            'peak_mem_gb_rank0': round(_peak_mem_gb(device), 2), 'cfg': cfg.model_dump()}
-
-# %% ../nbs/03a_train.ipynb #cedd99da
-def check_shared_folder(out, rank: int, world: int):
-    "Fail on every rank unless all `world` ranks read the probe rank 0 writes in `out` (a shared filesystem)."
-    token = _agree(os.urandom(8).hex() if rank == 0 else None, rank)
-    probe = Path(out)/f'.shared_probe_{token}'
-    if rank == 0: probe.write_text(token)
-    dist.barrier()
-    try: seen = probe.read_text() == token
-    except OSError: seen = False
-    flags = [None] * world
-    dist.all_gather_object(flags, seen)
-    if rank == 0: probe.unlink(missing_ok=True)
-    blind = [r for r, ok in enumerate(flags) if not ok]
-    if blind:
-        raise LionError(f"{out} is not on a filesystem that every node shares: rank(s) {blind} cannot read "
-                        "what rank 0 wrote there; a run on several nodes needs its output folder on a shared "
-                        "filesystem (NFS, Lustre, ...)")
-
-# %% ../nbs/03a_train.ipynb #897c1475
-def start_worker(cfg: TrainConfig, out, seed: int) -> tuple:
-    "Join the torchrun group, seed this rank; returns rank, world size, device, out folder, a rank-0 print."
-    hf_logging.disable_progress_bar()
-    if cfg.lora: lora_config(cfg.lora_r)                   # refuse early when peft is missing
-    rank, world, device = setup_distributed(cfg.device, cfg.pg_timeout_min)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    say = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
-    if int(os.environ.get('LOCAL_WORLD_SIZE', world)) < world: check_shared_folder(out, rank, world)  # nodes
-    seed_everything(derive_seed(seed, 'train', rank))
-    return rank, world, device, out, say
-
-# %% ../nbs/03a_train.ipynb #47e53d5d
-def run_steps(model, opt, sched, examples: Sequence[dict], steps: list, cfg: TrainConfig, out: Path, *,
-              start: int, pad_id: int, rank: int, world: int, device: torch.device, say=print) -> list[dict]:
-    "Optimizer steps `start` to the end of `steps` (this rank's plan); returns their records."
-    log = JsonlLog(out/'train_log.jsonl') if rank == 0 else None
-    model.train()
-    recs, total = [], len(steps)
-    bar = progress_bar(total, 'training steps', 'step', disable=rank != 0, initial=start, quiet=True)
-    for step in range(start, total):
-        rec = {'step': step + 1, 'of': total, **train_step(model, opt, sched, examples, steps[step], cfg,
-                                                          pad_id=pad_id, world=world, device=device)}
-        recs.append(rec)
-        if log: log.append(rec)
-        say(f"[train] step {rec['step']}/{total} loss {rec['loss']:.4f} lr {rec['lr']:.2e} "
-            f"{rec['tokens_per_s']:.0f} tok/s")
-        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
-            save_checkpoint(out, step + 1, model, opt, sched, rank=rank, world=world, keep=cfg.keep,
-                            info={'loss': rec['loss']})
-        bar.update()
-    bar.close()
-    if log: log.close()
-    return recs
+def _safetensors_names(path: Path) -> set:
+    "Tensor names in a safetensors file's header (the file's first 8 bytes give the header's length)."
+    with open(path, 'rb') as f:
+        n = int.from_bytes(f.read(8), 'little')
+        return set(json.loads(f.read(n))) - {'__metadata__'}
 
 # %% ../nbs/03a_train.ipynb #a3d514f2
 def train(data,  # SFT JSONL (`read_sft`)
@@ -748,47 +567,232 @@ def train(data,  # SFT JSONL (`read_sft`)
     say(f"[train] saved {out/'model'}")
     return out/'model'
 
-# %% ../nbs/03a_train.ipynb #32eb8aa1
-def lora_config(r: int = 16):
-    "LoRA on every linear layer of the decoder (not the LM head), alpha = 2r, no dropout."
-    try: from peft import LoraConfig      # optional, and slow to import: only train.lora needs it
-    except ImportError: raise LionError("train.lora needs peft: pip install peft") from None
-    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules='all-linear',
-                      task_type='CAUSAL_LM')
+# %% ../nbs/03a_train.ipynb #897c1475
+def start_worker(cfg: TrainConfig, out, seed: int) -> tuple:
+    "Join the torchrun group, seed this rank; returns rank, world size, device, out folder, a rank-0 print."
+    hf_logging.disable_progress_bar()
+    if cfg.lora: lora_config(cfg.lora_r)                   # refuse early when peft is missing
+    rank, world, device = setup_distributed(cfg.device, cfg.pg_timeout_min)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    say = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
+    if int(os.environ.get('LOCAL_WORLD_SIZE', world)) < world: check_shared_folder(out, rank, world)  # nodes
+    seed_everything(derive_seed(seed, 'train', rank))
+    return rank, world, device, out, say
 
-# %% ../nbs/03a_train.ipynb #4d1b16f2
-def add_lora(model, r: int = 16):
-    "Wrap `model` with LoRA adapters (peft); only the adapters require gradients."
-    from peft import get_peft_model       # optional, and slow to import: only train.lora needs it
-    return get_peft_model(model, lora_config(r))
+def check_shared_folder(out, rank: int, world: int):
+    "Fail on every rank unless all `world` ranks read the probe rank 0 writes in `out` (a shared filesystem)."
+    token = _agree(os.urandom(8).hex() if rank == 0 else None, rank)
+    probe = Path(out)/f'.shared_probe_{token}'
+    if rank == 0: probe.write_text(token)
+    dist.barrier()
+    try: seen = probe.read_text() == token
+    except OSError: seen = False
+    flags = [None] * world
+    dist.all_gather_object(flags, seen)
+    if rank == 0: probe.unlink(missing_ok=True)
+    blind = [r for r, ok in enumerate(flags) if not ok]
+    if blind:
+        raise LionError(f"{out} is not on a filesystem that every node shares: rank(s) {blind} cannot read "
+                        "what rank 0 wrote there; a run on several nodes needs its output folder on a shared "
+                        "filesystem (NFS, Lustre, ...)")
 
-# %% ../nbs/03a_train.ipynb #6163dbd0
-def die_with_parent() -> Callable[[], None]:
-    """Linux: a function that makes the calling process get SIGKILL when its parent dies (prctl PDEATHSIG), so
-    a killed launcher or torchrun agent never leaves training running; elsewhere it does nothing. Resolved
-    here,
-    so that it is safe to run between fork and exec (`preexec_fn`)."""
-    if not sys.platform.startswith('linux'): return lambda: None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return lambda: prctl(1, signal.SIGKILL)          # 1 = PR_SET_PDEATHSIG
+def _agree(value, rank: int):
+    "Rank 0's `value`, on every rank."
+    box = [value if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
-# %% ../nbs/03a_train.ipynb #c5d366ae
-from .cli import command, Param
+# %% ../nbs/03a_train.ipynb #d24a928d
+def load_examples(data, model_path, cfg: TrainConfig) -> tuple:
+    "The tokenizer, the examples of `data`, their counts, and the effective `max_length`."
+    tok = AutoTokenizer.from_pretrained(model_path)
+    if tok.pad_token_id is None: tok.pad_token = tok.eos_token
+    max_len = effective_max_length(tok, cfg.max_length, AutoConfig.from_pretrained(model_path))
+    examples, stats = build_examples(tok, read_sft(data), max_len, cfg.template)
+    if not examples: raise LionError(f"{data}: no example has a response token within {max_len} tokens")
+    return tok, examples, stats, max_len
 
-@command('python -m lion_nb.train', "torchrun worker: SFT with FSDP2 (use `lion_nb train` to launch)")
-def main(*, data: str, model: str, out: str,
-         train_config: str = '{}', # TrainConfig as JSON
-         seed: int = 0, max_steps: int = None,
-         run_key: str = None, # what the export depends on (recorded in its manifest)
-        ) -> int:
-    "Entry point of each torchrun worker."
-    die_with_parent()()
-    if os.getppid() == 1: return 1                   # the agent died before that took effect
-    cfg = TrainConfig.model_validate_json(train_config)
-    try: train(data, model, out, cfg, seed=seed, max_steps=max_steps, run_key=run_key)
-    finally:
-        if dist.is_initialized(): dist.destroy_process_group()
-    return 0
+def plan_line(stats: dict, max_len: int, cfg: TrainConfig, world: int, device: torch.device,
+              total: int) -> str:
+    "The log's line about the data and the plan."
+    return (f"[train] {stats['kept']} examples ({stats['truncated']} truncated, "
+            f"{stats['dropped_prompt_too_long']} dropped) max_length {max_len}, packing {cfg.packing}, "
+            f"prompt {cfg.template}; world {world} on {device.type}; "
+            f"{cfg.effective_batch} {cfg.batch_unit} per "
+            f"step in micro-batches of {cfg.micro_batch} rows; {total} steps")
+
+# %% ../nbs/03a_train.ipynb #b7bb312c
+def make_optimizer(model, cfg: TrainConfig, total: int) -> tuple:
+    "AdamW over the trainable parameters, and its learning-rate schedule over `total` steps."
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
+    factor = lambda s: lr_factor(s, total, cfg.warmup_ratio, cfg.schedule)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return opt, sched
+
+# %% ../nbs/03a_train.ipynb #6adfdfdd
+def resume(out: Path, model, opt, sched, *, rank: int, total: int, say=print) -> int:
+    "The step to start from: the latest checkpoint's (restored into model, optimizer, schedule), else 0."
+    start, ckpt = 0, agreed_checkpoint(out, rank)
+    if ckpt is not None:
+        start = load_checkpoint(ckpt, model, opt, sched, rank=rank)
+        say(f"[train] resumed from {ckpt.name} (step {start} of {total})")
+    if rank == 0: _truncate_log(out/'train_log.jsonl', start)   # steps after the checkpoint are redone
+    return start
+
+# %% ../nbs/03a_train.ipynb #a10625e7
+def agreed_checkpoint(out, rank: int) -> Optional[Path]:
+    "Rank 0's `latest_checkpoint(out)`, on every rank (by name, under each rank's `out`); alone: this one's."
+    mine = latest_checkpoint(out)
+    if not dist.is_initialized(): return mine
+    name = _agree(mine.name if mine is not None else None, rank)
+    return Path(out)/'checkpoints'/name if name else None
+
+def _truncate_log(path, step: int):
+    "Drop log records after `step` (a resumed run redoes those steps), rewriting the log atomically."
+    recs = read_log(path)
+    if any(r.get('step', 0) > step for r in recs):
+        write_jsonl(path, [r for r in recs if r.get('step', 0) <= step])
+
+# %% ../nbs/03a_train.ipynb #47e53d5d
+def run_steps(model, opt, sched, examples: Sequence[dict], steps: list, cfg: TrainConfig, out: Path, *,
+              start: int, pad_id: int, rank: int, world: int, device: torch.device, say=print) -> list[dict]:
+    "Optimizer steps `start` to the end of `steps` (this rank's plan); returns their records."
+    log = JsonlLog(out/'train_log.jsonl') if rank == 0 else None
+    model.train()
+    recs, total = [], len(steps)
+    bar = progress_bar(total, 'training steps', 'step', disable=rank != 0, initial=start, quiet=True)
+    for step in range(start, total):
+        rec = {'step': step + 1, 'of': total, **train_step(model, opt, sched, examples, steps[step], cfg,
+                                                          pad_id=pad_id, world=world, device=device)}
+        recs.append(rec)
+        if log: log.append(rec)
+        say(f"[train] step {rec['step']}/{total} loss {rec['loss']:.4f} lr {rec['lr']:.2e} "
+            f"{rec['tokens_per_s']:.0f} tok/s")
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
+            save_checkpoint(out, step + 1, model, opt, sched, rank=rank, world=world, keep=cfg.keep,
+                            info={'loss': rec['loss']})
+        bar.update()
+    bar.close()
+    if log: log.close()
+    return recs
+
+# %% ../nbs/03a_train.ipynb #2291d58d
+def train_step(model, opt, sched, examples: Sequence[dict], step_plan: list, cfg: TrainConfig, *, pad_id: int,
+               world: int, device: torch.device) -> dict:
+    "One optimizer step of this rank's plan (the same number of micro-batches on every rank); its record."
+    t0 = time.perf_counter()
+    batches = micro_batches(examples, step_plan, pad_id)
+    labelled = float(sum((b['labels'][:, 1:] != IGNORE).sum() for b in batches))
+    counts = torch.tensor([labelled, float(sum(b['n_real'] for b in batches))], device=device)
+    dist.all_reduce(counts)  # response tokens and real tokens in the whole effective batch
+    loss_sum = accumulate(model, batches, counts[0], world, cfg.sync_each_micro_batch)
+    gnorm = clip_gradients(model, cfg.max_grad_norm)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    dist.all_reduce(loss_sum)
+    dt = time.perf_counter() - t0
+    return {'loss': round(loss_sum.item() / counts[0].item(), 5), 'lr': sched.get_last_lr()[0],
+            'grad_norm': round(gnorm, 4), 'tokens': int(counts[1]),
+            'tokens_per_s': round(counts[1].item() / dt, 1),
+            'time_s': round(dt, 3)}
+
+def micro_batches(examples: Sequence[dict], step_plan: list, pad_id: int) -> list[dict]:
+    "The collated micro-batches of one step of this rank's plan (an idle one for `[]`)."
+    return [collate([[examples[i] for i in row] for row in mb], pad_id) if mb else _idle_batch(pad_id)
+            for mb in step_plan]
+
+def _idle_batch(pad_id: int) -> dict:
+    "A micro-batch with nothing to learn, for a rank with no rows left in a step (its collectives still run)."
+    return {**collate([[{'input_ids': [pad_id], 'labels': [IGNORE]}]], pad_id), 'n_real': 0}
+
+# %% ../nbs/03a_train.ipynb #8da30695
+def accumulate(model, batches: Sequence[dict], n_labelled: torch.Tensor, world: int,
+               sync_each: bool = True) -> torch.Tensor:
+    """Backward over the micro-batches for the global token mean; returns this rank's summed loss (detached).
+    `sync_each` (`train.sync_each_micro_batch`): reduce-scatter every micro-batch's gradient (sharded
+    accumulation), else only the last one's (FSDP2 holds the unsharded fp32 gradient until then)."""
+    loss_sum = torch.zeros((), device=n_labelled.device)
+    for k, b in enumerate(batches):
+        if hasattr(model, 'set_requires_gradient_sync'):  # FSDP (a plain module, as in the test below: none)
+            model.set_requires_gradient_sync(sync_each or k == len(batches) - 1)
+        s, _ = token_loss_sum(model, b)
+        (s * world / n_labelled).backward()  # FSDP averages over ranks: this gives the global token mean
+        loss_sum += s.detach()
+    return loss_sum
+
+# %% ../nbs/03a_train.ipynb #e4cb97f5
+def clip_gradients(model, max_norm: float) -> float:
+    "Clip the gradients to the global norm `max_norm`; returns the norm before clipping."
+    return float(_full(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
+
+# %% ../nbs/03a_train.ipynb #ac9a8b0f
+def train_summary(stats: dict, cfg: TrainConfig, recs: Sequence[dict], *, total: int, start: int, world: int,
+                  device: torch.device, wall: float, export_s: float) -> dict:
+    "The run's summary, from the data counts and this launch's step records."
+    t_steps, tokens_run = sum(r['time_s'] for r in recs), sum(r['tokens'] for r in recs)
+    return {**stats, 'steps': total, 'resumed_from': start, 'world': world, 'device': device.type,
+            'trained_tokens': tokens_run, 'wall_s': round(wall, 2), 'step_s': round(t_steps, 2),
+            'export_s': round(export_s, 2),
+            # the steps only, not checkpoint I/O
+            'tokens_per_s': round(tokens_run / t_steps, 1) if t_steps else None,
+            'peak_mem_gb_rank0': round(_peak_mem_gb(device), 2), 'cfg': cfg.model_dump()}
+
+def _peak_mem_gb(device) -> float:
+    if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20    # Linux: KiB
+
+# %% ../nbs/03a_train.ipynb #c9b01a69
+def launch_training(data,  # SFT JSONL
+                    model,  # the student: a Hugging Face checkpoint folder
+                    out,  # the output folder (checkpoints, train_log.jsonl, model/); a rerun resumes from it
+                    cfg: TrainConfig,  # every setting of the run (the config's `train` section)
+                    nproc: int = 1,  # worker processes: one per GPU; on CPU, shards of the model
+                    *, seed: int = 0,  # the run's seed
+                    max_steps: Optional[int] = None,  # stop after this many optimizer steps (tests)
+                    env: Optional[dict] = None,  # extra environment variables for torchrun
+                    echo: Callable[[str], None] = print,  # where the log's lines go
+                   ) -> Path:
+    "Fine-tune `model` on SFT `data` with torchrun (`nproc` workers); resumes from `out`; the model folder."
+    data, model, out = Path(data), Path(model), Path(out)
+    if not data.exists(): raise InputError(data, None, "SFT data not found")
+    if not (model/'config.json').exists():
+        raise InputError(model, None, "not a Hugging Face model folder (no config.json)")
+    key = run_key(data, model, cfg, seed=seed, max_steps=max_steps, nproc=nproc)
+    if export_complete(out/'model', run_key=key):
+        echo(f"[train] {out/'model'} is this run's finished export (verified): not launching")
+        return out/'model'
+    check_devices(cfg, nproc, echo)
+    full_env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'TOKENIZERS_PARALLELISM': 'false', **(env or {})}
+    cmd = torchrun_command(data, model, out, cfg, nproc, seed=seed, max_steps=max_steps, env=full_env,
+                           run_key=key)
+    echo('$ ' + shlex.join(cmd))
+    run_streaming(cmd, env=full_env, echo=echo, check=True)
+    return out/'model'
+
+# %% ../nbs/03a_train.ipynb #2633154f
+# do not change the trained model
+RUN_FREE = {'save_every', 'keep', 'node_rank', 'rdzv_endpoint', 'pg_timeout_min'}
+
+def run_key(data, model, cfg: TrainConfig, *, seed: int, max_steps: Optional[int], nproc: int) -> str:
+    "SHA256 of what a training run's result depends on: the data's bytes, the model, settings, seed, steps."
+    h = hashlib.sha256()
+    with open(data, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+    ident = {'data': h.hexdigest(), 'model': checkpoint_fingerprint(model),
+             'cfg': cfg.model_dump(exclude=RUN_FREE),
+             'seed': seed, 'max_steps': max_steps, 'nproc': nproc}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+def check_devices(cfg: TrainConfig, nproc: int, echo: Callable[[str], None] = print) -> str:
+    "Before launching: 'cuda' or 'cpu'; fails when GPUs are expected and none (or too few) are visible."
+    dev, n = pick_device(cfg.device).type, torch.cuda.device_count()
+    if dev == 'cuda' and nproc > n: raise LionError(f"nproc {nproc} is more than the {n} visible GPU(s)")
+    if dev == 'cpu' and cfg.device == 'auto':
+        echo("[train] no GPU visible: training on the CPU with gloo (train.device: auto)")
+    return dev
 
 # %% ../nbs/03a_train.ipynb #169e8024
 class ProcessFailed(subprocess.CalledProcessError):
@@ -815,12 +819,38 @@ def run_streaming(cmd: Sequence[str], *, env: Optional[dict] = None, echo: Calla
     if check and rc: raise ProcessFailed(rc, list(cmd), output='\n'.join(tail))
     return rc
 
-# %% ../nbs/03a_train.ipynb #26598625
-def first_slurm_host(nodelist: str) -> str:
-    "The first host of a SLURM node list: 'gpu[03-04,07],cpu1' -> 'gpu03'."
-    m = re.match(r'([^,\[]+)(?:\[([^\],\-]+))?', nodelist.strip())
-    if not m: raise LionError(f"cannot read the SLURM node list {nodelist!r}")
-    return m.group(1) + (m.group(2) or '')
+def die_with_parent() -> Callable[[], None]:
+    """Linux: a function that makes the calling process get SIGKILL when its parent dies (prctl PDEATHSIG), so
+    a killed launcher or torchrun agent never leaves training running; elsewhere it does nothing. Resolved
+    here,
+    so that it is safe to run between fork and exec (`preexec_fn`)."""
+    if not sys.platform.startswith('linux'): return lambda: None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(1, signal.SIGKILL)          # 1 = PR_SET_PDEATHSIG
+
+# %% ../nbs/03a_train.ipynb #e56c8793
+def torchrun_command(data, model, out, cfg: TrainConfig, nproc: int = 1, *, seed: int = 0,
+                     max_steps: Optional[int] = None, env: Optional[dict] = None,
+                     run_key: Optional[str] = None) -> list[str]:
+    "The `[srun ...] python -m torch.distributed.run ... -m lion_nb.train ...` command (one node or several)."
+    rz = rendezvous(cfg, env)
+    rank = [] if rz['srun'] else ['--node_rank', str(rz['node_rank'])]
+    where = ['--standalone'] if rz['nnodes'] == 1 and not rz['endpoint'] else [
+        '--nnodes', str(rz['nnodes']), *rank, '--rdzv_backend', 'c10d',
+        '--rdzv_endpoint', rz['endpoint'], '--rdzv_id', rz['id']]
+    cmd = [*srun_prefix(rz), sys.executable, '-m', 'torch.distributed.run', *where,
+           '--nproc_per_node', str(nproc), '-m', 'lion_nb.train', '--data', str(data), '--model', str(model),
+           '--out', str(out),
+           '--train-config', cfg.model_dump_json(), '--seed', str(seed)]
+    steps = ['--max-steps', str(max_steps)] if max_steps is not None else []
+    return cmd + steps + (['--run-key', run_key] if run_key else [])
+
+def srun_prefix(rz: dict) -> list[str]:
+    "`srun` that starts one task (a torchrun) on each of the job's `rz['nnodes']` nodes ([] on one node)."
+    if not rz['srun']: return []
+    n = str(rz['nnodes'])
+    return ['srun', '--nodes', n, '--ntasks', n, '--ntasks-per-node', '1', '--kill-on-bad-exit=1',
+            '--export=ALL']
 
 # %% ../nbs/03a_train.ipynb #1498a8c8
 def rendezvous(cfg: TrainConfig, env: Optional[dict] = None) -> dict:
@@ -852,81 +882,29 @@ def rendezvous(cfg: TrainConfig, env: Optional[dict] = None) -> dict:
     return {'nnodes': nnodes, 'node_rank': node_rank, 'endpoint': endpoint,
             'id': env.get('SLURM_JOB_ID') or 'lion_nb', 'srun': srun}
 
-# %% ../nbs/03a_train.ipynb #ed80388c
-def srun_prefix(rz: dict) -> list[str]:
-    "`srun` that starts one task (a torchrun) on each of the job's `rz['nnodes']` nodes ([] on one node)."
-    if not rz['srun']: return []
-    n = str(rz['nnodes'])
-    return ['srun', '--nodes', n, '--ntasks', n, '--ntasks-per-node', '1', '--kill-on-bad-exit=1',
-            '--export=ALL']
+def first_slurm_host(nodelist: str) -> str:
+    "The first host of a SLURM node list: 'gpu[03-04,07],cpu1' -> 'gpu03'."
+    m = re.match(r'([^,\[]+)(?:\[([^\],\-]+))?', nodelist.strip())
+    if not m: raise LionError(f"cannot read the SLURM node list {nodelist!r}")
+    return m.group(1) + (m.group(2) or '')
 
-# %% ../nbs/03a_train.ipynb #e56c8793
-def torchrun_command(data, model, out, cfg: TrainConfig, nproc: int = 1, *, seed: int = 0,
-                     max_steps: Optional[int] = None, env: Optional[dict] = None,
-                     run_key: Optional[str] = None) -> list[str]:
-    "The `[srun ...] python -m torch.distributed.run ... -m lion_nb.train ...` command (one node or several)."
-    rz = rendezvous(cfg, env)
-    rank = [] if rz['srun'] else ['--node_rank', str(rz['node_rank'])]
-    where = ['--standalone'] if rz['nnodes'] == 1 and not rz['endpoint'] else [
-        '--nnodes', str(rz['nnodes']), *rank, '--rdzv_backend', 'c10d',
-        '--rdzv_endpoint', rz['endpoint'], '--rdzv_id', rz['id']]
-    cmd = [*srun_prefix(rz), sys.executable, '-m', 'torch.distributed.run', *where,
-           '--nproc_per_node', str(nproc), '-m', 'lion_nb.train', '--data', str(data), '--model', str(model),
-           '--out', str(out),
-           '--train-config', cfg.model_dump_json(), '--seed', str(seed)]
-    steps = ['--max-steps', str(max_steps)] if max_steps is not None else []
-    return cmd + steps + (['--run-key', run_key] if run_key else [])
+# %% ../nbs/03a_train.ipynb #c5d366ae
+from .cli import command, Param
 
-# %% ../nbs/03a_train.ipynb #2633154f
-# do not change the trained model
-RUN_FREE = {'save_every', 'keep', 'node_rank', 'rdzv_endpoint', 'pg_timeout_min'}
-
-def run_key(data, model, cfg: TrainConfig, *, seed: int, max_steps: Optional[int], nproc: int) -> str:
-    "SHA256 of what a training run's result depends on: the data's bytes, the model, settings, seed, steps."
-    h = hashlib.sha256()
-    with open(data, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
-    ident = {'data': h.hexdigest(), 'model': checkpoint_fingerprint(model),
-             'cfg': cfg.model_dump(exclude=RUN_FREE),
-             'seed': seed, 'max_steps': max_steps, 'nproc': nproc}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
-
-# %% ../nbs/03a_train.ipynb #cc0e777d
-def check_devices(cfg: TrainConfig, nproc: int, echo: Callable[[str], None] = print) -> str:
-    "Before launching: 'cuda' or 'cpu'; fails when GPUs are expected and none (or too few) are visible."
-    dev, n = pick_device(cfg.device).type, torch.cuda.device_count()
-    if dev == 'cuda' and nproc > n: raise LionError(f"nproc {nproc} is more than the {n} visible GPU(s)")
-    if dev == 'cpu' and cfg.device == 'auto':
-        echo("[train] no GPU visible: training on the CPU with gloo (train.device: auto)")
-    return dev
-
-# %% ../nbs/03a_train.ipynb #c9b01a69
-def launch_training(data,  # SFT JSONL
-                    model,  # the student: a Hugging Face checkpoint folder
-                    out,  # the output folder (checkpoints, train_log.jsonl, model/); a rerun resumes from it
-                    cfg: TrainConfig,  # every setting of the run (the config's `train` section)
-                    nproc: int = 1,  # worker processes: one per GPU; on CPU, shards of the model
-                    *, seed: int = 0,  # the run's seed
-                    max_steps: Optional[int] = None,  # stop after this many optimizer steps (tests)
-                    env: Optional[dict] = None,  # extra environment variables for torchrun
-                    echo: Callable[[str], None] = print,  # where the log's lines go
-                   ) -> Path:
-    "Fine-tune `model` on SFT `data` with torchrun (`nproc` workers); resumes from `out`; the model folder."
-    data, model, out = Path(data), Path(model), Path(out)
-    if not data.exists(): raise InputError(data, None, "SFT data not found")
-    if not (model/'config.json').exists():
-        raise InputError(model, None, "not a Hugging Face model folder (no config.json)")
-    key = run_key(data, model, cfg, seed=seed, max_steps=max_steps, nproc=nproc)
-    if export_complete(out/'model', run_key=key):
-        echo(f"[train] {out/'model'} is this run's finished export (verified): not launching")
-        return out/'model'
-    check_devices(cfg, nproc, echo)
-    full_env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'TOKENIZERS_PARALLELISM': 'false', **(env or {})}
-    cmd = torchrun_command(data, model, out, cfg, nproc, seed=seed, max_steps=max_steps, env=full_env,
-                           run_key=key)
-    echo('$ ' + shlex.join(cmd))
-    run_streaming(cmd, env=full_env, echo=echo, check=True)
-    return out/'model'
+@command('python -m lion_nb.train', "torchrun worker: SFT with FSDP2 (use `lion_nb train` to launch)")
+def main(*, data: str, model: str, out: str,
+         train_config: str = '{}', # TrainConfig as JSON
+         seed: int = 0, max_steps: int = None,
+         run_key: str = None, # what the export depends on (recorded in its manifest)
+        ) -> int:
+    "Entry point of each torchrun worker."
+    die_with_parent()()
+    if os.getppid() == 1: return 1                   # the agent died before that took effect
+    cfg = TrainConfig.model_validate_json(train_config)
+    try: train(data, model, out, cfg, seed=seed, max_steps=max_steps, run_key=run_key)
+    finally:
+        if dist.is_initialized(): dist.destroy_process_group()
+    return 0
 
 # %% ../nbs/03a_train.ipynb #b6a02dac
 _SWITCH = Param(action=argparse.BooleanOptionalAction)   # --packing / --no-packing; unset: the config's
@@ -973,12 +951,6 @@ def plot_loss(log_path, ax=None, label: Optional[str] = None):
     if label: ax.legend()
     return ax
 
-# %% ../nbs/03a_train.ipynb #2a7c1340
-def nll_device(n_gpus: Optional[int] = None) -> tuple[torch.device, torch.dtype]:
-    "Where `mean_nll` loads a checkpoint: the first GPU in bfloat16 if one is visible, else the CPU in fp32."
-    n = torch.cuda.device_count() if n_gpus is None else n_gpus
-    return (torch.device('cuda', 0), torch.bfloat16) if n else (torch.device('cpu'), torch.float32)
-
 # %% ../nbs/03a_train.ipynb #e1cb975a
 @torch.no_grad()
 def mean_nll(model,  # a causal LM, or its checkpoint folder
@@ -1007,6 +979,12 @@ def mean_nll(model,  # a causal LM, or its checkpoint folder
             'device': f'{p.device} {p.dtype}',
             'interval': ratio_ci(sums, counts, scale=1.0).as_dict(digits=4) if exs else None,
             'per_example': [[s, c] for s, c in zip(sums, counts)]}
+
+# %% ../nbs/03a_train.ipynb #2a7c1340
+def nll_device(n_gpus: Optional[int] = None) -> tuple[torch.device, torch.dtype]:
+    "Where `mean_nll` loads a checkpoint: the first GPU in bfloat16 if one is visible, else the CPU in fp32."
+    n = torch.cuda.device_count() if n_gpus is None else n_gpus
+    return (torch.device('cuda', 0), torch.bfloat16) if n else (torch.device('cpu'), torch.float32)
 
 # %% ../nbs/03a_train.ipynb #3b098082
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())  # torchrun worker (not in a notebook)
