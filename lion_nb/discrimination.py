@@ -23,7 +23,7 @@ from .judging import (ORDERS, REPAIR_MAX_TOKENS, Judge, ScoreParseError, judge_f
                              parse_scores, referee_messages, referee_response_format, repair_messages,
                              repair_response_format, sampling_setting)
 from .pools import categorize
-from .probe import KnownPair, probe_metrics, probe_pairs, probe_verdict, right_answers
+from .probe import KnownPair, probe_pairs, probe_reviewer, right_answers
 from .stats import mean_ci
 
 # %% auto #0
@@ -502,22 +502,17 @@ def run_probe(pairs: Sequence[KnownPair], client, settings: RefereeSettings, out
               min_accuracy: float, # the share of pairs the referee must get right (`probe.min_accuracy`)
               action: str, # what a failed probe does: 'warn' or 'stop' (`probe.action`)
               progress=None) -> dict:
-    """Review the probe pairs in both orders; write and return `probe.json` (raises with `action='stop'` on a
-    fail)."""
-    if action not in ('warn', 'stop'): raise ValueError(f"probe action is 'warn' or 'stop', not {action!r}")
+    """The referee's probe: `probe_reviewer` with this stage's review of both orders as the reviewer; writes
+    `probe.json` (raises with `action='stop'` on a fail)."""
     out_dir = Path(out_dir)
-    pairs = [known_pair(kp) for kp in pairs]
-    reviews = review_pairs(pairs, client, settings, out_dir/'probe_reviews.jsonl',
-                           out_dir/'probe_calls.jsonl', progress=progress)
-    scored, unscored = score_items(pairs, reviews, tau=1.0)
-    metrics = probe_metrics(scored, unscored, consistency=position_consistency(scored)['consistent_share'])
-    ok, message = probe_verdict(metrics, min_accuracy)
-    summary = dict(probe=metrics, passed=ok, message=message, min_accuracy=min_accuracy,
-                   referee=settings.model)
-    write_json(out_dir/'probe.json', summary)
-    if progress: progress(message)
-    if not ok and action == 'stop': raise LionError(message)
-    return summary
+    def review(kps: Sequence[KnownPair]) -> tuple:
+        pairs = [known_pair(kp) for kp in kps]
+        reviews = review_pairs(pairs, client, settings, out_dir/'probe_reviews.jsonl',
+                               out_dir/'probe_calls.jsonl', progress=progress)
+        scored, unscored = score_items(pairs, reviews, tau=1.0)
+        return scored, unscored, position_consistency(scored)['consistent_share']
+    return probe_reviewer(pairs, review, out_dir/'probe.json', min_accuracy, action, role='referee',
+                          who=settings.model, progress=progress)
 
 # %% ../nbs/04_discrimination.ipynb #2bff331f
 def known_pair(kp: KnownPair) -> Pair:

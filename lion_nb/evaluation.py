@@ -22,7 +22,7 @@ from .core import (Answer, Config, InputError, Instruction, LionError, ModelSpec
 from .data import ReasoningItem
 from .judging import (Judge, ScoreParseError, for_category, grade_score, judge_for, judge_scores,
                              load_judge, parse_pair_verdict, parse_scores, sampling_setting)
-from .probe import KnownPair, probe_metrics, probe_pairs, probe_verdict, right_answers
+from .probe import KnownPair, probe_pairs, probe_reviewer, right_answers
 from .reasoning import BBH_23, REASONING_SETS, reasoning_metrics
 from .stats import Interval, align, mean_ci, paired_diff_ci, ratio_ci, yerr
 
@@ -716,13 +716,10 @@ def evaluation_probe(cfg: Config, run: RunDir, iteration: int, ref_answers: Sequ
     try: pairs = probe_pairs(right_answers(ref_answers), n=p.judge_items, seed=seed)
     except LionError as e: return {'skipped': str(e)}
     with judge_client(cfg, run, iteration) as client:
-        res = judge_probe(pairs, client, judge_for(cfg, 'review'), seed=derive_seed(cfg.seed, 'judge probe'),
-                          cfg=cfg, log_path=Path(out_dir)/'judge_probe_verdicts.jsonl',
-                          min_accuracy=p.min_accuracy)
-    write_json(Path(out_dir)/'judge_probe.json', res)
-    print(res['message'])
-    if not res['passed'] and p.action == 'stop': raise LionError(res['message'])
-    return res
+        return judge_probe(pairs, client, judge_for(cfg, 'review'), seed=derive_seed(cfg.seed, 'judge probe'),
+                           cfg=cfg, log_path=Path(out_dir)/'judge_probe_verdicts.jsonl',
+                           min_accuracy=p.min_accuracy, out_path=Path(out_dir)/'judge_probe.json',
+                           action=p.action, progress=print)
 
 # %% ../nbs/06_evaluation.ipynb #44bcf30a
 @contextmanager
@@ -735,16 +732,18 @@ def judge_client(cfg: Config, run: RunDir, k: int):
 
 # %% ../nbs/06_evaluation.ipynb #ab4cdb3e
 def judge_probe(pairs: Sequence[KnownPair], client, judge: Judge, *, seed: int, cfg: Optional[Config] = None,
-                log_path=None, min_accuracy: float = 0.8) -> dict:
-    "The evaluation judge on known-better pairs, both orders: probe metrics, pass or fail, and why."
-    items = [Instruction(id=p.id, instruction=p.instruction, input=p.input, category=p.kind) for p in pairs]
-    jobs = judge_jobs('probe', 'score', items, 'better', _probe_answers(pairs, 'better'), 'worse',
-                      _probe_answers(pairs, 'worse'), judge)
-    verdicts = run_judge(jobs, {'probe': 'score'}, client, seed=seed, cfg=cfg, log_path=log_path)
-    consistency = position_stats(verdicts)['position_consistency']
-    metrics = probe_metrics(*probe_items(verdicts), consistency=consistency)
-    ok, message = probe_verdict(metrics, min_accuracy, role='judge')
-    return dict(probe=metrics, passed=ok, message=message, judge=judge.name)
+                log_path=None, min_accuracy: float = 0.8, out_path=None, action: str = 'warn',
+                progress=None) -> dict:
+    """The evaluation judge on known-better pairs, both orders, read as the evaluation reads its verdicts:
+    `probe_reviewer` with the judge's jobs as the reviewer."""
+    def review(kps: Sequence[KnownPair]) -> tuple:
+        items = [Instruction(id=p.id, instruction=p.instruction, input=p.input, category=p.kind) for p in kps]
+        jobs = judge_jobs('probe', 'score', items, 'better', _probe_answers(kps, 'better'), 'worse',
+                          _probe_answers(kps, 'worse'), judge)
+        verdicts = run_judge(jobs, {'probe': 'score'}, client, seed=seed, cfg=cfg, log_path=log_path)
+        return (*probe_items(verdicts), position_stats(verdicts)['position_consistency'])
+    return probe_reviewer(pairs, review, out_path, min_accuracy, action, role='judge', who=judge.name,
+                          progress=progress)
 
 def probe_items(verdicts: list[dict]) -> tuple[list[dict], list[dict]]:
     """Probe pairs read in both orders, or graded alone (d: the better answer's mean score minus the worse
