@@ -11,9 +11,9 @@ from fastcore.docments import docments
 from .core import LionError
 
 # %% auto #0
-__all__ = ['COMMANDS', 'available_commands', 'usage', 'main', 'Param', 'UsageError', 'command_parser', 'parse_command', 'command']
+__all__ = ['COMMANDS', 'main', 'usage', 'available_commands', 'command', 'parse_command', 'command_parser', 'Param', 'UsageError']
 
-# %% ../nbs/09_cli.ipynb #2add4cd6
+# %% ../nbs/09_cli.ipynb #782c2fb6
 COMMANDS = {  # subcommand: (module, function, summary)
     'models':       ('lion_nb.models', 'models_cli',
                      'prepare, verify, serve or stop the embedded default models'),
@@ -44,23 +44,7 @@ COMMANDS = {  # subcommand: (module, function, summary)
     'chat':         ('lion_nb.chat', 'chat_cli', 'chat with a student in the terminal'),
 }
 
-# %% ../nbs/09_cli.ipynb #baad6c17
-def available_commands() -> dict:
-    "The subcommands whose module is part of this installation."
-    return {k: v for k, v in COMMANDS.items() if importlib.util.find_spec(v[0]) is not None}
-
-# %% ../nbs/09_cli.ipynb #8cd9cdfa
-def usage() -> str:
-    "The text of `lion_nb --help`."
-    cmds = available_commands()
-    w = max(map(len, cmds), default=0)
-    lines = ['usage: lion_nb <command> [options]', '',
-             'Lion: adversarial distillation of a strong LLM into a small open one.', '', 'commands:']
-    lines += [f'  {k:<{w}}  {v[2]}' for k, v in cmds.items()]
-    lines += ['', "Run 'lion_nb <command> --help' for a command's options."]
-    return '\n'.join(lines)
-
-# %% ../nbs/09_cli.ipynb #ae2d2783
+# %% ../nbs/09_cli.ipynb #3261a096
 def main(argv: Optional[list[str]] = None, # the arguments (default: `sys.argv[1:]`)
         ) -> int: # the exit status
     "Entry point of the `lion_nb` console script."
@@ -82,42 +66,46 @@ def main(argv: Optional[list[str]] = None, # the arguments (default: `sys.argv[1
         print(f"lion_nb {cmd}: interrupted", file=sys.stderr)
         return 130
 
-# %% ../nbs/09_cli.ipynb #7d7164b7
-class Param(fastcore.script.Param):
-    "fastcore's `Param` (help, type, nargs, choices, action, ...), plus argparse's `metavar`."
-    def __init__(self, help='', type=None, metavar=None, **kw):
-        super().__init__(help, type, **kw)
-        self.metavar = metavar
+# %% ../nbs/09_cli.ipynb #bb7b4341
+def usage() -> str:
+    "The text of `lion_nb --help`."
+    cmds = available_commands()
+    w = max(map(len, cmds), default=0)
+    lines = ['usage: lion_nb <command> [options]', '',
+             'Lion: adversarial distillation of a strong LLM into a small open one.', '', 'commands:']
+    lines += [f'  {k:<{w}}  {v[2]}' for k, v in cmds.items()]
+    lines += ['', "Run 'lion_nb <command> --help' for a command's options."]
+    return '\n'.join(lines)
 
-class UsageError(LionError):
-    "Bad command-line input that a signature cannot express; reported like argparse's own errors (exit 2)."
+def available_commands() -> dict:
+    "The subcommands whose module is part of this installation."
+    return {k: v for k, v in COMMANDS.items() if importlib.util.find_spec(v[0]) is not None}
 
-# %% ../nbs/09_cli.ipynb #8191d30b
-def _argument(p: inspect.Parameter, doc) -> tuple[str, dict]:
-    "The name and `add_argument` keywords of one parameter (`doc`: its `docments` entry)."
-    prm = doc.anno if isinstance(doc.anno, Param) else Param(type=None if doc.anno is p.empty else doc.anno)
-    kw = prm.kwargs
-    kw['help'] = prm.help or doc.docment
-    if kw.get('type') is bool:                      # a switch
-        del kw['type']
-        kw.setdefault('action', 'store_true')
-    if p.default is not p.empty: kw.setdefault('default', p.default)
-    if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty: return p.name, kw
-    return '--' + p.name.replace('_', '-'), dict(dest=p.name, required=p.default is p.empty, **kw)
+# %% ../nbs/09_cli.ipynb #44b46f89
+def command(prog: str, # the command's name in usage and errors, e.g. 'lion_nb card'
+            description: str = None, # the text under the usage line (default: the docstring)
+           ):
+    "Decorator: `func(**options)` becomes `func(argv)`, run by `parse_command`; `.parser()` is its parser."
+    def deco(func):
+        @functools.wraps(func)
+        def cli(argv: Optional[list[str]] = None) -> int: return parse_command(func, argv, prog, description)
+        cli.parser = functools.partial(command_parser, func, prog, description)   # for tests and docs
+        return cli
+    return deco
 
-def _add_arguments(ap: argparse.ArgumentParser, func) -> argparse.ArgumentParser:
-    "Add one argument per parameter of `func` to `ap`."
-    docs = docments(func, full=True, returns=False, eval_str=True)
-    for p in inspect.signature(func).parameters.values():
-        name, kw = _argument(p, docs[p.name])
-        ap.add_argument(name, **kw)
-    return ap
+def parse_command(func, # as for `command_parser`
+                  argv: Optional[list[str]], # the arguments (default: `sys.argv[1:]`)
+                  prog: str = None, description: str = None,
+                 ) -> int: # what `func` returns (`None` is 0)
+    "Parse `argv` with `command_parser` and call the function chosen with the options as keywords."
+    ap = command_parser(func, prog, description)
+    kw = vars(ap.parse_args(argv))
+    if isinstance(func, dict): func = func[kw.pop('action')]
+    try: r = func(**kw)
+    except UsageError as e: ap.error(str(e))
+    return 0 if r is None else r
 
-# %% ../nbs/09_cli.ipynb #e47e96f5
-def _about(func) -> str:
-    "`func`'s docstring after a leading \"`lion_nb x`: \" (the usage line already names the command)."
-    return re.sub(r'^[^:]*?`: ', '', inspect.getdoc(func) or '')
-
+# %% ../nbs/09_cli.ipynb #5d6eb66b
 def command_parser(func, # a function, or a dict {action: function} for `cmd ACTION [options]`
                    prog: str = None, # the command's name in usage and errors
                    description: str = None, # the text under the usage line (default: the docstring)
@@ -132,27 +120,36 @@ def command_parser(func, # a function, or a dict {action: function} for `cmd ACT
         _add_arguments(sub.add_parser(name, help=_about(f), description=_about(f)), f)
     return ap
 
-# %% ../nbs/09_cli.ipynb #39a513ea
-def parse_command(func, # as for `command_parser`
-                  argv: Optional[list[str]], # the arguments (default: `sys.argv[1:]`)
-                  prog: str = None, description: str = None,
-                 ) -> int: # what `func` returns (`None` is 0)
-    "Parse `argv` with `command_parser` and call the function chosen with the options as keywords."
-    ap = command_parser(func, prog, description)
-    kw = vars(ap.parse_args(argv))
-    if isinstance(func, dict): func = func[kw.pop('action')]
-    try: r = func(**kw)
-    except UsageError as e: ap.error(str(e))
-    return 0 if r is None else r
+def _about(func) -> str:
+    "`func`'s docstring after a leading \"`lion_nb x`: \" (the usage line already names the command)."
+    return re.sub(r'^[^:]*?`: ', '', inspect.getdoc(func) or '')
 
-# %% ../nbs/09_cli.ipynb #981e6098
-def command(prog: str, # the command's name in usage and errors, e.g. 'lion_nb card'
-            description: str = None, # the text under the usage line (default: the docstring)
-           ):
-    "Decorator: `func(**options)` becomes `func(argv)`, run by `parse_command`; `.parser()` is its parser."
-    def deco(func):
-        @functools.wraps(func)
-        def cli(argv: Optional[list[str]] = None) -> int: return parse_command(func, argv, prog, description)
-        cli.parser = functools.partial(command_parser, func, prog, description)   # for tests and docs
-        return cli
-    return deco
+def _add_arguments(ap: argparse.ArgumentParser, func) -> argparse.ArgumentParser:
+    "Add one argument per parameter of `func` to `ap`."
+    docs = docments(func, full=True, returns=False, eval_str=True)
+    for p in inspect.signature(func).parameters.values():
+        name, kw = _argument(p, docs[p.name])
+        ap.add_argument(name, **kw)
+    return ap
+
+def _argument(p: inspect.Parameter, doc) -> tuple[str, dict]:
+    "The name and `add_argument` keywords of one parameter (`doc`: its `docments` entry)."
+    prm = doc.anno if isinstance(doc.anno, Param) else Param(type=None if doc.anno is p.empty else doc.anno)
+    kw = prm.kwargs
+    kw['help'] = prm.help or doc.docment
+    if kw.get('type') is bool:                      # a switch
+        del kw['type']
+        kw.setdefault('action', 'store_true')
+    if p.default is not p.empty: kw.setdefault('default', p.default)
+    if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty: return p.name, kw
+    return '--' + p.name.replace('_', '-'), dict(dest=p.name, required=p.default is p.empty, **kw)
+
+# %% ../nbs/09_cli.ipynb #562e6946
+class Param(fastcore.script.Param):
+    "fastcore's `Param` (help, type, nargs, choices, action, ...), plus argparse's `metavar`."
+    def __init__(self, help='', type=None, metavar=None, **kw):
+        super().__init__(help, type, **kw)
+        self.metavar = metavar
+
+class UsageError(LionError):
+    "Bad command-line input that a signature cannot express; reported like argparse's own errors (exit 2)."

@@ -17,74 +17,21 @@ from .cache import checkpoint_fingerprint
 from .core import STAGES, LionError, ModelSpec, RunDir, write_json
 
 # %% auto #0
-__all__ = ['VLLM_LAUNCH', 'SERVED_NAME', 'CONTEXT_KEYS', 'GPU_SLACK_MIB', 'NO_CHAT_TEMPLATE', 'visible_gpus', 'gpu_memory_bytes',
-           'weight_bytes_bf16', 'auto_tensor_parallel', 'parallel_sizes', 'context_length', 'launch_command',
-           'free_port', 'log_tail', 'http_json', 'gpu_memory_used', 'group_alive', 'memory_back', 'stop_group',
-           'supervise', 'await_health', 'EngineServer', 'find_program', 'default_engine_dir', 'cap_max_tokens',
-           'EngineClient', 'error_body', 'HFServer', 'serve_hf', 'engine_cli']
+__all__ = ['VLLM_LAUNCH', 'SERVED_NAME', 'CONTEXT_KEYS', 'GPU_SLACK_MIB', 'NO_CHAT_TEMPLATE', 'launch_command', 'context_length',
+           'visible_gpus', 'parallel_sizes', 'auto_tensor_parallel', 'weight_bytes_bf16', 'gpu_memory_bytes',
+           'await_health', 'http_json', 'log_tail', 'free_port', 'stop_group', 'group_alive', 'memory_back',
+           'gpu_memory_used', 'supervise', 'EngineServer', 'find_program', 'EngineClient', 'default_engine_dir',
+           'cap_max_tokens', 'serve_hf', 'HFServer', 'error_body', 'engine_cli']
 
-# %% ../nbs/14_engine.ipynb #3fd00c12
+# %% ../nbs/14_engine.ipynb #f2a8e58b
 VLLM_LAUNCH = ('vllm serve {checkpoint} --host {host} --port {port} --served-model-name {name} '
                '--dtype bfloat16 --data-parallel-size {dp} --tensor-parallel-size {tp} '
                '--max-model-len {context} --generation-config vllm --seed 0')
+
 SERVED_NAME = 'lion-student'
 
-def visible_gpus() -> int:
-    "How many CUDA GPUs this process sees (CUDA_VISIBLE_DEVICES applies)."
-    import torch   # heavy: the supervisor and serve-hf's parent never need it, only a vLLM launch does
-    return torch.cuda.device_count()
-
-# %% ../nbs/14_engine.ipynb #a2be8c9a
-def gpu_memory_bytes() -> int:
-    "Memory of the first visible GPU."
-    import torch   # heavy: only a vLLM launch needs it
-    return torch.cuda.get_device_properties(0).total_memory
-
-# %% ../nbs/14_engine.ipynb #157639e3
-def weight_bytes_bf16(checkpoint) -> int:
-    "Bytes of a checkpoint's weights in bfloat16 (2 per parameter), counted from its safetensors headers."
-    n = 0
-    for f in sorted(Path(checkpoint).glob('*.safetensors')):
-        with open(f, 'rb') as fh:
-            header = json.loads(fh.read(struct.unpack('<Q', fh.read(8))[0]))
-        n += sum(math.prod(v['shape']) for k, v in header.items() if k != '__metadata__')
-    return 2*n
-
-# %% ../nbs/14_engine.ipynb #3aa6acf5
-def auto_tensor_parallel(weight_bytes: int, gpu_bytes: int, n_gpus: int, share: float = 0.6) -> int:
-    """The fewest GPUs per replica (a power of two, at most `n_gpus`) whose memory holds the weights in
-    `share` of it (the rest is for the KV cache); a clear error when even all of them cannot."""
-    tp = 1
-    while tp*2 <= n_gpus and weight_bytes > share*tp*gpu_bytes: tp *= 2
-    if weight_bytes > share*tp*gpu_bytes:
-        raise LionError(f"the bfloat16 weights ({weight_bytes/1e9:.1f} GB) need more than {tp} GPU(s) of "
-                        f"{gpu_bytes/1e9:.0f} GB at {share:.0%} for weights; set tensor_parallel, "
-                        f"or use more GPUs")
-    return tp
-
-# %% ../nbs/14_engine.ipynb #e921e2f2
-def parallel_sizes(spec: ModelSpec, n_gpus: int, checkpoint=None) -> tuple[int, int]:
-    """(data-parallel replicas, GPUs per replica) for `n_gpus` visible GPUs: the spec's `tensor_parallel`, or
-    with 0 the fewest GPUs that hold the checkpoint's weights (`auto_tensor_parallel`)."""
-    tp = spec.tensor_parallel
-    if tp == 0 and n_gpus:
-        tp = auto_tensor_parallel(weight_bytes_bf16(checkpoint), gpu_memory_bytes(), n_gpus)
-    elif tp == 0: tp = 1
-    if n_gpus < tp:
-        raise LionError(f"model {spec.model!r} needs {tp} GPU(s) per replica (tensor_parallel), "
-                        f"{n_gpus} visible")
-    return n_gpus//tp, tp
-
-# %% ../nbs/14_engine.ipynb #2821e6c5
 CONTEXT_KEYS = ('max_position_embeddings', 'n_positions', 'max_sequence_length', 'seq_length')
 
-def context_length(checkpoint) -> Optional[int]:
-    "The positions a checkpoint's `config.json` allows (None when it cannot be read or names none)."
-    try: conf = json.loads((Path(checkpoint)/'config.json').read_text())
-    except (OSError, ValueError): return None
-    return next((int(conf[k]) for k in CONTEXT_KEYS if isinstance(conf.get(k), int)), None)
-
-# %% ../nbs/14_engine.ipynb #23625499
 def launch_command(spec: ModelSpec, # the student's spec (`launch`, `tensor_parallel`)
                    checkpoint, # the checkpoint to serve
                    port: int, # the port to serve on
@@ -107,20 +54,74 @@ def launch_command(spec: ModelSpec, # the student's spec (`launch`, `tensor_para
         raise LionError(f"model {spec.model!r}: bad launch command {template!r} ({type(e).__name__}: {e}); "
                         f"placeholders are {', '.join('{' + k + '}' for k in values)}") from None
 
-# %% ../nbs/14_engine.ipynb #12f46369
-def free_port(host: str = '127.0.0.1') -> int:
-    "A TCP port that is free on `host` right now."
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def context_length(checkpoint) -> Optional[int]:
+    "The positions a checkpoint's `config.json` allows (None when it cannot be read or names none)."
+    try: conf = json.loads((Path(checkpoint)/'config.json').read_text())
+    except (OSError, ValueError): return None
+    return next((int(conf[k]) for k in CONTEXT_KEYS if isinstance(conf.get(k), int)), None)
 
-# %% ../nbs/14_engine.ipynb #bccfefed
-def log_tail(path, n_chars: int = 3000) -> str:
-    "The last `n_chars` characters of a log file ('' when there is none)."
-    try: return Path(path).read_bytes()[-n_chars:].decode('utf-8', 'replace')
-    except OSError: return ''
+def visible_gpus() -> int:
+    "How many CUDA GPUs this process sees (CUDA_VISIBLE_DEVICES applies)."
+    import torch   # heavy: the supervisor and serve-hf's parent never need it, only a vLLM launch does
+    return torch.cuda.device_count()
 
-# %% ../nbs/14_engine.ipynb #f8a674e8
+# %% ../nbs/14_engine.ipynb #0dedb620
+def parallel_sizes(spec: ModelSpec, n_gpus: int, checkpoint=None) -> tuple[int, int]:
+    """(data-parallel replicas, GPUs per replica) for `n_gpus` visible GPUs: the spec's `tensor_parallel`, or
+    with 0 the fewest GPUs that hold the checkpoint's weights (`auto_tensor_parallel`)."""
+    tp = spec.tensor_parallel
+    if tp == 0 and n_gpus:
+        tp = auto_tensor_parallel(weight_bytes_bf16(checkpoint), gpu_memory_bytes(), n_gpus)
+    elif tp == 0: tp = 1
+    if n_gpus < tp:
+        raise LionError(f"model {spec.model!r} needs {tp} GPU(s) per replica (tensor_parallel), "
+                        f"{n_gpus} visible")
+    return n_gpus//tp, tp
+
+def auto_tensor_parallel(weight_bytes: int, gpu_bytes: int, n_gpus: int, share: float = 0.6) -> int:
+    """The fewest GPUs per replica (a power of two, at most `n_gpus`) whose memory holds the weights in
+    `share` of it (the rest is for the KV cache); a clear error when even all of them cannot."""
+    tp = 1
+    while tp*2 <= n_gpus and weight_bytes > share*tp*gpu_bytes: tp *= 2
+    if weight_bytes > share*tp*gpu_bytes:
+        raise LionError(f"the bfloat16 weights ({weight_bytes/1e9:.1f} GB) need more than {tp} GPU(s) of "
+                        f"{gpu_bytes/1e9:.0f} GB at {share:.0%} for weights; set tensor_parallel, "
+                        f"or use more GPUs")
+    return tp
+
+def weight_bytes_bf16(checkpoint) -> int:
+    "Bytes of a checkpoint's weights in bfloat16 (2 per parameter), counted from its safetensors headers."
+    n = 0
+    for f in sorted(Path(checkpoint).glob('*.safetensors')):
+        with open(f, 'rb') as fh:
+            header = json.loads(fh.read(struct.unpack('<Q', fh.read(8))[0]))
+        n += sum(math.prod(v['shape']) for k, v in header.items() if k != '__metadata__')
+    return 2*n
+
+def gpu_memory_bytes() -> int:
+    "Memory of the first visible GPU."
+    import torch   # heavy: only a vLLM launch needs it
+    return torch.cuda.get_device_properties(0).total_memory
+
+# %% ../nbs/14_engine.ipynb #a28b5fb7
+def await_health(proc: subprocess.Popen, base_url: str, timeout_s: float, log_path, what: str) -> str:
+    "Poll /health and /v1/models until both answer; the first served model name, or an error with the log."
+    t0, root = time.monotonic(), base_url[:-len('/v1')]
+    while True:
+        if proc.poll() is not None:
+            raise LionError(f"the server for {what} exited with code {proc.returncode} before it was "
+                            f"healthy; "
+                            f"the end of {log_path}:\n{log_tail(log_path)}")
+        health, _ = http_json(root + '/health', 2)
+        status, models = http_json(base_url + '/models', 2) if health in (200, 404) else (0, None)
+        if status == 200 and (models or {}).get('data'): return models['data'][0]['id']
+        if time.monotonic() - t0 > timeout_s:
+            raise LionError(f"the server for {what} was not healthy after {timeout_s:.0f} s "
+                            f"(startup_timeout_s); "
+                            f"the end of {log_path}:\n{log_tail(log_path)}")
+        time.sleep(0.25)
+
+# %% ../nbs/14_engine.ipynb #a51d570c
 def http_json(url: str, timeout: float = 5.0) -> tuple[int, Optional[dict]]:
     "(status, JSON body or None) of a GET; status 0 when nothing answered."
     try:
@@ -131,45 +132,18 @@ def http_json(url: str, timeout: float = 5.0) -> tuple[int, Optional[dict]]:
     try: return status, json.loads(body or b'null')
     except ValueError: return status, None
 
-# %% ../nbs/14_engine.ipynb #56fb3f44
-GPU_SLACK_MIB = 1024   # memory a GPU may hold above its pre-launch reading and still count as given back
+def log_tail(path, n_chars: int = 3000) -> str:
+    "The last `n_chars` characters of a log file ('' when there is none)."
+    try: return Path(path).read_bytes()[-n_chars:].decode('utf-8', 'replace')
+    except OSError: return ''
 
-def gpu_memory_used() -> Optional[dict[int, int]]:
-    """MiB used on each GPU (index -> MiB) as `nvidia-smi` says, of the GPUs CUDA_VISIBLE_DEVICES names (when
-    it lists indices); None without nvidia-smi (or when it fails)."""
-    seen = [d.strip() for d in os.environ.get('CUDA_VISIBLE_DEVICES', '').split(',') if d.strip()]
-    keep = {int(d) for d in seen} if seen and all(d.isdigit() for d in seen) else None
-    exe = shutil.which('nvidia-smi')
-    if exe is None: return None
-    q = [exe, '--query-gpu=index,memory.used', '--format=csv,noheader,nounits']
-    try: out = subprocess.run(q, capture_output=True, text=True, timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError): return None
-    rows = [line.split(',')[:2] for line in out.splitlines() if line.strip()]
-    try: used = {int(i): int(float(m)) for i, m in rows}
-    except ValueError: return None
-    return {i: m for i, m in used.items() if keep is None or i in keep}
+def free_port(host: str = '127.0.0.1') -> int:
+    "A TCP port that is free on `host` right now."
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
-# %% ../nbs/14_engine.ipynb #2f061b62
-def group_alive(pgid: int) -> bool:
-    "Whether any process of group `pgid` still runs (zombies do not count; without /proc: a signal 0)."
-    if not Path('/proc/self/stat').exists():
-        try: os.killpg(pgid, 0)
-        except ProcessLookupError: return False
-        return True
-    for st in Path('/proc').glob('[0-9]*/stat'):
-        try: fields = st.read_text().rsplit(')', 1)[1].split()
-        except (OSError, IndexError): continue
-        if fields[0] != 'Z' and int(fields[2]) == pgid: return True   # state, ppid, pgrp
-    return False
-
-# %% ../nbs/14_engine.ipynb #8046dbc3
-def memory_back(before: Optional[dict], now: Optional[dict], slack_mib: int = GPU_SLACK_MIB) -> bool:
-    "Every GPU read `before` a launch uses no more than it did then (plus `slack_mib`) `now`."
-    if not before: return True
-    if now is None: return False
-    return all(now.get(i, 0) <= used + slack_mib for i, used in before.items())
-
-# %% ../nbs/14_engine.ipynb #081c3117
+# %% ../nbs/14_engine.ipynb #7cb825a4
 def stop_group(p: subprocess.Popen, # the group's leader (started with `start_new_session`)
                grace_s: float = 30.0, # SIGTERM, then SIGKILL after this long
                gpu_before: Optional[dict] = None, # `gpu_memory_used()` before the launch (None: no wait)
@@ -199,7 +173,43 @@ def stop_group(p: subprocess.Popen, # the group's leader (started with `start_ne
         warnings.warn(f"engine group {p.pid}: waited {waited} s (the cap) for {what}", stacklevel=2)
     return {'group_gone': gone, 'memory_back': back, 'waited_s': waited}
 
-# %% ../nbs/14_engine.ipynb #73e742a9
+# %% ../nbs/14_engine.ipynb #3a93036f
+GPU_SLACK_MIB = 1024   # memory a GPU may hold above its pre-launch reading and still count as given back
+
+def group_alive(pgid: int) -> bool:
+    "Whether any process of group `pgid` still runs (zombies do not count; without /proc: a signal 0)."
+    if not Path('/proc/self/stat').exists():
+        try: os.killpg(pgid, 0)
+        except ProcessLookupError: return False
+        return True
+    for st in Path('/proc').glob('[0-9]*/stat'):
+        try: fields = st.read_text().rsplit(')', 1)[1].split()
+        except (OSError, IndexError): continue
+        if fields[0] != 'Z' and int(fields[2]) == pgid: return True   # state, ppid, pgrp
+    return False
+
+def memory_back(before: Optional[dict], now: Optional[dict], slack_mib: int = GPU_SLACK_MIB) -> bool:
+    "Every GPU read `before` a launch uses no more than it did then (plus `slack_mib`) `now`."
+    if not before: return True
+    if now is None: return False
+    return all(now.get(i, 0) <= used + slack_mib for i, used in before.items())
+
+def gpu_memory_used() -> Optional[dict[int, int]]:
+    """MiB used on each GPU (index -> MiB) as `nvidia-smi` says, of the GPUs CUDA_VISIBLE_DEVICES names (when
+    it lists indices); None without nvidia-smi (or when it fails)."""
+    seen = [d.strip() for d in os.environ.get('CUDA_VISIBLE_DEVICES', '').split(',') if d.strip()]
+    keep = {int(d) for d in seen} if seen and all(d.isdigit() for d in seen) else None
+    exe = shutil.which('nvidia-smi')
+    if exe is None: return None
+    q = [exe, '--query-gpu=index,memory.used', '--format=csv,noheader,nounits']
+    try: out = subprocess.run(q, capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError): return None
+    rows = [line.split(',')[:2] for line in out.splitlines() if line.strip()]
+    try: used = {int(i): int(float(m)) for i, m in rows}
+    except ValueError: return None
+    return {i: m for i, m in used.items() if keep is None or i in keep}
+
+# %% ../nbs/14_engine.ipynb #3c8006be
 def supervise(parent: int, cmd: list[str], poll_s: float = 0.5) -> int:
     """Run `cmd` in our process group and wait for it; stop the whole group when process `parent` is gone
     (we were re-parented) or when we get SIGTERM. Returns the command's exit code."""
@@ -217,25 +227,7 @@ def supervise(parent: int, cmd: list[str], poll_s: float = 0.5) -> int:
         os.killpg(0, signal.SIGTERM)   # workers the command left
     return child.returncode
 
-# %% ../nbs/14_engine.ipynb #5cdd7ea6
-def await_health(proc: subprocess.Popen, base_url: str, timeout_s: float, log_path, what: str) -> str:
-    "Poll /health and /v1/models until both answer; the first served model name, or an error with the log."
-    t0, root = time.monotonic(), base_url[:-len('/v1')]
-    while True:
-        if proc.poll() is not None:
-            raise LionError(f"the server for {what} exited with code {proc.returncode} before it was "
-                            f"healthy; "
-                            f"the end of {log_path}:\n{log_tail(log_path)}")
-        health, _ = http_json(root + '/health', 2)
-        status, models = http_json(base_url + '/models', 2) if health in (200, 404) else (0, None)
-        if status == 200 and (models or {}).get('data'): return models['data'][0]['id']
-        if time.monotonic() - t0 > timeout_s:
-            raise LionError(f"the server for {what} was not healthy after {timeout_s:.0f} s "
-                            f"(startup_timeout_s); "
-                            f"the end of {log_path}:\n{log_tail(log_path)}")
-        time.sleep(0.25)
-
-# %% ../nbs/14_engine.ipynb #d2dcc693
+# %% ../nbs/14_engine.ipynb #ef38bf31
 class EngineServer:
     "One server process on one checkpoint: `start()` (returns once healthy), `stop()`; a context manager."
     def __init__(self, spec: ModelSpec, # the student's spec (its launch command)
@@ -253,34 +245,7 @@ class EngineServer:
     @property
     def base_url(self) -> str: return f'http://{self.host}:{self.port}/v1'
 
-# %% ../nbs/14_engine.ipynb #6848567b
-def find_program(name: str, model: str = '', python: str = sys.executable) -> str:
-    "The path of program `name`: beside `python`, else on PATH; else a clear error (vLLM: how to install)."
-    if os.sep in name: return name
-    beside = Path(python).parent/name
-    if beside.is_file() and os.access(beside, os.X_OK): return str(beside)
-    found = shutil.which(name)
-    if found is None:
-        hint = " (install the engine: pip install 'lion_nb[gpu]')" if name == 'vllm' else ''
-        raise LionError(f"model {model!r}: launch command {name!r} not found beside {python} nor on PATH"
-                        + hint)
-    return found
-
-# %% ../nbs/14_engine.ipynb #4576958c
-@patch
-def _launch(self: EngineServer, cmd: list[str]):
-    "Start `cmd` under the supervisor, in its own session, its output in the log; record it."
-    self.record = {'command': cmd, 'checkpoint': str(self.checkpoint.resolve()), 'port': self.port,
-                   'fingerprint': checkpoint_fingerprint(self.checkpoint), 'log': self.log_path.name,
-                   'started': time.time()}
-    sup = [sys.executable, '-m', 'lion_nb.engine', 'supervise', '--parent', str(os.getpid()), '--']
-    with open(self.log_path, 'ab') as log:
-        self.proc = subprocess.Popen(sup + cmd, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-    self.record['pid'] = self.proc.pid
-    write_json(self.record_path, self.record)
-
-# %% ../nbs/14_engine.ipynb #0630b88b
+# %% ../nbs/14_engine.ipynb #49264502
 @patch
 def start(self: EngineServer) -> EngineServer:
     "Launch the command (supervised), record it, and wait until the server is healthy."
@@ -300,7 +265,19 @@ def start(self: EngineServer) -> EngineServer:
     write_json(self.record_path, self.record)
     return self
 
-# %% ../nbs/14_engine.ipynb #2a8ff56f
+@patch
+def _launch(self: EngineServer, cmd: list[str]):
+    "Start `cmd` under the supervisor, in its own session, its output in the log; record it."
+    self.record = {'command': cmd, 'checkpoint': str(self.checkpoint.resolve()), 'port': self.port,
+                   'fingerprint': checkpoint_fingerprint(self.checkpoint), 'log': self.log_path.name,
+                   'started': time.time()}
+    sup = [sys.executable, '-m', 'lion_nb.engine', 'supervise', '--parent', str(os.getpid()), '--']
+    with open(self.log_path, 'ab') as log:
+        self.proc = subprocess.Popen(sup + cmd, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+    self.record['pid'] = self.proc.pid
+    write_json(self.record_path, self.record)
+
 @patch
 def stop(self: EngineServer, grace_s: float = 30.0, cap_s: float = 120.0):
     """Stop the whole process group (SIGTERM, then SIGKILL after `grace_s`) and wait, within `cap_s`, for it
@@ -311,40 +288,26 @@ def stop(self: EngineServer, grace_s: float = 30.0, cap_s: float = 120.0):
     self.record.update(stopped=time.time(), exit_code=p.returncode, **handoff)
     write_json(self.record_path, self.record)
 
-# %% ../nbs/14_engine.ipynb #ca5109d0
 @patch
 def __enter__(self: EngineServer): return self.start()
+
 @patch
 def __exit__(self: EngineServer, *exc): self.stop()
 
-# %% ../nbs/14_engine.ipynb #40ea8020
-def default_engine_dir(cache_dir, iteration: int, stage: str) -> Path:
-    "Where a server's records go when no `engine_dir` is given: the stage folder of the cache's run."
-    if cache_dir is not None and Path(cache_dir).name == 'cache' and stage in STAGES:
-        return RunDir(Path(cache_dir).parent).stage_dir(iteration, stage)/'engine'
-    return (Path(cache_dir) if cache_dir is not None else Path.cwd())/'engine'
+# %% ../nbs/14_engine.ipynb #5741a4fd
+def find_program(name: str, model: str = '', python: str = sys.executable) -> str:
+    "The path of program `name`: beside `python`, else on PATH; else a clear error (vLLM: how to install)."
+    if os.sep in name: return name
+    beside = Path(python).parent/name
+    if beside.is_file() and os.access(beside, os.X_OK): return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        hint = " (install the engine: pip install 'lion_nb[gpu]')" if name == 'vllm' else ''
+        raise LionError(f"model {model!r}: launch command {name!r} not found beside {python} nor on PATH"
+                        + hint)
+    return found
 
-# %% ../nbs/14_engine.ipynb #f8fae13f
-def _start_into(holder: list, spec: ModelSpec, checkpoint: Path, log_dir: Path) -> str:
-    "Start a server and keep it in `holder` (so that a finalizer can stop it without holding the client)."
-    holder[0] = EngineServer(spec, checkpoint, log_dir).start()
-    return holder[0].base_url
-
-def _stop_held(holder: list):
-    if holder[0] is not None: holder[0].stop()
-
-# %% ../nbs/14_engine.ipynb #d380d26f
-def cap_max_tokens(body: dict, # the request's keywords, as sent (`OpenAIClient._wire`)
-                   tok, # the checkpoint's tokenizer
-                   context: Optional[int], # the checkpoint's context (`context_length`); None: no cap
-                  ) -> dict:
-    "`body` with `max_tokens` at most the context minus its prompt's tokens (at least 1)."
-    if not context or not isinstance(body.get('prompt'), str) or not body.get('max_tokens'): return body
-    special = (body.get('extra_body') or {}).get('add_special_tokens', True)
-    n_prompt = len(tok(body['prompt'], add_special_tokens=special)['input_ids'])
-    return {**body, 'max_tokens': max(1, min(int(body['max_tokens']), context - n_prompt))}
-
-# %% ../nbs/14_engine.ipynb #9658d7db
+# %% ../nbs/14_engine.ipynb #2d368016
 class EngineClient(OpenAIClient):
     "A student checkpoint served by an engine we start on first use and stop on `close()`."
     backend = 'vllm'
@@ -376,81 +339,42 @@ class EngineClient(OpenAIClient):
         self._finalizer()
         super().close()
 
-# %% ../nbs/14_engine.ipynb #c8c2990f
-NO_CHAT_TEMPLATE = ("the tokenizer has no chat template: default chat templates are no longer allowed, so a "
-                    "chat request needs a model with a chat template (send a rendered prompt to "
-                    "/v1/completions instead)")
+# %% ../nbs/14_engine.ipynb #0a72cdcd
+def _start_into(holder: list, spec: ModelSpec, checkpoint: Path, log_dir: Path) -> str:
+    "Start a server and keep it in `holder` (so that a finalizer can stop it without holding the client)."
+    holder[0] = EngineServer(spec, checkpoint, log_dir).start()
+    return holder[0].base_url
 
-def error_body(code: int, msg: str) -> dict:
-    return {'object': 'error', 'message': msg, 'type': 'BadRequestError', 'code': code}
+def _stop_held(holder: list):
+    if holder[0] is not None: holder[0].stop()
 
-# %% ../nbs/14_engine.ipynb #5cea4478
-class HFServer:
-    "A `serve-hf` server's state: one checkpoint, generated with `HFClient.generate`, one request at a time."
-    def __init__(self, checkpoint, name: str = SERVED_NAME):
-        self.checkpoint, self.name = Path(checkpoint), name
-        self.gen = HFClient(ModelSpec(backend='hf', model=str(checkpoint)), role='student').load()
-        self.lock, self.counts = threading.Lock(), {'chat': 0, 'completions': 0, 'rejected_chat': 0}
+def default_engine_dir(cache_dir, iteration: int, stage: str) -> Path:
+    "Where a server's records go when no `engine_dir` is given: the stage folder of the cache's run."
+    if cache_dir is not None and Path(cache_dir).name == 'cache' and stage in STAGES:
+        return RunDir(Path(cache_dir).parent).stage_dir(iteration, stage)/'engine'
+    return (Path(cache_dir) if cache_dir is not None else Path.cwd())/'engine'
 
-    def complete(self, prompt: str, body: dict) -> tuple[str, str, dict]:
-        "(text, finish reason, usage) of one generation for `prompt` with the body's limits."
-        temp = float(body.get('temperature') or 0.0)
-        limit = int(body.get('max_tokens') or body.get('max_completion_tokens') or 16)
-        with self.lock: out = self.gen.generate([prompt], limit, temp, body.get('seed'))[0]
-        pt, ct = out['prompt_tokens'], out['completion_tokens']
-        usage = {'prompt_tokens': pt, 'completion_tokens': ct, 'total_tokens': pt + ct}
-        return out['text'], out['finish_reason'], usage
+def cap_max_tokens(body: dict, # the request's keywords, as sent (`OpenAIClient._wire`)
+                   tok, # the checkpoint's tokenizer
+                   context: Optional[int], # the checkpoint's context (`context_length`); None: no cap
+                  ) -> dict:
+    "`body` with `max_tokens` at most the context minus its prompt's tokens (at least 1)."
+    if not context or not isinstance(body.get('prompt'), str) or not body.get('max_tokens'): return body
+    special = (body.get('extra_body') or {}).get('add_special_tokens', True)
+    n_prompt = len(tok(body['prompt'], add_special_tokens=special)['input_ids'])
+    return {**body, 'max_tokens': max(1, min(int(body['max_tokens']), context - n_prompt))}
 
-    def models(self) -> dict:
-        model = {'id': self.name, 'object': 'model', 'owned_by': 'lion_nb', 'root': str(self.checkpoint)}
-        return {'object': 'list', 'data': [model]}
+# %% ../nbs/14_engine.ipynb #8fbf39b0
+def serve_hf(checkpoint, # the checkpoint to serve
+             host: str = '127.0.0.1', port: int = 0, # where (port 0: a free one)
+             name: str = SERVED_NAME, # the served model name
+            ) -> ThreadingHTTPServer:
+    "A started-up (not yet serving) `serve-hf` HTTP server; call `serve_forever()` on it."
+    handler = type('Handler', (_HFHandler,), {'state': HFServer(checkpoint, name)})
+    httpd = ThreadingHTTPServer((host, port), handler)
+    httpd.daemon_threads = True
+    return httpd
 
-# %% ../nbs/14_engine.ipynb #795bcc64
-@patch
-def context_error(self: HFServer, prompt: str, body: dict) -> Optional[str]:
-    "vLLM's message when the prompt's tokens plus `max_tokens` exceed the checkpoint's context, else None."
-    context = context_length(self.checkpoint)
-    limit = int(body.get('max_tokens') or body.get('max_completion_tokens') or 16)
-    special = body.get('add_special_tokens', True)
-    n = len(self.gen.tokenizer(prompt, add_special_tokens=special)['input_ids'])
-    if context is None or n + limit <= context: return None
-    return (f"This model's maximum context length is {context} tokens. However, you requested {n + limit} "
-            f"tokens ({n} in the messages, {limit} in the completion).")
-
-# %% ../nbs/14_engine.ipynb #25270c35
-@patch
-def _chat(self: HFServer, body: dict, head: dict) -> tuple[int, dict]:
-    "A chat request: rendered with the chat template, or refused (400) without one."
-    tok = self.gen.tokenizer
-    if not getattr(tok, 'chat_template', None):
-        self.counts['rejected_chat'] += 1
-        return 400, error_body(400, NO_CHAT_TEMPLATE)
-    self.counts['chat'] += 1
-    text, finish, usage = self.complete(render_prompt(tok, body['messages'], 'chat'), body)
-    message = {'role': 'assistant', 'content': text}
-    choice = {'index': 0, 'message': message, 'finish_reason': finish, 'logprobs': None}
-    return 200, {**head, 'object': 'chat.completion', 'choices': [choice], 'usage': usage}
-
-# %% ../nbs/14_engine.ipynb #db01a560
-@patch
-def respond(self: HFServer, route: str, body: dict) -> tuple[int, dict]:
-    "(HTTP status, JSON body) for a POST of `body` to `route`."
-    if body.get('model') != self.name:
-        msg = f"the model {body.get('model')!r} does not exist; this server has {self.name!r}"
-        return 404, error_body(404, msg)
-    head = {'id': f'cmpl-{time.time_ns()}', 'created': int(time.time()), 'model': self.name}
-    if route == '/v1/completions' and isinstance(body.get('prompt'), str):
-        if (err := self.context_error(body['prompt'], body)): return 400, error_body(400, err)
-        self.counts['completions'] += 1
-        text, finish, usage = self.complete(body['prompt'], body)
-        choice = {'index': 0, 'text': text, 'finish_reason': finish, 'logprobs': None}
-        return 200, {**head, 'object': 'text_completion', 'choices': [choice], 'usage': usage}
-    if route == '/v1/chat/completions' and isinstance(body.get('messages'), list):
-        return self._chat(body, head)
-    code = 400 if route in ('/v1/completions', '/v1/chat/completions') else 404
-    return code, error_body(code, f'bad request to {route}')
-
-# %% ../nbs/14_engine.ipynb #e9164035
 class _HFHandler(BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
     state: HFServer = None
@@ -477,20 +401,87 @@ class _HFHandler(BaseHTTPRequestHandler):
         except ValueError: return self._send(400, error_body(400, 'request body is not JSON'))
         self._send(*self.state.respond(self.path.split('?')[0].rstrip('/'), body))
 
-# %% ../nbs/14_engine.ipynb #b669d4f3
-def serve_hf(checkpoint, # the checkpoint to serve
-             host: str = '127.0.0.1', port: int = 0, # where (port 0: a free one)
-             name: str = SERVED_NAME, # the served model name
-            ) -> ThreadingHTTPServer:
-    "A started-up (not yet serving) `serve-hf` HTTP server; call `serve_forever()` on it."
-    handler = type('Handler', (_HFHandler,), {'state': HFServer(checkpoint, name)})
-    httpd = ThreadingHTTPServer((host, port), handler)
-    httpd.daemon_threads = True
-    return httpd
+# %% ../nbs/14_engine.ipynb #2d2a81cb
+class HFServer:
+    "A `serve-hf` server's state: one checkpoint, generated with `HFClient.generate`, one request at a time."
+    def __init__(self, checkpoint, name: str = SERVED_NAME):
+        self.checkpoint, self.name = Path(checkpoint), name
+        self.gen = HFClient(ModelSpec(backend='hf', model=str(checkpoint)), role='student').load()
+        self.lock, self.counts = threading.Lock(), {'chat': 0, 'completions': 0, 'rejected_chat': 0}
 
-# %% ../nbs/14_engine.ipynb #45a17cb9
+    def complete(self, prompt: str, body: dict) -> tuple[str, str, dict]:
+        "(text, finish reason, usage) of one generation for `prompt` with the body's limits."
+        temp = float(body.get('temperature') or 0.0)
+        limit = int(body.get('max_tokens') or body.get('max_completion_tokens') or 16)
+        with self.lock: out = self.gen.generate([prompt], limit, temp, body.get('seed'))[0]
+        pt, ct = out['prompt_tokens'], out['completion_tokens']
+        usage = {'prompt_tokens': pt, 'completion_tokens': ct, 'total_tokens': pt + ct}
+        return out['text'], out['finish_reason'], usage
+
+    def models(self) -> dict:
+        model = {'id': self.name, 'object': 'model', 'owned_by': 'lion_nb', 'root': str(self.checkpoint)}
+        return {'object': 'list', 'data': [model]}
+
+# %% ../nbs/14_engine.ipynb #9c8741b7
+@patch
+def respond(self: HFServer, route: str, body: dict) -> tuple[int, dict]:
+    "(HTTP status, JSON body) for a POST of `body` to `route`."
+    if body.get('model') != self.name:
+        msg = f"the model {body.get('model')!r} does not exist; this server has {self.name!r}"
+        return 404, error_body(404, msg)
+    head = {'id': f'cmpl-{time.time_ns()}', 'created': int(time.time()), 'model': self.name}
+    if route == '/v1/completions' and isinstance(body.get('prompt'), str):
+        if (err := self.context_error(body['prompt'], body)): return 400, error_body(400, err)
+        self.counts['completions'] += 1
+        text, finish, usage = self.complete(body['prompt'], body)
+        choice = {'index': 0, 'text': text, 'finish_reason': finish, 'logprobs': None}
+        return 200, {**head, 'object': 'text_completion', 'choices': [choice], 'usage': usage}
+    if route == '/v1/chat/completions' and isinstance(body.get('messages'), list):
+        return self._chat(body, head)
+    code = 400 if route in ('/v1/completions', '/v1/chat/completions') else 404
+    return code, error_body(code, f'bad request to {route}')
+
+@patch
+def _chat(self: HFServer, body: dict, head: dict) -> tuple[int, dict]:
+    "A chat request: rendered with the chat template, or refused (400) without one."
+    tok = self.gen.tokenizer
+    if not getattr(tok, 'chat_template', None):
+        self.counts['rejected_chat'] += 1
+        return 400, error_body(400, NO_CHAT_TEMPLATE)
+    self.counts['chat'] += 1
+    text, finish, usage = self.complete(render_prompt(tok, body['messages'], 'chat'), body)
+    message = {'role': 'assistant', 'content': text}
+    choice = {'index': 0, 'message': message, 'finish_reason': finish, 'logprobs': None}
+    return 200, {**head, 'object': 'chat.completion', 'choices': [choice], 'usage': usage}
+
+@patch
+def context_error(self: HFServer, prompt: str, body: dict) -> Optional[str]:
+    "vLLM's message when the prompt's tokens plus `max_tokens` exceed the checkpoint's context, else None."
+    context = context_length(self.checkpoint)
+    limit = int(body.get('max_tokens') or body.get('max_completion_tokens') or 16)
+    special = body.get('add_special_tokens', True)
+    n = len(self.gen.tokenizer(prompt, add_special_tokens=special)['input_ids'])
+    if context is None or n + limit <= context: return None
+    return (f"This model's maximum context length is {context} tokens. However, you requested {n + limit} "
+            f"tokens ({n} in the messages, {limit} in the completion).")
+
+NO_CHAT_TEMPLATE = ("the tokenizer has no chat template: default chat templates are no longer allowed, so a "
+                    "chat request needs a model with a chat template (send a rendered prompt to "
+                    "/v1/completions instead)")
+
+def error_body(code: int, msg: str) -> dict:
+    return {'object': 'error', 'message': msg, 'type': 'BadRequestError', 'code': code}
+
+# %% ../nbs/14_engine.ipynb #eca68280
 from .cli import Param, parse_command
 
+def engine_cli(argv: list[str]) -> int:
+    """`python -m lion_nb.engine serve-hf CHECKPOINT [--host H] [--port P] [--name N]`: serve until killed;
+    `python -m lion_nb.engine supervise --parent PID -- CMD...`: run CMD, stopped when PID is gone."""
+    return parse_command(_ENGINE_ACTIONS, argv, 'python -m lion_nb.engine',
+                         'Serve a checkpoint over an OpenAI API.')
+
+# %% ../nbs/14_engine.ipynb #e9d71d8d
 def _serve_hf_cmd(checkpoint, *, host: str = '127.0.0.1', port: int = 0,
                   name: str = SERVED_NAME, # the served model name
                  ) -> int:
@@ -506,13 +497,6 @@ def _supervise_cmd(command: Param(nargs=argparse.REMAINDER), *, parent: int) -> 
     return supervise(parent, command[1:] if command[:1] == ['--'] else command)
 
 _ENGINE_ACTIONS = {'serve-hf': _serve_hf_cmd, 'supervise': _supervise_cmd}
-
-# %% ../nbs/14_engine.ipynb #12215331
-def engine_cli(argv: list[str]) -> int:
-    """`python -m lion_nb.engine serve-hf CHECKPOINT [--host H] [--port P] [--name N]`: serve until killed;
-    `python -m lion_nb.engine supervise --parent PID -- CMD...`: run CMD, stopped when PID is gone."""
-    return parse_command(_ENGINE_ACTIONS, argv, 'python -m lion_nb.engine',
-                         'Serve a checkpoint over an OpenAI API.')
 
 if __name__ == '__main__' and Path(sys.argv[0]).stem == 'engine':   # python -m lion_nb.engine
     sys.exit(engine_cli(sys.argv[1:]))

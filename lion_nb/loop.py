@@ -28,55 +28,11 @@ from .operations import (check_no_secrets, check_parameters, fork_run, matched_s
 from .progress import fmt_seconds, stage_rows, stage_table, watch_stage
 
 # %% auto #0
-__all__ = ['KEPT_DIRECTIVES', 'QUIET_KERNEL', 'notebook_places', 'notebooks_dir', 'render_html', 'is_inline_test', 'lab_notebook',
-           'run_stage', 'link_cache', 'prepare_run_dir', 'notebook_stage', 'run_loop', 'default_run_dir', 'demo_config',
-           'print_summary', 'run_cli', 'demo_cli']
+__all__ = ['QUIET_KERNEL', 'KEPT_DIRECTIVES', 'run_stage', 'render_html', 'notebooks_dir', 'notebook_places', 'lab_notebook',
+           'is_inline_test', 'run_loop', 'notebook_stage', 'prepare_run_dir', 'link_cache', 'demo_cli', 'run_cli',
+           'print_summary', 'default_run_dir', 'demo_config']
 
-# %% ../nbs/07_loop.ipynb #bac6da79
-def notebook_places(package=None) -> list[Path]:
-    """Where the stage notebooks are looked for, in order: `$LION_NBS_DIR` alone when set, else the checkout's
-    `nbs/`, then the package's copy."""
-    if os.environ.get('LION_NBS_DIR'): return [Path(os.environ['LION_NBS_DIR'])]
-    root = repo_root(package)
-    return ([root/'nbs'] if root else []) + [package_dir(package)/'assets'/'nbs']
-
-def notebooks_dir(package=None) -> Path:
-    "The first of `notebook_places` that holds every stage notebook."
-    places = notebook_places(package)
-    for d in places:
-        if all((d/nb).is_file() for nb in STAGE_NOTEBOOKS.values()): return d
-    raise LionError(f"stage notebooks not found; looked in {', '.join(map(str, places))}. Reinstall lion_nb, "
-                    f"or set $LION_NBS_DIR to a folder holding {', '.join(STAGE_NOTEBOOKS.values())}")
-
-# %% ../nbs/07_loop.ipynb #b750ece8
-def render_html(nb_path: Path) -> Path:
-    "Render an executed notebook to HTML next to it (offline)."
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(nb_path, as_version=4))
-    out = nb_path.with_suffix('.html')
-    out.write_text(body, encoding='utf-8')
-    return out
-
-# %% ../nbs/07_loop.ipynb #16707719
-KEPT_DIRECTIVES = ('#| export', '#| exporti', '#| exports', '#| slow', '#| hide', '#| default_exp')
-
-def is_inline_test(cell) -> bool:
-    "A code cell of inline tests: no directive that keeps it, not the parameters, not imports only."
-    if cell.cell_type != 'code' or 'parameters' in cell.metadata.get('tags', []): return False
-    src = cell.source.lstrip()
-    if src.startswith(KEPT_DIRECTIVES) or re.search(r'^\s*[%!]', src, re.M): return False
-    try: tree = ast.parse(src)
-    except SyntaxError: return False
-    return not all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body)
-
-def lab_notebook(src: Path) -> nbformat.NotebookNode:
-    "The stage notebook at `src` without its inline tests: what a run executes and keeps as its lab record."
-    nb = nbformat.read(src, as_version=4)
-    tags = [c.metadata.get('tags', []) for c in nb.cells]
-    start = next((i for i, t in enumerate(tags) if 'parameters' in t), len(nb.cells))
-    nb.cells = [c for c in nb.cells[:start] if not is_inline_test(c)] + nb.cells[start:]
-    return nb
-
-# %% ../nbs/07_loop.ipynb #a603f6b2
+# %% ../nbs/07_loop.ipynb #0ead25cb
 QUIET_KERNEL = ['--IPKernelApp.log_level=ERROR']   # the kernel's TCP warning is not the user's concern
 
 def run_stage(stage: str, run: RunDir, k: int, config_path: Path, secrets: list[str] = (),
@@ -101,72 +57,50 @@ def run_stage(stage: str, run: RunDir, k: int, config_path: Path, secrets: list[
         if out.exists(): render_html(out)
     return out
 
-# %% ../nbs/07_loop.ipynb #ee4579e1
-def link_cache(run: RunDir, cache_dir: Optional[str]) -> Path:
-    """Make `<run>/cache` a link to the shared `cache_dir` (created if needed); without one, the run's own
-    folder."""
-    if not cache_dir: return run.cache
-    target = Path(cache_dir).expanduser().resolve()
-    target.mkdir(parents=True, exist_ok=True)
-    if run.cache.is_symlink():
-        if run.cache.resolve() == target: return target
-        run.cache.unlink()
-    elif run.cache.exists():
-        raise LionError(
-            f"{run.cache} is this run's own cache; to share it, move it to {target} (or point cache_dir at "
-            f"it)"
-        )
-    run.cache.symlink_to(target, target_is_directory=True)
-    return target
+def render_html(nb_path: Path) -> Path:
+    "Render an executed notebook to HTML next to it (offline)."
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(nb_path, as_version=4))
+    out = nb_path.with_suffix('.html')
+    out.write_text(body, encoding='utf-8')
+    return out
 
-# %% ../nbs/07_loop.ipynb #ef61c9b3
-def prepare_run_dir(config_path, run: RunDir, cache_dir: Optional[str] = None) -> tuple[Config, Path]:
-    "Validate the config, check a resumed run's identity, write the resolved config to `<run>/config.yaml`."
-    cfg = load_config(config_path)
-    if cache_dir: cfg = cfg.model_copy(update={'cache_dir': str(Path(cache_dir).expanduser().resolve())})
-    run.root.mkdir(parents=True, exist_ok=True)
-    saved = run.root/'config.yaml'
-    if saved.exists():
-        diff = identity_diff(load_config(saved), cfg)
-        if diff:
-            raise LionError(
-                f"{run.root} holds a run with a different configuration ({saved}); these settings change "
-                f"results: "
-                f"{'; '.join(diff)}. Use a new --run-dir, or resume with that config"
-            )
+# %% ../nbs/07_loop.ipynb #ff0d4cea
+def notebooks_dir(package=None) -> Path:
+    "The first of `notebook_places` that holds every stage notebook."
+    places = notebook_places(package)
+    for d in places:
+        if all((d/nb).is_file() for nb in STAGE_NOTEBOOKS.values()): return d
+    raise LionError(f"stage notebooks not found; looked in {', '.join(map(str, places))}. Reinstall lion_nb, "
+                    f"or set $LION_NBS_DIR to a folder holding {', '.join(STAGE_NOTEBOOKS.values())}")
 
-    head = (
-        f"# the configuration of this run, from {Path(config_path).resolve()}, with its paths made absolute\n"
-    )
-    atomic_write_text(saved, head + yaml.safe_dump(cfg.model_dump(mode='json'), sort_keys=False))
-    link_cache(run, cfg.cache_dir)
-    return cfg, saved
+def notebook_places(package=None) -> list[Path]:
+    """Where the stage notebooks are looked for, in order: `$LION_NBS_DIR` alone when set, else the checkout's
+    `nbs/`, then the package's copy."""
+    if os.environ.get('LION_NBS_DIR'): return [Path(os.environ['LION_NBS_DIR'])]
+    root = repo_root(package)
+    return ([root/'nbs'] if root else []) + [package_dir(package)/'assets'/'nbs']
 
-# %% ../nbs/07_loop.ipynb #d36c313c
-def notebook_stage(run: RunDir, K: int, saved: Path, manifest: dict, secrets: list[str], log_output: bool,
-                   progress=print) -> Callable:
-    "The `stage` that `lion` calls in `run_loop`: one papermill notebook per stage, skipped when done."
-    def stage(name: str, k: int, **options):
-        tag = f"iter {k}/{K + 1} {name}"
-        if run.is_done(k, name): return progress(f"[lion_nb] {tag}: done already, skipped")
-        progress(f"[lion_nb] {tag}: running {STAGE_NOTEBOOKS[name]}")
-        t0 = time.time()
-        if log_output: out = run_stage(name, run, k, saved, secrets, True, options)
-        else:
-            with watch_stage(run, tag): out = run_stage(name, run, k, saved, secrets, False, options)
-        if not run.is_done(k, name):
-            raise LionError(
-                f"stage {name!r} of iteration {k} ran without writing {run.done_file(k, name)}; see {out}"
-            )
-        dt = time.time() - t0
-        manifest['stages'][f'iter_{k}/{name}'] = {**read_json(run.done_file(k, name)),   # the wall time wins
-                                                   'seconds': round(dt, 1),
-                                                   'notebook': str(out.relative_to(run.root))}
-        write_json(run.manifest, manifest)
-        progress(f"[lion_nb] {tag}: finished in {fmt_seconds(dt).strip()}")
-    return stage
+# %% ../nbs/07_loop.ipynb #69b35a39
+KEPT_DIRECTIVES = ('#| export', '#| exporti', '#| exports', '#| slow', '#| hide', '#| default_exp')
 
-# %% ../nbs/07_loop.ipynb #e3965bf2
+def lab_notebook(src: Path) -> nbformat.NotebookNode:
+    "The stage notebook at `src` without its inline tests: what a run executes and keeps as its lab record."
+    nb = nbformat.read(src, as_version=4)
+    tags = [c.metadata.get('tags', []) for c in nb.cells]
+    start = next((i for i, t in enumerate(tags) if 'parameters' in t), len(nb.cells))
+    nb.cells = [c for c in nb.cells[:start] if not is_inline_test(c)] + nb.cells[start:]
+    return nb
+
+def is_inline_test(cell) -> bool:
+    "A code cell of inline tests: no directive that keeps it, not the parameters, not imports only."
+    if cell.cell_type != 'code' or 'parameters' in cell.metadata.get('tags', []): return False
+    src = cell.source.lstrip()
+    if src.startswith(KEPT_DIRECTIVES) or re.search(r'^\s*[%!]', src, re.M): return False
+    try: tree = ast.parse(src)
+    except SyntaxError: return False
+    return not all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body)
+
+# %% ../nbs/07_loop.ipynb #ecc2986e
 def run_loop(config_path, run_dir, baseline: Optional[str] = None, iterations: Optional[int] = None,
              log_output: bool = False, progress=print, check: bool = True, cache_dir: Optional[str] = None,
              fork_from=None) -> dict:
@@ -192,26 +126,81 @@ def run_loop(config_path, run_dir, baseline: Optional[str] = None, iterations: O
         check_no_secrets(run.root, secrets)
         return manifest
 
-# %% ../nbs/07_loop.ipynb #b65a8ad9
-def default_run_dir(name: str, baseline: Optional[str] = None, package=None) -> Path:
-    """Where `lion_nb run` writes without `--run-dir`: `outputs/<name>[-<baseline>]` in the source checkout,
-    or in the current folder for an installed package."""
-    return (repo_root(package) or Path('.'))/'outputs'/(name + (f'-{baseline}' if baseline else ''))
+# %% ../nbs/07_loop.ipynb #01c8dafc
+def notebook_stage(run: RunDir, K: int, saved: Path, manifest: dict, secrets: list[str], log_output: bool,
+                   progress=print) -> Callable:
+    "The `stage` that `lion` calls in `run_loop`: one papermill notebook per stage, skipped when done."
+    def stage(name: str, k: int, **options):
+        tag = f"iter {k}/{K + 1} {name}"
+        if run.is_done(k, name): return progress(f"[lion_nb] {tag}: done already, skipped")
+        progress(f"[lion_nb] {tag}: running {STAGE_NOTEBOOKS[name]}")
+        t0 = time.time()
+        if log_output: out = run_stage(name, run, k, saved, secrets, True, options)
+        else:
+            with watch_stage(run, tag): out = run_stage(name, run, k, saved, secrets, False, options)
+        if not run.is_done(k, name):
+            raise LionError(
+                f"stage {name!r} of iteration {k} ran without writing {run.done_file(k, name)}; see {out}"
+            )
+        dt = time.time() - t0
+        manifest['stages'][f'iter_{k}/{name}'] = {**read_json(run.done_file(k, name)),   # the wall time wins
+                                                   'seconds': round(dt, 1),
+                                                   'notebook': str(out.relative_to(run.root))}
+        write_json(run.manifest, manifest)
+        progress(f"[lion_nb] {tag}: finished in {fmt_seconds(dt).strip()}")
+    return stage
 
-def demo_config(package=None) -> Path:
-    "The demo profile: the checkout's `configs/demo.yaml`, else the package's copy."
-    root = repo_root(package)
-    return root/'configs'/'demo.yaml' if root else package_dir(package)/'assets'/'configs'/'demo.yaml'
+# %% ../nbs/07_loop.ipynb #e53f06ea
+def prepare_run_dir(config_path, run: RunDir, cache_dir: Optional[str] = None) -> tuple[Config, Path]:
+    "Validate the config, check a resumed run's identity, write the resolved config to `<run>/config.yaml`."
+    cfg = load_config(config_path)
+    if cache_dir: cfg = cfg.model_copy(update={'cache_dir': str(Path(cache_dir).expanduser().resolve())})
+    run.root.mkdir(parents=True, exist_ok=True)
+    saved = run.root/'config.yaml'
+    if saved.exists():
+        diff = identity_diff(load_config(saved), cfg)
+        if diff:
+            raise LionError(
+                f"{run.root} holds a run with a different configuration ({saved}); these settings change "
+                f"results: "
+                f"{'; '.join(diff)}. Use a new --run-dir, or resume with that config"
+            )
 
-# %% ../nbs/07_loop.ipynb #4dc653b3
-def print_summary(manifest: dict, run_dir, progress=print):
-    "The end-of-run table: time, calls, tokens, cost and the headline figure of every stage."
-    progress("\n[lion_nb] time per stage, its usage (calls, tokens, cost) and its headline figure")
-    progress(stage_table(stage_rows(manifest, RunDir(run_dir))))
-    progress(f"[lion_nb] the whole run took {fmt_seconds(manifest.get('seconds', 0)).strip()}")
+    head = (
+        f"# the configuration of this run, from {Path(config_path).resolve()}, with its paths made absolute\n"
+    )
+    atomic_write_text(saved, head + yaml.safe_dump(cfg.model_dump(mode='json'), sort_keys=False))
+    link_cache(run, cfg.cache_dir)
+    return cfg, saved
 
-# %% ../nbs/07_loop.ipynb #1bbca8c9
+def link_cache(run: RunDir, cache_dir: Optional[str]) -> Path:
+    """Make `<run>/cache` a link to the shared `cache_dir` (created if needed); without one, the run's own
+    folder."""
+    if not cache_dir: return run.cache
+    target = Path(cache_dir).expanduser().resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    if run.cache.is_symlink():
+        if run.cache.resolve() == target: return target
+        run.cache.unlink()
+    elif run.cache.exists():
+        raise LionError(
+            f"{run.cache} is this run's own cache; to share it, move it to {target} (or point cache_dir at "
+            f"it)"
+        )
+    run.cache.symlink_to(target, target_is_directory=True)
+    return target
+
+# %% ../nbs/07_loop.ipynb #a4048399
 from .cli import command, Param
+
+@command('lion_nb demo', 'Run the demo profile (configs/demo.yaml) into outputs/demo.')
+def demo_cli(*, baseline: Param(choices=list(BASELINES)) = None,
+             fork_from: str = None, # start from this run's iteration 1 (e.g. outputs/demo)
+            ) -> int:
+    "lion_nb demo: the demo profile on the embedded default models."
+    args = ['--config', str(demo_config())]
+    args += (['--baseline', baseline] if baseline else []) + (['--fork-from', fork_from] if fork_from else [])
+    return run_cli(args)
 
 @command('lion_nb run', 'Run (or resume) the Lion loop, one papermill batch per stage.')
 def run_cli(*, config: str, # the run configuration (YAML)
@@ -247,12 +236,19 @@ def run_cli(*, config: str, # the run configuration (YAML)
     print(f"[lion_nb] outputs in {run_dir}")
     return 0
 
-# %% ../nbs/07_loop.ipynb #c65457d9
-@command('lion_nb demo', 'Run the demo profile (configs/demo.yaml) into outputs/demo.')
-def demo_cli(*, baseline: Param(choices=list(BASELINES)) = None,
-             fork_from: str = None, # start from this run's iteration 1 (e.g. outputs/demo)
-            ) -> int:
-    "lion_nb demo: the demo profile on the embedded default models."
-    args = ['--config', str(demo_config())]
-    args += (['--baseline', baseline] if baseline else []) + (['--fork-from', fork_from] if fork_from else [])
-    return run_cli(args)
+# %% ../nbs/07_loop.ipynb #505d6169
+def print_summary(manifest: dict, run_dir, progress=print):
+    "The end-of-run table: time, calls, tokens, cost and the headline figure of every stage."
+    progress("\n[lion_nb] time per stage, its usage (calls, tokens, cost) and its headline figure")
+    progress(stage_table(stage_rows(manifest, RunDir(run_dir))))
+    progress(f"[lion_nb] the whole run took {fmt_seconds(manifest.get('seconds', 0)).strip()}")
+
+def default_run_dir(name: str, baseline: Optional[str] = None, package=None) -> Path:
+    """Where `lion_nb run` writes without `--run-dir`: `outputs/<name>[-<baseline>]` in the source checkout,
+    or in the current folder for an installed package."""
+    return (repo_root(package) or Path('.'))/'outputs'/(name + (f'-{baseline}' if baseline else ''))
+
+def demo_config(package=None) -> Path:
+    "The demo profile: the checkout's `configs/demo.yaml`, else the package's copy."
+    root = repo_root(package)
+    return root/'configs'/'demo.yaml' if root else package_dir(package)/'assets'/'configs'/'demo.yaml'

@@ -43,19 +43,20 @@ from .clients import SHAPES_FILE
 from .algorithm import BASELINES, lion, trained_instructions
 
 # %% auto #0
-__all__ = ['WEIGHT_SUFFIXES', 'PACKAGES', 'TRAIN_BYTES_PER_PARAM', 'EST', 'EVAL_SIZES', 'EVAL_TASKS', 'PREFIX_JUDGES',
-           'JUDGED_SETS', 'check_parameters', 'file_contains', 'files_containing', 'check_no_secrets', 'package_dir',
-           'repo_root', 'package_versions', 'git_commit', 'file_hashes', 'run_manifest', 'stage_hashes',
-           'usage_summary', 'count_parameters', 'prompt_layout', 'load_checkpoint_parts', 'check_checkpoint',
-           'eval_data_names', 'check_data', 'check_reserve', 'available_memory_bytes', 'check_devices',
-           'checkpoint_bytes', 'check_disk', 'check_keys', 'check_engine', 'endpoint_models', 'retrieve_model',
-           'estimated_end', 'check_endpoint_model', 'role_temperatures', 'shape_line', 'endpoint_checks',
-           'request_shapes', 'preflight', 'run_lock', 'check_fork', 'fork_run', 'match_train_pool', 'matched_stage',
-           'judge_prefix_tokens', 'shared_prompt_tokens', 'reasoning_per_call', 'discrimination_teacher_calls',
-           'eval_items', 'DryRun', 'estimate_run', 'print_estimate']
+__all__ = ['WEIGHT_SUFFIXES', 'PACKAGES', 'TRAIN_BYTES_PER_PARAM', 'EST', 'EVAL_SIZES', 'EVAL_TASKS', 'JUDGED_SETS',
+           'PREFIX_JUDGES', 'check_parameters', 'check_no_secrets', 'files_containing', 'file_contains', 'run_manifest',
+           'package_versions', 'git_commit', 'repo_root', 'package_dir', 'stage_hashes', 'file_hashes', 'usage_summary',
+           'preflight', 'check_checkpoint', 'load_checkpoint_parts', 'prompt_layout', 'count_parameters', 'check_data',
+           'eval_data_names', 'check_reserve', 'check_devices', 'available_memory_bytes', 'check_disk',
+           'checkpoint_bytes', 'check_keys', 'check_engine', 'endpoint_checks', 'check_endpoint_model', 'estimated_end',
+           'endpoint_models', 'retrieve_model', 'role_temperatures', 'shape_line', 'request_shapes', 'run_lock',
+           'fork_run', 'check_fork', 'matched_stage', 'match_train_pool', 'print_estimate', 'estimate_run', 'DryRun',
+           'shared_prompt_tokens', 'judge_prefix_tokens', 'reasoning_per_call', 'eval_items',
+           'discrimination_teacher_calls']
 
-# %% ../nbs/16_operations.ipynb #0c6cb03b
+# %% ../nbs/16_operations.ipynb #61d5b4c3
 _SECRET_NAME = re.compile(r'(key|token|secret|password|passwd|credential)', re.I)
+
 _SECRET_VALUE = re.compile(r'^(sk-|sk_|hf_|Bearer\s)[A-Za-z0-9_\-]{8,}')
 
 def check_parameters(params: dict, secrets: list[str] = ()) -> dict:
@@ -75,8 +76,24 @@ def check_parameters(params: dict, secrets: list[str] = ()) -> dict:
             )
     return params
 
-# %% ../nbs/16_operations.ipynb #f93cf8cf
+# %% ../nbs/16_operations.ipynb #e62ede94
 WEIGHT_SUFFIXES = ('.safetensors', '.bin', '.pt', '.pth', '.distcp', '.gguf')   # tensors: no text gets in
+
+def check_no_secrets(root, secrets: list[str]):
+    "Raise if any file below `root` holds one of `secrets`."
+    hits = files_containing(root, secrets)
+    if hits:
+        raise LionError(
+            f"an API key was found in {len(hits)} output file(s): {', '.join(map(str, hits[:5]))}"
+        )
+
+def files_containing(root, needles: list[str]) -> list[Path]:
+    """Files below `root` whose bytes contain any of `needles` (model weights and optimizer shards are not
+    read)."""
+    needles = [n.encode() for n in needles if n]
+    if not needles: return []
+    files = (p for p in sorted(Path(root).rglob('*')) if p.is_file() and p.suffix not in WEIGHT_SUFFIXES)
+    return [p for p in files if file_contains(p, needles)]
 
 def file_contains(path, needles: list[bytes], chunk: int = 1 << 22) -> bool:
     "Whether the file holds any of `needles`, read in chunks (overlapping, so no needle is cut in two)."
@@ -89,75 +106,7 @@ def file_contains(path, needles: list[bytes], chunk: int = 1 << 22) -> bool:
             tail = data[-keep:] if keep else b''
     return False
 
-# %% ../nbs/16_operations.ipynb #e3db2a82
-def files_containing(root, needles: list[str]) -> list[Path]:
-    """Files below `root` whose bytes contain any of `needles` (model weights and optimizer shards are not
-    read)."""
-    needles = [n.encode() for n in needles if n]
-    if not needles: return []
-    files = (p for p in sorted(Path(root).rglob('*')) if p.is_file() and p.suffix not in WEIGHT_SUFFIXES)
-    return [p for p in files if file_contains(p, needles)]
-
-# %% ../nbs/16_operations.ipynb #73604c4f
-def check_no_secrets(root, secrets: list[str]):
-    "Raise if any file below `root` holds one of `secrets`."
-    hits = files_containing(root, secrets)
-    if hits:
-        raise LionError(
-            f"an API key was found in {len(hits)} output file(s): {', '.join(map(str, hits[:5]))}"
-        )
-
-# %% ../nbs/16_operations.ipynb #293261b3
-def package_dir(package=None) -> Path:
-    "The `lion_nb/` folder in use: `package` when given (the examples pass one), else this module's."
-    return Path(package) if package else Path(__file__).resolve().parent
-
-def repo_root(package=None) -> Optional[Path]:
-    "The source checkout that `package_dir(package)` lies in (it has `settings.ini`); None when installed."
-    root = package_dir(package).parent
-    return root if (root/'settings.ini').is_file() else None
-
-# %% ../nbs/16_operations.ipynb #f710f6a5
-PACKAGES = (
-    'lion_nb',
-    'torch',
-    'transformers',
-    'accelerate',
-    'openai',
-    'papermill',
-    'rouge-score',
-    'nbdev',
-    'xllamacpp',
-)
-
-
-def package_versions() -> dict:
-    "Installed versions of the packages that shape a run's results."
-    out = {'python': platform.python_version()}
-    for p in PACKAGES:
-        try: out[p] = importlib.metadata.version(p)
-        except importlib.metadata.PackageNotFoundError: out[p] = None
-    return out
-
-# %% ../nbs/16_operations.ipynb #41c45589
-def git_commit(path='.') -> Optional[str]:
-    "The commit of the checkout at `path` (with '+dirty' when it has changes), or None outside git."
-    try:
-        sha = subprocess.run(
-            ['git', 'rev-parse', 'HEAD'], cwd=path, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ['git', 'status', '--porcelain', '--untracked-files=no'], cwd=path, capture_output=True, text=True
-        ).stdout.strip()
-        return sha + ('+dirty' if dirty else '')
-    except (OSError, subprocess.CalledProcessError): return None
-
-# %% ../nbs/16_operations.ipynb #38660dd5
-def file_hashes(paths) -> dict:
-    "SHA256 of each existing file in `paths`, by path."
-    return {str(p): sha256_file(p) for p in paths if p and Path(p).is_file()}
-
-# %% ../nbs/16_operations.ipynb #5ca5bcbd
+# %% ../nbs/16_operations.ipynb #cfa3fae8
 def run_manifest(cfg: Config, run: RunDir, baseline: Optional[str], K: int, fork_from) -> dict:
     "The manifest a run starts with (or resumes): what runs, with which configuration, code and packages."
     manifest = read_json(run.manifest) if run.manifest.exists() else {}
@@ -173,13 +122,58 @@ def run_manifest(cfg: Config, run: RunDir, baseline: Optional[str], K: int, fork
     manifest.setdefault('stages', {})
     return manifest
 
-# %% ../nbs/16_operations.ipynb #534e10bb
+PACKAGES = (
+    'lion_nb',
+    'torch',
+    'transformers',
+    'accelerate',
+    'openai',
+    'papermill',
+    'rouge-score',
+    'nbdev',
+    'xllamacpp',
+)
+
+def package_versions() -> dict:
+    "Installed versions of the packages that shape a run's results."
+    out = {'python': platform.python_version()}
+    for p in PACKAGES:
+        try: out[p] = importlib.metadata.version(p)
+        except importlib.metadata.PackageNotFoundError: out[p] = None
+    return out
+
+def git_commit(path='.') -> Optional[str]:
+    "The commit of the checkout at `path` (with '+dirty' when it has changes), or None outside git."
+    try:
+        sha = subprocess.run(
+            ['git', 'rev-parse', 'HEAD'], cwd=path, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ['git', 'status', '--porcelain', '--untracked-files=no'], cwd=path, capture_output=True, text=True
+        ).stdout.strip()
+        return sha + ('+dirty' if dirty else '')
+    except (OSError, subprocess.CalledProcessError): return None
+
+# %% ../nbs/16_operations.ipynb #9de1010a
+def repo_root(package=None) -> Optional[Path]:
+    "The source checkout that `package_dir(package)` lies in (it has `settings.ini`); None when installed."
+    root = package_dir(package).parent
+    return root if (root/'settings.ini').is_file() else None
+
+def package_dir(package=None) -> Path:
+    "The `lion_nb/` folder in use: `package` when given (the examples pass one), else this module's."
+    return Path(package) if package else Path(__file__).resolve().parent
+
+# %% ../nbs/16_operations.ipynb #15c6b2c6
 def stage_hashes(run: RunDir) -> dict:
     "SHA256 of the run's pools, splits and model weights, by path relative to the run."
     pats = ['iter_*/pools/*.jsonl', 'iter_*/discrimination/*.jsonl', 'iter_*/imitation/model/*.safetensors']
     return {str(p.relative_to(run.root)): sha256_file(p) for pat in pats for p in sorted(run.root.glob(pat))}
 
-# %% ../nbs/16_operations.ipynb #d435da0c
+def file_hashes(paths) -> dict:
+    "SHA256 of each existing file in `paths`, by path."
+    return {str(p): sha256_file(p) for p in paths if p and Path(p).is_file()}
+
 def usage_summary(run: RunDir) -> list[dict]:
     "Calls, tokens, cache hits, failures and cost per iteration, stage and role, from the run's usage log."
     if not run.usage.exists(): return []
@@ -194,292 +188,7 @@ def usage_summary(run: RunDir) -> list[dict]:
     ]
     return df.groupby(keys, dropna=False)[nums].sum().reset_index().to_dict('records')
 
-# %% ../nbs/16_operations.ipynb #4990cc82
-def count_parameters(folder) -> tuple[str, int]:
-    """The architecture and parameter count of a checkpoint, from its config alone (on the meta device: no
-    weights read)."""
-    conf = AutoConfig.from_pretrained(folder)
-    with torch.device('meta'): model = AutoModelForCausalLM.from_config(conf)
-    return type(model).__name__, sum(p.numel() for p in model.parameters())
-
-# %% ../nbs/16_operations.ipynb #cb3516e3
-def prompt_layout(spec: ModelSpec, tokenizer, cfg: Config) -> str:
-    "How prompts for a local model are laid out ('chat' or 'alpaca'), or an error that says what is missing."
-    has_chat = bool(getattr(tokenizer, 'chat_template', None))
-    asked = spec.prompt_template                             # auto | chat | alpaca | lion
-    if asked == 'chat' and not has_chat:
-        raise LionError("prompt_template is 'chat', but its tokenizer has no chat template: give it one, "
-                        "or set prompt_template: alpaca or lion (or auto)")
-    if asked in ('alpaca', 'lion'): return asked
-    return 'chat' if has_chat else 'alpaca (no chat template)'   # auto: the one rule, llm.resolve_template
-
-# %% ../nbs/16_operations.ipynb #50f7563e
-def load_checkpoint_parts(spec: ModelSpec) -> tuple[Path, object, str, int]:
-    """A local model's folder, tokenizer, architecture and parameter count (its config and tokenizer must
-    load)."""
-    folder = Path(resolve_checkpoint(spec.model))
-    if not (folder / 'config.json').exists():
-        raise LionError(f"{folder}: no config.json, so not a Hugging Face checkpoint folder")
-    try:
-        tok = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as e:
-        raise LionError(f"{folder}: its tokenizer does not load: {e}") from None
-    return (folder, tok, *count_parameters(folder))
-
-# %% ../nbs/16_operations.ipynb #972b12d8
-def check_checkpoint(spec: ModelSpec, cfg: Config, sizes: Optional[dict] = None) -> tuple[str, int]:
-    """Load a local model's config and tokenizer and check its prompt layout; its size goes to
-    `sizes[spec.model]` first."""
-    folder, tok, arch, n = load_checkpoint_parts(spec)
-    if sizes is not None: sizes[spec.model] = n
-    return f"{folder} ({arch}, {n / 1e6:,.1f}M parameters), prompts: {prompt_layout(spec, tok, cfg)}", n
-
-# %% ../nbs/16_operations.ipynb #1b5051ce
-def eval_data_names(cfg: Config) -> list[str]:
-    "The data-table entries the configured evaluation sets read (AGIEval: the multiple-choice subsets)."
-    groups = {'vicuna80': ['vicuna80/questions'], 'user252': ['user252'],
-              'agieval': [f'agieval/{s}' for s in data.AGIEVAL_MC], 'bbh': data.data_names('bbh')}
-    return [n for s in cfg.eval.sets for n in groups.get(s, [])]
-
-# %% ../nbs/16_operations.ipynb #24d9b72f
-def check_data(cfg: Config) -> str:
-    """Every data file the run reads is present (the pools' dataset, each evaluation set); errors say where to
-    get them."""
-    missing = []
-    if cfg.pools.dataset == 'alpaca': names = ['alpaca']
-    elif cfg.pools.dataset == 'demo': names = []
-    else:
-        names = []
-        if not Path(cfg.pools.dataset).exists():
-            missing.append(f"{cfg.pools.dataset}: dataset file not found (pools.dataset)")
-    root = data.data_root(cfg=cfg)
-    absent = [n for n in names + eval_data_names(cfg) if not (root/data.DATA_FILES[n].rel).exists()]
-    if absent:
-        groups = ' '.join(dict.fromkeys(n.split('/')[0] for n in absent))
-        files = ', '.join(data.DATA_FILES[n].rel for n in absent[:3])
-        if len(absent) > 3: files += f" and {len(absent) - 3} more"
-        missing.append(
-            f"{len(absent)} file(s) missing in {root}: {files}; put them there, or when online run "
-            f"`lion_nb data fetch {groups} --data-dir {root}` (data_dir in the config, else $LION_DATA_DIR)"
-        )
-    if missing: raise LionError('; '.join(missing))
-    n_files = len(names) + len(eval_data_names(cfg))
-    return f"pools: {cfg.pools.dataset}; evaluation: {', '.join(cfg.eval.sets)} ({n_files} files)"
-
-# %% ../nbs/16_operations.ipynb #ffe235ee
-def check_reserve(cfg: Config, baseline: Optional[str], rounds: int) -> str:
-    "A random-baseline run draws `n_new` per round from the reserve: it must hold `n_new x rounds`."
-    if baseline != 'random': return 'not needed (no baseline)'
-    need = cfg.loop.n_new * rounds
-    if cfg.pools.reserve_size < need:
-        raise LionError(
-            f"--baseline random draws n_new x iterations = {cfg.loop.n_new} x {rounds} = {need} instructions "
-            f"from the reserve, but pools.reserve_size is {cfg.pools.reserve_size}; "
-            f"set pools.reserve_size: {need} (it is held back from the dataset)"
-        )
-    return f"{cfg.pools.reserve_size} reserved, {need} needed"
-
-# %% ../nbs/16_operations.ipynb #7d261d9d
-TRAIN_BYTES_PER_PARAM = 16   # AdamW full fine-tuning in fp32: weights, gradients, two moments (4 bytes each)
-
-def available_memory_bytes() -> int:
-    "RAM available to start new work (Linux `MemAvailable`), else the machine's physical memory."
-    try:
-        for line in Path('/proc/meminfo').read_text().splitlines():
-            if line.startswith('MemAvailable:'): return int(line.split()[1]) * 1024
-    except OSError: pass
-    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-
-# %% ../nbs/16_operations.ipynb #5440645d
-def check_devices(cfg: Config, n_params: int, available: Optional[int] = None) -> str:
-    """`train.nproc` fits the visible GPUs; without a GPU, `train.device: cuda` is refused, and so is a
-    student whose CPU training needs more memory than `available` (default: `available_memory_bytes`)."""
-    nproc = cfg.train.nproc
-    if torch.cuda.is_available():
-        n = torch.cuda.device_count()
-        if nproc > n:
-            seen = os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')
-            raise LionError(
-                f"train.nproc is {nproc}, but {n} GPU(s) are visible (CUDA_VISIBLE_DEVICES={seen}); set "
-                f"train.nproc: {n}"
-            )
-        return f"{nproc} process(es) on {n} visible GPU(s)"
-    need, have = TRAIN_BYTES_PER_PARAM * n_params, available or available_memory_bytes()
-    problems = []
-    if need > have:
-        problems.append(
-            f"no GPU is visible, and training the {n_params / 1e9:.2f}B-parameter student on the CPU needs "
-            f"about {need / 1e9:,.0f} GB ({TRAIN_BYTES_PER_PARAM} bytes a parameter: fp32 weights, gradients "
-            f"and AdamW's two moments), more than the {have / 1e9:,.1f} GB available here: too large to "
-            "train on this machine (check the driver and CUDA_VISIBLE_DEVICES, or run on a GPU node)")
-    if cfg.train.device == 'cuda':
-        problems.append("train.device is 'cuda', but no GPU is visible (check the driver, "
-                        "CUDA_VISIBLE_DEVICES and that torch was built with CUDA)")
-    if problems: raise LionError('; '.join(problems))
-    size = f"{need / 1e9:,.1f} of {have / 1e9:,.1f} GB" if n_params else "memory not estimated"
-    return f"no GPU visible: training runs on CPU in {nproc} process(es) on {os.cpu_count()} core(s) ({size})"
-
-# %% ../nbs/16_operations.ipynb #41c9c63c
-def checkpoint_bytes(n_params: int, rounds: int) -> int:
-    """Disk for a run's checkpoints: K+1 trained students (float32) and one training's resumable state (2 x
-    weights + Adam)."""
-    return 4 * n_params * (rounds + 1) + 2 * 12 * n_params
-
-# %% ../nbs/16_operations.ipynb #dfd4f023
-def check_disk(run_root, n_params: int, rounds: int) -> str:
-    "The run's disk can hold its checkpoints."
-    if not n_params: return "not estimated: the student's checkpoint did not load"
-    d = Path(run_root).resolve()
-    while not d.exists(): d = d.parent
-    need, free = checkpoint_bytes(n_params, rounds), shutil.disk_usage(d).free
-    if free < need:
-        raise LionError(
-            f"the checkpoints need about {need / 1e9:,.1f} GB ({rounds + 1} students of "
-            f"{n_params / 1e9:.2f}B parameters and "
-            f"one training's resumable state), but {d} has {free / 1e9:,.1f} GB free"
-        )
-    return f"about {need / 1e9:,.2f} GB needed, {free / 1e9:,.1f} GB free at {d}"
-
-# %% ../nbs/16_operations.ipynb #d3945dd2
-def check_keys(cfg: Config) -> str:
-    """Each remote model's key variable is set (its value is never shown); OpenAI's endpoint without a named
-    key is refused."""
-    named = []
-    for name in sorted(set(cfg.roles.values())):
-        spec = cfg.models[name]
-        if spec.backend != 'openai': continue
-        if spec.api_key_env:
-            api_key_for(spec)
-            named.append(f"{name}: ${spec.api_key_env} set")
-        elif 'api.openai.com' in (spec.base_url or 'https://api.openai.com/v1'):
-            raise LionError(
-                f"model {name!r} calls api.openai.com but names no key variable: set api_key_env: "
-                f"OPENAI_API_KEY"
-            )
-        else: named.append(f"{name}: no key (endpoint {spec.base_url})")
-    return '; '.join(named) or 'no remote models'
-
-# %% ../nbs/16_operations.ipynb #4971f7b3
-def check_engine(cfg: Config) -> str:
-    "Each engine-served model's launch program is installed (`find_program`: beside python, then PATH)."
-    found = []
-    for name in sorted({n for n in cfg.roles.values() if cfg.models[n].backend == 'vllm'}):
-        spec = cfg.models[name]
-        prog = (spec.launch or VLLM_LAUNCH).split()[0].replace('{python}', sys.executable)
-        found.append(f"{name}: {find_program(prog, spec.model)}")
-    return '; '.join(found) or 'no engine-served model'
-
-# %% ../nbs/16_operations.ipynb #6b8c4ae6
-def endpoint_models(base_url: str, # an OpenAI-compatible endpoint, ending in /v1
-                    api_key: str, # the key its listing needs (a placeholder for endpoints without one)
-                    timeout_s: float = 20.0,
-                   ) -> dict:
-    "The models an endpoint offers, {id: its listing entry (with `shutdown_date` where it gives one)}."
-    import openai   # only the live preflight calls the API in this module
-    with openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s) as c:
-        return {m.id: m.model_dump() for m in c.models.list()}
-
-def retrieve_model(base_url: str, api_key: str, name: str, timeout_s: float = 20.0) -> Optional[dict]:
-    "`models.retrieve(name)`: its entry, or None when the endpoint answers 404 (`model_not_found`)."
-    import openai   # only the live preflight calls the API in this module
-    with openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s) as c:
-        try: return c.models.retrieve(name).model_dump()
-        except openai.NotFoundError: return None
-
-# %% ../nbs/16_operations.ipynb #0b807b47
-def estimated_end(cfg: Config, rounds: int, today: Optional[datetime.date] = None) -> datetime.date:
-    """The latest day the run may end: with a Batch API model, one 24-hour batch window for each of the four
-    stages that call the API in each of the K+1 iterations; else a day."""
-    batch = any(cfg.models[n].batch_api for r, n in cfg.roles.items() if r != 'student')
-    today = today or datetime.datetime.now(datetime.timezone.utc).date()
-    return today + datetime.timedelta(days=4*(rounds + 1) if batch else 1)
-
-def check_endpoint_model(spec: ModelSpec, who: str, offered: dict, today: str, end: str,
-                         entry: Optional[dict] = None) -> str:
-    "One model against its endpoint's offer (`entry`: its listing, or what `models.retrieve` said)."
-    e = offered.get(spec.model, entry)
-    live = sorted(offered, key=lambda m: (offered[m].get('shutdown_date') is not None, m))
-    instead = ', '.join(live[:8]) + (f" (and {len(live) - 8} more)" if len(live) > 8 else '')
-    if e is None:
-        raise LionError(f"{who} {spec.model!r} is not offered by {spec.base_url} (shut down, or not open to "
-                        f"this key): a request would get 404 model_not_found. It offers: {instead or '-'}")
-    d = str(e.get('shutdown_date') or '') or None
-    if d and d <= today:
-        raise LionError(f"{who} {spec.model!r} was shut down on {d}. {spec.base_url} offers: {instead}")
-    if d and d <= end:
-        return f"{spec.model} offered, but WARNING: it shuts down on {d}, before the run may end ({end})"
-    return f"{spec.model} offered" + (f" until {d}" if d else ", no shutdown date announced")
-
-# %% ../nbs/16_operations.ipynb #22487897
-def role_temperatures(cfg: Config) -> dict:
-    "The temperature each remote role is sent (the referee's and the judge's: their folders', unless set)."
-    s = cfg.sampling
-    return {'teacher': s.teacher_temperature, 'referee': RefereeSettings.from_config(cfg).temperature,
-            'generator': s.generator_temperature,
-            'judge': judge_settings(judge_for(cfg, 'review'), cfg)['temperature']}
-
-def shape_line(spec: ModelSpec, temps: dict) -> str:
-    "How a remote model's requests are shaped (`cache.request_shape`), and which temperatures it cannot take."
-    s, fam = request_shape(spec), model_family(spec.model)
-    if spec.reasoning_effort and fam and fam.efforts is not None and spec.reasoning_effort not in fam.efforts:
-        raise LionError(f"{spec.model}: reasoning_effort {spec.reasoning_effort!r} is not one it takes "
-                        f"({', '.join(fam.efforts)}); a request would get 400 unsupported_value")
-    parts = [f"{s.token_param} = answer" + (f" + {s.headroom:,} reasoning headroom" if s.headroom else '')]
-    parts.append(f"reasoning_effort {s.reasoning_effort}" if s.reasoning_effort else
-                 'its default reasoning effort' if s.reasons else '')
-    dropped = ', '.join(f"{r} {t}" for r, t in temps.items() if t != 1)
-    warn = f"WARNING: no temperature sent (the model takes only 1): {dropped} not applied" if dropped else ''
-    parts.append('temperature sent' if s.temperature else warn)
-    if s.family is None and spec.token_param == 'auto':
-        parts.append('not in the capability table: its shape is learned from its first refusal')
-    return '; '.join(p for p in parts if p)
-
-# %% ../nbs/16_operations.ipynb #d717653f
-def endpoint_checks(cfg: Config, rounds: int, progress=print) -> list[tuple[str, Callable]]:
-    "The (name, check) pairs of the live preflight: each remote model against its endpoint's offer."
-    import openai   # only the live preflight calls the API in this module
-    today = datetime.datetime.now(datetime.timezone.utc).date()
-    end, out, groups = str(estimated_end(cfg, rounds, today)), [], {}
-    for role, name in cfg.roles.items():
-        if role == 'student' or cfg.models[name].backend != 'openai': continue
-        groups.setdefault(name, []).append(role)
-    for url in sorted({cfg.models[n].base_url or 'https://api.openai.com/v1' for n in groups}):
-        names = [n for n in groups if (cfg.models[n].base_url or 'https://api.openai.com/v1') == url]
-        try:
-            key = api_key_for(cfg.models[names[0]]) or 'sk-no-key-required'
-            offered = endpoint_models(url, key)
-        except LionError:
-            progress(f"[check] skip {'endpoint':<18} {url}: its key is not set (see keys); not checked")
-            continue
-        except (openai.APIConnectionError, openai.APIStatusError) as e:
-            why = f"HTTP {e.status_code}" if isinstance(e, openai.APIStatusError) else 'cannot connect'
-            progress(f"[check] skip {'endpoint':<18} {url}: {why}; its models are not checked, the offline "
-                     f"checks go on")
-            continue
-        for n in names:
-            spec = cfg.models[n].model_copy(update={'base_url': url})
-            entry = None if spec.model in offered else retrieve_model(url, key, spec.model)
-            fn = lambda spec=spec, n=n, entry=entry: check_endpoint_model(spec, '/'.join(groups[n]), offered,
-                                                                         str(today), end, entry)
-            out.append((f"model {n}", fn))
-    return out
-
-# %% ../nbs/16_operations.ipynb #68a37220
-def request_shapes(cfg: Config, run: RunDir) -> dict:
-    "{model name: its planned request shape, the roles it plays, and what the run learned} for the manifest."
-    f = run.cache/SHAPES_FILE
-    learned = read_json(f) if f.exists() else {}
-    out = {}
-    for role, name in cfg.roles.items():
-        spec = cfg.models[name]
-        if role == 'student' or spec.backend != 'openai': continue
-        url = (spec.base_url or 'https://api.openai.com/v1').rstrip('/')
-        row = out.setdefault(name, {**asdict(request_shape(spec)), 'roles': [],
-                                    'learned': learned.get(f'{url} {spec.model}', {})})
-        row['roles'].append(role)
-    return out
-
-# %% ../nbs/16_operations.ipynb #1de2a1a8
+# %% ../nbs/16_operations.ipynb #e1ef9209
 def preflight(config_path, run_root, baseline: Optional[str] = None, rounds: Optional[int] = None,
               progress=print) -> list[dict]:
     "Check the whole run before anything is paid for; print one line per check; raise listing every failure."
@@ -519,7 +228,283 @@ def preflight(config_path, run_root, baseline: Optional[str] = None, rounds: Opt
         )
     return results
 
-# %% ../nbs/16_operations.ipynb #0c2b3c7f
+# %% ../nbs/16_operations.ipynb #cda702c7
+def check_checkpoint(spec: ModelSpec, cfg: Config, sizes: Optional[dict] = None) -> tuple[str, int]:
+    """Load a local model's config and tokenizer and check its prompt layout; its size goes to
+    `sizes[spec.model]` first."""
+    folder, tok, arch, n = load_checkpoint_parts(spec)
+    if sizes is not None: sizes[spec.model] = n
+    return f"{folder} ({arch}, {n / 1e6:,.1f}M parameters), prompts: {prompt_layout(spec, tok, cfg)}", n
+
+def load_checkpoint_parts(spec: ModelSpec) -> tuple[Path, object, str, int]:
+    """A local model's folder, tokenizer, architecture and parameter count (its config and tokenizer must
+    load)."""
+    folder = Path(resolve_checkpoint(spec.model))
+    if not (folder / 'config.json').exists():
+        raise LionError(f"{folder}: no config.json, so not a Hugging Face checkpoint folder")
+    try:
+        tok = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise LionError(f"{folder}: its tokenizer does not load: {e}") from None
+    return (folder, tok, *count_parameters(folder))
+
+def prompt_layout(spec: ModelSpec, tokenizer, cfg: Config) -> str:
+    "How prompts for a local model are laid out ('chat' or 'alpaca'), or an error that says what is missing."
+    has_chat = bool(getattr(tokenizer, 'chat_template', None))
+    asked = spec.prompt_template                             # auto | chat | alpaca | lion
+    if asked == 'chat' and not has_chat:
+        raise LionError("prompt_template is 'chat', but its tokenizer has no chat template: give it one, "
+                        "or set prompt_template: alpaca or lion (or auto)")
+    if asked in ('alpaca', 'lion'): return asked
+    return 'chat' if has_chat else 'alpaca (no chat template)'   # auto: the one rule, llm.resolve_template
+
+def count_parameters(folder) -> tuple[str, int]:
+    """The architecture and parameter count of a checkpoint, from its config alone (on the meta device: no
+    weights read)."""
+    conf = AutoConfig.from_pretrained(folder)
+    with torch.device('meta'): model = AutoModelForCausalLM.from_config(conf)
+    return type(model).__name__, sum(p.numel() for p in model.parameters())
+
+# %% ../nbs/16_operations.ipynb #ba4345ab
+def check_data(cfg: Config) -> str:
+    """Every data file the run reads is present (the pools' dataset, each evaluation set); errors say where to
+    get them."""
+    missing = []
+    if cfg.pools.dataset == 'alpaca': names = ['alpaca']
+    elif cfg.pools.dataset == 'demo': names = []
+    else:
+        names = []
+        if not Path(cfg.pools.dataset).exists():
+            missing.append(f"{cfg.pools.dataset}: dataset file not found (pools.dataset)")
+    root = data.data_root(cfg=cfg)
+    absent = [n for n in names + eval_data_names(cfg) if not (root/data.DATA_FILES[n].rel).exists()]
+    if absent:
+        groups = ' '.join(dict.fromkeys(n.split('/')[0] for n in absent))
+        files = ', '.join(data.DATA_FILES[n].rel for n in absent[:3])
+        if len(absent) > 3: files += f" and {len(absent) - 3} more"
+        missing.append(
+            f"{len(absent)} file(s) missing in {root}: {files}; put them there, or when online run "
+            f"`lion_nb data fetch {groups} --data-dir {root}` (data_dir in the config, else $LION_DATA_DIR)"
+        )
+    if missing: raise LionError('; '.join(missing))
+    n_files = len(names) + len(eval_data_names(cfg))
+    return f"pools: {cfg.pools.dataset}; evaluation: {', '.join(cfg.eval.sets)} ({n_files} files)"
+
+def eval_data_names(cfg: Config) -> list[str]:
+    "The data-table entries the configured evaluation sets read (AGIEval: the multiple-choice subsets)."
+    groups = {'vicuna80': ['vicuna80/questions'], 'user252': ['user252'],
+              'agieval': [f'agieval/{s}' for s in data.AGIEVAL_MC], 'bbh': data.data_names('bbh')}
+    return [n for s in cfg.eval.sets for n in groups.get(s, [])]
+
+def check_reserve(cfg: Config, baseline: Optional[str], rounds: int) -> str:
+    "A random-baseline run draws `n_new` per round from the reserve: it must hold `n_new x rounds`."
+    if baseline != 'random': return 'not needed (no baseline)'
+    need = cfg.loop.n_new * rounds
+    if cfg.pools.reserve_size < need:
+        raise LionError(
+            f"--baseline random draws n_new x iterations = {cfg.loop.n_new} x {rounds} = {need} instructions "
+            f"from the reserve, but pools.reserve_size is {cfg.pools.reserve_size}; "
+            f"set pools.reserve_size: {need} (it is held back from the dataset)"
+        )
+    return f"{cfg.pools.reserve_size} reserved, {need} needed"
+
+# %% ../nbs/16_operations.ipynb #05694998
+TRAIN_BYTES_PER_PARAM = 16   # AdamW full fine-tuning in fp32: weights, gradients, two moments (4 bytes each)
+
+def check_devices(cfg: Config, n_params: int, available: Optional[int] = None) -> str:
+    """`train.nproc` fits the visible GPUs; without a GPU, `train.device: cuda` is refused, and so is a
+    student whose CPU training needs more memory than `available` (default: `available_memory_bytes`)."""
+    nproc = cfg.train.nproc
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        if nproc > n:
+            seen = os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')
+            raise LionError(
+                f"train.nproc is {nproc}, but {n} GPU(s) are visible (CUDA_VISIBLE_DEVICES={seen}); set "
+                f"train.nproc: {n}"
+            )
+        return f"{nproc} process(es) on {n} visible GPU(s)"
+    need, have = TRAIN_BYTES_PER_PARAM * n_params, available or available_memory_bytes()
+    problems = []
+    if need > have:
+        problems.append(
+            f"no GPU is visible, and training the {n_params / 1e9:.2f}B-parameter student on the CPU needs "
+            f"about {need / 1e9:,.0f} GB ({TRAIN_BYTES_PER_PARAM} bytes a parameter: fp32 weights, gradients "
+            f"and AdamW's two moments), more than the {have / 1e9:,.1f} GB available here: too large to "
+            "train on this machine (check the driver and CUDA_VISIBLE_DEVICES, or run on a GPU node)")
+    if cfg.train.device == 'cuda':
+        problems.append("train.device is 'cuda', but no GPU is visible (check the driver, "
+                        "CUDA_VISIBLE_DEVICES and that torch was built with CUDA)")
+    if problems: raise LionError('; '.join(problems))
+    size = f"{need / 1e9:,.1f} of {have / 1e9:,.1f} GB" if n_params else "memory not estimated"
+    return f"no GPU visible: training runs on CPU in {nproc} process(es) on {os.cpu_count()} core(s) ({size})"
+
+def available_memory_bytes() -> int:
+    "RAM available to start new work (Linux `MemAvailable`), else the machine's physical memory."
+    try:
+        for line in Path('/proc/meminfo').read_text().splitlines():
+            if line.startswith('MemAvailable:'): return int(line.split()[1]) * 1024
+    except OSError: pass
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+
+# %% ../nbs/16_operations.ipynb #0a6f818c
+def check_disk(run_root, n_params: int, rounds: int) -> str:
+    "The run's disk can hold its checkpoints."
+    if not n_params: return "not estimated: the student's checkpoint did not load"
+    d = Path(run_root).resolve()
+    while not d.exists(): d = d.parent
+    need, free = checkpoint_bytes(n_params, rounds), shutil.disk_usage(d).free
+    if free < need:
+        raise LionError(
+            f"the checkpoints need about {need / 1e9:,.1f} GB ({rounds + 1} students of "
+            f"{n_params / 1e9:.2f}B parameters and "
+            f"one training's resumable state), but {d} has {free / 1e9:,.1f} GB free"
+        )
+    return f"about {need / 1e9:,.2f} GB needed, {free / 1e9:,.1f} GB free at {d}"
+
+def checkpoint_bytes(n_params: int, rounds: int) -> int:
+    """Disk for a run's checkpoints: K+1 trained students (float32) and one training's resumable state (2 x
+    weights + Adam)."""
+    return 4 * n_params * (rounds + 1) + 2 * 12 * n_params
+
+# %% ../nbs/16_operations.ipynb #f41f89f8
+def check_keys(cfg: Config) -> str:
+    """Each remote model's key variable is set (its value is never shown); OpenAI's endpoint without a named
+    key is refused."""
+    named = []
+    for name in sorted(set(cfg.roles.values())):
+        spec = cfg.models[name]
+        if spec.backend != 'openai': continue
+        if spec.api_key_env:
+            api_key_for(spec)
+            named.append(f"{name}: ${spec.api_key_env} set")
+        elif 'api.openai.com' in (spec.base_url or 'https://api.openai.com/v1'):
+            raise LionError(
+                f"model {name!r} calls api.openai.com but names no key variable: set api_key_env: "
+                f"OPENAI_API_KEY"
+            )
+        else: named.append(f"{name}: no key (endpoint {spec.base_url})")
+    return '; '.join(named) or 'no remote models'
+
+def check_engine(cfg: Config) -> str:
+    "Each engine-served model's launch program is installed (`find_program`: beside python, then PATH)."
+    found = []
+    for name in sorted({n for n in cfg.roles.values() if cfg.models[n].backend == 'vllm'}):
+        spec = cfg.models[name]
+        prog = (spec.launch or VLLM_LAUNCH).split()[0].replace('{python}', sys.executable)
+        found.append(f"{name}: {find_program(prog, spec.model)}")
+    return '; '.join(found) or 'no engine-served model'
+
+# %% ../nbs/16_operations.ipynb #b9705f34
+def endpoint_checks(cfg: Config, rounds: int, progress=print) -> list[tuple[str, Callable]]:
+    "The (name, check) pairs of the live preflight: each remote model against its endpoint's offer."
+    import openai   # only the live preflight calls the API in this module
+    today = datetime.datetime.now(datetime.timezone.utc).date()
+    end, out, groups = str(estimated_end(cfg, rounds, today)), [], {}
+    for role, name in cfg.roles.items():
+        if role == 'student' or cfg.models[name].backend != 'openai': continue
+        groups.setdefault(name, []).append(role)
+    for url in sorted({cfg.models[n].base_url or 'https://api.openai.com/v1' for n in groups}):
+        names = [n for n in groups if (cfg.models[n].base_url or 'https://api.openai.com/v1') == url]
+        try:
+            key = api_key_for(cfg.models[names[0]]) or 'sk-no-key-required'
+            offered = endpoint_models(url, key)
+        except LionError:
+            progress(f"[check] skip {'endpoint':<18} {url}: its key is not set (see keys); not checked")
+            continue
+        except (openai.APIConnectionError, openai.APIStatusError) as e:
+            why = f"HTTP {e.status_code}" if isinstance(e, openai.APIStatusError) else 'cannot connect'
+            progress(f"[check] skip {'endpoint':<18} {url}: {why}; its models are not checked, the offline "
+                     f"checks go on")
+            continue
+        for n in names:
+            spec = cfg.models[n].model_copy(update={'base_url': url})
+            entry = None if spec.model in offered else retrieve_model(url, key, spec.model)
+            fn = lambda spec=spec, n=n, entry=entry: check_endpoint_model(spec, '/'.join(groups[n]), offered,
+                                                                         str(today), end, entry)
+            out.append((f"model {n}", fn))
+    return out
+
+# %% ../nbs/16_operations.ipynb #5fa0bb3c
+def check_endpoint_model(spec: ModelSpec, who: str, offered: dict, today: str, end: str,
+                         entry: Optional[dict] = None) -> str:
+    "One model against its endpoint's offer (`entry`: its listing, or what `models.retrieve` said)."
+    e = offered.get(spec.model, entry)
+    live = sorted(offered, key=lambda m: (offered[m].get('shutdown_date') is not None, m))
+    instead = ', '.join(live[:8]) + (f" (and {len(live) - 8} more)" if len(live) > 8 else '')
+    if e is None:
+        raise LionError(f"{who} {spec.model!r} is not offered by {spec.base_url} (shut down, or not open to "
+                        f"this key): a request would get 404 model_not_found. It offers: {instead or '-'}")
+    d = str(e.get('shutdown_date') or '') or None
+    if d and d <= today:
+        raise LionError(f"{who} {spec.model!r} was shut down on {d}. {spec.base_url} offers: {instead}")
+    if d and d <= end:
+        return f"{spec.model} offered, but WARNING: it shuts down on {d}, before the run may end ({end})"
+    return f"{spec.model} offered" + (f" until {d}" if d else ", no shutdown date announced")
+
+def estimated_end(cfg: Config, rounds: int, today: Optional[datetime.date] = None) -> datetime.date:
+    """The latest day the run may end: with a Batch API model, one 24-hour batch window for each of the four
+    stages that call the API in each of the K+1 iterations; else a day."""
+    batch = any(cfg.models[n].batch_api for r, n in cfg.roles.items() if r != 'student')
+    today = today or datetime.datetime.now(datetime.timezone.utc).date()
+    return today + datetime.timedelta(days=4*(rounds + 1) if batch else 1)
+
+def endpoint_models(base_url: str, # an OpenAI-compatible endpoint, ending in /v1
+                    api_key: str, # the key its listing needs (a placeholder for endpoints without one)
+                    timeout_s: float = 20.0,
+                   ) -> dict:
+    "The models an endpoint offers, {id: its listing entry (with `shutdown_date` where it gives one)}."
+    import openai   # only the live preflight calls the API in this module
+    with openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s) as c:
+        return {m.id: m.model_dump() for m in c.models.list()}
+
+def retrieve_model(base_url: str, api_key: str, name: str, timeout_s: float = 20.0) -> Optional[dict]:
+    "`models.retrieve(name)`: its entry, or None when the endpoint answers 404 (`model_not_found`)."
+    import openai   # only the live preflight calls the API in this module
+    with openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s) as c:
+        try: return c.models.retrieve(name).model_dump()
+        except openai.NotFoundError: return None
+
+# %% ../nbs/16_operations.ipynb #5eb71184
+def role_temperatures(cfg: Config) -> dict:
+    "The temperature each remote role is sent (the referee's and the judge's: their folders', unless set)."
+    s = cfg.sampling
+    return {'teacher': s.teacher_temperature, 'referee': RefereeSettings.from_config(cfg).temperature,
+            'generator': s.generator_temperature,
+            'judge': judge_settings(judge_for(cfg, 'review'), cfg)['temperature']}
+
+def shape_line(spec: ModelSpec, temps: dict) -> str:
+    "How a remote model's requests are shaped (`cache.request_shape`), and which temperatures it cannot take."
+    s, fam = request_shape(spec), model_family(spec.model)
+    if spec.reasoning_effort and fam and fam.efforts is not None and spec.reasoning_effort not in fam.efforts:
+        raise LionError(f"{spec.model}: reasoning_effort {spec.reasoning_effort!r} is not one it takes "
+                        f"({', '.join(fam.efforts)}); a request would get 400 unsupported_value")
+    parts = [f"{s.token_param} = answer" + (f" + {s.headroom:,} reasoning headroom" if s.headroom else '')]
+    parts.append(f"reasoning_effort {s.reasoning_effort}" if s.reasoning_effort else
+                 'its default reasoning effort' if s.reasons else '')
+    dropped = ', '.join(f"{r} {t}" for r, t in temps.items() if t != 1)
+    warn = f"WARNING: no temperature sent (the model takes only 1): {dropped} not applied" if dropped else ''
+    parts.append('temperature sent' if s.temperature else warn)
+    if s.family is None and spec.token_param == 'auto':
+        parts.append('not in the capability table: its shape is learned from its first refusal')
+    return '; '.join(p for p in parts if p)
+
+# %% ../nbs/16_operations.ipynb #536ea6cb
+def request_shapes(cfg: Config, run: RunDir) -> dict:
+    "{model name: its planned request shape, the roles it plays, and what the run learned} for the manifest."
+    f = run.cache/SHAPES_FILE
+    learned = read_json(f) if f.exists() else {}
+    out = {}
+    for role, name in cfg.roles.items():
+        spec = cfg.models[name]
+        if role == 'student' or spec.backend != 'openai': continue
+        url = (spec.base_url or 'https://api.openai.com/v1').rstrip('/')
+        row = out.setdefault(name, {**asdict(request_shape(spec)), 'roles': [],
+                                    'learned': learned.get(f'{url} {spec.model}', {})})
+        row['roles'].append(role)
+    return out
+
+# %% ../nbs/16_operations.ipynb #80749fda
 @contextmanager
 def run_lock(run: RunDir):
     "Hold `<run>/.lock` (an exclusive `flock`) while the run executes; refuse a second process at once."
@@ -540,28 +525,7 @@ def run_lock(run: RunDir):
         yield run
     finally: f.close()     # closing the file releases the lock
 
-# %% ../nbs/16_operations.ipynb #39079960
-def _link_or_copy(src, dst):
-    "Hard-link `src` to `dst` (a fork shares its weights' bytes), or copy it where links cannot be made."
-    try: os.link(src, dst)
-    except OSError: shutil.copy2(src, dst)
-
-# %% ../nbs/16_operations.ipynb #29f8c142
-def check_fork(src, # the run folder forked from
-               cfg: Config, # the forking run's configuration
-              ) -> Path:
-    "`src`'s saved configuration, or an error naming every result-changing setting in which it differs."
-    saved = RunDir(src).root/'config.yaml'
-    if not saved.exists():
-        raise LionError(f"--fork-from {RunDir(src).root}: it has no config.yaml to check this run's "
-                        f"configuration against (fork only from a run of `lion_nb run`)")
-    diff = identity_diff(load_config(saved), cfg)
-    if diff:
-        raise LionError(f"--fork-from {RunDir(src).root}: its configuration differs in settings that change "
-                        f"results, so the arms would differ in more than the referee: {'; '.join(diff)}")
-    return saved
-
-# %% ../nbs/16_operations.ipynb #cb42bff0
+# %% ../nbs/16_operations.ipynb #9c5c0d76
 def fork_run(src, run: RunDir, progress=print,
              cfg: Optional[Config] = None, # the forking run's configuration: refused if `src`'s differs
             ) -> list[str]:
@@ -584,7 +548,36 @@ def fork_run(src, run: RunDir, progress=print,
     if copied: progress(f"[lion_nb] forked from {src.root}: {', '.join(copied)}")
     return copied
 
-# %% ../nbs/16_operations.ipynb #0abf26bb
+def check_fork(src, # the run folder forked from
+               cfg: Config, # the forking run's configuration
+              ) -> Path:
+    "`src`'s saved configuration, or an error naming every result-changing setting in which it differs."
+    saved = RunDir(src).root/'config.yaml'
+    if not saved.exists():
+        raise LionError(f"--fork-from {RunDir(src).root}: it has no config.yaml to check this run's "
+                        f"configuration against (fork only from a run of `lion_nb run`)")
+    diff = identity_diff(load_config(saved), cfg)
+    if diff:
+        raise LionError(f"--fork-from {RunDir(src).root}: its configuration differs in settings that change "
+                        f"results, so the arms would differ in more than the referee: {'; '.join(diff)}")
+    return saved
+
+def _link_or_copy(src, dst):
+    "Hard-link `src` to `dst` (a fork shares its weights' bytes), or copy it where links cannot be made."
+    try: os.link(src, dst)
+    except OSError: shutil.copy2(src, dst)
+
+# %% ../nbs/16_operations.ipynb #88b389eb
+def matched_stage(stage: Callable, # the run's stage (`notebook_stage`)
+                  run: RunDir, # the forked run
+                  src: RunDir, # the run it was forked from
+                  progress=print) -> Callable:
+    "`stage`, matching Train Pool k to `src`'s (`match_train_pool`) before imitation k, for k >= 2."
+    def matched(name: str, k: int, **options):
+        if name == 'imitation' and k >= 2: match_train_pool(run, k - 1, src, progress)
+        return stage(name, k, **options)
+    return matched
+
 def match_train_pool(run: RunDir, # the forked arm
                      j: int, # the round whose new instructions (Train Pool j+1) are matched
                      src: RunDir, # the arm it was forked from (already run)
@@ -607,84 +600,44 @@ def match_train_pool(run: RunDir, # the forked arm
     write_json(run.stage_dir(j, stage)/'matched.json', info)
     return info
 
-# %% ../nbs/16_operations.ipynb #9895c551
-def matched_stage(stage: Callable, # the run's stage (`notebook_stage`)
-                  run: RunDir, # the forked run
-                  src: RunDir, # the run it was forked from
-                  progress=print) -> Callable:
-    "`stage`, matching Train Pool k to `src`'s (`match_train_pool`) before imitation k, for k >= 2."
-    def matched(name: str, k: int, **options):
-        if name == 'imitation' and k >= 2: match_train_pool(run, k - 1, src, progress)
-        return stage(name, k, **options)
-    return matched
-
-# %% ../nbs/16_operations.ipynb #a01cb415
-EST = dict(instr=40, review_prompt=150, review_out=200, gen_prompt=250, gen_out=60, repair=0.02)
-# items in full; AGIEval: its 8 MC subsets
-EVAL_SIZES = {'vicuna80': 80, 'user252': 252, 'demo': 20, 'agieval': 2546, 'bbh': 6511}
-EVAL_TASKS = {'agieval': 8, 'bbh': 27}   # `eval.samples` counts per task for these
-
-def _row(cfg: Config, k, stage, role, calls, p_tok, c_tok) -> dict:
-    spec = cfg.model_for(role)
-    cached = max(0, round(calls) - 1) * shared_prompt_tokens(cfg, role)
-    reasoning = round(calls) * reasoning_per_call(spec)
-    cost = cost_usd(spec, calls * p_tok, calls * c_tok + reasoning, spec.batch_api, cached)
-    return dict(
-        iteration=k,
-        stage=stage,
-        role=role,
-        model=spec.model,
-        calls=round(calls),
-        prompt_tokens=round(calls * p_tok),
-        completion_tokens=round(calls * c_tok),
-        cached_tokens=cached,
-        reasoning_tokens=reasoning,
-        cached_saving_usd=round(cached_saving_usd(spec, cached, spec.batch_api), 2),
-        cost_usd=round(cost, 2),
+# %% ../nbs/16_operations.ipynb #44eea4db
+def print_estimate(cfg: Config, iterations: Optional[int] = None, progress=print,
+                   baseline: Optional[str] = None) -> dict:
+    "Print the dry-run table and totals (of control arm `baseline`'s stages, when given); return the totals."
+    rows = estimate_run(cfg, iterations, baseline)
+    progress(
+        f"{'iter':>4} {'stage':<15} {'role':<10} {'model':<28} {'calls':>9} {'prompt tok':>13} "
+        f"{'cached tok':>12} {'compl tok':>12} {'reason tok':>12} {'saved $':>8} {'cost $':>9}"
     )
+    line = lambda r: (f"{r['calls']:>9,} {r['prompt_tokens']:>13,} {r['cached_tokens']:>12,} "
+                      f"{r['completion_tokens']:>12,} {r['reasoning_tokens']:>12,} "
+                      f"{r['cached_saving_usd']:>8,.2f} {r['cost_usd']:>9,.2f}")
+    for r in rows:
+        progress(f"{r['iteration']:>4} {r['stage']:<15} {r['role']:<10} {r['model'][:28]:<28} {line(r)}")
+    cols = ('calls', 'prompt_tokens', 'cached_tokens', 'completion_tokens', 'reasoning_tokens',
+            'cached_saving_usd', 'cost_usd')
+    tot = {c: sum(r[c] for r in rows) for c in cols}
+    progress(f"{'total':<60} {line(tot)}")
+    if cfg.budget_usd is not None and tot['cost_usd'] > cfg.budget_usd:
+        progress(
+            f"warning: the estimate exceeds the configured budget of ${cfg.budget_usd:,.2f}; the run will "
+            f"stop cleanly at the cap"
+        )
+    return tot
 
-# %% ../nbs/16_operations.ipynb #9a969418
-PREFIX_JUDGES = {'referee': 'referee', 'judge': 'review', 'generator': 'generator_hard'}
-_FIELD = '\x00'   # a stand-in for every template field
+def estimate_run(cfg: Config, iterations: Optional[int] = None,
+                 baseline: Optional[str] = None, # a control arm of `BASELINES` (None: Lion)
+                ) -> list[dict]:
+    """Estimated calls, tokens and cost per iteration, stage and role of a Lion run, or of control arm
+    `baseline`'s stages (nothing is sent)."""
+    if baseline is not None and baseline not in BASELINES:
+        raise LionError(f"unknown baseline {baseline!r}; known: {', '.join(BASELINES)}")
+    dry = DryRun(cfg)
+    lion(iterations or cfg.loop.iterations, dry, baseline, cfg.loop.discriminate_last,
+         cfg.loop.evaluate == 'every')
+    return [r for r in dry.rows if r['calls']]
 
-def judge_prefix_tokens(judge) -> int:
-    "Tokens of a judge's prompt before its first filled-in field (system message included): what calls share."
-    msgs = judge.messages(**{f: _FIELD for f in ('question', 'answer_1', 'answer_2', 'answer', 'instruction',
-                                                 'input')})
-    text = ''.join(f"<{m['role']}>{m['content']}" for m in msgs)
-    cut = text.find(_FIELD)
-    return int((len(text) if cut < 0 else cut)/CHARS_PER_TOKEN)
-
-# %% ../nbs/16_operations.ipynb #3ab175f1
-def shared_prompt_tokens(cfg: Config, role: str) -> int:
-    "The cached prompt tokens each call of `role` but the first gets (0 off OpenAI-compatible endpoints)."
-    if role not in PREFIX_JUDGES or cfg.model_for(role).backend != 'openai': return 0
-    return cacheable_prefix_tokens(judge_prefix_tokens(judge_for(cfg, PREFIX_JUDGES[role])))
-
-# %% ../nbs/16_operations.ipynb #2b8d2ffe
-def reasoning_per_call(spec: ModelSpec) -> int:
-    """The reasoning tokens a call may spend at most: its request shape's headroom (`cache.request_shape`: the
-    spec's `reasoning_headroom`, else 2,048 for a reasoning family, 0 for a model that does not reason)."""
-    return request_shape(spec).headroom
-
-# %% ../nbs/16_operations.ipynb #c4e3a8c6
-def discrimination_teacher_calls(cfg: Config, k: int, train: int, cache: int) -> int:
-    """Teacher answers discrimination pays for in iteration `k`. A fresh sample (the default) answers the
-    whole Cache Pool once (iteration 1) and then each round's new instructions; reusing imitation's answers
-    pays only for the Cache Pool outside the first Train Pool."""
-    if cfg.sampling.reuse_imitation_answers: return cache - train if k == 1 else 0
-    return cache if k == 1 else train
-
-# %% ../nbs/16_operations.ipynb #ded9dd8c
-JUDGED_SETS = ('vicuna80', 'user252', 'demo')
-
-def eval_items(cfg: Config) -> dict:
-    "Items each evaluation set will have, given `eval.samples`."
-    full = {x: EVAL_SIZES.get(x, 0) for x in cfg.eval.sets}
-    return {x: min(n, cfg.eval.samples[x] * EVAL_TASKS.get(x, 1)) if x in cfg.eval.samples else n
-            for x, n in full.items()}
-
-# %% ../nbs/16_operations.ipynb #93453652
+# %% ../nbs/16_operations.ipynb #fad01519
 class DryRun:
     "A `stage` for `lion` that sends nothing: it estimates each stage's calls, tokens and cost, as `rows`."
     def __init__(self, cfg: Config):
@@ -705,7 +658,7 @@ class DryRun:
     ):
         self.rows.append(_row(self.cfg, k, stage, role, calls, prompt_tokens, completion_tokens))
 
-# %% ../nbs/16_operations.ipynb #c045aa1e
+# %% ../nbs/16_operations.ipynb #b6599294
 @patch
 def imitation(self: DryRun, k: int):
     "The teacher answers the Train Pool."
@@ -733,7 +686,6 @@ def generation(self: DryRun, k: int):
     )
     self.train, self.cache = n, self.cache + n
 
-# %% ../nbs/16_operations.ipynb #98b58b94
 @patch
 def evaluation(self: DryRun, k: int):
     """Reference answers once (the first evaluation); the judge per student (first: base too), in both orders
@@ -750,46 +702,72 @@ def evaluation(self: DryRun, k: int):
         self.add(k, 'evaluation', 'judge', judge_requests(review, cfg.probe.judge_items, 3), self.review,
                  EST['review_out'])
 
-# %% ../nbs/16_operations.ipynb #48c3cff2
 @patch
 def selection(self: DryRun, k: int):
     "The `random` control draws the next Train Pool from the reserve: nothing is sent."
     self.train = self.cfg.loop.n_new
 
-# %% ../nbs/16_operations.ipynb #7337815c
-def estimate_run(cfg: Config, iterations: Optional[int] = None,
-                 baseline: Optional[str] = None, # a control arm of `BASELINES` (None: Lion)
-                ) -> list[dict]:
-    """Estimated calls, tokens and cost per iteration, stage and role of a Lion run, or of control arm
-    `baseline`'s stages (nothing is sent)."""
-    if baseline is not None and baseline not in BASELINES:
-        raise LionError(f"unknown baseline {baseline!r}; known: {', '.join(BASELINES)}")
-    dry = DryRun(cfg)
-    lion(iterations or cfg.loop.iterations, dry, baseline, cfg.loop.discriminate_last,
-         cfg.loop.evaluate == 'every')
-    return [r for r in dry.rows if r['calls']]
+# %% ../nbs/16_operations.ipynb #e5c00042
+EST = dict(instr=40, review_prompt=150, review_out=200, gen_prompt=250, gen_out=60, repair=0.02)
 
-# %% ../nbs/16_operations.ipynb #2e96fcf3
-def print_estimate(cfg: Config, iterations: Optional[int] = None, progress=print,
-                   baseline: Optional[str] = None) -> dict:
-    "Print the dry-run table and totals (of control arm `baseline`'s stages, when given); return the totals."
-    rows = estimate_run(cfg, iterations, baseline)
-    progress(
-        f"{'iter':>4} {'stage':<15} {'role':<10} {'model':<28} {'calls':>9} {'prompt tok':>13} "
-        f"{'cached tok':>12} {'compl tok':>12} {'reason tok':>12} {'saved $':>8} {'cost $':>9}"
+# items in full; AGIEval: its 8 MC subsets
+EVAL_SIZES = {'vicuna80': 80, 'user252': 252, 'demo': 20, 'agieval': 2546, 'bbh': 6511}
+
+EVAL_TASKS = {'agieval': 8, 'bbh': 27}   # `eval.samples` counts per task for these
+
+JUDGED_SETS = ('vicuna80', 'user252', 'demo')
+
+def _row(cfg: Config, k, stage, role, calls, p_tok, c_tok) -> dict:
+    spec = cfg.model_for(role)
+    cached = max(0, round(calls) - 1) * shared_prompt_tokens(cfg, role)
+    reasoning = round(calls) * reasoning_per_call(spec)
+    cost = cost_usd(spec, calls * p_tok, calls * c_tok + reasoning, spec.batch_api, cached)
+    return dict(
+        iteration=k,
+        stage=stage,
+        role=role,
+        model=spec.model,
+        calls=round(calls),
+        prompt_tokens=round(calls * p_tok),
+        completion_tokens=round(calls * c_tok),
+        cached_tokens=cached,
+        reasoning_tokens=reasoning,
+        cached_saving_usd=round(cached_saving_usd(spec, cached, spec.batch_api), 2),
+        cost_usd=round(cost, 2),
     )
-    line = lambda r: (f"{r['calls']:>9,} {r['prompt_tokens']:>13,} {r['cached_tokens']:>12,} "
-                      f"{r['completion_tokens']:>12,} {r['reasoning_tokens']:>12,} "
-                      f"{r['cached_saving_usd']:>8,.2f} {r['cost_usd']:>9,.2f}")
-    for r in rows:
-        progress(f"{r['iteration']:>4} {r['stage']:<15} {r['role']:<10} {r['model'][:28]:<28} {line(r)}")
-    cols = ('calls', 'prompt_tokens', 'cached_tokens', 'completion_tokens', 'reasoning_tokens',
-            'cached_saving_usd', 'cost_usd')
-    tot = {c: sum(r[c] for r in rows) for c in cols}
-    progress(f"{'total':<60} {line(tot)}")
-    if cfg.budget_usd is not None and tot['cost_usd'] > cfg.budget_usd:
-        progress(
-            f"warning: the estimate exceeds the configured budget of ${cfg.budget_usd:,.2f}; the run will "
-            f"stop cleanly at the cap"
-        )
-    return tot
+
+def shared_prompt_tokens(cfg: Config, role: str) -> int:
+    "The cached prompt tokens each call of `role` but the first gets (0 off OpenAI-compatible endpoints)."
+    if role not in PREFIX_JUDGES or cfg.model_for(role).backend != 'openai': return 0
+    return cacheable_prefix_tokens(judge_prefix_tokens(judge_for(cfg, PREFIX_JUDGES[role])))
+
+PREFIX_JUDGES = {'referee': 'referee', 'judge': 'review', 'generator': 'generator_hard'}
+
+_FIELD = '\x00'   # a stand-in for every template field
+
+def judge_prefix_tokens(judge) -> int:
+    "Tokens of a judge's prompt before its first filled-in field (system message included): what calls share."
+    msgs = judge.messages(**{f: _FIELD for f in ('question', 'answer_1', 'answer_2', 'answer', 'instruction',
+                                                 'input')})
+    text = ''.join(f"<{m['role']}>{m['content']}" for m in msgs)
+    cut = text.find(_FIELD)
+    return int((len(text) if cut < 0 else cut)/CHARS_PER_TOKEN)
+
+def reasoning_per_call(spec: ModelSpec) -> int:
+    """The reasoning tokens a call may spend at most: its request shape's headroom (`cache.request_shape`: the
+    spec's `reasoning_headroom`, else 2,048 for a reasoning family, 0 for a model that does not reason)."""
+    return request_shape(spec).headroom
+
+# %% ../nbs/16_operations.ipynb #c0747117
+def eval_items(cfg: Config) -> dict:
+    "Items each evaluation set will have, given `eval.samples`."
+    full = {x: EVAL_SIZES.get(x, 0) for x in cfg.eval.sets}
+    return {x: min(n, cfg.eval.samples[x] * EVAL_TASKS.get(x, 1)) if x in cfg.eval.samples else n
+            for x, n in full.items()}
+
+def discrimination_teacher_calls(cfg: Config, k: int, train: int, cache: int) -> int:
+    """Teacher answers discrimination pays for in iteration `k`. A fresh sample (the default) answers the
+    whole Cache Pool once (iteration 1) and then each round's new instructions; reusing imitation's answers
+    pays only for the Cache Pool outside the first Train Pool."""
+    if cfg.sampling.reuse_imitation_answers: return cache - train if k == 1 else 0
+    return cache if k == 1 else train

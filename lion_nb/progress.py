@@ -14,32 +14,21 @@ from tqdm import tqdm
 from .core import RunDir, read_json
 
 # %% auto #0
-__all__ = ['PROGRESS_ENV', 'progress_file', 'write_state', 'read_state', 'StageBar', 'progress_bar', 'UsageTail', 'ConsoleBar',
-           'watch_stage', 'relative_score_headline', 'gap_headline', 'headline', 'stage_usage', 'stage_rows',
-           'fmt_seconds', 'stage_table']
+__all__ = ['PROGRESS_ENV', 'progress_bar', 'StageBar', 'progress_file', 'write_state', 'read_state', 'watch_stage', 'ConsoleBar',
+           'UsageTail', 'stage_rows', 'stage_usage', 'headline', 'gap_headline', 'relative_score_headline',
+           'stage_table', 'fmt_seconds']
 
-# %% ../nbs/07a_progress.ipynb #8a29d632
-PROGRESS_ENV = 'LION_PROGRESS'
+# %% ../nbs/07a_progress.ipynb #5e96eea9
+def progress_bar(total: Optional[int], # how many items the bar counts to (None: unknown)
+                 desc: str,            # what is being counted, e.g. 'teacher answers'
+                 unit: str = 'it',     # the unit, e.g. 'req' or 'step'
+                 disable: bool = False,  # no bar at all (e.g. on every training process but the first)
+                 initial: int = 0,     # items already done (a resumed run)
+                 quiet: bool = False) -> StageBar:  # draw nothing here, only tell the console
+    "A text progress bar (terminals, notebooks, papermill) that `lion_nb run` mirrors on the console."
+    return StageBar(total=total, desc=desc, unit=unit, mininterval=0.5, dynamic_ncols=True, leave=True,
+                    disable=disable, initial=initial, file=open(os.devnull, 'w') if quiet else sys.stderr)
 
-def progress_file() -> Optional[Path]:
-    "The file the running stage reports its progress to (`$LION_PROGRESS`), or None outside `lion_nb run`."
-    p = os.environ.get(PROGRESS_ENV)
-    return Path(p) if p else None
-
-# %% ../nbs/07a_progress.ipynb #11fa4e7d
-def write_state(path: Path, state: dict):
-    "Replace the progress file at `path` with `state`."
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, path)
-
-# %% ../nbs/07a_progress.ipynb #09703f87
-def read_state(path: Path) -> Optional[dict]:
-    "The last state written to `path`, or None when there is none yet."
-    try: return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError): return None
-
-# %% ../nbs/07a_progress.ipynb #c6311323
 class StageBar(tqdm):
     "A tqdm bar that also writes its state to the progress file, where the console's bar reads it."
     def __init__(self, *args, **kwargs):
@@ -65,44 +54,49 @@ class StageBar(tqdm):
         if not self.disable: self.publish(force=True)
         super().close()
 
-# %% ../nbs/07a_progress.ipynb #064a9856
-def progress_bar(total: Optional[int], # how many items the bar counts to (None: unknown)
-                 desc: str,            # what is being counted, e.g. 'teacher answers'
-                 unit: str = 'it',     # the unit, e.g. 'req' or 'step'
-                 disable: bool = False,  # no bar at all (e.g. on every training process but the first)
-                 initial: int = 0,     # items already done (a resumed run)
-                 quiet: bool = False) -> StageBar:  # draw nothing here, only tell the console
-    "A text progress bar (terminals, notebooks, papermill) that `lion_nb run` mirrors on the console."
-    return StageBar(total=total, desc=desc, unit=unit, mininterval=0.5, dynamic_ncols=True, leave=True,
-                    disable=disable, initial=initial, file=open(os.devnull, 'w') if quiet else sys.stderr)
+# %% ../nbs/07a_progress.ipynb #10b6165a
+PROGRESS_ENV = 'LION_PROGRESS'
 
-# %% ../nbs/07a_progress.ipynb #f0cd6f50
-class UsageTail:
-    "Calls, tokens and cost appended to a usage log since this object was made."
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.pos = self.path.stat().st_size if self.path.exists() else 0
-        self.calls = self.tokens = 0
-        self.cost = 0.0
+def progress_file() -> Optional[Path]:
+    "The file the running stage reports its progress to (`$LION_PROGRESS`), or None outside `lion_nb run`."
+    p = os.environ.get(PROGRESS_ENV)
+    return Path(p) if p else None
 
-    def poll(self) -> 'UsageTail':
-        "Read the events appended since the last poll (a partly written last line waits for the next poll)."
-        if not self.path.exists(): return self
-        with open(self.path, 'rb') as f:
-            f.seek(self.pos)
-            chunk = f.read()
-        whole = chunk[:chunk.rfind(b'\n') + 1]
-        self.pos += len(whole)
-        for line in whole.splitlines():
-            self.add(json.loads(line))
-        return self
+def write_state(path: Path, state: dict):
+    "Replace the progress file at `path` with `state`."
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
 
-    def add(self, ev: dict):
-        self.calls += ev.get('calls', 0)
-        self.tokens += ev.get('prompt_tokens', 0) + ev.get('completion_tokens', 0)
-        self.cost += ev.get('cost_usd', 0.0)
+def read_state(path: Path) -> Optional[dict]:
+    "The last state written to `path`, or None when there is none yet."
+    try: return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError): return None
 
-# %% ../nbs/07a_progress.ipynb #3f973a1f
+# %% ../nbs/07a_progress.ipynb #8d362e16
+@contextmanager
+def watch_stage(run: RunDir,         # the run: its usage log gives calls and cost
+                label: str,          # the bar's label, e.g. 'iter 1/3 imitation'
+                interval: float = 0.5,
+                file=None):
+    "Show a console bar for the stage executed inside the `with` block (its kernel reads `$LION_PROGRESS`)."
+    state = run.root/'progress.json'
+    state.unlink(missing_ok=True)
+    bar, stop = ConsoleBar(label, state, UsageTail(run.usage), file), threading.Event()
+    def redraw():
+        while not stop.wait(interval): bar.refresh()
+    t = threading.Thread(target=redraw, daemon=True)
+    old, os.environ[PROGRESS_ENV] = os.environ.get(PROGRESS_ENV), str(state)
+    t.start()
+    try: yield bar
+    finally:
+        stop.set()
+        t.join()
+        bar.close()
+        if old is None: os.environ.pop(PROGRESS_ENV, None)
+        else: os.environ[PROGRESS_ENV] = old
+
+# %% ../nbs/07a_progress.ipynb #5e85e66a
 class ConsoleBar:
     "The console's bar for one stage, redrawn from the stage's progress file and the run's usage log."
     def __init__(self, label: str, state_path: Path, usage: UsageTail, file=None):
@@ -128,30 +122,78 @@ class ConsoleBar:
         self.refresh()
         self.bar.close()
 
-# %% ../nbs/07a_progress.ipynb #744ea21e
-@contextmanager
-def watch_stage(run: RunDir,         # the run: its usage log gives calls and cost
-                label: str,          # the bar's label, e.g. 'iter 1/3 imitation'
-                interval: float = 0.5,
-                file=None):
-    "Show a console bar for the stage executed inside the `with` block (its kernel reads `$LION_PROGRESS`)."
-    state = run.root/'progress.json'
-    state.unlink(missing_ok=True)
-    bar, stop = ConsoleBar(label, state, UsageTail(run.usage), file), threading.Event()
-    def redraw():
-        while not stop.wait(interval): bar.refresh()
-    t = threading.Thread(target=redraw, daemon=True)
-    old, os.environ[PROGRESS_ENV] = os.environ.get(PROGRESS_ENV), str(state)
-    t.start()
-    try: yield bar
-    finally:
-        stop.set()
-        t.join()
-        bar.close()
-        if old is None: os.environ.pop(PROGRESS_ENV, None)
-        else: os.environ[PROGRESS_ENV] = old
+# %% ../nbs/07a_progress.ipynb #40ecbb24
+class UsageTail:
+    "Calls, tokens and cost appended to a usage log since this object was made."
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.pos = self.path.stat().st_size if self.path.exists() else 0
+        self.calls = self.tokens = 0
+        self.cost = 0.0
 
-# %% ../nbs/07a_progress.ipynb #20e6fdcf
+    def poll(self) -> 'UsageTail':
+        "Read the events appended since the last poll (a partly written last line waits for the next poll)."
+        if not self.path.exists(): return self
+        with open(self.path, 'rb') as f:
+            f.seek(self.pos)
+            chunk = f.read()
+        whole = chunk[:chunk.rfind(b'\n') + 1]
+        self.pos += len(whole)
+        for line in whole.splitlines():
+            self.add(json.loads(line))
+        return self
+
+    def add(self, ev: dict):
+        self.calls += ev.get('calls', 0)
+        self.tokens += ev.get('prompt_tokens', 0) + ev.get('completion_tokens', 0)
+        self.cost += ev.get('cost_usd', 0.0)
+
+# %% ../nbs/07a_progress.ipynb #b5876048
+def stage_rows(manifest: dict, run: RunDir) -> list[dict]:
+    "One row per finished stage: iteration, stage, seconds, calls, tokens, cost and headline."
+    used, rows = stage_usage(manifest.get('usage') or []), []
+    for key, st in manifest.get('stages', {}).items():
+        k, stage = int(key.split('/')[0].split('_')[1]), key.split('/')[1]
+        u = used.get((k, stage), {'calls': 0, 'tokens': 0, 'cost': 0.0})
+        rows.append({'iteration': k, 'stage': stage, 'seconds': st['seconds'], **u,
+                     'headline': headline(stage, st, run.stage_dir(k, stage))})
+    return rows
+
+def stage_usage(usage: list[dict]) -> dict:
+    "Calls, tokens and cost per (iteration, stage), summed over roles, from `usage_summary` rows."
+    out = {}
+    for r in usage:
+        row = out.setdefault((r.get('iteration'), r.get('stage')), {'calls': 0, 'tokens': 0, 'cost': 0.0})
+        row['calls'] += int(r.get('calls', 0))
+        row['tokens'] += int(r.get('prompt_tokens', 0) + r.get('completion_tokens', 0))
+        row['cost'] += float(r.get('cost_usd', 0.0))
+    return out
+
+# %% ../nbs/07a_progress.ipynb #bae30f7d
+def headline(stage: str, info: dict, stage_dir: Optional[Path] = None) -> str:
+    "The figure that says what stage `stage` achieved, from its DONE record `info`."
+    if stage == 'pools': return f"train {info.get('train')}, cache {info.get('cache')}"
+    if stage == 'imitation':
+        nll = f", NLL {info['nll_before']:.3f} -> {info['nll_after']:.3f}" if info.get('nll_after') else ''
+        return f"{info.get('train_examples', info.get('examples', '?'))} examples{nll}"
+    if stage == 'discrimination' and info.get('gap_change'): return gap_headline(info['gap_change'])
+    if stage == 'discrimination':
+        return f"{info.get('hard')} hard / {info.get('easy')} easy / {info.get('unscored', 0)} unscored"
+    if stage == 'generation': return f"{info.get('kept')} kept of {info.get('requested')} asked"
+    if stage == 'selection': return f"{info.get('drawn', info.get('train', '?'))} drawn from the reserve"
+    m = stage_dir/'metrics.json' if stage_dir else None
+    return relative_score_headline(read_json(m)) if m and m.exists() else ''
+
+def gap_headline(g: dict) -> str:
+    """The final measurement's line: the mean gap on the last round's hard items, before -> after, and the
+    change."""
+    if not g.get('items'): return "no hard items to measure again"
+    b, a, c = g['before'], g['after'], g['change']
+    return (
+        f"gap on {g['items']} hard items {b['value']:+.2f} -> {a['value']:+.2f}, change {c['value']:+.2f} "
+        f"[{c['lo']:+.2f}, {c['hi']:+.2f}]; {g['still_hard']} still hard"
+    )
+
 def relative_score_headline(metrics: dict) -> str:
     "The first judged set's relative score with its interval, e.g. 'demo 101.6% [98.5, 103.9]'."
     for name in metrics.get('sets', {}):
@@ -169,59 +211,7 @@ def _base_text(metrics: dict, name: str) -> str:
     return (f", base {base['relative_score']:.1f}%, "
             f"gain {gain['value']:+.1f} [{gain['lo']:+.1f}, {gain['hi']:+.1f}]")
 
-
-def gap_headline(g: dict) -> str:
-    """The final measurement's line: the mean gap on the last round's hard items, before -> after, and the
-    change."""
-    if not g.get('items'): return "no hard items to measure again"
-    b, a, c = g['before'], g['after'], g['change']
-    return (
-        f"gap on {g['items']} hard items {b['value']:+.2f} -> {a['value']:+.2f}, change {c['value']:+.2f} "
-        f"[{c['lo']:+.2f}, {c['hi']:+.2f}]; {g['still_hard']} still hard"
-    )
-
-# %% ../nbs/07a_progress.ipynb #0689983e
-def headline(stage: str, info: dict, stage_dir: Optional[Path] = None) -> str:
-    "The figure that says what stage `stage` achieved, from its DONE record `info`."
-    if stage == 'pools': return f"train {info.get('train')}, cache {info.get('cache')}"
-    if stage == 'imitation':
-        nll = f", NLL {info['nll_before']:.3f} -> {info['nll_after']:.3f}" if info.get('nll_after') else ''
-        return f"{info.get('train_examples', info.get('examples', '?'))} examples{nll}"
-    if stage == 'discrimination' and info.get('gap_change'): return gap_headline(info['gap_change'])
-    if stage == 'discrimination':
-        return f"{info.get('hard')} hard / {info.get('easy')} easy / {info.get('unscored', 0)} unscored"
-    if stage == 'generation': return f"{info.get('kept')} kept of {info.get('requested')} asked"
-    if stage == 'selection': return f"{info.get('drawn', info.get('train', '?'))} drawn from the reserve"
-    m = stage_dir/'metrics.json' if stage_dir else None
-    return relative_score_headline(read_json(m)) if m and m.exists() else ''
-
-# %% ../nbs/07a_progress.ipynb #b2c37b21
-def stage_usage(usage: list[dict]) -> dict:
-    "Calls, tokens and cost per (iteration, stage), summed over roles, from `usage_summary` rows."
-    out = {}
-    for r in usage:
-        row = out.setdefault((r.get('iteration'), r.get('stage')), {'calls': 0, 'tokens': 0, 'cost': 0.0})
-        row['calls'] += int(r.get('calls', 0))
-        row['tokens'] += int(r.get('prompt_tokens', 0) + r.get('completion_tokens', 0))
-        row['cost'] += float(r.get('cost_usd', 0.0))
-    return out
-
-# %% ../nbs/07a_progress.ipynb #7f6f1381
-def stage_rows(manifest: dict, run: RunDir) -> list[dict]:
-    "One row per finished stage: iteration, stage, seconds, calls, tokens, cost and headline."
-    used, rows = stage_usage(manifest.get('usage') or []), []
-    for key, st in manifest.get('stages', {}).items():
-        k, stage = int(key.split('/')[0].split('_')[1]), key.split('/')[1]
-        u = used.get((k, stage), {'calls': 0, 'tokens': 0, 'cost': 0.0})
-        rows.append({'iteration': k, 'stage': stage, 'seconds': st['seconds'], **u,
-                     'headline': headline(stage, st, run.stage_dir(k, stage))})
-    return rows
-
-# %% ../nbs/07a_progress.ipynb #d85ff268
-def fmt_seconds(s: float) -> str:
-    "Seconds below two minutes, minutes above."
-    return f"{s:6.1f}s" if s < 120 else f"{s / 60:5.1f}m"
-
+# %% ../nbs/07a_progress.ipynb #92ac21b5
 def stage_table(rows: list[dict]) -> str:
     "The end-of-run table: one line per stage, then the totals."
     head = f"{'iter':>4}  {'stage':<15}{'time':>8}{'calls':>9}{'tokens':>11}{'cost':>9}  headline"
@@ -234,3 +224,7 @@ def stage_table(rows: list[dict]) -> str:
                  f"{tot['tokens']:>11,}"
                  f"{'$%.2f' % tot['cost']:>9}")
     return '\n'.join(lines)
+
+def fmt_seconds(s: float) -> str:
+    "Seconds below two minutes, minutes above."
+    return f"{s:6.1f}s" if s < 120 else f"{s / 60:5.1f}m"

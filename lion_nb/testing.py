@@ -15,11 +15,11 @@ from typing import Callable, Optional
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['FAULTS', 'TOKEN', 'TODAY_CATALOG', 'REASONING_SPEND', 'QUEUED', 'BROKEN_BODY', 'request_key', 'last_user_text',
-           'default_reply', 'n_tokens', 'token_logprobs', 'FakeOpenAI', 'prompt_tokens_of', 'api_error_body', 'serve',
+__all__ = ['FAULTS', 'TOKEN', 'TODAY_CATALOG', 'REASONING_SPEND', 'QUEUED', 'BROKEN_BODY', 'request_key', 'default_reply',
+           'last_user_text', 'n_tokens', 'token_logprobs', 'FakeOpenAI', 'prompt_tokens_of', 'api_error_body', 'serve',
            'main']
 
-# %% ../nbs/15_testing.ipynb #1391f237
+# %% ../nbs/15_testing.ipynb #16fb6ec6
 FAULTS = ('429', '500', '503', 'reset', 'hang', 'length', 'garbled', 'empty', 'badjson')
 
 def request_key(body: dict, # a chat (or completions) request body
@@ -29,7 +29,10 @@ def request_key(body: dict, # a chat (or completions) request body
     text = json.dumps(b, sort_keys=True, separators=(',', ':'), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
-# %% ../nbs/15_testing.ipynb #99df5d66
+def default_reply(body: dict) -> str:
+    "A deterministic reply that names the question (so tests can check which answer went where)."
+    return f"Answer to: {last_user_text(body)[:200]}"
+
 def last_user_text(body: dict, # a chat request body
                   ) -> str:
     "The text of the last user message of a chat request."
@@ -39,26 +42,13 @@ def last_user_text(body: dict, # a chat request body
             return c if isinstance(c, str) else ' '.join(p.get('text', '') for p in c if isinstance(p, dict))
     return ''
 
-# %% ../nbs/15_testing.ipynb #714fa468
-def default_reply(body: dict) -> str:
-    "A deterministic reply that names the question (so tests can check which answer went where)."
-    return f"Answer to: {last_user_text(body)[:200]}"
-
-# %% ../nbs/15_testing.ipynb #07b39792
 def n_tokens(text: str) -> int:
     "The server's token count: one token per 4 characters, at least one."
     return max(1, math.ceil(len(text)/4))
 
-# %% ../nbs/15_testing.ipynb #ab16e681
+# %% ../nbs/15_testing.ipynb #71d1b71f
 TOKEN = re.compile(r'\d|\n| ?[^\d\n ]+| ')
 
-def _logprob_entry(tok: str, alts: dict) -> dict:
-    "One token's `logprobs.content` entry, with its alternatives as `top_logprobs`."
-    top = [{'token': t, 'logprob': math.log(p), 'bytes': list(t.encode())} for t, p in alts.items() if p > 0]
-    return {'token': tok, 'logprob': math.log(alts.get(tok, 1e-9) or 1e-9), 'bytes': list(tok.encode()),
-            'top_logprobs': top}
-
-# %% ../nbs/15_testing.ipynb #ebb8fad8
 def token_logprobs(text: str, alternatives: Optional[dict] = None) -> list[dict]:
     """`logprobs.content` for a reply: its tokens (each digit one token, as in Llama and Qwen vocabularies),
     each certain unless `alternatives[n]` gives the n-th digit token's top_logprobs as
@@ -72,7 +62,13 @@ def token_logprobs(text: str, alternatives: Optional[dict] = None) -> list[dict]
         out.append(_logprob_entry(tok, alts))
     return out
 
-# %% ../nbs/15_testing.ipynb #8dae768c
+def _logprob_entry(tok: str, alts: dict) -> dict:
+    "One token's `logprobs.content` entry, with its alternatives as `top_logprobs`."
+    top = [{'token': t, 'logprob': math.log(p), 'bytes': list(t.encode())} for t, p in alts.items() if p > 0]
+    return {'token': tok, 'logprob': math.log(alts.get(tok, 1e-9) or 1e-9), 'bytes': list(tok.encode()),
+            'top_logprobs': top}
+
+# %% ../nbs/15_testing.ipynb #77c2f6c1
 class FakeOpenAI:
     "The server's state and settings; `start()` serves it on 127.0.0.1 in a background thread."
     def __init__(self, reply: Callable = default_reply, *, latency_s: float = 0.0,
@@ -114,7 +110,7 @@ class FakeOpenAI:
     @property
     def base_url(self) -> str: return f'http://{self.host}:{self.port}/v1'
 
-# %% ../nbs/15_testing.ipynb #5668d980
+# %% ../nbs/15_testing.ipynb #2e81a17b
 @patch
 def start(self: FakeOpenAI) -> FakeOpenAI:
     "Bind (a free port unless one was given) and serve in a daemon thread."
@@ -127,7 +123,6 @@ def start(self: FakeOpenAI) -> FakeOpenAI:
     self._thread.start()
     return self
 
-# %% ../nbs/15_testing.ipynb #7b77e896
 @patch
 def stop(self: FakeOpenAI):
     "Stop serving (hanging requests are released) and close the socket."
@@ -137,13 +132,12 @@ def stop(self: FakeOpenAI):
         self._httpd.server_close()
         self._httpd = None
 
-# %% ../nbs/15_testing.ipynb #20fd10f2
 @patch
 def __enter__(self: FakeOpenAI): return self.start()
+
 @patch
 def __exit__(self: FakeOpenAI, *exc): self.stop()
 
-# %% ../nbs/15_testing.ipynb #507c786e
 @patch
 def stats(self: FakeOpenAI) -> dict:
     "Every counter, JSON-ready."
@@ -154,7 +148,7 @@ def stats(self: FakeOpenAI) -> dict:
                 'paths': dict(self.paths), 'batch_counts': dict(self.batch_counts),
                 'queue_peak': dict(self.queue_peak), 'queue_refused': self.queue_refused}
 
-# %% ../nbs/15_testing.ipynb #0939cbcc
+# %% ../nbs/15_testing.ipynb #21a18708
 @patch
 def admit(self: FakeOpenAI) -> Optional[float]:
     "Count a request against the rate limit; None if admitted, else the seconds until there is room."
@@ -168,7 +162,6 @@ def admit(self: FakeOpenAI) -> Optional[float]:
         self._window.append(now)
         return None
 
-# %% ../nbs/15_testing.ipynb #1bf60914
 @patch
 def pick_fault(self: FakeOpenAI, body: dict, n: int, key_seen: int) -> Optional[str]:
     "The fault for the n-th request: schedule first, then fault_fn, then fault_rate."
@@ -183,32 +176,13 @@ def pick_fault(self: FakeOpenAI, body: dict, n: int, key_seen: int) -> Optional[
     if f is not None and f not in FAULTS: raise ValueError(f"unknown fault {f!r}; faults are {FAULTS}")
     return f
 
-# %% ../nbs/15_testing.ipynb #474eee44
-def _prompt_text(body: dict) -> str:
-    "A request's prompt as one string: its messages in order, roles included (or a completions prompt)."
-    if isinstance(body.get('prompt'), str): return body['prompt']
-    return ''.join(f"<{m.get('role')}>{m.get('content') or ''}" for m in body.get('messages') or [])
-
-@patch
-def cached_prefix(self: FakeOpenAI, body: dict, prompt_tokens: int) -> int:
-    "The prompt tokens of `body` a prefix cache has seen before for its model (then it remembers them all)."
-    lo, step = self.prompt_cache_min_tokens, self.prompt_cache_step_tokens
-    if not lo: return 0
-    text = _prompt_text(body)
-    cuts = range(lo, min(prompt_tokens, len(text)//4) + 1, step)
-    keys = [(c, hashlib.sha256(text[:4*c].encode()).hexdigest()) for c in cuts]
-    with self.lock:
-        seen = self._prefixes.setdefault(body.get('model'), set())
-        hit = max((c for c, k in keys if k in seen), default=0)
-        seen.update(k for _, k in keys)
-    return hit
-
-# %% ../nbs/15_testing.ipynb #cee1e140
+# %% ../nbs/15_testing.ipynb #dbb3c6a5
 def _reasoning(efforts, default='medium', temperature='never', shutdown=None) -> dict:
     return {'reasoning': True, 'efforts': efforts, 'default_effort': default, 'temperature': temperature,
             'shutdown_date': shutdown}
 
 _GONE, _LMH = '2026-10-23', ('low', 'medium', 'high')
+
 TODAY_CATALOG = {
     **{m: {'reasoning': False, 'shutdown_date': _GONE}
        for m in ('gpt-3.5-turbo', 'gpt-3.5-turbo-0125', 'gpt-4', 'gpt-4-0613', 'gpt-4-turbo')},
@@ -222,7 +196,9 @@ TODAY_CATALOG = {
     'gpt-6.1-terra': _reasoning(('none',) + _LMH + ('xhigh',), temperature='none'),
     'gpt-6-luna': _reasoning(('none',) + _LMH, temperature='none'),
 }
+
 REASONING_SPEND = {'none': 0, 'minimal': 16, 'low': 64, 'medium': 300, 'high': 900, 'xhigh': 2000}
+
 FakeOpenAI.catalog = None   # None: any model, any parameter (the default mode)
 
 @patch
@@ -233,14 +209,7 @@ def today(self: FakeOpenAI, catalog: Optional[dict] = None, date: Optional[str] 
     self.refused = Counter()
     return self
 
-# %% ../nbs/15_testing.ipynb #eced92a0
-@patch
-def live_model(self: FakeOpenAI, name: str) -> Optional[dict]:
-    "The catalog entry of a model still served today (None: unknown or shut down; any model by default)."
-    if self.catalog is None: return {'reasoning': False, 'shutdown_date': None}
-    e = self.catalog.get(name)
-    return None if e is None or (e.get('shutdown_date') and e['shutdown_date'] <= self.date) else e
-
+# %% ../nbs/15_testing.ipynb #308c3379
 @patch
 def reasoning_spent(self: FakeOpenAI, body: dict) -> int:
     "The reasoning tokens a reply to `body` spends before its answer (0 for a classic model, and by default)."
@@ -248,16 +217,24 @@ def reasoning_spent(self: FakeOpenAI, body: dict) -> int:
     if not e or not e.get('reasoning'): return 0
     return REASONING_SPEND.get(body.get('reasoning_effort') or e['default_effort'], 300)
 
-# %% ../nbs/15_testing.ipynb #b99bee7f
-def _shape(text: str, finish: str, limit: Optional[int], fault: Optional[str]) -> tuple[str, str]:
-    "A reply's text and finish reason, cut to `limit` tokens and reshaped by a content fault."
-    if limit and n_tokens(text) > limit: text, finish = text[:4*limit], 'length'
-    if fault == 'length': text, finish = text[:max(1, len(text)//2)], 'length'
-    elif fault == 'garbled': text = '}{ \x07garbled\ufffd' + text[::-1][:20]
-    elif fault == 'empty': text = ''
-    return text, finish
+@patch
+def live_model(self: FakeOpenAI, name: str) -> Optional[dict]:
+    "The catalog entry of a model still served today (None: unknown or shut down; any model by default)."
+    if self.catalog is None: return {'reasoning': False, 'shutdown_date': None}
+    e = self.catalog.get(name)
+    return None if e is None or (e.get('shutdown_date') and e['shutdown_date'] <= self.date) else e
 
-# %% ../nbs/15_testing.ipynb #e7fa1685
+# %% ../nbs/15_testing.ipynb #d5b681d5
+@patch
+def text_completion(self: FakeOpenAI, body: dict, fault: Optional[str] = None) -> dict:
+    "A text_completion object for a /v1/completions `body`: the chat reply to its prompt, as `text`."
+    chat = self.completion({**body, 'messages': [{'role': 'user', 'content': body['prompt']}]}, fault)
+    ch = chat['choices'][0]
+    choice = {'index': 0, 'text': ch['message']['content'], 'finish_reason': ch['finish_reason'],
+              'logprobs': None}
+    return {**chat, 'id': chat['id'].replace('chatcmpl', 'cmpl'), 'object': 'text_completion',
+            'choices': [choice]}
+
 @patch
 def completion(self: FakeOpenAI, body: dict, fault: Optional[str] = None) -> dict:
     "A chat.completion object for `body` (honouring max_tokens), shaped by a content fault if any."
@@ -281,32 +258,50 @@ def completion(self: FakeOpenAI, body: dict, fault: Optional[str] = None) -> dic
             'created': int(time.time()), 'model': body.get('model', 'fake'), 'system_fingerprint': 'fake',
             'choices': [choice], 'usage': usage}
 
-# %% ../nbs/15_testing.ipynb #83516793
+def _shape(text: str, finish: str, limit: Optional[int], fault: Optional[str]) -> tuple[str, str]:
+    "A reply's text and finish reason, cut to `limit` tokens and reshaped by a content fault."
+    if limit and n_tokens(text) > limit: text, finish = text[:4*limit], 'length'
+    if fault == 'length': text, finish = text[:max(1, len(text)//2)], 'length'
+    elif fault == 'garbled': text = '}{ \x07garbled\ufffd' + text[::-1][:20]
+    elif fault == 'empty': text = ''
+    return text, finish
+
+# %% ../nbs/15_testing.ipynb #cdaa353b
 @patch
-def text_completion(self: FakeOpenAI, body: dict, fault: Optional[str] = None) -> dict:
-    "A text_completion object for a /v1/completions `body`: the chat reply to its prompt, as `text`."
-    chat = self.completion({**body, 'messages': [{'role': 'user', 'content': body['prompt']}]}, fault)
-    ch = chat['choices'][0]
-    choice = {'index': 0, 'text': ch['message']['content'], 'finish_reason': ch['finish_reason'],
-              'logprobs': None}
-    return {**chat, 'id': chat['id'].replace('chatcmpl', 'cmpl'), 'object': 'text_completion',
-            'choices': [choice]}
+def cached_prefix(self: FakeOpenAI, body: dict, prompt_tokens: int) -> int:
+    "The prompt tokens of `body` a prefix cache has seen before for its model (then it remembers them all)."
+    lo, step = self.prompt_cache_min_tokens, self.prompt_cache_step_tokens
+    if not lo: return 0
+    text = _prompt_text(body)
+    cuts = range(lo, min(prompt_tokens, len(text)//4) + 1, step)
+    keys = [(c, hashlib.sha256(text[:4*c].encode()).hexdigest()) for c in cuts]
+    with self.lock:
+        seen = self._prefixes.setdefault(body.get('model'), set())
+        hit = max((c for c, k in keys if k in seen), default=0)
+        seen.update(k for _, k in keys)
+    return hit
 
-# %% ../nbs/15_testing.ipynb #c409c6ea
+def _prompt_text(body: dict) -> str:
+    "A request's prompt as one string: its messages in order, roles included (or a completions prompt)."
+    if isinstance(body.get('prompt'), str): return body['prompt']
+    return ''.join(f"<{m.get('role')}>{m.get('content') or ''}" for m in body.get('messages') or [])
+
+# %% ../nbs/15_testing.ipynb #9a3c241a
 @patch
-def may_end(self: FakeOpenAI, b: dict) -> bool:
-    "Whether batch `b` may end now (its polls are done and the gate, if any, lets it through)."
-    return b['_polls'] > self.batch_polls and (self.batch_gate is None or b['_n'] in self.batch_gate)
+def run_batch(self: FakeOpenAI, b: dict):
+    "Answer every line of a batch's input file; write its output and error files (or fail it over the limit)."
+    data = self.files[b['input_file_id']]['data'].decode('utf-8')
+    lines = [x for x in data.split('\n') if x.strip()]   # as OpenAI: U+2028 is text
+    if len(lines) > self.batch_max_requests: return _fail_batch(b, len(lines), self.batch_max_requests)
+    out, err = [], []
+    for line in lines:
+        ok, row = self.batch_line(json.loads(line))
+        (out if ok else err).append(row)
+    b['output_file_id'] = self.add_file(out, 'batch_output') if out else None
+    b['error_file_id'] = self.add_file(err, 'batch_output') if err else None
+    b['request_counts'] = {'total': len(out) + len(err), 'completed': len(out), 'failed': len(err)}
+    b['status'], b['completed_at'] = 'completed', int(time.time())
 
-# %% ../nbs/15_testing.ipynb #0db2db4e
-def _fail_batch(b: dict, n_lines: int, limit: int):
-    "Mark batch `b` failed at validation: it has more lines than a batch may hold."
-    msg = f'The batch input file has {n_lines} requests; a batch can have at most {limit}.'
-    error = {'code': 'too_many_requests', 'message': msg, 'param': None, 'line': None}
-    b['errors'] = {'object': 'list', 'data': [error]}
-    b['status'], b['failed_at'] = 'failed', int(time.time())
-
-# %% ../nbs/15_testing.ipynb #b4a63601
 @patch
 def batch_line(self: FakeOpenAI, req: dict) -> tuple[bool, dict]:
     """(answered?, the output or error file's line) for one line of a batch's input file. In today's mode a
@@ -325,23 +320,14 @@ def batch_line(self: FakeOpenAI, req: dict) -> tuple[bool, dict]:
     return True, {'id': rid, 'custom_id': cid, 'error': None,
                   'response': {'status_code': 200, 'request_id': uuid.uuid4().hex, 'body': body}}
 
-# %% ../nbs/15_testing.ipynb #735ed41d
-@patch
-def run_batch(self: FakeOpenAI, b: dict):
-    "Answer every line of a batch's input file; write its output and error files (or fail it over the limit)."
-    data = self.files[b['input_file_id']]['data'].decode('utf-8')
-    lines = [x for x in data.split('\n') if x.strip()]   # as OpenAI: U+2028 is text
-    if len(lines) > self.batch_max_requests: return _fail_batch(b, len(lines), self.batch_max_requests)
-    out, err = [], []
-    for line in lines:
-        ok, row = self.batch_line(json.loads(line))
-        (out if ok else err).append(row)
-    b['output_file_id'] = self.add_file(out, 'batch_output') if out else None
-    b['error_file_id'] = self.add_file(err, 'batch_output') if err else None
-    b['request_counts'] = {'total': len(out) + len(err), 'completed': len(out), 'failed': len(err)}
-    b['status'], b['completed_at'] = 'completed', int(time.time())
+def _fail_batch(b: dict, n_lines: int, limit: int):
+    "Mark batch `b` failed at validation: it has more lines than a batch may hold."
+    msg = f'The batch input file has {n_lines} requests; a batch can have at most {limit}.'
+    error = {'code': 'too_many_requests', 'message': msg, 'param': None, 'line': None}
+    b['errors'] = {'object': 'list', 'data': [error]}
+    b['status'], b['failed_at'] = 'failed', int(time.time())
 
-# %% ../nbs/15_testing.ipynb #1a1870fa
+# %% ../nbs/15_testing.ipynb #9a987949
 @patch
 def add_file(self: FakeOpenAI, lines_or_bytes, purpose: str, filename: str = 'output.jsonl') -> str:
     "Store a file (bytes, or rows written as JSONL); its id."
@@ -352,27 +338,13 @@ def add_file(self: FakeOpenAI, lines_or_bytes, purpose: str, filename: str = 'ou
                        'filename': filename, 'purpose': purpose, 'status': 'processed', 'data': data}
     return fid
 
-# %% ../nbs/15_testing.ipynb #d3170294
-def prompt_tokens_of(body: dict) -> int:
-    "A request's prompt tokens as the server counts them (a token per 4 characters of each message)."
-    if isinstance(body.get('prompt'), str): return n_tokens(body['prompt'])
-    size = lambda m: n_tokens(m.get('content') or '') if isinstance(m.get('content'), str) else 1
-    return sum(size(m) for m in body.get('messages') or [])
-
-def _queue_error(model: str, limit: int) -> dict:
-    "OpenAI's error for a batch over the organisation's enqueued-token limit."
-    msg = (f"Enqueued token limit reached for {model} in organization org-fake. Limit: {limit:,} enqueued "
-           f"tokens. Please try again once some in_progress batches have been completed.")
-    return {'code': 'token_limit_exceeded', 'message': msg, 'param': None, 'line': None}
-
-# %% ../nbs/15_testing.ipynb #e250ba17
-QUEUED = ('validating', 'in_progress', 'finalizing')
-
 @patch
-def enqueued(self: FakeOpenAI, model: str) -> int:
-    "Input tokens of `model` in batches not yet ended (those refused over the limit do not count)."
-    return sum(b.get('_tokens', 0) for b in self.batches.values()
-               if b.get('_model') == model and b['status'] in QUEUED and '_refused' not in b)
+def may_end(self: FakeOpenAI, b: dict) -> bool:
+    "Whether batch `b` may end now (its polls are done and the gate, if any, lets it through)."
+    return b['_polls'] > self.batch_polls and (self.batch_gate is None or b['_n'] in self.batch_gate)
+
+# %% ../nbs/15_testing.ipynb #ba347268
+QUEUED = ('validating', 'in_progress', 'finalizing')
 
 @patch
 def enqueue(self: FakeOpenAI, b: dict):
@@ -388,16 +360,30 @@ def enqueue(self: FakeOpenAI, b: dict):
         return
     self.queue_peak[model] = max(self.queue_peak[model], queued + b['_tokens'])
 
-# %% ../nbs/15_testing.ipynb #ef4aa695
+@patch
+def enqueued(self: FakeOpenAI, model: str) -> int:
+    "Input tokens of `model` in batches not yet ended (those refused over the limit do not count)."
+    return sum(b.get('_tokens', 0) for b in self.batches.values()
+               if b.get('_model') == model and b['status'] in QUEUED and '_refused' not in b)
+
+def prompt_tokens_of(body: dict) -> int:
+    "A request's prompt tokens as the server counts them (a token per 4 characters of each message)."
+    if isinstance(body.get('prompt'), str): return n_tokens(body['prompt'])
+    size = lambda m: n_tokens(m.get('content') or '') if isinstance(m.get('content'), str) else 1
+    return sum(size(m) for m in body.get('messages') or [])
+
+def _queue_error(model: str, limit: int) -> dict:
+    "OpenAI's error for a batch over the organisation's enqueued-token limit."
+    msg = (f"Enqueued token limit reached for {model} in organization org-fake. Limit: {limit:,} enqueued "
+           f"tokens. Please try again once some in_progress batches have been completed.")
+    return {'code': 'token_limit_exceeded', 'message': msg, 'param': None, 'line': None}
+
 def _refuse_batch(b: dict):
     "A refused batch fails at validation with its `token_limit_exceeded` error."
     b['errors'] = {'object': 'list', 'data': [b['_refused']]}
     b['status'], b['failed_at'] = 'failed', int(time.time())
 
-# %% ../nbs/15_testing.ipynb #731d72e5
-def _file_obj(f: dict) -> dict: return {k: v for k, v in f.items() if k != 'data'}
-def _public(b: dict) -> dict: return {k: v for k, v in b.items() if not k.startswith('_')}
-
+# %% ../nbs/15_testing.ipynb #8b72019e
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
     server_state: FakeOpenAI = None
@@ -412,7 +398,7 @@ class _Handler(BaseHTTPRequestHandler):
         try: super().finish()
         except (OSError, ValueError): pass
 
-# %% ../nbs/15_testing.ipynb #7857d208
+# %% ../nbs/15_testing.ipynb #7d4cce70
 @patch
 def _body(self: _Handler) -> bytes:
     "The request body, plain or chunked."
@@ -427,7 +413,10 @@ def _body(self: _Handler) -> bytes:
         data += self.rfile.read(size)
         self.rfile.readline()
 
-# %% ../nbs/15_testing.ipynb #f819c50c
+@patch
+def _error(self: _Handler, code: int, msg: str, typ='invalid_request_error', headers=None):
+    self._send(code, {'error': {'message': msg, 'type': typ, 'param': None, 'code': None}}, headers)
+
 @patch
 def _send(self: _Handler, code: int, obj=None, headers: Optional[dict] = None, raw: Optional[bytes] = None,
           ctype='application/json'):
@@ -440,12 +429,6 @@ def _send(self: _Handler, code: int, obj=None, headers: Optional[dict] = None, r
     self.wfile.write(data)
     self.wfile.flush()
 
-# %% ../nbs/15_testing.ipynb #822c9e43
-@patch
-def _error(self: _Handler, code: int, msg: str, typ='invalid_request_error', headers=None):
-    self._send(code, {'error': {'message': msg, 'type': typ, 'param': None, 'code': None}}, headers)
-
-# %% ../nbs/15_testing.ipynb #e2aa8b84
 @patch
 def _reset(self: _Handler):
     "Drop the connection with a TCP reset and no response."
@@ -455,62 +438,17 @@ def _reset(self: _Handler):
     except OSError: pass
     self.close_connection = True
 
-# %% ../nbs/15_testing.ipynb #1aa0bd72
 @patch
 def _count(self: _Handler):
     with self.server_state.lock:
         self.server_state.paths[f'{self.command} {self.path.split("?")[0]}'] += 1
         self.server_state.auth[self.headers.get('Authorization', '')] += 1
 
-# %% ../nbs/15_testing.ipynb #a312be33
-@patch
-def _list_batches(self: _Handler):
-    "The organisation's batches, newest first, a page at a time (`limit`: 20 by default, 100 at most)."
-    q = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-    limit = min(100, max(1, int(q.get('limit', ['20'])[0])))
-    ids = list(reversed(list(self.server_state.batches)))
-    after = q.get('after', [None])[0]
-    start = ids.index(after) + 1 if after in ids else 0
-    data = [_public(self.server_state.batches[i]) for i in ids[start:start + limit]]
-    self._send(200, {'object': 'list', 'data': data, 'has_more': start + limit < len(ids),
-                     'first_id': data[0]['id'] if data else None,
-                     'last_id': data[-1]['id'] if data else None})
+def _file_obj(f: dict) -> dict: return {k: v for k, v in f.items() if k != 'data'}
 
-# %% ../nbs/15_testing.ipynb #c6e69725
-@patch
-def _models(self: _Handler):
-    root = self.server_state.models_root
-    m = {'id': 'fake', 'object': 'model', 'created': int(time.time()), 'owned_by': 'tests'}
-    if self.server_state.catalog is not None:   # today's mode: the live models, each with its shutdown date
-        return self._send(200, {'object': 'list', 'data': [
-            {**m, 'id': k, 'owned_by': 'system', 'shutdown_date': e.get('shutdown_date')}
-            for k in self.server_state.catalog if (e := self.server_state.live_model(k))]})
-    self._send(200, {'object': 'list', 'data': [{**m, 'root': root} if root else m]})
+def _public(b: dict) -> dict: return {k: v for k, v in b.items() if not k.startswith('_')}
 
-# %% ../nbs/15_testing.ipynb #511d39ba
-@patch
-def _get_file(self: _Handler, parts: list):
-    f = self.server_state.files.get(parts[3])
-    if f is None: return self._error(404, f'no file {parts[3]}')
-    if len(parts) == 5 and parts[4] == 'content':
-        return self._send(200, raw=f['data'], ctype='application/octet-stream')
-    self._send(200, _file_obj(f))
-
-# %% ../nbs/15_testing.ipynb #da28eaf4
-@patch
-def _poll_batch(self: _Handler, bid: str):
-    s = self.server_state
-    b = s.batches.get(bid)
-    if b is None: return self._error(404, f'no batch {bid}')
-    with s.lock:
-        b['_polls'] += 1
-        if b['status'] == 'validating' and '_refused' in b: _refuse_batch(b)
-        ready = b['status'] in ('validating', 'in_progress') and s.may_end(b)
-        if b['status'] == 'validating': b['status'] = 'in_progress'
-    if ready: s.run_batch(b)
-    self._send(200, _public(b))
-
-# %% ../nbs/15_testing.ipynb #fa939e48
+# %% ../nbs/15_testing.ipynb #86b7fa14
 @patch
 def do_GET(self: _Handler):
     s, p = self.server_state, self.path.split('?')[0].rstrip('/')
@@ -524,7 +462,71 @@ def do_GET(self: _Handler):
     if p.startswith('/v1/batches/') and len(parts) == 4: return self._poll_batch(parts[3])
     self._error(404, f'unknown route GET {p}')
 
-# %% ../nbs/15_testing.ipynb #1fde1fe2
+@patch
+def _list_batches(self: _Handler):
+    "The organisation's batches, newest first, a page at a time (`limit`: 20 by default, 100 at most)."
+    q = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+    limit = min(100, max(1, int(q.get('limit', ['20'])[0])))
+    ids = list(reversed(list(self.server_state.batches)))
+    after = q.get('after', [None])[0]
+    start = ids.index(after) + 1 if after in ids else 0
+    data = [_public(self.server_state.batches[i]) for i in ids[start:start + limit]]
+    self._send(200, {'object': 'list', 'data': data, 'has_more': start + limit < len(ids),
+                     'first_id': data[0]['id'] if data else None,
+                     'last_id': data[-1]['id'] if data else None})
+
+@patch
+def _models(self: _Handler):
+    root = self.server_state.models_root
+    m = {'id': 'fake', 'object': 'model', 'created': int(time.time()), 'owned_by': 'tests'}
+    if self.server_state.catalog is not None:   # today's mode: the live models, each with its shutdown date
+        return self._send(200, {'object': 'list', 'data': [
+            {**m, 'id': k, 'owned_by': 'system', 'shutdown_date': e.get('shutdown_date')}
+            for k in self.server_state.catalog if (e := self.server_state.live_model(k))]})
+    self._send(200, {'object': 'list', 'data': [{**m, 'root': root} if root else m]})
+
+# %% ../nbs/15_testing.ipynb #f68c1fd1
+@patch
+def _get_file(self: _Handler, parts: list):
+    f = self.server_state.files.get(parts[3])
+    if f is None: return self._error(404, f'no file {parts[3]}')
+    if len(parts) == 5 and parts[4] == 'content':
+        return self._send(200, raw=f['data'], ctype='application/octet-stream')
+    self._send(200, _file_obj(f))
+
+@patch
+def _poll_batch(self: _Handler, bid: str):
+    s = self.server_state
+    b = s.batches.get(bid)
+    if b is None: return self._error(404, f'no batch {bid}')
+    with s.lock:
+        b['_polls'] += 1
+        if b['status'] == 'validating' and '_refused' in b: _refuse_batch(b)
+        ready = b['status'] in ('validating', 'in_progress') and s.may_end(b)
+        if b['status'] == 'validating': b['status'] = 'in_progress'
+    if ready: s.run_batch(b)
+    self._send(200, _public(b))
+
+# %% ../nbs/15_testing.ipynb #553a4451
+@patch
+def do_POST(self: _Handler):
+    s, p = self.server_state, self.path.split('?')[0].rstrip('/')
+    self._count()
+    raw = self._body()
+    if s.api_key is not None and self.headers.get('Authorization') != f'Bearer {s.api_key}':
+        return self._error(401, 'Incorrect API key provided. You can find your API key at '
+                                'https://platform.openai.com/account/api-keys.')
+    if p == '/v1/chat/completions': return self._chat(raw)
+    if p == '/v1/completions': return self._chat(raw, completions=True)
+    if p == '/v1/files': return self._upload(raw)
+    if p == '/v1/batches': return self._create_batch(raw)
+    parts = p.split('/')
+    if p.startswith('/v1/batches/') and p.endswith('/cancel') and len(parts) == 5 and parts[3] in s.batches:
+        b = s.batches[parts[3]]
+        b['status'] = 'cancelled'
+        return self._send(200, _public(b))
+    self._error(404, f'unknown route POST {p}')
+
 @patch
 def _create_batch(self: _Handler, raw: bytes):
     s = self.server_state
@@ -545,27 +547,7 @@ def _create_batch(self: _Handler, raw: bytes):
         s.batches[bid] = b
     self._send(200, _public(b))
 
-# %% ../nbs/15_testing.ipynb #70bfb330
-@patch
-def do_POST(self: _Handler):
-    s, p = self.server_state, self.path.split('?')[0].rstrip('/')
-    self._count()
-    raw = self._body()
-    if s.api_key is not None and self.headers.get('Authorization') != f'Bearer {s.api_key}':
-        return self._error(401, 'Incorrect API key provided. You can find your API key at '
-                                'https://platform.openai.com/account/api-keys.')
-    if p == '/v1/chat/completions': return self._chat(raw)
-    if p == '/v1/completions': return self._chat(raw, completions=True)
-    if p == '/v1/files': return self._upload(raw)
-    if p == '/v1/batches': return self._create_batch(raw)
-    parts = p.split('/')
-    if p.startswith('/v1/batches/') and p.endswith('/cancel') and len(parts) == 5 and parts[3] in s.batches:
-        b = s.batches[parts[3]]
-        b['status'] = 'cancelled'
-        return self._send(200, _public(b))
-    self._error(404, f'unknown route POST {p}')
-
-# %% ../nbs/15_testing.ipynb #72f98775
+# %% ../nbs/15_testing.ipynb #8357600c
 @patch
 def _upload(self: _Handler, raw: bytes):
     s = self.server_state
@@ -585,35 +567,7 @@ def _upload(self: _Handler, raw: bytes):
     fid = s.add_file(data, fields.get('purpose', 'batch'), filename)
     self._send(200, _file_obj(s.files[fid]))
 
-# %% ../nbs/15_testing.ipynb #c3eb48c9
-def _retry_headers(s: FakeOpenAI) -> dict:
-    "The headers of an injected 429: `Retry-After` (a whole number when it is one) and `retry-after-ms`."
-    h = {}
-    if s.retry_after_s is not None:
-        whole = s.retry_after_s == int(s.retry_after_s)
-        h['Retry-After'] = str(int(s.retry_after_s) if whole else s.retry_after_s)
-    if s.retry_after_ms is not None: h['retry-after-ms'] = str(s.retry_after_ms)
-    return h
-
-# %% ../nbs/15_testing.ipynb #4b9d6d50
-BROKEN_BODY = b'{"id": "chatcmpl-broken", "choices": ['
-
-# %% ../nbs/15_testing.ipynb #96b0a7d7
-@patch
-def _fault(self: _Handler, fault: str) -> bool:
-    "Answer with a transport or status fault; False for a content fault (or none), which the reply carries."
-    s = self.server_state
-    if fault == '429': self._error(429, 'Rate limit reached (injected)', 'requests', _retry_headers(s))
-    elif fault in ('500', '503'): self._error(int(fault), f'injected {fault}', 'server_error')
-    elif fault == 'reset': self._reset()
-    elif fault == 'hang':
-        s.stopping.wait(s.hang_s)
-        self._reset()
-    elif fault == 'badjson': self._send(200, raw=BROKEN_BODY, ctype='application/json')
-    else: return False
-    return True
-
-# %% ../nbs/15_testing.ipynb #73467c50
+# %% ../nbs/15_testing.ipynb #39d6d0b1
 @patch
 def _chat(self: _Handler, raw: bytes, completions: bool = False):
     s = self.server_state
@@ -641,29 +595,39 @@ def _chat(self: _Handler, raw: bytes, completions: bool = False):
     with s.lock: s.served[key] += 1
     self._send(200, s.text_completion(body, fault) if completions else s.completion(body, fault))
 
-# %% ../nbs/15_testing.ipynb #a162c729
 @patch
-def _api_error(self: _Handler, status: int, msg: str, param: Optional[str], code: str) -> bool:
-    "Answer with OpenAI's error body; count the refusal. True."
-    with self.server_state.lock: self.server_state.refused[code] += 1
-    self._send(status, {'error': api_error_body(msg, param, code)})
+def _fault(self: _Handler, fault: str) -> bool:
+    "Answer with a transport or status fault; False for a content fault (or none), which the reply carries."
+    s = self.server_state
+    if fault == '429': self._error(429, 'Rate limit reached (injected)', 'requests', _retry_headers(s))
+    elif fault in ('500', '503'): self._error(int(fault), f'injected {fault}', 'server_error')
+    elif fault == 'reset': self._reset()
+    elif fault == 'hang':
+        s.stopping.wait(s.hang_s)
+        self._reset()
+    elif fault == 'badjson': self._send(200, raw=BROKEN_BODY, ctype='application/json')
+    else: return False
     return True
 
-def api_error_body(msg: str, param: Optional[str], code: str) -> dict:
-    "OpenAI's error object (the `error` of a 4xx body, and of a refused line in a batch's error file)."
-    return {'message': msg, 'type': 'invalid_request_error', 'param': param, 'code': code}
+# %% ../nbs/15_testing.ipynb #a07f3752
+def _retry_headers(s: FakeOpenAI) -> dict:
+    "The headers of an injected 429: `Retry-After` (a whole number when it is one) and `retry-after-ms`."
+    h = {}
+    if s.retry_after_s is not None:
+        whole = s.retry_after_s == int(s.retry_after_s)
+        h['Retry-After'] = str(int(s.retry_after_s) if whole else s.retry_after_s)
+    if s.retry_after_ms is not None: h['retry-after-ms'] = str(s.retry_after_ms)
+    return h
 
-def _listing(values) -> str:
-    q = [f"'{v}'" for v in values]
-    return ', '.join(q[:-1]) + f", and {q[-1]}" if len(q) > 1 else ''.join(q)
+BROKEN_BODY = b'{"id": "chatcmpl-broken", "choices": ['
 
+# %% ../nbs/15_testing.ipynb #e4c80260
 @patch
 def _refuse(self: _Handler, body: dict) -> bool:
     "Refuse `body` as today's API would (`FakeOpenAI.refusal`), counting it; False to answer it."
     r = self.server_state.refusal(body)
     return r is not None and self._api_error(*r)
 
-# %% ../nbs/15_testing.ipynb #a162c72a
 @patch
 def refusal(self: FakeOpenAI, body: dict) -> Optional[tuple]:
     """How today's API refuses `body` (model, length parameter, effort, temperature): (HTTP status, message,
@@ -690,7 +654,11 @@ def refusal(self: FakeOpenAI, body: dict) -> Optional[tuple]:
     msg = f"Unsupported value: 'temperature' does not support {t} with this model. Only the default (1) "
     return 400, msg + 'value is supported.', 'temperature', 'unsupported_value'
 
-# %% ../nbs/15_testing.ipynb #29ca3c53
+def _listing(values) -> str:
+    q = [f"'{v}'" for v in values]
+    return ', '.join(q[:-1]) + f", and {q[-1]}" if len(q) > 1 else ''.join(q)
+
+# %% ../nbs/15_testing.ipynb #3c12b48d
 @patch
 def _model(self: _Handler, name: str):
     e = self.server_state.live_model(name)
@@ -698,6 +666,17 @@ def _model(self: _Handler, name: str):
         return self._api_error(404, f"The model '{name}' does not exist", 'model', 'model_not_found')
     m = {'id': name, 'object': 'model', 'created': int(time.time()), 'owned_by': 'tests'}
     self._send(200, {**m, 'shutdown_date': e.get('shutdown_date')} if self.server_state.catalog else m)
+
+@patch
+def _api_error(self: _Handler, status: int, msg: str, param: Optional[str], code: str) -> bool:
+    "Answer with OpenAI's error body; count the refusal. True."
+    with self.server_state.lock: self.server_state.refused[code] += 1
+    self._send(status, {'error': api_error_body(msg, param, code)})
+    return True
+
+def api_error_body(msg: str, param: Optional[str], code: str) -> dict:
+    "OpenAI's error object (the `error` of a 4xx body, and of a refused line in a batch's error file)."
+    return {'message': msg, 'type': 'invalid_request_error', 'param': param, 'code': code}
 
 # %% ../nbs/15_testing.ipynb #f8d3faae
 @contextmanager
