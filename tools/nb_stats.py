@@ -2,7 +2,7 @@
 sizes, heading-only and `show_doc` cells, whether each stage notebook opens with its `run_<stage>`, long lines.
 
     python tools/nb_stats.py            # a table per notebook, then the totals, then one JSON line
-    python tools/nb_stats.py --check    # also fail when a limit of DEVELOPING.md is broken
+    python tools/nb_stats.py --check    # also fail when a limit of docs/DEVELOPING.md is broken
     python tools/nb_stats.py --sections # also list the sections still to cut (over 3 export cells, helpers above)
     python tools/nb_stats.py --root DIR # the same figures for another checkout, e.g. an older commit
                                         # (git worktree add /tmp/before 98d073f)
@@ -225,6 +225,8 @@ def main(check: bool = False) -> int:
     if not check: return 0
     broken = [f"{k} is {total[k]}" for k, bad in [('cells_over_limit', total['cells_over_limit'] > 0),
               ('lines_over_110', total['lines_over_110'] > 0),
+              ('sections_over_3_export_cells', total['sections_over_3_export_cells'] > 0),
+              ('helpers_above_callers', total['helpers_above_callers'] > 0),
               ('stage_notebooks_not_opening_with_run', bool(total['stage_notebooks_not_opening_with_run']))] if bad]
     for b in broken: print(f"nb_stats: {b}, over the limit", file=sys.stderr)
     return 1 if broken else 0
