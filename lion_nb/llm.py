@@ -4,8 +4,9 @@
 
 # %% ../nbs/01_llm.ipynb #2ef68824
 from __future__ import annotations
-import argparse, json, sys
+import json, sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional, Sequence
 
 from . import engine, models
@@ -209,7 +210,7 @@ def answer_cli(*, role: Param(choices=['teacher', 'student', 'referee', 'generat
                dry_run: bool = False, # estimate calls, tokens and cost; send nothing
               ) -> int:
     "`lion_nb answer`: answer a pool with the teacher or the student; resumable; `--dry-run` estimates cost."
-    a = argparse.Namespace(**locals())   # the options, as the helpers below read them
+    a = SimpleNamespace(**locals())   # the options, as the helpers below read them
     cfg = load_config(config) if config else None
     spec = _cli_spec(a, cfg)
     temp, max_tokens, seed = _cli_sampling(a, cfg)
