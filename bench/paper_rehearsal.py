@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT/'tests'))
 from lion_nb.testing import last_user_text, serve          # noqa: E402  (the test suite's stand-in server)
 from lion_fixtures import lion_reply                      # noqa: E402  (its scripted judge)
 from synth_alpaca import OBJECTS, VERBS, make_words, synth_alpaca, write_alpaca   # noqa: E402
-from lion_nb.core import STAGES                            # noqa: E402
+from lion_nb.core import STAGES, iter_jsonl                # noqa: E402
 
 LION = [sys.executable, '-c', 'import sys; from lion_nb.cli import main; sys.exit(main())']
 STAGE_LINE = re.compile(r'\[lion_nb\] iter (\d+)/(\d+) (\w+): (running|finished|done already)')
@@ -197,9 +197,8 @@ def stored_empty_answers(run_dir: Path, models: set) -> int:
     done with no text: a reply cut by its reasoning must never be kept. (The tiny random student may well answer
     nothing: that is an answer, and is scored.)"""
     n = 0
-    for f in run_dir.rglob('*.jsonl'):
-        for line in f.read_text(encoding='utf-8').splitlines():
-            r = json.loads(line) if line.startswith('{') else {}
+    for f in run_dir.rglob('*.jsonl'):   # through the project's reader: a JSONL line ends at '\n' only, while
+        for _, r in iter_jsonl(f):      # str.splitlines() also splits at U+0085 or U+2028 inside an answer
             n += (r.get('status') == 'done' and r.get('model') in models and 'output' in r
                   and not str(r['output']).strip())
     return n
