@@ -40,27 +40,33 @@ def run_discrimination(cfg: Config, # the run's configuration
                        progress=print) -> dict:
     "Discrimination for iteration `k`: answers, reviews in both orders, the hard/easy split; its summary."
     if (done := run.finished_summary(k, 'discrimination', progress)) is not None: return done
-    pool = discrimination_pool(cfg, run, k)
+    pool = discrimination_pool(cfg, run, k)                  # 1. the Cache Pool, or last round's hard items
     if progress: progress(f"iteration {k}: {len(pool)} {_pool_name(cfg, k)}")
-    t_ans = _stage_answers(cfg, run, k, pool, 'teacher')
-    probe = referee_probe(cfg, run, k, t_ans, progress)
-    sspec, which = latest_student(cfg, run, k)
+    t_ans = _stage_answers(cfg, run, k, pool, 'teacher')     # 2. the teacher answers it,
+    probe = referee_probe(cfg, run, k, t_ans, progress)      # 3. the referee is probed on those answers
+    sspec, which = latest_student(cfg, run, k)               # 4. the latest student answers it
     if progress: progress(f"student: {which}")
     s_ans = _stage_answers(cfg, run, k, pool, 'student', sspec)
+    summary = _review_and_split(cfg, run, k, pool, t_ans, s_ans, progress)   # 5. both orders, the split
+    summary.update(iteration=k, student=which, teacher=cfg.model_for('teacher').model, probe=probe,
+                   **_gap_since_last_round(cfg, run, k))     # 6. the final measurement: did the gap shrink?
+    return _record(run, k, summary)                          # 7. summary.json, then DONE.json
+
+def _review_and_split(cfg: Config, run: RunDir, k: int, pool, t_ans, s_ans, progress) -> dict:
+    "The run's referee on both answers to each instruction, both orders; the hard/easy split at `loop.tau`."
     referee = run_client(cfg, run, 'referee', stage='discrimination', iteration=k)
     settings = RefereeSettings.from_config(cfg, k)
     if progress: progress(settings.judge.describe())
-    out = run.stage_dir(k, 'discrimination')
-    summary = referee_and_split(pool, t_ans, s_ans, referee, settings, out, cfg.loop.tau, plots=bool(pool),
-                                progress=progress)
-    gap = _gap_since_last_round(cfg, run, k)
-    summary.update(iteration=k, student=which, teacher=cfg.model_for('teacher').model, probe=probe, **gap)
-    write_json(out/'summary.json', summary)
+    return referee_and_split(pool, t_ans, s_ans, referee, settings, run.stage_dir(k, 'discrimination'),
+                             cfg.loop.tau, plots=bool(pool), progress=progress)
+
+def _record(run: RunDir, k: int, summary: dict) -> dict:
+    "Write the stage's `summary.json`, then mark it done with its headline counts."
+    write_json(run.stage_dir(k, 'discrimination')/'summary.json', summary)
     run.mark_done(k, 'discrimination', hard=summary['hard'], easy=summary['easy'],
-                  unscored=summary['unscored'],
-                  parse_failures=summary['referee']['parse_failures'],
+                  unscored=summary['unscored'], parse_failures=summary['referee']['parse_failures'],
                   position_consistency=summary['position_consistency']['consistent_share'],
-                  **gap)
+                  **{key: summary[key] for key in ('gap_change',) if key in summary})
     return summary
 
 # %% ../nbs/04_discrimination.ipynb #e2aff230
