@@ -40,23 +40,29 @@ def run_generation(cfg: Config, # the run configuration
     out = run.stage_dir(k, 'generation')
     check_seed_source(seeds)
     if (done := run.finished_summary(k, 'generation', progress)) is not None: return done
-    hard, easy, cache = generation_inputs(run, k, seeds)
-    spec = cfg.model_for('generator')
-    s = GenerationSettings.from_config(cfg, k)
-    if progress:
-        progress(f"iteration {k}: {len(hard)} hard and {len(easy)} easy seeds, Cache Pool {len(cache)}; "
-                 f"generator {spec.model}")
-        for kind in KINDS: progress(s.judges[kind].describe())          # the prompts this run uses
+    hard, easy, cache = generation_inputs(run, k, seeds)          # 1. the parents: the split, or all
+    spec, s = cfg.model_for('generator'), GenerationSettings.from_config(cfg, k)
+    if progress: _announce(progress, k, hard, easy, cache, spec.model, s)
     client = run_client(cfg, run, 'generator', stage='generation', iteration=k)
     res = generate_instructions(hard, easy, cache, client, s, model=spec.model, progress=progress,
-                                on_round=lambda rows: write_jsonl(out/'candidates.jsonl', rows))
+                                on_round=lambda rows: write_jsonl(out/'candidates.jsonl', rows))   # 2. rounds
     write_jsonl(out/'candidates.jsonl', res.rows)
-    write_pools(run, k, cache, res.new)
-    summary = generation_summary(run, k, spec.model, s, seeds, hard, easy, cache, res)
+    write_pools(run, k, cache, res.new)                           # 3. the pools of iteration k+1
+    summary = generation_summary(run, k, spec.model, s, seeds, hard, easy, cache, res)   # 4. what it made
     if plots: summary['plots'] = save_nn_rouge(res.rows, s.threshold, out)
-    write_json(out/'summary.json', summary)
-    run.mark_done(k, 'generation', kept=len(res.new), requested=len(res.rows), shortfall=summary['shortfall'],
-                  rejected=summary['rejected'])
+    return _record(run, k, summary)                               # 5. summary.json, then DONE.json
+
+def _announce(progress: Callable, k: int, hard, easy, cache, model: str, s) -> None:
+    "Say what the pass starts from, and the prompts this run uses."
+    progress(f"iteration {k}: {len(hard)} hard and {len(easy)} easy seeds, Cache Pool {len(cache)}; "
+             f"generator {model}")
+    for kind in KINDS: progress(s.judges[kind].describe())
+
+def _record(run: RunDir, k: int, summary: dict) -> dict:
+    "Write the stage's `summary.json`, then mark it done with its headline counts."
+    write_json(run.stage_dir(k, 'generation')/'summary.json', summary)
+    run.mark_done(k, 'generation', kept=summary['kept'], requested=summary['requested'],
+                  shortfall=summary['shortfall'], rejected=summary['rejected'])
     return summary
 
 # %% ../nbs/05_generation.ipynb #e6a8cdc7

@@ -16,9 +16,9 @@ from .core import (Config, InputError, Instruction, LionError, Provenance, RunDi
 from .data import VICUNA_CATEGORIES, data_root, demo_instructions, load_alpaca
 
 # %% auto #0
-__all__ = ['CATEGORIES', 'CATEGORY_RULES', 'run_pools', 'categorize', 'is_fermi', 'load_dataset', 'drop_duplicates', 'dedup_key',
-           'normalize_text', 'split_pools', 'existing_pools', 'write_pools', 'pools_table', 'plot_categories',
-           'pools_cli', 'with_overrides']
+__all__ = ['CATEGORIES', 'CATEGORY_RULES', 'run_pools', 'pool_facts', 'categorize', 'is_fermi', 'load_dataset', 'drop_duplicates',
+           'dedup_key', 'normalize_text', 'split_pools', 'existing_pools', 'write_pools', 'pools_table',
+           'plot_categories', 'pools_cli', 'with_overrides']
 
 # %% ../nbs/02_pools.ipynb #2cdd98af
 def run_pools(cfg: Config,  # the run's configuration: its `pools` section and seed
@@ -30,27 +30,31 @@ def run_pools(cfg: Config,  # the run's configuration: its `pools` section and s
     if k != 1:
         raise LionError(f"pools are built for iteration 1 only (asked for {k}); "
                         "later pools come from the generation stage")
-    settings = _settings(cfg)
-    done = existing_pools(run, settings, force)
-    if done is not None: return {**done, 'skipped': True}
-    t0 = time.time()
-    recs, origin = load_dataset(cfg.pools.dataset, cfg)
-    kept, dropped = drop_duplicates(recs)
+    settings, t0 = _settings(cfg), time.time()
+    if (done := existing_pools(run, settings, force)) is not None: return {**done, 'skipped': True}  # 1.
+    recs, origin = load_dataset(cfg.pools.dataset, cfg)                  # 2. load
+    kept, dropped = drop_duplicates(recs)                                 # 3. deduplicate
     p = split_pools(kept, cfg.pools.train_size, cfg.pools.cache_size, cfg.pools.reserve_size,
-                    settings['seed'])
+                    settings['seed'])                                     # 4. sample
     by_rule: dict[str, str] = {}
-    pools = {w: _stamp(p[w], settings['seed'], by_rule) for w in ('train', 'cache', 'reserve')}
-    paths = write_pools(run, pools)
-    cats = {w: dict(sorted(Counter(r.category or 'unknown' for r in pools[w]).items())) for w in pools}
-    summary = {
-        'settings': settings, 'source': origin, 'loaded': len(recs), 'duplicates_dropped': len(dropped),
-        'duplicate_examples': dropped[:5], 'distinct': len(kept),
-        'train': len(pools['train']), 'cache': len(pools['cache']), 'reserve': len(pools['reserve']),
-        'identical': [r.id for r in pools['train']] == [r.id for r in pools['cache']],
-        'capped': p['capped'], 'categorized_by_rule': len(by_rule), 'categories': cats,
-        'paths': {k: str(v) for k, v in paths.items()}, 'seconds': round(time.time() - t0, 3)}
-    run.mark_done(1, 'pools', **summary)
+    pools = {w: _stamp(p[w], settings['seed'], by_rule) for w in ('train', 'cache', 'reserve')}  # 5. label
+    paths = write_pools(run, pools)                                       # 6. write
+    summary = dict(settings=settings, source=origin, loaded=len(recs), duplicates_dropped=len(dropped),
+                   duplicate_examples=dropped[:5], distinct=len(kept), capped=p['capped'],
+                   **pool_facts(pools, by_rule, paths), seconds=round(time.time() - t0, 3))
+    run.mark_done(1, 'pools', **summary)                                  # 7. record
     return {**summary, 'stage': 'pools', 'iteration': 1}
+
+def pool_facts(pools: dict, # 'train', 'cache' and 'reserve' records
+               by_rule: dict, # the instructions a keyword rule categorised (`_stamp` fills it)
+               paths: dict, # the files `write_pools` wrote
+              ) -> dict:
+    "What the written pools hold: sizes, whether Train and Cache are one pool, the categories, the files."
+    cats = {w: dict(sorted(Counter(r.category or 'unknown' for r in pools[w]).items())) for w in pools}
+    return dict(train=len(pools['train']), cache=len(pools['cache']), reserve=len(pools['reserve']),
+                identical=[r.id for r in pools['train']] == [r.id for r in pools['cache']],
+                categorized_by_rule=len(by_rule), categories=cats,
+                paths={name: str(path) for name, path in paths.items()})
 
 # %% ../nbs/02_pools.ipynb #6ec45e07
 def categorize(instruction: str,  # the instruction's text
