@@ -61,9 +61,8 @@ def worker(a):
     rec = {'rank': rank, 'params': n_params, 'peak_held_before_last_sync': max(s['total'] for s in seen[1:]),
            'held_per_micro_batch': [s['total'] for s in seen[1:]], 'after_step': after['total'],
            'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    recs = [None] * world
-    dist.all_gather_object(recs, rec)
-    if rank == 0: Path(a.out).write_text(json.dumps({'sync': a.sync, 'world': world, 'ranks': recs}))
+    Path(f'{a.out}.rank{rank}').write_text(json.dumps(rec))   # each rank its own file: no collective but FSDP's
+    dist.barrier()                                            # every rank done before any tears the group down
     dist.destroy_process_group()
 
 
@@ -75,7 +74,8 @@ def launch(sync: str, a) -> dict:
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(a.nproc),
            __file__, '--worker', *args]
     subprocess.run(cmd, check=True, env={**os.environ, 'OMP_NUM_THREADS': '1'}, stdout=subprocess.DEVNULL)
-    return json.loads(out.read_text())
+    ranks = [json.loads(Path(f'{out}.rank{r}').read_text()) for r in range(a.nproc)]
+    return {'sync': sync, 'world': a.nproc, 'ranks': ranks}
 
 
 def main(argv=None):
