@@ -343,6 +343,13 @@ def finished_summary(self: RunDir, k: int, stage: str, progress=None) -> Optiona
     return read_json(self.stage_dir(k, stage)/'summary.json')
 
 @patch
+def finish(self: RunDir, k: int, stage: str, summary: dict, **done) -> dict:
+    "End stage `stage` of iteration `k`: write its `summary.json`, then `DONE.json` with `done`; the summary."
+    write_json(self.stage_dir(k, stage)/'summary.json', summary)
+    self.mark_done(k, stage, **done)
+    return summary
+
+@patch
 def mark_done(self: RunDir, k: int, stage: str, **info) -> Path:
     "Record that stage `stage` of iteration `k` finished (written last, atomically)."
     return write_json(self.done_file(k, stage), {'stage': stage, 'iteration': k, **info})

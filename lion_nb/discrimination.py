@@ -48,9 +48,9 @@ def run_discrimination(cfg: Config, # the run's configuration
     if progress: progress(f"student: {which}")
     s_ans = _stage_answers(cfg, run, k, pool, 'student', sspec)
     summary = _review_and_split(cfg, run, k, pool, t_ans, s_ans, progress)   # 5. both orders, the split
-    summary.update(iteration=k, student=which, teacher=cfg.model_for('teacher').model, probe=probe,
-                   **_gap_since_last_round(cfg, run, k))     # 6. the final measurement: did the gap shrink?
-    return _record(run, k, summary)                          # 7. summary.json, then DONE.json
+    gap = _gap_since_last_round(cfg, run, k)                 # 6. the final measurement: did the gap shrink?
+    summary.update(iteration=k, student=which, teacher=cfg.model_for('teacher').model, probe=probe, **gap)
+    return run.finish(k, 'discrimination', summary, **_headline(summary), **gap)   # 7. summary, DONE
 
 def _review_and_split(cfg: Config, run: RunDir, k: int, pool, t_ans, s_ans, progress) -> dict:
     "The run's referee on both answers to each instruction, both orders; the hard/easy split at `loop.tau`."
@@ -60,14 +60,11 @@ def _review_and_split(cfg: Config, run: RunDir, k: int, pool, t_ans, s_ans, prog
     return referee_and_split(pool, t_ans, s_ans, referee, settings, run.stage_dir(k, 'discrimination'),
                              cfg.loop.tau, plots=bool(pool), progress=progress)
 
-def _record(run: RunDir, k: int, summary: dict) -> dict:
-    "Write the stage's `summary.json`, then mark it done with its headline counts."
-    write_json(run.stage_dir(k, 'discrimination')/'summary.json', summary)
-    run.mark_done(k, 'discrimination', hard=summary['hard'], easy=summary['easy'],
-                  unscored=summary['unscored'], parse_failures=summary['referee']['parse_failures'],
-                  position_consistency=summary['position_consistency']['consistent_share'],
-                  **{key: summary[key] for key in ('gap_change',) if key in summary})
-    return summary
+def _headline(summary: dict) -> dict:
+    "The counts `DONE.json` repeats from the stage's summary."
+    return dict(hard=summary['hard'], easy=summary['easy'], unscored=summary['unscored'],
+                parse_failures=summary['referee']['parse_failures'],
+                position_consistency=summary['position_consistency']['consistent_share'])
 
 # %% ../nbs/04_discrimination.ipynb #e2aff230
 def swap_average(teacher_first: Sequence[float], student_first: Sequence[float],

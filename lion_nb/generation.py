@@ -14,7 +14,7 @@ from fastcore.basics import patch
 from matplotlib.figure import Figure
 
 from .core import (Config, GenerationConfig, Instruction, InputError, LionError, Provenance, RunDir,
-                          derive_seed, iter_jsonl, load_config, read_pool, write_json, write_jsonl)
+                          derive_seed, iter_jsonl, load_config, read_pool, write_jsonl)
 from .dedup import RougeIndex, rouge_tokenize
 from .judging import Judge, judge_for, load_judge, sampling_setting
 from .llm import ChatRequest, make_client, run_client
@@ -50,20 +50,14 @@ def run_generation(cfg: Config, # the run configuration
     write_pools(run, k, cache, res.new)                           # 3. the pools of iteration k+1
     summary = generation_summary(run, k, spec.model, s, seeds, hard, easy, cache, res)   # 4. what it made
     if plots: summary['plots'] = save_nn_rouge(res.rows, s.threshold, out)
-    return _record(run, k, summary)                               # 5. summary.json, then DONE.json
+    return run.finish(k, 'generation', summary, kept=summary['kept'], requested=summary['requested'],
+                      shortfall=summary['shortfall'], rejected=summary['rejected'])   # 5. summary, DONE
 
 def _announce(progress: Callable, k: int, hard, easy, cache, model: str, s) -> None:
     "Say what the pass starts from, and the prompts this run uses."
     progress(f"iteration {k}: {len(hard)} hard and {len(easy)} easy seeds, Cache Pool {len(cache)}; "
              f"generator {model}")
     for kind in KINDS: progress(s.judges[kind].describe())
-
-def _record(run: RunDir, k: int, summary: dict) -> dict:
-    "Write the stage's `summary.json`, then mark it done with its headline counts."
-    write_json(run.stage_dir(k, 'generation')/'summary.json', summary)
-    run.mark_done(k, 'generation', kept=summary['kept'], requested=summary['requested'],
-                  shortfall=summary['shortfall'], rejected=summary['rejected'])
-    return summary
 
 # %% ../nbs/05_generation.ipynb #e6a8cdc7
 def read_seeds(path) -> list[Seed]:

@@ -48,8 +48,7 @@ def run_imitation(cfg: Config,  # the run's configuration
     write_json(out/'nll.json', nll)
     summary = imitation_summary(k, origin, model, counts, train, held, nll, out, t_train, t0)
     shutil.rmtree(out/'checkpoints', ignore_errors=True)
-    write_json(out/'summary.json', summary)
-    run.mark_done(k, 'imitation', **summary)
+    run.finish(k, 'imitation', summary, **summary)
     return {**summary, 'stage': 'imitation'}
 
 # %% ../nbs/03_imitation.ipynb #d51b8c93
