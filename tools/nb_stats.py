@@ -22,20 +22,18 @@ def code_lines(src: str) -> list[str]:
     "A cell's lines without its `#|` directives."
     return [l for l in src.splitlines() if not l.startswith('#|')]
 
+def defined(src: str) -> list[str]:
+    "The functions and classes a cell defines at top level, in order."
+    try: tree = ast.parse(src)
+    except SyntaxError: return []
+    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+
 def top_defs(src: str) -> int:
     "Top-level functions and classes a cell defines."
-    try: tree = ast.parse(src)
-    except SyntaxError: return 0
-    return sum(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) for n in tree.body)
+    return len(defined(src))
 
 def exported_names(nb: list[dict]) -> set[str]:
-    names = set()
-    for c in nb:
-        if not is_export(c): continue
-        try: tree = ast.parse(source(c))
-        except SyntaxError: continue
-        names |= {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith('_')}
-    return names
+    return {n for c in nb if is_export(c) for n in defined(source(c)) if not n.startswith('_')}
 
 def headed_names(nb: list[dict]) -> set[str]:
     "Exported names whose cell follows (within two cells) a markdown heading that names them."
@@ -44,9 +42,7 @@ def headed_names(nb: list[dict]) -> set[str]:
         if not is_export(c): continue
         heads = ' '.join(source(x) for x in nb[max(0, i - 2):i] if x['cell_type'] == 'markdown')
         heads = ' '.join(l for l in heads.splitlines() if l.startswith('#'))
-        try: tree = ast.parse(source(c))
-        except SyntaxError: continue
-        out |= {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in heads}
+        out |= {n for n in defined(source(c)) if n in heads}
     return out
 
 def intro(nb: list[dict]) -> str:
@@ -74,12 +70,6 @@ def section_export_cells(nb: list[dict]) -> list[int]:
     "The number of export cells in each `##` section."
     return [len(srcs) for _, srcs in sections(nb)]
 
-def defined(src: str) -> set[str]:
-    "The functions and classes a cell defines at top level."
-    try: tree = ast.parse(src)
-    except SyntaxError: return set()
-    return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
-
 def called_later(node: ast.AST) -> list[ast.stmt]:
     "The statements of a definition that run only when it is called: function bodies, a class's method bodies."
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)): return node.body
@@ -95,7 +85,7 @@ def used(src: str) -> set[str]:
 
 def helpers_above_callers(srcs: list[str]) -> int:
     "Within one section: definitions that a later export cell of the section calls (a helper above its caller)."
-    return sum(bool(defined(a) & used(b) - defined(b)) for i, a in enumerate(srcs) for b in srcs[i + 1:])
+    return sum(bool(set(defined(a)) & used(b) - set(defined(b))) for i, a in enumerate(srcs) for b in srcs[i + 1:])
 
 def checks(src: str) -> int:
     "The assertions a test cell makes: `assert` statements and `test_*` calls (fastcore's `test_eq`, `test_fail`...)."
@@ -164,11 +154,7 @@ FIRST_SCREEN = 8  # cells: the title, the intro, the imports, the stage
 def first_definition(nb: list[dict]) -> tuple[int, str]:
     "The index of the first export cell that defines something, and the first name it defines."
     for i, c in enumerate(nb):
-        if not is_export(c): continue
-        try: tree = ast.parse(source(c))
-        except SyntaxError: continue
-        defs = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
-        if defs: return i, defs[0]
+        if is_export(c) and (defs := defined(source(c))): return i, defs[0]
     return -1, ''
 
 def opens_with_run(path: Path) -> bool:
@@ -217,11 +203,11 @@ def main(check: bool = False) -> int:
                  lines_over_110=sum(m['over_110'] for m in mods), joined_statement_lines=sum(m['joined'] for m in mods),
                  nested_imports=sum(m['nested_imports'] for m in mods),
                  except_import_error=sum(m['except_import_error'] for m in mods))
+    if '--sections' in sys.argv: print_sections(paths)
     print()
     for k, v in total.items():
         if k not in ('cells_per_notebook', 'checks_per_notebook'): print(f"{k:<38}{v}")
     print(json.dumps(total))
-    if '--sections' in sys.argv: print_sections(paths)
     if not check: return 0
     broken = [f"{k} is {total[k]}" for k, bad in [('cells_over_limit', total['cells_over_limit'] > 0),
               ('lines_over_110', total['lines_over_110'] > 0),
