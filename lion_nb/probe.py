@@ -5,7 +5,6 @@
 # %% ../nbs/04b_probe.ipynb #c2269438
 from __future__ import annotations
 import random
-from pathlib import Path
 import statistics
 from collections import defaultdict
 from typing import Callable, NamedTuple, Optional, Sequence
@@ -129,7 +128,7 @@ def probe_reviewer(pairs: Sequence[KnownPair], # the known-better pairs, from `p
     metrics = probe_metrics(scored, unscored, consistency=consistency)
     ok, message = probe_verdict(metrics, min_accuracy, role=role)
     summary = dict(probe=metrics, passed=ok, message=message, min_accuracy=min_accuracy, **{role: who})
-    if out_path is not None: write_json(Path(out_path), summary)
+    if out_path is not None: write_json(out_path, summary)
     if progress: progress(message)
     if not ok and action == 'stop': raise LionError(message)
     return summary
